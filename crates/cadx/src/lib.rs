@@ -1,0 +1,52 @@
+//! Computer-aided diagnosis (CADx): training, evaluating and applying image classifiers.
+//!
+//! A [`Recipe`](recipe::Recipe) names the data source, the network, the optimisation and the evaluation.
+//! [`train::train`] runs it into a run directory:
+//!
+//! ```text
+//! RUN/
+//!   recipe.toml        the resolved recipe (paths absolute)
+//!   run.json           model configuration, class names, task kind
+//!   checkpoints/       last epoch's model + optimiser state + training state (for resuming)
+//!   model.mpk          the best model by the validation metric
+//!   log.jsonl          one JSON line per epoch: train/val loss, val metrics, learning rate, time
+//!   metrics.json       test metrics of the best model with 95 % bootstrap intervals
+//! ```
+//!
+//! Every file is written atomically (temporary file + rename), so an interrupted run leaves a consistent
+//! directory; running the same recipe into it again resumes after the last completed epoch and gives the same
+//! result as an uninterrupted run. The test split is only read after training, by the best model.
+//!
+//! Everything is generic over burn's backends: training needs an
+//! [`AutodiffBackend`](burn::tensor::backend::AutodiffBackend), evaluation and prediction any
+//! [`Backend`](burn::tensor::backend::Backend).
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use vesalius_cadx::{recipe::Recipe, train::{train, TrainOptions}};
+//! type B = burn::backend::Autodiff<burn::backend::Flex>;
+//!
+//! let recipe = Recipe::from_file(Path::new("recipes/mni152-tissue.toml")).unwrap();
+//! let outcome = train::<B>(&recipe, Path::new("runs/tissue"), &Default::default(), &TrainOptions::default()).unwrap();
+//! println!("test AUC {:.3}", outcome.test.metrics["auc"].value);
+//! ```
+
+pub mod infer;
+pub mod loss;
+pub mod recipe;
+pub mod run;
+pub mod train;
+
+/// Failures of a CADx run.
+#[derive(Debug, thiserror::Error)]
+pub enum CadxError {
+    /// Bad input: a recipe, data file or run directory that cannot be used. The message names it.
+    #[error("{0}")]
+    Input(String),
+    /// A data file that cannot be read.
+    #[error(transparent)]
+    Data(#[from] vesalius_data::DataError),
+    /// Anything else (a failed write, a corrupt checkpoint).
+    #[error("{0}")]
+    Internal(String),
+}

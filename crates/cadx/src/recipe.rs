@@ -1,0 +1,305 @@
+//! Recipes: everything that defines a classification run, in TOML.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vesalius_data::augment::Augment2d;
+use vesalius_data::source::SourceConfig;
+use vesalius_data::split::SplitFractions;
+use vesalius_nets::Arch;
+
+use crate::CadxError;
+
+/// A complete, self-describing training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Name shown in logs.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seed of everything random: splits, shuffling, augmentation, initialisation, dropout, bootstrap.
+    #[serde(default)]
+    pub seed: u64,
+    /// Where the samples come from.
+    pub data: SourceConfig,
+    /// Patient-level split shares, for sources that fix no split.
+    #[serde(default)]
+    pub split: SplitFractions,
+    /// The network.
+    pub model: ModelSection,
+    /// Optimisation.
+    pub train: TrainSection,
+    /// Final evaluation.
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+fn default_name() -> String {
+    "run".into()
+}
+
+/// The `[model]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Architecture name (`mlp`, `lenet5`, `alexnet`, `vgg11`, `vgg16`, `googlenet`, `resnet18`, `resnet34`,
+    /// `resnet50`).
+    pub arch: Arch,
+    /// Input channels; taken from the data when absent (and files are converted to it when present).
+    #[serde(default)]
+    pub in_channels: Option<usize>,
+    /// Side the images are resized to; taken from the data when absent (MedMNIST, patches) and required for
+    /// file sources.
+    #[serde(default)]
+    pub input_size: Option<usize>,
+}
+
+/// Optimisers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// Adam (β = 0.9, 0.999; ε = 1e-8) with optional L2 weight decay.
+    Adam {
+        /// Base learning rate.
+        lr: f64,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// Stochastic gradient descent with optional momentum and weight decay.
+    Sgd {
+        /// Base learning rate.
+        lr: f64,
+        /// Momentum (0 for none).
+        #[serde(default)]
+        momentum: f64,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerConfig {
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr,
+        }
+    }
+}
+
+/// Learning-rate schedules, stepped once per epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// The base rate throughout.
+    #[default]
+    Constant,
+    /// The rate times `gamma` at each milestone epoch (0-based epoch index at which the new rate starts).
+    MultiStep {
+        /// Epochs where the rate drops.
+        milestones: Vec<usize>,
+        /// Factor applied at each milestone.
+        #[serde(default = "default_gamma")]
+        gamma: f64,
+    },
+    /// Cosine annealing from the base rate to `min_lr` over all epochs.
+    Cosine {
+        /// Final rate.
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+fn default_gamma() -> f64 {
+    0.1
+}
+
+impl Schedule {
+    /// Learning rate of (0-based) `epoch` out of `epochs`.
+    pub fn lr(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
+        match self {
+            Schedule::Constant => base,
+            Schedule::MultiStep { milestones, gamma } => {
+                base * gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32)
+            }
+            Schedule::Cosine { min_lr } => {
+                let t = epoch as f64 / epochs.max(1) as f64;
+                min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
+    }
+}
+
+/// Class weights of the loss, against class imbalance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClassWeights {
+    /// `"none"` or `"balanced"` (`n / (classes · n_c)` from the training split, as scikit-learn).
+    Named(WeightsName),
+    /// One weight per class (or per label, as a positive weight, for multi-label tasks).
+    Given(Vec<f64>),
+}
+
+/// Named weighting schemes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsName {
+    /// No weighting.
+    None,
+    /// Inverse class frequency.
+    Balanced,
+}
+
+/// Which validation metric selects the best epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// ROC AUC (higher is better) — MedMNIST's choice.
+    #[default]
+    Auc,
+    /// Accuracy.
+    Accuracy,
+    /// Balanced accuracy.
+    BalancedAccuracy,
+    /// Validation loss (lower is better).
+    Loss,
+}
+
+impl Selection {
+    /// Name as written in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Selection::Auc => "auc",
+            Selection::Accuracy => "accuracy",
+            Selection::BalancedAccuracy => "balanced_accuracy",
+            Selection::Loss => "loss",
+        }
+    }
+}
+
+/// The `[train]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// The optimiser.
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Class weights of the loss; none when absent.
+    #[serde(default)]
+    pub class_weights: Option<ClassWeights>,
+    /// Validation metric that selects the best model.
+    #[serde(default)]
+    pub select: Selection,
+    /// Stop when the selection metric has not improved for this many epochs.
+    #[serde(default)]
+    pub early_stopping_patience: Option<usize>,
+    /// Training augmentation; none when absent.
+    #[serde(default)]
+    pub augment: Option<Augment2d>,
+}
+
+/// The `[eval]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Bootstrap resamples for the confidence intervals.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+}
+
+fn default_bootstrap() -> usize {
+    1000
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self { bootstrap: default_bootstrap() }
+    }
+}
+
+impl Recipe {
+    /// Parses a recipe; relative data paths are resolved against the recipe file's folder.
+    pub fn from_file(path: &Path) -> Result<Recipe, CadxError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CadxError::Input(format!("{}: {e}", path.display())))?;
+        let mut recipe = Self::from_toml(&text).map_err(|e| CadxError::Input(format!("{}: {e}", path.display())))?;
+        let base: PathBuf = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        recipe.data.resolve(&std::path::absolute(&base).unwrap_or(base));
+        Ok(recipe)
+    }
+
+    /// Parses and checks a recipe from TOML text (paths are left as written).
+    pub fn from_toml(text: &str) -> Result<Recipe, String> {
+        let recipe: Recipe = toml::from_str(text).map_err(|e| e.to_string())?;
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err("train.epochs must be at least 1".into());
+        }
+        if t.batch_size == 0 {
+            return Err("train.batch_size must be at least 1".into());
+        }
+        let lr = t.optimizer.lr();
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(format!("train.optimizer.lr must be positive, not {lr}"));
+        }
+        if self.eval.bootstrap == 0 {
+            return Err("eval.bootstrap must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The recipe as TOML (what the run directory keeps as `recipe.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let m = Schedule::MultiStep { milestones: vec![50, 75], gamma: 0.1 };
+        assert_eq!(m.lr(1e-3, 0, 100), 1e-3);
+        assert!((m.lr(1e-3, 50, 100) - 1e-4).abs() < 1e-15);
+        assert!((m.lr(1e-3, 99, 100) - 1e-5).abs() < 1e-15);
+        let c = Schedule::Cosine { min_lr: 0.0 };
+        assert_eq!(c.lr(1.0, 0, 10), 1.0);
+        assert!((c.lr(1.0, 5, 10) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_their_name() {
+        let base = r#"
+            [data]
+            kind = "medmnist"
+            path = "x.npz"
+            [model]
+            arch = "resnet18"
+            [train]
+            epochs = 0
+            batch_size = 4
+            optimizer = { kind = "adam", lr = 0.001 }
+        "#;
+        assert!(Recipe::from_toml(base).unwrap_err().contains("train.epochs"));
+        let unknown = base.replace("epochs = 0", "epochs = 1\nepoks = 3");
+        assert!(Recipe::from_toml(&unknown).unwrap_err().contains("epoks"));
+        let ok = base.replace("epochs = 0", "epochs = 1\nclass_weights = \"balanced\"");
+        let r = Recipe::from_toml(&ok).unwrap();
+        assert_eq!(r.train.class_weights, Some(ClassWeights::Named(WeightsName::Balanced)));
+        assert_eq!(Recipe::from_toml(&r.to_toml()).unwrap(), r);
+    }
+}

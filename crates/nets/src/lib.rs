@@ -1,0 +1,44 @@
+//! Network architectures for medical imaging, generic over any burn [`Backend`](burn::tensor::backend::Backend).
+//!
+//! The CNN family of the field: [`Mlp`], [`LeNet5`], [`AlexNet`], [`Vgg`] (11 and 16), [`GoogLeNet`]
+//! (Inception v1) and [`ResNet`] (18, 34, 50). Each takes `[batch, channels, height, width]` images and returns
+//! `[batch, classes]` logits; the number of input channels, classes and the input size (28 to 224) are set in
+//! its configuration. [`ClassifierConfig`] names any of them in a serialisable form (as recipes do) and
+//! [`Classifier`] holds whichever was built.
+//!
+//! Small inputs (below 64 pixels, such as MedMNIST's 28×28) use the stem that the MedMNIST benchmarks use: a 3×3
+//! stride-1 first convolution and no stem max-pool, so that the feature maps are not reduced to nothing.
+//!
+//! ```
+//! use burn::tensor::{Distribution, Tensor};
+//! use vesalius_nets::{Arch, ClassifierConfig};
+//! type B = burn::backend::Flex;
+//!
+//! let device = Default::default();
+//! let config = ClassifierConfig::new(Arch::ResNet18, 3, 9, 28);
+//! let net = config.init::<B>(&device).expect("valid configuration");
+//! assert_eq!(net.param_count(), 11_173_449);
+//! let x = Tensor::<B, 4>::random([2, 3, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+//! assert_eq!(net.forward(x).dims(), [2, 9]);
+//! ```
+
+mod alexnet;
+mod blocks;
+mod classifier;
+mod googlenet;
+mod lenet;
+mod mlp;
+mod resnet;
+mod vgg;
+
+pub use alexnet::{AlexNet, AlexNetConfig};
+pub use blocks::ConvBnRelu;
+pub use classifier::{trainable_params, Arch, Classifier, ClassifierConfig, ConfigError};
+pub use googlenet::{GoogLeNet, GoogLeNetConfig, Inception};
+pub use lenet::{LeNet5, LeNet5Config};
+pub use mlp::{Mlp, MlpConfig};
+pub use resnet::{BasicBlock, Bottleneck, ResBlock, ResNet, ResNetConfig, ResNetDepth};
+pub use vgg::{Vgg, VggConfig, VggDepth};
+
+/// Input sizes below this use the small-input stem (3×3 stride-1 first convolution, no stem max-pool).
+pub const SMALL_INPUT_LIMIT: usize = 64;

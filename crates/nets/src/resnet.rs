@@ -1,0 +1,193 @@
+//! ResNet (He et al., 2016): 18 and 34 layers with basic blocks, 50 with bottlenecks (torchvision's v1.5).
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::blocks::{conv2d, ConvBnRelu};
+use crate::SMALL_INPUT_LIMIT;
+
+/// Depth of a [`ResNet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResNetDepth {
+    /// Basic blocks `[2, 2, 2, 2]`.
+    ResNet18,
+    /// Basic blocks `[3, 4, 6, 3]`.
+    ResNet34,
+    /// Bottleneck blocks `[3, 4, 6, 3]`.
+    ResNet50,
+}
+
+impl ResNetDepth {
+    fn layers(self) -> [usize; 4] {
+        match self {
+            ResNetDepth::ResNet18 => [2, 2, 2, 2],
+            ResNetDepth::ResNet34 | ResNetDepth::ResNet50 => [3, 4, 6, 3],
+        }
+    }
+}
+
+/// Configuration of [`ResNet`].
+#[derive(Config, Debug)]
+pub struct ResNetConfig {
+    /// 18, 34 or 50 layers.
+    pub depth: ResNetDepth,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output classes.
+    pub classes: usize,
+    /// Input height and width (28 to 224); below 64 the stem is 3×3 stride 1 without max-pool.
+    #[config(default = 224)]
+    pub input_size: usize,
+}
+
+/// Convolution without bias followed by batch normalisation (no activation).
+#[derive(Module, Debug)]
+struct ConvBn<B: Backend> {
+    conv: Conv2d<B>,
+    bn: BatchNorm<B>,
+}
+
+impl<B: Backend> ConvBn<B> {
+    fn new(cin: usize, cout: usize, k: usize, s: usize, device: &B::Device) -> Self {
+        Self { conv: conv2d(cin, cout, k, s, k / 2, false, device), bn: BatchNormConfig::new(cout).init(device) }
+    }
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+/// Two 3×3 convolutions with a residual connection (projected by a 1×1 convolution when the shape changes).
+#[derive(Module, Debug)]
+pub struct BasicBlock<B: Backend> {
+    c1: ConvBn<B>,
+    c2: ConvBn<B>,
+    down: Option<ConvBn<B>>,
+}
+
+/// 1×1 reduce, 3×3 (carrying the stride), 1×1 expand ×4, with a residual connection.
+#[derive(Module, Debug)]
+pub struct Bottleneck<B: Backend> {
+    c1: ConvBn<B>,
+    c2: ConvBn<B>,
+    c3: ConvBn<B>,
+    down: Option<ConvBn<B>>,
+}
+
+/// Either residual block.
+#[derive(Module, Debug)]
+pub enum ResBlock<B: Backend> {
+    /// ResNet-18/34 block.
+    Basic(BasicBlock<B>),
+    /// ResNet-50 block.
+    Bottleneck(Bottleneck<B>),
+}
+
+impl<B: Backend> ResBlock<B> {
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            ResBlock::Basic(b) => {
+                let y = b.c2.forward(relu(b.c1.forward(x.clone())));
+                let s = match &b.down {
+                    Some(d) => d.forward(x),
+                    None => x,
+                };
+                relu(y + s)
+            }
+            ResBlock::Bottleneck(b) => {
+                let y = b.c3.forward(relu(b.c2.forward(relu(b.c1.forward(x.clone())))));
+                let s = match &b.down {
+                    Some(d) => d.forward(x),
+                    None => x,
+                };
+                relu(y + s)
+            }
+        }
+    }
+}
+
+/// ResNet: stem, four stages of residual blocks (64-128-256-512 wide), global average pooling, linear classifier.
+///
+/// Parameter counts at 224×224 with 3 channels and 1000 classes are torchvision's: 11,689,512 (18), 21,797,672 (34)
+/// and 25,557,032 (50). With the small-input stem, 3 channels and 9 classes ResNet-18 has 11,173,449.
+#[derive(Module, Debug)]
+pub struct ResNet<B: Backend> {
+    stem: ConvBnRelu<B>,
+    maxpool: Option<MaxPool2d>,
+    blocks: Vec<ResBlock<B>>,
+    avgpool: AdaptiveAvgPool2d,
+    fc: Linear<B>,
+}
+
+impl ResNetConfig {
+    /// Builds the network on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
+        let small = self.input_size < SMALL_INPUT_LIMIT;
+        let stem = if small {
+            ConvBnRelu::new(self.in_channels, 64, 3, 1, 1, 1e-5, device)
+        } else {
+            ConvBnRelu::new(self.in_channels, 64, 7, 2, 3, 1e-5, device)
+        };
+        let maxpool = (!small).then(|| {
+            MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init()
+        });
+        let bottleneck = self.depth == ResNetDepth::ResNet50;
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut blocks = Vec::new();
+        let mut cin = 64;
+        for (stage, &n) in self.depth.layers().iter().enumerate() {
+            let width = 64 << stage;
+            for i in 0..n {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let cout = width * expansion;
+                let down = (stride != 1 || cin != cout).then(|| ConvBn::new(cin, cout, 1, stride, device));
+                blocks.push(if bottleneck {
+                    ResBlock::Bottleneck(Bottleneck {
+                        c1: ConvBn::new(cin, width, 1, 1, device),
+                        c2: ConvBn::new(width, width, 3, stride, device),
+                        c3: ConvBn::new(width, cout, 1, 1, device),
+                        down,
+                    })
+                } else {
+                    ResBlock::Basic(BasicBlock {
+                        c1: ConvBn::new(cin, width, 3, stride, device),
+                        c2: ConvBn::new(width, width, 3, 1, device),
+                        down,
+                    })
+                });
+                cin = cout;
+            }
+        }
+        ResNet {
+            stem,
+            maxpool,
+            blocks,
+            avgpool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            fc: LinearConfig::new(cin, self.classes).init(device),
+        }
+    }
+}
+
+impl<B: Backend> ResNet<B> {
+    /// Logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.fc.forward(self.features(x))
+    }
+
+    /// Globally pooled features `[batch, 512 or 2048]`, the input of the classifier.
+    pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = self.stem.forward(x);
+        if let Some(p) = &self.maxpool {
+            x = p.forward(x);
+        }
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        self.avgpool.forward(x).flatten(1, 3)
+    }
+}

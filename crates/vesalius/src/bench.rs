@@ -1,0 +1,133 @@
+//! The reference training workloads of the PyTorch comparison, timed with the same protocol: one untimed step,
+//! two warm-up steps, then `max(7, min(50, ⌊3 s / fastest warm-up⌋))` timed steps; the median is reported.
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use serde::Serialize;
+use vesalius_nets::{Arch, ClassifierConfig};
+
+use crate::backend::BackendKind;
+use crate::{with_backend, CliError};
+
+/// Names of the workloads this command runs.
+pub const WORKLOADS: [&str; 2] = ["a_lenet5_train", "b_resnet18_train"];
+
+/// One JSON line of output.
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    /// Workload name.
+    pub workload: String,
+    /// Batch size divided by the median step time.
+    pub samples_per_s: f64,
+    /// Median step time in seconds.
+    pub median_s: f64,
+    /// Fastest timed step.
+    pub min_s: f64,
+    /// Slowest timed step.
+    pub max_s: f64,
+    /// Timed steps.
+    pub steps: usize,
+    /// Peak resident memory of the process in MiB.
+    pub peak_rss_mib: f64,
+    /// Backend name.
+    pub backend: String,
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Times `step` with the reference protocol; returns (median, min, max, steps).
+pub fn time_steps(mut step: impl FnMut()) -> (f64, f64, f64, usize) {
+    step();
+    let mut fastest = f64::INFINITY;
+    for _ in 0..2 {
+        let t = Instant::now();
+        step();
+        fastest = fastest.min(t.elapsed().as_secs_f64());
+    }
+    let n = ((3.0 / fastest).floor() as usize).clamp(7, 50);
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            step();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
+    (median, times[0], times[n - 1], n)
+}
+
+fn classifier_workload<AB: AutodiffBackend>(arch: Arch, channels: usize, device: &AB::Device) -> (f64, f64, f64, usize) {
+    let batch = 128;
+    AB::seed(device, 0);
+    let x = Tensor::<AB, 4>::random([batch, channels, 28, 28], Distribution::Normal(0.0, 1.0), device);
+    let y: Vec<i64> = (0..batch as i64).map(|i| (i * 7 + 3) % 9).collect();
+    let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(y, [batch]), device);
+    let mut model = Some(ClassifierConfig::new(arch, channels, 9, 28).init::<AB>(device).expect("reference configuration"));
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, vesalius_nets::Classifier<AB>>();
+    let step = || {
+        let m = model.take().expect("model present between steps");
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new().init(device).forward(m.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        let m = optim.step(1e-3, m, grads);
+        // Reading one value waits for every queued kernel on asynchronous backends.
+        let _ = m.valid();
+        model = Some(m);
+    };
+    time_steps(step)
+}
+
+fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) -> Result<BenchResult, CliError> {
+    let (batch, (median, min, max, steps)) = match name {
+        "a_lenet5_train" => (128, classifier_workload::<AB>(Arch::LeNet5, 1, device)),
+        "b_resnet18_train" => (128, classifier_workload::<AB>(Arch::ResNet18, 3, device)),
+        other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", WORKLOADS.join(", ")))),
+    };
+    Ok(BenchResult {
+        workload: name.to_string(),
+        samples_per_s: batch as f64 / median,
+        median_s: median,
+        min_s: min,
+        max_s: max,
+        steps,
+        peak_rss_mib: peak_rss_mib(),
+        backend: backend.to_string(),
+    })
+}
+
+/// `vesalius bench`: each workload in a fresh process (as the reference harness does) unless `in_process`.
+pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<(), CliError> {
+    let names: Vec<String> = if only.is_empty() { WORKLOADS.iter().map(|s| s.to_string()).collect() } else { only.to_vec() };
+    for n in &names {
+        if !WORKLOADS.contains(&n.as_str()) {
+            return Err(CliError::Usage(format!("unknown workload '{n}' (known: {})", WORKLOADS.join(", "))));
+        }
+    }
+    if !in_process {
+        let exe = std::env::current_exe().map_err(|e| CliError::Internal(e.to_string()))?;
+        for n in &names {
+            let status = std::process::Command::new(&exe)
+                .args(["--backend", &backend.to_string(), "bench", "--in-process", "--only", n])
+                .status()
+                .map_err(|e| CliError::Internal(format!("cannot start {}: {e}", exe.display())))?;
+            if !status.success() {
+                return Err(CliError::Internal(format!("workload {n} failed ({status})")));
+            }
+        }
+        return Ok(());
+    }
+    for n in &names {
+        let result = with_backend!(backend, |B, AB, device| run_one::<AB>(n, &device, &backend.to_string()))?;
+        println!("{}", serde_json::to_string(&result).map_err(|e| CliError::Internal(e.to_string()))?);
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Command-line arguments and dispatch.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::{default_backend, BackendKind};
+use crate::{commands, CliError};
+
+/// Deep learning for medical imaging.
+#[derive(Debug, Parser)]
+#[command(name = "vesalius", version, about, long_about = None)]
+pub struct Cli {
+    /// Compute backend (default: the fastest CPU backend compiled in).
+    #[arg(long, global = true)]
+    pub backend: Option<BackendKind>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a classifier from a recipe into a run directory (resumes an interrupted run in the same directory).
+    Train {
+        /// The recipe (TOML).
+        recipe: PathBuf,
+        /// Run directory (default: runs/<recipe name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress display.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate a run's best model on one of its splits; prints and writes the metrics.
+    Evaluate {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Split to evaluate: test (written to metrics.json), val or train (metrics-<split>.json).
+        #[arg(long, default_value = "test")]
+        split: String,
+    },
+    /// Class probabilities of a run's best model for image files, as CSV.
+    Predict {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Image files (PNG, JPEG, TIFF, 2D NIfTI).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write the CSV here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Print format, shape, data type, spacing, affine and orientation of an image as JSON.
+    Info {
+        /// The image file.
+        path: PathBuf,
+    },
+    /// Run the reference training workloads and print one JSON line each.
+    Bench {
+        /// Comma-separated workload names (default: all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Run the workloads in this process instead of one fresh process each.
+        #[arg(long, hide = true)]
+        in_process: bool,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let backend = cli.backend.unwrap_or_else(default_backend);
+    match cli.command {
+        Command::Train { recipe, out, quiet } => commands::train(backend, &recipe, out, quiet),
+        Command::Evaluate { run, split } => commands::evaluate(backend, &run, &split),
+        Command::Predict { run, inputs, output } => commands::predict(backend, &run, &inputs, output.as_deref()),
+        Command::Info { path } => {
+            let json = commands::info_json(&path)?;
+            println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
+            Ok(())
+        }
+        Command::Bench { only, in_process } => crate::bench::run(backend, &only, in_process),
+    }
+}

@@ -1,0 +1,135 @@
+//! The commands, written against generic backends.
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use vesalius_cadx::infer::{evaluate_dataset, predict_files};
+use vesalius_cadx::recipe::Recipe;
+use vesalius_cadx::run::{write_json, RunDir};
+use vesalius_cadx::train::{prepare_data, train as train_run, MetricsFile, TrainOptions};
+use vesalius_data::io::{load, Format};
+use vesalius_data::source::Split;
+use vesalius_eval::classification::ClassificationReport;
+
+use crate::backend::BackendKind;
+use crate::{with_backend, CliError};
+
+/// `vesalius train`.
+pub fn train(backend: BackendKind, recipe_path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<(), CliError> {
+    let recipe = Recipe::from_file(recipe_path)?;
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
+    let options = TrainOptions { quiet, stop_after: None };
+    let outcome = with_backend!(backend, |B, AB, device| {
+        train_run::<AB>(&recipe, &out, &device, &options).map_err(CliError::from)
+    })?;
+    let classes = RunDir::new(&out).read_info()?.classes;
+    print!("{}", format_report(&outcome.test, &classes, "test", outcome.best_epoch));
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+/// A human-readable table of a report.
+pub fn format_report(r: &ClassificationReport, classes: &[String], split: &str, best_epoch: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{split} metrics ({} cases, {}, model of epoch {best_epoch}; 95 % bootstrap CI, {} resamples)", r.n, r.task, r.bootstrap_resamples);
+    for (name, e) in &r.metrics {
+        let _ = writeln!(s, "  {name:<18} {:.4}  [{:.4}, {:.4}]", e.value, e.ci_low, e.ci_high);
+    }
+    if let Some(cm) = &r.confusion {
+        let _ = writeln!(s, "  confusion matrix (rows: truth, columns: prediction)");
+        for (i, row) in cm.iter().enumerate() {
+            let name = classes.get(i).map(String::as_str).unwrap_or("?");
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:>6}")).collect();
+            let _ = writeln!(s, "  {name:>18} {}", cells.join(""));
+        }
+    }
+    s
+}
+
+/// `vesalius evaluate`.
+pub fn evaluate(backend: BackendKind, run_dir: &Path, split: &str) -> Result<(), CliError> {
+    let run = RunDir::new(run_dir);
+    let split = Split::parse(split).ok_or_else(|| CliError::Usage(format!("unknown split '{split}' (expected train, val or test)")))?;
+    let recipe_path = run.recipe();
+    if !recipe_path.exists() {
+        return Err(CliError::Usage(format!("{}: not a run directory (no recipe.toml)", run_dir.display())));
+    }
+    let recipe = Recipe::from_file(&recipe_path)?;
+    let info = run.read_info()?;
+    let data = prepare_data(&recipe)?;
+    let dataset = match split {
+        Split::Train => &data.train,
+        Split::Val => &data.val,
+        Split::Test => &data.test,
+    };
+    let state: Value = std::fs::read_to_string(run.state()).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+    let best_epoch = state["best_epoch"].as_u64().unwrap_or(0) as usize;
+    let report = with_backend!(backend, |B, AB, device| {
+        let model = run.load_best::<B>(&info, &device)?;
+        evaluate_dataset(&model, dataset, &info, recipe.eval.bootstrap, recipe.seed, &device).map_err(CliError::from)
+    })?;
+    let file = MetricsFile { split: split.name().into(), best_epoch, classes: info.classes.clone(), report: report.clone() };
+    let path = if split == Split::Test { run.metrics() } else { run_dir.join(format!("metrics-{}.json", split.name())) };
+    write_json(&file, &path)?;
+    print!("{}", format_report(&report, &info.classes, split.name(), best_epoch));
+    println!("written: {}", path.display());
+    Ok(())
+}
+
+/// `vesalius predict`.
+pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
+    let run = RunDir::new(run_dir);
+    let info = run.read_info()?;
+    let files: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let probs = with_backend!(backend, |B, AB, device| {
+        let model = run.load_best::<B>(&info, &device)?;
+        predict_files(&model, &info, &files, &device).map_err(CliError::from)
+    })?;
+    let mut csv = String::from("path,prediction");
+    for c in &info.classes {
+        let _ = write!(csv, ",p_{}", c.replace([',', '"', '\n'], "_"));
+    }
+    csv.push('\n');
+    for (path, p) in files.iter().zip(&probs) {
+        let pred = if info.multi_label {
+            info.classes.iter().zip(p).filter(|(_, v)| **v >= 0.5).map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(";")
+        } else {
+            let best = vesalius_eval::classification::predicted_class(p);
+            info.classes.get(best).cloned().unwrap_or_default()
+        };
+        let _ = write!(csv, "{},{}", csv_field(&path.display().to_string()), csv_field(&pred));
+        for v in p {
+            let _ = write!(csv, ",{v:.6}");
+        }
+        csv.push('\n');
+    }
+    match output {
+        Some(path) => vesalius_data::io::write_atomic(path, csv.as_bytes())?,
+        None => print!("{csv}"),
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// The JSON object that `vesalius info` prints.
+pub fn info_json(path: &Path) -> Result<Value, CliError> {
+    let format = Format::from_path(path).map(Format::name).unwrap_or("unknown");
+    let img = load(path)?;
+    let mut shape: Vec<usize> = img.shape().to_vec();
+    if img.channels() > 1 {
+        shape.push(img.channels());
+    }
+    let round = |v: f64| if v == 0.0 { 0.0 } else { (v * 1e6).round() / 1e6 };
+    let affine: Vec<Vec<f64>> = img.affine().iter().map(|r| r.iter().map(|&v| round(v)).collect()).collect();
+    Ok(json!({
+        "format": format,
+        "shape": shape,
+        "dtype": img.dtype(),
+        "spacing": img.spacing().into_iter().map(round).collect::<Vec<_>>(),
+        "affine": affine,
+        "orientation": img.orientation(),
+    }))
+}

@@ -1,0 +1,53 @@
+//! The `vesalius` command-line interface, as a library so that its commands can be tested in-process.
+//!
+//! Commands: `train`, `evaluate`, `predict`, `info`, `bench`. Exit codes: 0 on success, 2 for bad input or usage
+//! (with a one-line `error: …` on standard error naming the file and the problem), 1 for internal failures.
+//!
+//! ```
+//! let dir = tempfile::tempdir().unwrap();
+//! let png = dir.path().join("x.png");
+//! image::GrayImage::new(5, 4).save(&png).unwrap();
+//! let json = vesalius::commands::info_json(&png).unwrap();
+//! assert_eq!(json["shape"], serde_json::json!([5, 4]));
+//! ```
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod commands;
+
+/// A command failure, mapped to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad input or usage: exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Internal failure: exit code 1.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Internal(_) => 1,
+        }
+    }
+}
+
+impl From<vesalius_cadx::CadxError> for CliError {
+    fn from(e: vesalius_cadx::CadxError) -> Self {
+        match e {
+            vesalius_cadx::CadxError::Internal(m) => CliError::Internal(m),
+            other => CliError::Usage(other.to_string()),
+        }
+    }
+}
+
+impl From<vesalius_data::DataError> for CliError {
+    fn from(e: vesalius_data::DataError) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}

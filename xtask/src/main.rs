@@ -1,0 +1,94 @@
+//! Project automation, run as `cargo xtask <command>`:
+//!
+//! * `train [RECIPE]` — train a recipe (default: `recipes/mni152-tissue.toml`, on data committed in `fixtures/`).
+//! * `bench [--only NAMES] [--backend NAME]` — build in release and run the reference workloads, one JSON line each.
+//! * `test-gpu` — run the backend-generic tests and the benchmarks on CUDA when a GPU is present.
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn status(mut c: Command) -> ExitCode {
+    match c.status() {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("error: cannot run {c:?}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <train [RECIPE] [ARGS…] | bench [ARGS…] | test-gpu>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    match cmd.as_str() {
+        "train" => {
+            let recipe = args.get(1).filter(|a| !a.starts_with('-')).cloned();
+            let rest: Vec<String> = args.iter().skip(if recipe.is_some() { 2 } else { 1 }).cloned().collect();
+            let recipe = recipe.unwrap_or_else(|| "recipes/mni152-tissue.toml".into());
+            let mut c = cargo();
+            c.args(["run", "--quiet", "-p", "vesalius", "--", "train", &recipe]).args(rest);
+            status(c)
+        }
+        "bench" => {
+            let mut c = cargo();
+            c.args(["run", "--quiet", "--release", "-p", "vesalius"]);
+            if args.iter().any(|a| a == "cuda") {
+                c.args(["--features", "cuda"]);
+            }
+            if args.iter().any(|a| a == "ndarray") {
+                c.args(["--features", "ndarray"]);
+            }
+            c.args(["--", "bench"]);
+            // `--backend NAME` must precede the subcommand's own flags; pass everything through.
+            let mut rest = args[1..].to_vec();
+            if let Some(i) = rest.iter().position(|a| a == "--backend") {
+                if i + 1 < rest.len() {
+                    let name = rest.remove(i + 1);
+                    rest.remove(i);
+                    c.args(["--backend", &name]);
+                }
+            }
+            c.args(rest);
+            status(c)
+        }
+        "test-gpu" => {
+            if !gpu_present() {
+                println!("test-gpu: no NVIDIA GPU or driver found on this machine; nothing was run and nothing is claimed.");
+                return ExitCode::SUCCESS;
+            }
+            let mut t = cargo();
+            t.env("VESALIUS_TEST_BACKEND", "cuda").args(["test", "--workspace", "--features", "vesalius/cuda"]);
+            let code = status(t);
+            if code != ExitCode::SUCCESS {
+                return code;
+            }
+            let mut b = cargo();
+            b.args(["run", "--quiet", "--release", "-p", "vesalius", "--features", "cuda", "--", "--backend", "cuda", "bench"]);
+            status(b)
+        }
+        other => {
+            eprintln!("error: unknown xtask command '{other}'\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A GPU is usable when `nvidia-smi -L` lists one.
+fn gpu_present() -> bool {
+    Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"))
+}
