@@ -225,6 +225,7 @@ pub fn load_nifti(path: &Path) -> Result<Image> {
 }
 
 /// Reads a PNG, JPEG or TIFF image: 8- or 16-bit grey (one channel) or RGB/RGBA (three channels, alpha dropped).
+/// Palette or RGB images whose channels are all equal are read as grey.
 ///
 /// Values keep their stored range (0–255 or 0–65535). The affine places pixel `(column, row)` as ITK does (unit
 /// spacing, origin 0, identity direction in LPS), expressed in RAS+.
@@ -249,12 +250,20 @@ pub fn load_2d(path: &Path) -> Result<Image> {
         D::ImageRgb32F(_) | D::ImageRgba32F(_) => (planar(&img.to_rgb32f().into_raw(), w * h), 3, "float32"),
         other => (planar(&other.to_rgb8().into_raw(), w * h), 3, "uint8"),
     };
+    // Palette and RGB files whose three channels are identical are grey images.
+    let (data, channels) = if channels == 3 && is_grey(&data, w * h) { (data[..w * h].to_vec(), 1) } else { (data, channels) };
     let affine: Affine = [[-1., 0., 0., 0.], [0., -1., 0., 0.], [0., 0., 1., 0.], [0., 0., 0., 1.]];
     Image::new(data, vec![w, h], channels, affine, dtype).map_err(|e| DataError::format(path, e.to_string()))
 }
 
 fn img_to_luma8(img: image::DynamicImage) -> Vec<f32> {
     img.to_luma8().into_raw().into_iter().map(f32::from).collect()
+}
+
+fn is_grey(planar: &[f32], pixels: usize) -> bool {
+    let (r, rest) = planar.split_at(pixels);
+    let (g, b) = rest.split_at(pixels);
+    r == g && r == b
 }
 
 /// Interleaved RGB to planar (channel slowest).

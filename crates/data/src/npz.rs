@@ -111,7 +111,7 @@ pub fn read_npy(mut r: impl Read, len: u64, what: &str) -> std::result::Result<N
     r.read_exact(&mut header).map_err(|e| format!("{what}: truncated .npy header ({e})"))?;
     let header = String::from_utf8_lossy(&header);
     let descr = dict_value(&header, "descr").ok_or_else(|| format!("{what}: .npy header has no 'descr'"))?;
-    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+    let descr = quoted(descr).ok_or_else(|| format!("{what}: malformed 'descr' in .npy header"))?;
     let dtype = Dtype::parse(descr).ok_or_else(|| format!("{what}: unsupported element type '{descr}'"))?;
     if dict_value(&header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
         return Err(format!("{what}: Fortran-ordered arrays are not supported"));
@@ -142,6 +142,13 @@ fn dict_value<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
     let pat2 = format!("\"{key}\":");
     let at = dict.find(&pat1).map(|i| i + pat1.len()).or_else(|| dict.find(&pat2).map(|i| i + pat2.len()))?;
     Some(dict[at..].trim_start())
+}
+
+/// The text between the quotes that open `s`.
+fn quoted(s: &str) -> Option<&str> {
+    let q = s.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let rest = &s[1..];
+    Some(&rest[..rest.find(q)?])
 }
 
 /// Reads the arrays named in `names` from an `.npz` archive (missing names are an error).
