@@ -133,3 +133,30 @@ pub fn info_json(path: &Path) -> Result<Value, CliError> {
         "orientation": img.orientation(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use vesalius_eval::bootstrap::Estimate;
+
+    use super::*;
+
+    #[test]
+    fn report_table() {
+        let e = |v: f64, lo: f64, hi: f64| Estimate { value: v, ci_low: lo, ci_high: hi, resamples: 1000 };
+        let metrics = BTreeMap::from([
+            ("accuracy".to_string(), e(0.9, 0.85, 0.94)),
+            ("auc".to_string(), e(0.97, 0.95, 0.985)),
+        ]);
+        let report = ClassificationReport {
+            n: 200,
+            task: "binary".into(),
+            metrics,
+            confusion: Some(vec![vec![90, 10], vec![10, 90]]),
+            bootstrap_resamples: 1000,
+            bootstrap_seed: 0,
+        };
+        insta::assert_snapshot!(format_report(&report, &["benign".into(), "malignant".into()], "test", 7));
+    }
+}

@@ -1,0 +1,139 @@
+//! The command-line contract: outputs, files, exit codes and error lines.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn vesalius(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vesalius")).args(args).output().expect("binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit code 2 and exactly one line on standard error, `error: …`, containing `needle`.
+fn assert_input_error(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(2), "stdout: {} stderr: {}", stdout(o), stderr(o));
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn info_on_the_mni152_template() {
+    let path = root().join("fixtures/mni152/mni152_t1.nii.gz");
+    let o = vesalius(&["info", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    insta::assert_json_snapshot!("info_mni152_t1", json);
+}
+
+#[test]
+fn info_on_a_png() {
+    let path = root().join("fixtures/itk/BrainProtonDensitySlice.png");
+    let o = vesalius(&["info", path.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    insta::assert_json_snapshot!("info_itk_png", json);
+}
+
+#[test]
+fn bad_input_exits_2_with_one_error_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.nii.gz");
+    std::fs::write(&junk, b"\x1f\x8b\x08\x00garbage").unwrap();
+    assert_input_error(&vesalius(&["info", junk.to_str().unwrap()]), "junk.nii.gz");
+    assert_input_error(&vesalius(&["info", "/nonexistent/scan.nii"]), "/nonexistent/scan.nii");
+    let txt = dir.path().join("notes.txt");
+    std::fs::write(&txt, "hello").unwrap();
+    assert_input_error(&vesalius(&["info", txt.to_str().unwrap()]), "unknown image format");
+    let recipe = dir.path().join("broken.toml");
+    std::fs::write(&recipe, "[model]\narch = \"resnet99\"\n").unwrap();
+    assert_input_error(&vesalius(&["train", recipe.to_str().unwrap(), "--quiet"]), "broken.toml");
+    assert_input_error(&vesalius(&["evaluate", "--run", dir.path().to_str().unwrap()]), "not a run directory");
+    let usage = vesalius(&["frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn train_evaluate_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = root().join("fixtures/mni152");
+    let recipe = dir.path().join("tiny.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"name = "tiny"
+seed = 5
+[data]
+kind = "volume-patches"
+image = {:?}
+labels = {:?}
+mask = {:?}
+classes = ["outside brain", "other brain", "grey matter", "white matter"]
+patch = 28
+per_class = 40
+slabs = {{ train = [40, 60], val = [88, 92], test = [120, 124] }}
+[model]
+arch = "lenet5"
+[train]
+epochs = 2
+batch_size = 32
+optimizer = {{ kind = "adam", lr = 0.001 }}
+[eval]
+bootstrap = 100
+"#,
+            fx.join("mni152_t1.nii.gz"),
+            fx.join("mni152_tissue_labels.nii.gz"),
+            fx.join("mni152_brain_mask.nii.gz")
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("test metrics (56 cases, multiclass"), "{out}");
+    assert!(out.contains("auc") && out.contains("confusion matrix") && out.contains(&format!("run directory: {}", run.display())), "{out}");
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["split"], "test");
+    assert_eq!(metrics["n"], 56);
+    for m in ["accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1"] {
+        let e = &metrics["metrics"][m];
+        assert!(e["ci_low"].as_f64().unwrap() <= e["value"].as_f64().unwrap(), "{m}: {e}");
+    }
+    let resolved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
+    assert!(resolved.contains("mni152_t1.nii.gz") && resolved.contains("per_class = 40"));
+
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "val"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("val metrics (56 cases"));
+    assert!(run.join("metrics-val.json").is_file());
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap()]);
+    assert!(o.status.success());
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(again["metrics"]["accuracy"]["value"], metrics["metrics"]["accuracy"]["value"]);
+
+    let png = root().join("fixtures/itk/BrainProtonDensitySlice.png");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), png.to_str().unwrap(), png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = stdout(&o);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("path,prediction,p_outside brain,p_other brain,p_grey matter,p_white matter"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 2);
+    let probs: Vec<f64> = rows[0].split(',').skip(2).map(|v| v.parse().unwrap()).collect();
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{probs:?}");
+    let file = dir.path().join("pred.csv");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), png.to_str().unwrap(), "--output", file.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), "/nonexistent.png"]), "/nonexistent.png");
+}
