@@ -21,6 +21,27 @@
 //! [`AutodiffBackend`](burn::tensor::backend::AutodiffBackend), evaluation and prediction any
 //! [`Backend`](burn::tensor::backend::Backend).
 //!
+//! ```
+//! use vesalius_cadx::recipe::{Recipe, Schedule};
+//!
+//! let recipe = Recipe::from_toml(r#"
+//!     [data]
+//!     kind = "medmnist"
+//!     path = "pathmnist.npz"
+//!     [model]
+//!     arch = "resnet18"
+//!     [train]
+//!     epochs = 100
+//!     batch_size = 128
+//!     optimizer = { kind = "adam", lr = 0.001 }
+//!     schedule = { kind = "multistep", milestones = [50, 75] }
+//! "#).unwrap();
+//! assert_eq!(recipe.train.schedule, Schedule::MultiStep { milestones: vec![50, 75], gamma: 0.1 });
+//! assert!((recipe.train.schedule.lr(1e-3, 60, 100) - 1e-4).abs() < 1e-12);
+//! ```
+//!
+//! Training it (here without running: it needs the archive):
+//!
 //! ```no_run
 //! use std::path::Path;
 //! use vesalius_cadx::{recipe::Recipe, train::{train, TrainOptions}};

@@ -207,3 +207,24 @@ fn shipped_medmnist_recipe_runs_on_a_file_in_the_medmnist_layout() {
     assert_eq!(out.test.n, 16);
     assert!(out.test.metrics["auc"].value.is_finite());
 }
+
+#[test]
+fn early_stopping_ends_a_run_that_stops_improving() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("flat.npz");
+    squares_npz(&npz, [64, 32, 32], 1, false);
+    // A learning rate too small to change any prediction: validation accuracy never improves after epoch 1.
+    let r = recipe(
+        &format!("[data]\nkind = \"medmnist\"\npath = {:?}", npz),
+        "lenet5",
+        10,
+        "optimizer = { kind = \"sgd\", lr = 1e-12 }\nselect = \"accuracy\"\nearly_stopping_patience = 2",
+    );
+    let out = train::<AB>(&r, &dir.path().join("run"), &Default::default(), &quiet()).unwrap();
+    assert!(out.complete);
+    assert_eq!((out.epochs, out.best_epoch), (3, 1));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/checkpoints/state.json")).unwrap()).unwrap();
+    assert_eq!(state["stopped_early"], true);
+}
