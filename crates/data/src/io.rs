@@ -1,12 +1,9 @@
-//! Reading images from files: NIfTI-1 through the `nifti` crate, PNG/JPEG/TIFF through `image`.
+//! Reading images from files: NIfTI (see [`crate::nifti`]), PNG/JPEG/TIFF through `image`.
 //!
 //! [`load`] picks the reader from the file name. Sizes declared in headers are checked against the bytes the file
 //! can hold before any voxel buffer is allocated.
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-
-use nifti::{NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
 
 use crate::image::Affine;
 use crate::{DataError, Image, Result};
@@ -18,6 +15,8 @@ pub enum Format {
     Nifti,
     /// NIfTI-1, gzip-compressed.
     NiftiGz,
+    /// A `.hdr`/`.img` pair (NIfTI or Analyze 7.5), possibly gzipped.
+    NiftiPair,
     /// Portable Network Graphics.
     Png,
     /// JPEG.
@@ -34,6 +33,8 @@ impl Format {
             Format::NiftiGz
         } else if name.ends_with(".nii") {
             Format::Nifti
+        } else if [".hdr", ".img", ".hdr.gz", ".img.gz"].iter().any(|e| name.ends_with(e)) {
+            Format::NiftiPair
         } else if name.ends_with(".png") {
             Format::Png
         } else if name.ends_with(".jpg") || name.ends_with(".jpeg") {
@@ -50,6 +51,7 @@ impl Format {
         match self {
             Format::Nifti => "nifti",
             Format::NiftiGz => "nifti-gz",
+            Format::NiftiPair => "nifti-pair",
             Format::Png => "png",
             Format::Jpeg => "jpeg",
             Format::Tiff => "tiff",
@@ -61,167 +63,18 @@ impl Format {
 pub fn load(path: impl AsRef<Path>) -> Result<Image> {
     let path = path.as_ref();
     match Format::from_path(path) {
-        Some(Format::Nifti | Format::NiftiGz) => load_nifti(path),
+        Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => load_nifti(path),
         Some(_) => load_2d(path),
         None => Err(DataError::format(
             path,
-            "unknown image format (expected .nii, .nii.gz, .png, .jpg, .jpeg, .tif or .tiff)",
+            "unknown image format (expected .nii, .nii.gz, .hdr/.img, .png, .jpg, .jpeg, .tif or .tiff)",
         )),
     }
 }
 
-/// Largest expansion ratio that DEFLATE can reach; a gzip file cannot decompress to more than this many bytes per
-/// compressed byte.
-const MAX_DEFLATE_RATIO: u64 = 1032;
-
-fn nifti_type_name(t: NiftiType) -> Option<(&'static str, u64)> {
-    Some(match t {
-        NiftiType::Uint8 => ("uint8", 1),
-        NiftiType::Int8 => ("int8", 1),
-        NiftiType::Int16 => ("int16", 2),
-        NiftiType::Uint16 => ("uint16", 2),
-        NiftiType::Int32 => ("int32", 4),
-        NiftiType::Uint32 => ("uint32", 4),
-        NiftiType::Int64 => ("int64", 8),
-        NiftiType::Uint64 => ("uint64", 8),
-        NiftiType::Float32 => ("float32", 4),
-        NiftiType::Float64 => ("float64", 8),
-        _ => return None,
-    })
-}
-
-/// Reads a NIfTI-1 header only, checking that the file can hold the data it declares.
-pub fn read_nifti_header(path: &Path) -> Result<NiftiHeader> {
-    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-    if meta.is_dir() {
-        return Err(DataError::format(path, "is a directory, not a NIfTI file"));
-    }
-    let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut magic = [0u8; 4];
-    let got = read_up_to(&mut file, &mut magic).map_err(|e| DataError::io(path, e))?;
-    if got == 0 {
-        return Err(DataError::format(path, "empty file"));
-    }
-    let gz = got >= 2 && magic[..2] == [0x1f, 0x8b];
-    if !gz && got == 4 {
-        let le = i32::from_le_bytes(magic);
-        let be = i32::from_be_bytes(magic);
-        if le == 540 || be == 540 {
-            return Err(DataError::format(path, "NIfTI-2 files are not supported by this reader"));
-        }
-        if le != 348 && be != 348 {
-            return Err(DataError::format(path, format!("not a NIfTI-1 file (sizeof_hdr is {le}, expected 348)")));
-        }
-    }
-    file.seek(SeekFrom::Start(0)).map_err(|e| DataError::io(path, e))?;
-    let header = NiftiHeader::from_file(path).map_err(|e| DataError::format(path, format!("invalid NIfTI header: {e}")))?;
-    let ndim = header.dim[0] as usize;
-    if !(1..=7).contains(&ndim) {
-        return Err(DataError::format(path, format!("invalid number of dimensions dim[0] = {ndim}")));
-    }
-    let dims = &header.dim[1..=ndim];
-    if dims.iter().any(|&d| d == 0 || d > i16::MAX as u16) {
-        return Err(DataError::format(path, format!("invalid dimensions {dims:?}")));
-    }
-    let dtype = header.data_type().map_err(|_| DataError::format(path, format!("unknown datatype code {}", header.datatype)))?;
-    let (_, size) = nifti_type_name(dtype)
-        .ok_or_else(|| DataError::format(path, format!("datatype {dtype:?} is not supported")))?;
-    let voxels = dims.iter().map(|&d| d as u64).product::<u64>();
-    let need = voxels * size + header.vox_offset.max(0.0) as u64;
-    let available = if gz { meta.len().saturating_mul(MAX_DEFLATE_RATIO) } else { meta.len() };
-    if !(header.vox_offset >= 0.0) || need > available {
-        return Err(DataError::format(
-            path,
-            format!(
-                "header declares {voxels} voxels of {size} byte(s) at offset {}, but the file holds {} bytes",
-                header.vox_offset,
-                meta.len()
-            ),
-        ));
-    }
-    Ok(header)
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-/// The voxel-to-world affine that nibabel reports for a NIfTI-1 header: the sform when `sform_code > 0`, else the
-/// qform (quaternion) when `qform_code > 0`, else a scaling by the voxel sizes with the x axis flipped and the
-/// origin at the centre of the grid (nibabel's `get_base_affine`).
-pub fn nifti_affine(h: &NiftiHeader) -> Affine {
-    let ndim = (h.dim[0] as usize).clamp(1, 7);
-    let shape: Vec<f64> = (1..=3).map(|i| if i <= ndim { h.dim[i] as f64 } else { 1.0 }).collect();
-    if h.sform_code > 0 {
-        let r = |row: [f32; 4]| row.map(f64::from);
-        return [r(h.srow_x), r(h.srow_y), r(h.srow_z), [0., 0., 0., 1.]];
-    }
-    let mut zooms: Vec<f64> = (1..=3).map(|i| if i <= ndim { (h.pixdim[i] as f64).abs() } else { 1.0 }).collect();
-    if h.qform_code > 0 {
-        let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
-        let w2 = 1.0 - (b * b + c * c + d * d);
-        let a = if w2 < 0.0 { 0.0 } else { w2.sqrt() };
-        let rot = [
-            [a * a + b * b - c * c - d * d, 2. * b * c - 2. * a * d, 2. * b * d + 2. * a * c],
-            [2. * b * c + 2. * a * d, a * a + c * c - b * b - d * d, 2. * c * d - 2. * a * b],
-            [2. * b * d - 2. * a * c, 2. * c * d + 2. * a * b, a * a + d * d - c * c - b * b],
-        ];
-        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-        zooms[2] *= qfac;
-        let offset = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
-        let mut out = [[0.0; 4]; 4];
-        for r in 0..3 {
-            for c in 0..3 {
-                out[r][c] = rot[r][c] * zooms[c];
-            }
-            out[r][3] = offset[r];
-        }
-        out[3][3] = 1.0;
-        return out;
-    }
-    let z = [-zooms[0], zooms[1], zooms[2]];
-    let mut out = [[0.0; 4]; 4];
-    for a in 0..3 {
-        out[a][a] = z[a];
-        out[a][3] = -(shape[a] - 1.0) / 2.0 * z[a];
-    }
-    out[3][3] = 1.0;
-    out
-}
-
-/// Reads a NIfTI-1 file (`.nii` or `.nii.gz`) with intensity scaling applied as nibabel's `get_fdata()` does.
-///
-/// Up to three axes are spatial; a fourth (time, or channels) becomes the image's channels, as does the fifth of a
-/// vector image whose fourth axis is 1.
+/// Reads a NIfTI-1/NIfTI-2 file or an Analyze/NIfTI `.hdr`/`.img` pair (see [`crate::nifti`]).
 pub fn load_nifti(path: &Path) -> Result<Image> {
-    let header = read_nifti_header(path)?;
-    let ndim = header.dim[0] as usize;
-    let dims: Vec<usize> = header.dim[1..=ndim].iter().map(|&d| d as usize).collect();
-    let dtype = header.data_type().ok().and_then(nifti_type_name).map(|(n, _)| n).unwrap_or("unknown");
-    let (spatial, channels) = match ndim {
-        1..=3 => (dims.clone(), 1),
-        4 => (dims[..3].to_vec(), dims[3]),
-        5 if dims[3] == 1 => (dims[..3].to_vec(), dims[4]),
-        _ => return Err(DataError::format(path, format!("{ndim}-dimensional NIfTI images are not supported"))),
-    };
-    let affine = nifti_affine(&header);
-    let obj = ReaderOptions::new().read_file(path).map_err(|e| DataError::format(path, format!("cannot read voxel data: {e}")))?;
-    let volume = obj.into_volume();
-    let array = nifti::IntoNdArray::into_ndarray::<f32>(volume)
-        .map_err(|e| DataError::format(path, format!("cannot decode voxel data: {e}")))?;
-    // The array is in Fortran order: its memory order is the file's, first axis fastest.
-    let data = match array.as_slice_memory_order() {
-        Some(s) if array.t().is_standard_layout() => s.to_vec(),
-        _ => array.t().iter().copied().collect(),
-    };
-    Image::new(data, spatial, channels, affine, dtype).map_err(|e| DataError::format(path, e.to_string()))
+    crate::nifti::load(path)
 }
 
 /// Reads a PNG, JPEG or TIFF image: 8- or 16-bit grey (one channel) or RGB/RGBA (three channels, alpha dropped).

@@ -3,8 +3,8 @@
 //! * [`Image`] holds voxel (or pixel) values together with the 4×4 affine that maps voxel indices to world
 //!   coordinates (RAS+, millimetres, as nibabel reports it), plus the stored data type. Spacing, origin,
 //!   direction and orientation codes are derived from the affine, so they can never disagree with it.
-//! * [`io`] reads NIfTI-1 (`.nii`, `.nii.gz`) through the `nifti` crate and PNG/JPEG/TIFF (8- and 16-bit grey,
-//!   RGB) through `image`; [`npz`] reads MedMNIST `.npz` archives without Python.
+//! * [`io`] reads NIfTI-1 and NIfTI-2 ([`nifti`]: `.nii`, `.nii.gz`, `.hdr`/`.img`, both byte orders, every
+//!   scalar type and RGB; also written) and PNG/JPEG/TIFF (8- and 16-bit grey, RGB) through `image`; [`npz`] reads MedMNIST `.npz` archives without Python.
 //! * [`source`] lists labelled samples from a CSV manifest, a folder of class sub-folders or a MedMNIST archive;
 //!   [`split`] assigns them to train/validation/test at patient level.
 //! * [`dataset`] turns samples into a burn [`Dataset`](burn::data::dataset::Dataset) of fixed-size tensors, and
@@ -31,7 +31,9 @@ pub mod batch;
 pub mod dataset;
 mod error;
 mod image;
+pub mod geometry;
 pub mod io;
+pub mod nifti;
 pub mod npz;
 pub mod source;
 pub mod split;

@@ -117,7 +117,7 @@ fn hostile_files_give_errors_naming_the_file() {
     assert!(message(load(&empty).unwrap_err()).contains("empty.nii: empty file"));
 
     let random = write(dir.path(), "random.nii", &[7u8; 400]);
-    assert!(message(load(&random).unwrap_err()).contains("not a NIfTI-1 file"));
+    assert!(message(load(&random).unwrap_err()).contains("random.nii: not a NIfTI file"));
 
     // A header promising 30000³ voxels in a 352-byte file: refused before any allocation.
     let huge = write(dir.path(), "huge.nii", &nifti_header(&[30000, 30000, 30000], 352.0));
