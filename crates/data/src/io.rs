@@ -17,6 +17,8 @@ pub enum Format {
     NiftiGz,
     /// A `.hdr`/`.img` pair (NIfTI or Analyze 7.5), possibly gzipped.
     NiftiPair,
+    /// MetaImage (`.mha`, or `.mhd` with a raw file).
+    MetaImage,
     /// Portable Network Graphics.
     Png,
     /// JPEG.
@@ -35,6 +37,8 @@ impl Format {
             Format::Nifti
         } else if [".hdr", ".img", ".hdr.gz", ".img.gz"].iter().any(|e| name.ends_with(e)) {
             Format::NiftiPair
+        } else if name.ends_with(".mha") || name.ends_with(".mhd") {
+            Format::MetaImage
         } else if name.ends_with(".png") {
             Format::Png
         } else if name.ends_with(".jpg") || name.ends_with(".jpeg") {
@@ -52,6 +56,7 @@ impl Format {
             Format::Nifti => "nifti",
             Format::NiftiGz => "nifti-gz",
             Format::NiftiPair => "nifti-pair",
+            Format::MetaImage => "metaimage",
             Format::Png => "png",
             Format::Jpeg => "jpeg",
             Format::Tiff => "tiff",
@@ -64,10 +69,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Image> {
     let path = path.as_ref();
     match Format::from_path(path) {
         Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => load_nifti(path),
+        Some(Format::MetaImage) => crate::metaimage::load(path),
+        Some(Format::Tiff) => load_tiff(path),
         Some(_) => load_2d(path),
         None => Err(DataError::format(
             path,
-            "unknown image format (expected .nii, .nii.gz, .hdr/.img, .png, .jpg, .jpeg, .tif or .tiff)",
+            "unknown image format (expected .nii, .nii.gz, .hdr/.img, .mha, .mhd, .png, .jpg, .jpeg, .tif or .tiff)",
         )),
     }
 }
@@ -75,6 +82,93 @@ pub fn load(path: impl AsRef<Path>) -> Result<Image> {
 /// Reads a NIfTI-1/NIfTI-2 file or an Analyze/NIfTI `.hdr`/`.img` pair (see [`crate::nifti`]).
 pub fn load_nifti(path: &Path) -> Result<Image> {
     crate::nifti::load(path)
+}
+
+/// Reads a TIFF file: one page is a 2D image, several pages of one size are a 3D stack (pages along the third
+/// axis). Grey (8/16/32-bit integer or float) and RGB pages; an RGB file with equal channels reads as grey.
+pub fn load_tiff(path: &Path) -> Result<Image> {
+    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::ColorType;
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let fail = |e: tiff::TiffError| DataError::format(path, format!("cannot decode TIFF: {e}"));
+    let mut dec = Decoder::new(std::io::BufReader::new(file)).map_err(fail)?;
+    let (w, h) = dec.dimensions().map_err(fail)?;
+    let (w, h) = (w as usize, h as usize);
+    let channels = match dec.colortype().map_err(fail)? {
+        ColorType::Gray(_) => 1,
+        ColorType::RGB(_) => 3,
+        ColorType::RGBA(_) => 4,
+        other => return Err(DataError::format(path, format!("unsupported TIFF colour type {other:?}"))),
+    };
+    let mut pages: Vec<Vec<f32>> = Vec::new();
+    let mut dtype: &str;
+    loop {
+        if dec.dimensions().map_err(fail)? != (w as u32, h as u32) {
+            return Err(DataError::format(path, format!("page {} differs in size from the first page", pages.len() + 1)));
+        }
+        let (values, t): (Vec<f32>, &str) = match dec.read_image().map_err(fail)? {
+            DecodingResult::U8(v) => (v.into_iter().map(f32::from).collect(), "uint8"),
+            DecodingResult::U16(v) => (v.into_iter().map(f32::from).collect(), "uint16"),
+            DecodingResult::I8(v) => (v.into_iter().map(f32::from).collect(), "int8"),
+            DecodingResult::I16(v) => (v.into_iter().map(f32::from).collect(), "int16"),
+            DecodingResult::U32(v) => (v.into_iter().map(|x| x as f32).collect(), "uint32"),
+            DecodingResult::I32(v) => (v.into_iter().map(|x| x as f32).collect(), "int32"),
+            DecodingResult::F32(v) => (v, "float32"),
+            DecodingResult::F64(v) => (v.into_iter().map(|x| x as f32).collect(), "float64"),
+            _ => return Err(DataError::format(path, "unsupported TIFF sample format")),
+        };
+        if values.len() != w * h * channels {
+            return Err(DataError::format(path, format!("page {} holds {} values, expected {}", pages.len() + 1, values.len(), w * h * channels)));
+        }
+        dtype = t;
+        pages.push(values);
+        if !dec.more_images() {
+            break;
+        }
+        dec.next_image().map_err(fail)?;
+    }
+    let n_pages = pages.len();
+    let plane = w * h;
+    let keep = channels.min(3);
+    let mut data = vec![0f32; keep * plane * n_pages];
+    for (z, page) in pages.iter().enumerate() {
+        for p in 0..plane {
+            for c in 0..keep {
+                data[(c * n_pages + z) * plane + p] = page[p * channels + c];
+            }
+        }
+    }
+    let (data, keep) = if keep == 3 && is_grey(&data, plane * n_pages) { (data[..plane * n_pages].to_vec(), 1) } else { (data, keep) };
+    let shape = if n_pages > 1 { vec![w, h, n_pages] } else { vec![w, h] };
+    let affine: Affine = [[-1., 0., 0., 0.], [0., -1., 0., 0.], [0., 0., 1., 0.], [0., 0., 0., 1.]];
+    Image::new(data, shape, keep, affine, dtype).map_err(|e| DataError::format(path, e.to_string()))
+}
+
+/// Writes a 2D image (one grey or three RGB channels) as PNG or TIFF, 8-bit when every value is an integer in
+/// 0–255 and the source type is 8-bit, else 16-bit (values rounded and clamped to 0–65535). Atomic.
+pub fn save_2d(path: &Path, img: &Image) -> Result<()> {
+    let (w, h) = match img.shape() {
+        [w, h] | [w, h, 1] => (*w, *h),
+        s => return Err(DataError::format(path, format!("a {}-D image of shape {s:?} cannot be written as a 2D file", s.len()))),
+    };
+    let fmt = match Format::from_path(path) {
+        Some(Format::Png) => image::ImageFormat::Png,
+        Some(Format::Tiff) => image::ImageFormat::Tiff,
+        _ => return Err(DataError::format(path, "2D output must be .png, .tif or .tiff")),
+    };
+    let eight = img.dtype() == "uint8" && img.data().iter().all(|&v| (0.0..=255.0).contains(&v) && v.fract() == 0.0);
+    let n = w * h;
+    let interleave = |c: usize| -> Vec<f32> { (0..n).flat_map(|p| (0..c).map(move |k| (p, k))).map(|(p, k)| img.data()[k * n + p]).collect() };
+    let dynimg = match (img.channels(), eight) {
+        (1, true) => image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(w as u32, h as u32, img.data().iter().map(|&v| v as u8).collect()).ok_or_else(|| DataError::Invalid("buffer size".into()))?),
+        (1, false) => image::DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(w as u32, h as u32, img.data().iter().map(|&v| v.round().clamp(0.0, 65535.0) as u16).collect()).ok_or_else(|| DataError::Invalid("buffer size".into()))?),
+        (3, true) => image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(w as u32, h as u32, interleave(3).into_iter().map(|v| v as u8).collect()).ok_or_else(|| DataError::Invalid("buffer size".into()))?),
+        (3, false) => image::DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(w as u32, h as u32, interleave(3).into_iter().map(|v| v.round().clamp(0.0, 65535.0) as u16).collect()).ok_or_else(|| DataError::Invalid("buffer size".into()))?),
+        (c, _) => return Err(DataError::format(path, format!("{c} channels cannot be written as a 2D file"))),
+    };
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    dynimg.write_to(&mut bytes, fmt).map_err(|e| DataError::format(path, format!("cannot encode: {e}")))?;
+    write_atomic(path, &bytes.into_inner())
 }
 
 /// Reads a PNG, JPEG or TIFF image: 8- or 16-bit grey (one channel) or RGB/RGBA (three channels, alpha dropped).

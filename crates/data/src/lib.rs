@@ -33,6 +33,7 @@ mod error;
 mod image;
 pub mod geometry;
 pub mod io;
+pub mod metaimage;
 pub mod nifti;
 pub mod npz;
 pub mod source;

@@ -315,7 +315,7 @@ fn load_csv(path: &Path, multi_label: bool, channels: usize, size: usize) -> Res
 }
 
 fn is_image_file(p: &Path) -> bool {
-    matches!(io::Format::from_path(p), Some(io::Format::Png | io::Format::Jpeg | io::Format::Tiff | io::Format::Nifti | io::Format::NiftiGz))
+    io::Format::from_path(p).is_some_and(|f| f != io::Format::NiftiPair || p.to_string_lossy().to_ascii_lowercase().contains(".hdr"))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -152,3 +152,26 @@ fn hostile_files_give_errors_naming_the_file() {
     assert!(message(load(dir.path().join("x.xyz")).unwrap_err()).contains("unknown image format"));
     assert_eq!(Format::from_path(Path::new("A.NII.GZ")), Some(Format::NiftiGz));
 }
+
+#[test]
+fn multipage_tiff_is_a_stack() {
+    use tiff::encoder::{colortype, TiffEncoder};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("stack.tif");
+    {
+        let f = std::fs::File::create(&p).unwrap();
+        let mut enc = TiffEncoder::new(f).unwrap();
+        for z in 0..3u16 {
+            let page: Vec<u16> = (0..20u16).map(|i| i + 100 * z).collect();
+            enc.write_image::<colortype::Gray16>(5, 4, &page).unwrap();
+        }
+    }
+    let img = load(&p).unwrap();
+    assert_eq!(img.shape(), &[5, 4, 3]);
+    assert_eq!(img.dtype(), "uint16");
+    assert_eq!(img.get(&[1, 2, 2]), (2 * 5 + 1) as f32 + 200.0);
+    // A one-page TIFF stays 2D.
+    let one = dir.path().join("one.tif");
+    image::GrayImage::from_pixel(3, 2, image::Luma([9u8])).save(&one).unwrap();
+    assert_eq!(load(&one).unwrap().shape(), &[3, 2]);
+}

@@ -53,6 +53,14 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Convert an image between formats (NIfTI, MetaImage, PNG, TIFF in; NIfTI, PNG, TIFF out), keeping its
+    /// geometry and stored type.
+    Convert {
+        /// The input image.
+        input: PathBuf,
+        /// The output file; its extension picks the format (.nii, .nii.gz, .png, .tif).
+        output: PathBuf,
+    },
     /// Print format, shape, data type, spacing, affine and orientation of an image as JSON.
     Info {
         /// The image file.
@@ -76,6 +84,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Train { recipe, out, quiet } => commands::train(backend, &recipe, out, quiet),
         Command::Evaluate { run, split } => commands::evaluate(backend, &run, &split),
         Command::Predict { run, inputs, output } => commands::predict(backend, &run, &inputs, output.as_deref()),
+        Command::Convert { input, output } => commands::convert(&input, &output),
         Command::Info { path } => {
             let json = commands::info_json(&path)?;
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);

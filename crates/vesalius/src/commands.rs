@@ -114,6 +114,28 @@ fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
+/// `vesalius convert`.
+pub fn convert(input: &Path, output: &Path) -> Result<(), CliError> {
+    use vesalius_data::nifti::{save, NiftiType};
+    let img = load(input)?;
+    match Format::from_path(output) {
+        Some(Format::Nifti | Format::NiftiGz) => {
+            let dtype = NiftiType::from_name(img.dtype()).unwrap_or(NiftiType::F32);
+            let dtype = if img.channels() == 3 && dtype == NiftiType::U8 && img.ndim() == 2 { NiftiType::Rgb24 } else { dtype };
+            save(output, &img, dtype)?;
+        }
+        Some(Format::Png | Format::Tiff) => vesalius_data::io::save_2d(output, &img)?,
+        _ => {
+            return Err(CliError::Usage(format!(
+                "{}: cannot write this format (outputs: .nii, .nii.gz, .png, .tif, .tiff)",
+                output.display()
+            )));
+        }
+    }
+    println!("{} → {} ({:?}, {})", input.display(), output.display(), img.shape(), img.dtype());
+    Ok(())
+}
+
 /// The JSON object that `vesalius info` prints.
 pub fn info_json(path: &Path) -> Result<Value, CliError> {
     let format = Format::from_path(path).map(Format::name).unwrap_or("unknown");

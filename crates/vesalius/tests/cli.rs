@@ -137,3 +137,31 @@ bootstrap = 100
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), "/nonexistent.png"]), "/nonexistent.png");
 }
+
+#[test]
+fn convert_keeps_geometry_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mha = root().join("fixtures/metaimage/rotated_int16.mha");
+    let nii = dir.path().join("rotated.nii.gz");
+    let o = vesalius(&["convert", mha.to_str().unwrap(), nii.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = vesalius_data::io::load(&mha).unwrap();
+    let b = vesalius_data::io::load(&nii).unwrap();
+    assert_eq!((a.shape(), a.data(), b.dtype()), (b.shape(), b.data(), "int16"));
+    for r in 0..4 {
+        for c in 0..4 {
+            assert!((a.affine()[r][c] - b.affine()[r][c]).abs() < 1e-5);
+        }
+    }
+    // PNG → NIfTI → PNG gives the same pixels.
+    let png = root().join("fixtures/itk/BrainProtonDensitySlice.png");
+    let mid = dir.path().join("slice.nii");
+    let back = dir.path().join("slice.png");
+    assert!(vesalius(&["convert", png.to_str().unwrap(), mid.to_str().unwrap()]).status.success());
+    assert!(vesalius(&["convert", mid.to_str().unwrap(), back.to_str().unwrap()]).status.success());
+    assert_eq!(vesalius_data::io::load(&png).unwrap().data(), vesalius_data::io::load(&back).unwrap().data());
+    // A volume cannot become a PNG; an unknown output format is refused.
+    let vol = root().join("fixtures/nifti/nibabel/standard.nii.gz");
+    assert_input_error(&vesalius(&["convert", vol.to_str().unwrap(), dir.path().join("x.png").to_str().unwrap()]), "cannot be written as a 2D file");
+    assert_input_error(&vesalius(&["convert", vol.to_str().unwrap(), dir.path().join("x.bmp").to_str().unwrap()]), "x.bmp");
+}
