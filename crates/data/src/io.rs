@@ -19,6 +19,8 @@ pub enum Format {
     NiftiPair,
     /// MetaImage (`.mha`, or `.mhd` with a raw file).
     MetaImage,
+    /// DICOM: a file, or a folder holding a series.
+    Dicom,
     /// Portable Network Graphics.
     Png,
     /// JPEG.
@@ -30,8 +32,13 @@ pub enum Format {
 impl Format {
     /// The format a file name implies, from its extension (case-insensitive).
     pub fn from_path(path: &Path) -> Option<Format> {
+        if path.is_dir() {
+            return Some(Format::Dicom);
+        }
         let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
-        Some(if name.ends_with(".nii.gz") {
+        Some(if name.ends_with(".dcm") || name.ends_with(".dicom") || has_dicom_magic(path) {
+            Format::Dicom
+        } else if name.ends_with(".nii.gz") {
             Format::NiftiGz
         } else if name.ends_with(".nii") {
             Format::Nifti
@@ -57,6 +64,7 @@ impl Format {
             Format::NiftiGz => "nifti-gz",
             Format::NiftiPair => "nifti-pair",
             Format::MetaImage => "metaimage",
+            Format::Dicom => "dicom",
             Format::Png => "png",
             Format::Jpeg => "jpeg",
             Format::Tiff => "tiff",
@@ -64,17 +72,26 @@ impl Format {
     }
 }
 
-/// Reads any supported image file.
+/// Whether the file has DICOM's `DICM` code after its 128-byte preamble.
+fn has_dicom_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 132];
+    File::open(path).and_then(|mut f| f.read_exact(&mut buf)).is_ok() && &buf[128..] == b"DICM"
+}
+
+/// Reads any supported image file, or a DICOM series folder.
 pub fn load(path: impl AsRef<Path>) -> Result<Image> {
     let path = path.as_ref();
     match Format::from_path(path) {
         Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => load_nifti(path),
         Some(Format::MetaImage) => crate::metaimage::load(path),
+        Some(Format::Dicom) if path.is_dir() => crate::dicom::load_series(path, None).map(|(img, _)| img),
+        Some(Format::Dicom) => crate::dicom::load_file(path),
         Some(Format::Tiff) => load_tiff(path),
         Some(_) => load_2d(path),
         None => Err(DataError::format(
             path,
-            "unknown image format (expected .nii, .nii.gz, .hdr/.img, .mha, .mhd, .png, .jpg, .jpeg, .tif or .tiff)",
+            "unknown image format (expected DICOM, .nii, .nii.gz, .hdr/.img, .mha, .mhd, .png, .jpg, .jpeg, .tif or .tiff)",
         )),
     }
 }

@@ -146,14 +146,32 @@ pub fn info_json(path: &Path) -> Result<Value, CliError> {
     }
     let round = |v: f64| if v == 0.0 { 0.0 } else { (v * 1e6).round() / 1e6 };
     let affine: Vec<Vec<f64>> = img.affine().iter().map(|r| r.iter().map(|&v| round(v)).collect()).collect();
-    Ok(json!({
+    let mut extra = serde_json::Map::new();
+    if format == "dicom" {
+        let header = if path.is_dir() {
+            let series = vesalius_data::dicom::scan(path)?;
+            series.values().find(|files| files.len() == img.shape().get(2).copied().unwrap_or(1)).and_then(|f| f.first().cloned())
+        } else {
+            Some(vesalius_data::dicom::read_header(path)?)
+        };
+        if let Some(h) = header {
+            extra.insert("modality".into(), json!(h.modality));
+            extra.insert("series_uid".into(), json!(h.series_uid));
+            extra.insert("n_slices".into(), json!(if img.ndim() == 3 { img.shape()[2] } else { 1 }));
+        }
+    }
+    let mut out = json!({
         "format": format,
         "shape": shape,
         "dtype": img.dtype(),
         "spacing": img.spacing().into_iter().map(round).collect::<Vec<_>>(),
         "affine": affine,
         "orientation": img.orientation(),
-    }))
+    });
+    if let Some(obj) = out.as_object_mut() {
+        obj.extend(extra);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

