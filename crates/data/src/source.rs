@@ -215,6 +215,9 @@ pub fn prepare_2d(img: &Image, channels: usize, size: usize, path: &Path) -> Res
         [w, h, 1] => (*w, *h),
         _ => return Err(DataError::format(path, format!("expected a 2D image, found shape {shape:?}"))),
     };
+    if w == 0 || h == 0 || size == 0 {
+        return Err(DataError::format(path, format!("empty image ({w}×{h}) or output size {size}")));
+    }
     let (lo, hi) = match img.dtype() {
         "uint8" => (0.0, 255.0),
         "uint16" => (0.0, 65535.0),
