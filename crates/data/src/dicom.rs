@@ -135,6 +135,30 @@ fn header_of(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<Sli
     })
 }
 
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it (a decoder's bug on corrupt input) into an error message. The panic is
+/// not reported by the process's panic hook while it is caught here.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    result.map_err(|p| {
+        p.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "decoder panic".into())
+    })
+}
+
 /// Decoded pixel values of a file, frames last, with the modality rescale applied; RGB becomes planar.
 fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     if let Some(ts) = TransferSyntaxRegistry.get(&h.transfer_syntax) {
@@ -144,13 +168,15 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     } else {
         return Err(DataError::format(path, format!("unsupported transfer syntax {}", transfer_syntax_name(&h.transfer_syntax))));
     }
-    let obj = match dicom_object::open_file(path) {
+    let obj = match guarded(|| dicom_object::open_file(path)).map_err(|m| DataError::format(path, format!("corrupt DICOM data ({m})")))? {
         Ok(obj) => obj,
         // Some files carry bytes after their last element that no parser can read; pydicom ignores them, and so
         // do we for uncompressed pixel data.
         Err(e) => return native_pixels_after_trailing_bytes(path, h).ok_or_else(|| DataError::format(path, format!("not a readable DICOM file: {e}")))?,
     };
-    let decoded = obj.decode_pixel_data().map_err(|e| {
+    let decoded = guarded(|| obj.decode_pixel_data())
+        .map_err(|m| DataError::format(path, format!("corrupt pixel data: the {} decoder failed ({m})", transfer_syntax_name(&h.transfer_syntax))))?
+        .map_err(|e| {
         let msg = e.to_string();
         if msg.to_ascii_lowercase().contains("unsupported") {
             DataError::format(path, format!("unsupported transfer syntax {}", transfer_syntax_name(&h.transfer_syntax)))
@@ -158,8 +184,8 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
             DataError::format(path, format!("cannot decode pixel data: {msg}"))
         }
     })?;
-    let values: Vec<f32> = decoded
-        .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::Default))
+    let values: Vec<f32> = guarded(|| decoded.to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::Default)))
+        .map_err(|m| DataError::format(path, format!("corrupt pixel data ({m})")))?
         .map_err(|e| DataError::format(path, format!("cannot convert pixel data: {e}")))?;
     let plane = h.rows as usize * h.cols as usize;
     let n = plane * h.frames as usize;

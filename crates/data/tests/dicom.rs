@@ -126,3 +126,11 @@ fn several_series_are_listed_and_chosen_by_uid_and_gaps_are_reported() {
     assert_eq!(img.shape()[2], 19);
     assert!(report.warnings.iter().any(|w| w.contains("1 slice(s) missing")), "{:?}", report.warnings);
 }
+
+#[test]
+fn a_decoder_panic_on_corrupt_data_is_an_error() {
+    // Found by fuzzing: corrupt RLE segments make the decoder index out of bounds.
+    let p = fixtures().join("dicom/fuzz/rle_out_of_bounds.dcm");
+    let e = load_file(&p).unwrap_err().to_string();
+    assert!(e.contains("rle_out_of_bounds.dcm") && e.contains("corrupt"), "{e}");
+}
