@@ -69,12 +69,85 @@ pub fn transfer_syntax_name(uid: &str) -> String {
     TransferSyntaxRegistry.get(uid).map_or_else(|| uid.to_string(), |ts| format!("{} ({uid})", ts.name()))
 }
 
+/// Walks the element headers of a DICOM file and checks that every declared value length fits in the bytes
+/// left, so that no parser is asked to reserve memory for data the file cannot hold. Handles the explicit-VR
+/// little-endian meta group, then the data set in implicit or explicit VR, little or big endian, stepping into
+/// sequences and items and over encapsulated fragments.
+pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<()> {
+    let err = |at: usize, msg: String| DataError::format(path, format!("{msg} (at byte {at})"));
+    let mut pos = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { 132 } else { 0 };
+    let mut explicit = true;
+    let mut big = false;
+    let mut in_meta = pos == 132;
+    let mut fragments = false;
+    let u16_at = |b: &[u8], i: usize, big: bool| -> Option<u16> {
+        let v = [*b.get(i)?, *b.get(i + 1)?];
+        Some(if big { u16::from_be_bytes(v) } else { u16::from_le_bytes(v) })
+    };
+    let u32_at = |b: &[u8], i: usize, big: bool| -> Option<u32> {
+        let v = [*b.get(i)?, *b.get(i + 1)?, *b.get(i + 2)?, *b.get(i + 3)?];
+        Some(if big { u32::from_be_bytes(v) } else { u32::from_le_bytes(v) })
+    };
+    while pos + 8 <= bytes.len() {
+        let le_group = u16_at(bytes, pos, false).unwrap_or(0);
+        if in_meta && le_group != 0x0002 {
+            in_meta = false;
+        }
+        let bo = big && !in_meta;
+        let group = u16_at(bytes, pos, bo).unwrap_or(0);
+        let element = u16_at(bytes, pos + 2, bo).unwrap_or(0);
+        let (len, header) = if group == 0xFFFE {
+            (u32_at(bytes, pos + 4, bo).unwrap_or(0), 8)
+        } else if explicit || in_meta {
+            let vr = [bytes[pos + 4], bytes[pos + 5]];
+            if matches!(&vr, b"OB" | b"OW" | b"OF" | b"SQ" | b"UT" | b"UN" | b"OD" | b"OL" | b"OV" | b"UC" | b"UR" | b"SV" | b"UV") {
+                (u32_at(bytes, pos + 8, bo).ok_or_else(|| err(pos, "truncated element header".into()))?, 12)
+            } else {
+                (u16_at(bytes, pos + 6, bo).unwrap_or(0) as u32, 8)
+            }
+        } else {
+            (u32_at(bytes, pos + 4, bo).unwrap_or(0), 8)
+        };
+        let value_at = pos + header;
+        let is_sq = (explicit || in_meta) && group != 0xFFFE && &bytes[pos + 4..pos + 6] == b"SQ";
+        if len == u32::MAX {
+            // Undefined length: a sequence, an item, or encapsulated pixel data; walk into its content.
+            if !is_sq && group != 0xFFFE {
+                fragments = true;
+            }
+            pos = value_at;
+            continue;
+        }
+        let len = len as usize;
+        if len > bytes.len().saturating_sub(value_at) {
+            return Err(err(
+                pos,
+                format!("element ({group:04X},{element:04X}) declares {len} bytes but only {} remain in the file", bytes.len().saturating_sub(value_at)),
+            ));
+        }
+        if in_meta && (group, element) == (0x0002, 0x0010) {
+            let ts = String::from_utf8_lossy(&bytes[value_at..value_at + len]).trim_end_matches(['\0', ' ']).to_string();
+            explicit = ts != "1.2.840.10008.1.2";
+            big = ts == "1.2.840.10008.1.2.2";
+        }
+        if (group, element) == (0xFFFE, 0xE0DD) {
+            fragments = false;
+        }
+        // Step into defined-length sequences and items (their content is elements); skip other values.
+        let step_into = is_sq || (group == 0xFFFE && element == 0xE000 && !fragments);
+        pos = if step_into { value_at } else { value_at + len };
+    }
+    Ok(())
+}
+
 /// Reads the header of a DICOM file (everything before the pixel data).
 pub fn read_header(path: &Path) -> Result<SliceHeader> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     if meta.is_dir() {
         return Err(DataError::format(path, "is a directory (use it as a series folder)"));
     }
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    check_lengths(path, &bytes)?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -168,12 +241,7 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     } else {
         return Err(DataError::format(path, format!("unsupported transfer syntax {}", transfer_syntax_name(&h.transfer_syntax))));
     }
-    let obj = match guarded(|| dicom_object::open_file(path)).map_err(|m| DataError::format(path, format!("corrupt DICOM data ({m})")))? {
-        Ok(obj) => obj,
-        // Some files carry bytes after their last element that no parser can read; pydicom ignores them, and so
-        // do we for uncompressed pixel data.
-        Err(e) => return native_pixels_after_trailing_bytes(path, h).ok_or_else(|| DataError::format(path, format!("not a readable DICOM file: {e}")))?,
-    };
+    let obj = open_tolerant(path)?;
     let decoded = guarded(|| obj.decode_pixel_data())
         .map_err(|m| DataError::format(path, format!("corrupt pixel data: the {} decoder failed ({m})", transfer_syntax_name(&h.transfer_syntax))))?
         .map_err(|e| {
@@ -204,37 +272,34 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     Ok(planar)
 }
 
-/// Uncompressed little-endian pixel data located by its element header, for files whose trailing bytes stop the
-/// parser. The element must declare exactly the size that Rows × Columns × frames × samples × bits imply.
-fn native_pixels_after_trailing_bytes(path: &Path, h: &SliceHeader) -> Option<Result<Vec<f32>>> {
-    if !matches!(h.transfer_syntax.as_str(), "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1") || h.samples != 1 || ![8, 16].contains(&h.bits) {
-        return None;
-    }
-    let header = OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path).ok()?;
-    let bytes = std::fs::read(path).ok()?;
-    let need = h.rows as usize * h.cols as usize * h.frames as usize * (h.bits as usize / 8);
-    let tag = [0xE0u8, 0x7F, 0x10, 0x00];
-    let mut start = None;
-    for at in (0..bytes.len().saturating_sub(8)).filter(|&i| bytes[i..i + 4] == tag) {
-        let explicit = &bytes[at + 4..at + 6] == b"OW" || &bytes[at + 4..at + 6] == b"OB";
-        let (len_at, data_at) = if explicit { (at + 8, at + 12) } else { (at + 4, at + 8) };
-        let len = u32::from_le_bytes(bytes.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
-        if len == need && data_at + need <= bytes.len() {
-            start = Some(data_at);
-            break;
-        }
-    }
-    let data = &bytes[start?..start? + need];
-    let signed = int(&header, tags::PIXEL_REPRESENTATION) == Some(1);
-    let slope = floats(&header, tags::RESCALE_SLOPE).and_then(|v| v.first().copied()).unwrap_or(1.0);
-    let inter = floats(&header, tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied()).unwrap_or(0.0);
-    let raw: Vec<f64> = match (h.bits, signed) {
-        (8, false) => data.iter().map(|&v| v as f64).collect(),
-        (8, true) => data.iter().map(|&v| v as i8 as f64).collect(),
-        (_, false) => data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f64).collect(),
-        (_, true) => data.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f64).collect(),
+/// Opens a whole DICOM file. Some files carry bytes after their last element that no parser can read (pydicom
+/// ignores them); when the full parse fails, the file is parsed again up to the end of its Pixel Data element,
+/// located by its header and a length that fits in the file.
+pub fn open_tolerant(path: &Path) -> Result<DefaultDicomObject> {
+    let first = guarded(|| dicom_object::open_file(path)).map_err(|m| DataError::format(path, format!("corrupt DICOM data ({m})")))?;
+    let err = match first {
+        Ok(obj) => return Ok(obj),
+        Err(e) => e,
     };
-    Some(Ok(raw.into_iter().map(|v| (v * slope + inter) as f32).collect()))
+    let fail = || DataError::format(path, format!("not a readable DICOM file: {err}"));
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let end = (0..bytes.len().saturating_sub(8)).filter(|&i| bytes[i..i + 4] == [0xE0, 0x7F, 0x10, 0x00]).find_map(|i| {
+        let explicit = matches!(&bytes[i + 4..i + 6], b"OW" | b"OB") && bytes[i + 6..i + 8] == [0, 0];
+        let (len_at, data_at) = if explicit { (i + 8, i + 12) } else { (i + 4, i + 8) };
+        let len = u32::from_le_bytes(bytes.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
+        (len != u32::MAX as usize && data_at + len < bytes.len()).then_some(data_at + len)
+    });
+    let end = end.ok_or_else(fail)?;
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("vesalius-dicom-{}-{n}.dcm", std::process::id()));
+    std::fs::write(&tmp, &bytes[..end]).map_err(|e| DataError::io(&tmp, e))?;
+    let second = guarded(|| dicom_object::open_file(&tmp));
+    let _ = std::fs::remove_file(&tmp);
+    match second {
+        Ok(Ok(obj)) => Ok(obj),
+        _ => Err(fail()),
+    }
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {

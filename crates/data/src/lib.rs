@@ -31,6 +31,7 @@ pub mod batch;
 pub mod dataset;
 mod error;
 mod image;
+pub mod deid;
 pub mod dicom;
 pub mod geometry;
 pub mod io;

