@@ -100,10 +100,16 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<()> {
             (u32_at(bytes, pos + 4, bo).unwrap_or(0), 8)
         } else if explicit || in_meta {
             let vr = [bytes[pos + 4], bytes[pos + 5]];
-            if matches!(&vr, b"OB" | b"OW" | b"OF" | b"SQ" | b"UT" | b"UN" | b"OD" | b"OL" | b"OV" | b"UC" | b"UR" | b"SV" | b"UV") {
-                (u32_at(bytes, pos + 8, bo).ok_or_else(|| err(pos, "truncated element header".into()))?, 12)
-            } else {
+            // VRs with a 2-byte length; every other VR, unknown ones included (as parsers treat them), has a
+            // 4-byte length after 2 reserved bytes.
+            let short = [
+                b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
+                b"ST", b"TM", b"UI", b"UL", b"US",
+            ];
+            if short.contains(&&vr) {
                 (u16_at(bytes, pos + 6, bo).unwrap_or(0) as u32, 8)
+            } else {
+                (u32_at(bytes, pos + 8, bo).ok_or_else(|| err(pos, "truncated element header".into()))?, 12)
             }
         } else {
             (u32_at(bytes, pos + 4, bo).unwrap_or(0), 8)
@@ -130,8 +136,13 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<()> {
             explicit = ts != "1.2.840.10008.1.2";
             big = ts == "1.2.840.10008.1.2.2";
         }
-        if (group, element) == (0xFFFE, 0xE0DD) {
-            fragments = false;
+        if (group, element) == (0xFFFE, 0xE0DD) && fragments {
+            // End of encapsulated pixel data: what follows is not read.
+            break;
+        }
+        if (group, element) == (0x7FE0, 0x0010) {
+            // Bytes after the pixel data are never read (some files carry unreadable trailing bytes).
+            break;
         }
         // Step into defined-length sequences and items (their content is elements); skip other values.
         let step_into = is_sq || (group == 0xFFFE && element == 0xE000 && !fragments);

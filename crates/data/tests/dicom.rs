@@ -143,3 +143,11 @@ fn a_declared_length_beyond_the_file_is_refused_before_allocation() {
     let e = load_file(&p).unwrap_err().to_string();
     assert!(e.contains("huge_length.dcm") && e.contains("declares") && e.contains("remain in the file"), "{e}");
 }
+
+#[test]
+fn an_unknown_vr_with_a_huge_length_is_refused() {
+    // Found by fuzzing: VR "SU" (unknown) carries a 4-byte length of about 2 GB.
+    let p = fixtures().join("dicom/fuzz/unknown_vr_length.dcm");
+    let e = load_file(&p).unwrap_err().to_string();
+    assert!(e.contains("unknown_vr_length.dcm") && e.contains("remain in the file"), "{e}");
+}
