@@ -14,6 +14,7 @@ use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::VR;
 use serde::Serialize;
 
+use crate::batch::mix;
 use crate::{DataError, Result};
 
 /// What happens to an attribute.
@@ -145,12 +146,6 @@ pub struct Deidentifier {
     report: DeidReport,
 }
 
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 impl Deidentifier {
     /// A run with a fresh random salt (so new UIDs cannot be recomputed from the old ones).

@@ -72,6 +72,13 @@ impl Format {
     }
 }
 
+/// Largest expansion ratio of DEFLATE (gzip, zlib, zip): compressed data cannot hold more than this many bytes per
+/// stored byte, which bounds what a header may declare before anything is allocated.
+pub const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Where ITK places the pixels of a 2D file: unit spacing, origin 0, identity direction in LPS — in RAS+ terms.
+pub const ITK_2D_AFFINE: Affine = [[-1., 0., 0., 0.], [0., -1., 0., 0.], [0., 0., 1., 0.], [0., 0., 0., 1.]];
+
 /// Whether the file has DICOM's `DICM` code after its 128-byte preamble.
 fn has_dicom_magic(path: &Path) -> bool {
     use std::io::Read;
@@ -157,8 +164,7 @@ pub fn load_tiff(path: &Path) -> Result<Image> {
     }
     let (data, keep) = if keep == 3 && is_grey(&data, plane * n_pages) { (data[..plane * n_pages].to_vec(), 1) } else { (data, keep) };
     let shape = if n_pages > 1 { vec![w, h, n_pages] } else { vec![w, h] };
-    let affine: Affine = [[-1., 0., 0., 0.], [0., -1., 0., 0.], [0., 0., 1., 0.], [0., 0., 0., 1.]];
-    Image::new(data, shape, keep, affine, dtype).map_err(|e| DataError::format(path, e.to_string()))
+    Image::new(data, shape, keep, ITK_2D_AFFINE, dtype).map_err(|e| DataError::format(path, e.to_string()))
 }
 
 /// Writes a 2D image (one grey or three RGB channels) as PNG or TIFF, 8-bit when every value is an integer in
@@ -216,8 +222,7 @@ pub fn load_2d(path: &Path) -> Result<Image> {
     };
     // Palette and RGB files whose three channels are identical are grey images.
     let (data, channels) = if channels == 3 && is_grey(&data, w * h) { (data[..w * h].to_vec(), 1) } else { (data, channels) };
-    let affine: Affine = [[-1., 0., 0., 0.], [0., -1., 0., 0.], [0., 0., 1., 0.], [0., 0., 0., 1.]];
-    Image::new(data, vec![w, h], channels, affine, dtype).map_err(|e| DataError::format(path, e.to_string()))
+    Image::new(data, vec![w, h], channels, ITK_2D_AFFINE, dtype).map_err(|e| DataError::format(path, e.to_string()))
 }
 
 fn img_to_luma8(img: image::DynamicImage) -> Vec<f32> {

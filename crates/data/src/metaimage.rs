@@ -26,8 +26,6 @@ fn element(t: &str) -> Option<(&'static str, usize)> {
     })
 }
 
-/// Largest zlib expansion ratio.
-const MAX_DEFLATE_RATIO: u64 = 1032;
 
 /// Reads a `.mha` or `.mhd` file.
 pub fn load(path: &Path) -> Result<Image> {
@@ -114,7 +112,7 @@ pub fn load(path: &Path) -> Result<Image> {
         (p, len, skip)
     };
     let available = source_len.saturating_sub(skip);
-    if compressed && nbytes > available.saturating_mul(MAX_DEFLATE_RATIO) || !compressed && nbytes > available {
+    if compressed && nbytes > available.saturating_mul(crate::io::MAX_DEFLATE_RATIO) || !compressed && nbytes > available {
         return Err(DataError::format(
             &source,
             format!("header declares {dims:?}×{channels} {dtype} values ({nbytes} bytes), but the file holds {available}"),

@@ -413,8 +413,6 @@ impl NiftiHeader {
     }
 }
 
-/// Largest expansion ratio of DEFLATE.
-const MAX_DEFLATE_RATIO: u64 = 1032;
 
 fn is_gz(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
@@ -516,7 +514,7 @@ pub fn load(path: &Path) -> Result<Image> {
 }
 
 fn check_fits(path: &Path, h: &NiftiHeader, offset: u64, nbytes: u64, size: u64, gz: bool) -> Result<()> {
-    let available = if gz { size.saturating_mul(MAX_DEFLATE_RATIO) } else { size };
+    let available = if gz { size.saturating_mul(crate::io::MAX_DEFLATE_RATIO) } else { size };
     if offset.checked_add(nbytes).is_none_or(|end| end > available) {
         return Err(DataError::format(
             path,

@@ -165,7 +165,7 @@ pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
             .map_err(|_| DataError::format(path, format!("archive has no array '{name}'")))?;
         let declared = entry.size();
         // Stored entries cannot exceed the file; deflated ones cannot exceed DEFLATE's maximum ratio.
-        if declared > file_len.saturating_mul(1032) {
+        if declared > file_len.saturating_mul(crate::io::MAX_DEFLATE_RATIO) {
             return Err(DataError::format(path, format!("array '{name}' declares an impossible size {declared}")));
         }
         let limited = entry.take(declared);
