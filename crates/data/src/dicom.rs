@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, Rescale};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde::Serialize;
 
@@ -49,18 +49,71 @@ pub struct SliceHeader {
     pub slice_spacing: Option<f64>,
     /// Transfer syntax UID.
     pub transfer_syntax: String,
+    /// Position (LPS, mm) of each frame of a multi-frame file, in file order, when the file gives them:
+    /// enhanced objects' per-frame PlanePositionSequence, or RT Dose's GridFrameOffsetVector.
+    pub frame_positions: Option<Vec<[f64; 3]>>,
+    /// RT Dose's DoseGridScaling (stored value × scaling = dose in Gy).
+    pub dose_scaling: Option<f64>,
 }
 
-fn text(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<String> {
+fn text(obj: &InMemDicomObject, tag: dicom_object::Tag) -> Option<String> {
     obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| s.trim().trim_end_matches('\0').to_string())
 }
 
-fn floats(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<Vec<f64>> {
-    obj.element_opt(tag).ok().flatten().and_then(|e| e.to_multi_float64().ok())
+/// Numbers of an attribute. Decimal strings are parsed from their text, so that a DS element stored under VR UN
+/// (raw bytes) still reads as numbers rather than as character codes.
+fn floats(obj: &InMemDicomObject, tag: dicom_object::Tag) -> Option<Vec<f64>> {
+    let e = obj.element_opt(tag).ok().flatten()?;
+    if e.vr() == dicom_core::VR::UN {
+        let text = String::from_utf8_lossy(&e.to_bytes().ok()?).trim_end_matches(['\0', ' ']).to_string();
+        return text.split('\\').map(|v| v.trim().parse::<f64>().ok()).collect();
+    }
+    e.to_multi_float64().ok()
 }
 
-fn int(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<i64> {
+fn int(obj: &InMemDicomObject, tag: dicom_object::Tag) -> Option<i64> {
     obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<i64>().ok())
+}
+
+/// Items of a sequence attribute (empty when absent or not a sequence).
+fn items(obj: &InMemDicomObject, tag: dicom_object::Tag) -> &[InMemDicomObject] {
+    obj.element_opt(tag).ok().flatten().and_then(|e| e.items()).unwrap_or(&[])
+}
+
+/// `tag` inside the first item of `sequence` inside `group` (a functional group item).
+fn in_group(group: Option<&InMemDicomObject>, sequence: dicom_object::Tag, tag: dicom_object::Tag) -> Option<Vec<f64>> {
+    group.and_then(|g| items(g, sequence).first()).and_then(|item| floats(item, tag))
+}
+
+fn measures(group: Option<&InMemDicomObject>) -> Option<&InMemDicomObject> {
+    group.and_then(|g| items(g, tags::PIXEL_MEASURES_SEQUENCE).first())
+}
+
+fn finite(v: Option<Vec<f64>>, n: usize) -> Option<Vec<f64>> {
+    v.filter(|v| v.len() >= n && v.iter().all(|x| x.is_finite()))
+}
+
+/// Frame positions of a multi-frame object: per-frame PlanePositionSequence (enhanced CT/MR/PET, SEG), or
+/// ImagePositionPatient plus GridFrameOffsetVector along the normal (RT Dose). `None` unless every frame has one.
+fn frame_positions(obj: &InMemDicomObject, frames: usize, orientation: Option<[f64; 6]>) -> Option<Vec<[f64; 3]>> {
+    if frames < 2 {
+        return None;
+    }
+    let per_frame = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    if per_frame.len() == frames {
+        let positions: Option<Vec<[f64; 3]>> = per_frame
+            .iter()
+            .map(|f| finite(in_group(Some(f), tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT), 3).map(|v| [v[0], v[1], v[2]]))
+            .collect();
+        if positions.is_some() {
+            return positions;
+        }
+    }
+    let offsets = finite(floats(obj, tags::GRID_FRAME_OFFSET_VECTOR), frames)?;
+    let origin = finite(floats(obj, tags::IMAGE_POSITION_PATIENT), 3)?;
+    let o = orientation?;
+    let n = cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
+    Some(offsets[..frames].iter().map(|t| [0, 1, 2].map(|a| origin[a] + t * n[a])).collect())
 }
 
 /// Name of a transfer syntax UID.
@@ -117,9 +170,15 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<()> {
         let value_at = pos + header;
         let is_sq = (explicit || in_meta) && group != 0xFFFE && &bytes[pos + 4..pos + 6] == b"SQ";
         if len == u32::MAX {
-            // Undefined length: a sequence, an item, or encapsulated pixel data; walk into its content.
-            if !is_sq && group != 0xFFFE {
+            // Undefined length: a sequence (SQ, UN, or any element in implicit VR but the pixel data), an item,
+            // or encapsulated pixel data; walk into its content. Nothing else may have one.
+            let pixel_data = (group, element) == (0x7FE0, 0x0010);
+            let explicit_here = (explicit || in_meta) && group != 0xFFFE;
+            let sequence = is_sq || (explicit_here && &bytes[pos + 4..pos + 6] == b"UN") || (!explicit_here && !pixel_data);
+            if pixel_data {
                 fragments = true;
+            } else if group != 0xFFFE && !sequence {
+                return Err(err(pos, format!("element ({group:04X},{element:04X}) has an undefined length but is neither a sequence nor encapsulated pixel data")));
             }
             pos = value_at;
             continue;
@@ -166,8 +225,12 @@ pub fn read_header(path: &Path) -> Result<SliceHeader> {
     header_of(&obj, path, meta.len())
 }
 
-fn header_of(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<SliceHeader> {
-    let rows = int(obj, tags::ROWS).unwrap_or(0);
+fn header_of(file: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<SliceHeader> {
+    let obj: &InMemDicomObject = file;
+    let Some(rows) = int(obj, tags::ROWS) else {
+        let class = text(obj, tags::SOP_CLASS_UID).map(|uid| format!(" (SOP class {uid})")).unwrap_or_default();
+        return Err(DataError::format(path, format!("no pixel data: not an image object{class}")));
+    };
     let cols = int(obj, tags::COLUMNS).unwrap_or(0);
     let frames = int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
     let samples = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
@@ -185,19 +248,32 @@ fn header_of(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<Sli
     if ![1, 3].contains(&samples) {
         return Err(bad("SamplesPerPixel", samples));
     }
-    if ![1, 8, 16, 32, 64].contains(&bits) {
+    if ![1, 8, 16, 32, 64].contains(&bits) || (bits == 1 && samples != 1) {
         return Err(bad("BitsAllocated", bits));
     }
-    let ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
     let encapsulated = TransferSyntaxRegistry.get(&ts).is_some_and(|t| t.is_encapsulated_pixel_data());
-    let need = rows as u64 * cols as u64 * frames as u64 * samples as u64 * bits.max(8) as u64 / 8;
+    let need = (rows as u64 * cols as u64 * frames as u64 * samples as u64 * bits as u64).div_ceil(8);
     if !encapsulated && need > file_len {
         return Err(DataError::format(
             path,
             format!("header declares {rows}×{cols}×{frames} pixels ({need} bytes) but the file holds {file_len} bytes"),
         ));
     }
-    let arr = |v: Option<Vec<f64>>, n: usize| v.filter(|v| v.len() >= n && v.iter().all(|x| x.is_finite()));
+    // Enhanced objects keep geometry in functional groups: shared ones first, else the first frame's.
+    let shared = items(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).first();
+    let first_frame = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).first();
+    let grouped = |sequence, tag| in_group(shared, sequence, tag).or_else(|| in_group(first_frame, sequence, tag));
+    let orientation = finite(floats(obj, tags::IMAGE_ORIENTATION_PATIENT), 6)
+        .or_else(|| finite(grouped(tags::PLANE_ORIENTATION_SEQUENCE, tags::IMAGE_ORIENTATION_PATIENT), 6))
+        .map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]);
+    let slice_spacing = |o: Option<&InMemDicomObject>| {
+        floats(o?, tags::SPACING_BETWEEN_SLICES).or_else(|| floats(o?, tags::SLICE_THICKNESS))
+    };
+    let frame_positions = frame_positions(obj, frames as usize, orientation);
+    let position = finite(floats(obj, tags::IMAGE_POSITION_PATIENT), 3)
+        .map(|v| [v[0], v[1], v[2]])
+        .or_else(|| frame_positions.as_ref().and_then(|p| p.first().copied()));
     Ok(SliceHeader {
         path: path.to_path_buf(),
         series_uid: text(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
@@ -208,13 +284,19 @@ fn header_of(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<Sli
         frames: frames as u32,
         samples: samples as u16,
         bits: bits as u16,
-        position: arr(floats(obj, tags::IMAGE_POSITION_PATIENT), 3).map(|v| [v[0], v[1], v[2]]),
-        orientation: arr(floats(obj, tags::IMAGE_ORIENTATION_PATIENT), 6).map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]),
-        spacing: arr(floats(obj, tags::PIXEL_SPACING), 2).map(|v| [v[0], v[1]]).filter(|s| s[0] > 0.0 && s[1] > 0.0),
-        slice_spacing: floats(obj, tags::SPACING_BETWEEN_SLICES)
-            .or_else(|| floats(obj, tags::SLICE_THICKNESS))
+        position,
+        orientation,
+        spacing: finite(floats(obj, tags::PIXEL_SPACING), 2)
+            .or_else(|| finite(grouped(tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING), 2))
+            .map(|v| [v[0], v[1]])
+            .filter(|s| s[0] > 0.0 && s[1] > 0.0),
+        slice_spacing: slice_spacing(Some(obj))
+            .or_else(|| slice_spacing(measures(shared)))
+            .or_else(|| slice_spacing(measures(first_frame)))
             .and_then(|v| v.first().copied())
             .filter(|s| *s > 0.0 && s.is_finite()),
+        frame_positions,
+        dose_scaling: floats(obj, tags::DOSE_GRID_SCALING).and_then(|v| v.first().copied()).filter(|s| s.is_finite() && *s > 0.0),
         transfer_syntax: ts,
     })
 }
@@ -252,6 +334,10 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     } else {
         return Err(DataError::format(path, format!("unsupported transfer syntax {}", transfer_syntax_name(&h.transfer_syntax))));
     }
+    if h.bits == 32 && h.transfer_syntax == "1.2.840.10008.1.2.5" {
+        let values = rle32_pixels(path, h)?;
+        return planar(values, h);
+    }
     let obj = open_tolerant(path)?;
     let decoded = guarded(|| obj.decode_pixel_data())
         .map_err(|m| DataError::format(path, format!("corrupt pixel data: the {} decoder failed ({m})", transfer_syntax_name(&h.transfer_syntax))))?
@@ -263,9 +349,30 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
             DataError::format(path, format!("cannot decode pixel data: {msg}"))
         }
     })?;
-    let values: Vec<f32> = guarded(|| decoded.to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::Default)))
-        .map_err(|m| DataError::format(path, format!("corrupt pixel data ({m})")))?
-        .map_err(|e| DataError::format(path, format!("cannot convert pixel data: {e}")))?;
+    let values: Vec<f32> = if h.bits == 1 || h.bits == 32 {
+        // dicom-pixeldata converts 8- and 16-bit samples only; bit-packed (SEG) and 32-bit (RT Dose) samples
+        // are read here, with the same modality rescale.
+        let rescale: Vec<Rescale> = match h.dose_scaling {
+            Some(scaling) => vec![Rescale::new(scaling, 0.0)],
+            None => decoded.rescale().map(<[Rescale]>::to_vec).unwrap_or_default(),
+        };
+        let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
+        raw_samples(decoded.data(), h, signed, &rescale).map_err(|m| DataError::format(path, m))?
+    } else {
+        let lut = match h.dose_scaling {
+            Some(scaling) => ModalityLutOption::Override(Rescale::new(scaling, 0.0)),
+            None => ModalityLutOption::Default,
+        };
+        guarded(|| decoded.to_vec_with_options(&ConvertOptions::new().with_modality_lut(lut)))
+            .map_err(|m| DataError::format(path, format!("corrupt pixel data ({m})")))?
+            .map_err(|e| DataError::format(path, format!("cannot convert pixel data: {e}")))?
+    };
+    planar(values, h)
+}
+
+/// Pixel-interleaved samples made planar (channels slowest), after a length check.
+fn planar(values: Vec<f32>, h: &SliceHeader) -> Result<Vec<f32>> {
+    let path = &h.path;
     let plane = h.rows as usize * h.cols as usize;
     let n = plane * h.frames as usize;
     if values.len() != n * h.samples as usize {
@@ -281,6 +388,97 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
         }
     }
     Ok(planar)
+}
+
+/// Samples of 1-bit (already expanded to 0/255 bytes by dicom-pixeldata) or 32-bit little-endian pixel data,
+/// rescaled (one rescale for all frames, or one per frame).
+fn raw_samples(bytes: &[u8], h: &SliceHeader, signed: bool, rescale: &[Rescale]) -> std::result::Result<Vec<f32>, String> {
+    let n = h.rows as usize * h.cols as usize * h.frames as usize * h.samples as usize;
+    let stored: Vec<f64> = if h.bits == 1 {
+        bytes.iter().take(n).map(|&b| f64::from(b != 0)).collect()
+    } else {
+        bytes
+            .chunks_exact(4)
+            .take(n)
+            .map(|c| {
+                let b = [c[0], c[1], c[2], c[3]];
+                if signed { f64::from(i32::from_le_bytes(b)) } else { f64::from(u32::from_le_bytes(b)) }
+            })
+            .collect()
+    };
+    if stored.len() != n {
+        return Err(format!("pixel data holds {} samples, the header declares {n}", stored.len()));
+    }
+    let identity = [Rescale::new(1.0, 0.0)];
+    let rescale = if rescale.is_empty() { &identity[..] } else { rescale };
+    let per_frame = n / h.frames.max(1) as usize;
+    Ok(stored.iter().enumerate().map(|(i, &v)| rescale.get(i / per_frame).unwrap_or(&rescale[0]).apply(v) as f32).collect())
+}
+
+/// RLE Lossless (PS3.5 Annex G) for the sample sizes dicom-rs leaves out (32-bit): one fragment per frame, each a
+/// 64-byte header (segment count, then offsets) and PackBits segments, one per byte plane, most significant first.
+/// Returns little-endian, pixel-interleaved samples.
+pub fn rle_decode(fragments: &[Vec<u8>], rows: usize, cols: usize, samples: usize, bytes_per_sample: usize) -> std::result::Result<Vec<u8>, String> {
+    let pixels = rows * cols;
+    let segments = samples * bytes_per_sample;
+    let mut out = Vec::with_capacity(fragments.len() * pixels * segments);
+    for (f, frag) in fragments.iter().enumerate() {
+        let word = |k: usize| frag.get(4 * k..4 * k + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let count = word(0).ok_or_else(|| format!("RLE frame {f}: header shorter than 64 bytes"))?;
+        if count != segments || count > 15 {
+            return Err(format!("RLE frame {f}: {count} segments, expected {segments}"));
+        }
+        let base = out.len();
+        out.resize(base + pixels * segments, 0);
+        for seg in 0..count {
+            let start = word(1 + seg).ok_or("RLE header cut")?;
+            let end = if seg + 1 < count { word(2 + seg).ok_or("RLE header cut")? } else { frag.len() };
+            let data = frag.get(start..end.max(start)).ok_or_else(|| format!("RLE frame {f}: segment {seg} lies outside the fragment"))?;
+            let (sample, plane) = (seg / bytes_per_sample, seg % bytes_per_sample);
+            let byte = bytes_per_sample - 1 - plane;
+            let mut i = 0;
+            let mut px = 0;
+            let mut put = |px: &mut usize, v: u8| {
+                if *px < pixels {
+                    out[base + (*px * samples + sample) * bytes_per_sample + byte] = v;
+                }
+                *px += 1;
+            };
+            while i < data.len() && px < pixels {
+                let n = data[i] as i8;
+                i += 1;
+                if n >= 0 {
+                    let lit = data.get(i..i + n as usize + 1).ok_or_else(|| format!("RLE frame {f}: literal run past the segment"))?;
+                    lit.iter().for_each(|&v| put(&mut px, v));
+                    i += n as usize + 1;
+                } else if n != -128 {
+                    let v = *data.get(i).ok_or_else(|| format!("RLE frame {f}: repeat run past the segment"))?;
+                    (0..(1 - n as isize) as usize).for_each(|_| put(&mut px, v));
+                    i += 1;
+                }
+            }
+            if px < pixels {
+                return Err(format!("RLE frame {f}: segment {seg} decodes to {px} of {pixels} pixels"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Pixel data of a 32-bit RLE file, decoded by [`rle_decode`] and rescaled.
+fn rle32_pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
+    let obj = open_tolerant(path)?;
+    let element = obj.element(tags::PIXEL_DATA).map_err(|_| DataError::format(path, "no pixel data"))?;
+    let fragments = element.fragments().ok_or_else(|| DataError::format(path, "RLE pixel data is not encapsulated"))?;
+    if fragments.len() != h.frames as usize {
+        return Err(DataError::format(path, format!("RLE pixel data has {} fragments for {} frames", fragments.len(), h.frames)));
+    }
+    let bytes = rle_decode(fragments, h.rows as usize, h.cols as usize, h.samples as usize, 4).map_err(|m| DataError::format(path, format!("corrupt pixel data: {m}")))?;
+    let signed = int(&obj, tags::PIXEL_REPRESENTATION) == Some(1);
+    let slope = floats(&obj, tags::RESCALE_SLOPE).and_then(|v| v.first().copied()).unwrap_or(1.0);
+    let intercept = floats(&obj, tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied()).unwrap_or(0.0);
+    let rescale = [Rescale::new(h.dose_scaling.unwrap_or(slope), if h.dose_scaling.is_some() { 0.0 } else { intercept })];
+    raw_samples(&bytes, h, signed, &rescale).map_err(|m| DataError::format(path, m))
 }
 
 /// Opens a whole DICOM file. Some files carry bytes after their last element that no parser can read (pydicom
@@ -344,18 +542,84 @@ fn in_plane(h: &SliceHeader) -> ([f64; 3], [f64; 3], [f64; 3], [f64; 3]) {
     (i, j, cross(r, c), h.position.unwrap_or([0.0; 3]))
 }
 
-/// Reads one DICOM file; several frames stack along the third axis (spaced by SpacingBetweenSlices or
-/// SliceThickness along the slice normal).
+/// Slices (or frames) ordered along the slice normal `n`, with the affine's third column and what was noticed.
+struct Stack {
+    /// Indices of the input positions, sorted along the normal.
+    order: Vec<usize>,
+    /// Position of the first slice in that order.
+    origin: [f64; 3],
+    /// Step between consecutive slices: (last − first) / (n − 1).
+    step: [f64; 3],
+    /// Median gap along the normal, mm.
+    median: f64,
+    warnings: Vec<String>,
+}
+
+fn order_stack(positions: &[[f64; 3]], n: [f64; 3]) -> Stack {
+    let mut order: Vec<usize> = (0..positions.len()).collect();
+    let proj = |i: usize| dot(positions[i], n);
+    order.sort_by(|&a, &b| proj(a).total_cmp(&proj(b)));
+    let gaps: Vec<f64> = order.windows(2).map(|w| proj(w[1]) - proj(w[0])).collect();
+    let mut sorted = gaps.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let mut warnings = Vec::new();
+    if gaps.iter().any(|g| g.abs() < 1e-4) {
+        warnings.push("two slices share a position".to_string());
+    }
+    if median > 0.0 {
+        let missing: usize = gaps.iter().map(|g| ((g / median).round() as usize).saturating_sub(1)).sum();
+        if missing > 0 {
+            warnings.push(format!("{missing} slice(s) missing (gaps larger than the median spacing {median:.3} mm)"));
+        }
+        let uneven = gaps.iter().map(|g| (g - median).abs()).fold(0.0, f64::max);
+        if uneven > 0.01 * median.max(1e-3) && missing == 0 {
+            warnings.push(format!("uneven slice spacing: up to {uneven:.3} mm from the median {median:.3} mm"));
+        }
+    }
+    let last = order.len().saturating_sub(1);
+    let p0 = positions[order[0]];
+    let pn = positions[order[last]];
+    let step = [0, 1, 2].map(|a| if last == 0 { 0.0 } else { (pn[a] - p0[a]) / last as f64 });
+    Stack { order, origin: p0, step, median, warnings }
+}
+
+/// Reads one DICOM file. Several frames stack along the third axis: ordered along the slice normal by their own
+/// positions when the file gives them (enhanced multi-frame objects, RT Dose), else in file order spaced by
+/// SpacingBetweenSlices or SliceThickness. Uneven or missing frames are reported by [`load_file_report`].
 pub fn load_file(path: &Path) -> Result<Image> {
+    load_file_report(path).map(|(img, _)| img)
+}
+
+/// [`load_file`], with the warnings about frame spacing.
+pub fn load_file_report(path: &Path) -> Result<(Image, Vec<String>)> {
     let h = read_header(path)?;
-    let data = pixels(path, &h)?;
+    let mut data = pixels(path, &h)?;
     let (i, j, n, o) = in_plane(&h);
-    let ds = h.slice_spacing.unwrap_or(1.0);
-    let affine = affine_lps(o, i, j, n.map(|v| v * ds));
+    let (origin, step, warnings) = match &h.frame_positions {
+        Some(positions) => {
+            let stack = order_stack(positions, n);
+            let plane = h.rows as usize * h.cols as usize;
+            let frames = h.frames as usize;
+            if stack.order.iter().enumerate().any(|(z, &f)| z != f) {
+                let mut sorted = vec![0f32; data.len()];
+                for c in 0..h.samples as usize {
+                    for (z, &f) in stack.order.iter().enumerate() {
+                        let (to, from) = ((c * frames + z) * plane, (c * frames + f) * plane);
+                        sorted[to..to + plane].copy_from_slice(&data[from..from + plane]);
+                    }
+                }
+                data = sorted;
+            }
+            (stack.origin, stack.step, stack.warnings)
+        }
+        None => (o, n.map(|v| v * h.slice_spacing.unwrap_or(1.0)), Vec::new()),
+    };
+    let affine = affine_lps(origin, i, j, step);
     let shape = if h.frames > 1 { vec![h.cols as usize, h.rows as usize, h.frames as usize] } else { vec![h.cols as usize, h.rows as usize] };
-    Image::new(data, shape, h.samples as usize, affine, &format!("dicom{}", h.bits))
-        .map(|img| img.with_dtype(if h.bits <= 8 { "uint8" } else { "int16" }))
-        .map_err(|e| DataError::format(path, e.to_string()))
+    let dtype = if h.bits <= 8 { "uint8" } else { "int16" };
+    let img = Image::new(data, shape, h.samples as usize, affine, dtype).map_err(|e| DataError::format(path, e.to_string()))?;
+    Ok((img, warnings))
 }
 
 /// One series found in a folder.
@@ -433,7 +697,7 @@ pub fn load_series(dir: &Path, uid: Option<&str>) -> Result<(Image, SeriesReport
             return Err(DataError::format(dir, format!("{} series found; choose one by UID: {}", all.len(), list.join(", "))));
         }
     };
-    let mut slices = all.remove(&uid).ok_or_else(|| DataError::format(dir, format!("no series with UID {uid}")))?;
+    let slices = all.remove(&uid).ok_or_else(|| DataError::format(dir, format!("no series with UID {uid}")))?;
     let first = slices[0].clone();
     for s in &slices {
         if (s.rows, s.cols, s.samples) != (first.rows, first.cols, first.samples) {
@@ -441,38 +705,17 @@ pub fn load_series(dir: &Path, uid: Option<&str>) -> Result<(Image, SeriesReport
         }
     }
     if slices.len() == 1 {
-        let img = load_file(&first.path)?;
-        let report = SeriesReport { uid, modality: first.modality, slices: first.frames as usize, slice_spacing: first.slice_spacing.unwrap_or(1.0), warnings: vec![] };
+        let (img, warnings) = load_file_report(&first.path)?;
+        let report = SeriesReport { uid, modality: first.modality, slices: first.frames as usize, slice_spacing: first.slice_spacing.unwrap_or(1.0), warnings };
         return Ok((img, report));
     }
     let (i, j, n, _) = in_plane(&first);
-    let mut warnings = Vec::new();
     if slices.iter().any(|s| s.position.is_none()) {
         return Err(DataError::format(dir, "a slice has no ImagePositionPatient: cannot order the series"));
     }
-    let proj = |s: &SliceHeader| dot(s.position.unwrap_or([0.0; 3]), n);
-    slices.sort_by(|a, b| proj(a).total_cmp(&proj(b)));
-    let gaps: Vec<f64> = slices.windows(2).map(|w| proj(&w[1]) - proj(&w[0])).collect();
-    let mut sorted = gaps.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    if gaps.iter().any(|g| g.abs() < 1e-4) {
-        warnings.push("two slices share a position".to_string());
-    }
-    if median > 0.0 {
-        let missing: usize = gaps.iter().map(|g| ((g / median).round() as usize).saturating_sub(1)).sum();
-        if missing > 0 {
-            warnings.push(format!("{missing} slice(s) missing (gaps larger than the median spacing {median:.3} mm)"));
-        }
-        let uneven = gaps.iter().map(|g| (g - median).abs()).fold(0.0, f64::max);
-        if uneven > 0.01 * median.max(1e-3) && missing == 0 {
-            warnings.push(format!("uneven slice spacing: up to {uneven:.3} mm from the median {median:.3} mm"));
-        }
-    }
-    let last = slices.len() - 1;
-    let p0 = slices[0].position.unwrap_or([0.0; 3]);
-    let pn = slices[last].position.unwrap_or([0.0; 3]);
-    let k = [0, 1, 2].map(|a| (pn[a] - p0[a]) / last as f64);
+    let positions: Vec<[f64; 3]> = slices.iter().map(|s| s.position.unwrap_or([0.0; 3])).collect();
+    let stack = order_stack(&positions, n);
+    let slices: Vec<SliceHeader> = stack.order.iter().map(|&k| slices[k].clone()).collect();
     let plane = first.rows as usize * first.cols as usize;
     let channels = first.samples as usize;
     let nz = slices.len();
@@ -486,7 +729,8 @@ pub fn load_series(dir: &Path, uid: Option<&str>) -> Result<(Image, SeriesReport
             data[(c * nz + z) * plane..(c * nz + z + 1) * plane].copy_from_slice(&px[c * plane..(c + 1) * plane]);
         }
     }
-    let img = Image::new(data, vec![first.cols as usize, first.rows as usize, nz], channels, affine_lps(p0, i, j, k), if first.bits <= 8 { "uint8" } else { "int16" })
+    let affine = affine_lps(stack.origin, i, j, stack.step);
+    let img = Image::new(data, vec![first.cols as usize, first.rows as usize, nz], channels, affine, if first.bits <= 8 { "uint8" } else { "int16" })
         .map_err(|e| DataError::format(dir, e.to_string()))?;
-    Ok((img, SeriesReport { uid, modality: first.modality, slices: nz, slice_spacing: median, warnings }))
+    Ok((img, SeriesReport { uid, modality: first.modality, slices: nz, slice_spacing: stack.median, warnings: stack.warnings }))
 }

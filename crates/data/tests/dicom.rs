@@ -37,7 +37,7 @@ fn single_files_match_pydicom() {
 #[test]
 fn lossless_codecs_equal_the_uncompressed_file() {
     let plain = load_file(&single("MR_small.dcm")).unwrap();
-    for name in ["MR_small_RLE.dcm"] {
+    for name in ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"] {
         let img = load_file(&single(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(img.data(), plain.data(), "{name}");
         assert_eq!(img.affine(), plain.affine(), "{name}");
@@ -54,12 +54,72 @@ fn lossless_codecs_equal_the_uncompressed_file() {
 }
 
 #[test]
+fn jpeg_2000_decodes_in_pure_rust() {
+    // JPEG2000.dcm (1.2.840.10008.1.2.4.91): 256 columns × 1024 rows, signed 16-bit.
+    let img = load_file(&single("JPEG2000.dcm")).unwrap();
+    assert_eq!((img.shape(), img.channels()), (&[256usize, 1024][..], 1));
+    let (lo, hi) = img.min_max();
+    assert!(lo >= -32768.0 && hi <= 32767.0 && hi - lo > 100.0, "{lo}..{hi}");
+    // RGB JPEG 2000 from GDCM against the RLE-compressed copy of the same picture.
+    let j2k = load_file(&single("SC_rgb_gdcm_KY.dcm")).unwrap();
+    let rle = load_file(&single("SC_rgb_rle.dcm")).unwrap();
+    assert_eq!((j2k.shape(), j2k.channels()), (rle.shape(), 3));
+}
+
+#[test]
+fn multi_frame_objects_take_their_frame_positions() {
+    let r = reference();
+    for (name, want) in r["multiframe"].as_object().unwrap() {
+        let img = load_file(&single(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let shape: Vec<usize> = want["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        assert_eq!(img.shape(), &shape[..], "{name}");
+        for (r, row) in want["affine"].as_array().unwrap().iter().enumerate() {
+            for (c, v) in row.as_array().unwrap().iter().enumerate() {
+                assert!((img.affine()[r][c] - v.as_f64().unwrap()).abs() < 1e-5, "{name}: affine[{r}][{c}] {:?}", img.affine());
+            }
+        }
+        let (s, q) = stats(img.data());
+        let (ws, wq) = (want["sum"].as_f64().unwrap(), want["sum_sq"].as_f64().unwrap());
+        assert!((s - ws).abs() < 1e-4 * ws.abs().max(1.0) && (q - wq).abs() < 1e-4 * wq.abs().max(1.0), "{name}: {s} {q}");
+        let p: Vec<f64> = want["probe"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let v = img.get(&[p[0] as usize, p[1] as usize, p[2] as usize]) as f64;
+        assert!((v - p[3]).abs() < 1e-5, "{name}: probe {v} vs {}", p[3]);
+    }
+    // The RLE copy of the dose grid decodes to the same values.
+    assert_eq!(load_file(&single("rtdose_rle.dcm")).unwrap().data(), load_file(&single("rtdose.dcm")).unwrap().data());
+}
+
+#[test]
+fn frames_given_out_of_order_are_sorted_and_gaps_reported() {
+    use dicom_core::{DataElement, VR, value::PrimitiveValue};
+    use dicom_dictionary_std::tags;
+    // The dose grid with its frame offsets shuffled, one frame's offset moved away: frames come back sorted by
+    // position and the gap is reported.
+    let mut obj = dicom_object::open_file(single("rtdose.dcm")).unwrap();
+    let mut offsets: Vec<f64> = (0..15).map(|k| k as f64 * 5.0).collect();
+    offsets.swap(0, 14);
+    offsets[7] = 200.0;
+    obj.put(DataElement::new(tags::GRID_FRAME_OFFSET_VECTOR, VR::DS, PrimitiveValue::from(offsets.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\\"))));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shuffled.dcm");
+    obj.write_to_file(&path).unwrap();
+    let (img, warnings) = vesalius_data::dicom::load_file_report(&path).unwrap();
+    let plain = load_file(&single("rtdose.dcm")).unwrap();
+    let plane = 100;
+    // File frame 14 (offset 0) comes first, file frame 0 (offset 70) is now 14th of 15 (before 200).
+    assert_eq!(&img.data()[..plane], &plain.data()[14 * plane..15 * plane]);
+    assert_eq!(&img.data()[13 * plane..14 * plane], &plain.data()[..plane]);
+    assert_eq!(&img.data()[14 * plane..], &plain.data()[7 * plane..8 * plane]);
+    assert!(warnings.iter().any(|w| w.contains("missing")), "{warnings:?}");
+}
+
+#[test]
 fn undecodable_and_damaged_files_are_named() {
-    // JPEG-LS and JPEG 2000 need C codecs (CharLS, OpenJPEG) that this build leaves out.
+    // JPEG-LS has no pure-Rust decoder in dicom-rs (CharLS is C++ and needs CMake): refused by name.
     let e = load_file(&single("MR_small_jpeg_ls_lossless.dcm")).unwrap_err().to_string();
     assert!(e.contains("unsupported transfer syntax JPEG-LS Lossless"), "{e}");
-    let e = load_file(&single("JPEG2000.dcm")).unwrap_err().to_string();
-    assert!(e.contains("JPEG2000.dcm") && e.contains("unsupported transfer syntax") && e.contains("JPEG 2000"), "{e}");
+    let e = load_file(&single("JPEGLSNearLossless_08.dcm")).unwrap_err().to_string();
+    assert!(e.contains("JPEGLSNearLossless_08.dcm") && e.contains("unsupported transfer syntax JPEG-LS Lossy"), "{e}");
     let e = load_file(&single("no_meta.dcm")).unwrap_err().to_string();
     assert!(e.contains("no_meta.dcm"), "{e}");
     let dir = tempfile::tempdir().unwrap();
@@ -150,4 +210,36 @@ fn an_unknown_vr_with_a_huge_length_is_refused() {
     let p = fixtures().join("dicom/fuzz/unknown_vr_length.dcm");
     let e = load_file(&p).unwrap_err().to_string();
     assert!(e.contains("unknown_vr_length.dcm") && e.contains("remain in the file"), "{e}");
+}
+
+#[test]
+fn an_undefined_length_outside_sequences_and_pixel_data_is_refused() {
+    // Found by fuzzing: an OW element (0000,0000) of undefined length made dicom-rs reserve 1 GB.
+    let p = fixtures().join("dicom/fuzz/undefined_length_ow.dcm");
+    let e = load_file(&p).unwrap_err().to_string();
+    assert!(e.contains("undefined_length_ow.dcm") && e.contains("undefined length"), "{e}");
+}
+
+#[test]
+fn every_hostile_file_is_refused_by_name() {
+    // pydicom's malformed and non-image test files plus the crafted ones of make_hostile.py.
+    let dir = fixtures().join("dicom/hostile");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("dcm") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let e = load_file(&path).expect_err(&name).to_string();
+        assert!(e.contains(&name), "{name}: {e}");
+        seen += 1;
+    }
+    assert_eq!(seen, 14);
+    let (e, _) = (load_file(&dir.join("huge_frames.dcm")).unwrap_err().to_string(), ());
+    assert!(e.contains("99999") && e.contains("bytes"), "{e}");
+    let e = load_file(&dir.join("zero_rows.dcm")).unwrap_err().to_string();
+    assert!(e.contains("invalid Rows 0"), "{e}");
+    let e = load_file(&dir.join("reportsi.dcm")).unwrap_err().to_string();
+    assert!(e.contains("no pixel data"), "{e}");
 }
