@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions, file::ReadPreamble};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, Rescale};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde::Serialize;
@@ -125,8 +125,9 @@ pub fn transfer_syntax_name(uid: &str) -> String {
 /// Walks the element headers of a DICOM file and checks that every declared value length fits in the bytes
 /// left, so that no parser is asked to reserve memory for data the file cannot hold. Handles the explicit-VR
 /// little-endian meta group, then the data set in implicit or explicit VR, little or big endian, stepping into
-/// sequences and items and over encapsulated fragments.
-pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<()> {
+/// sequences and items and over encapsulated fragments. Returns where parsing should stop: the end of the Pixel
+/// Data element (what follows it is never read), else the end of the file.
+pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
     let err = |at: usize, msg: String| DataError::format(path, format!("{msg} (at byte {at})"));
     let mut pos = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { 132 } else { 0 };
     let mut explicit = true;
@@ -168,7 +169,33 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<()> {
             (u32_at(bytes, pos + 4, bo).unwrap_or(0), 8)
         };
         let value_at = pos + header;
-        let is_sq = (explicit || in_meta) && group != 0xFFFE && &bytes[pos + 4..pos + 6] == b"SQ";
+        // A value of a fixed-size VR must hold whole values: a parser given 2 bytes of SL would lose its place.
+        let vr_code: Option<[u8; 2]> = if group == 0xFFFE {
+            None
+        } else if explicit || in_meta {
+            Some([bytes[pos + 4], bytes[pos + 5]])
+        } else {
+            use dicom_core::dictionary::DataDictionary;
+            dicom_dictionary_std::StandardDataDictionary
+                .by_tag(dicom_object::Tag(group, element))
+                .map(|e| e.vr.relaxed().to_string().as_bytes().try_into().unwrap_or([0, 0]))
+        };
+        if let (Some(vr), true) = (vr_code, len != u32::MAX) {
+            let size = match &vr {
+                b"US" | b"SS" | b"OW" => 2,
+                b"UL" | b"SL" | b"FL" | b"AT" | b"OL" | b"OF" => 4,
+                b"FD" | b"SV" | b"UV" | b"OD" | b"OV" => 8,
+                _ => 1,
+            };
+            if len as usize % size != 0 {
+                return Err(err(
+                    pos,
+                    format!("element ({group:04X},{element:04X}) of VR {} has {len} bytes, not a whole number of {size}-byte values", String::from_utf8_lossy(&vr)),
+                ));
+            }
+        }
+        // Implicit VR: the dictionary says which elements are sequences, as it tells the parser.
+        let is_sq = group != 0xFFFE && vr_code.as_ref() == Some(b"SQ");
         if len == u32::MAX {
             // Undefined length: a sequence (SQ, UN, or any element in implicit VR but the pixel data), an item,
             // or encapsulated pixel data; walk into its content. Nothing else may have one.
@@ -197,17 +224,17 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<()> {
         }
         if (group, element) == (0xFFFE, 0xE0DD) && fragments {
             // End of encapsulated pixel data: what follows is not read.
-            break;
+            return Ok(value_at + len);
         }
         if (group, element) == (0x7FE0, 0x0010) {
             // Bytes after the pixel data are never read (some files carry unreadable trailing bytes).
-            break;
+            return Ok(value_at + len);
         }
         // Step into defined-length sequences and items (their content is elements); skip other values.
         let step_into = is_sq || (group == 0xFFFE && element == 0xE000 && !fragments);
         pos = if step_into { value_at } else { value_at + len };
     }
-    Ok(())
+    Ok(bytes.len())
 }
 
 /// Reads the header of a DICOM file (everything before the pixel data).
@@ -217,12 +244,23 @@ pub fn read_header(path: &Path) -> Result<SliceHeader> {
         return Err(DataError::format(path, "is a directory (use it as a series folder)"));
     }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    check_lengths(path, &bytes)?;
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| DataError::format(path, format!("not a readable DICOM file: {e}")))?;
+    let obj = parse(path, &bytes, Some(tags::PIXEL_DATA))?;
     header_of(&obj, path, meta.len())
+}
+
+/// Parses the checked bytes of a DICOM file, up to the end of its Pixel Data element (or to `until`, excluded).
+/// A decoder panic on corrupt input becomes an error.
+fn parse(path: &Path, bytes: &[u8], until: Option<dicom_object::Tag>) -> Result<DefaultDicomObject> {
+    let end = check_lengths(path, bytes)?;
+    let preamble = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { ReadPreamble::Always } else { ReadPreamble::Never };
+    let options = OpenFileOptions::new().read_preamble(preamble);
+    let options = match until {
+        Some(tag) => options.read_until(tag),
+        None => options,
+    };
+    guarded(|| options.from_reader(&bytes[..end]))
+        .map_err(|m| DataError::format(path, format!("corrupt DICOM data ({m})")))?
+        .map_err(|e| DataError::format(path, format!("not a readable DICOM file: {e}")))
 }
 
 fn header_of(file: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<SliceHeader> {
@@ -481,34 +519,11 @@ fn rle32_pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     raw_samples(&bytes, h, signed, &rescale).map_err(|m| DataError::format(path, m))
 }
 
-/// Opens a whole DICOM file. Some files carry bytes after their last element that no parser can read (pydicom
-/// ignores them); when the full parse fails, the file is parsed again up to the end of its Pixel Data element,
-/// located by its header and a length that fits in the file.
+/// Opens a whole DICOM file, after [`check_lengths`]. Nothing after the Pixel Data element is read: some files
+/// carry bytes there that no parser can read (pydicom ignores them too).
 pub fn open_tolerant(path: &Path) -> Result<DefaultDicomObject> {
-    let first = guarded(|| dicom_object::open_file(path)).map_err(|m| DataError::format(path, format!("corrupt DICOM data ({m})")))?;
-    let err = match first {
-        Ok(obj) => return Ok(obj),
-        Err(e) => e,
-    };
-    let fail = || DataError::format(path, format!("not a readable DICOM file: {err}"));
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let end = (0..bytes.len().saturating_sub(8)).filter(|&i| bytes[i..i + 4] == [0xE0, 0x7F, 0x10, 0x00]).find_map(|i| {
-        let explicit = matches!(&bytes[i + 4..i + 6], b"OW" | b"OB") && bytes[i + 6..i + 8] == [0, 0];
-        let (len_at, data_at) = if explicit { (i + 8, i + 12) } else { (i + 4, i + 8) };
-        let len = u32::from_le_bytes(bytes.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
-        (len != u32::MAX as usize && data_at + len < bytes.len()).then_some(data_at + len)
-    });
-    let end = end.ok_or_else(fail)?;
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = std::env::temp_dir().join(format!("vesalius-dicom-{}-{n}.dcm", std::process::id()));
-    std::fs::write(&tmp, &bytes[..end]).map_err(|e| DataError::io(&tmp, e))?;
-    let second = guarded(|| dicom_object::open_file(&tmp));
-    let _ = std::fs::remove_file(&tmp);
-    match second {
-        Ok(Ok(obj)) => Ok(obj),
-        _ => Err(fail()),
-    }
+    parse(path, &bytes, None)
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
@@ -617,9 +632,19 @@ pub fn load_file_report(path: &Path) -> Result<(Image, Vec<String>)> {
     };
     let affine = affine_lps(origin, i, j, step);
     let shape = if h.frames > 1 { vec![h.cols as usize, h.rows as usize, h.frames as usize] } else { vec![h.cols as usize, h.rows as usize] };
-    let dtype = if h.bits <= 8 { "uint8" } else { "int16" };
+    let dtype = stored_dtype(h.bits);
     let img = Image::new(data, shape, h.samples as usize, affine, dtype).map_err(|e| DataError::format(path, e.to_string()))?;
     Ok((img, warnings))
+}
+
+/// Name of the stored sample type, by BitsAllocated.
+fn stored_dtype(bits: u16) -> &'static str {
+    match bits {
+        0..=8 => "uint8",
+        16 => "int16",
+        32 => "int32",
+        _ => "float64",
+    }
 }
 
 /// One series found in a folder.
@@ -730,7 +755,7 @@ pub fn load_series(dir: &Path, uid: Option<&str>) -> Result<(Image, SeriesReport
         }
     }
     let affine = affine_lps(stack.origin, i, j, stack.step);
-    let img = Image::new(data, vec![first.cols as usize, first.rows as usize, nz], channels, affine, if first.bits <= 8 { "uint8" } else { "int16" })
+    let img = Image::new(data, vec![first.cols as usize, first.rows as usize, nz], channels, affine, stored_dtype(first.bits))
         .map_err(|e| DataError::format(dir, e.to_string()))?;
     Ok((img, SeriesReport { uid, modality: first.modality, slices: nz, slice_spacing: stack.median, warnings: stack.warnings }))
 }

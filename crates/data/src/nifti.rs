@@ -650,12 +650,28 @@ pub fn affine_to_quatern(a: &Affine) -> ([f64; 3], [f64; 3], [f64; 3], f64) {
     ([b, c, d], [a[0][3], a[1][3], a[2][3]], zooms, qfac)
 }
 
-/// Writes `image` as NIfTI-1 (`.nii`, or gzipped `.nii.gz`), atomically, storing values as `dtype`.
+/// NIfTI header layout to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NiftiVersion {
+    /// NIfTI-1: 348-byte header, 16-bit dimensions, 32-bit floats.
+    V1,
+    /// NIfTI-2: 540-byte header, 64-bit dimensions and double-precision geometry.
+    V2,
+}
+
+/// Writes `image` as NIfTI-1, or NIfTI-2 when a dimension exceeds NIfTI-1's 32767; see [`save_version`].
+pub fn save(path: &Path, image: &Image, dtype: NiftiType) -> Result<()> {
+    let large = image.shape().iter().any(|&d| d > i16::MAX as usize) || image.channels() > i16::MAX as usize;
+    save_version(path, image, dtype, if large { NiftiVersion::V2 } else { NiftiVersion::V1 })
+}
+
+/// Writes `image` atomically, storing values as `dtype`: a single file (`.nii`, or gzipped `.nii.gz`), or a
+/// header/data pair (`.hdr` + `.img`, magic `ni1`/`ni2`, data at offset 0).
 ///
 /// The affine goes into the sform (code 2, "aligned") and, as a rotation plus voxel sizes, into the qform (same
 /// code), as nibabel writes new images. Channels become the fourth dimension (or RGB voxels for `Rgb24` with three
 /// channels). Integer types round and saturate; `scl_slope = 1`, `scl_inter = 0`.
-pub fn save(path: &Path, image: &Image, dtype: NiftiType) -> Result<()> {
+pub fn save_version(path: &Path, image: &Image, dtype: NiftiType, version: NiftiVersion) -> Result<()> {
     let spatial = image.shape();
     let rgb = matches!(dtype, NiftiType::Rgb24 | NiftiType::Rgba32);
     if rgb && image.channels() != 3 {
@@ -668,27 +684,57 @@ pub fn save(path: &Path, image: &Image, dtype: NiftiType) -> Result<()> {
         }
         dims.push(image.channels());
     }
-    if dims.iter().any(|&d| d > i16::MAX as usize) {
-        return Err(DataError::format(path, "dimensions exceed NIfTI-1's 32767 limit"));
+    if version == NiftiVersion::V1 && dims.iter().any(|&d| d > i16::MAX as usize) {
+        return Err(DataError::format(path, "dimensions exceed NIfTI-1's 32767 limit (write NIfTI-2)"));
     }
-    let mut h = vec![0u8; HEADER1 + 4];
-    let put = |h: &mut Vec<u8>, at: usize, b: &[u8]| h[at..at + b.len()].copy_from_slice(b);
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let pair = name.ends_with(".hdr");
+    if name.ends_with(".img") || name.ends_with(".hdr.gz") || name.ends_with(".img.gz") {
+        return Err(DataError::format(path, "write a pair by naming its .hdr file (uncompressed)"));
+    }
+    let header = match version {
+        NiftiVersion::V1 => header_v1(image, &dims, dtype, pair),
+        NiftiVersion::V2 => header_v2(image, &dims, dtype, pair),
+    };
+    let body = body_bytes(image, dtype);
+    if pair {
+        crate::io::write_atomic(&path.with_extension("img"), &body)?;
+        return crate::io::write_atomic(path, &header);
+    }
+    let mut bytes = header;
+    bytes.extend_from_slice(&body);
+    let bytes = if is_gz(path) {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        enc.write_all(&bytes).map_err(|e| DataError::io(path, e))?;
+        enc.finish().map_err(|e| DataError::io(path, e))?
+    } else {
+        bytes
+    };
+    crate::io::write_atomic(path, &bytes)
+}
+
+fn put(h: &mut [u8], at: usize, b: &[u8]) {
+    h[at..at + b.len()].copy_from_slice(b);
+}
+
+/// NIfTI-1 header plus the 4-byte extension flag for a single file (pairs: the 348-byte header alone).
+fn header_v1(image: &Image, dims: &[usize], dtype: NiftiType, pair: bool) -> Vec<u8> {
+    let mut h = vec![0u8; if pair { HEADER1 } else { HEADER1 + 4 }];
     put(&mut h, 0, &(HEADER1 as i32).to_le_bytes());
     h[38] = b'r';
     put(&mut h, 40, &(dims.len() as i16).to_le_bytes());
     for i in 0..7 {
-        let d = dims.get(i).copied().unwrap_or(1) as i16;
-        put(&mut h, 42 + 2 * i, &d.to_le_bytes());
+        put(&mut h, 42 + 2 * i, &(dims.get(i).copied().unwrap_or(1) as i16).to_le_bytes());
     }
     put(&mut h, 70, &dtype.code().to_le_bytes());
     put(&mut h, 72, &((dtype.size() * 8) as i16).to_le_bytes());
     let (quatern, offset, zooms, qfac) = affine_to_quatern(image.affine());
     put(&mut h, 76, &(qfac as f32).to_le_bytes());
     for i in 0..7 {
-        let z = if i < 3 { zooms[i] } else { 1.0 };
-        put(&mut h, 80 + 4 * i, &(z as f32).to_le_bytes());
+        put(&mut h, 80 + 4 * i, &(if i < 3 { zooms[i] } else { 1.0 } as f32).to_le_bytes());
     }
-    put(&mut h, 108, &((HEADER1 + 4) as f32).to_le_bytes());
+    put(&mut h, 108, &(if pair { 0.0f32 } else { (HEADER1 + 4) as f32 }).to_le_bytes());
     put(&mut h, 112, &1f32.to_le_bytes());
     h[123] = 2 | 8; // millimetres, seconds
     put(&mut h, 148, b"vesalius");
@@ -701,7 +747,45 @@ pub fn save(path: &Path, image: &Image, dtype: NiftiType) -> Result<()> {
             put(&mut h, 280 + 16 * i + 4 * j, &(image.affine()[i][j] as f32).to_le_bytes());
         }
     }
-    put(&mut h, 344, b"n+1\0");
+    put(&mut h, 344, if pair { b"ni1\0" } else { b"n+1\0" });
+    h
+}
+
+/// NIfTI-2 header (540 bytes, all geometry in f64) plus the extension flag for a single file.
+fn header_v2(image: &Image, dims: &[usize], dtype: NiftiType, pair: bool) -> Vec<u8> {
+    let mut h = vec![0u8; if pair { HEADER2 } else { HEADER2 + 4 }];
+    put(&mut h, 0, &(HEADER2 as i32).to_le_bytes());
+    put(&mut h, 4, if pair { b"ni2\0\r\n\x1a\n" } else { b"n+2\0\r\n\x1a\n" });
+    put(&mut h, 12, &dtype.code().to_le_bytes());
+    put(&mut h, 14, &((dtype.size() * 8) as i16).to_le_bytes());
+    put(&mut h, 16, &(dims.len() as i64).to_le_bytes());
+    for i in 0..7 {
+        put(&mut h, 24 + 8 * i, &(dims.get(i).copied().unwrap_or(1) as i64).to_le_bytes());
+    }
+    let (quatern, offset, zooms, qfac) = affine_to_quatern(image.affine());
+    put(&mut h, 104, &qfac.to_le_bytes());
+    for i in 0..7 {
+        put(&mut h, 112 + 8 * i, &(if i < 3 { zooms[i] } else { 1.0 }).to_le_bytes());
+    }
+    put(&mut h, 168, &(if pair { 0i64 } else { (HEADER2 + 4) as i64 }).to_le_bytes());
+    put(&mut h, 176, &1f64.to_le_bytes());
+    put(&mut h, 240, b"vesalius");
+    put(&mut h, 344, &2i32.to_le_bytes());
+    put(&mut h, 348, &2i32.to_le_bytes());
+    for i in 0..3 {
+        put(&mut h, 352 + 8 * i, &quatern[i].to_le_bytes());
+        put(&mut h, 376 + 8 * i, &offset[i].to_le_bytes());
+        for j in 0..4 {
+            put(&mut h, 400 + 32 * i + 8 * j, &image.affine()[i][j].to_le_bytes());
+        }
+    }
+    put(&mut h, 500, &(2i32 | 8).to_le_bytes());
+    h
+}
+
+/// Voxel values stored as `dtype`, little-endian, first axis fastest, channels last (interleaved for RGB).
+fn body_bytes(image: &Image, dtype: NiftiType) -> Vec<u8> {
+    let rgb = matches!(dtype, NiftiType::Rgb24 | NiftiType::Rgba32);
     let n = image.voxels();
     let mut body = Vec::with_capacity(n * image.channels() * dtype.size());
     let data = image.data();
@@ -714,32 +798,23 @@ pub fn save(path: &Path, image: &Image, dtype: NiftiType) -> Result<()> {
                 body.push(255);
             }
         }
-    } else {
-        for &v in data {
-            let v = v as f64;
-            match dtype {
-                NiftiType::U8 => body.push(v.round().clamp(0.0, 255.0) as u8),
-                NiftiType::I8 => body.push(v.round().clamp(-128.0, 127.0) as i8 as u8),
-                NiftiType::I16 => body.extend((v.round().clamp(-32768.0, 32767.0) as i16).to_le_bytes()),
-                NiftiType::U16 => body.extend((v.round().clamp(0.0, 65535.0) as u16).to_le_bytes()),
-                NiftiType::I32 => body.extend((v.round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).to_le_bytes()),
-                NiftiType::U32 => body.extend((v.round().clamp(0.0, u32::MAX as f64) as u32).to_le_bytes()),
-                NiftiType::I64 => body.extend((v.round() as i64).to_le_bytes()),
-                NiftiType::U64 => body.extend((v.round().max(0.0) as u64).to_le_bytes()),
-                NiftiType::F32 => body.extend((v as f32).to_le_bytes()),
-                NiftiType::F64 => body.extend(v.to_le_bytes()),
-                NiftiType::Rgb24 | NiftiType::Rgba32 => unreachable!("handled above"),
-            }
+        return body;
+    }
+    for &v in data {
+        let v = v as f64;
+        match dtype {
+            NiftiType::U8 => body.push(v.round().clamp(0.0, 255.0) as u8),
+            NiftiType::I8 => body.push(v.round().clamp(-128.0, 127.0) as i8 as u8),
+            NiftiType::I16 => body.extend((v.round().clamp(-32768.0, 32767.0) as i16).to_le_bytes()),
+            NiftiType::U16 => body.extend((v.round().clamp(0.0, 65535.0) as u16).to_le_bytes()),
+            NiftiType::I32 => body.extend((v.round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).to_le_bytes()),
+            NiftiType::U32 => body.extend((v.round().clamp(0.0, u32::MAX as f64) as u32).to_le_bytes()),
+            NiftiType::I64 => body.extend((v.round() as i64).to_le_bytes()),
+            NiftiType::U64 => body.extend((v.round().max(0.0) as u64).to_le_bytes()),
+            NiftiType::F32 => body.extend((v as f32).to_le_bytes()),
+            NiftiType::F64 => body.extend(v.to_le_bytes()),
+            NiftiType::Rgb24 | NiftiType::Rgba32 => {}
         }
     }
-    h.extend_from_slice(&body);
-    let bytes = if is_gz(path) {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        enc.write_all(&h).map_err(|e| DataError::io(path, e))?;
-        enc.finish().map_err(|e| DataError::io(path, e))?
-    } else {
-        h
-    };
-    crate::io::write_atomic(path, &bytes)
+    body
 }

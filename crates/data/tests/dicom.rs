@@ -221,6 +221,28 @@ fn an_undefined_length_outside_sequences_and_pixel_data_is_refused() {
 }
 
 #[test]
+fn a_value_that_is_not_whole_values_of_its_vr_is_refused() {
+    // Found by fuzzing: Columns with VR SL and 2 bytes made the parser misread what followed as a 775 MB length.
+    let e = load_file(&fixtures().join("dicom/fuzz/misaligned_vr_length.dcm")).unwrap_err().to_string();
+    assert!(e.contains("misaligned_vr_length.dcm") && e.contains("VR SL has 2 bytes"), "{e}");
+}
+
+#[test]
+fn implicit_vr_sequences_are_walked_into() {
+    // Found by fuzzing: in implicit VR, a 2 GB length inside a sequence that only the dictionary calls one.
+    let e = load_file(&fixtures().join("dicom/fuzz/implicit_sequence.dcm")).unwrap_err().to_string();
+    assert!(e.contains("implicit_sequence.dcm") && e.contains("remain in the file"), "{e}");
+}
+
+#[test]
+fn bytes_after_the_pixel_data_are_never_parsed() {
+    // Found by fuzzing: a 1.7 GB length after the dose grid's pixel data; the grid itself is intact.
+    let img = load_file(&fixtures().join("dicom/fuzz/bytes_after_pixel_data.dcm")).unwrap();
+    assert_eq!(img.shape(), &[10, 10, 15]);
+    assert_eq!(img.affine(), load_file(&single("rtdose.dcm")).unwrap().affine());
+}
+
+#[test]
 fn every_hostile_file_is_refused_by_name() {
     // pydicom's malformed and non-image test files plus the crafted ones of make_hostile.py.
     let dir = fixtures().join("dicom/hostile");

@@ -184,10 +184,23 @@ fn resampling_known_answers() {
 fn written_nifti_reads_back_with_data_affine_and_codes() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    for (name, dtype) in [("a.nii", NiftiType::F32), ("b.nii.gz", NiftiType::I16), ("c.nii", NiftiType::U8), ("d.nii.gz", NiftiType::F64)] {
+    use vesalius_data::nifti::{save_version, NiftiVersion::{V1, V2}};
+    for (name, dtype, version) in [
+        ("a.nii", NiftiType::F32, V1),
+        ("b.nii.gz", NiftiType::I16, V1),
+        ("c.nii", NiftiType::U8, V1),
+        ("d.nii.gz", NiftiType::F64, V1),
+        ("e.hdr", NiftiType::I32, V1),
+        ("f.nii", NiftiType::F32, V2),
+        ("g.nii.gz", NiftiType::U16, V2),
+        ("h.hdr", NiftiType::F64, V2),
+    ] {
         let img = random_image(&mut rng);
         let path = dir.path().join(name);
-        save(&path, &img, dtype).unwrap();
+        save_version(&path, &img, dtype, version).unwrap();
+        if name.ends_with(".hdr") {
+            assert!(path.with_extension("img").is_file(), "{name}: the pair's data file");
+        }
         let back = io::load(&path).unwrap();
         assert_eq!(back.shape(), img.shape(), "{name}");
         assert_eq!(back.channels(), 2);
@@ -200,6 +213,7 @@ fn written_nifti_reads_back_with_data_affine_and_codes() {
         }
         let h = vesalius_data::nifti::read_header(&path).unwrap();
         assert_eq!((h.qform_code, h.sform_code), (2, 2));
+        assert_eq!(h.version, if version == V1 { 1 } else { 2 }, "{name}");
         // The qform (quaternion + voxel sizes + qfac) encodes the same rigid-plus-scale affine.
         let q = vesalius_data::nifti::NiftiHeader { sform_code: 0, ..h };
         let qa = q.affine();

@@ -127,6 +127,28 @@ fn hostile_files_give_errors_naming_the_file() {
     let zero = write(dir.path(), "zero.nii", &nifti_header(&[4, 0, 4], 352.0));
     assert!(message(load(&zero).unwrap_err()).contains("invalid dimensions"));
 
+    let negative = write(dir.path(), "negative.nii", &nifti_header(&[4, (-3i16) as u16, 4], 352.0));
+    let m = message(load(&negative).unwrap_err());
+    assert!(m.contains("negative.nii") && m.contains("invalid dimensions"), "{m}");
+
+    let mut past = nifti_header(&[2, 2, 2], 1e9);
+    past.extend_from_slice(&[0u8; 8]);
+    let m = message(load(write(dir.path(), "past.nii", &past)).unwrap_err());
+    assert!(m.contains("past.nii") && m.contains("at offset 1000000000") && m.contains("file holds 360 bytes"), "{m}");
+
+    let mut sizeof = nifti_header(&[2, 2, 2], 352.0);
+    sizeof[0..4].copy_from_slice(&300i32.to_le_bytes());
+    sizeof.extend_from_slice(&[0u8; 8]);
+    let m = message(load(write(dir.path(), "sizeof.nii", &sizeof)).unwrap_err());
+    assert!(m.contains("sizeof.nii") && m.contains("not a NIfTI file"), "{m}");
+
+    // A pair's header with no image file next to it.
+    let mut pair = nifti_header(&[2, 2, 2], 0.0);
+    pair.truncate(348);
+    pair[344..348].copy_from_slice(b"ni1\0");
+    let m = message(load(write(dir.path(), "alone.hdr", &pair)).unwrap_err());
+    assert!(m.contains("alone.hdr: header without its .img data file"), "{m}");
+
     let mut truncated = nifti_header(&[4, 4, 4], 352.0);
     truncated.extend_from_slice(&[1u8; 10]);
     assert!(load(write(dir.path(), "short.nii", &truncated)).is_err());

@@ -58,8 +58,15 @@ pub enum Command {
     Convert {
         /// The input image.
         input: PathBuf,
-        /// The output file; its extension picks the format (.nii, .nii.gz, .png, .tif).
+        /// The output file; its extension picks the format (.nii, .nii.gz, .hdr for a .hdr/.img pair, .png,
+        /// .tif).
         output: PathBuf,
+        /// Write NIfTI-2 (64-bit dimensions, double-precision geometry) instead of NIfTI-1.
+        #[arg(long)]
+        nifti2: bool,
+        /// The SeriesInstanceUID to convert when a DICOM folder holds several series.
+        #[arg(long)]
+        series: Option<String>,
     },
     /// De-identify DICOM files (a file, or a folder into a mirrored folder) by the PS3.15 Annex E basic profile;
     /// prints counts only, never identifiers.
@@ -74,8 +81,11 @@ pub enum Command {
     },
     /// Print format, shape, data type, spacing, affine and orientation of an image as JSON.
     Info {
-        /// The image file.
+        /// The image file, or a DICOM folder (several series are listed unless one is chosen).
         path: PathBuf,
+        /// The SeriesInstanceUID to describe when a DICOM folder holds several series.
+        #[arg(long)]
+        series: Option<String>,
     },
     /// Run the reference training workloads and print one JSON line each.
     Bench {
@@ -95,7 +105,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Train { recipe, out, quiet } => commands::train(backend, &recipe, out, quiet),
         Command::Evaluate { run, split } => commands::evaluate(backend, &run, &split),
         Command::Predict { run, inputs, output } => commands::predict(backend, &run, &inputs, output.as_deref()),
-        Command::Convert { input, output } => commands::convert(&input, &output),
+        Command::Convert { input, output, nifti2, series } => commands::convert(&input, &output, nifti2, series.as_deref()),
         Command::Deid { input, output, keep_private } => {
             if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
                 return Err(CliError::Usage(format!("{}: output must differ from the input", output.display())));
@@ -104,8 +114,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", serde_json::to_string(&report).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }
-        Command::Info { path } => {
-            let json = commands::info_json(&path)?;
+        Command::Info { path, series } => {
+            let json = commands::info_json(&path, series.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }

@@ -115,19 +115,23 @@ fn csv_field(s: &str) -> String {
 }
 
 /// `vesalius convert`.
-pub fn convert(input: &Path, output: &Path) -> Result<(), CliError> {
-    use vesalius_data::nifti::{save, NiftiType};
-    let img = load(input)?;
+pub fn convert(input: &Path, output: &Path, nifti2: bool, series: Option<&str>) -> Result<(), CliError> {
+    use vesalius_data::nifti::{save, save_version, NiftiType, NiftiVersion};
+    let img = load_input(input, series)?;
     match Format::from_path(output) {
-        Some(Format::Nifti | Format::NiftiGz) => {
+        Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => {
             let dtype = NiftiType::from_name(img.dtype()).unwrap_or(NiftiType::F32);
             let dtype = if img.channels() == 3 && dtype == NiftiType::U8 && img.ndim() == 2 { NiftiType::Rgb24 } else { dtype };
-            save(output, &img, dtype)?;
+            if nifti2 {
+                save_version(output, &img, dtype, NiftiVersion::V2)?;
+            } else {
+                save(output, &img, dtype)?;
+            }
         }
         Some(Format::Png | Format::Tiff) => vesalius_data::io::save_2d(output, &img)?,
         _ => {
             return Err(CliError::Usage(format!(
-                "{}: cannot write this format (outputs: .nii, .nii.gz, .png, .tif, .tiff)",
+                "{}: cannot write this format (outputs: .nii, .nii.gz, .hdr (+ .img), .png, .tif, .tiff)",
                 output.display()
             )));
         }
@@ -136,10 +140,25 @@ pub fn convert(input: &Path, output: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The JSON object that `vesalius info` prints.
-pub fn info_json(path: &Path) -> Result<Value, CliError> {
+/// An image file, or one series of a DICOM folder (the only one, or the one named by `series`).
+fn load_input(path: &Path, series: Option<&str>) -> Result<vesalius_data::Image, CliError> {
+    if path.is_dir() {
+        return Ok(vesalius_data::dicom::load_series(path, series)?.0);
+    }
+    Ok(load(path)?)
+}
+
+/// The JSON object that `vesalius info` prints. A DICOM folder with several series, none chosen, gives the list
+/// of its series (UID, modality, description, number of files) instead of one image's description.
+pub fn info_json(path: &Path, series: Option<&str>) -> Result<Value, CliError> {
     let format = Format::from_path(path).map(Format::name).unwrap_or("unknown");
-    let img = load(path)?;
+    if path.is_dir() && series.is_none() {
+        let listed = vesalius_data::dicom::list_series(path)?;
+        if listed.len() > 1 {
+            return Ok(json!({ "format": "dicom", "series": listed }));
+        }
+    }
+    let img = load_input(path, series)?;
     let mut shape: Vec<usize> = img.shape().to_vec();
     if img.channels() > 1 {
         shape.push(img.channels());
@@ -149,8 +168,11 @@ pub fn info_json(path: &Path) -> Result<Value, CliError> {
     let mut extra = serde_json::Map::new();
     if format == "dicom" {
         let header = if path.is_dir() {
-            let series = vesalius_data::dicom::scan(path)?;
-            series.values().find(|files| files.len() == img.shape().get(2).copied().unwrap_or(1)).and_then(|f| f.first().cloned())
+            let all = vesalius_data::dicom::scan(path)?;
+            match series {
+                Some(uid) => all.get(uid).and_then(|f| f.first().cloned()),
+                None => all.values().next().and_then(|f| f.first().cloned()),
+            }
         } else {
             Some(vesalius_data::dicom::read_header(path)?)
         };

@@ -7,7 +7,7 @@
 //! let dir = tempfile::tempdir().unwrap();
 //! let png = dir.path().join("x.png");
 //! image::GrayImage::new(5, 4).save(&png).unwrap();
-//! let json = vesalius::commands::info_json(&png).unwrap();
+//! let json = vesalius::commands::info_json(&png, None).unwrap();
 //! assert_eq!(json["shape"], serde_json::json!([5, 4]));
 //! ```
 
