@@ -120,8 +120,178 @@ pub const PROFILE: &[(u16, u16, Action)] = {
         (0x0088, 0x0140, Uid),    // Storage Media File-set UID
         (0x3006, 0x0024, Uid),    // Referenced Frame of Reference UID
         (0x3006, 0x00C2, Uid),    // Related Frame of Reference UID
+        (0x0008, 0x0015, Remove), // Instance Coercion DateTime
+        (0x0008, 0x0024, Remove), // Overlay Date
+        (0x0008, 0x0025, Remove), // Curve Date
+        (0x0008, 0x0034, Remove), // Overlay Time
+        (0x0008, 0x0035, Remove), // Curve Time
+        (0x0008, 0x0201, Remove), // Timezone Offset From UTC
+        (0x0008, 0x1084, Remove), // Admitting Diagnoses Code Sequence
+        (0x0008, 0x1111, Remove), // Referenced Performed Procedure Step Sequence
+        (0x0008, 0x1120, Remove), // Referenced Patient Sequence
+        (0x0008, 0x1195, Uid),    // Transaction UID
+        (0x0008, 0x4000, Remove), // Identifying Comments
+        (0x0008, 0x9123, Uid),    // Creator-Version UID
+        (0x0010, 0x0101, Remove), // Patient's Primary Language Code Sequence
+        (0x0010, 0x0102, Remove), // Patient's Primary Language Modifier Code Sequence
+        (0x0010, 0x1050, Remove), // Insurance Plan Identification
+        (0x0010, 0x1080, Remove), // Military Rank
+        (0x0010, 0x1081, Remove), // Branch of Service
+        (0x0010, 0x1100, Remove), // Referenced Patient Photo Sequence
+        (0x0010, 0x2000, Remove), // Medical Alerts
+        (0x0010, 0x2110, Remove), // Allergies
+        (0x0010, 0x2150, Remove), // Country of Residence
+        (0x0010, 0x2152, Remove), // Region of Residence
+        (0x0010, 0x2297, Remove), // Responsible Person
+        (0x0010, 0x2299, Remove), // Responsible Organization
+        (0x0010, 0x21A0, Remove), // Smoking Status
+        (0x0010, 0x21C0, Remove), // Pregnancy Status
+        (0x0010, 0x21D0, Remove), // Last Menstrual Date
+        (0x0012, 0x0010, Dummy),  // Clinical Trial Sponsor Name
+        (0x0012, 0x0020, Dummy),  // Clinical Trial Protocol ID
+        (0x0012, 0x0021, Empty),  // Clinical Trial Protocol Name
+        (0x0012, 0x0030, Empty),  // Clinical Trial Site ID
+        (0x0012, 0x0031, Empty),  // Clinical Trial Site Name
+        (0x0012, 0x0040, Dummy),  // Clinical Trial Subject ID
+        (0x0012, 0x0042, Dummy),  // Clinical Trial Subject Reading ID
+        (0x0012, 0x0050, Empty),  // Clinical Trial Time Point ID
+        (0x0012, 0x0051, Empty),  // Clinical Trial Time Point Description
+        (0x0012, 0x0060, Empty),  // Clinical Trial Coordinating Center Name
+        (0x0018, 0x1004, Remove), // Plate ID
+        (0x0018, 0x1005, Remove), // Generator ID
+        (0x0018, 0x1007, Remove), // Cassette ID
+        (0x0018, 0x1008, Remove), // Gantry ID
+        (0x0018, 0x1400, Remove), // Acquisition Device Processing Description
+        (0x0018, 0x4000, Remove), // Acquisition Comments
+        (0x0018, 0x700A, Remove), // Detector ID
+        (0x0018, 0x9424, Remove), // Acquisition Protocol Description
+        (0x0018, 0xA003, Remove), // Contribution Description
+        (0x0020, 0x3401, Remove), // Modifying Device ID
+        (0x0020, 0x3404, Remove), // Modifying Device Manufacturer
+        (0x0020, 0x3406, Remove), // Modified Image Description
+        (0x0020, 0x9158, Remove), // Frame Comments
+        (0x0032, 0x0012, Remove), // Study ID Issuer
+        (0x0032, 0x1020, Remove), // Scheduled Study Location
+        (0x0032, 0x1021, Remove), // Scheduled Study Location AE Title
+        (0x0032, 0x1030, Remove), // Reason for Study
+        (0x0032, 0x1033, Remove), // Requesting Service
+        (0x0038, 0x0004, Remove), // Referenced Patient Alias Sequence
+        (0x0038, 0x0011, Remove), // Issuer of Admission ID
+        (0x0038, 0x0060, Remove), // Service Episode ID
+        (0x0038, 0x0061, Remove), // Issuer of Service Episode ID
+        (0x0038, 0x0062, Remove), // Service Episode Description
+        (0x0038, 0x0500, Remove), // Patient State
+        (0x0040, 0x0001, Remove), // Scheduled Station AE Title
+        (0x0040, 0x0006, Remove), // Scheduled Performing Physician's Name
+        (0x0040, 0x0007, Remove), // Scheduled Procedure Step Description
+        (0x0040, 0x000B, Remove), // Scheduled Performing Physician Identification Sequence
+        (0x0040, 0x0010, Remove), // Scheduled Station Name
+        (0x0040, 0x0011, Remove), // Scheduled Procedure Step Location
+        (0x0040, 0x0012, Remove), // Pre-Medication
+        (0x0040, 0x0241, Remove), // Performed Station AE Title
+        (0x0040, 0x0242, Remove), // Performed Station Name
+        (0x0040, 0x0243, Remove), // Performed Location
+        (0x0040, 0x0275, Remove), // Request Attributes Sequence
+        (0x0040, 0x0280, Remove), // Comments on the Performed Procedure Step
+        (0x0040, 0x0555, Remove), // Acquisition Context Sequence
+        (0x0040, 0x1001, Remove), // Requested Procedure ID
+        (0x0040, 0x1004, Remove), // Patient Transport Arrangements
+        (0x0040, 0x1005, Remove), // Requested Procedure Location
+        (0x0040, 0x1010, Remove), // Names of Intended Recipients of Results
+        (0x0040, 0x1011, Remove), // Intended Recipients of Results Identification Sequence
+        (0x0040, 0x1102, Remove), // Person's Address
+        (0x0040, 0x1103, Remove), // Person's Telephone Numbers
+        (0x0040, 0x1400, Remove), // Requested Procedure Comments
+        (0x0040, 0x2001, Remove), // Reason for the Imaging Service Request
+        (0x0040, 0x2008, Remove), // Order Entered By
+        (0x0040, 0x2009, Remove), // Order Enterer's Location
+        (0x0040, 0x2010, Remove), // Order Callback Phone Number
+        (0x0040, 0x2016, Empty),  // Placer Order Number / Imaging Service Request
+        (0x0040, 0x2017, Empty),  // Filler Order Number / Imaging Service Request
+        (0x0040, 0x2400, Remove), // Imaging Service Request Comments
+        (0x0040, 0x3001, Remove), // Confidentiality Constraint on Patient Data Description
+        (0x0040, 0xA027, Remove), // Verifying Organization
+        (0x0040, 0xA073, Dummy),  // Verifying Observer Sequence (its items are cleaned in turn)
+        (0x0040, 0xA075, Dummy),  // Verifying Observer Name
+        (0x0040, 0xA078, Remove), // Author Observer Sequence
+        (0x0040, 0xA07A, Remove), // Participant Sequence
+        (0x0040, 0xA07C, Remove), // Custodial Organization Sequence
+        (0x0040, 0xA088, Empty),  // Verifying Observer Identification Code Sequence
+        (0x0040, 0xA123, Dummy),  // Person Name
+        (0x0040, 0xA730, Remove), // Content Sequence
+        (0x0070, 0x0084, Empty),  // Content Creator's Name
+        (0x0070, 0x0086, Remove), // Content Creator's Identification Code Sequence
+        (0x0088, 0x0200, Remove), // Icon Image Sequence
+        (0x0088, 0x0904, Remove), // Topic Title
+        (0x0088, 0x0906, Remove), // Topic Subject
+        (0x0088, 0x0910, Remove), // Topic Author
+        (0x0088, 0x0912, Remove), // Topic Keywords
+        (0x0400, 0x0100, Remove), // Digital Signature UID
+        (0x0400, 0x0402, Remove), // Referenced Digital Signature Sequence
+        (0x0400, 0x0403, Remove), // Referenced SOP Instance MAC Sequence
+        (0x0400, 0x0404, Remove), // MAC
+        (0x0400, 0x0550, Remove), // Modified Attributes Sequence
+        (0x0400, 0x0561, Remove), // Original Attributes Sequence
+        (0x3006, 0x0002, Dummy),  // Structure Set Label
+        (0x3006, 0x0004, Remove), // Structure Set Name
+        (0x3006, 0x0006, Remove), // Structure Set Description
+        (0x3006, 0x0008, Empty),  // Structure Set Date
+        (0x3006, 0x0009, Empty),  // Structure Set Time
+        (0x3006, 0x0026, Empty),  // ROI Name
+        (0x3006, 0x0028, Remove), // ROI Description
+        (0x3006, 0x0038, Remove), // ROI Generation Description
+        (0x3006, 0x0085, Remove), // ROI Observation Label
+        (0x3006, 0x00A6, Empty),  // ROI Interpreter
+        (0x300A, 0x0002, Dummy),  // RT Plan Label
+        (0x300A, 0x0003, Remove), // RT Plan Name
+        (0x300A, 0x0004, Remove), // RT Plan Description
+        (0x300A, 0x0006, Remove), // RT Plan Date
+        (0x300A, 0x0007, Remove), // RT Plan Time
+        (0x300A, 0x000E, Remove), // Prescription Description
+        (0x300A, 0x0016, Remove), // Dose Reference Description
+        (0x300E, 0x0008, Remove), // Reviewer Name
+        (0x4000, 0x0010, Remove), // Arbitrary
+        (0x4000, 0x4000, Remove), // Text Comments
+        (0x4008, 0x0114, Remove), // Physician Approving Interpretation
+        (0x4008, 0x0119, Remove), // Distribution Name
+        (0x4008, 0x011A, Remove), // Distribution Address
+        (0x4008, 0x0202, Remove), // Interpretation ID Issuer
+        (0x4008, 0x0300, Remove), // Impressions
+        (0x4008, 0x4000, Remove), // Results Comments
+        (0xFFFA, 0xFFFA, Remove), // Digital Signatures Sequence
+        (0xFFFC, 0xFFFC, Remove), // Data Set Trailing Padding
     ]
 };
+
+/// Attributes whose UID values name classes, syntaxes or coding schemes, not instances: never remapped.
+const CLASS_UIDS: &[(u16, u16)] = &[
+    (0x0008, 0x0016), // SOP Class UID
+    (0x0008, 0x001A), // Related General SOP Class UID
+    (0x0008, 0x001B), // Original Specialized SOP Class UID
+    (0x0008, 0x0062), // SOP Classes in Study
+    (0x0008, 0x010C), // Coding Scheme UID
+    (0x0008, 0x010D), // Context Group Extension Creator UID
+    (0x0008, 0x0118), // Mapping Resource UID
+    (0x0008, 0x1150), // Referenced SOP Class UID
+    (0x0004, 0x1510), // Referenced SOP Class UID in File
+    (0x0004, 0x1512), // Referenced Transfer Syntax UID in File
+    (0x0400, 0x0010), // MAC Calculation Transfer Syntax UID
+];
+
+/// What happens to an attribute the table does not name, by its kind — the rows of PS3.15 Table E.1-1 beyond the
+/// table above fall into these classes: person names, dates and times, free text, instance UIDs, overlay data
+/// and comments, and curves.
+pub fn generic_action(tag: Tag, vr: VR, value: &str) -> Option<Action> {
+    let (g, e) = (tag.group(), tag.element());
+    if (0x5000..=0x50FF).contains(&g) || ((0x6000..=0x60FF).contains(&g) && (e == 0x3000 || e == 0x4000)) {
+        return Some(Action::Remove);
+    }
+    match vr {
+        VR::PN | VR::DA | VR::DT | VR::TM | VR::LT | VR::ST | VR::UT => Some(Action::Remove),
+        VR::UI if !CLASS_UIDS.contains(&(g, e)) && !value.trim_end_matches('\0').trim().starts_with("1.2.840.10008.") => Some(Action::Uid),
+        _ => None,
+    }
+}
 
 /// Counts of what a run did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -189,10 +359,16 @@ impl Deidentifier {
                     obj.remove_element(tag);
                     self.report.removed += 1;
                 }
+                Action::Empty if vr == VR::SQ => {
+                    obj.put(InMemElement::new(tag, VR::SQ, dicom_core::value::DataSetSequence::<InMemDicomObject>::empty()));
+                    self.report.replaced += 1;
+                }
                 Action::Empty => {
                     obj.put(InMemElement::new(tag, vr, PrimitiveValue::Empty));
                     self.report.replaced += 1;
                 }
+                // A sequence keeps its items, which are de-identified in turn below.
+                Action::Dummy if vr == VR::SQ => {}
                 Action::Dummy => {
                     let dummy = match vr {
                         VR::DA => "19000101",
@@ -207,6 +383,28 @@ impl Deidentifier {
                     let values: Vec<String> = elem.to_multi_str().map(|v| v.to_vec()).unwrap_or_default();
                     let mapped: Vec<String> = values.iter().map(|u| self.map_uid(u)).collect();
                     obj.put(InMemElement::new(tag, VR::UI, PrimitiveValue::Strs(mapped.into())));
+                }
+            }
+        }
+        let named: std::collections::HashSet<(u16, u16)> = PROFILE.iter().map(|&(g, e, _)| (g, e)).collect();
+        let generic: Vec<(Tag, Action)> = obj
+            .iter()
+            .filter(|e| !named.contains(&(e.header().tag.group(), e.header().tag.element())))
+            .filter_map(|e| {
+                let value = if e.header().vr == VR::UI { e.to_str().map(|s| s.into_owned()).unwrap_or_default() } else { String::new() };
+                generic_action(e.header().tag, e.header().vr, &value).map(|a| (e.header().tag, a))
+            })
+            .collect();
+        for (tag, action) in generic {
+            match action {
+                Action::Uid => {
+                    let values: Vec<String> = obj.element(tag).ok().and_then(|e| e.to_multi_str().ok()).map(|v| v.to_vec()).unwrap_or_default();
+                    let mapped: Vec<String> = values.iter().map(|u| self.map_uid(u)).collect();
+                    obj.put(InMemElement::new(tag, VR::UI, PrimitiveValue::Strs(mapped.into())));
+                }
+                _ => {
+                    obj.remove_element(tag);
+                    self.report.removed += 1;
                 }
             }
         }

