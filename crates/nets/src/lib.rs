@@ -6,6 +6,13 @@
 //! its configuration. [`ClassifierConfig`] names any of them in a serialisable form (as recipes do) and
 //! [`Classifier`] holds whichever was built.
 //!
+//! Dense prediction and the other families: [`UNet`] (2D and 3D, batch or instance norm, transposed-convolution
+//! or interpolation up-sampling, residual blocks, deep supervision), auto-encoders ([`Autoencoder`],
+//! [`ConvAutoencoder`]), recurrent networks ([`Lstm`], [`Gru`], [`CnnLstm`]) and the registration network
+//! [`VoxelMorph`] with its spatial transformer. [`ops`] holds the volumetric operations burn lacks (3D pooling,
+//! nearest and trilinear up-sampling, warping), written so that burn's autodiff differentiates them on any
+//! backend; [`loss`] the dense objectives (soft Dice, voxel cross-entropy, MSE, field smoothness).
+//!
 //! Small inputs (below 64 pixels, such as MedMNIST's 28×28) use the stem that the MedMNIST benchmarks use: a 3×3
 //! stride-1 first convolution and no stem max-pool, so that the feature maps are not reduced to nothing.
 //!
@@ -23,22 +30,33 @@
 //! ```
 
 mod alexnet;
+mod autoencoder;
 mod blocks;
 mod classifier;
 mod googlenet;
 mod lenet;
 mod mlp;
 mod resnet;
+mod rnn;
+mod unet;
 mod vgg;
+mod voxelmorph;
+
+pub mod loss;
+pub mod ops;
 
 pub use alexnet::{AlexNet, AlexNetConfig};
+pub use autoencoder::{kl_sparsity, Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig};
 pub use blocks::ConvBnRelu;
 pub use classifier::{trainable_params, Arch, Classifier, ClassifierConfig, ConfigError};
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, Inception};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};
 pub use resnet::{BasicBlock, Bottleneck, ResBlock, ResNet, ResNetConfig, ResNetDepth};
+pub use rnn::{CnnLstm, CnnLstmConfig, GateWeights, Gru, GruConfig, Lstm, LstmConfig};
+pub use unet::{ConvNd, DoubleConv, Norm, NormKind, UNet, UNetConfig, Up, UpConv, UpKind};
 pub use vgg::{Vgg, VggConfig, VggDepth};
+pub use voxelmorph::{VoxelMorph, VoxelMorphConfig};
 
 /// Input sizes below this use the small-input stem (3×3 stride-1 first convolution, no stem max-pool).
 pub const SMALL_INPUT_LIMIT: usize = 64;

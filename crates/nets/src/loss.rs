@@ -1,0 +1,56 @@
+//! Training objectives of the dense-prediction networks: soft Dice (as `monai.losses.DiceLoss(to_onehot_y=True,
+//! softmax=True)`), voxel-wise cross-entropy, mean squared error, and the diffusion regulariser of displacement
+//! fields (VoxelMorph's `Grad('l2')`).
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+/// One-hot `[n, classes, d, h, w]` of integer labels `[n, d, h, w]`.
+pub fn one_hot<B: Backend>(labels: Tensor<B, 4, Int>, classes: usize) -> Tensor<B, 5> {
+    let [n, d, h, w] = labels.dims();
+    let device = labels.device();
+    let ids = Tensor::<B, 1, Int>::arange(0..classes as i64, &device).reshape([1, classes, 1, 1, 1]);
+    labels.reshape([n, 1, d, h, w]).equal(ids.expand([n, classes, d, h, w])).float()
+}
+
+/// Soft Dice loss of logits `[n, classes, d, h, w]` against labels: `p = softmax(logits)`, for every sample and
+/// class `1 − (2 Σ p·g + ε) / (Σ p + Σ g + ε)` with ε = 1e-5, averaged over samples and classes (background
+/// included).
+pub fn soft_dice<B: Backend>(logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
+    let [n, c, d, h, w] = logits.dims();
+    let p = softmax(logits, 1).reshape([n, c, d * h * w]);
+    let g = one_hot(labels, c).reshape([n, c, d * h * w]);
+    let inter = (p.clone() * g.clone()).sum_dim(2);
+    let denom = p.sum_dim(2) + g.sum_dim(2);
+    let dice = (inter * 2.0 + 1e-5) / (denom + 1e-5);
+    (dice.neg() + 1.0).mean()
+}
+
+/// Cross-entropy of logits `[n, classes, d, h, w]` against labels, averaged over every voxel.
+pub fn voxel_cross_entropy<B: Backend>(logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
+    let [_, c, _, _, _] = logits.dims();
+    let logp = log_softmax(logits, 1);
+    (logp * one_hot(labels, c)).sum_dim(1).mean().neg()
+}
+
+/// Mean squared error.
+pub fn mse<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, 1> {
+    (a - b).powi_scalar(2).mean()
+}
+
+/// Diffusion regulariser of a field `[n, k, d, h, w]`: the mean of squared forward differences along each spatial
+/// axis, averaged over the axes (`(mean Δ_d² + mean Δ_h² + mean Δ_w²) / 3`). Axes of length 1 are skipped.
+pub fn grad_l2<B: Backend>(field: Tensor<B, 5>) -> Tensor<B, 1> {
+    let dims = field.dims();
+    let mut terms = Vec::new();
+    for axis in 2..5 {
+        let len = dims[axis];
+        if len < 2 {
+            continue;
+        }
+        let diff = field.clone().narrow(axis, 1, len - 1) - field.clone().narrow(axis, 0, len - 1);
+        terms.push(diff.powi_scalar(2).mean());
+    }
+    let count = terms.len().max(1) as f64;
+    terms.into_iter().reduce(|a, b| a + b).map_or_else(|| Tensor::zeros([1], &field.device()), |s| s / count)
+}

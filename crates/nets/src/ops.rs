@@ -1,0 +1,196 @@
+//! Volumetric operations burn does not provide, written with tensor operations that every backend has and whose
+//! gradients burn's autodiff derives: 3D max and average pooling, nearest and (tri)linear up-sampling, and the
+//! spatial transformer (warping by a dense displacement field) in 2D and 3D.
+//!
+//! Tensors are `[batch, channels, depth, height, width]`; 2D images travel as depth-1 volumes, so that every
+//! network of this crate is written once for both.
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+/// Max pooling with a cubic window equal to its stride (`k`×`k`×`k`, stride `k`, no padding), as
+/// `torch.nn.MaxPool3d(k)`: trailing voxels that do not fill a window are dropped. Where several voxels share the
+/// maximum the gradient goes to each of them.
+pub fn max_pool3d<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
+    pool3d(x, [k, k, k], true)
+}
+
+/// Average pooling with a cubic window equal to its stride, as `torch.nn.AvgPool3d(k)`.
+pub fn avg_pool3d<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
+    pool3d(x, [k, k, k], false)
+}
+
+/// Pooling by windows equal to their strides along (depth, height, width); a factor of 1 leaves an axis as it is
+/// (2D images use `[1, k, k]`).
+pub fn pool3d<B: Backend>(x: Tensor<B, 5>, window: [usize; 3], max: bool) -> Tensor<B, 5> {
+    let [n, c, d, h, w] = x.dims();
+    let [kd, kh, kw] = window.map(|k| k.max(1));
+    let (od, oh, ow) = (d / kd, h / kh, w / kw);
+    let x = if (od * kd, oh * kh, ow * kw) != (d, h, w) { x.slice([0..n, 0..c, 0..od * kd, 0..oh * kh, 0..ow * kw]) } else { x };
+    // [n, c, od, kd, oh, kh, ow, kw] → window elements last.
+    let x: Tensor<B, 8> = x.reshape([n, c, od, kd, oh, kh, ow, kw]);
+    let x = x.permute([0, 1, 2, 4, 6, 3, 5, 7]).reshape([n, c, od, oh, ow, kd * kh * kw]);
+    let pooled: Tensor<B, 6> = if max { x.max_dim(5) } else { x.mean_dim(5) };
+    pooled.reshape([n, c, od, oh, ow])
+}
+
+/// Nearest-neighbour up-sampling by integer factors along (depth, height, width), as
+/// `torch.nn.Upsample(scale_factor=f, mode="nearest")`.
+pub fn upsample_nearest<B: Backend>(x: Tensor<B, 5>, factor: [usize; 3]) -> Tensor<B, 5> {
+    let [n, c, d, h, w] = x.dims();
+    let [fd, fh, fw] = factor.map(|f| f.max(1));
+    let x: Tensor<B, 8> = x.reshape([n, c, d, 1, h, 1, w, 1]);
+    x.expand([n, c, d, fd, h, fh, w, fw]).reshape([n, c, d * fd, h * fh, w * fw])
+}
+
+/// Linear interpolation along one spatial axis (2, 3 or 4) to `out` samples, with PyTorch's
+/// `align_corners=False` convention (half-pixel centres, edge samples clamped).
+pub fn resize_linear_axis<B: Backend>(x: Tensor<B, 5>, axis: usize, out: usize) -> Tensor<B, 5> {
+    let len = x.dims()[axis];
+    if len == out {
+        return x;
+    }
+    let device = x.device();
+    let scale = len as f64 / out as f64;
+    let mut lo = Vec::with_capacity(out);
+    let mut hi = Vec::with_capacity(out);
+    let mut frac = Vec::with_capacity(out);
+    for i in 0..out {
+        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(len - 1);
+        let i1 = (i0 + 1).min(len - 1);
+        lo.push(i0 as i64);
+        hi.push(i1 as i64);
+        frac.push((src - i0 as f64) as f32);
+    }
+    let lo = Tensor::<B, 1, Int>::from_data(lo.as_slice(), &device);
+    let hi = Tensor::<B, 1, Int>::from_data(hi.as_slice(), &device);
+    let mut shape = [1usize; 5];
+    shape[axis] = out;
+    let t = Tensor::<B, 1>::from_data(frac.as_slice(), &device).reshape(shape);
+    let a = x.clone().select(axis, lo);
+    let b = x.select(axis, hi);
+    a.clone() + (b - a) * t
+}
+
+/// Trilinear (or, for depth-1 volumes, bilinear) resizing to `size`, as
+/// `F.interpolate(mode="trilinear", align_corners=False)`: separable linear interpolation along each axis.
+pub fn resize_linear<B: Backend>(x: Tensor<B, 5>, size: [usize; 3]) -> Tensor<B, 5> {
+    let x = resize_linear_axis(x, 2, size[0]);
+    let x = resize_linear_axis(x, 3, size[1]);
+    resize_linear_axis(x, 4, size[2])
+}
+
+/// Padding of samples that fall outside the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Outside is zero (`padding_mode="zeros"`).
+    Zeros,
+    /// Outside takes the nearest edge value (`padding_mode="border"`).
+    Border,
+}
+
+/// The identity grid: `[1, 3, d, h, w]` holding each voxel's own (depth, height, width) index.
+pub fn identity_grid<B: Backend>(size: [usize; 3], device: &B::Device) -> Tensor<B, 5> {
+    let [d, h, w] = size;
+    let axis = |len: usize, shape: [usize; 5]| {
+        let v: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        Tensor::<B, 1>::from_data(v.as_slice(), device).reshape(shape).expand([1, 1, d, h, w])
+    };
+    Tensor::cat(vec![axis(d, [1, 1, d, 1, 1]), axis(h, [1, 1, 1, h, 1]), axis(w, [1, 1, 1, 1, w])], 1)
+}
+
+/// Samples `image` (`[n, c, d, h, w]`) at voxel coordinates `coords` (`[n, 3, d', h', w']`, channels ordered
+/// depth, height, width) by trilinear interpolation — `F.grid_sample(mode="bilinear", align_corners=True)` after
+/// normalising the coordinates. Gradients flow to the image and to the coordinates. Depth-1 images with zero
+/// depth coordinates sample bilinearly in their plane.
+pub fn sample_linear<B: Backend>(image: Tensor<B, 5>, coords: Tensor<B, 5>, padding: Padding) -> Tensor<B, 5> {
+    let [n, c, d, h, w] = image.dims();
+    let [_, _, od, oh, ow] = coords.dims();
+    let m = od * oh * ow;
+    let flat = image.reshape([n, c, d * h * w]);
+    let axis = |k: usize| coords.clone().narrow(1, k, 1).reshape([n, 1, m]);
+    let (z, y, x) = (axis(0), axis(1), axis(2));
+    let corners = |v: Tensor<B, 3>, len: usize| {
+        let v = if padding == Padding::Border { v.clamp(0.0, (len - 1) as f64) } else { v };
+        let f = v.clone().floor();
+        let t = v - f.clone();
+        (f, t)
+    };
+    let (z0, tz) = corners(z, d);
+    let (y0, ty) = corners(y, h);
+    let (x0, tx) = corners(x, w);
+    let mut out: Option<Tensor<B, 3>> = None;
+    for (dz, dy, dx) in [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)] {
+        if d == 1 && dz == 1 {
+            continue;
+        }
+        let weight = |t: Tensor<B, 3>, one: bool| if one { t } else { t.neg() + 1.0 };
+        let wgt = weight(tz.clone(), dz == 1) * weight(ty.clone(), dy == 1) * weight(tx.clone(), dx == 1);
+        let zi = z0.clone() + dz as f64;
+        let yi = y0.clone() + dy as f64;
+        let xi = x0.clone() + dx as f64;
+        let inside = |v: &Tensor<B, 3>, len: usize| v.clone().greater_equal_elem(0.0).bool_and(v.clone().lower_equal_elem((len - 1) as f64));
+        let valid = inside(&zi, d).bool_and(inside(&yi, h)).bool_and(inside(&xi, w));
+        let wgt = wgt.mask_fill(valid.bool_not(), 0.0);
+        let index = zi.clamp(0.0, (d - 1) as f64) * (h * w) as f64 + yi.clamp(0.0, (h - 1) as f64) * w as f64 + xi.clamp(0.0, (w - 1) as f64);
+        let index = index.detach().int().expand([n, c, m]);
+        let values = flat.clone().gather(2, index) * wgt;
+        out = Some(match out {
+            Some(acc) => acc + values,
+            None => values,
+        });
+    }
+    out.expect("at least one corner").reshape([n, c, od, oh, ow])
+}
+
+/// Warps `moving` by a dense displacement field `flow` (`[n, 3, d, h, w]`, in voxels, channels depth, height,
+/// width): `warped(p) = moving(p + flow(p))`, trilinear, as VoxelMorph's spatial transformer.
+pub fn warp<B: Backend>(moving: Tensor<B, 5>, flow: Tensor<B, 5>, padding: Padding) -> Tensor<B, 5> {
+    let [_, _, d, h, w] = flow.dims();
+    let grid = identity_grid::<B>([d, h, w], &flow.device());
+    sample_linear(moving, grid + flow, padding)
+}
+
+/// Warps a label map by nearest-neighbour lookup (no gradient), so that label values are kept.
+pub fn warp_nearest<B: Backend>(labels: Tensor<B, 5>, flow: Tensor<B, 5>) -> Tensor<B, 5> {
+    let [n, c, d, h, w] = labels.dims();
+    let grid = identity_grid::<B>([d, h, w], &flow.device()) + flow.detach();
+    let rounded = grid.round();
+    let m = d * h * w;
+    let axis = |k: usize, len: usize| rounded.clone().narrow(1, k, 1).reshape([n, 1, m]).clamp(0.0, (len - 1) as f64);
+    let raw = |k: usize| rounded.clone().narrow(1, k, 1).reshape([n, 1, m]);
+    let inside = |k: usize, len: usize| raw(k).greater_equal_elem(0.0).bool_and(raw(k).lower_equal_elem((len - 1) as f64));
+    let valid = inside(0, d).bool_and(inside(1, h)).bool_and(inside(2, w));
+    let index = axis(0, d) * (h * w) as f64 + axis(1, h) * w as f64 + axis(2, w);
+    let values = labels.detach().reshape([n, c, m]).gather(2, index.int().expand([n, c, m]));
+    values.mask_fill(valid.bool_not().expand([n, c, m]), 0.0).reshape([n, c, d, h, w])
+}
+
+/// Composes two displacement fields: `(a ∘ b)(p) = b(p) + a(p + b(p))`, the field of warping by `b` then `a`.
+pub fn compose<B: Backend>(a: Tensor<B, 5>, b: Tensor<B, 5>) -> Tensor<B, 5> {
+    b.clone() + warp(a, b, Padding::Border)
+}
+
+/// Integrates a stationary velocity field by scaling and squaring (`steps` squarings of `v / 2^steps`), giving a
+/// diffeomorphic displacement field.
+pub fn integrate_velocity<B: Backend>(velocity: Tensor<B, 5>, steps: usize) -> Tensor<B, 5> {
+    let mut flow = velocity / (1u64 << steps) as f64;
+    for _ in 0..steps {
+        flow = compose(flow.clone(), flow);
+    }
+    flow
+}
+
+/// Warps `moving` by a 4×4 affine matrix acting on voxel coordinates (depth, height, width, 1) of the output grid:
+/// `warped(p) = moving(A · p)`.
+pub fn warp_affine<B: Backend>(moving: Tensor<B, 5>, matrix: [[f64; 4]; 3], size: [usize; 3], padding: Padding) -> Tensor<B, 5> {
+    let device = moving.device();
+    let n = moving.dims()[0];
+    let grid = identity_grid::<B>(size, &device);
+    let axis = |k: usize| grid.clone().narrow(1, k, 1);
+    let mapped: Vec<Tensor<B, 5>> = (0..3)
+        .map(|r| axis(0) * matrix[r][0] + axis(1) * matrix[r][1] + axis(2) * matrix[r][2] + matrix[r][3])
+        .collect();
+    let coords = Tensor::cat(mapped, 1).expand([n, 3, size[0], size[1], size[2]]);
+    sample_linear(moving, coords, padding)
+}

@@ -1,0 +1,229 @@
+//! The dense-prediction, auto-encoder, recurrent and registration networks: parameter counts of the reference
+//! workloads, volumetric operations against values computed by hand, gradients against finite differences, and
+//! the losses against their definitions.
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use vesalius_nets::loss::{grad_l2, soft_dice, voxel_cross_entropy};
+use vesalius_nets::ops::{avg_pool3d, max_pool3d, resize_linear, upsample_nearest, warp, warp_nearest, Padding};
+use vesalius_nets::{trainable_params, CnnLstmConfig, ConvAutoencoderConfig, GruConfig, LstmConfig, NormKind, UNetConfig, UpKind, VoxelMorphConfig};
+
+type B = Flex;
+type AB = Autodiff<Flex>;
+
+fn dev() -> burn::tensor::Device<B> {
+    Default::default()
+}
+
+fn values<const D: usize, BB: Backend>(t: Tensor<BB, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn volume<BB: Backend>(v: Vec<f32>, shape: [usize; 5]) -> Tensor<BB, 5> {
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+}
+
+#[test]
+fn reference_workload_parameter_counts() {
+    // ../shared/bench/WORKLOADS.md, workloads c–g.
+    let d = dev();
+    // Batch-norm running statistics are buffers, not parameters.
+    assert_eq!(trainable_params(&UNetConfig::reference_2d(1, 2).init::<B>(&d)), 482_466);
+    assert_eq!(UNetConfig::reference_3d(1, 2).init::<B>(&d).num_params(), 85_186);
+    assert_eq!(ConvAutoencoderConfig::reference().init::<B>(&d).num_params(), 257_121);
+    assert_eq!(CnnLstmConfig::reference().init::<B>(&d).num_params(), 546_569);
+    assert_eq!(VoxelMorphConfig::reference().init::<B>(&d).num_params(), 272_867);
+}
+
+#[test]
+fn networks_give_the_expected_shapes() {
+    let d = dev();
+    let x = Tensor::<B, 4>::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &d);
+    assert_eq!(UNetConfig::reference_2d(1, 2).init::<B>(&d).forward_2d(x.clone()).dims(), [2, 2, 32, 32]);
+    let v = Tensor::<B, 5>::random([1, 1, 16, 16, 16], Distribution::Normal(0.0, 1.0), &d);
+    assert_eq!(UNetConfig::reference_3d(1, 3).init::<B>(&d).forward(v.clone()).dims(), [1, 3, 16, 16, 16]);
+    // Interpolating, residual, deep-supervised variant: one auxiliary output per coarser decoder level.
+    let unet = UNetConfig::new(3, 1, 2, vec![4, 8, 16]).with_up(UpKind::Interpolate).with_residual(true).with_deep_supervision(true);
+    let (out, aux) = unet.with_norm(NormKind::Instance).init::<B>(&d).forward_all(v.clone());
+    assert_eq!(out.dims(), [1, 2, 16, 16, 16]);
+    assert_eq!(aux.iter().map(|a| a.dims()).collect::<Vec<_>>(), vec![[1, 2, 8, 8, 8]]);
+    let ae = ConvAutoencoderConfig::reference().init::<B>(&d);
+    let y = ae.forward(Tensor::<B, 4>::random([2, 1, 64, 64], Distribution::Default, &d));
+    assert_eq!(y.dims(), [2, 1, 64, 64]);
+    let seq = Tensor::<B, 5>::random([3, 10, 1, 32, 32], Distribution::Normal(0.0, 1.0), &d);
+    assert_eq!(CnnLstmConfig::reference().init::<B>(&d).forward(seq).dims(), [3, 9]);
+    let vm = VoxelMorphConfig::reference().init::<B>(&d);
+    let (warped, flow) = vm.forward(v.clone(), v);
+    assert_eq!((warped.dims(), flow.dims()), ([1, 1, 16, 16, 16], [1, 3, 16, 16, 16]));
+    // The flow head starts near zero (weights N(0, 1e-5)): the first warp is nearly the identity.
+    assert!(values(flow.abs().max()).iter().all(|&m| m < 1e-2));
+}
+
+#[test]
+fn pooling_and_upsampling_by_hand() {
+    // 2×2×2 volume with values 0..8 plus one extra row/column/slice that pooling drops.
+    let v: Vec<f32> = (0..27).map(|i| i as f32).collect();
+    let x = volume::<B>(v, [1, 1, 3, 3, 3]);
+    // The window covers indices {0,1}³ → flat offsets 0,1,3,4,9,10,12,13: max 13, mean 6.5.
+    assert_eq!(values(max_pool3d(x.clone(), 2)), vec![13.0]);
+    assert_eq!(values(avg_pool3d(x, 2)), vec![6.5]);
+    let y = volume::<B>(vec![1.0, 2.0], [1, 1, 1, 1, 2]);
+    assert_eq!(values(upsample_nearest(y.clone(), [2, 1, 2])), vec![1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
+    // align_corners=False: samples at −0.25 (clamped), 0.25, 0.75, 1.25 (clamped) of [1, 2].
+    assert_eq!(values(resize_linear(y, [1, 1, 4])), vec![1.0, 1.25, 1.75, 2.0]);
+}
+
+#[test]
+fn max_pool_gradient_goes_to_the_maximum() {
+    let x = volume::<AB>((0..8).map(|i| if i == 5 { 10.0 } else { i as f32 }).collect(), [1, 1, 2, 2, 2]).require_grad();
+    let grads = max_pool3d(x.clone(), 2).sum().backward();
+    let g = values(x.grad(&grads).unwrap());
+    assert_eq!(g, vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn warping_by_known_fields() {
+    let d = dev();
+    let img = Tensor::<B, 5>::random([1, 2, 4, 5, 6], Distribution::Normal(0.0, 1.0), &d);
+    let zero = Tensor::<B, 5>::zeros([1, 3, 4, 5, 6], &d);
+    let same = values(warp(img.clone(), zero.clone(), Padding::Zeros));
+    assert!(same.iter().zip(values(img.clone())).all(|(a, b)| (a - b).abs() < 1e-6));
+    // A shift of +1 voxel along width: warped(z, y, x) = img(z, y, x + 1), zero past the edge.
+    let shift = Tensor::cat(vec![Tensor::<B, 5>::zeros([1, 2, 4, 5, 6], &d), Tensor::<B, 5>::ones([1, 1, 4, 5, 6], &d)], 1);
+    let warped = values(warp(img.clone(), shift.clone(), Padding::Zeros));
+    let src = values(img.clone());
+    let at = |c: usize, z: usize, y: usize, x: usize| ((c * 4 + z) * 5 + y) * 6 + x;
+    for c in 0..2 {
+        for z in 0..4 {
+            for y in 0..5 {
+                for x in 0..6 {
+                    let want = if x + 1 < 6 { src[at(c, z, y, x + 1)] } else { 0.0 };
+                    assert!((warped[at(c, z, y, x)] - want).abs() < 1e-6);
+                }
+            }
+        }
+    }
+    // A half-voxel shift along height averages neighbours; border padding repeats the edge.
+    let half = Tensor::cat(vec![Tensor::<B, 5>::zeros([1, 1, 4, 5, 6], &d), Tensor::<B, 5>::ones([1, 1, 4, 5, 6], &d) * 0.5, Tensor::<B, 5>::zeros([1, 1, 4, 5, 6], &d)], 1);
+    let warped = values(warp(img.clone(), half.clone(), Padding::Border));
+    assert!((warped[at(1, 2, 1, 3)] - 0.5 * (src[at(1, 2, 1, 3)] + src[at(1, 2, 2, 3)])).abs() < 1e-5);
+    assert!((warped[at(1, 2, 4, 3)] - src[at(1, 2, 4, 3)]).abs() < 1e-5);
+    // Labels warp by nearest neighbour and keep their values.
+    let labels = Tensor::<B, 5>::from_data(TensorData::new((0..120).map(|i| (i % 3) as f32).collect::<Vec<_>>(), [1, 1, 4, 5, 6]), &d);
+    let moved = values(warp_nearest(labels, half * 0.8));
+    assert!(moved.iter().all(|v| [0.0, 1.0, 2.0].contains(v)));
+}
+
+#[test]
+fn warp_gradients_match_finite_differences() {
+    let d = Default::default();
+    let img: Vec<f32> = (0..60).map(|i| ((i * 37) % 17) as f32 / 7.0).collect();
+    let flow: Vec<f32> = (0..180).map(|i| (((i * 13) % 11) as f32 - 5.0) / 9.0).collect();
+    let weights: Vec<f32> = (0..60).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+    let loss = |img: Tensor<AB, 5>, flow: Tensor<AB, 5>| {
+        let w = Tensor::<AB, 5>::from_data(TensorData::new(weights.clone(), [1, 1, 3, 4, 5]), &d);
+        (warp(img, flow, Padding::Zeros) * w).sum()
+    };
+    let ti = Tensor::<AB, 5>::from_data(TensorData::new(img.clone(), [1, 1, 3, 4, 5]), &d).require_grad();
+    let tf = Tensor::<AB, 5>::from_data(TensorData::new(flow.clone(), [1, 3, 3, 4, 5]), &d).require_grad();
+    let grads = loss(ti.clone(), tf.clone()).backward();
+    let gi = values(ti.grad(&grads).unwrap());
+    let gf = values(tf.grad(&grads).unwrap());
+    let eval = |img: &[f32], flow: &[f32]| {
+        let i = Tensor::<AB, 5>::from_data(TensorData::new(img.to_vec(), [1, 1, 3, 4, 5]), &d);
+        let f = Tensor::<AB, 5>::from_data(TensorData::new(flow.to_vec(), [1, 3, 3, 4, 5]), &d);
+        values(loss(i, f))[0] as f64
+    };
+    let h = 1e-2f32;
+    for k in [0usize, 7, 22, 41, 59] {
+        let (mut up, mut down) = (img.clone(), img.clone());
+        up[k] += h;
+        down[k] -= h;
+        let fd = (eval(&up, &flow) - eval(&down, &flow)) / (2.0 * h as f64);
+        assert!((fd - gi[k] as f64).abs() < 1e-2, "image grad {k}: {fd} vs {}", gi[k]);
+    }
+    // Flow entries whose sample points stay inside one interpolation cell for ±h (the map is smooth there).
+    let mut checked = 0;
+    for k in 0..180 {
+        let frac = (flow[k] - flow[k].floor()).min(flow[k].ceil() - flow[k]);
+        if frac < 0.05 {
+            continue;
+        }
+        let (mut up, mut down) = (flow.clone(), flow.clone());
+        up[k] += h;
+        down[k] -= h;
+        let fd = (eval(&img, &up) - eval(&img, &down)) / (2.0 * h as f64);
+        assert!((fd - gf[k] as f64).abs() < 2e-2, "flow grad {k}: {fd} vs {}", gf[k]);
+        checked += 1;
+    }
+    assert!(checked > 100, "{checked}");
+}
+
+#[test]
+fn losses_by_their_definitions() {
+    let d = dev();
+    // Two samples, two classes, three voxels; values from the definition evaluated with numpy:
+    // p = softmax(logits); d_nc = 1 − (2Σpg + 1e-5)/(Σp + Σg + 1e-5); mean → 0.3924222594792165;
+    // cross-entropy mean over voxels → 0.7926391298251612.
+    let logits = volume::<B>(vec![0.5, -1.0, 2.0, 0.0, 0.5, -0.5, 1.0, 1.0, 0.0, -2.0, 3.0, 0.25], [2, 2, 1, 1, 3]);
+    let labels = Tensor::<B, 4, Int>::from_data(TensorData::new(vec![0i64, 1, 0, 1, 1, 0], [2, 1, 1, 3]), &d);
+    assert!((values(soft_dice(logits.clone(), labels.clone()))[0] - 0.392_422_26).abs() < 1e-6);
+    assert!((values(voxel_cross_entropy(logits, labels))[0] - 0.792_639_13).abs() < 1e-6);
+    // A field linear along width with slope 2 in one of three channels: only Δ_w ≠ 0, (2² · 1/3) / 3 = 4/9.
+    let ramp: Vec<f32> = (0..3 * 2 * 2 * 4).map(|i| if i / 16 == 1 { 2.0 * (i % 4) as f32 } else { 0.0 }).collect();
+    let field = volume::<B>(ramp, [1, 3, 2, 2, 4]);
+    assert!((values(grad_l2(field))[0] - 4.0 / 9.0).abs() < 1e-6);
+}
+
+/// A reference LSTM/GRU step loop in f64 from the modules' own weights.
+fn reference_rnn(x: &[f64], t: usize, input: usize, hs: usize, w: [Vec<f64>; 4], gru: bool) -> Vec<f64> {
+    let [wih, whh, bih, bhh] = w;
+    let gates = if gru { 3 } else { 4 };
+    let g = gates * hs;
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let (mut h, mut c) = (vec![0.0; hs], vec![0.0; hs]);
+    for s in 0..t {
+        let xs = &x[s * input..(s + 1) * input];
+        let xw: Vec<f64> = (0..g).map(|j| bih[j] + (0..input).map(|i| xs[i] * wih[i * g + j]).sum::<f64>()).collect();
+        let hw: Vec<f64> = (0..g).map(|j| bhh[j] + (0..hs).map(|i| h[i] * whh[i * g + j]).sum::<f64>()).collect();
+        for k in 0..hs {
+            if gru {
+                let r = sig(xw[k] + hw[k]);
+                let z = sig(xw[hs + k] + hw[hs + k]);
+                let n = (xw[2 * hs + k] + r * hw[2 * hs + k]).tanh();
+                h[k] = (1.0 - z) * n + z * h[k];
+            } else {
+                let z = |q: usize| xw[q * hs + k] + hw[q * hs + k];
+                c[k] = sig(z(1)) * c[k] + sig(z(0)) * z(2).tanh();
+                h[k] = sig(z(3)) * c[k].tanh();
+            }
+        }
+    }
+    h
+}
+
+#[test]
+fn lstm_and_gru_match_the_step_equations() {
+    let d = dev();
+    let (t, input, hs) = (5, 3, 4);
+    let x = Tensor::<B, 3>::random([1, t, input], Distribution::Normal(0.0, 1.0), &d);
+    let xv: Vec<f64> = values(x.clone()).into_iter().map(f64::from).collect();
+    let as64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+    let lstm = LstmConfig::new(input, hs).init::<B>(&d);
+    let w = [lstm.gates.weight_ih.val(), lstm.gates.weight_hh.val()].map(|p| as64(values(p)));
+    let b = [lstm.gates.bias_ih.val(), lstm.gates.bias_hh.val()].map(|p| as64(values(p)));
+    let want = reference_rnn(&xv, t, input, hs, [w[0].clone(), w[1].clone(), b[0].clone(), b[1].clone()], false);
+    let (all, last) = lstm.forward(x.clone());
+    assert_eq!(all.dims(), [1, t, hs]);
+    for (a, b) in values(last).iter().zip(&want) {
+        assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let gru = GruConfig::new(input, hs).init::<B>(&d);
+    let w = [gru.gates.weight_ih.val(), gru.gates.weight_hh.val()].map(|p| as64(values(p)));
+    let b = [gru.gates.bias_ih.val(), gru.gates.bias_hh.val()].map(|p| as64(values(p)));
+    let want = reference_rnn(&xv, t, input, hs, [w[0].clone(), w[1].clone(), b[0].clone(), b[1].clone()], true);
+    for (a, b) in values(gru.forward(x).1).iter().zip(&want) {
+        assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
