@@ -372,11 +372,14 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     } else {
         return Err(DataError::format(path, format!("unsupported transfer syntax {}", transfer_syntax_name(&h.transfer_syntax))));
     }
-    if h.bits == 32 && h.transfer_syntax == "1.2.840.10008.1.2.5" {
+    if h.bits == 32 && h.transfer_syntax == RLE_LOSSLESS {
         let values = rle32_pixels(path, h)?;
         return planar(values, h);
     }
     let obj = open_tolerant(path)?;
+    if h.transfer_syntax == RLE_LOSSLESS {
+        check_rle(&obj, h).map_err(|m| DataError::format(path, format!("corrupt pixel data: {m}")))?;
+    }
     let decoded = guarded(|| obj.decode_pixel_data())
         .map_err(|m| DataError::format(path, format!("corrupt pixel data: the {} decoder failed ({m})", transfer_syntax_name(&h.transfer_syntax))))?
         .map_err(|e| {
@@ -501,6 +504,36 @@ pub fn rle_decode(fragments: &[Vec<u8>], rows: usize, cols: usize, samples: usiz
         }
     }
     Ok(out)
+}
+
+/// RLE Lossless transfer syntax UID.
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Checks the RLE segment tables before a decoder trusts them: one fragment per frame, each at least the 64-byte
+/// header, declaring exactly one segment per sample byte (at most 15), at increasing offsets inside the fragment.
+fn check_rle(obj: &DefaultDicomObject, h: &SliceHeader) -> std::result::Result<(), String> {
+    let element = obj.element(tags::PIXEL_DATA).map_err(|_| "no pixel data".to_string())?;
+    let fragments = element.fragments().ok_or("RLE pixel data is not encapsulated")?;
+    if fragments.len() != h.frames as usize {
+        return Err(format!("{} RLE fragments for {} frames", fragments.len(), h.frames));
+    }
+    let segments = h.samples as usize * (h.bits as usize).div_ceil(8);
+    for (f, frag) in fragments.iter().enumerate() {
+        let word = |k: usize| frag.get(4 * k..4 * k + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let count = word(0).filter(|_| frag.len() >= 64).ok_or_else(|| format!("RLE frame {f}: fragment shorter than its 64-byte header"))?;
+        if count != segments {
+            return Err(format!("RLE frame {f}: {count} segments, expected {segments}"));
+        }
+        let mut last = 63;
+        for k in 1..=count {
+            let offset = word(k).unwrap_or(0);
+            if offset <= last || offset >= frag.len() {
+                return Err(format!("RLE frame {f}: segment {} offset {offset} is not inside the fragment", k - 1));
+            }
+            last = offset;
+        }
+    }
+    Ok(())
 }
 
 /// Pixel data of a 32-bit RLE file, decoded by [`rle_decode`] and rescaled.

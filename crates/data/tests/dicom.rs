@@ -235,6 +235,13 @@ fn implicit_vr_sequences_are_walked_into() {
 }
 
 #[test]
+fn rle_segment_tables_are_checked_before_decoding() {
+    // Found by fuzzing: an RLE header declaring ~145 million segments.
+    let e = load_file(&fixtures().join("dicom/fuzz/rle_segment_count.dcm")).unwrap_err().to_string();
+    assert!(e.contains("rle_segment_count.dcm") && e.contains("segments, expected"), "{e}");
+}
+
+#[test]
 fn bytes_after_the_pixel_data_are_never_parsed() {
     // Found by fuzzing: a 1.7 GB length after the dose grid's pixel data; the grid itself is intact.
     let img = load_file(&fixtures().join("dicom/fuzz/bytes_after_pixel_data.dcm")).unwrap();
