@@ -3,17 +3,30 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
-use vesalius_nets::{Arch, ClassifierConfig};
+use vesalius_nets::loss::{grad_l2, mse, soft_dice, voxel_cross_entropy};
+use vesalius_nets::{Arch, ClassifierConfig, CnnLstmConfig, ConvAutoencoderConfig, UNetConfig, VoxelMorphConfig};
 
 use crate::backend::BackendKind;
 use crate::{with_backend, CliError};
 
-/// Names of the workloads this command runs.
-pub const WORKLOADS: [&str; 2] = ["a_lenet5_train", "b_resnet18_train"];
+/// Names of the workloads this command runs (`../shared/bench/WORKLOADS.md`).
+pub const WORKLOADS: [&str; 10] = [
+    "a_lenet5_train",
+    "b_resnet18_train",
+    "c_unet2d_train",
+    "c_unet2d_infer",
+    "d_unet3d_train",
+    "d_unet3d_infer96",
+    "e_convae_train",
+    "f_cnnlstm_train",
+    "g_voxelmorph_train",
+    "g_voxelmorph_infer",
+];
 
 /// One JSON line of output.
 #[derive(Debug, Serialize)]
@@ -86,10 +99,92 @@ fn classifier_workload<AB: AutodiffBackend>(arch: Arch, channels: usize, device:
     time_steps(step)
 }
 
+/// Times Adam training steps of `model` on the loss `loss(model)`.
+fn train_workload<AB: AutodiffBackend, M: AutodiffModule<AB>>(model: M, lr: f64, loss: impl Fn(&M) -> Tensor<AB, 1>) -> (f64, f64, f64, usize) {
+    let mut model = Some(model);
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, M>();
+    let step = || {
+        let m = model.take().expect("model present between steps");
+        let grads = GradientsParams::from_grads(loss(&m).backward(), &m);
+        let m = optim.step(lr, m, grads);
+        let _ = m.valid();
+        model = Some(m);
+    };
+    time_steps(step)
+}
+
+/// Times inference (no autodiff, evaluation mode); reading the output sum waits for asynchronous backends.
+fn infer_workload<B: Backend, const D: usize>(run: impl Fn() -> Tensor<B, D>) -> (f64, f64, f64, usize) {
+    time_steps(|| {
+        let _ = run().sum().into_scalar();
+    })
+}
+
+fn labels<B: Backend>(shape: [usize; 4], device: &B::Device) -> Tensor<B, 4, Int> {
+    Tensor::<B, 4>::random(shape, Distribution::Uniform(0.0, 2.0), device).int()
+}
+
 fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) -> Result<BenchResult, CliError> {
+    type Inner<AB> = <AB as AutodiffBackend>::InnerBackend;
+    AB::seed(device, 0);
+    let normal = Distribution::Normal(0.0, 1.0);
     let (batch, (median, min, max, steps)) = match name {
         "a_lenet5_train" => (128, classifier_workload::<AB>(Arch::LeNet5, 1, device)),
         "b_resnet18_train" => (128, classifier_workload::<AB>(Arch::ResNet18, 3, device)),
+        "c_unet2d_train" => {
+            let x = Tensor::<AB, 5>::random([8, 1, 1, 128, 128], normal, device);
+            let y = labels::<AB>([8, 1, 128, 128], device);
+            let model = UNetConfig::reference_2d(1, 2).init::<AB>(device);
+            (8, train_workload(model, 1e-3, |m| {
+                let logits = m.forward(x.clone());
+                soft_dice(logits.clone(), y.clone()) + voxel_cross_entropy(logits, y.clone())
+            }))
+        }
+        "c_unet2d_infer" => {
+            let x = Tensor::<Inner<AB>, 5>::random([8, 1, 1, 128, 128], normal, device);
+            let model = UNetConfig::reference_2d(1, 2).init::<AB>(device).valid();
+            (8, infer_workload(|| model.forward(x.clone())))
+        }
+        "d_unet3d_train" => {
+            let x = Tensor::<AB, 5>::random([2, 1, 64, 64, 64], normal, device);
+            let y = labels::<AB>([2, 64, 64, 64], device);
+            let model = UNetConfig::reference_3d(1, 2).init::<AB>(device);
+            (2, train_workload(model, 1e-3, |m| soft_dice(m.forward(x.clone()), y.clone())))
+        }
+        "d_unet3d_infer96" => {
+            let x = Tensor::<Inner<AB>, 5>::random([1, 1, 96, 96, 96], normal, device);
+            let model = UNetConfig::reference_3d(1, 2).init::<AB>(device).valid();
+            (1, infer_workload(|| model.forward(x.clone())))
+        }
+        "e_convae_train" => {
+            let clean = Tensor::<AB, 4>::random([64, 1, 64, 64], Distribution::Default, device);
+            let noisy = clean.clone() + Tensor::<AB, 4>::random([64, 1, 64, 64], normal, device) * 0.1;
+            let model = ConvAutoencoderConfig::reference().init::<AB>(device);
+            (64, train_workload(model, 1e-3, |m| mse(m.forward(noisy.clone()), clean.clone())))
+        }
+        "f_cnnlstm_train" => {
+            let x = Tensor::<AB, 5>::random([32, 10, 1, 32, 32], normal, device);
+            let y: Vec<i64> = (0..32).map(|i| (i * 7 + 3) % 9).collect();
+            let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(y, [32]), device);
+            let model = CnnLstmConfig::reference().init::<AB>(device);
+            let ce = burn::nn::loss::CrossEntropyLossConfig::new().init(device);
+            (32, train_workload(model, 1e-3, |m| ce.forward(m.forward(x.clone()), y.clone())))
+        }
+        "g_voxelmorph_train" => {
+            let moving = Tensor::<AB, 5>::random([1, 1, 64, 64, 64], Distribution::Default, device);
+            let fixed = Tensor::<AB, 5>::random([1, 1, 64, 64, 64], Distribution::Default, device);
+            let model = VoxelMorphConfig::reference().init::<AB>(device);
+            (1, train_workload(model, 1e-4, |m| {
+                let (warped, flow) = m.forward(moving.clone(), fixed.clone());
+                mse(warped, fixed.clone()) + grad_l2(flow) * 0.01
+            }))
+        }
+        "g_voxelmorph_infer" => {
+            let moving = Tensor::<Inner<AB>, 5>::random([1, 1, 64, 64, 64], Distribution::Default, device);
+            let fixed = Tensor::<Inner<AB>, 5>::random([1, 1, 64, 64, 64], Distribution::Default, device);
+            let model = VoxelMorphConfig::reference().init::<AB>(device).valid();
+            (1, infer_workload(|| model.forward(moving.clone(), fixed.clone()).0))
+        }
         other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", WORKLOADS.join(", ")))),
     };
     Ok(BenchResult {
