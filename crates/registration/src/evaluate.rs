@@ -1,0 +1,89 @@
+//! Evaluation of registrations: Jacobian determinants and folding, Dice of warped labels, target registration
+//! error on landmarks, and the error of a recovered displacement against a known one.
+use serde::Serialize;
+
+/// Statistics of the Jacobian determinant of `x ↦ x + u(x)`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JacobianStats {
+    /// Mean determinant.
+    pub mean: f64,
+    /// Standard deviation.
+    pub std: f64,
+    /// Smallest determinant.
+    pub min: f64,
+    /// Largest determinant.
+    pub max: f64,
+    /// Percentage of voxels where the determinant is ≤ 0 (folding).
+    pub folding_percent: f64,
+}
+
+/// Jacobian determinants of a displacement field in voxels, `field[c][(z·h + y)·w + x]` with components (depth,
+/// height, width), by central differences (one-sided at the borders). A depth-1 field gives the 2×2 in-plane
+/// determinant.
+pub fn jacobian_determinants(field: &[Vec<f32>; 3], size: [usize; 3]) -> Vec<f64> {
+    let [d, h, w] = size;
+    let at = |c: usize, z: usize, y: usize, x: usize| field[c][(z * h + y) * w + x] as f64;
+    let deriv = |c: usize, axis: usize, z: usize, y: usize, x: usize| -> f64 {
+        let p = [z, y, x];
+        let len = [d, h, w][axis];
+        if len < 2 {
+            return 0.0;
+        }
+        let (lo, hi) = (p[axis].saturating_sub(1), (p[axis] + 1).min(len - 1));
+        let mut a = p;
+        let mut b = p;
+        a[axis] = lo;
+        b[axis] = hi;
+        (at(c, b[0], b[1], b[2]) - at(c, a[0], a[1], a[2])) / (hi - lo) as f64
+    };
+    let mut out = Vec::with_capacity(d * h * w);
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                let j = |r: usize, c: usize| if r == c { 1.0 } else { 0.0 } + deriv(r, c, z, y, x);
+                let det = if d == 1 {
+                    j(1, 1) * j(2, 2) - j(1, 2) * j(2, 1)
+                } else {
+                    j(0, 0) * (j(1, 1) * j(2, 2) - j(1, 2) * j(2, 1)) - j(0, 1) * (j(1, 0) * j(2, 2) - j(1, 2) * j(2, 0))
+                        + j(0, 2) * (j(1, 0) * j(2, 1) - j(1, 1) * j(2, 0))
+                };
+                out.push(det);
+            }
+        }
+    }
+    out
+}
+
+/// Summary of [`jacobian_determinants`].
+pub fn jacobian_stats(dets: &[f64]) -> JacobianStats {
+    let n = dets.len().max(1) as f64;
+    let mean = dets.iter().sum::<f64>() / n;
+    let std = (dets.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
+    JacobianStats {
+        mean,
+        std,
+        min: dets.iter().copied().fold(f64::INFINITY, f64::min),
+        max: dets.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        folding_percent: 100.0 * dets.iter().filter(|&&d| d <= 0.0).count() as f64 / n,
+    }
+}
+
+/// Dice overlap of one label value in two label maps (1 when both lack it).
+pub fn dice(a: &[f32], b: &[f32], label: f32) -> f64 {
+    let (mut inter, mut na, mut nb) = (0usize, 0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        let (ia, ib) = (x == label, y == label);
+        inter += (ia && ib) as usize;
+        na += ia as usize;
+        nb += ib as usize;
+    }
+    if na + nb == 0 { 1.0 } else { 2.0 * inter as f64 / (na + nb) as f64 }
+}
+
+/// Mean and maximum Euclidean distance between corresponding points (e.g. landmarks mapped by a registration and
+/// their targets, or recovered and true displacements at each voxel).
+pub fn point_errors(a: &[[f64; 3]], b: &[[f64; 3]]) -> (f64, f64) {
+    let dists: Vec<f64> = a.iter().zip(b).map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()).collect();
+    let n = dists.len().max(1) as f64;
+    (dists.iter().sum::<f64>() / n, dists.iter().copied().fold(0.0, f64::max))
+}
