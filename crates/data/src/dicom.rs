@@ -380,6 +380,7 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     if h.transfer_syntax == RLE_LOSSLESS {
         check_rle(&obj, h).map_err(|m| DataError::format(path, format!("corrupt pixel data: {m}")))?;
     }
+    check_encapsulated(&obj, h).map_err(|m| DataError::format(path, format!("corrupt pixel data: {m}")))?;
     let decoded = guarded(|| obj.decode_pixel_data())
         .map_err(|m| DataError::format(path, format!("corrupt pixel data: the {} decoder failed ({m})", transfer_syntax_name(&h.transfer_syntax))))?
         .map_err(|e| {
@@ -534,6 +535,73 @@ fn check_rle(obj: &DefaultDicomObject, h: &SliceHeader) -> std::result::Result<(
         }
     }
     Ok(())
+}
+
+/// Decoded pixel data may exceed its compressed size by this factor, or reach [`MIN_DECODED_BOUND`] bytes,
+/// whichever is larger; beyond that a file is refused before decoding.
+pub const MAX_DECODE_RATIO: u64 = 1024;
+
+/// Decoded size always allowed, in bytes (64 MiB).
+pub const MIN_DECODED_BOUND: u64 = 64 << 20;
+
+/// Checks compressed pixel data before a decoder sizes its buffers from it: the decoded size the header declares
+/// is bounded by the compressed size (see [`MAX_DECODE_RATIO`]), and the image size inside each JPEG or JPEG 2000
+/// stream must equal the header's Rows × Columns.
+fn check_encapsulated(obj: &DefaultDicomObject, h: &SliceHeader) -> std::result::Result<(), String> {
+    let Ok(element) = obj.element(tags::PIXEL_DATA) else { return Ok(()) };
+    let Some(fragments) = element.fragments() else { return Ok(()) };
+    let compressed: u64 = fragments.iter().map(|f| f.len() as u64).sum();
+    let decoded = h.rows as u64 * h.cols as u64 * h.frames as u64 * h.samples as u64 * (h.bits as u64).div_ceil(8);
+    if decoded > MIN_DECODED_BOUND.max(compressed.saturating_mul(MAX_DECODE_RATIO)) {
+        return Err(format!("{decoded} decoded bytes declared for {compressed} compressed bytes"));
+    }
+    let (rows, cols) = (h.rows as u64, h.cols as u64);
+    for (i, frag) in fragments.iter().enumerate() {
+        let dims = if frag.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
+            // JPEG 2000 codestream: SOC then SIZ (Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, …).
+            let word = |at: usize| frag.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64);
+            match (word(8), word(12), word(16), word(20)) {
+                (Some(x), Some(y), Some(xo), Some(yo)) => Some((x.saturating_sub(xo), y.saturating_sub(yo))),
+                _ => return Err(format!("fragment {i}: JPEG 2000 header cut short")),
+            }
+        } else if frag.starts_with(&[0xFF, 0xD8]) {
+            jpeg_frame_size(frag)
+        } else {
+            None
+        };
+        if let Some((x, y)) = dims {
+            if (x, y) != (cols, rows) {
+                return Err(format!("fragment {i}: the compressed stream is {x}×{y}, the header says {cols}×{rows}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Width and height from the first start-of-frame marker of a JPEG stream.
+fn jpeg_frame_size(b: &[u8]) -> Option<(u64, u64)> {
+    let mut i = 2;
+    while i + 4 <= b.len() {
+        if b[i] != 0xFF {
+            return None;
+        }
+        let marker = b[i + 1];
+        if marker == 0xFF {
+            i += 1;
+            continue;
+        }
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
+            let y = u16::from_be_bytes([*b.get(i + 5)?, *b.get(i + 6)?]) as u64;
+            let x = u16::from_be_bytes([*b.get(i + 7)?, *b.get(i + 8)?]) as u64;
+            return Some((x, y));
+        }
+        if marker == 0xDA {
+            return None;
+        }
+        i += 2 + len;
+    }
+    None
 }
 
 /// Pixel data of a 32-bit RLE file, decoded by [`rle_decode`] and rescaled.

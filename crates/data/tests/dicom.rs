@@ -242,6 +242,13 @@ fn rle_segment_tables_are_checked_before_decoding() {
 }
 
 #[test]
+fn compressed_streams_must_match_the_header_size() {
+    // Found by fuzzing: a JPEG 2000 stream declaring a far larger image than the DICOM header.
+    let e = load_file(&fixtures().join("dicom/fuzz/j2k_size_mismatch.dcm")).unwrap_err().to_string();
+    assert!(e.contains("j2k_size_mismatch.dcm") && e.contains("the header says 64×64"), "{e}");
+}
+
+#[test]
 fn bytes_after_the_pixel_data_are_never_parsed() {
     // Found by fuzzing: a 1.7 GB length after the dose grid's pixel data; the grid itself is intact.
     let img = load_file(&fixtures().join("dicom/fuzz/bytes_after_pixel_data.dcm")).unwrap();
