@@ -87,6 +87,35 @@ pub enum Command {
         #[arg(long)]
         series: Option<String>,
     },
+    /// Register a moving image to a fixed one (affine and/or deformable optimisation) and write the moving image
+    /// resampled on the fixed grid; optionally the displacement field (NIfTI, mm) and warped label maps.
+    Register {
+        /// The fixed image (its grid and affine are the outputs').
+        #[arg(long)]
+        fixed: PathBuf,
+        /// The moving image.
+        #[arg(long)]
+        moving: PathBuf,
+        /// The warped moving image (.nii, .nii.gz, .png, .tif).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Write the displacement field here: a NIfTI image on the fixed grid with three channels, the world (RAS+)
+        /// displacement in millimetres.
+        #[arg(long)]
+        field: Option<PathBuf>,
+        /// A label map on the moving image's grid to carry along (nearest neighbour).
+        #[arg(long, requires = "labels_out")]
+        labels: Option<PathBuf>,
+        /// Where to write the warped label map.
+        #[arg(long, requires = "labels")]
+        labels_out: Option<PathBuf>,
+        /// affine, deformable or affine+deformable.
+        #[arg(long, default_value = "affine+deformable")]
+        method: String,
+        /// mse, ncc or mi (mutual information, for different modalities).
+        #[arg(long, default_value = "mse")]
+        similarity: String,
+    },
     /// Run the reference training workloads and print one JSON line each.
     Bench {
         /// Comma-separated workload names (default: all).
@@ -118,6 +147,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let json = commands::info_json(&path, series.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
+        }
+        Command::Register { fixed, moving, output, field, labels, labels_out, method, similarity } => {
+            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, method, similarity };
+            commands::register(backend, &args)
         }
         Command::Bench { only, in_process } => crate::bench::run(backend, &only, in_process),
     }

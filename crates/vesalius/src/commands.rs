@@ -148,6 +148,96 @@ fn load_input(path: &Path, series: Option<&str>) -> Result<vesalius_data::Image,
     Ok(load(path)?)
 }
 
+/// Arguments of `vesalius register`.
+#[derive(Debug)]
+pub struct RegisterArgs {
+    /// Fixed image.
+    pub fixed: PathBuf,
+    /// Moving image.
+    pub moving: PathBuf,
+    /// Warped output.
+    pub output: PathBuf,
+    /// Displacement field output.
+    pub field: Option<PathBuf>,
+    /// Label map to warp.
+    pub labels: Option<PathBuf>,
+    /// Warped label map output.
+    pub labels_out: Option<PathBuf>,
+    /// Method name.
+    pub method: String,
+    /// Similarity name.
+    pub similarity: String,
+}
+
+/// Writes an image as NIfTI or a 2D format, by the output's extension.
+fn save_image(path: &Path, img: &vesalius_data::Image, dtype: vesalius_data::nifti::NiftiType) -> Result<(), CliError> {
+    match Format::from_path(path) {
+        Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => Ok(vesalius_data::nifti::save(path, img, dtype)?),
+        Some(Format::Png | Format::Tiff) => Ok(vesalius_data::io::save_2d(path, img)?),
+        _ => Err(CliError::Usage(format!("{}: cannot write this format (outputs: .nii, .nii.gz, .hdr, .png, .tif)", path.display()))),
+    }
+}
+
+/// `vesalius register`.
+pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliError> {
+    use vesalius_data::nifti::NiftiType;
+    use vesalius_registration::{Method, RegisterOptions, Similarity};
+    let method = Method::parse(&args.method)
+        .ok_or_else(|| CliError::Usage(format!("unknown method '{}' (affine, deformable, affine+deformable)", args.method)))?;
+    let similarity = Similarity::parse(&args.similarity)
+        .ok_or_else(|| CliError::Usage(format!("unknown similarity '{}' (mse, ncc, mi)", args.similarity)))?;
+    if let Some(f) = &args.field {
+        if !matches!(Format::from_path(f), Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair)) {
+            return Err(CliError::Usage(format!("{}: the field is written as NIfTI (.nii, .nii.gz)", f.display())));
+        }
+    }
+    let fixed = load(&args.fixed)?;
+    let moving = load(&args.moving)?;
+    if fixed.ndim() != moving.ndim() {
+        return Err(CliError::Usage(format!(
+            "{}: a {}D image cannot be registered to the {}D image {}",
+            args.moving.display(),
+            moving.ndim(),
+            fixed.ndim(),
+            args.fixed.display()
+        )));
+    }
+    let labels = args.labels.as_deref().map(load).transpose()?;
+    if let Some(l) = &labels {
+        if l.shape() != moving.shape() {
+            return Err(CliError::Usage(format!("{}: the label map's grid differs from the moving image's", args.labels.as_deref().unwrap_or(Path::new("")).display())));
+        }
+    }
+    let options = RegisterOptions { method, similarity, ..RegisterOptions::default() };
+    let started = std::time::Instant::now();
+    let (result, warped_labels) = with_backend!(backend, |B, AB, device| {
+        let r = vesalius_registration::register::<AB>(&fixed, &moving, &options, &device);
+        let l = labels.as_ref().map(|l| r.warp_labels::<B>(l, &fixed, &device));
+        Ok::<_, CliError>((r, l))
+    })?;
+    let warped_dtype = NiftiType::from_name(moving.dtype()).filter(|t| *t == NiftiType::U8 && Format::from_path(&args.output) == Some(Format::Png));
+    let warped = if warped_dtype.is_some() { result.warped.clone().with_dtype("uint8") } else { result.warped.clone() };
+    save_image(&args.output, &warped, NiftiType::F32)?;
+    if let Some(f) = &args.field {
+        vesalius_data::nifti::save(f, &result.displacement_mm, NiftiType::F32)?;
+    }
+    if let (Some(l), Some(out)) = (warped_labels, &args.labels_out) {
+        let dtype = NiftiType::from_name(l.dtype()).unwrap_or(NiftiType::I16);
+        save_image(out, &l, dtype)?;
+    }
+    let dets = vesalius_registration::evaluate::jacobian_determinants(&result.field_voxels, vesalius_registration::Grid::of(&fixed).size);
+    let stats = vesalius_registration::evaluate::jacobian_stats(&dets);
+    let summary = json!({
+        "method": args.method,
+        "similarity": args.similarity,
+        "seconds": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        "affine_world": result.world,
+        "jacobian": stats,
+    });
+    println!("{}", serde_json::to_string(&summary).map_err(|e| CliError::Internal(e.to_string()))?);
+    Ok(())
+}
+
 /// The JSON object that `vesalius info` prints. A DICOM folder with several series, none chosen, gives the list
 /// of its series (UID, modality, description, number of files) instead of one image's description.
 pub fn info_json(path: &Path, series: Option<&str>) -> Result<Value, CliError> {

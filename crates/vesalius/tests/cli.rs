@@ -282,3 +282,35 @@ fn a_folder_with_several_series_lists_them_and_one_is_chosen_by_uid() {
     assert_eq!(vesalius_data::io::load(&nii).unwrap().shape(), &[256, 256, 20]);
     assert_input_error(&vesalius(&["info", dir.path().to_str().unwrap(), "--series", "1.2.3"]), "no series with UID 1.2.3");
 }
+
+#[test]
+fn register_recovers_the_shifted_slice_and_writes_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = root().join("fixtures/itk/BrainProtonDensitySliceBorder20.png");
+    let moving = root().join("fixtures/itk/BrainProtonDensitySliceShifted13x17y.png");
+    let (out, field) = (dir.path().join("warped.nii.gz"), dir.path().join("field.nii.gz"));
+    let o = vesalius(&[
+        "register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", out.to_str().unwrap(),
+        "--field", field.to_str().unwrap(), "--method", "affine", "--labels", moving.to_str().unwrap(), "--labels-out",
+        dir.path().join("labels.nii.gz").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(summary["jacobian"]["folding_percent"], 0.0);
+    // The PNG world is (−x, −y): the content moved by (+13, +17) pixels is found at a world offset of (−13, −17).
+    let f = vesalius_data::io::load(&field).unwrap();
+    let n = f.voxels();
+    let mean = |c: usize| f.data()[c * n..(c + 1) * n].iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    assert!((mean(0) + 13.0).abs() < 0.5 && (mean(1) + 17.0).abs() < 0.5 && mean(2).abs() < 1e-6, "{} {}", mean(0), mean(1));
+    // The warped image is the fixed one again, on the fixed grid.
+    let (w, fx) = (vesalius_data::io::load(&out).unwrap(), vesalius_data::io::load(&fixed).unwrap());
+    assert_eq!(w.shape(), fx.shape());
+    assert_eq!(w.affine(), fx.affine());
+    let mad = w.data().iter().zip(fx.data()).map(|(a, b)| (a - b).abs()).sum::<f32>() / w.data().len() as f32;
+    assert!(mad < 1.0, "mean absolute difference {mad}");
+    // Labels (here the moving image itself, as integer values) keep their values.
+    let l = vesalius_data::io::load(&dir.path().join("labels.nii.gz")).unwrap();
+    assert!(l.data().iter().all(|v| v.fract() == 0.0));
+    assert_input_error(&vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", out.to_str().unwrap(), "--similarity", "cosine"]), "unknown similarity 'cosine'");
+    assert_input_error(&vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", "/nonexistent/m.nii", "-o", out.to_str().unwrap()]), "/nonexistent/m.nii");
+}
