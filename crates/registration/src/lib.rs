@@ -169,12 +169,17 @@ pub struct Registration {
     pub displacement_mm: Image,
 }
 
-/// Intensities scaled to [0, 1] by their range, so that step sizes and regularisation weights mean the same for
-/// every image.
+/// Intensities scaled to [0, 1] between their 0.5th and 99.5th percentiles (clipped), so that step sizes and
+/// regularisation weights mean the same for every image and a few extreme voxels do not flatten the rest;
+/// NaN becomes 0.
 fn normalised(image: &Image) -> Image {
-    let (lo, hi) = image.min_max();
+    let values = &image.data()[..image.voxels()];
+    let mut sorted: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f32::total_cmp);
+    let pick = |q: f64| sorted.get(((sorted.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or(0.0);
+    let (lo, hi) = (pick(0.005), pick(0.995));
     let span = (hi - lo).max(1e-6);
-    let data: Vec<f32> = image.data()[..image.voxels()].iter().map(|v| (v - lo) / span).collect();
+    let data: Vec<f32> = values.iter().map(|&v| if v.is_finite() { ((v - lo) / span).clamp(0.0, 1.0) } else { 0.0 }).collect();
     Image::new(data, image.shape().to_vec(), 1, *image.affine(), image.dtype()).expect("same grid")
 }
 
