@@ -142,7 +142,18 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
         let v = [*b.get(i)?, *b.get(i + 1)?, *b.get(i + 2)?, *b.get(i + 3)?];
         Some(if big { u32::from_be_bytes(v) } else { u32::from_le_bytes(v) })
     };
+    // Open sequences (true) and items (false), with their end offsets when their lengths are defined.
+    let mut open: Vec<(bool, Option<usize>)> = Vec::new();
     while pos + 8 <= bytes.len() {
+        while let Some(&(_, Some(end))) = open.last() {
+            if pos < end {
+                break;
+            }
+            if pos > end {
+                return Err(err(pos, "an element runs past the end of its sequence or item".into()));
+            }
+            open.pop();
+        }
         let le_group = u16_at(bytes, pos, false).unwrap_or(0);
         if in_meta && le_group != 0x0002 {
             in_meta = false;
@@ -196,6 +207,23 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
         }
         // Implicit VR: the dictionary says which elements are sequences, as it tells the parser.
         let is_sq = group != 0xFFFE && vr_code.as_ref() == Some(b"SQ");
+        let in_sequence = matches!(open.last(), Some((true, _)));
+        if in_sequence && !(group == 0xFFFE && (element == 0xE000 || element == 0xE0DD)) {
+            return Err(err(pos, format!("sequence holds element ({group:04X},{element:04X}) where an item belongs")));
+        }
+        if !fragments && group == 0xFFFE && (element == 0xE0DD || element == 0xE00D) {
+            // A delimiter closes the innermost container of undefined length: a sequence (E0DD) or an item (E00D).
+            let closes_sequence = element == 0xE0DD;
+            match open.last() {
+                Some(&(kind, None)) if kind == closes_sequence => {
+                    open.pop();
+                }
+                _ => return Err(err(pos, format!("delimiter (FFFE,{element:04X}) closes nothing open"))),
+            }
+            pos = value_at;
+            continue;
+        }
+        let parent_end = open.iter().rev().find_map(|&(_, end)| end).unwrap_or(bytes.len());
         if len == u32::MAX {
             // Undefined length: a sequence (SQ, UN, or any element in implicit VR but the pixel data), an item,
             // or encapsulated pixel data; walk into its content. Nothing else may have one.
@@ -206,6 +234,8 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
                 fragments = true;
             } else if group != 0xFFFE && !sequence {
                 return Err(err(pos, format!("element ({group:04X},{element:04X}) has an undefined length but is neither a sequence nor encapsulated pixel data")));
+            } else if !fragments {
+                open.push((group != 0xFFFE, None));
             }
             pos = value_at;
             continue;
@@ -216,6 +246,9 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
                 pos,
                 format!("element ({group:04X},{element:04X}) declares {len} bytes but only {} remain in the file", bytes.len().saturating_sub(value_at)),
             ));
+        }
+        if !fragments && value_at + len > parent_end {
+            return Err(err(pos, format!("element ({group:04X},{element:04X}) runs past the end of its sequence or item")));
         }
         if in_meta && (group, element) == (0x0002, 0x0010) {
             let ts = String::from_utf8_lossy(&bytes[value_at..value_at + len]).trim_end_matches(['\0', ' ']).to_string();
@@ -231,8 +264,13 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
             return Ok(value_at + len);
         }
         // Step into defined-length sequences and items (their content is elements); skip other values.
-        let step_into = is_sq || (group == 0xFFFE && element == 0xE000 && !fragments);
-        pos = if step_into { value_at } else { value_at + len };
+        let item = group == 0xFFFE && element == 0xE000 && !fragments;
+        if is_sq || item {
+            open.push((is_sq, Some(value_at + len)));
+            pos = value_at;
+        } else {
+            pos = value_at + len;
+        }
     }
     Ok(bytes.len())
 }

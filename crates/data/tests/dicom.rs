@@ -229,9 +229,10 @@ fn a_value_that_is_not_whole_values_of_its_vr_is_refused() {
 
 #[test]
 fn implicit_vr_sequences_are_walked_into() {
-    // Found by fuzzing: in implicit VR, a 2 GB length inside a sequence that only the dictionary calls one.
+    // Found by fuzzing: in implicit VR, a 2 GB length inside a sequence that only the dictionary calls one (its
+    // item already claims more bytes than the sequence holds).
     let e = load_file(&fixtures().join("dicom/fuzz/implicit_sequence.dcm")).unwrap_err().to_string();
-    assert!(e.contains("implicit_sequence.dcm") && e.contains("remain in the file"), "{e}");
+    assert!(e.contains("implicit_sequence.dcm") && e.contains("runs past the end of its sequence"), "{e}");
 }
 
 #[test]
@@ -246,6 +247,14 @@ fn compressed_streams_must_match_the_header_size() {
     // Found by fuzzing: a JPEG 2000 stream declaring a far larger image than the DICOM header.
     let e = load_file(&fixtures().join("dicom/fuzz/j2k_size_mismatch.dcm")).unwrap_err().to_string();
     assert!(e.contains("j2k_size_mismatch.dcm") && e.contains("the header says 64×64"), "{e}");
+}
+
+#[test]
+fn a_sequence_must_hold_items() {
+    // Found by fuzzing: an SQ element of 2 bytes followed by ordinary elements, which the parser read as an item
+    // with a 626 MB length.
+    let e = load_file(&fixtures().join("dicom/fuzz/sequence_without_items.dcm")).unwrap_err().to_string();
+    assert!(e.contains("sequence_without_items.dcm") && e.contains("where an item belongs"), "{e}");
 }
 
 #[test]
