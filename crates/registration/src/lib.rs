@@ -17,7 +17,7 @@
 //! let square = |dx: usize| {
 //!     let mut v = vec![0.0f32; 32 * 32];
 //!     for y in 10..20 { for x in 10 + dx..20 + dx { v[y * 32 + x] = 1.0; } }
-//!     Image::new(v, vec![32, 32], 1, vesalius_data::image::IDENTITY, "float32").unwrap()
+//!     Image::new(v, vec![32, 32], 1, vesalius_data::IDENTITY, "float32").unwrap()
 //! };
 //! let options = RegisterOptions { method: Method::Affine, similarity: Similarity::Mse, ..Default::default() };
 //! let result = register::<B>(&square(0), &square(3), &options, &Default::default());
