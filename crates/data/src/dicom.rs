@@ -134,6 +134,7 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
     let mut big = false;
     let mut in_meta = pos == 132;
     let mut fragments = false;
+    let mut deflated = false;
     let u16_at = |b: &[u8], i: usize, big: bool| -> Option<u16> {
         let v = [*b.get(i)?, *b.get(i + 1)?];
         Some(if big { u16::from_be_bytes(v) } else { u16::from_le_bytes(v) })
@@ -157,6 +158,27 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
         let le_group = u16_at(bytes, pos, false).unwrap_or(0);
         if in_meta && le_group != 0x0002 {
             in_meta = false;
+        }
+        if deflated && !in_meta {
+            // Deflated explicit VR little endian: the data set after the meta group is one raw DEFLATE stream.
+            // Inflate it (bounded) and walk what the parser will see.
+            let mut inflated = Vec::new();
+            let limit = (bytes.len() - pos) as u64 * crate::io::MAX_DEFLATE_RATIO;
+            let mut reader = std::io::Read::take(flate2::read::DeflateDecoder::new(&bytes[pos..]), limit + 1);
+            std::io::Read::read_to_end(&mut reader, &mut inflated).map_err(|e| err(pos, format!("corrupt deflated data set: {e}")))?;
+            if inflated.len() as u64 > limit {
+                return Err(err(pos, "deflated data set expands beyond the allowed ratio".into()));
+            }
+            let mut meta_free = b"DICM".to_vec();
+            meta_free.splice(0..0, std::iter::repeat_n(0u8, 128));
+            // The inflated data set, behind a preamble and a meta group naming explicit VR little endian.
+            let ts = b"1.2.840.10008.1.2.1\0";
+            meta_free.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+            meta_free.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+            meta_free.extend_from_slice(ts);
+            meta_free.extend_from_slice(&inflated);
+            check_lengths(path, &meta_free)?;
+            return Ok(bytes.len());
         }
         let bo = big && !in_meta;
         let group = u16_at(bytes, pos, bo).unwrap_or(0);
@@ -254,6 +276,7 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
             let ts = String::from_utf8_lossy(&bytes[value_at..value_at + len]).trim_end_matches(['\0', ' ']).to_string();
             explicit = ts != "1.2.840.10008.1.2";
             big = ts == "1.2.840.10008.1.2.2";
+            deflated = ts == "1.2.840.10008.1.2.1.99";
         }
         if (group, element) == (0xFFFE, 0xE0DD) && fragments {
             // End of encapsulated pixel data: what follows is not read.
@@ -330,7 +353,9 @@ fn header_of(file: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<Sl
     let ts = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
     let encapsulated = TransferSyntaxRegistry.get(&ts).is_some_and(|t| t.is_encapsulated_pixel_data());
     let need = (rows as u64 * cols as u64 * frames as u64 * samples as u64 * bits as u64).div_ceil(8);
-    if !encapsulated && need > file_len {
+    // A deflated data set holds more than the file; its pixel data length was checked on the inflated bytes.
+    let deflated = ts == "1.2.840.10008.1.2.1.99";
+    if !encapsulated && !deflated && need > file_len {
         return Err(DataError::format(
             path,
             format!("header declares {rows}×{cols}×{frames} pixels ({need} bytes) but the file holds {file_len} bytes"),
