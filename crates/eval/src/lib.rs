@@ -3,7 +3,8 @@
 //! [`classification`] holds the metrics of CADx tasks (accuracy, balanced accuracy, ROC AUC, sensitivity,
 //! specificity, F1, confusion matrix) for binary, multi-class and multi-label problems, computed as MedMNIST and
 //! scikit-learn do. [`bootstrap`] turns any per-case metric into a percentile confidence interval by resampling
-//! cases with a seeded generator, so a report can say how far to trust its numbers.
+//! cases with a seeded generator, so a report can say how far to trust its numbers. [`segmentation`] holds
+//! the overlap and surface metrics of label maps in millimetres (Dice, IoU, HD95, ASSD, volume difference).
 //!
 //! ```
 //! use vesalius_eval::classification::{evaluate, Targets};
@@ -18,6 +19,7 @@
 
 pub mod bootstrap;
 pub mod classification;
+pub mod segmentation;
 
 /// Why a metric or report cannot be computed.
 #[derive(Debug, thiserror::Error, PartialEq)]
