@@ -1,6 +1,8 @@
 //! Evaluation of registrations: Jacobian determinants and folding, Dice of warped labels, target registration
 //! error on landmarks, and the error of a recovered displacement against a known one.
 use serde::Serialize;
+use vesalius_data::Image;
+use vesalius_eval::segmentation::{class_metrics, ClassMetrics};
 
 /// Statistics of the Jacobian determinant of `x ↦ x + u(x)`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -86,4 +88,18 @@ pub fn point_errors(a: &[[f64; 3]], b: &[[f64; 3]]) -> (f64, f64) {
     let dists: Vec<f64> = a.iter().zip(b).map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()).collect();
     let n = dists.len().max(1) as f64;
     (dists.iter().sum::<f64>() / n, dists.iter().copied().fold(0.0, f64::max))
+}
+
+/// Metrics of every non-zero label of `reference` (a label map on the fixed grid) against `moved` (labels carried
+/// to the same grid), in millimetres from the reference's spacing.
+pub fn label_metrics(moved: &Image, reference: &Image) -> Vec<(i64, ClassMetrics)> {
+    let s = reference.shape();
+    let shape = [s[0], s.get(1).copied().unwrap_or(1), s.get(2).copied().unwrap_or(1)];
+    let sp = reference.spacing();
+    let spacing = [sp[0], sp.get(1).copied().unwrap_or(1.0), sp.get(2).copied().unwrap_or(1.0)];
+    let n = reference.voxels();
+    let mut labels: Vec<i64> = reference.data()[..n].iter().map(|&v| v.round() as i64).filter(|&v| v != 0).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    labels.into_iter().map(|l| (l, class_metrics(&moved.data()[..n], &reference.data()[..n], l as f32, shape, spacing))).collect()
 }

@@ -204,16 +204,7 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
     };
     // Fixed voxel → moving voxel by the affine.
     let vox = mat_mul(&mat_mul(&mat_inv(&mg.to_world), &world), &fg.to_world);
-    let mut coords: [Vec<f32>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    for z in 0..d {
-        for y in 0..h {
-            for x in 0..w {
-                for r in 0..3 {
-                    coords[r].push((vox[r][0] * z as f64 + vox[r][1] * y as f64 + vox[r][2] * x as f64 + vox[r][3]) as f32);
-                }
-            }
-        }
-    }
+    let coords = voxel_map(fixed, moving, &world);
     let n = d * h * w;
     let coords_t = |c: &[Vec<f32>; 3]| tensor_of::<B::InnerBackend>(c.concat(), [1, 3, d, h, w], device);
     let moving_t = affine::to_tensor::<B::InnerBackend>(&moving_n, device);
@@ -257,18 +248,43 @@ impl Registration {
     /// A label map on the moving image's grid carried to the fixed grid by nearest neighbour (values kept; 0
     /// outside).
     pub fn warp_labels<B: Backend>(&self, labels: &Image, fixed: &Image, device: &B::Device) -> Image {
-        let [d, h, w] = Grid::of(fixed).size;
-        let lab = affine::to_tensor::<B>(labels, device);
-        let [_, _, ld, lh, lw] = lab.dims();
-        let coords = tensor_of::<B>(self.moving_voxel.concat(), [1, 3, d, h, w], device);
-        let rounded = coords.round();
-        let m = d * h * w;
-        let axis = |k: usize, len: usize| rounded.clone().narrow(1, k, 1).reshape([1, 1, m]).clamp(0.0, (len - 1) as f64);
-        let raw = |k: usize| rounded.clone().narrow(1, k, 1).reshape([1, 1, m]);
-        let ok = |k: usize, len: usize| raw(k).greater_equal_elem(0.0).bool_and(raw(k).lower_equal_elem((len - 1) as f64));
-        let valid = ok(0, ld).bool_and(ok(1, lh)).bool_and(ok(2, lw));
-        let index = axis(0, ld) * (lh * lw) as f64 + axis(1, lh) * lw as f64 + axis(2, lw);
-        let values = lab.reshape([1, 1, ld * lh * lw]).gather(2, index.int()).mask_fill(valid.bool_not(), 0.0);
-        affine::from_tensor(values.reshape([1, 1, d, h, w]), fixed).with_dtype(labels.dtype())
+        labels_at::<B>(labels, fixed, &self.moving_voxel, device)
     }
+}
+
+/// For each voxel of `fixed`'s grid, its position in `moving`'s voxels under the world transform `world`
+/// (fixed world → moving world): `[3][d·h·w]`, components (d, h, w).
+pub fn voxel_map(fixed: &Image, moving: &Image, world: &Mat4) -> [Vec<f32>; 3] {
+    let (fg, mg) = (Grid::of(fixed), Grid::of(moving));
+    let vox = mat_mul(&mat_mul(&mat_inv(&mg.to_world), world), &fg.to_world);
+    let [d, h, w] = fg.size;
+    let mut out: [Vec<f32>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                for (r, o) in out.iter_mut().enumerate() {
+                    o.push((vox[r][0] * z as f64 + vox[r][1] * y as f64 + vox[r][2] * x as f64 + vox[r][3]) as f32);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Label values of `labels` looked up (nearest neighbour) at the moving-voxel positions `at` of `fixed`'s voxels;
+/// 0 outside.
+pub fn labels_at<B: Backend>(labels: &Image, fixed: &Image, at: &[Vec<f32>; 3], device: &B::Device) -> Image {
+    let [d, h, w] = Grid::of(fixed).size;
+    let lab = affine::to_tensor::<B>(labels, device);
+    let [_, _, ld, lh, lw] = lab.dims();
+    let coords = tensor_of::<B>(at.concat(), [1, 3, d, h, w], device);
+    let rounded = coords.round();
+    let m = d * h * w;
+    let axis = |k: usize, len: usize| rounded.clone().narrow(1, k, 1).reshape([1, 1, m]).clamp(0.0, (len - 1) as f64);
+    let raw = |k: usize| rounded.clone().narrow(1, k, 1).reshape([1, 1, m]);
+    let ok = |k: usize, len: usize| raw(k).greater_equal_elem(0.0).bool_and(raw(k).lower_equal_elem((len - 1) as f64));
+    let valid = ok(0, ld).bool_and(ok(1, lh)).bool_and(ok(2, lw));
+    let index = axis(0, ld) * (lh * lw) as f64 + axis(1, lh) * lw as f64 + axis(2, lw);
+    let values = lab.reshape([1, 1, ld * lh * lw]).gather(2, index.int()).mask_fill(valid.bool_not(), 0.0);
+    affine::from_tensor(values.reshape([1, 1, d, h, w]), fixed).with_dtype(labels.dtype())
 }

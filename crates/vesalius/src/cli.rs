@@ -109,6 +109,13 @@ pub enum Command {
         /// Where to write the warped label map.
         #[arg(long, requires = "labels")]
         labels_out: Option<PathBuf>,
+        /// The fixed image's label map: with --labels, Dice, IoU, HD95 and ASSD per label before and after
+        /// registration go to --metrics.
+        #[arg(long, requires_all = ["labels", "metrics"])]
+        fixed_labels: Option<PathBuf>,
+        /// Where to write the evaluation (JSON): Jacobian statistics, and label metrics with --fixed-labels.
+        #[arg(long)]
+        metrics: Option<PathBuf>,
         /// affine, deformable or affine+deformable.
         #[arg(long, default_value = "affine+deformable")]
         method: String,
@@ -148,8 +155,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }
-        Command::Register { fixed, moving, output, field, labels, labels_out, method, similarity } => {
-            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, method, similarity };
+        Command::Register { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, method, similarity } => {
+            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, method, similarity };
             commands::register(backend, &args)
         }
         Command::Bench { only, in_process } => crate::bench::run(backend, &only, in_process),

@@ -163,6 +163,10 @@ pub struct RegisterArgs {
     pub labels: Option<PathBuf>,
     /// Warped label map output.
     pub labels_out: Option<PathBuf>,
+    /// Fixed image's label map.
+    pub fixed_labels: Option<PathBuf>,
+    /// Evaluation output (JSON).
+    pub metrics: Option<PathBuf>,
     /// Method name.
     pub method: String,
     /// Similarity name.
@@ -208,32 +212,55 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
             return Err(CliError::Usage(format!("{}: the label map's grid differs from the moving image's", args.labels.as_deref().unwrap_or(Path::new("")).display())));
         }
     }
+    let fixed_labels = args.fixed_labels.as_deref().map(load).transpose()?;
+    if let (Some(l), Some(p)) = (&fixed_labels, &args.fixed_labels) {
+        if l.shape() != fixed.shape() {
+            return Err(CliError::Usage(format!("{}: the label map's grid differs from the fixed image's", p.display())));
+        }
+    }
     let options = RegisterOptions { method, similarity, ..RegisterOptions::default() };
     let started = std::time::Instant::now();
-    let (result, warped_labels) = with_backend!(backend, |B, AB, device| {
+    let (result, warped_labels, labels_before) = with_backend!(backend, |B, AB, device| {
         let r = vesalius_registration::register::<AB>(&fixed, &moving, &options, &device);
         let l = labels.as_ref().map(|l| r.warp_labels::<B>(l, &fixed, &device));
-        Ok::<_, CliError>((r, l))
+        // Before: the moving labels placed on the fixed grid by their own geometry alone.
+        let before = labels.as_ref().map(|l| {
+            let identity = vesalius_registration::affine::identity();
+            vesalius_registration::labels_at::<B>(l, &fixed, &vesalius_registration::voxel_map(&fixed, &moving, &identity), &device)
+        });
+        Ok::<_, CliError>((r, l, before))
     })?;
+    let seconds = started.elapsed().as_secs_f64();
     let warped_dtype = NiftiType::from_name(moving.dtype()).filter(|t| *t == NiftiType::U8 && Format::from_path(&args.output) == Some(Format::Png));
     let warped = if warped_dtype.is_some() { result.warped.clone().with_dtype("uint8") } else { result.warped.clone() };
     save_image(&args.output, &warped, NiftiType::F32)?;
     if let Some(f) = &args.field {
         vesalius_data::nifti::save(f, &result.displacement_mm, NiftiType::F32)?;
     }
-    if let (Some(l), Some(out)) = (warped_labels, &args.labels_out) {
+    if let (Some(l), Some(out)) = (&warped_labels, &args.labels_out) {
         let dtype = NiftiType::from_name(l.dtype()).unwrap_or(NiftiType::I16);
-        save_image(out, &l, dtype)?;
+        save_image(out, l, dtype)?;
     }
     let dets = vesalius_registration::evaluate::jacobian_determinants(&result.field_voxels, vesalius_registration::Grid::of(&fixed).size);
     let stats = vesalius_registration::evaluate::jacobian_stats(&dets);
-    let summary = json!({
+    let mut summary = json!({
         "method": args.method,
         "similarity": args.similarity,
-        "seconds": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        "seconds": (seconds * 100.0).round() / 100.0,
         "affine_world": result.world,
         "jacobian": stats,
     });
+    if let (Some(reference), Some(after), Some(before)) = (&fixed_labels, &warped_labels, &labels_before) {
+        use vesalius_registration::evaluate::label_metrics;
+        let (b, a) = (label_metrics(before, reference), label_metrics(after, reference));
+        let per_label: serde_json::Map<String, Value> =
+            b.into_iter().zip(a).map(|((label, before), (_, after))| (label.to_string(), json!({ "before": before, "after": after }))).collect();
+        summary["labels"] = Value::Object(per_label);
+    }
+    if let Some(path) = &args.metrics {
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| CliError::Internal(e.to_string()))?;
+        vesalius_data::io::write_atomic(path, text.as_bytes())?;
+    }
     println!("{}", serde_json::to_string(&summary).map_err(|e| CliError::Internal(e.to_string()))?);
     Ok(())
 }
