@@ -151,19 +151,26 @@ pub fn warp<B: Backend>(moving: Tensor<B, 5>, flow: Tensor<B, 5>, padding: Paddi
     sample_linear(moving, grid + flow, padding)
 }
 
-/// Warps a label map by nearest-neighbour lookup (no gradient), so that label values are kept.
-pub fn warp_nearest<B: Backend>(labels: Tensor<B, 5>, flow: Tensor<B, 5>) -> Tensor<B, 5> {
-    let [n, c, d, h, w] = labels.dims();
-    let grid = identity_grid::<B>([d, h, w], &flow.device()) + flow.detach();
-    let rounded = grid.round();
-    let m = d * h * w;
-    let axis = |k: usize, len: usize| rounded.clone().narrow(1, k, 1).reshape([n, 1, m]).clamp(0.0, (len - 1) as f64);
+/// Samples `image` (`[n, c, d, h, w]`) at the voxel coordinates `coords` (`[n, 3, d', h', w']`) by nearest
+/// neighbour, without gradient, so that label values are kept; 0 outside the image.
+pub fn sample_nearest<B: Backend>(image: Tensor<B, 5>, coords: Tensor<B, 5>) -> Tensor<B, 5> {
+    let [n, c, d, h, w] = image.dims();
+    let [_, _, od, oh, ow] = coords.dims();
+    let m = od * oh * ow;
+    let rounded = coords.detach().round();
     let raw = |k: usize| rounded.clone().narrow(1, k, 1).reshape([n, 1, m]);
     let inside = |k: usize, len: usize| raw(k).greater_equal_elem(0.0).bool_and(raw(k).lower_equal_elem((len - 1) as f64));
     let valid = inside(0, d).bool_and(inside(1, h)).bool_and(inside(2, w));
-    let index = axis(0, d) * (h * w) as f64 + axis(1, h) * w as f64 + axis(2, w);
-    let values = labels.detach().reshape([n, c, m]).gather(2, index.int().expand([n, c, m]));
-    values.mask_fill(valid.bool_not().expand([n, c, m]), 0.0).reshape([n, c, d, h, w])
+    let clamped = |k: usize, len: usize| raw(k).clamp(0.0, (len - 1) as f64);
+    let index = clamped(0, d) * (h * w) as f64 + clamped(1, h) * w as f64 + clamped(2, w);
+    let values = image.detach().reshape([n, c, d * h * w]).gather(2, index.int().expand([n, c, m]));
+    values.mask_fill(valid.bool_not().expand([n, c, m]), 0.0).reshape([n, c, od, oh, ow])
+}
+
+/// Warps a label map by nearest-neighbour lookup (no gradient), so that label values are kept.
+pub fn warp_nearest<B: Backend>(labels: Tensor<B, 5>, flow: Tensor<B, 5>) -> Tensor<B, 5> {
+    let [_, _, d, h, w] = flow.dims();
+    sample_nearest(labels, identity_grid::<B>([d, h, w], &flow.device()) + flow)
 }
 
 /// Composes two displacement fields: `(a ∘ b)(p) = b(p) + a(p + b(p))`, the field of warping by `b` then `a`.

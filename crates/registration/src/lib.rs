@@ -31,7 +31,7 @@ pub mod similarity;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use vesalius_data::Image;
-use vesalius_nets::ops::{sample_linear, Padding};
+use vesalius_nets::ops::{sample_linear, sample_nearest, Padding};
 
 pub use affine::{register_affine, AffineOptions, AffineParams, AffineResult, Grid};
 pub use deformable::{register_deformable, DeformableOptions};
@@ -275,16 +275,7 @@ pub fn voxel_map(fixed: &Image, moving: &Image, world: &Mat4) -> [Vec<f32>; 3] {
 /// 0 outside.
 pub fn labels_at<B: Backend>(labels: &Image, fixed: &Image, at: &[Vec<f32>; 3], device: &B::Device) -> Image {
     let [d, h, w] = Grid::of(fixed).size;
-    let lab = affine::to_tensor::<B>(labels, device);
-    let [_, _, ld, lh, lw] = lab.dims();
     let coords = tensor_of::<B>(at.concat(), [1, 3, d, h, w], device);
-    let rounded = coords.round();
-    let m = d * h * w;
-    let axis = |k: usize, len: usize| rounded.clone().narrow(1, k, 1).reshape([1, 1, m]).clamp(0.0, (len - 1) as f64);
-    let raw = |k: usize| rounded.clone().narrow(1, k, 1).reshape([1, 1, m]);
-    let ok = |k: usize, len: usize| raw(k).greater_equal_elem(0.0).bool_and(raw(k).lower_equal_elem((len - 1) as f64));
-    let valid = ok(0, ld).bool_and(ok(1, lh)).bool_and(ok(2, lw));
-    let index = axis(0, ld) * (lh * lw) as f64 + axis(1, lh) * lw as f64 + axis(2, lw);
-    let values = lab.reshape([1, 1, ld * lh * lw]).gather(2, index.int()).mask_fill(valid.bool_not(), 0.0);
-    affine::from_tensor(values.reshape([1, 1, d, h, w]), fixed).with_dtype(labels.dtype())
+    let values = sample_nearest(affine::to_tensor::<B>(labels, device), coords);
+    affine::from_tensor(values, fixed).with_dtype(labels.dtype())
 }
