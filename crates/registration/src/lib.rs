@@ -26,6 +26,7 @@
 pub mod affine;
 pub mod deformable;
 pub mod evaluate;
+pub mod learn;
 pub mod similarity;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
