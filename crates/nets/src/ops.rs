@@ -24,6 +24,17 @@ pub fn avg_pool3d<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
 pub fn pool3d<B: Backend>(x: Tensor<B, 5>, window: [usize; 3], max: bool) -> Tensor<B, 5> {
     let [n, c, d, h, w] = x.dims();
     let [kd, kh, kw] = window.map(|k| k.max(1));
+    if kd == 1 {
+        // In-plane pooling: the backend's own 2D kernels on the planes folded into the batch.
+        let planes = x.reshape([n * c * d, 1, h, w]);
+        let y = if max {
+            burn::tensor::module::max_pool2d(planes, [kh, kw], [kh, kw], [0, 0], [1, 1], false)
+        } else {
+            burn::tensor::module::avg_pool2d(planes, [kh, kw], [kh, kw], [0, 0], true, false)
+        };
+        let [_, _, oh, ow] = y.dims();
+        return y.reshape([n, c, d, oh, ow]);
+    }
     let (od, oh, ow) = (d / kd, h / kh, w / kw);
     let x = if (od * kd, oh * kh, ow * kw) != (d, h, w) { x.slice([0..n, 0..c, 0..od * kd, 0..oh * kh, 0..ow * kw]) } else { x };
     // [n, c, od, kd, oh, kh, ow, kw] → window elements last.

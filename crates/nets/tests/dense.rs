@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use vesalius_nets::loss::{grad_l2, soft_dice, voxel_cross_entropy};
-use vesalius_nets::ops::{avg_pool3d, max_pool3d, resize_linear, upsample_nearest, warp, warp_nearest, Padding};
+use vesalius_nets::ops::{avg_pool3d, max_pool3d, pool3d, resize_linear, upsample_nearest, warp, warp_nearest, Padding};
 use vesalius_nets::{trainable_params, CnnLstmConfig, ConvAutoencoderConfig, GruConfig, LstmConfig, NormKind, UNetConfig, UpKind, VoxelMorphConfig};
 
 type B = Flex;
@@ -68,6 +68,10 @@ fn pooling_and_upsampling_by_hand() {
     // The window covers indices {0,1}³ → flat offsets 0,1,3,4,9,10,12,13: max 13, mean 6.5.
     assert_eq!(values(max_pool3d(x.clone(), 2)), vec![13.0]);
     assert_eq!(values(avg_pool3d(x, 2)), vec![6.5]);
+    // In-plane pooling (depth window 1) of a 4×4 plane holding 0..16.
+    let plane = volume::<B>((0..16).map(|i| i as f32).collect(), [1, 1, 1, 4, 4]);
+    assert_eq!(values(pool3d(plane.clone(), [1, 2, 2], true)), vec![5.0, 7.0, 13.0, 15.0]);
+    assert_eq!(values(pool3d(plane, [1, 2, 2], false)), vec![2.5, 4.5, 10.5, 12.5]);
     let y = volume::<B>(vec![1.0, 2.0], [1, 1, 1, 1, 2]);
     assert_eq!(values(upsample_nearest(y.clone(), [2, 1, 2])), vec![1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
     // align_corners=False: samples at −0.25 (clamped), 0.25, 0.75, 1.25 (clamped) of [1, 2].
