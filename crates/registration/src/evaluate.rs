@@ -103,3 +103,50 @@ pub fn label_metrics(moved: &Image, reference: &Image) -> Vec<(i64, ClassMetrics
     labels.dedup();
     labels.into_iter().map(|l| (l, class_metrics(&moved.data()[..n], &reference.data()[..n], l as f32, shape, spacing))).collect()
 }
+
+/// Landmark pairs from a CSV file with a header and columns `fixed_x, fixed_y, fixed_z, moving_x, moving_y,
+/// moving_z` (world millimetres, RAS+): each fixed landmark and where the same anatomy lies in the moving image.
+pub fn read_landmarks(path: &std::path::Path) -> Result<Vec<([f64; 3], [f64; 3])>, String> {
+    let mut reader = csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (row, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| format!("{}: row {}: {e}", path.display(), row + 2))?;
+        let v: Vec<f64> = record.iter().map(|s| s.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| format!("{}: row {}: {e}", path.display(), row + 2))?;
+        if v.len() != 6 || v.iter().any(|x| !x.is_finite()) {
+            return Err(format!("{}: row {}: six finite numbers expected", path.display(), row + 2));
+        }
+        out.push(([v[0], v[1], v[2]], [v[3], v[4], v[5]]));
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no landmarks", path.display()));
+    }
+    Ok(out)
+}
+
+/// Where a world point of the fixed image lands in the moving image's world: the point plus the displacement
+/// field (`[3][d·h·w]` world mm on the fixed grid) interpolated trilinearly at it (the nearest edge value outside).
+pub fn map_point(point: [f64; 3], displacement: &[Vec<f32>; 3], grid: &crate::Grid) -> [f64; 3] {
+    let inv = crate::mat_inv(&grid.to_world);
+    let v = [0, 1, 2].map(|r| inv[r][0] * point[0] + inv[r][1] * point[1] + inv[r][2] * point[2] + inv[r][3]);
+    let [d, h, w] = grid.size;
+    let clamp = |x: f64, len: usize| x.clamp(0.0, (len - 1) as f64);
+    let (z, y, x) = (clamp(v[0], d), clamp(v[1], h), clamp(v[2], w));
+    let (z0, y0, x0) = (z.floor() as usize, y.floor() as usize, x.floor() as usize);
+    let (z1, y1, x1) = ((z0 + 1).min(d - 1), (y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+    let (tz, ty, tx) = (z - z0 as f64, y - y0 as f64, x - x0 as f64);
+    let at = |c: usize, a: usize, b: usize, e: usize| displacement[c][(a * h + b) * w + e] as f64;
+    [0, 1, 2].map(|c| {
+        let lerp = |a: f64, b: f64, t: f64| a + (b - a) * t;
+        let plane = |a: usize| lerp(lerp(at(c, a, y0, x0), at(c, a, y0, x1), tx), lerp(at(c, a, y1, x0), at(c, a, y1, x1), tx), ty);
+        point[c] + lerp(plane(z0), plane(z1), tz)
+    })
+}
+
+/// Target registration error (mean and maximum, mm) of landmark pairs before registration (`|moving − fixed|`) and
+/// after (`|map(fixed) − moving|`).
+pub fn target_registration_error(pairs: &[([f64; 3], [f64; 3])], displacement: &[Vec<f32>; 3], grid: &crate::Grid) -> ((f64, f64), (f64, f64)) {
+    let fixed: Vec<[f64; 3]> = pairs.iter().map(|p| p.0).collect();
+    let moving: Vec<[f64; 3]> = pairs.iter().map(|p| p.1).collect();
+    let mapped: Vec<[f64; 3]> = fixed.iter().map(|&p| map_point(p, displacement, grid)).collect();
+    (point_errors(&fixed, &moving), point_errors(&mapped, &moving))
+}

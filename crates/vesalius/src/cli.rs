@@ -113,9 +113,14 @@ pub enum Command {
         /// registration go to --metrics.
         #[arg(long, requires_all = ["labels", "metrics"])]
         fixed_labels: Option<PathBuf>,
-        /// Where to write the evaluation (JSON): Jacobian statistics, and label metrics with --fixed-labels.
+        /// Where to write the evaluation (JSON): Jacobian statistics, label metrics with --fixed-labels, target
+        /// registration error with --landmarks.
         #[arg(long)]
         metrics: Option<PathBuf>,
+        /// Landmark pairs (CSV: fixed_x, fixed_y, fixed_z, moving_x, moving_y, moving_z in world mm): target
+        /// registration error before and after.
+        #[arg(long)]
+        landmarks: Option<PathBuf>,
         /// affine, deformable or affine+deformable.
         #[arg(long, default_value = "affine+deformable")]
         method: String,
@@ -155,8 +160,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }
-        Command::Register { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, method, similarity } => {
-            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, method, similarity };
+        Command::Register { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity } => {
+            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity };
             commands::register(backend, &args)
         }
         Command::Bench { only, in_process } => crate::bench::run(backend, &only, in_process),

@@ -167,6 +167,8 @@ pub struct RegisterArgs {
     pub fixed_labels: Option<PathBuf>,
     /// Evaluation output (JSON).
     pub metrics: Option<PathBuf>,
+    /// Landmark pairs (CSV).
+    pub landmarks: Option<PathBuf>,
     /// Method name.
     pub method: String,
     /// Similarity name.
@@ -212,6 +214,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
             return Err(CliError::Usage(format!("{}: the label map's grid differs from the moving image's", args.labels.as_deref().unwrap_or(Path::new("")).display())));
         }
     }
+    let landmarks = args.landmarks.as_deref().map(vesalius_registration::evaluate::read_landmarks).transpose().map_err(CliError::Usage)?;
     let fixed_labels = args.fixed_labels.as_deref().map(load).transpose()?;
     if let (Some(l), Some(p)) = (&fixed_labels, &args.fixed_labels) {
         if l.shape() != fixed.shape() {
@@ -256,6 +259,13 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         let per_label: serde_json::Map<String, Value> =
             b.into_iter().zip(a).map(|((label, before), (_, after))| (label.to_string(), json!({ "before": before, "after": after }))).collect();
         summary["labels"] = Value::Object(per_label);
+    }
+    if let Some(pairs) = &landmarks {
+        let n = result.displacement_mm.voxels();
+        let disp = [0, 1, 2].map(|c| result.displacement_mm.data()[c * n..(c + 1) * n].to_vec());
+        // The image stores voxels first axis fastest: the same order as the registration grid's (d, h, w) flattening.
+        let ((b_mean, b_max), (a_mean, a_max)) = vesalius_registration::evaluate::target_registration_error(pairs, &disp, &vesalius_registration::Grid::of(&fixed));
+        summary["tre_mm"] = json!({ "landmarks": pairs.len(), "before": { "mean": b_mean, "max": b_max }, "after": { "mean": a_mean, "max": a_max } });
     }
     if let Some(path) = &args.metrics {
         let text = serde_json::to_string_pretty(&summary).map_err(|e| CliError::Internal(e.to_string()))?;

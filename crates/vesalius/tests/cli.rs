@@ -331,10 +331,18 @@ fn register_evaluates_labels_before_and_after() {
     };
     let (fl, ml) = (labels_of(&fixed, "fixed_labels.nii"), labels_of(&moving, "moving_labels.nii"));
     let metrics = dir.path().join("metrics.json");
+    // Landmarks: pixel (x, y) of the fixed slice is pixel (x + 13, y + 17) of the moving one; PNG world = (−x, −y, 0).
+    let landmarks = dir.path().join("landmarks.csv");
+    let mut csv = String::from("fixed_x,fixed_y,fixed_z,moving_x,moving_y,moving_z\n");
+    for (x, y) in [(50.0, 60.0), (120.0, 200.0), (180.0, 100.0)] {
+        csv += &format!("{},{},0,{},{},0\n", -x, -y, -(x + 13.0), -(y + 17.0));
+    }
+    std::fs::write(&landmarks, csv).unwrap();
     let o = vesalius(&[
         "register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o",
         dir.path().join("w.nii").to_str().unwrap(), "--method", "affine", "--labels", ml.to_str().unwrap(), "--labels-out",
         dir.path().join("wl.nii").to_str().unwrap(), "--fixed-labels", fl.to_str().unwrap(), "--metrics", metrics.to_str().unwrap(),
+        "--landmarks", landmarks.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
@@ -344,4 +352,13 @@ fn register_evaluates_labels_before_and_after() {
     assert!(f(after, "dice") > 0.97 && f(after, "dice") > f(before, "dice") + 0.15, "{before} {after}");
     assert!(f(after, "hd95") < 2.0 && f(after, "hd95") < f(before, "hd95"), "{before} {after}");
     assert_eq!(m["jacobian"]["folding_percent"], 0.0);
+    let tre = &m["tre_mm"];
+    assert!((f(&tre["before"], "mean") - (13f64.powi(2) + 17f64.powi(2)).sqrt()).abs() < 1e-9, "{tre}");
+    assert!(f(&tre["after"], "max") < 0.5, "{tre}");
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "fixed_x,fixed_y,fixed_z,moving_x,moving_y,moving_z\n1,2,3,4,five,6\n").unwrap();
+    assert_input_error(
+        &vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", dir.path().join("w.nii").to_str().unwrap(), "--landmarks", bad.to_str().unwrap()]),
+        "bad.csv: row 2",
+    );
 }
