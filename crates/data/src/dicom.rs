@@ -160,25 +160,7 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
             in_meta = false;
         }
         if deflated && !in_meta {
-            // Deflated explicit VR little endian: the data set after the meta group is one raw DEFLATE stream.
-            // Inflate it (bounded) and walk what the parser will see.
-            let mut inflated = Vec::new();
-            let limit = (bytes.len() - pos) as u64 * crate::io::MAX_DEFLATE_RATIO;
-            let mut reader = std::io::Read::take(flate2::read::DeflateDecoder::new(&bytes[pos..]), limit + 1);
-            std::io::Read::read_to_end(&mut reader, &mut inflated).map_err(|e| err(pos, format!("corrupt deflated data set: {e}")))?;
-            if inflated.len() as u64 > limit {
-                return Err(err(pos, "deflated data set expands beyond the allowed ratio".into()));
-            }
-            let mut meta_free = b"DICM".to_vec();
-            meta_free.splice(0..0, std::iter::repeat_n(0u8, 128));
-            // The inflated data set, behind a preamble and a meta group naming explicit VR little endian.
-            let ts = b"1.2.840.10008.1.2.1\0";
-            meta_free.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
-            meta_free.extend_from_slice(&(ts.len() as u16).to_le_bytes());
-            meta_free.extend_from_slice(ts);
-            meta_free.extend_from_slice(&inflated);
-            check_lengths(path, &meta_free)?;
-            return Ok(bytes.len());
+            return Err(err(pos, "a deflated data set must be inflated before its lengths are walked".into()));
         }
         let bo = big && !in_meta;
         let group = u16_at(bytes, pos, bo).unwrap_or(0);
@@ -306,12 +288,63 @@ pub fn read_header(path: &Path) -> Result<SliceHeader> {
     }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let obj = parse(path, &bytes, Some(tags::PIXEL_DATA))?;
-    header_of(&obj, path, meta.len())
+    // A deflated data set holds more than the file: sizes are checked against the inflated bytes.
+    let len = inflate_dataset(path, &bytes)?.map_or(meta.len(), |v| v.len() as u64);
+    header_of(&obj, path, len)
+}
+
+/// For a file in Deflated Explicit VR Little Endian: the same file with its data set inflated (bounded by
+/// [`crate::io::MAX_DEFLATE_RATIO`]) and its transfer syntax renamed Explicit VR Little Endian (padded to the
+/// same length, so that the meta group's length still holds), so that the length walk and the parser see the
+/// same bytes. `None` for every other file.
+fn inflate_dataset(path: &Path, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+    const DEFLATED: &[u8] = b"1.2.840.10008.1.2.1.99";
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Ok(None);
+    }
+    // The meta group: explicit VR little endian elements of group 0002.
+    let mut pos = 132;
+    let mut ts_at = None;
+    while pos + 8 <= bytes.len() && bytes[pos..pos + 2] == [0x02, 0x00] {
+        let element = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
+        let vr = &bytes[pos + 4..pos + 6];
+        let (len, header) = if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UC" | b"UR") {
+            let Some(b) = bytes.get(pos + 8..pos + 12) else { return Ok(None) };
+            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
+        } else {
+            (u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize, 8)
+        };
+        if element == 0x0010 {
+            ts_at = Some((pos + header, len));
+        }
+        pos = pos.saturating_add(header).saturating_add(len);
+    }
+    let Some((at, len)) = ts_at else { return Ok(None) };
+    let value = bytes.get(at..at + len).unwrap_or(&[]);
+    if value.iter().rposition(|&c| c != 0 && c != b' ').map(|e| &value[..=e]) != Some(DEFLATED) || pos > bytes.len() {
+        return Ok(None);
+    }
+    let limit = (bytes.len() - pos) as u64 * crate::io::MAX_DEFLATE_RATIO;
+    let mut inflated = Vec::new();
+    let mut reader = std::io::Read::take(flate2::read::DeflateDecoder::new(&bytes[pos..]), limit + 1);
+    std::io::Read::read_to_end(&mut reader, &mut inflated)
+        .map_err(|e| DataError::format(path, format!("corrupt deflated data set: {e}")))?;
+    if inflated.len() as u64 > limit {
+        return Err(DataError::format(path, "deflated data set expands beyond the allowed ratio"));
+    }
+    let mut out = bytes[..pos].to_vec();
+    let explicit = b"1.2.840.10008.1.2.1";
+    out[at..at + len].fill(0);
+    out[at..at + explicit.len()].copy_from_slice(explicit);
+    out.extend_from_slice(&inflated);
+    Ok(Some(out))
 }
 
 /// Parses the checked bytes of a DICOM file, up to the end of its Pixel Data element (or to `until`, excluded).
 /// A decoder panic on corrupt input becomes an error.
 fn parse(path: &Path, bytes: &[u8], until: Option<dicom_object::Tag>) -> Result<DefaultDicomObject> {
+    let inflated = inflate_dataset(path, bytes)?;
+    let bytes = inflated.as_deref().unwrap_or(bytes);
     let end = check_lengths(path, bytes)?;
     let preamble = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { ReadPreamble::Always } else { ReadPreamble::Never };
     let options = OpenFileOptions::new().read_preamble(preamble);
@@ -353,9 +386,7 @@ fn header_of(file: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<Sl
     let ts = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
     let encapsulated = TransferSyntaxRegistry.get(&ts).is_some_and(|t| t.is_encapsulated_pixel_data());
     let need = (rows as u64 * cols as u64 * frames as u64 * samples as u64 * bits as u64).div_ceil(8);
-    // A deflated data set holds more than the file; its pixel data length was checked on the inflated bytes.
-    let deflated = ts == "1.2.840.10008.1.2.1.99";
-    if !encapsulated && !deflated && need > file_len {
+    if !encapsulated && need > file_len {
         return Err(DataError::format(
             path,
             format!("header declares {rows}×{cols}×{frames} pixels ({need} bytes) but the file holds {file_len} bytes"),

@@ -258,6 +258,13 @@ fn a_sequence_must_hold_items() {
 }
 
 #[test]
+fn a_deflated_data_set_is_walked_and_parsed_inflated() {
+    // Found by fuzzing: inside the deflated stream, a 1.8 GB length after the pixel data.
+    let img = load_file(&fixtures().join("dicom/fuzz/deflated_after_pixel_data.dcm")).unwrap();
+    assert_eq!(img.shape(), &[512, 512]);
+}
+
+#[test]
 fn bytes_after_the_pixel_data_are_never_parsed() {
     // Found by fuzzing: a 1.7 GB length after the dose grid's pixel data; the grid itself is intact.
     let img = load_file(&fixtures().join("dicom/fuzz/bytes_after_pixel_data.dcm")).unwrap();
