@@ -239,7 +239,8 @@ fn every_hostile_file_exits_2_naming_it() {
         for entry in std::fs::read_dir(root().join(folder)).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            if !name.ends_with(".dcm") || name == "bytes_after_pixel_data.dcm" {
+            // Two fuzz findings are valid images once only the bytes up to the pixel data are parsed.
+            if !name.ends_with(".dcm") || name == "bytes_after_pixel_data.dcm" || name == "deflated_after_pixel_data.dcm" {
                 continue;
             }
             assert_input_error(&vesalius(&["info", path.to_str().unwrap()]), &name);
