@@ -343,6 +343,13 @@ impl Deidentifier {
         new
     }
 
+    /// Replaces every UID value of `tag` by its mapped UID.
+    fn remap_uids(&mut self, obj: &mut InMemDicomObject, tag: Tag) {
+        let values: Vec<String> = obj.element(tag).ok().and_then(|e| e.to_multi_str().ok()).map(|v| v.to_vec()).unwrap_or_default();
+        let mapped: Vec<String> = values.iter().map(|u| self.map_uid(u)).collect();
+        obj.put(InMemElement::new(tag, VR::UI, PrimitiveValue::Strs(mapped.into())));
+    }
+
     /// Applies the profile to a data set and, recursively, to the items of its sequences.
     pub fn apply(&mut self, obj: &mut InMemDicomObject) {
         if !self.keep_private {
@@ -379,11 +386,7 @@ impl Deidentifier {
                     obj.put(InMemElement::new(tag, vr, PrimitiveValue::from(dummy)));
                     self.report.replaced += 1;
                 }
-                Action::Uid => {
-                    let values: Vec<String> = elem.to_multi_str().map(|v| v.to_vec()).unwrap_or_default();
-                    let mapped: Vec<String> = values.iter().map(|u| self.map_uid(u)).collect();
-                    obj.put(InMemElement::new(tag, VR::UI, PrimitiveValue::Strs(mapped.into())));
-                }
+                Action::Uid => self.remap_uids(obj, tag),
             }
         }
         let named: std::collections::HashSet<(u16, u16)> = PROFILE.iter().map(|&(g, e, _)| (g, e)).collect();
@@ -397,11 +400,7 @@ impl Deidentifier {
             .collect();
         for (tag, action) in generic {
             match action {
-                Action::Uid => {
-                    let values: Vec<String> = obj.element(tag).ok().and_then(|e| e.to_multi_str().ok()).map(|v| v.to_vec()).unwrap_or_default();
-                    let mapped: Vec<String> = values.iter().map(|u| self.map_uid(u)).collect();
-                    obj.put(InMemElement::new(tag, VR::UI, PrimitiveValue::Strs(mapped.into())));
-                }
+                Action::Uid => self.remap_uids(obj, tag),
                 _ => {
                     obj.remove_element(tag);
                     self.report.removed += 1;
