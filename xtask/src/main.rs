@@ -72,7 +72,13 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let mut t = cargo();
-            t.env("VESALIUS_TEST_BACKEND", "cuda").args(["test", "--workspace", "--features", "vesalius/cuda"]);
+            // The backend-generic test files of these crates pick burn-cuda when built with `test-cuda`.
+            t.args(["test", "--release"]);
+            for krate in GPU_TEST_CRATES {
+                t.args(["-p", krate]);
+            }
+            let features: Vec<String> = GPU_TEST_CRATES.iter().map(|k| format!("{k}/test-cuda")).collect();
+            t.args(["--features", &features.join(",")]);
             let code = status(t);
             if code != ExitCode::SUCCESS {
                 return code;
@@ -87,6 +93,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Crates whose tests are generic over the backend and run on CUDA under `test-gpu`.
+const GPU_TEST_CRATES: [&str; 3] = ["vesalius-nets", "vesalius-registration", "vesalius-cadx"];
 
 /// A GPU is usable when `nvidia-smi -L` lists one.
 fn gpu_present() -> bool {

@@ -6,7 +6,10 @@ use vesalius_cadx::recipe::Recipe;
 use vesalius_cadx::train::{train, TrainOptions};
 use vesalius_data::npz::write_npz;
 
+#[cfg(not(feature = "test-cuda"))]
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
+#[cfg(feature = "test-cuda")]
+type AB = burn::backend::Autodiff<burn::backend::Cuda>;
 
 /// The backend's random generator is process-wide; runs in parallel threads would interleave their draws.
 static SERIAL: Mutex<()> = Mutex::new(());

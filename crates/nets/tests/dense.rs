@@ -1,7 +1,7 @@
 //! The dense-prediction, auto-encoder, recurrent and registration networks: parameter counts of the reference
 //! workloads, volumetric operations against values computed by hand, gradients against finite differences, and
 //! the losses against their definitions.
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
@@ -9,8 +9,11 @@ use vesalius_nets::loss::{grad_l2, soft_dice, voxel_cross_entropy};
 use vesalius_nets::ops::{avg_pool3d, max_pool3d, pool3d, resize_linear, upsample_nearest, warp, warp_nearest, Padding};
 use vesalius_nets::{trainable_params, CnnLstmConfig, ConvAutoencoderConfig, GruConfig, LstmConfig, NormKind, UNetConfig, UpKind, VoxelMorphConfig};
 
-type B = Flex;
-type AB = Autodiff<Flex>;
+#[cfg(not(feature = "test-cuda"))]
+type B = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type B = burn::backend::Cuda;
+type AB = Autodiff<B>;
 
 fn dev() -> burn::tensor::Device<B> {
     Default::default()

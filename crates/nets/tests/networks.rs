@@ -1,13 +1,16 @@
 //! Shapes, parameter counts (against torchvision and the reference workloads) and one optimiser step per network.
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use vesalius_nets::{Arch, ClassifierConfig, ConfigError};
 
-type B = Flex;
-type AB = Autodiff<Flex>;
+#[cfg(not(feature = "test-cuda"))]
+type B = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type B = burn::backend::Cuda;
+type AB = Autodiff<B>;
 
 fn params(arch: Arch, c: usize, k: usize, s: usize) -> usize {
     ClassifierConfig::new(arch, c, k, s).init::<B>(&Default::default()).expect("valid config").param_count()

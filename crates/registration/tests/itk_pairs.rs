@@ -7,7 +7,10 @@ use vesalius_data::io::load;
 use vesalius_data::Image;
 use vesalius_registration::{register, AffineOptions, Method, RegisterOptions, Registration, Similarity};
 
+#[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Autodiff<burn::backend::Flex>;
+#[cfg(feature = "test-cuda")]
+type B = burn::backend::Autodiff<burn::backend::Cuda>;
 
 fn itk(name: &str) -> Image {
     let p: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/itk").join(name);

@@ -14,8 +14,11 @@ use vesalius_nets::VoxelMorphConfig;
 use vesalius_registration::learn::{predict, train, LearnOptions, Pair};
 use vesalius_registration::{affine, Similarity};
 
-type B = burn::backend::Autodiff<burn::backend::Flex>;
+#[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type P = burn::backend::Cuda;
+type B = burn::backend::Autodiff<P>;
 
 #[test]
 fn a_small_voxelmorph_learns_to_register_unseen_pairs() {

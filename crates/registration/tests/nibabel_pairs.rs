@@ -6,7 +6,10 @@ use std::path::Path;
 use vesalius_data::io::load;
 use vesalius_registration::{register, AffineOptions, Grid, Method, RegisterOptions, Similarity};
 
+#[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Autodiff<burn::backend::Flex>;
+#[cfg(feature = "test-cuda")]
+type B = burn::backend::Autodiff<burn::backend::Cuda>;
 
 const E: [[f64; 4]; 3] = [
     [0.975170327202, -0.097843395007, 0.198669330795, 3.0],

@@ -10,8 +10,11 @@ use vesalius_nets::ops::{resize_linear, warp, warp_nearest, Padding};
 use vesalius_registration::evaluate::{dice, jacobian_determinants, jacobian_stats};
 use vesalius_registration::{affine, register, DeformableOptions, Method, RegisterOptions, Similarity};
 
-type B = burn::backend::Autodiff<burn::backend::Flex>;
+#[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type P = burn::backend::Cuda;
+type B = burn::backend::Autodiff<P>;
 
 fn fixture(name: &str) -> Image {
     load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152").join(name)).unwrap()

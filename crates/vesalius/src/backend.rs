@@ -52,7 +52,7 @@ pub type Cuda = burn::backend::Cuda;
 /// Whether the NVIDIA driver library can be found, checked before any CUDA call (which would abort the process
 /// when it is missing).
 pub fn cuda_driver_present() -> bool {
-    let mut dirs: Vec<std::path::PathBuf> = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/cuda/lib64", "/usr/lib/wsl/lib"]
+    let mut dirs: Vec<std::path::PathBuf> = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/cuda/lib64", "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/wsl/lib"]
         .iter()
         .map(std::path::PathBuf::from)
         .collect();

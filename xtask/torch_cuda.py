@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""The PyTorch side of the reference workloads on a CUDA GPU.
+
+Usage:  python3 xtask/torch_cuda.py PATH/TO/torch_bench.py [--only a,b] [--warmup 2] [--iters 7]
+
+Builds every workload with the models, data, losses and optimiser of `torch_bench.py` (the CPU reference harness),
+but on the GPU: `torch.set_default_device("cuda")` before the model and data are made, and
+`torch.cuda.synchronize()` after each step so that a step's time is its kernels' time, not the launch time.
+Each workload runs in its own process; `peak_gpu_mib` is `torch.cuda.max_memory_allocated`. Prints one JSON line
+per workload with the same field names as `vesalius bench`.
+"""
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+
+def load_reference(path):
+    spec = importlib.util.spec_from_file_location("torch_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def child(args):
+    import torch
+
+    ref = load_reference(args.reference)
+    torch.set_default_device("cuda")
+    torch.manual_seed(0)
+    model, step, samples, meta = ref.WORKLOADS[args.child]()
+
+    def synced():
+        step()
+        torch.cuda.synchronize()
+
+    times = []
+    for _ in range(args.warmup):
+        synced()
+    # fast workloads get more timed iterations (at least 3 s of timing, at most 50), as the CPU harness does
+    iters = max(args.iters, min(50, int(3.0 / max(_time(synced), 1e-6))))
+    for _ in range(iters):
+        times.append(_time(synced))
+    med = statistics.median(times)
+    res = {
+        "workload": args.child,
+        "samples_per_s": samples / med,
+        "median_s": med,
+        "min_s": min(times),
+        "max_s": max(times),
+        "iters": len(times),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        "backend": "torch-cuda " + torch.__version__,
+        "device": torch.cuda.get_device_name(0),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    res.update(meta)
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def _time(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("reference")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=7)
+    ap.add_argument("--child", default="")
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    ref = load_reference(args.reference)
+    names = [n for n in args.only.split(",") if n] or list(ref.WORKLOADS)
+    for name in names:
+        cmd = [sys.executable, __file__, args.reference, "--child", name,
+               "--warmup", str(args.warmup), "--iters", str(args.iters)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((l[7:] for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+        print(line if line else json.dumps({"workload": name, "error": (p.stderr or p.stdout)[-1500:]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
