@@ -28,18 +28,26 @@
 
 pub mod augment;
 pub mod batch;
+pub mod cache;
 pub mod dataset;
 mod error;
 mod image;
 pub mod deid;
 pub mod dicom;
+pub mod folds;
 pub mod geometry;
+pub mod harmonise;
 pub mod io;
+pub mod loader;
 pub mod metaimage;
+pub mod msd;
 pub mod nifti;
 pub mod npz;
+pub mod patch;
+pub mod sliding;
 pub mod source;
 pub mod split;
+pub mod transforms;
 
 pub use error::{DataError, Result};
 pub use image::{orientation_codes, Affine, Image, IDENTITY};
