@@ -44,6 +44,7 @@ mod voxelmorph;
 
 pub mod loss;
 pub mod ops;
+pub mod record;
 
 pub use alexnet::{AlexNet, AlexNetConfig};
 pub use autoencoder::{kl_sparsity, Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig};

@@ -54,3 +54,51 @@ pub fn grad_l2<B: Backend>(field: Tensor<B, 5>) -> Tensor<B, 1> {
     let count = terms.len().max(1) as f64;
     terms.into_iter().reduce(|a, b| a + b).map_or_else(|| Tensor::zeros([1], &field.device()), |s| s / count)
 }
+
+/// Soft Dice plus cross-entropy, each with weight 1 (nnU-Net's default objective).
+pub fn dice_ce<B: Backend>(logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
+    soft_dice(logits.clone(), labels.clone()) + voxel_cross_entropy(logits, labels)
+}
+
+/// Generalised Dice loss (Sudre et al. 2017, as `monai.losses.GeneralizedDiceLoss(to_onehot_y=True,
+/// softmax=True)`): per sample, class weights `w = 1/(Σ g)²` (a class absent from the sample takes the largest
+/// weight of the present ones), `1 − (2 Σ_c w Σ p·g + ε)/(Σ_c w Σ (p + g) + ε)` with ε = 1e-5, averaged over samples.
+pub fn generalised_dice<B: Backend>(logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
+    let [n, c, d, h, w] = logits.dims();
+    let p = softmax(logits, 1).reshape([n, c, d * h * w]);
+    let g = one_hot(labels, c).reshape([n, c, d * h * w]);
+    let inter = (p.clone() * g.clone()).sum_dim(2).reshape([n, c]);
+    let denom = (p + g.clone()).sum_dim(2).reshape([n, c]);
+    let volume = g.sum_dim(2).reshape([n, c]);
+    let absent = volume.clone().equal_elem(0.0);
+    let weights = volume.powi_scalar(2).clamp_min(1.0).recip();
+    let finite = weights.clone().mask_fill(absent.clone(), 0.0);
+    let largest = finite.max_dim(1).expand([n, c]);
+    let weights = weights.mask_where(absent, largest);
+    let numer = (weights.clone() * inter).sum_dim(1) * 2.0 + 1e-5;
+    let denom = (weights * denom).sum_dim(1) + 1e-5;
+    (numer / denom).neg().add_scalar(1.0).mean()
+}
+
+/// Focal loss (Lin et al. 2017) with focusing parameter `gamma`: `−(1 − p_t)^γ log p_t`, averaged over voxels
+/// (`gamma = 0` is cross-entropy).
+pub fn focal<B: Backend>(logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>, gamma: f64) -> Tensor<B, 1> {
+    let [_, c, _, _, _] = logits.dims();
+    let logp = (log_softmax(logits, 1) * one_hot(labels, c)).sum_dim(1);
+    let pt = logp.clone().exp();
+    (pt.neg().add_scalar(1.0).powf_scalar(gamma) * logp).mean().neg()
+}
+
+/// Tversky loss (Salehi et al. 2017, as `monai.losses.TverskyLoss(to_onehot_y=True, softmax=True)`): per sample
+/// and class `1 − (TP + ε)/(TP + α·FP + β·FN + ε)` with soft counts and ε = 1e-5, averaged (background included).
+/// `α = β = 0.5` is the soft Dice loss.
+pub fn tversky<B: Backend>(logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>, alpha: f64, beta: f64) -> Tensor<B, 1> {
+    let [n, c, d, h, w] = logits.dims();
+    let p = softmax(logits, 1).reshape([n, c, d * h * w]);
+    let g = one_hot(labels, c).reshape([n, c, d * h * w]);
+    let tp = (p.clone() * g.clone()).sum_dim(2);
+    let fp = (p.clone() * g.clone().neg().add_scalar(1.0)).sum_dim(2);
+    let fneg = (p.neg().add_scalar(1.0) * g).sum_dim(2);
+    let ti = (tp.clone() + 1e-5) / (tp + fp * alpha + fneg * beta + 1e-5);
+    (ti.neg() + 1.0).mean()
+}
