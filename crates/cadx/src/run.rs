@@ -2,7 +2,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
+use burn::record::Record;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use vesalius_data::io::write_atomic;
@@ -97,22 +97,16 @@ impl RunDir {
     }
 }
 
-fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
-    NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
-}
-
 /// Writes any burn record atomically.
 pub fn save_record<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<(), CadxError> {
-    let bytes = Recorder::<B>::record(&recorder(), record, ())
-        .map_err(|e| CadxError::Internal(format!("{}: cannot serialise: {e}", path.display())))?;
+    let bytes = vesalius_nets::record::to_bytes::<B, R>(record).map_err(|e| CadxError::Internal(format!("{}: {e}", path.display())))?;
     write_atomic(path, &bytes).map_err(|e| CadxError::Internal(e.to_string()))
 }
 
 /// Reads a burn record written by [`save_record`].
 pub fn load_record<B: Backend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R, CadxError> {
     let bytes = std::fs::read(path).map_err(|e| CadxError::Input(format!("{}: {e}", path.display())))?;
-    Recorder::<B>::load(&recorder(), bytes, device)
-        .map_err(|e| CadxError::Input(format!("{}: not a model or optimiser record for this network: {e}", path.display())))
+    vesalius_nets::record::from_bytes::<B, R>(bytes, device).map_err(|e| CadxError::Input(format!("{}: {e}", path.display())))
 }
 
 /// Writes a module's weights atomically.
