@@ -12,8 +12,9 @@
 //! let target = Quality { noise_std: 5.0, ..Quality::default() };
 //! let noisy = degrade(&flat, &target, &mut vesalius_data::transforms::rng(1)).unwrap();
 //! assert!((estimate_noise(&noisy) - 5.0).abs() < 0.5);
-//! // Already as noisy as the target: nothing more is added.
-//! let again = degrade(&noisy, &target, &mut vesalius_data::transforms::rng(2)).unwrap();
+//! // Already noisier than a target: nothing is added (and nothing removed).
+//! let cleaner = Quality { noise_std: 2.0, ..Quality::default() };
+//! let again = degrade(&noisy, &cleaner, &mut vesalius_data::transforms::rng(2)).unwrap();
 //! assert_eq!(again, noisy);
 //! ```
 use crate::geometry::{self, Interp};

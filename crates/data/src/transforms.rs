@@ -126,6 +126,20 @@ pub enum Transform {
         /// Upper percentile.
         upper: f64,
     },
+    /// Clips every value to `[min, max]`.
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// `(x − mean)/std` with fixed statistics (nnU-Net's CT normalisation uses the dataset's foreground values).
+    Normalize {
+        /// Subtracted.
+        mean: f64,
+        /// Divisor (positive).
+        std: f64,
+    },
     /// CT window: `[level − width/2, level + width/2]` in HU mapped to `[0, 1]`, values outside clipped.
     Window {
         /// Window centre (HU).
@@ -162,6 +176,11 @@ pub enum Transform {
         /// The plane.
         #[serde(default = "plane01")]
         axes: [usize; 2],
+    },
+    /// Reorients to axis codes (`"RAS"`, `"LPS"`, …) by permuting and flipping axes, no resampling.
+    Reorient {
+        /// Target axis codes, one letter per spatial axis.
+        codes: String,
     },
     /// Affine augmentation about the centre; linear for images, nearest for labels, zeros outside.
     Affine(AffineParams),
@@ -357,6 +376,19 @@ impl Transform {
             Transform::MinMax { min, max } => intensity(s, |img| Ok(min_max(img, *min, *max))),
             Transform::ClipPercentiles { lower, upper } => intensity(s, |img| clip_percentiles(img, *lower, *upper)),
             Transform::Window { level, width } => intensity(s, |img| window(img, *level, *width)),
+            Transform::Clip { min, max } => intensity(s, |img| {
+                Ok(map_channels(img, |src, dst| {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v.clamp(*min, *max);
+                    }
+                }))
+            }),
+            Transform::Normalize { mean, std } => {
+                if !(*std > 0.0) {
+                    return Err(DataError::Invalid(format!("normalisation needs a positive std, got {std}")));
+                }
+                intensity(s, |img| Ok(scale_shift(img, 1.0 / std, -mean / std)))
+            }
             Transform::Gamma { gamma } => intensity(s, |img| Ok(gamma_contrast(img, *gamma))),
             Transform::ScaleShift { scale, shift } => intensity(s, |img| Ok(scale_shift(img, *scale, *shift))),
             Transform::GaussianBlur { sigma } => intensity(s, |img| gaussian_blur(img, sigma)),
@@ -368,6 +400,7 @@ impl Transform {
                 Ok(out)
             }),
             Transform::Rot90 { k, axes } => s.map_spatial(|img, _| rot90(img, *k, *axes)),
+            Transform::Reorient { codes } => s.map_spatial(|img, _| geometry::reorient(img, codes)),
             Transform::Affine(p) => {
                 let m = augmentation_matrix(&s.image, p)?;
                 s.map_spatial(|img, is_label| resample_index_map(img, &m, is_label))
@@ -763,6 +796,25 @@ pub(crate) fn resample_to_grid(img: &Image, shape: &[usize], m: &Affine, nearest
         });
     }
     Image::new(data, shape.to_vec(), img.channels(), affine, img.dtype())
+}
+
+/// Resamples `img` onto another grid (`shape`, `affine`): each output voxel takes the value at its world position,
+/// linear for images or nearest for labels, 0 outside.
+pub fn resample_onto(img: &Image, shape: &[usize], affine: &Affine, nearest: bool) -> Result<Image> {
+    if shape.len() != img.ndim() {
+        return Err(DataError::Invalid(format!("target grid has {} axes, the image {}", shape.len(), img.ndim())));
+    }
+    let a = img.affine();
+    let m3 = [[a[0][0], a[0][1], a[0][2]], [a[1][0], a[1][1], a[1][2]], [a[2][0], a[2][1], a[2][2]]];
+    let inv = mat3_inv(&m3).ok_or_else(|| DataError::Invalid("the image's affine is singular".into()))?;
+    let mut ainv = geometry::identity();
+    for r in 0..3 {
+        for c in 0..3 {
+            ainv[r][c] = inv[r][c];
+        }
+        ainv[r][3] = -(0..3).map(|k| inv[r][k] * a[k][3]).sum::<f64>();
+    }
+    resample_to_grid(img, shape, &compose(&ainv, affine), nearest, *affine)
 }
 
 /// Samples the image on its own grid through the index map `m` (output voxel → input position).
