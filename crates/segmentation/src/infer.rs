@@ -1,0 +1,117 @@
+//! Inference with a trained run: preprocess like training, sliding window over the whole image (optionally with
+//! flip test-time augmentation), then back to the input's own grid and affine — labels by nearest neighbour,
+//! per-class probabilities linearly.
+use crate::plan::Plans;
+use crate::recipe::SegRecipe;
+use crate::train::sliding_predict;
+use crate::{RunDir, SegError};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use std::path::{Path, PathBuf};
+use vesalius_data::nifti::{self, NiftiType};
+use vesalius_data::transforms::{resample_onto, Subject};
+use vesalius_data::{io, Image};
+use vesalius_nets::record::from_bytes;
+use vesalius_nets::UNet;
+
+/// A loaded run: its recipe, plan and best model.
+pub struct Predictor<B: Backend> {
+    /// The recipe the run was trained with.
+    pub recipe: SegRecipe,
+    /// The plan.
+    pub plans: Plans,
+    model: UNet<B>,
+    device: B::Device,
+}
+
+/// The result for one image, in the image's grid.
+pub struct Segmentation {
+    /// Class per voxel.
+    pub labels: Image,
+    /// Per-class probabilities (channels = classes), when asked for.
+    pub probabilities: Option<Image>,
+}
+
+impl<B: Backend> Predictor<B> {
+    /// Loads `run` (`recipe.toml`, `plans.json`, `model.mpk`).
+    pub fn load(run: &RunDir, device: &B::Device) -> Result<Self, SegError> {
+        let recipe_path = run.file("recipe.toml");
+        let text = std::fs::read_to_string(&recipe_path).map_err(|e| SegError::Input(format!("{}: {e} (is this a segmentation run?)", recipe_path.display())))?;
+        let recipe = SegRecipe::from_toml(&text, run.root()).map_err(|e| SegError::Input(format!("{}: {e}", recipe_path.display())))?;
+        let plans: Plans = run.read_json("plans.json")?;
+        let model_path = run.file("model.mpk");
+        let bytes = std::fs::read(&model_path).map_err(|e| SegError::Input(format!("{}: {e}", model_path.display())))?;
+        let record = from_bytes::<B, _>(bytes, device).map_err(|e| SegError::Input(format!("{}: {e}", model_path.display())))?;
+        let model = plans.unet().init::<B>(device).load_record(record);
+        Ok(Self { recipe, plans, model, device: device.clone() })
+    }
+
+    /// Segments `image` (all channels in one image), optionally with flip test-time augmentation.
+    pub fn predict(&self, image: &Image, probabilities: bool, flip_tta: bool) -> Result<Segmentation, SegError> {
+        if image.channels() != self.plans.channels {
+            return Err(SegError::Input(format!("the model takes {} channel(s), the image has {}", self.plans.channels, image.channels())));
+        }
+        if image.ndim() != self.plans.dims {
+            return Err(SegError::Input(format!("the model is {}D, the image {}D", self.plans.dims, image.ndim())));
+        }
+        let pre = self.plans.preprocess().apply_seeded(Subject::new(image.clone()), 0)?.image;
+        let mut recipe = self.recipe.clone();
+        recipe.infer.flip_tta = flip_tta;
+        let pred = sliding_predict(&self.model, &pre, &self.plans, &recipe, probabilities, &self.device)?;
+        let dtype = if self.plans.classes <= 256 { "uint8" } else { "uint16" };
+        let on_plan = Image::new(pred.labels.iter().map(|&v| v as f32).collect(), pre.shape().to_vec(), 1, *pre.affine(), dtype)?;
+        let labels = resample_onto(&on_plan, image.shape(), image.affine(), true)?;
+        let probabilities = match pred.probabilities {
+            Some(p) => {
+                let img = Image::new(p, pre.shape().to_vec(), pred.classes, *pre.affine(), "float32")?;
+                Some(resample_onto(&img, image.shape(), image.affine(), false)?)
+            }
+            None => None,
+        };
+        Ok(Segmentation { labels, probabilities })
+    }
+
+    /// Reads the image(s) of one case: `path`, plus its sibling channel files when the model takes several
+    /// channels and `path` ends in `_0000.nii.gz` (nnU-Net naming).
+    pub fn read_case(&self, path: &Path) -> Result<Image, SegError> {
+        let mut files = vec![path.to_path_buf()];
+        let name = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        if self.plans.channels > 1 {
+            if let Some(at) = name.find("_0000.") {
+                for c in 1..self.plans.channels {
+                    files.push(path.with_file_name(format!("{}_{c:04}{}", &name[..at], &name[at + 5..])));
+                }
+            }
+        }
+        let case = vesalius_data::msd::Case { id: name, patient: String::new(), images: files, label: None, stratum: None };
+        Ok(vesalius_data::loader::load_case(&case, &Default::default())?.image)
+    }
+}
+
+/// The output file names for an input: `OUT/<name>.nii.gz` and `OUT/<name>_probabilities.nii.gz`, where `<name>`
+/// is the input's file name without its extension and without an nnU-Net channel suffix.
+pub fn output_paths(input: &Path, out: &Path) -> (PathBuf, PathBuf) {
+    let name = input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| "case".into());
+    let stem = ["nii.gz", "nii", "mha", "mhd", "dcm", "png"]
+        .iter()
+        .find_map(|e| name.strip_suffix(&format!(".{e}")))
+        .unwrap_or(&name)
+        .to_string();
+    let stem = stem.strip_suffix("_0000").unwrap_or(&stem).to_string();
+    (out.join(format!("{stem}.nii.gz")), out.join(format!("{stem}_probabilities.nii.gz")))
+}
+
+/// Writes a segmentation next to its name (labels as `uint8`/`uint16`, probabilities as `float32`).
+pub fn write(seg: &Segmentation, labels_path: &Path, probabilities_path: &Path) -> Result<(), SegError> {
+    let dtype = if seg.labels.dtype() == "uint16" { NiftiType::U16 } else { NiftiType::U8 };
+    nifti::save(labels_path, &seg.labels, dtype)?;
+    if let Some(p) = &seg.probabilities {
+        nifti::save(probabilities_path, p, NiftiType::F32)?;
+    }
+    Ok(())
+}
+
+/// Loads any supported image (for callers outside this crate).
+pub fn read_image(path: &Path) -> Result<Image, SegError> {
+    Ok(io::load(path)?)
+}

@@ -1,0 +1,281 @@
+//! The segmentation recipe (TOML): where the cases are, how validation is split off, plan overrides, training,
+//! augmentation and inference settings.
+use crate::plan::PlanOverrides;
+use crate::SegError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use vesalius_data::transforms::{Pipeline, Transform};
+
+/// One case listed in the recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseEntry {
+    /// Identifier (default: the image file name).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Image file, or one file per channel.
+    pub image: Vec<PathBuf>,
+    /// Label map.
+    pub label: PathBuf,
+}
+
+/// A slab of each case held out for validation: voxels `start..end` along `axis`; the rest trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slab {
+    /// Voxel axis.
+    pub axis: usize,
+    /// First held-out index.
+    pub start: usize,
+    /// One past the last held-out index.
+    pub end: usize,
+}
+
+/// `[data]`: exactly one of `dataset`, `manifest` or `cases`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// A Medical Segmentation Decathlon / nnU-Net raw folder (`dataset.json`, `imagesTr/`, `labelsTr/`).
+    #[serde(default)]
+    pub dataset: Option<PathBuf>,
+    /// A CSV manifest (`image`, `label`, `patient_id`, optional `case_id`, `stratum`).
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+    /// Cases listed here.
+    #[serde(default)]
+    pub cases: Vec<CaseEntry>,
+    /// Channel names for `manifest` and `cases` (`"CT"` selects CT normalisation).
+    #[serde(default = "default_channels")]
+    pub channel_names: Vec<String>,
+    /// Label name → value for `manifest` and `cases`.
+    #[serde(default = "default_labels")]
+    pub labels: BTreeMap<String, u32>,
+    /// Number of patient-level folds (`splits.json`).
+    #[serde(default = "default_folds")]
+    pub folds: usize,
+    /// The fold validated on.
+    #[serde(default)]
+    pub fold: usize,
+    /// Hold out a slab of every case instead of whole cases (for a single subject).
+    #[serde(default)]
+    pub slab: Option<Slab>,
+    /// Preprocessed-case cache folder (default: `cache/` in the run folder).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+}
+
+fn default_channels() -> Vec<String> {
+    vec!["image".into()]
+}
+fn default_labels() -> BTreeMap<String, u32> {
+    BTreeMap::from([("background".to_string(), 0), ("foreground".to_string(), 1)])
+}
+fn default_folds() -> usize {
+    5
+}
+
+/// The training objective.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Soft Dice + cross-entropy (nnU-Net).
+    #[default]
+    DiceCe,
+    /// Soft Dice.
+    Dice,
+    /// Generalised Dice.
+    GeneralisedDice,
+    /// Focal (γ = `focal_gamma`).
+    Focal,
+    /// Tversky (α, β = `tversky_alpha`, `tversky_beta`).
+    Tversky,
+}
+
+/// `[train]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batches per epoch.
+    pub iterations: usize,
+    /// Initial learning rate of Adam; decays as `(1 − epoch/epochs)^0.9` (nnU-Net's poly schedule).
+    pub lr: f64,
+    /// Objective.
+    pub loss: LossKind,
+    /// γ of the focal loss.
+    pub focal_gamma: f64,
+    /// α (false-positive weight) of the Tversky loss.
+    pub tversky_alpha: f64,
+    /// β (false-negative weight) of the Tversky loss.
+    pub tversky_beta: f64,
+    /// Validate every this many epochs (and after the last).
+    pub val_every: usize,
+    /// Share of foreground-centred patches per batch.
+    pub foreground_share: f64,
+    /// Loader threads (0: one per core).
+    pub threads: usize,
+    /// Seed of initialisation, sampling and augmentation.
+    pub seed: u64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            iterations: 50,
+            lr: 1e-3,
+            loss: LossKind::DiceCe,
+            focal_gamma: 2.0,
+            tversky_alpha: 0.3,
+            tversky_beta: 0.7,
+            val_every: 1,
+            foreground_share: 1.0 / 3.0,
+            threads: 0,
+            seed: 0,
+        }
+    }
+}
+
+/// `[infer]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferSection {
+    /// Window overlap.
+    pub overlap: f64,
+    /// Flip test-time augmentation.
+    pub flip_tta: bool,
+    /// Windows per model call.
+    pub batch: usize,
+}
+
+impl Default for InferSection {
+    fn default() -> Self {
+        Self { overlap: 0.5, flip_tta: false, batch: 1 }
+    }
+}
+
+/// A segmentation recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegRecipe {
+    /// Always `"segmentation"`.
+    pub task: String,
+    /// Cases and validation split.
+    pub data: DataSection,
+    /// Plan overrides.
+    #[serde(default)]
+    pub plan: PlanOverrides,
+    /// Training.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// Augmentation of training patches.
+    #[serde(default = "default_augment")]
+    pub augment: Pipeline,
+    /// Inference.
+    #[serde(default)]
+    pub infer: InferSection,
+}
+
+/// nnU-Net-like augmentation: rotation and scaling, noise, blur, contrast, gamma, mirroring.
+pub fn default_augment() -> Pipeline {
+    Pipeline {
+        transforms: vec![
+            Transform::RandAffine { prob: 0.2, rotate: vec![15.0], scale: 0.15, shear: 0.0, translate: vec![] },
+            Transform::RandGaussianNoise { prob: 0.1, std: [0.0, 0.1] },
+            Transform::RandGaussianBlur { prob: 0.1, sigma: [0.5, 1.0] },
+            Transform::RandScaleShift { prob: 0.15, scale: [0.75, 1.25], shift: [0.0, 0.0] },
+            Transform::RandGamma { prob: 0.15, gamma: [0.7, 1.5] },
+            Transform::RandFlip { prob: 0.5, axes: vec![0, 1, 2] },
+        ],
+    }
+}
+
+impl SegRecipe {
+    /// A recipe training on an MSD / nnU-Net folder with every default.
+    pub fn for_dataset(dataset: &Path) -> Self {
+        Self {
+            task: "segmentation".into(),
+            data: DataSection {
+                dataset: Some(dataset.to_path_buf()),
+                manifest: None,
+                cases: Vec::new(),
+                channel_names: default_channels(),
+                labels: default_labels(),
+                folds: default_folds(),
+                fold: 0,
+                slab: None,
+                cache: None,
+            },
+            plan: PlanOverrides::default(),
+            train: TrainSection::default(),
+            augment: default_augment(),
+            infer: InferSection::default(),
+        }
+    }
+
+    /// Parses a recipe; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, SegError> {
+        let mut r: SegRecipe = toml::from_str(text).map_err(|e| SegError::Input(format!("segmentation recipe: {e}")))?;
+        r.resolve(base);
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Reads a recipe file.
+    pub fn from_file(path: &Path) -> Result<Self, SegError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SegError::Input(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| SegError::Input(format!("{}: {e}", path.display())))
+    }
+
+    /// TOML text of the recipe.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let d = &mut self.data;
+        for p in [&mut d.dataset, &mut d.manifest, &mut d.cache].into_iter().flatten() {
+            fix(p);
+        }
+        for c in &mut d.cases {
+            c.image.iter_mut().for_each(fix);
+            fix(&mut c.label);
+        }
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), SegError> {
+        let bad = |m: String| Err(SegError::Input(m));
+        if self.task != "segmentation" {
+            return bad(format!("task is '{}', expected 'segmentation'", self.task));
+        }
+        let d = &self.data;
+        let sources = d.dataset.is_some() as u8 + d.manifest.is_some() as u8 + (!d.cases.is_empty()) as u8;
+        if sources != 1 {
+            return bad("[data] needs exactly one of `dataset`, `manifest` or `cases`".into());
+        }
+        if d.slab.is_none() && (d.folds < 2 || d.fold >= d.folds) {
+            return bad(format!("fold {} of {} folds: folds must be ≥ 2 and fold < folds", d.fold, d.folds));
+        }
+        if let Some(s) = d.slab {
+            if s.end <= s.start || s.axis > 2 {
+                return bad(format!("slab {s:?} is empty or on an axis above 2"));
+            }
+        }
+        let t = &self.train;
+        if t.epochs == 0 || t.iterations == 0 || !(t.lr > 0.0) || t.val_every == 0 || !(0.0..=1.0).contains(&t.foreground_share) {
+            return bad("[train] needs epochs, iterations, val_every ≥ 1, lr > 0 and 0 ≤ foreground_share ≤ 1".into());
+        }
+        if !(0.0..1.0).contains(&self.infer.overlap) || self.infer.batch == 0 {
+            return bad("[infer] needs 0 ≤ overlap < 1 and batch ≥ 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,426 @@
+//! Training: cases and their split, fingerprint and plan, preprocessing into the cache, patch training with
+//! sliding-window validation, best model by validation Dice, resumable checkpoints after every epoch.
+use crate::fingerprint::{self, Fingerprint};
+use crate::plan::{self, Plans};
+use crate::recipe::{LossKind, SegRecipe};
+use crate::{RunDir, SegError};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use vesalius_data::cache::{DiskCache, Volume};
+use vesalius_data::folds::{kfold, read_splits, write_splits, Fold};
+use vesalius_data::loader::{load_case, Cases, LoaderConfig, PatchLoader};
+use vesalius_data::msd::{self, Case};
+use vesalius_data::patch::{PatchSampler, Sampling};
+use vesalius_data::sliding::SlidingWindow;
+use vesalius_data::transforms::{Pipeline, Subject};
+use vesalius_data::Image;
+use vesalius_nets::loss;
+use vesalius_nets::record::{from_bytes, to_bytes};
+use vesalius_nets::UNet;
+
+/// A case as training sees it: on disk, or a piece of one held in memory (slab splits).
+#[derive(Clone, Debug)]
+pub enum CaseSource {
+    /// Files of a dataset.
+    File(Case),
+    /// A sub-volume cut from a case.
+    Memory {
+        /// Identifier.
+        id: String,
+        /// Image and labels on their own grid.
+        subject: Subject,
+    },
+}
+
+impl CaseSource {
+    /// The case id.
+    pub fn id(&self) -> &str {
+        match self {
+            CaseSource::File(c) => &c.id,
+            CaseSource::Memory { id, .. } => id,
+        }
+    }
+
+    /// The case as stored (original grid, no preprocessing).
+    pub fn load(&self) -> Result<Subject, SegError> {
+        match self {
+            CaseSource::File(c) => Ok(load_case(c, &Pipeline::default())?),
+            CaseSource::Memory { subject, .. } => Ok(subject.clone()),
+        }
+    }
+}
+
+/// Training and validation cases with the dataset's channel and label names.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// Cases trained on.
+    pub train: Vec<CaseSource>,
+    /// Cases validated on.
+    pub val: Vec<CaseSource>,
+    /// Channel names.
+    pub channel_names: Vec<String>,
+    /// Label value → name.
+    pub labels: BTreeMap<u32, String>,
+}
+
+/// Gathers the recipe's cases and splits them: by the slab, or by fold of `splits.json` (written on first use,
+/// patient-level, seeded by the recipe's seed).
+pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
+    let d = &recipe.data;
+    let (cases, channel_names, labels) = if let Some(root) = &d.dataset {
+        let ds = msd::open(root)?;
+        (ds.training, ds.channels, ds.label_names)
+    } else {
+        let labels: BTreeMap<u32, String> = d.labels.iter().map(|(n, v)| (*v, n.clone())).collect();
+        let cases = if let Some(m) = &d.manifest {
+            msd::read_manifest(m)?
+        } else {
+            d.cases
+                .iter()
+                .map(|c| {
+                    let id = c.id.clone().unwrap_or_else(|| {
+                        let name = c.image.first().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+                        name.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
+                    });
+                    Case { patient: id.clone(), id, images: c.image.clone(), label: Some(c.label.clone()), stratum: None }
+                })
+                .collect()
+        };
+        (cases, d.channel_names.clone(), labels)
+    };
+    if cases.iter().any(|c| c.label.is_none()) {
+        return Err(SegError::Input("every training case needs a label map".into()));
+    }
+    if let Some(slab) = d.slab {
+        let mut train = Vec::new();
+        let mut val = Vec::new();
+        for c in &cases {
+            let s = load_case(c, &Pipeline::default())?;
+            let shape = s.image.shape().to_vec();
+            if slab.axis >= shape.len() || slab.end > shape[slab.axis] {
+                return Err(SegError::Input(format!("slab {slab:?} does not fit case '{}' of shape {shape:?}", c.id)));
+            }
+            let piece = |from: usize, to: usize| -> Result<Subject, SegError> {
+                let mut start = vec![0i64; shape.len()];
+                let mut size = shape.clone();
+                start[slab.axis] = from as i64;
+                size[slab.axis] = to - from;
+                Ok(vesalius_data::patch::extract(&s, &start, &size)?)
+            };
+            val.push(CaseSource::Memory { id: format!("{}_slab", c.id), subject: piece(slab.start, slab.end)? });
+            if slab.start > 0 {
+                train.push(CaseSource::Memory { id: format!("{}_below", c.id), subject: piece(0, slab.start)? });
+            }
+            if slab.end < shape[slab.axis] {
+                train.push(CaseSource::Memory { id: format!("{}_above", c.id), subject: piece(slab.end, shape[slab.axis])? });
+            }
+        }
+        return Ok(Split { train, val, channel_names, labels });
+    }
+    let splits_path = run.file("splits.json");
+    let folds: Vec<Fold> = if splits_path.is_file() {
+        read_splits(&splits_path)?
+    } else {
+        let f = kfold(&cases, d.folds, recipe.train.seed)?;
+        write_splits(&splits_path, &f)?;
+        f
+    };
+    let fold = folds.get(d.fold).ok_or_else(|| SegError::Input(format!("{} has no fold {}", splits_path.display(), d.fold)))?;
+    let pick = |ids: &[String]| -> Result<Vec<CaseSource>, SegError> {
+        ids.iter()
+            .map(|id| {
+                cases.iter().find(|c| &c.id == id).cloned().map(CaseSource::File).ok_or_else(|| SegError::Input(format!("{}: unknown case '{id}'", splits_path.display())))
+            })
+            .collect()
+    };
+    Ok(Split { train: pick(&fold.train)?, val: pick(&fold.val)?, channel_names, labels })
+}
+
+/// Preprocesses a case: through the disk cache for files, in memory for pieces.
+fn preprocessed(source: &CaseSource, pipeline: &Pipeline, cache: &DiskCache) -> Result<Volume, SegError> {
+    match source {
+        CaseSource::File(c) => {
+            let mut inputs: Vec<&std::path::Path> = c.images.iter().map(|p| p.as_path()).collect();
+            if let Some(l) = &c.label {
+                inputs.push(l);
+            }
+            let key = cache.key(&inputs, pipeline)?;
+            Ok(cache.get_or_insert(&key, || load_case(c, pipeline))?)
+        }
+        CaseSource::Memory { subject, .. } => Ok(Volume::in_memory(pipeline.apply_seeded(subject.clone(), 0)?)),
+    }
+}
+
+/// One epoch's record in `log.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Validation Dice per foreground class (on the plan's grid), when validated.
+    pub val_dice: Option<Vec<f64>>,
+    /// Mean of `val_dice`.
+    pub mean_val_dice: Option<f64>,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+}
+
+/// Progress saved after every epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Completed epochs.
+    pub epoch: usize,
+    /// Best mean validation Dice so far.
+    pub best_dice: f64,
+    /// Epoch of the best model.
+    pub best_epoch: usize,
+    /// Every epoch so far.
+    pub log: Vec<EpochLog>,
+}
+
+/// What a finished training reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    /// State at the end.
+    pub state: TrainState,
+    /// Epoch resumed after, if the run continued an earlier one.
+    pub resumed_after: Option<usize>,
+    /// The plan used.
+    pub plans: Plans,
+}
+
+/// Stacks patches into `[n, c, d, h, w]` images and `[n, d, h, w]` labels.
+pub fn batch_tensors<B: Backend>(patches: &[Subject], device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 4, Int>) {
+    let s = &patches[0].image;
+    let mut shape = [1usize; 3];
+    shape[..s.ndim()].copy_from_slice(s.shape());
+    let [w, h, d] = shape;
+    let c = s.channels();
+    let mut img = Vec::with_capacity(patches.len() * c * w * h * d);
+    let mut lab = Vec::with_capacity(patches.len() * w * h * d);
+    for p in patches {
+        img.extend_from_slice(p.image.data());
+        match &p.label {
+            Some(l) => lab.extend(l.data().iter().map(|&v| v.round() as i64)),
+            None => lab.extend(std::iter::repeat_n(0i64, w * h * d)),
+        }
+    }
+    let n = patches.len();
+    (
+        Tensor::from_data(TensorData::new(img, [n, c, d, h, w]), device),
+        Tensor::from_data(TensorData::new(lab, [n, d, h, w]), device),
+    )
+}
+
+fn objective<B: Backend>(recipe: &SegRecipe, logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
+    let t = &recipe.train;
+    match t.loss {
+        LossKind::DiceCe => loss::dice_ce(logits, labels),
+        LossKind::Dice => loss::soft_dice(logits, labels),
+        LossKind::GeneralisedDice => loss::generalised_dice(logits, labels),
+        LossKind::Focal => loss::focal(logits, labels, t.focal_gamma),
+        LossKind::Tversky => loss::tversky(logits, labels, t.tversky_alpha, t.tversky_beta),
+    }
+}
+
+/// Dice of class `k` between two label maps (1 when both are empty).
+pub fn dice(pred: &[u16], reference: &[f32], k: u16) -> f64 {
+    let (mut a, mut b, mut both) = (0usize, 0usize, 0usize);
+    for (&p, &r) in pred.iter().zip(reference) {
+        let (x, y) = (p == k, r.round() as u16 == k);
+        a += x as usize;
+        b += y as usize;
+        both += (x && y) as usize;
+    }
+    if a + b == 0 { 1.0 } else { 2.0 * both as f64 / (a + b) as f64 }
+}
+
+/// Sliding-window prediction of a preprocessed image with a model.
+pub fn sliding_predict<B: Backend>(model: &UNet<B>, image: &Image, plans: &Plans, recipe: &SegRecipe, probabilities: bool, device: &B::Device) -> Result<vesalius_data::sliding::Prediction, SegError> {
+    let sw = SlidingWindow {
+        roi: plans.patch.clone(),
+        overlap: recipe.infer.overlap,
+        batch: recipe.infer.batch,
+        sigma_scale: 0.125,
+        flip_tta: recipe.infer.flip_tta,
+        probabilities,
+    };
+    Ok(sw.run::<B>(image, device, |x| burn::tensor::activation::softmax(model.forward(x), 1))?)
+}
+
+/// Trains (or resumes) the run in `run` from `recipe`; `on_epoch` sees every finished epoch.
+pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB::Device, mut on_epoch: impl FnMut(&EpochLog)) -> Result<TrainOutcome, SegError> {
+    std::fs::create_dir_all(run.checkpoint("")).map_err(|e| SegError::Input(format!("{}: {e}", run.root().display())))?;
+    let recipe_path = run.file("recipe.toml");
+    let text = recipe.to_toml();
+    if recipe_path.is_file() && run.checkpoint("state.json").is_file() {
+        // Resuming: the recipe must be the one trained with, except that more epochs may be asked for.
+        let old = std::fs::read_to_string(&recipe_path).unwrap_or_default();
+        let same = SegRecipe::from_toml(&old, run.root()).is_ok_and(|mut o| {
+            o.train.epochs = recipe.train.epochs;
+            o == *recipe
+        });
+        if !same {
+            return Err(SegError::Input(format!("{} holds a run of another recipe; choose another run folder", run.root().display())));
+        }
+    }
+    vesalius_data::io::write_atomic(&recipe_path, text.as_bytes())?;
+
+    let split = split(recipe, run)?;
+    if split.train.is_empty() || split.val.is_empty() {
+        return Err(SegError::Input("training and validation both need at least one case".into()));
+    }
+    // Fingerprint and plan (kept when resuming).
+    let plans: Plans = if run.file("plans.json").is_file() && run.checkpoint("state.json").is_file() {
+        run.read_json("plans.json")?
+    } else {
+        let fp = fingerprint_of(&split)?;
+        run.write_json("fingerprint.json", &fp)?;
+        let p = plan::plan(&fp, &recipe.plan);
+        run.write_json("plans.json", &p)?;
+        p
+    };
+    if plans.normalisation.windows(2).any(|w| w[0] != w[1]) {
+        return Err(SegError::Input("channels with different normalisation schemes are not supported; set [plan] normalisation to one scheme".into()));
+    }
+    let pipeline = plans.preprocess();
+    let cache = DiskCache::new(recipe.data.cache.clone().unwrap_or_else(|| run.file("cache")))?;
+    let volumes: Vec<Arc<Volume>> = split.train.iter().map(|c| preprocessed(c, &pipeline, &cache).map(Arc::new)).collect::<Result<_, _>>()?;
+    let val: Vec<Subject> = split.val.iter().map(|c| preprocessed(c, &pipeline, &cache).and_then(|v| Ok(v.subject()?))).collect::<Result<_, _>>()?;
+    let cases = Cases::Memory(volumes);
+
+    let t = &recipe.train;
+    AB::seed(device, t.seed);
+    let mut model: Option<UNet<AB>> = Some(plans.unet().init::<AB>(device));
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
+    let mut state = TrainState { epoch: 0, best_dice: f64::NEG_INFINITY, best_epoch: 0, log: Vec::new() };
+    let mut resumed_after = None;
+    if run.checkpoint("state.json").is_file() {
+        state = read_state(run)?;
+        let m = model.take().expect("model");
+        let rec = from_bytes::<AB, _>(read(&run.checkpoint("model.mpk"))?, device).map_err(SegError::Input)?;
+        model = Some(m.load_record(rec));
+        let orec = from_bytes::<AB, _>(read(&run.checkpoint("optim.mpk"))?, device).map_err(SegError::Input)?;
+        optim = optim.load_record(orec);
+        resumed_after = Some(state.epoch);
+    }
+
+    let threads = if t.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { t.threads };
+    let loader = PatchLoader::new(
+        &cases,
+        LoaderConfig {
+            sampler: PatchSampler { patch: plans.patch.clone(), sampling: Sampling::LabelBalanced { foreground: t.foreground_share } },
+            augment: recipe.augment.clone(),
+            batch: plans.batch,
+            threads,
+            seed: t.seed,
+        },
+    );
+    let fg_classes: Vec<u16> = (1..plans.classes as u16).collect();
+    for epoch in state.epoch + 1..=t.epochs {
+        let started = Instant::now();
+        let lr = t.lr * (1.0 - (epoch - 1) as f64 / t.epochs as f64).powf(0.9);
+        let mut batch: Vec<Subject> = Vec::with_capacity(plans.batch);
+        let mut losses = Vec::new();
+        loader.run(epoch as u64, t.iterations * plans.batch, |_, patch| {
+            batch.push(patch);
+            if batch.len() == plans.batch {
+                let (x, y) = batch_tensors::<AB>(&batch, device);
+                batch.clear();
+                let m = model.take().expect("model between steps");
+                let l = objective(recipe, m.forward(x), y);
+                losses.push(l.clone().into_scalar().elem::<f64>());
+                let grads = GradientsParams::from_grads(l.backward(), &m);
+                model = Some(optim.step(lr, m, grads));
+            }
+            Ok(())
+        })?;
+        let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
+        let validate = epoch % t.val_every == 0 || epoch == t.epochs;
+        let (val_dice, mean_val_dice) = if validate {
+            let m = model.as_ref().expect("model").valid();
+            let mut per_class = vec![0.0; fg_classes.len()];
+            for s in &val {
+                let pred = sliding_predict(&m, &s.image, &plans, recipe, false, device)?;
+                let reference = s.label.as_ref().ok_or_else(|| SegError::Internal("validation case without labels".into()))?;
+                for (k, &c) in fg_classes.iter().enumerate() {
+                    per_class[k] += dice(&pred.labels, reference.data(), c) / val.len() as f64;
+                }
+            }
+            let mean = per_class.iter().sum::<f64>() / per_class.len().max(1) as f64;
+            (Some(per_class), Some(mean))
+        } else {
+            (None, None)
+        };
+        let log = EpochLog { epoch, train_loss, lr, val_dice, mean_val_dice, seconds: started.elapsed().as_secs_f64() };
+        let m = model.as_ref().expect("model");
+        if let Some(d) = mean_val_dice {
+            if d > state.best_dice {
+                state.best_dice = d;
+                state.best_epoch = epoch;
+                write_bytes(&run.file("model.mpk"), to_bytes::<AB, _>(m.clone().into_record()))?;
+            }
+        }
+        // Checkpoint: weights, optimiser, then the state that points at them (each written atomically).
+        write_bytes(&run.checkpoint("model.mpk"), to_bytes::<AB, _>(m.clone().into_record()))?;
+        write_bytes(&run.checkpoint("optim.mpk"), to_bytes::<AB, _>(optim.to_record()))?;
+        state.epoch = epoch;
+        state.log.push(log.clone());
+        crate::write_json(&run.checkpoint("state.json"), &state)?;
+        append_log(run, &log)?;
+        on_epoch(&log);
+    }
+    Ok(TrainOutcome { state, resumed_after, plans })
+}
+
+fn fingerprint_of(split: &Split) -> Result<Fingerprint, SegError> {
+    let files: Vec<Case> = split.train.iter().filter_map(|c| if let CaseSource::File(c) = c { Some(c.clone()) } else { None }).collect();
+    if files.len() == split.train.len() {
+        return fingerprint::compute(&files, &split.channel_names, &split.labels);
+    }
+    // Pieces of cases held in memory.
+    fingerprint::compute_subjects(
+        split.train.iter().map(|c| Ok((c.id().to_string(), c.load()?))),
+        &split.channel_names,
+        &split.labels,
+    )
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, SegError> {
+    std::fs::read(path).map_err(|e| SegError::Input(format!("{}: {e}", path.display())))
+}
+
+fn write_bytes(path: &std::path::Path, bytes: Result<Vec<u8>, String>) -> Result<(), SegError> {
+    let bytes = bytes.map_err(|e| SegError::Internal(format!("{}: {e}", path.display())))?;
+    Ok(vesalius_data::io::write_atomic(path, &bytes)?)
+}
+
+fn read_state(run: &RunDir) -> Result<TrainState, SegError> {
+    let p = run.checkpoint("state.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| SegError::Input(format!("{}: {e}", p.display())))?;
+    serde_json::from_str(&text).map_err(|e| SegError::Input(format!("{}: {e}", p.display())))
+}
+
+/// Rewrites `log.jsonl` from the state (atomic, so a crash never leaves half a line).
+fn append_log(run: &RunDir, log: &EpochLog) -> Result<(), SegError> {
+    let p = run.file("log.jsonl");
+    let mut text = std::fs::read_to_string(&p).unwrap_or_default();
+    text.push_str(&serde_json::to_string(log).map_err(|e| SegError::Internal(e.to_string()))?);
+    text.push('\n');
+    Ok(vesalius_data::io::write_atomic(&p, text.as_bytes())?)
+}
+
+/// A label map on the grid of `grid`.
+pub fn labels_image(labels: &[u16], grid: &Image) -> Result<Image, SegError> {
+    let data: Vec<f32> = labels.iter().map(|&v| v as f32).collect();
+    Ok(Image::new(data, grid.shape().to_vec(), 1, *grid.affine(), "uint8")?)
+}

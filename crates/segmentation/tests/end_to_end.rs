@@ -1,0 +1,160 @@
+//! Segmentation end to end on a synthetic MSD-layout dataset with known answers: bright spheres on noise.
+use std::path::Path;
+use vesalius_data::nifti::{self, NiftiType};
+use vesalius_data::{io, Image};
+use vesalius_segmentation::evaluate::evaluate;
+use vesalius_segmentation::infer::{output_paths, write, Predictor};
+use vesalius_segmentation::recipe::SegRecipe;
+use vesalius_segmentation::train::train;
+use vesalius_segmentation::RunDir;
+
+#[cfg(not(feature = "test-cuda"))]
+type P = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type P = burn::backend::Cuda;
+type B = burn::backend::Autodiff<P>;
+
+/// A 20×18×16 volume at 1.5 × 1.5 × 2 mm with a sphere of radius 4–6 voxels at a case-dependent place.
+fn case(i: usize) -> (Image, Image) {
+    let shape = [20usize, 18, 16];
+    let c = [8.0 + (i % 3) as f64 * 2.0, 8.0 + (i % 2) as f64, 7.0 + (i % 4) as f64 * 0.5];
+    let r = 4.0 + (i % 3) as f64;
+    let (mut img, mut lab) = (Vec::new(), Vec::new());
+    for z in 0..shape[2] {
+        for y in 0..shape[1] {
+            for x in 0..shape[0] {
+                let d = ((x as f64 - c[0]).powi(2) + (y as f64 - c[1]).powi(2) + (z as f64 - c[2]).powi(2)).sqrt();
+                let inside = d < r;
+                let noise = (((x * 31 + y * 17 + z * 7 + i * 13) % 19) as f32 - 9.0) * 3.0;
+                img.push(if inside { 200.0 } else { 100.0 } + noise);
+                lab.push(inside as u8 as f32);
+            }
+        }
+    }
+    let mut a = vesalius_data::IDENTITY;
+    a[0][0] = -1.5;
+    a[1][1] = 1.5;
+    a[2][2] = 2.0;
+    a[0][3] = 14.0 + i as f64;
+    (Image::new(img, shape.to_vec(), 1, a, "int16").unwrap(), Image::new(lab, shape.to_vec(), 1, a, "uint8").unwrap())
+}
+
+fn dataset(root: &Path, n: usize) {
+    for d in ["imagesTr", "labelsTr", "imagesTs"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for i in 0..n {
+        let (img, lab) = case(i);
+        nifti::save(&root.join(format!("imagesTr/sph_{i:03}_0000.nii.gz")), &img, NiftiType::I16).unwrap();
+        nifti::save(&root.join(format!("labelsTr/sph_{i:03}.nii.gz")), &lab, NiftiType::U8).unwrap();
+    }
+    let (img, _) = case(n + 7);
+    nifti::save(&root.join("imagesTs/sph_900_0000.nii.gz"), &img, NiftiType::I16).unwrap();
+    std::fs::write(
+        root.join("dataset.json"),
+        format!(r#"{{"channel_names": {{"0": "MRI"}}, "labels": {{"background": 0, "sphere": 1}}, "numTraining": {n}, "file_ending": ".nii.gz"}}"#),
+    )
+    .unwrap();
+}
+
+fn recipe(root: &Path, epochs: usize) -> SegRecipe {
+    SegRecipe::from_toml(
+        &format!(
+            r#"
+task = "segmentation"
+[data]
+dataset = "{}"
+folds = 3
+[plan]
+features = [8, 16]
+patch = [16, 16, 16]
+batch = 2
+[train]
+epochs = {epochs}
+iterations = 12
+lr = 0.01
+threads = 2
+[augment]
+transforms = [{{ type = "rand_flip", prob = 0.5, axes = [0, 1, 2] }}]
+"#,
+            root.display()
+        ),
+        Path::new("."),
+    )
+    .unwrap()
+}
+
+#[test]
+fn plan_train_resume_predict_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("Dataset001_Spheres");
+    dataset(&data, 6);
+    let run = RunDir::new(dir.path().join("run"));
+    let device = Default::default();
+
+    // Two epochs, then the same run asked for four: it resumes after epoch 2 and runs 3 and 4 only.
+    let first = train::<B>(&recipe(&data, 2), &run, &device, |_| {}).unwrap();
+    assert_eq!(first.state.epoch, 2);
+    assert!(first.resumed_after.is_none());
+    let mut seen = Vec::new();
+    let partial = train::<B>(&recipe(&data, 4), &run, &device, |l| seen.push(l.epoch)).unwrap();
+    assert_eq!(partial.resumed_after, Some(2));
+    assert_eq!(seen, vec![3, 4]);
+    assert_eq!(partial.state.log.len(), 4);
+    // Another recipe in the same folder is refused.
+    let mut other = recipe(&data, 4);
+    other.train.lr = 0.5;
+    assert!(train::<B>(&other, &run, &device, |_| {}).unwrap_err().to_string().contains("another recipe"));
+    let fresh = run;
+    for f in ["recipe.toml", "splits.json", "fingerprint.json", "plans.json", "model.mpk", "log.jsonl", "checkpoints/state.json"] {
+        assert!(fresh.file(f).is_file(), "{f}");
+    }
+    let plans = &partial.plans;
+    assert_eq!((plans.dims, plans.classes, plans.channels), (3, 2, 1));
+    assert_eq!(plans.target_spacing, vec![1.5, 1.5, 2.0]);
+    let log = std::fs::read_to_string(fresh.file("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 4);
+    let best = partial.state.best_dice;
+    assert!(best > 0.8, "validation Dice {best}");
+
+    // Prediction of an unseen case, in its own grid and affine.
+    let predictor = Predictor::<P>::load(&fresh, &device).unwrap();
+    let input = data.join("imagesTs/sph_900_0000.nii.gz");
+    let image = predictor.read_case(&input).unwrap();
+    let seg = predictor.predict(&image, true, true).unwrap();
+    let (lp, pp) = output_paths(&input, dir.path());
+    assert!(lp.ends_with("sph_900.nii.gz"));
+    write(&seg, &lp, &pp).unwrap();
+    let written = io::load(&lp).unwrap();
+    assert_eq!(written.shape(), image.shape());
+    assert_eq!(written.affine(), image.affine());
+    let (_, truth) = case(6 + 7);
+    let overlap = vesalius_segmentation::train::dice(&written.data().iter().map(|&v| v as u16).collect::<Vec<_>>(), truth.data(), 1);
+    assert!(overlap > 0.8, "test Dice {overlap}");
+    let probs = io::load(&pp).unwrap();
+    assert_eq!(probs.channels(), 2);
+    let sum: f32 = (0..2).map(|c| probs.channel(c)[500]).sum();
+    assert!((sum - 1.0).abs() < 1e-3, "{sum}");
+
+    // Evaluation on the validation fold, with confidence intervals.
+    let metrics = evaluate::<P>(&fresh, &device, false).unwrap();
+    assert_eq!(metrics.cases.len(), 2);
+    let dice = &metrics.mean["sphere"]["dice"];
+    assert!(dice.value > 0.8 && dice.ci_low <= dice.value && dice.value <= dice.ci_high, "{dice:?}");
+    let hd = &metrics.mean["sphere"]["hd95_mm"];
+    assert!(hd.value < 4.0, "{hd:?}");
+    assert!(fresh.file("metrics.json").is_file());
+}
+
+#[test]
+fn bad_recipes_and_runs_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\n", dir.path()).unwrap_err().to_string();
+    assert!(err.contains("exactly one"), "{err}");
+    let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\ndataset = \"x\"\n[train]\nepochs = 0\n", dir.path()).unwrap_err().to_string();
+    assert!(err.contains("epochs"), "{err}");
+    let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\ndataset = \"x\"\n[plan]\npatchsize = 3\n", dir.path()).unwrap_err().to_string();
+    assert!(err.contains("patchsize"), "{err}");
+    let err = Predictor::<P>::load(&RunDir::new(dir.path()), &Default::default()).err().unwrap().to_string();
+    assert!(err.contains("recipe.toml"), "{err}");
+}
