@@ -28,6 +28,10 @@ pub const WORKLOADS: [&str; 10] = [
     "g_voxelmorph_infer",
 ];
 
+/// Data-pipeline workloads (the data issue's): sliding-window inference of a 256³ volume with the 3D U-Net of
+/// workload d, and patches per second through the loader from `.nii.gz` volumes, decoded every time or cached.
+pub const PIPELINE_WORKLOADS: [&str; 3] = ["sliding_window_256", "loader_nifti_96_cold", "loader_nifti_96_cached"];
+
 /// One JSON line of output.
 #[derive(Debug, Serialize)]
 pub struct BenchResult {
@@ -185,7 +189,10 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
             let model = VoxelMorphConfig::reference().init::<AB>(device).valid();
             (1, infer_workload(|| model.forward(moving.clone(), fixed.clone()).0))
         }
-        other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", WORKLOADS.join(", ")))),
+        "sliding_window_256" => (1, sliding_window_256::<Inner<AB>>(device)?),
+        "loader_nifti_96_cold" => (LOADER_BATCH, loader_workload(false)?),
+        "loader_nifti_96_cached" => (LOADER_BATCH, loader_workload(true)?),
+        other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", known()))),
     };
     Ok(BenchResult {
         workload: name.to_string(),
@@ -201,10 +208,11 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
 
 /// `vesalius bench`: each workload in a fresh process (as the reference harness does) unless `in_process`.
 pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<(), CliError> {
-    let names: Vec<String> = if only.is_empty() { WORKLOADS.iter().map(|s| s.to_string()).collect() } else { only.to_vec() };
+    let names: Vec<String> =
+        if only.is_empty() { WORKLOADS.iter().chain(&PIPELINE_WORKLOADS).map(|s| s.to_string()).collect() } else { only.to_vec() };
     for n in &names {
-        if !WORKLOADS.contains(&n.as_str()) {
-            return Err(CliError::Usage(format!("unknown workload '{n}' (known: {})", WORKLOADS.join(", "))));
+        if !WORKLOADS.contains(&n.as_str()) && !PIPELINE_WORKLOADS.contains(&n.as_str()) {
+            return Err(CliError::Usage(format!("unknown workload '{n}' (known: {})", known())));
         }
     }
     if !in_process {
@@ -225,4 +233,115 @@ pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<()
         println!("{}", serde_json::to_string(&result).map_err(|e| CliError::Internal(e.to_string()))?);
     }
     Ok(())
+}
+
+fn known() -> String {
+    WORKLOADS.iter().chain(&PIPELINE_WORKLOADS).copied().collect::<Vec<_>>().join(", ")
+}
+
+/// A smooth head-like phantom: an ellipsoid of tissue with a brighter core, on a dark background.
+fn phantom(shape: [usize; 3], seed: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(shape.iter().product());
+    for z in 0..shape[2] {
+        for y in 0..shape[1] {
+            for x in 0..shape[0] {
+                let r = |i: usize, n: usize| (i as f64 - n as f64 / 2.0) / (n as f64 * 0.4);
+                let d = r(x, shape[0]).powi(2) + r(y, shape[1]).powi(2) + r(z, shape[2]).powi(2);
+                let texture = ((x * 7 + y * 13 + z * 5 + seed * 31) % 23) as f64;
+                v.push(if d < 1.0 { (600.0 + 400.0 * (1.0 - d) + texture) as f32 } else { texture as f32 });
+            }
+        }
+    }
+    v
+}
+
+/// Sliding-window inference of a 256³ volume: windows of 96³, overlap 0.5, Gaussian weights, batch 1, with the 3D
+/// U-Net of workload d and a softmax; labels kept, no per-class maps. One run is timed (125 windows).
+fn sliding_window_256<B: Backend>(device: &B::Device) -> Result<(f64, f64, f64, usize), CliError> {
+    use vesalius_data::sliding::SlidingWindow;
+    let shape = [256usize, 256, 256];
+    let image = vesalius_data::Image::new(phantom(shape, 0), shape.to_vec(), 1, vesalius_data::IDENTITY, "float32")
+        .map_err(|e| CliError::Internal(e.to_string()))?;
+    let model = UNetConfig::reference_3d(1, 2).init::<B>(device);
+    let sw = SlidingWindow { roi: vec![96, 96, 96], overlap: 0.5, batch: 1, ..SlidingWindow::default() };
+    let run = || sw.run::<B>(&image, device, |x| burn::tensor::activation::softmax(model.forward(x), 1));
+    let t = Instant::now();
+    let out = run().map_err(|e| CliError::Internal(e.to_string()))?;
+    let s = t.elapsed().as_secs_f64();
+    if out.labels.len() != 256 * 256 * 256 || out.windows != 125 {
+        return Err(CliError::Internal(format!("sliding window covered {} windows", out.windows)));
+    }
+    Ok((s, s, s, 1))
+}
+
+/// Patches per loader call in the loader workloads.
+const LOADER_BATCH: usize = 4;
+
+/// Random 96³ patches with augmentation (flips, small affine, noise, contrast) from four 192×192×160 `int16`
+/// `.nii.gz` volumes, on two worker threads; `cached`: through the disk cache (filled before timing), else
+/// decoded from gzip for every patch.
+fn loader_workload(cached: bool) -> Result<(f64, f64, f64, usize), CliError> {
+    use vesalius_data::cache::DiskCache;
+    use vesalius_data::loader::{Cases, LoaderConfig, PatchLoader};
+    use vesalius_data::msd::Case;
+    use vesalius_data::patch::{PatchSampler, Sampling};
+    use vesalius_data::transforms::{Pipeline, Transform};
+    let internal = |e: vesalius_data::DataError| CliError::Internal(e.to_string());
+    let dir = std::env::temp_dir().join(format!("vesalius-bench-loader-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::Internal(e.to_string()))?;
+    let shape = [192usize, 192, 160];
+    let mut cases = Vec::new();
+    for i in 0..4 {
+        let img = vesalius_data::Image::new(phantom(shape, i), shape.to_vec(), 1, vesalius_data::IDENTITY, "int16").map_err(internal)?;
+        let lab: Vec<f32> = img.data().iter().map(|&v| (v > 800.0) as u8 as f32).collect();
+        let lab = vesalius_data::Image::new(lab, shape.to_vec(), 1, vesalius_data::IDENTITY, "uint8").map_err(internal)?;
+        let (ip, lp) = (dir.join(format!("img{i}.nii.gz")), dir.join(format!("lab{i}.nii.gz")));
+        vesalius_data::nifti::save(&ip, &img, vesalius_data::nifti::NiftiType::I16).map_err(internal)?;
+        vesalius_data::nifti::save(&lp, &lab, vesalius_data::nifti::NiftiType::U8).map_err(internal)?;
+        cases.push(Case { id: format!("c{i}"), patient: format!("p{i}"), images: vec![ip], label: Some(lp), stratum: None });
+    }
+    let preprocess = Pipeline { transforms: vec![Transform::ZScore { mask: Default::default() }] };
+    let augment = Pipeline {
+        transforms: vec![
+            Transform::RandFlip { prob: 0.5, axes: vec![0, 1, 2] },
+            Transform::RandAffine { prob: 0.2, rotate: vec![15.0], scale: 0.1, shear: 0.0, translate: vec![] },
+            Transform::RandGaussianNoise { prob: 0.15, std: [0.0, 0.1] },
+            Transform::RandScaleShift { prob: 0.15, scale: [0.75, 1.25], shift: [0.0, 0.0] },
+        ],
+    };
+    let disk = DiskCache::new(dir.join("cache")).map_err(internal)?;
+    let source = if cached {
+        Cases::Cached { cases: &cases, preprocess: &preprocess, disk: &disk, memory: None }
+    } else {
+        Cases::Files { cases: &cases, preprocess: &preprocess }
+    };
+    if cached {
+        for i in 0..cases.len() {
+            source.volume(i).map_err(internal)?;
+        }
+    }
+    let config = LoaderConfig {
+        sampler: PatchSampler { patch: vec![96, 96, 96], sampling: Sampling::LabelBalanced { foreground: 1.0 / 3.0 } },
+        augment,
+        batch: LOADER_BATCH,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        seed: 0,
+    };
+    let loader = PatchLoader::new(&source, config);
+    let mut epoch = 0u64;
+    let mut failure = None;
+    let timing = time_steps(|| {
+        epoch += 1;
+        if let Err(e) = loader.run(epoch, LOADER_BATCH, |_, p| {
+            std::hint::black_box(p);
+            Ok(())
+        }) {
+            failure = Some(e);
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    match failure {
+        Some(e) => Err(internal(e)),
+        None => Ok(timing),
+    }
 }

@@ -21,9 +21,11 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a classifier from a recipe into a run directory (resumes an interrupted run in the same directory).
+    /// Train from a recipe into a run directory (resumes an interrupted run in the same directory). The recipe is a
+    /// classification recipe, a segmentation recipe (`task = "segmentation"`), or a Medical Segmentation
+    /// Decathlon / nnU-Net dataset folder (segmentation with every default).
     Train {
-        /// The recipe (TOML).
+        /// The recipe (TOML) or dataset folder.
         recipe: PathBuf,
         /// Run directory (default: runs/<recipe name>).
         #[arg(long)]
@@ -32,7 +34,8 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Evaluate a run's best model on one of its splits; prints and writes the metrics.
+    /// Evaluate a run's best model; prints and writes the metrics. Classification: on one of its splits;
+    /// segmentation: on its validation cases, in their own grids (`metrics.json`).
     Evaluate {
         /// The run directory.
         #[arg(long)]
@@ -40,18 +43,28 @@ pub enum Command {
         /// Split to evaluate: test (written to metrics.json), val or train (metrics-<split>.json).
         #[arg(long, default_value = "test")]
         split: String,
+        /// Segmentation: flip test-time augmentation.
+        #[arg(long)]
+        tta: bool,
     },
-    /// Class probabilities of a run's best model for image files, as CSV.
+    /// Predict with a run's best model. Classification: class probabilities as CSV. Segmentation: one label map
+    /// per input (NIfTI, in the input's grid and affine) in the output folder.
     Predict {
         /// The run directory.
         #[arg(long)]
         run: PathBuf,
-        /// Image files (PNG, JPEG, TIFF, 2D NIfTI).
+        /// Image files (PNG, JPEG, TIFF, NIfTI; `CASE_0000.nii.gz` brings its other channels along).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// Write the CSV here instead of standard output.
-        #[arg(long)]
+        /// Classification: write the CSV here instead of standard output. Segmentation: output folder.
+        #[arg(long, short = 'o')]
         output: Option<PathBuf>,
+        /// Segmentation: also write per-class probability maps (`<name>_probabilities.nii.gz`).
+        #[arg(long)]
+        probabilities: bool,
+        /// Segmentation: flip test-time augmentation.
+        #[arg(long)]
+        tta: bool,
     },
     /// Convert an image between formats (NIfTI, MetaImage, PNG, TIFF in; NIfTI, PNG, TIFF out), keeping its
     /// geometry and stored type.
@@ -143,9 +156,28 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
-        Command::Train { recipe, out, quiet } => commands::train(backend, &recipe, out, quiet),
-        Command::Evaluate { run, split } => commands::evaluate(backend, &run, &split),
-        Command::Predict { run, inputs, output } => commands::predict(backend, &run, &inputs, output.as_deref()),
+        Command::Train { recipe, out, quiet } => {
+            if let Some(seg) = commands::segmentation_recipe(&recipe)? {
+                commands::train_segmentation(backend, &recipe, seg, out, quiet)
+            } else {
+                commands::train(backend, &recipe, out, quiet)
+            }
+        }
+        Command::Evaluate { run, split, tta } => {
+            if commands::is_segmentation_run(&run) {
+                commands::evaluate_segmentation(backend, &run, tta)
+            } else {
+                commands::evaluate(backend, &run, &split)
+            }
+        }
+        Command::Predict { run, inputs, output, probabilities, tta } => {
+            if commands::is_segmentation_run(&run) {
+                let out = output.ok_or_else(|| CliError::Usage("segmentation prediction needs an output folder (-o OUT)".into()))?;
+                commands::predict_segmentation(backend, &run, &inputs, &out, probabilities, tta)
+            } else {
+                commands::predict(backend, &run, &inputs, output.as_deref())
+            }
+        }
         Command::Convert { input, output, nifti2, series } => commands::convert(&input, &output, nifti2, series.as_deref()),
         Command::Deid { input, output, keep_private } => {
             if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {

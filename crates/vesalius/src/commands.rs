@@ -349,3 +349,91 @@ mod tests {
         insta::assert_snapshot!(format_report(&report, &["benign".into(), "malignant".into()], "test", 7));
     }
 }
+
+/// The segmentation recipe behind `path`: a dataset folder (defaults), or a TOML file whose `task` is
+/// `"segmentation"`; `None` for anything else (a classification recipe).
+pub fn segmentation_recipe(path: &Path) -> Result<Option<vesalius_segmentation::recipe::SegRecipe>, CliError> {
+    use vesalius_segmentation::recipe::SegRecipe;
+    if path.is_dir() {
+        if !path.join("dataset.json").is_file() {
+            return Err(CliError::Usage(format!("{}: a folder to train on needs a dataset.json (MSD / nnU-Net layout)", path.display())));
+        }
+        return Ok(Some(SegRecipe::for_dataset(path)));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let task = text.parse::<toml::Table>().ok().and_then(|t| t.get("task").and_then(|v| v.as_str().map(str::to_string)));
+    match task.as_deref() {
+        Some("segmentation") => Ok(Some(SegRecipe::from_file(path)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Whether `run` holds a segmentation run (it has a `plans.json`).
+pub fn is_segmentation_run(run: &Path) -> bool {
+    run.join("plans.json").is_file()
+}
+
+/// `vesalius train` for segmentation.
+pub fn train_segmentation(
+    backend: BackendKind,
+    source: &Path,
+    recipe: vesalius_segmentation::recipe::SegRecipe,
+    out: Option<PathBuf>,
+    quiet: bool,
+) -> Result<(), CliError> {
+    let name = source.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "segmentation".into());
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
+    let run = vesalius_segmentation::RunDir::new(&out);
+    let outcome = with_backend!(backend, |B, AB, device| {
+        vesalius_segmentation::train::train::<AB>(&recipe, &run, &device, |log| {
+            if !quiet {
+                let dice = log.mean_val_dice.map_or(String::from("-"), |d| format!("{d:.4}"));
+                eprintln!("epoch {:>4}  loss {:.4}  val Dice {dice}  ({:.1} s)", log.epoch, log.train_loss, log.seconds);
+            }
+        })
+        .map_err(CliError::from)
+    })?;
+    let p = &outcome.plans;
+    println!(
+        "plan: {}D, spacing {:?} mm, patch {:?}, batch {}, U-Net {:?} ({:.0} MiB estimated of {:.0})",
+        p.dims, p.target_spacing, p.patch, p.batch, p.features, p.estimated_mib, p.memory_mib
+    );
+    if let Some(after) = outcome.resumed_after {
+        println!("resumed after epoch {after}");
+    }
+    println!("best validation Dice {:.4} (epoch {})", outcome.state.best_dice, outcome.state.best_epoch);
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+/// `vesalius evaluate` for segmentation.
+pub fn evaluate_segmentation(backend: BackendKind, run_dir: &Path, tta: bool) -> Result<(), CliError> {
+    let run = vesalius_segmentation::RunDir::new(run_dir);
+    let m = with_backend!(backend, |B, AB, device| vesalius_segmentation::evaluate::evaluate::<B>(&run, &device, tta).map_err(CliError::from))?;
+    println!("validation metrics ({} cases; mean [95 % bootstrap CI])", m.cases.len());
+    for (class, metrics) in &m.mean {
+        for (name, e) in metrics {
+            println!("  {class:<16} {name:<22} {:>10.4}  [{:.4}, {:.4}]", e.value, e.ci_low, e.ci_high);
+        }
+    }
+    println!("written: {}", run.file("metrics.json").display());
+    Ok(())
+}
+
+/// `vesalius predict` for segmentation.
+pub fn predict_segmentation(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], out: &Path, probabilities: bool, tta: bool) -> Result<(), CliError> {
+    use vesalius_segmentation::infer::{output_paths, write, Predictor};
+    let run = vesalius_segmentation::RunDir::new(run_dir);
+    std::fs::create_dir_all(out).map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
+    with_backend!(backend, |B, AB, device| {
+        let predictor = Predictor::<B>::load(&run, &device)?;
+        for input in inputs {
+            let image = predictor.read_case(input)?;
+            let seg = predictor.predict(&image, probabilities, tta).map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
+            let (labels, probs) = output_paths(input, out);
+            write(&seg, &labels, &probs)?;
+            println!("{} -> {}", input.display(), labels.display());
+        }
+        Ok::<(), CliError>(())
+    })
+}

@@ -46,6 +46,15 @@ impl From<vesalius_cadx::CadxError> for CliError {
     }
 }
 
+impl From<vesalius_segmentation::SegError> for CliError {
+    fn from(e: vesalius_segmentation::SegError) -> Self {
+        match e {
+            vesalius_segmentation::SegError::Internal(m) => CliError::Internal(m),
+            vesalius_segmentation::SegError::Input(m) => CliError::Usage(m),
+        }
+    }
+}
+
 impl From<vesalius_data::DataError> for CliError {
     fn from(e: vesalius_data::DataError) -> Self {
         CliError::Usage(e.to_string())

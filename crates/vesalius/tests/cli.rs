@@ -363,3 +363,67 @@ fn register_evaluates_labels_before_and_after() {
         "bad.csv: row 2",
     );
 }
+
+#[test]
+fn segmentation_train_predict_evaluate_on_the_tumour_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = root().join("fixtures/nifti/pyradiomics");
+    let recipe = dir.path().join("tumour.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"task = "segmentation"
+[data]
+cases = [
+  {{ id = "brain1", image = ["{0}/brain1_image.nii.gz"], label = "{0}/brain1_label.nii.gz" }},
+  {{ id = "brain2", image = ["{0}/brain2_image.nii.gz"], label = "{0}/brain2_label.nii.gz" }},
+]
+labels = {{ background = 0, tumour = 1 }}
+folds = 2
+[plan]
+target_spacing = [3.2, 3.2, 6.5]
+patch = [32, 32, 8]
+batch = 2
+features = [4, 8]
+[train]
+epochs = 2
+iterations = 3
+foreground_share = 0.5
+"#,
+            fx.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("plan: 3D, spacing [3.2, 3.2, 6.5] mm, patch [32, 32, 8], batch 2, U-Net [4, 8]"), "{out}");
+    assert!(out.contains("best validation Dice"), "{out}");
+    for f in ["plans.json", "fingerprint.json", "splits.json", "model.mpk"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    // Label maps in the input's own grid, with probabilities.
+    let input = fx.join("brain2_image.nii.gz");
+    let pred = dir.path().join("pred");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), input.to_str().unwrap(), "-o", pred.to_str().unwrap(), "--probabilities"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let labels = vesalius_data::io::load(&pred.join("brain2_image.nii.gz")).unwrap();
+    let image = vesalius_data::io::load(&input).unwrap();
+    assert_eq!(labels.shape(), image.shape());
+    assert_eq!(labels.affine(), image.affine());
+    assert_eq!(labels.dtype(), "uint8");
+    assert_eq!(vesalius_data::io::load(&pred.join("brain2_image_probabilities.nii.gz")).unwrap().channels(), 2);
+    // Metrics with confidence intervals on the validation case.
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["cases"].as_array().unwrap().len(), 1);
+    for m in ["dice", "iou", "hd95_mm", "assd_mm", "volume_difference_mm3"] {
+        assert!(metrics["mean"]["tumour"][m]["value"].is_number() || metrics["mean"]["tumour"][m]["value"].is_null(), "{m}");
+    }
+    assert!(stdout(&o).contains("tumour"));
+    // A folder without dataset.json, and prediction without an output folder, are usage errors.
+    assert_input_error(&vesalius(&["train", dir.path().to_str().unwrap()]), "dataset.json");
+    assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), input.to_str().unwrap()]), "-o OUT");
+}
