@@ -95,7 +95,7 @@ fn main() -> ExitCode {
 }
 
 /// Crates whose tests are generic over the backend and run on CUDA under `test-gpu`.
-const GPU_TEST_CRATES: [&str; 3] = ["vesalius-nets", "vesalius-registration", "vesalius-cadx"];
+const GPU_TEST_CRATES: [&str; 4] = ["vesalius-nets", "vesalius-registration", "vesalius-cadx", "vesalius-segmentation"];
 
 /// A GPU is usable when `nvidia-smi -L` lists one.
 fn gpu_present() -> bool {

@@ -46,6 +46,8 @@ pub struct PlanOverrides {
     pub norm: Option<NormKind>,
     /// Residual encoder and decoder blocks.
     pub residual: Option<bool>,
+    /// Deep supervision: losses on every decoder level but the coarsest, weighted 1, ½, ¼, … from the finest.
+    pub deep_supervision: Option<bool>,
     /// Memory budget for one training step, in MiB.
     pub memory_mib: Option<f64>,
     /// Per-channel intensity normalisation.
@@ -76,6 +78,9 @@ pub struct Plans {
     pub norm: NormKind,
     /// Residual blocks.
     pub residual: bool,
+    /// Deep supervision during training.
+    #[serde(default)]
+    pub deep_supervision: bool,
     /// Per-channel intensity normalisation.
     pub normalisation: Vec<Normalisation>,
     /// The memory budget planned for, MiB.
@@ -196,6 +201,7 @@ pub fn plan(fp: &Fingerprint, overrides: &PlanOverrides) -> Plans {
         features,
         norm: overrides.norm.unwrap_or(NormKind::Instance),
         residual: overrides.residual.unwrap_or(false),
+        deep_supervision: overrides.deep_supervision.unwrap_or(false),
         normalisation,
         memory_mib,
     }
@@ -204,7 +210,10 @@ pub fn plan(fp: &Fingerprint, overrides: &PlanOverrides) -> Plans {
 impl Plans {
     /// The network.
     pub fn unet(&self) -> UNetConfig {
-        UNetConfig::new(self.dims, self.channels, self.classes, self.features.clone()).with_norm(self.norm).with_residual(self.residual)
+        UNetConfig::new(self.dims, self.channels, self.classes, self.features.clone())
+            .with_norm(self.norm)
+            .with_residual(self.residual)
+            .with_deep_supervision(self.deep_supervision)
     }
 
     /// Preprocessing: volumes reoriented to RAS (so differently stored scans look alike to the network),

@@ -232,6 +232,37 @@ fn objective<B: Backend>(recipe: &SegRecipe, logits: Tensor<B, 5>, labels: Tenso
     }
 }
 
+/// Labels at every `factor`-th voxel along each axis longer than 1 (nearest down-sampling for deep supervision).
+fn downsample_labels<B: Backend>(labels: Tensor<B, 4, Int>, factor: usize) -> Tensor<B, 4, Int> {
+    if factor == 1 {
+        return labels;
+    }
+    let [n, d, h, w] = labels.dims();
+    let fd = if d > 1 { factor } else { 1 };
+    labels
+        .reshape([n, d / fd, fd, h / factor, factor, w / factor, factor])
+        .narrow(2, 0, 1)
+        .narrow(4, 0, 1)
+        .narrow(6, 0, 1)
+        .reshape([n, d / fd, h / factor, w / factor])
+}
+
+/// The deep-supervision loss: the objective at full resolution and at each auxiliary head's resolution against
+/// down-sampled labels, weighted 1, ½, ¼, … from the finest and normalised to sum to 1.
+fn supervised_deeply<B: Backend>(recipe: &SegRecipe, model: &UNet<B>, x: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
+    let (main, aux) = model.forward_all(x);
+    let count = aux.len() + 1;
+    let weights: Vec<f64> = (0..count).map(|k| 0.5f64.powi(k as i32)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut loss = objective(recipe, main, labels.clone()) * (weights[0] / total);
+    // aux is coarsest first: head i sees factor 2^(aux.len() − i).
+    for (i, logits) in aux.into_iter().enumerate() {
+        let k = count - 1 - i;
+        loss = loss + objective(recipe, logits, downsample_labels(labels.clone(), 1 << k)) * (weights[k] / total);
+    }
+    loss
+}
+
 /// Dice of class `k` between two label maps (1 when both are empty).
 pub fn dice(pred: &[u16], reference: &[f32], k: u16) -> f64 {
     let (mut a, mut b, mut both) = (0usize, 0usize, 0usize);
@@ -337,7 +368,7 @@ pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB:
                 let (x, y) = batch_tensors::<AB>(&batch, device);
                 batch.clear();
                 let m = model.take().expect("model between steps");
-                let l = objective(recipe, m.forward(x), y);
+                let l = if plans.deep_supervision { supervised_deeply(recipe, &m, x, y) } else { objective(recipe, m.forward(x), y) };
                 losses.push(l.clone().into_scalar().elem::<f64>());
                 let grads = GradientsParams::from_grads(l.backward(), &m);
                 model = Some(optim.step(lr, m, grads));

@@ -158,3 +158,22 @@ fn bad_recipes_and_runs_are_reported() {
     let err = Predictor::<P>::load(&RunDir::new(dir.path()), &Default::default()).err().unwrap().to_string();
     assert!(err.contains("recipe.toml"), "{err}");
 }
+
+#[test]
+fn deep_supervision_trains_on_every_decoder_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("Dataset002_Spheres");
+    dataset(&data, 6);
+    let mut r = recipe(&data, 3);
+    r.plan.features = Some(vec![4, 8, 16]);
+    r.plan.deep_supervision = Some(true);
+    let run = RunDir::new(dir.path().join("run"));
+    let out = train::<B>(&r, &run, &Default::default(), |_| {}).unwrap();
+    assert!(out.plans.deep_supervision);
+    assert!(out.state.log.iter().all(|l| l.train_loss.is_finite()));
+    assert!(out.state.best_dice > 0.5, "{}", out.state.best_dice);
+    // The saved model carries its auxiliary heads and predicts like any other.
+    let predictor = Predictor::<P>::load(&run, &Default::default()).unwrap();
+    let (img, _) = case(3);
+    assert_eq!(predictor.predict(&img, false, false).unwrap().labels.shape(), img.shape());
+}
