@@ -58,6 +58,10 @@ impl<B: Backend> Predictor<B> {
         let mut recipe = self.recipe.clone();
         recipe.infer.flip_tta = flip_tta;
         let pred = sliding_predict(&self.model, &pre, &self.plans, &recipe, probabilities, &self.device)?;
+        let mut pred = pred;
+        let mut shape = [1usize; 3];
+        shape[..pre.ndim()].copy_from_slice(pre.shape());
+        postprocess(&mut pred.labels, shape, pred.classes, self.recipe.infer.largest_component, self.recipe.infer.fill_holes);
         let dtype = if self.plans.classes <= 256 { "uint8" } else { "uint16" };
         let on_plan = Image::new(pred.labels.iter().map(|&v| v as f32).collect(), pre.shape().to_vec(), 1, *pre.affine(), dtype)?;
         let labels = resample_onto(&on_plan, image.shape(), image.affine(), true)?;
@@ -85,6 +89,79 @@ impl<B: Backend> Predictor<B> {
         }
         let case = vesalius_data::msd::Case { id: name, patient: String::new(), images: files, label: None, stratum: None };
         Ok(vesalius_data::loader::load_case(&case, &Default::default())?.image)
+    }
+}
+
+/// Connected components (6-connectivity) of the voxels where `inside` holds: a component id per voxel
+/// (`u32::MAX` outside) and each component's size.
+fn components(shape: [usize; 3], inside: impl Fn(usize) -> bool) -> (Vec<u32>, Vec<usize>) {
+    let n = shape.iter().product();
+    let mut id = vec![u32::MAX; n];
+    let mut sizes = Vec::new();
+    let mut stack = Vec::new();
+    let [nx, ny, nz] = shape;
+    for start in 0..n {
+        if id[start] != u32::MAX || !inside(start) {
+            continue;
+        }
+        let c = sizes.len() as u32;
+        id[start] = c;
+        stack.push(start);
+        let mut size = 0;
+        while let Some(v) = stack.pop() {
+            size += 1;
+            let (x, y, z) = (v % nx, v / nx % ny, v / (nx * ny));
+            let mut visit = |u: usize| {
+                if id[u] == u32::MAX && inside(u) {
+                    id[u] = c;
+                    stack.push(u);
+                }
+            };
+            if x > 0 { visit(v - 1) }
+            if x + 1 < nx { visit(v + 1) }
+            if y > 0 { visit(v - nx) }
+            if y + 1 < ny { visit(v + nx) }
+            if z > 0 { visit(v - nx * ny) }
+            if z + 1 < nz { visit(v + nx * ny) }
+        }
+        sizes.push(size);
+    }
+    (id, sizes)
+}
+
+/// Post-processing of a label map on a `shape` grid (nnU-Net's "keep the largest component", and hole filling).
+pub fn postprocess(labels: &mut [u16], shape: [usize; 3], classes: usize, largest: bool, fill: bool) {
+    if largest {
+        for k in 1..classes as u16 {
+            let (id, sizes) = components(shape, |v| labels[v] == k);
+            if let Some(keep) = (0..sizes.len()).max_by_key(|&c| sizes[c]) {
+                for (l, &c) in labels.iter_mut().zip(&id) {
+                    if c != u32::MAX && c as usize != keep {
+                        *l = 0;
+                    }
+                }
+            }
+        }
+    }
+    if fill && classes == 2 {
+        let (id, sizes) = components(shape, |v| labels[v] == 0);
+        let [nx, ny, nz] = shape;
+        let mut touches = vec![false; sizes.len()];
+        for (v, &c) in id.iter().enumerate() {
+            if c == u32::MAX {
+                continue;
+            }
+            let (x, y, z) = (v % nx, v / nx % ny, v / (nx * ny));
+            let border = x == 0 || x + 1 == nx || y == 0 || y + 1 == ny || ((z == 0 || z + 1 == nz) && nz > 1);
+            if border {
+                touches[c as usize] = true;
+            }
+        }
+        for (l, &c) in labels.iter_mut().zip(&id) {
+            if c != u32::MAX && !touches[c as usize] {
+                *l = 1;
+            }
+        }
     }
 }
 

@@ -148,11 +148,16 @@ pub struct InferSection {
     pub flip_tta: bool,
     /// Windows per model call.
     pub batch: usize,
+    /// Keep only the largest connected component (6-connectivity) of each foreground class.
+    pub largest_component: bool,
+    /// Fill holes: background regions of the plan grid not connected to its border take the class around them
+    /// (for a single foreground class).
+    pub fill_holes: bool,
 }
 
 impl Default for InferSection {
     fn default() -> Self {
-        Self { overlap: 0.5, flip_tta: false, batch: 1 }
+        Self { overlap: 0.5, flip_tta: false, batch: 1, largest_component: false, fill_holes: false }
     }
 }
 
@@ -215,10 +220,12 @@ impl SegRecipe {
         }
     }
 
-    /// Parses a recipe; relative paths are resolved against `base`.
+    /// Parses a recipe; relative paths are resolved against `base` and made absolute, so the copy a run keeps
+    /// (`recipe.toml`) names the same files from anywhere.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, SegError> {
         let mut r: SegRecipe = toml::from_str(text).map_err(|e| SegError::Input(format!("segmentation recipe: {e}")))?;
-        r.resolve(base);
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        r.resolve(&base);
         r.validate()?;
         Ok(r)
     }

@@ -147,6 +147,40 @@ fn plan_train_resume_predict_evaluate() {
 }
 
 #[test]
+fn postprocessing_keeps_the_largest_component_and_fills_holes() {
+    use vesalius_segmentation::infer::postprocess;
+    // 9×9×5: a 5×5×3 cube with a hollow centre, and a lone voxel elsewhere.
+    let shape = [9usize, 9, 5];
+    let at = |x: usize, y: usize, z: usize| x + 9 * (y + 9 * z);
+    let mut labels = vec![0u16; 9 * 9 * 5];
+    for z in 1..4 {
+        for y in 2..7 {
+            for x in 2..7 {
+                labels[at(x, y, z)] = 1;
+            }
+        }
+    }
+    labels[at(4, 4, 2)] = 0; // the hole
+    labels[at(0, 8, 4)] = 1; // the stray voxel
+    let mut both = labels.clone();
+    postprocess(&mut both, shape, 2, true, true);
+    assert_eq!(both[at(0, 8, 4)], 0);
+    assert_eq!(both[at(4, 4, 2)], 1);
+    assert_eq!(both.iter().filter(|&&v| v == 1).count(), 75);
+    let mut none = labels.clone();
+    postprocess(&mut none, shape, 2, false, false);
+    assert_eq!(none, labels);
+}
+
+#[test]
+fn recipe_paths_become_absolute() {
+    let r = SegRecipe::from_toml("task = \"segmentation\"\n[data]\ndataset = \"../data/Set\"\n", Path::new("recipes")).unwrap();
+    let p = r.data.dataset.unwrap();
+    assert!(p.is_absolute(), "{}", p.display());
+    assert!(p.ends_with("recipes/../data/Set"));
+}
+
+#[test]
 fn bad_recipes_and_runs_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\n", dir.path()).unwrap_err().to_string();
