@@ -211,3 +211,40 @@ fn deep_supervision_trains_on_every_decoder_level() {
     let (img, _) = case(3);
     assert_eq!(predictor.predict(&img, false, false).unwrap().labels.shape(), img.shape());
 }
+
+#[test]
+fn a_two_dimensional_png_dataset_plans_a_2d_unet() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("Dataset003_Disks");
+    for d in ["imagesTr", "labelsTr"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for i in 0..6usize {
+        let (cx, cy, r) = (12.0 + i as f64 * 1.5, 14.0 + (i % 3) as f64 * 2.0, 5.0 + (i % 2) as f64 * 2.0);
+        let img = image::GrayImage::from_fn(32, 32, |x, y| {
+            let inside = ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < r;
+            image::Luma([if inside { 180 } else { 60 } + ((x * 7 + y * 3 + i as u32) % 11) as u8])
+        });
+        let lab = image::GrayImage::from_fn(32, 32, |x, y| image::Luma([(((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < r) as u8]));
+        img.save(root.join(format!("imagesTr/disk_{i:03}_0000.png"))).unwrap();
+        lab.save(root.join(format!("labelsTr/disk_{i:03}.png"))).unwrap();
+    }
+    std::fs::write(
+        root.join("dataset.json"),
+        r#"{"channel_names": {"0": "photo"}, "labels": {"background": 0, "disk": 1}, "numTraining": 6, "file_ending": ".png"}"#,
+    )
+    .unwrap();
+    let r = SegRecipe::from_toml(
+        &format!(
+            "task = \"segmentation\"\n[data]\ndataset = \"{}\"\nfolds = 3\n[plan]\nfeatures = [8, 16]\nbatch = 4\n[train]\nepochs = 4\niterations = 10\nlr = 0.01\n[augment]\ntransforms = []\n",
+            root.display()
+        ),
+        Path::new("."),
+    )
+    .unwrap();
+    let run = RunDir::new(dir.path().join("run"));
+    let out = train::<B>(&r, &run, &Default::default(), |_| {}).unwrap();
+    assert_eq!(out.plans.dims, 2);
+    assert_eq!(out.plans.patch, vec![32, 32]);
+    assert!(out.state.best_dice > 0.7, "{}", out.state.best_dice);
+}
