@@ -127,7 +127,9 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
     let folds: Vec<Fold> = if splits_path.is_file() {
         read_splits(&splits_path)?
     } else {
-        let f = kfold(&cases, d.folds, recipe.train.seed)?;
+        // Fewer patients than folds: one patient per fold (leave-one-out).
+        let patients: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.patient.as_str()).collect();
+        let f = kfold(&cases, d.folds.min(patients.len()), recipe.train.seed)?;
         write_splits(&splits_path, &f)?;
         f
     };

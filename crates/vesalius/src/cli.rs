@@ -33,6 +33,12 @@ pub enum Command {
         /// No progress display.
         #[arg(long)]
         quiet: bool,
+        /// Segmentation: number of epochs instead of the recipe's (nnU-Net's short-trainer variants).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Segmentation: batches per epoch instead of the recipe's.
+        #[arg(long)]
+        iterations: Option<usize>,
     },
     /// Evaluate a run's best model; prints and writes the metrics. Classification: on one of its splits;
     /// segmentation: on its validation cases, in their own grids (`metrics.json`).
@@ -156,9 +162,18 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
-        Command::Train { recipe, out, quiet } => {
-            if let Some(seg) = commands::segmentation_recipe(&recipe)? {
+        Command::Train { recipe, out, quiet, epochs, iterations } => {
+            if let Some(mut seg) = commands::segmentation_recipe(&recipe)? {
+                if let Some(e) = epochs {
+                    seg.train.epochs = e;
+                }
+                if let Some(i) = iterations {
+                    seg.train.iterations = i;
+                }
+                seg.validate()?;
                 commands::train_segmentation(backend, &recipe, seg, out, quiet)
+            } else if epochs.is_some() || iterations.is_some() {
+                Err(CliError::Usage("--epochs and --iterations apply to segmentation; set them in a classification recipe".into()))
             } else {
                 commands::train(backend, &recipe, out, quiet)
             }

@@ -427,3 +427,48 @@ foreground_share = 0.5
     assert_input_error(&vesalius(&["train", dir.path().to_str().unwrap()]), "dataset.json");
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), input.to_str().unwrap()]), "-o OUT");
 }
+
+#[test]
+fn segmentation_trains_on_an_msd_folder_with_defaults() {
+    use vesalius_data::nifti::{save, NiftiType};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("Dataset001_Cubes");
+    for d in ["imagesTr", "labelsTr"] {
+        std::fs::create_dir_all(data.join(d)).unwrap();
+    }
+    for i in 0..4usize {
+        let shape = [16usize, 16, 12];
+        let (mut img, mut lab) = (Vec::new(), Vec::new());
+        for z in 0..shape[2] {
+            for y in 0..shape[1] {
+                for x in 0..shape[0] {
+                    let inside = (4 + i % 2..11 + i % 2).contains(&x) && (5..12).contains(&y) && (3..9).contains(&z);
+                    img.push(if inside { 300.0 } else { 100.0 } + ((x * 5 + y * 3 + z + i) % 7) as f32);
+                    lab.push(inside as u8 as f32);
+                }
+            }
+        }
+        let image = vesalius_data::Image::new(img, shape.to_vec(), 1, vesalius_data::IDENTITY, "int16").unwrap();
+        let label = vesalius_data::Image::new(lab, shape.to_vec(), 1, vesalius_data::IDENTITY, "uint8").unwrap();
+        save(&data.join(format!("imagesTr/cube_{i:03}_0000.nii.gz")), &image, NiftiType::I16).unwrap();
+        save(&data.join(format!("labelsTr/cube_{i:03}.nii.gz")), &label, NiftiType::U8).unwrap();
+    }
+    std::fs::write(
+        data.join("dataset.json"),
+        r#"{"channel_names": {"0": "MRI"}, "labels": {"background": 0, "cube": 1}, "numTraining": 4, "file_ending": ".nii.gz"}"#,
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let args = ["train", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet", "--epochs", "1", "--iterations", "2"];
+    let o = vesalius(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Every plan value came from the data: 1 mm voxels, the 16×16×12 median shape, a 3D U-Net.
+    let plans: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("plans.json")).unwrap()).unwrap();
+    assert_eq!(plans["dims"], 3);
+    assert_eq!(plans["target_spacing"], serde_json::json!([1.0, 1.0, 1.0]));
+    assert_eq!(plans["median_shape"], serde_json::json!([16, 16, 12]));
+    let splits: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("splits.json")).unwrap()).unwrap();
+    assert_eq!(splits.as_array().unwrap().len(), 4); // five folds by default, four patients: one per fold
+    assert!(stdout(&o).contains("best validation Dice"));
+    assert_input_error(&vesalius(&["train", root().join("recipes/mni152-tissue.toml").to_str().unwrap(), "--epochs", "1"]), "--epochs");
+}
