@@ -29,6 +29,7 @@
 //! assert_eq!(net.forward(x).dims(), [2, 9]);
 //! ```
 
+mod affine_net;
 mod alexnet;
 mod autoencoder;
 mod blocks;
@@ -46,6 +47,7 @@ pub mod loss;
 pub mod ops;
 pub mod record;
 
+pub use affine_net::{warp_by_affine, AffineNet, AffineNetConfig};
 pub use alexnet::{AlexNet, AlexNetConfig};
 pub use autoencoder::{kl_sparsity, Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig};
 pub use blocks::ConvBnRelu;
