@@ -73,9 +73,11 @@ fn brain_tissue_recipe_at_reduced_size() {
     recipe.plan.target_spacing = Some(vec![4.0, 4.0, 4.0]);
     recipe.plan.patch = Some(vec![24, 24, 24]);
     recipe.plan.features = Some(vec![8, 16]);
-    recipe.train.epochs = 10;
+    recipe.train.epochs = 12;
     recipe.train.iterations = 12;
-    recipe.train.lr = 0.003;
+    recipe.train.lr = 0.005;
+    // Every patch centred on grey or white matter (class drawn uniformly), so both classes are learnt early.
+    recipe.train.foreground_share = 1.0;
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path().join("run"));
     let outcome = train::<B>(&recipe, &run, &Default::default(), |_| {}).unwrap();
@@ -83,7 +85,8 @@ fn brain_tissue_recipe_at_reduced_size() {
     let last = outcome.state.log.last().unwrap();
     let per_class = last.val_dice.clone().unwrap();
     assert_eq!(per_class.len(), 2, "grey and white matter");
-    // Grey and white matter at 4 mm after ten short epochs: well above chance.
+    // Grey and white matter at 4 mm after twelve short epochs: well above chance.
     let best = outcome.state.best_dice;
+    eprintln!("held-out slab: best mean Dice {best:.3}, last epoch {per_class:?}");
     assert!(best > 0.6, "held-out slab mean Dice {best} ({per_class:?})");
 }
