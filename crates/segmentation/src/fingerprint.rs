@@ -117,6 +117,12 @@ pub fn compute_subjects(
         if *nd.get_or_insert(s.image.ndim()) != s.image.ndim() {
             return Err(SegError::Input(format!("case '{id}' mixes 2D and 3D images")));
         }
+        if let Some(v) = label.data().iter().find(|v| v.fract() != 0.0 || **v < 0.0 || !labels.contains_key(&(**v as u32))) {
+            return Err(SegError::Input(format!(
+                "case '{id}': label value {v} is not one of the dataset's labels {:?}",
+                labels.keys().collect::<Vec<_>>()
+            )));
+        }
         let fg: Vec<usize> = label.data().iter().enumerate().filter(|(_, v)| **v > 0.0).map(|(i, _)| i).collect();
         let step = (fg.len() as f64 / SAMPLES_PER_CASE as f64).max(1.0);
         let picked: Vec<usize> = (0..fg.len().min(SAMPLES_PER_CASE)).map(|k| fg[(k as f64 * step) as usize]).collect();

@@ -39,6 +39,7 @@ impl<B: Backend> Predictor<B> {
         let text = std::fs::read_to_string(&recipe_path).map_err(|e| SegError::Input(format!("{}: {e} (is this a segmentation run?)", recipe_path.display())))?;
         let recipe = SegRecipe::from_toml(&text, run.root()).map_err(|e| SegError::Input(format!("{}: {e}", recipe_path.display())))?;
         let plans: Plans = run.read_json("plans.json")?;
+        crate::train::check_plan(&plans).map_err(|e| SegError::Input(format!("{}: {e}", run.file("plans.json").display())))?;
         let model_path = run.file("model.mpk");
         let bytes = std::fs::read(&model_path).map_err(|e| SegError::Input(format!("{}: {e}", model_path.display())))?;
         let record = from_bytes::<B, _>(bytes, device).map_err(|e| SegError::Input(format!("{}: {e}", model_path.display())))?;

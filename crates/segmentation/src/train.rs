@@ -200,9 +200,18 @@ pub struct TrainOutcome {
     pub plans: Plans,
 }
 
-/// Stacks patches into `[n, c, d, h, w]` images and `[n, d, h, w]` labels.
-pub fn batch_tensors<B: Backend>(patches: &[Subject], device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 4, Int>) {
-    let s = &patches[0].image;
+/// Stacks patches into `[n, c, d, h, w]` images and `[n, d, h, w]` labels; every patch must have the first one's
+/// shape and channels (an augmentation that changes the shape, such as a quarter turn in a non-square plane, is
+/// reported).
+pub fn batch_tensors<B: Backend>(patches: &[Subject], device: &B::Device) -> Result<(Tensor<B, 5>, Tensor<B, 4, Int>), SegError> {
+    let s = &patches.first().ok_or_else(|| SegError::Internal("empty batch".into()))?.image;
+    if let Some(p) = patches.iter().find(|p| p.image.shape() != s.shape() || p.image.channels() != s.channels()) {
+        return Err(SegError::Input(format!(
+            "augmentation changed a patch from {:?} to {:?}; shape-changing transforms (e.g. rand_rot90 in a non-square plane, crops) cannot be used on training patches",
+            s.shape(),
+            p.image.shape()
+        )));
+    }
     let mut shape = [1usize; 3];
     shape[..s.ndim()].copy_from_slice(s.shape());
     let [w, h, d] = shape;
@@ -217,10 +226,28 @@ pub fn batch_tensors<B: Backend>(patches: &[Subject], device: &B::Device) -> (Te
         }
     }
     let n = patches.len();
-    (
+    Ok((
         Tensor::from_data(TensorData::new(img, [n, c, d, h, w]), device),
         Tensor::from_data(TensorData::new(lab, [n, d, h, w]), device),
-    )
+    ))
+}
+
+/// Checks what the network needs of a plan: two levels at least, and a patch that every pooling halves exactly.
+pub(crate) fn check_plan(plans: &Plans) -> Result<(), SegError> {
+    if plans.features.len() < 2 {
+        return Err(SegError::Input(format!("a U-Net needs at least two levels; [plan] features = {:?}", plans.features)));
+    }
+    let factor = 1usize << (plans.features.len() - 1);
+    let pooled = if plans.dims == 2 { 2 } else { 3 };
+    if plans.patch.len() != plans.dims || plans.patch.iter().take(pooled).any(|&p| p == 0 || p % factor != 0) {
+        return Err(SegError::Input(format!(
+            "patch {:?} must have {} sizes, each divisible by {factor} (2^(levels − 1) for {} levels)",
+            plans.patch,
+            plans.dims,
+            plans.features.len()
+        )));
+    }
+    Ok(())
 }
 
 fn objective<B: Backend>(recipe: &SegRecipe, logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
@@ -325,6 +352,7 @@ pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB:
     if plans.normalisation.windows(2).any(|w| w[0] != w[1]) {
         return Err(SegError::Input("channels with different normalisation schemes are not supported; set [plan] normalisation to one scheme".into()));
     }
+    check_plan(&plans)?;
     let pipeline = plans.preprocess();
     let cache = DiskCache::new(recipe.data.cache.clone().unwrap_or_else(|| run.file("cache")))?;
     let volumes: Vec<Arc<Volume>> = split.train.iter().map(|c| preprocessed(c, &pipeline, &cache).map(Arc::new)).collect::<Result<_, _>>()?;
@@ -367,7 +395,7 @@ pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB:
         loader.run(epoch as u64, t.iterations * plans.batch, |_, patch| {
             batch.push(patch);
             if batch.len() == plans.batch {
-                let (x, y) = batch_tensors::<AB>(&batch, device);
+                let (x, y) = batch_tensors::<AB>(&batch, device).map_err(|e| vesalius_data::DataError::Invalid(e.to_string()))?;
                 batch.clear();
                 let m = model.take().expect("model between steps");
                 let l = if plans.deep_supervision { supervised_deeply(recipe, &m, x, y) } else { objective(recipe, m.forward(x), y) };

@@ -191,6 +191,27 @@ fn bad_recipes_and_runs_are_reported() {
     assert!(err.contains("patchsize"), "{err}");
     let err = Predictor::<P>::load(&RunDir::new(dir.path()), &Default::default()).err().unwrap().to_string();
     assert!(err.contains("recipe.toml"), "{err}");
+    // Plans the network cannot run and labels the dataset does not declare are input errors, not panics.
+    let data = dir.path().join("Dataset004_Spheres");
+    dataset(&data, 3);
+    let device = Default::default();
+    let mut one_level = recipe(&data, 1);
+    one_level.plan.features = Some(vec![8]);
+    let err = train::<B>(&one_level, &RunDir::new(dir.path().join("a")), &device, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("two levels"), "{err}");
+    let mut odd = recipe(&data, 1);
+    odd.plan.patch = Some(vec![15, 16, 16]);
+    let err = train::<B>(&odd, &RunDir::new(dir.path().join("b")), &device, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("divisible by 2"), "{err}");
+    let mut turned = recipe(&data, 1);
+    turned.plan.patch = Some(vec![16, 16, 8]);
+    turned.augment = vesalius_data::transforms::Pipeline::from_toml("[[transforms]]\ntype = \"rand_rot90\"\nprob = 1.0\naxes = [0, 2]\n").unwrap();
+    let err = train::<B>(&turned, &RunDir::new(dir.path().join("c")), &device, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("changed a patch"), "{err}");
+    let json = std::fs::read_to_string(data.join("dataset.json")).unwrap().replace(r#", "sphere": 1"#, "");
+    std::fs::write(data.join("dataset.json"), json).unwrap();
+    let err = train::<B>(&recipe(&data, 1), &RunDir::new(dir.path().join("d")), &device, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("label value 1") && err.contains("sph_"), "{err}");
 }
 
 #[test]
