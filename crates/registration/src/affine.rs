@@ -30,10 +30,14 @@ pub struct Grid {
 impl Grid {
     /// The grid of an image (2D images are one slice deep).
     pub fn of(image: &Image) -> Self {
-        let s = image.shape();
+        Self::from_affine(image.shape(), image.affine())
+    }
+
+    /// The grid of an image of `shape` (x, y[, z]) with voxel-to-world matrix `a` (indices i, j, k).
+    pub fn from_affine(shape: &[usize], a: &Mat4) -> Self {
+        let s = shape;
         let (x, y, z) = (s[0], s.get(1).copied().unwrap_or(1), s.get(2).copied().unwrap_or(1));
         // The image's affine takes (i, j, k) = (w, h, d).
-        let a = image.affine();
         let mut m = [[0.0; 4]; 4];
         for r in 0..4 {
             m[r][0] = a[r][2];

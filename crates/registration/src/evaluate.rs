@@ -1,11 +1,11 @@
 //! Evaluation of registrations: Jacobian determinants and folding, Dice of warped labels, target registration
 //! error on landmarks, and the error of a recovered displacement against a known one.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vesalius_data::Image;
 use vesalius_eval::segmentation::{class_metrics, ClassMetrics};
 
 /// Statistics of the Jacobian determinant of `x ↦ x + u(x)`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JacobianStats {
     /// Mean determinant.
     pub mean: f64,

@@ -27,6 +27,8 @@ pub mod affine;
 pub mod deformable;
 pub mod evaluate;
 pub mod learn;
+pub mod recipe;
+pub mod run;
 pub mod similarity;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -37,6 +39,23 @@ use vesalius_nets::ops::{sample_linear, sample_nearest, Padding};
 pub use affine::{register_affine, AffineOptions, AffineParams, AffineResult, Grid};
 pub use deformable::{register_deformable, DeformableOptions};
 pub use similarity::Similarity;
+
+/// Errors of registration runs.
+#[derive(Debug, thiserror::Error)]
+pub enum RegError {
+    /// Bad input: a file, a recipe, a run folder.
+    #[error("{0}")]
+    Input(String),
+    /// A failure of the program itself.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<vesalius_data::DataError> for RegError {
+    fn from(e: vesalius_data::DataError) -> Self {
+        RegError::Input(e.to_string())
+    }
+}
 
 /// A 4×4 matrix, row-major.
 pub type Mat4 = [[f64; 4]; 4];
@@ -173,7 +192,7 @@ pub struct Registration {
 /// Intensities scaled to [0, 1] between their 0.5th and 99.5th percentiles (clipped), so that step sizes and
 /// regularisation weights mean the same for every image and a few extreme voxels do not flatten the rest;
 /// NaN becomes 0.
-fn normalised(image: &Image) -> Image {
+pub(crate) fn normalised(image: &Image) -> Image {
     let values = &image.data()[..image.voxels()];
     let mut sorted: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
     sorted.sort_by(f32::total_cmp);
@@ -184,11 +203,11 @@ fn normalised(image: &Image) -> Image {
     Image::new(data, image.shape().to_vec(), 1, *image.affine(), image.dtype()).expect("same grid")
 }
 
-fn tensor_of<B: Backend>(v: Vec<f32>, shape: [usize; 5], device: &B::Device) -> Tensor<B, 5> {
+pub(crate) fn tensor_of<B: Backend>(v: Vec<f32>, shape: [usize; 5], device: &B::Device) -> Tensor<B, 5> {
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub(crate) fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
 }
 
@@ -207,12 +226,11 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
     let vox = mat_mul(&mat_mul(&mat_inv(&mg.to_world), &world), &fg.to_world);
     let coords = voxel_map(fixed, moving, &world);
     let n = d * h * w;
-    let coords_t = |c: &[Vec<f32>; 3]| tensor_of::<B::InnerBackend>(c.concat(), [1, 3, d, h, w], device);
     let moving_t = affine::to_tensor::<B::InnerBackend>(&moving_n, device);
     let mut field: [Vec<f32>; 3] = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
     let mut mapped = coords.clone();
     if opts.method != Method::Affine {
-        let resampled = sample_linear(moving_t, coords_t(&coords), Padding::Zeros);
+        let resampled = sample_linear(moving_t, tensor_of::<B::InnerBackend>(coords.concat(), [1, 3, d, h, w], device), Padding::Zeros);
         let fixed_t = affine::to_tensor::<B::InnerBackend>(&fixed_n, device);
         let u = register_deformable::<B>(fixed_t, resampled, &DeformableOptions { similarity: opts.similarity, ..opts.deformable.clone() });
         let u = to_vec(u);
@@ -228,8 +246,17 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
             }
         }
     }
-    let raw_moving = affine::to_tensor::<B::InnerBackend>(moving, device);
-    let warped = affine::from_tensor(sample_linear(raw_moving, coords_t(&mapped), Padding::Zeros), fixed);
+    finish::<B::InnerBackend>(fixed, moving, world, mapped, field, device)
+}
+
+/// The registration result from the map of every fixed voxel to moving voxels (`mapped`, `[3][d·h·w]`): the
+/// moving image resampled there and the world displacement in millimetres.
+pub(crate) fn finish<B: Backend>(fixed: &Image, moving: &Image, world: Mat4, mapped: [Vec<f32>; 3], field: [Vec<f32>; 3], device: &B::Device) -> Registration {
+    let (fg, mg) = (Grid::of(fixed), Grid::of(moving));
+    let [d, h, w] = fg.size;
+    let n = d * h * w;
+    let coords = tensor_of::<B>(mapped.concat(), [1, 3, d, h, w], device);
+    let warped = affine::from_tensor(sample_linear(affine::to_tensor::<B>(moving, device), coords, Padding::Zeros), fixed);
     // World displacement: moving-world position of each fixed voxel minus its own world position.
     let mut disp = vec![0f32; 3 * n];
     for i in 0..n {

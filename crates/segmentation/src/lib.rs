@@ -28,7 +28,7 @@ pub mod plan;
 pub mod recipe;
 pub mod train;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Errors of the segmentation task.
 #[derive(Debug, thiserror::Error)]
@@ -47,44 +47,9 @@ impl From<vesalius_data::DataError> for SegError {
     }
 }
 
-/// Paths inside a segmentation run folder.
-#[derive(Clone, Debug)]
-pub struct RunDir {
-    root: PathBuf,
-}
-
-impl RunDir {
-    /// The run at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-    /// The folder.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-    /// A file of the run.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-    /// `checkpoints/NAME`.
-    pub fn checkpoint(&self, name: &str) -> PathBuf {
-        self.root.join("checkpoints").join(name)
-    }
-    /// Reads and parses a JSON file of the run.
-    pub fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, SegError> {
-        let p = self.file(name);
-        let text = std::fs::read_to_string(&p).map_err(|e| SegError::Input(format!("{}: {e}", p.display())))?;
-        serde_json::from_str(&text).map_err(|e| SegError::Input(format!("{}: {e}", p.display())))
-    }
-    /// Writes pretty JSON atomically.
-    pub fn write_json<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), SegError> {
-        write_json(&self.file(name), value)
-    }
-}
+pub use vesalius_data::run::RunDir;
 
 /// Writes pretty JSON atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), SegError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| SegError::Internal(e.to_string()))?;
-    vesalius_data::io::write_atomic(path, format!("{text}\n").as_bytes())?;
-    Ok(())
+    Ok(vesalius_data::run::write_json(path, value)?)
 }

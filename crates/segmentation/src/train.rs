@@ -473,11 +473,8 @@ fn read_state(run: &RunDir) -> Result<TrainState, SegError> {
 
 /// Rewrites `log.jsonl` from the state (atomic, so a crash never leaves half a line).
 fn append_log(run: &RunDir, log: &EpochLog) -> Result<(), SegError> {
-    let p = run.file("log.jsonl");
-    let mut text = std::fs::read_to_string(&p).unwrap_or_default();
-    text.push_str(&serde_json::to_string(log).map_err(|e| SegError::Internal(e.to_string()))?);
-    text.push('\n');
-    Ok(vesalius_data::io::write_atomic(&p, text.as_bytes())?)
+    let line = serde_json::to_string(log).map_err(|e| SegError::Internal(e.to_string()))?;
+    Ok(run.append_line("log.jsonl", &line)?)
 }
 
 /// A label map on the grid of `grid`.

@@ -22,8 +22,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train from a recipe into a run directory (resumes an interrupted run in the same directory). The recipe is a
-    /// classification recipe, a segmentation recipe (`task = "segmentation"`), or a Medical Segmentation
-    /// Decathlon / nnU-Net dataset folder (segmentation with every default).
+    /// classification recipe, a segmentation recipe (`task = "segmentation"`), a learned-registration recipe
+    /// (`task = "registration"`), or a Medical Segmentation Decathlon / nnU-Net dataset folder (segmentation with
+    /// every default).
     Train {
         /// The recipe (TOML) or dataset folder.
         recipe: PathBuf,
@@ -34,6 +35,7 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
         /// Segmentation: number of epochs instead of the recipe's (nnU-Net's short-trainer variants).
+        /// Registration: number of training steps of the deformable network.
         #[arg(long)]
         epochs: Option<usize>,
         /// Segmentation: batches per epoch instead of the recipe's.
@@ -41,7 +43,8 @@ pub enum Command {
         iterations: Option<usize>,
     },
     /// Evaluate a run's best model; prints and writes the metrics. Classification: on one of its splits;
-    /// segmentation: on its validation cases, in their own grids (`metrics.json`).
+    /// segmentation: on its validation cases, in their own grids (`metrics.json`); registration: on its
+    /// validation pairs (Dice before and after, HD95, folding, field error for synthetic pairs, time per pair).
     Evaluate {
         /// The run directory.
         #[arg(long)]
@@ -52,6 +55,10 @@ pub enum Command {
         /// Segmentation: flip test-time augmentation.
         #[arg(long)]
         tta: bool,
+        /// Registration: also register the validation pairs by optimisation with this method (affine, deformable,
+        /// affine+deformable) and the run's similarity, for comparison.
+        #[arg(long)]
+        optimisation: Option<String>,
     },
     /// Predict with a run's best model. Classification: class probabilities as CSV. Segmentation: one label map
     /// per input (NIfTI, in the input's grid and affine) in the output folder.
@@ -106,8 +113,9 @@ pub enum Command {
         #[arg(long)]
         series: Option<String>,
     },
-    /// Register a moving image to a fixed one (affine and/or deformable optimisation) and write the moving image
-    /// resampled on the fixed grid; optionally the displacement field (NIfTI, mm) and warped label maps.
+    /// Register a moving image to a fixed one (affine and/or deformable optimisation, or a trained run's networks
+    /// with --run) and write the moving image resampled on the fixed grid; optionally the displacement field
+    /// (NIfTI, mm) and warped label maps.
     Register {
         /// The fixed image (its grid and affine are the outputs').
         #[arg(long)]
@@ -146,6 +154,9 @@ pub enum Command {
         /// mse, ncc or mi (mutual information, for different modalities).
         #[arg(long, default_value = "mse")]
         similarity: String,
+        /// A learned-registration run directory: register with its trained networks instead of optimising.
+        #[arg(long, conflicts_with_all = ["method", "similarity"])]
+        run: Option<PathBuf>,
     },
     /// Run the reference training workloads and print one JSON line each.
     Bench {
@@ -163,7 +174,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
         Command::Train { recipe, out, quiet, epochs, iterations } => {
-            if let Some(mut seg) = commands::segmentation_recipe(&recipe)? {
+            if commands::recipe_task(&recipe).as_deref() == Some("registration") {
+                if iterations.is_some() {
+                    return Err(CliError::Usage("--iterations applies to segmentation; registration counts steps (--epochs)".into()));
+                }
+                commands::train_registration(backend, &recipe, out, quiet, epochs)
+            } else if let Some(mut seg) = commands::segmentation_recipe(&recipe)? {
                 if let Some(e) = epochs {
                     seg.train.epochs = e;
                 }
@@ -178,8 +194,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 commands::train(backend, &recipe, out, quiet)
             }
         }
-        Command::Evaluate { run, split, tta } => {
-            if commands::is_segmentation_run(&run) {
+        Command::Evaluate { run, split, tta, optimisation } => {
+            if vesalius_registration::run::is_run(&run) {
+                commands::evaluate_registration(backend, &run, optimisation.as_deref())
+            } else if optimisation.is_some() {
+                Err(CliError::Usage("--optimisation applies to registration runs".into()))
+            } else if commands::is_segmentation_run(&run) {
                 commands::evaluate_segmentation(backend, &run, tta)
             } else {
                 commands::evaluate(backend, &run, &split)
@@ -207,8 +227,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }
-        Command::Register { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity } => {
-            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity };
+        Command::Register { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity, run } => {
+            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity, run };
             commands::register(backend, &args)
         }
         Command::Bench { only, in_process } => crate::bench::run(backend, &only, in_process),

@@ -173,6 +173,8 @@ pub struct RegisterArgs {
     pub method: String,
     /// Similarity name.
     pub similarity: String,
+    /// A learned-registration run to register with.
+    pub run: Option<PathBuf>,
 }
 
 /// Writes an image as NIfTI or a 2D format, by the output's extension.
@@ -222,9 +224,20 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         }
     }
     let options = RegisterOptions { method, similarity, ..RegisterOptions::default() };
+    if let Some(run) = &args.run {
+        if !vesalius_registration::run::is_run(run) {
+            return Err(CliError::Usage(format!("{}: not a learned-registration run (no recipe.toml with task = \"registration\")", run.display())));
+        }
+    }
     let started = std::time::Instant::now();
     let (result, warped_labels, labels_before) = with_backend!(backend, |B, AB, device| {
-        let r = vesalius_registration::register::<AB>(&fixed, &moving, &options, &device);
+        let r = match &args.run {
+            Some(run) => {
+                let registrar = vesalius_registration::run::LearnedRegistrar::<B>::load(&vesalius_data::run::RunDir::new(run), &device)?;
+                registrar.register(&fixed, &moving, &device)?
+            }
+            None => vesalius_registration::register::<AB>(&fixed, &moving, &options, &device),
+        };
         let l = labels.as_ref().map(|l| r.warp_labels::<B>(l, &fixed, &device));
         // Before: the moving labels placed on the fixed grid by their own geometry alone.
         let before = labels.as_ref().map(|l| {
@@ -246,9 +259,13 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     }
     let dets = vesalius_registration::evaluate::jacobian_determinants(&result.field_voxels, vesalius_registration::Grid::of(&fixed).size);
     let stats = vesalius_registration::evaluate::jacobian_stats(&dets);
+    let (method_name, similarity_name) = match &args.run {
+        Some(run) => (format!("learned ({})", run.display()), String::from("-")),
+        None => (args.method.clone(), args.similarity.clone()),
+    };
     let mut summary = json!({
-        "method": args.method,
-        "similarity": args.similarity,
+        "method": method_name,
+        "similarity": similarity_name,
         "seconds": (seconds * 100.0).round() / 100.0,
         "affine_world": result.world,
         "jacobian": stats,
@@ -436,4 +453,69 @@ pub fn predict_segmentation(backend: BackendKind, run_dir: &Path, inputs: &[Path
         }
         Ok::<(), CliError>(())
     })
+}
+
+/// The `task` a recipe file declares, if it is a TOML file that declares one.
+pub fn recipe_task(path: &Path) -> Option<String> {
+    if !path.is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    text.parse::<toml::Table>().ok()?.get("task")?.as_str().map(str::to_string)
+}
+
+/// `vesalius train` for learned registration (`--epochs` sets the deformable network's steps).
+pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathBuf>, quiet: bool, steps: Option<usize>) -> Result<(), CliError> {
+    use vesalius_registration::recipe::RegRecipe;
+    let mut recipe = RegRecipe::from_file(source)?;
+    if let Some(s) = steps {
+        recipe.train.steps = s;
+    }
+    let name = source.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "registration".into());
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
+    let run = vesalius_data::run::RunDir::new(&out);
+    let outcome = with_backend!(backend, |B, AB, device| {
+        vesalius_registration::run::train::<AB>(&recipe, &run, &device, |log| {
+            if !quiet {
+                let dice = log.val_dice.map_or(String::from("-"), |d| format!("{d:.4}"));
+                eprintln!("{:<10} step {:>6}  loss {:.5}  val loss {:.5}  val Dice {dice}  ({:.1} s)", log.stage, log.step, log.train_loss, log.val_loss, log.seconds);
+            }
+        })
+        .map_err(CliError::from)
+    })?;
+    if let Some((affine, deformable)) = outcome.resumed_after {
+        println!("resumed after {affine} affine and {deformable} deformable steps");
+    }
+    let s = &outcome.state;
+    println!("best validation score {:.4} (step {}); {} affine, {} deformable steps", s.best_score, s.best_step, s.affine_step, s.step);
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+/// `vesalius evaluate` for learned registration, optionally against optimisation on the same pairs.
+pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation: Option<&str>) -> Result<(), CliError> {
+    use vesalius_registration::{Method, RegisterOptions};
+    let run = vesalius_data::run::RunDir::new(run_dir);
+    let options = match optimisation {
+        None => None,
+        Some(name) => {
+            let method = Method::parse(name).ok_or_else(|| CliError::Usage(format!("unknown method '{name}' (affine, deformable, affine+deformable)")))?;
+            let recipe = vesalius_registration::recipe::RegRecipe::from_file(&run.file("recipe.toml"))?;
+            Some(RegisterOptions { method, similarity: recipe.similarity(), ..RegisterOptions::default() })
+        }
+    };
+    let m = with_backend!(backend, |B, AB, device| vesalius_registration::run::evaluate::<AB>(&run, &device, options.as_ref()).map_err(CliError::from))?;
+    println!("validation pairs: {} (mean [95 % bootstrap CI])", m.learned.pairs.len());
+    let print = |title: &str, method: &vesalius_registration::run::MethodMetrics| {
+        println!("{title}");
+        for (name, e) in &method.mean {
+            println!("  {name:<24} {:>10.4}  [{:.4}, {:.4}]", e.value, e.ci_low, e.ci_high);
+        }
+    };
+    print("learned", &m.learned);
+    if let Some(o) = &m.optimisation {
+        print(&format!("optimisation ({})", optimisation.unwrap_or_default()), o);
+    }
+    println!("written: {}", run.file("metrics.json").display());
+    Ok(())
 }

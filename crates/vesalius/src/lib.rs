@@ -60,3 +60,12 @@ impl From<vesalius_data::DataError> for CliError {
         CliError::Usage(e.to_string())
     }
 }
+
+impl From<vesalius_registration::RegError> for CliError {
+    fn from(e: vesalius_registration::RegError) -> Self {
+        match e {
+            vesalius_registration::RegError::Internal(m) => CliError::Internal(m),
+            vesalius_registration::RegError::Input(m) => CliError::Usage(m),
+        }
+    }
+}

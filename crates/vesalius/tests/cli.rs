@@ -472,3 +472,92 @@ fn segmentation_trains_on_an_msd_folder_with_defaults() {
     assert!(stdout(&o).contains("best validation Dice"));
     assert_input_error(&vesalius(&["train", root().join("recipes/mni152-tissue.toml").to_str().unwrap(), "--epochs", "1"]), "--epochs");
 }
+
+#[test]
+fn learned_registration_train_register_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mni = root().join("fixtures/mni152");
+    let recipe = dir.path().join("vm.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"task = "registration"
+[data]
+spacing = [8.0, 8.0, 8.0]
+shape = [24, 32, 24]
+synthetic = {{ image = "{0}/mni152_t1.nii.gz", labels = "{0}/mni152_tissue_labels.nii.gz" }}
+[model]
+encoder = [4, 8, 8]
+decoder = [8, 8, 8, 4]
+[train]
+steps = 6
+val_every = 3
+validation = 2
+learning_rate = 1e-3
+"#,
+            mni.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("6 deformable steps"), "{}", stdout(&o));
+    for file in ["recipe.toml", "run.json", "model.mpk", "log.jsonl", "checkpoints/state.json", "checkpoints/optim.mpk"] {
+        assert!(run.join(file).is_file(), "{file}");
+    }
+    // Register an image in another grid (4 mm) with the run's network; outputs on the fixed grid.
+    let t1 = vesalius_data::io::load(mni.join("mni152_t1.nii.gz")).unwrap();
+    let fixed_img = vesalius_data::geometry::resample(&t1, &[4.0, 4.0, 4.0], vesalius_data::geometry::Interp::Linear).unwrap();
+    let fixed = dir.path().join("fixed.nii.gz");
+    vesalius_data::nifti::save(&fixed, &fixed_img, vesalius_data::nifti::NiftiType::F32).unwrap();
+    let labels = mni.join("mni152_tissue_labels.nii.gz");
+    let (out, field, metrics) = (dir.path().join("w.nii.gz"), dir.path().join("field.nii.gz"), dir.path().join("m.json"));
+    let o = vesalius(&[
+        "register", "--run", run.to_str().unwrap(), "--fixed", fixed.to_str().unwrap(), "--moving",
+        mni.join("mni152_t1.nii.gz").to_str().unwrap(), "-o", out.to_str().unwrap(), "--field", field.to_str().unwrap(),
+        "--labels", labels.to_str().unwrap(), "--labels-out", dir.path().join("wl.nii.gz").to_str().unwrap(), "--metrics",
+        metrics.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w = vesalius_data::io::load(&out).unwrap();
+    assert_eq!(w.shape(), fixed_img.shape());
+    assert_eq!(w.affine(), fixed_img.affine());
+    let f = vesalius_data::io::load(&field).unwrap();
+    assert_eq!((f.shape(), f.channels()), (fixed_img.shape(), 3));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    assert!(m["method"].as_str().unwrap().starts_with("learned"), "{m}");
+    assert!(m["jacobian"]["folding_percent"].as_f64().unwrap() < 1.0, "{m}");
+    // The run's own evaluation on its validation pairs.
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--optimisation", "deformable"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    for method in ["learned", "optimisation"] {
+        assert_eq!(m[method]["pairs"].as_array().unwrap().len(), 2);
+        let names: Vec<&str> = m[method]["mean"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
+        for name in ["dice_before", "dice_after", "folding_percent", "field_error_before_mm", "field_error_after_mm", "seconds_per_pair"] {
+            assert!(names.contains(&name), "{method}: {name} in {names:?}");
+        }
+    }
+    // Optimisation aligns the synthetic pairs: the displacement error falls.
+    let mean = |method: &str, name: &str| m[method]["mean"].as_array().unwrap().iter().find(|e| e[0] == name).unwrap()[1]["value"].as_f64().unwrap();
+    assert!(mean("optimisation", "field_error_after_mm") < mean("optimisation", "field_error_before_mm"), "{m}");
+    // Bad input.
+    assert_input_error(
+        &vesalius(&["register", "--run", dir.path().to_str().unwrap(), "--fixed", fixed.to_str().unwrap(), "--moving", fixed.to_str().unwrap(), "-o", out.to_str().unwrap()]),
+        "not a learned-registration run",
+    );
+    let o = vesalius(&["register", "--run", run.to_str().unwrap(), "--method", "affine", "--fixed", fixed.to_str().unwrap(), "--moving", fixed.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let png = root().join("fixtures/itk/BrainProtonDensitySliceBorder20.png");
+    assert_input_error(
+        &vesalius(&["register", "--run", run.to_str().unwrap(), "--fixed", png.to_str().unwrap(), "--moving", png.to_str().unwrap(), "-o", out.to_str().unwrap()]),
+        "needs 3D volumes",
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, format!("task = \"registration\"\n[data]\nspacing = [8.0, 8.0, 8.0]\nshape = [24, 32, 24]\natlas = \"{0}/mni152_t1.nii.gz\"\npairs = \"p.csv\"\n", mni.display())).unwrap();
+    assert_input_error(&vesalius(&["train", bad.to_str().unwrap(), "--out", dir.path().join("r2").to_str().unwrap()]), "exactly one of");
+    let odd = dir.path().join("odd.toml");
+    std::fs::write(&odd, std::fs::read_to_string(&recipe).unwrap().replace("shape = [24, 32, 24]", "shape = [24, 30, 24]")).unwrap();
+    assert_input_error(&vesalius(&["train", odd.to_str().unwrap(), "--out", dir.path().join("r3").to_str().unwrap()]), "multiple of 8");
+}

@@ -1,0 +1,858 @@
+//! Training runs of learned registration: pairs from a recipe ([`crate::recipe`]) resampled onto one grid, an
+//! optional affine-regression network trained first, then a VoxelMorph network on the affinely aligned pairs;
+//! validation every `val_every` steps keeping the best model; model, optimiser and state checkpointed atomically
+//! so that an interrupted run resumes. [`LearnedRegistrar`] registers new images with a run's networks (outputs
+//! in the fixed image's grid, like [`crate::register`]) and [`evaluate`] measures a run on its validation pairs.
+//!
+//! A run folder holds `recipe.toml`, `run.json` (label values), `affine.mpk` (the affine network, if any),
+//! `model.mpk` (best validation score), `log.jsonl`, `checkpoints/` and, after evaluation, `metrics.json`.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use vesalius_data::run::RunDir;
+use vesalius_data::transforms::{resample_onto, rng};
+use vesalius_data::{Affine, Image};
+use vesalius_eval::bootstrap::{percentile_ci, Estimate};
+use vesalius_nets::{warp_by_affine, AffineNet, AffineNetConfig};
+use vesalius_nets::loss::grad_l2;
+use vesalius_nets::ops::{identity_grid, resize_linear, sample_linear, sample_nearest, warp, warp_nearest, Padding};
+use vesalius_nets::record::{from_bytes, to_bytes};
+use vesalius_nets::{VoxelMorph, VoxelMorphConfig};
+
+use crate::affine::{identity, Grid};
+use crate::evaluate::{jacobian_determinants, jacobian_stats, label_metrics, JacobianStats};
+use crate::learn::{pair_loss, LearnOptions, Pair};
+use crate::recipe::{RegRecipe, Synthetic};
+use crate::{finish, mat_inv, mat_mul, normalised, to_vec, Mat4, RegError, Registration};
+
+/// Whether `dir` holds a learned-registration run (its `recipe.toml` says `task = "registration"`).
+pub fn is_run(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("recipe.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.get("task").and_then(|v| v.as_str()) == Some("registration"))
+}
+
+/// The common grid of a fixed image: RAS+ axes, the recipe's spacing and shape (x, y, z), centred on the fixed
+/// image's field of view. Returns its voxel-to-world matrix (indices i, j, k).
+pub fn common_grid(recipe: &RegRecipe, fixed: &Image) -> Affine {
+    let centre = Grid::of(fixed).centre();
+    let mut a = identity();
+    for axis in 0..3 {
+        let s = recipe.data.spacing[axis];
+        a[axis][axis] = s;
+        a[axis][3] = centre[axis] - s * (recipe.data.shape[axis] as f64 - 1.0) / 2.0;
+    }
+    a
+}
+
+fn check_volume(image: &Image, path: &Path) -> Result<(), RegError> {
+    if image.ndim() != 3 {
+        return Err(RegError::Input(format!("{}: learned registration needs 3D volumes, this image is {}D", path.display(), image.ndim())));
+    }
+    Ok(())
+}
+
+fn load(path: &Path) -> Result<Image, RegError> {
+    let image = vesalius_data::io::load(path)?;
+    check_volume(&image, path)?;
+    Ok(image)
+}
+
+/// An image's intensities scaled to [0, 1] (0.5–99.5th percentiles), resampled onto the grid `affine` of `shape`.
+fn intensities_on(image: &Image, shape: &[usize; 3], affine: &Affine) -> Result<Vec<f32>, RegError> {
+    let first = Image::new(image.data()[..image.voxels()].to_vec(), image.shape().to_vec(), 1, *image.affine(), "float32")?;
+    Ok(resample_onto(&normalised(&first), shape, affine, false)?.data().to_vec())
+}
+
+/// A label map resampled (nearest neighbour) onto the grid, as indices into `values` (0 for values not listed).
+fn labels_on(labels: &Image, shape: &[usize; 3], affine: &Affine, values: &[i64]) -> Result<Vec<f32>, RegError> {
+    let first = Image::new(labels.data()[..labels.voxels()].to_vec(), labels.shape().to_vec(), 1, *labels.affine(), "float32")?;
+    let on = resample_onto(&first, shape, affine, true)?;
+    Ok(on.data().iter().map(|&v| values.iter().position(|&l| l == v.round() as i64).unwrap_or(0) as f32).collect())
+}
+
+fn distinct_values(maps: &[&Image]) -> Vec<i64> {
+    let mut values: Vec<i64> = maps.iter().flat_map(|m| m.data()[..m.voxels()].iter().map(|&v| v.round() as i64)).collect();
+    values.push(0);
+    values.sort_unstable();
+    values.dedup();
+    values
+}
+
+/// One pair on the common grid, flattened in tensor order (depth, height, width; width fastest).
+#[derive(Clone, Debug)]
+pub struct PreparedPair {
+    /// A name for reports (the moving image's file name, or the synthetic field's seed).
+    pub name: String,
+    /// Moving intensities in [0, 1].
+    pub moving: Vec<f32>,
+    /// Fixed intensities in [0, 1].
+    pub fixed: Vec<f32>,
+    /// Moving labels as indices into the run's label values.
+    pub moving_labels: Option<Vec<f32>>,
+    /// Fixed labels.
+    pub fixed_labels: Option<Vec<f32>>,
+    /// The true displacement (voxels, `[3][d·h·w]` components depth, height, width), for synthetic pairs.
+    pub truth: Option<Vec<f32>>,
+}
+
+/// The pairs of a recipe: listed (pairs file, atlas + subjects) or synthetic (drawn by seed).
+pub struct PairSource {
+    recipe: RegRecipe,
+    /// Label values, in index order (0 first).
+    pub label_values: Vec<i64>,
+    listed: Vec<PreparedPair>,
+    synthetic: Option<(Vec<f32>, Option<Vec<f32>>)>,
+    /// Tensor size (depth, height, width) of the common grid.
+    pub size: [usize; 3],
+}
+
+fn pair_rows(csv_path: &Path) -> Result<Vec<[Option<PathBuf>; 4]>, RegError> {
+    let err = |m: String| RegError::Input(format!("{}: {m}", csv_path.display()));
+    let mut reader = csv::Reader::from_path(csv_path).map_err(|e| err(e.to_string()))?;
+    let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
+    let column = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let (Some(m), Some(f)) = (column("moving"), column("fixed")) else {
+        return Err(err("needs the columns moving and fixed (optionally moving_labels, fixed_labels)".into()));
+    };
+    let (ml, fl) = (column("moving_labels"), column("fixed_labels"));
+    let base = csv_path.parent().unwrap_or(Path::new("."));
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| err(format!("row {}: {e}", i + 2)))?;
+        let get = |c: Option<usize>| c.and_then(|c| record.get(c)).map(str::trim).filter(|s| !s.is_empty()).map(|s| base.join(s));
+        let (moving, fixed) = (get(Some(m)), get(Some(f)));
+        if moving.is_none() || fixed.is_none() {
+            return Err(err(format!("row {}: empty moving or fixed path", i + 2)));
+        }
+        rows.push([moving, fixed, get(ml), get(fl)]);
+    }
+    Ok(rows)
+}
+
+impl PairSource {
+    /// Reads and resamples every image of the recipe (synthetic: the one image); label maps are mapped to indices.
+    pub fn open(recipe: &RegRecipe) -> Result<Self, RegError> {
+        let d = &recipe.data;
+        let shape = d.shape;
+        let size = [shape[2], shape[1], shape[0]];
+        let mut listed = Vec::new();
+        let mut synthetic = None;
+        let label_values: Vec<i64>;
+        if let Some(s) = &d.synthetic {
+            let image = load(&s.image)?;
+            let grid = common_grid(recipe, &image);
+            let labels = s.labels.as_deref().map(load).transpose()?;
+            label_values = labels.as_ref().map(|l| distinct_values(&[l])).unwrap_or_default();
+            let base = intensities_on(&image, &shape, &grid)?;
+            let base_labels = labels.as_ref().map(|l| labels_on(l, &shape, &grid, &label_values)).transpose()?;
+            synthetic = Some((base, base_labels));
+        } else {
+            // (moving, fixed, moving labels, fixed labels) paths.
+            let rows: Vec<[Option<PathBuf>; 4]> = if let Some(csv_path) = &d.pairs {
+                pair_rows(csv_path)?
+            } else {
+                let atlas = d.atlas.clone();
+                d.subjects.iter().enumerate().map(|(i, s)| [Some(s.clone()), atlas.clone(), d.subject_labels.get(i).cloned(), d.atlas_labels.clone()]).collect()
+            };
+            let need = recipe.train.validation + 1;
+            if rows.len() < need {
+                return Err(RegError::Input(format!("{} pairs: at least {need} needed ({} held out for validation)", rows.len(), recipe.train.validation)));
+            }
+            let with_labels = rows.iter().filter(|r| r[2].is_some() && r[3].is_some()).count();
+            if with_labels != 0 && with_labels != rows.len() {
+                return Err(RegError::Input("either every pair has both label maps or none has".into()));
+            }
+            if recipe.train.label_weight > 0.0 && with_labels == 0 {
+                return Err(RegError::Input("[train] label_weight needs label maps for the pairs".into()));
+            }
+            let mut images = Vec::new();
+            for r in &rows {
+                let get = |p: &Option<PathBuf>| p.as_deref().map(load).transpose();
+                images.push((get(&r[0])?.expect("checked"), get(&r[1])?.expect("checked"), get(&r[2])?, get(&r[3])?));
+            }
+            let maps: Vec<&Image> = images.iter().flat_map(|(_, _, a, b)| a.iter().chain(b.iter())).collect();
+            label_values = if maps.is_empty() { Vec::new() } else { distinct_values(&maps) };
+            for (r, (moving, fixed, ml, fl)) in rows.iter().zip(&images) {
+                for (map, image, path) in [(ml, moving, &r[2]), (fl, fixed, &r[3])] {
+                    if let (Some(m), Some(p)) = (map, path) {
+                        if m.shape() != image.shape() {
+                            return Err(RegError::Input(format!("{}: the label map's grid differs from its image's", p.display())));
+                        }
+                    }
+                }
+                let grid = common_grid(recipe, fixed);
+                listed.push(PreparedPair {
+                    name: r[0].as_deref().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    moving: intensities_on(moving, &shape, &grid)?,
+                    fixed: intensities_on(fixed, &shape, &grid)?,
+                    moving_labels: ml.as_ref().map(|l| labels_on(l, &shape, &grid, &label_values)).transpose()?,
+                    fixed_labels: fl.as_ref().map(|l| labels_on(l, &shape, &grid, &label_values)).transpose()?,
+                    truth: None,
+                });
+            }
+        }
+        Ok(Self { recipe: recipe.clone(), label_values, listed, synthetic, size })
+    }
+
+    /// Number of label classes (background included; 0 without labels).
+    pub fn classes(&self) -> usize {
+        self.label_values.len()
+    }
+
+    fn train_count(&self) -> usize {
+        self.listed.len().saturating_sub(self.recipe.train.validation)
+    }
+
+    /// The validation pairs.
+    pub fn validation<B: Backend>(&self, device: &B::Device) -> Vec<PreparedPair> {
+        match &self.synthetic {
+            Some(_) => (0..self.recipe.train.validation).map(|k| self.synthetic_pair::<B>(mix(self.recipe.train.seed, 1, k as u64), device)).collect(),
+            None => self.listed[self.train_count()..].to_vec(),
+        }
+    }
+
+    /// The training pair of step `step`: listed pairs in an order shuffled anew each pass (by seed), or a synthetic
+    /// pair with a fresh field.
+    pub fn train_pair<B: Backend>(&self, step: usize, device: &B::Device) -> PreparedPair {
+        match &self.synthetic {
+            Some(_) => self.synthetic_pair::<B>(mix(self.recipe.train.seed, 0, step as u64), device),
+            None => {
+                let n = self.train_count();
+                let mut order: Vec<usize> = (0..n).collect();
+                order.shuffle(&mut rng(mix(self.recipe.train.seed, 2, (step / n) as u64)));
+                self.listed[order[step % n]].clone()
+            }
+        }
+    }
+
+    fn synthetic_pair<B: Backend>(&self, seed: u64, device: &B::Device) -> PreparedPair {
+        let (base, base_labels) = self.synthetic.as_ref().expect("a synthetic source");
+        let s = self.recipe.data.synthetic.as_ref().expect("a synthetic recipe");
+        let field = synthetic_field::<B>(s, self.recipe.data.spacing, self.size, seed, device);
+        let moving = tensor5::<B>(base.clone(), 1, self.size, device);
+        let fixed = warp(moving, field.clone(), Padding::Border);
+        let fixed_labels = base_labels.as_ref().map(|l| to_vec(warp_nearest(tensor5::<B>(l.clone(), 1, self.size, device), field.clone())));
+        PreparedPair {
+            name: format!("synthetic-{seed:016x}"),
+            moving: base.clone(),
+            fixed: to_vec(fixed),
+            moving_labels: base_labels.clone(),
+            fixed_labels,
+            truth: Some(to_vec(field)),
+        }
+    }
+}
+
+/// A seed for the `index`-th draw of kind `kind` (0 training fields, 1 validation fields, 2 pair orders).
+fn mix(seed: u64, kind: u64, index: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (kind << 56) ^ index.wrapping_mul(0xD6E8_FEB8_6659_FD93)
+}
+
+/// A random smooth field (voxels, `[1, 3, d, h, w]`): control-point displacements uniform in ±amplitude (mm, per
+/// axis in voxels of `spacing` (x, y, z)), interpolated trilinearly.
+pub fn synthetic_field<B: Backend>(s: &Synthetic, spacing: [f64; 3], size: [usize; 3], seed: u64, device: &B::Device) -> Tensor<B, 5> {
+    let cp = s.control_points;
+    let mut r = rng(seed);
+    let mut values = Vec::with_capacity(3 * cp * cp * cp);
+    for c in 0..3 {
+        let amplitude = s.amplitude_mm / spacing[2 - c];
+        for _ in 0..cp * cp * cp {
+            values.push(((r.random::<f64>() * 2.0 - 1.0) * amplitude) as f32);
+        }
+    }
+    resize_linear(Tensor::from_data(TensorData::new(values, [1, 3, cp, cp, cp]), device), size)
+}
+
+fn tensor5<B: Backend>(v: Vec<f32>, channels: usize, size: [usize; 3], device: &B::Device) -> Tensor<B, 5> {
+    Tensor::from_data(TensorData::new(v, [1, channels, size[0], size[1], size[2]]), device)
+}
+
+fn int_labels<B: Backend>(v: &[f32], size: [usize; 3], device: &B::Device) -> Tensor<B, 4, Int> {
+    let ints: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+    Tensor::from_data(TensorData::new(ints, [1, size[0], size[1], size[2]]), device)
+}
+
+/// Positions `A·p` of every voxel `p` of a grid of `size` under voxel-space affines `[1, 3, 4]`: `[1, 3, d, h, w]`.
+fn affine_coords<B: Backend>(affine: Tensor<B, 3>, size: [usize; 3]) -> Tensor<B, 5> {
+    let device = affine.device();
+    let v = size[0] * size[1] * size[2];
+    let grid = identity_grid::<B>(size, &device).reshape([1, 3, v]);
+    (affine.clone().narrow(2, 0, 3).matmul(grid) + affine.narrow(2, 3, 1)).reshape([1, 3, size[0], size[1], size[2]])
+}
+
+/// Run metadata besides the recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Label values of the label maps, in index order (empty without labels).
+    pub label_values: Vec<i64>,
+}
+
+/// Training progress, checkpointed with the networks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegState {
+    /// Completed steps of the affine network.
+    pub affine_step: usize,
+    /// Completed steps of the deformable network.
+    pub step: usize,
+    /// Best validation score (mean Dice of the warped labels with labels; otherwise minus the validation loss).
+    pub best_score: f64,
+    /// Step of the best deformable model.
+    pub best_step: usize,
+}
+
+/// One validation's record in `log.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// `affine` or `deformable`.
+    pub stage: String,
+    /// Steps completed in the stage.
+    pub step: usize,
+    /// Mean training loss since the previous record.
+    pub train_loss: f64,
+    /// Mean validation loss (similarity + regulariser).
+    pub val_loss: f64,
+    /// Mean Dice of the warped labels over the non-background labels, when there are labels.
+    pub val_dice: Option<f64>,
+    /// Seconds since the previous record.
+    pub seconds: f64,
+}
+
+/// What a finished training reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOutcome {
+    /// Final state.
+    pub state: RegState,
+    /// Steps already done when the run resumed (affine, deformable), if it did.
+    pub resumed_after: Option<(usize, usize)>,
+}
+
+/// Training losses and time since the last validation record.
+struct Progress {
+    losses: Vec<f64>,
+    clock: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self { losses: Vec::new(), clock: Instant::now() }
+    }
+}
+
+impl Progress {
+    /// Writes the state (after the stage's networks) and one log line, and starts the next interval.
+    #[allow(clippy::too_many_arguments)]
+    fn record(&mut self, run: &RunDir, stage: &str, step: usize, val_loss: f64, val_dice: Option<f64>, state: &RegState, on_log: &mut impl FnMut(&StepLog)) -> Result<(), RegError> {
+        let log = StepLog {
+            stage: stage.into(),
+            step,
+            train_loss: self.losses.iter().sum::<f64>() / self.losses.len().max(1) as f64,
+            val_loss,
+            val_dice,
+            seconds: self.clock.elapsed().as_secs_f64(),
+        };
+        run.write_json("checkpoints/state.json", state)?;
+        run.append_line("log.jsonl", &serde_json::to_string(&log).map_err(|e| RegError::Internal(e.to_string()))?)?;
+        on_log(&log);
+        *self = Self::default();
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, RegError> {
+    std::fs::read(path).map_err(|e| RegError::Input(format!("{}: {e}", path.display())))
+}
+
+fn write_record(path: &Path, bytes: Result<Vec<u8>, String>) -> Result<(), RegError> {
+    Ok(vesalius_data::io::write_atomic(path, &bytes.map_err(RegError::Internal)?)?)
+}
+
+fn voxelmorph_config(recipe: &RegRecipe) -> VoxelMorphConfig {
+    VoxelMorphConfig::new(recipe.model.encoder.clone(), recipe.model.decoder.clone()).with_integration_steps(recipe.model.integration_steps)
+}
+
+fn mean_dice(moved: &[f32], reference: &[f32], classes: usize) -> f64 {
+    let per: Vec<f64> = (1..classes).map(|k| crate::evaluate::dice(moved, reference, k as f32)).collect();
+    per.iter().sum::<f64>() / per.len().max(1) as f64
+}
+
+/// Trains the run described by `recipe` in `run`, resuming from its checkpoints when they exist (a recipe that
+/// differs in more than its step counts is refused). `on_log` sees every validation record.
+pub fn train<AB: AutodiffBackend>(recipe: &RegRecipe, run: &RunDir, device: &AB::Device, mut on_log: impl FnMut(&StepLog)) -> Result<TrainOutcome, RegError> {
+    let state_path = run.checkpoint("state.json");
+    let resuming = state_path.is_file();
+    let mut state = if resuming {
+        let old = RegRecipe::from_file(&run.file("recipe.toml"))?;
+        if old.without_steps() != recipe.without_steps() {
+            return Err(RegError::Input(format!("{}: this run folder holds another recipe (only step counts may change)", run.root().display())));
+        }
+        let state: RegState = run.read_json("checkpoints/state.json")?;
+        if state.step > 0 && recipe.model.affine && recipe.train.affine_steps > state.affine_step {
+            return Err(RegError::Input(format!(
+                "{}: the deformable stage has started; affine_steps cannot grow beyond {}",
+                run.root().display(),
+                state.affine_step
+            )));
+        }
+        state
+    } else {
+        RegState { affine_step: 0, step: 0, best_score: f64::NEG_INFINITY, best_step: 0 }
+    };
+    let resumed_after = resuming.then_some((state.affine_step, state.step));
+    let source = PairSource::open(recipe)?;
+    std::fs::create_dir_all(run.checkpoint("")).map_err(|e| RegError::Input(format!("{}: {e}", run.root().display())))?;
+    vesalius_data::io::write_atomic(&run.file("recipe.toml"), recipe.to_toml()?.as_bytes())?;
+    run.write_json("run.json", &RunInfo { label_values: source.label_values.clone() })?;
+    let size = source.size;
+    let validation = source.validation::<AB::InnerBackend>(device);
+    let similarity = recipe.similarity();
+    let lr = recipe.train.learning_rate;
+
+    // Stage 1: the affine network.
+    let affine = if recipe.model.affine {
+        AB::seed(device, recipe.train.seed);
+        let mut net: AffineNet<AB> = AffineNetConfig::new(recipe.model.affine_encoder.clone()).init(device);
+        let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, AffineNet<AB>>();
+        if state.affine_step > 0 {
+            net = net.load_record(from_bytes::<AB, _>(read(&run.checkpoint("affine.mpk"))?, device).map_err(RegError::Input)?);
+            if state.affine_step < recipe.train.affine_steps {
+                optim = optim.load_record(from_bytes::<AB, _>(read(&run.checkpoint("affine_optim.mpk"))?, device).map_err(RegError::Input)?);
+            }
+        }
+        let mut progress = Progress::default();
+        for step in state.affine_step..recipe.train.affine_steps {
+            let p = source.train_pair::<AB::InnerBackend>(step, device);
+            let (m, f) = (tensor5::<AB>(p.moving, 1, size, device), tensor5::<AB>(p.fixed, 1, size, device));
+            let (warped, _) = net.register(m, f.clone());
+            let loss = similarity.loss(warped, f.clone(), f.ones_like());
+            progress.losses.push(loss.clone().into_scalar().elem::<f64>());
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(lr, net, grads);
+            let done = step + 1;
+            if done % recipe.train.val_every == 0 || done == recipe.train.affine_steps {
+                let inner = net.valid();
+                let val_loss = validation
+                    .iter()
+                    .map(|p| {
+                        let f = tensor5::<AB::InnerBackend>(p.fixed.clone(), 1, size, device);
+                        let (warped, _) = inner.register(tensor5(p.moving.clone(), 1, size, device), f.clone());
+                        similarity.loss(warped, f.clone(), f.ones_like()).into_scalar().elem::<f64>()
+                    })
+                    .sum::<f64>()
+                    / validation.len() as f64;
+                write_record(&run.checkpoint("affine.mpk"), to_bytes::<AB, _>(net.clone().into_record()))?;
+                write_record(&run.checkpoint("affine_optim.mpk"), to_bytes::<AB, _>(optim.to_record()))?;
+                state.affine_step = done;
+                progress.record(run, "affine", done, val_loss, None, &state, &mut on_log)?;
+            }
+        }
+        write_record(&run.file("affine.mpk"), to_bytes::<AB, _>(net.clone().into_record()))?;
+        Some(net.valid())
+    } else {
+        None
+    };
+
+    // The moving image (and labels) of a pair after the affine stage.
+    let aligned = |p: &PreparedPair| -> (Tensor<AB::InnerBackend, 5>, Option<Tensor<AB::InnerBackend, 5>>) {
+        let m = tensor5::<AB::InnerBackend>(p.moving.clone(), 1, size, device);
+        let labels = p.moving_labels.as_ref().map(|l| tensor5::<AB::InnerBackend>(l.clone(), 1, size, device));
+        match &affine {
+            None => (m, labels),
+            Some(net) => {
+                let a = net.forward(m.clone(), tensor5(p.fixed.clone(), 1, size, device));
+                (warp_by_affine(m, a.clone(), size), labels.map(|l| sample_nearest(l, affine_coords(a, size))))
+            }
+        }
+    };
+
+    // Stage 2: the deformable network.
+    AB::seed(device, recipe.train.seed.wrapping_add(1));
+    let mut net: VoxelMorph<AB> = voxelmorph_config(recipe).init(device);
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, VoxelMorph<AB>>();
+    if state.step > 0 {
+        net = net.load_record(from_bytes::<AB, _>(read(&run.checkpoint("model.mpk"))?, device).map_err(RegError::Input)?);
+        optim = optim.load_record(from_bytes::<AB, _>(read(&run.checkpoint("optim.mpk"))?, device).map_err(RegError::Input)?);
+    }
+    let classes = source.classes();
+    let opts = LearnOptions { similarity, smoothness: recipe.train.smoothness, label_weight: recipe.train.label_weight, classes, learning_rate: lr };
+    let mut progress = Progress::default();
+    for step in state.step..recipe.train.steps {
+        let p = source.train_pair::<AB::InnerBackend>(step, device);
+        let (m, ml) = aligned(&p);
+        let pair = Pair {
+            moving: Tensor::from_inner(m),
+            fixed: tensor5::<AB>(p.fixed.clone(), 1, size, device),
+            moving_labels: ml.map(|l| Tensor::from_inner(l.reshape([1, size[0], size[1], size[2]]).int())),
+            fixed_labels: p.fixed_labels.as_ref().map(|l| int_labels::<AB>(l, size, device)),
+        };
+        let loss = pair_loss(&net, &pair, &opts);
+        progress.losses.push(loss.clone().into_scalar().elem::<f64>());
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        net = optim.step(lr, net, grads);
+        let done = step + 1;
+        if done % recipe.train.val_every == 0 || done == recipe.train.steps {
+            let inner = net.valid();
+            let (mut val_loss, mut dice_sum, mut dice_n) = (0.0, 0.0, 0);
+            for p in &validation {
+                let (m, ml) = aligned(p);
+                let f = tensor5::<AB::InnerBackend>(p.fixed.clone(), 1, size, device);
+                let (warped, flow) = inner.forward(m, f.clone());
+                val_loss += (similarity.loss(warped, f.clone(), f.ones_like()) + grad_l2(flow.clone()) * opts.smoothness).into_scalar().elem::<f64>();
+                if let (Some(ml), Some(fl)) = (ml, &p.fixed_labels) {
+                    dice_sum += mean_dice(&to_vec(warp_nearest(ml, flow)), fl, classes);
+                    dice_n += 1;
+                }
+            }
+            val_loss /= validation.len() as f64;
+            let val_dice = (dice_n > 0).then(|| dice_sum / dice_n as f64);
+            let score = val_dice.unwrap_or(-val_loss);
+            if score > state.best_score {
+                state.best_score = score;
+                state.best_step = done;
+                write_record(&run.file("model.mpk"), to_bytes::<AB, _>(net.clone().into_record()))?;
+            }
+            write_record(&run.checkpoint("model.mpk"), to_bytes::<AB, _>(net.clone().into_record()))?;
+            write_record(&run.checkpoint("optim.mpk"), to_bytes::<AB, _>(optim.to_record()))?;
+            state.step = done;
+            progress.record(run, "deformable", done, val_loss, val_dice, &state, &mut on_log)?;
+        }
+    }
+    if !run.file("model.mpk").is_file() {
+        return Err(RegError::Input(format!("{}: no deformable training step was run ([train] steps = 0)", run.root().display())));
+    }
+    Ok(TrainOutcome { state, resumed_after })
+}
+
+/// A trained run's networks, ready to register images.
+pub struct LearnedRegistrar<B: Backend> {
+    recipe: RegRecipe,
+    info: RunInfo,
+    affine: Option<AffineNet<B>>,
+    net: VoxelMorph<B>,
+}
+
+/// The fields a run's networks predict for one pair on the common grid.
+pub struct Prediction<B: Backend> {
+    /// The affine network's voxel-space affine `[1, 3, 4]`, if the run has one.
+    pub affine: Option<Tensor<B, 3>>,
+    /// The deformable field `[1, 3, d, h, w]` (voxels of the common grid) applied after the affine.
+    pub field: Tensor<B, 5>,
+    /// Where each voxel reads the moving image: `A·(p + u(p))`, `[1, 3, d, h, w]`.
+    pub coords: Tensor<B, 5>,
+}
+
+impl<B: Backend> LearnedRegistrar<B> {
+    /// Loads the best networks of a run.
+    pub fn load(run: &RunDir, device: &B::Device) -> Result<Self, RegError> {
+        let recipe = RegRecipe::from_file(&run.file("recipe.toml"))?;
+        let info: RunInfo = run.read_json("run.json")?;
+        let affine = if recipe.model.affine {
+            let net: AffineNet<B> = AffineNetConfig::new(recipe.model.affine_encoder.clone()).init(device);
+            Some(net.load_record(from_bytes::<B, _>(read(&run.file("affine.mpk"))?, device).map_err(RegError::Input)?))
+        } else {
+            None
+        };
+        let net: VoxelMorph<B> = voxelmorph_config(&recipe).init(device);
+        let net = net.load_record(from_bytes::<B, _>(read(&run.file("model.mpk"))?, device).map_err(RegError::Input)?);
+        Ok(Self { recipe, info, affine, net })
+    }
+
+    /// The run's recipe.
+    pub fn recipe(&self) -> &RegRecipe {
+        &self.recipe
+    }
+
+    /// Label values of the run's label maps (index order).
+    pub fn label_values(&self) -> &[i64] {
+        &self.info.label_values
+    }
+
+    /// Tensor size of the common grid (depth, height, width).
+    pub fn size(&self) -> [usize; 3] {
+        let s = self.recipe.data.shape;
+        [s[2], s[1], s[0]]
+    }
+
+    /// The fields for a pair on the common grid (`[1, 1, d, h, w]` intensities in [0, 1]).
+    pub fn predict(&self, moving: Tensor<B, 5>, fixed: Tensor<B, 5>) -> Prediction<B> {
+        let size = self.size();
+        let device = moving.device();
+        match &self.affine {
+            None => {
+                let field = self.net.field(moving, fixed);
+                Prediction { affine: None, coords: identity_grid::<B>(size, &device) + field.clone(), field }
+            }
+            Some(net) => {
+                let a = net.forward(moving.clone(), fixed.clone());
+                let field = self.net.field(warp_by_affine(moving, a.clone(), size), fixed);
+                let v = size[0] * size[1] * size[2];
+                let p = (identity_grid::<B>(size, &device) + field.clone()).reshape([1, 3, v]);
+                let coords = (a.clone().narrow(2, 0, 3).matmul(p) + a.clone().narrow(2, 3, 1)).reshape([1, 3, size[0], size[1], size[2]]);
+                Prediction { affine: Some(a), field, coords }
+            }
+        }
+    }
+
+    /// Registers `moving` to `fixed` (3D images, any grids): both are resampled onto the run's grid about the fixed
+    /// image, the networks predict there, and the result maps every voxel of the fixed image's own grid, like
+    /// [`crate::register`]; `field_voxels` holds the deformable stage's displacement in fixed voxels.
+    pub fn register(&self, fixed: &Image, moving: &Image, device: &B::Device) -> Result<Registration, RegError> {
+        check_volume(fixed, Path::new("fixed image"))?;
+        check_volume(moving, Path::new("moving image"))?;
+        let shape = self.recipe.data.shape;
+        let size = self.size();
+        let common = common_grid(&self.recipe, fixed);
+        let f = tensor5::<B>(intensities_on(fixed, &shape, &common)?, 1, size, device);
+        let m = tensor5::<B>(intensities_on(moving, &shape, &common)?, 1, size, device);
+        let prediction = self.predict(m, f);
+        let (g, fg, mg) = (Grid::from_affine(&shape, &common), Grid::of(fixed), Grid::of(moving));
+        let [d, h, w] = fg.size;
+        let n = d * h * w;
+        // Fixed voxel → common-grid voxel q.
+        let to_common = mat_mul(&mat_inv(&g.to_world), &fg.to_world);
+        let mut q: [Vec<f32>; 3] = [Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n)];
+        for i in 0..n {
+            let p = [(i / (h * w)) as f64, ((i / w) % h) as f64, (i % w) as f64];
+            for (r, out) in q.iter_mut().enumerate() {
+                out.push((to_common[r][0] * p[0] + to_common[r][1] * p[1] + to_common[r][2] * p[2] + to_common[r][3]) as f32);
+            }
+        }
+        let u = to_vec(sample_linear(prediction.field, crate::tensor_of::<B>(q.concat(), [1, 3, d, h, w], device), Padding::Border));
+        let a: Mat4 = match &prediction.affine {
+            None => identity(),
+            Some(t) => {
+                let v = to_vec(t.clone());
+                let mut m = identity();
+                for r in 0..3 {
+                    for c in 0..4 {
+                        m[r][c] = v[r * 4 + c] as f64;
+                    }
+                }
+                m
+            }
+        };
+        // Common voxel q → A·(q + u) → world → moving voxel; the deformable part alone in fixed voxels.
+        let to_moving = mat_mul(&mat_mul(&mat_inv(&mg.to_world), &g.to_world), &a);
+        let lin = mat_mul(&mat_inv(&fg.to_world), &g.to_world);
+        let mut mapped: [Vec<f32>; 3] = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+        let mut field: [Vec<f32>; 3] = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+        for i in 0..n {
+            let du = [u[i] as f64, u[n + i] as f64, u[2 * n + i] as f64];
+            let p = [q[0][i] as f64 + du[0], q[1][i] as f64 + du[1], q[2][i] as f64 + du[2]];
+            for r in 0..3 {
+                mapped[r][i] = (to_moving[r][0] * p[0] + to_moving[r][1] * p[1] + to_moving[r][2] * p[2] + to_moving[r][3]) as f32;
+                field[r][i] = (lin[r][0] * du[0] + lin[r][1] * du[1] + lin[r][2] * du[2]) as f32;
+            }
+        }
+        let world = mat_mul(&mat_mul(&g.to_world, &a), &mat_inv(&g.to_world));
+        Ok(finish::<B>(fixed, moving, world, mapped, field, device))
+    }
+}
+
+/// One validation pair's evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairMetrics {
+    /// The pair.
+    pub name: String,
+    /// Mean Dice over the non-background labels: before registration, after the affine network (if any), after
+    /// the whole registration.
+    pub dice_before: Option<f64>,
+    /// After the affine stage.
+    pub dice_affine: Option<f64>,
+    /// After registration.
+    pub dice_after: Option<f64>,
+    /// Mean 95th-percentile Hausdorff distance over the labels after registration, mm.
+    pub hd95_after: Option<f64>,
+    /// Per label value: (Dice before, Dice after).
+    pub dice_per_label: Vec<(i64, f64, f64)>,
+    /// Mean squared intensity difference before and after.
+    pub mse_before: f64,
+    /// After registration.
+    pub mse_after: f64,
+    /// Jacobian determinant of the deformable field.
+    pub jacobian: JacobianStats,
+    /// For synthetic pairs: mean and maximum error of the recovered displacement, mm, inside the fixed labels (or
+    /// where the fixed image is above 10 % of its range): without registration and with it.
+    pub field_error_mm: Option<FieldError>,
+    /// Seconds for the networks and the warp of this pair.
+    pub seconds: f64,
+}
+
+/// Error of a recovered displacement against the truth, mm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Mean |truth| (no registration).
+    pub mean_before: f64,
+    /// Maximum |truth|.
+    pub max_before: f64,
+    /// Mean |recovered − truth|.
+    pub mean_after: f64,
+    /// Maximum |recovered − truth|.
+    pub max_after: f64,
+}
+
+/// A method's evaluation on the validation pairs: per pair, and means with 95 % bootstrap confidence intervals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodMetrics {
+    /// Per pair.
+    pub pairs: Vec<PairMetrics>,
+    /// Means over pairs with their intervals, by name.
+    pub mean: Vec<(String, Estimate)>,
+}
+
+impl MethodMetrics {
+    /// The mean of a metric by name (`dice_after`, `folding_percent`, …).
+    pub fn mean_of(&self, name: &str) -> Option<f64> {
+        self.mean.iter().find(|(n, _)| n == name).map(|(_, e)| e.value)
+    }
+}
+
+/// A run's evaluation on its validation pairs (`metrics.json`): the trained networks, and optionally registration
+/// by optimisation on the same pairs for comparison.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunMetrics {
+    /// The run's networks.
+    pub learned: MethodMetrics,
+    /// Optimisation ([`crate::register`]) on the same pairs, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimisation: Option<MethodMetrics>,
+}
+
+/// Metrics of one pair registered by the map `coords` (`[3][d·h·w]`: where each voxel of the common grid reads
+/// the moving image, in its voxels), whose deformable part is `field` and affine-only map `affine_coords`.
+struct PairEval<'a> {
+    pair: &'a PreparedPair,
+    size: [usize; 3],
+    spacing: [f64; 3],
+    shape: [usize; 3],
+    classes: usize,
+    label_values: &'a [i64],
+}
+
+impl PairEval<'_> {
+    fn metrics<B: Backend>(&self, coords: Vec<f32>, field: &[f32], affine_coords: Option<Vec<f32>>, seconds: f64, device: &B::Device) -> PairMetrics {
+        let (p, size, classes) = (self.pair, self.size, self.classes);
+        let n = size[0] * size[1] * size[2];
+        let coords_t = |v: Vec<f32>| tensor5::<B>(v, 3, size, device);
+        let m = tensor5::<B>(p.moving.clone(), 1, size, device);
+        let warped = to_vec(sample_linear(m, coords_t(coords.clone()), Padding::Zeros));
+        let mse = |a: &[f32]| a.iter().zip(&p.fixed).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64;
+        let jacobian = jacobian_stats(&jacobian_determinants(&[field[..n].to_vec(), field[n..2 * n].to_vec(), field[2 * n..].to_vec()], size));
+        let mut grid_affine = identity();
+        for (a, s) in self.spacing.iter().enumerate() {
+            grid_affine[a][a] = *s;
+        }
+        let as_image = |v: Vec<f32>| Image::new(v, self.shape.to_vec(), 1, grid_affine, "float32").expect("grid-sized");
+        let (mut dice_before, mut dice_affine, mut dice_after, mut hd95_after, mut dice_per_label) = (None, None, None, None, Vec::new());
+        if let (Some(ml), Some(fl)) = (&p.moving_labels, &p.fixed_labels) {
+            let labels = tensor5::<B>(ml.clone(), 1, size, device);
+            let after = to_vec(sample_nearest(labels.clone(), coords_t(coords.clone())));
+            dice_before = Some(mean_dice(ml, fl, classes));
+            dice_after = Some(mean_dice(&after, fl, classes));
+            dice_affine = affine_coords.map(|c| mean_dice(&to_vec(sample_nearest(labels, coords_t(c))), fl, classes));
+            let metrics = label_metrics(&as_image(after.clone()), &as_image(fl.clone()));
+            let hd: Vec<f64> = metrics.iter().filter_map(|(_, m)| m.hd95).collect();
+            hd95_after = (!hd.is_empty()).then(|| hd.iter().sum::<f64>() / hd.len() as f64);
+            for (k, value) in self.label_values.iter().enumerate().skip(1) {
+                dice_per_label.push((*value, crate::evaluate::dice(ml, fl, k as f32), crate::evaluate::dice(&after, fl, k as f32)));
+            }
+        }
+        let field_error_mm = p.truth.as_ref().map(|truth| {
+            let inside: Vec<usize> = match &p.fixed_labels {
+                Some(fl) => (0..n).filter(|&i| fl[i] > 0.0).collect(),
+                None => (0..n).filter(|&i| p.fixed[i] > 0.1).collect(),
+            };
+            let voxel = |i: usize| [(i / (size[1] * size[2])) as f32, ((i / size[2]) % size[1]) as f32, (i % size[2]) as f32];
+            let length = |v: [f64; 3]| (0..3).map(|c| (v[c] * self.spacing[2 - c]).powi(2)).sum::<f64>().sqrt();
+            let before: Vec<f64> = inside.iter().map(|&i| length([0, 1, 2].map(|c| truth[c * n + i] as f64))).collect();
+            let after: Vec<f64> =
+                inside.iter().map(|&i| length([0, 1, 2].map(|c| (coords[c * n + i] - voxel(i)[c] - truth[c * n + i]) as f64))).collect();
+            let stats = |v: &[f64]| (v.iter().sum::<f64>() / v.len().max(1) as f64, v.iter().copied().fold(0.0, f64::max));
+            let ((mean_before, max_before), (mean_after, max_after)) = (stats(&before), stats(&after));
+            FieldError { mean_before, max_before, mean_after, max_after }
+        });
+        PairMetrics {
+            name: p.name.clone(),
+            dice_before,
+            dice_affine,
+            dice_after,
+            hd95_after,
+            dice_per_label,
+            mse_before: mse(&p.moving),
+            mse_after: mse(&warped),
+            jacobian,
+            field_error_mm,
+            seconds,
+        }
+    }
+}
+
+fn summarise(pairs: Vec<PairMetrics>) -> MethodMetrics {
+    type Getter = fn(&PairMetrics) -> Option<f64>;
+    let series: [(&str, Getter); 11] = [
+        ("dice_before", |p| p.dice_before),
+        ("dice_affine", |p| p.dice_affine),
+        ("dice_after", |p| p.dice_after),
+        ("dice_gain", |p| p.dice_after.zip(p.dice_affine.or(p.dice_before)).map(|(a, b)| a - b)),
+        ("hd95_after_mm", |p| p.hd95_after),
+        ("mse_before", |p| Some(p.mse_before)),
+        ("mse_after", |p| Some(p.mse_after)),
+        ("folding_percent", |p| Some(p.jacobian.folding_percent)),
+        ("field_error_before_mm", |p| p.field_error_mm.as_ref().map(|e| e.mean_before)),
+        ("field_error_after_mm", |p| p.field_error_mm.as_ref().map(|e| e.mean_after)),
+        ("seconds_per_pair", |p| Some(p.seconds)),
+    ];
+    let mut mean = Vec::new();
+    for (name, get) in series {
+        let values: Vec<f64> = pairs.iter().filter_map(get).collect();
+        if values.len() != pairs.len() || values.is_empty() {
+            continue;
+        }
+        let value = values.iter().sum::<f64>() / values.len() as f64;
+        let estimate = percentile_ci(values.len(), 1000, 0.95, 0, value, |idx| Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64));
+        mean.push((name.to_string(), estimate));
+    }
+    MethodMetrics { pairs, mean }
+}
+
+/// Evaluates a run's best networks on its validation pairs, on the common grid, and with `optimisation` also
+/// registration by optimisation of the same pairs; writes `metrics.json`.
+pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisation: Option<&crate::RegisterOptions>) -> Result<RunMetrics, RegError> {
+    let registrar = LearnedRegistrar::<AB::InnerBackend>::load(run, device)?;
+    let source = PairSource::open(&registrar.recipe)?;
+    let size = registrar.size();
+    let (shape, spacing) = (registrar.recipe.data.shape, registrar.recipe.data.spacing);
+    let mut grid_affine = identity();
+    for (a, s) in spacing.iter().enumerate() {
+        grid_affine[a][a] = *s;
+    }
+    let (mut learned, mut optimised) = (Vec::new(), Vec::new());
+    for p in source.validation::<AB::InnerBackend>(device) {
+        let eval = PairEval { pair: &p, size, spacing, shape, classes: registrar.label_values().len(), label_values: registrar.label_values() };
+        let started = Instant::now();
+        let m = tensor5::<AB::InnerBackend>(p.moving.clone(), 1, size, device);
+        let prediction = registrar.predict(m.clone(), tensor5(p.fixed.clone(), 1, size, device));
+        let _warped = sample_linear(m, prediction.coords.clone(), Padding::Zeros).into_data();
+        let seconds = started.elapsed().as_secs_f64();
+        let affine_only = prediction.affine.as_ref().map(|a| to_vec(affine_coords(a.clone(), size)));
+        learned.push(eval.metrics::<AB::InnerBackend>(to_vec(prediction.coords), &to_vec(prediction.field), affine_only, seconds, device));
+        if let Some(options) = optimisation {
+            let as_image = |v: &Vec<f32>| Image::new(v.clone(), shape.to_vec(), 1, grid_affine, "float32").expect("grid-sized");
+            let started = Instant::now();
+            let r = crate::register::<AB>(&as_image(&p.fixed), &as_image(&p.moving), options, device);
+            let seconds = started.elapsed().as_secs_f64();
+            optimised.push(eval.metrics::<AB::InnerBackend>(r.moving_voxel.concat(), &r.field_voxels.concat(), None, seconds, device));
+        }
+    }
+    let metrics = RunMetrics { learned: summarise(learned), optimisation: optimisation.map(|_| summarise(optimised)) };
+    run.write_json("metrics.json", &metrics)?;
+    Ok(metrics)
+}
