@@ -18,8 +18,8 @@
 //! let text = r#"
 //! task = "registration"
 //! [data]
-//! spacing = [4.0, 4.0, 4.0]
-//! shape = [48, 56, 48]
+//! spacing = [6.0, 6.0, 6.0]
+//! shape = [32, 48, 32]
 //! synthetic = { image = "mni152_t1.nii.gz", labels = "mni152_tissue_labels.nii.gz", amplitude_mm = 8.0 }
 //! [model]
 //! encoder = [16, 32, 32, 32]
@@ -32,6 +32,9 @@
 //! assert_eq!(recipe.train.similarity, "mse");
 //! assert_eq!(recipe.train.validation, 4);
 //! assert!(recipe.data.synthetic.as_ref().unwrap().image.starts_with("/data"));
+//! // Four encoder levels need sides divisible by 16.
+//! let odd = RegRecipe::from_toml(&text.replace("[32, 48, 32]", "[32, 40, 32]"), std::path::Path::new("/data"));
+//! assert!(odd.unwrap_err().to_string().contains("multiple of 16"));
 //! ```
 use std::path::{Path, PathBuf};
 
