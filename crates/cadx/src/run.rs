@@ -21,51 +21,51 @@ pub struct RunInfo {
     pub multi_label: bool,
 }
 
-/// Paths inside a run directory.
+/// Paths inside a classification run directory (a [`vesalius_data::run::RunDir`] with the files of this task).
 #[derive(Clone, Debug)]
 pub struct RunDir {
-    root: PathBuf,
+    dir: vesalius_data::run::RunDir,
 }
 
 impl RunDir {
     /// The run directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { dir: vesalius_data::run::RunDir::new(root) }
     }
 
     /// The directory itself.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.dir.root()
     }
 
     /// `recipe.toml`.
     pub fn recipe(&self) -> PathBuf {
-        self.root.join("recipe.toml")
+        self.dir.file("recipe.toml")
     }
 
     /// `run.json`.
     pub fn info(&self) -> PathBuf {
-        self.root.join("run.json")
+        self.dir.file("run.json")
     }
 
     /// `model.mpk`, the best model.
     pub fn best_model(&self) -> PathBuf {
-        self.root.join("model.mpk")
+        self.dir.file("model.mpk")
     }
 
     /// `log.jsonl`.
     pub fn log(&self) -> PathBuf {
-        self.root.join("log.jsonl")
+        self.dir.file("log.jsonl")
     }
 
     /// `metrics.json`.
     pub fn metrics(&self) -> PathBuf {
-        self.root.join("metrics.json")
+        self.dir.file("metrics.json")
     }
 
     /// `checkpoints/`.
     pub fn checkpoints(&self) -> PathBuf {
-        self.root.join("checkpoints")
+        self.dir.file("checkpoints")
     }
 
     /// `checkpoints/state.json`.
