@@ -55,6 +55,32 @@ pub fn grad_l2<B: Backend>(field: Tensor<B, 5>) -> Tensor<B, 1> {
     terms.into_iter().reduce(|a, b| a + b).map_or_else(|| Tensor::zeros([1], &field.device()), |s| s / count)
 }
 
+/// Bending energy of a field `[n, k, d, h, w]` by finite differences: the mean over voxels and components of
+/// `Σ_a (∂²u/∂a²)² + 2 Σ_{a<b} (∂²u/∂a∂b)²`, with central second differences `u[i+1] − 2u[i] + u[i−1]` and mixed
+/// differences of forward differences, each averaged over the voxels where it is defined. Zero for any affine
+/// field. Axes of length below 3 (second differences) or 2 (mixed) contribute nothing.
+pub fn bending_energy<B: Backend>(field: Tensor<B, 5>) -> Tensor<B, 1> {
+    let dims = field.dims();
+    let mut total: Option<Tensor<B, 1>> = None;
+    let mut add = |t: Tensor<B, 1>| total = Some(match total.take() { None => t, Some(s) => s + t });
+    for a in 2..5 {
+        let len = dims[a];
+        if len >= 3 {
+            let second = field.clone().narrow(a, 2, len - 2) - field.clone().narrow(a, 1, len - 2) * 2.0 + field.clone().narrow(a, 0, len - 2);
+            add(second.powi_scalar(2).mean());
+        }
+        for b in a + 1..5 {
+            if len >= 2 && dims[b] >= 2 {
+                let fa = field.clone().narrow(a, 1, len - 1) - field.clone().narrow(a, 0, len - 1);
+                let lb = dims[b];
+                let mixed = fa.clone().narrow(b, 1, lb - 1) - fa.narrow(b, 0, lb - 1);
+                add(mixed.powi_scalar(2).mean() * 2.0);
+            }
+        }
+    }
+    total.unwrap_or_else(|| Tensor::zeros([1], &field.device()))
+}
+
 /// Soft Dice plus cross-entropy, each with weight 1 (nnU-Net's default objective).
 pub fn dice_ce<B: Backend>(logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
     soft_dice(logits.clone(), labels.clone()) + voxel_cross_entropy(logits, labels)

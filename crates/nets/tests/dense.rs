@@ -5,7 +5,7 @@ use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use vesalius_nets::loss::{dice_ce, focal, generalised_dice, grad_l2, soft_dice, tversky, voxel_cross_entropy};
+use vesalius_nets::loss::{bending_energy, dice_ce, focal, generalised_dice, grad_l2, soft_dice, tversky, voxel_cross_entropy};
 use vesalius_nets::ops::{avg_pool3d, max_pool3d, pool3d, resize_linear, upsample_nearest, warp, warp_nearest, Padding};
 use vesalius_nets::{trainable_params, CnnLstmConfig, ConvAutoencoderConfig, GruConfig, LstmConfig, NormKind, UNetConfig, UpKind, VoxelMorphConfig};
 
@@ -187,7 +187,14 @@ fn losses_by_their_definitions() {
     // A field linear along width with slope 2 in one of three channels: only Δ_w ≠ 0, (2² · 1/3) / 3 = 4/9.
     let ramp: Vec<f32> = (0..3 * 2 * 2 * 4).map(|i| if i / 16 == 1 { 2.0 * (i % 4) as f32 } else { 0.0 }).collect();
     let field = volume::<B>(ramp, [1, 3, 2, 2, 4]);
-    assert!((values(grad_l2(field))[0] - 4.0 / 9.0).abs() < 1e-6);
+    assert!((values(grad_l2(field.clone()))[0] - 4.0 / 9.0).abs() < 1e-6);
+    // Bending energy: zero for that linear (affine) field; u = w² in one component has ∂²u/∂w² = 2 everywhere,
+    // so the energy is 2² / 3 components; u = h·w has a mixed derivative 1, counted twice: 2 · 1 / 3.
+    assert!(values(bending_energy(field))[0].abs() < 1e-6);
+    let square: Vec<f32> = (0..3 * 2 * 3 * 4).map(|i| if i / 24 == 0 { ((i % 4) * (i % 4)) as f32 } else { 0.0 }).collect();
+    assert!((values(bending_energy(volume::<B>(square, [1, 3, 2, 3, 4])))[0] - 4.0 / 3.0).abs() < 1e-5);
+    let product: Vec<f32> = (0..3 * 2 * 3 * 4).map(|i| if i / 24 == 2 { ((i / 4) % 3 * (i % 4)) as f32 } else { 0.0 }).collect();
+    assert!((values(bending_energy(volume::<B>(product, [1, 3, 2, 3, 4])))[0] - 2.0 / 3.0).abs() < 1e-5);
 }
 
 /// A reference LSTM/GRU step loop in f64 from the modules' own weights.

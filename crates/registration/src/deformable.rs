@@ -1,21 +1,65 @@
-//! Deformable registration: a dense displacement field on the fixed grid, optimised by Adam over a pyramid to
-//! minimise `similarity + λ · diffusion(field)`.
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
-use vesalius_nets::loss::grad_l2;
+//! Deformable registration: a displacement field on the fixed grid — dense (one vector a voxel) or a cubic
+//! B-spline on a lattice of control points — optimised by Adam over a pyramid to minimise
+//! `similarity + λ · regulariser(field)`, the regulariser being diffusion or bending energy.
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use vesalius_nets::loss::{bending_energy, grad_l2};
 use vesalius_nets::ops::{identity_grid, pool3d, resize_linear, sample_linear, Padding};
 
 use crate::affine::inside;
 use crate::similarity::Similarity;
 use crate::Adam;
 
+/// How the field is parameterised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deformation {
+    /// One displacement vector per voxel of each pyramid level (the coarse result up-sampled to start the next).
+    Dense,
+    /// Cubic B-spline control points every `spacing` voxels of the fixed grid, shared by all pyramid levels.
+    BSpline {
+        /// Control-point spacing, voxels of the fixed grid (at least 2).
+        spacing: usize,
+    },
+}
+
+/// The penalty on the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Regulariser {
+    /// Mean squared first differences ([`grad_l2`]).
+    Diffusion,
+    /// Mean squared second differences ([`bending_energy`]); affine fields cost nothing.
+    Bending,
+}
+
+impl Regulariser {
+    /// By name: `diffusion` or `bending`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "diffusion" => Some(Self::Diffusion),
+            "bending" => Some(Self::Bending),
+            _ => None,
+        }
+    }
+
+    fn apply<B: Backend>(self, field: Tensor<B, 5>) -> Tensor<B, 1> {
+        match self {
+            Self::Diffusion => grad_l2(field),
+            Self::Bending => bending_energy(field),
+        }
+    }
+}
+
 /// Options of deformable registration.
 #[derive(Clone, Debug)]
 pub struct DeformableOptions {
     /// Similarity measure.
     pub similarity: Similarity,
-    /// Weight of the diffusion regulariser (mean squared forward differences of the field, in voxels).
+    /// Weight of the regulariser (on the field in voxels of each level).
     pub smoothness: f64,
+    /// The regulariser.
+    pub regulariser: Regulariser,
+    /// Dense field or B-spline.
+    pub deformation: Deformation,
     /// Down-sampling factors, coarsest first.
     pub levels: Vec<usize>,
     /// Adam steps per level.
@@ -26,8 +70,89 @@ pub struct DeformableOptions {
 
 impl Default for DeformableOptions {
     fn default() -> Self {
-        Self { similarity: Similarity::Mse, smoothness: 1.0, levels: vec![4, 2, 1], steps: 100, learning_rate: 0.2 }
+        Self {
+            similarity: Similarity::Mse,
+            smoothness: 1.0,
+            regulariser: Regulariser::Diffusion,
+            deformation: Deformation::Dense,
+            levels: vec![4, 2, 1],
+            steps: 100,
+            learning_rate: 0.2,
+        }
     }
+}
+
+/// The cubic B-spline kernel.
+fn cubic_bspline(u: f64) -> f64 {
+    let a = u.abs();
+    if a < 1.0 {
+        2.0 / 3.0 - a * a + a * a * a / 2.0
+    } else if a < 2.0 {
+        (2.0 - a).powi(3) / 6.0
+    } else {
+        0.0
+    }
+}
+
+/// Number of control points along an axis of `len` voxels with `spacing`: one before the first voxel and enough
+/// after the last for the cubic support (a single point for an axis of length 1).
+pub fn control_points(len: usize, spacing: usize) -> usize {
+    if len <= 1 { 1 } else { (len - 1).div_ceil(spacing) + 3 }
+}
+
+/// The `[out, points]` matrix that evaluates a cubic B-spline with control points every `spacing` full-resolution
+/// voxels (control `k` at voxel `(k − 1)·spacing`) at the centres of the `out` voxels of a level averaging
+/// `factor` voxels each.
+pub fn bspline_matrix(out: usize, points: usize, spacing: usize, factor: usize) -> Vec<f32> {
+    let mut m = vec![0f32; out * points];
+    if points == 1 {
+        m.iter_mut().for_each(|v| *v = 1.0);
+        return m;
+    }
+    for q in 0..out {
+        let x = (factor * q) as f64 + (factor as f64 - 1.0) / 2.0;
+        let t = x / spacing as f64 + 1.0;
+        for k in 0..points {
+            m[q * points + k] = cubic_bspline(t - k as f64) as f32;
+        }
+    }
+    m
+}
+
+/// The dense field `[1, 3, d, h, w]` of control points `[1, 3, md, mh, mw]`, axis by axis with the matrices of
+/// [`bspline_matrix`] (`[d, md]`, `[h, mh]`, `[w, mw]`).
+pub fn bspline_field<B: Backend>(control: Tensor<B, 5>, matrices: [Tensor<B, 2>; 3]) -> Tensor<B, 5> {
+    let [d, h, w] = [0, 1, 2].map(|a| matrices[a].dims()[0]);
+    let [ma, mb, mc] = [0, 1, 2].map(|a| matrices[a].dims()[1]);
+    let [mw_t, mh_t, md_t] = [matrices[2].clone().transpose(), matrices[1].clone().transpose(), matrices[0].clone().transpose()];
+    // Along width, then height, then depth (each moved last, multiplied, moved back).
+    let x = control.reshape([3 * ma * mb, mc]).matmul(mw_t).reshape([1, 3, ma, mb, w]);
+    let x = x.swap_dims(3, 4).reshape([3 * ma * w, mb]).matmul(mh_t).reshape([1, 3, ma, w, h]).swap_dims(3, 4);
+    x.swap_dims(2, 4).reshape([3 * w * h, ma]).matmul(md_t).reshape([1, 3, w, h, d]).swap_dims(2, 4)
+}
+
+/// The images of one pyramid level, or `None` when the level would be smaller than 4 voxels along a pooled axis.
+fn level_of<B: AutodiffBackend>(fixed: &Tensor<B::InnerBackend, 5>, moving: &Tensor<B::InnerBackend, 5>, level: usize) -> Option<(Tensor<B, 5>, Tensor<B, 5>, [usize; 3])> {
+    let [_, _, d, h, w] = fixed.dims();
+    let factor = if d == 1 { [1, level, level] } else { [level; 3] };
+    let size = [d / factor[0], h / factor[1], w / factor[2]];
+    if size.iter().zip(factor).any(|(&s, f)| f > 1 && s < 4) {
+        return None;
+    }
+    Some((Tensor::from_inner(pool3d(fixed.clone(), factor, false)), Tensor::from_inner(pool3d(moving.clone(), factor, false)), factor))
+}
+
+/// `similarity(moving ∘ (id + u), fixed) + λ · regulariser(u)` for a field `u` in voxels of the level.
+fn objective<B: AutodiffBackend>(opts: &DeformableOptions, f: &Tensor<B, 5>, m: &Tensor<B, 5>, grid: &Tensor<B, 5>, u: Tensor<B, 5>) -> Tensor<B, 1> {
+    let [_, _, ld, lh, lw] = f.dims();
+    let coords = grid.clone() + u.clone();
+    let mask = inside(coords.clone().detach(), [ld, lh, lw]);
+    let warped = sample_linear(m.clone(), coords, Padding::Border);
+    opts.similarity.loss(warped, f.clone(), mask) + opts.regulariser.apply(u) * opts.smoothness
+}
+
+fn step_size(opts: &DeformableOptions, step: usize) -> f64 {
+    opts.learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / opts.steps as f64).cos()))
 }
 
 /// Registers `moving` to `fixed`, both `[1, 1, d, h, w]` on the same grid (resample the moving image first, e.g.
@@ -38,19 +163,23 @@ pub fn register_deformable<B: AutodiffBackend>(
     moving: Tensor<B::InnerBackend, 5>,
     opts: &DeformableOptions,
 ) -> Tensor<B::InnerBackend, 5> {
+    match opts.deformation {
+        Deformation::Dense => register_dense::<B>(fixed, moving, opts),
+        Deformation::BSpline { spacing } => register_bspline::<B>(fixed, moving, spacing.max(2), opts),
+    }
+}
+
+fn in_plane<B: Backend>(flat: bool, device: &B::Device) -> Tensor<B, 5> {
+    Tensor::<B, 1>::from_data([if flat { 0.0f32 } else { 1.0 }, 1.0, 1.0], device).reshape([1, 3, 1, 1, 1])
+}
+
+fn register_dense<B: AutodiffBackend>(fixed: Tensor<B::InnerBackend, 5>, moving: Tensor<B::InnerBackend, 5>, opts: &DeformableOptions) -> Tensor<B::InnerBackend, 5> {
     let device = fixed.device();
     let [_, _, d, h, w] = fixed.dims();
-    let flat = d == 1;
-    let plane_only = Tensor::<B::InnerBackend, 1>::from_data([if flat { 0.0f32 } else { 1.0 }, 1.0, 1.0], &device).reshape([1, 3, 1, 1, 1]);
+    let plane_only = in_plane::<B::InnerBackend>(d == 1, &device);
     let mut field: Option<Tensor<B::InnerBackend, 5>> = None;
     for &level in &opts.levels {
-        let factor = if flat { [1, level, level] } else { [level; 3] };
-        let size = [d / factor[0], h / factor[1], w / factor[2]];
-        if size.iter().zip(factor).any(|(&s, f)| f > 1 && s < 4) {
-            continue;
-        }
-        let f = Tensor::<B, 5>::from_inner(pool3d(fixed.clone(), factor, false));
-        let m = Tensor::<B, 5>::from_inner(pool3d(moving.clone(), factor, false));
+        let Some((f, m, _)) = level_of::<B>(&fixed, &moving, level) else { continue };
         let [_, _, ld, lh, lw] = f.dims();
         let mut u = match field.take() {
             None => Tensor::<B::InnerBackend, 5>::zeros([1, 3, ld, lh, lw], &device),
@@ -64,18 +193,13 @@ pub fn register_deformable<B: AutodiffBackend>(
                 resize_linear(prev, [ld, lh, lw]) * ratio
             }
         };
-        let grid = identity_grid::<B::InnerBackend>([ld, lh, lw], &device);
+        let grid = Tensor::<B, 5>::from_inner(identity_grid::<B::InnerBackend>([ld, lh, lw], &device));
         let mut adam = Adam::new(u.clone());
         for step in 0..opts.steps {
-            let lr = opts.learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / opts.steps as f64).cos()));
             let ud = Tensor::<B, 5>::from_inner(u.clone()).require_grad();
-            let coords = Tensor::<B, 5>::from_inner(grid.clone()) + ud.clone();
-            let mask = inside(coords.clone().detach(), [ld, lh, lw]);
-            let warped = sample_linear(m.clone(), coords, Padding::Border);
-            let loss = opts.similarity.loss(warped, f.clone(), mask) + grad_l2(ud.clone()) * opts.smoothness;
-            let grads = loss.backward();
+            let grads = objective(opts, &f, &m, &grid, ud.clone()).backward();
             let g = ud.grad(&grads).expect("the field takes part in the loss") * plane_only.clone();
-            u = adam.step(u, g, lr);
+            u = adam.step(u, g, step_size(opts, step));
         }
         field = Some(u);
     }
@@ -86,4 +210,38 @@ pub fn register_deformable<B: AutodiffBackend>(
     }
     let ratio = Tensor::<B::InnerBackend, 1>::from_data([(d as f32 / fd as f32), (h as f32 / fh as f32), (w as f32 / fw as f32)], &device).reshape([1, 3, 1, 1, 1]);
     resize_linear(u, [d, h, w]) * ratio
+}
+
+fn register_bspline<B: AutodiffBackend>(
+    fixed: Tensor<B::InnerBackend, 5>,
+    moving: Tensor<B::InnerBackend, 5>,
+    spacing: usize,
+    opts: &DeformableOptions,
+) -> Tensor<B::InnerBackend, 5> {
+    let device = fixed.device();
+    let [_, _, d, h, w] = fixed.dims();
+    let points = [d, h, w].map(|n| control_points(n, spacing));
+    let matrices = |size: [usize; 3], factor: [usize; 3]| -> [Tensor<B::InnerBackend, 2>; 3] {
+        [0, 1, 2].map(|a| Tensor::from_data(TensorData::new(bspline_matrix(size[a], points[a], spacing, factor[a]), [size[a], points[a]]), &device))
+    };
+    // Control-point displacements in voxels of the fixed grid; a level sees them divided by its factor.
+    let mut control = Tensor::<B::InnerBackend, 5>::zeros([1, 3, points[0], points[1], points[2]], &device);
+    let plane_only = in_plane::<B::InnerBackend>(d == 1, &device);
+    for &level in &opts.levels {
+        let Some((f, m, factor)) = level_of::<B>(&fixed, &moving, level) else { continue };
+        let [_, _, ld, lh, lw] = f.dims();
+        let mats = matrices([ld, lh, lw], factor).map(Tensor::<B, 2>::from_inner);
+        let scale = Tensor::<B, 1>::from_data([1.0 / factor[0] as f32, 1.0 / factor[1] as f32, 1.0 / factor[2] as f32], &device).reshape([1, 3, 1, 1, 1]);
+        let grid = Tensor::<B, 5>::from_inner(identity_grid::<B::InnerBackend>([ld, lh, lw], &device));
+        let mut adam = Adam::new(control.clone());
+        for step in 0..opts.steps {
+            let c = Tensor::<B, 5>::from_inner(control.clone()).require_grad();
+            let u = bspline_field(c.clone(), mats.clone()) * scale.clone();
+            let grads = objective(opts, &f, &m, &grid, u).backward();
+            let g = c.grad(&grads).expect("the control points take part in the loss") * plane_only.clone();
+            // Steps in voxels of the level are `factor` voxels of the fixed grid.
+            control = adam.step(control, g, step_size(opts, step) * level as f64);
+        }
+    }
+    bspline_field(control, matrices([d, h, w], [1, 1, 1]))
 }

@@ -37,7 +37,7 @@ use vesalius_data::Image;
 use vesalius_nets::ops::{sample_linear, sample_nearest, Padding};
 
 pub use affine::{register_affine, AffineOptions, AffineParams, AffineResult, Grid};
-pub use deformable::{register_deformable, DeformableOptions};
+pub use deformable::{register_deformable, Deformation, DeformableOptions, Regulariser};
 pub use similarity::Similarity;
 
 /// Errors of registration runs.

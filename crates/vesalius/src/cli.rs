@@ -154,8 +154,17 @@ pub enum Command {
         /// mse, ncc or mi (mutual information, for different modalities).
         #[arg(long, default_value = "mse")]
         similarity: String,
+        /// Deformable stage: a dense field (one vector a voxel) or a cubic B-spline on control points.
+        #[arg(long, default_value = "dense", value_parser = ["dense", "bspline"])]
+        deformation: String,
+        /// B-spline control-point spacing, voxels of the fixed image.
+        #[arg(long, default_value_t = 5)]
+        control_spacing: usize,
+        /// Deformable stage's regulariser: diffusion (first derivatives) or bending (second derivatives).
+        #[arg(long, default_value = "diffusion")]
+        regulariser: String,
         /// A learned-registration run directory: register with its trained networks instead of optimising.
-        #[arg(long, conflicts_with_all = ["method", "similarity"])]
+        #[arg(long, conflicts_with_all = ["method", "similarity", "deformation", "control_spacing", "regulariser"])]
         run: Option<PathBuf>,
     },
     /// Run the reference training workloads and print one JSON line each.
@@ -227,8 +236,40 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }
-        Command::Register { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity, run } => {
-            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity, run };
+        Command::Register {
+            fixed,
+            moving,
+            output,
+            field,
+            labels,
+            labels_out,
+            fixed_labels,
+            metrics,
+            landmarks,
+            method,
+            similarity,
+            deformation,
+            control_spacing,
+            regulariser,
+            run,
+        } => {
+            let args = commands::RegisterArgs {
+                fixed,
+                moving,
+                output,
+                field,
+                labels,
+                labels_out,
+                fixed_labels,
+                metrics,
+                landmarks,
+                method,
+                similarity,
+                deformation,
+                control_spacing,
+                regulariser,
+                run,
+            };
             commands::register(backend, &args)
         }
         Command::Bench { only, in_process } => crate::bench::run(backend, &only, in_process),

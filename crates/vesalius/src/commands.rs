@@ -173,6 +173,12 @@ pub struct RegisterArgs {
     pub method: String,
     /// Similarity name.
     pub similarity: String,
+    /// `dense` or `bspline`.
+    pub deformation: String,
+    /// B-spline control-point spacing (voxels of the fixed image).
+    pub control_spacing: usize,
+    /// `diffusion` or `bending`.
+    pub regulariser: String,
     /// A learned-registration run to register with.
     pub run: Option<PathBuf>,
 }
@@ -223,7 +229,20 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
             return Err(CliError::Usage(format!("{}: the label map's grid differs from the fixed image's", p.display())));
         }
     }
-    let options = RegisterOptions { method, similarity, ..RegisterOptions::default() };
+    let regulariser = vesalius_registration::Regulariser::parse(&args.regulariser)
+        .ok_or_else(|| CliError::Usage(format!("unknown regulariser '{}' (diffusion, bending)", args.regulariser)))?;
+    let deformation = match args.deformation.as_str() {
+        "bspline" if args.control_spacing < 2 => return Err(CliError::Usage("--control-spacing must be at least 2 voxels".into())),
+        "bspline" => vesalius_registration::Deformation::BSpline { spacing: args.control_spacing },
+        _ => vesalius_registration::Deformation::Dense,
+    };
+    let defaults = RegisterOptions::default();
+    let options = RegisterOptions {
+        method,
+        similarity,
+        deformable: vesalius_registration::DeformableOptions { deformation, regulariser, ..defaults.deformable.clone() },
+        ..defaults
+    };
     if let Some(run) = &args.run {
         if !vesalius_registration::run::is_run(run) {
             return Err(CliError::Usage(format!("{}: not a learned-registration run (no recipe.toml with task = \"registration\")", run.display())));
@@ -261,7 +280,14 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     let stats = vesalius_registration::evaluate::jacobian_stats(&dets);
     let (method_name, similarity_name) = match &args.run {
         Some(run) => (format!("learned ({})", run.display()), String::from("-")),
-        None => (args.method.clone(), args.similarity.clone()),
+        None if method == Method::Affine => (args.method.clone(), args.similarity.clone()),
+        None => {
+            let field = match deformation {
+                vesalius_registration::Deformation::Dense => String::from("dense"),
+                vesalius_registration::Deformation::BSpline { spacing } => format!("bspline, control points every {spacing} voxels"),
+            };
+            (format!("{} ({field}, {})", args.method, args.regulariser), args.similarity.clone())
+        }
     };
     let mut summary = json!({
         "method": method_name,

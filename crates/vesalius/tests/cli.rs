@@ -561,3 +561,28 @@ learning_rate = 1e-3
     std::fs::write(&odd, std::fs::read_to_string(&recipe).unwrap().replace("shape = [24, 32, 24]", "shape = [24, 30, 24]")).unwrap();
     assert_input_error(&vesalius(&["train", odd.to_str().unwrap(), "--out", dir.path().join("r3").to_str().unwrap()]), "multiple of 8");
 }
+
+#[test]
+fn register_with_a_bspline_deformation_and_bending_energy() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = root().join("fixtures/itk/BrainProtonDensitySliceBorder20.png");
+    let moving = root().join("fixtures/itk/BrainProtonDensitySliceShifted13x17y.png");
+    let out = dir.path().join("warped.nii.gz");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| vesalius(&args(extra).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&["--method", "affine+deformable", "--deformation", "bspline", "--control-spacing", "16", "--regulariser", "bending"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(summary["method"], "affine+deformable (bspline, control points every 16 voxels, bending)");
+    assert!(summary["jacobian"]["folding_percent"].as_f64().unwrap() < 0.5, "{summary}");
+    // The shift is undone: the warped slice is the fixed one again.
+    let (w, fx) = (vesalius_data::io::load(&out).unwrap(), vesalius_data::io::load(&fixed).unwrap());
+    let mad = w.data().iter().zip(fx.data()).map(|(a, b)| (a - b).abs()).sum::<f32>() / w.data().len() as f32;
+    assert!(mad < 1.5, "mean absolute difference {mad}");
+    assert_input_error(&run(&["--deformation", "bspline", "--control-spacing", "1"]), "at least 2 voxels");
+    assert_input_error(&run(&["--regulariser", "curvature"]), "unknown regulariser 'curvature'");
+}
