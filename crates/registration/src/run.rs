@@ -72,19 +72,28 @@ fn intensities_on(image: &Image, shape: &[usize; 3], affine: &Affine) -> Result<
     Ok(resample_onto(&normalised(&first), shape, affine, false)?.data().to_vec())
 }
 
-/// A label map resampled (nearest neighbour) onto the grid, as indices into `values` (0 for values not listed).
-fn labels_on(labels: &Image, shape: &[usize; 3], affine: &Affine, values: &[i64]) -> Result<Vec<f32>, RegError> {
+/// A label map resampled (nearest neighbour) onto the grid, values rounded.
+fn labels_on(labels: &Image, shape: &[usize; 3], affine: &Affine) -> Result<Vec<f32>, RegError> {
     let first = Image::new(labels.data()[..labels.voxels()].to_vec(), labels.shape().to_vec(), 1, *labels.affine(), "float32")?;
-    let on = resample_onto(&first, shape, affine, true)?;
-    Ok(on.data().iter().map(|&v| values.iter().position(|&l| l == v.round() as i64).unwrap_or(0) as f32).collect())
+    Ok(resample_onto(&first, shape, affine, true)?.data().iter().map(|v| v.round()).collect())
 }
 
-fn distinct_values(maps: &[&Image]) -> Vec<i64> {
-    let mut values: Vec<i64> = maps.iter().flat_map(|m| m.data()[..m.voxels()].iter().map(|&v| v.round() as i64)).collect();
-    values.push(0);
-    values.sort_unstable();
-    values.dedup();
+/// The distinct values of label maps, 0 first.
+fn distinct_values<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> Vec<i64> {
+    let mut values: Vec<i64> = vec![0];
+    for m in maps {
+        values.extend(m.iter().map(|&v| v as i64));
+        values.sort_unstable();
+        values.dedup();
+    }
     values
+}
+
+/// Label values replaced by their index in `values`.
+fn to_indices(map: &mut [f32], values: &[i64]) {
+    for v in map.iter_mut() {
+        *v = values.iter().position(|&l| l == *v as i64).unwrap_or(0) as f32;
+    }
 }
 
 /// One pair on the common grid, flattened in tensor order (depth, height, width; width fastest).
@@ -151,9 +160,10 @@ impl PairSource {
             let image = load(&s.image)?;
             let grid = common_grid(recipe, &image);
             let labels = s.labels.as_deref().map(load).transpose()?;
-            label_values = labels.as_ref().map(|l| distinct_values(&[l])).unwrap_or_default();
             let base = intensities_on(&image, &shape, &grid)?;
-            let base_labels = labels.as_ref().map(|l| labels_on(l, &shape, &grid, &label_values)).transpose()?;
+            let mut base_labels = labels.as_ref().map(|l| labels_on(l, &shape, &grid)).transpose()?;
+            label_values = if base_labels.is_some() { distinct_values(base_labels.iter()) } else { Vec::new() };
+            base_labels.iter_mut().for_each(|m| to_indices(m, &label_values));
             synthetic = Some((base, base_labels));
         } else {
             // (moving, fixed, moving labels, fixed labels) paths.
@@ -174,30 +184,32 @@ impl PairSource {
             if recipe.train.label_weight > 0.0 && with_labels == 0 {
                 return Err(RegError::Input("[train] label_weight needs label maps for the pairs".into()));
             }
-            let mut images = Vec::new();
+            // One pair at a time: read, check, resample onto the fixed image's common grid.
             for r in &rows {
                 let get = |p: &Option<PathBuf>| p.as_deref().map(load).transpose();
-                images.push((get(&r[0])?.expect("checked"), get(&r[1])?.expect("checked"), get(&r[2])?, get(&r[3])?));
-            }
-            let maps: Vec<&Image> = images.iter().flat_map(|(_, _, a, b)| a.iter().chain(b.iter())).collect();
-            label_values = if maps.is_empty() { Vec::new() } else { distinct_values(&maps) };
-            for (r, (moving, fixed, ml, fl)) in rows.iter().zip(&images) {
-                for (map, image, path) in [(ml, moving, &r[2]), (fl, fixed, &r[3])] {
+                let (moving, fixed) = (get(&r[0])?.expect("checked"), get(&r[1])?.expect("checked"));
+                let (ml, fl) = (get(&r[2])?, get(&r[3])?);
+                for (map, image, path) in [(&ml, &moving, &r[2]), (&fl, &fixed, &r[3])] {
                     if let (Some(m), Some(p)) = (map, path) {
                         if m.shape() != image.shape() {
                             return Err(RegError::Input(format!("{}: the label map's grid differs from its image's", p.display())));
                         }
                     }
                 }
-                let grid = common_grid(recipe, fixed);
+                let grid = common_grid(recipe, &fixed);
                 listed.push(PreparedPair {
                     name: r[0].as_deref().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                    moving: intensities_on(moving, &shape, &grid)?,
-                    fixed: intensities_on(fixed, &shape, &grid)?,
-                    moving_labels: ml.as_ref().map(|l| labels_on(l, &shape, &grid, &label_values)).transpose()?,
-                    fixed_labels: fl.as_ref().map(|l| labels_on(l, &shape, &grid, &label_values)).transpose()?,
+                    moving: intensities_on(&moving, &shape, &grid)?,
+                    fixed: intensities_on(&fixed, &shape, &grid)?,
+                    moving_labels: ml.as_ref().map(|l| labels_on(l, &shape, &grid)).transpose()?,
+                    fixed_labels: fl.as_ref().map(|l| labels_on(l, &shape, &grid)).transpose()?,
                     truth: None,
                 });
+            }
+            let maps = listed.iter().flat_map(|p| p.moving_labels.iter().chain(p.fixed_labels.iter()));
+            label_values = if with_labels > 0 { distinct_values(maps) } else { Vec::new() };
+            for p in &mut listed {
+                p.moving_labels.iter_mut().chain(p.fixed_labels.iter_mut()).for_each(|m| to_indices(m, &label_values));
             }
         }
         Ok(Self { recipe: recipe.clone(), label_values, listed, synthetic, size })

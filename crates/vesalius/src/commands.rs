@@ -216,6 +216,9 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
             args.fixed.display()
         )));
     }
+    if args.run.is_some() && fixed.ndim() != 3 {
+        return Err(CliError::Usage(format!("{}: learned registration needs 3D volumes, this image is {}D", args.fixed.display(), fixed.ndim())));
+    }
     let labels = args.labels.as_deref().map(load).transpose()?;
     if let Some(l) = &labels {
         if l.shape() != moving.shape() {

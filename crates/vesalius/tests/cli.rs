@@ -552,7 +552,7 @@ learning_rate = 1e-3
     let png = root().join("fixtures/itk/BrainProtonDensitySliceBorder20.png");
     assert_input_error(
         &vesalius(&["register", "--run", run.to_str().unwrap(), "--fixed", png.to_str().unwrap(), "--moving", png.to_str().unwrap(), "-o", out.to_str().unwrap()]),
-        "needs 3D volumes",
+        "BrainProtonDensitySliceBorder20.png: learned registration needs 3D volumes, this image is 2D",
     );
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, format!("task = \"registration\"\n[data]\nspacing = [8.0, 8.0, 8.0]\nshape = [24, 32, 24]\natlas = \"{0}/mni152_t1.nii.gz\"\npairs = \"p.csv\"\n", mni.display())).unwrap();
