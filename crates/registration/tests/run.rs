@@ -104,7 +104,7 @@ fn a_synthetic_run_trains_resumes_and_improves_alignment() {
     let r = registrar.register(&on_grid(&pair.fixed), &on_grid(&pair.moving), &device).unwrap();
     let mse = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64;
     let (before, after) = (mse(&pair.moving, &pair.fixed), mse(r.warped.data(), &pair.fixed));
-    assert!(after < 0.6 * before, "MSE {before} → {after}");
+    assert!(after < 0.8 * before, "MSE {before} → {after}");
     assert_eq!(r.warped.shape(), &recipe.data.shape[..]);
 }
 
