@@ -236,40 +236,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }
-        Command::Register {
-            fixed,
-            moving,
-            output,
-            field,
-            labels,
-            labels_out,
-            fixed_labels,
-            metrics,
-            landmarks,
-            method,
-            similarity,
-            deformation,
-            control_spacing,
-            regulariser,
-            run,
-        } => {
-            let args = commands::RegisterArgs {
-                fixed,
-                moving,
-                output,
-                field,
-                labels,
-                labels_out,
-                fixed_labels,
-                metrics,
-                landmarks,
-                method,
-                similarity,
-                deformation,
-                control_spacing,
-                regulariser,
-                run,
-            };
+        Command::Register { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity, deformation, control_spacing, regulariser, run } => {
+            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity, deformation, control_spacing, regulariser, run };
             commands::register(backend, &args)
         }
         Command::Bench { only, in_process } => crate::bench::run(backend, &only, in_process),
