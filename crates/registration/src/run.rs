@@ -750,12 +750,11 @@ struct PairEval<'a> {
 }
 
 impl PairEval<'_> {
-    fn metrics<B: Backend>(&self, coords: Vec<f32>, field: &[f32], affine_coords: Option<Vec<f32>>, seconds: f64, device: &B::Device) -> PairMetrics {
+    #[allow(clippy::too_many_arguments)]
+    fn metrics<B: Backend>(&self, coords: Vec<f32>, warped: &[f32], field: &[f32], affine_coords: Option<Vec<f32>>, seconds: f64, device: &B::Device) -> PairMetrics {
         let (p, size, classes) = (self.pair, self.size, self.classes);
         let n = size[0] * size[1] * size[2];
         let coords_t = |v: Vec<f32>| tensor5::<B>(v, 3, size, device);
-        let m = tensor5::<B>(p.moving.clone(), 1, size, device);
-        let warped = to_vec(sample_linear(m, coords_t(coords.clone()), Padding::Zeros));
         let mse = |a: &[f32]| a.iter().zip(&p.fixed).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64;
         let jacobian = jacobian_stats(&jacobian_determinants(&[field[..n].to_vec(), field[n..2 * n].to_vec(), field[2 * n..].to_vec()], size));
         let mut grid_affine = identity();
@@ -799,7 +798,7 @@ impl PairEval<'_> {
             hd95_after,
             dice_per_label,
             mse_before: mse(&p.moving),
-            mse_after: mse(&warped),
+            mse_after: mse(warped),
             jacobian,
             field_error_mm,
             seconds,
@@ -852,16 +851,16 @@ pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisa
         let started = Instant::now();
         let m = tensor5::<AB::InnerBackend>(p.moving.clone(), 1, size, device);
         let prediction = registrar.predict(m.clone(), tensor5(p.fixed.clone(), 1, size, device));
-        let _warped = sample_linear(m, prediction.coords.clone(), Padding::Zeros).into_data();
+        let warped = to_vec(sample_linear(m, prediction.coords.clone(), Padding::Zeros));
         let seconds = started.elapsed().as_secs_f64();
         let affine_only = prediction.affine.as_ref().map(|a| to_vec(affine_coords(a.clone(), size)));
-        learned.push(eval.metrics::<AB::InnerBackend>(to_vec(prediction.coords), &to_vec(prediction.field), affine_only, seconds, device));
+        learned.push(eval.metrics::<AB::InnerBackend>(to_vec(prediction.coords), &warped, &to_vec(prediction.field), affine_only, seconds, device));
         if let Some(options) = optimisation {
             let as_image = |v: &Vec<f32>| Image::new(v.clone(), shape.to_vec(), 1, grid_affine, "float32").expect("grid-sized");
             let started = Instant::now();
             let r = crate::register::<AB>(&as_image(&p.fixed), &as_image(&p.moving), options, device);
             let seconds = started.elapsed().as_secs_f64();
-            optimised.push(eval.metrics::<AB::InnerBackend>(r.moving_voxel.concat(), &r.field_voxels.concat(), None, seconds, device));
+            optimised.push(eval.metrics::<AB::InnerBackend>(r.moving_voxel.concat(), &r.warped.data()[..r.warped.voxels()], &r.field_voxels.concat(), None, seconds, device));
         }
     }
     let metrics = RunMetrics { learned: summarise(learned), optimisation: optimisation.map(|_| summarise(optimised)) };

@@ -406,9 +406,10 @@ pub fn segmentation_recipe(path: &Path) -> Result<Option<vesalius_segmentation::
         }
         return Ok(Some(SegRecipe::for_dataset(path)));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-    let task = text.parse::<toml::Table>().ok().and_then(|t| t.get("task").and_then(|v| v.as_str().map(str::to_string)));
-    match task.as_deref() {
+    if !path.is_file() {
+        std::fs::metadata(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    }
+    match recipe_task(path).as_deref() {
         Some("segmentation") => Ok(Some(SegRecipe::from_file(path)?)),
         _ => Ok(None),
     }
