@@ -1,0 +1,322 @@
+//! The backend's kernels that the networks lean on, checked against direct evaluations of their
+//! definitions on random inputs: convolutions and transposed convolutions in 2D and 3D (forward,
+//! input gradient, weight gradient, bias gradient; strides, padding, dilation, output padding,
+//! groups, tiles that span several samples and samples cut into several tiles), and element-wise
+//! operations between a tensor and a broadcast or strided one (per-channel scale and shift as in
+//! batch normalisation, either operand first, transposed operands).
+use burn::backend::Autodiff;
+use burn::tensor::module::{conv2d, conv3d, conv_transpose2d, conv_transpose3d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{Tensor, TensorData};
+
+#[cfg(not(feature = "test-cuda"))]
+type P = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type P = burn::backend::Cuda;
+type B = Autodiff<P>;
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn random(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// One convolution problem in 3D form (2D problems have unit depth).
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    input: [usize; 3],
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    dilation: [usize; 3],
+    groups: usize,
+}
+
+impl Case {
+    fn output(&self) -> [usize; 3] {
+        std::array::from_fn(|i| {
+            (self.input[i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel[i] - 1) - 1) / self.stride[i] + 1
+        })
+    }
+}
+
+/// Visits every multiply-add of the convolution: `f(x_index, w_index, y_index)` over flat NC(D)HW indices.
+fn for_each_mac(c: &Case, mut f: impl FnMut(usize, usize, usize)) {
+    let out = c.output();
+    let (cig, cog) = (c.c_in / c.groups, c.c_out / c.groups);
+    let k_len: usize = c.kernel.iter().product();
+    for b in 0..c.batch {
+        for co in 0..c.c_out {
+            let g = co / cog;
+            for od in 0..out[0] {
+                for oh in 0..out[1] {
+                    for ow in 0..out[2] {
+                        let y = (((b * c.c_out + co) * out[0] + od) * out[1] + oh) * out[2] + ow;
+                        for cl in 0..cig {
+                            let ci = g * cig + cl;
+                            for kz in 0..c.kernel[0] {
+                                for ky in 0..c.kernel[1] {
+                                    for kx in 0..c.kernel[2] {
+                                        let iz = (od * c.stride[0] + kz * c.dilation[0]) as isize - c.padding[0] as isize;
+                                        let iy = (oh * c.stride[1] + ky * c.dilation[1]) as isize - c.padding[1] as isize;
+                                        let ix = (ow * c.stride[2] + kx * c.dilation[2]) as isize - c.padding[2] as isize;
+                                        if iz < 0 || iy < 0 || ix < 0 {
+                                            continue;
+                                        }
+                                        let (iz, iy, ix) = (iz as usize, iy as usize, ix as usize);
+                                        if iz >= c.input[0] || iy >= c.input[1] || ix >= c.input[2] {
+                                            continue;
+                                        }
+                                        let x = (((b * c.c_in + ci) * c.input[0] + iz) * c.input[1] + iy) * c.input[2] + ix;
+                                        let w = (co * cig + cl) * k_len + (kz * c.kernel[1] + ky) * c.kernel[2] + kx;
+                                        f(x, w, y);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            ((*g as f64) - w).abs() <= 2e-5 * scale + 1e-5,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
+fn tensor<const D: usize>(v: &[f64], shape: [usize; D]) -> Tensor<B, D> {
+    let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+    Tensor::from_data(TensorData::new(v, shape), &Default::default()).require_grad()
+}
+
+fn values<const D: usize>(t: Tensor<P, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().expect("f32 data")
+}
+
+/// Checks a convolution (`transposed == false`) or the transposed convolution with the same
+/// geometry read backwards (its input is the convolution's output) in 2D (`dims == 2`) or 3D.
+fn check(c: Case, dims: usize, transposed: bool, padding_out: [usize; 3]) {
+    let cig = c.c_in / c.groups;
+    let k_len: usize = c.kernel.iter().product();
+    let mut input = c.input;
+    if transposed {
+        // The transposed convolution's output size, output padding included.
+        let o = c.output();
+        input = std::array::from_fn(|i| {
+            (o[i] - 1) * c.stride[i] + c.dilation[i] * (c.kernel[i] - 1) + 1 + padding_out[i] - 2 * c.padding[i]
+        });
+    }
+    let c = Case { input, ..c };
+    let out = c.output();
+    let n_x = c.batch * c.c_in * input.iter().product::<usize>();
+    let n_y = c.batch * c.c_out * out.iter().product::<usize>();
+    let n_w = c.c_out * cig * k_len;
+    let x = random(n_x, 1);
+    let y = random(n_y, 2);
+    let w = random(n_w, 3);
+    let r_x = random(n_x, 4);
+    let r_y = random(n_y, 5);
+    let bias_len = if transposed { c.c_in } else { c.c_out };
+    let bias = random(bias_len, 6);
+
+    // Reference: the convolution maps X (c_in) → Y (c_out); its transpose maps Y → X.
+    let (mut fwd, mut dx, mut dw) = (vec![0.0; n_y], vec![0.0; n_x], vec![0.0; n_w]);
+    let (mut tfwd, mut tdy, mut tdw) = (vec![0.0; n_x], vec![0.0; n_y], vec![0.0; n_w]);
+    for_each_mac(&c, |xi, wi, yi| {
+        fwd[yi] += x[xi] * w[wi];
+        dx[xi] += r_y[yi] * w[wi];
+        dw[wi] += r_y[yi] * x[xi];
+        tfwd[xi] += y[yi] * w[wi];
+        tdy[yi] += r_x[xi] * w[wi];
+        tdw[wi] += y[yi] * r_x[xi];
+    });
+
+    let sp = |s: [usize; 3]| -> Vec<usize> { s[3 - dims..].to_vec() };
+    let shape = |n: usize, ch: usize, s: [usize; 3]| -> Vec<usize> { [vec![n, ch], sp(s)].concat() };
+    // Transposed weights are stored [c_in_t, c_out_t / groups, k…] = [c_out, c_in / groups, k…].
+    let w_shape = shape(c.c_out, cig, c.kernel);
+    let label = format!("{c:?} dims {dims} transposed {transposed} padding_out {padding_out:?}");
+
+    macro_rules! run {
+        ($D:literal, $S:literal, $conv:ident, $convt:ident) => {{
+            let to = |v: Vec<usize>| -> [usize; $D] { v.try_into().expect("rank") };
+            let ts = |v: Vec<usize>| -> [usize; $S] { v.try_into().expect("rank") };
+            let wt = tensor::<$D>(&w, to(w_shape.clone()));
+            let bt = tensor::<1>(&bias, [bias_len]);
+            if !transposed {
+                let xt = tensor::<$D>(&x, to(shape(c.batch, c.c_in, input)));
+                let opts = ConvOptions::new(ts(sp(c.stride)), ts(sp(c.padding)), ts(sp(c.dilation)), c.groups);
+                let yt = $conv(xt.clone(), wt.clone(), Some(bt.clone()), opts);
+                let r = tensor::<$D>(&r_y, to(shape(c.batch, c.c_out, out))).detach();
+                let with_bias: Vec<f64> = fwd
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + bias[(i / out.iter().product::<usize>()) % c.c_out])
+                    .collect();
+                assert_close(&format!("forward {label}"), &values(yt.clone().inner()), &with_bias);
+                let grads = (yt * r).sum().backward();
+                assert_close(&format!("dx {label}"), &values(xt.grad(&grads).expect("dx")), &dx);
+                assert_close(&format!("dw {label}"), &values(wt.grad(&grads).expect("dw")), &dw);
+                let db: Vec<f64> = (0..c.c_out)
+                    .map(|co| {
+                        (0..c.batch)
+                            .map(|b| {
+                                let s: usize = out.iter().product();
+                                r_y[(b * c.c_out + co) * s..(b * c.c_out + co + 1) * s].iter().sum::<f64>()
+                            })
+                            .sum()
+                    })
+                    .collect();
+                assert_close(&format!("db {label}"), &values(bt.grad(&grads).expect("db")), &db);
+            } else {
+                let yt = tensor::<$D>(&y, to(shape(c.batch, c.c_out, out)));
+                let opts = ConvTransposeOptions::new(
+                    ts(sp(c.stride)),
+                    ts(sp(c.padding)),
+                    ts(sp(padding_out)),
+                    ts(sp(c.dilation)),
+                    c.groups,
+                );
+                let xt = $convt(yt.clone(), wt.clone(), Some(bt.clone()), opts);
+                let s_in: usize = input.iter().product();
+                let with_bias: Vec<f64> =
+                    tfwd.iter().enumerate().map(|(i, v)| v + bias[(i / s_in) % c.c_in]).collect();
+                assert_close(&format!("forward {label}"), &values(xt.clone().inner()), &with_bias);
+                let r = tensor::<$D>(&r_x, to(shape(c.batch, c.c_in, input))).detach();
+                let grads = (xt * r).sum().backward();
+                assert_close(&format!("dy {label}"), &values(yt.grad(&grads).expect("dy")), &tdy);
+                assert_close(&format!("dw {label}"), &values(wt.grad(&grads).expect("dw")), &tdw);
+                let db: Vec<f64> = (0..c.c_in)
+                    .map(|ci| {
+                        (0..c.batch)
+                            .map(|b| r_x[(b * c.c_in + ci) * s_in..(b * c.c_in + ci + 1) * s_in].iter().sum::<f64>())
+                            .sum()
+                    })
+                    .collect();
+                assert_close(&format!("db {label}"), &values(bt.grad(&grads).expect("db")), &db);
+            }
+        }};
+    }
+    if dims == 2 {
+        run!(4, 2, conv2d, conv_transpose2d)
+    } else {
+        run!(5, 3, conv3d, conv_transpose3d)
+    }
+}
+
+fn case2(batch: usize, c_in: usize, c_out: usize, hw: [usize; 2], k: usize, s: usize, p: usize, d: usize, groups: usize) -> Case {
+    Case {
+        batch,
+        c_in,
+        c_out,
+        input: [1, hw[0], hw[1]],
+        kernel: [1, k, k],
+        stride: [1, s, s],
+        padding: [0, p, p],
+        dilation: [1, d, d],
+        groups,
+    }
+}
+
+fn case3(batch: usize, c_in: usize, c_out: usize, dhw: [usize; 3], k: usize, s: usize, p: usize) -> Case {
+    Case { batch, c_in, c_out, input: dhw, kernel: [k; 3], stride: [s; 3], padding: [p; 3], dilation: [1; 3], groups: 1 }
+}
+
+#[test]
+fn conv2d_matches_the_definition() {
+    // ResNet-like 3×3 same convolution, a strided one, a 1×1 projection, dilation, asymmetric sizes.
+    check(case2(3, 4, 5, [9, 7], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 3, 6, [10, 9], 3, 2, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(4, 6, 8, [7, 7], 1, 2, 0, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 2, 3, [11, 12], 3, 1, 2, 2, 1), 2, false, [0; 3]);
+    check(case2(2, 4, 6, [8, 8], 5, 1, 0, 1, 1), 2, false, [0; 3]);
+}
+
+#[test]
+fn conv2d_tiles_spanning_samples_and_cut_samples() {
+    // Many small samples (tiles hold whole samples) and one large image (several tiles per sample).
+    check(case2(33, 8, 16, [4, 4], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 2, 3, [90, 75], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+}
+
+#[test]
+fn grouped_convolutions_match_the_definition() {
+    check(case2(2, 4, 6, [6, 5], 3, 1, 1, 1, 2), 2, false, [0; 3]);
+    check(case2(2, 4, 6, [6, 5], 2, 2, 0, 1, 2), 2, true, [0; 3]);
+}
+
+#[test]
+fn conv3d_matches_the_definition() {
+    check(case3(2, 3, 4, [6, 5, 7], 3, 1, 1), 3, false, [0; 3]);
+    check(case3(1, 2, 3, [7, 6, 6], 3, 2, 1), 3, false, [0; 3]);
+    check(case3(1, 4, 2, [24, 20, 18], 3, 1, 1), 3, false, [0; 3]);
+}
+
+#[test]
+fn transposed_convolutions_match_the_definition() {
+    // U-Net up-sampling (k2 s2), a k3 s2 p1 one with output padding, in 2D and 3D.
+    check(case2(3, 5, 4, [12, 10], 2, 2, 0, 1, 1), 2, true, [0; 3]);
+    check(case2(2, 3, 4, [9, 8], 3, 2, 1, 1, 1), 2, true, [0, 1, 1]);
+    check(case3(2, 3, 4, [8, 6, 10], 2, 2, 0), 3, true, [0; 3]);
+    check(case3(1, 2, 3, [7, 7, 5], 3, 2, 1), 3, true, [1, 1, 1]);
+}
+
+#[test]
+fn broadcast_and_strided_elementwise_ops_match_the_definition() {
+    let (n, c, h, w) = (3, 5, 4, 6);
+    let xv = random(n * c * h * w, 7);
+    let gv = random(c, 8);
+    let x: Tensor<P, 4> = tensor::<4>(&xv, [n, c, h, w]).inner();
+    let g: Tensor<P, 4> = tensor::<1>(&gv, [c]).inner().reshape([1, c, 1, 1]);
+    let at = |i: usize| -> (usize, usize) { (i, (i / (h * w)) % c) };
+    let cases: Vec<(&str, Tensor<P, 4>, Box<dyn Fn(f64, f64) -> f64>)> = vec![
+        ("x * g", x.clone() * g.clone(), Box::new(|a, b| a * b)),
+        ("g * x", g.clone() * x.clone(), Box::new(|a, b| b * a)),
+        ("x - g", x.clone() - g.clone(), Box::new(|a, b| a - b)),
+        ("g - x", g.clone() - x.clone(), Box::new(|a, b| b - a)),
+        ("x / g", x.clone() / g.clone(), Box::new(|a, b| a / b)),
+        ("g + x", g.clone() + x.clone(), Box::new(|a, b| a + b)),
+    ];
+    for (name, got, f) in cases {
+        let want: Vec<f64> = (0..xv.len()).map(|i| { let (xi, ci) = at(i); f(xv[xi], gv[ci]) }).collect();
+        let got = values(got);
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(((*a as f64) - b).abs() <= 1e-5 * b.abs().max(1.0), "{name}[{i}]: {a} vs {b}");
+        }
+    }
+    // A transposed (non-contiguous) operand against a contiguous one, and against a row broadcast.
+    let a: Tensor<P, 4> = tensor::<4>(&xv, [n, c, h, w]).inner();
+    let t = a.clone().swap_dims(2, 3); // [n, c, w, h], strided
+    let u: Tensor<P, 4> = tensor::<4>(&random(n * c * w * h, 9), [n, c, w, h]).inner();
+    let uv = values(u.clone());
+    let row: Tensor<P, 4> = tensor::<1>(&random(h, 10), [h]).inner().reshape([1, 1, 1, h]);
+    let rv = values(row.clone());
+    let sum = values(t.clone() + u);
+    let prod = values(t * row);
+    for b in 0..n * c {
+        for j in 0..w {
+            for i in 0..h {
+                let o = (b * w + j) * h + i;
+                let xt = xv[(b * h + i) * w + j];
+                assert!(((sum[o] as f64) - (xt + uv[o] as f64)).abs() < 1e-5, "transposed + contiguous at {o}");
+                assert!(((prod[o] as f64) - xt * rv[i] as f64).abs() < 1e-5, "transposed * row at {o}");
+            }
+        }
+    }
+}

@@ -1,0 +1,796 @@
+//! Convolutions and transposed convolutions as im2col / col2im + GEMM, computed in the tensors' own
+//! NC(D)HW layout: forward, input gradient and weight gradient.
+//!
+//! Every 1D/2D/3D convolution is expressed as a 3D one (unit depth and height where absent). The
+//! output positions are cut into tiles of whole output rows; a tile's im2col matrix
+//! (`C·K` rows × tile columns) is packed once and fed to `gemm`:
+//!
+//! * forward: `Y[b][:, tile] = W (Co × C·K) · col`, written straight into the output;
+//! * input gradient: `col = Wᵀ · dY[b][:, tile]`, scattered back with col2im (workers own disjoint
+//!   input channels, so no two threads add into the same element);
+//! * weight gradient: `dW += dY[b][:, tile] · colᵀ`, one accumulator per worker, summed at the end.
+//!
+//! A transposed convolution is the input gradient of the convolution whose input is its output,
+//! so the same three kernels serve it (forward = input gradient, input gradient = forward, weight
+//! gradient = weight gradient with the roles of input and output gradient exchanged).
+//!
+//! When several samples fit one tile (deep layers with small spatial size), the tile spans whole
+//! samples so that the weights are packed once for many samples.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use burn_backend::DType;
+use burn_backend::ops::FloatTensorOps;
+use burn_std::{Bytes, FloatDType, Shape};
+use bytemuck::Pod;
+use num_traits::Float;
+
+use crate::{Flex, FlexTensor, Layout};
+
+/// Target number of elements of one tile's im2col matrix (about 4 MiB in f32).
+const TILE_ELEMS: usize = 1 << 20;
+/// Smallest and largest number of output columns a tile aims for.
+const MIN_TILE_COLS: usize = 256;
+const MAX_TILE_COLS: usize = 4096;
+
+/// Geometry of one convolution with `groups == 1`, in 3D.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Number of samples.
+    pub batch: usize,
+    /// Channels of the convolution's input.
+    pub c_in: usize,
+    /// Channels of the convolution's output.
+    pub c_out: usize,
+    /// Input spatial size (depth, height, width).
+    pub input: [usize; 3],
+    /// Output spatial size (depth, height, width).
+    pub output: [usize; 3],
+    /// Kernel size.
+    pub kernel: [usize; 3],
+    /// Stride.
+    pub stride: [usize; 3],
+    /// Zero padding on each side.
+    pub padding: [usize; 3],
+    /// Dilation.
+    pub dilation: [usize; 3],
+}
+
+impl ConvGeom {
+    fn k_len(&self) -> usize {
+        self.kernel.iter().product()
+    }
+    fn col_rows(&self) -> usize {
+        self.c_in * self.k_len()
+    }
+    fn s_in(&self) -> usize {
+        self.input.iter().product()
+    }
+    fn s_out(&self) -> usize {
+        self.output.iter().product()
+    }
+    fn rows_per_sample(&self) -> usize {
+        self.output[0] * self.output[1]
+    }
+
+    /// Tiles as ranges of global output rows (`b·D·H + d·H + h`): inside one sample, or spanning
+    /// whole samples.
+    fn tiles(&self) -> Vec<(usize, usize)> {
+        let row_len = self.output[2].max(1);
+        let rps = self.rows_per_sample();
+        let total = self.batch * rps;
+        if total == 0 {
+            return Vec::new();
+        }
+        let cols = (TILE_ELEMS / self.col_rows().max(1)).clamp(MIN_TILE_COLS, MAX_TILE_COLS);
+        let mut tile_rows = (cols / row_len).max(1);
+        // Keep both cores busy: at least four tiles where the work allows it.
+        let threads = num_threads();
+        if total / tile_rows < 2 * threads && total >= 2 * threads {
+            tile_rows = total.div_ceil(2 * threads);
+        }
+        let mut tiles = Vec::new();
+        if tile_rows >= rps {
+            let samples = (tile_rows / rps).max(1);
+            let mut b = 0;
+            while b < self.batch {
+                let e = (b + samples).min(self.batch);
+                tiles.push((b * rps, e * rps));
+                b = e;
+            }
+        } else {
+            for b in 0..self.batch {
+                let mut r = 0;
+                while r < rps {
+                    let e = (r + tile_rows).min(rps);
+                    tiles.push((b * rps + r, b * rps + e));
+                    r = e;
+                }
+            }
+        }
+        tiles
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn num_threads() -> usize {
+    rayon::current_num_threads()
+}
+#[cfg(not(feature = "rayon"))]
+fn num_threads() -> usize {
+    1
+}
+
+/// Element types the kernels run on natively.
+pub(crate) trait ConvElem: Float + Pod + Send + Sync + core::ops::AddAssign + 'static {}
+impl ConvElem for f32 {}
+impl ConvElem for f64 {}
+
+/// Range of output indices `o` (along one axis) whose input index `o·s + k·d − p` lies in `0..n`.
+#[inline]
+fn valid_range(out: usize, n: usize, s: usize, off: isize) -> (usize, usize) {
+    // i = o*s + off, need 0 <= i < n
+    let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s) };
+    let hi_num = n as isize - off; // o*s < hi_num
+    let hi = if hi_num <= 0 { 0 } else { (hi_num as usize).div_ceil(s) };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+/// Visits every (col row, tile row) pair of a tile: `f(col_offset, src_offset, lo, hi, ix0)` where
+/// the col segment `col[col_offset .. col_offset + out_w]` corresponds to input row
+/// `x[src_offset ..]` (or `None` when the row lies in the padding), columns `lo..hi` are inside the
+/// input and column `o` reads `src_offset + o·sw + ix0`.
+#[inline]
+fn for_each_segment(
+    g: &ConvGeom,
+    tile: (usize, usize),
+    tcols: usize,
+    c_range: (usize, usize),
+    mut f: impl FnMut(usize, Option<usize>, usize, usize, isize),
+) {
+    let [kd, kh, kw] = g.kernel;
+    let [in_d, in_h, in_w] = g.input;
+    let [_, out_h, out_w] = g.output;
+    let [sd, sh, sw] = g.stride;
+    let [pd, ph, pw] = g.padding;
+    let [dd, dh, dw] = g.dilation;
+    let rps = g.rows_per_sample();
+    let s_in = g.s_in();
+    let k_len = g.k_len();
+    for c in c_range.0..c_range.1 {
+        for kz in 0..kd {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let row = ((c - c_range.0) * k_len) + (kz * kh + ky) * kw + kx;
+                    let ix0 = (kx * dw) as isize - pw as isize;
+                    let (lo, hi) = valid_range(out_w, in_w, sw, ix0);
+                    for (i, gr) in (tile.0..tile.1).enumerate() {
+                        let b = gr / rps;
+                        let rem = gr % rps;
+                        let od = rem / out_h;
+                        let oh = rem % out_h;
+                        let iz = (od * sd + kz * dd) as isize - pd as isize;
+                        let iy = (oh * sh + ky * dh) as isize - ph as isize;
+                        let col_off = row * tcols + i * out_w;
+                        if iz < 0 || iz >= in_d as isize || iy < 0 || iy >= in_h as isize {
+                            f(col_off, None, lo, hi, ix0);
+                        } else {
+                            let src = (b * g.c_in + c) * s_in
+                                + (iz as usize * in_h + iy as usize) * in_w;
+                            f(col_off, Some(src), lo, hi, ix0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs the im2col matrix of channels `c_range` for a tile: `col[(c·K + k) · tcols + j]`.
+fn im2col<T: ConvElem>(
+    x: &[T],
+    g: &ConvGeom,
+    tile: (usize, usize),
+    c_range: (usize, usize),
+    col: &mut [T],
+) {
+    let out_w = g.output[2];
+    let sw = g.stride[2];
+    let tcols = (tile.1 - tile.0) * out_w;
+    for_each_segment(g, tile, tcols, c_range, |off, src, lo, hi, ix0| {
+        let dst = &mut col[off..off + out_w];
+        match src {
+            None => dst.fill(T::zero()),
+            Some(src) => {
+                dst[..lo].fill(T::zero());
+                dst[hi..].fill(T::zero());
+                if lo < hi {
+                    let start = (src as isize + (lo * sw) as isize + ix0) as usize;
+                    if sw == 1 {
+                        dst[lo..hi].copy_from_slice(&x[start..start + (hi - lo)]);
+                    } else {
+                        for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                            *d = x[start + j * sw];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Adds a tile's column matrix for channels `c_range` back into `dx` (col2im).
+///
+/// # Safety
+/// `dx` must point to `batch · c_in · s_in` elements and no other thread may touch the channels in
+/// `c_range` of the tile's samples.
+unsafe fn col2im<T: ConvElem>(
+    col: &[T],
+    g: &ConvGeom,
+    tile: (usize, usize),
+    c_range: (usize, usize),
+    dx: *mut T,
+) {
+    let out_w = g.output[2];
+    let sw = g.stride[2];
+    let tcols = (tile.1 - tile.0) * out_w;
+    for_each_segment(g, tile, tcols, c_range, |off, src, lo, hi, ix0| {
+        if let Some(src) = src {
+            if lo < hi {
+                let start = (src as isize + (lo * sw) as isize + ix0) as usize;
+                let seg = &col[off + lo..off + hi];
+                for (j, v) in seg.iter().enumerate() {
+                    // SAFETY: in bounds by construction of the segment; channel ownership by contract.
+                    unsafe { *dx.add(start + j * sw) += *v };
+                }
+            }
+        }
+    });
+}
+
+/// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)` with arbitrary strides (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn gemm_into<T: ConvElem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const T,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const T,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(feature = "rayon")]
+    let par = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    #[cfg(not(feature = "rayon"))]
+    let par = {
+        let _ = parallel;
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller guarantees every pointer covers the strided matrix it describes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// A raw pointer that may cross threads; users guarantee disjoint writes.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+// SAFETY: only used for writes to disjoint regions (see each use).
+unsafe impl<T> Send for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Runs `f(i, scratch)` for `i in 0..n`, in parallel when there is more than one item.
+fn par_items<S: Send>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn(usize, &mut S) + Sync + Send) {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        if n > 1 {
+            (0..n).into_par_iter().with_min_len(1).for_each_init(init, |s, i| f(i, s));
+            return;
+        }
+    }
+    let mut s = init();
+    for i in 0..n {
+        f(i, &mut s);
+    }
+}
+
+/// Tile's block of a `[batch, ch, s]` tensor as a `ch × tcols` matrix: a strided view into the
+/// tensor when the tile lies in one sample, otherwise gathered into `tmp`.
+fn tile_matrix<T: ConvElem>(
+    data: &[T],
+    ch: usize,
+    s: usize,
+    rps: usize,
+    row_len: usize,
+    tile: (usize, usize),
+    tmp: &mut Vec<T>,
+) -> (*const T, usize) {
+    let b0 = tile.0 / rps;
+    let b1 = (tile.1 - 1) / rps;
+    let tcols = (tile.1 - tile.0) * row_len;
+    if b0 == b1 {
+        let off = b0 * ch * s + (tile.0 - b0 * rps) * row_len;
+        (data[off..].as_ptr(), s)
+    } else {
+        tmp.clear();
+        tmp.resize(ch * tcols, T::zero());
+        for c in 0..ch {
+            for b in b0..=b1 {
+                let j = (b - b0) * s;
+                tmp[c * tcols + j..c * tcols + j + s]
+                    .copy_from_slice(&data[(b * ch + c) * s..(b * ch + c + 1) * s]);
+            }
+        }
+        (tmp.as_ptr(), tcols)
+    }
+}
+
+/// Forward convolution: `x [batch, c_in, input]`, `w [c_out, c_in, kernel]` → `[batch, c_out, output]`.
+pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
+    let s_out = g.s_out();
+    let mut out = vec![T::zero(); g.batch * g.c_out * s_out];
+    if out.is_empty() {
+        return out;
+    }
+    let col_rows = g.col_rows();
+    let row_len = g.output[2];
+    let rps = g.rows_per_sample();
+    let tiles = g.tiles();
+    let parallel_gemm = tiles.len() == 1;
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    par_items(
+        tiles.len(),
+        || (Vec::<T>::new(), Vec::<T>::new()),
+        |t, (col, tmp)| {
+            let tile = tiles[t];
+            let tcols = (tile.1 - tile.0) * row_len;
+            col.resize(col_rows * tcols, T::zero());
+            im2col(x, g, tile, (0, g.c_in), col);
+            let b0 = tile.0 / rps;
+            let single = b0 == (tile.1 - 1) / rps;
+            // SAFETY: tiles write disjoint output columns; the matrices lie inside their buffers.
+            unsafe {
+                if single {
+                    let off = b0 * g.c_out * s_out + (tile.0 - b0 * rps) * row_len;
+                    gemm_into(
+                        g.c_out, tcols, col_rows,
+                        out_ptr.get().add(off), s_out, false,
+                        w.as_ptr(), col_rows as isize, 1,
+                        col.as_ptr(), tcols as isize, 1,
+                        parallel_gemm,
+                    );
+                } else {
+                    tmp.clear();
+                    tmp.resize(g.c_out * tcols, T::zero());
+                    gemm_into(
+                        g.c_out, tcols, col_rows,
+                        tmp.as_mut_ptr(), tcols, false,
+                        w.as_ptr(), col_rows as isize, 1,
+                        col.as_ptr(), tcols as isize, 1,
+                        parallel_gemm,
+                    );
+                    let b1 = tile.1 / rps;
+                    for b in b0..b1 {
+                        for c in 0..g.c_out {
+                            let src = &tmp[c * tcols + (b - b0) * s_out..][..s_out];
+                            let dst = out_ptr.get().add((b * g.c_out + c) * s_out);
+                            core::ptr::copy_nonoverlapping(src.as_ptr(), dst, s_out);
+                        }
+                    }
+                }
+            }
+        },
+    );
+    out
+}
+
+/// Input gradient (col2im): `dy [batch, c_out, output]`, `w [c_out, c_in, kernel]` →
+/// `dx [batch, c_in, input]`.
+pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
+    let mut dx = vec![T::zero(); g.batch * g.c_in * g.s_in()];
+    if dx.is_empty() || g.s_out() == 0 {
+        return dx;
+    }
+    let k_len = g.k_len();
+    let col_rows = g.col_rows();
+    let row_len = g.output[2];
+    let rps = g.rows_per_sample();
+    let s_out = g.s_out();
+    let tiles = g.tiles();
+    // Workers own disjoint input channels.
+    let chunks = num_threads().min(g.c_in).max(1);
+    let per = g.c_in.div_ceil(chunks);
+    let chunks = g.c_in.div_ceil(per);
+    let parallel_gemm = chunks == 1;
+    let dx_ptr = SyncPtr(dx.as_mut_ptr());
+    par_items(
+        chunks,
+        || (Vec::<T>::new(), Vec::<T>::new()),
+        |ci, (col, tmp)| {
+            let c_range = (ci * per, ((ci + 1) * per).min(g.c_in));
+            let rows = (c_range.1 - c_range.0) * k_len;
+            for &tile in &tiles {
+                let tcols = (tile.1 - tile.0) * row_len;
+                let (dy_ptr, dy_rs) = tile_matrix(dy, g.c_out, s_out, rps, row_len, tile, tmp);
+                col.resize(rows * tcols, T::zero());
+                // SAFETY: Wᵀ rows of this chunk: element (r, co) at w[co·col_rows + c0·K + r].
+                unsafe {
+                    gemm_into(
+                        rows, tcols, g.c_out,
+                        col.as_mut_ptr(), tcols, false,
+                        w.as_ptr().add(c_range.0 * k_len), 1, col_rows as isize,
+                        dy_ptr, dy_rs as isize, 1,
+                        parallel_gemm,
+                    );
+                    col2im(col, g, tile, c_range, dx_ptr.get());
+                }
+            }
+        },
+    );
+    dx
+}
+
+/// Weight gradient: `x [batch, c_in, input]`, `dy [batch, c_out, output]` → `dw [c_out, c_in, kernel]`.
+pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
+    let col_rows = g.col_rows();
+    let len = g.c_out * col_rows;
+    if len == 0 || g.batch * g.s_out() == 0 {
+        return vec![T::zero(); len];
+    }
+    let row_len = g.output[2];
+    let rps = g.rows_per_sample();
+    let s_out = g.s_out();
+    let tiles = g.tiles();
+    let step = |acc: &mut Vec<T>, col: &mut Vec<T>, tmp: &mut Vec<T>, tile: (usize, usize), par: bool| {
+        let tcols = (tile.1 - tile.0) * row_len;
+        col.resize(col_rows * tcols, T::zero());
+        im2col(x, g, tile, (0, g.c_in), col);
+        let (dy_ptr, dy_rs) = tile_matrix(dy, g.c_out, s_out, rps, row_len, tile, tmp);
+        // SAFETY: acc is c_out × col_rows; colᵀ element (j, r) at col[r·tcols + j].
+        unsafe {
+            gemm_into(
+                g.c_out, col_rows, tcols,
+                acc.as_mut_ptr(), col_rows, true,
+                dy_ptr, dy_rs as isize, 1,
+                col.as_ptr(), 1, tcols as isize,
+                par,
+            );
+        }
+    };
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        let threads = num_threads();
+        if tiles.len() > 1 && threads > 1 {
+            let per = tiles.len().div_ceil(threads);
+            let parts: Vec<Vec<T>> = tiles
+                .par_chunks(per)
+                .map(|chunk| {
+                    let mut acc = vec![T::zero(); len];
+                    let (mut col, mut tmp) = (Vec::new(), Vec::new());
+                    for &tile in chunk {
+                        step(&mut acc, &mut col, &mut tmp, tile, false);
+                    }
+                    acc
+                })
+                .collect();
+            let mut parts = parts.into_iter();
+            let mut acc = parts.next().unwrap_or_else(|| vec![T::zero(); len]);
+            for p in parts {
+                for (a, b) in acc.iter_mut().zip(p) {
+                    *a += b;
+                }
+            }
+            return acc;
+        }
+    }
+    let mut acc = vec![T::zero(); len];
+    let (mut col, mut tmp) = (Vec::new(), Vec::new());
+    let par = tiles.len() == 1;
+    for &tile in &tiles {
+        step(&mut acc, &mut col, &mut tmp, tile, par);
+    }
+    acc
+}
+
+/// Per-channel sum over batch and space of `[batch, ch, s]`.
+fn channel_sums<T: ConvElem>(dy: &[T], batch: usize, ch: usize, s: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); ch];
+    for b in 0..batch {
+        for (c, o) in out.iter_mut().enumerate() {
+            let seg = &dy[(b * ch + c) * s..(b * ch + c + 1) * s];
+            let mut acc = T::zero();
+            for v in seg {
+                acc += *v;
+            }
+            *o += acc;
+        }
+    }
+    out
+}
+
+fn add_bias<T: ConvElem>(out: &mut [T], bias: &[T], batch: usize, ch: usize, s: usize) {
+    for b in 0..batch {
+        for (c, bv) in bias.iter().enumerate().take(ch) {
+            for v in &mut out[(b * ch + c) * s..(b * ch + c + 1) * s] {
+                *v += *bv;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-level entry points (any rank 3–5, any float dtype, any number of groups)
+// ---------------------------------------------------------------------------------------------
+
+/// Options of an N-d convolution lifted to 3D.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Opts3 {
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+    pub dilation: [usize; 3],
+    pub groups: usize,
+}
+
+impl Opts3 {
+    /// Lifts N-d options (N = 1, 2, 3) to 3D with unit leading axes.
+    pub fn lift<const N: usize>(stride: [usize; N], padding: [usize; N], dilation: [usize; N], groups: usize) -> Self {
+        let mut s = [1; 3];
+        let mut p = [0; 3];
+        let mut d = [1; 3];
+        s[3 - N..].copy_from_slice(&stride);
+        p[3 - N..].copy_from_slice(&padding);
+        d[3 - N..].copy_from_slice(&dilation);
+        Self { stride: s, padding: p, dilation: d, groups }
+    }
+}
+
+/// `[n, c, spatial…]` of rank 3–5 as `(n, c, [d, h, w])`.
+fn split_shape(shape: &[usize]) -> (usize, usize, [usize; 3]) {
+    let mut sp = [1; 3];
+    let r = shape.len() - 2;
+    sp[3 - r..].copy_from_slice(&shape[2..]);
+    (shape[0], shape[1], sp)
+}
+
+fn join_shape(n: usize, c: usize, sp: [usize; 3], rank: usize) -> Shape {
+    let mut v = vec![n, c];
+    v.extend_from_slice(&sp[3 - (rank - 2)..]);
+    Shape::from(v)
+}
+
+fn out_size(i: usize, k: usize, s: usize, p: usize, d: usize) -> usize {
+    let span = d * (k - 1) + 1;
+    if i + 2 * p < span { 0 } else { (i + 2 * p - span) / s + 1 }
+}
+
+/// Runs `f` on f32 or f64 data; half-precision tensors are computed in f32 and cast back.
+fn with_float(
+    tensors: Vec<FlexTensor>,
+    f32_fn: impl FnOnce(&[&[f32]]) -> Vec<f32>,
+    f64_fn: impl FnOnce(&[&[f64]]) -> Vec<f64>,
+    shape: Shape,
+) -> FlexTensor {
+    let dtype = tensors[0].dtype();
+    match dtype {
+        DType::F64 => {
+            let ts: Vec<FlexTensor> = tensors.iter().map(|t| t.to_contiguous()).collect();
+            let slices: Vec<&[f64]> = ts.iter().map(|t| t.storage::<f64>()).collect();
+            let out = f64_fn(&slices);
+            FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F64)
+        }
+        DType::F32 => {
+            let ts: Vec<FlexTensor> = tensors.iter().map(|t| t.to_contiguous()).collect();
+            let slices: Vec<&[f32]> = ts.iter().map(|t| t.storage::<f32>()).collect();
+            let out = f32_fn(&slices);
+            FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32)
+        }
+        other => {
+            let ts: Vec<FlexTensor> = tensors
+                .into_iter()
+                .map(|t| Flex::float_cast(t, FloatDType::F32).to_contiguous())
+                .collect();
+            let slices: Vec<&[f32]> = ts.iter().map(|t| t.storage::<f32>()).collect();
+            let out = f32_fn(&slices);
+            let t = FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32);
+            Flex::float_cast(t, FloatDType::from(other))
+        }
+    }
+}
+
+/// Channel block `g` of `groups` of a `[n, c, …]` tensor, made contiguous.
+fn group_slice(t: &FlexTensor, g: usize, groups: usize) -> FlexTensor {
+    let c = t.layout().shape()[1];
+    let per = c / groups;
+    t.narrow(1, g * per, per).to_contiguous()
+}
+
+/// Concatenates per-group results along `dim`.
+fn cat_groups(parts: Vec<FlexTensor>, dim: usize) -> FlexTensor {
+    if parts.len() == 1 {
+        return parts.into_iter().next().expect("one part");
+    }
+    Flex::float_cat(parts, dim)
+}
+
+/// Forward convolution (`groups` allowed); `bias` added per output channel.
+pub(crate) fn conv(x: FlexTensor, w: FlexTensor, bias: Option<FlexTensor>, o: Opts3) -> FlexTensor {
+    let rank = x.layout().shape().len();
+    if o.groups > 1 {
+        let parts = (0..o.groups)
+            .map(|g| {
+                conv(group_slice(&x, g, o.groups), w.narrow(0, g * (w.layout().shape()[0] / o.groups), w.layout().shape()[0] / o.groups), None, Opts3 { groups: 1, ..o })
+            })
+            .collect();
+        let out = cat_groups(parts, 1);
+        return match bias {
+            Some(b) => add_bias_tensor(out, b),
+            None => out,
+        };
+    }
+    let (n, c_in, input) = split_shape(x.layout().shape());
+    let (c_out, _, kernel) = split_shape(w.layout().shape());
+    let output = core::array::from_fn(|i| out_size(input[i], kernel[i], o.stride[i], o.padding[i], o.dilation[i]));
+    let g = ConvGeom { batch: n, c_in, c_out, input, output, kernel, stride: o.stride, padding: o.padding, dilation: o.dilation };
+    let shape = join_shape(n, c_out, output, rank);
+    let s_out = g.s_out();
+    let mut ts = vec![x, w];
+    let has_bias = bias.is_some();
+    if let Some(b) = bias {
+        ts.push(b);
+    }
+    with_float(
+        ts,
+        |s| {
+            let mut out = conv_forward(s[0], s[1], &g);
+            if has_bias {
+                add_bias(&mut out, s[2], n, c_out, s_out);
+            }
+            out
+        },
+        |s| {
+            let mut out = conv_forward(s[0], s[1], &g);
+            if has_bias {
+                add_bias(&mut out, s[2], n, c_out, s_out);
+            }
+            out
+        },
+        shape,
+    )
+}
+
+fn add_bias_tensor(out: FlexTensor, bias: FlexTensor) -> FlexTensor {
+    let shape = out.layout().shape().clone();
+    let (n, c, sp) = split_shape(&shape);
+    let s: usize = sp.iter().product();
+    with_float(
+        vec![out, bias],
+        |t| {
+            let mut o = t[0].to_vec();
+            add_bias(&mut o, t[1], n, c, s);
+            o
+        },
+        |t| {
+            let mut o = t[0].to_vec();
+            add_bias(&mut o, t[1], n, c, s);
+            o
+        },
+        shape,
+    )
+}
+
+/// Input gradient of a convolution of an input shaped `x_shape`.
+pub(crate) fn conv_x_backward(x_shape: &[usize], w: FlexTensor, dy: FlexTensor, o: Opts3) -> FlexTensor {
+    if o.groups > 1 {
+        let co = w.layout().shape()[0] / o.groups;
+        let mut gshape = x_shape.to_vec();
+        gshape[1] /= o.groups;
+        let parts = (0..o.groups)
+            .map(|g| conv_x_backward(&gshape, w.narrow(0, g * co, co), group_slice(&dy, g, o.groups), Opts3 { groups: 1, ..o }))
+            .collect();
+        return cat_groups(parts, 1);
+    }
+    let rank = x_shape.len();
+    let (n, c_in, input) = split_shape(x_shape);
+    let (_, c_out, output) = split_shape(dy.layout().shape());
+    let (_, _, kernel) = split_shape(w.layout().shape());
+    let g = ConvGeom { batch: n, c_in, c_out, input, output, kernel, stride: o.stride, padding: o.padding, dilation: o.dilation };
+    with_float(vec![dy, w], |s| conv_data_grad(s[0], s[1], &g), |s| conv_data_grad(s[0], s[1], &g), join_shape(n, c_in, input, rank))
+}
+
+/// Weight gradient of a convolution with weights shaped `w_shape`.
+pub(crate) fn conv_weight_backward(x: FlexTensor, w_shape: &[usize], dy: FlexTensor, o: Opts3) -> FlexTensor {
+    if o.groups > 1 {
+        let mut gshape = w_shape.to_vec();
+        gshape[0] /= o.groups;
+        let parts = (0..o.groups)
+            .map(|g| conv_weight_backward(group_slice(&x, g, o.groups), &gshape, group_slice(&dy, g, o.groups), Opts3 { groups: 1, ..o }))
+            .collect();
+        return cat_groups(parts, 0);
+    }
+    let (n, c_in, input) = split_shape(x.layout().shape());
+    let (_, c_out, output) = split_shape(dy.layout().shape());
+    let (_, _, kernel) = split_shape(w_shape);
+    let g = ConvGeom { batch: n, c_in, c_out, input, output, kernel, stride: o.stride, padding: o.padding, dilation: o.dilation };
+    with_float(vec![x, dy], |s| conv_weight_grad(s[0], s[1], &g), |s| conv_weight_grad(s[0], s[1], &g), Shape::from(w_shape.to_vec()))
+}
+
+/// Gradient of a per-channel bias: sums of `dy` over batch and space, shaped like the bias.
+pub(crate) fn bias_backward(dy: FlexTensor, bias_shape: Shape) -> FlexTensor {
+    let (n, c, sp) = split_shape(dy.layout().shape());
+    let s: usize = sp.iter().product();
+    with_float(vec![dy], |t| channel_sums(t[0], n, c, s), |t| channel_sums(t[0], n, c, s), bias_shape)
+}
+
+/// Transposed convolution: `x [n, c_in_t, …]`, `w [c_in_t, c_out_t / groups, k…]`.
+pub(crate) fn conv_transpose(x: FlexTensor, w: FlexTensor, bias: Option<FlexTensor>, o: Opts3, padding_out: [usize; 3]) -> FlexTensor {
+    let rank = x.layout().shape().len();
+    let (n, c_in_t, input) = split_shape(x.layout().shape());
+    let (_, c_out_g, kernel) = split_shape(w.layout().shape());
+    let output: [usize; 3] = core::array::from_fn(|i| {
+        (input[i] - 1) * o.stride[i] + o.dilation[i] * (kernel[i] - 1) + padding_out[i] + 1 - 2 * o.padding[i]
+    });
+    let out = if o.groups > 1 {
+        let ci = c_in_t / o.groups;
+        let parts = (0..o.groups)
+            .map(|g| conv_transpose(group_slice(&x, g, o.groups), w.narrow(0, g * ci, ci), None, Opts3 { groups: 1, ..o }, padding_out))
+            .collect();
+        cat_groups(parts, 1)
+    } else {
+        // The convolution whose input gradient this is: input = this output, output = this input.
+        let g = ConvGeom { batch: n, c_in: c_out_g, c_out: c_in_t, input: output, output: input, kernel, stride: o.stride, padding: o.padding, dilation: o.dilation };
+        with_float(vec![x, w], |s| conv_data_grad(s[0], s[1], &g), |s| conv_data_grad(s[0], s[1], &g), join_shape(n, c_out_g, output, rank))
+    };
+    match bias {
+        Some(b) => add_bias_tensor(out, b),
+        None => out,
+    }
+}
+
+/// Input gradient of a transposed convolution: the forward convolution of `dy` with the same weights.
+pub(crate) fn conv_transpose_x_backward(w: FlexTensor, dy: FlexTensor, o: Opts3) -> FlexTensor {
+    conv(dy, w, None, o)
+}
+
+/// Weight gradient of a transposed convolution: the convolution weight gradient with input `dy`
+/// and output gradient `x`.
+pub(crate) fn conv_transpose_weight_backward(x: FlexTensor, w_shape: &[usize], dy: FlexTensor, o: Opts3) -> FlexTensor {
+    conv_weight_backward(dy, w_shape, x, o)
+}
