@@ -320,3 +320,43 @@ fn broadcast_and_strided_elementwise_ops_match_the_definition() {
         }
     }
 }
+
+#[test]
+fn strided_tensors_are_made_contiguous_in_order() {
+    // `swap_dims(0, 1)` of an activation then a reshape (batch normalisation's statistics), and a
+    // 5D permutation that leaves no dim in place.
+    let (n, c, h, w) = (3, 4, 5, 6);
+    let xv = random(n * c * h * w, 11);
+    let x: Tensor<P, 4> = tensor::<4>(&xv, [n, c, h, w]).inner();
+    let got = values(x.swap_dims(0, 1).reshape([c, n * h * w]));
+    for ci in 0..c {
+        for b in 0..n {
+            for s in 0..h * w {
+                let want = xv[(b * c + ci) * h * w + s] as f32;
+                assert_eq!(got[(ci * n + b) * h * w + s], want, "swap_dims(0, 1) at c {ci} b {b} s {s}");
+            }
+        }
+    }
+    let dims = [2, 3, 4, 5, 3];
+    let yv = random(dims.iter().product(), 12);
+    let y: Tensor<P, 5> = tensor::<5>(&yv, dims).inner();
+    let perm = [3, 0, 4, 2, 1];
+    let got = values(y.permute(perm));
+    let pd: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+    let mut i = 0;
+    for a in 0..pd[0] {
+        for b in 0..pd[1] {
+            for cc in 0..pd[2] {
+                for d in 0..pd[3] {
+                    for e in 0..pd[4] {
+                        // Output index (a, b, cc, d, e) reads input dims (b, e, d, a, cc).
+                        let src = [b, e, d, a, cc];
+                        let flat = (((src[0] * dims[1] + src[1]) * dims[2] + src[2]) * dims[3] + src[3]) * dims[4] + src[4];
+                        assert_eq!(got[i], yv[flat] as f32, "permute at {i}");
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+}

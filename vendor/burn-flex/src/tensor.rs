@@ -377,9 +377,49 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
+        } else if shape.len() > 2 && all_positive && n > 0 {
+            // ND positive-stride layouts (e.g. `swap_dims(0, 1)` of an
+            // `[N, C, H·W]` activation): walk the outer dims with an
+            // odometer and copy each innermost 2D block with the tiled
+            // kernel, instead of one index computation per element.
+            let nd = shape.len();
+            let (rows, cols) = (shape[nd - 2], shape[nd - 1]);
+            let block = rows * cols;
+            // SAFETY: capacity is n; the blocks below cover every position once.
+            unsafe { dst.set_len(n) };
+            let mut idx = alloc::vec![0usize; nd - 2];
+            let mut off = offset;
+            let mut out = 0usize;
+            'blocks: loop {
+                copy_2d_tiled(
+                    &mut dst[out..out + block],
+                    src,
+                    off,
+                    rows,
+                    cols,
+                    strides[nd - 2],
+                    strides[nd - 1],
+                );
+                out += block;
+                let mut d = nd - 2;
+                loop {
+                    if d == 0 {
+                        break 'blocks;
+                    }
+                    d -= 1;
+                    idx[d] += 1;
+                    off += strides[d];
+                    if idx[d] < shape[d] {
+                        break;
+                    }
+                    off -= strides[d] * shape[d] as isize;
+                    idx[d] = 0;
+                }
+            }
+            debug_assert_eq!(out, n);
         } else {
             // General fallback: covers negative strides (flipped
-            // tensors) and ND layouts that can't collapse to ≤2D.
+            // tensors).
             for idx in crate::strided_index::StridedIter::new(&self.layout) {
                 dst.push(src[idx]);
             }
