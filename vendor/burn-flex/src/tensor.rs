@@ -385,38 +385,32 @@ impl FlexTensor {
             let nd = shape.len();
             let (rows, cols) = (shape[nd - 2], shape[nd - 1]);
             let block = rows * cols;
-            // SAFETY: capacity is n; the blocks below cover every position once.
-            unsafe { dst.set_len(n) };
-            let mut idx = alloc::vec![0usize; nd - 2];
-            let mut off = offset;
-            let mut out = 0usize;
-            'blocks: loop {
-                copy_2d_tiled(
-                    &mut dst[out..out + block],
-                    src,
-                    off,
-                    rows,
-                    cols,
-                    strides[nd - 2],
-                    strides[nd - 1],
-                );
-                out += block;
-                let mut d = nd - 2;
-                loop {
-                    if d == 0 {
-                        break 'blocks;
-                    }
-                    d -= 1;
-                    idx[d] += 1;
-                    off += strides[d];
-                    if idx[d] < shape[d] {
-                        break;
-                    }
-                    off -= strides[d] * shape[d] as isize;
-                    idx[d] = 0;
+            dst.resize(n, E::zeroed());
+            crate::ops::par_chunks(&mut dst, block, |start, chunk| {
+                // Source offset of the chunk's first block, then an odometer over the outer dims.
+                let mut idx = alloc::vec![0usize; nd - 2];
+                let mut off = offset;
+                let mut rest = start / block;
+                for d in (0..nd - 2).rev() {
+                    idx[d] = rest % shape[d];
+                    rest /= shape[d];
+                    off += strides[d] * idx[d] as isize;
                 }
-            }
-            debug_assert_eq!(out, n);
+                for out in chunk.chunks_mut(block) {
+                    copy_2d_tiled(out, src, off, rows, cols, strides[nd - 2], strides[nd - 1]);
+                    let mut d = nd - 2;
+                    while d > 0 {
+                        d -= 1;
+                        idx[d] += 1;
+                        off += strides[d];
+                        if idx[d] < shape[d] {
+                            break;
+                        }
+                        off -= strides[d] * shape[d] as isize;
+                        idx[d] = 0;
+                    }
+                }
+            });
         } else {
             // General fallback: covers negative strides (flipped
             // tensors).

@@ -36,8 +36,8 @@ pub fn binary_op<F32Op, F64Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync + Send,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Sync + Send,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "binary_op: dtype mismatch");
 
@@ -68,7 +68,7 @@ fn binary_op_f32<Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync + Send,
 {
     // Permuted lhs + broadcast rhs (e.g. `x.permute(...) - mean`):
     // the generic path would walk the permuted lhs with a scalar
@@ -97,12 +97,15 @@ where
         let lhs_storage: &mut [f32] = lhs.storage_mut();
         let l_slice = &mut lhs_storage[..l_end];
 
-        match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(l_slice, r_slice),
-            BinaryOp::Sub => simd::sub_inplace_f32(l_slice, r_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(l_slice, r_slice),
-            BinaryOp::Div => simd::div_inplace_f32(l_slice, r_slice),
-        }
+        crate::ops::par_chunks(l_slice, 1, |s, c| {
+            let r = &r_slice[s..s + c.len()];
+            match simd_op {
+                BinaryOp::Add => simd::add_inplace_f32(c, r),
+                BinaryOp::Sub => simd::sub_inplace_f32(c, r),
+                BinaryOp::Mul => simd::mul_inplace_f32(c, r),
+                BinaryOp::Div => simd::div_inplace_f32(c, r),
+            }
+        });
         return lhs;
     }
 
@@ -286,12 +289,12 @@ fn run_broadcast_pattern_f32(
             // lengths, and pays the macerator feature-detection cost
             // exactly once.
             let dst_full = &mut dst[..total];
-            match simd_op {
-                BinaryOp::Add => simd::add_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Sub => simd::sub_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Mul => simd::mul_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Div => simd::div_shared_row_inplace_f32(dst_full, rhs_row),
-            }
+            crate::ops::par_chunks(dst_full, row_len, |_, c| match simd_op {
+                BinaryOp::Add => simd::add_shared_row_inplace_f32(c, rhs_row),
+                BinaryOp::Sub => simd::sub_shared_row_inplace_f32(c, rhs_row),
+                BinaryOp::Mul => simd::mul_shared_row_inplace_f32(c, rhs_row),
+                BinaryOp::Div => simd::div_shared_row_inplace_f32(c, rhs_row),
+            });
         }
         BroadcastView::PerRowScalar {
             outer_count,
@@ -302,12 +305,16 @@ fn run_broadcast_pattern_f32(
             // One monomorphized helper per op. The closure is statically
             // known at each call site so LLVM still autovectorizes the
             // inner scalar loop, and the outer op dispatch happens once.
-            match simd_op {
-                BinaryOp::Add => per_row_scalar_apply(dst, scalars, row_len, |a, b| a + b),
-                BinaryOp::Sub => per_row_scalar_apply(dst, scalars, row_len, |a, b| a - b),
-                BinaryOp::Mul => per_row_scalar_apply(dst, scalars, row_len, |a, b| a * b),
-                BinaryOp::Div => per_row_scalar_apply(dst, scalars, row_len, |a, b| a / b),
-            }
+            let dst = &mut dst[..outer_count * row_len];
+            crate::ops::par_chunks(dst, row_len, |s, c| {
+                let sc = &scalars[s / row_len..s / row_len + c.len() / row_len];
+                match simd_op {
+                    BinaryOp::Add => per_row_scalar_apply(c, sc, row_len, |a, b| a + b),
+                    BinaryOp::Sub => per_row_scalar_apply(c, sc, row_len, |a, b| a - b),
+                    BinaryOp::Mul => per_row_scalar_apply(c, sc, row_len, |a, b| a * b),
+                    BinaryOp::Div => per_row_scalar_apply(c, sc, row_len, |a, b| a / b),
+                }
+            });
         }
     }
 }
@@ -319,7 +326,7 @@ fn run_broadcast_pattern_f32(
 #[inline]
 fn per_row_scalar_apply<Op>(dst: &mut [f32], scalars: &[f32], row_len: usize, op: Op)
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync + Send,
 {
     for (i, &scalar) in scalars.iter().enumerate() {
         let start = i * row_len;
@@ -338,7 +345,7 @@ fn binary_op_f32<Op>(
     _simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync + Send,
 {
     binary_op_typed(lhs, rhs, op)
 }
@@ -347,7 +354,7 @@ where
 pub(crate) fn binary_op_typed<E, Op>(mut lhs: FlexTensor, rhs: &FlexTensor, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync + Send,
 {
     let rhs_storage: &[E] = rhs.storage();
 
@@ -360,9 +367,11 @@ where
     {
         let lhs_storage: &mut [E] = lhs.storage_mut();
         let r_slice = &rhs_storage[r_start..r_end];
-        for (l, &r) in lhs_storage[..l_end].iter_mut().zip(r_slice) {
-            *l = op(*l, r);
-        }
+        crate::ops::par_chunks(&mut lhs_storage[..l_end], 1, |s, c| {
+            for (l, &r) in c.iter_mut().zip(&r_slice[s..]) {
+                *l = op(*l, r);
+            }
+        });
         return lhs;
     }
 
@@ -379,11 +388,13 @@ where
         (Some((l_start, l_end)), Some((r_start, r_end))) => {
             let l_slice = &lhs_storage[l_start..l_end];
             let r_slice = &rhs_storage[r_start..r_end];
-            l_slice
-                .iter()
-                .zip(r_slice)
-                .map(|(&a, &b)| op(a, b))
-                .collect()
+            let mut out = vec![E::zeroed(); l_slice.len()];
+            crate::ops::par_chunks(&mut out, 1, |s, c| {
+                for ((d, &a), &b) in c.iter_mut().zip(&l_slice[s..]).zip(&r_slice[s..]) {
+                    *d = op(a, b);
+                }
+            });
+            out
         }
         // Fast path for 2D non-contiguous (common for transpose)
         _ if lhs.layout().num_dims() == 2 => {
@@ -422,7 +433,7 @@ enum Inner {
 fn blocked_binary<E, Op>(l: &[E], r: &[E], ll: &Layout, rl: &Layout, op: &Op) -> Option<Vec<E>>
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync + Send,
 {
     let shape = ll.shape();
     let n = shape.len();
@@ -460,47 +471,57 @@ where
         return None;
     }
     let total: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(total);
-    let outer: Vec<usize> = (0..first).collect();
-    let mut idx = vec![0usize; first];
-    let (mut lo, mut ro) = (ll.start_offset() as isize, rl.start_offset() as isize);
-    loop {
-        let (a, b) = (lo as usize, ro as usize);
-        match (lk, rk) {
-            (Inner::Run, Inner::Run) => {
-                out.extend(l[a..a + block].iter().zip(&r[b..b + block]).map(|(x, y)| op(*x, *y)))
+    let mut out = vec![E::zeroed(); total];
+    let (l0, r0) = (ll.start_offset() as isize, rl.start_offset() as isize);
+    crate::ops::par_chunks(&mut out, block, |start, chunk| {
+        // Offsets of the chunk's first block, then an odometer over the outer dims.
+        let mut idx = vec![0usize; first];
+        let (mut lo, mut ro) = (l0, r0);
+        let mut rest = start / block;
+        for d in (0..first).rev() {
+            idx[d] = rest % shape[d];
+            rest /= shape[d];
+            lo += ls[d] * idx[d] as isize;
+            ro += rs[d] * idx[d] as isize;
+        }
+        for dst in chunk.chunks_mut(block) {
+            let (a, b) = (lo as usize, ro as usize);
+            match (lk, rk) {
+                (Inner::Run, Inner::Run) => {
+                    for ((d, x), y) in dst.iter_mut().zip(&l[a..a + block]).zip(&r[b..b + block]) {
+                        *d = op(*x, *y);
+                    }
+                }
+                (Inner::Run, Inner::Repeat) => {
+                    let y = r[b];
+                    for (d, x) in dst.iter_mut().zip(&l[a..a + block]) {
+                        *d = op(*x, y);
+                    }
+                }
+                (Inner::Repeat, Inner::Run) => {
+                    let x = l[a];
+                    for (d, y) in dst.iter_mut().zip(&r[b..b + block]) {
+                        *d = op(x, *y);
+                    }
+                }
+                (Inner::Repeat, Inner::Repeat) => dst.fill(op(l[a], r[b])),
             }
-            (Inner::Run, Inner::Repeat) => {
-                let y = r[b];
-                out.extend(l[a..a + block].iter().map(|x| op(*x, y)))
-            }
-            (Inner::Repeat, Inner::Run) => {
-                let x = l[a];
-                out.extend(r[b..b + block].iter().map(|y| op(x, *y)))
-            }
-            (Inner::Repeat, Inner::Repeat) => {
-                let v = op(l[a], r[b]);
-                out.extend(core::iter::repeat_n(v, block))
+            let mut d = first;
+            while d > 0 {
+                d -= 1;
+                idx[d] += 1;
+                lo += ls[d];
+                ro += rs[d];
+                if idx[d] < shape[d] {
+                    break;
+                }
+                lo -= ls[d] * shape[d] as isize;
+                ro -= rs[d] * shape[d] as isize;
+                idx[d] = 0;
             }
         }
-        // Advance the odometer over the outer dims.
-        let mut d = outer.len();
-        loop {
-            if d == 0 {
-                return Some(out);
-            }
-            d -= 1;
-            idx[d] += 1;
-            lo += ls[d];
-            ro += rs[d];
-            if idx[d] < shape[d] {
-                break;
-            }
-            lo -= ls[d] * shape[d] as isize;
-            ro -= rs[d] * shape[d] as isize;
-            idx[d] = 0;
-        }
-    }
+    });
+    Some(out)
 }
 
 /// Fast 2D strided binary operation using row-based iteration.
@@ -546,8 +567,8 @@ pub fn scalar_op<F32Op, F64Op>(
     f64_op: F64Op,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync + Send,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Sync + Send,
 {
     let dtype = tensor.dtype();
 
@@ -575,16 +596,18 @@ where
 pub(crate) fn scalar_op_typed<E, Op>(mut tensor: FlexTensor, scalar: E, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync + Send,
 {
     // In-place fast path: unique, contiguous at offset 0
     if tensor.is_unique()
         && let Some((0, end)) = tensor.layout().contiguous_offsets()
     {
         let storage: &mut [E] = tensor.storage_mut();
-        for x in storage[..end].iter_mut() {
-            *x = op(*x, scalar);
-        }
+        crate::ops::par_chunks(&mut storage[..end], 1, |_, c| {
+            for x in c.iter_mut() {
+                *x = op(*x, scalar);
+            }
+        });
         return tensor;
     }
 
@@ -619,7 +642,7 @@ fn make_tensor<E: bytemuck::Pod + Send + Sync>(
 /// Supports all integer dtypes: I64, I32, I16, I8, U64, U32, U16, U8.
 pub fn int_binary_op<Op>(lhs: FlexTensor, rhs: FlexTensor, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Sync + Send,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "int_binary_op: dtype mismatch");
 
@@ -647,7 +670,7 @@ where
 /// Note: scalar is truncated to target dtype (matches PyTorch).
 pub fn int_scalar_op<Op>(tensor: FlexTensor, scalar: i64, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Sync + Send,
 {
     let dtype = tensor.dtype();
 

@@ -18,6 +18,29 @@ pub(crate) const INDEX_DTYPE: DType = DType::I32;
 #[cfg(feature = "rayon")]
 pub(crate) const PARALLEL_THRESHOLD: usize = 256 * 1024;
 
+/// Elements below which an element-wise loop stays on the calling thread.
+pub(crate) const ELEMENTWISE_PAR_MIN: usize = 32 * 1024;
+
+/// Runs `f(start, chunk)` over consecutive chunks of `dst` whose lengths are multiples of `align`
+/// (the last one excepted when `dst.len()` is not), spread over the thread pool when `dst` holds at
+/// least [`ELEMENTWISE_PAR_MIN`] elements; `start` is the chunk's first index in `dst`.
+pub(crate) fn par_chunks<E: Send>(dst: &mut [E], align: usize, f: impl Fn(usize, &mut [E]) + Sync + Send) {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads();
+        let align = align.max(1);
+        if threads > 1 && dst.len() >= ELEMENTWISE_PAR_MIN && dst.len() >= 2 * align {
+            let units = dst.len().div_ceil(align);
+            let per = units.div_ceil(threads * 2).max(1) * align;
+            dst.par_chunks_mut(per).enumerate().for_each(|(i, c)| f(i * per, c));
+            return;
+        }
+    }
+    let _ = align;
+    f(0, dst)
+}
+
 /// Wrapper for raw mutable pointers that can be sent across rayon threads.
 ///
 /// # Safety
