@@ -1,7 +1,7 @@
 //! The backend's kernels that the networks lean on, checked against direct evaluations of their
 //! definitions on random inputs: convolutions and transposed convolutions in 2D and 3D (forward,
 //! input gradient, weight gradient, bias gradient; strides, padding, dilation, output padding,
-//! groups, tiles that span several samples and samples cut into several tiles), and element-wise
+//! groups, tiles that span several samples and samples cut into several tiles), max pooling, and element-wise
 //! operations between a tensor and a broadcast or strided one (per-channel scale and shift as in
 //! batch normalisation, either operand first, transposed operands).
 use burn::backend::Autodiff;
@@ -358,5 +358,42 @@ fn strided_tensors_are_made_contiguous_in_order() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn max_pooling_matches_the_definition() {
+    use burn::tensor::module::max_pool2d;
+    // 2×2 stride 2 (windows inside the input) and 3×3 stride 2 on an odd size, forward and backward.
+    for &(k, s, hw) in &[(2usize, 2usize, [8usize, 10usize]), (3, 2, [9, 7])] {
+        let (n, c) = (2, 3);
+        let xv = random(n * c * hw[0] * hw[1], 13);
+        let x = tensor::<4>(&xv, [n, c, hw[0], hw[1]]);
+        let y = max_pool2d(x.clone(), [k, k], [s, s], [0, 0], [1, 1], false);
+        let (oh, ow) = ((hw[0] - k) / s + 1, (hw[1] - k) / s + 1);
+        let rv = random(n * c * oh * ow, 14);
+        let got = values(y.clone().inner());
+        let mut dx = vec![0.0f64; xv.len()];
+        for p in 0..n * c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut best = (f64::NEG_INFINITY, usize::MAX);
+                    for a in 0..k {
+                        for b in 0..k {
+                            let at = (p * hw[0] + i * s + a) * hw[1] + j * s + b;
+                            if best.1 == usize::MAX || xv[at] > best.0 {
+                                best = (xv[at], at);
+                            }
+                        }
+                    }
+                    let o = (p * oh + i) * ow + j;
+                    assert_eq!(got[o], best.0 as f32, "max_pool2d k{k} s{s} at {o}");
+                    dx[best.1] += rv[o];
+                }
+            }
+        }
+        let r = tensor::<4>(&rv, [n, c, oh, ow]).detach();
+        let grads = (y * r).sum().backward();
+        assert_close(&format!("max_pool2d k{k} s{s} dx"), &values(x.grad(&grads).expect("dx")), &dx);
     }
 }

@@ -157,26 +157,31 @@ fn for_each_segment(
     let rps = g.rows_per_sample();
     let s_in = g.s_in();
     let k_len = g.k_len();
+    // Per tile row: the sample's offset and the input depth/row of the kernel's first tap.
+    let bases: Vec<(usize, isize, isize)> = (tile.0..tile.1)
+        .map(|gr| {
+            let b = gr / rps;
+            let rem = gr % rps;
+            let (od, oh) = (rem / out_h, rem % out_h);
+            (b * g.c_in * s_in, (od * sd) as isize - pd as isize, (oh * sh) as isize - ph as isize)
+        })
+        .collect();
     for c in c_range.0..c_range.1 {
         for kz in 0..kd {
             for ky in 0..kh {
+                let (dz, dy) = ((kz * dd) as isize, (ky * dh) as isize);
                 for kx in 0..kw {
                     let row = ((c - c_range.0) * k_len) + (kz * kh + ky) * kw + kx;
                     let ix0 = (kx * dw) as isize - pw as isize;
                     let (lo, hi) = valid_range(out_w, in_w, sw, ix0);
-                    for (i, gr) in (tile.0..tile.1).enumerate() {
-                        let b = gr / rps;
-                        let rem = gr % rps;
-                        let od = rem / out_h;
-                        let oh = rem % out_h;
-                        let iz = (od * sd + kz * dd) as isize - pd as isize;
-                        let iy = (oh * sh + ky * dh) as isize - ph as isize;
+                    for (i, &(x_off, z0, y0)) in bases.iter().enumerate() {
+                        let iz = z0 + dz;
+                        let iy = y0 + dy;
                         let col_off = row * tcols + i * out_w;
                         if iz < 0 || iz >= in_d as isize || iy < 0 || iy >= in_h as isize {
                             f(col_off, None, lo, hi, ix0);
                         } else {
-                            let src = (b * g.c_in + c) * s_in
-                                + (iz as usize * in_h + iy as usize) * in_w;
+                            let src = x_off + c * s_in + (iz as usize * in_h + iy as usize) * in_w;
                             f(col_off, Some(src), lo, hi, ix0);
                         }
                     }

@@ -238,11 +238,49 @@ where
             // Flatten batch*channels into a single par_iter so rayon chooses
             // the right granularity instead of creating one task per channel.
             let bc_total = batch_size * channels;
+            // Windows entirely inside the input (no padding, no dilation, no ceil-mode overhang):
+            // the same scan order and tie rule without per-tap bounds checks.
+            let inside = [pad_d, pad_h, pad_w] == [0, 0, 0]
+                && [dilation_d, dilation_h, dilation_w] == [1, 1, 1]
+                && (out_d == 0 || (out_d - 1) * stride_d + kernel_d <= in_d)
+                && (out_h == 0 || (out_h - 1) * stride_h + kernel_h <= in_h)
+                && (out_w == 0 || (out_w - 1) * stride_w + kernel_w <= in_w);
             (0..bc_total).into_par_iter().for_each(|bc| {
                 let b = bc / channels;
                 let c = bc % channels;
                 let x_offset = b * channels * in_d * in_h * in_w + c * in_d * in_h * in_w;
                 let out_offset = bc * spatial_out;
+
+                if inside {
+                    let xs = &x_data[x_offset..x_offset + in_d * in_h * in_w];
+                    let mut out_idx = out_offset;
+                    for od in 0..out_d {
+                        for oh in 0..out_h {
+                            for ow in 0..out_w {
+                                let mut max_val = neg_inf;
+                                let mut max_idx: i64 = -1;
+                                for kd in 0..kernel_d {
+                                    let plane = (od * stride_d + kd) * in_h * in_w;
+                                    for kh in 0..kernel_h {
+                                        let row = plane + (oh * stride_h + kh) * in_w + ow * stride_w;
+                                        for (kw, &val) in xs[row..row + kernel_w].iter().enumerate() {
+                                            if max_idx < 0 || val > max_val {
+                                                max_val = val;
+                                                max_idx = (row + kw) as i64;
+                                            }
+                                        }
+                                    }
+                                }
+                                unsafe {
+                                    out_ptr.write(out_idx, max_val);
+                                    idx_ptr.write(out_idx, max_idx);
+                                }
+                                out_idx += 1;
+                            }
+                        }
+                    }
+                    return;
+                }
 
                 for od in 0..out_d {
                     for oh in 0..out_h {
