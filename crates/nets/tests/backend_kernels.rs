@@ -100,6 +100,18 @@ fn assert_close(what: &str, got: &[f32], want: &[f64]) {
     }
 }
 
+/// `v` (`[batch, ch, s]`, flat) plus `bias[channel]` at every element.
+fn plus_bias(v: &[f64], bias: &[f64], batch: usize) -> Vec<f64> {
+    let s = v.len() / (batch * bias.len());
+    v.iter().enumerate().map(|(i, x)| x + bias[(i / s) % bias.len()]).collect()
+}
+
+/// Per-channel sums over batch and space of `v` (`[batch, ch, s]`, flat).
+fn channel_sums(v: &[f64], batch: usize, ch: usize) -> Vec<f64> {
+    let s = v.len() / (batch * ch);
+    (0..ch).map(|c| (0..batch).map(|b| v[(b * ch + c) * s..(b * ch + c + 1) * s].iter().sum::<f64>()).sum()).collect()
+}
+
 fn tensor<const D: usize>(v: &[f64], shape: [usize; D]) -> Tensor<B, D> {
     let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
     Tensor::from_data(TensorData::new(v, shape), &Default::default()).require_grad()
@@ -164,25 +176,12 @@ fn check(c: Case, dims: usize, transposed: bool, padding_out: [usize; 3]) {
                 let opts = ConvOptions::new(ts(sp(c.stride)), ts(sp(c.padding)), ts(sp(c.dilation)), c.groups);
                 let yt = $conv(xt.clone(), wt.clone(), Some(bt.clone()), opts);
                 let r = tensor::<$D>(&r_y, to(shape(c.batch, c.c_out, out))).detach();
-                let with_bias: Vec<f64> = fwd
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| v + bias[(i / out.iter().product::<usize>()) % c.c_out])
-                    .collect();
+                let with_bias = plus_bias(&fwd, &bias, c.batch);
                 assert_close(&format!("forward {label}"), &values(yt.clone().inner()), &with_bias);
                 let grads = (yt * r).sum().backward();
                 assert_close(&format!("dx {label}"), &values(xt.grad(&grads).expect("dx")), &dx);
                 assert_close(&format!("dw {label}"), &values(wt.grad(&grads).expect("dw")), &dw);
-                let db: Vec<f64> = (0..c.c_out)
-                    .map(|co| {
-                        (0..c.batch)
-                            .map(|b| {
-                                let s: usize = out.iter().product();
-                                r_y[(b * c.c_out + co) * s..(b * c.c_out + co + 1) * s].iter().sum::<f64>()
-                            })
-                            .sum()
-                    })
-                    .collect();
+                let db = channel_sums(&r_y, c.batch, c.c_out);
                 assert_close(&format!("db {label}"), &values(bt.grad(&grads).expect("db")), &db);
             } else {
                 let yt = tensor::<$D>(&y, to(shape(c.batch, c.c_out, out)));
@@ -194,21 +193,13 @@ fn check(c: Case, dims: usize, transposed: bool, padding_out: [usize; 3]) {
                     c.groups,
                 );
                 let xt = $convt(yt.clone(), wt.clone(), Some(bt.clone()), opts);
-                let s_in: usize = input.iter().product();
-                let with_bias: Vec<f64> =
-                    tfwd.iter().enumerate().map(|(i, v)| v + bias[(i / s_in) % c.c_in]).collect();
+                let with_bias = plus_bias(&tfwd, &bias, c.batch);
                 assert_close(&format!("forward {label}"), &values(xt.clone().inner()), &with_bias);
                 let r = tensor::<$D>(&r_x, to(shape(c.batch, c.c_in, input))).detach();
                 let grads = (xt * r).sum().backward();
                 assert_close(&format!("dy {label}"), &values(yt.grad(&grads).expect("dy")), &tdy);
                 assert_close(&format!("dw {label}"), &values(wt.grad(&grads).expect("dw")), &tdw);
-                let db: Vec<f64> = (0..c.c_in)
-                    .map(|ci| {
-                        (0..c.batch)
-                            .map(|b| r_x[(b * c.c_in + ci) * s_in..(b * c.c_in + ci + 1) * s_in].iter().sum::<f64>())
-                            .sum()
-                    })
-                    .collect();
+                let db = channel_sums(&r_x, c.batch, c.c_in);
                 assert_close(&format!("db {label}"), &values(bt.grad(&grads).expect("db")), &db);
             }
         }};

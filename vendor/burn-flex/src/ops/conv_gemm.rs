@@ -655,6 +655,12 @@ fn group_slice(t: &FlexTensor, g: usize, groups: usize) -> FlexTensor {
     t.narrow(1, g * per, per).to_contiguous()
 }
 
+/// Row block `g` of `groups` of a weight tensor (its first dim).
+fn group_rows(w: &FlexTensor, g: usize, groups: usize) -> FlexTensor {
+    let per = w.layout().shape()[0] / groups;
+    w.narrow(0, g * per, per)
+}
+
 /// Concatenates per-group results along `dim`.
 fn cat_groups(parts: Vec<FlexTensor>, dim: usize) -> FlexTensor {
     if parts.len() == 1 {
@@ -668,9 +674,7 @@ pub(crate) fn conv(x: FlexTensor, w: FlexTensor, bias: Option<FlexTensor>, o: Op
     let rank = x.layout().shape().len();
     if o.groups > 1 {
         let parts = (0..o.groups)
-            .map(|g| {
-                conv(group_slice(&x, g, o.groups), w.narrow(0, g * (w.layout().shape()[0] / o.groups), w.layout().shape()[0] / o.groups), None, Opts3 { groups: 1, ..o })
-            })
+            .map(|g| conv(group_slice(&x, g, o.groups), group_rows(&w, g, o.groups), None, Opts3 { groups: 1, ..o }))
             .collect();
         let out = cat_groups(parts, 1);
         return match bias {
@@ -732,11 +736,10 @@ fn add_bias_tensor(out: FlexTensor, bias: FlexTensor) -> FlexTensor {
 /// Input gradient of a convolution of an input shaped `x_shape`.
 pub(crate) fn conv_x_backward(x_shape: &[usize], w: FlexTensor, dy: FlexTensor, o: Opts3) -> FlexTensor {
     if o.groups > 1 {
-        let co = w.layout().shape()[0] / o.groups;
         let mut gshape = x_shape.to_vec();
         gshape[1] /= o.groups;
         let parts = (0..o.groups)
-            .map(|g| conv_x_backward(&gshape, w.narrow(0, g * co, co), group_slice(&dy, g, o.groups), Opts3 { groups: 1, ..o }))
+            .map(|g| conv_x_backward(&gshape, group_rows(&w, g, o.groups), group_slice(&dy, g, o.groups), Opts3 { groups: 1, ..o }))
             .collect();
         return cat_groups(parts, 1);
     }
@@ -781,9 +784,8 @@ pub(crate) fn conv_transpose(x: FlexTensor, w: FlexTensor, bias: Option<FlexTens
         (input[i] - 1) * o.stride[i] + o.dilation[i] * (kernel[i] - 1) + padding_out[i] + 1 - 2 * o.padding[i]
     });
     let out = if o.groups > 1 {
-        let ci = c_in_t / o.groups;
         let parts = (0..o.groups)
-            .map(|g| conv_transpose(group_slice(&x, g, o.groups), w.narrow(0, g * ci, ci), None, Opts3 { groups: 1, ..o }, padding_out))
+            .map(|g| conv_transpose(group_slice(&x, g, o.groups), group_rows(&w, g, o.groups), None, Opts3 { groups: 1, ..o }, padding_out))
             .collect();
         cat_groups(parts, 1)
     } else {
