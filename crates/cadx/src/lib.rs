@@ -7,7 +7,7 @@
 //! RUN/
 //!   recipe.toml        the resolved recipe (paths absolute)
 //!   run.json           model configuration, class names, task kind
-//!   checkpoints/       last epoch's model + optimiser state + training state (for resuming)
+//!   checkpoints/       state.json naming the last complete checkpoint set (epoch-NNNN/: model, optimiser, state)
 //!   model.mpk          the best model by the validation metric
 //!   log.jsonl          one JSON line per epoch: train/val loss, val metrics, learning rate, time
 //!   metrics.json       test metrics of the best model with 95 % bootstrap intervals
@@ -70,4 +70,13 @@ pub enum CadxError {
     /// Anything else (a failed write, a corrupt checkpoint).
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<vesalius_train::TrainError> for CadxError {
+    fn from(e: vesalius_train::TrainError) -> Self {
+        match e {
+            vesalius_train::TrainError::Input(m) => CadxError::Input(m),
+            other => CadxError::Internal(other.to_string()),
+        }
+    }
 }

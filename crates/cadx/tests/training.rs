@@ -23,7 +23,7 @@ fn root() -> PathBuf {
 }
 
 fn quiet() -> TrainOptions {
-    TrainOptions { quiet: true, stop_after: None }
+    TrainOptions { quiet: true, ..Default::default() }
 }
 
 /// A MedMNIST-layout archive where class 1 images hold a bright 6×6 square at a random place and class 0 images
@@ -119,7 +119,7 @@ fn learns_a_binary_task_with_a_known_answer() {
     let log = std::fs::read_to_string(dir.path().join("run/log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 6);
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-    assert!(first["train_loss"].as_f64().unwrap() > 0.0 && first["val_auc"].is_f64());
+    assert!(first["train_loss"].as_f64().unwrap() > 0.0 && first["val"]["auc"].is_f64());
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     let whole = dir.path().join("whole");
     let a = train::<AB>(&r, &whole, &Default::default(), &quiet()).unwrap();
     let parts = dir.path().join("parts");
-    let stopped = train::<AB>(&r, &parts, &Default::default(), &TrainOptions { quiet: true, stop_after: Some(1) }).unwrap();
+    let stopped = train::<AB>(&r, &parts, &Default::default(), &TrainOptions { quiet: true, stop_after: Some(1), ..Default::default() }).unwrap();
     assert!(!stopped.complete);
     assert_eq!(stopped.epochs, 1);
     assert!(!parts.join("metrics.json").exists(), "an unfinished run has no final metrics");
@@ -177,14 +177,26 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     assert_eq!(log_without_times(&whole), log_without_times(&parts));
     assert_eq!(a.test, b.test);
     assert_eq!(std::fs::read(whole.join("metrics.json")).unwrap(), std::fs::read(parts.join("metrics.json")).unwrap());
-    // Only the last epoch's checkpoint is kept.
-    let ckpts: Vec<_> = std::fs::read_dir(parts.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(ckpts.len(), 3, "{ckpts:?}");
+    // Identical weights are identical files (parameter ids derive from parameter paths).
+    assert_eq!(std::fs::read(whole.join("model.mpk")).unwrap(), std::fs::read(parts.join("model.mpk")).unwrap());
+    // Only the last epoch's checkpoint set and the best one are kept, with the state that names them.
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(parts.join("checkpoints/state.json")).unwrap()).unwrap();
+    let mut expected = vec!["state.json".to_string(), "epoch-0003".to_string(), state["best_checkpoint"].as_str().unwrap().to_string()];
+    expected.sort();
+    expected.dedup();
+    let mut ckpts: Vec<String> = std::fs::read_dir(parts.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    ckpts.sort();
+    assert_eq!(ckpts, expected);
 
-    // A different recipe is refused in an existing run directory.
-    let other = Recipe { seed: 4, ..r };
+    // A different recipe is refused in an existing run directory, naming the key.
+    let other = Recipe { seed: 4, ..r.clone() };
     let e = train::<AB>(&other, &parts, &Default::default(), &quiet()).unwrap_err().to_string();
-    assert!(e.contains("different recipe"), "{e}");
+    assert!(e.contains("another recipe") && e.contains("seed"), "{e}");
+    // The cosine schedule depends on the number of epochs: more epochs are refused, saying why.
+    let mut longer = r;
+    longer.train.epochs = 5;
+    let e = train::<AB>(&longer, &parts, &Default::default(), &quiet()).unwrap_err().to_string();
+    assert!(e.contains("train.epochs") && e.contains("schedule"), "{e}");
 }
 
 #[test]
@@ -230,4 +242,27 @@ fn early_stopping_ends_a_run_that_stops_improving() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/checkpoints/state.json")).unwrap()).unwrap();
     assert_eq!(state["stopped_early"], true);
+}
+
+#[test]
+fn a_diverging_run_stops_with_its_epoch_and_resumes_with_a_smaller_learning_rate() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("squares.npz");
+    squares_npz(&npz, [96, 32, 32], 1, false);
+    let with_lr = |lr: &str| recipe(&format!("[data]\nkind = \"medmnist\"\npath = {:?}", npz), "lenet5", 3, &format!("optimizer = {{ kind = \"sgd\", lr = {lr} }}"));
+    let run = dir.path().join("run");
+    let stop = TrainOptions { quiet: true, stop_after: Some(1), ..Default::default() };
+    train::<AB>(&with_lr("0.01"), &run, &Default::default(), &stop).unwrap();
+    // A learning rate of 1e30 makes the loss overflow during epoch 2: the run stops and names the epoch and step.
+    let e = train::<AB>(&with_lr("1e30"), &run, &Default::default(), &quiet()).unwrap_err().to_string();
+    assert!(e.contains("diverged at epoch 2, step") && e.contains("checkpoint after epoch 1 is kept"), "{e}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/state.json")).unwrap()).unwrap();
+    assert_eq!(state["epochs_done"], 1);
+    assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count(), 1);
+    // The learning rate may change when resuming: the run continues from epoch 1 and finishes.
+    let out = train::<AB>(&with_lr("0.005"), &run, &Default::default(), &quiet()).unwrap();
+    assert!(out.complete);
+    assert_eq!(out.epochs, 3);
+    assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count(), 3);
 }

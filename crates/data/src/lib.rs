@@ -44,7 +44,6 @@ pub mod msd;
 pub mod nifti;
 pub mod npz;
 pub mod patch;
-pub mod run;
 pub mod sliding;
 pub mod source;
 pub mod split;

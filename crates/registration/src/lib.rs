@@ -51,9 +51,21 @@ pub enum RegError {
     Internal(String),
 }
 
+impl From<vesalius_train::TrainError> for RegError {
+    fn from(e: vesalius_train::TrainError) -> Self {
+        match e {
+            vesalius_train::TrainError::Input(m) => RegError::Input(m),
+            other => RegError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<vesalius_data::DataError> for RegError {
     fn from(e: vesalius_data::DataError) -> Self {
-        RegError::Input(e.to_string())
+        match e {
+            vesalius_data::DataError::Write { .. } => RegError::Internal(e.to_string()),
+            other => RegError::Input(other.to_string()),
+        }
     }
 }
 

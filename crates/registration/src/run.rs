@@ -4,26 +4,27 @@
 //! so that an interrupted run resumes. [`LearnedRegistrar`] registers new images with a run's networks (outputs
 //! in the fixed image's grid, like [`crate::register`]) and [`evaluate`] measures a run on its validation pairs.
 //!
-//! A run folder holds `recipe.toml`, `run.json` (label values), `affine.mpk` (the affine network, if any),
-//! `model.mpk` (best validation score), `log.jsonl`, `checkpoints/` and, after evaluation, `metrics.json`.
+//! A run folder holds `recipe.toml`, `run.json` (label values), `affine/` (the affine network's own run folder,
+//! if any: its `model.mpk`, `log.jsonl` and `checkpoints/`), `model.mpk` (best validation score), `log.jsonl`,
+//! `checkpoints/` and, after evaluation, `metrics.json` — the training engine's layout ([`vesalius_train`]).
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use vesalius_data::run::RunDir;
+use vesalius_train::engine::{self, EngineState, RunOptions};
+use vesalius_train::recipe::ResumeRules;
+use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
 use vesalius_data::transforms::{resample_onto, rng};
 use vesalius_data::{Affine, Image};
 use vesalius_eval::bootstrap::{percentile_ci, Estimate};
 use vesalius_nets::{warp_by_affine, AffineNet, AffineNetConfig};
 use vesalius_nets::loss::grad_l2;
 use vesalius_nets::ops::{identity_grid, resize_linear, sample_linear, sample_nearest, warp, warp_nearest, Padding};
-use vesalius_nets::record::{from_bytes, to_bytes};
 use vesalius_nets::{VoxelMorph, VoxelMorphConfig};
 
 use crate::affine::{identity, Grid};
@@ -308,83 +309,17 @@ pub struct RunInfo {
     pub label_values: Vec<i64>,
 }
 
-/// Training progress, checkpointed with the networks.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RegState {
-    /// Completed steps of the affine network.
-    pub affine_step: usize,
-    /// Completed steps of the deformable network.
-    pub step: usize,
-    /// Best validation score (mean Dice of the warped labels with labels; otherwise minus the validation loss).
-    pub best_score: f64,
-    /// Step of the best deformable model.
-    pub best_step: usize,
-}
-
-/// One validation's record in `log.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
-    /// `affine` or `deformable`.
-    pub stage: String,
-    /// Steps completed in the stage.
-    pub step: usize,
-    /// Mean training loss since the previous record.
-    pub train_loss: f64,
-    /// Mean validation loss (similarity + regulariser).
-    pub val_loss: f64,
-    /// Mean Dice of the warped labels over the non-background labels, when there are labels.
-    pub val_dice: Option<f64>,
-    /// Seconds since the previous record.
-    pub seconds: f64,
-}
-
-/// What a finished training reports.
+/// What a finished (or stopped) training reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainOutcome {
-    /// Final state.
-    pub state: RegState,
+    /// The affine network's stage (in the run's `affine/` folder), if the recipe has one.
+    pub affine: Option<EngineState>,
+    /// The deformable network's stage.
+    pub state: EngineState,
     /// Steps already done when the run resumed (affine, deformable), if it did.
     pub resumed_after: Option<(usize, usize)>,
-}
-
-/// Training losses and time since the last validation record.
-struct Progress {
-    losses: Vec<f64>,
-    clock: Instant,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self { losses: Vec::new(), clock: Instant::now() }
-    }
-}
-
-impl Progress {
-    /// Writes the state (after the stage's networks) and one log line, and starts the next interval.
-    #[allow(clippy::too_many_arguments)]
-    fn record(&mut self, run: &RunDir, stage: &str, step: usize, val_loss: f64, val_dice: Option<f64>, state: &RegState, on_log: &mut impl FnMut(&StepLog)) -> Result<(), RegError> {
-        let log = StepLog {
-            stage: stage.into(),
-            step,
-            train_loss: self.losses.iter().sum::<f64>() / self.losses.len().max(1) as f64,
-            val_loss,
-            val_dice,
-            seconds: self.clock.elapsed().as_secs_f64(),
-        };
-        run.write_json("checkpoints/state.json", state)?;
-        run.append_line("log.jsonl", &serde_json::to_string(&log).map_err(|e| RegError::Internal(e.to_string()))?)?;
-        on_log(&log);
-        *self = Self::default();
-        Ok(())
-    }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, RegError> {
-    std::fs::read(path).map_err(|e| RegError::Input(format!("{}: {e}", path.display())))
-}
-
-fn write_record(path: &Path, bytes: Result<Vec<u8>, String>) -> Result<(), RegError> {
-    Ok(vesalius_data::io::write_atomic(path, &bytes.map_err(RegError::Internal)?)?)
+    /// Whether both stages ran to their step counts.
+    pub complete: bool,
 }
 
 fn voxelmorph_config(recipe: &RegRecipe) -> VoxelMorphConfig {
@@ -396,151 +331,230 @@ fn mean_dice(moved: &[f32], reference: &[f32], classes: usize) -> f64 {
     per.iter().sum::<f64>() / per.len().max(1) as f64
 }
 
-/// Trains the run described by `recipe` in `run`, resuming from its checkpoints when they exist (a recipe that
-/// differs in more than its step counts is refused). `on_log` sees every validation record.
-pub fn train<AB: AutodiffBackend>(recipe: &RegRecipe, run: &RunDir, device: &AB::Device, mut on_log: impl FnMut(&StepLog)) -> Result<TrainOutcome, RegError> {
-    let state_path = run.checkpoint("state.json");
-    let resuming = state_path.is_file();
-    let mut state = if resuming {
-        let old = RegRecipe::from_file(&run.file("recipe.toml"))?;
-        if old.without_steps() != recipe.without_steps() {
-            return Err(RegError::Input(format!("{}: this run folder holds another recipe (only step counts may change)", run.root().display())));
-        }
-        let state: RegState = run.read_json("checkpoints/state.json")?;
-        if state.step > 0 && recipe.model.affine && recipe.train.affine_steps > state.affine_step {
-            return Err(RegError::Input(format!(
-                "{}: the deformable stage has started; affine_steps cannot grow beyond {}",
-                run.root().display(),
-                state.affine_step
-            )));
-        }
-        state
-    } else {
-        RegState { affine_step: 0, step: 0, best_score: f64::NEG_INFINITY, best_step: 0 }
-    };
-    let resumed_after = resuming.then_some((state.affine_step, state.step));
-    let source = PairSource::open(recipe)?;
-    std::fs::create_dir_all(run.checkpoint("")).map_err(|e| RegError::Input(format!("{}: {e}", run.root().display())))?;
-    vesalius_data::io::write_atomic(&run.file("recipe.toml"), recipe.to_toml()?.as_bytes())?;
-    run.write_json("run.json", &RunInfo { label_values: source.label_values.clone() })?;
-    let size = source.size;
-    let validation = source.validation::<AB::InnerBackend>(device);
-    let similarity = recipe.similarity();
-    let lr = recipe.train.learning_rate;
+/// What a recipe may change in a run folder that already trained: the learning rate, and the step counts (the
+/// learning rate is constant, so training longer continues the same run). The affine network's step count may
+/// not change once the deformable stage has started ([`train`] checks it).
+pub fn resume_rules() -> ResumeRules {
+    ResumeRules {
+        free: vec!["train.learning_rate".into()],
+        length: vec!["train.steps".into(), "train.affine_steps".into()],
+        schedule_depends: false,
+    }
+}
 
-    // Stage 1: the affine network.
-    let affine = if recipe.model.affine {
-        AB::seed(device, recipe.train.seed);
-        let mut net: AffineNet<AB> = AffineNetConfig::new(recipe.model.affine_encoder.clone()).init(device);
-        let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, AffineNet<AB>>();
-        if state.affine_step > 0 {
-            net = net.load_record(from_bytes::<AB, _>(read(&run.checkpoint("affine.mpk"))?, device).map_err(RegError::Input)?);
-            if state.affine_step < recipe.train.affine_steps {
-                optim = optim.load_record(from_bytes::<AB, _>(read(&run.checkpoint("affine_optim.mpk"))?, device).map_err(RegError::Input)?);
-            }
-        }
-        let mut progress = Progress::default();
-        for step in state.affine_step..recipe.train.affine_steps {
-            let p = source.train_pair::<AB::InnerBackend>(step, device);
-            let (m, f) = (tensor5::<AB>(p.moving, 1, size, device), tensor5::<AB>(p.fixed, 1, size, device));
-            let (warped, _) = net.register(m, f.clone());
-            let loss = similarity.loss(warped, f.clone(), f.ones_like());
-            progress.losses.push(loss.clone().into_scalar().elem::<f64>());
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
-            net = optim.step(lr, net, grads);
-            let done = step + 1;
-            if done % recipe.train.val_every == 0 || done == recipe.train.affine_steps {
-                let inner = net.valid();
-                let val_loss = validation
-                    .iter()
-                    .map(|p| {
-                        let f = tensor5::<AB::InnerBackend>(p.fixed.clone(), 1, size, device);
-                        let (warped, _) = inner.register(tensor5(p.moving.clone(), 1, size, device), f.clone());
-                        similarity.loss(warped, f.clone(), f.ones_like()).into_scalar().elem::<f64>()
-                    })
-                    .sum::<f64>()
-                    / validation.len() as f64;
-                write_record(&run.checkpoint("affine.mpk"), to_bytes::<AB, _>(net.clone().into_record()))?;
-                write_record(&run.checkpoint("affine_optim.mpk"), to_bytes::<AB, _>(optim.to_record()))?;
-                state.affine_step = done;
-                progress.record(run, "affine", done, val_loss, None, &state, &mut on_log)?;
-            }
-        }
-        write_record(&run.file("affine.mpk"), to_bytes::<AB, _>(net.clone().into_record()))?;
-        Some(net.valid())
-    } else {
-        None
-    };
+/// Steps of a stage's "epoch": up to `val_every` from where the stage stands.
+fn epoch_steps(val_every: usize, total: usize, steps_done: usize) -> usize {
+    val_every.max(1).min(total.saturating_sub(steps_done))
+}
 
-    // The moving image (and labels) of a pair after the affine stage.
-    let aligned = |p: &PreparedPair| -> (Tensor<AB::InnerBackend, 5>, Option<Tensor<AB::InnerBackend, 5>>) {
-        let m = tensor5::<AB::InnerBackend>(p.moving.clone(), 1, size, device);
-        let labels = p.moving_labels.as_ref().map(|l| tensor5::<AB::InnerBackend>(l.clone(), 1, size, device));
-        match &affine {
+/// Stage 1: the affine-regression network, trained on the similarity of the affinely warped moving image.
+struct AffineStage<'a> {
+    recipe: &'a RegRecipe,
+    source: &'a PairSource,
+    validation: &'a [PreparedPair],
+    similarity: crate::similarity::Similarity,
+}
+
+impl<AB: AutodiffBackend> Task<AB> for AffineStage<'_> {
+    type Model = AffineNet<AB>;
+    type Error = RegError;
+
+    fn init_model(&mut self, device: &AB::Device) -> Result<AffineNet<AB>, RegError> {
+        Ok(AffineNetConfig::new(self.recipe.model.affine_encoder.clone()).init(device))
+    }
+    fn epochs(&self) -> usize {
+        self.recipe.train.affine_steps.div_ceil(self.recipe.train.val_every.max(1))
+    }
+    fn more(&self, _epochs_done: usize, steps_done: usize) -> bool {
+        steps_done < self.recipe.train.affine_steps
+    }
+    fn steps_in_epoch(&self, _epoch: usize, steps_done: usize) -> usize {
+        epoch_steps(self.recipe.train.val_every, self.recipe.train.affine_steps, steps_done)
+    }
+    fn lr(&self, _epoch: usize) -> f64 {
+        self.recipe.train.learning_rate
+    }
+    fn train_epoch<O: Optimizer<AffineNet<AB>, AB>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, AB, AffineNet<AB>, O>) -> Result<(), RegError> {
+        let (device, size) = (stepper.device().clone(), self.source.size);
+        let first = stepper.steps_done();
+        for step in first..first + <Self as Task<AB>>::steps_in_epoch(self, epoch, first) {
+            let p = self.source.train_pair::<AB::InnerBackend>(step, &device);
+            let (m, f) = (tensor5::<AB>(p.moving, 1, size, &device), tensor5::<AB>(p.fixed, 1, size, &device));
+            let (warped, _) = stepper.model().register(m, f.clone());
+            stepper.step(self.similarity.loss(warped, f.clone(), f.ones_like()))?;
+        }
+        Ok(())
+    }
+    fn validate(&mut self, net: &AffineNet<AB::InnerBackend>, _epoch: usize, device: &AB::Device) -> Result<Option<Validation>, RegError> {
+        let size = self.source.size;
+        let val_loss = self
+            .validation
+            .iter()
+            .map(|p| {
+                let f = tensor5::<AB::InnerBackend>(p.fixed.clone(), 1, size, device);
+                let (warped, _) = net.register(tensor5(p.moving.clone(), 1, size, device), f.clone());
+                self.similarity.loss(warped, f.clone(), f.ones_like()).into_scalar().elem::<f64>()
+            })
+            .sum::<f64>()
+            / self.validation.len().max(1) as f64;
+        Ok(Some(Validation::new().metric("loss", val_loss).score(-val_loss)))
+    }
+}
+
+/// Stage 2: the VoxelMorph network on the affinely aligned pairs; validation by warped-label Dice when there are
+/// labels, otherwise by the validation loss.
+struct DeformableStage<'a, B: Backend> {
+    recipe: &'a RegRecipe,
+    source: &'a PairSource,
+    validation: &'a [PreparedPair],
+    affine: Option<AffineNet<B>>,
+    opts: LearnOptions,
+}
+
+impl<B: Backend> DeformableStage<'_, B> {
+    /// The moving image (and labels) of a pair after the affine stage.
+    fn aligned(&self, p: &PreparedPair, device: &B::Device) -> (Tensor<B, 5>, Option<Tensor<B, 5>>) {
+        let size = self.source.size;
+        let m = tensor5::<B>(p.moving.clone(), 1, size, device);
+        let labels = p.moving_labels.as_ref().map(|l| tensor5::<B>(l.clone(), 1, size, device));
+        match &self.affine {
             None => (m, labels),
             Some(net) => {
                 let a = net.forward(m.clone(), tensor5(p.fixed.clone(), 1, size, device));
                 (warp_by_affine(m, a.clone(), size), labels.map(|l| sample_nearest(l, affine_coords(a, size))))
             }
         }
-    };
-
-    // Stage 2: the deformable network.
-    AB::seed(device, recipe.train.seed.wrapping_add(1));
-    let mut net: VoxelMorph<AB> = voxelmorph_config(recipe).init(device);
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, VoxelMorph<AB>>();
-    if state.step > 0 {
-        net = net.load_record(from_bytes::<AB, _>(read(&run.checkpoint("model.mpk"))?, device).map_err(RegError::Input)?);
-        optim = optim.load_record(from_bytes::<AB, _>(read(&run.checkpoint("optim.mpk"))?, device).map_err(RegError::Input)?);
     }
-    let classes = source.classes();
-    let opts = LearnOptions { similarity, smoothness: recipe.train.smoothness, label_weight: recipe.train.label_weight, classes, learning_rate: lr };
-    let mut progress = Progress::default();
-    for step in state.step..recipe.train.steps {
-        let p = source.train_pair::<AB::InnerBackend>(step, device);
-        let (m, ml) = aligned(&p);
-        let pair = Pair {
-            moving: Tensor::from_inner(m),
-            fixed: tensor5::<AB>(p.fixed.clone(), 1, size, device),
-            moving_labels: ml.map(|l| Tensor::from_inner(l.reshape([1, size[0], size[1], size[2]]).int())),
-            fixed_labels: p.fixed_labels.as_ref().map(|l| int_labels::<AB>(l, size, device)),
-        };
-        let loss = pair_loss(&net, &pair, &opts);
-        progress.losses.push(loss.clone().into_scalar().elem::<f64>());
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        net = optim.step(lr, net, grads);
-        let done = step + 1;
-        if done % recipe.train.val_every == 0 || done == recipe.train.steps {
-            let inner = net.valid();
-            let (mut val_loss, mut dice_sum, mut dice_n) = (0.0, 0.0, 0);
-            for p in &validation {
-                let (m, ml) = aligned(p);
-                let f = tensor5::<AB::InnerBackend>(p.fixed.clone(), 1, size, device);
-                let (warped, flow) = inner.forward(m, f.clone());
-                val_loss += (similarity.loss(warped, f.clone(), f.ones_like()) + grad_l2(flow.clone()) * opts.smoothness).into_scalar().elem::<f64>();
-                if let (Some(ml), Some(fl)) = (ml, &p.fixed_labels) {
-                    dice_sum += mean_dice(&to_vec(warp_nearest(ml, flow)), fl, classes);
-                    dice_n += 1;
-                }
+}
+
+impl<AB: AutodiffBackend> Task<AB> for DeformableStage<'_, AB::InnerBackend> {
+    type Model = VoxelMorph<AB>;
+    type Error = RegError;
+
+    fn init_model(&mut self, device: &AB::Device) -> Result<VoxelMorph<AB>, RegError> {
+        Ok(voxelmorph_config(self.recipe).init(device))
+    }
+    fn epochs(&self) -> usize {
+        self.recipe.train.steps.div_ceil(self.recipe.train.val_every.max(1))
+    }
+    fn more(&self, _epochs_done: usize, steps_done: usize) -> bool {
+        steps_done < self.recipe.train.steps
+    }
+    fn steps_in_epoch(&self, _epoch: usize, steps_done: usize) -> usize {
+        epoch_steps(self.recipe.train.val_every, self.recipe.train.steps, steps_done)
+    }
+    fn lr(&self, _epoch: usize) -> f64 {
+        self.recipe.train.learning_rate
+    }
+    fn train_epoch<O: Optimizer<VoxelMorph<AB>, AB>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, AB, VoxelMorph<AB>, O>) -> Result<(), RegError> {
+        let (device, size) = (stepper.device().clone(), self.source.size);
+        let first = stepper.steps_done();
+        for step in first..first + <Self as Task<AB>>::steps_in_epoch(self, epoch, first) {
+            let p = self.source.train_pair::<AB::InnerBackend>(step, &device);
+            let (m, ml) = self.aligned(&p, &device);
+            let pair = Pair {
+                moving: Tensor::from_inner(m),
+                fixed: tensor5::<AB>(p.fixed.clone(), 1, size, &device),
+                moving_labels: ml.map(|l| Tensor::from_inner(l.reshape([1, size[0], size[1], size[2]]).int())),
+                fixed_labels: p.fixed_labels.as_ref().map(|l| int_labels::<AB>(l, size, &device)),
+            };
+            let loss = pair_loss(stepper.model(), &pair, &self.opts);
+            stepper.step(loss)?;
+        }
+        Ok(())
+    }
+    fn validate(&mut self, net: &VoxelMorph<AB::InnerBackend>, _epoch: usize, device: &AB::Device) -> Result<Option<Validation>, RegError> {
+        let size = self.source.size;
+        let (mut val_loss, mut dice_sum, mut dice_n) = (0.0, 0.0, 0);
+        for p in self.validation {
+            let (m, ml) = self.aligned(p, device);
+            let f = tensor5::<AB::InnerBackend>(p.fixed.clone(), 1, size, device);
+            let (warped, flow) = net.forward(m, f.clone());
+            val_loss += (self.opts.similarity.loss(warped, f.clone(), f.ones_like()) + grad_l2(flow.clone()) * self.opts.smoothness)
+                .into_scalar()
+                .elem::<f64>();
+            if let (Some(ml), Some(fl)) = (ml, &p.fixed_labels) {
+                dice_sum += mean_dice(&to_vec(warp_nearest(ml, flow)), fl, self.opts.classes);
+                dice_n += 1;
             }
-            val_loss /= validation.len() as f64;
-            let val_dice = (dice_n > 0).then(|| dice_sum / dice_n as f64);
-            let score = val_dice.unwrap_or(-val_loss);
-            if score > state.best_score {
-                state.best_score = score;
-                state.best_step = done;
-                write_record(&run.file("model.mpk"), to_bytes::<AB, _>(net.clone().into_record()))?;
-            }
-            write_record(&run.checkpoint("model.mpk"), to_bytes::<AB, _>(net.clone().into_record()))?;
-            write_record(&run.checkpoint("optim.mpk"), to_bytes::<AB, _>(optim.to_record()))?;
-            state.step = done;
-            progress.record(run, "deformable", done, val_loss, val_dice, &state, &mut on_log)?;
+        }
+        val_loss /= self.validation.len().max(1) as f64;
+        let val_dice = (dice_n > 0).then(|| dice_sum / dice_n as f64);
+        Ok(Some(Validation::new().metric("loss", val_loss).maybe("dice", val_dice).score(val_dice.unwrap_or(-val_loss))))
+    }
+}
+
+/// Trains the run described by `recipe` in `run` with default options, resuming from its checkpoints when they
+/// exist. `on_log` sees every validation record with its stage (`affine` or `deformable`).
+pub fn train<AB: AutodiffBackend>(recipe: &RegRecipe, run: &RunDir, device: &AB::Device, on_log: impl FnMut(&str, &EpochRecord)) -> Result<TrainOutcome, RegError> {
+    train_with::<AB>(recipe, run, device, &RunOptions { quiet: true, ..Default::default() }, on_log)
+}
+
+/// Trains (or resumes) a learned-registration run on the training engine: the affine network's stage in
+/// `RUN/affine/` (when the recipe has one), then the deformable network's in `RUN/`.
+pub fn train_with<AB: AutodiffBackend>(
+    recipe: &RegRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    options: &RunOptions,
+    mut on_log: impl FnMut(&str, &EpochRecord),
+) -> Result<TrainOutcome, RegError> {
+    let text = recipe.to_toml()?;
+    let affine_run = run.stage("affine");
+    let main_state = engine::read_state(run)?;
+    let affine_state = engine::read_state(&affine_run)?;
+    if let (Some(_), Some(a)) = (&main_state, &affine_state) {
+        if recipe.model.affine && recipe.train.affine_steps != a.steps_done {
+            return Err(RegError::Input(format!(
+                "{}: the deformable stage has started; affine_steps cannot change from {}",
+                run.root().display(),
+                a.steps_done
+            )));
         }
     }
-    if !run.file("model.mpk").is_file() {
+    let resumed_after = (main_state.is_some() || affine_state.is_some())
+        .then(|| (affine_state.as_ref().map_or(0, |s| s.steps_done), main_state.as_ref().map_or(0, |s| s.steps_done)));
+    engine::prepare(run, &text, &resume_rules())?;
+    let source = PairSource::open(recipe)?;
+    run.write_json("run.json", &RunInfo { label_values: source.label_values.clone() })?;
+    let validation = source.validation::<AB::InnerBackend>(device);
+    let similarity = recipe.similarity();
+
+    let mut complete = true;
+    let (affine_outcome, affine) = if recipe.model.affine {
+        engine::prepare(&affine_run, &text, &resume_rules())?;
+        let mut stage = AffineStage { recipe, source: &source, validation: &validation, similarity: similarity.clone() };
+        let config = options.config(recipe.train.seed, None);
+        let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, AffineNet<AB>>();
+        let o = engine::train(&affine_run, &mut stage, optim, &config, device, |r| on_log("affine", r))?;
+        complete &= o.complete;
+        if !o.complete {
+            let state = main_state.unwrap_or_else(|| o.state.clone());
+            return Ok(TrainOutcome { affine: Some(o.state), state, resumed_after, complete: false });
+        }
+        let net: AffineNet<AB::InnerBackend> = AffineNetConfig::new(recipe.model.affine_encoder.clone()).init(device);
+        let net = vesalius_train::ids::deterministic_ids(net);
+        let net = engine::load_module(net, &affine_run.best_model(), device)?;
+        (Some(o.state), Some(net))
+    } else {
+        (None, None)
+    };
+    let opts = LearnOptions {
+        similarity,
+        smoothness: recipe.train.smoothness,
+        label_weight: recipe.train.label_weight,
+        classes: source.classes(),
+        learning_rate: recipe.train.learning_rate,
+    };
+    let mut stage = DeformableStage { recipe, source: &source, validation: &validation, affine, opts };
+    let config = options.config(recipe.train.seed.wrapping_add(1), None);
+    let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, VoxelMorph<AB>>();
+    let o = engine::train(run, &mut stage, optim, &config, device, |r| on_log("deformable", r))?;
+    complete &= o.complete;
+    if !run.best_model().is_file() {
         return Err(RegError::Input(format!("{}: no deformable training step was run ([train] steps = 0)", run.root().display())));
     }
-    Ok(TrainOutcome { state, resumed_after })
+    Ok(TrainOutcome { affine: affine_outcome, state: o.state, resumed_after, complete })
 }
 
 /// A trained run's networks, ready to register images.
@@ -568,12 +582,12 @@ impl<B: Backend> LearnedRegistrar<B> {
         let info: RunInfo = run.read_json("run.json")?;
         let affine = if recipe.model.affine {
             let net: AffineNet<B> = AffineNetConfig::new(recipe.model.affine_encoder.clone()).init(device);
-            Some(net.load_record(from_bytes::<B, _>(read(&run.file("affine.mpk"))?, device).map_err(RegError::Input)?))
+            Some(engine::load_module(net, &run.stage("affine").best_model(), device)?)
         } else {
             None
         };
         let net: VoxelMorph<B> = voxelmorph_config(&recipe).init(device);
-        let net = net.load_record(from_bytes::<B, _>(read(&run.file("model.mpk"))?, device).map_err(RegError::Input)?);
+        let net = engine::load_module(net, &run.best_model(), device)?;
         Ok(Self { recipe, info, affine, net })
     }
 

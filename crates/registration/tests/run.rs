@@ -3,7 +3,7 @@
 //! network, whose untrained prediction must map images between different grids by world position.
 use std::path::{Path, PathBuf};
 
-use vesalius_data::run::RunDir;
+use vesalius_train::RunDir;
 use vesalius_data::transforms::resample_onto;
 use vesalius_data::Image;
 use vesalius_registration::recipe::RegRecipe;
@@ -57,18 +57,22 @@ fn a_synthetic_run_trains_resumes_and_improves_alignment() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path().join("run"));
     let mut logs = Vec::new();
-    let first = train::<B>(&synthetic_recipe(80, 0.01), &run, &device, |l| logs.push(l.clone())).unwrap();
-    assert_eq!(first.state.step, 80);
+    let first = train::<B>(&synthetic_recipe(80, 0.01), &run, &device, |_, l| logs.push(l.clone())).unwrap();
+    assert_eq!(first.state.steps_done, 80);
     assert_eq!(first.resumed_after, None);
-    assert_eq!(logs.iter().map(|l| l.step).collect::<Vec<_>>(), [40, 80]);
+    assert_eq!(logs.iter().map(|l| l.steps).collect::<Vec<_>>(), [40, 80]);
     // The same run asked for more steps continues where it stopped.
     logs.clear();
-    let second = train::<B>(&synthetic_recipe(160, 0.01), &run, &device, |l| logs.push(l.clone())).unwrap();
+    let second = train::<B>(&synthetic_recipe(160, 0.01), &run, &device, |_, l| logs.push(l.clone())).unwrap();
     assert_eq!(second.resumed_after, Some((0, 80)));
-    assert_eq!(logs.iter().map(|l| l.step).collect::<Vec<_>>(), [120, 160]);
+    assert_eq!(logs.iter().map(|l| l.steps).collect::<Vec<_>>(), [120, 160]);
     assert_eq!(std::fs::read_to_string(run.file("log.jsonl")).unwrap().lines().count(), 4);
+    // The learning rate is constant, so 80 steps then 160 is the same run as 160 at once: the same model file.
+    let whole = RunDir::new(dir.path().join("whole"));
+    train::<B>(&synthetic_recipe(160, 0.01), &whole, &device, |_, _| {}).unwrap();
+    assert_eq!(std::fs::read(run.best_model()).unwrap(), std::fs::read(whole.best_model()).unwrap());
     // Another recipe in the same folder is refused.
-    let err = train::<B>(&synthetic_recipe(200, 0.5), &run, &device, |_| {}).unwrap_err().to_string();
+    let err = train::<B>(&synthetic_recipe(200, 0.5), &run, &device, |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("another recipe"), "{err}");
 
     let m = evaluate::<B>(&run, &device, None).unwrap().learned;
@@ -135,7 +139,7 @@ fn an_untrained_network_maps_by_world_position_between_different_grids() {
     );
     let recipe = RegRecipe::from_toml(&text, dir.path()).unwrap();
     let run = RunDir::new(dir.path().join("run"));
-    train::<B>(&recipe, &run, &device, |_| {}).unwrap();
+    train::<B>(&recipe, &run, &device, |_, _| {}).unwrap();
     let registrar = LearnedRegistrar::<P>::load(&run, &device).unwrap();
     let r = registrar.register(&fixed, &moving, &device).unwrap();
     assert_eq!(r.warped.shape(), fixed.shape());
@@ -184,17 +188,17 @@ fn pairs_from_a_csv_with_labels_and_their_errors() {
     };
     let run = RunDir::new(dir.path().join("run"));
     let mut logs = Vec::new();
-    train::<B>(&recipe(""), &run, &device, |l| logs.push(l.clone())).unwrap();
+    train::<B>(&recipe(""), &run, &device, |_, l| logs.push(l.clone())).unwrap();
     // Label-supervised validation: a Dice for each record; the run lists the label values it saw.
     assert_eq!(logs.len(), 2);
-    assert!(logs.iter().all(|l| l.val_dice.is_some_and(|d| d > 0.0 && d <= 1.0)), "{logs:?}");
+    assert!(logs.iter().all(|l| l.val.get("dice").copied().flatten().is_some_and(|d| d > 0.0 && d <= 1.0)), "{logs:?}");
     let info: serde_json::Value = run.read_json("run.json").unwrap();
     assert_eq!(info["label_values"], serde_json::json!([0, 1, 2]));
 
     let error = |csv_text: &str, extra: &str| {
         std::fs::write(&csv, csv_text).unwrap();
         let other = RunDir::new(dir.path().join(format!("bad{}", csv_text.len())));
-        train::<B>(&recipe(extra), &other, &device, |_| {}).unwrap_err().to_string()
+        train::<B>(&recipe(extra), &other, &device, |_, _| {}).unwrap_err().to_string()
     };
     assert!(error("moving,target\na.nii.gz,b.nii.gz\n", "").contains("needs the columns moving and fixed"));
     let e = error("moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,la.nii.gz,lb.nii.gz\n", "");

@@ -41,15 +41,27 @@ pub enum SegError {
     Internal(String),
 }
 
-impl From<vesalius_data::DataError> for SegError {
-    fn from(e: vesalius_data::DataError) -> Self {
-        SegError::Input(e.to_string())
+impl From<vesalius_train::TrainError> for SegError {
+    fn from(e: vesalius_train::TrainError) -> Self {
+        match e {
+            vesalius_train::TrainError::Input(m) => SegError::Input(m),
+            other => SegError::Internal(other.to_string()),
+        }
     }
 }
 
-pub use vesalius_data::run::RunDir;
+impl From<vesalius_data::DataError> for SegError {
+    fn from(e: vesalius_data::DataError) -> Self {
+        match e {
+            vesalius_data::DataError::Write { .. } => SegError::Internal(e.to_string()),
+            other => SegError::Input(other.to_string()),
+        }
+    }
+}
+
+pub use vesalius_train::RunDir;
 
 /// Writes pretty JSON atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), SegError> {
-    Ok(vesalius_data::run::write_json(path, value)?)
+    Ok(vesalius_train::run::write_json(path, value)?)
 }

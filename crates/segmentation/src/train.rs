@@ -4,14 +4,12 @@ use crate::fingerprint::{self, Fingerprint};
 use crate::plan::{self, Plans};
 use crate::recipe::{LossKind, SegRecipe};
 use crate::{RunDir, SegError};
-use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+
+use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
+use burn::tensor::{Int, Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 use vesalius_data::cache::{DiskCache, Volume};
 use vesalius_data::folds::{kfold, read_splits, write_splits, Fold};
 use vesalius_data::loader::{load_case, Cases, LoaderConfig, PatchLoader};
@@ -21,8 +19,10 @@ use vesalius_data::sliding::SlidingWindow;
 use vesalius_data::transforms::{Pipeline, Subject};
 use vesalius_data::Image;
 use vesalius_nets::loss;
-use vesalius_nets::record::{from_bytes, to_bytes};
 use vesalius_nets::UNet;
+use vesalius_train::engine::{self, EngineState, RunOptions};
+use vesalius_train::recipe::ResumeRules;
+use vesalius_train::{EpochRecord, Stepper, Task, Validation};
 
 /// A case as training sees it: on disk, or a piece of one held in memory (slab splits).
 #[derive(Clone, Debug)]
@@ -159,43 +159,15 @@ fn preprocessed(source: &CaseSource, pipeline: &Pipeline, cache: &DiskCache) -> 
     }
 }
 
-/// One epoch's record in `log.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochLog {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub train_loss: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Validation Dice per foreground class (on the plan's grid), when validated.
-    pub val_dice: Option<Vec<f64>>,
-    /// Mean of `val_dice`.
-    pub mean_val_dice: Option<f64>,
-    /// Wall time of the epoch.
-    pub seconds: f64,
-}
-
-/// Progress saved after every epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Completed epochs.
-    pub epoch: usize,
-    /// Best mean validation Dice so far.
-    pub best_dice: f64,
-    /// Epoch of the best model.
-    pub best_epoch: usize,
-    /// Every epoch so far.
-    pub log: Vec<EpochLog>,
-}
-
-/// What a finished training reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What a finished (or stopped) training reports.
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrainOutcome {
-    /// State at the end.
-    pub state: TrainState,
+    /// The engine's state after the last completed epoch (best epoch and score = mean validation Dice).
+    pub state: EngineState,
     /// Epoch resumed after, if the run continued an earlier one.
     pub resumed_after: Option<usize>,
+    /// Whether every epoch ran (false when stopped by [`RunOptions::stop_after`]).
+    pub complete: bool,
     /// The plan used.
     pub plans: Plans,
 }
@@ -317,30 +289,121 @@ pub fn sliding_predict<B: Backend>(model: &UNet<B>, image: &Image, plans: &Plans
     Ok(sw.run::<B>(image, device, |x| burn::tensor::activation::softmax(model.forward(x), 1))?)
 }
 
-/// Trains (or resumes) the run in `run` from `recipe`; `on_epoch` sees every finished epoch.
-pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB::Device, mut on_epoch: impl FnMut(&EpochLog)) -> Result<TrainOutcome, SegError> {
-    std::fs::create_dir_all(run.checkpoint("")).map_err(|e| SegError::Input(format!("{}: {e}", run.root().display())))?;
-    let recipe_path = run.file("recipe.toml");
-    let text = recipe.to_toml();
-    if recipe_path.is_file() && run.checkpoint("state.json").is_file() {
-        // Resuming: the recipe must be the one trained with, except that more epochs may be asked for.
-        let old = std::fs::read_to_string(&recipe_path).unwrap_or_default();
-        let same = SegRecipe::from_toml(&old, run.root()).is_ok_and(|mut o| {
-            o.train.epochs = recipe.train.epochs;
-            o == *recipe
-        });
-        if !same {
-            return Err(SegError::Input(format!("{} holds a run of another recipe; choose another run folder", run.root().display())));
-        }
+/// What a recipe may change in a run folder that already trained: the learning rate (a diverged run resumes
+/// with a smaller one). The poly schedule depends on the number of epochs, so that may not change.
+pub fn resume_rules() -> ResumeRules {
+    ResumeRules { free: vec!["train.lr".into()], length: vec!["train.epochs".into()], schedule_depends: true }
+}
+
+/// The segmentation task for the training engine: label-balanced augmented patches from the loader, the recipe's
+/// loss (deep supervision optional), poly learning-rate decay, sliding-window validation Dice on the plan grid.
+struct SegTask<'a> {
+    recipe: &'a SegRecipe,
+    plans: &'a Plans,
+    loader: PatchLoader<'a>,
+    val: Vec<Subject>,
+    fg_classes: Vec<u16>,
+    quiet: bool,
+}
+
+impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
+    type Model = UNet<AB>;
+    type Error = SegError;
+
+    fn init_model(&mut self, device: &AB::Device) -> Result<UNet<AB>, SegError> {
+        Ok(self.plans.unet().init::<AB>(device))
     }
-    vesalius_data::io::write_atomic(&recipe_path, text.as_bytes())?;
+
+    fn epochs(&self) -> usize {
+        self.recipe.train.epochs
+    }
+
+    fn steps_in_epoch(&self, _epoch: usize, _steps_done: usize) -> usize {
+        self.recipe.train.iterations
+    }
+
+    fn lr(&self, epoch: usize) -> f64 {
+        let t = &self.recipe.train;
+        t.lr * (1.0 - epoch as f64 / t.epochs as f64).powf(0.9)
+    }
+
+    fn train_epoch<O: Optimizer<UNet<AB>, AB>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, AB, UNet<AB>, O>) -> Result<(), SegError> {
+        let (recipe, plans) = (self.recipe, self.plans);
+        let device = stepper.device().clone();
+        let mut batch: Vec<Subject> = Vec::with_capacity(plans.batch);
+        let mut failed: Option<SegError> = None;
+        let result = self.loader.run((epoch + 1) as u64, recipe.train.iterations * plans.batch, |_, patch| {
+            batch.push(patch);
+            if batch.len() == plans.batch {
+                let step = (|| -> Result<(), SegError> {
+                    let (x, y) = batch_tensors::<AB>(&batch, &device)?;
+                    batch.clear();
+                    let m = stepper.model();
+                    let l = if plans.deep_supervision { supervised_deeply(recipe, m, x, y) } else { objective(recipe, m.forward(x), y) };
+                    stepper.step(l)?;
+                    Ok(())
+                })();
+                if let Err(e) = step {
+                    failed = Some(e);
+                    return Err(vesalius_data::DataError::Invalid("training step failed".into()));
+                }
+            }
+            Ok(())
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(result?)
+    }
+
+    fn validate(&mut self, model: &UNet<AB::InnerBackend>, epoch: usize, device: &AB::Device) -> Result<Option<Validation>, SegError> {
+        let t = &self.recipe.train;
+        let done = epoch + 1;
+        if done % t.val_every != 0 && done != t.epochs {
+            return Ok(None);
+        }
+        let bar = vesalius_train::progress::bar(self.val.len() as u64, "validation", self.quiet);
+        let mut per_class = vec![0.0; self.fg_classes.len()];
+        for s in &self.val {
+            let pred = sliding_predict(model, &s.image, self.plans, self.recipe, false, device)?;
+            let reference = s.label.as_ref().ok_or_else(|| SegError::Internal("validation case without labels".into()))?;
+            for (k, &c) in self.fg_classes.iter().enumerate() {
+                per_class[k] += dice(&pred.labels, reference.data(), c) / self.val.len() as f64;
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let mean = per_class.iter().sum::<f64>() / per_class.len().max(1) as f64;
+        let mut v = Validation::new();
+        for (k, &c) in self.fg_classes.iter().enumerate() {
+            v = v.metric(&format!("dice_{c}"), per_class[k]);
+        }
+        Ok(Some(v.metric("mean_dice", mean).score(mean)))
+    }
+}
+
+/// Trains (or resumes) the run in `run` from `recipe` with default options; `on_epoch` sees every finished epoch.
+pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB::Device, on_epoch: impl FnMut(&EpochRecord)) -> Result<TrainOutcome, SegError> {
+    train_with::<AB>(recipe, run, device, &RunOptions { quiet: true, ..Default::default() }, on_epoch)
+}
+
+/// Trains (or resumes) the run in `run` from `recipe` on the training engine ([`vesalius_train::engine`]).
+pub fn train_with<AB: AutodiffBackend>(
+    recipe: &SegRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    options: &RunOptions,
+    on_epoch: impl FnMut(&EpochRecord),
+) -> Result<TrainOutcome, SegError> {
+    std::fs::create_dir_all(run.checkpoint("")).map_err(|e| SegError::Input(format!("{}: {e}", run.root().display())))?;
+    let started = engine::prepare(run, &recipe.to_toml(), &resume_rules())?;
 
     let split = split(recipe, run)?;
     if split.train.is_empty() || split.val.is_empty() {
         return Err(SegError::Input("training and validation both need at least one case".into()));
     }
     // Fingerprint and plan (kept when resuming).
-    let plans: Plans = if run.file("plans.json").is_file() && run.checkpoint("state.json").is_file() {
+    let plans: Plans = if run.file("plans.json").is_file() && started.is_some() {
         run.read_json("plans.json")?
     } else {
         let fp = fingerprint_of(&split)?;
@@ -360,21 +423,6 @@ pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB:
     let cases = Cases::Memory(volumes);
 
     let t = &recipe.train;
-    AB::seed(device, t.seed);
-    let mut model: Option<UNet<AB>> = Some(plans.unet().init::<AB>(device));
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
-    let mut state = TrainState { epoch: 0, best_dice: f64::NEG_INFINITY, best_epoch: 0, log: Vec::new() };
-    let mut resumed_after = None;
-    if run.checkpoint("state.json").is_file() {
-        state = read_state(run)?;
-        let m = model.take().expect("model");
-        let rec = from_bytes::<AB, _>(read(&run.checkpoint("model.mpk"))?, device).map_err(SegError::Input)?;
-        model = Some(m.load_record(rec));
-        let orec = from_bytes::<AB, _>(read(&run.checkpoint("optim.mpk"))?, device).map_err(SegError::Input)?;
-        optim = optim.load_record(orec);
-        resumed_after = Some(state.epoch);
-    }
-
     let threads = if t.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { t.threads };
     let loader = PatchLoader::new(
         &cases,
@@ -387,60 +435,11 @@ pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB:
         },
     );
     let fg_classes: Vec<u16> = (1..plans.classes as u16).collect();
-    for epoch in state.epoch + 1..=t.epochs {
-        let started = Instant::now();
-        let lr = t.lr * (1.0 - (epoch - 1) as f64 / t.epochs as f64).powf(0.9);
-        let mut batch: Vec<Subject> = Vec::with_capacity(plans.batch);
-        let mut losses = Vec::new();
-        loader.run(epoch as u64, t.iterations * plans.batch, |_, patch| {
-            batch.push(patch);
-            if batch.len() == plans.batch {
-                let (x, y) = batch_tensors::<AB>(&batch, device).map_err(|e| vesalius_data::DataError::Invalid(e.to_string()))?;
-                batch.clear();
-                let m = model.take().expect("model between steps");
-                let l = if plans.deep_supervision { supervised_deeply(recipe, &m, x, y) } else { objective(recipe, m.forward(x), y) };
-                losses.push(l.clone().into_scalar().elem::<f64>());
-                let grads = GradientsParams::from_grads(l.backward(), &m);
-                model = Some(optim.step(lr, m, grads));
-            }
-            Ok(())
-        })?;
-        let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
-        let validate = epoch % t.val_every == 0 || epoch == t.epochs;
-        let (val_dice, mean_val_dice) = if validate {
-            let m = model.as_ref().expect("model").valid();
-            let mut per_class = vec![0.0; fg_classes.len()];
-            for s in &val {
-                let pred = sliding_predict(&m, &s.image, &plans, recipe, false, device)?;
-                let reference = s.label.as_ref().ok_or_else(|| SegError::Internal("validation case without labels".into()))?;
-                for (k, &c) in fg_classes.iter().enumerate() {
-                    per_class[k] += dice(&pred.labels, reference.data(), c) / val.len() as f64;
-                }
-            }
-            let mean = per_class.iter().sum::<f64>() / per_class.len().max(1) as f64;
-            (Some(per_class), Some(mean))
-        } else {
-            (None, None)
-        };
-        let log = EpochLog { epoch, train_loss, lr, val_dice, mean_val_dice, seconds: started.elapsed().as_secs_f64() };
-        let m = model.as_ref().expect("model");
-        if let Some(d) = mean_val_dice {
-            if d > state.best_dice {
-                state.best_dice = d;
-                state.best_epoch = epoch;
-                write_bytes(&run.file("model.mpk"), to_bytes::<AB, _>(m.clone().into_record()))?;
-            }
-        }
-        // Checkpoint: weights, optimiser, then the state that points at them (each written atomically).
-        write_bytes(&run.checkpoint("model.mpk"), to_bytes::<AB, _>(m.clone().into_record()))?;
-        write_bytes(&run.checkpoint("optim.mpk"), to_bytes::<AB, _>(optim.to_record()))?;
-        state.epoch = epoch;
-        state.log.push(log.clone());
-        crate::write_json(&run.checkpoint("state.json"), &state)?;
-        append_log(run, &log)?;
-        on_epoch(&log);
-    }
-    Ok(TrainOutcome { state, resumed_after, plans })
+    let mut task = SegTask { recipe, plans: &plans, loader, val, fg_classes, quiet: options.quiet };
+    let config = options.config(t.seed, None);
+    let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
+    let outcome = engine::train(run, &mut task, optim, &config, device, on_epoch)?;
+    Ok(TrainOutcome { state: outcome.state, resumed_after: outcome.resumed_after, complete: outcome.complete, plans })
 }
 
 fn fingerprint_of(split: &Split) -> Result<Fingerprint, SegError> {
@@ -454,27 +453,6 @@ fn fingerprint_of(split: &Split) -> Result<Fingerprint, SegError> {
         &split.channel_names,
         &split.labels,
     )
-}
-
-fn read(path: &std::path::Path) -> Result<Vec<u8>, SegError> {
-    std::fs::read(path).map_err(|e| SegError::Input(format!("{}: {e}", path.display())))
-}
-
-fn write_bytes(path: &std::path::Path, bytes: Result<Vec<u8>, String>) -> Result<(), SegError> {
-    let bytes = bytes.map_err(|e| SegError::Internal(format!("{}: {e}", path.display())))?;
-    Ok(vesalius_data::io::write_atomic(path, &bytes)?)
-}
-
-fn read_state(run: &RunDir) -> Result<TrainState, SegError> {
-    let p = run.checkpoint("state.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| SegError::Input(format!("{}: {e}", p.display())))?;
-    serde_json::from_str(&text).map_err(|e| SegError::Input(format!("{}: {e}", p.display())))
-}
-
-/// Rewrites `log.jsonl` from the state (atomic, so a crash never leaves half a line).
-fn append_log(run: &RunDir, log: &EpochLog) -> Result<(), SegError> {
-    let line = serde_json::to_string(log).map_err(|e| SegError::Internal(e.to_string()))?;
-    Ok(run.append_line("log.jsonl", &line)?)
 }
 
 /// A label map on the grid of `grid`.

@@ -5,7 +5,8 @@ use vesalius_data::{io, Image};
 use vesalius_segmentation::evaluate::evaluate;
 use vesalius_segmentation::infer::{output_paths, write, Predictor};
 use vesalius_segmentation::recipe::SegRecipe;
-use vesalius_segmentation::train::train;
+use vesalius_segmentation::train::{train, train_with};
+use vesalius_train::RunOptions;
 use vesalius_segmentation::RunDir;
 
 #[cfg(not(feature = "test-cuda"))]
@@ -92,19 +93,29 @@ fn plan_train_resume_predict_evaluate() {
     let run = RunDir::new(dir.path().join("run"));
     let device = Default::default();
 
-    // Two epochs, then the same run asked for four: it resumes after epoch 2 and runs 3 and 4 only.
-    let first = train::<B>(&recipe(&data, 2), &run, &device, |_| {}).unwrap();
-    assert_eq!(first.state.epoch, 2);
+    // Stopped after epoch 2 of 4 and resumed: it runs epochs 3 and 4 only, and ends with the same model file and
+    // log (up to wall times) as the same recipe run without a stop.
+    let stop = RunOptions { quiet: true, stop_after: Some(2), ..Default::default() };
+    let first = train_with::<B>(&recipe(&data, 4), &run, &device, &stop, |_| {}).unwrap();
+    assert_eq!((first.state.epochs_done, first.complete), (2, false));
     assert!(first.resumed_after.is_none());
     let mut seen = Vec::new();
     let partial = train::<B>(&recipe(&data, 4), &run, &device, |l| seen.push(l.epoch)).unwrap();
     assert_eq!(partial.resumed_after, Some(2));
     assert_eq!(seen, vec![3, 4]);
-    assert_eq!(partial.state.log.len(), 4);
-    // Another recipe in the same folder is refused.
+    assert_eq!(partial.state.epochs_done, 4);
+    let whole = RunDir::new(dir.path().join("whole"));
+    train::<B>(&recipe(&data, 4), &whole, &device, |_| {}).unwrap();
+    assert_eq!(std::fs::read(run.file("model.mpk")).unwrap(), std::fs::read(whole.file("model.mpk")).unwrap());
+    assert_eq!(log_without_times(&run), log_without_times(&whole));
+    // The poly schedule depends on the number of epochs: more epochs in the same folder are refused, saying why.
+    let longer = train::<B>(&recipe(&data, 6), &run, &device, |_| {}).unwrap_err().to_string();
+    assert!(longer.contains("train.epochs") && longer.contains("schedule"), "{longer}");
+    // Another recipe in the same folder is refused, naming the differing key.
     let mut other = recipe(&data, 4);
-    other.train.lr = 0.5;
-    assert!(train::<B>(&other, &run, &device, |_| {}).unwrap_err().to_string().contains("another recipe"));
+    other.train.foreground_share = 0.9;
+    let e = train::<B>(&other, &run, &device, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("another recipe") && e.contains("train.foreground_share"), "{e}");
     let fresh = run;
     for f in ["recipe.toml", "splits.json", "fingerprint.json", "plans.json", "model.mpk", "log.jsonl", "checkpoints/state.json"] {
         assert!(fresh.file(f).is_file(), "{f}");
@@ -114,7 +125,7 @@ fn plan_train_resume_predict_evaluate() {
     assert_eq!(plans.target_spacing, vec![1.5, 1.5, 2.0]);
     let log = std::fs::read_to_string(fresh.file("log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 4);
-    let best = partial.state.best_dice;
+    let best = partial.state.best_score.unwrap();
     assert!(best > 0.8, "validation Dice {best}");
 
     // Prediction of an unseen case, in its own grid and affine.
@@ -225,8 +236,9 @@ fn deep_supervision_trains_on_every_decoder_level() {
     let run = RunDir::new(dir.path().join("run"));
     let out = train::<B>(&r, &run, &Default::default(), |_| {}).unwrap();
     assert!(out.plans.deep_supervision);
-    assert!(out.state.log.iter().all(|l| l.train_loss.is_finite()));
-    assert!(out.state.best_dice > 0.5, "{}", out.state.best_dice);
+    let log = std::fs::read_to_string(run.log()).unwrap();
+    assert!(log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].as_f64().is_some_and(f64::is_finite)));
+    assert!(out.state.best_score.unwrap() > 0.5, "{:?}", out.state.best_score);
     // The saved model carries its auxiliary heads and predicts like any other.
     let predictor = Predictor::<P>::load(&run, &Default::default()).unwrap();
     let (img, _) = case(3);
@@ -267,5 +279,18 @@ fn a_two_dimensional_png_dataset_plans_a_2d_unet() {
     let out = train::<B>(&r, &run, &Default::default(), |_| {}).unwrap();
     assert_eq!(out.plans.dims, 2);
     assert_eq!(out.plans.patch, vec![32, 32]);
-    assert!(out.state.best_dice > 0.7, "{}", out.state.best_dice);
+    assert!(out.state.best_score.unwrap() > 0.7, "{:?}", out.state.best_score);
+}
+
+/// `log.jsonl` with the wall times removed.
+fn log_without_times(run: &RunDir) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.log())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
 }

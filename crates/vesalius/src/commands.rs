@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use vesalius_cadx::infer::{evaluate_dataset, predict_files};
 use vesalius_cadx::recipe::Recipe;
-use vesalius_cadx::run::{write_json, RunDir};
+use vesalius_cadx::run::{write_json, ClassificationRun, RunDir};
 use vesalius_cadx::train::{prepare_data, train as train_run, MetricsFile, TrainOptions};
 use vesalius_data::io::{load, Format};
 use vesalius_data::source::Split;
+use vesalius_train::RunOptions;
 use vesalius_eval::classification::ClassificationReport;
 
 use crate::backend::BackendKind;
@@ -18,7 +19,7 @@ use crate::{with_backend, CliError};
 pub fn train(backend: BackendKind, recipe_path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<(), CliError> {
     let recipe = Recipe::from_file(recipe_path)?;
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
-    let options = TrainOptions { quiet, stop_after: None };
+    let options = TrainOptions { quiet, ..Default::default() };
     let outcome = with_backend!(backend, |B, AB, device| {
         train_run::<AB>(&recipe, &out, &device, &options).map_err(CliError::from)
     })?;
@@ -255,7 +256,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     let (result, warped_labels, labels_before) = with_backend!(backend, |B, AB, device| {
         let r = match &args.run {
             Some(run) => {
-                let registrar = vesalius_registration::run::LearnedRegistrar::<B>::load(&vesalius_data::run::RunDir::new(run), &device)?;
+                let registrar = vesalius_registration::run::LearnedRegistrar::<B>::load(&vesalius_train::RunDir::new(run), &device)?;
                 registrar.register(&fixed, &moving, &device)?
             }
             None => vesalius_registration::register::<AB>(&fixed, &moving, &options, &device),
@@ -432,10 +433,10 @@ pub fn train_segmentation(
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
     let run = vesalius_segmentation::RunDir::new(&out);
     let outcome = with_backend!(backend, |B, AB, device| {
-        vesalius_segmentation::train::train::<AB>(&recipe, &run, &device, |log| {
+        vesalius_segmentation::train::train_with::<AB>(&recipe, &run, &device, &RunOptions { quiet, ..Default::default() }, |log| {
             if !quiet {
-                let dice = log.mean_val_dice.map_or(String::from("-"), |d| format!("{d:.4}"));
-                eprintln!("epoch {:>4}  loss {:.4}  val Dice {dice}  ({:.1} s)", log.epoch, log.train_loss, log.seconds);
+                let dice = log.val.get("mean_dice").copied().flatten().map_or(String::from("-"), |d| format!("{d:.4}"));
+                eprintln!("epoch {:>4}  loss {:.4}  val Dice {dice}{}  ({:.1} s)", log.epoch, log.train_loss, if log.best { "  *" } else { "" }, log.seconds);
             }
         })
         .map_err(CliError::from)
@@ -448,7 +449,14 @@ pub fn train_segmentation(
     if let Some(after) = outcome.resumed_after {
         println!("resumed after epoch {after}");
     }
-    println!("best validation Dice {:.4} (epoch {})", outcome.state.best_dice, outcome.state.best_epoch);
+    if !outcome.complete {
+        println!("stopped after epoch {}", outcome.state.epochs_done);
+    }
+    println!(
+        "best validation Dice {} (epoch {})",
+        outcome.state.best_score.map_or("-".to_string(), |d| format!("{d:.4}")),
+        outcome.state.best_epoch.unwrap_or(0)
+    );
     println!("run directory: {}", out.display());
     Ok(())
 }
@@ -503,12 +511,12 @@ pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathB
     }
     let name = source.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "registration".into());
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
-    let run = vesalius_data::run::RunDir::new(&out);
+    let run = vesalius_train::RunDir::new(&out);
     let outcome = with_backend!(backend, |B, AB, device| {
-        vesalius_registration::run::train::<AB>(&recipe, &run, &device, |log| {
+        vesalius_registration::run::train_with::<AB>(&recipe, &run, &device, &RunOptions { quiet, ..Default::default() }, |stage, log| {
             if !quiet {
-                let dice = log.val_dice.map_or(String::from("-"), |d| format!("{d:.4}"));
-                eprintln!("{:<10} step {:>6}  loss {:.5}  val loss {:.5}  val Dice {dice}  ({:.1} s)", log.stage, log.step, log.train_loss, log.val_loss, log.seconds);
+                let v = |k: &str| log.val.get(k).copied().flatten().map_or(String::from("-"), |d| format!("{d:.5}"));
+                eprintln!("{stage:<10} step {:>6}  loss {:.5}  val loss {}  val Dice {}  ({:.1} s)", log.steps, log.train_loss, v("loss"), v("dice"), log.seconds);
             }
         })
         .map_err(CliError::from)
@@ -517,7 +525,13 @@ pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathB
         println!("resumed after {affine} affine and {deformable} deformable steps");
     }
     let s = &outcome.state;
-    println!("best validation score {:.4} (step {}); {} affine, {} deformable steps", s.best_score, s.best_step, s.affine_step, s.step);
+    let best_step = s.best_steps.unwrap_or(0);
+    let affine_steps = outcome.affine.as_ref().map_or(0, |a| a.steps_done);
+    println!(
+        "best validation score {} (step {best_step}); {affine_steps} affine, {} deformable steps",
+        s.best_score.map_or("-".to_string(), |v| format!("{v:.4}")),
+        s.steps_done
+    );
     println!("run directory: {}", out.display());
     Ok(())
 }
@@ -525,7 +539,7 @@ pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathB
 /// `vesalius evaluate` for learned registration, optionally against optimisation on the same pairs.
 pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation: Option<&str>) -> Result<(), CliError> {
     use vesalius_registration::{Method, RegisterOptions};
-    let run = vesalius_data::run::RunDir::new(run_dir);
+    let run = vesalius_train::RunDir::new(run_dir);
     let options = match optimisation {
         None => None,
         Some(name) => {
