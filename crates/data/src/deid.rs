@@ -318,10 +318,17 @@ pub struct Deidentifier {
 
 
 impl Deidentifier {
-    /// A run with a fresh random salt (so new UIDs cannot be recomputed from the old ones).
-    pub fn new(keep_private: bool) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let salt = mix(nanos ^ mix(std::process::id() as u64) ^ mix(&nanos as *const u64 as u64));
+    /// A run with a fresh salt from the operating system's random source (so new UIDs cannot be recomputed from
+    /// the old ones, nor from the time the run started).
+    pub fn new(keep_private: bool) -> Result<Self> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| DataError::Invalid(format!("the operating system's random source failed: {e}")))?;
+        Ok(Self::with_salt(keep_private, u64::from_le_bytes(bytes)))
+    }
+
+    /// A run with a given salt: the same salt maps the same UIDs to the same new UIDs (for tests and for
+    /// de-identifying a study in several sittings with a salt kept secret).
+    pub fn with_salt(keep_private: bool, salt: u64) -> Self {
         Self { keep_private, salt, uids: HashMap::new(), report: DeidReport::default() }
     }
 
@@ -433,11 +440,9 @@ impl Deidentifier {
         if let Some(sop) = sop {
             obj.update_meta(|m| m.media_storage_sop_instance_uid = sop);
         }
-        let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-        let tmp = dir.join(format!(".{}.tmp{}", output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
-        obj.write_to_file(&tmp).map_err(|e| DataError::format(output, format!("cannot write: {e}")))?;
-        std::fs::rename(&tmp, output).map_err(|e| DataError::io(output, e))?;
+        let mut bytes = Vec::new();
+        obj.write_all(&mut bytes).map_err(|e| DataError::write(output, std::io::Error::other(e.to_string())))?;
+        crate::io::write_atomic(output, &bytes)?;
         self.report.files += 1;
         Ok(())
     }
@@ -445,6 +450,13 @@ impl Deidentifier {
     /// De-identifies a file, or every DICOM file under a folder into the same relative paths under `output`;
     /// other files are skipped.
     pub fn run(&mut self, input: &Path, output: &Path) -> Result<DeidReport> {
+        let inside = |a: &Path, b: &Path| resolved(a).zip(resolved(b)).is_some_and(|(a, b)| a.starts_with(b));
+        if input.is_dir() && inside(output, input) {
+            return Err(DataError::format(output, format!("the output folder lies inside the input folder {}; choose an output outside it", input.display())));
+        }
+        if !input.is_dir() && resolved(output).is_some() && resolved(output) == resolved(input) {
+            return Err(DataError::format(output, "the output is the input file; choose another output"));
+        }
         if input.is_dir() {
             let mut stack: Vec<PathBuf> = vec![input.to_path_buf()];
             while let Some(d) = stack.pop() {
@@ -466,5 +478,33 @@ impl Deidentifier {
             self.file(input, output)?;
         }
         Ok(self.report.clone())
+    }
+}
+
+/// `path` made absolute with symbolic links resolved, for a path that may not exist yet: its nearest existing
+/// ancestor canonicalised, the rest appended.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let mut absolute = PathBuf::new();
+    for c in std::path::absolute(path).ok()?.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                absolute.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => absolute.push(other),
+        }
+    }
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        rest.push(existing.file_name()?.to_os_string());
+        existing = existing.parent()?;
     }
 }

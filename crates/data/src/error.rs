@@ -23,6 +23,14 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// An output could not be written: a failure of the machine (disk full, permissions), not of the input.
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
     /// A problem not tied to one file (an empty dataset, an inconsistent manifest…).
     #[error("{0}")]
     Invalid(String),
@@ -32,6 +40,11 @@ impl DataError {
     /// A format error for `path`.
     pub fn format(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
         DataError::Format { path: path.as_ref().to_path_buf(), message: message.into() }
+    }
+
+    /// A write failure for `path`.
+    pub fn write(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        DataError::Write { path: path.as_ref().to_path_buf(), source }
     }
 
     /// An I/O error for `path`.

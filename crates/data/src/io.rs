@@ -89,6 +89,9 @@ fn has_dicom_magic(path: &Path) -> bool {
 /// Reads any supported image file, or a DICOM series folder.
 pub fn load(path: impl AsRef<Path>) -> Result<Image> {
     let path = path.as_ref();
+    if !path.exists() {
+        return Err(DataError::format(path, "no such file or folder"));
+    }
     match Format::from_path(path) {
         Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => load_nifti(path),
         Some(Format::MetaImage) => crate::metaimage::load(path),
@@ -251,7 +254,7 @@ fn planar<T: Copy + Into<f64>>(rgb: &[T], pixels: usize) -> Vec<f32> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| DataError::write(dir, e))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // Unique per process and per call, so threads writing the same file never share a temp file.
     static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -265,7 +268,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::io(path, e));
+        return Err(DataError::write(path, e));
     }
     Ok(())
 }

@@ -105,6 +105,14 @@ pub fn load(path: &Path) -> Result<Image> {
         if data_file.contains('%') || data_file.starts_with("LIST") {
             return Err(DataError::format(path, "multi-file MetaImage data (LIST or patterns) is not supported"));
         }
+        // The data file must lie in the header's folder (or below it): an absolute path or `..` could make a header
+        // read any file on the machine.
+        if data_file.is_empty() || !Path::new(data_file).components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return Err(DataError::format(
+                path,
+                format!("ElementDataFile '{data_file}' must name a file in the header's folder (no absolute path, no '..')"),
+            ));
+        }
         let p = path.with_file_name(data_file);
         let len = std::fs::metadata(&p).map_err(|e| DataError::io(&p, e))?.len();
         let header_size: i64 = get("HeaderSize").and_then(|v| v.parse().ok()).unwrap_or(0);

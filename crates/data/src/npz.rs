@@ -222,9 +222,17 @@ pub fn read_medmnist(path: &Path, split: &str) -> Result<MedMnistSplit> {
     if matches!(labels.dtype, Dtype::F32 | Dtype::F64) {
         return Err(DataError::format(path, format!("{labels_name} must hold integers")));
     }
+    if labels_per_image > crate::source::MAX_CLASSES {
+        return Err(DataError::format(path, format!("{labels_name} has {labels_per_image} labels per image; at most {} are supported", crate::source::MAX_CLASSES)));
+    }
     let label_values: Vec<i64> = (0..labels.len()).map(|i| labels.get_f64(i) as i64).collect();
-    if label_values.iter().any(|&v| v < 0) {
-        return Err(DataError::format(path, format!("{labels_name} holds negative labels")));
+    // Checked before anything is sized from them: a class index sets the number of classes.
+    for (i, &v) in label_values.iter().enumerate() {
+        let bad = if labels_per_image == 1 { !(0..crate::source::MAX_CLASSES as i64).contains(&v) } else { v != 0 && v != 1 };
+        if bad {
+            let expected = if labels_per_image == 1 { format!("a class index in 0..{}", crate::source::MAX_CLASSES) } else { "a 0/1 flag".to_string() };
+            return Err(DataError::format(path, format!("{labels_name}[{}] is {v}, expected {expected}", i / labels_per_image)));
+        }
     }
     // HWC → CHW per image.
     let pixels = h * w;
@@ -262,13 +270,13 @@ pub fn write_npy(mut w: impl std::io::Write, shape: &[usize], descr: &str, bytes
 
 /// Writes a MedMNIST-layout `.npz` archive from `(name, shape, descr, bytes)` arrays.
 pub fn write_npz(path: &Path, arrays: &[(&str, Vec<usize>, &str, Vec<u8>)]) -> Result<()> {
-    let file = File::create(path).map_err(|e| DataError::io(path, e))?;
-    let mut zip = zip::ZipWriter::new(file);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     for (name, shape, descr, bytes) in arrays {
         zip.start_file(format!("{name}.npy"), options).map_err(|e| DataError::format(path, e.to_string()))?;
         write_npy(&mut zip, shape, descr, bytes).map_err(|e| DataError::io(path, e))?;
     }
-    zip.finish().map_err(|e| DataError::format(path, e.to_string()))?;
-    Ok(())
+    let bytes = zip.finish().map_err(|e| DataError::format(path, e.to_string()))?.into_inner();
+    // Atomically: a reader never sees half an archive.
+    crate::io::write_atomic(path, &bytes)
 }

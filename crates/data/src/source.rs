@@ -87,6 +87,10 @@ impl Pixels {
     }
 }
 
+/// The most classes (or labels, for multi-label tasks) a source may declare. Label values are checked against it
+/// before anything is sized from them.
+pub const MAX_CLASSES: usize = 1000;
+
 /// One labelled image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -220,7 +224,7 @@ pub fn prepare_2d(img: &Image, channels: usize, size: usize, path: &Path) -> Res
     }
     let (lo, hi) = match img.dtype() {
         "uint8" => (0.0, 255.0),
-        "uint16" => (0.0, 65535.0),
+        "uint16" => (0.0, stored_range_u16(img.min_max().1)),
         _ => img.min_max(),
     };
     let scale = if hi > lo { 1.0 / (hi - lo) } else { 1.0 };
@@ -251,6 +255,15 @@ pub fn prepare_2d(img: &Image, channels: usize, size: usize, path: &Path) -> Res
         }
     }
     Ok(out)
+}
+
+/// The full-scale value of a 16-bit image whose largest value is `max`: `2^b − 1` for the smallest usual stored
+/// bit depth `b` of 8, 10, 12, 14 or 16 that holds it. 12-bit CT, MR and CR images kept in 16-bit files (PNG, TIFF,
+/// DICOM) then span [0, 1] like 8-bit ones instead of [0, 0.06], and every 12-bit image of a data set is scaled
+/// alike (whatever its own maximum, as long as it is above 1023).
+pub fn stored_range_u16(max: f32) -> f32 {
+    let bits = [8u32, 10, 12, 14, 16].into_iter().find(|&b| max <= ((1u32 << b) - 1) as f32).unwrap_or(16);
+    ((1u32 << bits) - 1) as f32
 }
 
 /// Class names and indices: numeric order when every name is an integer, else sorted names.
@@ -301,6 +314,12 @@ fn load_csv(path: &Path, multi_label: bool, channels: usize, size: usize) -> Res
     } else {
         index_classes(rows.iter().map(|r| r.1.clone()))
     };
+    if classes.len() > MAX_CLASSES {
+        return Err(DataError::format(path, format!("the manifest names {} distinct labels; at most {MAX_CLASSES} are supported", classes.len())));
+    }
+    if let Some((i, _)) = rows.iter().enumerate().find(|(_, r)| !multi_label && r.1.is_empty()) {
+        return Err(DataError::format(path, format!("row {}: empty label", i + 2)));
+    }
     let mut samples = Vec::with_capacity(rows.len());
     for (file, label, patient, split) in rows {
         let file_path = base.join(&file);

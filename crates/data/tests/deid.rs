@@ -36,7 +36,7 @@ fn table_rows_and_generic_classes_are_applied_recursively() {
     put(&mut code, 0x0008, 0x0100, VR::SH, "123");
     obj.put(InMemElement::new(Tag(0x0040, 0xA088), VR::SQ, DataSetSequence::from(vec![code]))); // Z: emptied
 
-    let mut d = Deidentifier::new(false);
+    let mut d = Deidentifier::new(false).unwrap();
     d.apply(&mut obj);
     assert_eq!(text(&obj, 0x0010, 0x0010).as_deref(), Some(""));
     assert_eq!(text(&obj, 0x0010, 0x2000), None);
@@ -54,4 +54,33 @@ fn table_rows_and_generic_classes_are_applied_recursively() {
     assert_eq!(text(&seq[0], 0x0040, 0xA075).as_deref(), Some("ANONYMOUS"));
     assert!(seq[0].element_opt(Tag(0x0040, 0xA030)).unwrap().is_none());
     assert_eq!(obj.element(Tag(0x0040, 0xA088)).unwrap().items().unwrap().len(), 0);
+}
+
+#[test]
+fn uid_salts_come_from_the_random_source_and_a_given_salt_repeats() {
+    let map = |d: &mut Deidentifier| d.map_uid("1.2.826.0.1.3680043.2.1125.1");
+    let (a, b) = (map(&mut Deidentifier::new(false).unwrap()), map(&mut Deidentifier::new(false).unwrap()));
+    assert_ne!(a, b, "two runs share a salt");
+    assert_eq!(map(&mut Deidentifier::with_salt(false, 42)), map(&mut Deidentifier::with_salt(false, 42)));
+    assert_ne!(map(&mut Deidentifier::with_salt(false, 42)), map(&mut Deidentifier::with_salt(false, 43)));
+}
+
+#[test]
+fn an_output_inside_the_input_folder_or_equal_to_the_input_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("series");
+    std::fs::create_dir(&input).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/dicom/single/CT_small.dcm");
+    std::fs::copy(&src, input.join("a.dcm")).unwrap();
+    for out in [input.join("deid"), input.join("./x/../deid2")] {
+        let e = Deidentifier::new(false).unwrap().run(&input, &out).unwrap_err().to_string();
+        assert!(e.contains("lies inside the input folder"), "{e}");
+        assert!(!out.exists());
+    }
+    let e = Deidentifier::new(false).unwrap().run(&input.join("a.dcm"), &input.join("a.dcm")).unwrap_err().to_string();
+    assert!(e.contains("the output is the input file"), "{e}");
+    // Beside the input it works, and the written file reads back.
+    let report = Deidentifier::new(false).unwrap().run(&input, &dir.path().join("out")).unwrap();
+    assert_eq!(report.files, 1);
+    assert!(vesalius_data::io::load(&dir.path().join("out/a.dcm")).is_ok());
 }

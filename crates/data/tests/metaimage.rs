@@ -58,6 +58,17 @@ fn damaged_metaimages_are_refused_with_the_file_named() {
     let p = dir.path().join("type.mhd");
     std::fs::write(&p, header.replace("MET_UCHAR", "MET_FANCY")).unwrap();
     assert!(load(&p).unwrap_err().to_string().contains("unsupported ElementType"));
+    // A data file outside the header's folder (absolute, or up with '..') is refused before it is opened, even
+    // when it exists.
+    let inner = dir.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    let raw = dir.path().join("BrainProtonDensitySliceBorder20.raw");
+    for target in [raw.display().to_string(), "../BrainProtonDensitySliceBorder20.raw".to_string()] {
+        let p = inner.join("escape.mhd");
+        std::fs::write(&p, header.replace("ElementDataFile = BrainProtonDensitySliceBorder20.raw", &format!("ElementDataFile = {target}"))).unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("escape.mhd") && e.contains("must name a file in the header's folder"), "{e}");
+    }
     let p = dir.path().join("garbage.mha");
     std::fs::write(&p, [0u8, 159, 146, 150, 1, 2, 3]).unwrap();
     assert!(load(&p).unwrap_err().to_string().contains("garbage.mha"));

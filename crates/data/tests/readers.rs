@@ -171,7 +171,9 @@ fn hostile_files_give_errors_naming_the_file() {
     let bad_png = write(dir.path(), "bad.png", b"\x89PNG\r\n\x1a\nnot really");
     assert!(message(load(&bad_png).unwrap_err()).contains("bad.png: cannot decode image"));
     assert!(message(load(dir.path().join("missing.png")).unwrap_err()).contains("missing.png"));
-    assert!(message(load(dir.path().join("x.xyz")).unwrap_err()).contains("unknown image format"));
+    assert!(message(load(dir.path().join("x.xyz")).unwrap_err()).contains("x.xyz: no such file or folder"));
+    let xyz = write(dir.path(), "x.xyz", b"data");
+    assert!(message(load(&xyz).unwrap_err()).contains("unknown image format"));
     assert_eq!(Format::from_path(Path::new("A.NII.GZ")), Some(Format::NiftiGz));
 }
 

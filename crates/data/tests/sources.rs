@@ -65,6 +65,22 @@ fn malformed_npz_is_an_error_not_an_allocation() {
     let missing = dir.path().join("missing.npz");
     write_npz(&missing, &[("train_images", vec![1, 28, 28], "|u1", vec![0u8; 784])]).unwrap();
     assert!(read_medmnist(&missing, "train").unwrap_err().to_string().contains("no array 'train_labels'"));
+    // Label values are checked before they size anything: a class index of 10¹² is an error, not 10¹² classes.
+    let huge = dir.path().join("huge.npz");
+    let label = 1_000_000_000_000i64.to_le_bytes().to_vec();
+    write_npz(&huge, &[("train_images", vec![1, 28, 28], "|u1", vec![0u8; 784]), ("train_labels", vec![1, 1], "<i8", label)]).unwrap();
+    let e = read_medmnist(&huge, "train").unwrap_err().to_string();
+    assert!(e.contains("huge.npz") && e.contains("train_labels[0] is 1000000000000"), "{e}");
+    let flags = dir.path().join("flags.npz");
+    write_npz(&flags, &[("train_images", vec![1, 28, 28], "|u1", vec![0u8; 784]), ("train_labels", vec![1, 2], "|u1", vec![1, 7])]).unwrap();
+    let e = read_medmnist(&flags, "train").unwrap_err().to_string();
+    assert!(e.contains("train_labels[0] is 7, expected a 0/1 flag"), "{e}");
+    // A manifest naming more distinct labels than any task has is refused before any image is read.
+    let csv = dir.path().join("many.csv");
+    let rows: String = (0..1001).map(|i| format!("img{i}.png,class{i}\n")).collect();
+    std::fs::write(&csv, format!("path,label\n{rows}")).unwrap();
+    let e = vesalius_data::source::load(&vesalius_data::source::SourceConfig::Csv { path: csv, multi_label: true }, 1, 28).unwrap_err().to_string();
+    assert!(e.contains("many.csv") && e.contains("1001 distinct labels"), "{e}");
     let notzip = dir.path().join("notzip.npz");
     std::fs::write(&notzip, b"PK\x03\x04garbage").unwrap();
     assert!(read_medmnist(&notzip, "train").unwrap_err().to_string().contains("notzip.npz"));
@@ -141,4 +157,22 @@ fn volume_patches_from_disjoint_slabs() {
     let close = BTreeMap::from([(Split::Train, [40, 60]), (Split::Test, [70, 80])]);
     let e = load(&SourceConfig::VolumePatches(patches(close, 5)), 1, 0).unwrap_err().to_string();
     assert!(e.contains("at least the patch size"), "{e}");
+}
+
+#[test]
+fn twelve_bit_images_in_sixteen_bit_files_span_the_unit_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cr12.png");
+    // A 12-bit radiograph stored as 16-bit PNG: values 0..=4095.
+    let pixels: Vec<u16> = (0..64u32).map(|i| (i * 4095 / 63) as u16).collect();
+    image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(8, 8, pixels).unwrap().save(&path).unwrap();
+    let img = vesalius_data::io::load(&path).unwrap();
+    assert_eq!(img.dtype(), "uint16");
+    let v = vesalius_data::source::prepare_2d(&img, 1, 8, &path).unwrap();
+    let (lo, hi) = v.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    assert!(lo.abs() < 1e-6 && (hi - 1.0).abs() < 1e-6, "[{lo}, {hi}]");
+    assert_eq!(vesalius_data::source::stored_range_u16(4095.0), 4095.0);
+    assert_eq!(vesalius_data::source::stored_range_u16(1500.0), 4095.0);
+    assert_eq!(vesalius_data::source::stored_range_u16(60000.0), 65535.0);
+    assert_eq!(vesalius_data::source::stored_range_u16(200.0), 255.0);
 }

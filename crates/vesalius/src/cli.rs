@@ -224,10 +224,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Convert { input, output, nifti2, series } => commands::convert(&input, &output, nifti2, series.as_deref()),
         Command::Deid { input, output, keep_private } => {
-            if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
-                return Err(CliError::Usage(format!("{}: output must differ from the input", output.display())));
-            }
-            let report = vesalius_data::deid::Deidentifier::new(keep_private).run(&input, &output)?;
+            let report = vesalius_data::deid::Deidentifier::new(keep_private)?.run(&input, &output)?;
             println!("{}", serde_json::to_string(&report).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }

@@ -41,6 +41,7 @@ impl From<vesalius_cadx::CadxError> for CliError {
     fn from(e: vesalius_cadx::CadxError) -> Self {
         match e {
             vesalius_cadx::CadxError::Internal(m) => CliError::Internal(m),
+            vesalius_cadx::CadxError::Data(d @ vesalius_data::DataError::Write { .. }) => CliError::Internal(d.to_string()),
             other => CliError::Usage(other.to_string()),
         }
     }
@@ -57,7 +58,11 @@ impl From<vesalius_segmentation::SegError> for CliError {
 
 impl From<vesalius_data::DataError> for CliError {
     fn from(e: vesalius_data::DataError) -> Self {
-        CliError::Usage(e.to_string())
+        match e {
+            // An output that cannot be written is the machine's failure, not bad input.
+            vesalius_data::DataError::Write { .. } => CliError::Internal(e.to_string()),
+            other => CliError::Usage(other.to_string()),
+        }
     }
 }
 

@@ -50,7 +50,9 @@ fn bad_input_exits_2_with_one_error_line_naming_the_file() {
     let junk = dir.path().join("junk.nii.gz");
     std::fs::write(&junk, b"\x1f\x8b\x08\x00garbage").unwrap();
     assert_input_error(&vesalius(&["info", junk.to_str().unwrap()]), "junk.nii.gz");
-    assert_input_error(&vesalius(&["info", "/nonexistent/scan.nii"]), "/nonexistent/scan.nii");
+    assert_input_error(&vesalius(&["info", "/nonexistent/scan.nii"]), "/nonexistent/scan.nii: no such file or folder");
+    // A missing path without an image extension says it is missing, not that its format is unknown.
+    assert_input_error(&vesalius(&["info", "/nonexistent/series"]), "/nonexistent/series: no such file or folder");
     let txt = dir.path().join("notes.txt");
     std::fs::write(&txt, "hello").unwrap();
     assert_input_error(&vesalius(&["info", txt.to_str().unwrap()]), "unknown image format");
@@ -58,6 +60,13 @@ fn bad_input_exits_2_with_one_error_line_naming_the_file() {
     std::fs::write(&recipe, "[model]\narch = \"resnet99\"\n").unwrap();
     assert_input_error(&vesalius(&["train", recipe.to_str().unwrap(), "--quiet"]), "broken.toml");
     assert_input_error(&vesalius(&["evaluate", "--run", dir.path().to_str().unwrap()]), "not a run directory");
+    // An output that cannot be written is a failure of the machine: exit code 1, naming the file.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "a file where a folder is needed").unwrap();
+    let dcm = root().join("fixtures/dicom/single/CT_small.dcm");
+    let out = vesalius(&["deid", dcm.to_str().unwrap(), blocker.join("out.dcm").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("blocker") && stderr(&out).contains("cannot write"), "{}", stderr(&out));
     let usage = vesalius(&["frobnicate"]);
     assert_eq!(usage.status.code(), Some(2));
 }
@@ -503,7 +512,7 @@ learning_rate = 1e-3
     let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("6 deformable steps"), "{}", stdout(&o));
-    for file in ["recipe.toml", "run.json", "model.mpk", "log.jsonl", "checkpoints/state.json", "checkpoints/optim.mpk"] {
+    for file in ["recipe.toml", "run.json", "model.mpk", "log.jsonl", "checkpoints/state.json", "checkpoints/epoch-0002/optim.mpk"] {
         assert!(run.join(file).is_file(), "{file}");
     }
     // Register an image in another grid (4 mm) with the run's network; outputs on the fixed grid.
