@@ -9,7 +9,8 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use vesalius_data::batch::{BatchTargets, ClassificationBatch, ClassificationBatcher, SeededItem};
 use vesalius_data::dataset::ClassificationDataset;
 use vesalius_data::source::{prepare_2d, Label};
-use vesalius_eval::classification::{evaluate, ClassificationReport, Targets};
+use vesalius_eval::bootstrap::Clusters;
+use vesalius_eval::classification::{evaluate_clustered, ClassificationReport, Targets};
 use vesalius_nets::Classifier;
 
 use crate::loss::{binary_cross_entropy, cross_entropy};
@@ -84,7 +85,9 @@ pub fn evaluate_dataset<B: Backend>(
     device: &B::Device,
 ) -> Result<ClassificationReport, CadxError> {
     let (scores, _) = predict_dataset(model, data, info.multi_label, 256, device);
-    evaluate(&scores, &targets_of(data), bootstrap, seed).map_err(|e| CadxError::Input(format!("evaluation: {e}")))
+    // Intervals over patients whenever the source names them (several images of one patient move together).
+    let clusters = Clusters::from_ids(data.patients());
+    evaluate_clustered(&scores, &targets_of(data), &clusters, bootstrap, seed).map_err(|e| CadxError::Input(format!("evaluation: {e}")))
 }
 
 /// Class probabilities for image files (PNG, JPEG, TIFF, 2D NIfTI), converted and resized as in training.

@@ -19,6 +19,7 @@ pub struct ClassificationItem {
 pub struct ClassificationDataset {
     items: Vec<ClassificationItem>,
     ids: Vec<String>,
+    patients: Vec<Option<String>>,
     /// Channels of every item.
     pub channels: usize,
     /// Side of every item.
@@ -32,6 +33,7 @@ impl ClassificationDataset {
         Self {
             items: chosen.iter().map(|s| ClassificationItem { pixels: Arc::new(s.pixels.clone()), label: s.label.clone() }).collect(),
             ids: chosen.iter().map(|s| s.id.clone()).collect(),
+            patients: chosen.iter().map(|s| s.patient.clone()).collect(),
             channels: samples.channels,
             size: samples.size,
         }
@@ -40,7 +42,13 @@ impl ClassificationDataset {
     /// A dataset from items directly.
     pub fn from_items(items: Vec<ClassificationItem>, channels: usize, size: usize) -> Self {
         let ids = (0..items.len()).map(|i| i.to_string()).collect();
-        Self { items, ids, channels, size }
+        let patients = vec![None; items.len()];
+        Self { items, ids, patients, channels, size }
+    }
+
+    /// Patient id of every item (`None` where the source gave none), in item order.
+    pub fn patients(&self) -> &[Option<String>] {
+        &self.patients
     }
 
     /// Identifier of item `i` (file path or patch position).

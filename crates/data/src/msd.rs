@@ -51,7 +51,7 @@ pub struct SegDataset {
     pub file_ending: String,
     /// Cases with labels.
     pub training: Vec<Case>,
-    /// Cases without labels (`imagesTs/`).
+    /// Test cases (`imagesTs/`), with their label maps where `labelsTs/` holds them.
     pub test: Vec<Case>,
 }
 
@@ -153,8 +153,9 @@ pub fn open(root: &Path) -> Result<SegDataset> {
             let p = item.as_str().or_else(|| item.get("image").and_then(Value::as_str)).ok_or_else(|| bad(&json_path, "a `test` entry is not a path"))?;
             let img = root.join(strip(p));
             if img.is_file() {
-                let id = img.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-                test.push(case(id.trim_end_matches(".gz").trim_end_matches(".nii").to_string(), vec![img], None));
+                let name = img.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+                let label = root.join("labelsTs").join(&name);
+                test.push(case(name.trim_end_matches(".gz").trim_end_matches(".nii").to_string(), vec![img], label.is_file().then_some(label)));
             }
         }
         return Ok(SegDataset { root: root.to_path_buf(), name, channels, label_names, file_ending: ".nii.gz".into(), training, test });
@@ -182,9 +183,13 @@ pub fn open(root: &Path) -> Result<SegDataset> {
         .filter_map(|f| f.rsplit_once('_').map(|(id, _)| id.to_string()))
         .collect();
     test_ids.dedup();
+    // Test cases carry their label map when `labelsTs/` holds one (a labelled, held-out test set).
     let test = test_ids
         .into_iter()
-        .map(|id| Ok(case(id.clone(), channel_files(&root.join("imagesTs"), &id)?, None)))
+        .map(|id| {
+            let label = root.join("labelsTs").join(format!("{id}{file_ending}"));
+            Ok(case(id.clone(), channel_files(&root.join("imagesTs"), &id)?, label.is_file().then_some(label)))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(SegDataset { root: root.to_path_buf(), name, channels, label_names, file_ending, training, test })
 }

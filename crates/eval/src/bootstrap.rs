@@ -1,4 +1,17 @@
-//! Percentile bootstrap confidence intervals over cases.
+//! Percentile bootstrap confidence intervals over cases, or over patients (a cluster bootstrap) when cases carry
+//! patient ids: several images of one patient are not independent, and resampling them one by one gives
+//! intervals that are too narrow.
+//!
+//! ```
+//! use vesalius_eval::bootstrap::{cluster_percentile_ci, Clusters};
+//! // Six images of three patients; the metric is the mean of the per-image values.
+//! let values = [0.9, 0.9, 0.5, 0.5, 0.7, 0.7];
+//! let clusters = Clusters::from_ids(&[Some("a"), Some("a"), Some("b"), Some("b"), Some("c"), Some("c")]);
+//! assert_eq!((clusters.len(), clusters.unit()), (3, "patients"));
+//! let mean = |idx: &[usize]| Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64);
+//! let e = cluster_percentile_ci(&clusters, 1000, 0.95, 7, 0.7, mean);
+//! assert!(e.ci_low >= 0.5 && e.ci_high <= 0.9 && e.ci_low < 0.7 && 0.7 < e.ci_high);
+//! ```
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -51,6 +64,96 @@ pub fn for_each_resample(n: usize, n_resamples: usize, seed: u64, mut f: impl Fn
     }
 }
 
+/// Which cases belong together in a bootstrap: cases of one patient are drawn (or not) together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Clusters {
+    members: Vec<Vec<usize>>,
+    by_patient: bool,
+}
+
+impl Clusters {
+    /// Every case on its own (the ordinary bootstrap over cases).
+    pub fn cases(n: usize) -> Self {
+        Self { members: (0..n).map(|i| vec![i]).collect(), by_patient: false }
+    }
+
+    /// Cases grouped by patient id, in order of first appearance; a case without an id is a patient of its own.
+    /// When no case has an id this is [`Clusters::cases`].
+    pub fn from_ids<S: AsRef<str>>(ids: &[Option<S>]) -> Self {
+        if ids.iter().all(Option::is_none) {
+            return Self::cases(ids.len());
+        }
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match id {
+                Some(id) => {
+                    let k = *index.entry(id.as_ref()).or_insert_with(|| {
+                        members.push(Vec::new());
+                        members.len() - 1
+                    });
+                    members[k].push(i);
+                }
+                None => members.push(vec![i]),
+            }
+        }
+        Self { members, by_patient: true }
+    }
+
+    /// Number of units resampled.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there is no unit.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Number of cases over all units.
+    pub fn cases_covered(&self) -> usize {
+        self.members.iter().map(Vec::len).sum()
+    }
+
+    /// `"patients"` or `"cases"`: what the bootstrap resamples, for reports.
+    pub fn unit(&self) -> &'static str {
+        if self.by_patient { "patients" } else { "cases" }
+    }
+}
+
+/// Calls `f` with the case indices of each of `n_resamples` resamples of the clusters (drawn with replacement,
+/// every case of a drawn cluster included). With one case per cluster this is exactly [`for_each_resample`].
+pub fn for_each_cluster_resample(clusters: &Clusters, n_resamples: usize, seed: u64, mut f: impl FnMut(&[usize])) {
+    let n = clusters.len();
+    if n == 0 {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut idx = Vec::new();
+    for _ in 0..n_resamples {
+        idx.clear();
+        for _ in 0..n {
+            idx.extend_from_slice(&clusters.members[rng.random_range(0..n)]);
+        }
+        f(&idx);
+    }
+}
+
+/// [`percentile_ci`] over resamples of clusters (patients) instead of cases.
+pub fn cluster_percentile_ci<F>(clusters: &Clusters, n_resamples: usize, level: f64, seed: u64, value: f64, mut metric: F) -> Estimate
+where
+    F: FnMut(&[usize]) -> Option<f64>,
+{
+    let mut values = Vec::with_capacity(n_resamples);
+    for_each_cluster_resample(clusters, n_resamples, seed, |idx| {
+        if let Some(v) = metric(idx).filter(|v| v.is_finite()) {
+            values.push(v);
+        }
+    });
+    let (ci_low, ci_high) = percentile_bounds(&mut values, level);
+    Estimate { value, ci_low, ci_high, resamples: values.len() }
+}
+
 /// Lower and upper percentiles (linear interpolation, as numpy's default) of `values` at `level`.
 pub fn percentile_bounds(values: &mut [f64], level: f64) -> (f64, f64) {
     if values.is_empty() {
@@ -92,6 +195,21 @@ mod tests {
         let small: Vec<f64> = (0..40).map(|i| (i % 2) as f64).collect();
         let e2 = percentile_ci(40, 1000, 0.95, 1, 0.5, |idx| Some(idx.iter().map(|&i| small[i]).sum::<f64>() / 40.0));
         assert!(e2.ci_high - e2.ci_low > 2.5 * (e.ci_high - e.ci_low));
+    }
+
+    #[test]
+    fn singleton_clusters_are_the_case_bootstrap_and_patients_widen_the_interval() {
+        let data: Vec<f64> = (0..60).map(|i| ((i / 3) % 2) as f64).collect();
+        let mean = |idx: &[usize]| Some(idx.iter().map(|&i| data[i]).sum::<f64>() / idx.len() as f64);
+        let cases = percentile_ci(60, 500, 0.95, 3, 0.5, mean);
+        assert_eq!(cluster_percentile_ci(&Clusters::cases(60), 500, 0.95, 3, 0.5, mean), cases);
+        let none: Vec<Option<String>> = vec![None; 60];
+        assert_eq!(Clusters::from_ids(&none), Clusters::cases(60));
+        // Three images per patient with identical values: resampling patients sees 20 independent units, not 60.
+        let ids: Vec<Option<String>> = (0..60).map(|i| Some(format!("p{}", i / 3))).collect();
+        let patients = cluster_percentile_ci(&Clusters::from_ids(&ids), 500, 0.95, 3, 0.5, mean);
+        let ratio = (patients.ci_high - patients.ci_low) / (cases.ci_high - cases.ci_low);
+        assert!((1.4..2.2).contains(&ratio), "width ratio {ratio} (√3 expected)");
     }
 
     #[test]

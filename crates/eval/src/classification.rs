@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::{for_each_resample, Estimate};
+use crate::bootstrap::{for_each_cluster_resample, Clusters, Estimate};
 use crate::EvalError;
 
 /// Ground truth of an evaluation set.
@@ -53,6 +53,13 @@ pub struct ClassificationReport {
     pub bootstrap_resamples: usize,
     /// Seed of the bootstrap generator.
     pub bootstrap_seed: u64,
+    /// What the bootstrap resampled: `"patients"` (every image of a drawn patient) or `"cases"`.
+    #[serde(default = "default_unit")]
+    pub bootstrap_unit: String,
+}
+
+fn default_unit() -> String {
+    "cases".into()
 }
 
 /// Point values of every metric on one set of cases; `None` where a metric is undefined.
@@ -282,12 +289,26 @@ pub fn evaluate(
     resamples: usize,
     seed: u64,
 ) -> Result<ClassificationReport, EvalError> {
+    evaluate_clustered(scores, targets, &Clusters::cases(scores.len()), resamples, seed)
+}
+
+/// [`evaluate`] with the bootstrap over `clusters` (patients) instead of cases.
+pub fn evaluate_clustered(
+    scores: &[Vec<f32>],
+    targets: &Targets,
+    clusters: &Clusters,
+    resamples: usize,
+    seed: u64,
+) -> Result<ClassificationReport, EvalError> {
     let k = check(scores, targets)?;
+    if clusters.cases_covered() != scores.len() {
+        return Err(EvalError::Shape(format!("{} scores but the patient grouping covers {} cases", scores.len(), clusters.cases_covered())));
+    }
     let point = point_metrics(scores, targets)?;
     let n = scores.len();
     // One pass of resampling computes all metrics on the same resamples.
     let mut samples: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(resamples); METRICS.len()];
-    for_each_resample(n, resamples, seed, |idx| {
+    for_each_cluster_resample(clusters, resamples, seed, |idx| {
         let s: Vec<Vec<f32>> = idx.iter().map(|&i| scores[i].clone()).collect();
         let m = point_metrics(&s, &targets.subset(idx)).ok();
         for (j, name) in METRICS.iter().enumerate() {
@@ -315,5 +336,6 @@ pub fn evaluate(
         confusion,
         bootstrap_resamples: resamples,
         bootstrap_seed: seed,
+        bootstrap_unit: clusters.unit().into(),
     })
 }

@@ -31,3 +31,41 @@ pub enum EvalError {
     #[error("no cases to evaluate")]
     Empty,
 }
+
+/// Which cases an evaluation scores. Every task scores the test set by default; the validation set, which selected
+/// the model and so flatters it, only when asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalSet {
+    /// Cases never used for training or model selection.
+    Test,
+    /// The validation cases that selected the model.
+    Validation,
+}
+
+impl EvalSet {
+    /// `"test"` or `"validation"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalSet::Test => "test",
+            EvalSet::Validation => "validation",
+        }
+    }
+
+    /// The run file the evaluation is written to: `metrics.json` (test) or `metrics-val.json` (validation).
+    pub fn file(self) -> &'static str {
+        match self {
+            EvalSet::Test => "metrics.json",
+            EvalSet::Validation => "metrics-val.json",
+        }
+    }
+
+    /// Parses `test`, `val` or `validation`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "test" => Some(EvalSet::Test),
+            "val" | "validation" => Some(EvalSet::Validation),
+            _ => None,
+        }
+    }
+}

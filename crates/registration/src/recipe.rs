@@ -171,6 +171,10 @@ pub struct RegTrain {
     /// Pairs held out for validation (the last ones; synthetic: this many fixed fields).
     #[serde(default = "default_validation")]
     pub validation: usize,
+    /// Pairs held out as the test set, never trained on nor used to select the model (listed pairs: the last ones,
+    /// after the validation pairs; synthetic: this many fields of their own).
+    #[serde(default)]
+    pub test: usize,
     /// Validate (and keep the best model) every this many steps.
     #[serde(default = "default_val_every")]
     pub val_every: usize,
@@ -211,6 +215,7 @@ impl Default for RegTrain {
             smoothness: default_smoothness(),
             label_weight: 0.0,
             validation: default_validation(),
+            test: 0,
             val_every: default_val_every(),
             seed: 0,
         }

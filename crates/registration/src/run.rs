@@ -22,6 +22,7 @@ use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
 use vesalius_data::transforms::{resample_onto, rng};
 use vesalius_data::{Affine, Image};
 use vesalius_eval::bootstrap::{percentile_ci, Estimate};
+use vesalius_eval::EvalSet;
 use vesalius_nets::{warp_by_affine, AffineNet, AffineNetConfig};
 use vesalius_nets::loss::grad_l2;
 use vesalius_nets::ops::{identity_grid, resize_linear, sample_linear, sample_nearest, warp, warp_nearest, Padding};
@@ -174,9 +175,14 @@ impl PairSource {
                 let atlas = d.atlas.clone();
                 d.subjects.iter().enumerate().map(|(i, s)| [Some(s.clone()), atlas.clone(), d.subject_labels.get(i).cloned(), d.atlas_labels.clone()]).collect()
             };
-            let need = recipe.train.validation + 1;
+            let need = recipe.train.validation + recipe.train.test + 1;
             if rows.len() < need {
-                return Err(RegError::Input(format!("{} pairs: at least {need} needed ({} held out for validation)", rows.len(), recipe.train.validation)));
+                return Err(RegError::Input(format!(
+                    "{} pairs: at least {need} needed ({} held out for validation, {} for test)",
+                    rows.len(),
+                    recipe.train.validation,
+                    recipe.train.test
+                )));
             }
             let with_labels = rows.iter().filter(|r| r[2].is_some() && r[3].is_some()).count();
             if with_labels != 0 && with_labels != rows.len() {
@@ -222,14 +228,22 @@ impl PairSource {
     }
 
     fn train_count(&self) -> usize {
-        self.listed.len().saturating_sub(self.recipe.train.validation)
+        self.listed.len().saturating_sub(self.recipe.train.validation + self.recipe.train.test)
     }
 
     /// The validation pairs.
     pub fn validation<B: Backend>(&self, device: &B::Device) -> Vec<PreparedPair> {
         match &self.synthetic {
             Some(_) => (0..self.recipe.train.validation).map(|k| self.synthetic_pair::<B>(mix(self.recipe.train.seed, 1, k as u64), device)).collect(),
-            None => self.listed[self.train_count()..].to_vec(),
+            None => self.listed[self.train_count()..self.train_count() + self.recipe.train.validation].to_vec(),
+        }
+    }
+
+    /// The test pairs (none unless the recipe holds some out).
+    pub fn test<B: Backend>(&self, device: &B::Device) -> Vec<PreparedPair> {
+        match &self.synthetic {
+            Some(_) => (0..self.recipe.train.test).map(|k| self.synthetic_pair::<B>(mix(self.recipe.train.seed, 3, k as u64), device)).collect(),
+            None => self.listed[self.train_count() + self.recipe.train.validation..].to_vec(),
         }
     }
 
@@ -265,7 +279,8 @@ impl PairSource {
     }
 }
 
-/// A seed for the `index`-th draw of kind `kind` (0 training fields, 1 validation fields, 2 pair orders).
+/// A seed for the `index`-th draw of kind `kind` (0 training fields, 1 validation fields, 2 pair orders, 3 test
+/// fields).
 fn mix(seed: u64, kind: u64, index: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (kind << 56) ^ index.wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
@@ -741,10 +756,12 @@ impl MethodMetrics {
     }
 }
 
-/// A run's evaluation on its validation pairs (`metrics.json`): the trained networks, and optionally registration
-/// by optimisation on the same pairs for comparison.
+/// A run's evaluation on its test (`metrics.json`) or validation pairs (`metrics-val.json`): the trained networks,
+/// and optionally registration by optimisation on the same pairs for comparison.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunMetrics {
+    /// The pairs scored: `"test"` or `"validation"`.
+    pub set: String,
     /// The run's networks.
     pub learned: MethodMetrics,
     /// Optimisation ([`crate::register`]) on the same pairs, when asked for.
@@ -848,9 +865,9 @@ fn summarise(pairs: Vec<PairMetrics>) -> MethodMetrics {
     MethodMetrics { pairs, mean }
 }
 
-/// Evaluates a run's best networks on its validation pairs, on the common grid, and with `optimisation` also
-/// registration by optimisation of the same pairs; writes `metrics.json`.
-pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisation: Option<&crate::RegisterOptions>) -> Result<RunMetrics, RegError> {
+/// Evaluates a run's best networks on its test (or validation) pairs, on the common grid, and with `optimisation`
+/// also registration by optimisation of the same pairs; writes `metrics.json` (or `metrics-val.json`).
+pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisation: Option<&crate::RegisterOptions>, set: EvalSet) -> Result<RunMetrics, RegError> {
     let registrar = LearnedRegistrar::<AB::InnerBackend>::load(run, device)?;
     let source = PairSource::open(&registrar.recipe)?;
     let size = registrar.size();
@@ -860,7 +877,19 @@ pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisa
         grid_affine[a][a] = *s;
     }
     let (mut learned, mut optimised) = (Vec::new(), Vec::new());
-    for p in source.validation::<AB::InnerBackend>(device) {
+    let pairs = match set {
+        EvalSet::Test => source.test::<AB::InnerBackend>(device),
+        EvalSet::Validation => source.validation::<AB::InnerBackend>(device),
+    };
+    if pairs.is_empty() {
+        return Err(RegError::Input(format!(
+            "{}: this run holds out no test pairs ([train] test = N); score the validation pairs with --split val",
+            run.root().display()
+        )));
+    }
+    let bar = vesalius_train::progress::bar(pairs.len() as u64, &format!("evaluation ({})", set.name()), false);
+    for p in pairs {
+        bar.inc(1);
         let eval = PairEval { pair: &p, size, spacing, shape, classes: registrar.label_values().len(), label_values: registrar.label_values() };
         let started = Instant::now();
         let m = tensor5::<AB::InnerBackend>(p.moving.clone(), 1, size, device);
@@ -877,7 +906,8 @@ pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisa
             optimised.push(eval.metrics::<AB::InnerBackend>(r.moving_voxel.concat(), &r.warped.data()[..r.warped.voxels()], &r.field_voxels.concat(), None, seconds, device));
         }
     }
-    let metrics = RunMetrics { learned: summarise(learned), optimisation: optimisation.map(|_| summarise(optimised)) };
-    run.write_json("metrics.json", &metrics)?;
+    bar.finish_and_clear();
+    let metrics = RunMetrics { set: set.name().into(), learned: summarise(learned), optimisation: optimisation.map(|_| summarise(optimised)) };
+    run.write_json(set.file(), &metrics)?;
     Ok(metrics)
 }

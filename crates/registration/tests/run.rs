@@ -7,6 +7,7 @@ use vesalius_train::RunDir;
 use vesalius_data::transforms::resample_onto;
 use vesalius_data::Image;
 use vesalius_registration::recipe::RegRecipe;
+use vesalius_eval::EvalSet;
 use vesalius_registration::run::{evaluate, train, LearnedRegistrar, PairSource};
 
 #[cfg(not(feature = "test-cuda"))]
@@ -43,6 +44,7 @@ steps = {steps}
 learning_rate = 2e-3
 smoothness = {smoothness}
 validation = 3
+test = 3
 val_every = 40
 seed = 5
 "#
@@ -75,7 +77,15 @@ fn a_synthetic_run_trains_resumes_and_improves_alignment() {
     let err = train::<B>(&synthetic_recipe(200, 0.5), &run, &device, |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("another recipe"), "{err}");
 
-    let m = evaluate::<B>(&run, &device, None).unwrap().learned;
+    // Scored on the test pairs (fields drawn apart from the training and validation ones) by default.
+    let scored = evaluate::<B>(&run, &device, None, EvalSet::Test).unwrap();
+    assert_eq!(scored.set, "test");
+    let val = evaluate::<B>(&run, &device, None, EvalSet::Validation).unwrap();
+    assert_eq!((val.set.as_str(), val.learned.pairs.len()), ("validation", 3));
+    assert!(run.file("metrics-val.json").is_file());
+    let names = |m: &vesalius_registration::run::MethodMetrics| m.pairs.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    assert!(names(&val.learned).iter().all(|n| !names(&scored.learned).contains(n)), "test and validation pairs differ");
+    let m = scored.learned;
     let mean = |name: &str| m.mean_of(name).unwrap();
     println!(
         "Dice {:.3} → {:.3}; field error {:.2} → {:.2} mm; MSE {:.5} → {:.5}; folding {:.3} %; {:.3} s per pair",

@@ -60,6 +60,16 @@ pub struct DataSection {
     /// Hold out a slab of every case instead of whole cases (for a single subject).
     #[serde(default)]
     pub slab: Option<Slab>,
+    /// Labelled test cases, never used for training or model selection (besides a dataset's `imagesTs/` with
+    /// `labelsTs/`).
+    #[serde(default)]
+    pub test: Vec<CaseEntry>,
+    /// Share of patients held out as the test set before folds are made (seeded; 0: none).
+    #[serde(default)]
+    pub test_share: f64,
+    /// With `slab`: a second slab of every case held out as the test set (it must not overlap the validation slab).
+    #[serde(default)]
+    pub test_slab: Option<Slab>,
     /// Preprocessed-case cache folder (default: `cache/` in the run folder).
     #[serde(default)]
     pub cache: Option<PathBuf>,
@@ -211,6 +221,9 @@ impl SegRecipe {
                 folds: default_folds(),
                 fold: 0,
                 slab: None,
+                test: Vec::new(),
+                test_share: 0.0,
+                test_slab: None,
                 cache: None,
             },
             plan: PlanOverrides::default(),
@@ -251,7 +264,7 @@ impl SegRecipe {
         for p in [&mut d.dataset, &mut d.manifest, &mut d.cache].into_iter().flatten() {
             fix(p);
         }
-        for c in &mut d.cases {
+        for c in d.cases.iter_mut().chain(d.test.iter_mut()) {
             c.image.iter_mut().for_each(fix);
             fix(&mut c.label);
         }
@@ -271,10 +284,19 @@ impl SegRecipe {
         if d.slab.is_none() && (d.folds < 2 || d.fold >= d.folds) {
             return bad(format!("fold {} of {} folds: folds must be ≥ 2 and fold < folds", d.fold, d.folds));
         }
-        if let Some(s) = d.slab {
+        for s in d.slab.iter().chain(d.test_slab.iter()) {
             if s.end <= s.start || s.axis > 2 {
                 return bad(format!("slab {s:?} is empty or on an axis above 2"));
             }
+        }
+        if let Some(t) = d.test_slab {
+            let Some(v) = d.slab else { return bad("[data] test_slab needs a validation `slab`".into()) };
+            if t.axis != v.axis || (t.start < v.end && v.start < t.end) {
+                return bad(format!("test_slab {t:?} must lie on the validation slab's axis without overlapping it ({v:?})"));
+            }
+        }
+        if !(0.0..1.0).contains(&d.test_share) {
+            return bad(format!("[data] test_share {} must be in [0, 1)", d.test_share));
         }
         let t = &self.train;
         if t.epochs == 0 || t.iterations == 0 || !(t.lr > 0.0) || t.val_every == 0 || !(0.0..=1.0).contains(&t.foreground_share) {

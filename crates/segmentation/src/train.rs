@@ -2,7 +2,7 @@
 //! sliding-window validation, best model by validation Dice, resumable checkpoints after every epoch.
 use crate::fingerprint::{self, Fingerprint};
 use crate::plan::{self, Plans};
-use crate::recipe::{LossKind, SegRecipe};
+use crate::recipe::{LossKind, SegRecipe, Slab};
 use crate::{RunDir, SegError};
 
 use burn::optim::{AdamConfig, Optimizer};
@@ -47,6 +47,14 @@ impl CaseSource {
         }
     }
 
+    /// The patient the case belongs to (a piece of a case belongs to that case's patient).
+    pub fn patient(&self) -> &str {
+        match self {
+            CaseSource::File(c) => &c.patient,
+            CaseSource::Memory { id, .. } => id.rsplit_once('_').map_or(id.as_str(), |(p, _)| p),
+        }
+    }
+
     /// The case as stored (original grid, no preprocessing).
     pub fn load(&self) -> Result<Subject, SegError> {
         match self {
@@ -56,55 +64,84 @@ impl CaseSource {
     }
 }
 
-/// Training and validation cases with the dataset's channel and label names.
+/// Training, validation and test cases with the dataset's channel and label names.
 #[derive(Clone, Debug)]
 pub struct Split {
     /// Cases trained on.
     pub train: Vec<CaseSource>,
-    /// Cases validated on.
+    /// Cases validated on (model selection).
     pub val: Vec<CaseSource>,
+    /// Labelled cases held out from training and model selection.
+    pub test: Vec<CaseSource>,
     /// Channel names.
     pub channel_names: Vec<String>,
     /// Label value → name.
     pub labels: BTreeMap<u32, String>,
 }
 
-/// Gathers the recipe's cases and splits them: by the slab, or by fold of `splits.json` (written on first use,
-/// patient-level, seeded by the recipe's seed).
+fn listed_case(c: &crate::recipe::CaseEntry) -> Case {
+    let id = c.id.clone().unwrap_or_else(|| {
+        let name = c.image.first().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        name.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
+    });
+    Case { patient: id.clone(), id, images: c.image.clone(), label: Some(c.label.clone()), stratum: None }
+}
+
+/// The patients held out as the test set by `share` (at least one when `share > 0`): patients in sorted order,
+/// shuffled by `seed`, the first `ceil(share · n)` taken.
+pub fn held_out_patients(cases: &[Case], share: f64, seed: u64) -> std::collections::BTreeSet<String> {
+    let patients: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.patient.as_str()).collect();
+    let mut order: Vec<&str> = patients.into_iter().collect();
+    if share <= 0.0 || order.len() < 2 {
+        return Default::default();
+    }
+    let mut state = seed ^ 0x7E57_5E7;
+    for i in (1..order.len()).rev() {
+        state = vesalius_train::engine::stream_seed(state, 7, i as u64);
+        order.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    let k = ((share * order.len() as f64).ceil() as usize).clamp(1, order.len() - 1);
+    order[..k].iter().map(|s| s.to_string()).collect()
+}
+
+/// Gathers the recipe's cases and splits them: by the slab (and test slab), or by fold of `splits.json` (written
+/// on first use, patient-level, seeded by the recipe's seed) after the test patients are held out. Test cases
+/// come from a dataset's `imagesTs/` with `labelsTs/`, the recipe's `test` list, `test_share` or `test_slab`.
 pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
     let d = &recipe.data;
-    let (cases, channel_names, labels) = if let Some(root) = &d.dataset {
+    let (mut cases, channel_names, labels, mut test_cases) = if let Some(root) = &d.dataset {
         let ds = msd::open(root)?;
-        (ds.training, ds.channels, ds.label_names)
+        let labelled_test: Vec<Case> = ds.test.into_iter().filter(|c| c.label.is_some()).collect();
+        (ds.training, ds.channels, ds.label_names, labelled_test)
     } else {
         let labels: BTreeMap<u32, String> = d.labels.iter().map(|(n, v)| (*v, n.clone())).collect();
-        let cases = if let Some(m) = &d.manifest {
-            msd::read_manifest(m)?
-        } else {
-            d.cases
-                .iter()
-                .map(|c| {
-                    let id = c.id.clone().unwrap_or_else(|| {
-                        let name = c.image.first().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-                        name.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
-                    });
-                    Case { patient: id.clone(), id, images: c.image.clone(), label: Some(c.label.clone()), stratum: None }
-                })
-                .collect()
-        };
-        (cases, d.channel_names.clone(), labels)
+        let cases = if let Some(m) = &d.manifest { msd::read_manifest(m)? } else { d.cases.iter().map(listed_case).collect() };
+        (cases, d.channel_names.clone(), labels, Vec::new())
     };
+    test_cases.extend(d.test.iter().map(listed_case));
     if cases.iter().any(|c| c.label.is_none()) {
         return Err(SegError::Input("every training case needs a label map".into()));
     }
+    let held = held_out_patients(&cases, d.test_share, recipe.train.seed);
+    if !held.is_empty() {
+        let (test, rest): (Vec<Case>, Vec<Case>) = cases.into_iter().partition(|c| held.contains(&c.patient));
+        test_cases.extend(test);
+        cases = rest;
+    }
+    let train_patients: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.patient.as_str()).collect();
+    if let Some(c) = test_cases.iter().find(|c| train_patients.contains(c.patient.as_str())) {
+        return Err(SegError::Input(format!("test case '{}' belongs to patient '{}', who also has training cases", c.id, c.patient)));
+    }
+    let mut test: Vec<CaseSource> = test_cases.into_iter().map(CaseSource::File).collect();
     if let Some(slab) = d.slab {
         let mut train = Vec::new();
         let mut val = Vec::new();
         for c in &cases {
             let s = load_case(c, &Pipeline::default())?;
             let shape = s.image.shape().to_vec();
-            if slab.axis >= shape.len() || slab.end > shape[slab.axis] {
-                return Err(SegError::Input(format!("slab {slab:?} does not fit case '{}' of shape {shape:?}", c.id)));
+            let fits = |sl: &Slab| sl.axis < shape.len() && sl.end <= shape[sl.axis];
+            if let Some(bad) = [Some(slab), d.test_slab].into_iter().flatten().find(|sl| !fits(sl)) {
+                return Err(SegError::Input(format!("slab {bad:?} does not fit case '{}' of shape {shape:?}", c.id)));
             }
             let piece = |from: usize, to: usize| -> Result<Subject, SegError> {
                 let mut start = vec![0i64; shape.len()];
@@ -114,22 +151,33 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
                 Ok(vesalius_data::patch::extract(&s, &start, &size)?)
             };
             val.push(CaseSource::Memory { id: format!("{}_slab", c.id), subject: piece(slab.start, slab.end)? });
-            if slab.start > 0 {
-                train.push(CaseSource::Memory { id: format!("{}_below", c.id), subject: piece(0, slab.start)? });
+            let mut held_out = vec![(slab.start, slab.end)];
+            if let Some(t) = d.test_slab {
+                test.push(CaseSource::Memory { id: format!("{}_test_slab", c.id), subject: piece(t.start, t.end)? });
+                held_out.push((t.start, t.end));
             }
-            if slab.end < shape[slab.axis] {
-                train.push(CaseSource::Memory { id: format!("{}_above", c.id), subject: piece(slab.end, shape[slab.axis])? });
+            held_out.sort_unstable();
+            // Training pieces: what lies outside every held-out slab.
+            let mut from = 0;
+            for (k, &(a, b)) in held_out.iter().enumerate() {
+                if a > from {
+                    let name = if k == 0 { "below".to_string() } else { format!("between{k}") };
+                    train.push(CaseSource::Memory { id: format!("{}_{name}", c.id), subject: piece(from, a)? });
+                }
+                from = b;
+            }
+            if from < shape[slab.axis] {
+                train.push(CaseSource::Memory { id: format!("{}_above", c.id), subject: piece(from, shape[slab.axis])? });
             }
         }
-        return Ok(Split { train, val, channel_names, labels });
+        return Ok(Split { train, val, test, channel_names, labels });
     }
     let splits_path = run.file("splits.json");
     let folds: Vec<Fold> = if splits_path.is_file() {
         read_splits(&splits_path)?
     } else {
         // Fewer patients than folds: one patient per fold (leave-one-out).
-        let patients: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.patient.as_str()).collect();
-        let f = kfold(&cases, d.folds.min(patients.len()), recipe.train.seed)?;
+        let f = kfold(&cases, d.folds.min(train_patients.len()), recipe.train.seed)?;
         write_splits(&splits_path, &f)?;
         f
     };
@@ -141,7 +189,7 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
             })
             .collect()
     };
-    Ok(Split { train: pick(&fold.train)?, val: pick(&fold.val)?, channel_names, labels })
+    Ok(Split { train: pick(&fold.train)?, val: pick(&fold.val)?, test, channel_names, labels })
 }
 
 /// Preprocesses a case: through the disk cache for files, in memory for pieces.

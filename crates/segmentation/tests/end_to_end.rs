@@ -2,7 +2,7 @@
 use std::path::Path;
 use vesalius_data::nifti::{self, NiftiType};
 use vesalius_data::{io, Image};
-use vesalius_segmentation::evaluate::evaluate;
+use vesalius_segmentation::evaluate::{evaluate, EvalSet};
 use vesalius_segmentation::infer::{output_paths, write, Predictor};
 use vesalius_segmentation::recipe::SegRecipe;
 use vesalius_segmentation::train::{train, train_with};
@@ -41,7 +41,7 @@ fn case(i: usize) -> (Image, Image) {
 }
 
 fn dataset(root: &Path, n: usize) {
-    for d in ["imagesTr", "labelsTr", "imagesTs"] {
+    for d in ["imagesTr", "labelsTr", "imagesTs", "labelsTs"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     for i in 0..n {
@@ -49,8 +49,17 @@ fn dataset(root: &Path, n: usize) {
         nifti::save(&root.join(format!("imagesTr/sph_{i:03}_0000.nii.gz")), &img, NiftiType::I16).unwrap();
         nifti::save(&root.join(format!("labelsTr/sph_{i:03}.nii.gz")), &lab, NiftiType::U8).unwrap();
     }
-    let (img, _) = case(n + 7);
-    nifti::save(&root.join("imagesTs/sph_900_0000.nii.gz"), &img, NiftiType::I16).unwrap();
+    // Labelled test cases: two ordinary ones, and one whose label map is empty although its image shows a sphere
+    // (a structure the reference lacks: the surface distance is undefined).
+    for (k, i) in [(900, n + 7), (901, n + 8)] {
+        let (img, lab) = case(i);
+        nifti::save(&root.join(format!("imagesTs/sph_{k}_0000.nii.gz")), &img, NiftiType::I16).unwrap();
+        nifti::save(&root.join(format!("labelsTs/sph_{k}.nii.gz")), &lab, NiftiType::U8).unwrap();
+    }
+    let (img, lab) = case(n + 9);
+    let empty = Image::new(vec![0.0; lab.voxels()], lab.shape().to_vec(), 1, *lab.affine(), "uint8").unwrap();
+    nifti::save(&root.join("imagesTs/sph_902_0000.nii.gz"), &img, NiftiType::I16).unwrap();
+    nifti::save(&root.join("labelsTs/sph_902.nii.gz"), &empty, NiftiType::U8).unwrap();
     std::fs::write(
         root.join("dataset.json"),
         format!(r#"{{"channel_names": {{"0": "MRI"}}, "labels": {{"background": 0, "sphere": 1}}, "numTraining": {n}, "file_ending": ".nii.gz"}}"#),
@@ -147,14 +156,29 @@ fn plan_train_resume_predict_evaluate() {
     let sum: f32 = (0..2).map(|c| probs.channel(c)[500]).sum();
     assert!((sum - 1.0).abs() < 1e-3, "{sum}");
 
-    // Evaluation on the validation fold, with confidence intervals.
-    let metrics = evaluate::<P>(&fresh, &device, false).unwrap();
-    assert_eq!(metrics.cases.len(), 2);
+    // Evaluation on the validation fold (asked for), with confidence intervals.
+    let metrics = evaluate::<P>(&fresh, &device, false, EvalSet::Validation).unwrap();
+    assert_eq!((metrics.set.as_str(), metrics.cases.len()), ("validation", 2));
     let dice = &metrics.mean["sphere"]["dice"];
     assert!(dice.value > 0.8 && dice.ci_low <= dice.value && dice.value <= dice.ci_high, "{dice:?}");
     let hd = &metrics.mean["sphere"]["hd95_mm"];
     assert!(hd.value < 4.0, "{hd:?}");
-    assert!(fresh.file("metrics.json").is_file());
+    assert_eq!(metrics.missing_surface["sphere"], 0);
+    assert!(fresh.file("metrics-val.json").is_file());
+    // The test set (imagesTs/ with labelsTs/), never seen in training or selection. The missed sphere counts at the
+    // image diagonal in the surface-distance means instead of being dropped.
+    let test = evaluate::<P>(&fresh, &device, false, EvalSet::Test).unwrap();
+    assert_eq!((test.set.as_str(), test.cases.len(), test.bootstrap_unit.as_str()), ("test", 3, "patients"));
+    let missed = test.cases.iter().find(|c| c.id == "sph_902").unwrap();
+    assert!(missed.classes["sphere"].hd95.is_none() && missed.classes["sphere"].dice == 0.0, "{missed:?}");
+    assert_eq!(test.missing_surface["sphere"], 1);
+    let diagonal = vesalius_segmentation::evaluate::diagonal_mm([20, 18, 16], [1.5, 1.5, 2.0]);
+    let found: Vec<f64> = test.cases.iter().filter_map(|c| c.classes["sphere"].hd95).collect();
+    assert_eq!(found.len(), 2);
+    let expected = (found.iter().sum::<f64>() + diagonal) / 3.0;
+    assert!((test.mean["sphere"]["hd95_mm"].value - expected).abs() < 1e-9, "{:?} vs {expected}", test.mean["sphere"]["hd95_mm"]);
+    let on_disk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fresh.file("metrics.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["set"], "test");
 }
 
 #[test]

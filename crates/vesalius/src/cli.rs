@@ -205,11 +205,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Evaluate { run, split, tta, optimisation } => {
             if vesalius_registration::run::is_run(&run) {
-                commands::evaluate_registration(backend, &run, optimisation.as_deref())
+                commands::evaluate_registration(backend, &run, optimisation.as_deref(), &split)
             } else if optimisation.is_some() {
                 Err(CliError::Usage("--optimisation applies to registration runs".into()))
             } else if commands::is_segmentation_run(&run) {
-                commands::evaluate_segmentation(backend, &run, tta)
+                commands::evaluate_segmentation(backend, &run, tta, &split)
             } else {
                 commands::evaluate(backend, &run, &split)
             }

@@ -32,7 +32,11 @@ pub fn train(backend: BackendKind, recipe_path: &Path, out: Option<PathBuf>, qui
 /// A human-readable table of a report.
 pub fn format_report(r: &ClassificationReport, classes: &[String], split: &str, best_epoch: usize) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{split} metrics ({} cases, {}, model of epoch {best_epoch}; 95 % bootstrap CI, {} resamples)", r.n, r.task, r.bootstrap_resamples);
+    let _ = writeln!(
+        s,
+        "{split} metrics ({} cases, {}, model of epoch {best_epoch}; 95 % bootstrap CI, {} resamples of {})",
+        r.n, r.task, r.bootstrap_resamples, r.bootstrap_unit
+    );
     for (name, e) in &r.metrics {
         let _ = writeln!(s, "  {name:<18} {:.4}  [{:.4}, {:.4}]", e.value, e.ci_low, e.ci_high);
     }
@@ -392,6 +396,7 @@ mod tests {
             confusion: Some(vec![vec![90, 10], vec![10, 90]]),
             bootstrap_resamples: 1000,
             bootstrap_seed: 0,
+            bootstrap_unit: "patients".into(),
         };
         insta::assert_snapshot!(format_report(&report, &["benign".into(), "malignant".into()], "test", 7));
     }
@@ -462,16 +467,22 @@ pub fn train_segmentation(
 }
 
 /// `vesalius evaluate` for segmentation.
-pub fn evaluate_segmentation(backend: BackendKind, run_dir: &Path, tta: bool) -> Result<(), CliError> {
+pub fn evaluate_segmentation(backend: BackendKind, run_dir: &Path, tta: bool, split: &str) -> Result<(), CliError> {
+    use vesalius_segmentation::evaluate::EvalSet;
+    let set = EvalSet::parse(split)
+        .ok_or_else(|| CliError::Usage(format!("segmentation runs score the test or the validation set (--split test|val), not '{split}'")))?;
     let run = vesalius_segmentation::RunDir::new(run_dir);
-    let m = with_backend!(backend, |B, AB, device| vesalius_segmentation::evaluate::evaluate::<B>(&run, &device, tta).map_err(CliError::from))?;
-    println!("validation metrics ({} cases; mean [95 % bootstrap CI])", m.cases.len());
+    let m = with_backend!(backend, |B, AB, device| vesalius_segmentation::evaluate::evaluate::<B>(&run, &device, tta, set).map_err(CliError::from))?;
+    println!("{} metrics ({} cases; mean [95 % bootstrap CI over {}])", m.set, m.cases.len(), m.bootstrap_unit);
     for (class, metrics) in &m.mean {
         for (name, e) in metrics {
             println!("  {class:<16} {name:<22} {:>10.4}  [{:.4}, {:.4}]", e.value, e.ci_low, e.ci_high);
         }
     }
-    println!("written: {}", run.file("metrics.json").display());
+    for (class, n) in m.missing_surface.iter().filter(|(_, n)| **n > 0) {
+        println!("  {class}: {n} case(s) with a missed or spurious structure, counted at the image diagonal in hd95/assd");
+    }
+    println!("written: {}", run.file(set.file()).display());
     Ok(())
 }
 
@@ -537,8 +548,10 @@ pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathB
 }
 
 /// `vesalius evaluate` for learned registration, optionally against optimisation on the same pairs.
-pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation: Option<&str>) -> Result<(), CliError> {
+pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation: Option<&str>, split: &str) -> Result<(), CliError> {
     use vesalius_registration::{Method, RegisterOptions};
+    let set = vesalius_eval::EvalSet::parse(split)
+        .ok_or_else(|| CliError::Usage(format!("registration runs score the test or the validation pairs (--split test|val), not '{split}'")))?;
     let run = vesalius_train::RunDir::new(run_dir);
     let options = match optimisation {
         None => None,
@@ -548,8 +561,8 @@ pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation:
             Some(RegisterOptions { method, similarity: recipe.similarity(), ..RegisterOptions::default() })
         }
     };
-    let m = with_backend!(backend, |B, AB, device| vesalius_registration::run::evaluate::<AB>(&run, &device, options.as_ref()).map_err(CliError::from))?;
-    println!("validation pairs: {} (mean [95 % bootstrap CI])", m.learned.pairs.len());
+    let m = with_backend!(backend, |B, AB, device| vesalius_registration::run::evaluate::<AB>(&run, &device, options.as_ref(), set).map_err(CliError::from))?;
+    println!("{} pairs: {} (mean [95 % bootstrap CI over pairs])", m.set, m.learned.pairs.len());
     let print = |title: &str, method: &vesalius_registration::run::MethodMetrics| {
         println!("{title}");
         for (name, e) in &method.mean {
@@ -560,6 +573,6 @@ pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation:
     if let Some(o) = &m.optimisation {
         print(&format!("optimisation ({})", optimisation.unwrap_or_default()), o);
     }
-    println!("written: {}", run.file("metrics.json").display());
+    println!("written: {}", run.file(set.file()).display());
     Ok(())
 }

@@ -423,15 +423,22 @@ foreground_share = 0.5
     assert_eq!(labels.affine(), image.affine());
     assert_eq!(labels.dtype(), "uint8");
     assert_eq!(vesalius_data::io::load(&pred.join("brain2_image_probabilities.nii.gz")).unwrap().channels(), 2);
-    // Metrics with confidence intervals on the validation case.
-    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap()]);
+    // The recipe holds no test set: evaluation scores the test set by default, so it says so instead of quietly
+    // scoring the cases that selected the model.
+    assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap()]), "no labelled test cases");
+    // Metrics with confidence intervals on the validation case, when asked for.
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "val"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics-val.json")).unwrap()).unwrap();
+    assert_eq!(metrics["set"], "validation");
     assert_eq!(metrics["cases"].as_array().unwrap().len(), 1);
     for m in ["dice", "iou", "hd95_mm", "assd_mm", "volume_difference_mm3"] {
-        assert!(metrics["mean"]["tumour"][m]["value"].is_number() || metrics["mean"]["tumour"][m]["value"].is_null(), "{m}");
+        let v = metrics["mean"]["tumour"][m]["value"].as_f64();
+        assert!(v.is_some_and(f64::is_finite), "{m}: {v:?}");
     }
-    assert!(stdout(&o).contains("tumour"));
+    let dice = metrics["mean"]["tumour"]["dice"]["value"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&dice), "{dice}");
+    assert!(stdout(&o).contains("validation metrics") && stdout(&o).contains("tumour"), "{}", stdout(&o));
     // A folder without dataset.json, and prediction without an output folder, are usage errors.
     assert_input_error(&vesalius(&["train", dir.path().to_str().unwrap()]), "dataset.json");
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), input.to_str().unwrap()]), "-o OUT");
@@ -502,6 +509,7 @@ decoder = [8, 8, 8, 4]
 steps = 6
 val_every = 3
 validation = 2
+test = 2
 learning_rate = 1e-3
 "#,
             mni.display()
@@ -541,6 +549,7 @@ learning_rate = 1e-3
     let o = vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--optimisation", "deformable"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["set"], "test");
     for method in ["learned", "optimisation"] {
         assert_eq!(m[method]["pairs"].as_array().unwrap().len(), 2);
         let names: Vec<&str> = m[method]["mean"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
