@@ -1,5 +1,6 @@
-//! Fuzzes the npz reader: any input must give an image or an error, never a panic or an oversized allocation
-//! (libFuzzer's -rss_limit_mb and -malloc_limit_mb catch the latter).
+//! Fuzzes the npz reader and the whole MedMNIST load path (three splits, label checks, class list): any input must
+//! give samples or an error, never a panic or an oversized allocation (libFuzzer's -rss_limit_mb and
+//! -malloc_limit_mb catch the latter).
 #![no_main]
 
 #[path = "common.rs"]
@@ -11,4 +12,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for split in ["train", "val", "test"] {
         let _ = vesalius_data::npz::read_medmnist(&path, split);
     }
+    let _ = vesalius_data::source::load(&vesalius_data::source::SourceConfig::Medmnist { path }, 0, 0);
 });

@@ -9,8 +9,7 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use vesalius_data::batch::{BatchTargets, ClassificationBatch, ClassificationBatcher, SeededItem};
 use vesalius_data::dataset::ClassificationDataset;
 use vesalius_data::source::{prepare_2d, Label};
-use vesalius_eval::bootstrap::Clusters;
-use vesalius_eval::classification::{evaluate_clustered, ClassificationReport, Targets};
+use vesalius_eval::classification::Targets;
 use vesalius_nets::Classifier;
 
 use crate::loss::{binary_cross_entropy, cross_entropy};
@@ -73,21 +72,6 @@ pub fn targets_of(data: &ClassificationDataset) -> Targets {
         ),
         _ => Targets::Single(labels.iter().map(|l| if let Label::Class(c) = l { *c } else { 0 }).collect()),
     }
-}
-
-/// Metrics with bootstrap intervals of `model` on `data`.
-pub fn evaluate_dataset<B: Backend>(
-    model: &Classifier<B>,
-    data: &ClassificationDataset,
-    info: &RunInfo,
-    bootstrap: usize,
-    seed: u64,
-    device: &B::Device,
-) -> Result<ClassificationReport, CadxError> {
-    let (scores, _) = predict_dataset(model, data, info.multi_label, 256, device);
-    // Intervals over patients whenever the source names them (several images of one patient move together).
-    let clusters = Clusters::from_ids(data.patients());
-    evaluate_clustered(&scores, &targets_of(data), &clusters, bootstrap, seed).map_err(|e| CadxError::Input(format!("evaluation: {e}")))
 }
 
 /// Class probabilities for image files (PNG, JPEG, TIFF, 2D NIfTI), converted and resized as in training.

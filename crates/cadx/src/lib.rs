@@ -52,6 +52,7 @@
 //! println!("test AUC {:.3}", outcome.test.metrics["auc"].value);
 //! ```
 
+pub mod evaluate;
 pub mod infer;
 pub mod loss;
 pub mod recipe;

@@ -19,7 +19,8 @@ use vesalius_train::engine::{self, RunOptions};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, Stepper, Task, Validation};
 
-use crate::infer::{batch_loss, evaluate_dataset, predict_dataset, targets_of};
+use crate::evaluate::{evaluate_dataset, MetricsFile};
+use crate::infer::{batch_loss, predict_dataset, targets_of};
 use crate::recipe::{ClassWeights, OptimizerConfig, Recipe, Schedule, Selection, WeightsName};
 use crate::run::{write_json, ClassificationRun, RunDir, RunInfo};
 use crate::CadxError;
@@ -262,18 +263,3 @@ pub fn train<B: AutodiffBackend>(
     }
     Ok(TrainOutcome { epochs: outcome.state.epochs_done, best_epoch, test, complete: outcome.complete, split_sizes })
 }
-
-/// Content of `metrics.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MetricsFile {
-    /// Which split was evaluated.
-    pub split: String,
-    /// Epoch of the evaluated model.
-    pub best_epoch: usize,
-    /// Class names, in confusion-matrix order.
-    pub classes: Vec<String>,
-    /// The metrics.
-    #[serde(flatten)]
-    pub report: ClassificationReport,
-}
-

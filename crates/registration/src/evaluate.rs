@@ -1,152 +1,233 @@
-//! Evaluation of registrations: Jacobian determinants and folding, Dice of warped labels, target registration
-//! error on landmarks, and the error of a recovered displacement against a known one.
-use serde::{Deserialize, Serialize};
-use vesalius_data::Image;
-use vesalius_eval::segmentation::{class_metrics, ClassMetrics};
+//! Evaluation of a learned-registration run on its test pairs (by default) or validation pairs: Dice of warped
+//! labels before and after (and after the affine network), HD95, MSE, Jacobian folding, displacement error for
+//! synthetic pairs, seconds per pair; means with 95 % bootstrap intervals over pairs; optionally registration by
+//! optimisation on the same pairs for comparison.
+use std::time::Instant;
 
-/// Statistics of the Jacobian determinant of `x ↦ x + u(x)`.
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::{Deserialize, Serialize};
+use vesalius_train::RunDir;
+use vesalius_data::Image;
+use vesalius_eval::bootstrap::{percentile_ci, Estimate};
+use vesalius_eval::EvalSet;
+use vesalius_nets::ops::{sample_linear, sample_nearest, Padding};
+
+use crate::affine::identity;
+use crate::metrics::{jacobian_determinants, jacobian_stats, label_metrics, JacobianStats};
+use crate::{to_vec, RegError};
+
+use crate::train::*;
+use crate::infer::LearnedRegistrar;
+/// One validation pair's evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct JacobianStats {
-    /// Mean determinant.
-    pub mean: f64,
-    /// Standard deviation.
-    pub std: f64,
-    /// Smallest determinant.
-    pub min: f64,
-    /// Largest determinant.
-    pub max: f64,
-    /// Percentage of voxels where the determinant is ≤ 0 (folding).
-    pub folding_percent: f64,
+pub struct PairMetrics {
+    /// The pair.
+    pub name: String,
+    /// Mean Dice over the non-background labels: before registration, after the affine network (if any), after
+    /// the whole registration.
+    pub dice_before: Option<f64>,
+    /// After the affine stage.
+    pub dice_affine: Option<f64>,
+    /// After registration.
+    pub dice_after: Option<f64>,
+    /// Mean 95th-percentile Hausdorff distance over the labels after registration, mm.
+    pub hd95_after: Option<f64>,
+    /// Per label value: (Dice before, Dice after).
+    pub dice_per_label: Vec<(i64, f64, f64)>,
+    /// Mean squared intensity difference before and after.
+    pub mse_before: f64,
+    /// After registration.
+    pub mse_after: f64,
+    /// Jacobian determinant of the deformable field.
+    pub jacobian: JacobianStats,
+    /// For synthetic pairs: mean and maximum error of the recovered displacement, mm, inside the fixed labels (or
+    /// where the fixed image is above 10 % of its range): without registration and with it.
+    pub field_error_mm: Option<FieldError>,
+    /// Seconds for the networks and the warp of this pair.
+    pub seconds: f64,
 }
 
-/// Jacobian determinants of a displacement field in voxels, `field[c][(z·h + y)·w + x]` with components (depth,
-/// height, width), by central differences (one-sided at the borders). A depth-1 field gives the 2×2 in-plane
-/// determinant.
-pub fn jacobian_determinants(field: &[Vec<f32>; 3], size: [usize; 3]) -> Vec<f64> {
-    let [d, h, w] = size;
-    let at = |c: usize, z: usize, y: usize, x: usize| field[c][(z * h + y) * w + x] as f64;
-    let deriv = |c: usize, axis: usize, z: usize, y: usize, x: usize| -> f64 {
-        let p = [z, y, x];
-        let len = [d, h, w][axis];
-        if len < 2 {
-            return 0.0;
+/// Error of a recovered displacement against the truth, mm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Mean |truth| (no registration).
+    pub mean_before: f64,
+    /// Maximum |truth|.
+    pub max_before: f64,
+    /// Mean |recovered − truth|.
+    pub mean_after: f64,
+    /// Maximum |recovered − truth|.
+    pub max_after: f64,
+}
+
+/// A method's evaluation on the validation pairs: per pair, and means with 95 % bootstrap confidence intervals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodMetrics {
+    /// Per pair.
+    pub pairs: Vec<PairMetrics>,
+    /// Means over pairs with their intervals, by name.
+    pub mean: Vec<(String, Estimate)>,
+}
+
+impl MethodMetrics {
+    /// The mean of a metric by name (`dice_after`, `folding_percent`, …).
+    pub fn mean_of(&self, name: &str) -> Option<f64> {
+        self.mean.iter().find(|(n, _)| n == name).map(|(_, e)| e.value)
+    }
+}
+
+/// A run's evaluation on its test (`metrics.json`) or validation pairs (`metrics-val.json`): the trained networks,
+/// and optionally registration by optimisation on the same pairs for comparison.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunMetrics {
+    /// The pairs scored: `"test"` or `"validation"`.
+    pub set: String,
+    /// The run's networks.
+    pub learned: MethodMetrics,
+    /// Optimisation ([`crate::register`]) on the same pairs, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimisation: Option<MethodMetrics>,
+}
+
+/// Metrics of one pair registered by the map `coords` (`[3][d·h·w]`: where each voxel of the common grid reads
+/// the moving image, in its voxels), whose deformable part is `field` and affine-only map `affine_coords`.
+struct PairEval<'a> {
+    pair: &'a PreparedPair,
+    size: [usize; 3],
+    spacing: [f64; 3],
+    shape: [usize; 3],
+    classes: usize,
+    label_values: &'a [i64],
+}
+
+impl PairEval<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn metrics<B: Backend>(&self, coords: Vec<f32>, warped: &[f32], field: &[f32], affine_coords: Option<Vec<f32>>, seconds: f64, device: &B::Device) -> PairMetrics {
+        let (p, size, classes) = (self.pair, self.size, self.classes);
+        let n = size[0] * size[1] * size[2];
+        let coords_t = |v: Vec<f32>| tensor5::<B>(v, 3, size, device);
+        let mse = |a: &[f32]| a.iter().zip(&p.fixed).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64;
+        let jacobian = jacobian_stats(&jacobian_determinants(&[field[..n].to_vec(), field[n..2 * n].to_vec(), field[2 * n..].to_vec()], size));
+        let mut grid_affine = identity();
+        for (a, s) in self.spacing.iter().enumerate() {
+            grid_affine[a][a] = *s;
         }
-        let (lo, hi) = (p[axis].saturating_sub(1), (p[axis] + 1).min(len - 1));
-        let mut a = p;
-        let mut b = p;
-        a[axis] = lo;
-        b[axis] = hi;
-        (at(c, b[0], b[1], b[2]) - at(c, a[0], a[1], a[2])) / (hi - lo) as f64
-    };
-    let mut out = Vec::with_capacity(d * h * w);
-    for z in 0..d {
-        for y in 0..h {
-            for x in 0..w {
-                let j = |r: usize, c: usize| if r == c { 1.0 } else { 0.0 } + deriv(r, c, z, y, x);
-                let det = if d == 1 {
-                    j(1, 1) * j(2, 2) - j(1, 2) * j(2, 1)
-                } else {
-                    j(0, 0) * (j(1, 1) * j(2, 2) - j(1, 2) * j(2, 1)) - j(0, 1) * (j(1, 0) * j(2, 2) - j(1, 2) * j(2, 0))
-                        + j(0, 2) * (j(1, 0) * j(2, 1) - j(1, 1) * j(2, 0))
-                };
-                out.push(det);
+        let as_image = |v: Vec<f32>| Image::new(v, self.shape.to_vec(), 1, grid_affine, "float32").expect("grid-sized");
+        let (mut dice_before, mut dice_affine, mut dice_after, mut hd95_after, mut dice_per_label) = (None, None, None, None, Vec::new());
+        if let (Some(ml), Some(fl)) = (&p.moving_labels, &p.fixed_labels) {
+            let labels = tensor5::<B>(ml.clone(), 1, size, device);
+            let after = to_vec(sample_nearest(labels.clone(), coords_t(coords.clone())));
+            dice_before = Some(mean_dice(ml, fl, classes));
+            dice_after = Some(mean_dice(&after, fl, classes));
+            dice_affine = affine_coords.map(|c| mean_dice(&to_vec(sample_nearest(labels, coords_t(c))), fl, classes));
+            let metrics = label_metrics(&as_image(after.clone()), &as_image(fl.clone()));
+            let hd: Vec<f64> = metrics.iter().filter_map(|(_, m)| m.hd95).collect();
+            hd95_after = (!hd.is_empty()).then(|| hd.iter().sum::<f64>() / hd.len() as f64);
+            for (k, value) in self.label_values.iter().enumerate().skip(1) {
+                dice_per_label.push((*value, crate::metrics::dice(ml, fl, k as f32), crate::metrics::dice(&after, fl, k as f32)));
             }
         }
-    }
-    out
-}
-
-/// Summary of [`jacobian_determinants`].
-pub fn jacobian_stats(dets: &[f64]) -> JacobianStats {
-    let n = dets.len().max(1) as f64;
-    let mean = dets.iter().sum::<f64>() / n;
-    let std = (dets.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
-    JacobianStats {
-        mean,
-        std,
-        min: dets.iter().copied().fold(f64::INFINITY, f64::min),
-        max: dets.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        folding_percent: 100.0 * dets.iter().filter(|&&d| d <= 0.0).count() as f64 / n,
-    }
-}
-
-/// Dice overlap of one label value in two label maps (1 when both lack it).
-pub fn dice(a: &[f32], b: &[f32], label: f32) -> f64 {
-    let (mut inter, mut na, mut nb) = (0usize, 0usize, 0usize);
-    for (&x, &y) in a.iter().zip(b) {
-        let (ia, ib) = (x == label, y == label);
-        inter += (ia && ib) as usize;
-        na += ia as usize;
-        nb += ib as usize;
-    }
-    if na + nb == 0 { 1.0 } else { 2.0 * inter as f64 / (na + nb) as f64 }
-}
-
-/// Mean and maximum Euclidean distance between corresponding points (e.g. landmarks mapped by a registration and
-/// their targets, or recovered and true displacements at each voxel).
-pub fn point_errors(a: &[[f64; 3]], b: &[[f64; 3]]) -> (f64, f64) {
-    let dists: Vec<f64> = a.iter().zip(b).map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()).collect();
-    let n = dists.len().max(1) as f64;
-    (dists.iter().sum::<f64>() / n, dists.iter().copied().fold(0.0, f64::max))
-}
-
-/// Metrics of every non-zero label of `reference` (a label map on the fixed grid) against `moved` (labels carried
-/// to the same grid), in millimetres from the reference's spacing.
-pub fn label_metrics(moved: &Image, reference: &Image) -> Vec<(i64, ClassMetrics)> {
-    let s = reference.shape();
-    let shape = [s[0], s.get(1).copied().unwrap_or(1), s.get(2).copied().unwrap_or(1)];
-    let sp = reference.spacing();
-    let spacing = [sp[0], sp.get(1).copied().unwrap_or(1.0), sp.get(2).copied().unwrap_or(1.0)];
-    let n = reference.voxels();
-    let mut labels: Vec<i64> = reference.data()[..n].iter().map(|&v| v.round() as i64).filter(|&v| v != 0).collect();
-    labels.sort_unstable();
-    labels.dedup();
-    labels.into_iter().map(|l| (l, class_metrics(&moved.data()[..n], &reference.data()[..n], l as f32, shape, spacing))).collect()
-}
-
-/// Landmark pairs from a CSV file with a header and columns `fixed_x, fixed_y, fixed_z, moving_x, moving_y,
-/// moving_z` (world millimetres, RAS+): each fixed landmark and where the same anatomy lies in the moving image.
-pub fn read_landmarks(path: &std::path::Path) -> Result<Vec<([f64; 3], [f64; 3])>, String> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = Vec::new();
-    for (row, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| format!("{}: row {}: {e}", path.display(), row + 2))?;
-        let v: Vec<f64> = record.iter().map(|s| s.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| format!("{}: row {}: {e}", path.display(), row + 2))?;
-        if v.len() != 6 || v.iter().any(|x| !x.is_finite()) {
-            return Err(format!("{}: row {}: six finite numbers expected", path.display(), row + 2));
+        let field_error_mm = p.truth.as_ref().map(|truth| {
+            let inside: Vec<usize> = match &p.fixed_labels {
+                Some(fl) => (0..n).filter(|&i| fl[i] > 0.0).collect(),
+                None => (0..n).filter(|&i| p.fixed[i] > 0.1).collect(),
+            };
+            let voxel = |i: usize| [(i / (size[1] * size[2])) as f32, ((i / size[2]) % size[1]) as f32, (i % size[2]) as f32];
+            let length = |v: [f64; 3]| (0..3).map(|c| (v[c] * self.spacing[2 - c]).powi(2)).sum::<f64>().sqrt();
+            let before: Vec<f64> = inside.iter().map(|&i| length([0, 1, 2].map(|c| truth[c * n + i] as f64))).collect();
+            let after: Vec<f64> =
+                inside.iter().map(|&i| length([0, 1, 2].map(|c| (coords[c * n + i] - voxel(i)[c] - truth[c * n + i]) as f64))).collect();
+            let stats = |v: &[f64]| (v.iter().sum::<f64>() / v.len().max(1) as f64, v.iter().copied().fold(0.0, f64::max));
+            let ((mean_before, max_before), (mean_after, max_after)) = (stats(&before), stats(&after));
+            FieldError { mean_before, max_before, mean_after, max_after }
+        });
+        PairMetrics {
+            name: p.name.clone(),
+            dice_before,
+            dice_affine,
+            dice_after,
+            hd95_after,
+            dice_per_label,
+            mse_before: mse(&p.moving),
+            mse_after: mse(warped),
+            jacobian,
+            field_error_mm,
+            seconds,
         }
-        out.push(([v[0], v[1], v[2]], [v[3], v[4], v[5]]));
     }
-    if out.is_empty() {
-        return Err(format!("{}: no landmarks", path.display()));
-    }
-    Ok(out)
 }
 
-/// Where a world point of the fixed image lands in the moving image's world: the point plus the displacement
-/// field (`[3][d·h·w]` world mm on the fixed grid) interpolated trilinearly at it (the nearest edge value outside).
-pub fn map_point(point: [f64; 3], displacement: &[Vec<f32>; 3], grid: &crate::Grid) -> [f64; 3] {
-    let inv = crate::mat_inv(&grid.to_world);
-    let v = [0, 1, 2].map(|r| inv[r][0] * point[0] + inv[r][1] * point[1] + inv[r][2] * point[2] + inv[r][3]);
-    let [d, h, w] = grid.size;
-    let clamp = |x: f64, len: usize| x.clamp(0.0, (len - 1) as f64);
-    let (z, y, x) = (clamp(v[0], d), clamp(v[1], h), clamp(v[2], w));
-    let (z0, y0, x0) = (z.floor() as usize, y.floor() as usize, x.floor() as usize);
-    let (z1, y1, x1) = ((z0 + 1).min(d - 1), (y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
-    let (tz, ty, tx) = (z - z0 as f64, y - y0 as f64, x - x0 as f64);
-    let at = |c: usize, a: usize, b: usize, e: usize| displacement[c][(a * h + b) * w + e] as f64;
-    [0, 1, 2].map(|c| {
-        let lerp = |a: f64, b: f64, t: f64| a + (b - a) * t;
-        let plane = |a: usize| lerp(lerp(at(c, a, y0, x0), at(c, a, y0, x1), tx), lerp(at(c, a, y1, x0), at(c, a, y1, x1), tx), ty);
-        point[c] + lerp(plane(z0), plane(z1), tz)
-    })
+fn summarise(pairs: Vec<PairMetrics>) -> MethodMetrics {
+    type Getter = fn(&PairMetrics) -> Option<f64>;
+    let series: [(&str, Getter); 11] = [
+        ("dice_before", |p| p.dice_before),
+        ("dice_affine", |p| p.dice_affine),
+        ("dice_after", |p| p.dice_after),
+        ("dice_gain", |p| p.dice_after.zip(p.dice_affine.or(p.dice_before)).map(|(a, b)| a - b)),
+        ("hd95_after_mm", |p| p.hd95_after),
+        ("mse_before", |p| Some(p.mse_before)),
+        ("mse_after", |p| Some(p.mse_after)),
+        ("folding_percent", |p| Some(p.jacobian.folding_percent)),
+        ("field_error_before_mm", |p| p.field_error_mm.as_ref().map(|e| e.mean_before)),
+        ("field_error_after_mm", |p| p.field_error_mm.as_ref().map(|e| e.mean_after)),
+        ("seconds_per_pair", |p| Some(p.seconds)),
+    ];
+    let mut mean = Vec::new();
+    for (name, get) in series {
+        let values: Vec<f64> = pairs.iter().filter_map(get).collect();
+        if values.len() != pairs.len() || values.is_empty() {
+            continue;
+        }
+        let value = values.iter().sum::<f64>() / values.len() as f64;
+        let estimate = percentile_ci(values.len(), 1000, 0.95, 0, value, |idx| Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64));
+        mean.push((name.to_string(), estimate));
+    }
+    MethodMetrics { pairs, mean }
 }
 
-/// Target registration error (mean and maximum, mm) of landmark pairs before registration (`|moving − fixed|`) and
-/// after (`|map(fixed) − moving|`).
-pub fn target_registration_error(pairs: &[([f64; 3], [f64; 3])], displacement: &[Vec<f32>; 3], grid: &crate::Grid) -> ((f64, f64), (f64, f64)) {
-    let fixed: Vec<[f64; 3]> = pairs.iter().map(|p| p.0).collect();
-    let moving: Vec<[f64; 3]> = pairs.iter().map(|p| p.1).collect();
-    let mapped: Vec<[f64; 3]> = fixed.iter().map(|&p| map_point(p, displacement, grid)).collect();
-    (point_errors(&fixed, &moving), point_errors(&mapped, &moving))
+/// Evaluates a run's best networks on its test (or validation) pairs, on the common grid, and with `optimisation`
+/// also registration by optimisation of the same pairs; writes `metrics.json` (or `metrics-val.json`).
+pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisation: Option<&crate::RegisterOptions>, set: EvalSet) -> Result<RunMetrics, RegError> {
+    let registrar = LearnedRegistrar::<AB::InnerBackend>::load(run, device)?;
+    let source = PairSource::open(registrar.recipe())?;
+    let size = registrar.size();
+    let (shape, spacing) = (registrar.recipe().data.shape, registrar.recipe().data.spacing);
+    let mut grid_affine = identity();
+    for (a, s) in spacing.iter().enumerate() {
+        grid_affine[a][a] = *s;
+    }
+    let (mut learned, mut optimised) = (Vec::new(), Vec::new());
+    let pairs = match set {
+        EvalSet::Test => source.test::<AB::InnerBackend>(device),
+        EvalSet::Validation => source.validation::<AB::InnerBackend>(device),
+    };
+    if pairs.is_empty() {
+        return Err(RegError::Input(format!(
+            "{}: this run holds out no test pairs ([train] test = N); score the validation pairs with --split val",
+            run.root().display()
+        )));
+    }
+    let bar = vesalius_train::progress::bar(pairs.len() as u64, &format!("evaluation ({})", set.name()), false);
+    for p in pairs {
+        bar.inc(1);
+        let eval = PairEval { pair: &p, size, spacing, shape, classes: registrar.label_values().len(), label_values: registrar.label_values() };
+        let started = Instant::now();
+        let m = tensor5::<AB::InnerBackend>(p.moving.clone(), 1, size, device);
+        let prediction = registrar.predict(m.clone(), tensor5(p.fixed.clone(), 1, size, device));
+        let warped = to_vec(sample_linear(m, prediction.coords.clone(), Padding::Zeros));
+        let seconds = started.elapsed().as_secs_f64();
+        let affine_only = prediction.affine.as_ref().map(|a| to_vec(affine_coords(a.clone(), size)));
+        learned.push(eval.metrics::<AB::InnerBackend>(to_vec(prediction.coords), &warped, &to_vec(prediction.field), affine_only, seconds, device));
+        if let Some(options) = optimisation {
+            let as_image = |v: &Vec<f32>| Image::new(v.clone(), shape.to_vec(), 1, grid_affine, "float32").expect("grid-sized");
+            let started = Instant::now();
+            let r = crate::register::<AB>(&as_image(&p.fixed), &as_image(&p.moving), options, device);
+            let seconds = started.elapsed().as_secs_f64();
+            optimised.push(eval.metrics::<AB::InnerBackend>(r.moving_voxel.concat(), &r.warped.data()[..r.warped.voxels()], &r.field_voxels.concat(), None, seconds, device));
+        }
+    }
+    bar.finish_and_clear();
+    let metrics = RunMetrics { set: set.name().into(), learned: summarise(learned), optimisation: optimisation.map(|_| summarise(optimised)) };
+    run.write_json(set.file(), &metrics)?;
+    Ok(metrics)
 }

@@ -6,7 +6,11 @@
 //! ([`deformable::register_deformable`]). Similarities: mean squared error, local normalised cross-correlation,
 //! and Parzen-window mutual information for different modalities ([`Similarity`]). The result gives the warped
 //! image, the displacement field in millimetres (world RAS+ vectors on the fixed grid) and can warp label maps
-//! by nearest neighbour. [`evaluate`] computes Jacobian statistics with folding, Dice, landmark and field errors.
+//! by nearest neighbour. [`metrics`] computes Jacobian statistics with folding, Dice, landmark and field errors.
+//!
+//! Learned registration has the files every task crate has: [`recipe`] (`task = "registration"`), [`train`]
+//! (pairs and the two training stages on the engine), [`infer`] (a run's networks registering new images) and
+//! [`evaluate`] (a run scored on its test or validation pairs); [`learn`] holds the VoxelMorph loss.
 //!
 //! ```
 //! use vesalius_data::Image;
@@ -26,10 +30,12 @@
 pub mod affine;
 pub mod deformable;
 pub mod evaluate;
+pub mod infer;
+pub mod metrics;
 pub mod learn;
 pub mod recipe;
-pub mod run;
 pub mod similarity;
+pub mod train;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};

@@ -8,7 +8,9 @@ use vesalius_data::transforms::resample_onto;
 use vesalius_data::Image;
 use vesalius_registration::recipe::RegRecipe;
 use vesalius_eval::EvalSet;
-use vesalius_registration::run::{evaluate, train, LearnedRegistrar, PairSource};
+use vesalius_registration::evaluate::evaluate;
+use vesalius_registration::infer::LearnedRegistrar;
+use vesalius_registration::train::{train, PairSource};
 
 #[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
@@ -83,7 +85,7 @@ fn a_synthetic_run_trains_resumes_and_improves_alignment() {
     let val = evaluate::<B>(&run, &device, None, EvalSet::Validation).unwrap();
     assert_eq!((val.set.as_str(), val.learned.pairs.len()), ("validation", 3));
     assert!(run.file("metrics-val.json").is_file());
-    let names = |m: &vesalius_registration::run::MethodMetrics| m.pairs.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    let names = |m: &vesalius_registration::evaluate::MethodMetrics| m.pairs.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
     assert!(names(&val.learned).iter().all(|n| !names(&scored.learned).contains(n)), "test and validation pairs differ");
     let m = scored.learned;
     let mean = |name: &str| m.mean_of(name).unwrap();
@@ -112,7 +114,7 @@ fn a_synthetic_run_trains_resumes_and_improves_alignment() {
     let source = PairSource::open(&recipe).unwrap();
     let pair = &source.validation::<P>(&device)[0];
     let t1 = vesalius_data::io::load(fixtures().join("mni152_t1.nii.gz")).unwrap();
-    let grid = vesalius_registration::run::common_grid(&recipe, &t1);
+    let grid = vesalius_registration::train::common_grid(&recipe, &t1);
     let on_grid = |v: &Vec<f32>| Image::new(v.clone(), recipe.data.shape.to_vec(), 1, grid, "float32").unwrap();
     let registrar = LearnedRegistrar::<P>::load(&run, &device).unwrap();
     let r = registrar.register(&on_grid(&pair.fixed), &on_grid(&pair.moving), &device).unwrap();

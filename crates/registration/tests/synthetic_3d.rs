@@ -8,7 +8,7 @@ use vesalius_data::geometry::{resample, Interp};
 use vesalius_data::io::load;
 use vesalius_data::Image;
 use vesalius_nets::ops::{resize_linear, warp, warp_nearest, Padding};
-use vesalius_registration::evaluate::{dice, jacobian_determinants, jacobian_stats};
+use vesalius_registration::metrics::{dice, jacobian_determinants, jacobian_stats};
 use vesalius_registration::{affine, register, DeformableOptions, Deformation, Method, RegisterOptions, Regulariser, Similarity};
 
 #[cfg(not(feature = "test-cuda"))]

@@ -19,6 +19,7 @@ use vesalius_data::sliding::SlidingWindow;
 use vesalius_data::transforms::{Pipeline, Subject};
 use vesalius_data::Image;
 use vesalius_nets::loss;
+use vesalius_eval::segmentation::dice_of;
 use vesalius_nets::UNet;
 use vesalius_train::engine::{self, EngineState, RunOptions};
 use vesalius_train::recipe::ResumeRules;
@@ -312,18 +313,6 @@ fn supervised_deeply<B: Backend>(recipe: &SegRecipe, model: &UNet<B>, x: Tensor<
     loss
 }
 
-/// Dice of class `k` between two label maps (1 when both are empty).
-pub fn dice(pred: &[u16], reference: &[f32], k: u16) -> f64 {
-    let (mut a, mut b, mut both) = (0usize, 0usize, 0usize);
-    for (&p, &r) in pred.iter().zip(reference) {
-        let (x, y) = (p == k, r.round() as u16 == k);
-        a += x as usize;
-        b += y as usize;
-        both += (x && y) as usize;
-    }
-    if a + b == 0 { 1.0 } else { 2.0 * both as f64 / (a + b) as f64 }
-}
-
 /// Sliding-window prediction of a preprocessed image with a model.
 pub fn sliding_predict<B: Backend>(model: &UNet<B>, image: &Image, plans: &Plans, recipe: &SegRecipe, probabilities: bool, device: &B::Device) -> Result<vesalius_data::sliding::Prediction, SegError> {
     let sw = SlidingWindow {
@@ -416,7 +405,7 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
             let pred = sliding_predict(model, &s.image, self.plans, self.recipe, false, device)?;
             let reference = s.label.as_ref().ok_or_else(|| SegError::Internal("validation case without labels".into()))?;
             for (k, &c) in self.fg_classes.iter().enumerate() {
-                per_class[k] += dice(&pred.labels, reference.data(), c) / self.val.len() as f64;
+                per_class[k] += dice_of(pred.labels.iter().map(|&p| p == c), reference.data().iter().map(|&r| r.round() as u16 == c)) / self.val.len() as f64;
             }
             bar.inc(1);
         }

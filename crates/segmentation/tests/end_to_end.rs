@@ -149,7 +149,7 @@ fn plan_train_resume_predict_evaluate() {
     assert_eq!(written.shape(), image.shape());
     assert_eq!(written.affine(), image.affine());
     let (_, truth) = case(6 + 7);
-    let overlap = vesalius_segmentation::train::dice(&written.data().iter().map(|&v| v as u16).collect::<Vec<_>>(), truth.data(), 1);
+    let overlap = vesalius_eval::segmentation::dice(written.data(), truth.data(), 1.0);
     assert!(overlap > 0.8, "test Dice {overlap}");
     let probs = io::load(&pp).unwrap();
     assert_eq!(probs.channels(), 2);

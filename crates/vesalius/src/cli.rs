@@ -204,7 +204,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Evaluate { run, split, tta, optimisation } => {
-            if vesalius_registration::run::is_run(&run) {
+            if vesalius_registration::train::is_run(&run) {
                 commands::evaluate_registration(backend, &run, optimisation.as_deref(), &split)
             } else if optimisation.is_some() {
                 Err(CliError::Usage("--optimisation applies to registration runs".into()))

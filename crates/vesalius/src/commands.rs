@@ -3,10 +3,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use vesalius_cadx::infer::{evaluate_dataset, predict_files};
+use vesalius_cadx::infer::predict_files;
 use vesalius_cadx::recipe::Recipe;
-use vesalius_cadx::run::{write_json, ClassificationRun, RunDir};
-use vesalius_cadx::train::{prepare_data, train as train_run, MetricsFile, TrainOptions};
+use vesalius_cadx::run::{ClassificationRun, RunDir};
+use vesalius_cadx::train::{train as train_run, TrainOptions};
 use vesalius_data::io::{load, Format};
 use vesalius_data::source::Split;
 use vesalius_train::RunOptions;
@@ -55,29 +55,9 @@ pub fn format_report(r: &ClassificationReport, classes: &[String], split: &str, 
 pub fn evaluate(backend: BackendKind, run_dir: &Path, split: &str) -> Result<(), CliError> {
     let run = RunDir::new(run_dir);
     let split = Split::parse(split).ok_or_else(|| CliError::Usage(format!("unknown split '{split}' (expected train, val or test)")))?;
-    let recipe_path = run.recipe();
-    if !recipe_path.exists() {
-        return Err(CliError::Usage(format!("{}: not a run directory (no recipe.toml)", run_dir.display())));
-    }
-    let recipe = Recipe::from_file(&recipe_path)?;
-    let info = run.read_info()?;
-    let data = prepare_data(&recipe)?;
-    let dataset = match split {
-        Split::Train => &data.train,
-        Split::Val => &data.val,
-        Split::Test => &data.test,
-    };
-    let state: Value = std::fs::read_to_string(run.state()).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-    let best_epoch = state["best_epoch"].as_u64().unwrap_or(0) as usize;
-    let report = with_backend!(backend, |B, AB, device| {
-        let model = run.load_best::<B>(&info, &device)?;
-        evaluate_dataset(&model, dataset, &info, recipe.eval.bootstrap, recipe.seed, &device).map_err(CliError::from)
-    })?;
-    let file = MetricsFile { split: split.name().into(), best_epoch, classes: info.classes.clone(), report: report.clone() };
-    let path = if split == Split::Test { run.metrics() } else { run_dir.join(format!("metrics-{}.json", split.name())) };
-    write_json(&file, &path)?;
-    print!("{}", format_report(&report, &info.classes, split.name(), best_epoch));
-    println!("written: {}", path.display());
+    let file = with_backend!(backend, |B, AB, device| vesalius_cadx::evaluate::evaluate_run::<B>(&run, split, &device).map_err(CliError::from))?;
+    print!("{}", format_report(&file.report, &file.classes, split.name(), file.best_epoch));
+    println!("written: {}", run.file(&vesalius_cadx::evaluate::metrics_file(split)).display());
     Ok(())
 }
 
@@ -230,7 +210,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
             return Err(CliError::Usage(format!("{}: the label map's grid differs from the moving image's", args.labels.as_deref().unwrap_or(Path::new("")).display())));
         }
     }
-    let landmarks = args.landmarks.as_deref().map(vesalius_registration::evaluate::read_landmarks).transpose().map_err(CliError::Usage)?;
+    let landmarks = args.landmarks.as_deref().map(vesalius_registration::metrics::read_landmarks).transpose().map_err(CliError::Usage)?;
     let fixed_labels = args.fixed_labels.as_deref().map(load).transpose()?;
     if let (Some(l), Some(p)) = (&fixed_labels, &args.fixed_labels) {
         if l.shape() != fixed.shape() {
@@ -252,7 +232,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         ..defaults
     };
     if let Some(run) = &args.run {
-        if !vesalius_registration::run::is_run(run) {
+        if !vesalius_registration::train::is_run(run) {
             return Err(CliError::Usage(format!("{}: not a learned-registration run (no recipe.toml with task = \"registration\")", run.display())));
         }
     }
@@ -260,7 +240,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     let (result, warped_labels, labels_before) = with_backend!(backend, |B, AB, device| {
         let r = match &args.run {
             Some(run) => {
-                let registrar = vesalius_registration::run::LearnedRegistrar::<B>::load(&vesalius_train::RunDir::new(run), &device)?;
+                let registrar = vesalius_registration::infer::LearnedRegistrar::<B>::load(&vesalius_train::RunDir::new(run), &device)?;
                 registrar.register(&fixed, &moving, &device)?
             }
             None => vesalius_registration::register::<AB>(&fixed, &moving, &options, &device),
@@ -284,8 +264,8 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         let dtype = NiftiType::from_name(l.dtype()).unwrap_or(NiftiType::I16);
         save_image(out, l, dtype)?;
     }
-    let dets = vesalius_registration::evaluate::jacobian_determinants(&result.field_voxels, vesalius_registration::Grid::of(&fixed).size);
-    let stats = vesalius_registration::evaluate::jacobian_stats(&dets);
+    let dets = vesalius_registration::metrics::jacobian_determinants(&result.field_voxels, vesalius_registration::Grid::of(&fixed).size);
+    let stats = vesalius_registration::metrics::jacobian_stats(&dets);
     let (method_name, similarity_name) = match &args.run {
         Some(run) => (format!("learned ({})", run.display()), String::from("-")),
         None if method == Method::Affine => (args.method.clone(), args.similarity.clone()),
@@ -305,7 +285,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         "jacobian": stats,
     });
     if let (Some(reference), Some(after), Some(before)) = (&fixed_labels, &warped_labels, &labels_before) {
-        use vesalius_registration::evaluate::label_metrics;
+        use vesalius_registration::metrics::label_metrics;
         let (b, a) = (label_metrics(before, reference), label_metrics(after, reference));
         let per_label: serde_json::Map<String, Value> =
             b.into_iter().zip(a).map(|((label, before), (_, after))| (label.to_string(), json!({ "before": before, "after": after }))).collect();
@@ -315,7 +295,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         let n = result.displacement_mm.voxels();
         let disp = [0, 1, 2].map(|c| result.displacement_mm.data()[c * n..(c + 1) * n].to_vec());
         // The image stores voxels first axis fastest: the same order as the registration grid's (d, h, w) flattening.
-        let ((b_mean, b_max), (a_mean, a_max)) = vesalius_registration::evaluate::target_registration_error(pairs, &disp, &vesalius_registration::Grid::of(&fixed));
+        let ((b_mean, b_max), (a_mean, a_max)) = vesalius_registration::metrics::target_registration_error(pairs, &disp, &vesalius_registration::Grid::of(&fixed));
         summary["tre_mm"] = json!({ "landmarks": pairs.len(), "before": { "mean": b_mean, "max": b_max }, "after": { "mean": a_mean, "max": a_max } });
     }
     if let Some(path) = &args.metrics {
@@ -524,7 +504,7 @@ pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathB
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
     let run = vesalius_train::RunDir::new(&out);
     let outcome = with_backend!(backend, |B, AB, device| {
-        vesalius_registration::run::train_with::<AB>(&recipe, &run, &device, &RunOptions { quiet, ..Default::default() }, |stage, log| {
+        vesalius_registration::train::train_with::<AB>(&recipe, &run, &device, &RunOptions { quiet, ..Default::default() }, |stage, log| {
             if !quiet {
                 let v = |k: &str| log.val.get(k).copied().flatten().map_or(String::from("-"), |d| format!("{d:.5}"));
                 eprintln!("{stage:<10} step {:>6}  loss {:.5}  val loss {}  val Dice {}  ({:.1} s)", log.steps, log.train_loss, v("loss"), v("dice"), log.seconds);
@@ -561,9 +541,9 @@ pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation:
             Some(RegisterOptions { method, similarity: recipe.similarity(), ..RegisterOptions::default() })
         }
     };
-    let m = with_backend!(backend, |B, AB, device| vesalius_registration::run::evaluate::<AB>(&run, &device, options.as_ref(), set).map_err(CliError::from))?;
+    let m = with_backend!(backend, |B, AB, device| vesalius_registration::evaluate::evaluate::<AB>(&run, &device, options.as_ref(), set).map_err(CliError::from))?;
     println!("{} pairs: {} (mean [95 % bootstrap CI over pairs])", m.set, m.learned.pairs.len());
-    let print = |title: &str, method: &vesalius_registration::run::MethodMetrics| {
+    let print = |title: &str, method: &vesalius_registration::evaluate::MethodMetrics| {
         println!("{title}");
         for (name, e) in &method.mean {
             println!("  {name:<24} {:>10.4}  [{:.4}, {:.4}]", e.value, e.ci_low, e.ci_high);
