@@ -7,5 +7,5 @@ mod common;
 use common::scratch;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = vesalius_data::dicom::load_file(&scratch("x.dcm", data));
+    let _ = vesalius_io::dicom::load_file(&scratch("x.dcm", data));
 });

@@ -9,7 +9,7 @@ use common::scratch;
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for name in ["x.png", "x.tif", "x.jpg"] {
         let path = scratch(name, data);
-        if let Ok(img) = vesalius_data::io::load(&path) {
+        if let Ok(img) = vesalius_io::load(&path) {
             let _ = vesalius_data::source::prepare_2d(&img, 1, 28, &path);
         }
     }

@@ -7,6 +7,6 @@ mod common;
 use common::scratch;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = vesalius_data::io::load(scratch("x.mha", data));
-    let _ = vesalius_data::io::load(scratch("x.mhd", data));
+    let _ = vesalius_io::load(scratch("x.mha", data));
+    let _ = vesalius_io::load(scratch("x.mhd", data));
 });

@@ -8,7 +8,7 @@ use common::scratch;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // The same bytes as a plain and as a gzipped single file, and as the header of a .hdr/.img pair.
-    let _ = vesalius_data::io::load(&scratch("x.nii", data));
-    let _ = vesalius_data::io::load(&scratch("x.nii.gz", data));
-    let _ = vesalius_data::io::load(&scratch("y.hdr", data));
+    let _ = vesalius_io::load(&scratch("x.nii", data));
+    let _ = vesalius_io::load(&scratch("x.nii.gz", data));
+    let _ = vesalius_io::load(&scratch("y.hdr", data));
 });

@@ -10,7 +10,7 @@ use common::scratch;
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let path = scratch("x.npz", data);
     for split in ["train", "val", "test"] {
-        let _ = vesalius_data::npz::read_medmnist(&path, split);
+        let _ = vesalius_io::npz::read_medmnist(&path, split);
     }
     let _ = vesalius_data::source::load(&vesalius_data::source::SourceConfig::Medmnist { path }, 0, 0);
 });

@@ -86,7 +86,7 @@ pub fn predict_files<B: Backend>(
     for chunk in files.chunks(64) {
         let mut pixels = Vec::with_capacity(chunk.len() * c * s * s);
         for path in chunk {
-            let img = vesalius_data::io::load(path)?;
+            let img = vesalius_io::load(path)?;
             pixels.extend(prepare_2d(&img, c, s, path)?);
         }
         let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [chunk.len(), c, s, s]), device);

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use vesalius_cadx::recipe::Recipe;
 use vesalius_cadx::train::{train, TrainOptions};
-use vesalius_data::npz::write_npz;
+use vesalius_io::npz::write_npz;
 
 #[cfg(not(feature = "test-cuda"))]
 type AB = burn::backend::Autodiff<burn::backend::Flex>;

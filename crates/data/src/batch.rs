@@ -89,13 +89,7 @@ impl<B: Backend> Batcher<B, SeededItem, ClassificationBatch<B>> for Classificati
     }
 }
 
-/// SplitMix64 finaliser: decorrelates seeds derived from (seed, epoch, index).
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use vesalius_io::mix;
 
 /// The batches of one epoch: dataset indices with each item's augmentation seed.
 ///

@@ -23,9 +23,11 @@
 //! assert_eq!(first.shape(), second.shape());
 //! ```
 #![allow(unsafe_code)]
-use crate::image::Affine;
+use vesalius_io::Affine;
 use crate::transforms::Subject;
-use crate::{geometry, io, DataError, Image, Result};
+use vesalius_io::geometry;
+use crate::{DataError, Image, Result};
+use vesalius_io as io;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};

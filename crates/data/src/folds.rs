@@ -118,7 +118,7 @@ pub fn stratified_kfold(cases: &[Case], k: usize, seed: u64) -> Result<Vec<Fold>
 /// Writes folds to `path` atomically.
 pub fn write_splits(path: &Path, folds: &[Fold]) -> Result<()> {
     let text = serde_json::to_string_pretty(folds).map_err(|e| DataError::Invalid(e.to_string()))?;
-    crate::io::write_atomic(path, text.as_bytes())
+    vesalius_io::write_atomic(path, text.as_bytes())
 }
 
 /// Reads folds from `path`; every fold must have training and validation cases and no case on both sides.

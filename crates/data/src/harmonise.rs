@@ -17,7 +17,7 @@
 //! let again = degrade(&noisy, &cleaner, &mut vesalius_data::transforms::rng(2)).unwrap();
 //! assert_eq!(again, noisy);
 //! ```
-use crate::geometry::{self, Interp};
+use vesalius_io::geometry::{self, Interp};
 use crate::transforms::{convolve_axis, gaussian_kernel, normal, resample_to_grid};
 use crate::{DataError, Image, Result};
 use rand::Rng;

@@ -21,7 +21,8 @@
 //! ```
 use crate::cache::{class_locations, ClassLocations};
 use crate::transforms::Subject;
-use crate::{geometry, DataError, Result};
+use vesalius_io::geometry;
+use crate::{DataError, Result};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 

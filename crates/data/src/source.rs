@@ -11,7 +11,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{io, npz, DataError, Image, Result};
+use crate::{DataError, Image, Result};
+use vesalius_io::{self as io, npz};
 
 /// Ground truth of one sample.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,7 +90,7 @@ impl Pixels {
 
 /// The most classes (or labels, for multi-label tasks) a source may declare. Label values are checked against it
 /// before anything is sized from them.
-pub const MAX_CLASSES: usize = 1000;
+pub use vesalius_io::npz::MAX_CLASSES;
 
 /// One labelled image.
 #[derive(Clone, Debug, PartialEq)]

@@ -28,9 +28,9 @@
 //! let mean: f32 = a.image.data().iter().sum::<f32>() / 16.0;
 //! assert!(mean.abs() < 1e-5);
 //! ```
-use crate::geometry::{self, compose, for_each_index, strides, Interp};
+use vesalius_io::geometry::{self, compose, for_each_index, strides, Interp};
 use crate::harmonise::{self, Quality};
-use crate::image::Affine;
+use vesalius_io::Affine;
 use crate::{DataError, Image, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -8,7 +8,7 @@ use vesalius_data::msd::{self, Case};
 use vesalius_data::patch::{grid_starts, PatchSampler, Sampling};
 use vesalius_data::sliding::SlidingWindow;
 use vesalius_data::transforms::{rng, Pipeline, Subject, Transform};
-use vesalius_data::{nifti, Image, IDENTITY};
+use vesalius_io::{nifti, Image, IDENTITY};
 
 type B = burn::backend::Flex;
 

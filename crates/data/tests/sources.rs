@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use vesalius_data::npz::{read_medmnist, write_npz};
+use vesalius_io::npz::{read_medmnist, write_npz};
 use vesalius_data::source::{load, Label, Pixels, SourceConfig, Split, VolumePatchesConfig};
 
 fn fixture(rel: &str) -> PathBuf {
@@ -138,9 +138,9 @@ fn volume_patches_from_disjoint_slabs() {
     assert_eq!(s.of_split(Split::Train).count(), 4 * 30);
     assert_eq!(s.of_split(Split::Test).count(), 4 * 10);
     // Every patch's class is its centre voxel's class, and its slice lies in its split's slab.
-    let t1 = vesalius_data::io::load(&cfg.image).unwrap();
-    let tissue = vesalius_data::io::load(&cfg.labels).unwrap();
-    let mask = vesalius_data::io::load(cfg.mask.as_ref().unwrap()).unwrap();
+    let t1 = vesalius_io::load(&cfg.image).unwrap();
+    let tissue = vesalius_io::load(&cfg.labels).unwrap();
+    let mask = vesalius_io::load(cfg.mask.as_ref().unwrap()).unwrap();
     for smp in &s.samples {
         let xyz: Vec<usize> = smp.id.split('_').map(|p| p[1..].parse().unwrap()).collect();
         let (x, y, z) = (xyz[0], xyz[1], xyz[2]);
@@ -166,7 +166,7 @@ fn twelve_bit_images_in_sixteen_bit_files_span_the_unit_range() {
     // A 12-bit radiograph stored as 16-bit PNG: values 0..=4095.
     let pixels: Vec<u16> = (0..64u32).map(|i| (i * 4095 / 63) as u16).collect();
     image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(8, 8, pixels).unwrap().save(&path).unwrap();
-    let img = vesalius_data::io::load(&path).unwrap();
+    let img = vesalius_io::load(&path).unwrap();
     assert_eq!(img.dtype(), "uint16");
     let v = vesalius_data::source::prepare_2d(&img, 1, 8, &path).unwrap();
     let (lo, hi) = v.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));

@@ -58,7 +58,7 @@ pub(crate) fn check_volume(image: &Image, path: &Path) -> Result<(), RegError> {
 }
 
 pub(crate) fn load(path: &Path) -> Result<Image, RegError> {
-    let image = vesalius_data::io::load(path)?;
+    let image = vesalius_io::load(path)?;
     check_volume(&image, path)?;
     Ok(image)
 }

@@ -3,7 +3,7 @@
 //! Each recovered mapping must be within half a pixel, on average over the fixed image, of the true one.
 use std::path::{Path, PathBuf};
 
-use vesalius_data::io::load;
+use vesalius_io::load;
 use vesalius_data::Image;
 use vesalius_registration::{register, AffineOptions, Method, RegisterOptions, Registration, Similarity};
 

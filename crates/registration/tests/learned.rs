@@ -7,8 +7,8 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use vesalius_data::geometry::{resample, Interp};
-use vesalius_data::io::load;
+use vesalius_io::geometry::{resample, Interp};
+use vesalius_io::load;
 use vesalius_nets::ops::{resize_linear, warp, Padding};
 use vesalius_nets::VoxelMorphConfig;
 use vesalius_registration::learn::{predict, train, LearnOptions, Pair};

@@ -3,7 +3,7 @@
 //! (to a 4 mm RAS grid, and to the 3-slice functional grid). Registration must find the world transform `E`.
 use std::path::Path;
 
-use vesalius_data::io::load;
+use vesalius_io::load;
 use vesalius_registration::{register, AffineOptions, Grid, Method, RegisterOptions, Similarity};
 
 #[cfg(not(feature = "test-cuda"))]

@@ -113,7 +113,7 @@ fn a_synthetic_run_trains_resumes_and_improves_alignment() {
     let recipe = synthetic_recipe(160, 0.01);
     let source = PairSource::open(&recipe).unwrap();
     let pair = &source.validation::<P>(&device)[0];
-    let t1 = vesalius_data::io::load(fixtures().join("mni152_t1.nii.gz")).unwrap();
+    let t1 = vesalius_io::load(fixtures().join("mni152_t1.nii.gz")).unwrap();
     let grid = vesalius_registration::train::common_grid(&recipe, &t1);
     let on_grid = |v: &Vec<f32>| Image::new(v.clone(), recipe.data.shape.to_vec(), 1, grid, "float32").unwrap();
     let registrar = LearnedRegistrar::<P>::load(&run, &device).unwrap();
@@ -131,19 +131,19 @@ fn an_untrained_network_maps_by_world_position_between_different_grids() {
     // fixed grid by world position, whatever the two grids (here 3 mm RAS against 4 mm with a flipped axis).
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
-    let t1 = vesalius_data::io::load(fixtures().join("mni152_t1.nii.gz")).unwrap();
-    let moving = vesalius_data::geometry::resample(&t1, &[3.0, 3.0, 3.0], vesalius_data::geometry::Interp::Linear).unwrap();
-    let fixed_grid = vesalius_data::geometry::resample(&t1, &[4.0, 4.0, 4.0], vesalius_data::geometry::Interp::Linear).unwrap();
-    let fixed = vesalius_data::geometry::flip(&fixed_grid, 0).unwrap();
+    let t1 = vesalius_io::load(fixtures().join("mni152_t1.nii.gz")).unwrap();
+    let moving = vesalius_io::geometry::resample(&t1, &[3.0, 3.0, 3.0], vesalius_io::geometry::Interp::Linear).unwrap();
+    let fixed_grid = vesalius_io::geometry::resample(&t1, &[4.0, 4.0, 4.0], vesalius_io::geometry::Interp::Linear).unwrap();
+    let fixed = vesalius_io::geometry::flip(&fixed_grid, 0).unwrap();
     let subjects: Vec<PathBuf> = (0..2)
         .map(|i| {
             let p = dir.path().join(format!("s{i}.nii.gz"));
-            vesalius_data::nifti::save(&p, &moving, vesalius_data::nifti::NiftiType::F32).unwrap();
+            vesalius_io::nifti::save(&p, &moving, vesalius_io::nifti::NiftiType::F32).unwrap();
             p
         })
         .collect();
     let atlas = dir.path().join("atlas.nii.gz");
-    vesalius_data::nifti::save(&atlas, &fixed, vesalius_data::nifti::NiftiType::F32).unwrap();
+    vesalius_io::nifti::save(&atlas, &fixed, vesalius_io::nifti::NiftiType::F32).unwrap();
     let text = format!(
         "task = \"registration\"\n[data]\nspacing = [5.0, 5.0, 5.0]\nshape = [40, 48, 40]\natlas = {atlas:?}\nsubjects = {subjects:?}\n\
          [model]\nencoder = [4, 4, 4]\ndecoder = [4, 4, 4]\naffine = true\naffine_encoder = [4, 4, 4]\n\
@@ -169,23 +169,23 @@ fn pairs_from_a_csv_with_labels_and_their_errors() {
     let _turn = take_turn();
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
-    let t1 = vesalius_data::geometry::resample(
-        &vesalius_data::io::load(fixtures().join("mni152_t1.nii.gz")).unwrap(),
+    let t1 = vesalius_io::geometry::resample(
+        &vesalius_io::load(fixtures().join("mni152_t1.nii.gz")).unwrap(),
         &[8.0, 8.0, 8.0],
-        vesalius_data::geometry::Interp::Linear,
+        vesalius_io::geometry::Interp::Linear,
     )
     .unwrap();
-    let labels = vesalius_data::geometry::resample(
-        &vesalius_data::io::load(fixtures().join("mni152_tissue_labels.nii.gz")).unwrap(),
+    let labels = vesalius_io::geometry::resample(
+        &vesalius_io::load(fixtures().join("mni152_tissue_labels.nii.gz")).unwrap(),
         &[8.0, 8.0, 8.0],
-        vesalius_data::geometry::Interp::Nearest,
+        vesalius_io::geometry::Interp::Nearest,
     )
     .unwrap();
-    let save = |name: &str, img: &Image| vesalius_data::nifti::save(&dir.path().join(name), img, vesalius_data::nifti::NiftiType::F32).unwrap();
+    let save = |name: &str, img: &Image| vesalius_io::nifti::save(&dir.path().join(name), img, vesalius_io::nifti::NiftiType::F32).unwrap();
     save("a.nii.gz", &t1);
-    save("b.nii.gz", &vesalius_data::geometry::flip(&t1, 0).unwrap());
+    save("b.nii.gz", &vesalius_io::geometry::flip(&t1, 0).unwrap());
     save("la.nii.gz", &labels);
-    save("lb.nii.gz", &vesalius_data::geometry::flip(&labels, 0).unwrap());
+    save("lb.nii.gz", &vesalius_io::geometry::flip(&labels, 0).unwrap());
     let csv = dir.path().join("pairs.csv");
     std::fs::write(&csv, "moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,la.nii.gz,lb.nii.gz\nb.nii.gz,a.nii.gz,lb.nii.gz,la.nii.gz\n").unwrap();
     let recipe = |extra: &str| {
@@ -219,7 +219,7 @@ fn pairs_from_a_csv_with_labels_and_their_errors() {
     assert!(e.contains("label_weight needs label maps"), "{e}");
     let e = error("moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,la.nii.gz,lb.nii.gz\nb.nii.gz,missing.nii.gz,lb.nii.gz,la.nii.gz\n", "");
     assert!(e.contains("missing.nii.gz"), "{e}");
-    save("small.nii.gz", &vesalius_data::geometry::resample(&labels, &[16.0, 16.0, 16.0], vesalius_data::geometry::Interp::Nearest).unwrap());
+    save("small.nii.gz", &vesalius_io::geometry::resample(&labels, &[16.0, 16.0, 16.0], vesalius_io::geometry::Interp::Nearest).unwrap());
     let e = error("moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,small.nii.gz,lb.nii.gz\nb.nii.gz,a.nii.gz,lb.nii.gz,la.nii.gz\n", "");
     assert!(e.contains("small.nii.gz: the label map's grid differs"), "{e}");
 }

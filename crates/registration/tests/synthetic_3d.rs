@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use burn::tensor::{Distribution, Tensor};
-use vesalius_data::geometry::{resample, Interp};
-use vesalius_data::io::load;
+use vesalius_io::geometry::{resample, Interp};
+use vesalius_io::load;
 use vesalius_data::Image;
 use vesalius_nets::ops::{resize_linear, warp, warp_nearest, Padding};
 use vesalius_registration::metrics::{dice, jacobian_determinants, jacobian_stats};

@@ -8,9 +8,9 @@ use crate::{RunDir, SegError};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
-use vesalius_data::nifti::{self, NiftiType};
+use vesalius_io::nifti::{self, NiftiType};
 use vesalius_data::transforms::{resample_onto, Subject};
-use vesalius_data::{io, Image};
+use vesalius_io::{self as io, Image};
 use vesalius_nets::record::from_bytes;
 use vesalius_nets::UNet;
 

@@ -1,7 +1,7 @@
 //! Segmentation end to end on a synthetic MSD-layout dataset with known answers: bright spheres on noise.
 use std::path::Path;
-use vesalius_data::nifti::{self, NiftiType};
-use vesalius_data::{io, Image};
+use vesalius_io::nifti::{self, NiftiType};
+use vesalius_io::{self as io, Image};
 use vesalius_segmentation::evaluate::{evaluate, EvalSet};
 use vesalius_segmentation::infer::{output_paths, write, Predictor};
 use vesalius_segmentation::recipe::SegRecipe;

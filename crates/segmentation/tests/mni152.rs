@@ -1,7 +1,7 @@
 //! The brain-extraction recipe on real data at reduced size: the MNI152 T1 with its brain mask, a held-out axial
 //! slab, and predictions on two other T1-weighted brains stored differently.
 use std::path::{Path, PathBuf};
-use vesalius_data::io;
+use vesalius_io as io;
 use vesalius_segmentation::infer::Predictor;
 use vesalius_segmentation::recipe::{SegRecipe, Slab};
 use vesalius_segmentation::train::train;

@@ -68,7 +68,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
-use vesalius_data::io::write_atomic;
+use vesalius_io::write_atomic;
 
 use crate::ids::deterministic_ids;
 use crate::recipe::ResumeRules;

@@ -47,10 +47,10 @@ pub enum TrainError {
     Interrupted(String),
 }
 
-impl From<vesalius_data::DataError> for TrainError {
-    fn from(e: vesalius_data::DataError) -> Self {
+impl From<vesalius_io::DataError> for TrainError {
+    fn from(e: vesalius_io::DataError) -> Self {
         match e {
-            vesalius_data::DataError::Io { .. } | vesalius_data::DataError::Write { .. } => TrainError::Internal(e.to_string()),
+            vesalius_io::DataError::Io { .. } | vesalius_io::DataError::Write { .. } => TrainError::Internal(e.to_string()),
             other => TrainError::Input(other.to_string()),
         }
     }

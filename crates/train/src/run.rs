@@ -17,8 +17,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use vesalius_data::io::write_atomic;
-use vesalius_data::{DataError, Result};
+use vesalius_io::write_atomic;
+use vesalius_io::{DataError, Result};
 
 /// The files of a run folder. Every task writes the same layout:
 ///

@@ -296,8 +296,8 @@ fn loader_workload(cached: bool) -> Result<(f64, f64, f64, usize), CliError> {
         let lab: Vec<f32> = img.data().iter().map(|&v| (v > 800.0) as u8 as f32).collect();
         let lab = vesalius_data::Image::new(lab, shape.to_vec(), 1, vesalius_data::IDENTITY, "uint8").map_err(internal)?;
         let (ip, lp) = (dir.join(format!("img{i}.nii.gz")), dir.join(format!("lab{i}.nii.gz")));
-        vesalius_data::nifti::save(&ip, &img, vesalius_data::nifti::NiftiType::I16).map_err(internal)?;
-        vesalius_data::nifti::save(&lp, &lab, vesalius_data::nifti::NiftiType::U8).map_err(internal)?;
+        vesalius_io::nifti::save(&ip, &img, vesalius_io::nifti::NiftiType::I16).map_err(internal)?;
+        vesalius_io::nifti::save(&lp, &lab, vesalius_io::nifti::NiftiType::U8).map_err(internal)?;
         cases.push(Case { id: format!("c{i}"), patient: format!("p{i}"), images: vec![ip], label: Some(lp), stratum: None });
     }
     let preprocess = Pipeline { transforms: vec![Transform::ZScore { mask: Default::default() }] };

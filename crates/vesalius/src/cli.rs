@@ -224,7 +224,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Convert { input, output, nifti2, series } => commands::convert(&input, &output, nifti2, series.as_deref()),
         Command::Deid { input, output, keep_private } => {
-            let report = vesalius_data::deid::Deidentifier::new(keep_private)?.run(&input, &output)?;
+            let report = vesalius_io::deid::Deidentifier::new(keep_private)?.run(&input, &output)?;
             println!("{}", serde_json::to_string(&report).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }

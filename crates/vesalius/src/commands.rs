@@ -7,7 +7,7 @@ use vesalius_cadx::infer::predict_files;
 use vesalius_cadx::recipe::Recipe;
 use vesalius_cadx::run::{ClassificationRun, RunDir};
 use vesalius_cadx::train::{train as train_run, TrainOptions};
-use vesalius_data::io::{load, Format};
+use vesalius_io::{load, Format};
 use vesalius_data::source::Split;
 use vesalius_train::RunOptions;
 use vesalius_eval::classification::ClassificationReport;
@@ -89,7 +89,7 @@ pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], output:
         csv.push('\n');
     }
     match output {
-        Some(path) => vesalius_data::io::write_atomic(path, csv.as_bytes())?,
+        Some(path) => vesalius_io::write_atomic(path, csv.as_bytes())?,
         None => print!("{csv}"),
     }
     Ok(())
@@ -101,7 +101,7 @@ fn csv_field(s: &str) -> String {
 
 /// `vesalius convert`.
 pub fn convert(input: &Path, output: &Path, nifti2: bool, series: Option<&str>) -> Result<(), CliError> {
-    use vesalius_data::nifti::{save, save_version, NiftiType, NiftiVersion};
+    use vesalius_io::nifti::{save, save_version, NiftiType, NiftiVersion};
     let img = load_input(input, series)?;
     match Format::from_path(output) {
         Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => {
@@ -113,7 +113,7 @@ pub fn convert(input: &Path, output: &Path, nifti2: bool, series: Option<&str>) 
                 save(output, &img, dtype)?;
             }
         }
-        Some(Format::Png | Format::Tiff) => vesalius_data::io::save_2d(output, &img)?,
+        Some(Format::Png | Format::Tiff) => vesalius_io::save_2d(output, &img)?,
         _ => {
             return Err(CliError::Usage(format!(
                 "{}: cannot write this format (outputs: .nii, .nii.gz, .hdr (+ .img), .png, .tif, .tiff)",
@@ -128,7 +128,7 @@ pub fn convert(input: &Path, output: &Path, nifti2: bool, series: Option<&str>) 
 /// An image file, or one series of a DICOM folder (the only one, or the one named by `series`).
 fn load_input(path: &Path, series: Option<&str>) -> Result<vesalius_data::Image, CliError> {
     if path.is_dir() {
-        return Ok(vesalius_data::dicom::load_series(path, series)?.0);
+        return Ok(vesalius_io::dicom::load_series(path, series)?.0);
     }
     Ok(load(path)?)
 }
@@ -169,17 +169,17 @@ pub struct RegisterArgs {
 }
 
 /// Writes an image as NIfTI or a 2D format, by the output's extension.
-fn save_image(path: &Path, img: &vesalius_data::Image, dtype: vesalius_data::nifti::NiftiType) -> Result<(), CliError> {
+fn save_image(path: &Path, img: &vesalius_data::Image, dtype: vesalius_io::nifti::NiftiType) -> Result<(), CliError> {
     match Format::from_path(path) {
-        Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => Ok(vesalius_data::nifti::save(path, img, dtype)?),
-        Some(Format::Png | Format::Tiff) => Ok(vesalius_data::io::save_2d(path, img)?),
+        Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => Ok(vesalius_io::nifti::save(path, img, dtype)?),
+        Some(Format::Png | Format::Tiff) => Ok(vesalius_io::save_2d(path, img)?),
         _ => Err(CliError::Usage(format!("{}: cannot write this format (outputs: .nii, .nii.gz, .hdr, .png, .tif)", path.display()))),
     }
 }
 
 /// `vesalius register`.
 pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliError> {
-    use vesalius_data::nifti::NiftiType;
+    use vesalius_io::nifti::NiftiType;
     use vesalius_registration::{Method, RegisterOptions, Similarity};
     let method = Method::parse(&args.method)
         .ok_or_else(|| CliError::Usage(format!("unknown method '{}' (affine, deformable, affine+deformable)", args.method)))?;
@@ -258,7 +258,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     let warped = if warped_dtype.is_some() { result.warped.clone().with_dtype("uint8") } else { result.warped.clone() };
     save_image(&args.output, &warped, NiftiType::F32)?;
     if let Some(f) = &args.field {
-        vesalius_data::nifti::save(f, &result.displacement_mm, NiftiType::F32)?;
+        vesalius_io::nifti::save(f, &result.displacement_mm, NiftiType::F32)?;
     }
     if let (Some(l), Some(out)) = (&warped_labels, &args.labels_out) {
         let dtype = NiftiType::from_name(l.dtype()).unwrap_or(NiftiType::I16);
@@ -300,7 +300,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     }
     if let Some(path) = &args.metrics {
         let text = serde_json::to_string_pretty(&summary).map_err(|e| CliError::Internal(e.to_string()))?;
-        vesalius_data::io::write_atomic(path, text.as_bytes())?;
+        vesalius_io::write_atomic(path, text.as_bytes())?;
     }
     println!("{}", serde_json::to_string(&summary).map_err(|e| CliError::Internal(e.to_string()))?);
     Ok(())
@@ -311,7 +311,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
 pub fn info_json(path: &Path, series: Option<&str>) -> Result<Value, CliError> {
     let format = Format::from_path(path).map(Format::name).unwrap_or("unknown");
     if path.is_dir() && series.is_none() {
-        let listed = vesalius_data::dicom::list_series(path)?;
+        let listed = vesalius_io::dicom::list_series(path)?;
         if listed.len() > 1 {
             return Ok(json!({ "format": "dicom", "series": listed }));
         }
@@ -326,13 +326,13 @@ pub fn info_json(path: &Path, series: Option<&str>) -> Result<Value, CliError> {
     let mut extra = serde_json::Map::new();
     if format == "dicom" {
         let header = if path.is_dir() {
-            let all = vesalius_data::dicom::scan(path)?;
+            let all = vesalius_io::dicom::scan(path)?;
             match series {
                 Some(uid) => all.get(uid).and_then(|f| f.first().cloned()),
                 None => all.values().next().and_then(|f| f.first().cloned()),
             }
         } else {
-            Some(vesalius_data::dicom::read_header(path)?)
+            Some(vesalius_io::dicom::read_header(path)?)
         };
         if let Some(h) = header {
             extra.insert("modality".into(), json!(h.modality));

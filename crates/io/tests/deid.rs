@@ -3,7 +3,7 @@ use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::VR;
 use dicom_object::mem::InMemElement;
 use dicom_object::{InMemDicomObject, Tag};
-use vesalius_data::deid::Deidentifier;
+use vesalius_io::deid::Deidentifier;
 
 fn put(obj: &mut InMemDicomObject, g: u16, e: u16, vr: VR, v: &str) {
     obj.put(InMemElement::new(Tag(g, e), vr, PrimitiveValue::from(v)));
@@ -82,5 +82,5 @@ fn an_output_inside_the_input_folder_or_equal_to_the_input_file_is_refused() {
     // Beside the input it works, and the written file reads back.
     let report = Deidentifier::new(false).unwrap().run(&input, &dir.path().join("out")).unwrap();
     assert_eq!(report.files, 1);
-    assert!(vesalius_data::io::load(&dir.path().join("out/a.dcm")).is_ok());
+    assert!(vesalius_io::load(&dir.path().join("out/a.dcm")).is_ok());
 }

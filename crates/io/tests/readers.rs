@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use vesalius_data::io::{load, Format};
-use vesalius_data::{DataError, Image};
+use vesalius_io::{load, Format};
+use vesalius_io::{DataError, Image};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)

@@ -294,7 +294,7 @@ pub fn read_header(path: &Path) -> Result<SliceHeader> {
 }
 
 /// For a file in Deflated Explicit VR Little Endian: the same file with its data set inflated (bounded by
-/// [`crate::io::MAX_DEFLATE_RATIO`]) and its transfer syntax renamed Explicit VR Little Endian (padded to the
+/// [`crate::formats::MAX_DEFLATE_RATIO`]) and its transfer syntax renamed Explicit VR Little Endian (padded to the
 /// same length, so that the meta group's length still holds), so that the length walk and the parser see the
 /// same bytes. `None` for every other file.
 fn inflate_dataset(path: &Path, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -324,7 +324,7 @@ fn inflate_dataset(path: &Path, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
     if value.iter().rposition(|&c| c != 0 && c != b' ').map(|e| &value[..=e]) != Some(DEFLATED) || pos > bytes.len() {
         return Ok(None);
     }
-    let limit = (bytes.len() - pos) as u64 * crate::io::MAX_DEFLATE_RATIO;
+    let limit = (bytes.len() - pos) as u64 * crate::formats::MAX_DEFLATE_RATIO;
     let mut inflated = Vec::new();
     let mut reader = std::io::Read::take(flate2::read::DeflateDecoder::new(&bytes[pos..]), limit + 1);
     std::io::Read::read_to_end(&mut reader, &mut inflated)

@@ -2,9 +2,9 @@
 //! shapes and operations), and known answers for each operation.
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vesalius_data::geometry::{crop_or_pad, flip, permute, reorient, resample, Interp};
-use vesalius_data::nifti::{save, NiftiType};
-use vesalius_data::{io, Affine, Image};
+use vesalius_io::geometry::{crop_or_pad, flip, permute, reorient, resample, Interp};
+use vesalius_io::nifti::{save, NiftiType};
+use vesalius_io::{self as io, Affine, Image};
 
 fn random_affine(rng: &mut ChaCha8Rng) -> Affine {
     // A random rotation (from a random unit quaternion), random voxel sizes, sometimes a reflection.
@@ -140,7 +140,7 @@ fn flip_twice_and_inverse_permutation_are_identity() {
 
 #[test]
 fn padding_fills_and_shifts_the_origin() {
-    let img = Image::new((1..=8).map(|v| v as f32).collect(), vec![2, 2, 2], 1, vesalius_data::IDENTITY, "uint8").unwrap();
+    let img = Image::new((1..=8).map(|v| v as f32).collect(), vec![2, 2, 2], 1, vesalius_io::IDENTITY, "uint8").unwrap();
     let padded = crop_or_pad(&img, &[-1, -1, -1], &[4, 4, 4], -5.0).unwrap();
     assert_eq!(padded.origin(), [-1.0, -1.0, -1.0]);
     assert_eq!(padded.get(&[0, 0, 0]), -5.0);
@@ -153,7 +153,7 @@ fn resampling_known_answers() {
     // A linear ramp along x with 2 mm voxels, resampled to 1 mm: linear interpolation is exact inside.
     let shape = vec![5, 3, 2];
     let data: Vec<f32> = (0..30).map(|i| (i % 5) as f32 * 10.0).collect();
-    let mut a = vesalius_data::IDENTITY;
+    let mut a = vesalius_io::IDENTITY;
     a[0][0] = 2.0;
     let img = Image::new(data, shape, 1, a, "float32").unwrap();
     let up = resample(&img, &[1.0, 1.0, 1.0], Interp::Linear).unwrap();
@@ -184,7 +184,7 @@ fn resampling_known_answers() {
 fn written_nifti_reads_back_with_data_affine_and_codes() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    use vesalius_data::nifti::{save_version, NiftiVersion::{V1, V2}};
+    use vesalius_io::nifti::{save_version, NiftiVersion::{V1, V2}};
     for (name, dtype, version) in [
         ("a.nii", NiftiType::F32, V1),
         ("b.nii.gz", NiftiType::I16, V1),
@@ -211,11 +211,11 @@ fn written_nifti_reads_back_with_data_affine_and_codes() {
                 assert!((back.affine()[r][c] - img.affine()[r][c]).abs() < 1e-4, "{name}");
             }
         }
-        let h = vesalius_data::nifti::read_header(&path).unwrap();
+        let h = vesalius_io::nifti::read_header(&path).unwrap();
         assert_eq!((h.qform_code, h.sform_code), (2, 2));
         assert_eq!(h.version, if version == V1 { 1 } else { 2 }, "{name}");
         // The qform (quaternion + voxel sizes + qfac) encodes the same rigid-plus-scale affine.
-        let q = vesalius_data::nifti::NiftiHeader { sform_code: 0, ..h };
+        let q = vesalius_io::nifti::NiftiHeader { sform_code: 0, ..h };
         let qa = q.affine();
         for r in 0..3 {
             for c in 0..4 {

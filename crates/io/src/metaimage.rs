@@ -120,7 +120,7 @@ pub fn load(path: &Path) -> Result<Image> {
         (p, len, skip)
     };
     let available = source_len.saturating_sub(skip);
-    if compressed && nbytes > available.saturating_mul(crate::io::MAX_DEFLATE_RATIO) || !compressed && nbytes > available {
+    if compressed && nbytes > available.saturating_mul(crate::formats::MAX_DEFLATE_RATIO) || !compressed && nbytes > available {
         return Err(DataError::format(
             &source,
             format!("header declares {dims:?}×{channels} {dtype} values ({nbytes} bytes), but the file holds {available}"),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use vesalius_data::dicom::{list_series, load_file, load_series};
+use vesalius_io::dicom::{list_series, load_file, load_series};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -103,7 +103,7 @@ fn frames_given_out_of_order_are_sorted_and_gaps_reported() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shuffled.dcm");
     obj.write_to_file(&path).unwrap();
-    let (img, warnings) = vesalius_data::dicom::load_file_report(&path).unwrap();
+    let (img, warnings) = vesalius_io::dicom::load_file_report(&path).unwrap();
     let plain = load_file(&single("rtdose.dcm")).unwrap();
     let plane = 100;
     // File frame 14 (offset 0) comes first, file frame 0 (offset 70) is now 14th of 15 (before 200).

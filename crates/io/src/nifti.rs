@@ -514,7 +514,7 @@ pub fn load(path: &Path) -> Result<Image> {
 }
 
 fn check_fits(path: &Path, h: &NiftiHeader, offset: u64, nbytes: u64, size: u64, gz: bool) -> Result<()> {
-    let available = if gz { size.saturating_mul(crate::io::MAX_DEFLATE_RATIO) } else { size };
+    let available = if gz { size.saturating_mul(crate::formats::MAX_DEFLATE_RATIO) } else { size };
     if offset.checked_add(nbytes).is_none_or(|end| end > available) {
         return Err(DataError::format(
             path,
@@ -698,8 +698,8 @@ pub fn save_version(path: &Path, image: &Image, dtype: NiftiType, version: Nifti
     };
     let body = body_bytes(image, dtype);
     if pair {
-        crate::io::write_atomic(&path.with_extension("img"), &body)?;
-        return crate::io::write_atomic(path, &header);
+        crate::formats::write_atomic(&path.with_extension("img"), &body)?;
+        return crate::formats::write_atomic(path, &header);
     }
     let mut bytes = header;
     bytes.extend_from_slice(&body);
@@ -711,7 +711,7 @@ pub fn save_version(path: &Path, image: &Image, dtype: NiftiType, version: Nifti
     } else {
         bytes
     };
-    crate::io::write_atomic(path, &bytes)
+    crate::formats::write_atomic(path, &bytes)
 }
 
 fn put(h: &mut [u8], at: usize, b: &[u8]) {

@@ -10,6 +10,11 @@ use std::path::Path;
 
 use crate::{DataError, Result};
 
+
+/// The most classes (or labels, for multi-label archives) a label array may declare; label values are checked
+/// against it before anything is sized from them.
+pub const MAX_CLASSES: usize = 1000;
+
 /// Element types of the arrays this reader accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
@@ -165,7 +170,7 @@ pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
             .map_err(|_| DataError::format(path, format!("archive has no array '{name}'")))?;
         let declared = entry.size();
         // Stored entries cannot exceed the file; deflated ones cannot exceed DEFLATE's maximum ratio.
-        if declared > file_len.saturating_mul(crate::io::MAX_DEFLATE_RATIO) {
+        if declared > file_len.saturating_mul(crate::formats::MAX_DEFLATE_RATIO) {
             return Err(DataError::format(path, format!("array '{name}' declares an impossible size {declared}")));
         }
         let limited = entry.take(declared);
@@ -222,15 +227,15 @@ pub fn read_medmnist(path: &Path, split: &str) -> Result<MedMnistSplit> {
     if matches!(labels.dtype, Dtype::F32 | Dtype::F64) {
         return Err(DataError::format(path, format!("{labels_name} must hold integers")));
     }
-    if labels_per_image > crate::source::MAX_CLASSES {
-        return Err(DataError::format(path, format!("{labels_name} has {labels_per_image} labels per image; at most {} are supported", crate::source::MAX_CLASSES)));
+    if labels_per_image > MAX_CLASSES {
+        return Err(DataError::format(path, format!("{labels_name} has {labels_per_image} labels per image; at most {} are supported", MAX_CLASSES)));
     }
     let label_values: Vec<i64> = (0..labels.len()).map(|i| labels.get_f64(i) as i64).collect();
     // Checked before anything is sized from them: a class index sets the number of classes.
     for (i, &v) in label_values.iter().enumerate() {
-        let bad = if labels_per_image == 1 { !(0..crate::source::MAX_CLASSES as i64).contains(&v) } else { v != 0 && v != 1 };
+        let bad = if labels_per_image == 1 { !(0..MAX_CLASSES as i64).contains(&v) } else { v != 0 && v != 1 };
         if bad {
-            let expected = if labels_per_image == 1 { format!("a class index in 0..{}", crate::source::MAX_CLASSES) } else { "a 0/1 flag".to_string() };
+            let expected = if labels_per_image == 1 { format!("a class index in 0..{}", MAX_CLASSES) } else { "a 0/1 flag".to_string() };
             return Err(DataError::format(path, format!("{labels_name}[{}] is {v}, expected {expected}", i / labels_per_image)));
         }
     }
@@ -278,5 +283,5 @@ pub fn write_npz(path: &Path, arrays: &[(&str, Vec<usize>, &str, Vec<u8>)]) -> R
     }
     let bytes = zip.finish().map_err(|e| DataError::format(path, e.to_string()))?.into_inner();
     // Atomically: a reader never sees half an archive.
-    crate::io::write_atomic(path, &bytes)
+    crate::formats::write_atomic(path, &bytes)
 }

@@ -20,7 +20,7 @@ pub enum Interp {
 }
 
 /// Strides of a shape, first axis fastest.
-pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
+pub fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];
     for i in 1..shape.len() {
         s[i] = s[i - 1] * shape[i - 1];
@@ -29,7 +29,7 @@ pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// Calls `f(new_linear_index, new_index)` for every voxel of `shape`.
-pub(crate) fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
+pub fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
     let n: usize = shape.iter().product();
     let mut idx = vec![0usize; shape.len()];
     for lin in 0..n {
@@ -45,7 +45,7 @@ pub(crate) fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])
 }
 
 /// `A · M` for a 4×4 `M`.
-pub(crate) fn compose(a: &Affine, m: &Affine) -> Affine {
+pub fn compose(a: &Affine, m: &Affine) -> Affine {
     let mut out = [[0.0; 4]; 4];
     for r in 0..4 {
         for c in 0..4 {
@@ -56,7 +56,7 @@ pub(crate) fn compose(a: &Affine, m: &Affine) -> Affine {
 }
 
 /// Rebuilds an image from a new shape and a map from new index to old index, copying every channel.
-pub(crate) fn remap(img: &Image, shape: Vec<usize>, index_map: &Affine, old_of_new: impl Fn(&[usize]) -> Option<Vec<usize>>, fill: f32) -> Result<Image> {
+pub fn remap(img: &Image, shape: Vec<usize>, index_map: &Affine, old_of_new: impl Fn(&[usize]) -> Option<Vec<usize>>, fill: f32) -> Result<Image> {
     let old_strides = strides(img.shape());
     let n_new: usize = shape.iter().product();
     let n_old = img.voxels();
@@ -90,7 +90,8 @@ pub fn flip(img: &Image, axis: usize) -> Result<Image> {
     }, 0.0)
 }
 
-pub(crate) fn identity() -> Affine {
+/// The 4×4 identity.
+pub fn identity() -> Affine {
     crate::image::IDENTITY
 }
 

@@ -14,7 +14,7 @@ use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::VR;
 use serde::Serialize;
 
-use crate::batch::mix;
+use crate::mix;
 use crate::{DataError, Result};
 
 /// What happens to an attribute.
@@ -442,7 +442,7 @@ impl Deidentifier {
         }
         let mut bytes = Vec::new();
         obj.write_all(&mut bytes).map_err(|e| DataError::write(output, std::io::Error::other(e.to_string())))?;
-        crate::io::write_atomic(output, &bytes)?;
+        crate::formats::write_atomic(output, &bytes)?;
         self.report.files += 1;
         Ok(())
     }
