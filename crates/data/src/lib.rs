@@ -7,8 +7,7 @@
 //!   degrades images to a common quality; [`augment`] is the 2D augmentation of classification batches.
 //! * [`patch`] samples patches, [`loader`] cuts and augments them on worker threads, [`cache`] keeps preprocessed
 //!   volumes on disk and in memory.
-//! * [`dataset`] and [`batch`] turn samples into burn datasets and batches with seeded shuffling; [`sliding`]
-//!   runs a model over a whole volume window by window.
+//! * [`dataset`] and [`batch`] turn samples into burn datasets and batches with seeded shuffling.
 //!
 //! Same seed, same batches, same patches, same augmentation on any machine and with any number of threads.
 //!
@@ -30,7 +29,6 @@ pub mod harmonise;
 pub mod loader;
 pub mod msd;
 pub mod patch;
-pub mod sliding;
 pub mod source;
 pub mod split;
 pub mod transforms;

@@ -15,7 +15,7 @@ use vesalius_data::folds::{kfold, read_splits, write_splits, Fold};
 use vesalius_data::loader::{load_case, Cases, LoaderConfig, PatchLoader};
 use vesalius_data::msd::{self, Case};
 use vesalius_data::patch::{PatchSampler, Sampling};
-use vesalius_data::sliding::SlidingWindow;
+use vesalius_train::sliding::SlidingWindow;
 use vesalius_data::transforms::{Pipeline, Subject};
 use vesalius_data::Image;
 use vesalius_nets::loss;
@@ -314,7 +314,7 @@ fn supervised_deeply<B: Backend>(recipe: &SegRecipe, model: &UNet<B>, x: Tensor<
 }
 
 /// Sliding-window prediction of a preprocessed image with a model.
-pub fn sliding_predict<B: Backend>(model: &UNet<B>, image: &Image, plans: &Plans, recipe: &SegRecipe, probabilities: bool, device: &B::Device) -> Result<vesalius_data::sliding::Prediction, SegError> {
+pub fn sliding_predict<B: Backend>(model: &UNet<B>, image: &Image, plans: &Plans, recipe: &SegRecipe, probabilities: bool, device: &B::Device) -> Result<vesalius_train::sliding::Prediction, SegError> {
     let sw = SlidingWindow {
         roi: plans.patch.clone(),
         overlap: recipe.infer.overlap,

@@ -8,6 +8,8 @@
 //! * [`recipe`]: which keys of a recipe differ from a run's, and whether the run may resume with them.
 //! * [`ids`]: parameter ids derived from parameter paths, so identical models are identical files.
 //! * [`progress`]: progress bars with ETA, drawn only on a terminal.
+//! * [`sliding`]: inference over whole volumes window by window with bounded memory (Gaussian importance,
+//!   mirror test-time augmentation), for every task that predicts dense maps.
 //!
 //! The engine's own example trains a linear unit end to end: see [`engine`].
 pub mod engine;
@@ -15,6 +17,7 @@ pub mod ids;
 pub mod progress;
 pub mod recipe;
 pub mod run;
+pub mod sliding;
 
 pub use engine::{EngineConfig, EpochRecord, RunOptions, Stepper, Task, Validation};
 pub use run::RunDir;

@@ -258,7 +258,7 @@ fn phantom(shape: [usize; 3], seed: usize) -> Vec<f32> {
 /// Sliding-window inference of a 256³ volume: windows of 96³, overlap 0.5, Gaussian weights, batch 1, with the 3D
 /// U-Net of workload d and a softmax; labels kept, no per-class maps. One run is timed (125 windows).
 fn sliding_window_256<B: Backend>(device: &B::Device) -> Result<(f64, f64, f64, usize), CliError> {
-    use vesalius_data::sliding::SlidingWindow;
+    use vesalius_train::sliding::SlidingWindow;
     let shape = [256usize, 256, 256];
     let image = vesalius_data::Image::new(phantom(shape, 0), shape.to_vec(), 1, vesalius_data::IDENTITY, "float32")
         .map_err(|e| CliError::Internal(e.to_string()))?;

@@ -10,7 +10,7 @@
 //! ```
 //! use burn::backend::Flex;
 //! use burn::tensor::Tensor;
-//! use vesalius_data::sliding::SlidingWindow;
+//! use vesalius_train::sliding::SlidingWindow;
 //! use vesalius_data::{Image, IDENTITY};
 //!
 //! let values: Vec<f32> = (0..20 * 12).map(|v| (v % 7) as f32 - 3.0).collect();
@@ -22,8 +22,8 @@
 //! let expected: Vec<u16> = values.iter().map(|&v| (v > 0.0) as u16).collect();
 //! assert_eq!(out.labels, expected);
 //! ```
-use crate::patch::grid_starts;
-use crate::{DataError, Image, Result};
+use vesalius_data::patch::grid_starts;
+use vesalius_io::{DataError, Image, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
