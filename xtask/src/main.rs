@@ -3,6 +3,8 @@
 //! * `train [RECIPE]` — train a recipe (default: `recipes/mni152-tissue.toml`, on data committed in `fixtures/`).
 //! * `bench [--only NAMES] [--backend NAME]` — build in release and run the reference workloads, one JSON line each.
 //! * `test-gpu` — run the backend-generic tests and the benchmarks on CUDA when a GPU is present.
+//! * `ci` — what CI runs: formatting (`cargo fmt --check`), lints (`cargo clippy --workspace --all-targets -D
+//!   warnings`), then the tests (`cargo test --workspace`); stops at the first failure.
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -27,7 +29,7 @@ fn status(mut c: Command) -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <train [RECIPE] [ARGS…] | bench [ARGS…] | test-gpu>";
+const USAGE: &str = "usage: cargo xtask <train [RECIPE] [ARGS…] | bench [ARGS…] | test-gpu | ci>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +46,20 @@ fn main() -> ExitCode {
             c.args(["run", "--quiet", "-p", "vesalius", "--", "train", &recipe]).args(rest);
             status(c)
         }
+        "ci" => {
+            let steps: [&[&str]; 3] =
+                [&["fmt", "--check"], &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &["test", "--workspace"]];
+            for step in steps {
+                eprintln!("cargo xtask ci: cargo {}", step.join(" "));
+                let mut c = cargo();
+                c.args(step);
+                let code = status(c);
+                if code != ExitCode::SUCCESS {
+                    return code;
+                }
+            }
+            ExitCode::SUCCESS
+        }
         "bench" => {
             let mut c = cargo();
             c.args(["run", "--quiet", "--release", "-p", "vesalius"]);
@@ -56,12 +72,12 @@ fn main() -> ExitCode {
             c.args(["--", "bench"]);
             // `--backend NAME` must precede the subcommand's own flags; pass everything through.
             let mut rest = args[1..].to_vec();
-            if let Some(i) = rest.iter().position(|a| a == "--backend") {
-                if i + 1 < rest.len() {
-                    let name = rest.remove(i + 1);
-                    rest.remove(i);
-                    c.args(["--backend", &name]);
-                }
+            if let Some(i) = rest.iter().position(|a| a == "--backend")
+                && i + 1 < rest.len()
+            {
+                let name = rest.remove(i + 1);
+                rest.remove(i);
+                c.args(["--backend", &name]);
             }
             c.args(rest);
             status(c)

@@ -6,14 +6,14 @@ use serde::{Deserialize, Serialize};
 use vesalius_data::dataset::ClassificationDataset;
 use vesalius_data::source::Split;
 use vesalius_eval::bootstrap::Clusters;
-use vesalius_eval::classification::{evaluate_clustered, ClassificationReport};
+use vesalius_eval::classification::{ClassificationReport, evaluate_clustered};
 use vesalius_nets::Classifier;
 
+use crate::CadxError;
 use crate::infer::{predict_dataset, targets_of};
 use crate::recipe::Recipe;
-use crate::run::{write_json, ClassificationRun, RunDir, RunInfo};
+use crate::run::{ClassificationRun, RunDir, RunInfo, write_json};
 use crate::train::prepare_data;
-use crate::CadxError;
 
 /// Content of `metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

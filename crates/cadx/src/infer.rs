@@ -8,13 +8,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use vesalius_data::batch::{BatchTargets, ClassificationBatch, ClassificationBatcher, SeededItem};
 use vesalius_data::dataset::ClassificationDataset;
-use vesalius_data::source::{prepare_2d, Label};
+use vesalius_data::source::{Label, prepare_2d};
 use vesalius_eval::classification::Targets;
 use vesalius_nets::Classifier;
 
+use crate::CadxError;
 use crate::loss::{binary_cross_entropy, cross_entropy};
 use crate::run::RunInfo;
-use crate::CadxError;
 
 /// Loss of one batch: cross-entropy for classes, binary cross-entropy for labels.
 pub fn batch_loss<B: Backend>(logits: Tensor<B, 2>, targets: BatchTargets<B>, weights: Option<&[f32]>) -> Tensor<B, 1> {
@@ -51,8 +51,7 @@ pub fn predict_dataset<B: Backend>(
     let mut start = 0;
     while start < n {
         let end = (start + batch_size).min(n);
-        let items: Vec<SeededItem> =
-            (start..end).filter_map(|i| data.get(i)).map(|item| SeededItem { item, seed: 0 }).collect();
+        let items: Vec<SeededItem> = (start..end).filter_map(|i| data.get(i)).map(|item| SeededItem { item, seed: 0 }).collect();
         let batch: ClassificationBatch<B> = batcher.batch(items, device);
         let logits = model.forward(batch.images);
         let loss: f32 = batch_loss(logits.clone(), batch.targets, None).into_scalar().elem();
@@ -67,9 +66,9 @@ pub fn predict_dataset<B: Backend>(
 pub fn targets_of(data: &ClassificationDataset) -> Targets {
     let labels: Vec<&Label> = data.labels().collect();
     match labels.first() {
-        Some(Label::Multi(_)) => Targets::Multi(
-            labels.iter().map(|l| if let Label::Multi(f) = l { f.clone() } else { Vec::new() }).collect(),
-        ),
+        Some(Label::Multi(_)) => {
+            Targets::Multi(labels.iter().map(|l| if let Label::Multi(f) = l { f.clone() } else { Vec::new() }).collect())
+        }
         _ => Targets::Single(labels.iter().map(|l| if let Label::Class(c) = l { *c } else { 0 }).collect()),
     }
 }

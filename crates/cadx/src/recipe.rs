@@ -119,9 +119,7 @@ impl Schedule {
     pub fn lr(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
         match self {
             Schedule::Constant => base,
-            Schedule::MultiStep { milestones, gamma } => {
-                base * gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32)
-            }
+            Schedule::MultiStep { milestones, gamma } => base * gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32),
             Schedule::Cosine { min_lr } => {
                 let t = epoch as f64 / epochs.max(1) as f64;
                 min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0

@@ -9,21 +9,21 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, Optimizer, SgdConfig};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
-use vesalius_data::batch::{epoch_batches, ClassificationBatch, ClassificationBatcher, SeededItem};
+use vesalius_data::batch::{ClassificationBatch, ClassificationBatcher, SeededItem, epoch_batches};
 use vesalius_data::dataset::ClassificationDataset;
 use vesalius_data::source::{self, Samples, SourceConfig, Split};
 use vesalius_data::split;
-use vesalius_eval::classification::{point_metrics, ClassificationReport};
+use vesalius_eval::classification::{ClassificationReport, point_metrics};
 use vesalius_nets::{Classifier, ClassifierConfig};
 use vesalius_train::engine::{self, RunOptions};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, Stepper, Task, Validation};
 
-use crate::evaluate::{evaluate_dataset, MetricsFile};
+use crate::CadxError;
+use crate::evaluate::{MetricsFile, evaluate_dataset};
 use crate::infer::{batch_loss, predict_dataset, targets_of};
 use crate::recipe::{ClassWeights, OptimizerConfig, Recipe, Schedule, Selection, WeightsName};
-use crate::run::{write_json, ClassificationRun, RunDir, RunInfo};
-use crate::CadxError;
+use crate::run::{ClassificationRun, RunDir, RunInfo, write_json};
 
 /// How to run (not what to train: that is the recipe): the engine's options, the same for every task.
 pub type TrainOptions = RunOptions;
@@ -158,7 +158,11 @@ impl<B: AutodiffBackend> Task<B> for CadxTask<'_> {
         t.schedule.lr(t.optimizer.lr(), epoch, t.epochs)
     }
 
-    fn train_epoch<O: Optimizer<Classifier<B>, B>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, B, Classifier<B>, O>) -> Result<(), CadxError> {
+    fn train_epoch<O: Optimizer<Classifier<B>, B>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut Stepper<'_, B, Classifier<B>, O>,
+    ) -> Result<(), CadxError> {
         let device = stepper.device().clone();
         for idx in &epoch_batches(self.data.train.len(), self.recipe.train.batch_size, self.recipe.seed, epoch, true) {
             let items: Vec<SeededItem> =
@@ -171,7 +175,12 @@ impl<B: AutodiffBackend> Task<B> for CadxTask<'_> {
         Ok(())
     }
 
-    fn validate(&mut self, model: &Classifier<B::InnerBackend>, _epoch: usize, device: &B::Device) -> Result<Option<Validation>, CadxError> {
+    fn validate(
+        &mut self,
+        model: &Classifier<B::InnerBackend>,
+        _epoch: usize,
+        device: &B::Device,
+    ) -> Result<Option<Validation>, CadxError> {
         let (scores, val_loss) = predict_dataset(model, &self.data.val, self.info.multi_label, 256, device);
         let m = point_metrics(&scores, &self.val_targets).map_err(|e| CadxError::Internal(format!("validation: {e}")))?;
         let score = match self.recipe.train.select {

@@ -1,9 +1,10 @@
 //! End-to-end training runs on small data: learning a task with a known answer, resuming, the MedMNIST recipe.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use vesalius_cadx::recipe::Recipe;
-use vesalius_cadx::train::{train, TrainOptions};
+use vesalius_cadx::train::{TrainOptions, train};
 use vesalius_io::npz::write_npz;
 
 #[cfg(not(feature = "test-cuda"))]
@@ -168,7 +169,8 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     let whole = dir.path().join("whole");
     let a = train::<AB>(&r, &whole, &Default::default(), &quiet()).unwrap();
     let parts = dir.path().join("parts");
-    let stopped = train::<AB>(&r, &parts, &Default::default(), &TrainOptions { quiet: true, stop_after: Some(1), ..Default::default() }).unwrap();
+    let stopped =
+        train::<AB>(&r, &parts, &Default::default(), &TrainOptions { quiet: true, stop_after: Some(1), ..Default::default() }).unwrap();
     assert!(!stopped.complete);
     assert_eq!(stopped.epochs, 1);
     assert!(!parts.join("metrics.json").exists(), "an unfinished run has no final metrics");
@@ -184,7 +186,8 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     let mut expected = vec!["state.json".to_string(), "epoch-0003".to_string(), state["best_checkpoint"].as_str().unwrap().to_string()];
     expected.sort();
     expected.dedup();
-    let mut ckpts: Vec<String> = std::fs::read_dir(parts.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut ckpts: Vec<String> =
+        std::fs::read_dir(parts.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     ckpts.sort();
     assert_eq!(ckpts, expected);
 
@@ -250,7 +253,14 @@ fn a_diverging_run_stops_with_its_epoch_and_resumes_with_a_smaller_learning_rate
     let dir = tempfile::tempdir().unwrap();
     let npz = dir.path().join("squares.npz");
     squares_npz(&npz, [96, 32, 32], 1, false);
-    let with_lr = |lr: &str| recipe(&format!("[data]\nkind = \"medmnist\"\npath = {:?}", npz), "lenet5", 3, &format!("optimizer = {{ kind = \"sgd\", lr = {lr} }}"));
+    let with_lr = |lr: &str| {
+        recipe(
+            &format!("[data]\nkind = \"medmnist\"\npath = {:?}", npz),
+            "lenet5",
+            3,
+            &format!("optimizer = {{ kind = \"sgd\", lr = {lr} }}"),
+        )
+    };
     let run = dir.path().join("run");
     let stop = TrainOptions { quiet: true, stop_after: Some(1), ..Default::default() };
     train::<AB>(&with_lr("0.01"), &run, &Default::default(), &stop).unwrap();

@@ -39,21 +39,10 @@ impl Augment2d {
         debug_assert_eq!(pixels.len(), channels * size * size);
         let flip_h = self.flip_horizontal > 0.0 && rng.random_bool(self.flip_horizontal.min(1.0));
         let flip_v = self.flip_vertical > 0.0 && rng.random_bool(self.flip_vertical.min(1.0));
-        let angle = if self.rotate_degrees > 0.0 {
-            rng.random_range(-self.rotate_degrees..=self.rotate_degrees).to_radians()
-        } else {
-            0.0
-        };
-        let scale = if self.intensity_scale > 0.0 {
-            rng.random_range(1.0 - self.intensity_scale..=1.0 + self.intensity_scale) as f32
-        } else {
-            1.0
-        };
-        let shift = if self.intensity_shift > 0.0 {
-            rng.random_range(-self.intensity_shift..=self.intensity_shift) as f32
-        } else {
-            0.0
-        };
+        let angle = if self.rotate_degrees > 0.0 { rng.random_range(-self.rotate_degrees..=self.rotate_degrees).to_radians() } else { 0.0 };
+        let scale =
+            if self.intensity_scale > 0.0 { rng.random_range(1.0 - self.intensity_scale..=1.0 + self.intensity_scale) as f32 } else { 1.0 };
+        let shift = if self.intensity_shift > 0.0 { rng.random_range(-self.intensity_shift..=self.intensity_shift) as f32 } else { 0.0 };
         for plane in pixels.chunks_exact_mut(size * size) {
             if flip_h {
                 flip_horizontal(plane, size);

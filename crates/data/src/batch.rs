@@ -2,8 +2,8 @@
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::augment::Augment2d;
@@ -101,10 +101,7 @@ pub fn epoch_batches(len: usize, batch_size: usize, seed: u64, epoch: usize, shu
     if shuffle {
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
     }
-    order
-        .chunks(batch_size.max(1))
-        .map(|c| c.iter().map(|&i| (i, mix(epoch_seed ^ mix(i as u64 + 1)))).collect())
-        .collect()
+    order.chunks(batch_size.max(1)).map(|c| c.iter().map(|&i| (i, mix(epoch_seed ^ mix(i as u64 + 1)))).collect()).collect()
 }
 
 #[cfg(test)]

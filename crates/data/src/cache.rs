@@ -23,15 +23,15 @@
 //! assert_eq!(first.shape(), second.shape());
 //! ```
 #![allow(unsafe_code)]
-use vesalius_io::Affine;
 use crate::transforms::Subject;
-use vesalius_io::geometry;
 use crate::{DataError, Image, Result};
-use vesalius_io as io;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use vesalius_io as io;
+use vesalius_io::Affine;
+use vesalius_io::geometry;
 
 const MAGIC: &[u8; 8] = b"VXCACHE1";
 
@@ -284,10 +284,10 @@ impl DiskCache {
     /// The entry for `key`, memory-mapped; `make` computes and stores it when absent (or unreadable).
     pub fn get_or_insert(&self, key: &str, make: impl FnOnce() -> Result<Subject>) -> Result<Volume> {
         let path = self.path(key);
-        if path.is_file() {
-            if let Ok(v) = open_entry(&path) {
-                return Ok(v);
-            }
+        if path.is_file()
+            && let Ok(v) = open_entry(&path)
+        {
+            return Ok(v);
         }
         let subject = make()?;
         write_entry(&path, &subject)?;
@@ -297,10 +297,10 @@ impl DiskCache {
 
 fn write_entry(path: &Path, s: &Subject) -> Result<()> {
     let label = s.label.as_ref();
-    if let Some(l) = label {
-        if let Some(v) = l.data().iter().find(|v| !(0.0..=255.0).contains(*v) || v.fract() != 0.0) {
-            return Err(DataError::Invalid(format!("label value {v} is not a class 0–255")));
-        }
+    if let Some(l) = label
+        && let Some(v) = l.data().iter().find(|v| !(0.0..=255.0).contains(*v) || v.fract() != 0.0)
+    {
+        return Err(DataError::Invalid(format!("label value {v} is not a class 0–255")));
     }
     let header = Header {
         shape: s.image.shape().to_vec(),

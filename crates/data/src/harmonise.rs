@@ -17,11 +17,11 @@
 //! let again = degrade(&noisy, &cleaner, &mut vesalius_data::transforms::rng(2)).unwrap();
 //! assert_eq!(again, noisy);
 //! ```
-use vesalius_io::geometry::{self, Interp};
 use crate::transforms::{convolve_axis, gaussian_kernel, normal, resample_to_grid};
 use crate::{DataError, Image, Result};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use vesalius_io::geometry::{self, Interp};
 
 /// FWHM of a Gaussian over its standard deviation.
 const FWHM_PER_SIGMA: f64 = 2.354_820_045_030_949;

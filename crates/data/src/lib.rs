@@ -33,4 +33,4 @@ pub mod source;
 pub mod split;
 pub mod transforms;
 
-pub use vesalius_io::{orientation_codes, Affine, DataError, Image, Result, IDENTITY};
+pub use vesalius_io::{Affine, DataError, IDENTITY, Image, Result, orientation_codes};

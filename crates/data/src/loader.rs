@@ -28,12 +28,12 @@ use crate::msd::Case;
 use crate::patch::PatchSampler;
 use crate::transforms::{Pipeline, Subject};
 use crate::{DataError, Image, Result};
-use vesalius_io as io;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
+use vesalius_io as io;
 
 /// Loads a case's image channels (one file per channel, or one multi-channel file) and its label map, checks that
 /// they share a grid, and applies `preprocess` (with a generator seeded by 0, so it is deterministic).
@@ -60,7 +60,10 @@ pub fn load_case(case: &Case, preprocess: &Pipeline) -> Result<Subject> {
         Some(lp) => {
             let label = io::load(lp)?;
             if label.shape() != shape.as_slice() || label.channels() != 1 {
-                return Err(DataError::format(lp, format!("label grid {:?}×{} does not match the image {:?}", label.shape(), label.channels(), shape)));
+                return Err(DataError::format(
+                    lp,
+                    format!("label grid {:?}×{} does not match the image {:?}", label.shape(), label.channels(), shape),
+                ));
             }
             Subject::with_label(image, label)?
         }
@@ -169,7 +172,9 @@ impl<'a> PatchLoader<'a> {
     /// Patch `index` of `epoch`, computed on the calling thread.
     pub fn patch(&self, epoch: u64, index: usize) -> Result<Subject> {
         let c = &self.config;
-        let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            c.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+        );
         if self.cases.is_empty() {
             return Err(DataError::Invalid("no cases to sample patches from".into()));
         }

@@ -90,8 +90,12 @@ fn label_names(json: &Value, path: &Path) -> Result<BTreeMap<u32, String>> {
     for (k, v) in obj {
         let (value, name) = match (k.parse::<u32>(), v) {
             (Ok(value), Value::String(name)) => (value, name.clone()),
-            (_, Value::Number(n)) => (n.as_u64().ok_or_else(|| bad(path, format!("label '{k}' needs a non-negative integer")))? as u32, k.clone()),
-            (_, Value::Array(_)) => return Err(bad(path, format!("label '{k}' is a region (list of labels); region-based training is not supported"))),
+            (_, Value::Number(n)) => {
+                (n.as_u64().ok_or_else(|| bad(path, format!("label '{k}' needs a non-negative integer")))? as u32, k.clone())
+            }
+            (_, Value::Array(_)) => {
+                return Err(bad(path, format!("label '{k}' is a region (list of labels); region-based training is not supported")));
+            }
             _ => return Err(bad(path, format!("label entry '{k}' is neither value → name nor name → value"))),
         };
         if out.insert(value, name).is_some() {
@@ -150,12 +154,19 @@ pub fn open(root: &Path) -> Result<SegDataset> {
         }
         let mut test = Vec::new();
         for item in json.get("test").and_then(Value::as_array).into_iter().flatten() {
-            let p = item.as_str().or_else(|| item.get("image").and_then(Value::as_str)).ok_or_else(|| bad(&json_path, "a `test` entry is not a path"))?;
+            let p = item
+                .as_str()
+                .or_else(|| item.get("image").and_then(Value::as_str))
+                .ok_or_else(|| bad(&json_path, "a `test` entry is not a path"))?;
             let img = root.join(strip(p));
             if img.is_file() {
                 let name = img.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
                 let label = root.join("labelsTs").join(&name);
-                test.push(case(name.trim_end_matches(".gz").trim_end_matches(".nii").to_string(), vec![img], label.is_file().then_some(label)));
+                test.push(case(
+                    name.trim_end_matches(".gz").trim_end_matches(".nii").to_string(),
+                    vec![img],
+                    label.is_file().then_some(label),
+                ));
             }
         }
         return Ok(SegDataset { root: root.to_path_buf(), name, channels, label_names, file_ending: ".nii.gz".into(), training, test });
@@ -173,10 +184,10 @@ pub fn open(root: &Path) -> Result<SegDataset> {
     if training.is_empty() {
         return Err(bad(&json_path, format!("no label maps ending in '{file_ending}' in labelsTr/")));
     }
-    if let Some(n) = json.get("numTraining").and_then(Value::as_u64) {
-        if n as usize != training.len() {
-            return Err(bad(&json_path, format!("numTraining is {n} but labelsTr/ holds {} cases", training.len())));
-        }
+    if let Some(n) = json.get("numTraining").and_then(Value::as_u64)
+        && n as usize != training.len()
+    {
+        return Err(bad(&json_path, format!("numTraining is {n} but labelsTr/ holds {} cases", training.len())));
     }
     let mut test_ids: Vec<String> = files_ending(&root.join("imagesTs"), &file_ending)?
         .into_iter()

@@ -19,12 +19,12 @@
 //! let patch = sampler.sample(&subject, true, &mut rng(0)).unwrap();
 //! assert_eq!(patch.label.unwrap().data().iter().sum::<f32>(), 1.0); // the foreground pixel is inside
 //! ```
-use crate::cache::{class_locations, ClassLocations};
+use crate::cache::{ClassLocations, class_locations};
 use crate::transforms::Subject;
-use vesalius_io::geometry;
 use crate::{DataError, Result};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use vesalius_io::geometry;
 
 /// How training patches are placed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,7 +70,8 @@ impl PatchSampler {
         if self.patch.len() != nd || self.patch.contains(&0) {
             return Err(DataError::Invalid(format!("patch size {:?} needs {nd} positive sizes", self.patch)));
         }
-        let locations = if foreground { subject.label.as_ref().map(|l| class_locations(l.data())).unwrap_or_default() } else { ClassLocations::new() };
+        let locations =
+            if foreground { subject.label.as_ref().map(|l| class_locations(l.data())).unwrap_or_default() } else { ClassLocations::new() };
         let start = self.start(shape, &locations, foreground, rng)?;
         extract(subject, &start, &self.patch)
     }
@@ -87,11 +88,16 @@ impl PatchSampler {
             let classes: Vec<&Vec<u64>> = locations.values().filter(|v| !v.is_empty()).collect();
             let list = classes[rng.random_range(0..classes.len())];
             let mut rem = list[rng.random_range(0..list.len())] as usize;
-            Some(shape.iter().map(|&d| {
-                let i = rem % d;
-                rem /= d;
-                i
-            }).collect())
+            Some(
+                shape
+                    .iter()
+                    .map(|&d| {
+                        let i = rem % d;
+                        rem /= d;
+                        i
+                    })
+                    .collect(),
+            )
         } else {
             None
         };

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -232,9 +232,7 @@ pub fn prepare_2d(img: &Image, channels: usize, size: usize, path: &Path) -> Res
     let src: Vec<Vec<f32>> = match (img.channels(), channels) {
         (a, b) if a == b => (0..a).map(|c| img.channel(c).to_vec()).collect(),
         (1, n) => vec![img.channel(0).to_vec(); n],
-        (3, 1) => vec![(0..img.voxels())
-            .map(|i| (img.channel(0)[i] + img.channel(1)[i] + img.channel(2)[i]) / 3.0)
-            .collect()],
+        (3, 1) => vec![(0..img.voxels()).map(|i| (img.channel(0)[i] + img.channel(1)[i] + img.channel(2)[i]) / 3.0).collect()],
         (a, b) => return Err(DataError::format(path, format!("cannot convert {a} channels to {b}"))),
     };
     let mut out = Vec::with_capacity(channels * size * size);
@@ -316,7 +314,10 @@ fn load_csv(path: &Path, multi_label: bool, channels: usize, size: usize) -> Res
         index_classes(rows.iter().map(|r| r.1.clone()))
     };
     if classes.len() > MAX_CLASSES {
-        return Err(DataError::format(path, format!("the manifest names {} distinct labels; at most {MAX_CLASSES} are supported", classes.len())));
+        return Err(DataError::format(
+            path,
+            format!("the manifest names {} distinct labels; at most {MAX_CLASSES} are supported", classes.len()),
+        ));
     }
     if let Some((i, _)) = rows.iter().enumerate().find(|(_, r)| !multi_label && r.1.is_empty()) {
         return Err(DataError::format(path, format!("row {}: empty label", i + 2)));
@@ -355,11 +356,8 @@ fn load_folder(root: &Path, channels: usize, size: usize) -> Result<Samples> {
     let top = sorted_entries(root)?;
     let split_dirs: Vec<(Split, PathBuf)> =
         top.iter().filter(|p| p.is_dir()).filter_map(|p| Split::parse(&p.file_name()?.to_string_lossy()).map(|s| (s, p.clone()))).collect();
-    let roots: Vec<(Option<Split>, PathBuf)> = if split_dirs.is_empty() {
-        vec![(None, root.to_path_buf())]
-    } else {
-        split_dirs.into_iter().map(|(s, p)| (Some(s), p)).collect()
-    };
+    let roots: Vec<(Option<Split>, PathBuf)> =
+        if split_dirs.is_empty() { vec![(None, root.to_path_buf())] } else { split_dirs.into_iter().map(|(s, p)| (Some(s), p)).collect() };
     let mut listed = Vec::new();
     for (split, dir) in &roots {
         for class_dir in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
@@ -448,7 +446,7 @@ fn load_volume_patches(cfg: &VolumePatchesConfig) -> Result<Samples> {
     let ranges: Vec<[usize; 2]> = cfg.slabs.values().copied().collect();
     for (i, a) in ranges.iter().enumerate() {
         for b in &ranges[i + 1..] {
-            let gap = if a[1] <= b[0] { b[0] - a[1] } else if b[1] <= a[0] { a[0] - b[1] } else { 0 };
+            let gap = if a[1] <= b[0] { b[0] - a[1] } else { a[0].saturating_sub(b[1]) };
             if gap < p {
                 return Err(DataError::Invalid(format!(
                     "slabs {a:?} and {b:?} are {gap} slices apart; they must be at least the patch size ({p}) apart"

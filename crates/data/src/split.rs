@@ -1,8 +1,8 @@
 //! Patient-level assignment of samples to train, validation and test.
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -41,21 +41,19 @@ pub fn assign(samples: &mut [Sample], fractions: SplitFractions, seed: u64) -> R
     }
     let mut fixed: BTreeMap<String, Split> = BTreeMap::new();
     for s in samples.iter() {
-        if let Some(split) = s.split {
-            if let Some(prev) = fixed.insert(group_of(s).to_string(), split) {
-                if prev != split {
-                    return Err(DataError::Invalid(format!(
-                        "patient '{}' appears in both the {} and the {} split",
-                        group_of(s),
-                        prev.name(),
-                        split.name()
-                    )));
-                }
-            }
+        if let Some(split) = s.split
+            && let Some(prev) = fixed.insert(group_of(s).to_string(), split)
+            && prev != split
+        {
+            return Err(DataError::Invalid(format!(
+                "patient '{}' appears in both the {} and the {} split",
+                group_of(s),
+                prev.name(),
+                split.name()
+            )));
         }
     }
-    let free: BTreeSet<String> =
-        samples.iter().map(|s| group_of(s).to_string()).filter(|g| !fixed.contains_key(g)).collect();
+    let free: BTreeSet<String> = samples.iter().map(|s| group_of(s).to_string()).filter(|g| !fixed.contains_key(g)).collect();
     let mut free: Vec<String> = free.into_iter().collect();
     free.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let n = free.len();

@@ -28,13 +28,13 @@
 //! let mean: f32 = a.image.data().iter().sum::<f32>() / 16.0;
 //! assert!(mean.abs() < 1e-5);
 //! ```
-use vesalius_io::geometry::{self, compose, for_each_index, strides, Interp};
 use crate::harmonise::{self, Quality};
-use vesalius_io::Affine;
 use crate::{DataError, Image, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use vesalius_io::Affine;
+use vesalius_io::geometry::{self, Interp, compose, for_each_index, strides};
 
 /// An image with its optional label map on the same grid.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,11 +54,7 @@ impl Subject {
     /// A subject with a label map; the grids must agree.
     pub fn with_label(image: Image, label: Image) -> Result<Self> {
         if label.shape() != image.shape() {
-            return Err(DataError::Invalid(format!(
-                "label shape {:?} differs from image shape {:?}",
-                label.shape(),
-                image.shape()
-            )));
+            return Err(DataError::Invalid(format!("label shape {:?} differs from image shape {:?}", label.shape(), image.shape())));
         }
         Ok(Self { image, label: Some(label) })
     }
@@ -417,9 +413,9 @@ impl Transform {
                 s.map_spatial(|img, _| geometry::crop_or_pad(img, &start, &shape, 0.0))
             }
             Transform::Resize { shape } => s.map_spatial(|img, is_label| resize(img, shape, is_label)),
-            Transform::Resample { spacing } => s.map_spatial(|img, is_label| {
-                geometry::resample(img, spacing, if is_label { Interp::Nearest } else { Interp::Linear })
-            }),
+            Transform::Resample { spacing } => {
+                s.map_spatial(|img, is_label| geometry::resample(img, spacing, if is_label { Interp::Nearest } else { Interp::Linear }))
+            }
             Transform::Degrade(q) => intensity(s, |img| harmonise::degrade(img, q, &mut *rng)),
             Transform::RandFlip { prob, axes } => {
                 let chosen: Vec<usize> = axes.iter().copied().filter(|_| coin(rng, *prob)).collect();

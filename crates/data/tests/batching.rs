@@ -1,10 +1,11 @@
 //! Same seed, same batches: shuffling and augmentation depend only on (seed, epoch, item).
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::sync::Arc;
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use vesalius_data::augment::Augment2d;
-use vesalius_data::batch::{epoch_batches, BatchTargets, ClassificationBatch, ClassificationBatcher, SeededItem};
+use vesalius_data::batch::{BatchTargets, ClassificationBatch, ClassificationBatcher, SeededItem, epoch_batches};
 use vesalius_data::dataset::{ClassificationDataset, ClassificationItem};
 use vesalius_data::source::{Label, Pixels};
 

@@ -1,13 +1,13 @@
 //! Patch sampling, sliding-window inference, dataset layouts, folds, the cache and the loader.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::Path;
 use vesalius_data::cache::{DiskCache, MemoryCache, Volume};
 use vesalius_data::folds::{kfold, read_splits, stratified_kfold, write_splits};
-use vesalius_data::loader::{load_case, Cases, LoaderConfig, PatchLoader};
+use vesalius_data::loader::{Cases, LoaderConfig, PatchLoader, load_case};
 use vesalius_data::msd::{self, Case};
-use vesalius_data::patch::{grid_starts, PatchSampler, Sampling};
-use vesalius_data::transforms::{rng, Pipeline, Subject, Transform};
-use vesalius_io::{nifti, Image, IDENTITY};
-
+use vesalius_data::patch::{PatchSampler, Sampling, grid_starts};
+use vesalius_data::transforms::{Pipeline, Subject, Transform, rng};
+use vesalius_io::{IDENTITY, Image, nifti};
 
 fn volume(shape: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Image {
     let mut data = Vec::new();
@@ -197,8 +197,18 @@ fn disk_cache_is_keyed_by_content_and_settings_and_maps_patches() {
     let other = Pipeline { transforms: vec![Transform::MinMax { min: 0.0, max: 1.0 }] };
     assert_ne!(k1, cache.key(&[&ip, &lp], &other).unwrap());
     let mut computed = 0;
-    let v = cache.get_or_insert(&k1, || { computed += 1; load_case(&case, &pre) }).unwrap();
-    let v2 = cache.get_or_insert(&k1, || { computed += 1; load_case(&case, &pre) }).unwrap();
+    let v = cache
+        .get_or_insert(&k1, || {
+            computed += 1;
+            load_case(&case, &pre)
+        })
+        .unwrap();
+    let v2 = cache
+        .get_or_insert(&k1, || {
+            computed += 1;
+            load_case(&case, &pre)
+        })
+        .unwrap();
     assert_eq!(computed, 1);
     assert!(matches!(v2, Volume::Mapped { .. }));
     let mem = Volume::in_memory(load_case(&case, &pre).unwrap());
@@ -219,7 +229,12 @@ fn disk_cache_is_keyed_by_content_and_settings_and_maps_patches() {
     let bytes = std::fs::read(&entry).unwrap();
     std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
     let mut again = 0;
-    cache.get_or_insert(&k1, || { again += 1; load_case(&case, &pre) }).unwrap();
+    cache
+        .get_or_insert(&k1, || {
+            again += 1;
+            load_case(&case, &pre)
+        })
+        .unwrap();
     assert_eq!(again, 1);
     // The RAM cache keeps what fits its budget, least recently used out first.
     let ram = MemoryCache::new(img.voxels() * 8 * 2 + 10);
@@ -228,7 +243,11 @@ fn disk_cache_is_keyed_by_content_and_settings_and_maps_patches() {
     }
     assert_eq!(ram.used(), img.voxels() * 8 * 2);
     let mut recomputed = false;
-    ram.get_or_insert("a", || { recomputed = true; Ok(Volume::in_memory(load_case(&case, &Pipeline::default())?)) }).unwrap();
+    ram.get_or_insert("a", || {
+        recomputed = true;
+        Ok(Volume::in_memory(load_case(&case, &Pipeline::default())?))
+    })
+    .unwrap();
     assert!(recomputed, "a was evicted");
 }
 
@@ -255,7 +274,12 @@ fn loader_is_ordered_reproducible_and_balanced() {
     };
     let collect = |cases: &Cases, threads| {
         let mut out = Vec::new();
-        PatchLoader::new(cases, config(threads)).run(2, 16, |i, s| { out.push((i, s)); Ok(()) }).unwrap();
+        PatchLoader::new(cases, config(threads))
+            .run(2, 16, |i, s| {
+                out.push((i, s));
+                Ok(())
+            })
+            .unwrap();
         out
     };
     let files = Cases::Files { cases: &cases, preprocess: &pre };

@@ -1,9 +1,10 @@
 //! Dataset sources: MedMNIST archives made in the MedMNIST layout, CSV manifests, class folders, volume patches.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use vesalius_data::source::{Label, Pixels, SourceConfig, Split, VolumePatchesConfig, load};
 use vesalius_io::npz::{read_medmnist, write_npz};
-use vesalius_data::source::{load, Label, Pixels, SourceConfig, Split, VolumePatchesConfig};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
@@ -72,14 +73,17 @@ fn malformed_npz_is_an_error_not_an_allocation() {
     let e = read_medmnist(&huge, "train").unwrap_err().to_string();
     assert!(e.contains("huge.npz") && e.contains("train_labels[0] is 1000000000000"), "{e}");
     let flags = dir.path().join("flags.npz");
-    write_npz(&flags, &[("train_images", vec![1, 28, 28], "|u1", vec![0u8; 784]), ("train_labels", vec![1, 2], "|u1", vec![1, 7])]).unwrap();
+    write_npz(&flags, &[("train_images", vec![1, 28, 28], "|u1", vec![0u8; 784]), ("train_labels", vec![1, 2], "|u1", vec![1, 7])])
+        .unwrap();
     let e = read_medmnist(&flags, "train").unwrap_err().to_string();
     assert!(e.contains("train_labels[0] is 7, expected a 0/1 flag"), "{e}");
     // A manifest naming more distinct labels than any task has is refused before any image is read.
     let csv = dir.path().join("many.csv");
     let rows: String = (0..1001).map(|i| format!("img{i}.png,class{i}\n")).collect();
     std::fs::write(&csv, format!("path,label\n{rows}")).unwrap();
-    let e = vesalius_data::source::load(&vesalius_data::source::SourceConfig::Csv { path: csv, multi_label: true }, 1, 28).unwrap_err().to_string();
+    let e = vesalius_data::source::load(&vesalius_data::source::SourceConfig::Csv { path: csv, multi_label: true }, 1, 28)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("many.csv") && e.contains("1001 distinct labels"), "{e}");
     let notzip = dir.path().join("notzip.npz");
     std::fs::write(&notzip, b"PK\x03\x04garbage").unwrap();

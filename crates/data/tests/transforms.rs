@@ -1,8 +1,9 @@
 //! Transforms with known answers: quarter turns, flips, world coordinates kept, intensity maps by their
 //! definitions, random transforms reproducible by seed, harmonisation that only degrades.
-use vesalius_data::harmonise::{degrade, estimate_noise, Quality, SliceThickness};
-use vesalius_data::transforms::{self, rng, AffineParams, NormMask, Pipeline, Subject, Transform};
-use vesalius_data::{Image, IDENTITY};
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+use vesalius_data::harmonise::{Quality, SliceThickness, degrade, estimate_noise};
+use vesalius_data::transforms::{self, AffineParams, NormMask, Pipeline, Subject, Transform, rng};
+use vesalius_data::{IDENTITY, Image};
 
 fn img2(w: usize, h: usize, f: impl Fn(usize, usize) -> f32) -> Image {
     let data = (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).map(|(x, y)| f(x, y)).collect();
@@ -106,7 +107,8 @@ fn affine_translation_and_identity() {
     let id = apply(Transform::Affine(AffineParams::default()), Subject::new(v.clone()), 0);
     assert_eq!(id.image.data(), v.data());
     // 4 mm along axis 0 with 2 mm voxels is two voxels.
-    let moved = apply(Transform::Affine(AffineParams { translate: vec![4.0, 0.0, 0.0], ..Default::default() }), Subject::new(v.clone()), 0).image;
+    let moved =
+        apply(Transform::Affine(AffineParams { translate: vec![4.0, 0.0, 0.0], ..Default::default() }), Subject::new(v.clone()), 0).image;
     assert_eq!(moved.get(&[5, 3, 2]), v.get(&[3, 3, 2]));
     assert_eq!(moved.get(&[0, 3, 2]), 0.0); // uncovered: zero
     assert_eq!(moved.affine(), v.affine()); // the grid stays, the content moves
@@ -118,7 +120,8 @@ fn labels_follow_the_image_through_random_spatial_transforms() {
         let d = (x as f64 - 11.5).powi(2) + (y as f64 - 11.5).powi(2) + ((z as f64 - 5.5) * 1.5).powi(2);
         (d < 50.0) as u8 as f32
     });
-    let image = Image::new(label.data().iter().map(|v| v * 100.0).collect(), label.shape().to_vec(), 1, *label.affine(), "float32").unwrap();
+    let image =
+        Image::new(label.data().iter().map(|v| v * 100.0).collect(), label.shape().to_vec(), 1, *label.affine(), "float32").unwrap();
     let s = Subject::with_label(image, label).unwrap();
     let pipeline = Pipeline {
         transforms: vec![
@@ -279,7 +282,9 @@ fn harmonisation_degrades_only() {
     assert_eq!(degrade(&checker, &finer, &mut rng(0)).unwrap(), checker);
     // Thick slices average neighbouring slices; a thickness below the spacing does nothing.
     let slices = img3([4, 4, 9], [1.0, 1.0, 1.0], |_, _, z| (z == 4) as u8 as f32);
-    let thick = degrade(&slices, &Quality { slice_thickness: Some(SliceThickness { axis: 2, mm: 3.0 }), ..Default::default() }, &mut rng(0)).unwrap();
+    let thick =
+        degrade(&slices, &Quality { slice_thickness: Some(SliceThickness { axis: 2, mm: 3.0 }), ..Default::default() }, &mut rng(0))
+            .unwrap();
     assert!((thick.get(&[1, 1, 4]) - 1.0 / 3.0).abs() < 1e-6 && (thick.get(&[1, 1, 3]) - 1.0 / 3.0).abs() < 1e-6);
     // Noise: measured, topped up to the target, never removed.
     let flat = img3([64, 64, 2], [1.0; 3], |_, _, _| 50.0);

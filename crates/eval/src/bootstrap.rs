@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_interval_and_undefined_resamples_are_dropped() {
-        let f = |idx: &[usize]| if idx[0] % 2 == 0 { None } else { Some(idx.len() as f64) };
+        let f = |idx: &[usize]| if idx[0].is_multiple_of(2) { None } else { Some(idx.len() as f64) };
         let a = percentile_ci(10, 100, 0.95, 5, 1.0, f);
         let b = percentile_ci(10, 100, 0.95, 5, 1.0, f);
         assert_eq!(a, b);

@@ -3,8 +3,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::{for_each_cluster_resample, Clusters, Estimate};
 use crate::EvalError;
+use crate::bootstrap::{Clusters, Estimate, for_each_cluster_resample};
 
 /// Ground truth of an evaluation set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -257,9 +257,8 @@ pub fn point_metrics(scores: &[Vec<f32>], targets: &Targets) -> Result<PointMetr
             }
         }
         Targets::Multi(t) => {
-            let per_label: Vec<(f64, f64, f64, f64)> = (0..k)
-                .map(|l| counts(scores.iter().zip(t).map(|(s, tr)| (s[l] >= 0.5, tr[l] != 0))))
-                .collect();
+            let per_label: Vec<(f64, f64, f64, f64)> =
+                (0..k).map(|l| counts(scores.iter().zip(t).map(|(s, tr)| (s[l] >= 0.5, tr[l] != 0)))).collect();
             let n = t.len() as f64;
             PointMetrics {
                 accuracy: Some(per_label.iter().map(|(tp, _, tn, _)| (tp + tn) / n).sum::<f64>() / k as f64),
@@ -283,12 +282,7 @@ pub fn point_metrics(scores: &[Vec<f32>], targets: &Targets) -> Result<PointMetr
 }
 
 /// All metrics with 95 % percentile-bootstrap intervals (`resamples` draws of the cases, ChaCha8 seeded by `seed`).
-pub fn evaluate(
-    scores: &[Vec<f32>],
-    targets: &Targets,
-    resamples: usize,
-    seed: u64,
-) -> Result<ClassificationReport, EvalError> {
+pub fn evaluate(scores: &[Vec<f32>], targets: &Targets, resamples: usize, seed: u64) -> Result<ClassificationReport, EvalError> {
     evaluate_clustered(scores, targets, &Clusters::cases(scores.len()), resamples, seed)
 }
 
@@ -302,7 +296,11 @@ pub fn evaluate_clustered(
 ) -> Result<ClassificationReport, EvalError> {
     let k = check(scores, targets)?;
     if clusters.cases_covered() != scores.len() {
-        return Err(EvalError::Shape(format!("{} scores but the patient grouping covers {} cases", scores.len(), clusters.cases_covered())));
+        return Err(EvalError::Shape(format!(
+            "{} scores but the patient grouping covers {} cases",
+            scores.len(),
+            clusters.cases_covered()
+        )));
     }
     let point = point_metrics(scores, targets)?;
     let n = scores.len();

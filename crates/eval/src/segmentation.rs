@@ -61,7 +61,8 @@ pub fn class_metrics(pred: &[f32], reference: &[f32], label: f32, shape: [usize;
     let (na, nb) = (a.iter().filter(|&&x| x).count(), b.iter().filter(|&&x| x).count());
     let inter = a.iter().zip(&b).filter(|(x, y)| **x && **y).count();
     let voxel = spacing.iter().product::<f64>();
-    let (dice, iou) = if na + nb == 0 { (1.0, 1.0) } else { (2.0 * inter as f64 / (na + nb) as f64, inter as f64 / (na + nb - inter) as f64) };
+    let (dice, iou) =
+        if na + nb == 0 { (1.0, 1.0) } else { (2.0 * inter as f64 / (na + nb) as f64, inter as f64 / (na + nb - inter) as f64) };
     let (hd95, assd) = match (na, nb) {
         (0, 0) => (Some(0.0), Some(0.0)),
         (0, _) | (_, 0) => (None, None),
@@ -211,10 +212,12 @@ mod tests {
         // 4×4×4 cubes in a 12³ grid, the prediction shifted by 2 voxels along x, spacing 1.5 mm along x.
         let shape = [12, 12, 12];
         let cube = |dx: usize| -> Vec<f32> {
-            (0..1728).map(|i| {
-                let (x, y, z) = (i % 12, (i / 12) % 12, i / 144);
-                f32::from((3 + dx..7 + dx).contains(&x) && (3..7).contains(&y) && (3..7).contains(&z))
-            }).collect()
+            (0..1728)
+                .map(|i| {
+                    let (x, y, z) = (i % 12, (i / 12) % 12, i / 144);
+                    f32::from((3 + dx..7 + dx).contains(&x) && (3..7).contains(&y) && (3..7).contains(&z))
+                })
+                .collect()
         };
         let m = class_metrics(&cube(2), &cube(0), 1.0, shape, [1.5, 1.0, 1.0]);
         // Overlap: 2 of 4 columns → Dice 0.5, IoU 1/3; equal volumes.

@@ -1,5 +1,6 @@
 //! Metrics against values computed by hand and by scikit-learn's definitions.
-use vesalius_eval::classification::{evaluate, point_metrics, roc_auc, Targets};
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+use vesalius_eval::classification::{Targets, evaluate, point_metrics, roc_auc};
 
 #[test]
 fn auc_with_ties_matches_mann_whitney() {
@@ -32,14 +33,8 @@ fn binary_metrics_by_hand() {
 
 #[test]
 fn multiclass_macro_metrics_and_confusion() {
-    let scores = vec![
-        vec![0.8, 0.1, 0.1],
-        vec![0.1, 0.8, 0.1],
-        vec![0.1, 0.1, 0.8],
-        vec![0.6, 0.3, 0.1],
-        vec![0.2, 0.2, 0.6],
-        vec![0.3, 0.6, 0.1],
-    ];
+    let scores =
+        vec![vec![0.8, 0.1, 0.1], vec![0.1, 0.8, 0.1], vec![0.1, 0.1, 0.8], vec![0.6, 0.3, 0.1], vec![0.2, 0.2, 0.6], vec![0.3, 0.6, 0.1]];
     let t = Targets::Single(vec![0, 1, 2, 1, 2, 1]);
     let r = evaluate(&scores, &t, 100, 3).unwrap();
     assert_eq!(r.task, "multiclass");

@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use dicom_core::VR;
+use dicom_core::value::{PrimitiveValue, Value};
 use dicom_object::mem::InMemElement;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, Tag};
-use dicom_core::value::{PrimitiveValue, Value};
-use dicom_core::VR;
 use serde::Serialize;
 
 use crate::mix;
@@ -316,7 +316,6 @@ pub struct Deidentifier {
     report: DeidReport,
 }
 
-
 impl Deidentifier {
     /// A run with a fresh salt from the operating system's random source (so new UIDs cannot be recomputed from
     /// the old ones, nor from the time the run started).
@@ -452,7 +451,10 @@ impl Deidentifier {
     pub fn run(&mut self, input: &Path, output: &Path) -> Result<DeidReport> {
         let inside = |a: &Path, b: &Path| resolved(a).zip(resolved(b)).is_some_and(|(a, b)| a.starts_with(b));
         if input.is_dir() && inside(output, input) {
-            return Err(DataError::format(output, format!("the output folder lies inside the input folder {}; choose an output outside it", input.display())));
+            return Err(DataError::format(
+                output,
+                format!("the output folder lies inside the input folder {}; choose an output outside it", input.display()),
+            ));
         }
         if !input.is_dir() && resolved(output).is_some() && resolved(output) == resolved(input) {
             return Err(DataError::format(output, "the output is the input file; choose another output"));

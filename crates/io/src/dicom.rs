@@ -172,8 +172,8 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
             // VRs with a 2-byte length; every other VR, unknown ones included (as parsers treat them), has a
             // 4-byte length after 2 reserved bytes.
             let short = [
-                b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
-                b"ST", b"TM", b"UI", b"UL", b"US",
+                b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST",
+                b"TM", b"UI", b"UL", b"US",
             ];
             if short.contains(&&vr) {
                 (u16_at(bytes, pos + 6, bo).unwrap_or(0) as u32, 8)
@@ -202,10 +202,13 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
                 b"FD" | b"SV" | b"UV" | b"OD" | b"OV" => 8,
                 _ => 1,
             };
-            if len as usize % size != 0 {
+            if !(len as usize).is_multiple_of(size) {
                 return Err(err(
                     pos,
-                    format!("element ({group:04X},{element:04X}) of VR {} has {len} bytes, not a whole number of {size}-byte values", String::from_utf8_lossy(&vr)),
+                    format!(
+                        "element ({group:04X},{element:04X}) of VR {} has {len} bytes, not a whole number of {size}-byte values",
+                        String::from_utf8_lossy(&vr)
+                    ),
                 ));
             }
         }
@@ -237,7 +240,12 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
             if pixel_data {
                 fragments = true;
             } else if group != 0xFFFE && !sequence {
-                return Err(err(pos, format!("element ({group:04X},{element:04X}) has an undefined length but is neither a sequence nor encapsulated pixel data")));
+                return Err(err(
+                    pos,
+                    format!(
+                        "element ({group:04X},{element:04X}) has an undefined length but is neither a sequence nor encapsulated pixel data"
+                    ),
+                ));
             } else if !fragments {
                 open.push((group != 0xFFFE, None));
             }
@@ -248,7 +256,10 @@ pub fn check_lengths(path: &Path, bytes: &[u8]) -> Result<usize> {
         if len > bytes.len().saturating_sub(value_at) {
             return Err(err(
                 pos,
-                format!("element ({group:04X},{element:04X}) declares {len} bytes but only {} remain in the file", bytes.len().saturating_sub(value_at)),
+                format!(
+                    "element ({group:04X},{element:04X}) declares {len} bytes but only {} remain in the file",
+                    bytes.len().saturating_sub(value_at)
+                ),
             ));
         }
         if !fragments && value_at + len > parent_end {
@@ -399,9 +410,8 @@ fn header_of(file: &DefaultDicomObject, path: &Path, file_len: u64) -> Result<Sl
     let orientation = finite(floats(obj, tags::IMAGE_ORIENTATION_PATIENT), 6)
         .or_else(|| finite(grouped(tags::PLANE_ORIENTATION_SEQUENCE, tags::IMAGE_ORIENTATION_PATIENT), 6))
         .map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]);
-    let slice_spacing = |o: Option<&InMemDicomObject>| {
-        floats(o?, tags::SPACING_BETWEEN_SLICES).or_else(|| floats(o?, tags::SLICE_THICKNESS))
-    };
+    let slice_spacing =
+        |o: Option<&InMemDicomObject>| floats(o?, tags::SPACING_BETWEEN_SLICES).or_else(|| floats(o?, tags::SLICE_THICKNESS));
     let frame_positions = frame_positions(obj, frames as usize, orientation);
     let position = finite(floats(obj, tags::IMAGE_POSITION_PATIENT), 3)
         .map(|v| [v[0], v[1], v[2]])
@@ -453,7 +463,10 @@ fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     QUIET_PANICS.with(|q| q.set(false));
     result.map_err(|p| {
-        p.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "decoder panic".into())
+        p.downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "decoder panic".into())
     })
 }
 
@@ -476,15 +489,17 @@ fn pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     }
     check_encapsulated(&obj, h).map_err(|m| DataError::format(path, format!("corrupt pixel data: {m}")))?;
     let decoded = guarded(|| obj.decode_pixel_data())
-        .map_err(|m| DataError::format(path, format!("corrupt pixel data: the {} decoder failed ({m})", transfer_syntax_name(&h.transfer_syntax))))?
+        .map_err(|m| {
+            DataError::format(path, format!("corrupt pixel data: the {} decoder failed ({m})", transfer_syntax_name(&h.transfer_syntax)))
+        })?
         .map_err(|e| {
-        let msg = e.to_string();
-        if msg.to_ascii_lowercase().contains("unsupported") {
-            DataError::format(path, format!("unsupported transfer syntax {}", transfer_syntax_name(&h.transfer_syntax)))
-        } else {
-            DataError::format(path, format!("cannot decode pixel data: {msg}"))
-        }
-    })?;
+            let msg = e.to_string();
+            if msg.to_ascii_lowercase().contains("unsupported") {
+                DataError::format(path, format!("unsupported transfer syntax {}", transfer_syntax_name(&h.transfer_syntax)))
+            } else {
+                DataError::format(path, format!("cannot decode pixel data: {msg}"))
+            }
+        })?;
     let values: Vec<f32> = if h.bits == 1 || h.bits == 32 {
         // dicom-pixeldata converts 8- and 16-bit samples only; bit-packed (SEG) and 32-bit (RT Dose) samples
         // are read here, with the same modality rescale.
@@ -554,7 +569,13 @@ fn raw_samples(bytes: &[u8], h: &SliceHeader, signed: bool, rescale: &[Rescale])
 /// RLE Lossless (PS3.5 Annex G) for the sample sizes dicom-rs leaves out (32-bit): one fragment per frame, each a
 /// 64-byte header (segment count, then offsets) and PackBits segments, one per byte plane, most significant first.
 /// Returns little-endian, pixel-interleaved samples.
-pub fn rle_decode(fragments: &[Vec<u8>], rows: usize, cols: usize, samples: usize, bytes_per_sample: usize) -> std::result::Result<Vec<u8>, String> {
+pub fn rle_decode(
+    fragments: &[Vec<u8>],
+    rows: usize,
+    cols: usize,
+    samples: usize,
+    bytes_per_sample: usize,
+) -> std::result::Result<Vec<u8>, String> {
     let pixels = rows * cols;
     let segments = samples * bytes_per_sample;
     let mut out = Vec::with_capacity(fragments.len() * pixels * segments);
@@ -615,7 +636,8 @@ fn check_rle(obj: &DefaultDicomObject, h: &SliceHeader) -> std::result::Result<(
     let segments = h.samples as usize * (h.bits as usize).div_ceil(8);
     for (f, frag) in fragments.iter().enumerate() {
         let word = |k: usize| frag.get(4 * k..4 * k + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-        let count = word(0).filter(|_| frag.len() >= 64).ok_or_else(|| format!("RLE frame {f}: fragment shorter than its 64-byte header"))?;
+        let count =
+            word(0).filter(|_| frag.len() >= 64).ok_or_else(|| format!("RLE frame {f}: fragment shorter than its 64-byte header"))?;
         if count != segments {
             return Err(format!("RLE frame {f}: {count} segments, expected {segments}"));
         }
@@ -663,10 +685,10 @@ fn check_encapsulated(obj: &DefaultDicomObject, h: &SliceHeader) -> std::result:
         } else {
             None
         };
-        if let Some((x, y)) = dims {
-            if (x, y) != (cols, rows) {
-                return Err(format!("fragment {i}: the compressed stream is {x}×{y}, the header says {cols}×{rows}"));
-            }
+        if let Some((x, y)) = dims
+            && (x, y) != (cols, rows)
+        {
+            return Err(format!("fragment {i}: the compressed stream is {x}×{y}, the header says {cols}×{rows}"));
         }
     }
     Ok(())
@@ -706,7 +728,8 @@ fn rle32_pixels(path: &Path, h: &SliceHeader) -> Result<Vec<f32>> {
     if fragments.len() != h.frames as usize {
         return Err(DataError::format(path, format!("RLE pixel data has {} fragments for {} frames", fragments.len(), h.frames)));
     }
-    let bytes = rle_decode(fragments, h.rows as usize, h.cols as usize, h.samples as usize, 4).map_err(|m| DataError::format(path, format!("corrupt pixel data: {m}")))?;
+    let bytes = rle_decode(fragments, h.rows as usize, h.cols as usize, h.samples as usize, 4)
+        .map_err(|m| DataError::format(path, format!("corrupt pixel data: {m}")))?;
     let signed = int(&obj, tags::PIXEL_REPRESENTATION) == Some(1);
     let slope = floats(&obj, tags::RESCALE_SLOPE).and_then(|v| v.first().copied()).unwrap_or(1.0);
     let intercept = floats(&obj, tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied()).unwrap_or(0.0);
@@ -826,7 +849,8 @@ pub fn load_file_report(path: &Path) -> Result<(Image, Vec<String>)> {
         None => (o, n.map(|v| v * h.slice_spacing.unwrap_or(1.0)), Vec::new()),
     };
     let affine = affine_lps(origin, i, j, step);
-    let shape = if h.frames > 1 { vec![h.cols as usize, h.rows as usize, h.frames as usize] } else { vec![h.cols as usize, h.rows as usize] };
+    let shape =
+        if h.frames > 1 { vec![h.cols as usize, h.rows as usize, h.frames as usize] } else { vec![h.cols as usize, h.rows as usize] };
     let dtype = stored_dtype(h.bits);
     let img = Image::new(data, shape, h.samples as usize, affine, dtype).map_err(|e| DataError::format(path, e.to_string()))?;
     Ok((img, warnings))
@@ -926,7 +950,13 @@ pub fn load_series(dir: &Path, uid: Option<&str>) -> Result<(Image, SeriesReport
     }
     if slices.len() == 1 {
         let (img, warnings) = load_file_report(&first.path)?;
-        let report = SeriesReport { uid, modality: first.modality, slices: first.frames as usize, slice_spacing: first.slice_spacing.unwrap_or(1.0), warnings };
+        let report = SeriesReport {
+            uid,
+            modality: first.modality,
+            slices: first.frames as usize,
+            slice_spacing: first.slice_spacing.unwrap_or(1.0),
+            warnings,
+        };
         return Ok((img, report));
     }
     let (i, j, n, _) = in_plane(&first);

@@ -114,8 +114,8 @@ pub fn load_nifti(path: &Path) -> Result<Image> {
 /// Reads a TIFF file: one page is a 2D image, several pages of one size are a 3D stack (pages along the third
 /// axis). Grey (8/16/32-bit integer or float) and RGB pages; an RGB file with equal channels reads as grey.
 pub fn load_tiff(path: &Path) -> Result<Image> {
-    use tiff::decoder::{Decoder, DecodingResult};
     use tiff::ColorType;
+    use tiff::decoder::{Decoder, DecodingResult};
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let fail = |e: tiff::TiffError| DataError::format(path, format!("cannot decode TIFF: {e}"));
     let mut dec = Decoder::new(std::io::BufReader::new(file)).map_err(fail)?;
@@ -145,7 +145,10 @@ pub fn load_tiff(path: &Path) -> Result<Image> {
             _ => return Err(DataError::format(path, "unsupported TIFF sample format")),
         };
         if values.len() != w * h * channels {
-            return Err(DataError::format(path, format!("page {} holds {} values, expected {}", pages.len() + 1, values.len(), w * h * channels)));
+            return Err(DataError::format(
+                path,
+                format!("page {} holds {} values, expected {}", pages.len() + 1, values.len(), w * h * channels),
+            ));
         }
         dtype = t;
         pages.push(values);
@@ -184,12 +187,29 @@ pub fn save_2d(path: &Path, img: &Image) -> Result<()> {
     };
     let eight = img.dtype() == "uint8" && img.data().iter().all(|&v| (0.0..=255.0).contains(&v) && v.fract() == 0.0);
     let n = w * h;
-    let interleave = |c: usize| -> Vec<f32> { (0..n).flat_map(|p| (0..c).map(move |k| (p, k))).map(|(p, k)| img.data()[k * n + p]).collect() };
+    let interleave =
+        |c: usize| -> Vec<f32> { (0..n).flat_map(|p| (0..c).map(move |k| (p, k))).map(|(p, k)| img.data()[k * n + p]).collect() };
     let dynimg = match (img.channels(), eight) {
-        (1, true) => image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(w as u32, h as u32, img.data().iter().map(|&v| v as u8).collect()).ok_or_else(|| DataError::Invalid("buffer size".into()))?),
-        (1, false) => image::DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(w as u32, h as u32, img.data().iter().map(|&v| v.round().clamp(0.0, 65535.0) as u16).collect()).ok_or_else(|| DataError::Invalid("buffer size".into()))?),
-        (3, true) => image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(w as u32, h as u32, interleave(3).into_iter().map(|v| v as u8).collect()).ok_or_else(|| DataError::Invalid("buffer size".into()))?),
-        (3, false) => image::DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(w as u32, h as u32, interleave(3).into_iter().map(|v| v.round().clamp(0.0, 65535.0) as u16).collect()).ok_or_else(|| DataError::Invalid("buffer size".into()))?),
+        (1, true) => image::DynamicImage::ImageLuma8(
+            image::GrayImage::from_raw(w as u32, h as u32, img.data().iter().map(|&v| v as u8).collect())
+                .ok_or_else(|| DataError::Invalid("buffer size".into()))?,
+        ),
+        (1, false) => image::DynamicImage::ImageLuma16(
+            image::ImageBuffer::from_raw(w as u32, h as u32, img.data().iter().map(|&v| v.round().clamp(0.0, 65535.0) as u16).collect())
+                .ok_or_else(|| DataError::Invalid("buffer size".into()))?,
+        ),
+        (3, true) => image::DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(w as u32, h as u32, interleave(3).into_iter().map(|v| v as u8).collect())
+                .ok_or_else(|| DataError::Invalid("buffer size".into()))?,
+        ),
+        (3, false) => image::DynamicImage::ImageRgb16(
+            image::ImageBuffer::from_raw(
+                w as u32,
+                h as u32,
+                interleave(3).into_iter().map(|v| v.round().clamp(0.0, 65535.0) as u16).collect(),
+            )
+            .ok_or_else(|| DataError::Invalid("buffer size".into()))?,
+        ),
         (c, _) => return Err(DataError::format(path, format!("{c} channels cannot be written as a 2D file"))),
     };
     let mut bytes = std::io::Cursor::new(Vec::new());
@@ -203,10 +223,8 @@ pub fn save_2d(path: &Path, img: &Image) -> Result<()> {
 /// Values keep their stored range (0–255 or 0–65535). The affine places pixel `(column, row)` as ITK does (unit
 /// spacing, origin 0, identity direction in LPS), expressed in RAS+.
 pub fn load_2d(path: &Path) -> Result<Image> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?;
+    let reader =
+        image::ImageReader::open(path).map_err(|e| DataError::io(path, e))?.with_guessed_format().map_err(|e| DataError::io(path, e))?;
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(1 << 30);
     let mut reader = reader;

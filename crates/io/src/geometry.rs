@@ -56,7 +56,13 @@ pub fn compose(a: &Affine, m: &Affine) -> Affine {
 }
 
 /// Rebuilds an image from a new shape and a map from new index to old index, copying every channel.
-pub fn remap(img: &Image, shape: Vec<usize>, index_map: &Affine, old_of_new: impl Fn(&[usize]) -> Option<Vec<usize>>, fill: f32) -> Result<Image> {
+pub fn remap(
+    img: &Image,
+    shape: Vec<usize>,
+    index_map: &Affine,
+    old_of_new: impl Fn(&[usize]) -> Option<Vec<usize>>,
+    fill: f32,
+) -> Result<Image> {
     let old_strides = strides(img.shape());
     let n_new: usize = shape.iter().product();
     let n_old = img.voxels();
@@ -83,11 +89,17 @@ pub fn flip(img: &Image, axis: usize) -> Result<Image> {
     let mut m = identity();
     m[axis][axis] = -1.0;
     m[axis][3] = (n - 1) as f64;
-    remap(img, shape.clone(), &m, |idx| {
-        let mut o = idx.to_vec();
-        o[axis] = n - 1 - idx[axis];
-        Some(o)
-    }, 0.0)
+    remap(
+        img,
+        shape.clone(),
+        &m,
+        |idx| {
+            let mut o = idx.to_vec();
+            o[axis] = n - 1 - idx[axis];
+            Some(o)
+        },
+        0.0,
+    )
 }
 
 /// The 4×4 identity.
@@ -112,13 +124,19 @@ pub fn permute(img: &Image, order: &[usize]) -> Result<Image> {
         m[k][k] = 1.0;
     }
     m[3][3] = 1.0;
-    remap(img, shape, &m, |idx| {
-        let mut o = vec![0; nd];
-        for (k, &a) in order.iter().enumerate() {
-            o[a] = idx[k];
-        }
-        Some(o)
-    }, 0.0)
+    remap(
+        img,
+        shape,
+        &m,
+        |idx| {
+            let mut o = vec![0; nd];
+            for (k, &a) in order.iter().enumerate() {
+                o[a] = idx[k];
+            }
+            Some(o)
+        },
+        0.0,
+    )
 }
 
 /// Reorients to the axis codes `target` (e.g. `"RAS"`, `"LPS"`; `"RA"` for 2D) by permuting and flipping axes,
@@ -164,17 +182,23 @@ pub fn crop_or_pad(img: &Image, start: &[i64], shape: &[usize], fill: f32) -> Re
     for a in 0..nd {
         m[a][3] = start[a] as f64;
     }
-    remap(img, shape.to_vec(), &m, |idx| {
-        let mut o = Vec::with_capacity(nd);
-        for a in 0..nd {
-            let v = idx[a] as i64 + start[a];
-            if v < 0 || v >= old[a] as i64 {
-                return None;
+    remap(
+        img,
+        shape.to_vec(),
+        &m,
+        |idx| {
+            let mut o = Vec::with_capacity(nd);
+            for a in 0..nd {
+                let v = idx[a] as i64 + start[a];
+                if v < 0 || v >= old[a] as i64 {
+                    return None;
+                }
+                o.push(v as usize);
             }
-            o.push(v as usize);
-        }
-        Some(o)
-    }, fill)
+            Some(o)
+        },
+        fill,
+    )
 }
 
 /// Cubic B-spline basis value at distance `x`.

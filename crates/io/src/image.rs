@@ -32,10 +32,7 @@ impl Image {
         }
         let n = shape.iter().try_fold(channels, |acc, &d| acc.checked_mul(d));
         if n != Some(data.len()) || channels == 0 {
-            return Err(DataError::Invalid(format!(
-                "{} values do not fill shape {shape:?} with {channels} channel(s)",
-                data.len()
-            )));
+            return Err(DataError::Invalid(format!("{} values do not fill shape {shape:?} with {channels} channel(s)", data.len())));
         }
         Ok(Self { data, shape, channels, affine, dtype: dtype.to_string() })
     }

@@ -39,7 +39,7 @@ pub mod npz;
 
 pub use error::{DataError, Result};
 pub use formats::*;
-pub use image::{orientation_codes, Affine, Image, IDENTITY};
+pub use image::{Affine, IDENTITY, Image, orientation_codes};
 
 /// SplitMix64 finaliser: decorrelates seeds derived from (seed, epoch, index) and hashes UIDs.
 pub fn mix(mut z: u64) -> u64 {

@@ -26,7 +26,6 @@ fn element(t: &str) -> Option<(&'static str, usize)> {
     })
 }
 
-
 /// Reads a `.mha` or `.mhd` file.
 pub fn load(path: &Path) -> Result<Image> {
     let bytes_len = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
@@ -60,7 +59,9 @@ pub fn load(path: &Path) -> Result<Image> {
     }
     let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let data_file = get("ElementDataFile").ok_or_else(|| DataError::format(path, "MetaImage header has no ElementDataFile"))?;
-    let ndims: usize = get("NDims").and_then(|v| v.parse().ok()).filter(|n| (1..=4).contains(n))
+    let ndims: usize = get("NDims")
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=4).contains(n))
         .ok_or_else(|| DataError::format(path, "missing or invalid NDims"))?;
     let nums = |k: &str| -> Result<Option<Vec<f64>>> {
         get(k)
@@ -74,7 +75,13 @@ pub fn load(path: &Path) -> Result<Image> {
     let dims: Vec<usize> = nums("DimSize")?
         .ok_or_else(|| DataError::format(path, "missing DimSize"))?
         .into_iter()
-        .map(|d| if d >= 1.0 && d.fract() == 0.0 && d < 1e9 { Ok(d as usize) } else { Err(DataError::format(path, format!("invalid DimSize value {d}"))) })
+        .map(|d| {
+            if d >= 1.0 && d.fract() == 0.0 && d < 1e9 {
+                Ok(d as usize)
+            } else {
+                Err(DataError::format(path, format!("invalid DimSize value {d}")))
+            }
+        })
         .collect::<Result<_>>()?;
     if dims.len() != ndims {
         return Err(DataError::format(path, format!("DimSize has {} values for NDims = {ndims}", dims.len())));
@@ -82,7 +89,8 @@ pub fn load(path: &Path) -> Result<Image> {
     let (dtype, size) = get("ElementType")
         .and_then(element)
         .ok_or_else(|| DataError::format(path, format!("unsupported ElementType {:?}", get("ElementType").unwrap_or("(none)"))))?;
-    let channels: usize = get("ElementNumberOfChannels").map_or(Ok(1), |v| v.parse().map_err(|_| DataError::format(path, "invalid ElementNumberOfChannels")))?;
+    let channels: usize = get("ElementNumberOfChannels")
+        .map_or(Ok(1), |v| v.parse().map_err(|_| DataError::format(path, "invalid ElementNumberOfChannels")))?;
     if channels == 0 || channels > 1024 {
         return Err(DataError::format(path, format!("invalid ElementNumberOfChannels {channels}")));
     }
@@ -129,12 +137,8 @@ pub fn load(path: &Path) -> Result<Image> {
     let mut f = std::fs::File::open(&source).map_err(|e| DataError::io(&source, e))?;
     std::io::copy(&mut (&mut f).take(skip), &mut std::io::sink()).map_err(|e| DataError::io(&source, e))?;
     let mut raw = Vec::new();
-    if compressed {
-        flate2::read::ZlibDecoder::new(f).take(nbytes).read_to_end(&mut raw)
-    } else {
-        f.take(nbytes).read_to_end(&mut raw)
-    }
-    .map_err(|e| DataError::format(&source, format!("cannot read voxel data: {e}")))?;
+    if compressed { flate2::read::ZlibDecoder::new(f).take(nbytes).read_to_end(&mut raw) } else { f.take(nbytes).read_to_end(&mut raw) }
+        .map_err(|e| DataError::format(&source, format!("cannot read voxel data: {e}")))?;
     if (raw.len() as u64) < nbytes {
         return Err(DataError::format(&source, format!("truncated: {} of {nbytes} bytes of voxel data", raw.len())));
     }

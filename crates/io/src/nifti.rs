@@ -413,7 +413,6 @@ impl NiftiHeader {
     }
 }
 
-
 fn is_gz(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
@@ -599,7 +598,13 @@ pub fn affine_to_quatern(a: &Affine) -> ([f64; 3], [f64; 3], [f64; 3], f64) {
     for c in 0..3 {
         zooms[c] = (0..3).map(|i| a[i][c] * a[i][c]).sum::<f64>().sqrt();
         for i in 0..3 {
-            r[i][c] = if zooms[c] > 0.0 { a[i][c] / zooms[c] } else if i == c { 1.0 } else { 0.0 };
+            r[i][c] = if zooms[c] > 0.0 {
+                a[i][c] / zooms[c]
+            } else if i == c {
+                1.0
+            } else {
+                0.0
+            };
         }
     }
     let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1]) - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
@@ -610,8 +615,7 @@ pub fn affine_to_quatern(a: &Affine) -> ([f64; 3], [f64; 3], [f64; 3], f64) {
             row[2] = -row[2];
         }
     }
-    let (r11, r12, r13, r21, r22, r23, r31, r32, r33) =
-        (r[0][0], r[0][1], r[0][2], r[1][0], r[1][1], r[1][2], r[2][0], r[2][1], r[2][2]);
+    let (r11, r12, r13, r21, r22, r23, r31, r32, r33) = (r[0][0], r[0][1], r[0][2], r[1][0], r[1][1], r[1][2], r[2][0], r[2][1], r[2][2]);
     let trace = r11 + r22 + r33 + 1.0;
     let (mut qa, mut b, mut c, mut d);
     if trace > 0.5 {

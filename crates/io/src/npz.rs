@@ -10,7 +10,6 @@ use std::path::Path;
 
 use crate::{DataError, Result};
 
-
 /// The most classes (or labels, for multi-label archives) a label array may declare; label values are checked
 /// against it before anything is sized from them.
 pub const MAX_CLASSES: usize = 1000;
@@ -160,14 +159,12 @@ fn quoted(s: &str) -> Option<&str> {
 pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<NpyArray>> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
-    let mut zip = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| DataError::format(path, format!("not a valid .npz (zip) archive: {e}")))?;
+    let mut zip =
+        zip::ZipArchive::new(BufReader::new(file)).map_err(|e| DataError::format(path, format!("not a valid .npz (zip) archive: {e}")))?;
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         let entry_name = format!("{name}.npy");
-        let entry = zip
-            .by_name(&entry_name)
-            .map_err(|_| DataError::format(path, format!("archive has no array '{name}'")))?;
+        let entry = zip.by_name(&entry_name).map_err(|_| DataError::format(path, format!("archive has no array '{name}'")))?;
         let declared = entry.size();
         // Stored entries cannot exceed the file; deflated ones cannot exceed DEFLATE's maximum ratio.
         if declared > file_len.saturating_mul(crate::formats::MAX_DEFLATE_RATIO) {
@@ -218,17 +215,17 @@ pub fn read_medmnist(path: &Path, split: &str) -> Result<MedMnistSplit> {
         [m] if m == n => 1,
         [m, l] if m == n && l >= 1 => l,
         _ => {
-            return Err(DataError::format(
-                path,
-                format!("{labels_name} has shape {:?}, expected ({n}, L)", labels.shape),
-            ));
+            return Err(DataError::format(path, format!("{labels_name} has shape {:?}, expected ({n}, L)", labels.shape)));
         }
     };
     if matches!(labels.dtype, Dtype::F32 | Dtype::F64) {
         return Err(DataError::format(path, format!("{labels_name} must hold integers")));
     }
     if labels_per_image > MAX_CLASSES {
-        return Err(DataError::format(path, format!("{labels_name} has {labels_per_image} labels per image; at most {} are supported", MAX_CLASSES)));
+        return Err(DataError::format(
+            path,
+            format!("{labels_name} has {labels_per_image} labels per image; at most {} are supported", MAX_CLASSES),
+        ));
     }
     let label_values: Vec<i64> = (0..labels.len()).map(|i| labels.get_f64(i) as i64).collect();
     // Checked before anything is sized from them: a class index sets the number of classes.

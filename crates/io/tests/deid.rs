@@ -1,6 +1,7 @@
 //! The de-identification profile on a data set built with every kind of attribute it must handle.
-use dicom_core::value::{DataSetSequence, PrimitiveValue};
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use dicom_core::VR;
+use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_object::mem::InMemElement;
 use dicom_object::{InMemDicomObject, Tag};
 use vesalius_io::deid::Deidentifier;
@@ -82,5 +83,5 @@ fn an_output_inside_the_input_folder_or_equal_to_the_input_file_is_refused() {
     // Beside the input it works, and the written file reads back.
     let report = Deidentifier::new(false).unwrap().run(&input, &dir.path().join("out")).unwrap();
     assert_eq!(report.files, 1);
-    assert!(vesalius_io::load(&dir.path().join("out/a.dcm")).is_ok());
+    assert!(vesalius_io::load(dir.path().join("out/a.dcm")).is_ok());
 }

@@ -1,5 +1,6 @@
 //! DICOM files and series against pydicom's reading (fixtures/dicom_reference.json, made by
 //! fixtures/dicom_reference.py), lossless codecs against their uncompressed twins, and damaged input.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -99,7 +100,11 @@ fn frames_given_out_of_order_are_sorted_and_gaps_reported() {
     let mut offsets: Vec<f64> = (0..15).map(|k| k as f64 * 5.0).collect();
     offsets.swap(0, 14);
     offsets[7] = 200.0;
-    obj.put(DataElement::new(tags::GRID_FRAME_OFFSET_VECTOR, VR::DS, PrimitiveValue::from(offsets.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\\"))));
+    obj.put(DataElement::new(
+        tags::GRID_FRAME_OFFSET_VECTOR,
+        VR::DS,
+        PrimitiveValue::from(offsets.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\\")),
+    ));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shuffled.dcm");
     obj.write_to_file(&path).unwrap();

@@ -1,9 +1,10 @@
 //! Geometry operations keep every voxel at its world coordinate (a seeded property test over random affines,
 //! shapes and operations), and known answers for each operation.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vesalius_io::geometry::{crop_or_pad, flip, permute, reorient, resample, Interp};
-use vesalius_io::nifti::{save, NiftiType};
+use vesalius_io::geometry::{Interp, crop_or_pad, flip, permute, reorient, resample};
+use vesalius_io::nifti::{NiftiType, save};
 use vesalius_io::{self as io, Affine, Image};
 
 fn random_affine(rng: &mut ChaCha8Rng) -> Affine {
@@ -184,7 +185,10 @@ fn resampling_known_answers() {
 fn written_nifti_reads_back_with_data_affine_and_codes() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    use vesalius_io::nifti::{save_version, NiftiVersion::{V1, V2}};
+    use vesalius_io::nifti::{
+        NiftiVersion::{V1, V2},
+        save_version,
+    };
     for (name, dtype, version) in [
         ("a.nii", NiftiType::F32, V1),
         ("b.nii.gz", NiftiType::I16, V1),

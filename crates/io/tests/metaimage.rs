@@ -1,5 +1,6 @@
 //! MetaImage files against SimpleITK's reading of them (fixtures/metaimage_reference.json, made by
 //! fixtures/metaimage_reference.py): size, channels, value statistics, and the world position of probe voxels.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -11,8 +12,7 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn metaimage_fixtures_match_simpleitk() {
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("metaimage_reference.json")).unwrap()).unwrap();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("metaimage_reference.json")).unwrap()).unwrap();
     let entries = reference.as_object().unwrap();
     assert_eq!(entries.len(), 6);
     for (name, want) in entries {
@@ -50,7 +50,8 @@ fn damaged_metaimages_are_refused_with_the_file_named() {
     let e = load(&p).unwrap_err().to_string();
     assert!(e.contains("BrainProtonDensitySliceBorder20.raw"), "{e}");
     // A size the raw file cannot hold.
-    std::fs::copy(fixtures().join("metaimage/BrainProtonDensitySliceBorder20.raw"), dir.path().join("BrainProtonDensitySliceBorder20.raw")).unwrap();
+    std::fs::copy(fixtures().join("metaimage/BrainProtonDensitySliceBorder20.raw"), dir.path().join("BrainProtonDensitySliceBorder20.raw"))
+        .unwrap();
     let p = dir.path().join("big.mhd");
     std::fs::write(&p, header.replace("DimSize = 221 257", "DimSize = 100000 100000")).unwrap();
     let e = load(&p).unwrap_err().to_string();
@@ -65,7 +66,8 @@ fn damaged_metaimages_are_refused_with_the_file_named() {
     let raw = dir.path().join("BrainProtonDensitySliceBorder20.raw");
     for target in [raw.display().to_string(), "../BrainProtonDensitySliceBorder20.raw".to_string()] {
         let p = inner.join("escape.mhd");
-        std::fs::write(&p, header.replace("ElementDataFile = BrainProtonDensitySliceBorder20.raw", &format!("ElementDataFile = {target}"))).unwrap();
+        std::fs::write(&p, header.replace("ElementDataFile = BrainProtonDensitySliceBorder20.raw", &format!("ElementDataFile = {target}")))
+            .unwrap();
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("escape.mhd") && e.contains("must name a file in the header's folder"), "{e}");
     }

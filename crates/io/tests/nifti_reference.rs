@@ -1,6 +1,7 @@
 //! Every NIfTI file in fixtures/ against nibabel's reading of it (fixtures/nifti_reference.json, made by
 //! fixtures/nifti_reference.py): shape, affine to 1e-5, voxel statistics, probe voxels; files nibabel refuses are
 //! refused here too, with an error that names them.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -16,8 +17,7 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 
 #[test]
 fn every_fixture_matches_nibabel() {
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("nifti_reference.json")).unwrap()).unwrap();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("nifti_reference.json")).unwrap()).unwrap();
     let entries = reference.as_object().unwrap();
     assert!(entries.len() >= 28, "reference covers {} files", entries.len());
     for (rel, want) in entries {
@@ -68,7 +68,9 @@ fn every_fixture_matches_nibabel() {
 
 #[test]
 fn nifti1_files_agree_with_the_nifti_crate() {
-    for rel in ["nifti/nibabel/anatomical.nii", "nifti/nibabel/standard.nii.gz", "nifti/dipy/aniso_vox.nii.gz", "nifti/nibabel/functional.nii"] {
+    for rel in
+        ["nifti/nibabel/anatomical.nii", "nifti/nibabel/standard.nii.gz", "nifti/dipy/aniso_vox.nii.gz", "nifti/nibabel/functional.nii"]
+    {
         let path = fixtures().join(rel);
         let ours = load(&path).unwrap();
         let theirs = nifti::ReaderOptions::new().read_file(&path).unwrap();

@@ -1,10 +1,11 @@
 //! Readers against real files (values computed once with nibabel 5 / Pillow: `nib.load(f).get_fdata()`,
 //! `.affine`, `np.array(Image.open(f).convert("RGB"))`) and against synthetic files with known content.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use vesalius_io::{load, Format};
 use vesalius_io::{DataError, Image};
+use vesalius_io::{Format, load};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
@@ -20,10 +21,7 @@ fn mni152_t1_matches_nibabel() {
     assert_eq!(img.shape(), &[197, 233, 189]);
     assert_eq!(img.channels(), 1);
     assert_eq!(img.dtype(), "uint8");
-    assert_eq!(
-        img.affine(),
-        &[[1., 0., 0., -98.], [0., 1., 0., -134.], [0., 0., 1., -72.], [0., 0., 0., 1.]]
-    );
+    assert_eq!(img.affine(), &[[1., 0., 0., -98.], [0., 1., 0., -134.], [0., 0., 1., -72.], [0., 0., 0., 1.]]);
     assert_eq!(img.orientation(), "RAS");
     assert_eq!(img.spacing(), vec![1.0, 1.0, 1.0]);
     assert_eq!(sum(&img), 333_468_829.0);
@@ -179,7 +177,7 @@ fn hostile_files_give_errors_naming_the_file() {
 
 #[test]
 fn multipage_tiff_is_a_stack() {
-    use tiff::encoder::{colortype, TiffEncoder};
+    use tiff::encoder::{TiffEncoder, colortype};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("stack.tif");
     {

@@ -7,7 +7,7 @@ use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig3d};
 use burn::prelude::*;
 use burn::tensor::activation::leaky_relu;
 
-use crate::ops::{identity_grid, sample_linear, Padding};
+use crate::ops::{Padding, identity_grid, sample_linear};
 
 /// Configuration of [`AffineNet`].
 #[derive(Config, Debug, PartialEq)]
@@ -34,7 +34,9 @@ impl AffineNetConfig {
         let mut convs = Vec::new();
         let mut cin = 2;
         for &c in &self.encoder {
-            convs.push(Conv3dConfig::new([cin, c], [3, 3, 3]).with_stride([2, 2, 2]).with_padding(PaddingConfig3d::Explicit(1, 1, 1)).init(device));
+            convs.push(
+                Conv3dConfig::new([cin, c], [3, 3, 3]).with_stride([2, 2, 2]).with_padding(PaddingConfig3d::Explicit(1, 1, 1)).init(device),
+            );
             cin = c;
         }
         let head = LinearConfig::new(cin, 12).with_initializer(Initializer::Zeros).init(device);
@@ -59,7 +61,8 @@ impl<B: Backend> AffineNet<B> {
         let m = theta.clone().narrow(1, 0, 9).reshape([n, 3, 3]);
         let t = theta.narrow(1, 9, 3).reshape([n, 3, 1]);
         let a = m + Tensor::<B, 2>::eye(3, &device).unsqueeze::<3>().expand([n, 3, 3]);
-        let centre = Tensor::<B, 1>::from_floats([(d as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0], &device).reshape([1, 3, 1]);
+        let centre = Tensor::<B, 1>::from_floats([(d as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0], &device)
+            .reshape([1, 3, 1]);
         let b = centre.clone().expand([n, 3, 1]) - a.clone().matmul(centre.expand([n, 3, 1])) + t;
         Tensor::cat(vec![a, b], 2)
     }

@@ -4,12 +4,12 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 
-use crate::blocks::{conv2d, out_len};
 use crate::SMALL_INPUT_LIMIT;
+use crate::blocks::{conv2d, out_len};
 
 /// Configuration of [`AlexNet`].
 #[derive(Config, Debug)]

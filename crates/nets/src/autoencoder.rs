@@ -5,9 +5,9 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Linear, LinearConfig};
+use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 
 use crate::blocks::conv2d;
 

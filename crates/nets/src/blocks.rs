@@ -2,9 +2,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 
 /// Convolution (no bias) → batch normalisation → ReLU, the unit of ResNet stems and GoogLeNet.
 #[derive(Module, Debug)]
@@ -15,15 +15,7 @@ pub struct ConvBnRelu<B: Backend> {
 
 impl<B: Backend> ConvBnRelu<B> {
     /// A square `kernel`×`kernel` convolution with the given stride and symmetric padding, then BN (`eps`) and ReLU.
-    pub fn new(
-        cin: usize,
-        cout: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        eps: f64,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize, eps: f64, device: &B::Device) -> Self {
         Self {
             conv: conv2d(cin, cout, kernel, stride, padding, false, device),
             bn: BatchNormConfig::new(cout).with_epsilon(eps).init(device),

@@ -1,12 +1,12 @@
 //! One serialisable name for every classification network, and a module holding whichever was built.
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AlexNet, AlexNetConfig, GoogLeNet, GoogLeNetConfig, LeNet5, LeNet5Config, Mlp, MlpConfig, ResNet, ResNetConfig,
-    ResNetDepth, Vgg, VggConfig, VggDepth,
+    AlexNet, AlexNetConfig, GoogLeNet, GoogLeNetConfig, LeNet5, LeNet5Config, Mlp, MlpConfig, ResNet, ResNetConfig, ResNetDepth, Vgg,
+    VggConfig, VggDepth,
 };
 
 /// The classification architectures, by the names recipes use (`"resnet18"`, `"lenet5"`, …).
@@ -35,17 +35,8 @@ pub enum Arch {
 
 impl Arch {
     /// Every architecture, in order of size.
-    pub const ALL: [Arch; 9] = [
-        Arch::Mlp,
-        Arch::LeNet5,
-        Arch::AlexNet,
-        Arch::Vgg11,
-        Arch::Vgg16,
-        Arch::GoogLeNet,
-        Arch::ResNet18,
-        Arch::ResNet34,
-        Arch::ResNet50,
-    ];
+    pub const ALL: [Arch; 9] =
+        [Arch::Mlp, Arch::LeNet5, Arch::AlexNet, Arch::Vgg11, Arch::Vgg16, Arch::GoogLeNet, Arch::ResNet18, Arch::ResNet34, Arch::ResNet50];
 }
 
 /// A configuration that cannot be built.

@@ -3,11 +3,11 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
-use crate::blocks::ConvBnRelu;
 use crate::SMALL_INPUT_LIMIT;
+use crate::blocks::ConvBnRelu;
 
 /// Batch-norm epsilon of torchvision's GoogLeNet.
 const EPS: f64 = 1e-3;
@@ -51,10 +51,7 @@ impl<B: Backend> Inception<B> {
             b2b: ConvBnRelu::new(c3r, c3, 3, 1, 1, EPS, device),
             b3a: ConvBnRelu::new(cin, c5r, 1, 1, 0, EPS, device),
             b3b: ConvBnRelu::new(c5r, c5, 3, 1, 1, EPS, device),
-            pool: MaxPool2dConfig::new([3, 3])
-                .with_strides([1, 1])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(),
+            pool: MaxPool2dConfig::new([3, 3]).with_strides([1, 1]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(),
             b4: ConvBnRelu::new(cin, cp, 1, 1, 0, EPS, device),
         }
     }

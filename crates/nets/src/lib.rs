@@ -47,11 +47,11 @@ pub mod loss;
 pub mod ops;
 pub mod record;
 
-pub use affine_net::{warp_by_affine, AffineNet, AffineNetConfig};
+pub use affine_net::{AffineNet, AffineNetConfig, warp_by_affine};
 pub use alexnet::{AlexNet, AlexNetConfig};
-pub use autoencoder::{kl_sparsity, Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig};
+pub use autoencoder::{Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig, kl_sparsity};
 pub use blocks::ConvBnRelu;
-pub use classifier::{trainable_params, Arch, Classifier, ClassifierConfig, ConfigError};
+pub use classifier::{Arch, Classifier, ClassifierConfig, ConfigError, trainable_params};
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, Inception};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};

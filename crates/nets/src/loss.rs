@@ -62,11 +62,17 @@ pub fn grad_l2<B: Backend>(field: Tensor<B, 5>) -> Tensor<B, 1> {
 pub fn bending_energy<B: Backend>(field: Tensor<B, 5>) -> Tensor<B, 1> {
     let dims = field.dims();
     let mut total: Option<Tensor<B, 1>> = None;
-    let mut add = |t: Tensor<B, 1>| total = Some(match total.take() { None => t, Some(s) => s + t });
+    let mut add = |t: Tensor<B, 1>| {
+        total = Some(match total.take() {
+            None => t,
+            Some(s) => s + t,
+        })
+    };
     for a in 2..5 {
         let len = dims[a];
         if len >= 3 {
-            let second = field.clone().narrow(a, 2, len - 2) - field.clone().narrow(a, 1, len - 2) * 2.0 + field.clone().narrow(a, 0, len - 2);
+            let second =
+                field.clone().narrow(a, 2, len - 2) - field.clone().narrow(a, 1, len - 2) * 2.0 + field.clone().narrow(a, 0, len - 2);
             add(second.powi_scalar(2).mean());
         }
         for b in a + 1..5 {

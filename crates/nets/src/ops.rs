@@ -140,10 +140,12 @@ pub fn sample_linear<B: Backend>(image: Tensor<B, 5>, coords: Tensor<B, 5>, padd
         let zi = z0.clone() + dz as f64;
         let yi = y0.clone() + dy as f64;
         let xi = x0.clone() + dx as f64;
-        let inside = |v: &Tensor<B, 3>, len: usize| v.clone().greater_equal_elem(0.0).bool_and(v.clone().lower_equal_elem((len - 1) as f64));
+        let inside =
+            |v: &Tensor<B, 3>, len: usize| v.clone().greater_equal_elem(0.0).bool_and(v.clone().lower_equal_elem((len - 1) as f64));
         let valid = inside(&zi, d).bool_and(inside(&yi, h)).bool_and(inside(&xi, w));
         let wgt = wgt.mask_fill(valid.bool_not(), 0.0);
-        let index = zi.clamp(0.0, (d - 1) as f64) * (h * w) as f64 + yi.clamp(0.0, (h - 1) as f64) * w as f64 + xi.clamp(0.0, (w - 1) as f64);
+        let index =
+            zi.clamp(0.0, (d - 1) as f64) * (h * w) as f64 + yi.clamp(0.0, (h - 1) as f64) * w as f64 + xi.clamp(0.0, (w - 1) as f64);
         let index = index.detach().int().expand([n, c, m]);
         let values = flat.clone().gather(2, index) * wgt;
         out = Some(match out {
@@ -206,9 +208,8 @@ pub fn warp_affine<B: Backend>(moving: Tensor<B, 5>, matrix: [[f64; 4]; 3], size
     let n = moving.dims()[0];
     let grid = identity_grid::<B>(size, &device);
     let axis = |k: usize| grid.clone().narrow(1, k, 1);
-    let mapped: Vec<Tensor<B, 5>> = (0..3)
-        .map(|r| axis(0) * matrix[r][0] + axis(1) * matrix[r][1] + axis(2) * matrix[r][2] + matrix[r][3])
-        .collect();
+    let mapped: Vec<Tensor<B, 5>> =
+        (0..3).map(|r| axis(0) * matrix[r][0] + axis(1) * matrix[r][1] + axis(2) * matrix[r][2] + matrix[r][3]).collect();
     let coords = Tensor::cat(mapped, 1).expand([n, 3, size[0], size[1], size[2]]);
     sample_linear(moving, coords, padding)
 }

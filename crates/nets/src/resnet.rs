@@ -4,13 +4,13 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{conv2d, ConvBnRelu};
 use crate::SMALL_INPUT_LIMIT;
+use crate::blocks::{ConvBnRelu, conv2d};
 
 /// Depth of a [`ResNet`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,9 +133,8 @@ impl ResNetConfig {
         } else {
             ConvBnRelu::new(self.in_channels, 64, 7, 2, 3, 1e-5, device)
         };
-        let maxpool = (!small).then(|| {
-            MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init()
-        });
+        let maxpool =
+            (!small).then(|| MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init());
         let bottleneck = self.depth == ResNetDepth::ResNet50;
         let expansion = if bottleneck { 4 } else { 1 };
         let mut blocks = Vec::new();

@@ -9,9 +9,9 @@ use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid, tanh};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 
 use crate::blocks::conv2d;
 

@@ -7,11 +7,13 @@
 //! network runs true 2D convolutions on depth-1 volumes ([`UNet::forward_2d`] takes `[batch, channels, h, w]`).
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig, Conv3d, Conv3dConfig, ConvTranspose2d, ConvTranspose2dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use burn::nn::conv::{
+    Conv2d, Conv2dConfig, Conv3d, Conv3dConfig, ConvTranspose2d, ConvTranspose2dConfig, ConvTranspose3d, ConvTranspose3dConfig,
+};
 use burn::nn::{BatchNorm, BatchNormConfig, InstanceNorm, InstanceNormConfig, PaddingConfig2d, PaddingConfig3d};
+use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::ops::{pool3d, resize_linear};
@@ -51,10 +53,18 @@ impl<B: Backend> ConvNd<B> {
     pub fn new(dims: usize, cin: usize, cout: usize, kernel: usize, bias: bool, device: &B::Device) -> Self {
         let p = kernel / 2;
         if dims == 2 {
-            Self::Two(Conv2dConfig::new([cin, cout], [kernel, kernel]).with_padding(PaddingConfig2d::Explicit(p, p, p, p)).with_bias(bias).init(device))
+            Self::Two(
+                Conv2dConfig::new([cin, cout], [kernel, kernel])
+                    .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                    .with_bias(bias)
+                    .init(device),
+            )
         } else {
             Self::Three(
-                Conv3dConfig::new([cin, cout], [kernel, kernel, kernel]).with_padding(PaddingConfig3d::Explicit(p, p, p)).with_bias(bias).init(device),
+                Conv3dConfig::new([cin, cout], [kernel, kernel, kernel])
+                    .with_padding(PaddingConfig3d::Explicit(p, p, p))
+                    .with_bias(bias)
+                    .init(device),
             )
         }
     }

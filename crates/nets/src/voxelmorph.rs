@@ -9,11 +9,11 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{Initializer, PaddingConfig3d};
+use burn::tensor::Tensor;
 use burn::tensor::activation::leaky_relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 
-use crate::ops::{integrate_velocity, upsample_nearest, warp, Padding};
+use crate::ops::{Padding, integrate_velocity, upsample_nearest, warp};
 
 /// Network configuration.
 #[derive(Config, Debug)]

@@ -1,4 +1,5 @@
 //! The affine-regression network: identity at start, and a known translation recovered by training.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};

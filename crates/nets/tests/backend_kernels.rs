@@ -4,8 +4,9 @@
 //! groups, tiles that span several samples and samples cut into several tiles), max pooling, and element-wise
 //! operations between a tensor and a broadcast or strided one (per-channel scale and shift as in
 //! batch normalisation, either operand first, transposed operands).
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::backend::Autodiff;
-use burn::tensor::module::{conv2d, conv3d, conv_transpose2d, conv_transpose3d};
+use burn::tensor::module::{conv_transpose2d, conv_transpose3d, conv2d, conv3d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Tensor, TensorData};
 
@@ -42,9 +43,7 @@ struct Case {
 
 impl Case {
     fn output(&self) -> [usize; 3] {
-        std::array::from_fn(|i| {
-            (self.input[i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel[i] - 1) - 1) / self.stride[i] + 1
-        })
+        std::array::from_fn(|i| (self.input[i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel[i] - 1) - 1) / self.stride[i] + 1)
     }
 }
 
@@ -93,10 +92,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            ((*g as f64) - w).abs() <= 2e-5 * scale + 1e-5,
-            "{what}[{i}]: {g} vs {w} (scale {scale})"
-        );
+        assert!(((*g as f64) - w).abs() <= 2e-5 * scale + 1e-5, "{what}[{i}]: {g} vs {w} (scale {scale})");
     }
 }
 
@@ -130,9 +126,8 @@ fn check(c: Case, dims: usize, transposed: bool, padding_out: [usize; 3]) {
     if transposed {
         // The transposed convolution's output size, output padding included.
         let o = c.output();
-        input = std::array::from_fn(|i| {
-            (o[i] - 1) * c.stride[i] + c.dilation[i] * (c.kernel[i] - 1) + 1 + padding_out[i] - 2 * c.padding[i]
-        });
+        input =
+            std::array::from_fn(|i| (o[i] - 1) * c.stride[i] + c.dilation[i] * (c.kernel[i] - 1) + 1 + padding_out[i] - 2 * c.padding[i]);
     }
     let c = Case { input, ..c };
     let out = c.output();
@@ -185,13 +180,8 @@ fn check(c: Case, dims: usize, transposed: bool, padding_out: [usize; 3]) {
                 assert_close(&format!("db {label}"), &values(bt.grad(&grads).expect("db")), &db);
             } else {
                 let yt = tensor::<$D>(&y, to(shape(c.batch, c.c_out, out)));
-                let opts = ConvTransposeOptions::new(
-                    ts(sp(c.stride)),
-                    ts(sp(c.padding)),
-                    ts(sp(padding_out)),
-                    ts(sp(c.dilation)),
-                    c.groups,
-                );
+                let opts =
+                    ConvTransposeOptions::new(ts(sp(c.stride)), ts(sp(c.padding)), ts(sp(padding_out)), ts(sp(c.dilation)), c.groups);
                 let xt = $convt(yt.clone(), wt.clone(), Some(bt.clone()), opts);
                 let with_bias = plus_bias(&tfwd, &bias, c.batch);
                 assert_close(&format!("forward {label}"), &values(xt.clone().inner()), &with_bias);
@@ -204,11 +194,7 @@ fn check(c: Case, dims: usize, transposed: bool, padding_out: [usize; 3]) {
             }
         }};
     }
-    if dims == 2 {
-        run!(4, 2, conv2d, conv_transpose2d)
-    } else {
-        run!(5, 3, conv3d, conv_transpose3d)
-    }
+    if dims == 2 { run!(4, 2, conv2d, conv_transpose2d) } else { run!(5, 3, conv3d, conv_transpose3d) }
 }
 
 fn case2(batch: usize, c_in: usize, c_out: usize, hw: [usize; 2], k: usize, s: usize, p: usize, d: usize, groups: usize) -> Case {
@@ -285,7 +271,12 @@ fn broadcast_and_strided_elementwise_ops_match_the_definition() {
         ("g + x", g.clone() + x.clone(), Box::new(|a, b| a + b)),
     ];
     for (name, got, f) in cases {
-        let want: Vec<f64> = (0..xv.len()).map(|i| { let (xi, ci) = at(i); f(xv[xi], gv[ci]) }).collect();
+        let want: Vec<f64> = (0..xv.len())
+            .map(|i| {
+                let (xi, ci) = at(i);
+                f(xv[xi], gv[ci])
+            })
+            .collect();
         let got = values(got);
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(((*a as f64) - b).abs() <= 1e-5 * b.abs().max(1.0), "{name}[{i}]: {a} vs {b}");

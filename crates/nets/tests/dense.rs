@@ -1,13 +1,16 @@
 //! The dense-prediction, auto-encoder, recurrent and registration networks: parameter counts of the reference
 //! workloads, volumetric operations against values computed by hand, gradients against finite differences, and
 //! the losses against their definitions.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use vesalius_nets::loss::{bending_energy, dice_ce, focal, generalised_dice, grad_l2, soft_dice, tversky, voxel_cross_entropy};
-use vesalius_nets::ops::{avg_pool3d, max_pool3d, pool3d, resize_linear, upsample_nearest, warp, warp_nearest, Padding};
-use vesalius_nets::{trainable_params, CnnLstmConfig, ConvAutoencoderConfig, GruConfig, LstmConfig, NormKind, UNetConfig, UpKind, VoxelMorphConfig};
+use vesalius_nets::ops::{Padding, avg_pool3d, max_pool3d, pool3d, resize_linear, upsample_nearest, warp, warp_nearest};
+use vesalius_nets::{
+    CnnLstmConfig, ConvAutoencoderConfig, GruConfig, LstmConfig, NormKind, UNetConfig, UpKind, VoxelMorphConfig, trainable_params,
+};
 
 #[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Flex;
@@ -119,7 +122,14 @@ fn warping_by_known_fields() {
         }
     }
     // A half-voxel shift along height averages neighbours; border padding repeats the edge.
-    let half = Tensor::cat(vec![Tensor::<B, 5>::zeros([1, 1, 4, 5, 6], &d), Tensor::<B, 5>::ones([1, 1, 4, 5, 6], &d) * 0.5, Tensor::<B, 5>::zeros([1, 1, 4, 5, 6], &d)], 1);
+    let half = Tensor::cat(
+        vec![
+            Tensor::<B, 5>::zeros([1, 1, 4, 5, 6], &d),
+            Tensor::<B, 5>::ones([1, 1, 4, 5, 6], &d) * 0.5,
+            Tensor::<B, 5>::zeros([1, 1, 4, 5, 6], &d),
+        ],
+        1,
+    );
     let warped = values(warp(img.clone(), half.clone(), Padding::Border));
     assert!((warped[at(1, 2, 1, 3)] - 0.5 * (src[at(1, 2, 1, 3)] + src[at(1, 2, 2, 3)])).abs() < 1e-5);
     assert!((warped[at(1, 2, 4, 3)] - src[at(1, 2, 4, 3)]).abs() < 1e-5);
@@ -262,7 +272,8 @@ fn probs(logits: &[f64], n: usize, c: usize, v: usize) -> Vec<Vec<Vec<f64>>> {
 #[test]
 fn dice_family_and_focal_losses_match_loop_implementations() {
     let d = dev();
-    let raw = vec![0.5, -1.0, 2.0, 0.7, 0.0, 0.5, -0.5, 0.1, 1.0, 1.0, 0.0, -0.3, -2.0, 3.0, 0.25, 1.5, 0.3, 0.3, -1.0, 0.0, 1.2, -0.7, 0.4, 2.2];
+    let raw =
+        vec![0.5, -1.0, 2.0, 0.7, 0.0, 0.5, -0.5, 0.1, 1.0, 1.0, 0.0, -0.3, -2.0, 3.0, 0.25, 1.5, 0.3, 0.3, -1.0, 0.0, 1.2, -0.7, 0.4, 2.2];
     let (n, c, v) = (2, 3, 4);
     // Sample 1 has no class 2: the generalised Dice gives it the largest present weight.
     let lab = vec![0i64, 1, 2, 1, 1, 0, 0, 1];

@@ -1,4 +1,5 @@
 //! Shapes, parameter counts (against torchvision and the reference workloads) and one optimiser step per network.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};

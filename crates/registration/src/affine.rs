@@ -3,10 +3,10 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use vesalius_data::Image;
-use vesalius_nets::ops::{pool3d, sample_linear, Padding};
+use vesalius_nets::ops::{Padding, pool3d, sample_linear};
 
 use crate::similarity::Similarity;
-use crate::{mat_inv, mat_mul, Adam, Mat4};
+use crate::{Adam, Mat4, mat_inv, mat_mul};
 
 /// The identity matrix.
 pub fn identity() -> Mat4 {
@@ -197,7 +197,8 @@ pub fn resample_world<B: Backend>(
     world: Tensor<B, 2>,
 ) -> (Tensor<B, 5>, Tensor<B, 5>) {
     let device = moving.device();
-    let vox = mat_tensor::<B>(&mat_inv(&moving_grid.to_world), &device).matmul(world).matmul(mat_tensor::<B>(&fixed_grid.to_world, &device));
+    let vox =
+        mat_tensor::<B>(&mat_inv(&moving_grid.to_world), &device).matmul(world).matmul(mat_tensor::<B>(&fixed_grid.to_world, &device));
     let [d, h, w] = fixed_grid.size;
     let coords = vox.narrow(0, 0, 3).matmul(grid_points::<B>(fixed_grid.size, &device)).reshape([1, 3, d, h, w]);
     let mask = inside(coords.clone().detach(), moving_grid.size);
@@ -237,7 +238,14 @@ pub struct AffineOptions {
 
 impl Default for AffineOptions {
     fn default() -> Self {
-        Self { similarity: Similarity::Mse, levels: vec![4, 2, 1], rigid_steps: 150, affine_steps: 0, learning_rate: 1.0, init_centre_of_mass: true }
+        Self {
+            similarity: Similarity::Mse,
+            levels: vec![4, 2, 1],
+            rigid_steps: 150,
+            affine_steps: 0,
+            learning_rate: 1.0,
+            init_centre_of_mass: true,
+        }
     }
 }
 
@@ -262,7 +270,11 @@ fn centre_of_mass(image: &Image, grid: &Grid) -> [f64; 3] {
                 let v = data[(z * h + y) * w + x].max(0.0) as f64;
                 total += v;
                 for r in 0..3 {
-                    acc[r] += v * (grid.to_world[r][0] * z as f64 + grid.to_world[r][1] * y as f64 + grid.to_world[r][2] * x as f64 + grid.to_world[r][3]);
+                    acc[r] += v
+                        * (grid.to_world[r][0] * z as f64
+                            + grid.to_world[r][1] * y as f64
+                            + grid.to_world[r][2] * x as f64
+                            + grid.to_world[r][3]);
                 }
             }
         }
@@ -313,7 +325,8 @@ pub fn register_affine<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: 
             for step in 0..steps {
                 let lr = opts.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps as f64).cos()));
                 let pd = Tensor::<B, 1>::from_inner(p.clone()).require_grad();
-                let world = world_matrix(pd.clone() * free.clone() + Tensor::from_inner(p.clone()).detach() * (free.clone().neg() + 1.0), centre);
+                let world =
+                    world_matrix(pd.clone() * free.clone() + Tensor::from_inner(p.clone()).detach() * (free.clone().neg() + 1.0), centre);
                 let (warped, mask) = resample_world(m.clone(), &mg, &fg, world);
                 let l = opts.similarity.loss(warped, f.clone(), mask);
                 loss = l.clone().into_scalar().elem::<f64>();

@@ -4,11 +4,11 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use vesalius_nets::loss::{bending_energy, grad_l2};
-use vesalius_nets::ops::{identity_grid, pool3d, resize_linear, sample_linear, Padding};
+use vesalius_nets::ops::{Padding, identity_grid, pool3d, resize_linear, sample_linear};
 
+use crate::Adam;
 use crate::affine::inside;
 use crate::similarity::Similarity;
-use crate::Adam;
 
 /// How the field is parameterised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +132,11 @@ pub fn bspline_field<B: Backend>(control: Tensor<B, 5>, matrices: [Tensor<B, 2>;
 }
 
 /// The images of one pyramid level, or `None` when the level would be smaller than 4 voxels along a pooled axis.
-fn level_of<B: AutodiffBackend>(fixed: &Tensor<B::InnerBackend, 5>, moving: &Tensor<B::InnerBackend, 5>, level: usize) -> Option<(Tensor<B, 5>, Tensor<B, 5>, [usize; 3])> {
+fn level_of<B: AutodiffBackend>(
+    fixed: &Tensor<B::InnerBackend, 5>,
+    moving: &Tensor<B::InnerBackend, 5>,
+    level: usize,
+) -> Option<(Tensor<B, 5>, Tensor<B, 5>, [usize; 3])> {
     let [_, _, d, h, w] = fixed.dims();
     let factor = if d == 1 { [1, level, level] } else { [level; 3] };
     let size = [d / factor[0], h / factor[1], w / factor[2]];
@@ -143,7 +147,13 @@ fn level_of<B: AutodiffBackend>(fixed: &Tensor<B::InnerBackend, 5>, moving: &Ten
 }
 
 /// `similarity(moving ∘ (id + u), fixed) + λ · regulariser(u)` for a field `u` in voxels of the level.
-fn objective<B: AutodiffBackend>(opts: &DeformableOptions, f: &Tensor<B, 5>, m: &Tensor<B, 5>, grid: &Tensor<B, 5>, u: Tensor<B, 5>) -> Tensor<B, 1> {
+fn objective<B: AutodiffBackend>(
+    opts: &DeformableOptions,
+    f: &Tensor<B, 5>,
+    m: &Tensor<B, 5>,
+    grid: &Tensor<B, 5>,
+    u: Tensor<B, 5>,
+) -> Tensor<B, 1> {
     let [_, _, ld, lh, lw] = f.dims();
     let coords = grid.clone() + u.clone();
     let mask = inside(coords.clone().detach(), [ld, lh, lw]);
@@ -173,7 +183,11 @@ fn in_plane<B: Backend>(flat: bool, device: &B::Device) -> Tensor<B, 5> {
     Tensor::<B, 1>::from_data([if flat { 0.0f32 } else { 1.0 }, 1.0, 1.0], device).reshape([1, 3, 1, 1, 1])
 }
 
-fn register_dense<B: AutodiffBackend>(fixed: Tensor<B::InnerBackend, 5>, moving: Tensor<B::InnerBackend, 5>, opts: &DeformableOptions) -> Tensor<B::InnerBackend, 5> {
+fn register_dense<B: AutodiffBackend>(
+    fixed: Tensor<B::InnerBackend, 5>,
+    moving: Tensor<B::InnerBackend, 5>,
+    opts: &DeformableOptions,
+) -> Tensor<B::InnerBackend, 5> {
     let device = fixed.device();
     let [_, _, d, h, w] = fixed.dims();
     let plane_only = in_plane::<B::InnerBackend>(d == 1, &device);
@@ -208,7 +222,8 @@ fn register_dense<B: AutodiffBackend>(fixed: Tensor<B::InnerBackend, 5>, moving:
     if [fd, fh, fw] == [d, h, w] {
         return u;
     }
-    let ratio = Tensor::<B::InnerBackend, 1>::from_data([(d as f32 / fd as f32), (h as f32 / fh as f32), (w as f32 / fw as f32)], &device).reshape([1, 3, 1, 1, 1]);
+    let ratio = Tensor::<B::InnerBackend, 1>::from_data([(d as f32 / fd as f32), (h as f32 / fh as f32), (w as f32 / fw as f32)], &device)
+        .reshape([1, 3, 1, 1, 1]);
     resize_linear(u, [d, h, w]) * ratio
 }
 
@@ -222,7 +237,9 @@ fn register_bspline<B: AutodiffBackend>(
     let [_, _, d, h, w] = fixed.dims();
     let points = [d, h, w].map(|n| control_points(n, spacing));
     let matrices = |size: [usize; 3], factor: [usize; 3]| -> [Tensor<B::InnerBackend, 2>; 3] {
-        [0, 1, 2].map(|a| Tensor::from_data(TensorData::new(bspline_matrix(size[a], points[a], spacing, factor[a]), [size[a], points[a]]), &device))
+        [0, 1, 2].map(|a| {
+            Tensor::from_data(TensorData::new(bspline_matrix(size[a], points[a], spacing, factor[a]), [size[a], points[a]]), &device)
+        })
     };
     // Control-point displacements in voxels of the fixed grid; a level sees them divided by its factor.
     let mut control = Tensor::<B::InnerBackend, 5>::zeros([1, 3, points[0], points[1], points[2]], &device);
@@ -231,7 +248,8 @@ fn register_bspline<B: AutodiffBackend>(
         let Some((f, m, factor)) = level_of::<B>(&fixed, &moving, level) else { continue };
         let [_, _, ld, lh, lw] = f.dims();
         let mats = matrices([ld, lh, lw], factor).map(Tensor::<B, 2>::from_inner);
-        let scale = Tensor::<B, 1>::from_data([1.0 / factor[0] as f32, 1.0 / factor[1] as f32, 1.0 / factor[2] as f32], &device).reshape([1, 3, 1, 1, 1]);
+        let scale = Tensor::<B, 1>::from_data([1.0 / factor[0] as f32, 1.0 / factor[1] as f32, 1.0 / factor[2] as f32], &device)
+            .reshape([1, 3, 1, 1, 1]);
         let grid = Tensor::<B, 5>::from_inner(identity_grid::<B::InnerBackend>([ld, lh, lw], &device));
         let mut adam = Adam::new(control.clone());
         for step in 0..opts.steps {

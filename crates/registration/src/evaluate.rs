@@ -6,18 +6,18 @@ use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
-use vesalius_train::RunDir;
 use vesalius_data::Image;
-use vesalius_eval::bootstrap::{percentile_ci, Estimate};
 use vesalius_eval::EvalSet;
-use vesalius_nets::ops::{sample_linear, sample_nearest, Padding};
+use vesalius_eval::bootstrap::{Estimate, percentile_ci};
+use vesalius_nets::ops::{Padding, sample_linear, sample_nearest};
+use vesalius_train::RunDir;
 
 use crate::affine::identity;
-use crate::metrics::{jacobian_determinants, jacobian_stats, label_metrics, JacobianStats};
-use crate::{to_vec, RegError};
+use crate::metrics::{JacobianStats, jacobian_determinants, jacobian_stats, label_metrics};
+use crate::{RegError, to_vec};
 
-use crate::train::*;
 use crate::infer::LearnedRegistrar;
+use crate::train::*;
 /// One validation pair's evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PairMetrics {
@@ -102,12 +102,21 @@ struct PairEval<'a> {
 
 impl PairEval<'_> {
     #[allow(clippy::too_many_arguments)]
-    fn metrics<B: Backend>(&self, coords: Vec<f32>, warped: &[f32], field: &[f32], affine_coords: Option<Vec<f32>>, seconds: f64, device: &B::Device) -> PairMetrics {
+    fn metrics<B: Backend>(
+        &self,
+        coords: Vec<f32>,
+        warped: &[f32],
+        field: &[f32],
+        affine_coords: Option<Vec<f32>>,
+        seconds: f64,
+        device: &B::Device,
+    ) -> PairMetrics {
         let (p, size, classes) = (self.pair, self.size, self.classes);
         let n = size[0] * size[1] * size[2];
         let coords_t = |v: Vec<f32>| tensor5::<B>(v, 3, size, device);
         let mse = |a: &[f32]| a.iter().zip(&p.fixed).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64;
-        let jacobian = jacobian_stats(&jacobian_determinants(&[field[..n].to_vec(), field[n..2 * n].to_vec(), field[2 * n..].to_vec()], size));
+        let jacobian =
+            jacobian_stats(&jacobian_determinants(&[field[..n].to_vec(), field[n..2 * n].to_vec(), field[2 * n..].to_vec()], size));
         let mut grid_affine = identity();
         for (a, s) in self.spacing.iter().enumerate() {
             grid_affine[a][a] = *s;
@@ -179,7 +188,8 @@ fn summarise(pairs: Vec<PairMetrics>) -> MethodMetrics {
             continue;
         }
         let value = values.iter().sum::<f64>() / values.len() as f64;
-        let estimate = percentile_ci(values.len(), 1000, 0.95, 0, value, |idx| Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64));
+        let estimate =
+            percentile_ci(values.len(), 1000, 0.95, 0, value, |idx| Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64));
         mean.push((name.to_string(), estimate));
     }
     MethodMetrics { pairs, mean }
@@ -187,7 +197,12 @@ fn summarise(pairs: Vec<PairMetrics>) -> MethodMetrics {
 
 /// Evaluates a run's best networks on its test (or validation) pairs, on the common grid, and with `optimisation`
 /// also registration by optimisation of the same pairs; writes `metrics.json` (or `metrics-val.json`).
-pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisation: Option<&crate::RegisterOptions>, set: EvalSet) -> Result<RunMetrics, RegError> {
+pub fn evaluate<AB: AutodiffBackend>(
+    run: &RunDir,
+    device: &AB::Device,
+    optimisation: Option<&crate::RegisterOptions>,
+    set: EvalSet,
+) -> Result<RunMetrics, RegError> {
     let registrar = LearnedRegistrar::<AB::InnerBackend>::load(run, device)?;
     let source = PairSource::open(registrar.recipe())?;
     let size = registrar.size();
@@ -210,24 +225,40 @@ pub fn evaluate<AB: AutodiffBackend>(run: &RunDir, device: &AB::Device, optimisa
     let bar = vesalius_train::progress::bar(pairs.len() as u64, &format!("evaluation ({})", set.name()), false);
     for p in pairs {
         bar.inc(1);
-        let eval = PairEval { pair: &p, size, spacing, shape, classes: registrar.label_values().len(), label_values: registrar.label_values() };
+        let eval =
+            PairEval { pair: &p, size, spacing, shape, classes: registrar.label_values().len(), label_values: registrar.label_values() };
         let started = Instant::now();
         let m = tensor5::<AB::InnerBackend>(p.moving.clone(), 1, size, device);
         let prediction = registrar.predict(m.clone(), tensor5(p.fixed.clone(), 1, size, device));
         let warped = to_vec(sample_linear(m, prediction.coords.clone(), Padding::Zeros));
         let seconds = started.elapsed().as_secs_f64();
         let affine_only = prediction.affine.as_ref().map(|a| to_vec(affine_coords(a.clone(), size)));
-        learned.push(eval.metrics::<AB::InnerBackend>(to_vec(prediction.coords), &warped, &to_vec(prediction.field), affine_only, seconds, device));
+        learned.push(eval.metrics::<AB::InnerBackend>(
+            to_vec(prediction.coords),
+            &warped,
+            &to_vec(prediction.field),
+            affine_only,
+            seconds,
+            device,
+        ));
         if let Some(options) = optimisation {
             let as_image = |v: &Vec<f32>| Image::new(v.clone(), shape.to_vec(), 1, grid_affine, "float32").expect("grid-sized");
             let started = Instant::now();
             let r = crate::register::<AB>(&as_image(&p.fixed), &as_image(&p.moving), options, device);
             let seconds = started.elapsed().as_secs_f64();
-            optimised.push(eval.metrics::<AB::InnerBackend>(r.moving_voxel.concat(), &r.warped.data()[..r.warped.voxels()], &r.field_voxels.concat(), None, seconds, device));
+            optimised.push(eval.metrics::<AB::InnerBackend>(
+                r.moving_voxel.concat(),
+                &r.warped.data()[..r.warped.voxels()],
+                &r.field_voxels.concat(),
+                None,
+                seconds,
+                device,
+            ));
         }
     }
     bar.finish_and_clear();
-    let metrics = RunMetrics { set: set.name().into(), learned: summarise(learned), optimisation: optimisation.map(|_| summarise(optimised)) };
+    let metrics =
+        RunMetrics { set: set.name().into(), learned: summarise(learned), optimisation: optimisation.map(|_| summarise(optimised)) };
     run.write_json(set.file(), &metrics)?;
     Ok(metrics)
 }

@@ -2,18 +2,18 @@
 //! image's own grid, like [`crate::register`].
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use vesalius_train::engine::{self};
-use vesalius_train::RunDir;
+use burn::tensor::backend::Backend;
 use vesalius_data::Image;
-use vesalius_nets::{warp_by_affine, AffineNet, AffineNetConfig};
-use vesalius_nets::ops::{identity_grid, sample_linear, Padding};
 use vesalius_nets::VoxelMorph;
+use vesalius_nets::ops::{Padding, identity_grid, sample_linear};
+use vesalius_nets::{AffineNet, AffineNetConfig, warp_by_affine};
+use vesalius_train::RunDir;
+use vesalius_train::engine::{self};
 
-use crate::affine::{identity, Grid};
+use crate::affine::{Grid, identity};
 use crate::recipe::RegRecipe;
-use crate::{finish, mat_inv, mat_mul, to_vec, Mat4, RegError, Registration};
+use crate::{Mat4, RegError, Registration, finish, mat_inv, mat_mul, to_vec};
 
 use crate::train::*;
 /// A trained run's networks, ready to register images.
@@ -141,4 +141,3 @@ impl<B: Backend> LearnedRegistrar<B> {
         Ok(finish::<B>(fixed, moving, world, mapped, field, device))
     }
 }
-

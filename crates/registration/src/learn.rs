@@ -6,7 +6,7 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor};
 use vesalius_nets::loss::{grad_l2, one_hot};
-use vesalius_nets::ops::{warp, Padding};
+use vesalius_nets::ops::{Padding, warp};
 use vesalius_nets::{VoxelMorph, VoxelMorphConfig};
 
 use crate::similarity::Similarity;
@@ -85,6 +85,10 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// The displacement field the trained network predicts for a pair (no gradient).
-pub fn predict<B: AutodiffBackend>(net: &VoxelMorph<B>, moving: Tensor<B::InnerBackend, 5>, fixed: Tensor<B::InnerBackend, 5>) -> Tensor<B::InnerBackend, 5> {
+pub fn predict<B: AutodiffBackend>(
+    net: &VoxelMorph<B>,
+    moving: Tensor<B::InnerBackend, 5>,
+    fixed: Tensor<B::InnerBackend, 5>,
+) -> Tensor<B::InnerBackend, 5> {
     net.valid().field(moving, fixed)
 }

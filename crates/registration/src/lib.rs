@@ -31,8 +31,8 @@ pub mod affine;
 pub mod deformable;
 pub mod evaluate;
 pub mod infer;
-pub mod metrics;
 pub mod learn;
+pub mod metrics;
 pub mod recipe;
 pub mod similarity;
 pub mod train;
@@ -40,10 +40,10 @@ pub mod train;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use vesalius_data::Image;
-use vesalius_nets::ops::{sample_linear, sample_nearest, Padding};
+use vesalius_nets::ops::{Padding, sample_linear, sample_nearest};
 
-pub use affine::{register_affine, AffineOptions, AffineParams, AffineResult, Grid};
-pub use deformable::{register_deformable, Deformation, DeformableOptions, Regulariser};
+pub use affine::{AffineOptions, AffineParams, AffineResult, Grid, register_affine};
+pub use deformable::{DeformableOptions, Deformation, Regulariser, register_deformable};
 pub use similarity::Similarity;
 
 /// Errors of registration runs.
@@ -269,7 +269,14 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
 
 /// The registration result from the map of every fixed voxel to moving voxels (`mapped`, `[3][d·h·w]`): the
 /// moving image resampled there and the world displacement in millimetres.
-pub(crate) fn finish<B: Backend>(fixed: &Image, moving: &Image, world: Mat4, mapped: [Vec<f32>; 3], field: [Vec<f32>; 3], device: &B::Device) -> Registration {
+pub(crate) fn finish<B: Backend>(
+    fixed: &Image,
+    moving: &Image,
+    world: Mat4,
+    mapped: [Vec<f32>; 3],
+    field: [Vec<f32>; 3],
+    device: &B::Device,
+) -> Registration {
     let (fg, mg) = (Grid::of(fixed), Grid::of(moving));
     let [d, h, w] = fg.size;
     let n = d * h * w;

@@ -2,7 +2,7 @@
 //! error on landmarks, and the error of a recovered displacement against a known one.
 use serde::{Deserialize, Serialize};
 use vesalius_data::Image;
-use vesalius_eval::segmentation::{class_metrics, ClassMetrics};
+use vesalius_eval::segmentation::{ClassMetrics, class_metrics};
 
 /// Statistics of the Jacobian determinant of `x ↦ x + u(x)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,7 +75,8 @@ pub use vesalius_eval::segmentation::dice;
 /// Mean and maximum Euclidean distance between corresponding points (e.g. landmarks mapped by a registration and
 /// their targets, or recovered and true displacements at each voxel).
 pub fn point_errors(a: &[[f64; 3]], b: &[[f64; 3]]) -> (f64, f64) {
-    let dists: Vec<f64> = a.iter().zip(b).map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()).collect();
+    let dists: Vec<f64> =
+        a.iter().zip(b).map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()).collect();
     let n = dists.len().max(1) as f64;
     (dists.iter().sum::<f64>() / n, dists.iter().copied().fold(0.0, f64::max))
 }
@@ -101,7 +102,11 @@ pub fn read_landmarks(path: &std::path::Path) -> Result<Vec<([f64; 3], [f64; 3])
     let mut out = Vec::new();
     for (row, record) in reader.records().enumerate() {
         let record = record.map_err(|e| format!("{}: row {}: {e}", path.display(), row + 2))?;
-        let v: Vec<f64> = record.iter().map(|s| s.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| format!("{}: row {}: {e}", path.display(), row + 2))?;
+        let v: Vec<f64> = record
+            .iter()
+            .map(|s| s.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: row {}: {e}", path.display(), row + 2))?;
         if v.len() != 6 || v.iter().any(|x| !x.is_finite()) {
             return Err(format!("{}: row {}: six finite numbers expected", path.display(), row + 2));
         }
@@ -134,7 +139,11 @@ pub fn map_point(point: [f64; 3], displacement: &[Vec<f32>; 3], grid: &crate::Gr
 
 /// Target registration error (mean and maximum, mm) of landmark pairs before registration (`|moving − fixed|`) and
 /// after (`|map(fixed) − moving|`).
-pub fn target_registration_error(pairs: &[([f64; 3], [f64; 3])], displacement: &[Vec<f32>; 3], grid: &crate::Grid) -> ((f64, f64), (f64, f64)) {
+pub fn target_registration_error(
+    pairs: &[([f64; 3], [f64; 3])],
+    displacement: &[Vec<f32>; 3],
+    grid: &crate::Grid,
+) -> ((f64, f64), (f64, f64)) {
     let fixed: Vec<[f64; 3]> = pairs.iter().map(|p| p.0).collect();
     let moving: Vec<[f64; 3]> = pairs.iter().map(|p| p.1).collect();
     let mapped: Vec<[f64; 3]> = fixed.iter().map(|&p| map_point(p, displacement, grid)).collect();

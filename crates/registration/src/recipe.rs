@@ -40,8 +40,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::similarity::Similarity;
 use crate::RegError;
+use crate::similarity::Similarity;
 
 /// A learned-registration recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,7 +142,13 @@ fn default_decoder() -> Vec<usize> {
 
 impl Default for RegModel {
     fn default() -> Self {
-        Self { encoder: default_encoder(), decoder: default_decoder(), integration_steps: 0, affine: false, affine_encoder: default_encoder() }
+        Self {
+            encoder: default_encoder(),
+            decoder: default_decoder(),
+            integration_steps: 0,
+            affine: false,
+            affine_encoder: default_encoder(),
+        }
     }
 }
 
@@ -234,7 +240,8 @@ impl RegRecipe {
     /// Reads a recipe file (relative paths become absolute, from the file's folder); errors name the file.
     pub fn from_file(path: &Path) -> Result<Self, RegError> {
         let text = std::fs::read_to_string(path).map_err(|e| RegError::Input(format!("{}: {e}", path.display())))?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).map_err(|e| RegError::Input(format!("{}: {e}", path.display())))?;
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| RegError::Input(format!("{}: {e}", path.display())))?;
         Self::from_toml(&text, &base).map_err(|e| RegError::Input(format!("{}: {e}", path.display())))
     }
 
@@ -295,10 +302,10 @@ impl RegRecipe {
         if d.shape.iter().any(|&s| s == 0 || s % multiple != 0) {
             return bad(format!("[data] shape {:?}: each side must be a positive multiple of {multiple} (2^encoder levels)", d.shape));
         }
-        if let Some(s) = &d.synthetic {
-            if !(s.amplitude_mm.is_finite() && s.amplitude_mm >= 0.0) || s.control_points < 2 {
-                return bad("[data.synthetic] needs amplitude_mm ≥ 0 and at least 2 control points".into());
-            }
+        if let Some(s) = &d.synthetic
+            && (!(s.amplitude_mm.is_finite() && s.amplitude_mm >= 0.0) || s.control_points < 2)
+        {
+            return bad("[data.synthetic] needs amplitude_mm ≥ 0 and at least 2 control points".into());
         }
         let t = &self.train;
         if Similarity::parse(&t.similarity).is_none() {

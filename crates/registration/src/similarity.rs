@@ -1,9 +1,9 @@
 //! Similarity losses between a warped moving image and the fixed image (lower is better), each weighted by a mask
 //! of the voxels whose sample fell inside the moving image.
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// A similarity measure.

@@ -11,23 +11,23 @@ use std::path::{Path, PathBuf};
 use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use rand::seq::SliceRandom;
 use rand::Rng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
+use vesalius_data::transforms::{resample_onto, rng};
+use vesalius_data::{Affine, Image};
+use vesalius_nets::loss::grad_l2;
+use vesalius_nets::ops::{Padding, identity_grid, resize_linear, sample_nearest, warp, warp_nearest};
+use vesalius_nets::{AffineNet, AffineNetConfig, warp_by_affine};
+use vesalius_nets::{VoxelMorph, VoxelMorphConfig};
 use vesalius_train::engine::{self, EngineState, RunOptions};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
-use vesalius_data::transforms::{resample_onto, rng};
-use vesalius_data::{Affine, Image};
-use vesalius_nets::{warp_by_affine, AffineNet, AffineNetConfig};
-use vesalius_nets::loss::grad_l2;
-use vesalius_nets::ops::{identity_grid, resize_linear, sample_nearest, warp, warp_nearest, Padding};
-use vesalius_nets::{VoxelMorph, VoxelMorphConfig};
 
-use crate::affine::{identity, Grid};
-use crate::learn::{pair_loss, LearnOptions, Pair};
+use crate::affine::{Grid, identity};
+use crate::learn::{LearnOptions, Pair, pair_loss};
 use crate::recipe::{RegRecipe, Synthetic};
-use crate::{normalised, to_vec, RegError};
+use crate::{RegError, normalised, to_vec};
 
 /// Whether `dir` holds a learned-registration run (its `recipe.toml` says `task = "registration"`).
 pub fn is_run(dir: &Path) -> bool {
@@ -168,7 +168,11 @@ impl PairSource {
                 pair_rows(csv_path)?
             } else {
                 let atlas = d.atlas.clone();
-                d.subjects.iter().enumerate().map(|(i, s)| [Some(s.clone()), atlas.clone(), d.subject_labels.get(i).cloned(), d.atlas_labels.clone()]).collect()
+                d.subjects
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| [Some(s.clone()), atlas.clone(), d.subject_labels.get(i).cloned(), d.atlas_labels.clone()])
+                    .collect()
             };
             let need = recipe.train.validation + recipe.train.test + 1;
             if rows.len() < need {
@@ -192,10 +196,10 @@ impl PairSource {
                 let (moving, fixed) = (get(&r[0])?.expect("checked"), get(&r[1])?.expect("checked"));
                 let (ml, fl) = (get(&r[2])?, get(&r[3])?);
                 for (map, image, path) in [(&ml, &moving, &r[2]), (&fl, &fixed, &r[3])] {
-                    if let (Some(m), Some(p)) = (map, path) {
-                        if m.shape() != image.shape() {
-                            return Err(RegError::Input(format!("{}: the label map's grid differs from its image's", p.display())));
-                        }
+                    if let (Some(m), Some(p)) = (map, path)
+                        && m.shape() != image.shape()
+                    {
+                        return Err(RegError::Input(format!("{}: the label map's grid differs from its image's", p.display())));
                     }
                 }
                 let grid = common_grid(recipe, &fixed);
@@ -229,7 +233,9 @@ impl PairSource {
     /// The validation pairs.
     pub fn validation<B: Backend>(&self, device: &B::Device) -> Vec<PreparedPair> {
         match &self.synthetic {
-            Some(_) => (0..self.recipe.train.validation).map(|k| self.synthetic_pair::<B>(mix(self.recipe.train.seed, 1, k as u64), device)).collect(),
+            Some(_) => (0..self.recipe.train.validation)
+                .map(|k| self.synthetic_pair::<B>(mix(self.recipe.train.seed, 1, k as u64), device))
+                .collect(),
             None => self.listed[self.train_count()..self.train_count() + self.recipe.train.validation].to_vec(),
         }
     }
@@ -237,7 +243,9 @@ impl PairSource {
     /// The test pairs (none unless the recipe holds some out).
     pub fn test<B: Backend>(&self, device: &B::Device) -> Vec<PreparedPair> {
         match &self.synthetic {
-            Some(_) => (0..self.recipe.train.test).map(|k| self.synthetic_pair::<B>(mix(self.recipe.train.seed, 3, k as u64), device)).collect(),
+            Some(_) => {
+                (0..self.recipe.train.test).map(|k| self.synthetic_pair::<B>(mix(self.recipe.train.seed, 3, k as u64), device)).collect()
+            }
             None => self.listed[self.train_count() + self.recipe.train.validation..].to_vec(),
         }
     }
@@ -384,7 +392,11 @@ impl<AB: AutodiffBackend> Task<AB> for AffineStage<'_> {
     fn lr(&self, _epoch: usize) -> f64 {
         self.recipe.train.learning_rate
     }
-    fn train_epoch<O: Optimizer<AffineNet<AB>, AB>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, AB, AffineNet<AB>, O>) -> Result<(), RegError> {
+    fn train_epoch<O: Optimizer<AffineNet<AB>, AB>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut Stepper<'_, AB, AffineNet<AB>, O>,
+    ) -> Result<(), RegError> {
         let (device, size) = (stepper.device().clone(), self.source.size);
         let first = stepper.steps_done();
         for step in first..first + <Self as Task<AB>>::steps_in_epoch(self, epoch, first) {
@@ -456,7 +468,11 @@ impl<AB: AutodiffBackend> Task<AB> for DeformableStage<'_, AB::InnerBackend> {
     fn lr(&self, _epoch: usize) -> f64 {
         self.recipe.train.learning_rate
     }
-    fn train_epoch<O: Optimizer<VoxelMorph<AB>, AB>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, AB, VoxelMorph<AB>, O>) -> Result<(), RegError> {
+    fn train_epoch<O: Optimizer<VoxelMorph<AB>, AB>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut Stepper<'_, AB, VoxelMorph<AB>, O>,
+    ) -> Result<(), RegError> {
         let (device, size) = (stepper.device().clone(), self.source.size);
         let first = stepper.steps_done();
         for step in first..first + <Self as Task<AB>>::steps_in_epoch(self, epoch, first) {
@@ -496,7 +512,12 @@ impl<AB: AutodiffBackend> Task<AB> for DeformableStage<'_, AB::InnerBackend> {
 
 /// Trains the run described by `recipe` in `run` with default options, resuming from its checkpoints when they
 /// exist. `on_log` sees every validation record with its stage (`affine` or `deformable`).
-pub fn train<AB: AutodiffBackend>(recipe: &RegRecipe, run: &RunDir, device: &AB::Device, on_log: impl FnMut(&str, &EpochRecord)) -> Result<TrainOutcome, RegError> {
+pub fn train<AB: AutodiffBackend>(
+    recipe: &RegRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    on_log: impl FnMut(&str, &EpochRecord),
+) -> Result<TrainOutcome, RegError> {
     train_with::<AB>(recipe, run, device, &RunOptions { quiet: true, ..Default::default() }, on_log)
 }
 
@@ -513,14 +534,15 @@ pub fn train_with<AB: AutodiffBackend>(
     let affine_run = run.stage("affine");
     let main_state = engine::read_state(run)?;
     let affine_state = engine::read_state(&affine_run)?;
-    if let (Some(_), Some(a)) = (&main_state, &affine_state) {
-        if recipe.model.affine && recipe.train.affine_steps != a.steps_done {
-            return Err(RegError::Input(format!(
-                "{}: the deformable stage has started; affine_steps cannot change from {}",
-                run.root().display(),
-                a.steps_done
-            )));
-        }
+    if let (Some(_), Some(a)) = (&main_state, &affine_state)
+        && recipe.model.affine
+        && recipe.train.affine_steps != a.steps_done
+    {
+        return Err(RegError::Input(format!(
+            "{}: the deformable stage has started; affine_steps cannot change from {}",
+            run.root().display(),
+            a.steps_done
+        )));
     }
     let resumed_after = (main_state.is_some() || affine_state.is_some())
         .then(|| (affine_state.as_ref().map_or(0, |s| s.steps_done), main_state.as_ref().map_or(0, |s| s.steps_done)));
@@ -533,7 +555,7 @@ pub fn train_with<AB: AutodiffBackend>(
     let mut complete = true;
     let (affine_outcome, affine) = if recipe.model.affine {
         engine::prepare(&affine_run, &text, &resume_rules())?;
-        let mut stage = AffineStage { recipe, source: &source, validation: &validation, similarity: similarity.clone() };
+        let mut stage = AffineStage { recipe, source: &source, validation: &validation, similarity };
         let config = options.config(recipe.train.seed, None);
         let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, AffineNet<AB>>();
         let o = engine::train(&affine_run, &mut stage, optim, &config, device, |r| on_log("affine", r))?;
@@ -566,4 +588,3 @@ pub fn train_with<AB: AutodiffBackend>(
     }
     Ok(TrainOutcome { affine: affine_outcome, state: o.state, resumed_after, complete })
 }
-

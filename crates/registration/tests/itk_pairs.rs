@@ -1,11 +1,12 @@
 //! The ITK example slices with known transforms: a translation of (13, 17) pixels, a rotation of 10° about the
 //! image centre, and the translation again across modalities (T1 against proton density, by mutual information).
 //! Each recovered mapping must be within half a pixel, on average over the fixed image, of the true one.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 
-use vesalius_io::load;
 use vesalius_data::Image;
-use vesalius_registration::{register, AffineOptions, Method, RegisterOptions, Registration, Similarity};
+use vesalius_io::load;
+use vesalius_registration::{AffineOptions, Method, RegisterOptions, Registration, Similarity, register};
 
 #[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Autodiff<burn::backend::Flex>;
@@ -33,7 +34,12 @@ fn mean_error(r: &Registration, fixed: &Image, truth: impl Fn(f64, f64) -> (f64,
 }
 
 fn rigid(similarity: Similarity) -> RegisterOptions {
-    RegisterOptions { method: Method::Affine, similarity, affine: AffineOptions { affine_steps: 0, ..AffineOptions::default() }, ..RegisterOptions::default() }
+    RegisterOptions {
+        method: Method::Affine,
+        similarity,
+        affine: AffineOptions { affine_steps: 0, ..AffineOptions::default() },
+        ..RegisterOptions::default()
+    }
 }
 
 #[test]

@@ -3,16 +3,17 @@
 //! have fallen and, for pairs it never saw, the warped image must be much closer to the fixed one. (The field error
 //! against the truth is printed: after so short a training it is not yet lower than no registration's — the
 //! network matches intensities first, which flat regions leave undetermined.)
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use vesalius_io::geometry::{resample, Interp};
+use vesalius_io::geometry::{Interp, resample};
 use vesalius_io::load;
-use vesalius_nets::ops::{resize_linear, warp, Padding};
 use vesalius_nets::VoxelMorphConfig;
-use vesalius_registration::learn::{predict, train, LearnOptions, Pair};
-use vesalius_registration::{affine, Similarity};
+use vesalius_nets::ops::{Padding, resize_linear, warp};
+use vesalius_registration::learn::{LearnOptions, Pair, predict, train};
+use vesalius_registration::{Similarity, affine};
 
 #[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
@@ -23,7 +24,7 @@ type B = burn::backend::Autodiff<P>;
 #[test]
 fn a_small_voxelmorph_learns_to_register_unseen_pairs() {
     let device = Default::default();
-    let t1 = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152/mni152_t1.nii.gz")).unwrap();
+    let t1 = load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152/mni152_t1.nii.gz")).unwrap();
     let t1 = resample(&t1, &[4.0, 4.0, 4.0], Interp::Linear).unwrap();
     let full = affine::to_tensor::<P>(&t1, &device);
     let [_, _, d, h, w] = full.dims();
@@ -68,7 +69,9 @@ fn a_small_voxelmorph_learns_to_register_unseen_pairs() {
         mse_before += mse(block.clone()) / 3.0;
         mse_after += mse(warp(block.clone(), u, Padding::Border)) / 3.0;
     }
-    println!("loss {early:.5} → {late:.5}; unseen pairs: field error {err_before:.3} → {err_after:.3} voxels, MSE {mse_before:.5} → {mse_after:.5}");
+    println!(
+        "loss {early:.5} → {late:.5}; unseen pairs: field error {err_before:.3} → {err_after:.3} voxels, MSE {mse_before:.5} → {mse_after:.5}"
+    );
     assert!(late < 0.75 * early, "loss {early} → {late}");
     assert!(mse_after < 0.6 * mse_before, "MSE {mse_before} → {mse_after}");
 }

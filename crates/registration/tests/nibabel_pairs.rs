@@ -1,10 +1,11 @@
 //! nibabel's anatomical image against its moved copies: nibabel's test suite made them by giving the anatomical
 //! data the affine `E · A` with `E = from_matvec(euler2mat(0.1, 0.2, 0.3), [3, 4, 5])`, then resampling with SPM
 //! (to a 4 mm RAS grid, and to the 3-slice functional grid). Registration must find the world transform `E`.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::Path;
 
 use vesalius_io::load;
-use vesalius_registration::{register, AffineOptions, Grid, Method, RegisterOptions, Similarity};
+use vesalius_registration::{AffineOptions, Grid, Method, RegisterOptions, Similarity, register};
 
 #[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Autodiff<burn::backend::Flex>;
@@ -20,8 +21,8 @@ const E: [[f64; 4]; 3] = [
 /// Mean distance (mm) between `world · x` and `E · x` over the fixed voxels brighter than the mean.
 fn error_mm(moving: &str, levels: Vec<usize>) -> f64 {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/nifti/nibabel");
-    let fixed = load(&dir.join("anatomical.nii")).unwrap();
-    let moving = load(&dir.join(moving)).unwrap();
+    let fixed = load(dir.join("anatomical.nii")).unwrap();
+    let moving = load(dir.join(moving)).unwrap();
     let options = RegisterOptions {
         method: Method::Affine,
         similarity: Similarity::Mse,
@@ -39,7 +40,8 @@ fn error_mm(moving: &str, levels: Vec<usize>) -> f64 {
                 if (fixed.data()[(z * h + y) * w + x] as f64) < mean {
                     continue;
                 }
-                let p = [0, 1, 2].map(|r| g.to_world[r][0] * z as f64 + g.to_world[r][1] * y as f64 + g.to_world[r][2] * x as f64 + g.to_world[r][3]);
+                let p = [0, 1, 2]
+                    .map(|r| g.to_world[r][0] * z as f64 + g.to_world[r][1] * y as f64 + g.to_world[r][2] * x as f64 + g.to_world[r][3]);
                 let apply = |m: &[[f64; 4]]| [0, 1, 2].map(|r| m[r][0] * p[0] + m[r][1] * p[1] + m[r][2] * p[2] + m[r][3]);
                 let (a, b) = (apply(&r.world[..3]), apply(&E));
                 total += ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();

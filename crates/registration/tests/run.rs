@@ -1,16 +1,17 @@
 //! Learned-registration runs: a VoxelMorph network trained from a recipe on the MNI152 template against itself
 //! warped by random smooth fields (known truth), resumed, evaluated; an atlas + subjects run with the affine
 //! network, whose untrained prediction must map images between different grids by world position.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 
-use vesalius_train::RunDir;
-use vesalius_data::transforms::resample_onto;
 use vesalius_data::Image;
-use vesalius_registration::recipe::RegRecipe;
+use vesalius_data::transforms::resample_onto;
 use vesalius_eval::EvalSet;
 use vesalius_registration::evaluate::evaluate;
 use vesalius_registration::infer::LearnedRegistrar;
-use vesalius_registration::train::{train, PairSource};
+use vesalius_registration::recipe::RegRecipe;
+use vesalius_registration::train::{PairSource, train};
+use vesalius_train::RunDir;
 
 #[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
@@ -187,7 +188,11 @@ fn pairs_from_a_csv_with_labels_and_their_errors() {
     save("la.nii.gz", &labels);
     save("lb.nii.gz", &vesalius_io::geometry::flip(&labels, 0).unwrap());
     let csv = dir.path().join("pairs.csv");
-    std::fs::write(&csv, "moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,la.nii.gz,lb.nii.gz\nb.nii.gz,a.nii.gz,lb.nii.gz,la.nii.gz\n").unwrap();
+    std::fs::write(
+        &csv,
+        "moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,la.nii.gz,lb.nii.gz\nb.nii.gz,a.nii.gz,lb.nii.gz,la.nii.gz\n",
+    )
+    .unwrap();
     let recipe = |extra: &str| {
         RegRecipe::from_toml(
             &format!(
@@ -217,9 +222,15 @@ fn pairs_from_a_csv_with_labels_and_their_errors() {
     assert!(e.contains("1 pairs: at least 2 needed"), "{e}");
     let e = error("moving,fixed\na.nii.gz,b.nii.gz\nb.nii.gz,a.nii.gz\n", "");
     assert!(e.contains("label_weight needs label maps"), "{e}");
-    let e = error("moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,la.nii.gz,lb.nii.gz\nb.nii.gz,missing.nii.gz,lb.nii.gz,la.nii.gz\n", "");
+    let e = error(
+        "moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,la.nii.gz,lb.nii.gz\nb.nii.gz,missing.nii.gz,lb.nii.gz,la.nii.gz\n",
+        "",
+    );
     assert!(e.contains("missing.nii.gz"), "{e}");
     save("small.nii.gz", &vesalius_io::geometry::resample(&labels, &[16.0, 16.0, 16.0], vesalius_io::geometry::Interp::Nearest).unwrap());
-    let e = error("moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,small.nii.gz,lb.nii.gz\nb.nii.gz,a.nii.gz,lb.nii.gz,la.nii.gz\n", "");
+    let e = error(
+        "moving,fixed,moving_labels,fixed_labels\na.nii.gz,b.nii.gz,small.nii.gz,lb.nii.gz\nb.nii.gz,a.nii.gz,lb.nii.gz,la.nii.gz\n",
+        "",
+    );
     assert!(e.contains("small.nii.gz: the label map's grid differs"), "{e}");
 }

@@ -1,15 +1,16 @@
 //! The MNI152 template (at 4 mm) against itself warped by a random smooth field with known values, and its tissue
 //! labels warped alike: deformable registration, dense or B-spline, must recover the field, raise the labels' Dice
 //! and not fold.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::Path;
 
 use burn::tensor::{Distribution, Tensor};
-use vesalius_io::geometry::{resample, Interp};
-use vesalius_io::load;
 use vesalius_data::Image;
-use vesalius_nets::ops::{resize_linear, warp, warp_nearest, Padding};
+use vesalius_io::geometry::{Interp, resample};
+use vesalius_io::load;
+use vesalius_nets::ops::{Padding, resize_linear, warp, warp_nearest};
 use vesalius_registration::metrics::{dice, jacobian_determinants, jacobian_stats};
-use vesalius_registration::{affine, register, DeformableOptions, Deformation, Method, RegisterOptions, Regulariser, Similarity};
+use vesalius_registration::{DeformableOptions, Deformation, Method, RegisterOptions, Regulariser, Similarity, affine, register};
 
 #[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
@@ -18,7 +19,7 @@ type P = burn::backend::Cuda;
 type B = burn::backend::Autodiff<P>;
 
 fn fixture(name: &str) -> Image {
-    load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152").join(name)).unwrap()
+    load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152").join(name)).unwrap()
 }
 
 /// Registers the template to itself warped by a known random smooth field with `deformable` settings; returns
@@ -92,7 +93,12 @@ fn cubic_bsplines_reproduce_constant_and_linear_fields() {
     let points = size.map(|n| control_points(n, spacing));
     let matrices = |factor: usize| {
         let out = size.map(|n| n / factor);
-        [0, 1, 2].map(|a| Tensor::<P, 2>::from_data(burn::tensor::TensorData::new(bspline_matrix(out[a], points[a], spacing, factor), [out[a], points[a]]), &device))
+        [0, 1, 2].map(|a| {
+            Tensor::<P, 2>::from_data(
+                burn::tensor::TensorData::new(bspline_matrix(out[a], points[a], spacing, factor), [out[a], points[a]]),
+                &device,
+            )
+        })
     };
     // Control k of an axis sits at voxel (k − 1)·spacing: values a·position + b give the field a·x + b.
     let [pd, ph, pw] = points;

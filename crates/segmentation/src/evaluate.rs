@@ -13,8 +13,8 @@ use crate::{RunDir, SegError};
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use vesalius_eval::bootstrap::{cluster_percentile_ci, Clusters, Estimate};
-use vesalius_eval::segmentation::{class_metrics, ClassMetrics};
+use vesalius_eval::bootstrap::{Clusters, Estimate, cluster_percentile_ci};
+use vesalius_eval::segmentation::{ClassMetrics, class_metrics};
 
 /// Bootstrap resamples.
 pub const RESAMPLES: usize = 1000;
@@ -53,7 +53,9 @@ pub struct MetricsFile {
 
 fn mean_ci(values: &[f64], clusters: &Clusters, seed: u64) -> Estimate {
     let value = values.iter().sum::<f64>() / values.len().max(1) as f64;
-    cluster_percentile_ci(clusters, RESAMPLES, 0.95, seed, value, |idx| Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64))
+    cluster_percentile_ci(clusters, RESAMPLES, 0.95, seed, value, |idx| {
+        Some(idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64)
+    })
 }
 
 /// Length of the image's diagonal in millimetres.

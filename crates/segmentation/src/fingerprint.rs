@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use vesalius_data::loader::load_case;
 use vesalius_data::msd::Case;
-use vesalius_data::transforms::{percentile, Pipeline, Subject, Transform};
+use vesalius_data::transforms::{Pipeline, Subject, Transform, percentile};
 
 /// Foreground voxels sampled per case and channel.
 pub const SAMPLES_PER_CASE: usize = 10_000;
@@ -105,7 +105,11 @@ pub fn compute_subjects(
     for item in subjects {
         let (id, s) = item?;
         // Geometry as the network will see it: volumes in RAS order.
-        let s = if s.image.ndim() == 3 { Transform::Reorient { codes: "RAS".into() }.apply(s, &mut vesalius_data::transforms::rng(0))? } else { s };
+        let s = if s.image.ndim() == 3 {
+            Transform::Reorient { codes: "RAS".into() }.apply(s, &mut vesalius_data::transforms::rng(0))?
+        } else {
+            s
+        };
         let label = s.label.as_ref().ok_or_else(|| SegError::Input(format!("case '{id}' has no label map")))?;
         if s.image.channels() != channel_names.len() {
             return Err(SegError::Input(format!(

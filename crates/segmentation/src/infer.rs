@@ -8,11 +8,11 @@ use crate::{RunDir, SegError};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
+use vesalius_data::transforms::{Subject, resample_onto};
 use vesalius_io::nifti::{self, NiftiType};
-use vesalius_data::transforms::{resample_onto, Subject};
 use vesalius_io::{self as io, Image};
-use vesalius_nets::record::from_bytes;
 use vesalius_nets::UNet;
+use vesalius_nets::record::from_bytes;
 
 /// A loaded run: its recipe, plan and best model.
 pub struct Predictor<B: Backend> {
@@ -36,7 +36,8 @@ impl<B: Backend> Predictor<B> {
     /// Loads `run` (`recipe.toml`, `plans.json`, `model.mpk`).
     pub fn load(run: &RunDir, device: &B::Device) -> Result<Self, SegError> {
         let recipe_path = run.file("recipe.toml");
-        let text = std::fs::read_to_string(&recipe_path).map_err(|e| SegError::Input(format!("{}: {e} (is this a segmentation run?)", recipe_path.display())))?;
+        let text = std::fs::read_to_string(&recipe_path)
+            .map_err(|e| SegError::Input(format!("{}: {e} (is this a segmentation run?)", recipe_path.display())))?;
         let recipe = SegRecipe::from_toml(&text, run.root()).map_err(|e| SegError::Input(format!("{}: {e}", recipe_path.display())))?;
         let plans: Plans = run.read_json("plans.json")?;
         crate::train::check_plan(&plans).map_err(|e| SegError::Input(format!("{}: {e}", run.file("plans.json").display())))?;
@@ -81,11 +82,11 @@ impl<B: Backend> Predictor<B> {
     pub fn read_case(&self, path: &Path) -> Result<Image, SegError> {
         let mut files = vec![path.to_path_buf()];
         let name = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-        if self.plans.channels > 1 {
-            if let Some(at) = name.find("_0000.") {
-                for c in 1..self.plans.channels {
-                    files.push(path.with_file_name(format!("{}_{c:04}{}", &name[..at], &name[at + 5..])));
-                }
+        if self.plans.channels > 1
+            && let Some(at) = name.find("_0000.")
+        {
+            for c in 1..self.plans.channels {
+                files.push(path.with_file_name(format!("{}_{c:04}{}", &name[..at], &name[at + 5..])));
             }
         }
         let case = vesalius_data::msd::Case { id: name, patient: String::new(), images: files, label: None, stratum: None };
@@ -118,12 +119,24 @@ fn components(shape: [usize; 3], inside: impl Fn(usize) -> bool) -> (Vec<u32>, V
                     stack.push(u);
                 }
             };
-            if x > 0 { visit(v - 1) }
-            if x + 1 < nx { visit(v + 1) }
-            if y > 0 { visit(v - nx) }
-            if y + 1 < ny { visit(v + nx) }
-            if z > 0 { visit(v - nx * ny) }
-            if z + 1 < nz { visit(v + nx * ny) }
+            if x > 0 {
+                visit(v - 1)
+            }
+            if x + 1 < nx {
+                visit(v + 1)
+            }
+            if y > 0 {
+                visit(v - nx)
+            }
+            if y + 1 < ny {
+                visit(v + nx)
+            }
+            if z > 0 {
+                visit(v - nx * ny)
+            }
+            if z + 1 < nz {
+                visit(v + nx * ny)
+            }
         }
         sizes.push(size);
     }
@@ -170,11 +183,8 @@ pub fn postprocess(labels: &mut [u16], shape: [usize; 3], classes: usize, larges
 /// is the input's file name without its extension and without an nnU-Net channel suffix.
 pub fn output_paths(input: &Path, out: &Path) -> (PathBuf, PathBuf) {
     let name = input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| "case".into());
-    let stem = ["nii.gz", "nii", "mha", "mhd", "dcm", "png"]
-        .iter()
-        .find_map(|e| name.strip_suffix(&format!(".{e}")))
-        .unwrap_or(&name)
-        .to_string();
+    let stem =
+        ["nii.gz", "nii", "mha", "mhd", "dcm", "png"].iter().find_map(|e| name.strip_suffix(&format!(".{e}"))).unwrap_or(&name).to_string();
     let stem = stem.strip_suffix("_0000").unwrap_or(&stem).to_string();
     (out.join(format!("{stem}.nii.gz")), out.join(format!("{stem}_probabilities.nii.gz")))
 }

@@ -128,10 +128,9 @@ pub fn plan(fp: &Fingerprint, overrides: &PlanOverrides) -> Plans {
         if let (Some(max_a), Some(min)) = (
             (0..t.len()).max_by(|&a, &b| t[a].total_cmp(&t[b])),
             t.iter().copied().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v)))),
-        ) {
-            if t[max_a] > 3.0 * min {
-                t[max_a] = fp.spacing_percentile(10.0)[max_a].max(min);
-            }
+        ) && t[max_a] > 3.0 * min
+        {
+            t[max_a] = fp.spacing_percentile(10.0)[max_a].max(min);
         }
         t
     });
@@ -144,9 +143,8 @@ pub fn plan(fp: &Fingerprint, overrides: &PlanOverrides) -> Plans {
         let min_axis = *patch.iter().min().unwrap_or(&4);
         ((min_axis as f64 / 4.0).log2().floor() as usize + 1).clamp(2, 5)
     };
-    let features_for = |levels: usize| -> Vec<usize> {
-        features_fixed.clone().unwrap_or_else(|| (0..levels).map(|l| (16usize << l).min(320)).collect())
-    };
+    let features_for =
+        |levels: usize| -> Vec<usize> { features_fixed.clone().unwrap_or_else(|| (0..levels).map(|l| (16usize << l).min(320)).collect()) };
     let mut patch = overrides.patch.clone().unwrap_or_else(|| {
         let mut p: Vec<usize> = median_shape.iter().map(|&s| s.min(if dims == 3 { 128 } else { 512 })).collect();
         let align = |p: &mut Vec<usize>| {
@@ -163,7 +161,8 @@ pub fn plan(fp: &Fingerprint, overrides: &PlanOverrides) -> Plans {
             if estimate_mib(&p, 2, &f, channels, classes) <= memory_mib || p.iter().all(|&v| v <= 8) {
                 break;
             }
-            let a = (0..p.len()).max_by(|&a, &b| (p[a] as f64 * target_spacing[a]).total_cmp(&(p[b] as f64 * target_spacing[b]))).unwrap_or(0);
+            let a =
+                (0..p.len()).max_by(|&a, &b| (p[a] as f64 * target_spacing[a]).total_cmp(&(p[b] as f64 * target_spacing[b]))).unwrap_or(0);
             let m = 1usize << (levels_for(&p) - 1);
             p[a] = p[a].saturating_sub(m).max(8);
             align(&mut p);
@@ -230,7 +229,9 @@ impl Plans {
                 t.push(Transform::Clip { min: *lower as f32, max: *upper as f32 });
                 t.push(Transform::Normalize { mean: *mean, std: *std });
             }
-            Some(Normalisation::ZScore { nonzero }) => t.push(Transform::ZScore { mask: if *nonzero { NormMask::Nonzero } else { NormMask::All } }),
+            Some(Normalisation::ZScore { nonzero }) => {
+                t.push(Transform::ZScore { mask: if *nonzero { NormMask::Nonzero } else { NormMask::All } })
+            }
             Some(Normalisation::None) | None => {}
         }
         Pipeline { transforms: t }

@@ -1,7 +1,7 @@
 //! The segmentation recipe (TOML): where the cases are, how validation is split off, plan overrides, training,
 //! augmentation and inference settings.
-use crate::plan::PlanOverrides;
 use crate::SegError;
+use crate::plan::PlanOverrides;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

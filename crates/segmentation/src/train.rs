@@ -10,19 +10,19 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use vesalius_data::Image;
 use vesalius_data::cache::{DiskCache, Volume};
-use vesalius_data::folds::{kfold, read_splits, write_splits, Fold};
-use vesalius_data::loader::{load_case, Cases, LoaderConfig, PatchLoader};
+use vesalius_data::folds::{Fold, kfold, read_splits, write_splits};
+use vesalius_data::loader::{Cases, LoaderConfig, PatchLoader, load_case};
 use vesalius_data::msd::{self, Case};
 use vesalius_data::patch::{PatchSampler, Sampling};
-use vesalius_train::sliding::SlidingWindow;
 use vesalius_data::transforms::{Pipeline, Subject};
-use vesalius_data::Image;
-use vesalius_nets::loss;
 use vesalius_eval::segmentation::dice_of;
 use vesalius_nets::UNet;
+use vesalius_nets::loss;
 use vesalius_train::engine::{self, EngineState, RunOptions};
 use vesalius_train::recipe::ResumeRules;
+use vesalius_train::sliding::SlidingWindow;
 use vesalius_train::{EpochRecord, Stepper, Task, Validation};
 
 /// A case as training sees it: on disk, or a piece of one held in memory (slab splits).
@@ -96,7 +96,7 @@ pub fn held_out_patients(cases: &[Case], share: f64, seed: u64) -> std::collecti
     if share <= 0.0 || order.len() < 2 {
         return Default::default();
     }
-    let mut state = seed ^ 0x7E57_5E7;
+    let mut state = seed ^ 0x07E5_75E7;
     for i in (1..order.len()).rev() {
         state = vesalius_train::engine::stream_seed(state, 7, i as u64);
         order.swap(i, (state % (i as u64 + 1)) as usize);
@@ -186,7 +186,12 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
     let pick = |ids: &[String]| -> Result<Vec<CaseSource>, SegError> {
         ids.iter()
             .map(|id| {
-                cases.iter().find(|c| &c.id == id).cloned().map(CaseSource::File).ok_or_else(|| SegError::Input(format!("{}: unknown case '{id}'", splits_path.display())))
+                cases
+                    .iter()
+                    .find(|c| &c.id == id)
+                    .cloned()
+                    .map(CaseSource::File)
+                    .ok_or_else(|| SegError::Input(format!("{}: unknown case '{id}'", splits_path.display())))
             })
             .collect()
     };
@@ -247,10 +252,7 @@ pub fn batch_tensors<B: Backend>(patches: &[Subject], device: &B::Device) -> Res
         }
     }
     let n = patches.len();
-    Ok((
-        Tensor::from_data(TensorData::new(img, [n, c, d, h, w]), device),
-        Tensor::from_data(TensorData::new(lab, [n, d, h, w]), device),
-    ))
+    Ok((Tensor::from_data(TensorData::new(img, [n, c, d, h, w]), device), Tensor::from_data(TensorData::new(lab, [n, d, h, w]), device)))
 }
 
 /// Checks what the network needs of a plan: two levels at least, and a patch that every pooling halves exactly.
@@ -289,12 +291,12 @@ fn downsample_labels<B: Backend>(labels: Tensor<B, 4, Int>, factor: usize) -> Te
     }
     let [n, d, h, w] = labels.dims();
     let fd = if d > 1 { factor } else { 1 };
-    labels
-        .reshape([n, d / fd, fd, h / factor, factor, w / factor, factor])
-        .narrow(2, 0, 1)
-        .narrow(4, 0, 1)
-        .narrow(6, 0, 1)
-        .reshape([n, d / fd, h / factor, w / factor])
+    labels.reshape([n, d / fd, fd, h / factor, factor, w / factor, factor]).narrow(2, 0, 1).narrow(4, 0, 1).narrow(6, 0, 1).reshape([
+        n,
+        d / fd,
+        h / factor,
+        w / factor,
+    ])
 }
 
 /// The deep-supervision loss: the objective at full resolution and at each auxiliary head's resolution against
@@ -314,7 +316,14 @@ fn supervised_deeply<B: Backend>(recipe: &SegRecipe, model: &UNet<B>, x: Tensor<
 }
 
 /// Sliding-window prediction of a preprocessed image with a model.
-pub fn sliding_predict<B: Backend>(model: &UNet<B>, image: &Image, plans: &Plans, recipe: &SegRecipe, probabilities: bool, device: &B::Device) -> Result<vesalius_train::sliding::Prediction, SegError> {
+pub fn sliding_predict<B: Backend>(
+    model: &UNet<B>,
+    image: &Image,
+    plans: &Plans,
+    recipe: &SegRecipe,
+    probabilities: bool,
+    device: &B::Device,
+) -> Result<vesalius_train::sliding::Prediction, SegError> {
     let sw = SlidingWindow {
         roi: plans.patch.clone(),
         overlap: recipe.infer.overlap,
@@ -364,7 +373,11 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
         t.lr * (1.0 - epoch as f64 / t.epochs as f64).powf(0.9)
     }
 
-    fn train_epoch<O: Optimizer<UNet<AB>, AB>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, AB, UNet<AB>, O>) -> Result<(), SegError> {
+    fn train_epoch<O: Optimizer<UNet<AB>, AB>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut Stepper<'_, AB, UNet<AB>, O>,
+    ) -> Result<(), SegError> {
         let (recipe, plans) = (self.recipe, self.plans);
         let device = stepper.device().clone();
         let mut batch: Vec<Subject> = Vec::with_capacity(plans.batch);
@@ -396,7 +409,7 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
     fn validate(&mut self, model: &UNet<AB::InnerBackend>, epoch: usize, device: &AB::Device) -> Result<Option<Validation>, SegError> {
         let t = &self.recipe.train;
         let done = epoch + 1;
-        if done % t.val_every != 0 && done != t.epochs {
+        if !done.is_multiple_of(t.val_every) && done != t.epochs {
             return Ok(None);
         }
         let bar = vesalius_train::progress::bar(self.val.len() as u64, "validation", self.quiet);
@@ -405,7 +418,8 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
             let pred = sliding_predict(model, &s.image, self.plans, self.recipe, false, device)?;
             let reference = s.label.as_ref().ok_or_else(|| SegError::Internal("validation case without labels".into()))?;
             for (k, &c) in self.fg_classes.iter().enumerate() {
-                per_class[k] += dice_of(pred.labels.iter().map(|&p| p == c), reference.data().iter().map(|&r| r.round() as u16 == c)) / self.val.len() as f64;
+                per_class[k] += dice_of(pred.labels.iter().map(|&p| p == c), reference.data().iter().map(|&r| r.round() as u16 == c))
+                    / self.val.len() as f64;
             }
             bar.inc(1);
         }
@@ -420,7 +434,12 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
 }
 
 /// Trains (or resumes) the run in `run` from `recipe` with default options; `on_epoch` sees every finished epoch.
-pub fn train<AB: AutodiffBackend>(recipe: &SegRecipe, run: &RunDir, device: &AB::Device, on_epoch: impl FnMut(&EpochRecord)) -> Result<TrainOutcome, SegError> {
+pub fn train<AB: AutodiffBackend>(
+    recipe: &SegRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    on_epoch: impl FnMut(&EpochRecord),
+) -> Result<TrainOutcome, SegError> {
     train_with::<AB>(recipe, run, device, &RunOptions { quiet: true, ..Default::default() }, on_epoch)
 }
 
@@ -450,13 +469,17 @@ pub fn train_with<AB: AutodiffBackend>(
         p
     };
     if plans.normalisation.windows(2).any(|w| w[0] != w[1]) {
-        return Err(SegError::Input("channels with different normalisation schemes are not supported; set [plan] normalisation to one scheme".into()));
+        return Err(SegError::Input(
+            "channels with different normalisation schemes are not supported; set [plan] normalisation to one scheme".into(),
+        ));
     }
     check_plan(&plans)?;
     let pipeline = plans.preprocess();
     let cache = DiskCache::new(recipe.data.cache.clone().unwrap_or_else(|| run.file("cache")))?;
-    let volumes: Vec<Arc<Volume>> = split.train.iter().map(|c| preprocessed(c, &pipeline, &cache).map(Arc::new)).collect::<Result<_, _>>()?;
-    let val: Vec<Subject> = split.val.iter().map(|c| preprocessed(c, &pipeline, &cache).and_then(|v| Ok(v.subject()?))).collect::<Result<_, _>>()?;
+    let volumes: Vec<Arc<Volume>> =
+        split.train.iter().map(|c| preprocessed(c, &pipeline, &cache).map(Arc::new)).collect::<Result<_, _>>()?;
+    let val: Vec<Subject> =
+        split.val.iter().map(|c| preprocessed(c, &pipeline, &cache).and_then(|v| Ok(v.subject()?))).collect::<Result<_, _>>()?;
     let cases = Cases::Memory(volumes);
 
     let t = &recipe.train;
@@ -485,11 +508,7 @@ fn fingerprint_of(split: &Split) -> Result<Fingerprint, SegError> {
         return fingerprint::compute(&files, &split.channel_names, &split.labels);
     }
     // Pieces of cases held in memory.
-    fingerprint::compute_subjects(
-        split.train.iter().map(|c| Ok((c.id().to_string(), c.load()?))),
-        &split.channel_names,
-        &split.labels,
-    )
+    fingerprint::compute_subjects(split.train.iter().map(|c| Ok((c.id().to_string(), c.load()?))), &split.channel_names, &split.labels)
 }
 
 /// A label map on the grid of `grid`.

@@ -1,13 +1,14 @@
 //! Segmentation end to end on a synthetic MSD-layout dataset with known answers: bright spheres on noise.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::Path;
 use vesalius_io::nifti::{self, NiftiType};
 use vesalius_io::{self as io, Image};
-use vesalius_segmentation::evaluate::{evaluate, EvalSet};
-use vesalius_segmentation::infer::{output_paths, write, Predictor};
+use vesalius_segmentation::RunDir;
+use vesalius_segmentation::evaluate::{EvalSet, evaluate};
+use vesalius_segmentation::infer::{Predictor, output_paths, write};
 use vesalius_segmentation::recipe::SegRecipe;
 use vesalius_segmentation::train::{train, train_with};
 use vesalius_train::RunOptions;
-use vesalius_segmentation::RunDir;
 
 #[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
@@ -220,9 +221,13 @@ fn bad_recipes_and_runs_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\n", dir.path()).unwrap_err().to_string();
     assert!(err.contains("exactly one"), "{err}");
-    let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\ndataset = \"x\"\n[train]\nepochs = 0\n", dir.path()).unwrap_err().to_string();
+    let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\ndataset = \"x\"\n[train]\nepochs = 0\n", dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("epochs"), "{err}");
-    let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\ndataset = \"x\"\n[plan]\npatchsize = 3\n", dir.path()).unwrap_err().to_string();
+    let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\ndataset = \"x\"\n[plan]\npatchsize = 3\n", dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("patchsize"), "{err}");
     let err = Predictor::<P>::load(&RunDir::new(dir.path()), &Default::default()).err().unwrap().to_string();
     assert!(err.contains("recipe.toml"), "{err}");
@@ -240,7 +245,8 @@ fn bad_recipes_and_runs_are_reported() {
     assert!(err.contains("divisible by 2"), "{err}");
     let mut turned = recipe(&data, 1);
     turned.plan.patch = Some(vec![16, 16, 8]);
-    turned.augment = vesalius_data::transforms::Pipeline::from_toml("[[transforms]]\ntype = \"rand_rot90\"\nprob = 1.0\naxes = [0, 2]\n").unwrap();
+    turned.augment =
+        vesalius_data::transforms::Pipeline::from_toml("[[transforms]]\ntype = \"rand_rot90\"\nprob = 1.0\naxes = [0, 2]\n").unwrap();
     let err = train::<B>(&turned, &RunDir::new(dir.path().join("c")), &device, |_| {}).unwrap_err().to_string();
     assert!(err.contains("changed a patch"), "{err}");
     let json = std::fs::read_to_string(data.join("dataset.json")).unwrap().replace(r#", "sphere": 1"#, "");
@@ -282,7 +288,8 @@ fn a_two_dimensional_png_dataset_plans_a_2d_unet() {
             let inside = ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < r;
             image::Luma([if inside { 180 } else { 60 } + ((x * 7 + y * 3 + i as u32) % 11) as u8])
         });
-        let lab = image::GrayImage::from_fn(32, 32, |x, y| image::Luma([(((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < r) as u8]));
+        let lab =
+            image::GrayImage::from_fn(32, 32, |x, y| image::Luma([(((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < r) as u8]));
         img.save(root.join(format!("imagesTr/disk_{i:03}_0000.png"))).unwrap();
         lab.save(root.join(format!("labelsTr/disk_{i:03}.png"))).unwrap();
     }

@@ -1,11 +1,12 @@
 //! The brain-extraction recipe on real data at reduced size: the MNI152 T1 with its brain mask, a held-out axial
 //! slab, and predictions on two other T1-weighted brains stored differently.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 use vesalius_io as io;
+use vesalius_segmentation::RunDir;
 use vesalius_segmentation::infer::Predictor;
 use vesalius_segmentation::recipe::{SegRecipe, Slab};
 use vesalius_segmentation::train::train;
-use vesalius_segmentation::RunDir;
 
 #[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
@@ -40,7 +41,9 @@ fn brain_extraction_recipe_at_reduced_size() {
     // anatomical.nii is a 2 mm crop inside the head (little background), aniso_vox a whole head at 4 × 4 × 5 mm
     // with air around it: the mask covers most of the first and a fifth of the second, and in the second the
     // brain is bright against what is left out.
-    for (file, lo, hi, contrast) in [("fixtures/nifti/nibabel/anatomical.nii", 0.3, 0.9, false), ("fixtures/nifti/dipy/aniso_vox.nii.gz", 0.1, 0.4, true)] {
+    for (file, lo, hi, contrast) in
+        [("fixtures/nifti/nibabel/anatomical.nii", 0.3, 0.9, false), ("fixtures/nifti/dipy/aniso_vox.nii.gz", 0.1, 0.4, true)]
+    {
         let path = root().join(file);
         let image = io::load(&path).unwrap();
         let seg = predictor.predict(&image, false, false).unwrap();
@@ -62,7 +65,12 @@ fn brain_extraction_recipe_at_reduced_size() {
                 n_out += 1;
             }
         }
-        assert!(inside / n_in as f64 > 1.5 * outside / n_out.max(1) as f64, "{file}: contrast {} vs {}", inside / n_in as f64, outside / n_out as f64);
+        assert!(
+            inside / n_in as f64 > 1.5 * outside / n_out.max(1) as f64,
+            "{file}: contrast {} vs {}",
+            inside / n_in as f64,
+            outside / n_out as f64
+        );
     }
 }
 

@@ -70,10 +70,10 @@ use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 use vesalius_io::write_atomic;
 
+use crate::TrainError;
 use crate::ids::deterministic_ids;
 use crate::recipe::ResumeRules;
 use crate::run::RunDir;
-use crate::TrainError;
 
 /// The seed of the random stream of `(seed, epoch, step)`: the backend's generator is re-seeded from it at the
 /// start of every epoch (step 0), and tasks derive their own draws from it, so nothing depends on how a run was
@@ -239,7 +239,11 @@ pub trait Task<B: AutodiffBackend> {
     /// Learning rate of epoch `epoch` (0-based).
     fn lr(&self, epoch: usize) -> f64;
     /// Runs epoch `epoch` (0-based): every batch's loss goes to [`Stepper::step`].
-    fn train_epoch<O: Optimizer<Self::Model, B>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, B, Self::Model, O>) -> Result<(), Self::Error>;
+    fn train_epoch<O: Optimizer<Self::Model, B>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut Stepper<'_, B, Self::Model, O>,
+    ) -> Result<(), Self::Error>;
     /// Validates the model after epoch `epoch` (0-based); `None` when this epoch is not validated.
     fn validate(
         &mut self,
@@ -320,10 +324,10 @@ pub struct Outcome {
 /// `recipe.toml` and returns the state of the started run, if any.
 pub fn prepare(run: &RunDir, recipe: &str, rules: &ResumeRules) -> Result<Option<EngineState>, TrainError> {
     let state = read_state(run)?;
-    if state.is_some() {
-        if let Ok(old) = std::fs::read_to_string(run.recipe()) {
-            rules.check(&old, recipe).map_err(|m| TrainError::Input(format!("{}: {m}", run.root().display())))?;
-        }
+    if state.is_some()
+        && let Ok(old) = std::fs::read_to_string(run.recipe())
+    {
+        rules.check(&old, recipe).map_err(|m| TrainError::Input(format!("{}: {m}", run.root().display())))?;
     }
     write_atomic(&run.recipe(), recipe.as_bytes())?;
     Ok(state)
@@ -374,15 +378,21 @@ fn prune(run: &RunDir, state: &EngineState) {
 }
 
 /// Loads a module's weights from a record file.
-pub fn load_module<B: burn::tensor::backend::Backend, M: Module<B>>(module: M, path: &std::path::Path, device: &B::Device) -> Result<M, TrainError> {
+pub fn load_module<B: burn::tensor::backend::Backend, M: Module<B>>(
+    module: M,
+    path: &std::path::Path,
+    device: &B::Device,
+) -> Result<M, TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
-    let record = vesalius_nets::record::from_bytes::<B, M::Record>(bytes, device).map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+    let record = vesalius_nets::record::from_bytes::<B, M::Record>(bytes, device)
+        .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
     Ok(module.load_record(record))
 }
 
 /// Writes a module's weights atomically.
 pub fn save_module<B: burn::tensor::backend::Backend, M: Module<B>>(module: &M, path: &std::path::Path) -> Result<(), TrainError> {
-    let bytes = vesalius_nets::record::to_bytes::<B, _>(module.clone().into_record()).map_err(|e| TrainError::Internal(format!("{}: {e}", path.display())))?;
+    let bytes = vesalius_nets::record::to_bytes::<B, _>(module.clone().into_record())
+        .map_err(|e| TrainError::Internal(format!("{}: {e}", path.display())))?;
     Ok(write_atomic(path, &bytes)?)
 }
 
@@ -405,8 +415,10 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         Some(s) => {
             let set = run.checkpoint(&s.checkpoint);
             model = load_module(model, &set.join("model.mpk"), device)?;
-            let bytes = std::fs::read(set.join("optim.mpk")).map_err(|e| TrainError::Input(format!("{}: {e}", set.join("optim.mpk").display())))?;
-            let record = vesalius_nets::record::from_bytes::<B, O::Record>(bytes, device).map_err(|e| TrainError::Input(format!("{}: {e}", set.display())))?;
+            let bytes =
+                std::fs::read(set.join("optim.mpk")).map_err(|e| TrainError::Input(format!("{}: {e}", set.join("optim.mpk").display())))?;
+            let record = vesalius_nets::record::from_bytes::<B, O::Record>(bytes, device)
+                .map_err(|e| TrainError::Input(format!("{}: {e}", set.display())))?;
             optim = optim.load_record(record);
             task.restore_task_state(&s.task)?;
             run.truncate_log(s.log_len).map_err(TrainError::from)?;
@@ -496,12 +508,12 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             next.best_checkpoint = Some(name.clone());
             record.best = true;
         }
-        if let (Some(p), Some(b)) = (config.early_stopping_patience, next.best_epoch) {
-            if done - b >= p {
-                next.stopped_early = true;
-                if !config.quiet {
-                    eprintln!("early stop: no better validation score for {p} epochs");
-                }
+        if let (Some(p), Some(b)) = (config.early_stopping_patience, next.best_epoch)
+            && done - b >= p
+        {
+            next.stopped_early = true;
+            if !config.quiet {
+                eprintln!("early stop: no better validation score for {p} epochs");
             }
         }
         record.seconds = started.elapsed().as_secs_f64();
@@ -532,4 +544,3 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
     }
     Ok(Outcome { state, resumed_after, complete })
 }
-

@@ -22,11 +22,11 @@
 //! let expected: Vec<u16> = values.iter().map(|&v| (v > 0.0) as u16).collect();
 //! assert_eq!(out.labels, expected);
 //! ```
-use vesalius_data::patch::grid_starts;
-use vesalius_io::{DataError, Image, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use vesalius_data::patch::grid_starts;
+use vesalius_io::{DataError, Image, Result};
 
 /// Settings of sliding-window inference.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,7 +91,12 @@ pub fn importance(roi: [usize; 3], sigma_scale: f64) -> Vec<f32> {
 impl SlidingWindow {
     /// Runs `model` over `image`. The model receives `[batch, channels, D, H, W]` tensors (`W` the image's first
     /// axis, `D` its third, 1 in 2D) and must return `[batch, classes, D, H, W]` on the same window.
-    pub fn run<B: Backend>(&self, image: &Image, device: &B::Device, mut model: impl FnMut(Tensor<B, 5>) -> Tensor<B, 5>) -> Result<Prediction> {
+    pub fn run<B: Backend>(
+        &self,
+        image: &Image,
+        device: &B::Device,
+        mut model: impl FnMut(Tensor<B, 5>) -> Tensor<B, 5>,
+    ) -> Result<Prediction> {
         let nd = image.ndim();
         if self.roi.len() != nd || self.roi.contains(&0) || self.batch == 0 {
             return Err(DataError::Invalid(format!("sliding window needs {nd} positive window sizes and a batch ≥ 1, got {:?}", self.roi)));
@@ -124,7 +129,12 @@ impl SlidingWindow {
         let mut finished = 0usize; // planes below this are done
         let mut windows = 0usize;
 
-        let mut finish_planes = |upto: usize, classes: usize, sums: &mut Vec<f32>, wsum: &mut Vec<f32>, probabilities: &mut Option<Vec<f32>>, finished: &mut usize| {
+        let mut finish_planes = |upto: usize,
+                                 classes: usize,
+                                 sums: &mut Vec<f32>,
+                                 wsum: &mut Vec<f32>,
+                                 probabilities: &mut Option<Vec<f32>>,
+                                 finished: &mut usize| {
             while *finished < upto.min(nz) {
                 let z = *finished;
                 let slot = z % rz;

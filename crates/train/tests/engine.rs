@@ -1,12 +1,13 @@
 //! The engine's run-folder invariants on a small task with a known answer: interruption at every point of a
 //! checkpoint resumes to the same files, identical runs write identical model files, divergence stops with its
 //! epoch and step, early stopping, a changed recipe is refused with its keys named.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::backend::{Autodiff, Flex};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use vesalius_train::engine::{self, stream_seed, CheckpointStage, EngineConfig};
+use vesalius_train::engine::{self, CheckpointStage, EngineConfig, stream_seed};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{RunDir, Stepper, Task, TrainError, Validation};
 
@@ -49,7 +50,11 @@ impl Task<B> for Line {
     fn lr(&self, _epoch: usize) -> f64 {
         self.lr
     }
-    fn train_epoch<O: Optimizer<Linear<B>, B>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, B, Linear<B>, O>) -> Result<(), TrainError> {
+    fn train_epoch<O: Optimizer<Linear<B>, B>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut Stepper<'_, B, Linear<B>, O>,
+    ) -> Result<(), TrainError> {
         for step in 0..self.steps {
             let (x, y) = batch::<B>(stream_seed(11, epoch as u64, step as u64), stepper.device());
             let mut loss = (stepper.model().forward(x) - y).powi_scalar(2).mean();

@@ -1,6 +1,7 @@
 //! The sliding-window inferer against whole-image evaluation of models with a known answer.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::tensor::Tensor;
-use vesalius_io::{Image, IDENTITY};
+use vesalius_io::{IDENTITY, Image};
 use vesalius_train::sliding::SlidingWindow;
 
 type B = burn::backend::Flex;
@@ -44,7 +45,8 @@ fn sliding_window_equals_the_whole_image_for_an_equivariant_model() {
     // A convolution with zero padding: equal when one window covers the image.
     let conv = |x: Tensor<B, 5>| {
         let [n, c, d, h, w] = x.dims();
-        let padded = Tensor::<B, 5>::zeros([n, c, d, h + 2, w + 2], &x.device()).slice_assign([0..n, 0..c, 0..d, 1..h + 1, 1..w + 1], x.clone());
+        let padded =
+            Tensor::<B, 5>::zeros([n, c, d, h + 2, w + 2], &x.device()).slice_assign([0..n, 0..c, 0..d, 1..h + 1, 1..w + 1], x.clone());
         let left = padded.clone().slice([0..n, 0..c, 0..d, 1..h + 1, 0..w]);
         let right = padded.slice([0..n, 0..c, 0..d, 1..h + 1, 2..w + 2]);
         Tensor::cat(vec![left - right, x], 1)
@@ -71,4 +73,3 @@ fn sliding_window_labels_without_probability_maps() {
     assert_eq!(out.labels, expected);
     assert_eq!(out.windows, 4 * 3 * 6); // starts 0,8,16,24 | 0,8,14 | 0,8,16,24,32,34
 }
-

@@ -52,10 +52,18 @@ pub type Cuda = burn::backend::Cuda;
 /// Whether the NVIDIA driver library can be found, checked before any CUDA call (which would abort the process
 /// when it is missing).
 pub fn cuda_driver_present() -> bool {
-    let mut dirs: Vec<std::path::PathBuf> = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/cuda/lib64", "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/wsl/lib"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .collect();
+    let mut dirs: Vec<std::path::PathBuf> = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/cuda/lib64",
+        "/usr/local/nvidia/lib64",
+        "/usr/local/nvidia/lib",
+        "/usr/lib/wsl/lib",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .collect();
     if let Ok(extra) = std::env::var("LD_LIBRARY_PATH") {
         dirs.extend(extra.split(':').filter(|s| !s.is_empty()).map(std::path::PathBuf::from));
     }
@@ -91,7 +99,7 @@ macro_rules! with_backend {
                     Err($crate::CliError::Usage("the cuda backend needs an NVIDIA driver (libcuda.so), and none was found".into()))
                 } else {
                     #[allow(dead_code)]
-                type $B = $crate::backend::Cuda;
+                    type $B = $crate::backend::Cuda;
                     #[allow(dead_code)]
                     type $AB = burn::backend::Autodiff<$crate::backend::Cuda>;
                     let $device = Default::default();

@@ -3,16 +3,16 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::Backend;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 use vesalius_nets::loss::{grad_l2, mse, soft_dice, voxel_cross_entropy};
 use vesalius_nets::{Arch, ClassifierConfig, CnnLstmConfig, ConvAutoencoderConfig, UNetConfig, VoxelMorphConfig};
 
 use crate::backend::BackendKind;
-use crate::{with_backend, CliError};
+use crate::{CliError, with_backend};
 
 /// Names of the workloads this command runs (`../shared/bench/WORKLOADS.md`).
 pub const WORKLOADS: [&str; 10] = [
@@ -104,7 +104,11 @@ fn classifier_workload<AB: AutodiffBackend>(arch: Arch, channels: usize, device:
 }
 
 /// Times Adam training steps of `model` on the loss `loss(model)`.
-fn train_workload<AB: AutodiffBackend, M: AutodiffModule<AB>>(model: M, lr: f64, loss: impl Fn(&M) -> Tensor<AB, 1>) -> (f64, f64, f64, usize) {
+fn train_workload<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    model: M,
+    lr: f64,
+    loss: impl Fn(&M) -> Tensor<AB, 1>,
+) -> (f64, f64, f64, usize) {
     let mut model = Some(model);
     let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, M>();
     let step = || {
@@ -139,10 +143,13 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
             let x = Tensor::<AB, 5>::random([8, 1, 1, 128, 128], normal, device);
             let y = labels::<AB>([8, 1, 128, 128], device);
             let model = UNetConfig::reference_2d(1, 2).init::<AB>(device);
-            (8, train_workload(model, 1e-3, |m| {
-                let logits = m.forward(x.clone());
-                soft_dice(logits.clone(), y.clone()) + voxel_cross_entropy(logits, y.clone())
-            }))
+            (
+                8,
+                train_workload(model, 1e-3, |m| {
+                    let logits = m.forward(x.clone());
+                    soft_dice(logits.clone(), y.clone()) + voxel_cross_entropy(logits, y.clone())
+                }),
+            )
         }
         "c_unet2d_infer" => {
             let x = Tensor::<Inner<AB>, 5>::random([8, 1, 1, 128, 128], normal, device);
@@ -178,10 +185,13 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
             let moving = Tensor::<AB, 5>::random([1, 1, 64, 64, 64], Distribution::Default, device);
             let fixed = Tensor::<AB, 5>::random([1, 1, 64, 64, 64], Distribution::Default, device);
             let model = VoxelMorphConfig::reference().init::<AB>(device);
-            (1, train_workload(model, 1e-4, |m| {
-                let (warped, flow) = m.forward(moving.clone(), fixed.clone());
-                mse(warped, fixed.clone()) + grad_l2(flow) * 0.01
-            }))
+            (
+                1,
+                train_workload(model, 1e-4, |m| {
+                    let (warped, flow) = m.forward(moving.clone(), fixed.clone());
+                    mse(warped, fixed.clone()) + grad_l2(flow) * 0.01
+                }),
+            )
         }
         "g_voxelmorph_infer" => {
             let moving = Tensor::<Inner<AB>, 5>::random([1, 1, 64, 64, 64], Distribution::Default, device);

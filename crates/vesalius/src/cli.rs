@@ -3,8 +3,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::backend::{default_backend, BackendKind};
-use crate::{commands, CliError};
+use crate::backend::{BackendKind, default_backend};
+use crate::{CliError, commands};
 
 /// Deep learning for medical imaging.
 #[derive(Debug, Parser)]
@@ -233,8 +233,40 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| CliError::Internal(e.to_string()))?);
             Ok(())
         }
-        Command::Register { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity, deformation, control_spacing, regulariser, run } => {
-            let args = commands::RegisterArgs { fixed, moving, output, field, labels, labels_out, fixed_labels, metrics, landmarks, method, similarity, deformation, control_spacing, regulariser, run };
+        Command::Register {
+            fixed,
+            moving,
+            output,
+            field,
+            labels,
+            labels_out,
+            fixed_labels,
+            metrics,
+            landmarks,
+            method,
+            similarity,
+            deformation,
+            control_spacing,
+            regulariser,
+            run,
+        } => {
+            let args = commands::RegisterArgs {
+                fixed,
+                moving,
+                output,
+                field,
+                labels,
+                labels_out,
+                fixed_labels,
+                metrics,
+                landmarks,
+                method,
+                similarity,
+                deformation,
+                control_spacing,
+                regulariser,
+                run,
+            };
             commands::register(backend, &args)
         }
         Command::Bench { only, in_process } => crate::bench::run(backend, &only, in_process),

@@ -2,27 +2,25 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use vesalius_cadx::infer::predict_files;
 use vesalius_cadx::recipe::Recipe;
 use vesalius_cadx::run::{ClassificationRun, RunDir};
-use vesalius_cadx::train::{train as train_run, TrainOptions};
-use vesalius_io::{load, Format};
+use vesalius_cadx::train::{TrainOptions, train as train_run};
 use vesalius_data::source::Split;
-use vesalius_train::RunOptions;
 use vesalius_eval::classification::ClassificationReport;
+use vesalius_io::{Format, load};
+use vesalius_train::RunOptions;
 
 use crate::backend::BackendKind;
-use crate::{with_backend, CliError};
+use crate::{CliError, with_backend};
 
 /// `vesalius train`.
 pub fn train(backend: BackendKind, recipe_path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<(), CliError> {
     let recipe = Recipe::from_file(recipe_path)?;
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
     let options = TrainOptions { quiet, ..Default::default() };
-    let outcome = with_backend!(backend, |B, AB, device| {
-        train_run::<AB>(&recipe, &out, &device, &options).map_err(CliError::from)
-    })?;
+    let outcome = with_backend!(backend, |B, AB, device| train_run::<AB>(&recipe, &out, &device, &options).map_err(CliError::from))?;
     let classes = RunDir::new(&out).read_info()?.classes;
     print!("{}", format_report(&outcome.test, &classes, "test", outcome.best_epoch));
     println!("run directory: {}", out.display());
@@ -55,7 +53,8 @@ pub fn format_report(r: &ClassificationReport, classes: &[String], split: &str, 
 pub fn evaluate(backend: BackendKind, run_dir: &Path, split: &str) -> Result<(), CliError> {
     let run = RunDir::new(run_dir);
     let split = Split::parse(split).ok_or_else(|| CliError::Usage(format!("unknown split '{split}' (expected train, val or test)")))?;
-    let file = with_backend!(backend, |B, AB, device| vesalius_cadx::evaluate::evaluate_run::<B>(&run, split, &device).map_err(CliError::from))?;
+    let file =
+        with_backend!(backend, |B, AB, device| vesalius_cadx::evaluate::evaluate_run::<B>(&run, split, &device).map_err(CliError::from))?;
     print!("{}", format_report(&file.report, &file.classes, split.name(), file.best_epoch));
     println!("written: {}", run.file(&vesalius_cadx::evaluate::metrics_file(split)).display());
     Ok(())
@@ -101,7 +100,7 @@ fn csv_field(s: &str) -> String {
 
 /// `vesalius convert`.
 pub fn convert(input: &Path, output: &Path, nifti2: bool, series: Option<&str>) -> Result<(), CliError> {
-    use vesalius_io::nifti::{save, save_version, NiftiType, NiftiVersion};
+    use vesalius_io::nifti::{NiftiType, NiftiVersion, save, save_version};
     let img = load_input(input, series)?;
     match Format::from_path(output) {
         Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => {
@@ -185,10 +184,10 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         .ok_or_else(|| CliError::Usage(format!("unknown method '{}' (affine, deformable, affine+deformable)", args.method)))?;
     let similarity = Similarity::parse(&args.similarity)
         .ok_or_else(|| CliError::Usage(format!("unknown similarity '{}' (mse, ncc, mi)", args.similarity)))?;
-    if let Some(f) = &args.field {
-        if !matches!(Format::from_path(f), Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair)) {
-            return Err(CliError::Usage(format!("{}: the field is written as NIfTI (.nii, .nii.gz)", f.display())));
-        }
+    if let Some(f) = &args.field
+        && !matches!(Format::from_path(f), Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair))
+    {
+        return Err(CliError::Usage(format!("{}: the field is written as NIfTI (.nii, .nii.gz)", f.display())));
     }
     let fixed = load(&args.fixed)?;
     let moving = load(&args.moving)?;
@@ -202,20 +201,27 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         )));
     }
     if args.run.is_some() && fixed.ndim() != 3 {
-        return Err(CliError::Usage(format!("{}: learned registration needs 3D volumes, this image is {}D", args.fixed.display(), fixed.ndim())));
+        return Err(CliError::Usage(format!(
+            "{}: learned registration needs 3D volumes, this image is {}D",
+            args.fixed.display(),
+            fixed.ndim()
+        )));
     }
     let labels = args.labels.as_deref().map(load).transpose()?;
-    if let Some(l) = &labels {
-        if l.shape() != moving.shape() {
-            return Err(CliError::Usage(format!("{}: the label map's grid differs from the moving image's", args.labels.as_deref().unwrap_or(Path::new("")).display())));
-        }
+    if let Some(l) = &labels
+        && l.shape() != moving.shape()
+    {
+        return Err(CliError::Usage(format!(
+            "{}: the label map's grid differs from the moving image's",
+            args.labels.as_deref().unwrap_or(Path::new("")).display()
+        )));
     }
     let landmarks = args.landmarks.as_deref().map(vesalius_registration::metrics::read_landmarks).transpose().map_err(CliError::Usage)?;
     let fixed_labels = args.fixed_labels.as_deref().map(load).transpose()?;
-    if let (Some(l), Some(p)) = (&fixed_labels, &args.fixed_labels) {
-        if l.shape() != fixed.shape() {
-            return Err(CliError::Usage(format!("{}: the label map's grid differs from the fixed image's", p.display())));
-        }
+    if let (Some(l), Some(p)) = (&fixed_labels, &args.fixed_labels)
+        && l.shape() != fixed.shape()
+    {
+        return Err(CliError::Usage(format!("{}: the label map's grid differs from the fixed image's", p.display())));
     }
     let regulariser = vesalius_registration::Regulariser::parse(&args.regulariser)
         .ok_or_else(|| CliError::Usage(format!("unknown regulariser '{}' (diffusion, bending)", args.regulariser)))?;
@@ -231,10 +237,13 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         deformable: vesalius_registration::DeformableOptions { deformation, regulariser, ..defaults.deformable.clone() },
         ..defaults
     };
-    if let Some(run) = &args.run {
-        if !vesalius_registration::train::is_run(run) {
-            return Err(CliError::Usage(format!("{}: not a learned-registration run (no recipe.toml with task = \"registration\")", run.display())));
-        }
+    if let Some(run) = &args.run
+        && !vesalius_registration::train::is_run(run)
+    {
+        return Err(CliError::Usage(format!(
+            "{}: not a learned-registration run (no recipe.toml with task = \"registration\")",
+            run.display()
+        )));
     }
     let started = std::time::Instant::now();
     let (result, warped_labels, labels_before) = with_backend!(backend, |B, AB, device| {
@@ -254,7 +263,8 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         Ok::<_, CliError>((r, l, before))
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    let warped_dtype = NiftiType::from_name(moving.dtype()).filter(|t| *t == NiftiType::U8 && Format::from_path(&args.output) == Some(Format::Png));
+    let warped_dtype =
+        NiftiType::from_name(moving.dtype()).filter(|t| *t == NiftiType::U8 && Format::from_path(&args.output) == Some(Format::Png));
     let warped = if warped_dtype.is_some() { result.warped.clone().with_dtype("uint8") } else { result.warped.clone() };
     save_image(&args.output, &warped, NiftiType::F32)?;
     if let Some(f) = &args.field {
@@ -287,16 +297,21 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     if let (Some(reference), Some(after), Some(before)) = (&fixed_labels, &warped_labels, &labels_before) {
         use vesalius_registration::metrics::label_metrics;
         let (b, a) = (label_metrics(before, reference), label_metrics(after, reference));
-        let per_label: serde_json::Map<String, Value> =
-            b.into_iter().zip(a).map(|((label, before), (_, after))| (label.to_string(), json!({ "before": before, "after": after }))).collect();
+        let per_label: serde_json::Map<String, Value> = b
+            .into_iter()
+            .zip(a)
+            .map(|((label, before), (_, after))| (label.to_string(), json!({ "before": before, "after": after })))
+            .collect();
         summary["labels"] = Value::Object(per_label);
     }
     if let Some(pairs) = &landmarks {
         let n = result.displacement_mm.voxels();
         let disp = [0, 1, 2].map(|c| result.displacement_mm.data()[c * n..(c + 1) * n].to_vec());
         // The image stores voxels first axis fastest: the same order as the registration grid's (d, h, w) flattening.
-        let ((b_mean, b_max), (a_mean, a_max)) = vesalius_registration::metrics::target_registration_error(pairs, &disp, &vesalius_registration::Grid::of(&fixed));
-        summary["tre_mm"] = json!({ "landmarks": pairs.len(), "before": { "mean": b_mean, "max": b_max }, "after": { "mean": a_mean, "max": a_max } });
+        let ((b_mean, b_max), (a_mean, a_max)) =
+            vesalius_registration::metrics::target_registration_error(pairs, &disp, &vesalius_registration::Grid::of(&fixed));
+        summary["tre_mm"] =
+            json!({ "landmarks": pairs.len(), "before": { "mean": b_mean, "max": b_max }, "after": { "mean": a_mean, "max": a_max } });
     }
     if let Some(path) = &args.metrics {
         let text = serde_json::to_string_pretty(&summary).map_err(|e| CliError::Internal(e.to_string()))?;
@@ -354,34 +369,6 @@ pub fn info_json(path: &Path, series: Option<&str>) -> Result<Value, CliError> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use vesalius_eval::bootstrap::Estimate;
-
-    use super::*;
-
-    #[test]
-    fn report_table() {
-        let e = |v: f64, lo: f64, hi: f64| Estimate { value: v, ci_low: lo, ci_high: hi, resamples: 1000 };
-        let metrics = BTreeMap::from([
-            ("accuracy".to_string(), e(0.9, 0.85, 0.94)),
-            ("auc".to_string(), e(0.97, 0.95, 0.985)),
-        ]);
-        let report = ClassificationReport {
-            n: 200,
-            task: "binary".into(),
-            metrics,
-            confusion: Some(vec![vec![90, 10], vec![10, 90]]),
-            bootstrap_resamples: 1000,
-            bootstrap_seed: 0,
-            bootstrap_unit: "patients".into(),
-        };
-        insta::assert_snapshot!(format_report(&report, &["benign".into(), "malignant".into()], "test", 7));
-    }
-}
-
 /// The segmentation recipe behind `path`: a dataset folder (defaults), or a TOML file whose `task` is
 /// `"segmentation"`; `None` for anything else (a classification recipe).
 pub fn segmentation_recipe(path: &Path) -> Result<Option<vesalius_segmentation::recipe::SegRecipe>, CliError> {
@@ -421,7 +408,13 @@ pub fn train_segmentation(
         vesalius_segmentation::train::train_with::<AB>(&recipe, &run, &device, &RunOptions { quiet, ..Default::default() }, |log| {
             if !quiet {
                 let dice = log.val.get("mean_dice").copied().flatten().map_or(String::from("-"), |d| format!("{d:.4}"));
-                eprintln!("epoch {:>4}  loss {:.4}  val Dice {dice}{}  ({:.1} s)", log.epoch, log.train_loss, if log.best { "  *" } else { "" }, log.seconds);
+                eprintln!(
+                    "epoch {:>4}  loss {:.4}  val Dice {dice}{}  ({:.1} s)",
+                    log.epoch,
+                    log.train_loss,
+                    if log.best { "  *" } else { "" },
+                    log.seconds
+                );
             }
         })
         .map_err(CliError::from)
@@ -449,10 +442,12 @@ pub fn train_segmentation(
 /// `vesalius evaluate` for segmentation.
 pub fn evaluate_segmentation(backend: BackendKind, run_dir: &Path, tta: bool, split: &str) -> Result<(), CliError> {
     use vesalius_segmentation::evaluate::EvalSet;
-    let set = EvalSet::parse(split)
-        .ok_or_else(|| CliError::Usage(format!("segmentation runs score the test or the validation set (--split test|val), not '{split}'")))?;
+    let set = EvalSet::parse(split).ok_or_else(|| {
+        CliError::Usage(format!("segmentation runs score the test or the validation set (--split test|val), not '{split}'"))
+    })?;
     let run = vesalius_segmentation::RunDir::new(run_dir);
-    let m = with_backend!(backend, |B, AB, device| vesalius_segmentation::evaluate::evaluate::<B>(&run, &device, tta, set).map_err(CliError::from))?;
+    let m = with_backend!(backend, |B, AB, device| vesalius_segmentation::evaluate::evaluate::<B>(&run, &device, tta, set)
+        .map_err(CliError::from))?;
     println!("{} metrics ({} cases; mean [95 % bootstrap CI over {}])", m.set, m.cases.len(), m.bootstrap_unit);
     for (class, metrics) in &m.mean {
         for (name, e) in metrics {
@@ -467,8 +462,15 @@ pub fn evaluate_segmentation(backend: BackendKind, run_dir: &Path, tta: bool, sp
 }
 
 /// `vesalius predict` for segmentation.
-pub fn predict_segmentation(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], out: &Path, probabilities: bool, tta: bool) -> Result<(), CliError> {
-    use vesalius_segmentation::infer::{output_paths, write, Predictor};
+pub fn predict_segmentation(
+    backend: BackendKind,
+    run_dir: &Path,
+    inputs: &[PathBuf],
+    out: &Path,
+    probabilities: bool,
+    tta: bool,
+) -> Result<(), CliError> {
+    use vesalius_segmentation::infer::{Predictor, output_paths, write};
     let run = vesalius_segmentation::RunDir::new(run_dir);
     std::fs::create_dir_all(out).map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
     with_backend!(backend, |B, AB, device| {
@@ -494,7 +496,13 @@ pub fn recipe_task(path: &Path) -> Option<String> {
 }
 
 /// `vesalius train` for learned registration (`--epochs` sets the deformable network's steps).
-pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathBuf>, quiet: bool, steps: Option<usize>) -> Result<(), CliError> {
+pub fn train_registration(
+    backend: BackendKind,
+    source: &Path,
+    out: Option<PathBuf>,
+    quiet: bool,
+    steps: Option<usize>,
+) -> Result<(), CliError> {
     use vesalius_registration::recipe::RegRecipe;
     let mut recipe = RegRecipe::from_file(source)?;
     if let Some(s) = steps {
@@ -507,7 +515,14 @@ pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathB
         vesalius_registration::train::train_with::<AB>(&recipe, &run, &device, &RunOptions { quiet, ..Default::default() }, |stage, log| {
             if !quiet {
                 let v = |k: &str| log.val.get(k).copied().flatten().map_or(String::from("-"), |d| format!("{d:.5}"));
-                eprintln!("{stage:<10} step {:>6}  loss {:.5}  val loss {}  val Dice {}  ({:.1} s)", log.steps, log.train_loss, v("loss"), v("dice"), log.seconds);
+                eprintln!(
+                    "{stage:<10} step {:>6}  loss {:.5}  val loss {}  val Dice {}  ({:.1} s)",
+                    log.steps,
+                    log.train_loss,
+                    v("loss"),
+                    v("dice"),
+                    log.seconds
+                );
             }
         })
         .map_err(CliError::from)
@@ -530,18 +545,21 @@ pub fn train_registration(backend: BackendKind, source: &Path, out: Option<PathB
 /// `vesalius evaluate` for learned registration, optionally against optimisation on the same pairs.
 pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation: Option<&str>, split: &str) -> Result<(), CliError> {
     use vesalius_registration::{Method, RegisterOptions};
-    let set = vesalius_eval::EvalSet::parse(split)
-        .ok_or_else(|| CliError::Usage(format!("registration runs score the test or the validation pairs (--split test|val), not '{split}'")))?;
+    let set = vesalius_eval::EvalSet::parse(split).ok_or_else(|| {
+        CliError::Usage(format!("registration runs score the test or the validation pairs (--split test|val), not '{split}'"))
+    })?;
     let run = vesalius_train::RunDir::new(run_dir);
     let options = match optimisation {
         None => None,
         Some(name) => {
-            let method = Method::parse(name).ok_or_else(|| CliError::Usage(format!("unknown method '{name}' (affine, deformable, affine+deformable)")))?;
+            let method = Method::parse(name)
+                .ok_or_else(|| CliError::Usage(format!("unknown method '{name}' (affine, deformable, affine+deformable)")))?;
             let recipe = vesalius_registration::recipe::RegRecipe::from_file(&run.file("recipe.toml"))?;
             Some(RegisterOptions { method, similarity: recipe.similarity(), ..RegisterOptions::default() })
         }
     };
-    let m = with_backend!(backend, |B, AB, device| vesalius_registration::evaluate::evaluate::<AB>(&run, &device, options.as_ref(), set).map_err(CliError::from))?;
+    let m = with_backend!(backend, |B, AB, device| vesalius_registration::evaluate::evaluate::<AB>(&run, &device, options.as_ref(), set)
+        .map_err(CliError::from))?;
     println!("{} pairs: {} (mean [95 % bootstrap CI over pairs])", m.set, m.learned.pairs.len());
     let print = |title: &str, method: &vesalius_registration::evaluate::MethodMetrics| {
         println!("{title}");
@@ -555,4 +573,29 @@ pub fn evaluate_registration(backend: BackendKind, run_dir: &Path, optimisation:
     }
     println!("written: {}", run.file(set.file()).display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use vesalius_eval::bootstrap::Estimate;
+
+    use super::*;
+
+    #[test]
+    fn report_table() {
+        let e = |v: f64, lo: f64, hi: f64| Estimate { value: v, ci_low: lo, ci_high: hi, resamples: 1000 };
+        let metrics = BTreeMap::from([("accuracy".to_string(), e(0.9, 0.85, 0.94)), ("auc".to_string(), e(0.97, 0.95, 0.985))]);
+        let report = ClassificationReport {
+            n: 200,
+            task: "binary".into(),
+            metrics,
+            confusion: Some(vec![vec![90, 10], vec![10, 90]]),
+            bootstrap_resamples: 1000,
+            bootstrap_seed: 0,
+            bootstrap_unit: "patients".into(),
+        };
+        insta::assert_snapshot!(format_report(&report, &["benign".into(), "malignant".into()], "test", 7));
+    }
 }

@@ -1,4 +1,5 @@
 //! The command-line contract: outputs, files, exit codes and error lines.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -171,7 +172,10 @@ fn convert_keeps_geometry_and_values() {
     assert_eq!(vesalius_io::load(&png).unwrap().data(), vesalius_io::load(&back).unwrap().data());
     // A volume cannot become a PNG; an unknown output format is refused.
     let vol = root().join("fixtures/nifti/nibabel/standard.nii.gz");
-    assert_input_error(&vesalius(&["convert", vol.to_str().unwrap(), dir.path().join("x.png").to_str().unwrap()]), "cannot be written as a 2D file");
+    assert_input_error(
+        &vesalius(&["convert", vol.to_str().unwrap(), dir.path().join("x.png").to_str().unwrap()]),
+        "cannot be written as a 2D file",
+    );
     assert_input_error(&vesalius(&["convert", vol.to_str().unwrap(), dir.path().join("x.bmp").to_str().unwrap()]), "x.bmp");
 }
 
@@ -229,7 +233,7 @@ fn deid_removes_identifiers_and_keeps_images_and_references() {
     assert_ne!(h.series_uid, before.series_uid);
     assert!(h.series_uid.starts_with("2.25."));
     // Pixels and geometry are untouched.
-    let (a, b) = (vesalius_io::load(&input.join("ct.dcm")).unwrap(), vesalius_io::load(&out.join("ct.dcm")).unwrap());
+    let (a, b) = (vesalius_io::load(input.join("ct.dcm")).unwrap(), vesalius_io::load(out.join("ct.dcm")).unwrap());
     assert_eq!(a.data(), b.data());
     // The series stays one series (UIDs remapped consistently) and assembles to the same volume.
     let series = vesalius_io::dicom::list_series(&out.join("series")).unwrap();
@@ -262,9 +266,15 @@ fn every_hostile_file_exits_2_naming_it() {
     assert_input_error(&vesalius(&["info", dir.path().to_str().unwrap()]), "no DICOM files found");
     // nibabel's header-only files and its CIFTI file are refused by name.
     for name in ["analyze.hdr", "nifti1.hdr", "nifti2.hdr"] {
-        assert_input_error(&vesalius(&["info", root().join("fixtures/nifti/nibabel").join(name).to_str().unwrap()]), &format!("{name}: header without its .img"));
+        assert_input_error(
+            &vesalius(&["info", root().join("fixtures/nifti/nibabel").join(name).to_str().unwrap()]),
+            &format!("{name}: header without its .img"),
+        );
     }
-    assert_input_error(&vesalius(&["info", root().join("fixtures/nifti/nibabel/row_major.dconn.nii").to_str().unwrap()]), "row_major.dconn.nii");
+    assert_input_error(
+        &vesalius(&["info", root().join("fixtures/nifti/nibabel/row_major.dconn.nii").to_str().unwrap()]),
+        "row_major.dconn.nii",
+    );
 }
 
 #[test]
@@ -300,8 +310,20 @@ fn register_recovers_the_shifted_slice_and_writes_its_field() {
     let moving = root().join("fixtures/itk/BrainProtonDensitySliceShifted13x17y.png");
     let (out, field) = (dir.path().join("warped.nii.gz"), dir.path().join("field.nii.gz"));
     let o = vesalius(&[
-        "register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", out.to_str().unwrap(),
-        "--field", field.to_str().unwrap(), "--method", "affine", "--labels", moving.to_str().unwrap(), "--labels-out",
+        "register",
+        "--fixed",
+        fixed.to_str().unwrap(),
+        "--moving",
+        moving.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--field",
+        field.to_str().unwrap(),
+        "--method",
+        "affine",
+        "--labels",
+        moving.to_str().unwrap(),
+        "--labels-out",
         dir.path().join("labels.nii.gz").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -319,10 +341,26 @@ fn register_recovers_the_shifted_slice_and_writes_its_field() {
     let mad = w.data().iter().zip(fx.data()).map(|(a, b)| (a - b).abs()).sum::<f32>() / w.data().len() as f32;
     assert!(mad < 1.0, "mean absolute difference {mad}");
     // Labels (here the moving image itself, as integer values) keep their values.
-    let l = vesalius_io::load(&dir.path().join("labels.nii.gz")).unwrap();
+    let l = vesalius_io::load(dir.path().join("labels.nii.gz")).unwrap();
     assert!(l.data().iter().all(|v| v.fract() == 0.0));
-    assert_input_error(&vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", out.to_str().unwrap(), "--similarity", "cosine"]), "unknown similarity 'cosine'");
-    assert_input_error(&vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", "/nonexistent/m.nii", "-o", out.to_str().unwrap()]), "/nonexistent/m.nii");
+    assert_input_error(
+        &vesalius(&[
+            "register",
+            "--fixed",
+            fixed.to_str().unwrap(),
+            "--moving",
+            moving.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--similarity",
+            "cosine",
+        ]),
+        "unknown similarity 'cosine'",
+    );
+    assert_input_error(
+        &vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", "/nonexistent/m.nii", "-o", out.to_str().unwrap()]),
+        "/nonexistent/m.nii",
+    );
 }
 
 #[test]
@@ -349,10 +387,25 @@ fn register_evaluates_labels_before_and_after() {
     }
     std::fs::write(&landmarks, csv).unwrap();
     let o = vesalius(&[
-        "register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o",
-        dir.path().join("w.nii").to_str().unwrap(), "--method", "affine", "--labels", ml.to_str().unwrap(), "--labels-out",
-        dir.path().join("wl.nii").to_str().unwrap(), "--fixed-labels", fl.to_str().unwrap(), "--metrics", metrics.to_str().unwrap(),
-        "--landmarks", landmarks.to_str().unwrap(),
+        "register",
+        "--fixed",
+        fixed.to_str().unwrap(),
+        "--moving",
+        moving.to_str().unwrap(),
+        "-o",
+        dir.path().join("w.nii").to_str().unwrap(),
+        "--method",
+        "affine",
+        "--labels",
+        ml.to_str().unwrap(),
+        "--labels-out",
+        dir.path().join("wl.nii").to_str().unwrap(),
+        "--fixed-labels",
+        fl.to_str().unwrap(),
+        "--metrics",
+        metrics.to_str().unwrap(),
+        "--landmarks",
+        landmarks.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
@@ -368,7 +421,17 @@ fn register_evaluates_labels_before_and_after() {
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "fixed_x,fixed_y,fixed_z,moving_x,moving_y,moving_z\n1,2,3,4,five,6\n").unwrap();
     assert_input_error(
-        &vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", dir.path().join("w.nii").to_str().unwrap(), "--landmarks", bad.to_str().unwrap()]),
+        &vesalius(&[
+            "register",
+            "--fixed",
+            fixed.to_str().unwrap(),
+            "--moving",
+            moving.to_str().unwrap(),
+            "-o",
+            dir.path().join("w.nii").to_str().unwrap(),
+            "--landmarks",
+            bad.to_str().unwrap(),
+        ]),
         "bad.csv: row 2",
     );
 }
@@ -415,14 +478,15 @@ foreground_share = 0.5
     // Label maps in the input's own grid, with probabilities.
     let input = fx.join("brain2_image.nii.gz");
     let pred = dir.path().join("pred");
-    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), input.to_str().unwrap(), "-o", pred.to_str().unwrap(), "--probabilities"]);
+    let o =
+        vesalius(&["predict", "--run", run.to_str().unwrap(), input.to_str().unwrap(), "-o", pred.to_str().unwrap(), "--probabilities"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let labels = vesalius_io::load(&pred.join("brain2_image.nii.gz")).unwrap();
+    let labels = vesalius_io::load(pred.join("brain2_image.nii.gz")).unwrap();
     let image = vesalius_io::load(&input).unwrap();
     assert_eq!(labels.shape(), image.shape());
     assert_eq!(labels.affine(), image.affine());
     assert_eq!(labels.dtype(), "uint8");
-    assert_eq!(vesalius_io::load(&pred.join("brain2_image_probabilities.nii.gz")).unwrap().channels(), 2);
+    assert_eq!(vesalius_io::load(pred.join("brain2_image_probabilities.nii.gz")).unwrap().channels(), 2);
     // The recipe holds no test set: evaluation scores the test set by default, so it says so instead of quietly
     // scoring the cases that selected the model.
     assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap()]), "no labelled test cases");
@@ -446,7 +510,7 @@ foreground_share = 0.5
 
 #[test]
 fn segmentation_trains_on_an_msd_folder_with_defaults() {
-    use vesalius_io::nifti::{save, NiftiType};
+    use vesalius_io::nifti::{NiftiType, save};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("Dataset001_Cubes");
     for d in ["imagesTr", "labelsTr"] {
@@ -531,9 +595,22 @@ learning_rate = 1e-3
     let labels = mni.join("mni152_tissue_labels.nii.gz");
     let (out, field, metrics) = (dir.path().join("w.nii.gz"), dir.path().join("field.nii.gz"), dir.path().join("m.json"));
     let o = vesalius(&[
-        "register", "--run", run.to_str().unwrap(), "--fixed", fixed.to_str().unwrap(), "--moving",
-        mni.join("mni152_t1.nii.gz").to_str().unwrap(), "-o", out.to_str().unwrap(), "--field", field.to_str().unwrap(),
-        "--labels", labels.to_str().unwrap(), "--labels-out", dir.path().join("wl.nii.gz").to_str().unwrap(), "--metrics",
+        "register",
+        "--run",
+        run.to_str().unwrap(),
+        "--fixed",
+        fixed.to_str().unwrap(),
+        "--moving",
+        mni.join("mni152_t1.nii.gz").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--field",
+        field.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--labels-out",
+        dir.path().join("wl.nii.gz").to_str().unwrap(),
+        "--metrics",
         metrics.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -558,18 +635,52 @@ learning_rate = 1e-3
         }
     }
     // Optimisation aligns the synthetic pairs: the displacement error falls.
-    let mean = |method: &str, name: &str| m[method]["mean"].as_array().unwrap().iter().find(|e| e[0] == name).unwrap()[1]["value"].as_f64().unwrap();
+    let mean = |method: &str, name: &str| {
+        m[method]["mean"].as_array().unwrap().iter().find(|e| e[0] == name).unwrap()[1]["value"].as_f64().unwrap()
+    };
     assert!(mean("optimisation", "field_error_after_mm") < mean("optimisation", "field_error_before_mm"), "{m}");
     // Bad input.
     assert_input_error(
-        &vesalius(&["register", "--run", dir.path().to_str().unwrap(), "--fixed", fixed.to_str().unwrap(), "--moving", fixed.to_str().unwrap(), "-o", out.to_str().unwrap()]),
+        &vesalius(&[
+            "register",
+            "--run",
+            dir.path().to_str().unwrap(),
+            "--fixed",
+            fixed.to_str().unwrap(),
+            "--moving",
+            fixed.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
         "not a learned-registration run",
     );
-    let o = vesalius(&["register", "--run", run.to_str().unwrap(), "--method", "affine", "--fixed", fixed.to_str().unwrap(), "--moving", fixed.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = vesalius(&[
+        "register",
+        "--run",
+        run.to_str().unwrap(),
+        "--method",
+        "affine",
+        "--fixed",
+        fixed.to_str().unwrap(),
+        "--moving",
+        fixed.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let png = root().join("fixtures/itk/BrainProtonDensitySliceBorder20.png");
     assert_input_error(
-        &vesalius(&["register", "--run", run.to_str().unwrap(), "--fixed", png.to_str().unwrap(), "--moving", png.to_str().unwrap(), "-o", out.to_str().unwrap()]),
+        &vesalius(&[
+            "register",
+            "--run",
+            run.to_str().unwrap(),
+            "--fixed",
+            png.to_str().unwrap(),
+            "--moving",
+            png.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
         "BrainProtonDensitySliceBorder20.png: learned registration needs 3D volumes, this image is 2D",
     );
     let bad = dir.path().join("bad.toml");

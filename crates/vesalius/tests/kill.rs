@@ -1,5 +1,6 @@
 //! A segmentation run killed with SIGKILL at random moments and restarted each time ends with the same model file
 //! and log as the same run never interrupted.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,7 +17,9 @@ fn dataset(root: &Path) -> std::path::PathBuf {
     for i in 0..6usize {
         let (cx, cy, r) = (12.0 + i as f64 * 1.5, 14.0 + (i % 3) as f64 * 2.0, 5.0 + (i % 2) as f64 * 2.0);
         let inside = |x: u32, y: u32| ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < r;
-        let img = image::GrayImage::from_fn(32, 32, |x, y| image::Luma([if inside(x, y) { 180 } else { 60 } + ((x * 7 + y * 3 + i as u32) % 11) as u8]));
+        let img = image::GrayImage::from_fn(32, 32, |x, y| {
+            image::Luma([if inside(x, y) { 180 } else { 60 } + ((x * 7 + y * 3 + i as u32) % 11) as u8])
+        });
         let lab = image::GrayImage::from_fn(32, 32, |x, y| image::Luma([inside(x, y) as u8]));
         img.save(root.join(format!("imagesTr/disk_{i:03}_0000.png"))).unwrap();
         lab.save(root.join(format!("labelsTr/disk_{i:03}.png"))).unwrap();
@@ -92,7 +95,10 @@ fn a_segmentation_run_killed_at_random_moments_ends_like_an_uninterrupted_one() 
                 assert!(set.join(f).is_file(), "{}", set.join(f).display());
             }
             let done = state["epochs_done"].as_u64().unwrap();
-            assert!(log_without_times(&killed).len() as u64 >= done || std::fs::metadata(killed.join("log.jsonl")).unwrap().len() >= state["log_len"].as_u64().unwrap());
+            assert!(
+                log_without_times(&killed).len() as u64 >= done
+                    || std::fs::metadata(killed.join("log.jsonl")).unwrap().len() >= state["log_len"].as_u64().unwrap()
+            );
             mid_run += (done > 0 && done < 8) as usize;
         }
     }
