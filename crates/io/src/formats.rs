@@ -111,16 +111,30 @@ pub fn load_nifti(path: &Path) -> Result<Image> {
     crate::nifti::load(path)
 }
 
+/// The most bytes a decoder may allocate for a compressed file of `len` bytes: what DEFLATE can expand that many
+/// bytes to ([`MAX_DEFLATE_RATIO`]) plus 1 MiB, and never more than 1 GiB. A header declaring larger pixels than its
+/// file can hold is refused before anything is allocated for them.
+pub fn decode_budget(len: u64) -> u64 {
+    len.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(1 << 20).min(1 << 30)
+}
+
 /// Reads a TIFF file: one page is a 2D image, several pages of one size are a 3D stack (pages along the third
 /// axis). Grey (8/16/32-bit integer or float) and RGB pages; an RGB file with equal channels reads as grey.
 pub fn load_tiff(path: &Path) -> Result<Image> {
     use tiff::ColorType;
     use tiff::decoder::{Decoder, DecodingResult};
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let budget = decode_budget(file.metadata().map_err(|e| DataError::io(path, e))?.len());
     let fail = |e: tiff::TiffError| DataError::format(path, format!("cannot decode TIFF: {e}"));
-    let mut dec = Decoder::new(std::io::BufReader::new(file)).map_err(fail)?;
+    let mut limits = tiff::decoder::Limits::default();
+    limits.decoding_buffer_size = budget as usize;
+    limits.intermediate_buffer_size = budget as usize;
+    let mut dec = Decoder::new(std::io::BufReader::new(file)).map_err(fail)?.with_limits(limits);
     let (w, h) = dec.dimensions().map_err(fail)?;
     let (w, h) = (w as usize, h as usize);
+    if (w as u64).saturating_mul(h as u64) > budget {
+        return Err(DataError::format(path, format!("a {w}×{h} page cannot come from a file of this size")));
+    }
     let channels = match dec.colortype().map_err(fail)? {
         ColorType::Gray(_) => 1,
         ColorType::RGB(_) => 3,
@@ -225,8 +239,9 @@ pub fn save_2d(path: &Path, img: &Image) -> Result<()> {
 pub fn load_2d(path: &Path) -> Result<Image> {
     let reader =
         image::ImageReader::open(path).map_err(|e| DataError::io(path, e))?.with_guessed_format().map_err(|e| DataError::io(path, e))?;
+    let len = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(1 << 30);
+    limits.max_alloc = Some(decode_budget(len));
     let mut reader = reader;
     reader.limits(limits);
     let img = reader.decode().map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))?;

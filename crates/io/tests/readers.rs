@@ -170,6 +170,10 @@ fn hostile_files_give_errors_naming_the_file() {
     assert!(message(load(&bad_png).unwrap_err()).contains("bad.png: cannot decode image"));
     assert!(message(load(dir.path().join("missing.png")).unwrap_err()).contains("missing.png"));
     assert!(message(load(dir.path().join("x.xyz")).unwrap_err()).contains("x.xyz: no such file or folder"));
+    // 78 bytes declaring 4104 × 67078 RGB pixels (a fuzzing finding): refused without allocating them.
+    let huge = fixture("fuzz/png_huge_dimensions.png");
+    let e = message(load(&huge).unwrap_err());
+    assert!(e.contains("png_huge_dimensions.png") && e.contains("cannot decode image"), "{e}");
     let xyz = write(dir.path(), "x.xyz", b"data");
     assert!(message(load(&xyz).unwrap_err()).contains("unknown image format"));
     assert_eq!(Format::from_path(Path::new("A.NII.GZ")), Some(Format::NiftiGz));
