@@ -48,6 +48,7 @@ pub fn predict_dataset<B: Backend>(
     let mut scores = Vec::with_capacity(data.len());
     let mut loss_sum = 0.0;
     let n = data.len();
+    let bar = vesalius_train::progress::bar(n as u64, "inference", false);
     let mut start = 0;
     while start < n {
         let end = (start + batch_size).min(n);
@@ -57,8 +58,10 @@ pub fn predict_dataset<B: Backend>(
         let loss: f32 = batch_loss(logits.clone(), batch.targets, None).into_scalar().elem();
         loss_sum += loss as f64 * (end - start) as f64;
         scores.extend(rows(probabilities(logits, multi_label)));
+        bar.inc((end - start) as u64);
         start = end;
     }
+    bar.finish_and_clear();
     (scores, if n > 0 { loss_sum / n as f64 } else { f64::NAN })
 }
 
@@ -82,6 +85,7 @@ pub fn predict_files<B: Backend>(
 ) -> Result<Vec<Vec<f32>>, CadxError> {
     let (c, s) = (info.model.in_channels, info.model.input_size);
     let mut out = Vec::with_capacity(files.len());
+    let bar = vesalius_train::progress::bar(files.len() as u64, "prediction", false);
     for chunk in files.chunks(64) {
         let mut pixels = Vec::with_capacity(chunk.len() * c * s * s);
         for path in chunk {
@@ -90,6 +94,8 @@ pub fn predict_files<B: Backend>(
         }
         let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [chunk.len(), c, s, s]), device);
         out.extend(rows(probabilities(model.forward(x), info.multi_label)));
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     Ok(out)
 }

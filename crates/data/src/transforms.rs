@@ -34,7 +34,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use vesalius_io::Affine;
-use vesalius_io::geometry::{self, Interp, compose, for_each_index, strides};
+use vesalius_io::geometry::{self, Interp, Outside, Sampler, compose, for_each_index, mat3_inv, strides};
+pub use vesalius_io::geometry::{resample_onto, resample_to_grid};
 
 /// An image with its optional label map on the same grid.
 #[derive(Clone, Debug, PartialEq)]
@@ -773,108 +774,9 @@ pub fn resize(img: &Image, shape: &[usize], nearest: bool) -> Result<Image> {
     resample_to_grid(img, shape, &m, nearest, compose(img.affine(), &m))
 }
 
-/// Samples `img` on a grid of `shape` where output voxel `p` reads input position `m · p`; linear (images,
-/// edge values held at the border) or nearest (labels); positions outside the image give 0.
-pub(crate) fn resample_to_grid(img: &Image, shape: &[usize], m: &Affine, nearest: bool, affine: Affine) -> Result<Image> {
-    let nd = img.ndim();
-    let n_new: usize = shape.iter().product();
-    let mut data = vec![0f32; n_new * img.channels()];
-    let sampler = Sampler::new(img);
-    for c in 0..img.channels() {
-        let src = img.channel(c);
-        let dst = &mut data[c * n_new..(c + 1) * n_new];
-        for_each_index(shape, |lin, idx| {
-            let mut p = [0f64; 3];
-            for (r, pr) in p.iter_mut().enumerate().take(nd) {
-                *pr = (0..nd).map(|k| m[r][k] * idx[k] as f64).sum::<f64>() + m[r][3];
-            }
-            dst[lin] = if nearest { sampler.nearest(src, &p) } else { sampler.linear(src, &p) };
-        });
-    }
-    Image::new(data, shape.to_vec(), img.channels(), affine, img.dtype())
-}
-
-/// Resamples `img` onto another grid (`shape`, `affine`): each output voxel takes the value at its world position,
-/// linear for images or nearest for labels, 0 outside.
-pub fn resample_onto(img: &Image, shape: &[usize], affine: &Affine, nearest: bool) -> Result<Image> {
-    if shape.len() != img.ndim() {
-        return Err(DataError::Invalid(format!("target grid has {} axes, the image {}", shape.len(), img.ndim())));
-    }
-    let a = img.affine();
-    let m3 = [[a[0][0], a[0][1], a[0][2]], [a[1][0], a[1][1], a[1][2]], [a[2][0], a[2][1], a[2][2]]];
-    let inv = mat3_inv(&m3).ok_or_else(|| DataError::Invalid("the image's affine is singular".into()))?;
-    let mut ainv = geometry::identity();
-    for r in 0..3 {
-        for c in 0..3 {
-            ainv[r][c] = inv[r][c];
-        }
-        ainv[r][3] = -(0..3).map(|k| inv[r][k] * a[k][3]).sum::<f64>();
-    }
-    resample_to_grid(img, shape, &compose(&ainv, affine), nearest, *affine)
-}
-
 /// Samples the image on its own grid through the index map `m` (output voxel → input position).
 fn resample_index_map(img: &Image, m: &Affine, nearest: bool) -> Result<Image> {
     resample_to_grid(img, img.shape(), m, nearest, *img.affine())
-}
-
-/// Point sampling of one channel of an image, in voxel coordinates.
-struct Sampler {
-    shape: [usize; 3],
-    strides: [usize; 3],
-    nd: usize,
-}
-
-impl Sampler {
-    fn new(img: &Image) -> Self {
-        let mut shape = [1usize; 3];
-        shape[..img.ndim()].copy_from_slice(img.shape());
-        Self { shape, strides: [1, shape[0], shape[0] * shape[1]], nd: img.ndim() }
-    }
-
-    /// Nearest voxel (half-way rounds up), 0 outside.
-    fn nearest(&self, src: &[f32], p: &[f64; 3]) -> f32 {
-        let mut o = 0;
-        for a in 0..self.nd {
-            let i = (p[a] + 0.5).floor();
-            if i < 0.0 || i >= self.shape[a] as f64 {
-                return 0.0;
-            }
-            o += i as usize * self.strides[a];
-        }
-        src[o]
-    }
-
-    /// Multi-linear; positions more than half a voxel outside give 0, the border is held within that half voxel.
-    fn linear(&self, src: &[f32], p: &[f64; 3]) -> f32 {
-        let mut i0 = [0usize; 3];
-        let mut t = [0f64; 3];
-        for a in 0..self.nd {
-            let n = self.shape[a] as f64;
-            if p[a] < -0.5 || p[a] > n - 0.5 {
-                return 0.0;
-            }
-            let q = p[a].clamp(0.0, n - 1.0);
-            let f = q.floor().min(n - 1.0);
-            i0[a] = f as usize;
-            t[a] = q - f;
-        }
-        let mut acc = 0f64;
-        for corner in 0..(1usize << self.nd) {
-            let mut w = 1.0;
-            let mut o = 0;
-            for a in 0..self.nd {
-                let hi = corner >> a & 1 == 1;
-                let i = if hi { (i0[a] + 1).min(self.shape[a] - 1) } else { i0[a] };
-                w *= if hi { t[a] } else { 1.0 - t[a] };
-                o += i * self.strides[a];
-            }
-            if w != 0.0 {
-                acc += w * src[o] as f64;
-            }
-        }
-        acc as f32
-    }
 }
 
 fn mat3_mul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
@@ -885,23 +787,6 @@ fn mat3_mul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
         }
     }
     o
-}
-
-fn mat3_inv(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-    if det.abs() < 1e-12 {
-        return None;
-    }
-    let mut o = [[0.0; 3]; 3];
-    for r in 0..3 {
-        for c in 0..3 {
-            let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
-            let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
-            o[r][c] = (m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]) / det;
-        }
-    }
-    Some(o)
 }
 
 /// The index map (output voxel → input position) of an affine augmentation about the image centre.
@@ -995,7 +880,7 @@ fn elastic_field(shape: &[usize], spacing: f64, magnitude: f64, rng: &mut impl R
     let coarse: Vec<usize> = shape.iter().map(|&n| ((n as f64 - 1.0) / spacing).ceil() as usize + 1).collect();
     let n_coarse: usize = coarse.iter().product();
     let grid = Image::new(vec![0.0; n_coarse], coarse.clone(), 1, crate::IDENTITY, "float32")?;
-    let sampler = Sampler::new(&grid);
+    let sampler = Sampler::new(&grid, Outside::Zero);
     let n: usize = shape.iter().product();
     let mut d = Vec::with_capacity(nd);
     for _ in 0..nd {
@@ -1018,7 +903,7 @@ fn resample_displaced(img: &Image, field: &Field, nearest: bool) -> Result<Image
     let nd = img.ndim();
     let n = img.voxels();
     let shape = img.shape().to_vec();
-    let sampler = Sampler::new(img);
+    let sampler = Sampler::new(img, Outside::Zero);
     let mut data = vec![0f32; n * img.channels()];
     for c in 0..img.channels() {
         let src = img.channel(c);

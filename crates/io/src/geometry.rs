@@ -293,33 +293,17 @@ pub fn resample(img: &Image, spacing: &[f64], interp: Interp) -> Result<Image> {
             v
         });
         let dst = &mut data[c * n_new..(c + 1) * n_new];
+        let edge = Sampler::new(img, Outside::Edge);
+        let point = |pos: &[f64]| {
+            let mut p = [0f64; 3];
+            p[..nd].copy_from_slice(pos);
+            p
+        };
         for_each_index(&shape, |lin, idx| {
             let pos: Vec<f64> = (0..nd).map(|a| idx[a] as f64 * scale[a]).collect();
             dst[lin] = match interp {
-                Interp::Nearest => {
-                    let o: usize = (0..nd).map(|a| ((pos[a] + 0.5).floor() as usize).min(old[a] - 1) * st[a]).sum();
-                    src[o]
-                }
-                Interp::Linear => {
-                    let mut acc = 0.0f64;
-                    for corner in 0..(1usize << nd) {
-                        let mut w = 1.0;
-                        let mut o = 0;
-                        for a in 0..nd {
-                            let p = pos[a].min((old[a] - 1) as f64);
-                            let i0 = p.floor() as usize;
-                            let t = p - i0 as f64;
-                            let hi = corner >> a & 1 == 1;
-                            let i = if hi { (i0 + 1).min(old[a] - 1) } else { i0 };
-                            w *= if hi { t } else { 1.0 - t };
-                            o += i * st[a];
-                        }
-                        if w != 0.0 {
-                            acc += w * src[o] as f64;
-                        }
-                    }
-                    acc as f32
-                }
+                Interp::Nearest => edge.nearest(src, &point(&pos)),
+                Interp::Linear => edge.linear(src, &point(&pos)),
                 Interp::BSpline => {
                     let coeffs = coeffs.as_ref().expect("prefiltered");
                     let mut acc = 0.0;
@@ -343,4 +327,137 @@ pub fn resample(img: &Image, spacing: &[f64], interp: Interp) -> Result<Image> {
         });
     }
     Image::new(data, shape, img.channels(), compose(img.affine(), &m), img.dtype())
+}
+
+/// What a [`Sampler`] returns outside the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outside {
+    /// 0 beyond the image (the border is held within half a voxel for linear sampling): for moving content within
+    /// a grid and for resampling onto another grid.
+    Zero,
+    /// The nearest border value: for changing the spacing of a whole image.
+    Edge,
+}
+
+/// Point sampling of one channel of an image, in voxel coordinates: the one nearest-neighbour and multi-linear
+/// sampler of the project (geometry, transforms, augmentation and harmonisation all sample through it).
+pub struct Sampler {
+    shape: [usize; 3],
+    strides: [usize; 3],
+    nd: usize,
+    outside: Outside,
+}
+
+impl Sampler {
+    /// A sampler of `img`'s grid.
+    pub fn new(img: &Image, outside: Outside) -> Self {
+        let mut shape = [1usize; 3];
+        shape[..img.ndim()].copy_from_slice(img.shape());
+        Self { shape, strides: [1, shape[0], shape[0] * shape[1]], nd: img.ndim(), outside }
+    }
+
+    /// Nearest voxel (half-way rounds up).
+    pub fn nearest(&self, src: &[f32], p: &[f64; 3]) -> f32 {
+        let mut o = 0;
+        for a in 0..self.nd {
+            let mut i = (p[a] + 0.5).floor();
+            if i < 0.0 || i >= self.shape[a] as f64 {
+                match self.outside {
+                    Outside::Zero => return 0.0,
+                    Outside::Edge => i = i.clamp(0.0, (self.shape[a] - 1) as f64),
+                }
+            }
+            o += i as usize * self.strides[a];
+        }
+        src[o]
+    }
+
+    /// Multi-linear.
+    pub fn linear(&self, src: &[f32], p: &[f64; 3]) -> f32 {
+        let mut i0 = [0usize; 3];
+        let mut t = [0f64; 3];
+        for a in 0..self.nd {
+            let n = self.shape[a] as f64;
+            if self.outside == Outside::Zero && (p[a] < -0.5 || p[a] > n - 0.5) {
+                return 0.0;
+            }
+            let q = p[a].clamp(0.0, n - 1.0);
+            let f = q.floor().min(n - 1.0);
+            i0[a] = f as usize;
+            t[a] = q - f;
+        }
+        let mut acc = 0f64;
+        for corner in 0..(1usize << self.nd) {
+            let mut w = 1.0;
+            let mut o = 0;
+            for a in 0..self.nd {
+                let hi = corner >> a & 1 == 1;
+                let i = if hi { (i0[a] + 1).min(self.shape[a] - 1) } else { i0[a] };
+                w *= if hi { t[a] } else { 1.0 - t[a] };
+                o += i * self.strides[a];
+            }
+            if w != 0.0 {
+                acc += w * src[o] as f64;
+            }
+        }
+        acc as f32
+    }
+}
+
+/// Samples `img` on a grid of `shape` where output voxel `p` reads input position `m · p`; linear (images,
+/// edge values held at the border) or nearest (labels); positions outside the image give 0.
+pub fn resample_to_grid(img: &Image, shape: &[usize], m: &Affine, nearest: bool, affine: Affine) -> Result<Image> {
+    let nd = img.ndim();
+    let n_new: usize = shape.iter().product();
+    let mut data = vec![0f32; n_new * img.channels()];
+    let sampler = Sampler::new(img, Outside::Zero);
+    for c in 0..img.channels() {
+        let src = img.channel(c);
+        let dst = &mut data[c * n_new..(c + 1) * n_new];
+        for_each_index(shape, |lin, idx| {
+            let mut p = [0f64; 3];
+            for (r, pr) in p.iter_mut().enumerate().take(nd) {
+                *pr = (0..nd).map(|k| m[r][k] * idx[k] as f64).sum::<f64>() + m[r][3];
+            }
+            dst[lin] = if nearest { sampler.nearest(src, &p) } else { sampler.linear(src, &p) };
+        });
+    }
+    Image::new(data, shape.to_vec(), img.channels(), affine, img.dtype())
+}
+
+/// Resamples `img` onto another grid (`shape`, `affine`): each output voxel takes the value at its world position,
+/// linear for images or nearest for labels, 0 outside.
+pub fn resample_onto(img: &Image, shape: &[usize], affine: &Affine, nearest: bool) -> Result<Image> {
+    if shape.len() != img.ndim() {
+        return Err(DataError::Invalid(format!("target grid has {} axes, the image {}", shape.len(), img.ndim())));
+    }
+    let a = img.affine();
+    let m3 = [[a[0][0], a[0][1], a[0][2]], [a[1][0], a[1][1], a[1][2]], [a[2][0], a[2][1], a[2][2]]];
+    let inv = mat3_inv(&m3).ok_or_else(|| DataError::Invalid("the image's affine is singular".into()))?;
+    let mut ainv = identity();
+    for r in 0..3 {
+        for c in 0..3 {
+            ainv[r][c] = inv[r][c];
+        }
+        ainv[r][3] = -(0..3).map(|k| inv[r][k] * a[k][3]).sum::<f64>();
+    }
+    resample_to_grid(img, shape, &compose(&ainv, affine), nearest, *affine)
+}
+
+/// Inverse of a 3×3 matrix (`None` when singular).
+pub fn mat3_inv(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    if det.abs() < 1e-12 {
+        return None;
+    }
+    let mut o = [[0.0; 3]; 3];
+    for r in 0..3 {
+        for c in 0..3 {
+            let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
+            let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
+            o[r][c] = (m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]) / det;
+        }
+    }
+    Some(o)
 }

@@ -475,13 +475,16 @@ pub fn predict_segmentation(
     std::fs::create_dir_all(out).map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
     with_backend!(backend, |B, AB, device| {
         let predictor = Predictor::<B>::load(&run, &device)?;
+        let bar = vesalius_train::progress::bar(inputs.len() as u64, "prediction", false);
         for input in inputs {
             let image = predictor.read_case(input)?;
             let seg = predictor.predict(&image, probabilities, tta).map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
             let (labels, probs) = output_paths(input, out);
             write(&seg, &labels, &probs)?;
-            println!("{} -> {}", input.display(), labels.display());
+            bar.suspend(|| println!("{} -> {}", input.display(), labels.display()));
+            bar.inc(1);
         }
+        bar.finish_and_clear();
         Ok::<(), CliError>(())
     })
 }
