@@ -1,6 +1,10 @@
-//! Seeded 2D augmentation of channel-planar square images: flips, small rotations, intensity jitter.
+//! Seeded 2D augmentation of channel-planar square images for classification: flips, small rotations, intensity
+//! jitter — a short recipe form of a [`crate::transforms`] pipeline, which performs it.
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::transforms::{Pipeline, Subject, Transform};
+use crate::{IDENTITY, Image};
 
 /// Random 2D augmentation. Each field is a probability or a range; zero disables that part.
 ///
@@ -12,8 +16,8 @@ pub struct Augment2d {
     pub flip_horizontal: f64,
     /// Probability of mirroring top–bottom.
     pub flip_vertical: f64,
-    /// Rotation drawn uniformly in `[-rotate_degrees, rotate_degrees]` about the centre (bilinear, edge values
-    /// repeated outside the image).
+    /// Rotation drawn uniformly in `[-rotate_degrees, rotate_degrees]` about the centre (bilinear, 0 outside the
+    /// image).
     pub rotate_degrees: f64,
     /// Contrast factor drawn in `[1 - s, 1 + s]`, applied around the image mean.
     pub intensity_scale: f64,
@@ -33,70 +37,54 @@ impl Augment2d {
         Self { flip_horizontal: 0.0, flip_vertical: 0.0, rotate_degrees: 0.0, intensity_scale: 0.0, intensity_shift: 0.0 }
     }
 
-    /// Augments `pixels` (`[channels, size, size]`) in place, drawing from `rng`. The same geometric transform and
-    /// intensity change apply to every channel.
+    /// The same augmentation as a pipeline of [`crate::transforms`] (the project's one augmentation system):
+    /// flips along x and y, a rotation about the centre (bilinear, 0 outside), contrast about the mean, a shift.
+    pub fn pipeline(&self) -> Pipeline {
+        let mut transforms = Vec::new();
+        if self.flip_horizontal > 0.0 {
+            transforms.push(Transform::RandFlip { prob: self.flip_horizontal.min(1.0), axes: vec![0] });
+        }
+        if self.flip_vertical > 0.0 {
+            transforms.push(Transform::RandFlip { prob: self.flip_vertical.min(1.0), axes: vec![1] });
+        }
+        if self.rotate_degrees > 0.0 {
+            transforms.push(Transform::RandAffine {
+                prob: 1.0,
+                rotate: vec![self.rotate_degrees],
+                scale: 0.0,
+                shear: 0.0,
+                translate: vec![],
+            });
+        }
+        if self.intensity_scale > 0.0 {
+            transforms.push(Transform::RandContrast { prob: 1.0, factor: [1.0 - self.intensity_scale, 1.0 + self.intensity_scale] });
+        }
+        if self.intensity_shift > 0.0 {
+            transforms.push(Transform::RandScaleShift {
+                prob: 1.0,
+                scale: [1.0, 1.0],
+                shift: [-self.intensity_shift, self.intensity_shift],
+            });
+        }
+        Pipeline { transforms }
+    }
+
+    /// Augments `pixels` (`[channels, size, size]`, rows of `size` pixels) in place with [`Augment2d::pipeline`],
+    /// seeded by one draw from `rng`. The same geometric transform and intensity change apply to every channel.
     pub fn apply(&self, pixels: &mut [f32], channels: usize, size: usize, rng: &mut impl Rng) {
         debug_assert_eq!(pixels.len(), channels * size * size);
-        let flip_h = self.flip_horizontal > 0.0 && rng.random_bool(self.flip_horizontal.min(1.0));
-        let flip_v = self.flip_vertical > 0.0 && rng.random_bool(self.flip_vertical.min(1.0));
-        let angle = if self.rotate_degrees > 0.0 { rng.random_range(-self.rotate_degrees..=self.rotate_degrees).to_radians() } else { 0.0 };
-        let scale =
-            if self.intensity_scale > 0.0 { rng.random_range(1.0 - self.intensity_scale..=1.0 + self.intensity_scale) as f32 } else { 1.0 };
-        let shift = if self.intensity_shift > 0.0 { rng.random_range(-self.intensity_shift..=self.intensity_shift) as f32 } else { 0.0 };
-        for plane in pixels.chunks_exact_mut(size * size) {
-            if flip_h {
-                flip_horizontal(plane, size);
-            }
-            if flip_v {
-                flip_vertical(plane, size);
-            }
-            if angle != 0.0 {
-                rotate(plane, size, angle);
-            }
-            if scale != 1.0 || shift != 0.0 {
-                let mean = plane.iter().sum::<f32>() / plane.len() as f32;
-                for v in plane.iter_mut() {
-                    *v = (*v - mean) * scale + mean + shift;
-                }
-            }
+        let seed: u64 = rng.random();
+        let pipeline = self.pipeline();
+        if pipeline.transforms.is_empty() {
+            return;
         }
-    }
-}
-
-/// Mirrors a square plane left–right.
-pub fn flip_horizontal(plane: &mut [f32], size: usize) {
-    for row in plane.chunks_exact_mut(size) {
-        row.reverse();
-    }
-}
-
-/// Mirrors a square plane top–bottom.
-pub fn flip_vertical(plane: &mut [f32], size: usize) {
-    for y in 0..size / 2 {
-        let (a, b) = plane.split_at_mut((size - 1 - y) * size);
-        a[y * size..(y + 1) * size].swap_with_slice(&mut b[..size]);
-    }
-}
-
-/// Rotates a square plane by `angle` radians (counter-clockwise on screen, y down) about its centre, bilinear,
-/// repeating edge values outside.
-pub fn rotate(plane: &mut [f32], size: usize, angle: f64) {
-    let src = plane.to_vec();
-    let c = (size as f64 - 1.0) / 2.0;
-    let (sin, cos) = angle.sin_cos();
-    let last = (size - 1) as f64;
-    for y in 0..size {
-        for x in 0..size {
-            let (dx, dy) = (x as f64 - c, y as f64 - c);
-            // Inverse map: output (x, y) samples input at R(-angle)·(x, y).
-            let sx = (cos * dx - sin * dy + c).clamp(0.0, last);
-            let sy = (sin * dx + cos * dy + c).clamp(0.0, last);
-            let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
-            let (x1, y1) = ((x0 + 1).min(size - 1), (y0 + 1).min(size - 1));
-            let (tx, ty) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
-            let v = (1.0 - ty) * ((1.0 - tx) * src[y0 * size + x0] + tx * src[y0 * size + x1])
-                + ty * ((1.0 - tx) * src[y1 * size + x0] + tx * src[y1 * size + x1]);
-            plane[y * size + x] = v;
+        // Rows of pixels are the image's second axis: x (columns) varies fastest, as an `Image` stores it.
+        let out = Image::new(pixels.to_vec(), vec![size, size], channels, IDENTITY, "float32")
+            .and_then(|image| pipeline.apply_seeded(Subject { image, label: None }, seed));
+        match out {
+            Ok(s) if s.image.data().len() == pixels.len() => pixels.copy_from_slice(s.image.data()),
+            // The pipeline keeps the grid; an error here would be a bug of the transforms, not of the data.
+            other => debug_assert!(false, "2D augmentation failed: {:?}", other.err()),
         }
     }
 }
@@ -112,32 +100,28 @@ mod tests {
     }
 
     #[test]
-    fn flips_twice_are_identity() {
+    fn certain_flips_mirror_rows_and_columns() {
         let mut p = ramp(5);
-        flip_horizontal(&mut p, 5);
-        assert_eq!(p[0], 4.0);
-        flip_horizontal(&mut p, 5);
-        flip_vertical(&mut p, 5);
-        assert_eq!(p[0], 20.0);
-        flip_vertical(&mut p, 5);
-        assert_eq!(p, ramp(5));
+        let h = Augment2d { flip_horizontal: 1.0, ..Augment2d::none() };
+        h.apply(&mut p, 1, 5, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(&p[..5], &[4.0, 3.0, 2.0, 1.0, 0.0]);
+        let mut q = ramp(5);
+        let v = Augment2d { flip_vertical: 1.0, ..Augment2d::none() };
+        v.apply(&mut q, 1, 5, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(&q[..5], &[20.0, 21.0, 22.0, 23.0, 24.0]);
     }
 
     #[test]
-    fn rotation_by_90_degrees_equals_transpose_and_flip() {
-        let size = 6;
+    fn rotation_keeps_the_centre_and_contrast_keeps_the_mean() {
+        let size = 9;
         let mut p = ramp(size);
-        rotate(&mut p, size, std::f64::consts::FRAC_PI_2);
-        // Output (x, y) samples input (size-1-y, x) for +90°.
-        for y in 0..size {
-            for x in 0..size {
-                let expect = (x * size + (size - 1 - y)) as f32;
-                assert!((p[y * size + x] - expect).abs() < 1e-3, "({x},{y}): {} vs {expect}", p[y * size + x]);
-            }
-        }
-        let mut q = ramp(size);
-        rotate(&mut q, size, 0.0);
-        assert_eq!(q, ramp(size));
+        Augment2d { rotate_degrees: 30.0, ..Augment2d::none() }.apply(&mut p, 1, size, &mut ChaCha8Rng::seed_from_u64(3));
+        assert!((p[4 * size + 4] - 40.0).abs() < 1e-3, "centre {}", p[4 * size + 4]);
+        assert_ne!(p, ramp(size));
+        let mut c = ramp(size);
+        Augment2d { intensity_scale: 0.5, ..Augment2d::none() }.apply(&mut c, 1, size, &mut ChaCha8Rng::seed_from_u64(3));
+        let mean = c.iter().sum::<f32>() / c.len() as f32;
+        assert!((mean - 40.0).abs() < 1e-3 && c != ramp(size), "{mean}");
     }
 
     #[test]

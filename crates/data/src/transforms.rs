@@ -294,6 +294,14 @@ pub enum Transform {
         /// Range of the offset.
         shift: [f64; 2],
     },
+    /// With probability `prob`, each channel's contrast scaled about its mean by a factor drawn in `factor` (one
+    /// draw for all channels): `(v − mean) · f + mean`.
+    RandContrast {
+        /// Probability.
+        prob: f64,
+        /// Range of the factor.
+        factor: [f64; 2],
+    },
     /// With probability `prob`, [`Transform::Degrade`] to one of `qualities` chosen uniformly.
     RandDegrade {
         /// Probability.
@@ -502,6 +510,13 @@ impl Transform {
                 let (a, b) = (uniform(rng, *scale), uniform(rng, *shift));
                 intensity(s, |img| Ok(scale_shift(img, a, b)))
             }
+            Transform::RandContrast { prob, factor } => {
+                if !coin(rng, *prob) {
+                    return Ok(s);
+                }
+                let f = uniform(rng, *factor);
+                intensity(s, |img| Ok(contrast(img, f)))
+            }
             Transform::RandDegrade { prob, qualities } => {
                 if qualities.is_empty() || !coin(rng, *prob) {
                     return Ok(s);
@@ -635,6 +650,16 @@ pub fn scale_shift(img: &Image, scale: f64, shift: f64) -> Image {
     map_channels(img, |src, dst| {
         for (d, &v) in dst.iter_mut().zip(src) {
             *d = (v as f64 * scale + shift) as f32;
+        }
+    })
+}
+
+/// Each channel's values scaled by `factor` about the channel's mean.
+pub fn contrast(img: &Image, factor: f64) -> Image {
+    map_channels(img, |src, dst| {
+        let mean = src.iter().map(|&v| v as f64).sum::<f64>() / src.len().max(1) as f64;
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = ((v as f64 - mean) * factor + mean) as f32;
         }
     })
 }

@@ -69,16 +69,19 @@ pub fn for_each_resample(n: usize, n_resamples: usize, seed: u64, mut f: impl Fn
 pub struct Clusters {
     members: Vec<Vec<usize>>,
     by_patient: bool,
+    one_patient: bool,
 }
 
 impl Clusters {
     /// Every case on its own (the ordinary bootstrap over cases).
     pub fn cases(n: usize) -> Self {
-        Self { members: (0..n).map(|i| vec![i]).collect(), by_patient: false }
+        Self { members: (0..n).map(|i| vec![i]).collect(), by_patient: false, one_patient: false }
     }
 
     /// Cases grouped by patient id, in order of first appearance; a case without an id is a patient of its own.
-    /// When no case has an id this is [`Clusters::cases`].
+    /// When no case has an id this is [`Clusters::cases`]. When every case belongs to one patient, patients cannot
+    /// be resampled: the cases are, and [`Clusters::unit`] says the interval covers only the variation within that
+    /// patient.
     pub fn from_ids<S: AsRef<str>>(ids: &[Option<S>]) -> Self {
         if ids.iter().all(Option::is_none) {
             return Self::cases(ids.len());
@@ -97,7 +100,10 @@ impl Clusters {
                 None => members.push(vec![i]),
             }
         }
-        Self { members, by_patient: true }
+        if members.len() < 2 {
+            return Self { one_patient: true, ..Self::cases(ids.len()) };
+        }
+        Self { members, by_patient: true, one_patient: false }
     }
 
     /// Number of units resampled.
@@ -117,7 +123,11 @@ impl Clusters {
 
     /// `"patients"` or `"cases"`: what the bootstrap resamples, for reports.
     pub fn unit(&self) -> &'static str {
-        if self.by_patient { "patients" } else { "cases" }
+        match (self.by_patient, self.one_patient) {
+            (true, _) => "patients",
+            (false, true) => "cases of one patient",
+            (false, false) => "cases",
+        }
     }
 }
 
@@ -205,6 +215,11 @@ mod tests {
         assert_eq!(cluster_percentile_ci(&Clusters::cases(60), 500, 0.95, 3, 0.5, mean), cases);
         let none: Vec<Option<String>> = vec![None; 60];
         assert_eq!(Clusters::from_ids(&none), Clusters::cases(60));
+        // One patient cannot be resampled: the cases are, and the unit says so.
+        let one: Vec<Option<&str>> = vec![Some("p"); 60];
+        let single = Clusters::from_ids(&one);
+        assert_eq!((single.len(), single.unit()), (60, "cases of one patient"));
+        assert_eq!(cluster_percentile_ci(&single, 500, 0.95, 3, 0.5, mean), cases);
         // Three images per patient with identical values: resampling patients sees 20 independent units, not 60.
         let ids: Vec<Option<String>> = (0..60).map(|i| Some(format!("p{}", i / 3))).collect();
         let patients = cluster_percentile_ci(&Clusters::from_ids(&ids), 500, 0.95, 3, 0.5, mean);
