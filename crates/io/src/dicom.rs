@@ -894,20 +894,51 @@ pub struct SeriesReport {
     pub warnings: Vec<String>,
 }
 
-/// Headers of every DICOM file under `dir` (recursively), grouped by series; files that are not DICOM are
-/// skipped.
+/// The most files a series folder may hold (sub-folders included): pointing at the wrong folder (`/`, a home
+/// folder) is an error, not a scan of the whole disk.
+pub const MAX_SCAN_FILES: usize = 100_000;
+
+/// Whether `path` may be a DICOM file: the `DICM` code after the 128-byte preamble, or a `.dcm` extension (for
+/// files without the preamble). Only 132 bytes are read.
+fn looks_like_dicom(path: &Path) -> bool {
+    use std::io::Read;
+    let by_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm"));
+    let mut head = [0u8; 132];
+    let by_code = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head[128..] == b"DICM";
+    by_name || by_code
+}
+
+/// Headers of every DICOM file under `dir` (recursively, not following symbolic links to folders), grouped by
+/// series; files that are not DICOM are skipped after reading at most 132 bytes of them.
 pub fn scan(dir: &Path) -> Result<BTreeMap<String, Vec<SliceHeader>>> {
     let mut stack = vec![dir.to_path_buf()];
     let mut series: BTreeMap<String, Vec<SliceHeader>> = BTreeMap::new();
+    let mut seen = 0usize;
     while let Some(d) = stack.pop() {
         let entries = std::fs::read_dir(&d).map_err(|e| DataError::io(&d, e))?;
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for p in paths {
-            if p.is_dir() {
+        let mut paths: Vec<(PathBuf, std::fs::FileType)> =
+            entries.filter_map(|e| e.ok().and_then(|e| Some((e.path(), e.file_type().ok()?)))).collect();
+        paths.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, kind) in paths {
+            if kind.is_dir() {
                 stack.push(p);
-            } else if let Ok(h) = read_header(&p) {
-                series.entry(h.series_uid.clone()).or_default().push(h);
+                continue;
+            }
+            // Regular files only (a link is followed to a file, never to a folder): a FIFO or a device would block.
+            if !(kind.is_file() || kind.is_symlink() && std::fs::metadata(&p).is_ok_and(|m| m.is_file())) {
+                continue;
+            }
+            seen += 1;
+            if seen > MAX_SCAN_FILES {
+                return Err(DataError::format(
+                    dir,
+                    format!("holds more than {MAX_SCAN_FILES} files; point at the folder of one study or series"),
+                ));
+            }
+            if looks_like_dicom(&p) {
+                if let Ok(h) = read_header(&p) {
+                    series.entry(h.series_uid.clone()).or_default().push(h);
+                }
             }
         }
     }

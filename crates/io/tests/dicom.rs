@@ -300,3 +300,22 @@ fn every_hostile_file_is_refused_by_name() {
     let e = load_file(&dir.join("reportsi.dcm")).unwrap_err().to_string();
     assert!(e.contains("no pixel data"), "{e}");
 }
+
+#[test]
+fn a_series_folder_scan_skips_what_is_not_a_dicom_file_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = fixtures().join("dicom/series");
+    let first = std::fs::read_dir(&series).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+    for e in std::fs::read_dir(&first).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    // A named pipe (reading it would block forever), a large file that is not DICOM, and a link to a folder.
+    let fifo = dir.path().join("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    std::fs::write(dir.path().join("notes.bin"), vec![7u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+    let listed = vesalius_io::dicom::list_series(dir.path()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].files, std::fs::read_dir(&first).unwrap().count());
+}
