@@ -935,10 +935,10 @@ pub fn scan(dir: &Path) -> Result<BTreeMap<String, Vec<SliceHeader>>> {
                     format!("holds more than {MAX_SCAN_FILES} files; point at the folder of one study or series"),
                 ));
             }
-            if looks_like_dicom(&p) {
-                if let Ok(h) = read_header(&p) {
-                    series.entry(h.series_uid.clone()).or_default().push(h);
-                }
+            if looks_like_dicom(&p)
+                && let Ok(h) = read_header(&p)
+            {
+                series.entry(h.series_uid.clone()).or_default().push(h);
             }
         }
     }
