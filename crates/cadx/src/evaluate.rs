@@ -54,7 +54,7 @@ pub fn evaluate_run<B: Backend>(run: &RunDir, split: Split, device: &B::Device) 
         return Err(CadxError::Input(format!("{}: not a run directory (no recipe.toml)", run.root().display())));
     }
     let recipe = Recipe::from_file(&run.recipe())?;
-    let info = run.read_info()?;
+    let info = run.read_classifier_info()?;
     let data = prepare_data(&recipe)?;
     let dataset = match split {
         Split::Train => &data.train,

@@ -9,9 +9,12 @@ pub use vesalius_train::RunDir;
 
 use crate::CadxError;
 
-/// What a trained model needs besides its weights: how to build it and how to read its outputs.
+/// `run.json` of a classification run: the engine's one run-information type with the classifier's details.
+pub type RunInfo = vesalius_train::run::RunInfo<ClassifierInfo>;
+
+/// What a trained classifier needs besides its weights: how to build it and how to read its outputs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunInfo {
+pub struct ClassifierInfo {
     /// Network configuration (architecture, channels, outputs, input size).
     pub model: ClassifierConfig,
     /// Class (or label) names in output order.
@@ -25,7 +28,7 @@ pub trait ClassificationRun {
     /// `run.json`.
     fn info(&self) -> PathBuf;
     /// Reads `run.json`.
-    fn read_info(&self) -> Result<RunInfo, CadxError>;
+    fn read_classifier_info(&self) -> Result<RunInfo, CadxError>;
     /// Builds the network of `info` and loads the best model's weights into it.
     fn load_best<B: Backend>(&self, info: &RunInfo, device: &B::Device) -> Result<Classifier<B>, CadxError>;
 }
@@ -35,10 +38,8 @@ impl ClassificationRun for RunDir {
         self.file("run.json")
     }
 
-    fn read_info(&self) -> Result<RunInfo, CadxError> {
-        let p = self.info();
-        let text = std::fs::read_to_string(&p).map_err(|e| CadxError::Input(format!("{}: {e}", p.display())))?;
-        serde_json::from_str(&text).map_err(|e| CadxError::Input(format!("{}: invalid run information: {e}", p.display())))
+    fn read_classifier_info(&self) -> Result<RunInfo, CadxError> {
+        self.read_info().map_err(|e| CadxError::Input(format!("invalid run information: {e}")))
     }
 
     fn load_best<B: Backend>(&self, info: &RunInfo, device: &B::Device) -> Result<Classifier<B>, CadxError> {

@@ -23,7 +23,7 @@ use crate::CadxError;
 use crate::evaluate::{MetricsFile, evaluate_dataset};
 use crate::infer::{batch_loss, predict_dataset, targets_of};
 use crate::recipe::{ClassWeights, OptimizerConfig, Recipe, Schedule, Selection, WeightsName};
-use crate::run::{ClassificationRun, RunDir, RunInfo, write_json};
+use crate::run::{ClassificationRun, ClassifierInfo, RunDir, RunInfo, write_json};
 
 /// How to run (not what to train: that is the recipe): the engine's options, the same for every task.
 pub type TrainOptions = RunOptions;
@@ -88,11 +88,14 @@ pub fn prepare_data(recipe: &Recipe) -> Result<PreparedData, CadxError> {
 /// The run information implied by a recipe and its data.
 pub fn run_info(recipe: &Recipe, data: &PreparedData) -> RunInfo {
     let s = &data.samples;
-    RunInfo {
-        model: ClassifierConfig::new(recipe.model.arch, s.channels, s.classes.len(), s.size),
-        classes: s.classes.clone(),
-        multi_label: s.multi_label,
-    }
+    RunInfo::new(
+        "classification",
+        ClassifierInfo {
+            model: ClassifierConfig::new(recipe.model.arch, s.channels, s.classes.len(), s.size),
+            classes: s.classes.clone(),
+            multi_label: s.multi_label,
+        },
+    )
 }
 
 fn class_weights(recipe: &Recipe, train: &ClassificationDataset, classes: usize, multi: bool) -> Result<Option<Vec<f32>>, CadxError> {
@@ -213,7 +216,7 @@ pub fn train<B: AutodiffBackend>(
     engine::prepare(&run, &recipe.to_toml(), &resume_rules(recipe))?;
     let data = prepare_data(recipe)?;
     let info = run_info(recipe, &data);
-    write_json(&info, &run.info())?;
+    run.write_info(&info).map_err(|e| CadxError::Internal(e.to_string()))?;
     let t = &recipe.train;
     let mut task = CadxTask {
         recipe,

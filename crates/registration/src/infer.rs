@@ -38,7 +38,7 @@ impl<B: Backend> LearnedRegistrar<B> {
     /// Loads the best networks of a run.
     pub fn load(run: &RunDir, device: &B::Device) -> Result<Self, RegError> {
         let recipe = RegRecipe::from_file(&run.file("recipe.toml"))?;
-        let info: RunInfo = run.read_json("run.json")?;
+        let info: RunInfo = run.read_info()?;
         let affine = if recipe.model.affine {
             let net: AffineNet<B> = AffineNetConfig::new(recipe.model.affine_encoder.clone()).init(device);
             Some(engine::load_module(net, &run.stage("affine").best_model(), device)?)

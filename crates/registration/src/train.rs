@@ -320,9 +320,12 @@ pub(crate) fn affine_coords<B: Backend>(affine: Tensor<B, 3>, size: [usize; 3]) 
     (affine.clone().narrow(2, 0, 3).matmul(grid) + affine.narrow(2, 3, 1)).reshape([1, 3, size[0], size[1], size[2]])
 }
 
-/// Run metadata besides the recipe.
+/// `run.json` of a learned-registration run: the engine's one run-information type with the label values.
+pub type RunInfo = vesalius_train::run::RunInfo<RegistrationInfo>;
+
+/// What a trained registration run needs besides its networks and recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunInfo {
+pub struct RegistrationInfo {
     /// Label values of the label maps, in index order (empty without labels).
     pub label_values: Vec<i64>,
 }
@@ -548,7 +551,7 @@ pub fn train_with<AB: AutodiffBackend>(
         .then(|| (affine_state.as_ref().map_or(0, |s| s.steps_done), main_state.as_ref().map_or(0, |s| s.steps_done)));
     engine::prepare(run, &text, &resume_rules())?;
     let source = PairSource::open(recipe)?;
-    run.write_json("run.json", &RunInfo { label_values: source.label_values.clone() })?;
+    run.write_info(&RunInfo::new("registration", RegistrationInfo { label_values: source.label_values.clone() }))?;
     let validation = source.validation::<AB::InnerBackend>(device);
     let similarity = recipe.similarity();
 

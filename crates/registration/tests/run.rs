@@ -211,6 +211,7 @@ fn pairs_from_a_csv_with_labels_and_their_errors() {
     assert!(logs.iter().all(|l| l.val.get("dice").copied().flatten().is_some_and(|d| d > 0.0 && d <= 1.0)), "{logs:?}");
     let info: serde_json::Value = run.read_json("run.json").unwrap();
     assert_eq!(info["label_values"], serde_json::json!([0, 1, 2]));
+    assert_eq!(info["task"], "registration");
 
     let error = |csv_text: &str, extra: &str| {
         std::fs::write(&csv, csv_text).unwrap();

@@ -213,6 +213,19 @@ fn preprocessed(source: &CaseSource, pipeline: &Pipeline, cache: &DiskCache) -> 
     }
 }
 
+/// `run.json` of a segmentation run: the engine's one run-information type with the channel and label names (the
+/// plan, in `plans.json`, says how to build the network).
+pub type RunInfo = vesalius_train::run::RunInfo<SegmentationInfo>;
+
+/// Channel and label names of a segmentation run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentationInfo {
+    /// Channel names, in input order.
+    pub channel_names: Vec<String>,
+    /// Label value → name.
+    pub labels: BTreeMap<u32, String>,
+}
+
 /// What a finished (or stopped) training reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainOutcome {
@@ -474,6 +487,10 @@ pub fn train_with<AB: AutodiffBackend>(
         ));
     }
     check_plan(&plans)?;
+    run.write_info(&RunInfo::new(
+        "segmentation",
+        SegmentationInfo { channel_names: split.channel_names.clone(), labels: split.labels.clone() },
+    ))?;
     let pipeline = plans.preprocess();
     let cache = DiskCache::new(recipe.data.cache.clone().unwrap_or_else(|| run.file("cache")))?;
     let volumes: Vec<Arc<Volume>> =

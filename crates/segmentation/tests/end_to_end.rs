@@ -127,7 +127,11 @@ fn plan_train_resume_predict_evaluate() {
     let e = train::<B>(&other, &run, &device, |_| {}).unwrap_err().to_string();
     assert!(e.contains("another recipe") && e.contains("train.foreground_share"), "{e}");
     let fresh = run;
-    for f in ["recipe.toml", "splits.json", "fingerprint.json", "plans.json", "model.mpk", "log.jsonl", "checkpoints/state.json"] {
+    let info: serde_json::Value = fresh.read_json("run.json").unwrap();
+    assert_eq!((info["task"].as_str(), info["labels"]["1"].as_str()), (Some("segmentation"), Some("sphere")));
+    for f in
+        ["recipe.toml", "run.json", "splits.json", "fingerprint.json", "plans.json", "model.mpk", "log.jsonl", "checkpoints/state.json"]
+    {
         assert!(fresh.file(f).is_file(), "{f}");
     }
     let plans = &partial.plans;

@@ -116,6 +116,58 @@ impl RunDir {
     }
 }
 
+/// `run.json`: what a trained run needs besides its weights, the same type for every task — the task's name and
+/// its own details (network configuration, class names, label values), reachable through `Deref`.
+///
+/// ```
+/// use vesalius_train::run::{RunDir, RunInfo};
+/// #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct Labels { label_values: Vec<i64> }
+/// let dir = tempfile::tempdir().unwrap();
+/// let run = RunDir::new(dir.path());
+/// run.write_info(&RunInfo::new("registration", Labels { label_values: vec![0, 2, 3] })).unwrap();
+/// let info: RunInfo<Labels> = run.read_info().unwrap();
+/// assert_eq!((info.task.as_str(), info.label_values.len()), ("registration", 3));
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo<T> {
+    /// `classification`, `segmentation`, `registration`, …
+    #[serde(default)]
+    pub task: String,
+    /// The task's own details (flattened into the same JSON object).
+    #[serde(flatten)]
+    pub details: T,
+}
+
+impl<T> RunInfo<T> {
+    /// The run information of `task`.
+    pub fn new(task: &str, details: T) -> Self {
+        Self { task: task.to_string(), details }
+    }
+}
+
+impl<T> std::ops::Deref for RunInfo<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.details
+    }
+}
+
+impl RunDir {
+    /// `run.json`.
+    pub fn info_file(&self) -> PathBuf {
+        self.file("run.json")
+    }
+    /// Writes `run.json` atomically.
+    pub fn write_info<T: serde::Serialize>(&self, info: &RunInfo<T>) -> Result<()> {
+        self.write_json("run.json", info)
+    }
+    /// Reads `run.json`; the error names the file.
+    pub fn read_info<T: serde::de::DeserializeOwned>(&self) -> Result<RunInfo<T>> {
+        self.read_json("run.json")
+    }
+}
+
 /// Reads and parses a JSON file; the error names the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;

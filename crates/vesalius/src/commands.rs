@@ -21,7 +21,7 @@ pub fn train(backend: BackendKind, recipe_path: &Path, out: Option<PathBuf>, qui
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
     let options = TrainOptions { quiet, ..Default::default() };
     let outcome = with_backend!(backend, |B, AB, device| train_run::<AB>(&recipe, &out, &device, &options).map_err(CliError::from))?;
-    let classes = RunDir::new(&out).read_info()?.classes;
+    let classes = RunDir::new(&out).read_classifier_info()?.classes.clone();
     print!("{}", format_report(&outcome.test, &classes, "test", outcome.best_epoch));
     println!("run directory: {}", out.display());
     Ok(())
@@ -63,7 +63,7 @@ pub fn evaluate(backend: BackendKind, run_dir: &Path, split: &str) -> Result<(),
 /// `vesalius predict`.
 pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
     let run = RunDir::new(run_dir);
-    let info = run.read_info()?;
+    let info = run.read_classifier_info()?;
     let files: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
     let probs = with_backend!(backend, |B, AB, device| {
         let model = run.load_best::<B>(&info, &device)?;
