@@ -141,17 +141,8 @@ fn learns_a_multilabel_task_with_sgd_and_multistep() {
     assert!(out.test.confusion.is_none());
 }
 
-/// Log lines without their wall-clock times.
-fn log_without_times(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
+fn log_without_times(run: &Path) -> Vec<vesalius_train::EpochRecord> {
+    vesalius_train::RunDir::new(run).read_log().unwrap().into_iter().map(vesalius_train::EpochRecord::timeless).collect()
 }
 
 #[test]

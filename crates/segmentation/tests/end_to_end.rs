@@ -317,15 +317,6 @@ fn a_two_dimensional_png_dataset_plans_a_2d_unet() {
     assert!(out.state.best_score.unwrap() > 0.7, "{:?}", out.state.best_score);
 }
 
-/// `log.jsonl` with the wall times removed.
-fn log_without_times(run: &RunDir) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.log())
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
+fn log_without_times(run: &RunDir) -> Vec<vesalius_train::EpochRecord> {
+    run.read_log().unwrap().into_iter().map(vesalius_train::EpochRecord::timeless).collect()
 }

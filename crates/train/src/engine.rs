@@ -142,6 +142,14 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
+impl EpochRecord {
+    /// The record with its wall time set to 0, to compare runs (the only field that differs between identical
+    /// runs).
+    pub fn timeless(self) -> Self {
+        Self { seconds: 0.0, ..self }
+    }
+}
+
 /// `checkpoints/state.json` and each set's own `state.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {

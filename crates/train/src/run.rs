@@ -154,6 +154,19 @@ impl<T> std::ops::Deref for RunInfo<T> {
 }
 
 impl RunDir {
+    /// The records of `log.jsonl`, in order (empty when there is no log yet).
+    pub fn read_log(&self) -> Result<Vec<crate::engine::EpochRecord>> {
+        let path = self.log();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(DataError::io(&path, e)),
+        };
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str(l).map_err(|e| DataError::format(&path, format!("line {}: {e}", i + 1))))
+            .collect()
+    }
     /// `run.json`.
     pub fn info_file(&self) -> PathBuf {
         self.file("run.json")
