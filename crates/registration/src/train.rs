@@ -434,6 +434,7 @@ struct DeformableStage<'a, B: Backend> {
     validation: &'a [PreparedPair],
     affine: Option<AffineNet<B>>,
     opts: LearnOptions,
+    quiet: bool,
 }
 
 impl<B: Backend> DeformableStage<'_, B> {
@@ -495,7 +496,9 @@ impl<AB: AutodiffBackend> Task<AB> for DeformableStage<'_, AB::InnerBackend> {
     fn validate(&mut self, net: &VoxelMorph<AB::InnerBackend>, _epoch: usize, device: &AB::Device) -> Result<Option<Validation>, RegError> {
         let size = self.source.size;
         let (mut val_loss, mut dice_sum, mut dice_n) = (0.0, 0.0, 0);
+        let bar = vesalius_train::progress::bar(self.validation.len() as u64, "validation", self.quiet);
         for p in self.validation {
+            bar.inc(1);
             let (m, ml) = self.aligned(p, device);
             let f = tensor5::<AB::InnerBackend>(p.fixed.clone(), 1, size, device);
             let (warped, flow) = net.forward(m, f.clone());
@@ -507,6 +510,7 @@ impl<AB: AutodiffBackend> Task<AB> for DeformableStage<'_, AB::InnerBackend> {
                 dice_n += 1;
             }
         }
+        bar.finish_and_clear();
         val_loss /= self.validation.len().max(1) as f64;
         let val_dice = (dice_n > 0).then(|| dice_sum / dice_n as f64);
         Ok(Some(Validation::new().metric("loss", val_loss).maybe("dice", val_dice).score(val_dice.unwrap_or(-val_loss))))
@@ -581,7 +585,7 @@ pub fn train_with<AB: AutodiffBackend>(
         classes: source.classes(),
         learning_rate: recipe.train.learning_rate,
     };
-    let mut stage = DeformableStage { recipe, source: &source, validation: &validation, affine, opts };
+    let mut stage = DeformableStage { recipe, source: &source, validation: &validation, affine, opts, quiet: options.quiet };
     let config = options.config(recipe.train.seed.wrapping_add(1), None);
     let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, VoxelMorph<AB>>();
     let o = engine::train(run, &mut stage, optim, &config, device, |r| on_log("deformable", r))?;
