@@ -31,6 +31,7 @@ pub mod msd;
 pub mod patch;
 pub mod source;
 pub mod split;
+pub mod standardise;
 pub mod transforms;
 
 pub use vesalius_io::{Affine, DataError, IDENTITY, Image, Result, orientation_codes};

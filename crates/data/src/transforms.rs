@@ -205,6 +205,8 @@ pub enum Transform {
     },
     /// Degrades the image to a lower quality (harmonisation); see [`crate::harmonise`].
     Degrade(Quality),
+    /// Maps intensities onto learnt standard histogram landmarks (Nyúl and Udupa); see [`crate::standardise`].
+    HistogramStandardise(crate::standardise::HistogramStandard),
     /// Flips each listed axis independently with probability `prob`.
     RandFlip {
         /// Probability per axis.
@@ -426,6 +428,7 @@ impl Transform {
                 s.map_spatial(|img, is_label| geometry::resample(img, spacing, if is_label { Interp::Nearest } else { Interp::Linear }))
             }
             Transform::Degrade(q) => intensity(s, |img| harmonise::degrade(img, q, &mut *rng)),
+            Transform::HistogramStandardise(h) => intensity(s, |img| h.apply(img)),
             Transform::RandFlip { prob, axes } => {
                 let chosen: Vec<usize> = axes.iter().copied().filter(|_| coin(rng, *prob)).collect();
                 Transform::Flip { axes: chosen }.apply(s, rng)
