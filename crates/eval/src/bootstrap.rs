@@ -34,18 +34,11 @@ pub struct Estimate {
 /// `metric` receives the indices of one resample (with repetitions) and returns `None` when the metric is
 /// undefined on it; such resamples are left out. The generator is ChaCha8 seeded with `seed`, so the interval is
 /// the same on every machine.
-pub fn percentile_ci<F>(n: usize, n_resamples: usize, level: f64, seed: u64, value: f64, mut metric: F) -> Estimate
+pub fn percentile_ci<F>(n: usize, n_resamples: usize, level: f64, seed: u64, value: f64, metric: F) -> Estimate
 where
     F: FnMut(&[usize]) -> Option<f64>,
 {
-    let mut values = Vec::with_capacity(n_resamples);
-    for_each_resample(n, n_resamples, seed, |idx| {
-        if let Some(v) = metric(idx).filter(|v| v.is_finite()) {
-            values.push(v);
-        }
-    });
-    let (ci_low, ci_high) = percentile_bounds(&mut values, level);
-    Estimate { value, ci_low, ci_high, resamples: values.len() }
+    cluster_percentile_ci(&Clusters::cases(n), n_resamples, level, seed, value, metric)
 }
 
 /// Calls `f` with the case indices of each of `n_resamples` resamples (with replacement) of `n` cases, drawn by
@@ -211,8 +204,12 @@ mod tests {
     fn singleton_clusters_are_the_case_bootstrap_and_patients_widen_the_interval() {
         let data: Vec<f64> = (0..60).map(|i| ((i / 3) % 2) as f64).collect();
         let mean = |idx: &[usize]| Some(idx.iter().map(|&i| data[i]).sum::<f64>() / idx.len() as f64);
-        let cases = percentile_ci(60, 500, 0.95, 3, 0.5, mean);
-        assert_eq!(cluster_percentile_ci(&Clusters::cases(60), 500, 0.95, 3, 0.5, mean), cases);
+        // The case bootstrap computed directly with `for_each_resample`.
+        let mut direct = Vec::new();
+        for_each_resample(60, 500, 3, |idx| direct.extend(mean(idx)));
+        let (lo, hi) = percentile_bounds(&mut direct, 0.95);
+        let cases = cluster_percentile_ci(&Clusters::cases(60), 500, 0.95, 3, 0.5, mean);
+        assert_eq!((cases.ci_low, cases.ci_high, cases.resamples), (lo, hi, 500));
         let none: Vec<Option<String>> = vec![None; 60];
         assert_eq!(Clusters::from_ids(&none), Clusters::cases(60));
         // One patient cannot be resampled: the cases are, and the unit says so.
