@@ -23,6 +23,7 @@
 pub mod augment;
 pub mod batch;
 pub mod cache;
+pub mod combat;
 pub mod dataset;
 pub mod folds;
 pub mod harmonise;
