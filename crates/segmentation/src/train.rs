@@ -34,6 +34,8 @@ pub enum CaseSource {
     Memory {
         /// Identifier.
         id: String,
+        /// The patient of the case it was cut from.
+        patient: String,
         /// Image and labels on their own grid.
         subject: Subject,
     },
@@ -52,7 +54,7 @@ impl CaseSource {
     pub fn patient(&self) -> &str {
         match self {
             CaseSource::File(c) => &c.patient,
-            CaseSource::Memory { id, .. } => id.rsplit_once('_').map_or(id.as_str(), |(p, _)| p),
+            CaseSource::Memory { patient, .. } => patient,
         }
     }
 
@@ -151,10 +153,18 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
                 size[slab.axis] = to - from;
                 Ok(vesalius_data::patch::extract(&s, &start, &size)?)
             };
-            val.push(CaseSource::Memory { id: format!("{}_slab", c.id), subject: piece(slab.start, slab.end)? });
+            val.push(CaseSource::Memory {
+                patient: c.patient.clone(),
+                id: format!("{}_slab", c.id),
+                subject: piece(slab.start, slab.end)?,
+            });
             let mut held_out = vec![(slab.start, slab.end)];
             if let Some(t) = d.test_slab {
-                test.push(CaseSource::Memory { id: format!("{}_test_slab", c.id), subject: piece(t.start, t.end)? });
+                test.push(CaseSource::Memory {
+                    patient: c.patient.clone(),
+                    id: format!("{}_test_slab", c.id),
+                    subject: piece(t.start, t.end)?,
+                });
                 held_out.push((t.start, t.end));
             }
             held_out.sort_unstable();
@@ -163,12 +173,16 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
             for (k, &(a, b)) in held_out.iter().enumerate() {
                 if a > from {
                     let name = if k == 0 { "below".to_string() } else { format!("between{k}") };
-                    train.push(CaseSource::Memory { id: format!("{}_{name}", c.id), subject: piece(from, a)? });
+                    train.push(CaseSource::Memory { patient: c.patient.clone(), id: format!("{}_{name}", c.id), subject: piece(from, a)? });
                 }
                 from = b;
             }
             if from < shape[slab.axis] {
-                train.push(CaseSource::Memory { id: format!("{}_above", c.id), subject: piece(from, shape[slab.axis])? });
+                train.push(CaseSource::Memory {
+                    patient: c.patient.clone(),
+                    id: format!("{}_above", c.id),
+                    subject: piece(from, shape[slab.axis])?,
+                });
             }
         }
         return Ok(Split { train, val, test, channel_names, labels });

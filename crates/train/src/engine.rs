@@ -546,7 +546,10 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         crate::run::write_json(&run.state(), &next).map_err(TrainError::from)?;
         state = next;
         hook(config, done, CheckpointStage::StateRenamed)?;
-        publish_best(run, &state)?;
+        // Only a new best changes `model.mpk` (a resumed run republishes it once, before its first epoch).
+        if record.best {
+            publish_best(run, &state)?;
+        }
         prune(run, &state);
         on_epoch(&record);
     }
