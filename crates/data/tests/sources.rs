@@ -180,3 +180,20 @@ fn twelve_bit_images_in_sixteen_bit_files_span_the_unit_range() {
     assert_eq!(vesalius_data::source::stored_range_u16(60000.0), 65535.0);
     assert_eq!(vesalius_data::source::stored_range_u16(200.0), 255.0);
 }
+
+#[test]
+fn a_manifest_row_naming_a_folder_is_scanned_without_blocking_or_reading_everything() {
+    // The CSV fuzz target's finding: a row `/` made the loader read every file under it in full as a DICOM
+    // series. The same row pointing at a folder with a named pipe and a large non-DICOM file ends in an error.
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("not-a-series");
+    std::fs::create_dir(&folder).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(folder.join("pipe")).status().unwrap().success());
+    std::fs::write(folder.join("big.bin"), vec![1u8; 4 << 20]).unwrap();
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(&csv, format!("path,label\n{},a\nb.png,b\n", folder.display())).unwrap();
+    let e = vesalius_data::source::load(&vesalius_data::source::SourceConfig::Csv { path: csv, multi_label: false }, 1, 8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not-a-series") && e.contains("no DICOM files"), "{e}");
+}
