@@ -21,23 +21,30 @@ pub fn gaussian_in_plane(x: &[f32], shape: &[usize], sigma: f64) -> Vec<f32> {
     gaussian_filter(x, shape, &sigmas, 4.0)
 }
 
+/// The value of `grid` with the highest `score` (the first of equals; `NaN` scores never win).
+pub fn choose_sigma(grid: &[f64], mut score: impl FnMut(f64) -> f64) -> f64 {
+    let mut best = (f64::NEG_INFINITY, grid.first().copied().unwrap_or(0.0));
+    for &sigma in grid {
+        let s = score(sigma);
+        if s > best.0 {
+            best = (s, sigma);
+        }
+    }
+    best.1
+}
+
 /// The σ of `grid` whose in-plane Gaussian filter gives the highest mean PSNR (in `window`) over `cases`
 /// (degraded, clean, shape).
 pub fn choose_gaussian_sigma(cases: &[(&[f32], &[f32], &[usize])], grid: &[f64], window: [f32; 2]) -> f64 {
     let range = (window[1] - window[0]) as f64;
-    let mut best = (f64::NEG_INFINITY, 0.0);
-    for &sigma in grid {
-        let mean = cases
+    choose_sigma(grid, |sigma| {
+        cases
             .iter()
             .map(|(x, y, shape)| {
                 let f = gaussian_in_plane(x, shape, sigma);
                 psnr(&clip(&f, window[0], window[1]), &clip(y, window[0], window[1]), range)
             })
             .sum::<f64>()
-            / cases.len().max(1) as f64;
-        if mean > best.0 {
-            best = (mean, sigma);
-        }
-    }
-    best.1
+            / cases.len().max(1) as f64
+    })
 }

@@ -23,7 +23,7 @@ pub fn gaussian_kernel(sigma: f64, truncate: f64) -> Vec<f32> {
 }
 
 /// Index of `i` (possibly outside `0..n`) under `reflect` borders.
-fn reflect(i: i64, n: usize) -> usize {
+pub(crate) fn reflect(i: i64, n: usize) -> usize {
     let n = n as i64;
     if n == 1 {
         return 0;

@@ -16,10 +16,16 @@
 //! assert!((db - 20.0 * 31.0f64.log10()).abs() < 0.3); // σ = 1 noise on a range of 31
 //! ```
 pub mod baselines;
+pub mod data;
 pub mod degrade;
+pub mod evaluate;
 pub mod fft;
 pub mod filters;
+pub mod infer;
 pub mod metrics;
+pub mod model;
+pub mod recipe;
+pub mod train;
 
 /// Errors of the enhancement task.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@
 //!
 //! Dense prediction and the other families: [`UNet`] (2D and 3D, batch or instance norm, transposed-convolution
 //! or interpolation up-sampling, residual blocks, deep supervision), auto-encoders ([`Autoencoder`],
-//! [`ConvAutoencoder`]), recurrent networks ([`Lstm`], [`Gru`], [`CnnLstm`]) and the registration network
+//! [`ConvAutoencoder`], the low-dose CT network [`RedCnn`]), recurrent networks ([`Lstm`], [`Gru`], [`CnnLstm`]) and the registration network
 //! [`VoxelMorph`] with its spatial transformer. [`ops`] holds the volumetric operations burn lacks (3D pooling,
 //! nearest and trilinear up-sampling, warping), written so that burn's autodiff differentiates them on any
 //! backend; [`loss`] the dense objectives (soft Dice, voxel cross-entropy, MSE, field smoothness).
@@ -37,6 +37,7 @@ mod classifier;
 mod googlenet;
 mod lenet;
 mod mlp;
+mod redcnn;
 mod resnet;
 mod rnn;
 mod unet;
@@ -55,6 +56,7 @@ pub use classifier::{Arch, Classifier, ClassifierConfig, ConfigError, trainable_
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, Inception};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};
+pub use redcnn::{RedCnn, RedCnnConfig};
 pub use resnet::{BasicBlock, Bottleneck, ResBlock, ResNet, ResNetConfig, ResNetDepth};
 pub use rnn::{CnnLstm, CnnLstmConfig, GateWeights, Gru, GruConfig, Lstm, LstmConfig};
 pub use unet::{ConvNd, DoubleConv, Norm, NormKind, UNet, UNetConfig, Up, UpConv, UpKind};

@@ -79,6 +79,45 @@ pub enum Command {
         #[arg(long)]
         tta: bool,
     },
+    /// Degrade an image with a seeded model, as enhancement recipes make their inputs: low-dose-ct (--dose),
+    /// thick-slice (--factor, --axis), downsample (--factor), kspace (--acceleration, --centre; the mask is written
+    /// beside the output as NAME_mask), gaussian or rician (--sigma).
+    Degrade {
+        /// The clean image (a CT in HU for low-dose-ct).
+        input: PathBuf,
+        /// The degraded output (.nii, .nii.gz, .png, .tif).
+        output: PathBuf,
+        /// Degradation model.
+        #[arg(long)]
+        model: String,
+        /// Seed of the random draws (the same seed gives the same output).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// low-dose-ct: fraction of the full dose (0.25: quarter dose).
+        #[arg(long)]
+        dose: Option<f64>,
+        /// low-dose-ct: full-dose incident photons per ray (default 1e5).
+        #[arg(long)]
+        photons: Option<f64>,
+        /// low-dose-ct: projection angles over 180° (default: π/2 × detector bins, at most 720).
+        #[arg(long)]
+        angles: Option<usize>,
+        /// thick-slice and downsample: voxels per output voxel.
+        #[arg(long)]
+        factor: Option<usize>,
+        /// thick-slice: voxel axis (default 2).
+        #[arg(long)]
+        axis: Option<usize>,
+        /// kspace: acceleration R.
+        #[arg(long)]
+        acceleration: Option<f64>,
+        /// kspace: fully sampled centre fraction (default 0.08).
+        #[arg(long)]
+        centre: Option<f64>,
+        /// gaussian and rician: noise standard deviation (image units).
+        #[arg(long)]
+        sigma: Option<f64>,
+    },
     /// Convert an image between formats (NIfTI, MetaImage, PNG, TIFF in; NIfTI, PNG, TIFF out), keeping its
     /// geometry and stored type.
     Convert {
@@ -183,7 +222,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
         Command::Train { recipe, out, quiet, epochs, iterations } => {
-            if commands::recipe_task(&recipe).as_deref() == Some("registration") {
+            if commands::recipe_task(&recipe).as_deref() == Some("enhancement") {
+                if epochs.is_some() || iterations.is_some() {
+                    return Err(CliError::Usage(
+                        "--epochs and --iterations apply to segmentation and registration; set them in the recipe".into(),
+                    ));
+                }
+                crate::enhance::train(backend, &recipe, out, quiet)
+            } else if commands::recipe_task(&recipe).as_deref() == Some("registration") {
                 if iterations.is_some() {
                     return Err(CliError::Usage("--iterations applies to segmentation; registration counts steps (--epochs)".into()));
                 }
@@ -204,7 +250,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Evaluate { run, split, tta, optimisation } => {
-            if vesalius_registration::train::is_run(&run) {
+            if vesalius_enhancement::train::is_run(&run) && !tta && optimisation.is_none() {
+                crate::enhance::evaluate(backend, &run, &split)
+            } else if vesalius_registration::train::is_run(&run) {
                 commands::evaluate_registration(backend, &run, optimisation.as_deref(), &split)
             } else if optimisation.is_some() {
                 Err(CliError::Usage("--optimisation applies to registration runs".into()))
@@ -215,12 +263,22 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Predict { run, inputs, output, probabilities, tta } => {
-            if commands::is_segmentation_run(&run) {
+            if vesalius_enhancement::train::is_run(&run) {
+                if probabilities || tta {
+                    return Err(CliError::Usage("--probabilities and --tta apply to segmentation runs".into()));
+                }
+                let out = output.ok_or_else(|| CliError::Usage("enhancement prediction needs an output folder (-o OUT)".into()))?;
+                crate::enhance::predict(backend, &run, &inputs, &out)
+            } else if commands::is_segmentation_run(&run) {
                 let out = output.ok_or_else(|| CliError::Usage("segmentation prediction needs an output folder (-o OUT)".into()))?;
                 commands::predict_segmentation(backend, &run, &inputs, &out, probabilities, tta)
             } else {
                 commands::predict(backend, &run, &inputs, output.as_deref())
             }
+        }
+        Command::Degrade { input, output, model, seed, dose, photons, angles, factor, axis, acceleration, centre, sigma } => {
+            let args = crate::enhance::DegradeArgs { model, dose, photons, angles, factor, axis, acceleration, centre, sigma };
+            crate::enhance::degrade(&input, &output, &args, seed)
         }
         Command::Convert { input, output, nifti2, series } => commands::convert(&input, &output, nifti2, series.as_deref()),
         Command::Deid { input, output, keep_private } => {

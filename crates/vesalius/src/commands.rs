@@ -168,7 +168,7 @@ pub struct RegisterArgs {
 }
 
 /// Writes an image as NIfTI or a 2D format, by the output's extension.
-fn save_image(path: &Path, img: &vesalius_data::Image, dtype: vesalius_io::nifti::NiftiType) -> Result<(), CliError> {
+pub fn save_image(path: &Path, img: &vesalius_data::Image, dtype: vesalius_io::nifti::NiftiType) -> Result<(), CliError> {
     match Format::from_path(path) {
         Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => Ok(vesalius_io::nifti::save(path, img, dtype)?),
         Some(Format::Png | Format::Tiff) => Ok(vesalius_io::save_2d(path, img)?),

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod enhance;
 
 /// A command failure, mapped to an exit code.
 #[derive(Debug, thiserror::Error)]

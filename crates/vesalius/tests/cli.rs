@@ -715,3 +715,94 @@ fn register_with_a_bspline_deformation_and_bending_energy() {
     assert_input_error(&run(&["--deformation", "bspline", "--control-spacing", "1"]), "at least 2 voxels");
     assert_input_error(&run(&["--regulariser", "curvature"]), "unknown regulariser 'curvature'");
 }
+
+#[test]
+fn degrade_is_seeded_writes_the_kspace_mask_and_checks_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let ct = root().join("fixtures/dicom/single/CT_small.dcm");
+    let ct = ct.to_str().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (a, b, c) = (out("a.nii.gz"), out("b.nii.gz"), out("c.nii.gz"));
+    for (path, seed) in [(&a, "5"), (&b, "5"), (&c, "6")] {
+        let o = vesalius(&["degrade", ct, path, "--model", "low-dose-ct", "--dose", "0.25", "--seed", seed]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same seed gives the same image");
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap());
+    let clean = vesalius_io::load(root().join("fixtures/dicom/single/CT_small.dcm")).unwrap();
+    let low = vesalius_io::load(&a).unwrap();
+    assert_eq!(low.shape(), clean.shape());
+    let same_grid = low.affine().iter().flatten().zip(clean.affine().iter().flatten()).all(|(a, b)| (a - b).abs() < 1e-4); // NIfTI keeps f32
+    assert!(same_grid, "{:?} vs {:?}", low.affine(), clean.affine());
+    let rmse = (low.data().iter().zip(clean.data()).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / 16384.0).sqrt();
+    assert!((10.0..200.0).contains(&rmse), "quarter-dose noise of {rmse} HU");
+
+    let k = out("k.nii.gz");
+    let o = vesalius(&["degrade", ct, &k, "--model", "kspace", "--acceleration", "4", "--centre", "0.08"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mask = vesalius_io::load(dir.path().join("k_mask.nii.gz")).unwrap();
+    let kept = (0..128).filter(|&y| mask.get(&[0, y]) == 1.0).count();
+    assert!((20..=52).contains(&kept), "{kept} of 128 lines kept at R = 4");
+
+    let thick = out("t.nii.gz");
+    let o = vesalius(&["degrade", ct, &thick, "--model", "downsample", "--factor", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(vesalius_io::load(&thick).unwrap().shape(), &[32, 32]);
+
+    assert_input_error(&vesalius(&["degrade", ct, &a, "--model", "blur"]), "unknown degradation model 'blur'");
+    assert_input_error(&vesalius(&["degrade", ct, &a, "--model", "low-dose-ct"]), "--model low-dose-ct needs --dose");
+    assert_input_error(&vesalius(&["degrade", ct, &a, "--model", "gaussian", "--sigma", "1", "--dose", "0.5"]), "--dose does not apply");
+    assert_input_error(&vesalius(&["degrade", ct, &a, "--model", "low-dose-ct", "--dose", "2"]), "dose must lie in (0, 1]");
+    assert_input_error(&vesalius(&["degrade", "/nonexistent/ct.dcm", &a, "--model", "gaussian", "--sigma", "1"]), "/nonexistent/ct.dcm");
+}
+
+#[test]
+fn enhancement_train_evaluate_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("denoise.toml");
+    let ct = root().join("fixtures/dicom/single/CT_small.dcm");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"task = "enhancement"
+[data]
+images = [{{ image = "{}" }}]
+intensity = [-1024.0, 3072.0]
+test_band = {{ axis = 1, start = 0, end = 24 }}
+val_band = {{ axis = 1, start = 104, end = 128 }}
+train_realisations = 2
+eval_realisations = 1
+[degrade]
+model = "rician"
+sigma = 100.0
+[model]
+features = 4
+[train]
+epochs = 2
+iterations = 3
+batch = 2
+patch = 32
+lr = 1e-3
+"#,
+            ct.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("data: 1 training plane(s), 1 validation and 1 test case(s)"), "{text}");
+    assert!(text.contains("test set: 1 case(s)") && text.contains("network") && text.contains("gaussian"), "{text}");
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "val"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("validation set: 1 case(s)"), "{}", stdout(&o));
+    assert!(run.join("metrics-val.json").is_file());
+    let outdir = dir.path().join("pred");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), ct.to_str().unwrap(), "-o", outdir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let enhanced = vesalius_io::load(outdir.join("CT_small_enhanced.nii.gz")).unwrap();
+    assert_eq!(enhanced.shape(), &[128, 128]);
+    assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), ct.to_str().unwrap()]), "needs an output folder");
+    assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "train"]), "not 'train'");
+}

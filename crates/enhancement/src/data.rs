@@ -1,0 +1,383 @@
+//! Training pairs and evaluation cases made from a recipe: each clean image is degraded by the recipe's model
+//! (fresh seeded realisations for training, validation and test), brought back onto the clean grid where the
+//! model changes it (linear interpolation: the network refines that), normalised, and cut into 2D planes.
+//!
+//! Held-out bands never give a training patch: a patch lies wholly outside every band, so no clean pixel of a
+//! validation or test band is ever a training target.
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use vesalius_io::Image;
+
+use crate::EnhanceError;
+use crate::degrade::Degradation;
+use crate::recipe::{Band, EnhanceRecipe, ImageEntry};
+
+/// Planes of a volume: the two in-plane voxel axes (the first varies fastest in a plane) and the third axis
+/// that numbers the planes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaneAxes {
+    /// In-plane axis that varies fastest (the plane's width).
+    pub u: usize,
+    /// The other in-plane axis (the plane's height).
+    pub v: usize,
+    /// The axis across planes.
+    pub across: usize,
+}
+
+impl PlaneAxes {
+    /// Axes `[u, v]` of a 3-axis volume.
+    pub fn new(u: usize, v: usize) -> Result<Self, EnhanceError> {
+        if u > 2 || v > 2 || u == v {
+            return Err(EnhanceError::Input(format!("plane axes must be two different axes of 0, 1, 2 (got [{u}, {v}])")));
+        }
+        Ok(Self { u, v, across: 3 - u - v })
+    }
+}
+
+/// `[w, h, d]` of an image's spatial shape, padded with 1s.
+pub fn dims3(shape: &[usize]) -> [usize; 3] {
+    [shape[0], shape.get(1).copied().unwrap_or(1), shape.get(2).copied().unwrap_or(1)]
+}
+
+/// Plane `k` (along `axes.across`) of `data` of `shape`, as a `w × h` array (`w` along `axes.u`).
+pub fn extract_plane(data: &[f32], shape: [usize; 3], axes: PlaneAxes, k: usize) -> (usize, usize, Vec<f32>) {
+    let strides = [1, shape[0], shape[0] * shape[1]];
+    let (w, h) = (shape[axes.u], shape[axes.v]);
+    let mut out = Vec::with_capacity(w * h);
+    for j in 0..h {
+        for i in 0..w {
+            out.push(data[i * strides[axes.u] + j * strides[axes.v] + k * strides[axes.across]]);
+        }
+    }
+    (w, h, out)
+}
+
+/// Writes plane `k` back into `data` (the inverse of [`extract_plane`]).
+pub fn insert_plane(data: &mut [f32], shape: [usize; 3], axes: PlaneAxes, k: usize, plane: &[f32]) {
+    let strides = [1, shape[0], shape[0] * shape[1]];
+    let w = shape[axes.u];
+    for (idx, &v) in plane.iter().enumerate() {
+        let (i, j) = (idx % w, idx / w);
+        data[i * strides[axes.u] + j * strides[axes.v] + k * strides[axes.across]] = v;
+    }
+}
+
+/// Maps intensities into [0, 1] for the network and back.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Intensity {
+    /// Value mapped to 0.
+    pub low: f32,
+    /// Value mapped to 1.
+    pub high: f32,
+}
+
+impl Intensity {
+    /// `(x − low) / (high − low)`.
+    pub fn normalise(&self, x: &[f32]) -> Vec<f32> {
+        let s = 1.0 / (self.high - self.low);
+        x.iter().map(|v| (v - self.low) * s).collect()
+    }
+    /// The inverse of [`Intensity::normalise`].
+    pub fn restore(&self, x: &[f32]) -> Vec<f32> {
+        let s = self.high - self.low;
+        x.iter().map(|v| v * s + self.low).collect()
+    }
+}
+
+/// A training plane: the clean target, its degraded realisations (normalised), and where patches may start.
+#[derive(Clone, Debug)]
+pub struct TrainPlane {
+    /// Width.
+    pub w: usize,
+    /// Height.
+    pub h: usize,
+    /// Clean target.
+    pub clean: Vec<f32>,
+    /// Degraded realisations on the clean grid.
+    pub degraded: Vec<Vec<f32>>,
+    /// Held-out ranges along the plane's width.
+    pub blocked_u: Vec<Band>,
+    /// Held-out ranges along its height.
+    pub blocked_v: Vec<Band>,
+}
+
+impl TrainPlane {
+    /// Patch origins along one side: every start whose `patch`-long run avoids `blocked`.
+    fn starts(n: usize, patch: usize, blocked: &[Band]) -> Vec<usize> {
+        if n < patch {
+            return Vec::new();
+        }
+        (0..=n - patch).filter(|&s| blocked.iter().all(|b| !b.overlaps(s, patch))).collect()
+    }
+
+    /// Whether a `patch × patch` patch fits anywhere.
+    pub fn fits(&self, patch: usize) -> bool {
+        !Self::starts(self.w, patch, &self.blocked_u).is_empty() && !Self::starts(self.h, patch, &self.blocked_v).is_empty()
+    }
+
+    /// A random (input, target) patch, with a random flip of each axis and (square patches) transposition.
+    pub fn sample(&self, patch: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<f32>) {
+        let xs = Self::starts(self.w, patch, &self.blocked_u);
+        let ys = Self::starts(self.h, patch, &self.blocked_v);
+        let (x0, y0) = (xs[rng.random_range(0..xs.len())], ys[rng.random_range(0..ys.len())]);
+        let r = rng.random_range(0..self.degraded.len());
+        let (fx, fy, tr) = (rng.random::<bool>(), rng.random::<bool>(), rng.random::<bool>());
+        let mut input = Vec::with_capacity(patch * patch);
+        let mut target = Vec::with_capacity(patch * patch);
+        for j in 0..patch {
+            for i in 0..patch {
+                let (a, b) = if tr { (j, i) } else { (i, j) };
+                let x = x0 + if fx { patch - 1 - a } else { a };
+                let y = y0 + if fy { patch - 1 - b } else { b };
+                input.push(self.degraded[r][x + self.w * y]);
+                target.push(self.clean[x + self.w * y]);
+            }
+        }
+        (input, target)
+    }
+}
+
+/// A scored case: a whole degraded plane (the network sees all of it) and the rectangle that is scored.
+#[derive(Clone, Debug)]
+pub struct EvalCase {
+    /// `image[:plane k]#realisation`.
+    pub id: String,
+    /// Patient identifier (cases of one patient are resampled together).
+    pub patient: String,
+    /// Width.
+    pub w: usize,
+    /// Height.
+    pub h: usize,
+    /// Clean reference (normalised).
+    pub clean: Vec<f32>,
+    /// Degraded input (normalised, on the clean grid).
+    pub degraded: Vec<f32>,
+    /// Scored rectangle `[x0, x1) × [y0, y1)`.
+    pub rect: [usize; 4],
+}
+
+impl EvalCase {
+    /// The scored rectangle of a `w × h` plane, its shape `[x1 − x0, y1 − y0]`.
+    pub fn crop(&self, plane: &[f32]) -> (Vec<f32>, [usize; 2]) {
+        let [x0, x1, y0, y1] = self.rect;
+        let out = (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).map(|(x, y)| plane[x + self.w * y]).collect();
+        (out, [x1 - x0, y1 - y0])
+    }
+}
+
+/// Everything a run trains and scores on.
+pub struct Prepared {
+    /// Training planes.
+    pub train: Vec<TrainPlane>,
+    /// Validation cases.
+    pub val: Vec<EvalCase>,
+    /// Test cases.
+    pub test: Vec<EvalCase>,
+    /// The normalisation.
+    pub intensity: Intensity,
+}
+
+/// Which set a degradation realisation is drawn for (each has its own random streams).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Train = 1,
+    Val = 2,
+    Test = 3,
+}
+
+fn realisation_seed(seed: u64, role: Role, image: usize, r: usize) -> u64 {
+    vesalius_io::mix(seed ^ vesalius_io::mix((role as u64) << 40 ^ (image as u64) << 16 ^ r as u64))
+}
+
+/// Loads an image file or DICOM series folder.
+pub fn load_image(path: &std::path::Path) -> Result<Image, EnhanceError> {
+    let img = if path.is_dir() { vesalius_io::dicom::load_series(path, None)?.0 } else { vesalius_io::load(path)? };
+    if img.channels() != 1 {
+        return Err(EnhanceError::Input(format!(
+            "{}: enhancement takes one-channel images (this one has {})",
+            path.display(),
+            img.channels()
+        )));
+    }
+    Ok(img)
+}
+
+/// The degraded realisation of `clean` on the clean grid.
+pub fn degrade_on_grid(model: &Degradation, clean: &Image, seed: u64) -> Result<Image, EnhanceError> {
+    let d = model.apply(clean, seed)?.image;
+    if model.same_grid() {
+        return Ok(d);
+    }
+    Ok(vesalius_io::geometry::resample_onto(&d, clean.shape(), clean.affine(), false)?)
+}
+
+/// The plane axes of the recipe (default `[0, 1]`).
+pub fn plane_axes(recipe: &EnhanceRecipe) -> Result<PlaneAxes, EnhanceError> {
+    let [u, v] = recipe.data.plane.unwrap_or([0, 1]);
+    PlaneAxes::new(u, v)
+}
+
+/// Degrades, normalises and cuts the recipe's images into training planes and validation/test cases.
+pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
+    let d = &recipe.data;
+    let intensity = Intensity { low: d.intensity[0], high: d.intensity[1] };
+    let axes = plane_axes(recipe)?;
+    let model = &recipe.degrade;
+    let patch = recipe.train.patch;
+    let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    let bands: Vec<(Band, Role)> =
+        [(d.val_band, Role::Val), (d.test_band, Role::Test)].into_iter().filter_map(|(b, r)| b.map(|b| (b, r))).collect();
+    for (idx, entry) in d.images.iter().enumerate() {
+        let clean = load_image(&entry.image)?;
+        let shape = dims3(clean.shape());
+        for (band, _) in &bands {
+            if band.end > shape[band.axis] {
+                return Err(EnhanceError::Input(format!(
+                    "{}: a held-out band ends at {} on axis {}, beyond the image's {} voxels",
+                    entry.image.display(),
+                    band.end,
+                    band.axis,
+                    shape[band.axis]
+                )));
+            }
+        }
+        let mut realisations = Vec::with_capacity(d.train_realisations);
+        for r in 0..d.train_realisations {
+            realisations
+                .push(intensity.normalise(degrade_on_grid(model, &clean, realisation_seed(recipe.seed, Role::Train, idx, r))?.data()));
+        }
+        let clean_n = intensity.normalise(clean.data());
+        for k in 0..shape[axes.across] {
+            if bands.iter().any(|(b, _)| b.axis == axes.across && b.contains(k)) {
+                continue;
+            }
+            let (w, h, c) = extract_plane(&clean_n, shape, axes, k);
+            let degraded = realisations.iter().map(|r| extract_plane(r, shape, axes, k).2).collect();
+            let blocked = |axis: usize| bands.iter().filter(|(b, _)| b.axis == axis).map(|(b, _)| *b).collect::<Vec<_>>();
+            let plane = TrainPlane { w, h, clean: c, degraded, blocked_u: blocked(axes.u), blocked_v: blocked(axes.v) };
+            if plane.fits(patch) {
+                train.push(plane);
+            }
+        }
+        for &(band, role) in &bands {
+            let cases = if role == Role::Val { &mut val } else { &mut test };
+            for r in 0..d.eval_realisations {
+                let deg = intensity.normalise(degrade_on_grid(model, &clean, realisation_seed(recipe.seed, role, idx, r))?.data());
+                for k in 0..shape[axes.across] {
+                    if band.axis == axes.across && !band.contains(k) {
+                        continue;
+                    }
+                    let (w, h, c) = extract_plane(&clean_n, shape, axes, k);
+                    let mut rect = [0, w, 0, h];
+                    if band.axis == axes.u {
+                        rect[0..2].copy_from_slice(&[band.start, band.end]);
+                    } else if band.axis == axes.v {
+                        rect[2..4].copy_from_slice(&[band.start, band.end]);
+                    }
+                    let plane_id = if shape[axes.across] > 1 { format!(":{k}") } else { String::new() };
+                    cases.push(EvalCase {
+                        id: format!("{}{plane_id}#{r}", entry.name()),
+                        patient: entry.patient_id(),
+                        w,
+                        h,
+                        clean: c,
+                        degraded: extract_plane(&deg, shape, axes, k).2,
+                        rect,
+                    });
+                }
+            }
+        }
+    }
+    if train.is_empty() {
+        return Err(EnhanceError::Input(format!(
+            "no {patch}×{patch} training patch fits outside the held-out bands: use a smaller train.patch"
+        )));
+    }
+    for (entries, role) in [(&d.val, Role::Val), (&d.test, Role::Test)] {
+        let cases = if role == Role::Val { &mut val } else { &mut test };
+        for (idx, entry) in entries.iter().enumerate() {
+            cases.extend(whole_image_cases(recipe, entry, idx + 1_000, role_seed(recipe.seed, role), axes, intensity)?);
+        }
+    }
+    Ok(Prepared { train, val, test, intensity })
+}
+
+fn role_seed(seed: u64, role: Role) -> u64 {
+    realisation_seed(seed, role, usize::MAX >> 8, 0)
+}
+
+/// Cases of a whole image: every plane of every realisation is scored in full.
+fn whole_image_cases(
+    recipe: &EnhanceRecipe,
+    entry: &ImageEntry,
+    idx: usize,
+    seed: u64,
+    axes: PlaneAxes,
+    intensity: Intensity,
+) -> Result<Vec<EvalCase>, EnhanceError> {
+    let clean = load_image(&entry.image)?;
+    let shape = dims3(clean.shape());
+    let clean_n = intensity.normalise(clean.data());
+    let mut out = Vec::new();
+    for r in 0..recipe.data.eval_realisations {
+        let s = vesalius_io::mix(seed ^ ((idx as u64) << 16) ^ r as u64);
+        let deg = intensity.normalise(degrade_on_grid(&recipe.degrade, &clean, s)?.data());
+        for k in 0..shape[axes.across] {
+            let (w, h, c) = extract_plane(&clean_n, shape, axes, k);
+            let plane_id = if shape[axes.across] > 1 { format!(":{k}") } else { String::new() };
+            out.push(EvalCase {
+                id: format!("{}{plane_id}#{r}", entry.name()),
+                patient: entry.patient_id(),
+                w,
+                h,
+                clean: c,
+                degraded: extract_plane(&deg, shape, axes, k).2,
+                rect: [0, w, 0, h],
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_round_trip_on_every_axis_pair() {
+        let shape = [3, 4, 5];
+        let data: Vec<f32> = (0..60).map(|v| v as f32).collect();
+        for (u, v) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
+            let axes = PlaneAxes::new(u, v).unwrap();
+            let mut back = vec![0.0; 60];
+            for k in 0..shape[axes.across] {
+                let (w, h, p) = extract_plane(&data, shape, axes, k);
+                assert_eq!((w, h), (shape[u], shape[v]));
+                insert_plane(&mut back, shape, axes, k, &p);
+            }
+            assert_eq!(back, data);
+        }
+        // Plane 1 across axis 1 of (u = 0, v = 2): x fastest, then z.
+        let (_, _, p) = extract_plane(&data, shape, PlaneAxes::new(0, 2).unwrap(), 1);
+        assert_eq!(&p[..4], &[3.0, 4.0, 5.0, 15.0]);
+    }
+
+    #[test]
+    fn patches_avoid_held_out_bands() {
+        let (w, h) = (20, 30);
+        let plane = TrainPlane {
+            w,
+            h,
+            clean: (0..w * h).map(|i| (i / w) as f32).collect(), // the row index
+            degraded: vec![vec![0.0; w * h]],
+            blocked_u: vec![],
+            blocked_v: vec![Band { axis: 1, start: 12, end: 20 }],
+        };
+        let mut rng = rand::SeedableRng::seed_from_u64(1);
+        for _ in 0..200 {
+            let (_, target) = plane.sample(8, &mut rng);
+            assert!(target.iter().all(|&row| !(12.0..20.0).contains(&row)), "a patch reached a held-out row");
+        }
+        assert!(!plane.fits(13)); // rows 0..12 and 20..30 hold no 13-row patch
+    }
+}

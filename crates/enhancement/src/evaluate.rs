@@ -1,0 +1,190 @@
+//! Evaluation of a run's best model on its test (or validation) cases, beside the baselines on the same cases:
+//! the degraded input itself and a Gaussian filter whose σ is chosen on the validation cases. Every metric is
+//! taken after clipping to the evaluation window (PSNR's data range is its width), per case, with 95 %
+//! bootstrap intervals over patients; the paired PSNR gains of the network over each baseline get their own
+//! intervals. Written to `metrics.json` (test) or `metrics-val.json` (validation).
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+use vesalius_eval::EvalSet;
+use vesalius_eval::bootstrap::{Clusters, Estimate, cluster_percentile_ci};
+use vesalius_train::RunDir;
+
+use crate::EnhanceError;
+use crate::baselines::{SIGMA_GRID, choose_sigma, gaussian_in_plane};
+use crate::data::{self, EvalCase, Prepared};
+use crate::degrade::Degradation;
+use crate::metrics::{Quality, clip, psnr, quality};
+use crate::model::{EnhanceNet, build, enhance_plane};
+use crate::recipe::EnhanceRecipe;
+use crate::train::{EnhanceInfo, RunInfo};
+
+/// Bootstrap resamples by default.
+pub const DEFAULT_BOOTSTRAP: usize = 1000;
+
+/// The metrics of one case for each method.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseScores {
+    /// Case identifier (`image[:plane]#realisation`).
+    pub id: String,
+    /// Patient.
+    pub patient: String,
+    /// Method name → its metrics on this case.
+    pub methods: BTreeMap<String, Quality>,
+}
+
+/// Means over cases with intervals over patients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodSummary {
+    /// PSNR, dB.
+    pub psnr: Estimate,
+    /// SSIM.
+    pub ssim: Estimate,
+    /// RMSE (image units).
+    pub rmse: Estimate,
+    /// MAE (image units).
+    pub mae: Estimate,
+    /// NMSE.
+    pub nmse: Estimate,
+}
+
+/// `metrics.json` of an enhancement run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnhanceMetrics {
+    /// `test` or `validation`.
+    pub set: String,
+    /// The epoch of the scored model.
+    pub best_epoch: Option<usize>,
+    /// The degradation of the inputs.
+    pub degradation: Degradation,
+    /// Evaluation window; PSNR's data range is its width.
+    pub window: [f32; 2],
+    /// σ (pixels) of the Gaussian-filter baseline, chosen on the validation cases.
+    pub gaussian_sigma: f64,
+    /// What the intervals resample (`patients`, `cases`, or `cases of one patient`).
+    pub bootstrap_unit: String,
+    /// Clusters resampled.
+    pub clusters: usize,
+    /// Method (`input`, `gaussian`, `network`) → summary.
+    pub methods: BTreeMap<String, MethodSummary>,
+    /// Mean paired PSNR gain, dB: `network_over_input`, `network_over_gaussian`.
+    pub psnr_gain: BTreeMap<String, Estimate>,
+    /// Every case.
+    pub cases: Vec<CaseScores>,
+}
+
+/// The Gaussian baseline's σ: the best mean validation PSNR over [`SIGMA_GRID`].
+pub fn gaussian_sigma(val: &[EvalCase], data: &Prepared, window: [f32; 2]) -> f64 {
+    let range = (window[1] - window[0]) as f64;
+    choose_sigma(&SIGMA_GRID, |sigma| {
+        val.iter()
+            .map(|c| {
+                let f = data.intensity.restore(&gaussian_in_plane(&c.degraded, &[c.w, c.h], sigma));
+                let (est, _) = c.crop(&f);
+                let (reference, _) = c.crop(&data.intensity.restore(&c.clean));
+                psnr(&clip(&est, window[0], window[1]), &clip(&reference, window[0], window[1]), range)
+            })
+            .sum::<f64>()
+            / val.len().max(1) as f64
+    })
+}
+
+/// Loads the best model of a run.
+pub fn load_best<B: Backend>(run: &RunDir, info: &EnhanceInfo, device: &B::Device) -> Result<EnhanceNet<B>, EnhanceError> {
+    Ok(vesalius_train::engine::load_module(build::<B>(&info.model, device), &run.best_model(), device)?)
+}
+
+/// Reads a run's recipe and information.
+pub fn read_run(run: &RunDir) -> Result<(EnhanceRecipe, RunInfo), EnhanceError> {
+    let text = std::fs::read_to_string(run.recipe()).map_err(|e| EnhanceError::Input(format!("{}: {e}", run.recipe().display())))?;
+    let recipe =
+        EnhanceRecipe::from_toml(&text, run.root()).map_err(|e| EnhanceError::Input(format!("{}: {e}", run.recipe().display())))?;
+    let info: RunInfo = run.read_info().map_err(|e| EnhanceError::Input(format!("{}: {e}", run.info_file().display())))?;
+    Ok((recipe, info))
+}
+
+/// Evaluates a run's best model on `set` and writes `set.file()` in the run folder.
+pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, set: EvalSet) -> Result<EnhanceMetrics, EnhanceError> {
+    let (recipe, info) = read_run(run)?;
+    let data = data::prepare(&recipe)?;
+    evaluate_prepared::<B>(run, &recipe, &info, &data, set, device)
+}
+
+fn summary(cases: &[CaseScores], method: &str, clusters: &Clusters, resamples: usize, seed: u64) -> MethodSummary {
+    let pick = |f: fn(&Quality) -> f64| -> Estimate {
+        let values: Vec<f64> = cases.iter().map(|c| f(&c.methods[method])).collect();
+        mean_ci(&values, clusters, resamples, seed)
+    };
+    MethodSummary { psnr: pick(|q| q.psnr), ssim: pick(|q| q.ssim), rmse: pick(|q| q.rmse), mae: pick(|q| q.mae), nmse: pick(|q| q.nmse) }
+}
+
+/// The mean of the finite values with its interval over `clusters`.
+fn mean_ci(values: &[f64], clusters: &Clusters, resamples: usize, seed: u64) -> Estimate {
+    let mean = |idx: &mut dyn Iterator<Item = usize>| {
+        let (s, n) = idx.filter(|&i| values[i].is_finite()).fold((0.0, 0usize), |(s, n), i| (s + values[i], n + 1));
+        (n > 0).then(|| s / n as f64)
+    };
+    let value = mean(&mut (0..values.len())).unwrap_or(f64::NAN);
+    cluster_percentile_ci(clusters, resamples, 0.95, seed, value, |idx| mean(&mut idx.iter().copied()))
+}
+
+/// Evaluates with data already prepared (as training does at its end).
+pub fn evaluate_prepared<B: Backend>(
+    run: &RunDir,
+    recipe: &EnhanceRecipe,
+    info: &EnhanceInfo,
+    data: &Prepared,
+    set: EvalSet,
+    device: &B::Device,
+) -> Result<EnhanceMetrics, EnhanceError> {
+    let net = load_best::<B>(run, info, device)?;
+    let state = vesalius_train::engine::read_state(run)?;
+    let window = info.window;
+    let sigma = gaussian_sigma(&data.val, data, window);
+    let cases = match set {
+        EvalSet::Test => &data.test,
+        EvalSet::Validation => &data.val,
+    };
+    if cases.is_empty() {
+        return Err(EnhanceError::Input(format!("the run has no {} cases", set.name())));
+    }
+    let bar = vesalius_train::progress::bar(cases.len() as u64, "evaluation", false);
+    let mut scores = Vec::with_capacity(cases.len());
+    for c in cases {
+        let restore = |x: &[f32]| data.intensity.restore(x);
+        let (reference, shape) = c.crop(&restore(&c.clean));
+        let score = |plane: &[f32]| quality(&c.crop(&restore(plane)).0, &reference, &shape, window);
+        let mut methods = BTreeMap::new();
+        methods.insert("input".to_string(), score(&c.degraded));
+        methods.insert("gaussian".to_string(), score(&gaussian_in_plane(&c.degraded, &[c.w, c.h], sigma)));
+        methods.insert("network".to_string(), score(&enhance_plane(&net, &info.model, &c.degraded, c.w, c.h, device)));
+        scores.push(CaseScores { id: c.id.clone(), patient: c.patient.clone(), methods });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let ids: Vec<Option<&str>> = scores.iter().map(|c| Some(c.patient.as_str())).collect();
+    let clusters = Clusters::from_ids(&ids);
+    let resamples = recipe.eval.bootstrap.unwrap_or(DEFAULT_BOOTSTRAP);
+    let methods: BTreeMap<String, MethodSummary> =
+        ["input", "gaussian", "network"].iter().map(|m| (m.to_string(), summary(&scores, m, &clusters, resamples, recipe.seed))).collect();
+    let gain = |base: &str| {
+        let d: Vec<f64> = scores.iter().map(|c| c.methods["network"].psnr - c.methods[base].psnr).collect();
+        mean_ci(&d, &clusters, resamples, recipe.seed)
+    };
+    let psnr_gain = [("network_over_input".to_string(), gain("input")), ("network_over_gaussian".to_string(), gain("gaussian"))].into();
+    let m = EnhanceMetrics {
+        set: set.name().into(),
+        best_epoch: state.and_then(|s| s.best_epoch),
+        degradation: info.degradation.clone(),
+        window,
+        gaussian_sigma: sigma,
+        bootstrap_unit: clusters.unit().into(),
+        clusters: clusters.len(),
+        methods,
+        psnr_gain,
+        cases: scores,
+    };
+    vesalius_train::run::write_json(&run.file(set.file()), &m).map_err(|e| EnhanceError::Internal(e.to_string()))?;
+    Ok(m)
+}

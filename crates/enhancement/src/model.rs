@@ -1,0 +1,76 @@
+//! The enhancement networks as one burn module, and whole-plane inference.
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use vesalius_nets::{NormKind, RedCnn, RedCnnConfig, UNet, UNetConfig};
+
+use crate::filters::reflect;
+use crate::recipe::{Arch, ModelSection};
+
+/// Any enhancement network: `[n, 1, h, w]` in, the enhanced `[n, 1, h, w]` out (intensities normalised).
+#[derive(Module, Debug)]
+pub enum EnhanceNet<B: Backend> {
+    /// RED-CNN.
+    RedCnn(RedCnn<B>),
+    /// A 2D U-Net whose output is added to its input (residual learning).
+    Unet(UNet<B>),
+}
+
+/// Builds the network of `spec`.
+pub fn build<B: Backend>(spec: &ModelSection, device: &B::Device) -> EnhanceNet<B> {
+    match spec.arch {
+        Arch::RedCnn => EnhanceNet::RedCnn(RedCnnConfig::new().with_features(spec.features).with_kernel(spec.kernel).init(device)),
+        Arch::Unet => EnhanceNet::Unet(UNetConfig::new(2, 1, 1, spec.channels.clone()).with_norm(NormKind::Instance).init(device)),
+    }
+}
+
+/// What plane sizes the network of `spec` takes: a multiple of the first value, at least the second.
+pub fn size_rule(spec: &ModelSection) -> (usize, usize) {
+    match spec.arch {
+        Arch::RedCnn => (1, 5 * (spec.kernel - 1) + 4),
+        Arch::Unet => {
+            let m = 1 << (spec.channels.len() - 1);
+            (m, m)
+        }
+    }
+}
+
+impl<B: Backend> EnhanceNet<B> {
+    /// The enhanced images.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            EnhanceNet::RedCnn(net) => net.forward(x),
+            EnhanceNet::Unet(net) => x.clone() + net.forward_2d(x),
+        }
+    }
+}
+
+/// Enhances one normalised `w × h` plane whole: padded by reflection to a size the network takes, then cropped.
+pub fn enhance_plane<B: Backend>(
+    net: &EnhanceNet<B>,
+    spec: &ModelSection,
+    plane: &[f32],
+    w: usize,
+    h: usize,
+    device: &B::Device,
+) -> Vec<f32> {
+    let (multiple, least) = size_rule(spec);
+    let fit = |n: usize| n.max(least).div_ceil(multiple) * multiple;
+    let (pw, ph) = (fit(w), fit(h));
+    let (ox, oy) = ((pw - w) / 2, (ph - h) / 2);
+    let mut padded = Vec::with_capacity(pw * ph);
+    for y in 0..ph {
+        let sy = reflect(y as i64 - oy as i64, h);
+        for x in 0..pw {
+            padded.push(plane[reflect(x as i64 - ox as i64, w) + w * sy]);
+        }
+    }
+    let x = Tensor::<B, 4>::from_data(TensorData::new(padded, [1, 1, ph, pw]), device);
+    let y: Vec<f32> = net.forward(x).into_data().convert::<f32>().into_vec().unwrap_or_default();
+    let mut out = Vec::with_capacity(w * h);
+    for yy in 0..h {
+        let row = (yy + oy) * pw + ox;
+        out.extend_from_slice(&y[row..row + w]);
+    }
+    out
+}

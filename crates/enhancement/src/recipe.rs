@@ -1,0 +1,354 @@
+//! The enhancement recipe (TOML, `task = "enhancement"`): the clean reference images, how validation and test
+//! data are held out, the degradation that makes the inputs, the network, training and evaluation settings.
+//!
+//! ```
+//! use vesalius_enhancement::recipe::EnhanceRecipe;
+//! let recipe = EnhanceRecipe::from_toml(r#"
+//!     task = "enhancement"
+//!     [data]
+//!     images = [{ image = "ct.dcm" }]
+//!     intensity = [-1024.0, 3072.0]
+//!     val_band = { axis = 1, start = 80, end = 104 }
+//!     test_band = { axis = 1, start = 104, end = 128 }
+//!     [degrade]
+//!     model = "low-dose-ct"
+//!     dose = 0.25
+//! "#, std::path::Path::new("/data")).unwrap();
+//! assert_eq!(recipe.data.images[0].image, std::path::Path::new("/data/ct.dcm")); // relative to the recipe
+//! assert_eq!(recipe.degrade.name(), "low-dose-ct");
+//! assert_eq!(recipe.eval_window(), [-1024.0, 3072.0]);                            // defaults to the intensity range
+//! ```
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::EnhanceError;
+use crate::degrade::Degradation;
+
+/// One clean reference image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// Identifier (default: the file name).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The image (NIfTI, DICOM file or series folder, MetaImage, PNG, TIFF); one channel.
+    pub image: PathBuf,
+    /// Patient identifier (default: the image's id); cases of one patient are resampled together.
+    #[serde(default)]
+    pub patient: Option<String>,
+}
+
+impl ImageEntry {
+    /// The identifier: `id`, or the file name.
+    pub fn name(&self) -> String {
+        self.id.clone().unwrap_or_else(|| self.image.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default())
+    }
+    /// The patient: `patient`, or the identifier.
+    pub fn patient_id(&self) -> String {
+        self.patient.clone().unwrap_or_else(|| self.name())
+    }
+}
+
+/// Voxels `start..end` along `axis` of every training image, held out (never a training target).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Band {
+    /// Voxel axis (0 or 1 within a slice, 2 for whole axial slices).
+    pub axis: usize,
+    /// First held-out index.
+    pub start: usize,
+    /// One past the last.
+    pub end: usize,
+}
+
+impl Band {
+    /// Whether index `i` lies in the band.
+    pub fn contains(&self, i: usize) -> bool {
+        (self.start..self.end).contains(&i)
+    }
+    /// Whether `start..start + len` overlaps the band.
+    pub fn overlaps(&self, start: usize, len: usize) -> bool {
+        start < self.end && self.start < start + len
+    }
+}
+
+/// `[data]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Clean reference images that train (outside the held-out bands).
+    pub images: Vec<ImageEntry>,
+    /// Intensities mapped to [0, 1] for the network: `(x − low) / (high − low)` (HU for CT).
+    pub intensity: [f32; 2],
+    /// A band of every training image held out for validation (model selection, the baseline's σ).
+    #[serde(default)]
+    pub val_band: Option<Band>,
+    /// A band of every training image held out for testing.
+    #[serde(default)]
+    pub test_band: Option<Band>,
+    /// Whole images for validation.
+    #[serde(default)]
+    pub val: Vec<ImageEntry>,
+    /// Whole images for testing (other patients), never used for training or selection.
+    #[serde(default)]
+    pub test: Vec<ImageEntry>,
+    /// The two voxel axes that form the network's 2D planes (default `[0, 1]`, axial slices); through-plane
+    /// super-resolution along axis 2 uses `[0, 2]` or `[1, 2]`.
+    #[serde(default)]
+    pub plane: Option<[usize; 2]>,
+    /// Degraded realisations of each training image (each a fresh random draw of the degradation).
+    #[serde(default = "default_train_realisations")]
+    pub train_realisations: usize,
+    /// Degraded realisations of each validation and test case.
+    #[serde(default = "default_eval_realisations")]
+    pub eval_realisations: usize,
+}
+
+fn default_train_realisations() -> usize {
+    8
+}
+fn default_eval_realisations() -> usize {
+    2
+}
+
+/// The network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// RED-CNN (Chen et al. 2017).
+    #[default]
+    RedCnn,
+    /// A 2D U-Net (instance norm) predicting the residual that is added to its input.
+    Unet,
+}
+
+/// `[model]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Architecture.
+    #[serde(default)]
+    pub arch: Arch,
+    /// RED-CNN: feature maps per layer (96 in the paper).
+    #[serde(default = "default_features")]
+    pub features: usize,
+    /// RED-CNN: kernel size.
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+    /// U-Net: channels per level.
+    #[serde(default = "default_unet_channels")]
+    pub channels: Vec<usize>,
+}
+
+fn default_features() -> usize {
+    32
+}
+fn default_kernel() -> usize {
+    5
+}
+fn default_unet_channels() -> Vec<usize> {
+    vec![16, 32, 64]
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { arch: Arch::RedCnn, features: default_features(), kernel: default_kernel(), channels: default_unet_channels() }
+    }
+}
+
+/// `[train]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Epochs.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Optimisation steps per epoch.
+    #[serde(default = "default_iterations")]
+    pub iterations: usize,
+    /// Patches per step.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Square patch side, pixels.
+    #[serde(default = "default_patch")]
+    pub patch: usize,
+    /// Adam learning rate (constant).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Stop after this many epochs without a better validation PSNR.
+    #[serde(default)]
+    pub early_stopping_patience: Option<usize>,
+}
+
+fn default_epochs() -> usize {
+    20
+}
+fn default_iterations() -> usize {
+    20
+}
+fn default_batch() -> usize {
+    8
+}
+fn default_patch() -> usize {
+    48
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: default_epochs(),
+            iterations: default_iterations(),
+            batch: default_batch(),
+            patch: default_patch(),
+            lr: default_lr(),
+            early_stopping_patience: None,
+        }
+    }
+}
+
+/// `[eval]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Values are clipped to this window before every metric, and PSNR's data range is its width (default: the
+    /// intensity range).
+    #[serde(default)]
+    pub window: Option<[f32; 2]>,
+    /// Bootstrap resamples for confidence intervals.
+    #[serde(default)]
+    pub bootstrap: Option<usize>,
+}
+
+/// A whole enhancement recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnhanceRecipe {
+    /// Always `"enhancement"`.
+    pub task: String,
+    /// Seed of every random draw (degradations, patches, initialisation).
+    #[serde(default)]
+    pub seed: u64,
+    /// Data.
+    pub data: DataSection,
+    /// The degradation that makes the network's inputs.
+    pub degrade: Degradation,
+    /// Network.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// Training.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// Evaluation.
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+impl EnhanceRecipe {
+    /// Parses a recipe; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, EnhanceError> {
+        let mut r: EnhanceRecipe = toml::from_str(text).map_err(|e| EnhanceError::Input(format!("invalid recipe: {e}")))?;
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let d = &mut r.data;
+        d.images.iter_mut().chain(d.val.iter_mut()).chain(d.test.iter_mut()).for_each(|e| fix(&mut e.image));
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Reads a recipe file (paths relative to its folder).
+    pub fn from_file(path: &Path) -> Result<Self, EnhanceError> {
+        let text = std::fs::read_to_string(path).map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))?;
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, &base).map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))
+    }
+
+    /// The recipe as TOML (what the run folder keeps).
+    pub fn to_toml(&self) -> Result<String, EnhanceError> {
+        toml::to_string(self).map_err(|e| EnhanceError::Internal(e.to_string()))
+    }
+
+    /// The evaluation window.
+    pub fn eval_window(&self) -> [f32; 2] {
+        self.eval.window.unwrap_or(self.data.intensity)
+    }
+
+    /// Checks values that would otherwise fail late.
+    pub fn validate(&self) -> Result<(), EnhanceError> {
+        let bad = |m: String| Err(EnhanceError::Input(m));
+        if self.task != "enhancement" {
+            return bad(format!("task must be \"enhancement\", not \"{}\"", self.task));
+        }
+        self.degrade.validate()?;
+        let d = &self.data;
+        if d.images.is_empty() {
+            return bad("data.images lists no training image".into());
+        }
+        let [lo, hi] = d.intensity;
+        if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+            return bad(format!("data.intensity must be an increasing pair of finite values, not [{lo}, {hi}]"));
+        }
+        if let Some([a, b]) = self.eval.window
+            && !(a.is_finite() && b.is_finite() && b > a)
+        {
+            return bad(format!("eval.window must be an increasing pair of finite values, not [{a}, {b}]"));
+        }
+        if d.val_band.is_none() && d.val.is_empty() {
+            return bad("no validation data: give data.val_band or data.val images".into());
+        }
+        if d.test_band.is_none() && d.test.is_empty() {
+            return bad("no test data: give data.test_band or data.test images".into());
+        }
+        for (name, band) in [("val_band", d.val_band), ("test_band", d.test_band)] {
+            if let Some(b) = band
+                && (b.axis > 2 || b.end <= b.start)
+            {
+                return bad(format!("data.{name}: axis must be 0, 1 or 2 and end > start"));
+            }
+        }
+        if let (Some(v), Some(t)) = (d.val_band, d.test_band)
+            && v.axis == t.axis
+            && v.overlaps(t.start, t.end - t.start)
+        {
+            return bad("data.val_band and data.test_band overlap".into());
+        }
+        if d.train_realisations == 0 || d.eval_realisations == 0 || d.train_realisations > 256 || d.eval_realisations > 64 {
+            return bad("data.train_realisations must lie in 1..=256 and data.eval_realisations in 1..=64".into());
+        }
+        let t = &self.train;
+        if t.epochs == 0 || t.iterations == 0 || t.batch == 0 || !(8..=512).contains(&t.patch) || !(t.lr > 0.0 && t.lr.is_finite()) {
+            return bad("train: epochs, iterations and batch must be ≥ 1, patch in 8..=512 and lr > 0".into());
+        }
+        let m = &self.model;
+        match m.arch {
+            Arch::RedCnn => {
+                if !((1..=512).contains(&m.features) && m.kernel % 2 == 1 && (3..=9).contains(&m.kernel)) {
+                    return bad("model: features must lie in 1..=512 and kernel be odd in 3..=9".into());
+                }
+                if t.patch <= 10 * (m.kernel - 1) / 2 {
+                    return bad(format!("train.patch must exceed {} pixels for RED-CNN with kernel {}", 10 * (m.kernel - 1) / 2, m.kernel));
+                }
+            }
+            Arch::Unet => {
+                if m.channels.len() < 2 || m.channels.iter().any(|&c| c == 0 || c > 512) {
+                    return bad("model.channels: at least two levels of 1..=512 channels".into());
+                }
+                if !t.patch.is_multiple_of(1 << (m.channels.len() - 1)) {
+                    return bad(format!(
+                        "train.patch must be a multiple of {} for a {}-level U-Net",
+                        1 << (m.channels.len() - 1),
+                        m.channels.len()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

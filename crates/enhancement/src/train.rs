@@ -1,0 +1,206 @@
+//! Training on the shared engine: seeded random patches of (degraded, clean) pairs with flips and
+//! transpositions, MSE loss, Adam at a constant learning rate, whole-plane validation PSNR in the evaluation
+//! window as the selection score; the best model's test evaluation is written as `metrics.json`.
+use std::path::Path;
+
+use burn::optim::{AdamConfig, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use vesalius_train::engine::{self, RunOptions, stream_seed};
+use vesalius_train::recipe::ResumeRules;
+use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
+
+use crate::EnhanceError;
+use crate::data::{self, EvalCase, Intensity, Prepared};
+use crate::degrade::Degradation;
+use crate::evaluate::{self, EnhanceMetrics};
+use crate::metrics::quality;
+use crate::model::{EnhanceNet, build, enhance_plane};
+use crate::recipe::{EnhanceRecipe, ModelSection};
+
+/// `run.json` of an enhancement run.
+pub type RunInfo = vesalius_train::run::RunInfo<EnhanceInfo>;
+
+/// What a trained enhancement network needs besides its weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnhanceInfo {
+    /// The network.
+    pub model: ModelSection,
+    /// Intensity normalisation.
+    pub intensity: Intensity,
+    /// Evaluation window.
+    pub window: [f32; 2],
+    /// The degradation the network was trained to undo.
+    pub degradation: Degradation,
+    /// The plane axes.
+    pub plane: [usize; 2],
+}
+
+/// Whether `dir` holds an enhancement run (its recipe says `task = "enhancement"`).
+pub fn is_run(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("recipe.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.get("task").and_then(|v| v.as_str()) == Some("enhancement"))
+}
+
+/// What may change in a run folder that already trained: the learning rate, and the number of epochs (the
+/// schedule is constant).
+pub fn resume_rules() -> ResumeRules {
+    ResumeRules { free: vec!["train.lr".into()], length: vec!["train.epochs".into()], schedule_depends: false }
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    /// The engine's final state.
+    pub state: vesalius_train::engine::EngineState,
+    /// Epochs done before this invocation, when it resumed.
+    pub resumed_after: Option<usize>,
+    /// Whether the run completed.
+    pub complete: bool,
+    /// The test evaluation of the best model (complete runs).
+    pub test: Option<EnhanceMetrics>,
+    /// Training planes, validation and test cases.
+    pub sizes: [usize; 3],
+}
+
+/// Mean PSNR and SSIM of a network on cases (in the evaluation window).
+pub fn score_cases<B: burn::tensor::backend::Backend>(
+    net: &EnhanceNet<B>,
+    spec: &ModelSection,
+    cases: &[EvalCase],
+    intensity: Intensity,
+    window: [f32; 2],
+    device: &B::Device,
+) -> (f64, f64) {
+    let (mut psnr, mut ssim, mut n_ssim) = (0.0, 0.0, 0usize);
+    for case in cases {
+        let out = enhance_plane(net, spec, &case.degraded, case.w, case.h, device);
+        let (est, shape) = case.crop(&intensity.restore(&out));
+        let (reference, _) = case.crop(&intensity.restore(&case.clean));
+        let q = quality(&est, &reference, &shape, window);
+        psnr += q.psnr;
+        if q.ssim.is_finite() {
+            ssim += q.ssim;
+            n_ssim += 1;
+        }
+    }
+    (psnr / cases.len().max(1) as f64, if n_ssim > 0 { ssim / n_ssim as f64 } else { f64::NAN })
+}
+
+struct EnhanceTask<'a> {
+    recipe: &'a EnhanceRecipe,
+    data: &'a Prepared,
+}
+
+impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
+    type Model = EnhanceNet<B>;
+    type Error = EnhanceError;
+
+    fn init_model(&mut self, device: &B::Device) -> Result<EnhanceNet<B>, EnhanceError> {
+        Ok(build(&self.recipe.model, device))
+    }
+
+    fn epochs(&self) -> usize {
+        self.recipe.train.epochs
+    }
+
+    fn steps_in_epoch(&self, _epoch: usize, _steps_done: usize) -> usize {
+        self.recipe.train.iterations
+    }
+
+    fn lr(&self, _epoch: usize) -> f64 {
+        self.recipe.train.lr
+    }
+
+    fn train_epoch<O: Optimizer<EnhanceNet<B>, B>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut Stepper<'_, B, EnhanceNet<B>, O>,
+    ) -> Result<(), EnhanceError> {
+        let t = &self.recipe.train;
+        let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(self.recipe.seed, epoch as u64, 1));
+        let device = stepper.device().clone();
+        for _ in 0..t.iterations {
+            let (mut inputs, mut targets) =
+                (Vec::with_capacity(t.batch * t.patch * t.patch), Vec::with_capacity(t.batch * t.patch * t.patch));
+            for _ in 0..t.batch {
+                let plane = &self.data.train[rng.random_range(0..self.data.train.len())];
+                let (i, o) = plane.sample(t.patch, &mut rng);
+                inputs.extend(i);
+                targets.extend(o);
+            }
+            let shape = [t.batch, 1, t.patch, t.patch];
+            let x = Tensor::<B, 4>::from_data(TensorData::new(inputs, shape), &device);
+            let y = Tensor::<B, 4>::from_data(TensorData::new(targets, shape), &device);
+            let loss = (stepper.model().forward(x) - y).powi_scalar(2).mean();
+            stepper.step(loss)?;
+        }
+        Ok(())
+    }
+
+    fn validate(
+        &mut self,
+        model: &EnhanceNet<B::InnerBackend>,
+        _epoch: usize,
+        device: &B::Device,
+    ) -> Result<Option<Validation>, EnhanceError> {
+        let (psnr, ssim) = score_cases(model, &self.recipe.model, &self.data.val, self.data.intensity, self.recipe.eval_window(), device);
+        Ok(Some(Validation::new().metric("psnr", psnr).metric("ssim", ssim).score(psnr)))
+    }
+}
+
+/// The run information of a recipe.
+pub fn run_info(recipe: &EnhanceRecipe) -> Result<RunInfo, EnhanceError> {
+    let axes = data::plane_axes(recipe)?;
+    Ok(RunInfo::new(
+        "enhancement",
+        EnhanceInfo {
+            model: recipe.model.clone(),
+            intensity: Intensity { low: recipe.data.intensity[0], high: recipe.data.intensity[1] },
+            window: recipe.eval_window(),
+            degradation: recipe.degrade.clone(),
+            plane: [axes.u, axes.v],
+        },
+    ))
+}
+
+/// Trains `recipe` into `run` (resuming a run of the same recipe), then evaluates the best model on the test
+/// cases and writes `metrics.json`. `on_epoch` sees each epoch's log record.
+pub fn train<AB: AutodiffBackend>(
+    recipe: &EnhanceRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    options: &RunOptions,
+    on_epoch: impl FnMut(&EpochRecord),
+) -> Result<TrainOutcome, EnhanceError> {
+    recipe.validate()?;
+    engine::prepare(run, &recipe.to_toml()?, &resume_rules())?;
+    let data = data::prepare(recipe)?;
+    if data.val.is_empty() || data.test.is_empty() {
+        return Err(EnhanceError::Input("the validation and test sets both need at least one case".into()));
+    }
+    let info = run_info(recipe)?;
+    run.write_info(&info).map_err(|e| EnhanceError::Internal(e.to_string()))?;
+    let mut task = EnhanceTask { recipe, data: &data };
+    let config = options.config(recipe.seed, recipe.train.early_stopping_patience);
+    let optimiser = AdamConfig::new().with_epsilon(1e-8).init::<AB, EnhanceNet<AB>>();
+    let outcome = engine::train(run, &mut task, optimiser, &config, device, on_epoch)?;
+    let test = if outcome.complete {
+        let m = evaluate::evaluate_prepared::<AB::InnerBackend>(run, recipe, &info, &data, vesalius_eval::EvalSet::Test, device)?;
+        Some(m)
+    } else {
+        None
+    };
+    Ok(TrainOutcome {
+        state: outcome.state,
+        resumed_after: outcome.resumed_after,
+        complete: outcome.complete,
+        test,
+        sizes: [data.train.len(), data.val.len(), data.test.len()],
+    })
+}

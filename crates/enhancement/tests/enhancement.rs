@@ -1,0 +1,125 @@
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+//! The enhancement task end to end on the real CT slice of `fixtures/`, and its metrics against scikit-image.
+use std::path::Path;
+
+use vesalius_enhancement::metrics::{psnr, ssim};
+use vesalius_enhancement::recipe::EnhanceRecipe;
+use vesalius_train::RunDir;
+use vesalius_train::engine::RunOptions;
+
+type B = burn::backend::Flex;
+type AB = burn::backend::Autodiff<B>;
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
+}
+
+fn noisy(reference: &[f32]) -> Vec<f32> {
+    reference.iter().enumerate().map(|(i, &v)| v + ((i as i64 * 7919) % 41 - 20) as f32).collect()
+}
+
+#[test]
+fn ssim_and_psnr_equal_scikit_image_in_2d_and_3d() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("enhancement/ssim_reference.json")).unwrap()).unwrap();
+    let value = |k: &str| expected[k].as_f64().unwrap();
+
+    let slice = vesalius_io::load(fixtures().join("itk/BrainProtonDensitySlice.png")).unwrap();
+    let est = noisy(slice.data());
+    let s2 = ssim(&est, slice.data(), slice.shape(), 255.0);
+    assert!((s2 - value("ssim_2d")).abs() < 1e-4, "SSIM 2D {s2} vs scikit-image {}", value("ssim_2d"));
+    let p2 = psnr(&est, slice.data(), 255.0);
+    assert!((p2 - value("psnr_2d")).abs() < 1e-4, "PSNR 2D {p2} vs {}", value("psnr_2d"));
+
+    let (w, h, d) = (19usize, 17usize, 14usize);
+    let reference: Vec<f32> =
+        (0..w * h * d).map(|i| ((i % w).pow(2) + 3 * ((i / w) % h) + 5 * (i / (w * h)).pow(2)) as f32 % 97.0).collect();
+    let est = noisy(&reference);
+    let s3 = ssim(&est, &reference, &[w, h, d], 96.0);
+    assert!((s3 - value("ssim_3d")).abs() < 1e-4, "SSIM 3D {s3} vs scikit-image {}", value("ssim_3d"));
+    let p3 = psnr(&est, &reference, 96.0);
+    assert!((p3 - value("psnr_3d")).abs() < 1e-4, "PSNR 3D {p3} vs {}", value("psnr_3d"));
+}
+
+/// A small denoising recipe on CT_small: Gaussian noise of 150 HU, test rows 0–23, validation rows 104–127.
+fn small_recipe(extra: &str) -> EnhanceRecipe {
+    let text = format!(
+        r#"
+        task = "enhancement"
+        seed = 3
+        [data]
+        images = [{{ id = "ct", image = "dicom/single/CT_small.dcm" }}]
+        intensity = [-1024.0, 3072.0]
+        test_band = {{ axis = 1, start = 0, end = 24 }}
+        val_band = {{ axis = 1, start = 104, end = 128 }}
+        train_realisations = 4
+        eval_realisations = 2
+        [degrade]
+        model = "gaussian"
+        sigma = 150.0
+        [model]
+        features = 8
+        [train]
+        epochs = 10
+        iterations = 20
+        batch = 4
+        patch = 32
+        lr = 1e-3
+        {extra}
+        "#
+    );
+    EnhanceRecipe::from_toml(&text, fixtures()).unwrap()
+}
+
+#[test]
+fn red_cnn_learns_to_denoise_a_real_ct_and_beats_the_noisy_input_on_held_out_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let recipe = small_recipe("");
+    let device = Default::default();
+    let outcome =
+        vesalius_enhancement::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet: true, ..Default::default() }, |_| {})
+            .unwrap();
+    assert!(outcome.complete);
+    assert_eq!(outcome.sizes, [1, 2, 2]); // one plane; 2 realisations of the validation and the test band
+    assert_eq!(std::fs::read_to_string(run.log()).unwrap().lines().count(), 10);
+    let m = outcome.test.unwrap();
+    assert_eq!(m.set, "test");
+    assert_eq!(m.bootstrap_unit, "cases of one patient");
+    let psnr = |method: &str| m.methods[method].psnr.value;
+    // 150 HU noise in a 4096 HU window: 20·log10(4096 / 150) = 28.7 dB before anything is done, a little more
+    // after clipping (air at −1000 HU loses the noise below −1024).
+    assert!((28.7..29.3).contains(&psnr("input")), "input PSNR {}", psnr("input"));
+    assert!(psnr("network") > psnr("input") + 3.0, "network {} vs input {}", psnr("network"), psnr("input"));
+    assert!(m.gaussian_sigma > 0.0);
+    assert!(m.psnr_gain["network_over_input"].ci_low > 0.0);
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.metrics()).unwrap()).unwrap();
+    assert_eq!(written["cases"].as_array().unwrap().len(), 2);
+
+    // Prediction keeps the input's grid and improves it.
+    let clean = vesalius_enhancement::data::load_image(&fixtures().join("dicom/single/CT_small.dcm")).unwrap();
+    let noisy = recipe.degrade.apply(&clean, 99).unwrap().image;
+    let enhancer = vesalius_enhancement::infer::Enhancer::<B>::load(&run, &device).unwrap();
+    let out = enhancer.enhance(&noisy).unwrap();
+    assert_eq!((out.shape(), out.affine()), (clean.shape(), clean.affine()));
+    let window = |x: &[f32]| vesalius_enhancement::metrics::clip(x, -1024.0, 3072.0);
+    let before = psnr_of(&window(noisy.data()), &window(clean.data()));
+    let after = psnr_of(&window(out.data()), &window(clean.data()));
+    assert!(after > before + 3.0, "whole-slice PSNR {before} → {after}");
+}
+
+fn psnr_of(x: &[f32], y: &[f32]) -> f64 {
+    psnr(x, y, 4096.0)
+}
+
+#[test]
+fn recipes_with_overlapping_bands_or_missing_test_data_are_refused() {
+    let text = std::fs::read_to_string(fixtures().join("../recipes/ct-denoising.toml")).unwrap();
+    let overlapping = text.replace("start = 104, end = 128", "start = 10, end = 30");
+    let e = EnhanceRecipe::from_toml(&overlapping, fixtures()).unwrap_err().to_string();
+    assert!(e.contains("overlap"), "{e}");
+    let no_test = text.replace("test_band = { axis = 1, start = 0, end = 24 }", "");
+    let e = EnhanceRecipe::from_toml(&no_test, fixtures()).unwrap_err().to_string();
+    assert!(e.contains("no test data"), "{e}");
+    assert!(EnhanceRecipe::from_toml(&text, fixtures()).is_ok());
+}
