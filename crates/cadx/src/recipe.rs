@@ -41,9 +41,13 @@ fn default_name() -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// Architecture name (`mlp`, `lenet5`, `alexnet`, `vgg11`, `vgg16`, `googlenet`, `resnet18`, `resnet34`,
-    /// `resnet50`).
+    /// Architecture name (`mlp`, `sae`, `lenet5`, `alexnet`, `vgg11`, `vgg16`, `googlenet`, `resnet18`,
+    /// `resnet34`, `resnet50`).
     pub arch: Arch,
+    /// `sae` only: greedy layer-wise pre-training of the stacked auto-encoder on the training images before
+    /// supervised training (defaults when absent).
+    #[serde(default)]
+    pub pretrain: Option<PretrainSection>,
     /// Input channels; taken from the data when absent (and files are converted to it when present).
     #[serde(default)]
     pub in_channels: Option<usize>,
@@ -51,6 +55,56 @@ pub struct ModelSection {
     /// file sources.
     #[serde(default)]
     pub input_size: Option<usize>,
+}
+
+/// Greedy layer-wise pre-training of an `sae` classifier's encoder (see [`vesalius_train::greedy`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSection {
+    /// Epochs per layer.
+    #[serde(default = "default_pretrain_epochs")]
+    pub epochs: usize,
+    /// Epochs of end-to-end fine-tuning of the stack on reconstruction.
+    #[serde(default = "default_fine_tune_epochs")]
+    pub fine_tune_epochs: usize,
+    /// Samples per step.
+    #[serde(default = "default_pretrain_batch")]
+    pub batch: usize,
+    /// Adam learning rate.
+    #[serde(default = "default_pretrain_lr")]
+    pub lr: f64,
+    /// Fraction of inputs masked to zero (denoising auto-encoder).
+    #[serde(default)]
+    pub corruption: f64,
+    /// KL sparsity penalty (sparse auto-encoder).
+    #[serde(default)]
+    pub sparsity: Option<vesalius_train::greedy::Sparsity>,
+}
+
+fn default_pretrain_epochs() -> usize {
+    10
+}
+fn default_fine_tune_epochs() -> usize {
+    5
+}
+fn default_pretrain_batch() -> usize {
+    64
+}
+fn default_pretrain_lr() -> f64 {
+    1e-3
+}
+
+impl Default for PretrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: default_pretrain_epochs(),
+            fine_tune_epochs: default_fine_tune_epochs(),
+            batch: default_pretrain_batch(),
+            lr: default_pretrain_lr(),
+            corruption: 0.0,
+            sparsity: None,
+        }
+    }
 }
 
 /// Optimisers.
@@ -254,6 +308,9 @@ impl Recipe {
         }
         if self.eval.bootstrap == 0 {
             return Err("eval.bootstrap must be at least 1".into());
+        }
+        if self.model.pretrain.is_some() && self.model.arch != Arch::Sae {
+            return Err("model.pretrain applies to arch = \"sae\" only".into());
         }
         Ok(())
     }

@@ -14,8 +14,9 @@ use vesalius_data::dataset::ClassificationDataset;
 use vesalius_data::source::{self, Samples, SourceConfig, Split};
 use vesalius_data::split;
 use vesalius_eval::classification::{ClassificationReport, point_metrics};
-use vesalius_nets::{Classifier, ClassifierConfig};
+use vesalius_nets::{Arch, Autoencoder, AutoencoderConfig, Classifier, ClassifierConfig, SAE_HIDDEN};
 use vesalius_train::engine::{self, RunOptions};
+use vesalius_train::greedy::{GreedyConfig, train_stacked};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, Stepper, Task, Validation};
 
@@ -131,21 +132,28 @@ pub fn resume_rules(recipe: &Recipe) -> ResumeRules {
 }
 
 /// The classification task for the training engine.
-struct CadxTask<'a> {
+struct CadxTask<'a, B: AutodiffBackend> {
     recipe: &'a Recipe,
     data: &'a PreparedData,
     info: &'a RunInfo,
     weights: Option<Vec<f32>>,
     batcher: ClassificationBatcher,
     val_targets: vesalius_eval::classification::Targets,
+    pretrained: Option<Autoencoder<B>>,
 }
 
-impl<B: AutodiffBackend> Task<B> for CadxTask<'_> {
+impl<B: AutodiffBackend> Task<B> for CadxTask<'_, B> {
     type Model = Classifier<B>;
     type Error = CadxError;
 
     fn init_model(&mut self, device: &B::Device) -> Result<Classifier<B>, CadxError> {
-        self.info.model.init(device).map_err(|e| CadxError::Input(format!("model: {e}")))
+        let model = self.info.model.init(device).map_err(|e| CadxError::Input(format!("model: {e}")))?;
+        Ok(match (model, &self.pretrained) {
+            (Classifier::Sae(m), Some(ae)) => {
+                Classifier::Sae(m.with_encoder(ae).map_err(|e| CadxError::Internal(format!("pre-trained encoder: {e}")))?)
+            }
+            (m, _) => m,
+        })
     }
 
     fn epochs(&self) -> usize {
@@ -203,6 +211,62 @@ impl<B: AutodiffBackend> Task<B> for CadxTask<'_> {
     }
 }
 
+/// Greedy layer-wise pre-training of an `sae` classifier's stacked auto-encoder on the training images (never the
+/// validation or test images), kept as `pretrain/autoencoder.mpk` with every stage's losses in
+/// `pretrain/log.jsonl`; a run that resumes reads them back instead of training again.
+pub fn pretrain<B: AutodiffBackend>(
+    recipe: &Recipe,
+    data: &PreparedData,
+    run: &RunDir,
+    device: &B::Device,
+    quiet: bool,
+) -> Result<Option<Autoencoder<B>>, CadxError> {
+    if recipe.model.arch != Arch::Sae {
+        return Ok(None);
+    }
+    let p = recipe.model.pretrain.clone().unwrap_or_default();
+    let (channels, size) = (data.train.channels, data.train.size);
+    let dim = channels * size * size;
+    let batcher = ClassificationBatcher { channels, size, augment: None };
+    let mut rows = Vec::with_capacity(data.train.len() * dim);
+    for chunk in (0..data.train.len()).collect::<Vec<_>>().chunks(256) {
+        let items: Vec<SeededItem> = chunk.iter().filter_map(|&i| data.train.get(i).map(|item| SeededItem { item, seed: 0 })).collect();
+        let batch: ClassificationBatch<B::InnerBackend> = batcher.batch(items, device);
+        rows.extend(batch.images.flatten::<2>(1, 3).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default());
+    }
+    // A sigmoid reconstruction for data in [0, 1]; a linear one otherwise.
+    let sigmoid_output = rows.iter().all(|v| (0.0..=1.0).contains(v));
+    let model_path = run.file("pretrain/autoencoder.mpk");
+    if model_path.is_file() {
+        let template = AutoencoderConfig::new(dim, SAE_HIDDEN.to_vec()).with_sigmoid_output(sigmoid_output).init::<B>(device);
+        return Ok(Some(engine::load_module(template, &model_path, device)?));
+    }
+    let config = GreedyConfig {
+        hidden: SAE_HIDDEN.to_vec(),
+        epochs: p.epochs,
+        fine_tune_epochs: p.fine_tune_epochs,
+        batch: p.batch,
+        lr: p.lr,
+        corruption: p.corruption,
+        sparsity: p.sparsity,
+        sigmoid_output,
+        seed: recipe.seed,
+    };
+    let mut lines = String::new();
+    let ae = train_stacked::<B>(&rows, dim, &config, device, |r| {
+        lines.push_str(&serde_json::to_string(r).unwrap_or_default());
+        lines.push('\n');
+        if !quiet {
+            eprintln!("pre-training {:<10} epoch {:>3}  reconstruction loss {:.5}", r.stage, r.epoch, r.loss);
+        }
+    })
+    .map_err(|e| CadxError::Input(e.to_string()))?;
+    std::fs::create_dir_all(run.file("pretrain")).map_err(|e| CadxError::Internal(format!("{}: {e}", run.file("pretrain").display())))?;
+    vesalius_io::write_atomic(&run.file("pretrain/log.jsonl"), lines.as_bytes()).map_err(|e| CadxError::Internal(e.to_string()))?;
+    engine::save_module(&ae, &model_path)?;
+    Ok(Some(ae))
+}
+
 /// Trains `recipe` into the run directory `out` on the training engine, resuming from its last complete
 /// checkpoint when it holds a run of the same recipe, then evaluates the best model on the test split and writes
 /// `metrics.json`.
@@ -217,8 +281,10 @@ pub fn train<B: AutodiffBackend>(
     let data = prepare_data(recipe)?;
     let info = run_info(recipe, &data);
     run.write_info(&info).map_err(|e| CadxError::Internal(e.to_string()))?;
+    let pretrained = pretrain::<B>(recipe, &data, &run, device, options.quiet)?;
     let t = &recipe.train;
     let mut task = CadxTask {
+        pretrained,
         recipe,
         data: &data,
         info: &info,

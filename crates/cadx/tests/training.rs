@@ -267,3 +267,34 @@ fn a_diverging_run_stops_with_its_epoch_and_resumes_with_a_smaller_learning_rate
     assert_eq!(out.epochs, 3);
     assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count(), 3);
 }
+
+#[test]
+fn sae_is_pretrained_greedily_then_trained_and_resumes_to_the_same_result() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("squares.npz");
+    squares_npz(&npz, [300, 100, 200], 1, false);
+    let text = format!(
+        "name = \"sae\"\nseed = 5\n[data]\nkind = \"medmnist\"\npath = {npz:?}\n[model]\narch = \"sae\"\npretrain = {{ epochs = 4, fine_tune_epochs = 2, batch = 32, corruption = 0.2 }}\n[train]\nepochs = 4\nbatch_size = 32\noptimizer = {{ kind = \"adam\", lr = 0.001 }}\n[eval]\nbootstrap = 200\n"
+    );
+    let r = Recipe::from_toml(&text).unwrap();
+    let whole = dir.path().join("whole");
+    let a = train::<AB>(&r, &whole, &Default::default(), &quiet()).unwrap();
+    assert!(a.test.metrics["auc"].value > 0.95, "{:?}", a.test.metrics);
+    // The layer-wise losses are logged: 4 epochs of each of the two layers, then 2 of fine-tuning.
+    let log = std::fs::read_to_string(whole.join("pretrain/log.jsonl")).unwrap();
+    let stages: Vec<String> =
+        log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["stage"].as_str().unwrap().to_string()).collect();
+    assert_eq!(stages, ["layer-1"; 4].into_iter().chain(["layer-2"; 4]).chain(["fine-tune"; 2]).collect::<Vec<_>>());
+    let losses: Vec<f64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
+    assert!(losses[3] < losses[0] && losses[7] < losses[4], "{losses:?}");
+    // Interrupted after one supervised epoch, the run reads the pre-trained encoder back and ends the same.
+    let parts = dir.path().join("parts");
+    train::<AB>(&r, &parts, &Default::default(), &TrainOptions { quiet: true, stop_after: Some(1), ..Default::default() }).unwrap();
+    let b = train::<AB>(&r, &parts, &Default::default(), &quiet()).unwrap();
+    assert_eq!(a.test, b.test);
+    assert_eq!(std::fs::read(whole.join("model.mpk")).unwrap(), std::fs::read(parts.join("model.mpk")).unwrap());
+    // Pre-training settings belong to `sae` only.
+    let e = Recipe::from_toml(&text.replace("arch = \"sae\"", "arch = \"mlp\"")).unwrap_err();
+    assert!(e.contains("model.pretrain"), "{e}");
+}

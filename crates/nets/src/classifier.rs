@@ -5,8 +5,8 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AlexNet, AlexNetConfig, GoogLeNet, GoogLeNetConfig, LeNet5, LeNet5Config, Mlp, MlpConfig, ResNet, ResNetConfig, ResNetDepth, Vgg,
-    VggConfig, VggDepth,
+    AlexNet, AlexNetConfig, GoogLeNet, GoogLeNetConfig, LeNet5, LeNet5Config, Mlp, MlpConfig, ResNet, ResNetConfig, ResNetDepth,
+    SaeClassifier, Vgg, VggConfig, VggDepth,
 };
 
 /// The classification architectures, by the names recipes use (`"resnet18"`, `"lenet5"`, …).
@@ -31,12 +31,28 @@ pub enum Arch {
     ResNet34,
     /// [`ResNet`] with 50 layers.
     ResNet50,
+    /// [`SaeClassifier`]: the encoder of a stacked auto-encoder (hidden layers [`SAE_HIDDEN`]) and a linear head;
+    /// classification recipes pre-train the encoder greedily, layer by layer, before training end to end.
+    Sae,
 }
+
+/// Hidden widths of [`Arch::Sae`]'s encoder.
+pub const SAE_HIDDEN: [usize; 2] = [256, 64];
 
 impl Arch {
     /// Every architecture, in order of size.
-    pub const ALL: [Arch; 9] =
-        [Arch::Mlp, Arch::LeNet5, Arch::AlexNet, Arch::Vgg11, Arch::Vgg16, Arch::GoogLeNet, Arch::ResNet18, Arch::ResNet34, Arch::ResNet50];
+    pub const ALL: [Arch; 10] = [
+        Arch::Mlp,
+        Arch::Sae,
+        Arch::LeNet5,
+        Arch::AlexNet,
+        Arch::Vgg11,
+        Arch::Vgg16,
+        Arch::GoogLeNet,
+        Arch::ResNet18,
+        Arch::ResNet34,
+        Arch::ResNet50,
+    ];
 }
 
 /// A configuration that cannot be built.
@@ -88,6 +104,7 @@ impl ClassifierConfig {
         let (c, k, s) = (self.in_channels, self.classes, self.input_size);
         Ok(match self.arch {
             Arch::Mlp => Classifier::Mlp(MlpConfig::new(c * s * s, k).init(device)),
+            Arch::Sae => Classifier::Sae(SaeClassifier::new(c * s * s, &SAE_HIDDEN, k, device)),
             Arch::LeNet5 => Classifier::LeNet5(LeNet5Config::new(c, k).with_input_size(s).init(device)),
             Arch::AlexNet => Classifier::AlexNet(AlexNetConfig::new(c, k).with_input_size(s).init(device)),
             Arch::Vgg11 => Classifier::Vgg(VggConfig::new(VggDepth::Vgg11, c, k).with_input_size(s).init(device)),
@@ -115,6 +132,8 @@ pub enum Classifier<B: Backend> {
     GoogLeNet(GoogLeNet<B>),
     /// ResNet-18, 34 or 50.
     ResNet(ResNet<B>),
+    /// A stacked auto-encoder's encoder with a linear head.
+    Sae(SaeClassifier<B>),
 }
 
 impl<B: Backend> Classifier<B> {
@@ -127,6 +146,7 @@ impl<B: Backend> Classifier<B> {
             Classifier::Vgg(m) => m.forward(x),
             Classifier::GoogLeNet(m) => m.forward(x),
             Classifier::ResNet(m) => m.forward(x),
+            Classifier::Sae(m) => m.forward(x),
         }
     }
 

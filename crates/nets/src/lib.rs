@@ -50,9 +50,11 @@ pub mod record;
 
 pub use affine_net::{AffineNet, AffineNetConfig, warp_by_affine};
 pub use alexnet::{AlexNet, AlexNetConfig};
-pub use autoencoder::{Autoencoder, AutoencoderConfig, ConvAutoencoder, ConvAutoencoderConfig, kl_sparsity};
+pub use autoencoder::{
+    Autoencoder, AutoencoderConfig, AutoencoderLayer, ConvAutoencoder, ConvAutoencoderConfig, SaeClassifier, kl_sparsity,
+};
 pub use blocks::ConvBnRelu;
-pub use classifier::{Arch, Classifier, ClassifierConfig, ConfigError, trainable_params};
+pub use classifier::{Arch, Classifier, ClassifierConfig, ConfigError, SAE_HIDDEN, trainable_params};
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, Inception};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};

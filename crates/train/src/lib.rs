@@ -6,6 +6,8 @@
 //!   bit-identical results, best-model selection, early stopping, divergence handling, progress bars and one
 //!   `log.jsonl` schema.
 //! * [`recipe`]: which keys of a recipe differ from a run's, and whether the run may resume with them.
+//! * [`greedy`]: greedy layer-wise training of stacked (denoising, sparse) auto-encoders, then end-to-end
+//!   fine-tuning, with every stage's losses reported.
 //! * [`ids`]: parameter ids derived from parameter paths, so identical models are identical files.
 //! * [`progress`]: progress bars with ETA, drawn only on a terminal.
 //! * [`sliding`]: inference over whole volumes window by window with bounded memory (Gaussian importance,
@@ -13,6 +15,7 @@
 //!
 //! The engine's own example trains a linear unit end to end: see [`engine`].
 pub mod engine;
+pub mod greedy;
 pub mod ids;
 pub mod progress;
 pub mod recipe;
