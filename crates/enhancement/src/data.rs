@@ -9,8 +9,9 @@ use rand_chacha::ChaCha8Rng;
 use vesalius_io::Image;
 
 use crate::EnhanceError;
+use crate::baselines::bspline_upsample;
 use crate::degrade::Degradation;
-use crate::recipe::{Band, EnhanceRecipe, ImageEntry};
+use crate::recipe::{Band, EnhanceRecipe, ImageEntry, IntensityScheme, IntensitySpec};
 
 /// Planes of a volume: the two in-plane voxel axes (the first varies fastest in a plane) and the third axis
 /// that numbers the planes.
@@ -72,6 +73,23 @@ pub struct Intensity {
 }
 
 impl Intensity {
+    /// The mapping of `spec` for an image whose values are `data`.
+    pub fn of(spec: &IntensitySpec, data: &[f32]) -> Self {
+        match spec {
+            IntensitySpec::Range([low, high]) => Self { low: *low, high: *high },
+            IntensitySpec::Scheme(IntensityScheme::Percentile) => {
+                let mut v: Vec<f32> = data.iter().copied().filter(|x| x.is_finite()).collect();
+                let high = if v.is_empty() {
+                    1.0
+                } else {
+                    let k = ((v.len() - 1) as f64 * 0.995).round() as usize;
+                    *v.select_nth_unstable_by(k, f32::total_cmp).1
+                };
+                Self { low: 0.0, high: if high > 0.0 { high } else { 1.0 } }
+            }
+        }
+    }
+
     /// `(x − low) / (high − low)`.
     pub fn normalise(&self, x: &[f32]) -> Vec<f32> {
         let s = 1.0 / (self.high - self.low);
@@ -154,6 +172,11 @@ pub struct EvalCase {
     pub degraded: Vec<f32>,
     /// Scored rectangle `[x0, x1) × [y0, y1)`.
     pub rect: [usize; 4],
+    /// The case's intensity mapping.
+    pub intensity: Intensity,
+    /// Classic baselines computed on the whole volume (normalised): cubic B-spline interpolation for
+    /// super-resolution.
+    pub baselines: Vec<(String, Vec<f32>)>,
 }
 
 impl EvalCase {
@@ -173,8 +196,15 @@ pub struct Prepared {
     pub val: Vec<EvalCase>,
     /// Test cases.
     pub test: Vec<EvalCase>,
-    /// The normalisation.
-    pub intensity: Intensity,
+    /// Whether metrics are taken in normalised units (per-image schemes) rather than the images' own.
+    pub normalised_metrics: bool,
+}
+
+impl Prepared {
+    /// Values of a case's plane in the units metrics are taken in.
+    pub fn metric_units(&self, case: &EvalCase, plane: &[f32]) -> Vec<f32> {
+        if self.normalised_metrics { plane.to_vec() } else { case.intensity.restore(plane) }
+    }
 }
 
 /// Which set a degradation realisation is drawn for (each has its own random streams).
@@ -187,6 +217,31 @@ enum Role {
 
 fn realisation_seed(seed: u64, role: Role, image: usize, r: usize) -> u64 {
     vesalius_io::mix(seed ^ vesalius_io::mix((role as u64) << 40 ^ (image as u64) << 16 ^ r as u64))
+}
+
+/// Loads a recipe image, reoriented as the recipe asks.
+pub fn load_recipe_image(recipe: &EnhanceRecipe, path: &std::path::Path) -> Result<Image, EnhanceError> {
+    let img = load_image(path)?;
+    match &recipe.data.orientation {
+        Some(o) => Ok(vesalius_io::geometry::reorient(&img, o).map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))?),
+        None => Ok(img),
+    }
+}
+
+/// Cubic B-spline interpolation of a coarse image onto the grid whose blocks (of the model's coarsening) are its
+/// voxels; `None` for models that keep the grid.
+pub fn bspline_fine(model: &Degradation, coarse: &Image) -> Option<(Vec<f32>, Vec<usize>)> {
+    let axes = coarsening(model);
+    if axes.is_empty() {
+        return None;
+    }
+    let (mut data, mut shape) = (coarse.data().to_vec(), coarse.shape().to_vec());
+    for (axis, factor) in axes {
+        if axis < shape.len() {
+            (data, shape) = bspline_upsample(&data, &shape, axis, factor);
+        }
+    }
+    Some((data, shape))
 }
 
 /// Loads an image file or DICOM series folder.
@@ -202,13 +257,38 @@ pub fn load_image(path: &std::path::Path) -> Result<Image, EnhanceError> {
     Ok(img)
 }
 
-/// The degraded realisation of `clean` on the clean grid.
-pub fn degrade_on_grid(model: &Degradation, clean: &Image, seed: u64) -> Result<Image, EnhanceError> {
+/// The degraded realisation of `clean` as the network sees it, on the clean grid, with the whole-volume baselines
+/// of that realisation. Where the model coarsens the grid, the network's input is the coarse image's cubic
+/// B-spline interpolation onto the fine grid, and linear interpolation is kept as a baseline (`linear`).
+pub fn degrade_on_grid(model: &Degradation, clean: &Image, seed: u64) -> Result<(Image, Vec<(String, Vec<f32>)>), EnhanceError> {
     let d = model.apply(clean, seed)?.image;
-    if model.same_grid() {
-        return Ok(d);
+    let Some((spline, covered)) = bspline_fine(model, &d) else {
+        return Ok((d, Vec::new()));
+    };
+    let linear = vesalius_io::geometry::resample_onto(&d, clean.shape(), clean.affine(), false)?;
+    // The fine grid of the coarse image covers only whole blocks: voxels beyond them repeat the last one.
+    let input = Image::new(fit_to(&spline, &covered, clean.shape()), clean.shape().to_vec(), 1, *clean.affine(), "float32")?;
+    Ok((input, vec![("linear".to_string(), linear.into_data())]))
+}
+
+/// The axes and factors by which a model coarsens the grid.
+pub fn coarsening(model: &Degradation) -> Vec<(usize, usize)> {
+    match *model {
+        Degradation::ThickSlice { factor, axis } => vec![(axis, factor)],
+        Degradation::Downsample { factor } => vec![(0, factor), (1, factor)],
+        _ => Vec::new(),
     }
-    Ok(vesalius_io::geometry::resample_onto(&d, clean.shape(), clean.affine(), false)?)
+}
+
+/// `data` of `shape` placed in an array of `target` shape from the origin (extra voxels edge-replicated).
+fn fit_to(data: &[f32], shape: &[usize], target: &[usize]) -> Vec<f32> {
+    let s = dims3(shape);
+    let mut out = vec![0.0f32; target.iter().product()];
+    vesalius_io::geometry::for_each_index(target, |i, idx| {
+        let at = |a: usize| idx.get(a).copied().unwrap_or(0).min(s[a] - 1);
+        out[i] = data[at(0) + s[0] * (at(1) + s[1] * at(2))];
+    });
+    out
 }
 
 /// The plane axes of the recipe (default `[0, 1]`).
@@ -220,7 +300,6 @@ pub fn plane_axes(recipe: &EnhanceRecipe) -> Result<PlaneAxes, EnhanceError> {
 /// Degrades, normalises and cuts the recipe's images into training planes and validation/test cases.
 pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
     let d = &recipe.data;
-    let intensity = Intensity { low: d.intensity[0], high: d.intensity[1] };
     let axes = plane_axes(recipe)?;
     let model = &recipe.degrade;
     let patch = recipe.train.patch;
@@ -228,7 +307,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
     let bands: Vec<(Band, Role)> =
         [(d.val_band, Role::Val), (d.test_band, Role::Test)].into_iter().filter_map(|(b, r)| b.map(|b| (b, r))).collect();
     for (idx, entry) in d.images.iter().enumerate() {
-        let clean = load_image(&entry.image)?;
+        let clean = load_recipe_image(recipe, &entry.image)?;
         let shape = dims3(clean.shape());
         for (band, _) in &bands {
             if band.end > shape[band.axis] {
@@ -241,10 +320,11 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
                 )));
             }
         }
+        let intensity = Intensity::of(&d.intensity, clean.data());
         let mut realisations = Vec::with_capacity(d.train_realisations);
         for r in 0..d.train_realisations {
-            realisations
-                .push(intensity.normalise(degrade_on_grid(model, &clean, realisation_seed(recipe.seed, Role::Train, idx, r))?.data()));
+            let (deg, _) = degrade_on_grid(model, &clean, realisation_seed(recipe.seed, Role::Train, idx, r))?;
+            realisations.push(intensity.normalise(deg.data()));
         }
         let clean_n = intensity.normalise(clean.data());
         for k in 0..shape[axes.across] {
@@ -262,7 +342,9 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
         for &(band, role) in &bands {
             let cases = if role == Role::Val { &mut val } else { &mut test };
             for r in 0..d.eval_realisations {
-                let deg = intensity.normalise(degrade_on_grid(model, &clean, realisation_seed(recipe.seed, role, idx, r))?.data());
+                let (deg, baselines) = degrade_on_grid(model, &clean, realisation_seed(recipe.seed, role, idx, r))?;
+                let deg = intensity.normalise(deg.data());
+                let baselines: Vec<(String, Vec<f32>)> = baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
                 for k in 0..shape[axes.across] {
                     if band.axis == axes.across && !band.contains(k) {
                         continue;
@@ -283,6 +365,8 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
                         clean: c,
                         degraded: extract_plane(&deg, shape, axes, k).2,
                         rect,
+                        intensity,
+                        baselines: baselines.iter().map(|(n, b)| (n.clone(), extract_plane(b, shape, axes, k).2)).collect(),
                     });
                 }
             }
@@ -296,10 +380,11 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
     for (entries, role) in [(&d.val, Role::Val), (&d.test, Role::Test)] {
         let cases = if role == Role::Val { &mut val } else { &mut test };
         for (idx, entry) in entries.iter().enumerate() {
-            cases.extend(whole_image_cases(recipe, entry, idx + 1_000, role_seed(recipe.seed, role), axes, intensity)?);
+            cases.extend(whole_image_cases(recipe, entry, idx + 1_000, role_seed(recipe.seed, role), axes)?);
         }
     }
-    Ok(Prepared { train, val, test, intensity })
+    let normalised_metrics = matches!(d.intensity, IntensitySpec::Scheme(_));
+    Ok(Prepared { train, val, test, normalised_metrics })
 }
 
 fn role_seed(seed: u64, role: Role) -> u64 {
@@ -313,15 +398,17 @@ fn whole_image_cases(
     idx: usize,
     seed: u64,
     axes: PlaneAxes,
-    intensity: Intensity,
 ) -> Result<Vec<EvalCase>, EnhanceError> {
-    let clean = load_image(&entry.image)?;
+    let clean = load_recipe_image(recipe, &entry.image)?;
     let shape = dims3(clean.shape());
+    let intensity = Intensity::of(&recipe.data.intensity, clean.data());
     let clean_n = intensity.normalise(clean.data());
     let mut out = Vec::new();
     for r in 0..recipe.data.eval_realisations {
         let s = vesalius_io::mix(seed ^ ((idx as u64) << 16) ^ r as u64);
-        let deg = intensity.normalise(degrade_on_grid(&recipe.degrade, &clean, s)?.data());
+        let (deg, baselines) = degrade_on_grid(&recipe.degrade, &clean, s)?;
+        let deg = intensity.normalise(deg.data());
+        let baselines: Vec<(String, Vec<f32>)> = baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
         for k in 0..shape[axes.across] {
             let (w, h, c) = extract_plane(&clean_n, shape, axes, k);
             let plane_id = if shape[axes.across] > 1 { format!(":{k}") } else { String::new() };
@@ -333,6 +420,8 @@ fn whole_image_cases(
                 clean: c,
                 degraded: extract_plane(&deg, shape, axes, k).2,
                 rect: [0, w, 0, h],
+                intensity,
+                baselines: baselines.iter().map(|(n, b)| (n.clone(), extract_plane(b, shape, axes, k).2)).collect(),
             });
         }
     }

@@ -60,18 +60,35 @@ pub struct EnhanceMetrics {
     pub degradation: Degradation,
     /// Evaluation window; PSNR's data range is its width.
     pub window: [f32; 2],
-    /// σ (pixels) of the Gaussian-filter baseline, chosen on the validation cases.
-    pub gaussian_sigma: f64,
+    /// σ (pixels) of the Gaussian-filter baseline (denoising models), chosen on the validation cases.
+    pub gaussian_sigma: Option<f64>,
     /// What the intervals resample (`patients`, `cases`, or `cases of one patient`).
     pub bootstrap_unit: String,
     /// Clusters resampled.
     pub clusters: usize,
-    /// Method (`input`, `gaussian`, `network`) → summary.
+    /// What `input` is: the degraded image the network sees.
+    pub input: String,
+    /// Method → summary: `input`, `gaussian` (a Gaussian filter of the input, denoising models), `linear` (linear
+    /// interpolation of the coarse image, super-resolution), `network`.
     pub methods: BTreeMap<String, MethodSummary>,
-    /// Mean paired PSNR gain, dB: `network_over_input`, `network_over_gaussian`.
+    /// Mean paired PSNR gain of the network over each other method, dB (`network_over_input`, …).
     pub psnr_gain: BTreeMap<String, Estimate>,
+    /// Mean PSNR and SSIM of each method for each patient (with few patients the pooled interval says little).
+    pub by_patient: BTreeMap<String, BTreeMap<String, [f64; 2]>>,
     /// Every case.
     pub cases: Vec<CaseScores>,
+}
+
+/// What the network's input is for a degradation model.
+pub fn input_description(model: &Degradation) -> String {
+    match model {
+        Degradation::LowDoseCt { .. } => "the low-dose reconstruction".into(),
+        Degradation::ThickSlice { .. } | Degradation::Downsample { .. } => {
+            "cubic B-spline interpolation of the coarse image onto the fine grid".into()
+        }
+        Degradation::Kspace { .. } => "the zero-filled reconstruction (magnitude)".into(),
+        Degradation::Gaussian { .. } | Degradation::Rician { .. } => "the noisy image".into(),
+    }
 }
 
 /// The Gaussian baseline's σ: the best mean validation PSNR over [`SIGMA_GRID`].
@@ -80,9 +97,9 @@ pub fn gaussian_sigma(val: &[EvalCase], data: &Prepared, window: [f32; 2]) -> f6
     choose_sigma(&SIGMA_GRID, |sigma| {
         val.iter()
             .map(|c| {
-                let f = data.intensity.restore(&gaussian_in_plane(&c.degraded, &[c.w, c.h], sigma));
+                let f = data.metric_units(c, &gaussian_in_plane(&c.degraded, &[c.w, c.h], sigma));
                 let (est, _) = c.crop(&f);
-                let (reference, _) = c.crop(&data.intensity.restore(&c.clean));
+                let (reference, _) = c.crop(&data.metric_units(c, &c.clean));
                 psnr(&clip(&est, window[0], window[1]), &clip(&reference, window[0], window[1]), range)
             })
             .sum::<f64>()
@@ -141,7 +158,8 @@ pub fn evaluate_prepared<B: Backend>(
     let net = load_best::<B>(run, info, device)?;
     let state = vesalius_train::engine::read_state(run)?;
     let window = info.window;
-    let sigma = gaussian_sigma(&data.val, data, window);
+    let denoising = matches!(info.degradation, Degradation::LowDoseCt { .. } | Degradation::Gaussian { .. } | Degradation::Rician { .. });
+    let sigma = denoising.then(|| gaussian_sigma(&data.val, data, window));
     let cases = match set {
         EvalSet::Test => &data.test,
         EvalSet::Validation => &data.val,
@@ -152,12 +170,16 @@ pub fn evaluate_prepared<B: Backend>(
     let bar = vesalius_train::progress::bar(cases.len() as u64, "evaluation", false);
     let mut scores = Vec::with_capacity(cases.len());
     for c in cases {
-        let restore = |x: &[f32]| data.intensity.restore(x);
-        let (reference, shape) = c.crop(&restore(&c.clean));
-        let score = |plane: &[f32]| quality(&c.crop(&restore(plane)).0, &reference, &shape, window);
+        let (reference, shape) = c.crop(&data.metric_units(c, &c.clean));
+        let score = |plane: &[f32]| quality(&c.crop(&data.metric_units(c, plane)).0, &reference, &shape, window);
         let mut methods = BTreeMap::new();
         methods.insert("input".to_string(), score(&c.degraded));
-        methods.insert("gaussian".to_string(), score(&gaussian_in_plane(&c.degraded, &[c.w, c.h], sigma)));
+        if let Some(sigma) = sigma {
+            methods.insert("gaussian".to_string(), score(&gaussian_in_plane(&c.degraded, &[c.w, c.h], sigma)));
+        }
+        for (name, plane) in &c.baselines {
+            methods.insert(name.clone(), score(plane));
+        }
         methods.insert("network".to_string(), score(&enhance_plane(&net, &info.model, &c.degraded, c.w, c.h, device)));
         scores.push(CaseScores { id: c.id.clone(), patient: c.patient.clone(), methods });
         bar.inc(1);
@@ -166,15 +188,33 @@ pub fn evaluate_prepared<B: Backend>(
     let ids: Vec<Option<&str>> = scores.iter().map(|c| Some(c.patient.as_str())).collect();
     let clusters = Clusters::from_ids(&ids);
     let resamples = recipe.eval.bootstrap.unwrap_or(DEFAULT_BOOTSTRAP);
+    let names: Vec<String> = scores[0].methods.keys().cloned().collect();
     let methods: BTreeMap<String, MethodSummary> =
-        ["input", "gaussian", "network"].iter().map(|m| (m.to_string(), summary(&scores, m, &clusters, resamples, recipe.seed))).collect();
+        names.iter().map(|m| (m.clone(), summary(&scores, m, &clusters, resamples, recipe.seed))).collect();
     let gain = |base: &str| {
         let d: Vec<f64> = scores.iter().map(|c| c.methods["network"].psnr - c.methods[base].psnr).collect();
         mean_ci(&d, &clusters, resamples, recipe.seed)
     };
-    let psnr_gain = [("network_over_input".to_string(), gain("input")), ("network_over_gaussian".to_string(), gain("gaussian"))].into();
+    let psnr_gain = names.iter().filter(|n| *n != "network").map(|n| (format!("network_over_{n}"), gain(n))).collect();
+    let mut by_patient: BTreeMap<String, BTreeMap<String, [f64; 2]>> = BTreeMap::new();
+    for patient in scores.iter().map(|c| c.patient.clone()).collect::<std::collections::BTreeSet<_>>() {
+        let mine: Vec<&CaseScores> = scores.iter().filter(|c| c.patient == patient).collect();
+        let means = names
+            .iter()
+            .map(|m| {
+                let mean = |f: fn(&Quality) -> f64| {
+                    let v: Vec<f64> = mine.iter().map(|c| f(&c.methods[m])).filter(|x| x.is_finite()).collect();
+                    v.iter().sum::<f64>() / v.len().max(1) as f64
+                };
+                (m.clone(), [mean(|q| q.psnr), mean(|q| q.ssim)])
+            })
+            .collect();
+        by_patient.insert(patient, means);
+    }
     let m = EnhanceMetrics {
         set: set.name().into(),
+        input: input_description(&info.degradation),
+        by_patient,
         best_epoch: state.and_then(|s| s.best_epoch),
         degradation: info.degradation.clone(),
         window,

@@ -1,6 +1,6 @@
 //! Prediction: a degraded image in, the enhanced image out — on the input's grid for denoising and
 //! reconstruction, on the finer grid whose blocks are the input's voxels for super-resolution (thick-slice and
-//! down-sampling models), where the input is first interpolated linearly and the network refines it.
+//! down-sampling models), where the input is first interpolated by cubic B-splines and the network refines it.
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
@@ -9,7 +9,6 @@ use vesalius_train::RunDir;
 
 use crate::EnhanceError;
 use crate::data::{PlaneAxes, dims3, extract_plane, insert_plane};
-use crate::degrade::Degradation;
 use crate::evaluate::{load_best, read_run};
 use crate::model::{EnhanceNet, enhance_plane};
 use crate::train::EnhanceInfo;
@@ -60,25 +59,20 @@ impl<B: Backend> Enhancer<B> {
         if img.channels() != 1 {
             return Err(EnhanceError::Input(format!("enhancement takes one-channel images (this one has {})", img.channels())));
         }
-        let grid_change: Vec<(usize, usize)> = match self.info.degradation {
-            Degradation::ThickSlice { factor, axis } => vec![(axis, factor)],
-            Degradation::Downsample { factor } => vec![(0, factor), (1, factor)],
-            _ => Vec::new(),
-        };
-        let input = if grid_change.is_empty() {
-            img.clone()
-        } else {
-            let (shape, affine) = fine_grid(img, &grid_change);
-            vesalius_io::geometry::resample_onto(img, &shape, &affine, false)?
+        let grid_change = crate::data::coarsening(&self.info.degradation);
+        let input = match crate::data::bspline_fine(&self.info.degradation, img) {
+            None => img.clone(),
+            Some((data, shape)) => Image::new(data, shape, 1, fine_grid(img, &grid_change).1, "float32")?,
         };
         let shape = dims3(input.shape());
         let axes = PlaneAxes::new(self.info.plane[0], self.info.plane[1])?;
-        let normalised = self.info.intensity.normalise(input.data());
+        let intensity = crate::data::Intensity::of(&self.info.intensity, input.data());
+        let normalised = intensity.normalise(input.data());
         let mut out = vec![0.0f32; normalised.len()];
         for k in 0..shape[axes.across] {
             let (w, h, plane) = extract_plane(&normalised, shape, axes, k);
             let enhanced = enhance_plane(&self.net, &self.info.model, &plane, w, h, &self.device);
-            insert_plane(&mut out, shape, axes, k, &self.info.intensity.restore(&enhanced));
+            insert_plane(&mut out, shape, axes, k, &intensity.restore(&enhanced));
         }
         Ok(Image::new(out, input.shape().to_vec(), 1, *input.affine(), "float32")?)
     }

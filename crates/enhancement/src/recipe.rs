@@ -25,6 +25,24 @@ use serde::{Deserialize, Serialize};
 use crate::EnhanceError;
 use crate::degrade::Degradation;
 
+/// How intensities are mapped for the network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntensitySpec {
+    /// `[low, high]` mapped to [0, 1].
+    Range([f32; 2]),
+    /// A per-image scheme.
+    Scheme(IntensityScheme),
+}
+
+/// Per-image intensity schemes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntensityScheme {
+    /// Divide by the image's 99.5th percentile (metrics are then in those units: window [0, 1]).
+    Percentile,
+}
+
 /// One clean reference image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,8 +97,13 @@ impl Band {
 pub struct DataSection {
     /// Clean reference images that train (outside the held-out bands).
     pub images: Vec<ImageEntry>,
-    /// Intensities mapped to [0, 1] for the network: `(x − low) / (high − low)` (HU for CT).
-    pub intensity: [f32; 2],
+    /// How intensities are mapped for the network: a fixed `[low, high]` mapped to [0, 1] (HU for CT), or
+    /// `"percentile"`: each image divided by its own 99.5th percentile (MR, whose scale differs between scans).
+    pub intensity: IntensitySpec,
+    /// Reorient every image to these axis codes on loading (e.g. `"RAS"`), so that planes and bands mean the
+    /// same anatomical directions in every image.
+    #[serde(default)]
+    pub orientation: Option<String>,
     /// A band of every training image held out for validation (model selection, the baseline's σ).
     #[serde(default)]
     pub val_band: Option<Band>,
@@ -215,7 +238,8 @@ impl Default for TrainSection {
 #[serde(deny_unknown_fields)]
 pub struct EvalSection {
     /// Values are clipped to this window before every metric, and PSNR's data range is its width (default: the
-    /// intensity range).
+    /// intensity range; `[0, 1]` with `intensity = "percentile"`, in units of each reference's 99.5th
+    /// percentile).
     #[serde(default)]
     pub window: Option<[f32; 2]>,
     /// Bootstrap resamples for confidence intervals.
@@ -277,7 +301,10 @@ impl EnhanceRecipe {
 
     /// The evaluation window.
     pub fn eval_window(&self) -> [f32; 2] {
-        self.eval.window.unwrap_or(self.data.intensity)
+        match self.data.intensity {
+            IntensitySpec::Range(r) => self.eval.window.unwrap_or(r),
+            IntensitySpec::Scheme(IntensityScheme::Percentile) => self.eval.window.unwrap_or([0.0, 1.0]),
+        }
     }
 
     /// Checks values that would otherwise fail late.
@@ -291,9 +318,15 @@ impl EnhanceRecipe {
         if d.images.is_empty() {
             return bad("data.images lists no training image".into());
         }
-        let [lo, hi] = d.intensity;
-        if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+        if let IntensitySpec::Range([lo, hi]) = d.intensity
+            && !(lo.is_finite() && hi.is_finite() && hi > lo)
+        {
             return bad(format!("data.intensity must be an increasing pair of finite values, not [{lo}, {hi}]"));
+        }
+        if let Some(o) = &d.orientation
+            && (o.len() != 3 || !o.chars().all(|c| "RLAPSI".contains(c)))
+        {
+            return bad(format!("data.orientation must be three axis codes such as \"RAS\", not \"{o}\""));
         }
         if let Some([a, b]) = self.eval.window
             && !(a.is_finite() && b.is_finite() && b > a)

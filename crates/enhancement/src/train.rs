@@ -14,12 +14,12 @@ use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
 
 use crate::EnhanceError;
-use crate::data::{self, EvalCase, Intensity, Prepared};
+use crate::data::{self, Prepared};
 use crate::degrade::Degradation;
 use crate::evaluate::{self, EnhanceMetrics};
 use crate::metrics::quality;
 use crate::model::{EnhanceNet, build, enhance_plane};
-use crate::recipe::{EnhanceRecipe, ModelSection};
+use crate::recipe::{EnhanceRecipe, IntensitySpec, ModelSection};
 
 /// `run.json` of an enhancement run.
 pub type RunInfo = vesalius_train::run::RunInfo<EnhanceInfo>;
@@ -30,7 +30,7 @@ pub struct EnhanceInfo {
     /// The network.
     pub model: ModelSection,
     /// Intensity normalisation.
-    pub intensity: Intensity,
+    pub intensity: IntensitySpec,
     /// Evaluation window.
     pub window: [f32; 2],
     /// The degradation the network was trained to undo.
@@ -68,20 +68,20 @@ pub struct TrainOutcome {
     pub sizes: [usize; 3],
 }
 
-/// Mean PSNR and SSIM of a network on cases (in the evaluation window).
+/// Mean PSNR and SSIM of a network on the validation cases (in the evaluation window).
 pub fn score_cases<B: burn::tensor::backend::Backend>(
     net: &EnhanceNet<B>,
     spec: &ModelSection,
-    cases: &[EvalCase],
-    intensity: Intensity,
+    data: &Prepared,
     window: [f32; 2],
     device: &B::Device,
 ) -> (f64, f64) {
+    let cases = &data.val;
     let (mut psnr, mut ssim, mut n_ssim) = (0.0, 0.0, 0usize);
     for case in cases {
         let out = enhance_plane(net, spec, &case.degraded, case.w, case.h, device);
-        let (est, shape) = case.crop(&intensity.restore(&out));
-        let (reference, _) = case.crop(&intensity.restore(&case.clean));
+        let (est, shape) = case.crop(&data.metric_units(case, &out));
+        let (reference, _) = case.crop(&data.metric_units(case, &case.clean));
         let q = quality(&est, &reference, &shape, window);
         psnr += q.psnr;
         if q.ssim.is_finite() {
@@ -149,7 +149,7 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
         _epoch: usize,
         device: &B::Device,
     ) -> Result<Option<Validation>, EnhanceError> {
-        let (psnr, ssim) = score_cases(model, &self.recipe.model, &self.data.val, self.data.intensity, self.recipe.eval_window(), device);
+        let (psnr, ssim) = score_cases(model, &self.recipe.model, self.data, self.recipe.eval_window(), device);
         Ok(Some(Validation::new().metric("psnr", psnr).metric("ssim", ssim).score(psnr)))
     }
 }
@@ -161,7 +161,7 @@ pub fn run_info(recipe: &EnhanceRecipe) -> Result<RunInfo, EnhanceError> {
         "enhancement",
         EnhanceInfo {
             model: recipe.model.clone(),
-            intensity: Intensity { low: recipe.data.intensity[0], high: recipe.data.intensity[1] },
+            intensity: recipe.data.intensity.clone(),
             window: recipe.eval_window(),
             degradation: recipe.degrade.clone(),
             plane: [axes.u, axes.v],

@@ -91,7 +91,7 @@ fn red_cnn_learns_to_denoise_a_real_ct_and_beats_the_noisy_input_on_held_out_row
     // after clipping (air at −1000 HU loses the noise below −1024).
     assert!((28.7..29.3).contains(&psnr("input")), "input PSNR {}", psnr("input"));
     assert!(psnr("network") > psnr("input") + 3.0, "network {} vs input {}", psnr("network"), psnr("input"));
-    assert!(m.gaussian_sigma > 0.0);
+    assert!(m.gaussian_sigma.unwrap() > 0.0);
     assert!(m.psnr_gain["network_over_input"].ci_low > 0.0);
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.metrics()).unwrap()).unwrap();
     assert_eq!(written["cases"].as_array().unwrap().len(), 2);
@@ -122,4 +122,58 @@ fn recipes_with_overlapping_bands_or_missing_test_data_are_refused() {
     let e = EnhanceRecipe::from_toml(&no_test, fixtures()).unwrap_err().to_string();
     assert!(e.contains("no test data"), "{e}");
     assert!(EnhanceRecipe::from_toml(&text, fixtures()).is_ok());
+}
+
+#[test]
+fn through_plane_super_resolution_predicts_on_the_fine_grid_and_reports_the_interpolations() {
+    let text = r#"
+        task = "enhancement"
+        seed = 1
+        [data]
+        images = [{ id = "t1", image = "nifti/itk-examples/KmeansTest_T1UCharRaw.nii.gz" }]
+        intensity = "percentile"
+        orientation = "RAS"
+        plane = [0, 2]
+        val_band = { axis = 1, start = 40, end = 44 }
+        test_band = { axis = 1, start = 20, end = 24 }
+        train_realisations = 1
+        eval_realisations = 1
+        [degrade]
+        model = "thick-slice"
+        factor = 4
+        axis = 2
+        [model]
+        features = 4
+        [train]
+        epochs = 2
+        iterations = 3
+        batch = 2
+        patch = 32
+        lr = 1e-3
+    "#;
+    let recipe = EnhanceRecipe::from_toml(text, fixtures()).unwrap();
+    assert_eq!(recipe.eval_window(), [0.0, 1.0]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let device = Default::default();
+    let outcome =
+        vesalius_enhancement::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet: true, ..Default::default() }, |_| {})
+            .unwrap();
+    let m = outcome.test.unwrap();
+    assert!(m.input.contains("B-spline"), "{}", m.input);
+    assert_eq!(m.methods.keys().collect::<Vec<_>>(), ["input", "linear", "network"]);
+    assert!(m.gaussian_sigma.is_none());
+    // Cubic B-splines beat linear interpolation through thick slices of a real brain.
+    assert!(m.psnr_gain["network_over_linear"].value.is_finite());
+    assert!(m.methods["input"].psnr.value > m.methods["linear"].psnr.value, "{:?}", m.methods);
+
+    // A thick image is enhanced on the grid whose 4-blocks are its slices.
+    let t1 = vesalius_enhancement::data::load_recipe_image(&recipe, &recipe.data.images[0].image).unwrap();
+    let thick = recipe.degrade.apply(&t1, 0).unwrap().image;
+    let enhancer = vesalius_enhancement::infer::Enhancer::<B>::load(&run, &device).unwrap();
+    let fine = enhancer.enhance(&thick).unwrap();
+    assert_eq!(fine.shape(), &[thick.shape()[0], thick.shape()[1], 4 * thick.shape()[2]]);
+    for (a, b) in fine.affine().iter().flatten().zip(t1.affine().iter().flatten()) {
+        assert!((a - b).abs() < 1e-9, "the fine grid is the original grid: {:?} vs {:?}", fine.affine(), t1.affine());
+    }
 }

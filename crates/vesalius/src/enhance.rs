@@ -165,20 +165,27 @@ pub fn train(backend: BackendKind, source: &Path, out: Option<PathBuf>, quiet: b
 /// The table `evaluate` prints.
 pub fn format_metrics(m: &vesalius_enhancement::evaluate::EnhanceMetrics) -> String {
     let mut s = format!(
-        "{} set: {} case(s), {} {} resampled; window [{}, {}]; Gaussian σ {} px (chosen on validation)\n",
+        "{} set: {} case(s), {} {} resampled; window [{}, {}]{}\n",
         m.set,
         m.cases.len(),
         m.clusters,
         m.bootstrap_unit,
         m.window[0],
         m.window[1],
-        m.gaussian_sigma
+        m.gaussian_sigma.map_or(String::new(), |s| format!("; Gaussian σ {s} px (chosen on validation)"))
     );
     s.push_str(&format!("  {:<10} {:>26} {:>26} {:>26}\n", "method", "PSNR dB [95 % CI]", "SSIM [95 % CI]", "RMSE [95 % CI]"));
     for (name, q) in &m.methods {
         let e = |e: &vesalius_eval::bootstrap::Estimate, p: usize| format!("{:.p$} [{:.p$}, {:.p$}]", e.value, e.ci_low, e.ci_high);
         s.push_str(&format!("  {:<10} {:>26} {:>26} {:>26}\n", name, e(&q.psnr, 2), e(&q.ssim, 4), e(&q.rmse, 2)));
     }
+    if m.by_patient.len() > 1 {
+        for (patient, methods) in &m.by_patient {
+            let line: Vec<String> = methods.iter().map(|(name, [p, s])| format!("{name} {p:.2} dB / {s:.4}")).collect();
+            s.push_str(&format!("  patient {patient}: {}\n", line.join(", ")));
+        }
+    }
+    s.push_str(&format!("  input: {}\n", m.input));
     for (name, g) in &m.psnr_gain {
         s.push_str(&format!("  PSNR gain {name}: {:.2} dB [{:.2}, {:.2}]\n", g.value, g.ci_low, g.ci_high));
     }
