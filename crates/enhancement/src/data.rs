@@ -174,9 +174,10 @@ pub struct EvalCase {
     pub rect: [usize; 4],
     /// The case's intensity mapping.
     pub intensity: Intensity,
-    /// Classic baselines computed on the whole volume (normalised): cubic B-spline interpolation for
-    /// super-resolution.
+    /// Classic baselines computed on the whole volume (normalised): linear interpolation for super-resolution.
     pub baselines: Vec<(String, Vec<f32>)>,
+    /// The measured k-space lines (k-space models; planes are then whole axial slices).
+    pub lines: Option<Vec<bool>>,
 }
 
 impl EvalCase {
@@ -257,18 +258,34 @@ pub fn load_image(path: &std::path::Path) -> Result<Image, EnhanceError> {
     Ok(img)
 }
 
+/// One degraded realisation of a clean image.
+pub struct Realisation {
+    /// The degraded image as the network sees it, on the clean grid.
+    pub input: Image,
+    /// Whole-volume baselines of this realisation (name, values on the clean grid).
+    pub baselines: Vec<(String, Vec<f32>)>,
+    /// The measured k-space lines (k-space models).
+    pub lines: Option<Vec<bool>>,
+}
+
 /// The degraded realisation of `clean` as the network sees it, on the clean grid, with the whole-volume baselines
 /// of that realisation. Where the model coarsens the grid, the network's input is the coarse image's cubic
 /// B-spline interpolation onto the fine grid, and linear interpolation is kept as a baseline (`linear`).
-pub fn degrade_on_grid(model: &Degradation, clean: &Image, seed: u64) -> Result<(Image, Vec<(String, Vec<f32>)>), EnhanceError> {
-    let d = model.apply(clean, seed)?.image;
+pub fn degrade_on_grid(model: &Degradation, clean: &Image, seed: u64) -> Result<Realisation, EnhanceError> {
+    let degraded = model.apply(clean, seed)?;
+    let d = degraded.image;
+    let lines = degraded.mask.map(|m| {
+        let w = m.shape()[0];
+        let h = m.shape().get(1).copied().unwrap_or(1);
+        (0..h).map(|y| m.data()[w * y] > 0.5).collect()
+    });
     let Some((spline, covered)) = bspline_fine(model, &d) else {
-        return Ok((d, Vec::new()));
+        return Ok(Realisation { input: d, baselines: Vec::new(), lines });
     };
     let linear = vesalius_io::geometry::resample_onto(&d, clean.shape(), clean.affine(), false)?;
     // The fine grid of the coarse image covers only whole blocks: voxels beyond them repeat the last one.
     let input = Image::new(fit_to(&spline, &covered, clean.shape()), clean.shape().to_vec(), 1, *clean.affine(), "float32")?;
-    Ok((input, vec![("linear".to_string(), linear.into_data())]))
+    Ok(Realisation { input, baselines: vec![("linear".to_string(), linear.into_data())], lines })
 }
 
 /// The axes and factors by which a model coarsens the grid.
@@ -323,8 +340,8 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
         let intensity = Intensity::of(&d.intensity, clean.data());
         let mut realisations = Vec::with_capacity(d.train_realisations);
         for r in 0..d.train_realisations {
-            let (deg, _) = degrade_on_grid(model, &clean, realisation_seed(recipe.seed, Role::Train, idx, r))?;
-            realisations.push(intensity.normalise(deg.data()));
+            let real = degrade_on_grid(model, &clean, realisation_seed(recipe.seed, Role::Train, idx, r))?;
+            realisations.push(intensity.normalise(real.input.data()));
         }
         let clean_n = intensity.normalise(clean.data());
         for k in 0..shape[axes.across] {
@@ -342,9 +359,9 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
         for &(band, role) in &bands {
             let cases = if role == Role::Val { &mut val } else { &mut test };
             for r in 0..d.eval_realisations {
-                let (deg, baselines) = degrade_on_grid(model, &clean, realisation_seed(recipe.seed, role, idx, r))?;
-                let deg = intensity.normalise(deg.data());
-                let baselines: Vec<(String, Vec<f32>)> = baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
+                let real = degrade_on_grid(model, &clean, realisation_seed(recipe.seed, role, idx, r))?;
+                let deg = intensity.normalise(real.input.data());
+                let baselines: Vec<(String, Vec<f32>)> = real.baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
                 for k in 0..shape[axes.across] {
                     if band.axis == axes.across && !band.contains(k) {
                         continue;
@@ -367,6 +384,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
                         rect,
                         intensity,
                         baselines: baselines.iter().map(|(n, b)| (n.clone(), extract_plane(b, shape, axes, k).2)).collect(),
+                        lines: real.lines.clone(),
                     });
                 }
             }
@@ -406,9 +424,10 @@ fn whole_image_cases(
     let mut out = Vec::new();
     for r in 0..recipe.data.eval_realisations {
         let s = vesalius_io::mix(seed ^ ((idx as u64) << 16) ^ r as u64);
-        let (deg, baselines) = degrade_on_grid(&recipe.degrade, &clean, s)?;
-        let deg = intensity.normalise(deg.data());
-        let baselines: Vec<(String, Vec<f32>)> = baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
+        let real = degrade_on_grid(&recipe.degrade, &clean, s)?;
+        let deg = intensity.normalise(real.input.data());
+        let lines = real.lines.clone();
+        let baselines: Vec<(String, Vec<f32>)> = real.baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
         for k in 0..shape[axes.across] {
             let (w, h, c) = extract_plane(&clean_n, shape, axes, k);
             let plane_id = if shape[axes.across] > 1 { format!(":{k}") } else { String::new() };
@@ -422,6 +441,7 @@ fn whole_image_cases(
                 rect: [0, w, 0, h],
                 intensity,
                 baselines: baselines.iter().map(|(n, b)| (n.clone(), extract_plane(b, shape, axes, k).2)).collect(),
+                lines: lines.clone(),
             });
         }
     }

@@ -103,6 +103,9 @@ pub struct Degraded {
     pub image: Image,
     /// The k-space sampling mask (1 on kept phase-encoding lines), on the input's grid.
     pub mask: Option<Image>,
+    /// The zero-filled complex image (two channels: real, imaginary) of k-space models — what reconstruction
+    /// networks take.
+    pub complex: Option<Image>,
 }
 
 fn bad(msg: impl Into<String>) -> EnhanceError {
@@ -205,24 +208,25 @@ impl Degradation {
                         *o += (1000.0 * dm as f64 / (MU_WATER * spacing)) as f32;
                     }
                 }
-                Ok(Degraded { image: Image::new(out, img.shape().to_vec(), 1, *img.affine(), "float32")?, mask: None })
+                Ok(Degraded { image: Image::new(out, img.shape().to_vec(), 1, *img.affine(), "float32")?, mask: None, complex: None })
             }
             Degradation::ThickSlice { factor, axis } => {
                 if axis >= img.ndim() {
                     return Err(bad(format!("thick-slice: axis {axis} does not exist in a {}-axis image", img.ndim())));
                 }
-                Ok(Degraded { image: block_mean(img, &[(axis, factor)])?, mask: None })
+                Ok(Degraded { image: block_mean(img, &[(axis, factor)])?, mask: None, complex: None })
             }
             Degradation::Downsample { factor } => {
                 if img.ndim() < 2 {
                     return Err(bad("downsample: the image needs two in-plane axes"));
                 }
-                Ok(Degraded { image: block_mean(img, &[(0, factor), (1, factor)])?, mask: None })
+                Ok(Degraded { image: block_mean(img, &[(0, factor), (1, factor)])?, mask: None, complex: None })
             }
             Degradation::Kspace { acceleration, centre } => {
                 let [w, h, d] = dims3(img);
                 let lines = line_mask(h, acceleration, centre, &mut rng);
                 let mut out = Vec::with_capacity(img.voxels());
+                let (mut re, mut im) = (Vec::with_capacity(img.voxels()), Vec::with_capacity(img.voxels()));
                 for k in 0..d {
                     let mut buf: Vec<Complex32> = img.data()[k * w * h..(k + 1) * w * h].iter().map(|&v| Complex32::new(v, 0.0)).collect();
                     fft2(&mut buf, w, h);
@@ -233,12 +237,16 @@ impl Degradation {
                     }
                     ifft2(&mut buf, w, h);
                     out.extend(buf.iter().map(|v| v.norm()));
+                    re.extend(buf.iter().map(|v| v.re));
+                    im.extend(buf.iter().map(|v| v.im));
                 }
+                re.extend(im);
                 let mask: Vec<f32> =
                     (0..d).flat_map(|_| (0..h).flat_map(|y| std::iter::repeat_n(if lines[y] { 1.0 } else { 0.0 }, w))).collect();
                 Ok(Degraded {
                     image: Image::new(out, img.shape().to_vec(), 1, *img.affine(), "float32")?,
                     mask: Some(Image::new(mask, img.shape().to_vec(), 1, *img.affine(), "uint8")?),
+                    complex: Some(Image::new(re, img.shape().to_vec(), 2, *img.affine(), "float32")?),
                 })
             }
             Degradation::Gaussian { sigma } | Degradation::Rician { sigma } => {
@@ -252,7 +260,7 @@ impl Degradation {
                         (if rician { a.hypot(normal.sample(&mut rng)) } else { a }) as f32
                     })
                     .collect();
-                Ok(Degraded { image: Image::new(out, img.shape().to_vec(), 1, *img.affine(), "float32")?, mask: None })
+                Ok(Degraded { image: Image::new(out, img.shape().to_vec(), 1, *img.affine(), "float32")?, mask: None, complex: None })
             }
         }
     }

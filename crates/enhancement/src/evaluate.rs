@@ -16,8 +16,8 @@ use crate::baselines::{SIGMA_GRID, choose_sigma, gaussian_in_plane};
 use crate::data::{self, EvalCase, Prepared};
 use crate::degrade::Degradation;
 use crate::metrics::{Quality, clip, psnr, quality};
-use crate::model::{EnhanceNet, build, enhance_plane};
-use crate::recipe::EnhanceRecipe;
+use crate::model::{EnhanceNet, build, enhance_plane, reconstruct_plane};
+use crate::recipe::{EnhanceRecipe, ModelSection};
 use crate::train::{EnhanceInfo, RunInfo};
 
 /// Bootstrap resamples by default.
@@ -107,6 +107,18 @@ pub fn gaussian_sigma(val: &[EvalCase], data: &Prepared, window: [f32; 2]) -> f6
     })
 }
 
+/// The network's output on a case (normalised): the CRNN reconstructs from the case's measured k-space lines, the
+/// other networks enhance the degraded plane.
+pub fn network_on_case<B: Backend>(net: &EnhanceNet<B>, spec: &ModelSection, c: &EvalCase, device: &B::Device) -> Vec<f32> {
+    match (net, &c.lines) {
+        (EnhanceNet::Crnn(_), Some(lines)) => {
+            let (k0, x0) = crate::kspace::measure(&c.clean, c.w, c.h, lines);
+            reconstruct_plane(net, &x0, &k0, lines, c.w, c.h, device)
+        }
+        _ => enhance_plane(net, spec, &c.degraded, c.w, c.h, device),
+    }
+}
+
 /// Loads the best model of a run.
 pub fn load_best<B: Backend>(run: &RunDir, info: &EnhanceInfo, device: &B::Device) -> Result<EnhanceNet<B>, EnhanceError> {
     Ok(vesalius_train::engine::load_module(build::<B>(&info.model, device), &run.best_model(), device)?)
@@ -180,7 +192,7 @@ pub fn evaluate_prepared<B: Backend>(
         for (name, plane) in &c.baselines {
             methods.insert(name.clone(), score(plane));
         }
-        methods.insert("network".to_string(), score(&enhance_plane(&net, &info.model, &c.degraded, c.w, c.h, device)));
+        methods.insert("network".to_string(), score(&network_on_case(&net, &info.model, c, device)));
         scores.push(CaseScores { id: c.id.clone(), patient: c.patient.clone(), methods });
         bar.inc(1);
     }

@@ -10,7 +10,7 @@ use vesalius_train::RunDir;
 use crate::EnhanceError;
 use crate::data::{PlaneAxes, dims3, extract_plane, insert_plane};
 use crate::evaluate::{load_best, read_run};
-use crate::model::{EnhanceNet, enhance_plane};
+use crate::model::{EnhanceNet, enhance_plane, reconstruct_plane};
 use crate::train::EnhanceInfo;
 
 /// The fine grid (shape, affine) whose `factor`-blocks along `axes` are the voxels of a coarse image — the
@@ -54,8 +54,13 @@ impl<B: Backend> Enhancer<B> {
         &self.info
     }
 
-    /// The enhanced image (float32).
+    /// The enhanced image (float32). A CRNN run reconstructs from k-space: see [`Enhancer::reconstruct`].
     pub fn enhance(&self, img: &Image) -> Result<Image, EnhanceError> {
+        if matches!(self.net, EnhanceNet::Crnn(_)) {
+            return Err(EnhanceError::Input(
+                "this run reconstructs k-space data: give the zero-filled complex image (NAME_complex.nii.gz) and its mask (--mask)".into(),
+            ));
+        }
         if img.channels() != 1 {
             return Err(EnhanceError::Input(format!("enhancement takes one-channel images (this one has {})", img.channels())));
         }
@@ -75,6 +80,46 @@ impl<B: Backend> Enhancer<B> {
             insert_plane(&mut out, shape, axes, k, &intensity.restore(&enhanced));
         }
         Ok(Image::new(out, input.shape().to_vec(), 1, *input.affine(), "float32")?)
+    }
+}
+
+impl<B: Backend> Enhancer<B> {
+    /// Reconstructs under-sampled Cartesian MR with a CRNN run: `complex` is the zero-filled complex image (two
+    /// channels, real and imaginary, as `vesalius degrade --model kspace` writes `NAME_complex.nii.gz`) and `mask`
+    /// the sampling mask (1 on measured phase-encoding lines, along the second axis). Returns the magnitude.
+    pub fn reconstruct(&self, complex: &Image, mask: &Image) -> Result<Image, EnhanceError> {
+        if !matches!(self.net, EnhanceNet::Crnn(_)) {
+            return Err(EnhanceError::Input("a k-space mask applies to reconstruction (CRNN) runs only".into()));
+        }
+        if complex.channels() != 2 {
+            return Err(EnhanceError::Input(format!(
+                "reconstruction takes a complex image of two channels (real, imaginary), not {}",
+                complex.channels()
+            )));
+        }
+        if dims3(mask.shape()) != dims3(complex.shape()) {
+            return Err(EnhanceError::Input(format!("the mask's shape {:?} differs from the image's {:?}", mask.shape(), complex.shape())));
+        }
+        let [w, h, d] = dims3(complex.shape());
+        let n = w * h * d;
+        let (re, im) = (complex.channel(0), complex.channel(1));
+        let magnitude: Vec<f32> = re.iter().zip(im).map(|(a, b)| a.hypot(*b)).collect();
+        let intensity = crate::data::Intensity::of(&self.info.intensity, &magnitude);
+        let scale = 1.0 / (intensity.high - intensity.low);
+        let mut out = vec![0.0f32; n];
+        for k in 0..d {
+            let plane = k * w * h..(k + 1) * w * h;
+            let lines: Vec<bool> = (0..h).map(|y| mask.data()[k * w * h + w * y] > 0.5).collect();
+            let x0: Vec<f32> = re[plane.clone()].iter().chain(&im[plane.clone()]).map(|v| v * scale).collect();
+            // The measured k-space is the transform of the zero-filled image.
+            let mut kc: Vec<rustfft::num_complex::Complex32> =
+                (0..w * h).map(|i| rustfft::num_complex::Complex32::new(x0[i], x0[w * h + i])).collect();
+            crate::fft::fft2(&mut kc, w, h);
+            let k0: Vec<f32> = kc.iter().map(|c| c.re).chain(kc.iter().map(|c| c.im)).collect();
+            let y = reconstruct_plane(&self.net, &x0, &k0, &lines, w, h, &self.device);
+            out[plane].copy_from_slice(&intensity.restore(&y));
+        }
+        Ok(Image::new(out, complex.shape().to_vec(), 1, *complex.affine(), "float32")?)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod evaluate;
 pub mod fft;
 pub mod filters;
 pub mod infer;
+pub mod kspace;
 pub mod metrics;
 pub mod model;
 pub mod recipe;

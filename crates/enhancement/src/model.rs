@@ -2,7 +2,7 @@
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use vesalius_nets::{NormKind, RedCnn, RedCnnConfig, UNet, UNetConfig};
+use vesalius_nets::{Crnn, CrnnConfig, NormKind, RedCnn, RedCnnConfig, UNet, UNetConfig};
 
 use crate::filters::reflect;
 use crate::recipe::{Arch, ModelSection};
@@ -14,6 +14,8 @@ pub enum EnhanceNet<B: Backend> {
     RedCnn(RedCnn<B>),
     /// A 2D U-Net whose output is added to its input (residual learning).
     Unet(UNet<B>),
+    /// The CRNN with k-space data consistency.
+    Crnn(Crnn<B>),
 }
 
 /// Builds the network of `spec`.
@@ -21,6 +23,9 @@ pub fn build<B: Backend>(spec: &ModelSection, device: &B::Device) -> EnhanceNet<
     match spec.arch {
         Arch::RedCnn => EnhanceNet::RedCnn(RedCnnConfig::new().with_features(spec.features).with_kernel(spec.kernel).init(device)),
         Arch::Unet => EnhanceNet::Unet(UNetConfig::new(2, 1, 1, spec.channels.clone()).with_norm(NormKind::Instance).init(device)),
+        Arch::Crnn => EnhanceNet::Crnn(
+            CrnnConfig::new().with_features(spec.features).with_iterations(spec.iterations).with_layers(spec.layers).init(device),
+        ),
     }
 }
 
@@ -32,17 +37,43 @@ pub fn size_rule(spec: &ModelSection) -> (usize, usize) {
             let m = 1 << (spec.channels.len() - 1);
             (m, m)
         }
+        Arch::Crnn => (1, 1),
     }
 }
 
 impl<B: Backend> EnhanceNet<B> {
-    /// The enhanced images.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match self {
-            EnhanceNet::RedCnn(net) => net.forward(x),
-            EnhanceNet::Unet(net) => x.clone() + net.forward_2d(x),
+    /// The enhanced images `[n, 1, h, w]`; for the CRNN, the reconstructed complex images `[n, 2, h, w]` of
+    /// zero-filled complex images with their measured k-space `(k0, mask)`.
+    pub fn forward(&self, x: Tensor<B, 4>, kspace: Option<(Tensor<B, 4>, Tensor<B, 4>)>) -> Tensor<B, 4> {
+        match (self, kspace) {
+            (EnhanceNet::RedCnn(net), _) => net.forward(x),
+            (EnhanceNet::Unet(net), _) => x.clone() + net.forward_2d(x),
+            (EnhanceNet::Crnn(net), Some((k0, mask))) => net.forward(x, k0, mask),
+            // Without measurements there is nothing to keep consistent with: every line counts as unmeasured.
+            (EnhanceNet::Crnn(net), None) => {
+                let [n, _, h, w] = x.dims();
+                let device = x.device();
+                net.forward(x, Tensor::zeros([n, 2, h, w], &device), Tensor::zeros([n, 1, h, w], &device))
+            }
         }
     }
+}
+
+/// Reconstructs one plane with the CRNN from its zero-filled complex image and measured k-space (both packed
+/// `[re…, im…]`) and its measured lines; returns the magnitude.
+pub fn reconstruct_plane<B: Backend>(
+    net: &EnhanceNet<B>,
+    x0: &[f32],
+    k0: &[f32],
+    lines: &[bool],
+    w: usize,
+    h: usize,
+    device: &B::Device,
+) -> Vec<f32> {
+    let t = |v: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(v, [1, c, h, w]), device);
+    let mask = t(crate::kspace::mask_plane(w, lines), 1);
+    let y = net.forward(t(x0.to_vec(), 2), Some((t(k0.to_vec(), 2), mask)));
+    crate::kspace::magnitude(&y.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default())
 }
 
 /// Enhances one normalised `w × h` plane whole: padded by reflection to a size the network takes, then cropped.
@@ -66,7 +97,7 @@ pub fn enhance_plane<B: Backend>(
         }
     }
     let x = Tensor::<B, 4>::from_data(TensorData::new(padded, [1, 1, ph, pw]), device);
-    let y: Vec<f32> = net.forward(x).into_data().convert::<f32>().into_vec().unwrap_or_default();
+    let y: Vec<f32> = net.forward(x, None).into_data().convert::<f32>().into_vec().unwrap_or_default();
     let mut out = Vec::with_capacity(w * h);
     for yy in 0..h {
         let row = (yy + oy) * pw + ox;

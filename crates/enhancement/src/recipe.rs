@@ -144,6 +144,9 @@ pub enum Arch {
     RedCnn,
     /// A 2D U-Net (instance norm) predicting the residual that is added to its input.
     Unet,
+    /// The convolutional recurrent reconstruction network with k-space data consistency (k-space models only;
+    /// trains on whole planes).
+    Crnn,
 }
 
 /// `[model]`.
@@ -162,6 +165,19 @@ pub struct ModelSection {
     /// U-Net: channels per level.
     #[serde(default = "default_unet_channels")]
     pub channels: Vec<usize>,
+    /// CRNN: unrolled iterations.
+    #[serde(default = "default_iterations_crnn")]
+    pub iterations: usize,
+    /// CRNN: recurrent units per iteration.
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+}
+
+fn default_iterations_crnn() -> usize {
+    5
+}
+fn default_layers() -> usize {
+    3
 }
 
 fn default_features() -> usize {
@@ -176,7 +192,14 @@ fn default_unet_channels() -> Vec<usize> {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { arch: Arch::RedCnn, features: default_features(), kernel: default_kernel(), channels: default_unet_channels() }
+        Self {
+            arch: Arch::RedCnn,
+            features: default_features(),
+            kernel: default_kernel(),
+            channels: default_unet_channels(),
+            iterations: default_iterations_crnn(),
+            layers: default_layers(),
+        }
     }
 }
 
@@ -323,6 +346,11 @@ impl EnhanceRecipe {
         {
             return bad(format!("data.intensity must be an increasing pair of finite values, not [{lo}, {hi}]"));
         }
+        if matches!(self.degrade, Degradation::Kspace { .. }) && matches!(d.intensity, IntensitySpec::Range([lo, _]) if lo != 0.0) {
+            return bad(
+                "k-space models need intensities scaled, not shifted: use intensity = \"percentile\" or a range starting at 0".into()
+            );
+        }
         if let Some(o) = &d.orientation
             && (o.len() != 3 || !o.chars().all(|c| "RLAPSI".contains(c)))
         {
@@ -367,6 +395,20 @@ impl EnhanceRecipe {
                 }
                 if t.patch <= 10 * (m.kernel - 1) / 2 {
                     return bad(format!("train.patch must exceed {} pixels for RED-CNN with kernel {}", 10 * (m.kernel - 1) / 2, m.kernel));
+                }
+            }
+            Arch::Crnn => {
+                if !matches!(self.degrade, Degradation::Kspace { .. }) {
+                    return bad("model.arch = \"crnn\" reconstructs k-space data: it needs degrade.model = \"kspace\"".into());
+                }
+                if !(1..=20).contains(&m.iterations) || !(1..=8).contains(&m.layers) || !(1..=256).contains(&m.features) {
+                    return bad("model: CRNN iterations must lie in 1..=20, layers in 1..=8 and features in 1..=256".into());
+                }
+                if d.plane.is_some_and(|p| p != [0, 1]) {
+                    return bad("the CRNN works in the axial planes where k-space was sampled: data.plane must be [0, 1]".into());
+                }
+                if [d.val_band, d.test_band].iter().flatten().any(|b| b.axis != 2) {
+                    return bad("the CRNN trains on whole planes: hold out whole slices (band axis 2) or whole images".into());
                 }
             }
             Arch::Unet => {

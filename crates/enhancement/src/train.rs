@@ -16,10 +16,12 @@ use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
 use crate::EnhanceError;
 use crate::data::{self, Prepared};
 use crate::degrade::Degradation;
+use crate::degrade::line_mask;
 use crate::evaluate::{self, EnhanceMetrics};
+use crate::kspace::{mask_plane, measure};
 use crate::metrics::quality;
-use crate::model::{EnhanceNet, build, enhance_plane};
-use crate::recipe::{EnhanceRecipe, IntensitySpec, ModelSection};
+use crate::model::{EnhanceNet, build};
+use crate::recipe::{Arch, EnhanceRecipe, IntensitySpec, ModelSection};
 
 /// `run.json` of an enhancement run.
 pub type RunInfo = vesalius_train::run::RunInfo<EnhanceInfo>;
@@ -79,7 +81,7 @@ pub fn score_cases<B: burn::tensor::backend::Backend>(
     let cases = &data.val;
     let (mut psnr, mut ssim, mut n_ssim) = (0.0, 0.0, 0usize);
     for case in cases {
-        let out = enhance_plane(net, spec, &case.degraded, case.w, case.h, device);
+        let out = crate::evaluate::network_on_case(net, spec, case, device);
         let (est, shape) = case.crop(&data.metric_units(case, &out));
         let (reference, _) = case.crop(&data.metric_units(case, &case.clean));
         let q = quality(&est, &reference, &shape, window);
@@ -125,6 +127,27 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
         let t = &self.recipe.train;
         let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(self.recipe.seed, epoch as u64, 1));
         let device = stepper.device().clone();
+        if let (Arch::Crnn, Degradation::Kspace { acceleration, centre }) = (self.recipe.model.arch, &self.recipe.degrade) {
+            // Whole planes, each with a fresh random line mask.
+            let (w, h) = (self.data.train[0].w, self.data.train[0].h);
+            for _ in 0..t.iterations {
+                let (mut x0s, mut k0s, mut masks, mut targets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..t.batch {
+                    let plane = &self.data.train[rng.random_range(0..self.data.train.len())];
+                    let lines = line_mask(h, *acceleration, *centre, &mut rng);
+                    let (k0, x0) = measure(&plane.clean, w, h, &lines);
+                    x0s.extend(x0);
+                    k0s.extend(k0);
+                    masks.extend(mask_plane(w, &lines));
+                    targets.extend(plane.clean.iter().copied().chain(std::iter::repeat_n(0.0, w * h)));
+                }
+                let t4 = |v: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(v, [t.batch, c, h, w]), &device);
+                let out = stepper.model().forward(t4(x0s, 2), Some((t4(k0s, 2), t4(masks, 1))));
+                let loss = (out - t4(targets, 2)).powi_scalar(2).mean();
+                stepper.step(loss)?;
+            }
+            return Ok(());
+        }
         for _ in 0..t.iterations {
             let (mut inputs, mut targets) =
                 (Vec::with_capacity(t.batch * t.patch * t.patch), Vec::with_capacity(t.batch * t.patch * t.patch));
@@ -137,7 +160,7 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
             let shape = [t.batch, 1, t.patch, t.patch];
             let x = Tensor::<B, 4>::from_data(TensorData::new(inputs, shape), &device);
             let y = Tensor::<B, 4>::from_data(TensorData::new(targets, shape), &device);
-            let loss = (stepper.model().forward(x) - y).powi_scalar(2).mean();
+            let loss = (stepper.model().forward(x, None) - y).powi_scalar(2).mean();
             stepper.step(loss)?;
         }
         Ok(())
@@ -183,6 +206,11 @@ pub fn train<AB: AutodiffBackend>(
     let data = data::prepare(recipe)?;
     if data.val.is_empty() || data.test.is_empty() {
         return Err(EnhanceError::Input("the validation and test sets both need at least one case".into()));
+    }
+    if recipe.model.arch == Arch::Crnn && data.train.iter().any(|p| (p.w, p.h) != (data.train[0].w, data.train[0].h)) {
+        return Err(EnhanceError::Input(
+            "the CRNN trains on batches of whole planes: every training image needs the same in-plane size".into(),
+        ));
     }
     let info = run_info(recipe)?;
     run.write_info(&info).map_err(|e| EnhanceError::Internal(e.to_string()))?;

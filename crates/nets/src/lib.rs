@@ -8,7 +8,8 @@
 //!
 //! Dense prediction and the other families: [`UNet`] (2D and 3D, batch or instance norm, transposed-convolution
 //! or interpolation up-sampling, residual blocks, deep supervision), auto-encoders ([`Autoencoder`],
-//! [`ConvAutoencoder`], the low-dose CT network [`RedCnn`]), recurrent networks ([`Lstm`], [`Gru`], [`CnnLstm`]) and the registration network
+//! [`ConvAutoencoder`], the low-dose CT network [`RedCnn`], the MR reconstruction network [`Crnn`] with its differentiable
+//! [`dft2`]), recurrent networks ([`Lstm`], [`Gru`], [`CnnLstm`]) and the registration network
 //! [`VoxelMorph`] with its spatial transformer. [`ops`] holds the volumetric operations burn lacks (3D pooling,
 //! nearest and trilinear up-sampling, warping), written so that burn's autodiff differentiates them on any
 //! backend; [`loss`] the dense objectives (soft Dice, voxel cross-entropy, MSE, field smoothness).
@@ -34,6 +35,7 @@ mod alexnet;
 mod autoencoder;
 mod blocks;
 mod classifier;
+mod crnn;
 mod googlenet;
 mod lenet;
 mod mlp;
@@ -55,6 +57,7 @@ pub use autoencoder::{
 };
 pub use blocks::ConvBnRelu;
 pub use classifier::{Arch, Classifier, ClassifierConfig, ConfigError, SAE_HIDDEN, trainable_params};
+pub use crnn::{Crnn, CrnnConfig, data_consistency, dft2};
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, Inception};
 pub use lenet::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};

@@ -78,6 +78,10 @@ pub enum Command {
         /// Segmentation: flip test-time augmentation.
         #[arg(long)]
         tta: bool,
+        /// Enhancement runs that reconstruct k-space (CRNN): the sampling mask of the inputs, which are zero-filled
+        /// complex images (`vesalius degrade --model kspace` writes both).
+        #[arg(long)]
+        mask: Option<PathBuf>,
     },
     /// Degrade an image with a seeded model, as enhancement recipes make their inputs: low-dose-ct (--dose),
     /// thick-slice (--factor, --axis), downsample (--factor), kspace (--acceleration, --centre; the mask is written
@@ -262,13 +266,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 commands::evaluate(backend, &run, &split)
             }
         }
-        Command::Predict { run, inputs, output, probabilities, tta } => {
+        Command::Predict { run, inputs, output, probabilities, tta, mask } => {
             if vesalius_enhancement::train::is_run(&run) {
                 if probabilities || tta {
                     return Err(CliError::Usage("--probabilities and --tta apply to segmentation runs".into()));
                 }
                 let out = output.ok_or_else(|| CliError::Usage("enhancement prediction needs an output folder (-o OUT)".into()))?;
-                crate::enhance::predict(backend, &run, &inputs, &out)
+                crate::enhance::predict(backend, &run, &inputs, &out, mask.as_deref())
+            } else if mask.is_some() {
+                Err(CliError::Usage("--mask applies to enhancement runs that reconstruct k-space".into()))
             } else if commands::is_segmentation_run(&run) {
                 let out = output.ok_or_else(|| CliError::Usage("segmentation prediction needs an output folder (-o OUT)".into()))?;
                 commands::predict_segmentation(backend, &run, &inputs, &out, probabilities, tta)

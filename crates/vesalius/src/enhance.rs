@@ -93,14 +93,14 @@ impl From<vesalius_enhancement::EnhanceError> for CliError {
     }
 }
 
-/// `OUT` with `_mask` before its extension (`x.nii.gz` → `x_mask.nii.gz`).
-pub fn mask_path(output: &Path) -> PathBuf {
+/// `OUT` with `_SUFFIX` before its extension (`x.nii.gz` → `x_mask.nii.gz`).
+pub fn beside(output: &Path, suffix: &str) -> PathBuf {
     let name = output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let (stem, ext) = [".nii.gz", ".nii", ".png", ".tif"]
         .iter()
         .find_map(|e| name.strip_suffix(e).map(|s| (s.to_string(), *e)))
         .unwrap_or((name.clone(), ""));
-    output.with_file_name(format!("{stem}_mask{ext}"))
+    output.with_file_name(format!("{stem}_{suffix}{ext}"))
 }
 
 /// `vesalius degrade IN OUT --model NAME …`: writes the degraded image (float32 NIfTI, or PNG/TIFF by extension)
@@ -112,9 +112,21 @@ pub fn degrade(input: &Path, output: &Path, args: &DegradeArgs, seed: u64) -> Re
     crate::commands::save_image(output, &out.image, NiftiType::F32)?;
     println!("{} → {} ({}, {:?}, seed {seed})", input.display(), output.display(), model.name(), out.image.shape());
     if let Some(mask) = &out.mask {
-        let path = mask_path(output);
+        let path = beside(output, "mask");
         crate::commands::save_image(&path, mask, NiftiType::U8)?;
         println!("mask → {}", path.display());
+    }
+    if let Some(complex) = &out.complex {
+        // Two channels: NIfTI only.
+        let name = output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let path = if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+            beside(output, "complex")
+        } else {
+            output.with_file_name("complex.nii.gz")
+        };
+        let path = if path.extension().is_some_and(|e| e == "gz" || e == "nii") { path } else { path.with_extension("nii.gz") };
+        vesalius_io::nifti::save(&path, complex, NiftiType::F32)?;
+        println!("zero-filled complex image → {}", path.display());
     }
     Ok(())
 }
@@ -205,16 +217,24 @@ pub fn evaluate(backend: BackendKind, run_dir: &Path, split: &str) -> Result<(),
     Ok(())
 }
 
-/// `vesalius predict` for an enhancement run: one `<name>_enhanced.nii.gz` per input in `out`.
-pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], out: &Path) -> Result<(), CliError> {
+/// `vesalius predict` for an enhancement run: one `<name>_enhanced.nii.gz` per input in `out`. Reconstruction
+/// (CRNN) runs take zero-filled complex images and their k-space `mask`.
+pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], out: &Path, mask: Option<&Path>) -> Result<(), CliError> {
     use vesalius_enhancement::infer::{Enhancer, output_path};
     let run = RunDir::new(run_dir);
     std::fs::create_dir_all(out).map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
     with_backend!(backend, |B, AB, device| {
         let enhancer = Enhancer::<B>::load(&run, &device)?;
+        let mask = mask.map(|m| vesalius_io::load(m).map_err(|e| CliError::Usage(e.to_string()))).transpose()?;
         for input in inputs {
-            let img = vesalius_enhancement::data::load_image(input)?;
-            let enhanced = enhancer.enhance(&img).map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
+            let enhanced = match &mask {
+                Some(mask) => {
+                    let img = vesalius_io::load(input)?;
+                    enhancer.reconstruct(&img, mask)
+                }
+                None => enhancer.enhance(&vesalius_enhancement::data::load_image(input)?),
+            }
+            .map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
             let path = output_path(input, out);
             vesalius_io::nifti::save(&path, &enhanced, NiftiType::F32)?;
             println!("{} -> {}", input.display(), path.display());

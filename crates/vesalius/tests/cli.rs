@@ -743,6 +743,11 @@ fn degrade_is_seeded_writes_the_kspace_mask_and_checks_its_arguments() {
     let mask = vesalius_io::load(dir.path().join("k_mask.nii.gz")).unwrap();
     let kept = (0..128).filter(|&y| mask.get(&[0, y]) == 1.0).count();
     assert!((20..=52).contains(&kept), "{kept} of 128 lines kept at R = 4");
+    let complex = vesalius_io::load(dir.path().join("k_complex.nii.gz")).unwrap();
+    assert_eq!((&complex.shape()[..2], complex.channels()), (&[128usize, 128][..], 2)); // NIfTI adds a unit third axis
+    let magnitude = vesalius_io::load(&k).unwrap();
+    let i = 64 + 128 * 64;
+    assert!((complex.get_c(&[64, 64], 0).hypot(complex.get_c(&[64, 64], 1)) - magnitude.data()[i]).abs() < 1e-2);
 
     let thick = out("t.nii.gz");
     let o = vesalius(&["degrade", ct, &thick, "--model", "downsample", "--factor", "4"]);
@@ -805,4 +810,44 @@ lr = 1e-3
     assert_eq!(enhanced.shape(), &[128, 128]);
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), ct.to_str().unwrap()]), "needs an output folder");
     assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "train"]), "not 'train'");
+}
+
+#[test]
+fn reconstruction_runs_predict_from_the_complex_image_and_mask_that_degrade_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t1 = root().join("fixtures/nifti/itk-examples/KmeansTest_T1UCharRaw.nii.gz");
+    let recipe = dir.path().join("recon.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "task = \"enhancement\"\n[data]\nimages = [{{ image = \"{}\" }}]\nintensity = \"percentile\"\nval_band = {{ axis = 2, start = 50, end = 52 }}\ntest_band = {{ axis = 2, start = 30, end = 32 }}\ntrain_realisations = 1\neval_realisations = 1\n[degrade]\nmodel = \"kspace\"\nacceleration = 4.0\ncentre = 0.08\n[model]\narch = \"crnn\"\nfeatures = 2\niterations = 1\nlayers = 1\n[train]\nepochs = 1\niterations = 1\nbatch = 1\n",
+            t1.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let k = dir.path().join("k.nii.gz");
+    let o = vesalius(&["degrade", t1.to_str().unwrap(), k.to_str().unwrap(), "--model", "kspace", "--acceleration", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (complex, mask) = (dir.path().join("k_complex.nii.gz"), dir.path().join("k_mask.nii.gz"));
+    let out = dir.path().join("out");
+    let args = [
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        complex.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let o = vesalius(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recon = vesalius_io::load(out.join("k_complex_enhanced.nii.gz")).unwrap();
+    assert_eq!(&recon.shape()[..3], &[128, 128, 62]);
+    // Without the mask the run says what it needs.
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), k.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_input_error(&o, "--mask");
 }
