@@ -180,7 +180,16 @@ pub struct EvalCase {
     pub lines: Option<Vec<bool>>,
 }
 
+/// Normalised intensity below which a scored rectangle holds no signal (5 % of the range or of the 99.5th
+/// percentile).
+pub const SIGNAL_FLOOR: f32 = 0.05;
+
 impl EvalCase {
+    /// Whether the scored rectangle of the reference reaches [`SIGNAL_FLOOR`] anywhere.
+    pub fn has_signal(&self) -> bool {
+        self.crop(&self.clean).0.iter().any(|&v| v >= SIGNAL_FLOOR)
+    }
+
     /// The scored rectangle of a `w × h` plane, its shape `[x1 − x0, y1 − y0]`.
     pub fn crop(&self, plane: &[f32]) -> (Vec<f32>, [usize; 2]) {
         let [x0, x1, y0, y1] = self.rect;
@@ -248,6 +257,10 @@ pub fn bspline_fine(model: &Degradation, coarse: &Image) -> Option<(Vec<f32>, Ve
 /// Loads an image file or DICOM series folder.
 pub fn load_image(path: &std::path::Path) -> Result<Image, EnhanceError> {
     let img = if path.is_dir() { vesalius_io::dicom::load_series(path, None)?.0 } else { vesalius_io::load(path)? };
+    // Grey images stored as RGB (equal channels) are grey.
+    if img.channels() == 3 && img.channel(0) == img.channel(1) && img.channel(0) == img.channel(2) {
+        return Ok(Image::new(img.channel(0).to_vec(), img.shape().to_vec(), 1, *img.affine(), img.dtype())?);
+    }
     if img.channels() != 1 {
         return Err(EnhanceError::Input(format!(
             "{}: enhancement takes one-channel images (this one has {})",
@@ -288,6 +301,40 @@ pub fn degrade_on_grid(model: &Degradation, clean: &Image, seed: u64) -> Result<
     Ok(Realisation { input, baselines: vec![("linear".to_string(), linear.into_data())], lines })
 }
 
+/// The network input for a clean image: a degraded realisation, or the entry's registered `input` image.
+fn realise(
+    recipe: &EnhanceRecipe,
+    model: Option<&Degradation>,
+    entry: &ImageEntry,
+    clean: &Image,
+    seed: u64,
+) -> Result<Realisation, EnhanceError> {
+    match (model, &entry.input) {
+        (Some(model), _) => degrade_on_grid(model, clean, seed),
+        (None, Some(path)) => {
+            let input = load_recipe_image(recipe, path)?;
+            if input.shape() != clean.shape() {
+                return Err(EnhanceError::Input(format!(
+                    "{}: shape {:?} differs from its target's {:?} (translation needs registered images on one grid)",
+                    path.display(),
+                    input.shape(),
+                    clean.shape()
+                )));
+            }
+            // Each contrast has its own scale: the input is mapped by its own intensity, the clean image by its own.
+            let from = Intensity::of(&recipe.data.intensity, input.data());
+            let to = Intensity::of(&recipe.data.intensity, clean.data());
+            let values = to.restore(&from.normalise(input.data()));
+            Ok(Realisation {
+                input: Image::new(values, clean.shape().to_vec(), 1, *clean.affine(), "float32")?,
+                baselines: Vec::new(),
+                lines: None,
+            })
+        }
+        (None, None) => Err(EnhanceError::Input(format!("{}: no degradation and no input image", entry.image.display()))),
+    }
+}
+
 /// The axes and factors by which a model coarsens the grid.
 pub fn coarsening(model: &Degradation) -> Vec<(usize, usize)> {
     match *model {
@@ -318,7 +365,7 @@ pub fn plane_axes(recipe: &EnhanceRecipe) -> Result<PlaneAxes, EnhanceError> {
 pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
     let d = &recipe.data;
     let axes = plane_axes(recipe)?;
-    let model = &recipe.degrade;
+    let model = recipe.degrade.as_ref();
     let patch = recipe.train.patch;
     let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
     let bands: Vec<(Band, Role)> =
@@ -340,7 +387,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
         let intensity = Intensity::of(&d.intensity, clean.data());
         let mut realisations = Vec::with_capacity(d.train_realisations);
         for r in 0..d.train_realisations {
-            let real = degrade_on_grid(model, &clean, realisation_seed(recipe.seed, Role::Train, idx, r))?;
+            let real = realise(recipe, model, entry, &clean, realisation_seed(recipe.seed, Role::Train, idx, r))?;
             realisations.push(intensity.normalise(real.input.data()));
         }
         let clean_n = intensity.normalise(clean.data());
@@ -359,7 +406,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
         for &(band, role) in &bands {
             let cases = if role == Role::Val { &mut val } else { &mut test };
             for r in 0..d.eval_realisations {
-                let real = degrade_on_grid(model, &clean, realisation_seed(recipe.seed, role, idx, r))?;
+                let real = realise(recipe, model, entry, &clean, realisation_seed(recipe.seed, role, idx, r))?;
                 let deg = intensity.normalise(real.input.data());
                 let baselines: Vec<(String, Vec<f32>)> = real.baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
                 for k in 0..shape[axes.across] {
@@ -401,6 +448,9 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
             cases.extend(whole_image_cases(recipe, entry, idx + 1_000, role_seed(recipe.seed, role), axes)?);
         }
     }
+    // Planes without signal (air, the background beyond the head) have no meaningful PSNR: they are not scored.
+    val.retain(EvalCase::has_signal);
+    test.retain(EvalCase::has_signal);
     let normalised_metrics = matches!(d.intensity, IntensitySpec::Scheme(_));
     Ok(Prepared { train, val, test, normalised_metrics })
 }
@@ -424,7 +474,7 @@ fn whole_image_cases(
     let mut out = Vec::new();
     for r in 0..recipe.data.eval_realisations {
         let s = vesalius_io::mix(seed ^ ((idx as u64) << 16) ^ r as u64);
-        let real = degrade_on_grid(&recipe.degrade, &clean, s)?;
+        let real = realise(recipe, recipe.degrade.as_ref(), entry, &clean, s)?;
         let deg = intensity.normalise(real.input.data());
         let lines = real.lines.clone();
         let baselines: Vec<(String, Vec<f32>)> = real.baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();

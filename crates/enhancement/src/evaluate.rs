@@ -56,8 +56,8 @@ pub struct EnhanceMetrics {
     pub set: String,
     /// The epoch of the scored model.
     pub best_epoch: Option<usize>,
-    /// The degradation of the inputs.
-    pub degradation: Degradation,
+    /// The degradation of the inputs (`None`: image-to-image translation).
+    pub degradation: Option<Degradation>,
     /// Evaluation window; PSNR's data range is its width.
     pub window: [f32; 2],
     /// σ (pixels) of the Gaussian-filter baseline (denoising models), chosen on the validation cases.
@@ -69,7 +69,8 @@ pub struct EnhanceMetrics {
     /// What `input` is: the degraded image the network sees.
     pub input: String,
     /// Method → summary: `input`, `gaussian` (a Gaussian filter of the input, denoising models), `linear` (linear
-    /// interpolation of the coarse image, super-resolution), `network`.
+    /// interpolation of the coarse image, super-resolution), `linear-fit` (the least-squares affine intensity map
+    /// fitted on the training planes, translation), `network`.
     pub methods: BTreeMap<String, MethodSummary>,
     /// Mean paired PSNR gain of the network over each other method, dB (`network_over_input`, …).
     pub psnr_gain: BTreeMap<String, Estimate>,
@@ -80,7 +81,10 @@ pub struct EnhanceMetrics {
 }
 
 /// What the network's input is for a degradation model.
-pub fn input_description(model: &Degradation) -> String {
+pub fn input_description(model: Option<&Degradation>) -> String {
+    let Some(model) = model else {
+        return "the registered image of the other contrast (scaled to the target's range)".into();
+    };
     match model {
         Degradation::LowDoseCt { .. } => "the low-dose reconstruction".into(),
         Degradation::ThickSlice { .. } | Degradation::Downsample { .. } => {
@@ -117,6 +121,24 @@ pub fn network_on_case<B: Backend>(net: &EnhanceNet<B>, spec: &ModelSection, c: 
         }
         _ => enhance_plane(net, spec, &c.degraded, c.w, c.h, device),
     }
+}
+
+/// Least-squares `target ≈ a·input + b` over every training plane (first realisation), normalised units.
+pub fn linear_fit(data: &Prepared) -> (f32, f32) {
+    let (mut n, mut sx, mut sy, mut sxx, mut sxy) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
+    for p in &data.train {
+        for (x, y) in p.degraded[0].iter().zip(&p.clean) {
+            let (x, y) = (*x as f64, *y as f64);
+            n += 1.0;
+            sx += x;
+            sy += y;
+            sxx += x * x;
+            sxy += x * y;
+        }
+    }
+    let var = sxx - sx * sx / n;
+    let a = if var > 0.0 { (sxy - sx * sy / n) / var } else { 1.0 };
+    (a as f32, ((sy - a * sx) / n) as f32)
 }
 
 /// Loads the best model of a run.
@@ -170,8 +192,11 @@ pub fn evaluate_prepared<B: Backend>(
     let net = load_best::<B>(run, info, device)?;
     let state = vesalius_train::engine::read_state(run)?;
     let window = info.window;
-    let denoising = matches!(info.degradation, Degradation::LowDoseCt { .. } | Degradation::Gaussian { .. } | Degradation::Rician { .. });
+    let denoising =
+        matches!(info.degradation, Some(Degradation::LowDoseCt { .. } | Degradation::Gaussian { .. } | Degradation::Rician { .. }));
     let sigma = denoising.then(|| gaussian_sigma(&data.val, data, window));
+    // Translation: the best affine intensity map from input to target on the training planes.
+    let fit = info.degradation.is_none().then(|| linear_fit(data));
     let cases = match set {
         EvalSet::Test => &data.test,
         EvalSet::Validation => &data.val,
@@ -188,6 +213,9 @@ pub fn evaluate_prepared<B: Backend>(
         methods.insert("input".to_string(), score(&c.degraded));
         if let Some(sigma) = sigma {
             methods.insert("gaussian".to_string(), score(&gaussian_in_plane(&c.degraded, &[c.w, c.h], sigma)));
+        }
+        if let Some((a, b)) = fit {
+            methods.insert("linear-fit".to_string(), score(&c.degraded.iter().map(|v| a * v + b).collect::<Vec<_>>()));
         }
         for (name, plane) in &c.baselines {
             methods.insert(name.clone(), score(plane));
@@ -225,7 +253,7 @@ pub fn evaluate_prepared<B: Backend>(
     }
     let m = EnhanceMetrics {
         set: set.name().into(),
-        input: input_description(&info.degradation),
+        input: input_description(info.degradation.as_ref()),
         by_patient,
         best_epoch: state.and_then(|s| s.best_epoch),
         degradation: info.degradation.clone(),

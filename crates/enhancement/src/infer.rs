@@ -64,10 +64,12 @@ impl<B: Backend> Enhancer<B> {
         if img.channels() != 1 {
             return Err(EnhanceError::Input(format!("enhancement takes one-channel images (this one has {})", img.channels())));
         }
-        let grid_change = crate::data::coarsening(&self.info.degradation);
-        let input = match crate::data::bspline_fine(&self.info.degradation, img) {
+        let fine = self.info.degradation.as_ref().and_then(|model| {
+            crate::data::bspline_fine(model, img).map(|(data, shape)| (data, shape, fine_grid(img, &crate::data::coarsening(model)).1))
+        });
+        let input = match fine {
             None => img.clone(),
-            Some((data, shape)) => Image::new(data, shape, 1, fine_grid(img, &grid_change).1, "float32")?,
+            Some((data, shape, affine)) => Image::new(data, shape, 1, affine, "float32")?,
         };
         let shape = dims3(input.shape());
         let axes = PlaneAxes::new(self.info.plane[0], self.info.plane[1])?;

@@ -42,3 +42,62 @@ pub fn magnitude(packed: &[f32]) -> Vec<f32> {
     let n = packed.len() / 2;
     (0..n).map(|i| packed[i].hypot(packed[n + i])).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Tensor, TensorData};
+    use vesalius_nets::dft2;
+    type B = burn::backend::Flex;
+    type AB = burn::backend::Autodiff<B>;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n).map(|i| ((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn the_matrix_dft_of_the_networks_equals_rustfft() {
+        for (w, h) in [(8, 8), (7, 5), (33, 20)] {
+            let (re, im) = (values(w * h, 1), values(w * h, 2));
+            let mut reference: Vec<Complex32> = re.iter().zip(&im).map(|(a, b)| Complex32::new(*a, *b)).collect();
+            fft2(&mut reference, w, h);
+            let t = |v: &[f32]| Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), [1, 1, h, w]), &Default::default());
+            let (kr, ki) = dft2(t(&re), t(&im), false);
+            let (kr, ki): (Vec<f32>, Vec<f32>) = (kr.into_data().to_vec().unwrap(), ki.into_data().to_vec().unwrap());
+            for (i, c) in reference.iter().enumerate() {
+                assert!((kr[i] - c.re).abs() < 1e-3 && (ki[i] - c.im).abs() < 1e-3, "{w}×{h} bin {i}: ({}, {}) vs {c}", kr[i], ki[i]);
+            }
+            let mut back = reference.clone();
+            ifft2(&mut back, w, h);
+            let (r, _) = dft2(
+                Tensor::<B, 4>::from_data(
+                    TensorData::new(reference.iter().map(|c| c.re).collect::<Vec<_>>(), [1, 1, h, w]),
+                    &Default::default(),
+                ),
+                Tensor::<B, 4>::from_data(
+                    TensorData::new(reference.iter().map(|c| c.im).collect::<Vec<_>>(), [1, 1, h, w]),
+                    &Default::default(),
+                ),
+                true,
+            );
+            let r: Vec<f32> = r.into_data().to_vec().unwrap();
+            assert!(r.iter().zip(&back).all(|(a, b)| (a - b.re).abs() < 1e-4));
+        }
+    }
+
+    #[test]
+    fn the_matrix_dft_is_differentiable_parseval_gradient() {
+        // Σ|F x|² = N Σ|x|², so its gradient with respect to the real part is 2·N·x.
+        let (w, h) = (6, 5);
+        let re = values(w * h, 3);
+        let x = Tensor::<AB, 4>::from_data(TensorData::new(re.clone(), [1, 1, h, w]), &Default::default()).require_grad();
+        let zero = Tensor::<AB, 4>::zeros([1, 1, h, w], &Default::default());
+        let (kr, ki) = dft2(x.clone(), zero, false);
+        let energy = (kr.powi_scalar(2) + ki.powi_scalar(2)).sum();
+        let grads = energy.backward();
+        let g: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        for (gi, xi) in g.iter().zip(&re) {
+            assert!((gi - 2.0 * (w * h) as f32 * xi).abs() < 1e-2, "{gi} vs {}", 2.0 * (w * h) as f32 * xi);
+        }
+    }
+}

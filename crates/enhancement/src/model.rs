@@ -12,7 +12,7 @@ use crate::recipe::{Arch, ModelSection};
 pub enum EnhanceNet<B: Backend> {
     /// RED-CNN.
     RedCnn(RedCnn<B>),
-    /// A 2D U-Net whose output is added to its input (residual learning).
+    /// A 2D U-Net (batch norm) whose output is added to its input (residual learning).
     Unet(UNet<B>),
     /// The CRNN with k-space data consistency.
     Crnn(Crnn<B>),
@@ -22,7 +22,9 @@ pub enum EnhanceNet<B: Backend> {
 pub fn build<B: Backend>(spec: &ModelSection, device: &B::Device) -> EnhanceNet<B> {
     match spec.arch {
         Arch::RedCnn => EnhanceNet::RedCnn(RedCnnConfig::new().with_features(spec.features).with_kernel(spec.kernel).init(device)),
-        Arch::Unet => EnhanceNet::Unet(UNetConfig::new(2, 1, 1, spec.channels.clone()).with_norm(NormKind::Instance).init(device)),
+        // Batch norm (running statistics at inference): instance norm would see 48-pixel patches in training and
+        // whole planes at inference, with different statistics.
+        Arch::Unet => EnhanceNet::Unet(UNetConfig::new(2, 1, 1, spec.channels.clone()).with_norm(NormKind::Batch).init(device)),
         Arch::Crnn => EnhanceNet::Crnn(
             CrnnConfig::new().with_features(spec.features).with_iterations(spec.iterations).with_layers(spec.layers).init(device),
         ),
@@ -104,4 +106,25 @@ pub fn enhance_plane<B: Backend>(
         out.extend_from_slice(&y[row..row + w]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type B = burn::backend::Flex;
+
+    #[test]
+    fn whole_planes_of_any_size_keep_their_size() {
+        let device = Default::default();
+        for arch in [Arch::RedCnn, Arch::Unet] {
+            let spec = ModelSection { arch, features: 4, channels: vec![4, 8, 16], ..Default::default() };
+            let net = build::<B>(&spec, &device);
+            let plane: Vec<f32> = (0..33 * 19).map(|i| (i % 7) as f32 / 7.0).collect();
+            let out = enhance_plane(&net, &spec, &plane, 33, 19, &device);
+            assert_eq!(out.len(), 33 * 19, "{arch:?}");
+            if arch == Arch::RedCnn {
+                assert_eq!(out, plane, "an untrained RED-CNN is the identity");
+            }
+        }
+    }
 }

@@ -15,7 +15,7 @@
 //!     dose = 0.25
 //! "#, std::path::Path::new("/data")).unwrap();
 //! assert_eq!(recipe.data.images[0].image, std::path::Path::new("/data/ct.dcm")); // relative to the recipe
-//! assert_eq!(recipe.degrade.name(), "low-dose-ct");
+//! assert_eq!(recipe.degrade.as_ref().unwrap().name(), "low-dose-ct");
 //! assert_eq!(recipe.eval_window(), [-1024.0, 3072.0]);                            // defaults to the intensity range
 //! ```
 use std::path::{Path, PathBuf};
@@ -50,8 +50,13 @@ pub struct ImageEntry {
     /// Identifier (default: the file name).
     #[serde(default)]
     pub id: Option<String>,
-    /// The image (NIfTI, DICOM file or series folder, MetaImage, PNG, TIFF); one channel.
+    /// The image (NIfTI, DICOM file or series folder, MetaImage, PNG, TIFF); one channel (or RGB with equal
+    /// channels).
     pub image: PathBuf,
+    /// Image-to-image translation: a registered image of another contrast on the same grid, which the network
+    /// translates into `image` (the recipe then has no `[degrade]`).
+    #[serde(default)]
+    pub input: Option<PathBuf>,
     /// Patient identifier (default: the image's id); cases of one patient are resampled together.
     #[serde(default)]
     pub patient: Option<String>,
@@ -142,7 +147,7 @@ pub enum Arch {
     /// RED-CNN (Chen et al. 2017).
     #[default]
     RedCnn,
-    /// A 2D U-Net (instance norm) predicting the residual that is added to its input.
+    /// A 2D U-Net (batch norm) predicting the residual that is added to its input.
     Unet,
     /// The convolutional recurrent reconstruction network with k-space data consistency (k-space models only;
     /// trains on whole planes).
@@ -281,8 +286,10 @@ pub struct EnhanceRecipe {
     pub seed: u64,
     /// Data.
     pub data: DataSection,
-    /// The degradation that makes the network's inputs.
-    pub degrade: Degradation,
+    /// The degradation that makes the network's inputs (absent for image-to-image translation, where every image
+    /// names its `input`).
+    #[serde(default)]
+    pub degrade: Option<Degradation>,
     /// Network.
     #[serde(default)]
     pub model: ModelSection,
@@ -304,7 +311,10 @@ impl EnhanceRecipe {
             }
         };
         let d = &mut r.data;
-        d.images.iter_mut().chain(d.val.iter_mut()).chain(d.test.iter_mut()).for_each(|e| fix(&mut e.image));
+        d.images.iter_mut().chain(d.val.iter_mut()).chain(d.test.iter_mut()).for_each(|e| {
+            fix(&mut e.image);
+            e.input.iter_mut().for_each(fix);
+        });
         r.validate()?;
         Ok(r)
     }
@@ -336,8 +346,21 @@ impl EnhanceRecipe {
         if self.task != "enhancement" {
             return bad(format!("task must be \"enhancement\", not \"{}\"", self.task));
         }
-        self.degrade.validate()?;
         let d = &self.data;
+        let entries = || d.images.iter().chain(&d.val).chain(&d.test);
+        match &self.degrade {
+            Some(model) => {
+                model.validate()?;
+                if entries().any(|e| e.input.is_some()) {
+                    return bad("images name an `input` (image-to-image translation) and the recipe a [degrade] model: choose one".into());
+                }
+            }
+            None => {
+                if let Some(e) = entries().find(|e| e.input.is_none()) {
+                    return bad(format!("{} has no `input`: without a [degrade] model every image needs one", e.image.display()));
+                }
+            }
+        }
         if d.images.is_empty() {
             return bad("data.images lists no training image".into());
         }
@@ -346,7 +369,7 @@ impl EnhanceRecipe {
         {
             return bad(format!("data.intensity must be an increasing pair of finite values, not [{lo}, {hi}]"));
         }
-        if matches!(self.degrade, Degradation::Kspace { .. }) && matches!(d.intensity, IntensitySpec::Range([lo, _]) if lo != 0.0) {
+        if matches!(self.degrade, Some(Degradation::Kspace { .. })) && matches!(d.intensity, IntensitySpec::Range([lo, _]) if lo != 0.0) {
             return bad(
                 "k-space models need intensities scaled, not shifted: use intensity = \"percentile\" or a range starting at 0".into()
             );
@@ -398,7 +421,7 @@ impl EnhanceRecipe {
                 }
             }
             Arch::Crnn => {
-                if !matches!(self.degrade, Degradation::Kspace { .. }) {
+                if !matches!(self.degrade, Some(Degradation::Kspace { .. })) {
                     return bad("model.arch = \"crnn\" reconstructs k-space data: it needs degrade.model = \"kspace\"".into());
                 }
                 if !(1..=20).contains(&m.iterations) || !(1..=8).contains(&m.layers) || !(1..=256).contains(&m.features) {

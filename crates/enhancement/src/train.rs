@@ -35,8 +35,8 @@ pub struct EnhanceInfo {
     pub intensity: IntensitySpec,
     /// Evaluation window.
     pub window: [f32; 2],
-    /// The degradation the network was trained to undo.
-    pub degradation: Degradation,
+    /// The degradation the network was trained to undo (`None`: image-to-image translation).
+    pub degradation: Option<Degradation>,
     /// The plane axes.
     pub plane: [usize; 2],
 }
@@ -127,7 +127,7 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
         let t = &self.recipe.train;
         let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(self.recipe.seed, epoch as u64, 1));
         let device = stepper.device().clone();
-        if let (Arch::Crnn, Degradation::Kspace { acceleration, centre }) = (self.recipe.model.arch, &self.recipe.degrade) {
+        if let (Arch::Crnn, Some(Degradation::Kspace { acceleration, centre })) = (self.recipe.model.arch, self.recipe.degrade.as_ref()) {
             // Whole planes, each with a fresh random line mask.
             let (w, h) = (self.data.train[0].w, self.data.train[0].h);
             for _ in 0..t.iterations {

@@ -98,7 +98,7 @@ fn red_cnn_learns_to_denoise_a_real_ct_and_beats_the_noisy_input_on_held_out_row
 
     // Prediction keeps the input's grid and improves it.
     let clean = vesalius_enhancement::data::load_image(&fixtures().join("dicom/single/CT_small.dcm")).unwrap();
-    let noisy = recipe.degrade.apply(&clean, 99).unwrap().image;
+    let noisy = recipe.degrade.as_ref().unwrap().apply(&clean, 99).unwrap().image;
     let enhancer = vesalius_enhancement::infer::Enhancer::<B>::load(&run, &device).unwrap();
     let out = enhancer.enhance(&noisy).unwrap();
     assert_eq!((out.shape(), out.affine()), (clean.shape(), clean.affine()));
@@ -169,7 +169,7 @@ fn through_plane_super_resolution_predicts_on_the_fine_grid_and_reports_the_inte
 
     // A thick image is enhanced on the grid whose 4-blocks are its slices.
     let t1 = vesalius_enhancement::data::load_recipe_image(&recipe, &recipe.data.images[0].image).unwrap();
-    let thick = recipe.degrade.apply(&t1, 0).unwrap().image;
+    let thick = recipe.degrade.as_ref().unwrap().apply(&t1, 0).unwrap().image;
     let enhancer = vesalius_enhancement::infer::Enhancer::<B>::load(&run, &device).unwrap();
     let fine = enhancer.enhance(&thick).unwrap();
     assert_eq!(fine.shape(), &[thick.shape()[0], thick.shape()[1], 4 * thick.shape()[2]]);
@@ -220,7 +220,7 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
 
     // Prediction from the zero-filled complex image and its mask, as `vesalius degrade --model kspace` writes them.
     let t1 = vesalius_enhancement::data::load_recipe_image(&recipe, &recipe.data.images[0].image).unwrap();
-    let d = recipe.degrade.apply(&t1, 5).unwrap();
+    let d = recipe.degrade.as_ref().unwrap().apply(&t1, 5).unwrap();
     let enhancer = vesalius_enhancement::infer::Enhancer::<B>::load(&run, &device).unwrap();
     let out = enhancer.reconstruct(d.complex.as_ref().unwrap(), d.mask.as_ref().unwrap()).unwrap();
     assert_eq!(out.shape(), t1.shape());
@@ -234,4 +234,35 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("kspace"), "{e}");
+}
+
+#[test]
+fn translation_trains_on_a_registered_pair_and_is_scored_against_an_affine_intensity_map() {
+    let text = std::fs::read_to_string(fixtures().join("../recipes/t1-to-pd.toml")).unwrap();
+    let small = text.replace("epochs = 30", "epochs = 2").replace("iterations = 20", "iterations = 2").replace("batch = 8", "batch = 2");
+    let recipe = EnhanceRecipe::from_toml(&small, &fixtures().join("../recipes")).unwrap();
+    assert!(recipe.degrade.is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let outcome = vesalius_enhancement::train::train::<AB>(
+        &recipe,
+        &run,
+        &Default::default(),
+        &RunOptions { quiet: true, ..Default::default() },
+        |_| {},
+    )
+    .unwrap();
+    let m = outcome.test.unwrap();
+    assert_eq!(m.methods.keys().collect::<Vec<_>>(), ["input", "linear-fit", "network"]);
+    assert!(m.input.contains("other contrast"));
+    // Every method is scored on the held-out rows in the same window.
+    assert!(m.methods.values().all(|q| q.rmse.value.is_finite() && q.psnr.value.is_finite()));
+
+    // A pair and a degradation at once, or an image without its input, are refused.
+    let both = text.replace("[model]", "[degrade]\nmodel = \"gaussian\"\nsigma = 1.0\n[model]");
+    let e = EnhanceRecipe::from_toml(&both, &fixtures().join("../recipes")).unwrap_err().to_string();
+    assert!(e.contains("choose one"), "{e}");
+    let unpaired = text.replace(", input = \"../fixtures/itk/BrainT1Slice.png\"", "");
+    let e = EnhanceRecipe::from_toml(&unpaired, &fixtures().join("../recipes")).unwrap_err().to_string();
+    assert!(e.contains("has no `input`"), "{e}");
 }
