@@ -26,6 +26,7 @@ pub mod kspace;
 pub mod metrics;
 pub mod model;
 pub mod recipe;
+pub mod stain;
 pub mod train;
 
 /// Errors of the enhancement task.

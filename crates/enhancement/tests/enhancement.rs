@@ -266,3 +266,37 @@ fn translation_trains_on_a_registered_pair_and_is_scored_against_an_affine_inten
     let e = EnhanceRecipe::from_toml(&unpaired, &fixtures().join("../recipes")).unwrap_err().to_string();
     assert!(e.contains("has no `input`"), "{e}");
 }
+
+#[test]
+fn macenko_stain_vectors_equal_the_numpy_reference_and_every_method_runs_on_real_he() {
+    use vesalius_enhancement::stain::{colour_distance, macenko_stains};
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("histology/macenko_reference.json")).unwrap()).unwrap();
+    for (file, tolerance) in [("cmu1_crop.png", 1e-3), ("stardist_histo.jpg", 1e-2)] {
+        // (JPEG decoders differ by a grey level here and there: a looser tolerance for the JPEG.)
+        let img = vesalius_io::load(fixtures().join("histology").join(file)).unwrap();
+        let (he, conc) = macenko_stains(&img).unwrap();
+        for (k, name) in ["haematoxylin", "eosin"].iter().enumerate() {
+            let r: Vec<f64> = expected[file][name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let cos: f64 = he[k].iter().zip(&r).map(|(a, b)| a * b).sum();
+            assert!(1.0 - cos < tolerance, "{file} {name}: {:?} vs {r:?}", he[k]);
+            let mut c: Vec<f64> = conc.iter().map(|x| x[k]).collect();
+            c.sort_by(f64::total_cmp);
+            let c99 = c[(0.99 * (c.len() - 1) as f64).round() as usize];
+            let r99 = expected[file]["c99"][k].as_f64().unwrap();
+            assert!((c99 / r99 - 1.0).abs() < 10.0 * tolerance, "{file} {name} 99th percentile {c99} vs {r99}");
+        }
+    }
+    // The recipe: every method writes its image, and Reinhard and the auto-encoder bring the colours closer.
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = vesalius_enhancement::stain::StainRecipe::from_file(&fixtures().join("../recipes/stain-normalisation.toml")).unwrap();
+    let report = vesalius_enhancement::stain::run::<AB>(&recipe, dir.path(), &Default::default()).unwrap();
+    let d = &report.sources["cmu1_crop.png"];
+    for m in ["reinhard", "macenko", "sae"] {
+        assert!(dir.path().join(format!("cmu1_crop_{m}.png")).is_file(), "{m}");
+    }
+    assert!(d["reinhard"].mean < 0.05 && d["reinhard"].std < 0.05, "{d:?}"); // Reinhard matches the moments
+    assert!(d["sae"].wasserstein < 0.5 * d["none"].wasserstein, "{d:?}");
+    let target = vesalius_io::load(fixtures().join("histology/stardist_histo.jpg")).unwrap();
+    assert_eq!(colour_distance(&target, &target).unwrap().wasserstein, 0.0);
+}

@@ -13,7 +13,12 @@ type B = burn::backend::Flex;
 type B = burn::backend::Cuda;
 type AB = Autodiff<B>;
 
+/// The backend's generator is process-wide: building a network draws from it, so tests that build networks take
+/// turns, and a seeded test sees only its own draws.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn params(arch: Arch, c: usize, k: usize, s: usize) -> usize {
+    let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     ClassifierConfig::new(arch, c, k, s).init::<B>(&Default::default()).expect("valid config").param_count()
 }
 
@@ -53,8 +58,6 @@ fn arch_names_in_recipes() {
 
 /// Output shape, and one SGD step on a fixed batch lowers the training loss (same dropout masks both times).
 fn check_step(arch: Arch, channels: usize, size: usize, lr: f64) {
-    // The backend's generator is process-wide: tests running in parallel would interleave their draws.
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let classes = 3;
@@ -131,4 +134,9 @@ fn resnet34_step() {
 #[test]
 fn resnet50_step() {
     check_step(Arch::ResNet50, 1, 32, 0.001);
+}
+
+#[test]
+fn sae_step() {
+    check_step(Arch::Sae, 1, 28, 0.05);
 }

@@ -226,7 +226,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
         Command::Train { recipe, out, quiet, epochs, iterations } => {
-            if commands::recipe_task(&recipe).as_deref() == Some("enhancement") {
+            if commands::recipe_task(&recipe).as_deref() == Some("stain-normalisation") {
+                if epochs.is_some() || iterations.is_some() {
+                    return Err(CliError::Usage("--epochs and --iterations do not apply to stain normalisation".into()));
+                }
+                crate::enhance::stain(backend, &recipe, out)
+            } else if commands::recipe_task(&recipe).as_deref() == Some("enhancement") {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage(
                         "--epochs and --iterations apply to segmentation and registration; set them in the recipe".into(),

@@ -242,3 +242,20 @@ pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], out: &P
         Ok::<(), CliError>(())
     })
 }
+
+/// `vesalius train` for a stain-normalisation recipe: the normalised images and `metrics.json` in the run folder.
+pub fn stain(backend: BackendKind, source: &Path, out: Option<PathBuf>) -> Result<(), CliError> {
+    let recipe = vesalius_enhancement::stain::StainRecipe::from_file(source)?;
+    let name = source.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "stain".into());
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
+    let report =
+        with_backend!(backend, |B, AB, device| vesalius_enhancement::stain::run::<AB>(&recipe, &out, &device).map_err(CliError::from))?;
+    println!("colour distance to the target in CIE L*a*b* (mean |Δmean|, mean |Δstd|, mean 1-Wasserstein over L*, a*, b*)");
+    for (source, methods) in &report.sources {
+        for (method, d) in methods {
+            println!("  {source:<24} {method:<9} {:>7.3} {:>7.3} {:>7.3}", d.mean, d.std, d.wasserstein);
+        }
+    }
+    println!("run directory: {}", out.display());
+    Ok(())
+}
