@@ -12,7 +12,7 @@ use vesalius_eval::bootstrap::{Clusters, Estimate, cluster_percentile_ci};
 use vesalius_train::RunDir;
 
 use crate::EnhanceError;
-use crate::baselines::{SIGMA_GRID, choose_sigma, gaussian_in_plane};
+use crate::baselines::{NLM_GRID, SIGMA_GRID, choose_sigma, gaussian_in_plane, noise_sigma, non_local_means};
 use crate::data::{self, EvalCase, Prepared};
 use crate::degrade::Degradation;
 use crate::metrics::{Quality, clip, psnr, quality};
@@ -62,13 +62,17 @@ pub struct EnhanceMetrics {
     pub window: [f32; 2],
     /// σ (pixels) of the Gaussian-filter baseline (denoising models), chosen on the validation cases.
     pub gaussian_sigma: Option<f64>,
+    /// Strength of the non-local-means baseline (denoising models) as a multiple of each case's estimated noise σ,
+    /// chosen on the validation cases.
+    pub nlm_factor: Option<f64>,
     /// What the intervals resample (`patients`, `cases`, or `cases of one patient`).
     pub bootstrap_unit: String,
     /// Clusters resampled.
     pub clusters: usize,
     /// What `input` is: the degraded image the network sees.
     pub input: String,
-    /// Method → summary: `input`, `gaussian` (a Gaussian filter of the input, denoising models), `linear` (linear
+    /// Method → summary: `input`, `gaussian` and `nlm` (a Gaussian filter and non-local means of the input,
+    /// denoising models), `linear` (linear
     /// interpolation of the coarse image, super-resolution), `linear-fit` (the least-squares affine intensity map
     /// fitted on the training planes, translation), `network`.
     pub methods: BTreeMap<String, MethodSummary>,
@@ -141,6 +145,32 @@ pub fn linear_fit(data: &Prepared) -> (f32, f32) {
     (a as f32, ((sy - a * sx) / n) as f32)
 }
 
+/// Patch and search radii of the non-local-means baseline (7×7 patches in a 15×15 window).
+pub const NLM_PATCH: usize = 3;
+/// See [`NLM_PATCH`].
+pub const NLM_SEARCH: usize = 7;
+
+/// The non-local-means baseline on a case's degraded plane, with strength `factor ×` its estimated noise σ.
+pub fn nlm_plane(c: &EvalCase, factor: f64) -> Vec<f32> {
+    let sigma = noise_sigma(&c.degraded, c.w, c.h);
+    non_local_means(&c.degraded, c.w, c.h, NLM_PATCH, NLM_SEARCH, factor * sigma)
+}
+
+/// The non-local-means strength (a multiple of the estimated noise σ) with the best mean validation PSNR.
+pub fn nlm_factor(val: &[EvalCase], data: &Prepared, window: [f32; 2]) -> f64 {
+    let range = (window[1] - window[0]) as f64;
+    choose_sigma(&NLM_GRID, |factor| {
+        val.iter()
+            .map(|c| {
+                let (est, _) = c.crop(&data.metric_units(c, &nlm_plane(c, factor)));
+                let (reference, _) = c.crop(&data.metric_units(c, &c.clean));
+                psnr(&clip(&est, window[0], window[1]), &clip(&reference, window[0], window[1]), range)
+            })
+            .sum::<f64>()
+            / val.len().max(1) as f64
+    })
+}
+
 /// Loads the best model of a run.
 pub fn load_best<B: Backend>(run: &RunDir, info: &EnhanceInfo, device: &B::Device) -> Result<EnhanceNet<B>, EnhanceError> {
     Ok(vesalius_train::engine::load_module(build::<B>(&info.model, device), &run.best_model(), device)?)
@@ -195,6 +225,7 @@ pub fn evaluate_prepared<B: Backend>(
     let denoising =
         matches!(info.degradation, Some(Degradation::LowDoseCt { .. } | Degradation::Gaussian { .. } | Degradation::Rician { .. }));
     let sigma = denoising.then(|| gaussian_sigma(&data.val, data, window));
+    let nlm = denoising.then(|| nlm_factor(&data.val, data, window));
     // Translation: the best affine intensity map from input to target on the training planes.
     let fit = info.degradation.is_none().then(|| linear_fit(data));
     let cases = match set {
@@ -213,6 +244,9 @@ pub fn evaluate_prepared<B: Backend>(
         methods.insert("input".to_string(), score(&c.degraded));
         if let Some(sigma) = sigma {
             methods.insert("gaussian".to_string(), score(&gaussian_in_plane(&c.degraded, &[c.w, c.h], sigma)));
+        }
+        if let Some(factor) = nlm {
+            methods.insert("nlm".to_string(), score(&nlm_plane(c, factor)));
         }
         if let Some((a, b)) = fit {
             methods.insert("linear-fit".to_string(), score(&c.degraded.iter().map(|v| a * v + b).collect::<Vec<_>>()));
@@ -259,6 +293,7 @@ pub fn evaluate_prepared<B: Backend>(
         degradation: info.degradation.clone(),
         window,
         gaussian_sigma: sigma,
+        nlm_factor: nlm,
         bootstrap_unit: clusters.unit().into(),
         clusters: clusters.len(),
         methods,

@@ -184,7 +184,10 @@ pub fn format_metrics(m: &vesalius_enhancement::evaluate::EnhanceMetrics) -> Str
         m.bootstrap_unit,
         m.window[0],
         m.window[1],
-        m.gaussian_sigma.map_or(String::new(), |s| format!("; Gaussian σ {s} px (chosen on validation)"))
+        m.gaussian_sigma.map_or(String::new(), |s| format!(
+            "; Gaussian σ {s} px, non-local means h = {} σ̂ (chosen on validation)",
+            m.nlm_factor.unwrap_or(f64::NAN)
+        ))
     );
     s.push_str(&format!("  {:<10} {:>26} {:>26} {:>26}\n", "method", "PSNR dB [95 % CI]", "SSIM [95 % CI]", "RMSE [95 % CI]"));
     for (name, q) in &m.methods {
