@@ -102,22 +102,11 @@ pub fn bspline_coefficients(samples: &[f64]) -> Vec<f64> {
     c.iter().map(|v| v * 6.0).collect()
 }
 
-fn beta3(t: f64) -> f64 {
-    let a = t.abs();
-    if a < 1.0 {
-        2.0 / 3.0 - a * a + a * a * a / 2.0
-    } else if a < 2.0 {
-        (2.0 - a).powi(3) / 6.0
-    } else {
-        0.0
-    }
-}
-
 /// The cubic B-spline through `coefficients` at position `x` (in samples), mirror borders.
 pub fn bspline_at(coefficients: &[f64], x: f64) -> f64 {
     let n = coefficients.len();
     let j0 = x.floor() as i64;
-    (j0 - 1..=j0 + 2).map(|j| coefficients[mirror(j, n)] * beta3(x - j as f64)).sum()
+    (j0 - 1..=j0 + 2).map(|j| coefficients[mirror(j, n)] * vesalius_io::geometry::cubic_bspline(x - j as f64)).sum()
 }
 
 /// Cubic B-spline interpolation of `data` (of `shape`) onto the grid whose `factor`-blocks along `axis` are its

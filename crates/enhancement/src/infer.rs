@@ -125,13 +125,43 @@ impl<B: Backend> Enhancer<B> {
     }
 }
 
-/// `OUTDIR/<input stem>_enhanced.nii.gz`.
+/// Whether an input file is a 2D picture format (PNG, JPEG, TIFF), whose enhanced image is written as PNG.
+pub fn is_picture(input: &Path) -> bool {
+    use vesalius_io::Format;
+    matches!(Format::from_path(input), Some(Format::Png | Format::Jpeg | Format::Tiff))
+}
+
+/// `OUTDIR/<input stem>_enhanced.png` for pictures (PNG, JPEG, TIFF), `OUTDIR/<input stem>_enhanced.nii.gz` for
+/// everything else.
 pub fn output_path(input: &Path, out_dir: &Path) -> PathBuf {
     let name = input.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
     let stem = [".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg"]
         .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(&name)
-        .to_string();
-    out_dir.join(format!("{stem}_enhanced.nii.gz"))
+        .find_map(|ext| name.to_lowercase().ends_with(ext).then(|| name[..name.len() - ext.len()].to_string()))
+        .unwrap_or(name);
+    out_dir.join(format!("{stem}_enhanced.{}", if is_picture(input) { "png" } else { "nii.gz" }))
+}
+
+/// An enhanced picture in its input's stored type: values rounded and clipped to 0–255 (`uint8` inputs) or
+/// 0–65535 (others), for writing as PNG.
+pub fn as_picture(enhanced: &Image, input_dtype: &str) -> Result<Image, EnhanceError> {
+    let (max, dtype) = if input_dtype == "uint8" { (255.0, "uint8") } else { (65535.0, "uint16") };
+    let data = enhanced.data().iter().map(|v| v.round().clamp(0.0, max)).collect();
+    Ok(Image::new(data, enhanced.shape().to_vec(), enhanced.channels(), *enhanced.affine(), dtype)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pictures_come_back_as_pictures_of_their_type() {
+        let out = Path::new("/o");
+        assert_eq!(output_path(Path::new("a/slice.PNG"), out), Path::new("/o/slice_enhanced.png"));
+        assert_eq!(output_path(Path::new("a/ct.nii.gz"), out), Path::new("/o/ct_enhanced.nii.gz"));
+        assert_eq!(output_path(Path::new("a/series"), out), Path::new("/o/series_enhanced.nii.gz"));
+        let img = Image::new(vec![-3.2, 12.6, 300.0, 7.0], vec![2, 2], 1, vesalius_io::IDENTITY, "float32").unwrap();
+        let p = as_picture(&img, "uint8").unwrap();
+        assert_eq!((p.data(), p.dtype()), (&[0.0, 13.0, 255.0, 7.0][..], "uint8"));
+    }
 }

@@ -2,7 +2,7 @@
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use vesalius_nets::{Crnn, CrnnConfig, NormKind, RedCnn, RedCnnConfig, UNet, UNetConfig};
+use vesalius_nets::{ConvAutoencoder, ConvAutoencoderConfig, Crnn, CrnnConfig, NormKind, RedCnn, RedCnnConfig, UNet, UNetConfig};
 
 use crate::filters::reflect;
 use crate::recipe::{Arch, ModelSection};
@@ -16,6 +16,8 @@ pub enum EnhanceNet<B: Backend> {
     Unet(UNet<B>),
     /// The CRNN with k-space data consistency.
     Crnn(Crnn<B>),
+    /// A convolutional auto-encoder.
+    ConvAe(ConvAutoencoder<B>),
 }
 
 /// Builds the network of `spec`.
@@ -25,6 +27,7 @@ pub fn build<B: Backend>(spec: &ModelSection, device: &B::Device) -> EnhanceNet<
         // Batch norm (running statistics at inference): instance norm would see 48-pixel patches in training and
         // whole planes at inference, with different statistics.
         Arch::Unet => EnhanceNet::Unet(UNetConfig::new(2, 1, 1, spec.channels.clone()).with_norm(NormKind::Batch).init(device)),
+        Arch::ConvAe => EnhanceNet::ConvAe(ConvAutoencoderConfig::new(1, spec.channels.clone()).init(device)),
         Arch::Crnn => EnhanceNet::Crnn(
             CrnnConfig::new().with_features(spec.features).with_iterations(spec.iterations).with_layers(spec.layers).init(device),
         ),
@@ -40,6 +43,10 @@ pub fn size_rule(spec: &ModelSection) -> (usize, usize) {
             (m, m)
         }
         Arch::Crnn => (1, 1),
+        Arch::ConvAe => {
+            let m = 1 << spec.channels.len();
+            (m, m)
+        }
     }
 }
 
@@ -49,6 +56,7 @@ impl<B: Backend> EnhanceNet<B> {
     pub fn forward(&self, x: Tensor<B, 4>, kspace: Option<(Tensor<B, 4>, Tensor<B, 4>)>) -> Tensor<B, 4> {
         match (self, kspace) {
             (EnhanceNet::RedCnn(net), _) => net.forward(x),
+            (EnhanceNet::ConvAe(net), _) => net.forward(x),
             (EnhanceNet::Unet(net), _) => x.clone() + net.forward_2d(x),
             (EnhanceNet::Crnn(net), Some((k0, mask))) => net.forward(x, k0, mask),
             // Without measurements there is nothing to keep consistent with: every line counts as unmeasured.
@@ -116,7 +124,7 @@ mod tests {
     #[test]
     fn whole_planes_of_any_size_keep_their_size() {
         let device = Default::default();
-        for arch in [Arch::RedCnn, Arch::Unet] {
+        for arch in [Arch::RedCnn, Arch::Unet, Arch::ConvAe] {
             let spec = ModelSection { arch, features: 4, channels: vec![4, 8, 16], ..Default::default() };
             let net = build::<B>(&spec, &device);
             let plane: Vec<f32> = (0..33 * 19).map(|i| (i % 7) as f32 / 7.0).collect();

@@ -152,6 +152,9 @@ pub enum Arch {
     /// The convolutional recurrent reconstruction network with k-space data consistency (k-space models only;
     /// trains on whole planes).
     Crnn,
+    /// A convolutional (denoising) auto-encoder: stride-2 convolutions down, transposed convolutions up, sigmoid
+    /// output (intensities in [0, 1]); `channels` per level.
+    ConvAe,
 }
 
 /// `[model]`.
@@ -432,6 +435,18 @@ impl EnhanceRecipe {
                 }
                 if [d.val_band, d.test_band].iter().flatten().any(|b| b.axis != 2) {
                     return bad("the CRNN trains on whole planes: hold out whole slices (band axis 2) or whole images".into());
+                }
+            }
+            Arch::ConvAe => {
+                if m.channels.is_empty() || m.channels.iter().any(|&c| c == 0 || c > 512) {
+                    return bad("model.channels: at least one level of 1..=512 channels".into());
+                }
+                if !t.patch.is_multiple_of(1 << m.channels.len()) {
+                    return bad(format!(
+                        "train.patch must be a multiple of {} for a {}-level auto-encoder",
+                        1 << m.channels.len(),
+                        m.channels.len()
+                    ));
                 }
             }
             Arch::Unet => {

@@ -444,6 +444,18 @@ pub fn resample_onto(img: &Image, shape: &[usize], affine: &Affine, nearest: boo
     resample_to_grid(img, shape, &compose(&ainv, affine), nearest, *affine)
 }
 
+/// The cubic B-spline kernel `β³(u)`: `2/3 − |u|² + |u|³/2` for `|u| < 1`, `(2 − |u|)³/6` for `|u| < 2`, else 0.
+pub fn cubic_bspline(u: f64) -> f64 {
+    let a = u.abs();
+    if a < 1.0 {
+        2.0 / 3.0 - a * a + a * a * a / 2.0
+    } else if a < 2.0 {
+        (2.0 - a).powi(3) / 6.0
+    } else {
+        0.0
+    }
+}
+
 /// Inverse of a 3×3 matrix (`None` when singular).
 pub fn mat3_inv(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
     let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])

@@ -82,18 +82,6 @@ impl Default for DeformableOptions {
     }
 }
 
-/// The cubic B-spline kernel.
-fn cubic_bspline(u: f64) -> f64 {
-    let a = u.abs();
-    if a < 1.0 {
-        2.0 / 3.0 - a * a + a * a * a / 2.0
-    } else if a < 2.0 {
-        (2.0 - a).powi(3) / 6.0
-    } else {
-        0.0
-    }
-}
-
 /// Number of control points along an axis of `len` voxels with `spacing`: one before the first voxel and enough
 /// after the last for the cubic support (a single point for an axis of length 1).
 pub fn control_points(len: usize, spacing: usize) -> usize {
@@ -113,7 +101,7 @@ pub fn bspline_matrix(out: usize, points: usize, spacing: usize, factor: usize) 
         let x = (factor * q) as f64 + (factor as f64 - 1.0) / 2.0;
         let t = x / spacing as f64 + 1.0;
         for k in 0..points {
-            m[q * points + k] = cubic_bspline(t - k as f64) as f32;
+            m[q * points + k] = vesalius_io::geometry::cubic_bspline(t - k as f64) as f32;
         }
     }
     m

@@ -223,23 +223,30 @@ pub fn evaluate(backend: BackendKind, run_dir: &Path, split: &str) -> Result<(),
 /// `vesalius predict` for an enhancement run: one `<name>_enhanced.nii.gz` per input in `out`. Reconstruction
 /// (CRNN) runs take zero-filled complex images and their k-space `mask`.
 pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], out: &Path, mask: Option<&Path>) -> Result<(), CliError> {
-    use vesalius_enhancement::infer::{Enhancer, output_path};
+    use vesalius_enhancement::infer::{Enhancer, as_picture, is_picture, output_path};
     let run = RunDir::new(run_dir);
     std::fs::create_dir_all(out).map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
     with_backend!(backend, |B, AB, device| {
         let enhancer = Enhancer::<B>::load(&run, &device)?;
         let mask = mask.map(|m| vesalius_io::load(m).map_err(|e| CliError::Usage(e.to_string()))).transpose()?;
         for input in inputs {
-            let enhanced = match &mask {
+            let (enhanced, dtype) = match &mask {
                 Some(mask) => {
                     let img = vesalius_io::load(input)?;
-                    enhancer.reconstruct(&img, mask)
+                    (enhancer.reconstruct(&img, mask), img.dtype().to_string())
                 }
-                None => enhancer.enhance(&vesalius_enhancement::data::load_image(input)?),
-            }
-            .map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
+                None => {
+                    let img = vesalius_enhancement::data::load_image(input)?;
+                    (enhancer.enhance(&img), img.dtype().to_string())
+                }
+            };
+            let enhanced = enhanced.map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
             let path = output_path(input, out);
-            vesalius_io::nifti::save(&path, &enhanced, NiftiType::F32)?;
+            if is_picture(input) {
+                vesalius_io::save_2d(&path, &as_picture(&enhanced, &dtype)?)?;
+            } else {
+                vesalius_io::nifti::save(&path, &enhanced, NiftiType::F32)?;
+            }
             println!("{} -> {}", input.display(), path.display());
         }
         Ok::<(), CliError>(())

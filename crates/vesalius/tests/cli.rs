@@ -808,6 +808,12 @@ lr = 1e-3
     assert!(o.status.success(), "{}", stderr(&o));
     let enhanced = vesalius_io::load(outdir.join("CT_small_enhanced.nii.gz")).unwrap();
     assert_eq!(enhanced.shape(), &[128, 128]);
+    // A picture comes back as a picture of its own type.
+    let png = root().join("fixtures/itk/BrainProtonDensitySlice.png");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), png.to_str().unwrap(), "-o", outdir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let picture = vesalius_io::load(outdir.join("BrainProtonDensitySlice_enhanced.png")).unwrap();
+    assert_eq!((picture.shape(), picture.dtype()), (vesalius_io::load(&png).unwrap().shape(), "uint8"));
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), ct.to_str().unwrap()]), "needs an output folder");
     assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "train"]), "not 'train'");
 }
