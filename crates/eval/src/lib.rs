@@ -20,6 +20,7 @@
 pub mod bootstrap;
 pub mod classification;
 pub mod segmentation;
+pub mod survival;
 
 /// Why a metric or report cannot be computed.
 #[derive(Debug, thiserror::Error, PartialEq)]
