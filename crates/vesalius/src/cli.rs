@@ -226,7 +226,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
         Command::Train { recipe, out, quiet, epochs, iterations } => {
-            if commands::recipe_task(&recipe).as_deref() == Some("stain-normalisation") {
+            if commands::recipe_task(&recipe).as_deref() == Some("survival") {
+                if epochs.is_some() || iterations.is_some() {
+                    return Err(CliError::Usage("--epochs and --iterations do not apply to survival models".into()));
+                }
+                crate::survival::train(&recipe, out)
+            } else if commands::recipe_task(&recipe).as_deref() == Some("stain-normalisation") {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to stain normalisation".into()));
                 }
@@ -259,7 +264,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Evaluate { run, split, tta, optimisation } => {
-            if vesalius_enhancement::train::is_run(&run) && !tta && optimisation.is_none() {
+            if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
+                crate::survival::evaluate(&run, &split)
+            } else if vesalius_enhancement::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::enhance::evaluate(backend, &run, &split)
             } else if vesalius_registration::train::is_run(&run) {
                 commands::evaluate_registration(backend, &run, optimisation.as_deref(), &split)
@@ -272,7 +279,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Predict { run, inputs, output, probabilities, tta, mask } => {
-            if vesalius_enhancement::train::is_run(&run) {
+            if vesalius_prediction::train::is_run(&run) {
+                if probabilities || tta || mask.is_some() {
+                    return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to survival runs".into()));
+                }
+                crate::survival::predict(&run, &inputs, output.as_deref())
+            } else if vesalius_enhancement::train::is_run(&run) {
                 if probabilities || tta {
                     return Err(CliError::Usage("--probabilities and --tta apply to segmentation runs".into()));
                 }

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod enhance;
+pub mod survival;
 
 /// A command failure, mapped to an exit code.
 #[derive(Debug, thiserror::Error)]

@@ -857,3 +857,31 @@ fn reconstruction_runs_predict_from_the_complex_image_and_mask_that_degrade_writ
     let o = vesalius(&["predict", "--run", run.to_str().unwrap(), k.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert_input_error(&o, "--mask");
 }
+
+#[test]
+fn survival_train_evaluate_predict_on_gbsg2() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let recipe = root().join("recipes/gbsg2-cox.toml");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("pnodes") && text.contains("Harrell's C") && text.contains("test set: 206 patients"), "{text}");
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("integrated Brier"));
+    let csv = dir.path().join("pred.csv");
+    let table = root().join("fixtures/survival/gbsg2.csv");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), table.to_str().unwrap(), "-o", csv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let written = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(written.lines().next().unwrap(), "id,risk,survival_365,survival_730,survival_1095,survival_1460");
+    assert_eq!(written.lines().count(), 687);
+    assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "val"]), "--split test");
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "horTh,age,menostat,tsize,tgrade,pnodes,progrec,estrec\nmaybe,70,Post,21,II,3,48,66\n").unwrap();
+    assert_input_error(
+        &vesalius(&["predict", "--run", run.to_str().unwrap(), bad.to_str().unwrap()]),
+        "\"maybe\" is not one of the levels",
+    );
+}

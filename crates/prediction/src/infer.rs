@@ -1,0 +1,42 @@
+//! Applying a survival run to a new table: one row per subject with its id, risk (`xᵀβ` on the training
+//! standardisation; higher = earlier event) and survival probability at each evaluation time.
+use std::path::Path;
+
+use crate::PredError;
+use crate::evaluate::read_run;
+use crate::table::read_csv;
+
+/// Predictions for the rows of `table` (same columns as the training table; time and event columns are not
+/// needed): `(id, risk, survival at each time)`, and the times.
+pub fn predict(run: &Path, table: &Path) -> Result<(Vec<(String, f64, Vec<f64>)>, Vec<f64>), PredError> {
+    let (recipe, model) = read_run(run)?;
+    let metrics: crate::evaluate::SurvivalMetrics =
+        vesalius_train::run::read_json(&run.join("metrics.json")).map_err(|e| PredError::Input(e.to_string()))?;
+    let raw = read_csv(table)?;
+    let id_col = recipe.data.id.as_deref().and_then(|c| raw.column(c).ok());
+    let mut out = Vec::with_capacity(raw.rows.len());
+    for r in 0..raw.rows.len() {
+        let x = model.encoding.encode_row(&raw, r)?;
+        let id = id_col.map_or_else(|| (r + 1).to_string(), |c| raw.rows[r][c].trim().to_string());
+        out.push((id, model.risk(&x), metrics.times.iter().map(|&t| model.survival(&x, t)).collect()));
+    }
+    Ok((out, metrics.times))
+}
+
+/// The predictions as CSV: `id,risk,survival_<t>…`.
+pub fn to_csv(rows: &[(String, f64, Vec<f64>)], times: &[f64]) -> String {
+    let mut s = String::from("id,risk");
+    for t in times {
+        s.push_str(&format!(",survival_{t}"));
+    }
+    s.push('\n');
+    for (id, risk, surv) in rows {
+        let id = if id.contains([',', '"', '\n']) { format!("\"{}\"", id.replace('"', "\"\"")) } else { id.clone() };
+        s.push_str(&format!("{id},{risk:.6}"));
+        for v in surv {
+            s.push_str(&format!(",{v:.6}"));
+        }
+        s.push('\n');
+    }
+    s
+}

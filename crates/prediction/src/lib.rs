@@ -1,0 +1,35 @@
+//! Prediction (CADx): time-to-event models on tables.
+//!
+//! * [`cox`] — Cox proportional hazards (Efron or Breslow ties, ridge penalty, Breslow baseline hazard and
+//!   survival curves), equal to lifelines and scikit-survival on the Rossi data.
+//! * [`table`] — a CSV table read into features, times, events and patient ids; string columns dummy-coded.
+//! * [`recipe`], [`train`], [`evaluate`], [`infer`] — the `task = "survival"` recipe: a patient-level split, the
+//!   model fitted on the training patients, scored on the test patients (Harrell's and Uno's C, time-dependent AUC,
+//!   integrated Brier score, with bootstrap intervals over patients) and applied to new tables.
+//!
+//! Conventions: higher risk means an earlier event; times are in the table's units; evaluation times must lie
+//! inside the test data's follow-up.
+//!
+//! ```
+//! use vesalius_prediction::cox::{fit, CoxConfig};
+//! let x = vec![vec![0.0], vec![1.0], vec![0.0], vec![1.0]];
+//! let model = fit(&x, &[4.0, 1.0, 3.0, 2.0], &[true; 4], &CoxConfig::default()).unwrap();
+//! assert!(model.coefficients[0] > 0.0); // x = 1 fails first
+//! ```
+pub mod cox;
+pub mod evaluate;
+pub mod infer;
+pub mod recipe;
+pub mod table;
+pub mod train;
+
+/// Errors of the prediction task.
+#[derive(Debug, thiserror::Error)]
+pub enum PredError {
+    /// Bad input: a table, a recipe, a parameter.
+    #[error("{0}")]
+    Input(String),
+    /// A failure of the program itself.
+    #[error("{0}")]
+    Internal(String),
+}

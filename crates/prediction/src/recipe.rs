@@ -1,0 +1,159 @@
+//! The survival recipe (TOML, `task = "survival"`).
+//!
+//! ```
+//! use vesalius_prediction::recipe::SurvivalRecipe;
+//! let r = SurvivalRecipe::from_toml(r#"
+//!     task = "survival"
+//!     [data]
+//!     kind = "table"
+//!     path = "gbsg2.csv"
+//!     time = "time"
+//!     event = "cens"
+//!     [model]
+//!     arch = "cox"
+//! "#, std::path::Path::new("/data")).unwrap();
+//! assert_eq!(r.data.path, std::path::Path::new("/data/gbsg2.csv"));
+//! assert_eq!(r.data.test_share, 0.3);
+//! ```
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::PredError;
+use crate::cox::Ties;
+
+/// `[data]`: a table of subjects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Always `"table"`.
+    pub kind: String,
+    /// The CSV file (one row per patient).
+    pub path: PathBuf,
+    /// Time column.
+    pub time: String,
+    /// Event column: 1 = event, 0 = censored.
+    pub event: String,
+    /// Patient id column (default: the row number).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Feature columns (default: every other column).
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// Share of patients held out for testing (seeded, patient-level).
+    #[serde(default = "default_test_share")]
+    pub test_share: f64,
+}
+
+fn default_test_share() -> f64 {
+    0.3
+}
+
+/// Survival models.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// Cox proportional hazards.
+    #[default]
+    Cox,
+}
+
+/// `[model]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The model.
+    #[serde(default)]
+    pub arch: Arch,
+    /// Cox: tie handling.
+    #[serde(default)]
+    pub ties: Ties,
+    /// Cox: ridge penalty `½ λ ‖β‖²` on standardised features.
+    #[serde(default)]
+    pub l2: f64,
+}
+
+/// `[eval]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Times for time-dependent AUC, Brier scores and survival predictions (default: the 25th, 50th and 75th
+    /// percentiles of the test patients' event times).
+    #[serde(default)]
+    pub times: Option<Vec<f64>>,
+    /// Truncation time of Uno's C (default: the last evaluation time).
+    #[serde(default)]
+    pub tau: Option<f64>,
+    /// Bootstrap resamples (over patients).
+    #[serde(default)]
+    pub bootstrap: Option<usize>,
+}
+
+/// A survival recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurvivalRecipe {
+    /// Always `"survival"`.
+    pub task: String,
+    /// Seed of the split and the bootstrap.
+    #[serde(default)]
+    pub seed: u64,
+    /// Data.
+    pub data: DataSection,
+    /// Model.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// Evaluation.
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+impl SurvivalRecipe {
+    /// Parses a recipe; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, PredError> {
+        let mut r: SurvivalRecipe = toml::from_str(text).map_err(|e| PredError::Input(format!("invalid recipe: {e}")))?;
+        if r.data.path.is_relative() {
+            r.data.path = base.join(&r.data.path);
+        }
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Reads a recipe file.
+    pub fn from_file(path: &Path) -> Result<Self, PredError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PredError::Input(format!("{}: {e}", path.display())))?;
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).map_err(|e| PredError::Input(e.to_string()))?;
+        Self::from_toml(&text, &base).map_err(|e| PredError::Input(format!("{}: {e}", path.display())))
+    }
+
+    /// The recipe as TOML.
+    pub fn to_toml(&self) -> Result<String, PredError> {
+        toml::to_string(self).map_err(|e| PredError::Internal(e.to_string()))
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), PredError> {
+        let bad = |m: &str| Err(PredError::Input(m.to_string()));
+        if self.task != "survival" {
+            return bad("task must be \"survival\"");
+        }
+        if self.data.kind != "table" {
+            return bad("data.kind must be \"table\"");
+        }
+        if !(self.data.test_share > 0.0 && self.data.test_share < 1.0) {
+            return bad("data.test_share must lie in (0, 1)");
+        }
+        if !(self.model.l2 >= 0.0 && self.model.l2.is_finite()) {
+            return bad("model.l2 must be finite and ≥ 0");
+        }
+        if let Some(t) = &self.eval.times
+            && (t.is_empty() || t.windows(2).any(|w| !(w[1] > w[0])) || t.iter().any(|v| !v.is_finite()))
+        {
+            return bad("eval.times must be finite and increasing");
+        }
+        if self.eval.bootstrap == Some(0) {
+            return bad("eval.bootstrap must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! Fitting a survival recipe: the table read and encoded, patients split (seeded, patient level), features
+//! standardised on the training patients, the model fitted on them, then scored on the test patients. The run
+//! folder holds `recipe.toml`, `model.json` (everything prediction needs) and `metrics.json`, each written
+//! atomically.
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::PredError;
+use crate::cox::{CoxConfig, CoxModel, fit};
+use crate::evaluate::{SurvivalMetrics, evaluate_rows};
+use crate::recipe::SurvivalRecipe;
+use crate::table::{Encoding, RawTable, Standardise, read_csv};
+
+/// A table read for a recipe: one entry per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SurvivalData {
+    /// Patient ids (the id column, or the 1-based row number).
+    pub ids: Vec<String>,
+    /// Times.
+    pub time: Vec<f64>,
+    /// Events.
+    pub event: Vec<bool>,
+    /// Encoded (not standardised) features.
+    pub x: Vec<Vec<f64>>,
+}
+
+/// Everything a fitted survival run predicts with (`model.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SurvivalModel {
+    /// Feature encoding.
+    pub encoding: Encoding,
+    /// Encoded feature names.
+    pub features: Vec<String>,
+    /// Standardisation fitted on the training patients.
+    pub standardise: Standardise,
+    /// The Cox model on standardised features.
+    pub cox: CoxModel,
+    /// Training times and events (the censoring distribution of Uno's C and the Brier score).
+    pub train_time: Vec<f64>,
+    /// See `train_time`.
+    pub train_event: Vec<bool>,
+}
+
+impl SurvivalModel {
+    /// Risk (`xᵀβ` on standardised features) of an encoded row.
+    pub fn risk(&self, x: &[f64]) -> f64 {
+        self.cox.risk(&self.standardise.apply(x))
+    }
+
+    /// `S(t | x)` of an encoded row.
+    pub fn survival(&self, x: &[f64], t: f64) -> f64 {
+        self.cox.survival(&self.standardise.apply(x), t)
+    }
+}
+
+/// Reads and encodes the recipe's table with `encoding` (fitted on it when `None`).
+pub fn load(recipe: &SurvivalRecipe, encoding: Option<&Encoding>) -> Result<(RawTable, Encoding, SurvivalData), PredError> {
+    let table = read_csv(&recipe.data.path)?;
+    let d = &recipe.data;
+    let (tc, ec) = (table.column(&d.time)?, table.column(&d.event)?);
+    let ic = d.id.as_deref().map(|c| table.column(c)).transpose()?;
+    let features: Vec<String> = match &d.features {
+        Some(f) => f.clone(),
+        None => table.header.iter().filter(|h| **h != d.time && **h != d.event && Some(h.as_str()) != d.id.as_deref()).cloned().collect(),
+    };
+    let encoding = match encoding {
+        Some(e) => e.clone(),
+        None => Encoding::fit(&table, &features)?,
+    };
+    let mut data = SurvivalData { ids: Vec::new(), time: Vec::new(), event: Vec::new(), x: Vec::new() };
+    for r in 0..table.rows.len() {
+        let t = table.number(r, tc)?;
+        if t < 0.0 {
+            return Err(PredError::Input(format!("{}: row {} has a negative time {t}", table.source, r + 2)));
+        }
+        let e = table.number(r, ec)?;
+        if e != 0.0 && e != 1.0 {
+            return Err(PredError::Input(format!(
+                "{}: row {} column \"{}\": events are 1 (event) or 0 (censored), not {e}",
+                table.source,
+                r + 2,
+                d.event
+            )));
+        }
+        data.ids.push(ic.map_or_else(|| (r + 1).to_string(), |c| table.rows[r][c].trim().to_string()));
+        data.time.push(t);
+        data.event.push(e == 1.0);
+        data.x.push(encoding.encode_row(&table, r)?);
+    }
+    Ok((table, encoding, data))
+}
+
+/// Rows of the training and test patients: the patients (not rows) shuffled with the seed, the first
+/// `⌈test_share · patients⌉` held out.
+pub fn split(ids: &[String], test_share: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut patients: Vec<&String> = ids.iter().collect::<BTreeSet<_>>().into_iter().collect();
+    patients.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let n_test = ((test_share * patients.len() as f64).ceil() as usize).clamp(1, patients.len().saturating_sub(1).max(1));
+    let test: BTreeSet<&String> = patients[..n_test].iter().copied().collect();
+    (0..ids.len()).partition(|&i| !test.contains(&ids[i]))
+}
+
+/// Fits `recipe` into `run` and evaluates it on the test patients.
+pub fn train(recipe: &SurvivalRecipe, run: &Path) -> Result<(SurvivalModel, SurvivalMetrics), PredError> {
+    recipe.validate()?;
+    std::fs::create_dir_all(run).map_err(|e| PredError::Internal(format!("{}: {e}", run.display())))?;
+    let recipe_path = run.join("recipe.toml");
+    let text = recipe.to_toml()?;
+    if let Ok(existing) = std::fs::read_to_string(&recipe_path)
+        && existing != text
+    {
+        return Err(PredError::Input(format!("{} holds a run of another recipe: use another --out", run.display())));
+    }
+    vesalius_io::write_atomic(&recipe_path, text.as_bytes()).map_err(|e| PredError::Internal(e.to_string()))?;
+    let (_, encoding, data) = load(recipe, None)?;
+    let (train_rows, test_rows) = split(&data.ids, recipe.data.test_share, recipe.seed);
+    let x_train: Vec<Vec<f64>> = train_rows.iter().map(|&i| data.x[i].clone()).collect();
+    let standardise = Standardise::fit(&x_train);
+    let xs: Vec<Vec<f64>> = x_train.iter().map(|r| standardise.apply(r)).collect();
+    let t: Vec<f64> = train_rows.iter().map(|&i| data.time[i]).collect();
+    let e: Vec<bool> = train_rows.iter().map(|&i| data.event[i]).collect();
+    let cox = fit(&xs, &t, &e, &CoxConfig { ties: recipe.model.ties, l2: recipe.model.l2 })?;
+    let model = SurvivalModel { features: encoding.names(), encoding, standardise, cox, train_time: t, train_event: e };
+    vesalius_train::run::write_json(&run.join("model.json"), &model).map_err(|e| PredError::Internal(e.to_string()))?;
+    // Scored as read back, so that `vesalius evaluate` (which reads the file) reproduces metrics.json exactly.
+    let model: SurvivalModel = vesalius_train::run::read_json(&run.join("model.json")).map_err(|e| PredError::Internal(e.to_string()))?;
+    let metrics = evaluate_rows(&model, &data, &test_rows, recipe)?;
+    vesalius_train::run::write_json(&run.join("metrics.json"), &metrics).map_err(|e| PredError::Internal(e.to_string()))?;
+    Ok((model, metrics))
+}
+
+/// Whether `dir` holds a survival run.
+pub fn is_run(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("recipe.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.get("task").and_then(|v| v.as_str()) == Some("survival"))
+}

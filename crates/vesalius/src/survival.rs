@@ -1,0 +1,76 @@
+//! `train`, `evaluate` and `predict` for survival recipes and runs.
+use std::path::{Path, PathBuf};
+
+use vesalius_prediction::PredError;
+use vesalius_prediction::evaluate::SurvivalMetrics;
+
+use crate::CliError;
+
+impl From<PredError> for CliError {
+    fn from(e: PredError) -> Self {
+        match e {
+            PredError::Internal(m) => CliError::Internal(m),
+            PredError::Input(m) => CliError::Usage(m),
+        }
+    }
+}
+
+/// The table `train` and `evaluate` print.
+pub fn format_metrics(m: &SurvivalMetrics) -> String {
+    let e = |x: &vesalius_eval::bootstrap::Estimate| format!("{:.4} [{:.4}, {:.4}]", x.value, x.ci_low, x.ci_high);
+    let mut s =
+        format!("{} set: {} {} ({} events); 95 % bootstrap intervals over patients\n", m.set, m.patients, m.bootstrap_unit, m.events);
+    s.push_str(&format!("  Harrell's C        {}\n", e(&m.c_index)));
+    s.push_str(&format!("  Uno's C (τ = {})  {}\n", m.tau, e(&m.uno_c)));
+    for (t, a) in m.times.iter().zip(&m.td_auc) {
+        s.push_str(&format!("  AUC(t = {t})     {}\n", e(a)));
+    }
+    s.push_str(&format!("  mean AUC           {}\n", e(&m.td_auc_mean)));
+    s.push_str(&format!("  integrated Brier   {}\n", e(&m.integrated_brier)));
+    s
+}
+
+/// `vesalius train` for a survival recipe.
+pub fn train(source: &Path, out: Option<PathBuf>) -> Result<(), CliError> {
+    let recipe = vesalius_prediction::recipe::SurvivalRecipe::from_file(source)?;
+    let name = source.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "survival".into());
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
+    let (model, metrics) = vesalius_prediction::train::train(&recipe, &out)?;
+    println!(
+        "Cox model ({} features, {} Newton iterations); coefficients per training standard deviation:",
+        model.features.len(),
+        model.cox.iterations
+    );
+    for (f, b) in model.features.iter().zip(&model.cox.coefficients) {
+        println!("  {f:<24} {b:>9.4}  (hazard ratio {:.3})", b.exp());
+    }
+    print!("{}", format_metrics(&metrics));
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+/// `vesalius evaluate` for a survival run.
+pub fn evaluate(run: &Path, split: &str) -> Result<(), CliError> {
+    if split != "test" {
+        return Err(CliError::Usage(format!("survival runs score their test patients (--split test), not '{split}'")));
+    }
+    let m = vesalius_prediction::evaluate::evaluate(run)?;
+    print!("{}", format_metrics(&m));
+    println!("written: {}", run.join("metrics.json").display());
+    Ok(())
+}
+
+/// `vesalius predict` for a survival run: one CSV row per subject of each table.
+pub fn predict(run: &Path, inputs: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
+    let mut text = String::new();
+    for (k, input) in inputs.iter().enumerate() {
+        let (rows, times) = vesalius_prediction::infer::predict(run, input)?;
+        let csv = vesalius_prediction::infer::to_csv(&rows, &times);
+        text.push_str(if k == 0 { &csv } else { csv.split_once('\n').map_or("", |(_, rest)| rest) });
+    }
+    match output {
+        Some(path) => vesalius_io::write_atomic(path, text.as_bytes()).map_err(|e| CliError::Internal(e.to_string()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
