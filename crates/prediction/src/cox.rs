@@ -228,8 +228,18 @@ pub fn fit(x: &[Vec<f64>], time: &[f64], event: &[bool], config: &CoxConfig) -> 
 }
 
 /// The model with Breslow's baseline hazard.
-fn finish(x: &[Vec<f64>], time: &[f64], event: &[bool], order: &[usize], beta: Vec<f64>, ll: f64, iterations: usize) -> CoxModel {
-    let w: Vec<f64> = x.iter().map(|r| r.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>().exp()).collect();
+fn finish(x: &[Vec<f64>], time: &[f64], event: &[bool], _order: &[usize], beta: Vec<f64>, ll: f64, iterations: usize) -> CoxModel {
+    let risk: Vec<f64> = x.iter().map(|r| r.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>()).collect();
+    let (times, hazard) = breslow_baseline(&risk, time, event);
+    CoxModel { coefficients: beta, log_likelihood: ll, iterations, baseline_times: times, baseline_hazard: hazard }
+}
+
+/// Breslow's estimator of the cumulative baseline hazard for log-risks `risk`: at each distinct event time,
+/// `H₀ += d / Σ_{at risk} e^{risk}`. Returns the event times and `H₀` after each.
+pub fn breslow_baseline(risk: &[f64], time: &[f64], event: &[bool]) -> (Vec<f64>, Vec<f64>) {
+    let mut order: Vec<usize> = (0..time.len()).collect();
+    order.sort_by(|&a, &b| time[a].total_cmp(&time[b]));
+    let w: Vec<f64> = risk.iter().map(|r| r.exp()).collect();
     let mut at_risk: f64 = w.iter().sum();
     let (mut times, mut hazard) = (Vec::new(), Vec::new());
     let mut h = 0.0;
@@ -249,5 +259,5 @@ fn finish(x: &[Vec<f64>], time: &[f64], event: &[bool], order: &[usize], beta: V
         }
         at_risk -= leaving;
     }
-    CoxModel { coefficients: beta, log_likelihood: ll, iterations, baseline_times: times, baseline_hazard: hazard }
+    (times, hazard)
 }

@@ -10,7 +10,9 @@ use vesalius_eval::survival::{CensoringDistribution, brier_scores, cumulative_dy
 
 use crate::PredError;
 use crate::recipe::SurvivalRecipe;
-use crate::train::{SurvivalData, SurvivalModel, load, split};
+use burn::tensor::backend::Backend;
+
+use crate::train::{Scorer, SurvivalData, SurvivalModel, load, split};
 
 /// Bootstrap resamples by default.
 pub const DEFAULT_BOOTSTRAP: usize = 1000;
@@ -50,16 +52,17 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i] * (1.0 - f) + sorted[(i + 1).min(sorted.len() - 1)] * f
 }
 
-/// Scores `model` on rows `rows` of `data`.
+/// Scores log-risks `risk` of rows `rows` of `data` (the model's survival curves from its baseline hazard).
 pub fn evaluate_rows(
     model: &SurvivalModel,
+    risk: &[f64],
     data: &SurvivalData,
     rows: &[usize],
     recipe: &SurvivalRecipe,
 ) -> Result<SurvivalMetrics, PredError> {
     let time: Vec<f64> = rows.iter().map(|&i| data.time[i]).collect();
     let event: Vec<bool> = rows.iter().map(|&i| data.event[i]).collect();
-    let risk: Vec<f64> = rows.iter().map(|&i| model.risk(&data.x[i])).collect();
+    let risk = risk.to_vec();
     let mut event_times: Vec<f64> = time.iter().zip(&event).filter(|(_, e)| **e).map(|(t, _)| *t).collect();
     if event_times.len() < 2 {
         return Err(PredError::Input("the test patients hold fewer than two events: nothing to score".into()));
@@ -68,7 +71,7 @@ pub fn evaluate_rows(
     let times = recipe.eval.times.clone().unwrap_or_else(|| [0.25, 0.5, 0.75].iter().map(|&q| percentile(&event_times, q)).collect());
     let tau = recipe.eval.tau.unwrap_or(times[times.len() - 1]);
     let censoring = CensoringDistribution::fit(&model.train_time, &model.train_event);
-    let survival: Vec<Vec<f64>> = rows.iter().map(|&i| times.iter().map(|&t| model.survival(&data.x[i], t)).collect()).collect();
+    let survival: Vec<Vec<f64>> = risk.iter().map(|&r| times.iter().map(|&t| model.survival(r, t)).collect()).collect();
     let err = |e: vesalius_eval::survival::SurvivalError| PredError::Input(format!("test set: {e}"));
     let c = harrell_c(&time, &event, &risk).map_err(err)?.c;
     let uno = uno_c(&time, &event, &risk, &censoring, tau).map_err(err)?.c;
@@ -128,12 +131,15 @@ pub fn read_run(run: &Path) -> Result<(SurvivalRecipe, SurvivalModel), PredError
     Ok((recipe, model))
 }
 
-/// Re-evaluates a run on its test patients and rewrites `metrics.json`.
-pub fn evaluate(run: &Path) -> Result<SurvivalMetrics, PredError> {
+/// Evaluates a run on its test patients and writes `metrics.json`.
+pub fn evaluate<B: Backend>(run: &Path, device: &B::Device) -> Result<SurvivalMetrics, PredError> {
     let (recipe, model) = read_run(run)?;
     let (_, _, data) = load(&recipe, Some(&model.encoding))?;
     let (_, test) = split(&data.ids, recipe.data.test_share, recipe.seed);
-    let m = evaluate_rows(&model, &data, &test, &recipe)?;
+    let scorer = Scorer::<B>::load(run, &recipe, &model, device)?;
+    let rows: Vec<Vec<f64>> = test.iter().map(|&i| data.x[i].clone()).collect();
+    let risk = scorer.log_risks(&model, &rows);
+    let m = evaluate_rows(&model, &risk, &data, &test, &recipe)?;
     vesalius_train::run::write_json(&run.join("metrics.json"), &m).map_err(|e| PredError::Internal(e.to_string()))?;
     Ok(m)
 }

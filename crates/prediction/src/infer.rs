@@ -2,24 +2,32 @@
 //! standardisation; higher = earlier event) and survival probability at each evaluation time.
 use std::path::Path;
 
+use burn::tensor::backend::Backend;
+
 use crate::PredError;
 use crate::evaluate::read_run;
 use crate::table::read_csv;
+use crate::train::Scorer;
 
 /// Predictions for the rows of `table` (same columns as the training table; time and event columns are not
 /// needed): `(id, risk, survival at each time)`, and the times.
-pub fn predict(run: &Path, table: &Path) -> Result<(Vec<(String, f64, Vec<f64>)>, Vec<f64>), PredError> {
+pub fn predict<B: Backend>(run: &Path, table: &Path, device: &B::Device) -> Result<(Vec<(String, f64, Vec<f64>)>, Vec<f64>), PredError> {
     let (recipe, model) = read_run(run)?;
+    let scorer = Scorer::<B>::load(run, &recipe, &model, device)?;
     let metrics: crate::evaluate::SurvivalMetrics =
         vesalius_train::run::read_json(&run.join("metrics.json")).map_err(|e| PredError::Input(e.to_string()))?;
     let raw = read_csv(table)?;
     let id_col = recipe.data.id.as_deref().and_then(|c| raw.column(c).ok());
-    let mut out = Vec::with_capacity(raw.rows.len());
-    for r in 0..raw.rows.len() {
-        let x = model.encoding.encode_row(&raw, r)?;
-        let id = id_col.map_or_else(|| (r + 1).to_string(), |c| raw.rows[r][c].trim().to_string());
-        out.push((id, model.risk(&x), metrics.times.iter().map(|&t| model.survival(&x, t)).collect()));
-    }
+    let rows: Vec<Vec<f64>> = (0..raw.rows.len()).map(|r| model.encoding.encode_row(&raw, r)).collect::<Result<_, _>>()?;
+    let risks = scorer.log_risks(&model, &rows);
+    let out = risks
+        .iter()
+        .enumerate()
+        .map(|(r, &risk)| {
+            let id = id_col.map_or_else(|| (r + 1).to_string(), |c| raw.rows[r][c].trim().to_string());
+            (id, risk, metrics.times.iter().map(|&t| model.survival(risk, t)).collect())
+        })
+        .collect();
     Ok((out, metrics.times))
 }
 

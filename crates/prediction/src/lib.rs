@@ -2,6 +2,8 @@
 //!
 //! * [`cox`] — Cox proportional hazards (Efron or Breslow ties, ridge penalty, Breslow baseline hazard and
 //!   survival curves), equal to lifelines and scikit-survival on the Rossi data.
+//! * [`deepsurv`] — DeepSurv: a multi-layer perceptron trained on the shared engine with the Cox partial
+//!   likelihood, selected by validation C-index.
 //! * [`table`] — a CSV table read into features, times, events and patient ids; string columns dummy-coded.
 //! * [`recipe`], [`train`], [`evaluate`], [`infer`] — the `task = "survival"` recipe: a patient-level split, the
 //!   model fitted on the training patients, scored on the test patients (Harrell's and Uno's C, time-dependent AUC,
@@ -17,6 +19,7 @@
 //! assert!(model.coefficients[0] > 0.0); // x = 1 fails first
 //! ```
 pub mod cox;
+pub mod deepsurv;
 pub mod evaluate;
 pub mod infer;
 pub mod recipe;
@@ -32,4 +35,13 @@ pub enum PredError {
     /// A failure of the program itself.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<vesalius_train::TrainError> for PredError {
+    fn from(e: vesalius_train::TrainError) -> Self {
+        match e {
+            vesalius_train::TrainError::Input(m) => PredError::Input(m),
+            other => PredError::Internal(other.to_string()),
+        }
+    }
 }

@@ -56,10 +56,12 @@ pub enum Arch {
     /// Cox proportional hazards.
     #[default]
     Cox,
+    /// DeepSurv: a multi-layer perceptron trained with the Cox partial likelihood.
+    Deepsurv,
 }
 
 /// `[model]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// The model.
@@ -71,6 +73,70 @@ pub struct ModelSection {
     /// Cox: ridge penalty `½ λ ‖β‖²` on standardised features.
     #[serde(default)]
     pub l2: f64,
+    /// DeepSurv: hidden layer widths.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<usize>,
+    /// DeepSurv: dropout after each hidden layer.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// DeepSurv: epochs.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// DeepSurv: full-batch steps per epoch.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// DeepSurv: Adam learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// DeepSurv: L2 weight decay.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// DeepSurv: share of the training patients held out for model selection.
+    #[serde(default = "default_val_share")]
+    pub val_share: f64,
+    /// DeepSurv: stop after this many epochs without a better validation C-index.
+    #[serde(default)]
+    pub early_stopping_patience: Option<usize>,
+}
+
+fn default_hidden() -> Vec<usize> {
+    vec![32, 32]
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_epochs() -> usize {
+    50
+}
+fn default_steps() -> usize {
+    10
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_weight_decay() -> f64 {
+    1e-4
+}
+fn default_val_share() -> f64 {
+    0.2
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            arch: Arch::Cox,
+            ties: Ties::default(),
+            l2: 0.0,
+            hidden: default_hidden(),
+            dropout: default_dropout(),
+            epochs: default_epochs(),
+            steps: default_steps(),
+            lr: default_lr(),
+            weight_decay: default_weight_decay(),
+            val_share: default_val_share(),
+            early_stopping_patience: None,
+        }
+    }
 }
 
 /// `[eval]`.
@@ -150,6 +216,21 @@ impl SurvivalRecipe {
             && (t.is_empty() || t.windows(2).any(|w| !(w[1] > w[0])) || t.iter().any(|v| !v.is_finite()))
         {
             return bad("eval.times must be finite and increasing");
+        }
+        let m = &self.model;
+        if m.arch == Arch::Deepsurv
+            && (m.hidden.is_empty()
+                || m.hidden.iter().any(|&h| h == 0 || h > 4096)
+                || !(0.0..1.0).contains(&m.dropout)
+                || m.epochs == 0
+                || m.steps == 0
+                || !(m.lr > 0.0 && m.lr.is_finite())
+                || !(m.weight_decay >= 0.0)
+                || !(m.val_share > 0.0 && m.val_share < 1.0))
+        {
+            return bad(
+                "model (deepsurv): hidden widths in 1..=4096, dropout in [0, 1), epochs and steps ≥ 1, lr > 0, weight_decay ≥ 0, val_share in (0, 1)",
+            );
         }
         if self.eval.bootstrap == Some(0) {
             return bad("eval.bootstrap must be at least 1");

@@ -11,9 +11,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::PredError;
-use crate::cox::{CoxConfig, CoxModel, fit};
-use crate::evaluate::{SurvivalMetrics, evaluate_rows};
-use crate::recipe::SurvivalRecipe;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use vesalius_nets::Mlp;
+use vesalius_train::{EpochRecord, RunDir};
+
+use crate::cox::{CoxConfig, CoxModel, breslow_baseline, fit};
+use crate::evaluate::SurvivalMetrics;
+use crate::recipe::{Arch, SurvivalRecipe};
 use crate::table::{Encoding, RawTable, Standardise, read_csv};
 
 /// A table read for a recipe: one entry per row.
@@ -29,7 +33,7 @@ pub struct SurvivalData {
     pub x: Vec<Vec<f64>>,
 }
 
-/// Everything a fitted survival run predicts with (`model.json`).
+/// Everything a fitted survival run predicts with (`model.json`; a DeepSurv run's network is its `model.mpk`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SurvivalModel {
     /// Feature encoding.
@@ -38,8 +42,12 @@ pub struct SurvivalModel {
     pub features: Vec<String>,
     /// Standardisation fitted on the training patients.
     pub standardise: Standardise,
-    /// The Cox model on standardised features.
-    pub cox: CoxModel,
+    /// The Cox model on standardised features (`arch = "cox"`).
+    pub cox: Option<CoxModel>,
+    /// Event times of Breslow's baseline hazard on the training patients.
+    pub baseline_times: Vec<f64>,
+    /// `H₀` at each of them.
+    pub baseline_hazard: Vec<f64>,
     /// Training times and events (the censoring distribution of Uno's C and the Brier score).
     pub train_time: Vec<f64>,
     /// See `train_time`.
@@ -47,14 +55,47 @@ pub struct SurvivalModel {
 }
 
 impl SurvivalModel {
-    /// Risk (`xᵀβ` on standardised features) of an encoded row.
-    pub fn risk(&self, x: &[f64]) -> f64 {
-        self.cox.risk(&self.standardise.apply(x))
+    /// `H₀(t)`.
+    pub fn cumulative_baseline(&self, t: f64) -> f64 {
+        match self.baseline_times.partition_point(|&s| s <= t) {
+            0 => 0.0,
+            i => self.baseline_hazard[i - 1],
+        }
     }
 
-    /// `S(t | x)` of an encoded row.
-    pub fn survival(&self, x: &[f64], t: f64) -> f64 {
-        self.cox.survival(&self.standardise.apply(x), t)
+    /// `S(t)` of a subject with log-risk `risk`.
+    pub fn survival(&self, risk: f64, t: f64) -> f64 {
+        (-self.cumulative_baseline(t) * risk.exp()).exp()
+    }
+}
+
+/// What computes log-risks of encoded rows: a Cox model's coefficients or a DeepSurv network.
+pub enum Scorer<B: Backend> {
+    /// `xᵀβ`.
+    Cox(CoxModel),
+    /// `f(x)`.
+    Net(Mlp<B>, B::Device),
+}
+
+impl<B: Backend> Scorer<B> {
+    /// Log-risks of encoded rows, standardised with `model`'s standardisation.
+    pub fn log_risks(&self, model: &SurvivalModel, rows: &[Vec<f64>]) -> Vec<f64> {
+        let std: Vec<Vec<f64>> = rows.iter().map(|r| model.standardise.apply(r)).collect();
+        match self {
+            Scorer::Cox(cox) => std.iter().map(|r| cox.risk(r)).collect(),
+            Scorer::Net(net, device) => crate::deepsurv::log_risk(net, &std, device),
+        }
+    }
+
+    /// The scorer of a run.
+    pub fn load(run: &Path, recipe: &SurvivalRecipe, model: &SurvivalModel, device: &B::Device) -> Result<Self, PredError> {
+        match (&recipe.model.arch, &model.cox) {
+            (Arch::Cox, Some(cox)) => Ok(Scorer::Cox(cox.clone())),
+            (Arch::Deepsurv, _) => {
+                Ok(Scorer::Net(crate::deepsurv::load(&RunDir::new(run), model.features.len(), &recipe.model, device)?, device.clone()))
+            }
+            (Arch::Cox, None) => Err(PredError::Input(format!("{}: model.json holds no Cox coefficients", run.display()))),
+        }
     }
 }
 
@@ -105,32 +146,81 @@ pub fn split(ids: &[String], test_share: f64, seed: u64) -> (Vec<usize>, Vec<usi
     (0..ids.len()).partition(|&i| !test.contains(&ids[i]))
 }
 
-/// Fits `recipe` into `run` and evaluates it on the test patients.
-pub fn train(recipe: &SurvivalRecipe, run: &Path) -> Result<(SurvivalModel, SurvivalMetrics), PredError> {
+/// Fits `recipe` into `run` and evaluates it on the test patients. DeepSurv trains on the shared engine (the
+/// run folder's checkpoints, resumable) with a validation share of the training patients; `on_epoch` sees its
+/// epochs.
+pub fn train<AB: AutodiffBackend>(
+    recipe: &SurvivalRecipe,
+    run: &Path,
+    device: &AB::Device,
+    on_epoch: impl FnMut(&EpochRecord),
+) -> Result<(SurvivalModel, SurvivalMetrics), PredError> {
     recipe.validate()?;
     std::fs::create_dir_all(run).map_err(|e| PredError::Internal(format!("{}: {e}", run.display())))?;
-    let recipe_path = run.join("recipe.toml");
     let text = recipe.to_toml()?;
-    if let Ok(existing) = std::fs::read_to_string(&recipe_path)
-        && existing != text
-    {
-        return Err(PredError::Input(format!("{} holds a run of another recipe: use another --out", run.display())));
+    if recipe.model.arch == Arch::Cox {
+        let recipe_path = run.join("recipe.toml");
+        if let Ok(existing) = std::fs::read_to_string(&recipe_path)
+            && existing != text
+        {
+            return Err(PredError::Input(format!("{} holds a run of another recipe: use another --out", run.display())));
+        }
+        vesalius_io::write_atomic(&recipe_path, text.as_bytes()).map_err(|e| PredError::Internal(e.to_string()))?;
     }
-    vesalius_io::write_atomic(&recipe_path, text.as_bytes()).map_err(|e| PredError::Internal(e.to_string()))?;
     let (_, encoding, data) = load(recipe, None)?;
     let (train_rows, test_rows) = split(&data.ids, recipe.data.test_share, recipe.seed);
     let x_train: Vec<Vec<f64>> = train_rows.iter().map(|&i| data.x[i].clone()).collect();
     let standardise = Standardise::fit(&x_train);
-    let xs: Vec<Vec<f64>> = x_train.iter().map(|r| standardise.apply(r)).collect();
-    let t: Vec<f64> = train_rows.iter().map(|&i| data.time[i]).collect();
-    let e: Vec<bool> = train_rows.iter().map(|&i| data.event[i]).collect();
-    let cox = fit(&xs, &t, &e, &CoxConfig { ties: recipe.model.ties, l2: recipe.model.l2 })?;
-    let model = SurvivalModel { features: encoding.names(), encoding, standardise, cox, train_time: t, train_event: e };
+    let pick = |rows: &[usize]| -> (Vec<Vec<f64>>, Vec<f64>, Vec<bool>) {
+        (
+            rows.iter().map(|&i| standardise.apply(&data.x[i])).collect(),
+            rows.iter().map(|&i| data.time[i]).collect(),
+            rows.iter().map(|&i| data.event[i]).collect(),
+        )
+    };
+    let (xs, t, e) = pick(&train_rows);
+    let (cox, risk) = match recipe.model.arch {
+        Arch::Cox => {
+            let cox = fit(&xs, &t, &e, &CoxConfig { ties: recipe.model.ties, l2: recipe.model.l2 })?;
+            let risk: Vec<f64> = xs.iter().map(|r| cox.risk(r)).collect();
+            (Some(cox), risk)
+        }
+        Arch::Deepsurv => {
+            // Model selection on a share of the training patients; the baseline hazard on all of them.
+            let ids: Vec<String> = train_rows.iter().map(|&i| data.ids[i].clone()).collect();
+            let (fit_idx, val_idx) = split(&ids, recipe.model.val_share, recipe.seed ^ 0x5eed);
+            let sub = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&k| train_rows[k]).collect() };
+            let (fx, ft, fe) = pick(&sub(&fit_idx));
+            let (vx, vt, ve) = pick(&sub(&val_idx));
+            let net = crate::deepsurv::train::<AB>(
+                &RunDir::new(run),
+                &text,
+                &recipe.model,
+                recipe.seed,
+                (&fx, &ft, &fe),
+                (&vx, &vt, &ve),
+                device,
+                on_epoch,
+            )?;
+            (None, crate::deepsurv::log_risk(&net, &xs, device))
+        }
+    };
+    let (baseline_times, baseline_hazard) = breslow_baseline(&risk, &t, &e);
+    let model = SurvivalModel {
+        features: encoding.names(),
+        encoding,
+        standardise,
+        cox,
+        baseline_times,
+        baseline_hazard,
+        train_time: t,
+        train_event: e,
+    };
     vesalius_train::run::write_json(&run.join("model.json"), &model).map_err(|e| PredError::Internal(e.to_string()))?;
-    // Scored as read back, so that `vesalius evaluate` (which reads the file) reproduces metrics.json exactly.
+    // Scored as read back, so that `vesalius evaluate` (which reads the files) reproduces metrics.json exactly.
+    let metrics = crate::evaluate::evaluate::<AB::InnerBackend>(run, device)?;
     let model: SurvivalModel = vesalius_train::run::read_json(&run.join("model.json")).map_err(|e| PredError::Internal(e.to_string()))?;
-    let metrics = evaluate_rows(&model, &data, &test_rows, recipe)?;
-    vesalius_train::run::write_json(&run.join("metrics.json"), &metrics).map_err(|e| PredError::Internal(e.to_string()))?;
+    let _ = test_rows;
     Ok((model, metrics))
 }
 

@@ -4,6 +4,9 @@ use std::path::Path;
 
 use vesalius_prediction::recipe::SurvivalRecipe;
 
+type B = burn::backend::Flex;
+type AB = burn::backend::Autodiff<B>;
+
 fn recipes() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes"))
 }
@@ -12,7 +15,7 @@ fn recipes() -> &'static Path {
 fn gbsg2_cox_fits_scores_reevaluates_and_predicts() {
     let recipe = SurvivalRecipe::from_file(&recipes().join("gbsg2-cox.toml")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (model, m) = vesalius_prediction::train::train(&recipe, dir.path()).unwrap();
+    let (model, m) = vesalius_prediction::train::train::<AB>(&recipe, dir.path(), &Default::default(), |_| {}).unwrap();
     assert_eq!(model.features.len(), 9); // six numeric columns, horTh and menostat one dummy each, tgrade two
     assert_eq!((m.set.as_str(), m.patients, m.bootstrap_unit.as_str()), ("test", 206, "patients")); // ⌈0.3 · 686⌉, one row each
     for e in [&m.c_index, &m.uno_c, &m.td_auc_mean] {
@@ -21,13 +24,13 @@ fn gbsg2_cox_fits_scores_reevaluates_and_predicts() {
     assert!(m.integrated_brier.value < 0.25, "{:?}", m.integrated_brier);
     // More positive nodes, higher risk: the known direction of the strongest GBSG2 predictor.
     let pnodes = model.features.iter().position(|f| f == "pnodes").unwrap();
-    assert!(model.cox.coefficients[pnodes] > 0.0);
+    assert!(model.cox.as_ref().unwrap().coefficients[pnodes] > 0.0);
 
     // Re-evaluation gives the same file; prediction follows the risk.
     let written = std::fs::read_to_string(dir.path().join("metrics.json")).unwrap();
-    vesalius_prediction::evaluate::evaluate(dir.path()).unwrap();
+    vesalius_prediction::evaluate::evaluate::<B>(dir.path(), &Default::default()).unwrap();
     assert_eq!(std::fs::read_to_string(dir.path().join("metrics.json")).unwrap(), written);
-    let (rows, times) = vesalius_prediction::infer::predict(dir.path(), &recipe.data.path).unwrap();
+    let (rows, times) = vesalius_prediction::infer::predict::<B>(dir.path(), &recipe.data.path, &Default::default()).unwrap();
     assert_eq!((rows.len(), times, rows[0].2.len()), (686, vec![365.0, 730.0, 1095.0, 1460.0], 4));
     let (low, high) =
         rows.iter().fold((&rows[0], &rows[0]), |(lo, hi), r| (if r.1 < lo.1 { r } else { lo }, if r.1 > hi.1 { r } else { hi }));
@@ -36,7 +39,7 @@ fn gbsg2_cox_fits_scores_reevaluates_and_predicts() {
 
     // Another recipe in the same folder is refused.
     let other = SurvivalRecipe { seed: 1, ..recipe.clone() };
-    let e = vesalius_prediction::train::train(&other, dir.path()).unwrap_err().to_string();
+    let e = vesalius_prediction::train::train::<AB>(&other, dir.path(), &Default::default(), |_| {}).unwrap_err().to_string();
     assert!(e.contains("another recipe"), "{e}");
 }
 
@@ -58,12 +61,37 @@ fn bad_tables_name_the_row_and_column() {
         .unwrap()
     };
     let missing = write("missing.csv", "t,e,age\n5,1,50\n6,0,\n7,1,40\n");
-    let e = vesalius_prediction::train::train(&recipe(&missing), &dir.path().join("r1")).unwrap_err().to_string();
+    let e = vesalius_prediction::train::train::<AB>(&recipe(&missing), &dir.path().join("r1"), &Default::default(), |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("row 3") && e.contains("\"age\""), "{e}");
     let events = write("events.csv", "t,e,age\n5,1,50\n6,2,45\n7,1,40\n");
-    let e = vesalius_prediction::train::train(&recipe(&events), &dir.path().join("r2")).unwrap_err().to_string();
+    let e = vesalius_prediction::train::train::<AB>(&recipe(&events), &dir.path().join("r2"), &Default::default(), |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("row 3") && e.contains("1 (event) or 0 (censored)"), "{e}");
     let no_column = write("cols.csv", "time,e,age\n5,1,50\n");
-    let e = vesalius_prediction::train::train(&recipe(&no_column), &dir.path().join("r3")).unwrap_err().to_string();
+    let e = vesalius_prediction::train::train::<AB>(&recipe(&no_column), &dir.path().join("r3"), &Default::default(), |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no column \"t\""), "{e}");
+}
+
+#[test]
+fn deepsurv_trains_on_the_engine_and_predicts_with_its_network() {
+    let text = std::fs::read_to_string(recipes().join("metabric-deepsurv.toml")).unwrap().replace("epochs = 50", "epochs = 4");
+    let recipe = SurvivalRecipe::from_toml(&text, recipes()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut epochs = 0;
+    let (model, m) = vesalius_prediction::train::train::<AB>(&recipe, dir.path(), &Default::default(), |_| epochs += 1).unwrap();
+    assert_eq!(epochs, 4);
+    assert!(model.cox.is_none() && !model.baseline_times.is_empty());
+    assert!(dir.path().join("model.mpk").is_file() && dir.path().join("checkpoints/state.json").is_file());
+    assert!(m.c_index.value > 0.6, "{:?}", m.c_index);
+    let (rows, _) = vesalius_prediction::infer::predict::<B>(dir.path(), &recipe.data.path, &Default::default()).unwrap();
+    assert_eq!(rows.len(), 1904);
+    // The run resumes only with its own recipe.
+    let other = SurvivalRecipe::from_toml(&text.replace("dropout = 0.1", "dropout = 0.3"), recipes()).unwrap();
+    let e = vesalius_prediction::train::train::<AB>(&other, dir.path(), &Default::default(), |_| {}).unwrap_err().to_string();
+    assert!(e.contains("model.dropout"), "{e}");
 }

@@ -230,7 +230,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to survival models".into()));
                 }
-                crate::survival::train(&recipe, out)
+                crate::survival::train(backend, &recipe, out, quiet)
             } else if commands::recipe_task(&recipe).as_deref() == Some("stain-normalisation") {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to stain normalisation".into()));
@@ -265,7 +265,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Evaluate { run, split, tta, optimisation } => {
             if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
-                crate::survival::evaluate(&run, &split)
+                crate::survival::evaluate(backend, &run, &split)
             } else if vesalius_enhancement::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::enhance::evaluate(backend, &run, &split)
             } else if vesalius_registration::train::is_run(&run) {
@@ -283,7 +283,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 if probabilities || tta || mask.is_some() {
                     return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to survival runs".into()));
                 }
-                crate::survival::predict(&run, &inputs, output.as_deref())
+                crate::survival::predict(backend, &run, &inputs, output.as_deref())
             } else if vesalius_enhancement::train::is_run(&run) {
                 if probabilities || tta {
                     return Err(CliError::Usage("--probabilities and --tta apply to segmentation runs".into()));

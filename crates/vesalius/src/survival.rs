@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use vesalius_prediction::PredError;
 use vesalius_prediction::evaluate::SurvivalMetrics;
 
-use crate::CliError;
+use crate::backend::BackendKind;
+use crate::{CliError, with_backend};
 
 impl From<PredError> for CliError {
     fn from(e: PredError) -> Self {
@@ -31,18 +32,30 @@ pub fn format_metrics(m: &SurvivalMetrics) -> String {
 }
 
 /// `vesalius train` for a survival recipe.
-pub fn train(source: &Path, out: Option<PathBuf>) -> Result<(), CliError> {
+pub fn train(backend: BackendKind, source: &Path, out: Option<PathBuf>, quiet: bool) -> Result<(), CliError> {
     let recipe = vesalius_prediction::recipe::SurvivalRecipe::from_file(source)?;
     let name = source.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "survival".into());
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
-    let (model, metrics) = vesalius_prediction::train::train(&recipe, &out)?;
-    println!(
-        "Cox model ({} features, {} Newton iterations); coefficients per training standard deviation:",
-        model.features.len(),
-        model.cox.iterations
-    );
-    for (f, b) in model.features.iter().zip(&model.cox.coefficients) {
-        println!("  {f:<24} {b:>9.4}  (hazard ratio {:.3})", b.exp());
+    let (model, metrics) =
+        with_backend!(backend, |B, AB, device| vesalius_prediction::train::train::<AB>(&recipe, &out, &device, |log| {
+            if !quiet {
+                let c = log.val.get("c_index").copied().flatten().map_or(String::from("-"), |d| format!("{d:.4}"));
+                eprintln!("epoch {:>4}  loss {:.5}  val C-index {c}{}", log.epoch, log.train_loss, if log.best { "  *" } else { "" });
+            }
+        })
+        .map_err(CliError::from))?;
+    match &model.cox {
+        Some(cox) => {
+            println!(
+                "Cox model ({} features, {} Newton iterations); coefficients per training standard deviation:",
+                model.features.len(),
+                cox.iterations
+            );
+            for (f, b) in model.features.iter().zip(&cox.coefficients) {
+                println!("  {f:<24} {b:>9.4}  (hazard ratio {:.3})", b.exp());
+            }
+        }
+        None => println!("DeepSurv network on {} features (best validation C-index selected)", model.features.len()),
     }
     print!("{}", format_metrics(&metrics));
     println!("run directory: {}", out.display());
@@ -50,21 +63,22 @@ pub fn train(source: &Path, out: Option<PathBuf>) -> Result<(), CliError> {
 }
 
 /// `vesalius evaluate` for a survival run.
-pub fn evaluate(run: &Path, split: &str) -> Result<(), CliError> {
+pub fn evaluate(backend: BackendKind, run: &Path, split: &str) -> Result<(), CliError> {
     if split != "test" {
         return Err(CliError::Usage(format!("survival runs score their test patients (--split test), not '{split}'")));
     }
-    let m = vesalius_prediction::evaluate::evaluate(run)?;
+    let m = with_backend!(backend, |B, AB, device| vesalius_prediction::evaluate::evaluate::<B>(run, &device).map_err(CliError::from))?;
     print!("{}", format_metrics(&m));
     println!("written: {}", run.join("metrics.json").display());
     Ok(())
 }
 
 /// `vesalius predict` for a survival run: one CSV row per subject of each table.
-pub fn predict(run: &Path, inputs: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
+pub fn predict(backend: BackendKind, run: &Path, inputs: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
     let mut text = String::new();
     for (k, input) in inputs.iter().enumerate() {
-        let (rows, times) = vesalius_prediction::infer::predict(run, input)?;
+        let (rows, times) =
+            with_backend!(backend, |B, AB, device| vesalius_prediction::infer::predict::<B>(run, input, &device).map_err(CliError::from))?;
         let csv = vesalius_prediction::infer::to_csv(&rows, &times);
         text.push_str(if k == 0 { &csv } else { csv.split_once('\n').map_or("", |(_, rest)| rest) });
     }
