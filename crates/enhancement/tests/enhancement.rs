@@ -7,6 +7,9 @@ use vesalius_enhancement::recipe::EnhanceRecipe;
 use vesalius_train::RunDir;
 use vesalius_train::engine::RunOptions;
 
+/// burn's random generator is process-wide: tests that train take turns, so each sees only its own draws.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 type B = burn::backend::Flex;
 type AB = burn::backend::Autodiff<B>;
 
@@ -73,6 +76,7 @@ fn small_recipe(extra: &str) -> EnhanceRecipe {
 
 #[test]
 fn red_cnn_learns_to_denoise_a_real_ct_and_beats_the_noisy_input_on_held_out_rows() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
     let recipe = small_recipe("");
@@ -126,6 +130,7 @@ fn recipes_with_overlapping_bands_or_missing_test_data_are_refused() {
 
 #[test]
 fn through_plane_super_resolution_predicts_on_the_fine_grid_and_reports_the_interpolations() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let text = r#"
         task = "enhancement"
         seed = 1
@@ -180,6 +185,7 @@ fn through_plane_super_resolution_predicts_on_the_fine_grid_and_reports_the_inte
 
 #[test]
 fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let text = r#"
         task = "enhancement"
         seed = 2
@@ -238,6 +244,7 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
 
 #[test]
 fn translation_trains_on_a_registered_pair_and_is_scored_against_an_affine_intensity_map() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let text = std::fs::read_to_string(fixtures().join("../recipes/t1-to-pd.toml")).unwrap();
     let small = text.replace("epochs = 30", "epochs = 2").replace("iterations = 20", "iterations = 2").replace("batch = 8", "batch = 2");
     let recipe = EnhanceRecipe::from_toml(&small, &fixtures().join("../recipes")).unwrap();
@@ -269,6 +276,7 @@ fn translation_trains_on_a_registered_pair_and_is_scored_against_an_affine_inten
 
 #[test]
 fn macenko_stain_vectors_equal_the_numpy_reference_and_every_method_runs_on_real_he() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     use vesalius_enhancement::stain::{colour_distance, macenko_stains};
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("histology/macenko_reference.json")).unwrap()).unwrap();

@@ -10,6 +10,9 @@ use vesalius_segmentation::recipe::SegRecipe;
 use vesalius_segmentation::train::{train, train_with};
 use vesalius_train::RunOptions;
 
+/// burn's random generator is process-wide: tests that train take turns, so each sees only its own draws.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
 #[cfg(feature = "test-cuda")]
@@ -97,6 +100,7 @@ transforms = [{{ type = "rand_flip", prob = 0.5, axes = [0, 1, 2] }}]
 
 #[test]
 fn plan_train_resume_predict_evaluate() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("Dataset001_Spheres");
     dataset(&data, 6);
@@ -222,6 +226,7 @@ fn recipe_paths_become_absolute() {
 
 #[test]
 fn bad_recipes_and_runs_are_reported() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let err = SegRecipe::from_toml("task = \"segmentation\"\n[data]\n", dir.path()).unwrap_err().to_string();
     assert!(err.contains("exactly one"), "{err}");
@@ -261,6 +266,7 @@ fn bad_recipes_and_runs_are_reported() {
 
 #[test]
 fn deep_supervision_trains_on_every_decoder_level() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("Dataset002_Spheres");
     dataset(&data, 6);
@@ -281,6 +287,7 @@ fn deep_supervision_trains_on_every_decoder_level() {
 
 #[test]
 fn a_two_dimensional_png_dataset_plans_a_2d_unet() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("Dataset003_Disks");
     for d in ["imagesTr", "labelsTr"] {

@@ -8,6 +8,9 @@ use vesalius_segmentation::infer::Predictor;
 use vesalius_segmentation::recipe::{SegRecipe, Slab};
 use vesalius_segmentation::train::train;
 
+/// burn's random generator is process-wide: tests that train take turns, so each sees only its own draws.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
 #[cfg(feature = "test-cuda")]
@@ -20,6 +23,7 @@ fn root() -> PathBuf {
 
 #[test]
 fn brain_extraction_recipe_at_reduced_size() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let mut recipe = SegRecipe::from_file(&root().join("recipes/brain-extraction.toml")).unwrap();
     // Reduced: 6 mm voxels, a thicker slab (7 slices at 6 mm), a small U-Net, few epochs.
     recipe.data.slab = Some(Slab { axis: 2, start: 85, end: 127 });
@@ -76,6 +80,7 @@ fn brain_extraction_recipe_at_reduced_size() {
 
 #[test]
 fn brain_tissue_recipe_at_reduced_size() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let mut recipe = SegRecipe::from_file(&root().join("recipes/brain-tissue.toml")).unwrap();
     recipe.data.slab = Some(Slab { axis: 2, start: 85, end: 127 });
     recipe.plan.target_spacing = Some(vec![4.0, 4.0, 4.0]);
