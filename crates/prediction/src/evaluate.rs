@@ -52,17 +52,18 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i] * (1.0 - f) + sorted[(i + 1).min(sorted.len() - 1)] * f
 }
 
-/// Scores log-risks `risk` of rows `rows` of `data` (the model's survival curves from its baseline hazard).
-pub fn evaluate_rows(
+/// Scores the rows `rows` of `data` with `scorer` (risks and survival curves).
+pub fn evaluate_rows<B: Backend>(
     model: &SurvivalModel,
-    risk: &[f64],
+    scorer: &Scorer<B>,
     data: &SurvivalData,
     rows: &[usize],
     recipe: &SurvivalRecipe,
 ) -> Result<SurvivalMetrics, PredError> {
     let time: Vec<f64> = rows.iter().map(|&i| data.time[i]).collect();
     let event: Vec<bool> = rows.iter().map(|&i| data.event[i]).collect();
-    let risk = risk.to_vec();
+    let x: Vec<Vec<f64>> = rows.iter().map(|&i| data.x[i].clone()).collect();
+    let risk = scorer.log_risks(model, &x);
     let mut event_times: Vec<f64> = time.iter().zip(&event).filter(|(_, e)| **e).map(|(t, _)| *t).collect();
     if event_times.len() < 2 {
         return Err(PredError::Input("the test patients hold fewer than two events: nothing to score".into()));
@@ -71,7 +72,7 @@ pub fn evaluate_rows(
     let times = recipe.eval.times.clone().unwrap_or_else(|| [0.25, 0.5, 0.75].iter().map(|&q| percentile(&event_times, q)).collect());
     let tau = recipe.eval.tau.unwrap_or(times[times.len() - 1]);
     let censoring = CensoringDistribution::fit(&model.train_time, &model.train_event);
-    let survival: Vec<Vec<f64>> = risk.iter().map(|&r| times.iter().map(|&t| model.survival(r, t)).collect()).collect();
+    let survival: Vec<Vec<f64>> = scorer.predict(model, &x, &times).1;
     let err = |e: vesalius_eval::survival::SurvivalError| PredError::Input(format!("test set: {e}"));
     let c = harrell_c(&time, &event, &risk).map_err(err)?.c;
     let uno = uno_c(&time, &event, &risk, &censoring, tau).map_err(err)?.c;
@@ -137,9 +138,7 @@ pub fn evaluate<B: Backend>(run: &Path, device: &B::Device) -> Result<SurvivalMe
     let (_, _, data) = load(&recipe, Some(&model.encoding))?;
     let (_, test) = split(&data.ids, recipe.data.test_share, recipe.seed);
     let scorer = Scorer::<B>::load(run, &recipe, &model, device)?;
-    let rows: Vec<Vec<f64>> = test.iter().map(|&i| data.x[i].clone()).collect();
-    let risk = scorer.log_risks(&model, &rows);
-    let m = evaluate_rows(&model, &risk, &data, &test, &recipe)?;
+    let m = evaluate_rows(&model, &scorer, &data, &test, &recipe)?;
     vesalius_train::run::write_json(&run.join("metrics.json"), &m).map_err(|e| PredError::Internal(e.to_string()))?;
     Ok(m)
 }

@@ -19,14 +19,12 @@ pub fn predict<B: Backend>(run: &Path, table: &Path, device: &B::Device) -> Resu
     let raw = read_csv(table)?;
     let id_col = recipe.data.id.as_deref().and_then(|c| raw.column(c).ok());
     let rows: Vec<Vec<f64>> = (0..raw.rows.len()).map(|r| model.encoding.encode_row(&raw, r)).collect::<Result<_, _>>()?;
-    let risks = scorer.log_risks(&model, &rows);
+    let (risks, survival) = scorer.predict(&model, &rows, &metrics.times);
     let out = risks
         .iter()
+        .zip(survival)
         .enumerate()
-        .map(|(r, &risk)| {
-            let id = id_col.map_or_else(|| (r + 1).to_string(), |c| raw.rows[r][c].trim().to_string());
-            (id, risk, metrics.times.iter().map(|&t| model.survival(risk, t)).collect())
-        })
+        .map(|(r, (&risk, surv))| (id_col.map_or_else(|| (r + 1).to_string(), |c| raw.rows[r][c].trim().to_string()), risk, surv))
         .collect();
     Ok((out, metrics.times))
 }

@@ -58,6 +58,15 @@ pub enum Arch {
     Cox,
     /// DeepSurv: a multi-layer perceptron trained with the Cox partial likelihood.
     Deepsurv,
+    /// A discrete-time logistic-hazard model (one output per time interval).
+    LogisticHazard,
+}
+
+impl Arch {
+    /// Whether the model is a network trained on the engine.
+    pub fn is_network(self) -> bool {
+        matches!(self, Arch::Deepsurv | Arch::LogisticHazard)
+    }
 }
 
 /// `[model]`.
@@ -97,6 +106,13 @@ pub struct ModelSection {
     /// DeepSurv: stop after this many epochs without a better validation C-index.
     #[serde(default)]
     pub early_stopping_patience: Option<usize>,
+    /// Logistic hazard: time intervals (cut at quantiles of the training event times).
+    #[serde(default = "default_intervals")]
+    pub intervals: usize,
+}
+
+fn default_intervals() -> usize {
+    10
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -135,6 +151,7 @@ impl Default for ModelSection {
             weight_decay: default_weight_decay(),
             val_share: default_val_share(),
             early_stopping_patience: None,
+            intervals: default_intervals(),
         }
     }
 }
@@ -218,7 +235,10 @@ impl SurvivalRecipe {
             return bad("eval.times must be finite and increasing");
         }
         let m = &self.model;
-        if m.arch == Arch::Deepsurv
+        if m.arch == Arch::LogisticHazard && !(2..=200).contains(&m.intervals) {
+            return bad("model.intervals must lie in 2..=200");
+        }
+        if m.arch.is_network()
             && (m.hidden.is_empty()
                 || m.hidden.iter().any(|&h| h == 0 || h > 4096)
                 || !(0.0..1.0).contains(&m.dropout)

@@ -48,6 +48,9 @@ pub struct SurvivalModel {
     pub baseline_times: Vec<f64>,
     /// `H₀` at each of them.
     pub baseline_hazard: Vec<f64>,
+    /// Logistic hazard: the interval upper bounds.
+    #[serde(default)]
+    pub cuts: Vec<f64>,
     /// Training times and events (the censoring distribution of Uno's C and the Brier score).
     pub train_time: Vec<f64>,
     /// See `train_time`.
@@ -69,21 +72,38 @@ impl SurvivalModel {
     }
 }
 
-/// What computes log-risks of encoded rows: a Cox model's coefficients or a DeepSurv network.
+/// What scores encoded rows: a Cox model's coefficients, a DeepSurv network or a logistic-hazard network.
 pub enum Scorer<B: Backend> {
     /// `xᵀβ`.
     Cox(CoxModel),
     /// `f(x)`.
     Net(Mlp<B>, B::Device),
+    /// Per-interval hazard logits.
+    Lh(Mlp<B>, B::Device),
 }
 
 impl<B: Backend> Scorer<B> {
-    /// Log-risks of encoded rows, standardised with `model`'s standardisation.
+    /// Risk scores (higher = earlier event) of encoded rows, standardised with `model`'s standardisation.
     pub fn log_risks(&self, model: &SurvivalModel, rows: &[Vec<f64>]) -> Vec<f64> {
+        self.predict(model, rows, &[]).0
+    }
+
+    /// Risk scores and survival probabilities at `times` of encoded rows.
+    pub fn predict(&self, model: &SurvivalModel, rows: &[Vec<f64>], times: &[f64]) -> (Vec<f64>, Vec<Vec<f64>>) {
         let std: Vec<Vec<f64>> = rows.iter().map(|r| model.standardise.apply(r)).collect();
+        let from_baseline = |risk: Vec<f64>| {
+            let surv = risk.iter().map(|&r| times.iter().map(|&t| model.survival(r, t)).collect()).collect();
+            (risk, surv)
+        };
         match self {
-            Scorer::Cox(cox) => std.iter().map(|r| cox.risk(r)).collect(),
-            Scorer::Net(net, device) => crate::deepsurv::log_risk(net, &std, device),
+            Scorer::Cox(cox) => from_baseline(std.iter().map(|r| cox.risk(r)).collect()),
+            Scorer::Net(net, device) => from_baseline(crate::deepsurv::log_risk(net, &std, device)),
+            Scorer::Lh(net, device) => {
+                let z = crate::deepsurv::outputs(net, &std, device);
+                let risk = z.iter().map(|z| crate::deepsurv::lh_risk(z)).collect();
+                let surv = z.iter().map(|z| times.iter().map(|&t| crate::deepsurv::lh_survival(z, &model.cuts, t)).collect()).collect();
+                (risk, surv)
+            }
         }
     }
 
@@ -92,8 +112,12 @@ impl<B: Backend> Scorer<B> {
         match (&recipe.model.arch, &model.cox) {
             (Arch::Cox, Some(cox)) => Ok(Scorer::Cox(cox.clone())),
             (Arch::Deepsurv, _) => {
-                Ok(Scorer::Net(crate::deepsurv::load(&RunDir::new(run), model.features.len(), &recipe.model, device)?, device.clone()))
+                Ok(Scorer::Net(crate::deepsurv::load(&RunDir::new(run), model.features.len(), 1, &recipe.model, device)?, device.clone()))
             }
+            (Arch::LogisticHazard, _) => Ok(Scorer::Lh(
+                crate::deepsurv::load(&RunDir::new(run), model.features.len(), model.cuts.len(), &recipe.model, device)?,
+                device.clone(),
+            )),
             (Arch::Cox, None) => Err(PredError::Input(format!("{}: model.json holds no Cox coefficients", run.display()))),
         }
     }
@@ -179,19 +203,22 @@ pub fn train<AB: AutodiffBackend>(
         )
     };
     let (xs, t, e) = pick(&train_rows);
+    let lh_cuts =
+        if recipe.model.arch == Arch::LogisticHazard { crate::deepsurv::cuts(&t, &e, recipe.model.intervals) } else { Vec::new() };
     let (cox, risk) = match recipe.model.arch {
         Arch::Cox => {
             let cox = fit(&xs, &t, &e, &CoxConfig { ties: recipe.model.ties, l2: recipe.model.l2 })?;
             let risk: Vec<f64> = xs.iter().map(|r| cox.risk(r)).collect();
             (Some(cox), risk)
         }
-        Arch::Deepsurv => {
+        Arch::Deepsurv | Arch::LogisticHazard => {
             // Model selection on a share of the training patients; the baseline hazard on all of them.
             let ids: Vec<String> = train_rows.iter().map(|&i| data.ids[i].clone()).collect();
             let (fit_idx, val_idx) = split(&ids, recipe.model.val_share, recipe.seed ^ 0x5eed);
             let sub = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&k| train_rows[k]).collect() };
             let (fx, ft, fe) = pick(&sub(&fit_idx));
             let (vx, vt, ve) = pick(&sub(&val_idx));
+            let lh = (recipe.model.arch == Arch::LogisticHazard).then_some(lh_cuts.as_slice());
             let net = crate::deepsurv::train::<AB>(
                 &RunDir::new(run),
                 &text,
@@ -199,10 +226,16 @@ pub fn train<AB: AutodiffBackend>(
                 recipe.seed,
                 (&fx, &ft, &fe),
                 (&vx, &vt, &ve),
+                lh,
                 device,
                 on_epoch,
             )?;
-            (None, crate::deepsurv::log_risk(&net, &xs, device))
+            // (The logistic hazard's survival comes from its own outputs; its Breslow baseline is kept for reference.)
+            let risk = match lh {
+                Some(_) => crate::deepsurv::outputs(&net, &xs, device).iter().map(|z| crate::deepsurv::lh_risk(z)).collect(),
+                None => crate::deepsurv::log_risk(&net, &xs, device),
+            };
+            (None, risk)
         }
     };
     let (baseline_times, baseline_hazard) = breslow_baseline(&risk, &t, &e);
@@ -213,6 +246,7 @@ pub fn train<AB: AutodiffBackend>(
         cox,
         baseline_times,
         baseline_hazard,
+        cuts: lh_cuts,
         train_time: t,
         train_event: e,
     };
@@ -220,7 +254,7 @@ pub fn train<AB: AutodiffBackend>(
     // Scored as read back, so that `vesalius evaluate` (which reads the files) reproduces metrics.json exactly.
     let metrics = crate::evaluate::evaluate::<AB::InnerBackend>(run, device)?;
     let model: SurvivalModel = vesalius_train::run::read_json(&run.join("model.json")).map_err(|e| PredError::Internal(e.to_string()))?;
-    let _ = test_rows;
+    debug_assert_eq!(metrics.patients, test_rows.iter().map(|&i| &data.ids[i]).collect::<BTreeSet<_>>().len());
     Ok((model, metrics))
 }
 

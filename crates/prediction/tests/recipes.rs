@@ -7,6 +7,9 @@ use vesalius_prediction::recipe::SurvivalRecipe;
 type B = burn::backend::Flex;
 type AB = burn::backend::Autodiff<B>;
 
+/// burn's random generator is process-wide: tests that train networks take turns.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn recipes() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes"))
 }
@@ -79,6 +82,7 @@ fn bad_tables_name_the_row_and_column() {
 
 #[test]
 fn deepsurv_trains_on_the_engine_and_predicts_with_its_network() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let text = std::fs::read_to_string(recipes().join("metabric-deepsurv.toml")).unwrap().replace("epochs = 50", "epochs = 4");
     let recipe = SurvivalRecipe::from_toml(&text, recipes()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -94,4 +98,19 @@ fn deepsurv_trains_on_the_engine_and_predicts_with_its_network() {
     let other = SurvivalRecipe::from_toml(&text.replace("dropout = 0.1", "dropout = 0.3"), recipes()).unwrap();
     let e = vesalius_prediction::train::train::<AB>(&other, dir.path(), &Default::default(), |_| {}).unwrap_err().to_string();
     assert!(e.contains("model.dropout"), "{e}");
+}
+
+#[test]
+fn logistic_hazard_gives_survival_curves_from_its_intervals() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let text = std::fs::read_to_string(recipes().join("metabric-logistic-hazard.toml")).unwrap().replace("epochs = 50", "epochs = 15");
+    let recipe = SurvivalRecipe::from_toml(&text, recipes()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (model, m) = vesalius_prediction::train::train::<AB>(&recipe, dir.path(), &Default::default(), |_| {}).unwrap();
+    assert_eq!(model.cuts.len(), 20);
+    assert!(model.cuts.windows(2).all(|w| w[1] > w[0]));
+    assert!(m.c_index.value > 0.55, "{:?}", m.c_index);
+    let (rows, times) = vesalius_prediction::infer::predict::<B>(dir.path(), &recipe.data.path, &Default::default()).unwrap();
+    assert_eq!(times, vec![60.0, 120.0, 180.0]);
+    assert!(rows.iter().all(|r| r.2.windows(2).all(|w| w[1] <= w[0]) && r.2.iter().all(|s| (0.0..=1.0).contains(s))));
 }
