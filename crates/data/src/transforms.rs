@@ -304,6 +304,27 @@ pub enum Transform {
         /// Range of the factor.
         factor: [f64; 2],
     },
+    /// With probability `prob`, a new image drawn from the label map (SynthSeg/SynthStrip-style domain
+    /// randomisation): every generation class gets its own Gaussian intensity, mean drawn in `mean` and standard
+    /// deviation in `std` (units of the output range [0, 1]), the same draw for every channel. Generation classes
+    /// are the label values, each split into `split` classes by quantiles of the current image's intensities inside
+    /// it — so the background around an organ, which the label map leaves as one class, gets the structure its
+    /// intensities show (air, fluid, bone and soft tissue around a brain). The label map is unchanged; follow with
+    /// `rand_affine`, `rand_elastic`, `rand_bias_field`, `rand_degrade`, `rand_gaussian_noise` and `rand_gamma` for
+    /// the rest of the generative model.
+    SynthesiseFromLabels {
+        /// Probability.
+        prob: f64,
+        /// Range of the class means.
+        #[serde(default = "unit_range")]
+        mean: [f64; 2],
+        /// Range of the class standard deviations.
+        #[serde(default = "default_synth_std")]
+        std: [f64; 2],
+        /// Intensity classes per label value.
+        #[serde(default = "one_usize")]
+        split: usize,
+    },
     /// With probability `prob`, [`Transform::Degrade`] to one of `qualities` chosen uniformly.
     RandDegrade {
         /// Probability.
@@ -346,6 +367,39 @@ pub fn normal(rng: &mut impl Rng) -> f64 {
 
 fn uniform(rng: &mut impl Rng, r: [f64; 2]) -> f64 {
     if r[1] > r[0] { r[0] + (r[1] - r[0]) * rng.random::<f64>() } else { r[0] }
+}
+
+fn unit_range() -> [f64; 2] {
+    [0.0, 1.0]
+}
+
+fn default_synth_std() -> [f64; 2] {
+    [0.0, 0.1]
+}
+
+fn one_usize() -> usize {
+    1
+}
+
+/// Generation classes of a label map: each label value split into `split` classes by quantiles of `image`
+/// (its first channel) inside it. Returns a class index per voxel and the number of classes.
+pub fn generation_classes(image: &Image, label: &Image, split: usize) -> (Vec<usize>, usize) {
+    let split = split.max(1);
+    let intensities = image.channel(0);
+    let mut values: Vec<i64> =
+        label.data().iter().map(|v| v.round() as i64).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    values.sort();
+    let mut class = vec![0usize; label.voxels()];
+    for (li, &lv) in values.iter().enumerate() {
+        let members: Vec<usize> = (0..label.voxels()).filter(|&i| label.data()[i].round() as i64 == lv).collect();
+        let mut sorted: Vec<f32> = members.iter().map(|&i| intensities[i]).collect();
+        sorted.sort_by(f32::total_cmp);
+        let bounds: Vec<f32> = (1..split).map(|k| sorted[(k * sorted.len() / split).min(sorted.len() - 1)]).collect();
+        for &i in &members {
+            class[i] = li * split + bounds.partition_point(|&b| b <= intensities[i]).min(split - 1);
+        }
+    }
+    (class, values.len() * split)
 }
 
 fn coin(rng: &mut impl Rng, p: f64) -> bool {
@@ -519,6 +573,22 @@ impl Transform {
                 }
                 let f = uniform(rng, *factor);
                 intensity(s, |img| Ok(contrast(img, f)))
+            }
+            Transform::SynthesiseFromLabels { prob, mean, std, split } => {
+                if !coin(rng, *prob) {
+                    return Ok(s);
+                }
+                let Some(label) = s.label.as_ref() else {
+                    return Err(DataError::Invalid("synthesise_from_labels needs a label map".into()));
+                };
+                let (class, n) = generation_classes(&s.image, label, *split);
+                let draws: Vec<(f64, f64)> = (0..n).map(|_| (uniform(rng, *mean), uniform(rng, *std))).collect();
+                let voxels = s.image.voxels();
+                let noise: Vec<f64> = (0..voxels).map(|_| normal(rng)).collect();
+                let values: Vec<f32> = (0..voxels).map(|i| (draws[class[i]].0 + draws[class[i]].1 * noise[i]) as f32).collect();
+                let data: Vec<f32> = (0..s.image.channels()).flat_map(|_| values.iter().copied()).collect();
+                let image = Image::new(data, s.image.shape().to_vec(), s.image.channels(), *s.image.affine(), "float32")?;
+                Ok(Subject { image, label: s.label })
             }
             Transform::RandDegrade { prob, qualities } => {
                 if qualities.is_empty() || !coin(rng, *prob) {

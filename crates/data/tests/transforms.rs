@@ -297,3 +297,56 @@ fn harmonisation_degrades_only() {
     assert_eq!(lowest.spacing, vec![2.0, 2.0, 1.0]);
     assert!((lowest.noise_std - estimate_noise(&noisy)).abs() < 1e-12);
 }
+
+#[test]
+fn synthesis_from_labels_draws_one_gaussian_per_generation_class_and_keeps_the_labels() {
+    // Three label values; the background's intensities have two levels, which `split = 2` separates.
+    let image = img2(30, 20, |x, _| {
+        if x < 10 {
+            0.1
+        } else if x < 20 {
+            0.9
+        } else {
+            0.5
+        }
+    });
+    let label = img2(30, 20, |x, y| {
+        if x < 20 {
+            0.0
+        } else if y < 10 {
+            1.0
+        } else {
+            2.0
+        }
+    });
+    let subject = Subject::with_label(image, label.clone()).unwrap();
+    let t = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.0], split: 2 };
+    let a = apply(t.clone(), subject.clone(), 3);
+    assert_eq!(a.label.as_ref().unwrap(), &label);
+    // σ = 0: each generation class is one constant, and the classes are 0 (x < 10), 0' (10 ≤ x < 20), 1, 2.
+    let at = |x: usize, y: usize| a.image.get(&[x, y]);
+    assert!((0..10).all(|x| at(x, 5) == at(0, 0)) && (10..20).all(|x| at(x, 15) == at(10, 0)));
+    let distinct: std::collections::BTreeSet<u32> = [at(0, 0), at(10, 0), at(25, 5), at(25, 15)].iter().map(|v| v.to_bits()).collect();
+    assert_eq!(distinct.len(), 4, "four generation classes, four intensities");
+    assert!(a.image.data().iter().all(|v| (0.0..=1.0).contains(v)));
+    // Seeded: the same seed, the same image; another seed, another image.
+    assert_eq!(apply(t.clone(), subject.clone(), 3).image, a.image);
+    assert_ne!(apply(t, subject.clone(), 4).image, a.image);
+    // With σ > 0 each class scatters around its mean.
+    let b = apply(Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.5, 0.5], std: [0.1, 0.1], split: 1 }, subject.clone(), 1);
+    let region: Vec<f64> = (0..20).flat_map(|x| (0..20).map(move |y| (x, y))).map(|(x, y)| b.image.get(&[x, y]) as f64).collect();
+    let m = region.iter().sum::<f64>() / region.len() as f64;
+    let sd = (region.iter().map(|v| (v - m).powi(2)).sum::<f64>() / region.len() as f64).sqrt();
+    assert!((m - 0.5).abs() < 0.02 && (sd - 0.1).abs() < 0.02, "mean {m}, sd {sd}");
+    let e = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.1], split: 1 }
+        .apply(Subject::new(img2(4, 4, |_, _| 0.0)), &mut rng(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label map"), "{e}");
+}
+
+#[test]
+fn synthesis_reads_from_recipes() {
+    let p = Pipeline::from_toml("[[transforms]]\ntype = \"synthesise_from_labels\"\nprob = 0.8\nsplit = 3\n").unwrap();
+    assert_eq!(p.transforms[0], Transform::SynthesiseFromLabels { prob: 0.8, mean: [0.0, 1.0], std: [0.0, 0.1], split: 3 });
+}
