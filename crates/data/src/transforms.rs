@@ -306,7 +306,8 @@ pub enum Transform {
     },
     /// With probability `prob`, a new image drawn from the label map (SynthSeg/SynthStrip-style domain
     /// randomisation): every generation class gets its own Gaussian intensity, mean drawn in `mean` and standard
-    /// deviation in `std` (units of the output range [0, 1]), the same draw for every channel. Generation classes
+    /// deviation in `std` (units of a [0, 1] range), the same draw for every channel; the result is then scaled to
+    /// the mean and standard deviation the image had, so it stays in the pipeline's intensity space. Generation classes
     /// are the label values, each split into `split` classes by quantiles of the current image's intensities inside
     /// it — so the background around an organ, which the label map leaves as one class, gets the structure its
     /// intensities show (air, fluid, bone and soft tissue around a brain). The label map is unchanged; follow with
@@ -585,7 +586,18 @@ impl Transform {
                 let draws: Vec<(f64, f64)> = (0..n).map(|_| (uniform(rng, *mean), uniform(rng, *std))).collect();
                 let voxels = s.image.voxels();
                 let noise: Vec<f64> = (0..voxels).map(|_| normal(rng)).collect();
-                let values: Vec<f32> = (0..voxels).map(|i| (draws[class[i]].0 + draws[class[i]].1 * noise[i]) as f32).collect();
+                let drawn: Vec<f64> = (0..voxels).map(|i| draws[class[i]].0 + draws[class[i]].1 * noise[i]).collect();
+                // Into the intensity space the image was in (its mean and standard deviation), so that a pipeline that
+                // normalised before augmenting sees synthetic images on the scale of real ones.
+                let stats = |v: &mut dyn Iterator<Item = f64>| {
+                    let (n, s1, s2) = v.fold((0.0, 0.0, 0.0), |(n, a, b), x| (n + 1.0, a + x, b + x * x));
+                    let m = s1 / n;
+                    (m, (s2 / n - m * m).max(0.0).sqrt())
+                };
+                let (m0, s0) = stats(&mut s.image.channel(0).iter().map(|&v| v as f64));
+                let (m1, s1) = stats(&mut drawn.iter().copied());
+                let scale = if s1 > 0.0 && s0 > 0.0 { s0 / s1 } else { 1.0 };
+                let values: Vec<f32> = drawn.iter().map(|v| ((v - m1) * scale + m0) as f32).collect();
                 let data: Vec<f32> = (0..s.image.channels()).flat_map(|_| values.iter().copied()).collect();
                 let image = Image::new(data, s.image.shape().to_vec(), s.image.channels(), *s.image.affine(), "float32")?;
                 Ok(Subject { image, label: s.label })
