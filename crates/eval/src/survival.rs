@@ -10,6 +10,8 @@
 //!   survival probabilities at given times, and their trapezoidal mean.
 //! * [`cumulative_dynamic_auc`]: cumulative cases (event by `t`) against dynamic controls (still at risk after
 //!   `t`), cases weighted by `1 / Ĝ(tᵢ)`; its mean weights each time by the drop of the Kaplan–Meier curve.
+//! * [`calibration`]: predicted survival at a time against the Kaplan–Meier survival of groups of subjects binned by
+//!   their prediction.
 //! * Evaluation times must lie inside the test data's follow-up (`[min time, max time)`), and the censoring
 //!   survival must not reach zero where a weight needs it: otherwise a [`SurvivalError`] says so.
 //!
@@ -364,9 +366,60 @@ pub fn cumulative_dynamic_auc(
     Ok((scores, mean))
 }
 
+/// One group of a calibration table: subjects binned by predicted survival at a time.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CalibrationBin {
+    /// Subjects in the group.
+    pub subjects: usize,
+    /// Mean predicted survival at the time.
+    pub predicted: f64,
+    /// Observed survival at the time: the group's Kaplan–Meier estimate.
+    pub observed: f64,
+}
+
+/// Calibration at time `t`: subjects sorted by predicted survival `predicted` and cut into `groups` groups of
+/// (nearly) equal size; each group's mean prediction beside its Kaplan–Meier survival at `t`.
+pub fn calibration(time: &[f64], event: &[bool], predicted: &[f64], t: f64, groups: usize) -> Result<Vec<CalibrationBin>, SurvivalError> {
+    check(time, event, predicted.len())?;
+    check_times(time, &[t])?;
+    if groups == 0 || groups > time.len() {
+        return Err(SurvivalError::Invalid(format!("{groups} calibration groups for {} subjects", time.len())));
+    }
+    let mut order: Vec<usize> = (0..time.len()).collect();
+    order.sort_by(|&a, &b| predicted[a].total_cmp(&predicted[b]));
+    Ok((0..groups)
+        .map(|g| {
+            let members = &order[g * order.len() / groups..(g + 1) * order.len() / groups];
+            let (t_g, e_g): (Vec<f64>, Vec<bool>) = members.iter().map(|&i| (time[i], event[i])).unzip();
+            CalibrationBin {
+                subjects: members.len(),
+                predicted: members.iter().map(|&i| predicted[i]).sum::<f64>() / members.len() as f64,
+                observed: KaplanMeier::fit(&t_g, &e_g).at(t),
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calibration_of_the_true_survival_matches_its_kaplan_meier() {
+        // Two groups with known survival at t = 1: everyone in the first dies before 1, nobody in the second.
+        let time = [0.5, 0.6, 0.7, 0.8, 2.0, 2.5, 3.0, 3.5];
+        let event = [true; 8];
+        let predicted = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        let bins = calibration(&time, &event, &predicted, 1.0, 2).unwrap();
+        assert_eq!(
+            bins,
+            vec![
+                CalibrationBin { subjects: 4, predicted: 0.0, observed: 0.0 },
+                CalibrationBin { subjects: 4, predicted: 1.0, observed: 1.0 }
+            ]
+        );
+        assert!(calibration(&time, &event, &predicted, 1.0, 9).is_err());
+    }
 
     #[test]
     fn evaluation_times_outside_follow_up_and_zero_censoring_survival_are_named() {

@@ -42,6 +42,11 @@ pub struct SurvivalMetrics {
     pub integrated_brier: Estimate,
     /// Brier score at each time (point values).
     pub brier: Vec<f64>,
+    /// Calibration at the middle evaluation time: five groups by predicted survival, each group's mean prediction
+    /// beside its Kaplan–Meier survival.
+    pub calibration: Vec<vesalius_eval::survival::CalibrationBin>,
+    /// The time of the calibration table.
+    pub calibration_time: f64,
     /// What the intervals resample.
     pub bootstrap_unit: String,
 }
@@ -79,6 +84,10 @@ pub fn evaluate_rows<B: Backend>(
     let (auc, auc_mean) = cumulative_dynamic_auc(&time, &event, &risk, &times, &censoring).map_err(err)?;
     let ibs = if times.len() > 1 { integrated_brier(&time, &event, &survival, &times, &censoring).map_err(err)? } else { f64::NAN };
     let brier = brier_scores(&time, &event, &survival, &times, &censoring).map_err(err)?;
+    let mid = times.len() / 2;
+    let calibration_time = times[mid];
+    let predicted: Vec<f64> = survival.iter().map(|s| s[mid]).collect();
+    let calibration = vesalius_eval::survival::calibration(&time, &event, &predicted, calibration_time, 5.min(time.len())).map_err(err)?;
 
     let ids: Vec<Option<&str>> = rows.iter().map(|&i| Some(data.ids[i].as_str())).collect();
     let clusters = Clusters::from_ids(&ids);
@@ -119,6 +128,8 @@ pub fn evaluate_rows<B: Backend>(
         td_auc_mean,
         integrated_brier,
         brier,
+        calibration,
+        calibration_time,
         bootstrap_unit: clusters.unit().into(),
     })
 }

@@ -28,6 +28,12 @@ pub fn format_metrics(m: &SurvivalMetrics) -> String {
     }
     s.push_str(&format!("  mean AUC           {}\n", e(&m.td_auc_mean)));
     s.push_str(&format!("  integrated Brier   {}\n", e(&m.integrated_brier)));
+    let cal: Vec<String> = m.calibration.iter().map(|b| format!("{:.2}/{:.2}", b.predicted, b.observed)).collect();
+    s.push_str(&format!(
+        "  calibration at t = {} (predicted/observed survival by fifths of prediction): {}\n",
+        m.calibration_time,
+        cal.join(" ")
+    ));
     s
 }
 
