@@ -40,6 +40,14 @@ fn brain_extraction_recipe_at_reduced_size() {
     let best = outcome.state.best_score.unwrap();
     assert!(best > 0.85, "held-out slab Dice {best}");
 
+    // The recipe's test subject (ITK's KmeansTest T1 with a reference mask) is scored by `evaluate`, never trained on:
+    // another person, another grid (2 × 2 × 3 mm, LSA); at this reduced size the mask overlaps it only roughly.
+    let m = vesalius_segmentation::evaluate::evaluate::<P>(&run, &device, false, vesalius_eval::EvalSet::Test).unwrap();
+    assert_eq!(m.cases.len(), 1);
+    assert_eq!(m.cases[0].id, "itk_t1");
+    let dice = m.mean["brain"]["dice"].value;
+    assert!(dice > 0.6, "test-subject Dice {dice} (0.744 measured)");
+
     // Other brains: nibabel's anatomical.nii (another grid and orientation) and dipy's anisotropic volume.
     let predictor = Predictor::<P>::load(&run, &device).unwrap();
     // anatomical.nii is a 2 mm crop inside the head (little background), aniso_vox a whole head at 4 × 4 × 5 mm
