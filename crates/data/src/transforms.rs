@@ -576,6 +576,9 @@ impl Transform {
                 intensity(s, |img| Ok(contrast(img, f)))
             }
             Transform::SynthesiseFromLabels { prob, mean, std, split } => {
+                if !(1..=64).contains(split) {
+                    return Err(DataError::Invalid(format!("synthesise_from_labels: split must lie in 1..=64, not {split}")));
+                }
                 if !coin(rng, *prob) {
                     return Ok(s);
                 }

@@ -351,6 +351,11 @@ fn synthesis_from_labels_draws_one_gaussian_per_generation_class_and_keeps_the_l
         .unwrap_err()
         .to_string();
     assert!(e.contains("label map"), "{e}");
+    let e = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.1], split: 1_000_000 }
+        .apply(subject, &mut rng(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("split must lie in 1..=64"), "{e}");
 }
 
 #[test]

@@ -168,24 +168,13 @@ mod tests {
     }
 }
 
-/// Immerkær's (1996) fast estimate of the standard deviation of additive noise in a `w × h` image: the mean
-/// absolute response to the Laplacian-difference mask `[1 −2 1; −2 4 −2; 1 −2 1]`, times `√(π/2) / 6`.
+/// Immerkær's (1996) estimate of the standard deviation of additive noise in a `w × h` plane (the data
+/// pipeline's [`vesalius_data::harmonise::estimate_noise`]).
 pub fn noise_sigma(x: &[f32], w: usize, h: usize) -> f64 {
-    if w < 3 || h < 3 {
-        return 0.0;
+    match vesalius_io::Image::new(x.to_vec(), vec![w, h], 1, vesalius_io::IDENTITY, "float32") {
+        Ok(plane) => vesalius_data::harmonise::estimate_noise(&plane),
+        Err(_) => 0.0,
     }
-    let at = |i: usize, j: usize| x[i + w * j] as f64;
-    let mut sum = 0.0;
-    for j in 1..h - 1 {
-        for i in 1..w - 1 {
-            let v = at(i - 1, j - 1) - 2.0 * at(i, j - 1) + at(i + 1, j - 1) - 2.0 * at(i - 1, j) + 4.0 * at(i, j) - 2.0 * at(i + 1, j)
-                + at(i - 1, j + 1)
-                - 2.0 * at(i, j + 1)
-                + at(i + 1, j + 1);
-            sum += v.abs();
-        }
-    }
-    (std::f64::consts::FRAC_PI_2).sqrt() / 6.0 * sum / ((w - 2) * (h - 2)) as f64
 }
 
 /// Non-local means (Buades et al. 2005) of a `w × h` image: each pixel the weighted mean of the pixels in a

@@ -256,7 +256,7 @@ pub fn bspline_fine(model: &Degradation, coarse: &Image) -> Option<(Vec<f32>, Ve
 
 /// Loads an image file or DICOM series folder.
 pub fn load_image(path: &std::path::Path) -> Result<Image, EnhanceError> {
-    let img = if path.is_dir() { vesalius_io::dicom::load_series(path, None)?.0 } else { vesalius_io::load(path)? };
+    let img = vesalius_io::load(path)?;
     // Grey images stored as RGB (equal channels) are grey.
     if img.channels() == 3 && img.channel(0) == img.channel(1) && img.channel(0) == img.channel(2) {
         return Ok(Image::new(img.channel(0).to_vec(), img.shape().to_vec(), 1, *img.affine(), img.dtype())?);

@@ -410,8 +410,13 @@ impl EnhanceRecipe {
             return bad("data.train_realisations must lie in 1..=256 and data.eval_realisations in 1..=64".into());
         }
         let t = &self.train;
-        if t.epochs == 0 || t.iterations == 0 || t.batch == 0 || !(8..=512).contains(&t.patch) || !(t.lr > 0.0 && t.lr.is_finite()) {
-            return bad("train: epochs, iterations and batch must be ≥ 1, patch in 8..=512 and lr > 0".into());
+        if t.epochs == 0
+            || t.iterations == 0
+            || !(1..=4096).contains(&t.batch)
+            || !(8..=512).contains(&t.patch)
+            || !(t.lr > 0.0 && t.lr.is_finite())
+        {
+            return bad("train: epochs and iterations must be ≥ 1, batch in 1..=4096, patch in 8..=512 and lr > 0".into());
         }
         let m = &self.model;
         match m.arch {

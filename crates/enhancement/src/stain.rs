@@ -166,14 +166,10 @@ const IO: f64 = 240.0;
 const BETA: f64 = 0.15;
 const ALPHA: f64 = 1.0;
 
+/// The `p`-th percentile (NumPy's linear interpolation) of `values`, sorted in place.
 fn percentile(values: &mut [f64], p: f64) -> f64 {
     values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let x = p / 100.0 * (values.len() - 1) as f64;
-    let (i, f) = (x.floor() as usize, x - x.floor());
-    values[i] * (1.0 - f) + values[(i + 1).min(values.len() - 1)] * f
+    if values.is_empty() { f64::NAN } else { vesalius_eval::bootstrap::quantile_sorted(values, p / 100.0) }
 }
 
 /// The stain vectors (haematoxylin, eosin; unit OD vectors) and per-pixel concentrations of an H&E image, as
@@ -292,6 +288,19 @@ pub struct SaeSettings {
     /// Target mean activation and weight of the sparsity penalty.
     #[serde(default = "default_sparsity")]
     pub sparsity: Sparsity,
+}
+
+impl SaeSettings {
+    /// Checks the sizes before anything is allocated from them.
+    pub fn validate(&self) -> Result<(), EnhanceError> {
+        if !(1..=64).contains(&self.clusters) || !(1..=1024).contains(&self.code) || !(1..=1_000_000).contains(&self.samples) {
+            return Err(EnhanceError::Input(format!(
+                "sae: clusters must lie in 1..=64, code in 1..=1024 and samples in 1..=1000000 (got {}, {}, {})",
+                self.clusters, self.code, self.samples
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn default_clusters() -> usize {
@@ -433,9 +442,7 @@ pub fn sae_normalise<B: AutodiffBackend>(
     seed: u64,
     device: &B::Device,
 ) -> Result<(Vec<Image>, SaeReport), EnhanceError> {
-    if settings.clusters == 0 || settings.code == 0 || settings.samples == 0 {
-        return Err(EnhanceError::Input("sae: clusters, code and samples must be at least 1".into()));
-    }
+    settings.validate()?;
     let dim = 27;
     let target_rows = neighbourhoods(target)?;
     let source_rows: Vec<Vec<f32>> = sources.iter().map(neighbourhoods).collect::<Result<_, _>>()?;

@@ -186,20 +186,24 @@ impl<B: AutodiffBackend> Task<B> for DeepSurvTask<'_> {
         let device = stepper.device().clone();
         let n = self.train.events.len();
         let n_events = self.train.events.iter().sum::<f32>() as f64;
+        // The full batch, made once per epoch (tensors are shared, not copied, by `clone`).
+        let x = Tensor::<B, 4>::from_data(TensorData::new(self.train.x.clone(), [n, 1, 1, self.train.p]), &device);
+        let ends = Tensor::<B, 1, Int>::from_data(TensorData::new(self.train.group_end.clone(), [n]), &device);
+        let events = Tensor::<B, 1>::from_data(TensorData::new(self.train.events.clone(), [n]), &device);
+        let lh = self.lh.as_ref().map(|(cuts, y, m)| {
+            let k = cuts.len();
+            (
+                Tensor::<B, 2>::from_data(TensorData::new(y.clone(), [n, k]), &device),
+                Tensor::<B, 2>::from_data(TensorData::new(m.clone(), [n, k]), &device),
+            )
+        });
         for _ in 0..self.spec.steps {
-            let x = Tensor::<B, 4>::from_data(TensorData::new(self.train.x.clone(), [n, 1, 1, self.train.p]), &device);
-            if let Some((cuts, y, m)) = &self.lh {
-                let k = cuts.len();
-                let logits = stepper.model().forward(x);
-                let y = Tensor::<B, 2>::from_data(TensorData::new(y.clone(), [n, k]), &device);
-                let m = Tensor::<B, 2>::from_data(TensorData::new(m.clone(), [n, k]), &device);
-                stepper.step(lh_loss(logits, y, m))?;
-                continue;
-            }
-            let eta: Tensor<B, 1> = stepper.model().forward(x).reshape([n]);
-            let ends = Tensor::<B, 1, Int>::from_data(TensorData::new(self.train.group_end.clone(), [n]), &device);
-            let events = Tensor::<B, 1>::from_data(TensorData::new(self.train.events.clone(), [n]), &device);
-            stepper.step(cox_loss(eta, ends, events, n_events))?;
+            let out = stepper.model().forward(x.clone());
+            let loss = match &lh {
+                Some((y, m)) => lh_loss(out, y.clone(), m.clone()),
+                None => cox_loss(out.reshape([n]), ends.clone(), events.clone(), n_events),
+            };
+            stepper.step(loss)?;
         }
         Ok(())
     }

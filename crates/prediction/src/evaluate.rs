@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vesalius_eval::bootstrap::{Clusters, Estimate, cluster_percentile_ci};
+use vesalius_eval::bootstrap::{Clusters, Estimate, cluster_percentile_ci, quantile_sorted};
 use vesalius_eval::survival::{CensoringDistribution, brier_scores, cumulative_dynamic_auc, harrell_c, integrated_brier, uno_c};
 
 use crate::PredError;
@@ -51,12 +51,6 @@ pub struct SurvivalMetrics {
     pub bootstrap_unit: String,
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let x = q * (sorted.len() - 1) as f64;
-    let (i, f) = (x.floor() as usize, x - x.floor());
-    sorted[i] * (1.0 - f) + sorted[(i + 1).min(sorted.len() - 1)] * f
-}
-
 /// Scores the rows `rows` of `data` with `scorer` (risks and survival curves).
 pub fn evaluate_rows<B: Backend>(
     model: &SurvivalModel,
@@ -68,16 +62,15 @@ pub fn evaluate_rows<B: Backend>(
     let time: Vec<f64> = rows.iter().map(|&i| data.time[i]).collect();
     let event: Vec<bool> = rows.iter().map(|&i| data.event[i]).collect();
     let x: Vec<Vec<f64>> = rows.iter().map(|&i| data.x[i].clone()).collect();
-    let risk = scorer.log_risks(model, &x);
     let mut event_times: Vec<f64> = time.iter().zip(&event).filter(|(_, e)| **e).map(|(t, _)| *t).collect();
     if event_times.len() < 2 {
         return Err(PredError::Input("the test patients hold fewer than two events: nothing to score".into()));
     }
     event_times.sort_by(f64::total_cmp);
-    let times = recipe.eval.times.clone().unwrap_or_else(|| [0.25, 0.5, 0.75].iter().map(|&q| percentile(&event_times, q)).collect());
+    let times = recipe.eval.times.clone().unwrap_or_else(|| [0.25, 0.5, 0.75].iter().map(|&q| quantile_sorted(&event_times, q)).collect());
     let tau = recipe.eval.tau.unwrap_or(times[times.len() - 1]);
     let censoring = CensoringDistribution::fit(&model.train_time, &model.train_event);
-    let survival: Vec<Vec<f64>> = scorer.predict(model, &x, &times).1;
+    let (risk, survival) = scorer.predict(model, &x, &times);
     let err = |e: vesalius_eval::survival::SurvivalError| PredError::Input(format!("test set: {e}"));
     let c = harrell_c(&time, &event, &risk).map_err(err)?.c;
     let uno = uno_c(&time, &event, &risk, &censoring, tau).map_err(err)?.c;

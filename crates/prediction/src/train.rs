@@ -203,6 +203,9 @@ pub fn train<AB: AutodiffBackend>(
         )
     };
     let (xs, t, e) = pick(&train_rows);
+    if !e.iter().any(|&ev| ev) {
+        return Err(PredError::Input(format!("{}: the training patients hold no event: nothing to fit", recipe.data.path.display())));
+    }
     let lh_cuts =
         if recipe.model.arch == Arch::LogisticHazard { crate::deepsurv::cuts(&t, &e, recipe.model.intervals) } else { Vec::new() };
     let (cox, risk) = match recipe.model.arch {
