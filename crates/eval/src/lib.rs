@@ -19,6 +19,7 @@
 
 pub mod bootstrap;
 pub mod classification;
+pub mod detection;
 pub mod segmentation;
 pub mod survival;
 

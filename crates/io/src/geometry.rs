@@ -473,3 +473,52 @@ pub fn mat3_inv(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
     }
     Some(o)
 }
+
+/// Connected components (6-connectivity) of the voxels where `inside` holds: a component id per voxel
+/// (`u32::MAX` outside) and each component's size.
+pub fn connected_components(shape: [usize; 3], inside: impl Fn(usize) -> bool) -> (Vec<u32>, Vec<usize>) {
+    let n = shape.iter().product();
+    let mut id = vec![u32::MAX; n];
+    let mut sizes = Vec::new();
+    let mut stack = Vec::new();
+    let [nx, ny, nz] = shape;
+    for start in 0..n {
+        if id[start] != u32::MAX || !inside(start) {
+            continue;
+        }
+        let c = sizes.len() as u32;
+        id[start] = c;
+        stack.push(start);
+        let mut size = 0;
+        while let Some(v) = stack.pop() {
+            size += 1;
+            let (x, y, z) = (v % nx, v / nx % ny, v / (nx * ny));
+            let mut visit = |u: usize| {
+                if id[u] == u32::MAX && inside(u) {
+                    id[u] = c;
+                    stack.push(u);
+                }
+            };
+            if x > 0 {
+                visit(v - 1)
+            }
+            if x + 1 < nx {
+                visit(v + 1)
+            }
+            if y > 0 {
+                visit(v - nx)
+            }
+            if y + 1 < ny {
+                visit(v + nx)
+            }
+            if z > 0 {
+                visit(v - nx * ny)
+            }
+            if z + 1 < nz {
+                visit(v + nx * ny)
+            }
+        }
+        sizes.push(size);
+    }
+    (id, sizes)
+}

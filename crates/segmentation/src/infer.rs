@@ -94,60 +94,11 @@ impl<B: Backend> Predictor<B> {
     }
 }
 
-/// Connected components (6-connectivity) of the voxels where `inside` holds: a component id per voxel
-/// (`u32::MAX` outside) and each component's size.
-fn components(shape: [usize; 3], inside: impl Fn(usize) -> bool) -> (Vec<u32>, Vec<usize>) {
-    let n = shape.iter().product();
-    let mut id = vec![u32::MAX; n];
-    let mut sizes = Vec::new();
-    let mut stack = Vec::new();
-    let [nx, ny, nz] = shape;
-    for start in 0..n {
-        if id[start] != u32::MAX || !inside(start) {
-            continue;
-        }
-        let c = sizes.len() as u32;
-        id[start] = c;
-        stack.push(start);
-        let mut size = 0;
-        while let Some(v) = stack.pop() {
-            size += 1;
-            let (x, y, z) = (v % nx, v / nx % ny, v / (nx * ny));
-            let mut visit = |u: usize| {
-                if id[u] == u32::MAX && inside(u) {
-                    id[u] = c;
-                    stack.push(u);
-                }
-            };
-            if x > 0 {
-                visit(v - 1)
-            }
-            if x + 1 < nx {
-                visit(v + 1)
-            }
-            if y > 0 {
-                visit(v - nx)
-            }
-            if y + 1 < ny {
-                visit(v + nx)
-            }
-            if z > 0 {
-                visit(v - nx * ny)
-            }
-            if z + 1 < nz {
-                visit(v + nx * ny)
-            }
-        }
-        sizes.push(size);
-    }
-    (id, sizes)
-}
-
 /// Post-processing of a label map on a `shape` grid (nnU-Net's "keep the largest component", and hole filling).
 pub fn postprocess(labels: &mut [u16], shape: [usize; 3], classes: usize, largest: bool, fill: bool) {
     if largest {
         for k in 1..classes as u16 {
-            let (id, sizes) = components(shape, |v| labels[v] == k);
+            let (id, sizes) = vesalius_io::geometry::connected_components(shape, |v| labels[v] == k);
             if let Some(keep) = (0..sizes.len()).max_by_key(|&c| sizes[c]) {
                 for (l, &c) in labels.iter_mut().zip(&id) {
                     if c != u32::MAX && c as usize != keep {
@@ -158,7 +109,7 @@ pub fn postprocess(labels: &mut [u16], shape: [usize; 3], classes: usize, larges
         }
     }
     if fill && classes == 2 {
-        let (id, sizes) = components(shape, |v| labels[v] == 0);
+        let (id, sizes) = vesalius_io::geometry::connected_components(shape, |v| labels[v] == 0);
         let [nx, ny, nz] = shape;
         let mut touches = vec![false; sizes.len()];
         for (v, &c) in id.iter().enumerate() {

@@ -44,11 +44,36 @@ pub enum Command {
     },
     /// Evaluate a run's best model; prints and writes the metrics. Classification: on one of its splits;
     /// segmentation: on its validation cases, in their own grids (`metrics.json`); registration: on its
-    /// validation pairs (Dice before and after, HD95, folding, field error for synthetic pairs, time per pair).
+    /// validation pairs (Dice before and after, HD95, folding, field error for synthetic pairs, time per pair);
+    /// detection: FROC and CPM on its test images. Without a run, `--truth` and `--detections` score any CAD
+    /// system's LUNA16 CSV files as the LUNA16 evaluation does and print the result as JSON.
     Evaluate {
         /// The run directory.
-        #[arg(long)]
-        run: PathBuf,
+        #[arg(long, required_unless_present = "truth", conflicts_with = "truth")]
+        run: Option<PathBuf>,
+        /// Detection files: reference nodules (LUNA16 CSV `seriesuid,coordX,coordY,coordZ,diameter_mm`).
+        #[arg(long, requires = "detections")]
+        truth: Option<PathBuf>,
+        /// Detection files: the system's marks (LUNA16 CSV `seriesuid,coordX,coordY,coordZ,probability`).
+        #[arg(long, requires = "truth")]
+        detections: Option<PathBuf>,
+        /// Detection files: findings whose marks are neither true nor false positives (LUNA16's
+        /// annotations_excluded.csv; diameter -1 reads as 10 mm).
+        #[arg(long, requires = "truth")]
+        exclude: Option<PathBuf>,
+        /// Detection files: every scan of the evaluation (`seriesuid` column), so scans without nodules or marks
+        /// count in false positives per scan. Default: the scans named in the other files.
+        #[arg(long, requires = "truth")]
+        scans: Option<PathBuf>,
+        /// Detection files: write the FROC curve here (CSV `fps_per_scan,sensitivity,threshold`).
+        #[arg(long, requires = "truth")]
+        froc: Option<PathBuf>,
+        /// Detection files: marks kept per scan, the most probable first (LUNA16: 100; 0 keeps all).
+        #[arg(long, default_value_t = 100, requires = "truth")]
+        max_marks: usize,
+        /// Detection files: the coordinate frame of the CSV files, LPS (LUNA16, ITK, DICOM) or RAS.
+        #[arg(long, default_value = "LPS", requires = "truth")]
+        frame: String,
         /// Split to evaluate: test (written to metrics.json), val or train (metrics-<split>.json).
         #[arg(long, default_value = "test")]
         split: String,
@@ -263,7 +288,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 commands::train(backend, &recipe, out, quiet)
             }
         }
-        Command::Evaluate { run, split, tta, optimisation } => {
+        Command::Evaluate { run, truth, detections, exclude, scans, froc, max_marks, frame, split, tta, optimisation } => {
+            let Some(run) = run else {
+                let files = crate::detect::EvalFiles { truth, detections, exclude, scans, froc, max_marks, frame };
+                return crate::detect::evaluate_files(&files);
+            };
             if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::survival::evaluate(backend, &run, &split)
             } else if vesalius_enhancement::train::is_run(&run) && !tta && optimisation.is_none() {

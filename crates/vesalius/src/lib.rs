@@ -15,6 +15,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod detect;
 pub mod enhance;
 pub mod survival;
 

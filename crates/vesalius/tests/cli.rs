@@ -885,3 +885,37 @@ fn survival_train_evaluate_predict_on_gbsg2() {
         "\"maybe\" is not one of the levels",
     );
 }
+
+#[test]
+fn evaluate_detection_files_as_luna16_does() {
+    let f = |n: &str| root().join("fixtures/lidc").join(n).display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let curve = dir.path().join("froc.csv");
+    let o = vesalius(&[
+        "evaluate",
+        "--truth",
+        &f("truth.csv"),
+        "--detections",
+        &f("reader.csv"),
+        "--exclude",
+        &f("excluded.csv"),
+        "--scans",
+        &f("scans.csv"),
+        "--max-marks",
+        "2",
+        "--froc",
+        curve.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    insta::assert_json_snapshot!("evaluate_lidc_reader_excluded_cap2", json);
+    let text = std::fs::read_to_string(&curve).unwrap();
+    assert!(text.starts_with("fps_per_scan,sensitivity,threshold\n0,0,inf\n"), "{text}");
+    // Detections without probabilities, a missing file, a bad frame: exit 2 with the file named.
+    assert_input_error(&vesalius(&["evaluate", "--truth", &f("truth.csv"), "--detections", &f("truth.csv")]), "no probability column");
+    assert_input_error(&vesalius(&["evaluate", "--truth", "/nonexistent.csv", "--detections", &f("reader.csv")]), "/nonexistent.csv");
+    assert_input_error(
+        &vesalius(&["evaluate", "--truth", &f("truth.csv"), "--detections", &f("reader.csv"), "--frame", "XYZ"]),
+        "unknown frame",
+    );
+}

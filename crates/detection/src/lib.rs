@@ -1,0 +1,61 @@
+//! Computer-aided detection (CADe): findings as points and boxes in world millimetres, their files, and detectors.
+//!
+//! * [`geometry`] — the one voxel ↔ world conversion (world LPS millimetres, through the image's RAS+ affine), and
+//!   the LPS/RAS frames of files.
+//! * [`annotations`] — LUNA16 CSV, MONAI-style box JSON and scan lists, read and written.
+//! * [`instances`] — instance label maps and binary masks to findings (centre of mass, box, equivalent diameter).
+//! * [`nms`] — non-maximum suppression by box overlap or centre distance, 2D and 3D.
+//! * [`evaluate`] — LUNA16 FROC/CPM reports with bootstrap intervals over scans, for files or runs.
+//!
+//! The evaluation (FROC and CPM as LUNA16 computes them, average precision) is `vesalius_eval::detection`.
+//!
+//! ```
+//! use vesalius_detection::annotations::Detection;
+//! use vesalius_eval::detection::{froc, FrocOptions};
+//! let truth = vec![Detection::finding("scan", [10.0, 20.0, 30.0], 8.0)];
+//! let marks = vec![Detection::mark("scan", [11.0, 21.0, 30.0], 8.0, 0.8)];
+//! let f: Vec<_> = truth.iter().map(Detection::to_finding).collect();
+//! let m: Vec<_> = marks.iter().map(Detection::to_mark).collect();
+//! let curve = froc(&["scan".to_string()], &f, &[], &m, &FrocOptions::default()).unwrap();
+//! assert_eq!(curve.cpm(), 1.0);
+//! ```
+pub mod annotations;
+pub mod evaluate;
+pub mod geometry;
+pub mod instances;
+pub mod nms;
+
+/// Errors of the detection task.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// Bad input: a file, a recipe, a parameter, a run folder.
+    #[error("{0}")]
+    Input(String),
+    /// A failure of the program itself.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<vesalius_io::DataError> for DetectError {
+    fn from(e: vesalius_io::DataError) -> Self {
+        match e {
+            vesalius_io::DataError::Write { .. } => DetectError::Internal(e.to_string()),
+            other => DetectError::Input(other.to_string()),
+        }
+    }
+}
+
+impl From<vesalius_train::TrainError> for DetectError {
+    fn from(e: vesalius_train::TrainError) -> Self {
+        match e {
+            vesalius_train::TrainError::Input(m) => DetectError::Input(m),
+            other => DetectError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<vesalius_eval::EvalError> for DetectError {
+    fn from(e: vesalius_eval::EvalError) -> Self {
+        DetectError::Input(e.to_string())
+    }
+}
