@@ -58,12 +58,15 @@ impl Detection {
         Self { scan: scan.to_string(), centre, diameter_mm, bbox: None, probability: Some(probability) }
     }
 
-    /// A finding from a box: the box centre, and the diameter of the sphere (3D) or circle (2D) of the box's
-    /// mean extent.
+    /// A finding from a box: the box centre (in 2D, on the box's plane `lo[2]`), and the mean extent as diameter.
     pub fn from_box(scan: &str, bbox: Aabb, probability: Option<f64>, ndim: usize) -> Self {
         let ext: Vec<f64> = (0..ndim).map(|a| bbox.hi[a] - bbox.lo[a]).collect();
         let diameter_mm = ext.iter().sum::<f64>() / ndim as f64;
-        Self { scan: scan.to_string(), centre: bbox.centre(), diameter_mm, bbox: Some(bbox), probability }
+        let mut centre = bbox.centre();
+        if ndim == 2 {
+            centre[2] = bbox.lo[2];
+        }
+        Self { scan: scan.to_string(), centre, diameter_mm, bbox: Some(bbox), probability }
     }
 
     /// As a reference finding of the evaluator.
@@ -118,9 +121,8 @@ pub fn read_luna_csv(path: &Path, frame: Frame) -> Result<Vec<Detection>, Detect
     Ok(out)
 }
 
-/// Writes LUNA16 CSV columns (with `diameter_mm`, and `probability` when any detection has one) in `frame`,
-/// atomically.
-pub fn write_luna_csv(path: &Path, detections: &[Detection], frame: Frame) -> Result<(), DetectError> {
+/// LUNA16 CSV text (with `diameter_mm`, and `probability` when any detection has one) in `frame`.
+pub fn luna_csv(detections: &[Detection], frame: Frame) -> String {
     let with_prob = detections.iter().any(|d| d.probability.is_some());
     let mut text = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm");
     if with_prob {
@@ -135,7 +137,12 @@ pub fn write_luna_csv(path: &Path, detections: &[Detection], frame: Frame) -> Re
         }
         text.push('\n');
     }
-    vesalius_io::write_atomic(path, text.as_bytes()).map_err(|e| DetectError::Internal(e.to_string()))
+    text
+}
+
+/// Writes [`luna_csv`] to `path`, atomically.
+pub fn write_luna_csv(path: &Path, detections: &[Detection], frame: Frame) -> Result<(), DetectError> {
+    vesalius_io::write_atomic(path, luna_csv(detections, frame).as_bytes()).map_err(|e| DetectError::Internal(e.to_string()))
 }
 
 fn csv_field(s: &str) -> String {
@@ -329,7 +336,7 @@ mod tests {
         // Corner mode and 2D boxes.
         std::fs::write(&p, r#"{"box_mode": "xyxy", "test": [{"image": "img.png", "box": [[1, 2, 5, 10]], "label": [0]}]}"#).unwrap();
         let d = &read_box_json(&p).unwrap()["test"][0];
-        assert_eq!((d.centre, d.diameter_mm), ([3.0, 6.0, 0.5], 6.0));
+        assert_eq!((d.centre, d.diameter_mm), ([3.0, 6.0, 0.0], 6.0));
         std::fs::write(&p, r#"{"test": [{"image": "i", "box": [[1, 2, 3]]}]}"#).unwrap();
         assert!(read_box_json(&p).unwrap_err().to_string().contains("3 numbers"));
     }

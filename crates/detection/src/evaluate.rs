@@ -19,6 +19,7 @@ use vesalius_eval::detection::{CPM_RATES, Froc, FrocOptions, froc};
 
 use crate::DetectError;
 use crate::annotations::Detection;
+use crate::data::Scan;
 
 /// Options of [`evaluate_detections`].
 #[derive(Clone, Debug, PartialEq)]
@@ -127,4 +128,261 @@ pub fn write_curve(path: &Path, curve: &Froc) -> Result<(), DetectError> {
         text.push_str(&format!("{},{},{}\n", curve.fps[k], curve.sensitivity[k], curve.thresholds[k]));
     }
     vesalius_io::write_atomic(path, text.as_bytes()).map_err(|e| DetectError::Internal(e.to_string()))
+}
+
+/// Sensitivity, precision and F1 of the marks at or above an operating threshold, with bootstrap intervals over
+/// scans. Marks are matched one to one, the most probable first, to a finding they hit by LUNA16's rule (distance
+/// below the radius) that no earlier mark took; a second mark on a found finding is a false positive here (unlike
+/// the FROC, where LUNA16 ignores it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperatingPoint {
+    /// The probability threshold.
+    pub threshold: f64,
+    /// Findings hit by a mark / findings.
+    pub sensitivity: Estimate,
+    /// Marks that hit a finding / marks.
+    pub precision: Estimate,
+    /// Harmonic mean of the two.
+    pub f1: Estimate,
+    /// Marks at or above the threshold.
+    pub marks: usize,
+}
+
+use vesalius_eval::bootstrap::{Estimate, for_each_resample, percentile_bounds};
+
+fn dist2(f: &Detection, m: &Detection) -> f64 {
+    (0..3).map(|a| (f.centre[a] - m.centre[a]).powi(2)).sum()
+}
+
+fn hits(f: &Detection, m: &Detection) -> bool {
+    let d = if f.diameter_mm < 0.0 { vesalius_eval::detection::UNKNOWN_DIAMETER_MM } else { f.diameter_mm };
+    f.scan == m.scan && (0..3).map(|a| (f.centre[a] - m.centre[a]).powi(2)).sum::<f64>() < (d / 2.0).powi(2)
+}
+
+/// The operating point of `marks` against the findings of `scans` at `threshold`.
+pub fn operating_point(scans: &[Scan], marks: &[Detection], threshold: f64, resamples: usize, seed: u64) -> OperatingPoint {
+    // Per scan: [findings, findings hit, marks, marks that hit].
+    let counts: Vec<[f64; 4]> = scans
+        .iter()
+        .map(|s| {
+            let mut mine: Vec<&Detection> = marks.iter().filter(|m| m.scan == s.id && m.probability.unwrap_or(0.0) >= threshold).collect();
+            mine.sort_by(|a, b| b.probability.unwrap_or(0.0).total_cmp(&a.probability.unwrap_or(0.0)));
+            let mut taken = vec![false; s.findings.len()];
+            let mut good = 0usize;
+            for m in &mine {
+                // The nearest free finding the mark hits.
+                let best = (0..s.findings.len())
+                    .filter(|&k| !taken[k] && hits(&s.findings[k], m))
+                    .min_by(|&a, &b| dist2(&s.findings[a], m).total_cmp(&dist2(&s.findings[b], m)));
+                if let Some(k) = best {
+                    taken[k] = true;
+                    good += 1;
+                }
+            }
+            [s.findings.len() as f64, good as f64, mine.len() as f64, good as f64]
+        })
+        .collect();
+    let metrics = |idx: &mut dyn Iterator<Item = usize>| {
+        let mut t = [0.0; 4];
+        for i in idx {
+            for k in 0..4 {
+                t[k] += counts[i][k];
+            }
+        }
+        let sens = if t[0] > 0.0 { t[1] / t[0] } else { f64::NAN };
+        let prec = if t[2] > 0.0 { t[3] / t[2] } else { f64::NAN };
+        let f1 = if sens + prec > 0.0 { 2.0 * sens * prec / (sens + prec) } else { 0.0 };
+        [sens, prec, f1]
+    };
+    let point = metrics(&mut (0..counts.len()));
+    let mut draws: [Vec<f64>; 3] = Default::default();
+    for_each_resample(counts.len(), resamples, seed, |idx| {
+        let m = metrics(&mut idx.iter().copied());
+        for k in 0..3 {
+            if m[k].is_finite() {
+                draws[k].push(m[k]);
+            }
+        }
+    });
+    let est = |k: usize, d: &mut Vec<f64>| {
+        let resamples = d.len();
+        let (ci_low, ci_high) = percentile_bounds(d, 0.95);
+        Estimate { value: point[k], ci_low, ci_high, resamples }
+    };
+    let [mut a, mut b, mut c] = draws;
+    OperatingPoint {
+        threshold,
+        sensitivity: est(0, &mut a),
+        precision: est(1, &mut b),
+        f1: est(2, &mut c),
+        marks: counts.iter().map(|c| c[2] as usize).sum(),
+    }
+}
+
+/// The threshold of highest F1 of `marks` on `scans` among 0.05, 0.10, …, 0.95 (the lowest on ties).
+pub fn choose_threshold(scans: &[Scan], marks: &[Detection]) -> f64 {
+    let mut best = (f64::NEG_INFINITY, 0.5);
+    for k in 1..20 {
+        let t = k as f64 * 0.05;
+        let f1 = operating_point(scans, marks, t, 0, 0).f1.value;
+        if f1 > best.0 {
+            best = (f1, t);
+        }
+    }
+    best.1
+}
+
+/// The FROC report and the operating point of `marks` on `scans` at `threshold` with the recipe's evaluation
+/// settings.
+pub fn score(
+    scans: &[Scan],
+    marks: &[Detection],
+    threshold: f64,
+    recipe: &crate::recipe::DetRecipe,
+    seed: u64,
+) -> Result<(FrocReport, OperatingPoint), DetectError> {
+    let truth: Vec<Detection> = scans.iter().flat_map(|s| s.findings.iter().cloned()).collect();
+    let ids: Vec<String> = scans.iter().map(|s| s.id.clone()).collect();
+    let e = &recipe.eval;
+    let options = EvalOptions { max_marks: e.max_marks, resamples: e.resamples, seed };
+    let (report, _) = evaluate_detections(&truth, &[], marks, Some(&ids), &options)?;
+    Ok((report, operating_point(scans, marks, threshold, e.resamples, seed)))
+}
+
+/// The evaluation of a run on one set (`metrics.json` or `metrics-val.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetMetrics {
+    /// `"test"` or `"validation"`.
+    pub set: String,
+    /// The scans scored.
+    pub scans: Vec<String>,
+    /// FROC, CPM and the seven sensitivities with intervals over scans.
+    pub froc: FrocReport,
+    /// Sensitivity, precision and F1 at the operating threshold.
+    pub operating_point: OperatingPoint,
+    /// `"recipe"` when the recipe set the threshold, `"validation"` when it was the best F1 on the validation scans.
+    pub threshold_from: String,
+    /// The file of the marks (LUNA16 columns, world LPS) in the run folder.
+    pub detections_file: String,
+}
+
+/// Reads a run's recipe.
+pub fn read_run(run: &vesalius_train::RunDir) -> Result<crate::recipe::DetRecipe, DetectError> {
+    let text = std::fs::read_to_string(run.recipe()).map_err(|e| DetectError::Input(format!("{}: {e}", run.recipe().display())))?;
+    crate::recipe::DetRecipe::from_toml(&text, run.root()).map_err(|e| DetectError::Input(format!("{}: {e}", run.recipe().display())))
+}
+
+/// A run's inference settings (`run.json`).
+pub fn read_info(run: &vesalius_train::RunDir) -> Result<crate::train::DetInfo, DetectError> {
+    let info: crate::train::RunInfo = run.read_info().map_err(|e| DetectError::Input(format!("{}: {e}", run.info_file().display())))?;
+    Ok(info.details)
+}
+
+/// The run's best model.
+pub fn load_best<B: burn::tensor::backend::Backend>(
+    run: &vesalius_train::RunDir,
+    recipe: &crate::recipe::DetRecipe,
+    device: &B::Device,
+) -> Result<vesalius_nets::UNet<B>, DetectError> {
+    Ok(vesalius_train::engine::load_module(crate::model::build::<B>(recipe, device), &run.best_model(), device)?)
+}
+
+/// Evaluates a run's best model on `set` and writes the metrics, the marks and the FROC curve in the run folder.
+pub fn evaluate<B: burn::tensor::backend::Backend>(
+    run: &vesalius_train::RunDir,
+    device: &B::Device,
+    set: vesalius_eval::EvalSet,
+) -> Result<DetMetrics, DetectError> {
+    let recipe = read_run(run)?;
+    let data = crate::data::prepare(&recipe)?;
+    evaluate_prepared::<B>(run, &recipe, &data, set, device)
+}
+
+/// [`evaluate`] on prepared data.
+pub fn evaluate_prepared<B: burn::tensor::backend::Backend>(
+    run: &vesalius_train::RunDir,
+    recipe: &crate::recipe::DetRecipe,
+    data: &crate::data::Prepared,
+    set: vesalius_eval::EvalSet,
+    device: &B::Device,
+) -> Result<DetMetrics, DetectError> {
+    let net = load_best::<B>(run, recipe, device)?;
+    let scans = match set {
+        vesalius_eval::EvalSet::Test => &data.test,
+        vesalius_eval::EvalSet::Validation => &data.val,
+    };
+    let options = crate::train::detect_options(recipe, read_info(run)?.min_diameter_mm);
+    let run_on = |set: &[Scan]| -> Result<Vec<Detection>, DetectError> {
+        let mut marks = Vec::new();
+        for s in set {
+            marks.extend(crate::infer::detect(&net, s, &options, device)?);
+        }
+        Ok(marks)
+    };
+    let marks = run_on(scans)?;
+    let (threshold, threshold_from) = match recipe.eval.threshold {
+        Some(t) => (t, "recipe"),
+        None if set == vesalius_eval::EvalSet::Validation => (choose_threshold(scans, &marks), "validation"),
+        None => (choose_threshold(&data.val, &run_on(&data.val)?), "validation"),
+    };
+    let (froc_report, op) = score(scans, &marks, threshold, recipe, recipe.seed)?;
+    let name = set.name();
+    let det_file = format!("detections-{name}.csv");
+    crate::annotations::write_luna_csv(&run.file(&det_file), &marks, crate::geometry::Frame::Lps)?;
+    let truth: Vec<Detection> = scans.iter().flat_map(|s| s.findings.iter().cloned()).collect();
+    let ids: Vec<String> = scans.iter().map(|s| s.id.clone()).collect();
+    let (_, curve) =
+        evaluate_detections(&truth, &[], &marks, Some(&ids), &EvalOptions { max_marks: recipe.eval.max_marks, resamples: 0, seed: 0 })?;
+    write_curve(&run.file(&format!("froc-{name}.csv")), &curve)?;
+    for s in scans.iter().filter(|s| s.ndim == 2) {
+        let file = run.file(&format!("detections-{}.png", s.id.replace([':', '/', '\\'], "_")));
+        overlay(&file, s, &marks, threshold)?;
+    }
+    let m = DetMetrics {
+        set: name.to_string(),
+        scans: ids,
+        froc: froc_report,
+        operating_point: op,
+        threshold_from: threshold_from.to_string(),
+        detections_file: det_file,
+    };
+    let text = serde_json::to_string_pretty(&m).map_err(|e| DetectError::Internal(e.to_string()))?;
+    vesalius_io::write_atomic(&run.file(set.file()), text.as_bytes()).map_err(|e| DetectError::Internal(e.to_string()))?;
+    Ok(m)
+}
+
+/// Draws a 2D scan in grey with its findings (green circles of their diameter) and the marks at or above
+/// `threshold` (red circles), as PNG.
+pub fn overlay(path: &Path, scan: &Scan, marks: &[Detection], threshold: f64) -> Result<(), DetectError> {
+    let [w, h, _] = scan.shape;
+    let n = w * h;
+    let (lo, hi) = scan.data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
+    let grey: Vec<f32> = scan.data[..n].iter().map(|&v| ((v - lo) * scale).round().clamp(0.0, 255.0)).collect();
+    let mut rgb = [grey.clone(), grey.clone(), grey];
+    let g = &scan.geometry;
+    let mut circle = |centre: [f64; 3], diameter: f64, colour: [f32; 3]| {
+        let c = g.to_voxel(centre);
+        let r = (diameter.max(2.0) / 2.0) / g.spacing()[0].max(1e-6);
+        let steps = (2.0 * std::f64::consts::PI * r).ceil().max(8.0) as usize * 2;
+        for k in 0..steps {
+            let t = 2.0 * std::f64::consts::PI * k as f64 / steps as f64;
+            let (x, y) = ((c[0] + r * t.cos()).round(), (c[1] + r * t.sin()).round());
+            if x >= 0.0 && y >= 0.0 && (x as usize) < w && (y as usize) < h {
+                let p = x as usize + w * y as usize;
+                for ch in 0..3 {
+                    rgb[ch][p] = colour[ch];
+                }
+            }
+        }
+    };
+    for f in &scan.findings {
+        circle(f.centre, f.diameter_mm, [0.0, 220.0, 0.0]);
+    }
+    for m in marks.iter().filter(|m| m.scan == scan.id && m.probability.unwrap_or(0.0) >= threshold) {
+        circle(m.centre, m.diameter_mm, [255.0, 0.0, 0.0]);
+    }
+    let data: Vec<f32> = rgb.into_iter().flatten().collect();
+    let img = vesalius_io::Image::new(data, vec![w, h], 3, vesalius_io::ITK_2D_AFFINE, "uint8")?;
+    vesalius_io::save_2d(path, &img).map_err(|e| DetectError::Internal(e.to_string()))
 }

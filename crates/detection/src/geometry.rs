@@ -83,6 +83,11 @@ impl Geometry {
         Self::new(image.affine(), image.ndim())
     }
 
+    /// The RAS+ affine of the grid.
+    pub fn affine(&self) -> &Affine {
+        &self.affine
+    }
+
     /// Spatial axes of the grid (2 or 3).
     pub fn ndim(&self) -> usize {
         self.ndim

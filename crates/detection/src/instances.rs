@@ -99,10 +99,7 @@ fn finish(img: &Image, scan: &str, acc: BTreeMap<u32, Acc>) -> Result<Vec<Detect
             let diameter_mm =
                 if ndim == 3 { (6.0 * size / std::f64::consts::PI).cbrt() } else { 2.0 * (size / std::f64::consts::PI).sqrt() };
             let bbox = g.voxel_box_to_world(a.lo.map(|v| v as f64), a.hi.map(|v| v as f64));
-            let mut centre = g.to_world(centre_idx);
-            if ndim == 2 {
-                centre[2] = 0.5;
-            }
+            let centre = g.to_world(centre_idx);
             Detection { scan: scan.to_string(), centre, diameter_mm, bbox: Some(bbox), probability: None }
         })
         .collect())

@@ -5,7 +5,11 @@
 //! * [`annotations`] — LUNA16 CSV, MONAI-style box JSON and scan lists, read and written.
 //! * [`instances`] — instance label maps and binary masks to findings (centre of mass, box, equivalent diameter).
 //! * [`nms`] — non-maximum suppression by box overlap or centre distance, 2D and 3D.
-//! * [`evaluate`] — LUNA16 FROC/CPM reports with bootstrap intervals over scans, for files or runs.
+//! * [`evaluate`] — LUNA16 FROC/CPM reports with bootstrap intervals over scans, for files or runs, the operating
+//!   point (sensitivity, precision, F1) and PNG overlays of 2D detections.
+//! * [`recipe`], [`data`], [`model`], [`train`], [`infer`] — the centre-point detector (a U-Net heatmap of centres
+//!   with a diameter head, CenterNet's loss) trained on the shared engine from instance maps, masks, LUNA16 CSV or
+//!   inserted lesions, with held-out bands cut into tiles, hard-negative mining and sliding-window inference.
 //!
 //! The evaluation (FROC and CPM as LUNA16 computes them, average precision) is `vesalius_eval::detection`.
 //!
@@ -20,10 +24,15 @@
 //! assert_eq!(curve.cpm(), 1.0);
 //! ```
 pub mod annotations;
+pub mod data;
 pub mod evaluate;
 pub mod geometry;
+pub mod infer;
 pub mod instances;
+pub mod model;
 pub mod nms;
+pub mod recipe;
+pub mod train;
 
 /// Errors of the detection task.
 #[derive(Debug, thiserror::Error)]

@@ -235,9 +235,10 @@ pub struct EvalSection {
     /// Heatmap peaks below this probability are not marks.
     #[serde(default = "default_min_prob")]
     pub min_probability: f64,
-    /// The operating point of the reported sensitivity and precision.
-    #[serde(default = "default_threshold")]
-    pub threshold: f64,
+    /// The operating point of the reported sensitivity and precision; when absent, the threshold of highest F1 on
+    /// the validation scans (0.05, 0.10, …, 0.95).
+    #[serde(default)]
+    pub threshold: Option<f64>,
     /// Bootstrap resamples of the intervals (over scans).
     #[serde(default = "default_resamples")]
     pub resamples: usize,
@@ -249,16 +250,13 @@ fn default_max_marks() -> usize {
 fn default_min_prob() -> f64 {
     0.05
 }
-fn default_threshold() -> f64 {
-    0.5
-}
 fn default_resamples() -> usize {
     1000
 }
 
 impl Default for EvalSection {
     fn default() -> Self {
-        Self { max_marks: 100, min_probability: 0.05, threshold: 0.5, resamples: 1000 }
+        Self { max_marks: 100, min_probability: 0.05, threshold: None, resamples: 1000 }
     }
 }
 
@@ -308,6 +306,13 @@ impl DetRecipe {
         }
         r.validate()?;
         Ok(r)
+    }
+
+    /// Reads a recipe file.
+    pub fn from_file(path: &Path) -> Result<Self, DetectError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DetectError::Input(format!("{}: {e}", path.display())))?;
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).unwrap_or_else(|_| PathBuf::from("."));
+        Self::from_toml(&text, &base).map_err(|e| DetectError::Input(format!("{}: {e}", path.display())))
     }
 
     /// The recipe as TOML (absolute paths), as stored in the run folder.
@@ -362,7 +367,7 @@ impl DetRecipe {
             return bad("train.positive_fraction and hard_negative_fraction are in [0, 1] and add up to at most 1".into());
         }
         let e = &self.eval;
-        if !frac(e.min_probability) || !frac(e.threshold) || e.resamples > 100_000 {
+        if !frac(e.min_probability) || !e.threshold.is_none_or(frac) || e.resamples > 100_000 {
             return bad("eval: min_probability and threshold in [0, 1], resamples ≤ 100000".into());
         }
         if let Some(i) = &self.insert {
@@ -375,7 +380,10 @@ impl DetRecipe {
                 && i.contrast.iter().all(|c| c.is_finite())
                 && (1.0..=10.0).contains(&i.elongation);
             if !ok {
-                return bad("[insert]: counts ≤ 1000, 0 < diameter_mm[0] ≤ diameter_mm[1] < 1000, contrast low ≤ high, elongation in [1, 10]".into());
+                return bad(
+                    "[insert]: counts ≤ 1000, 0 < diameter_mm[0] ≤ diameter_mm[1] < 1000, contrast low ≤ high, elongation in [1, 10]"
+                        .into(),
+                );
             }
         }
         if let Intensity::Scheme(s) = &self.data.intensity

@@ -261,6 +261,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to stain normalisation".into()));
                 }
                 crate::enhance::stain(backend, &recipe, out)
+            } else if commands::recipe_task(&recipe).as_deref() == Some("detection") {
+                if epochs.is_some() || iterations.is_some() {
+                    return Err(CliError::Usage(
+                        "--epochs and --iterations apply to segmentation and registration; set them in the recipe".into(),
+                    ));
+                }
+                crate::detect::train(backend, &recipe, out, quiet)
             } else if commands::recipe_task(&recipe).as_deref() == Some("enhancement") {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage(
@@ -295,6 +302,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::survival::evaluate(backend, &run, &split)
+            } else if vesalius_detection::train::is_run(&run) && !tta && optimisation.is_none() {
+                crate::detect::evaluate(backend, &run, &split)
             } else if vesalius_enhancement::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::enhance::evaluate(backend, &run, &split)
             } else if vesalius_registration::train::is_run(&run) {
@@ -313,6 +322,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to survival runs".into()));
                 }
                 crate::survival::predict(backend, &run, &inputs, output.as_deref())
+            } else if vesalius_detection::train::is_run(&run) {
+                if probabilities || tta || mask.is_some() {
+                    return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to detection runs".into()));
+                }
+                crate::detect::predict(backend, &run, &inputs, output.as_deref())
             } else if vesalius_enhancement::train::is_run(&run) {
                 if probabilities || tta {
                     return Err(CliError::Usage("--probabilities and --tta apply to segmentation runs".into()));

@@ -1,12 +1,16 @@
 //! `evaluate`, `train` and `predict` for detection.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vesalius_detection::DetectError;
 use vesalius_detection::annotations::{read_luna_csv, read_scans};
 use vesalius_detection::evaluate::{EvalOptions, evaluate_detections, write_curve};
 use vesalius_detection::geometry::Frame;
 
-use crate::CliError;
+use crate::backend::BackendKind;
+use crate::{CliError, with_backend};
+use vesalius_detection::recipe::DetRecipe;
+use vesalius_train::RunDir;
+use vesalius_train::engine::RunOptions;
 
 impl From<DetectError> for CliError {
     fn from(e: DetectError) -> Self {
@@ -62,5 +66,105 @@ pub fn evaluate_files(f: &EvalFiles) -> Result<(), CliError> {
     }
     let text = serde_json::to_string_pretty(&report).map_err(|e| CliError::Internal(e.to_string()))?;
     println!("{text}");
+    Ok(())
+}
+
+/// The lines `train` and `evaluate` print.
+pub fn format_metrics(m: &vesalius_detection::evaluate::DetMetrics) -> String {
+    let f = &m.froc;
+    let mut s = format!(
+        "{} set: {} scan(s), {} finding(s); 95 % bootstrap intervals over scans\n  CPM {:.4} [{:.4}, {:.4}]\n",
+        m.set, f.n_scans, f.n_nodules, f.cpm, f.cpm_ci[0], f.cpm_ci[1]
+    );
+    let rates: Vec<String> = f.sensitivities.iter().map(|(k, v)| format!("{k}: {v:.3}")).collect();
+    s.push_str(&format!("  sensitivity at FP/scan  {}\n", rates.join("  ")));
+    let op = &m.operating_point;
+    let e = |x: &vesalius_eval::bootstrap::Estimate| format!("{:.4} [{:.4}, {:.4}]", x.value, x.ci_low, x.ci_high);
+    s.push_str(&format!(
+        "  at p >= {:.2} (chosen on {}): sensitivity {}  precision {}  F1 {}  ({} marks)\n",
+        op.threshold,
+        m.threshold_from,
+        e(&op.sensitivity),
+        e(&op.precision),
+        e(&op.f1),
+        op.marks
+    ));
+    s
+}
+
+/// `vesalius train` for a detection recipe.
+pub fn train(backend: BackendKind, source: &Path, out: Option<PathBuf>, quiet: bool) -> Result<(), CliError> {
+    let recipe = DetRecipe::from_file(source)?;
+    let name = source.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "detection".into());
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
+    let run = RunDir::new(&out);
+    let outcome = with_backend!(backend, |B, AB, device| {
+        vesalius_detection::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet, ..Default::default() }, |log| {
+            if !quiet {
+                let v = |k: &str| log.val.get(k).copied().flatten().map_or(String::from("-"), |d| format!("{d:.4}"));
+                eprintln!(
+                    "epoch {:>4}  loss {:.5}  val CPM {}  sensitivity {}  precision {}{}  ({:.1} s)",
+                    log.epoch,
+                    log.train_loss,
+                    v("cpm"),
+                    v("sensitivity"),
+                    v("precision"),
+                    if log.best { "  *" } else { "" },
+                    log.seconds
+                );
+            }
+        })
+        .map_err(CliError::from)
+    })?;
+    let [images, val, test] = outcome.sizes;
+    println!("data: {images} training image(s), {val} validation and {test} test scan(s)");
+    if let Some(after) = outcome.resumed_after {
+        println!("resumed after epoch {after}");
+    }
+    if !outcome.complete {
+        println!("stopped after epoch {}", outcome.state.epochs_done);
+    }
+    println!(
+        "best validation CPM {} (epoch {})",
+        outcome.state.best_score.map_or("-".to_string(), |d| format!("{d:.4}")),
+        outcome.state.best_epoch.unwrap_or(0)
+    );
+    if let Some(m) = &outcome.test {
+        print!("{}", format_metrics(m));
+    }
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+/// `vesalius evaluate --run` for a detection run.
+pub fn evaluate(backend: BackendKind, run_dir: &Path, split: &str) -> Result<(), CliError> {
+    let set = vesalius_eval::EvalSet::parse(split)
+        .ok_or_else(|| CliError::Usage(format!("detection runs score the test or the validation set (--split test|val), not '{split}'")))?;
+    let run = RunDir::new(run_dir);
+    let m =
+        with_backend!(backend, |B, AB, device| vesalius_detection::evaluate::evaluate::<B>(&run, &device, set).map_err(CliError::from))?;
+    print!("{}", format_metrics(&m));
+    println!("written: {}", run.file(set.file()).display());
+    Ok(())
+}
+
+/// `vesalius predict` for a detection run: the marks of every input as LUNA16 CSV (world LPS millimetres).
+pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
+    let run = RunDir::new(run_dir);
+    let recipe = vesalius_detection::evaluate::read_run(&run)?;
+    let options = vesalius_detection::train::detect_options(&recipe, vesalius_detection::evaluate::read_info(&run)?.min_diameter_mm);
+    let marks = with_backend!(backend, |B, AB, device| {
+        let net = vesalius_detection::evaluate::load_best::<B>(&run, &recipe, &device)?;
+        let mut all = Vec::new();
+        for path in inputs {
+            let scan = vesalius_detection::infer::scan_of_file(path, &recipe)?;
+            all.extend(vesalius_detection::infer::detect(&net, &scan, &options, &device)?);
+        }
+        Ok::<_, CliError>(all)
+    })?;
+    match output {
+        Some(path) => vesalius_detection::annotations::write_luna_csv(path, &marks, Frame::Lps)?,
+        None => print!("{}", vesalius_detection::annotations::luna_csv(&marks, Frame::Lps)),
+    }
     Ok(())
 }

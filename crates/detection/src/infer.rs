@@ -1,0 +1,189 @@
+//! Detection with a trained centre-point network: sliding-window inference over the whole scan (bounded memory,
+//! Gaussian-weighted overlapping windows), heatmap peaks as marks, suppression of marks inside a stronger mark's
+//! radius, and LUNA16's cap on marks per scan. Marks are in world LPS millimetres.
+//!
+//! ```
+//! use vesalius_detection::infer::peaks;
+//! // Two peaks on a 5×3 map; the plateau at 0.6 gives one mark, not two.
+//! let p = [0.1, 0.9, 0.1, 0.6, 0.6, 0.1, 0.2, 0.1, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0f32];
+//! let found = peaks(&p, [5, 3, 1], 0.3);
+//! assert_eq!(found, vec![(1, 0.9), (3, 0.6)]);
+//! ```
+use burn::tensor::Tensor;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::backend::Backend;
+use vesalius_io::Image;
+use vesalius_nets::UNet;
+use vesalius_train::sliding::SlidingWindow;
+
+use crate::DetectError;
+use crate::annotations::Detection;
+use crate::data::Scan;
+
+/// Settings of [`detect`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectOptions {
+    /// Window size (the training patch).
+    pub roi: Vec<usize>,
+    /// Peaks below this probability are not marks.
+    pub min_probability: f64,
+    /// Marks kept per scan, the most probable first (0: all).
+    pub max_marks: usize,
+    /// Smallest diameter (mm) of the suppression test: a mark inside half of the larger of this and a stronger
+    /// mark's predicted diameter is a duplicate (the training findings' smallest diameter).
+    pub min_diameter_mm: f64,
+}
+
+/// Local maxima of `prob` (3×3 or 3×3×3 neighbourhood) at or above `min`: `(voxel, probability)` in voxel order. On a
+/// plateau only the first voxel (in voxel order) counts.
+pub fn peaks(prob: &[f32], shape: [usize; 3], min: f64) -> Vec<(usize, f32)> {
+    let [nx, ny, nz] = shape;
+    let mut out = Vec::new();
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                let lin = x + nx * (y + ny * z);
+                let v = prob[lin];
+                if (v as f64) < min {
+                    continue;
+                }
+                let mut best = true;
+                'n: for dz in -1i64..=1 {
+                    for dy in -1i64..=1 {
+                        for dx in -1i64..=1 {
+                            if dx == 0 && dy == 0 && dz == 0 {
+                                continue;
+                            }
+                            let (qx, qy, qz) = (x as i64 + dx, y as i64 + dy, z as i64 + dz);
+                            if qx < 0 || qy < 0 || qz < 0 || qx >= nx as i64 || qy >= ny as i64 || qz >= nz as i64 {
+                                continue;
+                            }
+                            let q = qx as usize + nx * (qy as usize + ny * qz as usize);
+                            let u = prob[q];
+                            // Strictly greater neighbours win; equal ones win when earlier in voxel order.
+                            if u > v || (u == v && q < lin) {
+                                best = false;
+                                break 'n;
+                            }
+                        }
+                    }
+                }
+                if best {
+                    out.push((lin, v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Keeps marks (most probable first) whose centre is outside the radius of every kept mark of the same scan (its
+/// diameter, at least `min_diameter_mm`), then the first `max` (0: all).
+pub fn suppress(mut marks: Vec<Detection>, max: usize, min_diameter_mm: f64) -> Vec<Detection> {
+    marks.sort_by(|a, b| b.probability.unwrap_or(0.0).total_cmp(&a.probability.unwrap_or(0.0)));
+    let mut kept: Vec<Detection> = Vec::new();
+    for m in marks {
+        let inside = kept.iter().any(|k| {
+            let r = k.diameter_mm.max(min_diameter_mm).max(0.0) / 2.0;
+            k.scan == m.scan && (0..3).map(|a| (k.centre[a] - m.centre[a]).powi(2)).sum::<f64>() < r * r
+        });
+        if !inside {
+            kept.push(m);
+        }
+        if max > 0 && kept.len() == max {
+            break;
+        }
+    }
+    kept
+}
+
+/// The heatmap probability and the log-diameter of every voxel of `scan` by sliding-window inference.
+pub fn maps<B: Backend>(net: &UNet<B>, scan: &Scan, roi: &[usize], device: &B::Device) -> Result<(Vec<f32>, Vec<f32>), DetectError> {
+    let nd = scan.ndim;
+    // Pad up to the window where the scan is smaller.
+    let padded: [usize; 3] = std::array::from_fn(|a| if a < nd { scan.shape[a].max(roi[a]) } else { 1 });
+    let mut data = vec![0f32; padded.iter().product()];
+    let [sx, sy, sz] = scan.shape;
+    for z in 0..sz {
+        for y in 0..sy {
+            let dst = padded[0] * (y + padded[1] * z);
+            let src = sx * (y + sy * z);
+            data[dst..dst + sx].copy_from_slice(&scan.data[src..src + sx]);
+        }
+    }
+    let img = Image::new(data, padded[..nd].to_vec(), 1, *scan.geometry.affine(), "float32")?;
+    let sw = SlidingWindow { roi: roi.to_vec(), overlap: 0.5, batch: 4, sigma_scale: 0.125, flip_tta: false, probabilities: true };
+    let pred = sw
+        .run::<B>(&img, device, |x: Tensor<B, 5>| {
+            let out = net.forward(x);
+            let [n, _, d, h, w] = out.dims();
+            let heat = sigmoid(out.clone().slice([0..n, 0..1, 0..d, 0..h, 0..w]) + crate::model::PRIOR_LOGIT);
+            let size = out.slice([0..n, 1..2, 0..d, 0..h, 0..w]);
+            Tensor::cat(vec![heat, size], 1)
+        })
+        .map_err(|e| DetectError::Internal(e.to_string()))?;
+    let all = pred.probabilities.ok_or_else(|| DetectError::Internal("sliding window returned no maps".into()))?;
+    let np = img.voxels();
+    let mut prob = Vec::with_capacity(scan.data.len());
+    let mut size = Vec::with_capacity(scan.data.len());
+    for z in 0..sz {
+        for y in 0..sy {
+            let src = padded[0] * (y + padded[1] * z);
+            prob.extend_from_slice(&all[src..src + sx]);
+            size.extend_from_slice(&all[np + src..np + src + sx]);
+        }
+    }
+    Ok((prob, size))
+}
+
+/// The marks of `net` on `scan`: heatmap peaks in world LPS millimetres with the predicted diameter, suppressed and
+/// capped.
+pub fn detect<B: Backend>(net: &UNet<B>, scan: &Scan, options: &DetectOptions, device: &B::Device) -> Result<Vec<Detection>, DetectError> {
+    let (prob, size) = maps(net, scan, &options.roi, device)?;
+    Ok(marks_from_maps(scan, &prob, &size, options))
+}
+
+/// Marks from a scan's heatmap and log-diameter maps.
+pub fn marks_from_maps(scan: &Scan, prob: &[f32], size: &[f32], options: &DetectOptions) -> Vec<Detection> {
+    let [nx, ny, _] = scan.shape;
+    let marks = peaks(prob, scan.shape, options.min_probability)
+        .into_iter()
+        .map(|(lin, p)| {
+            let idx = [(lin % nx) as f64, (lin / nx % ny) as f64, (lin / (nx * ny)) as f64];
+            let centre = scan.geometry.to_world(idx);
+            let d = (size[lin].clamp(-3.0, 8.0) as f64).exp();
+            Detection::mark(&scan.id, centre, d, p as f64)
+        })
+        .collect();
+    suppress(marks, options.max_marks, options.min_diameter_mm)
+}
+
+/// A scan made from a new image for prediction: normalised as the recipe says, with no findings. The id is the file
+/// name without its image extension.
+pub fn scan_of_file(path: &std::path::Path, recipe: &crate::recipe::DetRecipe) -> Result<Scan, DetectError> {
+    let img = vesalius_io::load(path).map_err(|e| DetectError::Input(format!("{}: {e}", path.display())))?;
+    if img.channels() != 1 || img.ndim() != recipe.dims() {
+        return Err(DetectError::Input(format!(
+            "{}: the detector takes one-channel {}D images (this one: {} channel(s), {}D)",
+            path.display(),
+            recipe.dims(),
+            img.channels(),
+            img.ndim()
+        )));
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let id = [".nii.gz", ".nii", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".dcm"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(&name)
+        .to_string();
+    let s = img.shape();
+    Ok(Scan {
+        id,
+        data: crate::data::normalise(&recipe.data.intensity, img.data()),
+        shape: [s[0], s[1], s.get(2).copied().unwrap_or(1)],
+        ndim: img.ndim(),
+        geometry: crate::geometry::Geometry::of(&img)?,
+        findings: Vec::new(),
+    })
+}

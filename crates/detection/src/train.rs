@@ -1,0 +1,248 @@
+//! Training on the shared engine: seeded patches — near findings, anywhere in the training region, and on the
+//! previous model's false positives (hard-negative mining) — with flips and transpositions that move the findings
+//! with the image, lesions inserted afresh every epoch when the recipe asks, CenterNet's loss, Adam; the CPM on
+//! the validation scans selects the model, and the best model's test evaluation is written as `metrics.json`.
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use vesalius_nets::UNet;
+use vesalius_train::engine::{self, RunOptions, stream_seed};
+use vesalius_train::recipe::ResumeRules;
+use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
+
+use crate::DetectError;
+use crate::data::{self, Augment, Prepared, Scan, cut, epoch_rng, patch_start, render_targets};
+use crate::evaluate::{self, DetMetrics};
+use crate::infer::{DetectOptions, detect, maps, peaks};
+use crate::model::{build, centre_loss};
+use crate::recipe::DetRecipe;
+
+/// Whether `dir` holds a detection run (its recipe says `task = "detection"`).
+pub fn is_run(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("recipe.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.get("task").and_then(|v| v.as_str()) == Some("detection"))
+}
+
+/// What may change in a run folder that already trained: the learning rate and the number of epochs.
+pub fn resume_rules() -> ResumeRules {
+    ResumeRules { free: vec!["train.lr".into()], length: vec!["train.epochs".into()], schedule_depends: false }
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    /// The engine's final state.
+    pub state: vesalius_train::engine::EngineState,
+    /// Epochs done before this invocation, when it resumed.
+    pub resumed_after: Option<usize>,
+    /// Whether the run completed.
+    pub complete: bool,
+    /// The test evaluation of the best model (complete runs).
+    pub test: Option<DetMetrics>,
+    /// Training images, validation scans, test scans.
+    pub sizes: [usize; 3],
+}
+
+/// The detection options of a recipe, with the smallest finding diameter the model was trained on.
+pub fn detect_options(recipe: &DetRecipe, min_diameter_mm: f64) -> DetectOptions {
+    DetectOptions {
+        roi: recipe.train.patch.clone(),
+        min_probability: recipe.eval.min_probability,
+        max_marks: recipe.eval.max_marks,
+        min_diameter_mm,
+    }
+}
+
+/// The smallest diameter among the training findings and the inserted lesions (0 when there is none).
+pub fn smallest_diameter(recipe: &DetRecipe, data: &Prepared) -> f64 {
+    let own = data.train.iter().flat_map(|t| t.scan.findings.iter().map(|f| f.diameter_mm)).filter(|d| *d > 0.0);
+    let inserted = recipe.insert.as_ref().filter(|i| i.count > 0).map(|i| i.diameter_mm[0]);
+    own.chain(inserted).reduce(f64::min).unwrap_or(0.0)
+}
+
+/// `run.json` of a detection run.
+pub type RunInfo = vesalius_train::run::RunInfo<DetInfo>;
+
+/// What inference needs besides the recipe and the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetInfo {
+    /// The smallest training finding's diameter (the floor of duplicate suppression).
+    pub min_diameter_mm: f64,
+}
+
+struct DetTask<'a> {
+    recipe: &'a DetRecipe,
+    data: &'a Prepared,
+}
+
+impl DetTask<'_> {
+    /// The training scans of an epoch: the images, with a fresh lesion draw when the recipe inserts lesions.
+    fn epoch_scans(&self, epoch: usize) -> Result<Vec<Scan>, DetectError> {
+        self.data
+            .train
+            .iter()
+            .enumerate()
+            .map(|(i, img)| match &self.recipe.insert {
+                Some(ins) if ins.count > 0 => {
+                    data::training_draw(img, ins, data::insertion_seed(self.recipe.seed, epoch, i), &self.recipe.data.intensity)
+                }
+                _ => Ok(img.scan.clone()),
+            })
+            .collect()
+    }
+}
+
+/// False-positive peaks (probability ≥ 0.3, outside every finding's radius) of `net` on a training scan, in voxels.
+fn false_positives<B: burn::tensor::backend::Backend>(
+    net: &UNet<B>,
+    scan: &Scan,
+    roi: &[usize],
+    device: &B::Device,
+) -> Result<Vec<[f64; 3]>, DetectError> {
+    let (prob, _) = maps(net, scan, roi, device)?;
+    let [nx, ny, _] = scan.shape;
+    let g = &scan.geometry;
+    Ok(peaks(&prob, scan.shape, 0.3)
+        .into_iter()
+        .map(|(lin, _)| [(lin % nx) as f64, (lin / nx % ny) as f64, (lin / (nx * ny)) as f64])
+        .filter(|idx| {
+            let w = g.to_world(*idx);
+            scan.findings.iter().all(|f| {
+                let r = f.diameter_mm.max(0.0) / 2.0;
+                (0..3).map(|a| (f.centre[a] - w[a]).powi(2)).sum::<f64>() >= r * r
+            })
+        })
+        .collect())
+}
+
+impl<B: AutodiffBackend> Task<B> for DetTask<'_> {
+    type Model = UNet<B>;
+    type Error = DetectError;
+
+    fn init_model(&mut self, device: &B::Device) -> Result<UNet<B>, DetectError> {
+        Ok(build(self.recipe, device))
+    }
+
+    fn epochs(&self) -> usize {
+        self.recipe.train.epochs
+    }
+
+    fn steps_in_epoch(&self, _epoch: usize, _steps_done: usize) -> usize {
+        self.recipe.train.iterations
+    }
+
+    fn lr(&self, _epoch: usize) -> f64 {
+        self.recipe.train.lr
+    }
+
+    fn train_epoch<O: Optimizer<UNet<B>, B>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, B, UNet<B>, O>) -> Result<(), DetectError> {
+        let t = &self.recipe.train;
+        let nd = self.recipe.dims();
+        let size: [usize; 3] = std::array::from_fn(|a| if a < nd { t.patch[a] } else { 1 });
+        let mut rng = epoch_rng(stream_seed(self.recipe.seed, epoch as u64, 1));
+        let device = stepper.device().clone();
+        let scans = self.epoch_scans(epoch)?;
+        let targets: Vec<_> = scans.iter().map(Scan::targets).collect();
+        // Hard negatives of the model as it starts this epoch (a deterministic function of the checkpoint).
+        let hard: Vec<Vec<[f64; 3]>> = if t.hard_negative_fraction > 0.0 && epoch > 0 {
+            let net = stepper.model().valid();
+            scans.iter().map(|s| false_positives(&net, s, &t.patch, &device)).collect::<Result<_, _>>()?
+        } else {
+            vec![Vec::new(); scans.len()]
+        };
+        let per = size.iter().product::<usize>();
+        for _ in 0..t.iterations {
+            let mut x = Vec::with_capacity(t.batch * per);
+            let (mut heat, mut sz, mut mask) =
+                (Vec::with_capacity(t.batch * per), Vec::with_capacity(t.batch * per), Vec::with_capacity(t.batch * per));
+            for _ in 0..t.batch {
+                let i = rng.random_range(0..scans.len());
+                let (scan, tg) = (&scans[i], &targets[i]);
+                let r: f64 = rng.random();
+                let around = if r < t.positive_fraction && !tg.is_empty() {
+                    Some(tg[rng.random_range(0..tg.len())].centre)
+                } else if r < t.positive_fraction + t.hard_negative_fraction && !hard[i].is_empty() {
+                    Some(hard[i][rng.random_range(0..hard[i].len())])
+                } else {
+                    None
+                };
+                let bands = &self.data.train[i].bands;
+                let start = patch_start(scan.shape, bands, size, around, &mut rng)
+                    .or_else(|| patch_start(scan.shape, bands, size, None, &mut rng))
+                    .ok_or_else(|| DetectError::Input(format!("{}: no patch of {:?} fits outside the held-out bands", scan.id, t.patch)))?;
+                let (values, local) = cut(scan, tg, start, size);
+                let aug = Augment::draw(&mut rng, size, nd);
+                let moved: Vec<_> = local.iter().map(|l| aug.target(l, size)).collect();
+                let out_size = if aug.transpose { [size[1], size[0], size[2]] } else { size };
+                let rendered = render_targets(out_size, &moved);
+                x.extend(aug.values(&values, size));
+                heat.extend(rendered.heat);
+                sz.extend(rendered.size);
+                mask.extend(rendered.size_mask);
+            }
+            let shape = [t.batch, 1, size[2], size[1], size[0]];
+            let tensor = |v: Vec<f32>| Tensor::<B, 5>::from_data(TensorData::new(v, shape), &device);
+            let out = stepper.model().forward(tensor(x));
+            let loss = centre_loss(out, tensor(heat), tensor(sz), tensor(mask));
+            stepper.step(loss)?;
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self, model: &UNet<B::InnerBackend>, _epoch: usize, device: &B::Device) -> Result<Option<Validation>, DetectError> {
+        let options = detect_options(self.recipe, smallest_diameter(self.recipe, self.data));
+        let mut marks = Vec::new();
+        for scan in &self.data.val {
+            marks.extend(detect(model, scan, &options, device)?);
+        }
+        let threshold = self.recipe.eval.threshold.unwrap_or_else(|| evaluate::choose_threshold(&self.data.val, &marks));
+        let (froc, op) = evaluate::score(&self.data.val, &marks, threshold, self.recipe, 0)?;
+        Ok(Some(
+            Validation::new()
+                .metric("cpm", froc.cpm)
+                .metric("sensitivity", op.sensitivity.value)
+                .metric("precision", op.precision.value)
+                .metric("threshold", threshold)
+                .score(froc.cpm),
+        ))
+    }
+}
+
+/// Trains `recipe` into `run` (resuming a run of the same recipe), then evaluates the best model on the test
+/// scans and writes `metrics.json`. `on_epoch` sees each epoch's log record.
+pub fn train<AB: AutodiffBackend>(
+    recipe: &DetRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    options: &RunOptions,
+    on_epoch: impl FnMut(&EpochRecord),
+) -> Result<TrainOutcome, DetectError> {
+    recipe.validate()?;
+    engine::prepare(run, &recipe.to_toml()?, &resume_rules())?;
+    let data = data::prepare(recipe)?;
+    let info = RunInfo::new("detection", DetInfo { min_diameter_mm: smallest_diameter(recipe, &data) });
+    run.write_info(&info).map_err(|e| DetectError::Internal(e.to_string()))?;
+    let mut task = DetTask { recipe, data: &data };
+    let config = options.config(recipe.seed, recipe.train.early_stopping_patience);
+    let optimiser = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
+    let outcome = engine::train(run, &mut task, optimiser, &config, device, on_epoch)?;
+    let test = if outcome.complete {
+        Some(evaluate::evaluate_prepared::<AB::InnerBackend>(run, recipe, &data, vesalius_eval::EvalSet::Test, device)?)
+    } else {
+        None
+    };
+    Ok(TrainOutcome {
+        state: outcome.state,
+        resumed_after: outcome.resumed_after,
+        complete: outcome.complete,
+        test,
+        sizes: [data.train.len(), data.val.len(), data.test.len()],
+    })
+}
