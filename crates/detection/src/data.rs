@@ -132,6 +132,8 @@ pub struct TrainImage {
     pub bands: Vec<Band>,
     /// Where inserted lesions may be centred.
     pub region: Option<Vec<bool>>,
+    /// Whether lesions are inserted into it.
+    pub insert: bool,
 }
 
 /// Whether a patch at `start` of `size` stays clear of every band.
@@ -180,8 +182,9 @@ fn load_one(path: &std::path::Path, what: &str) -> Result<Image, DetectError> {
     Ok(img)
 }
 
-/// The image of an entry with its findings (world LPS) and lesion region, in the image's own grid.
-pub fn load_entry(entry: &ImageEntry) -> Result<(Image, Vec<Detection>, Option<Vec<bool>>), DetectError> {
+/// The image of an entry with its findings (world LPS) and lesion region, resampled to `spacing` when given (the
+/// findings are read on the image's own grid first).
+pub fn load_entry(entry: &ImageEntry, spacing: Option<&[f64]>) -> Result<(Image, Vec<Detection>, Option<Vec<bool>>), DetectError> {
     let img = load_one(&entry.image, "image")?;
     let id = entry.name();
     let same_grid = |other: &Image, path: &std::path::Path| -> Result<(), DetectError> {
@@ -216,11 +219,22 @@ pub fn load_entry(entry: &ImageEntry) -> Result<(Image, Vec<Detection>, Option<V
         Some(p) => {
             let m = load_one(p, "region")?;
             same_grid(&m, p)?;
-            Some(m.data().iter().map(|&v| v > 0.5).collect())
+            Some(Image::new(m.data().to_vec(), m.shape().to_vec(), 1, *img.affine(), "float32")?)
         }
         None => None,
     };
-    Ok((img, findings, region))
+    let (img, region) = match spacing {
+        Some(sp) => {
+            let out = vesalius_io::geometry::resample(&img, sp, vesalius_io::geometry::Interp::Linear)?;
+            let region = match region {
+                Some(r) => Some(vesalius_io::geometry::resample_onto(&r, out.shape(), out.affine(), true)?),
+                None => None,
+            };
+            (out, region)
+        }
+        None => (img, region),
+    };
+    Ok((img, findings, region.map(|r| r.data().iter().map(|&v| v > 0.5).collect())))
 }
 
 fn scan_of(id: &str, img: &Image, spec: &Intensity, findings: Vec<Detection>) -> Result<Scan, DetectError> {
@@ -338,14 +352,16 @@ pub fn prepare(recipe: &DetRecipe) -> Result<Prepared, DetectError> {
     let mut train = Vec::new();
     let mut val = Vec::new();
     let mut test = Vec::new();
+    let spacing = d.spacing.as_deref();
     let eval_lesions = |img: Image,
                         findings: Vec<Detection>,
                         region: Option<Vec<bool>>,
-                        id: &str,
+                        e: &ImageEntry,
                         salt: u64|
      -> Result<(Image, Vec<Detection>), DetectError> {
+        let id = &e.name();
         match &recipe.insert {
-            Some(ins) if ins.eval_count > 0 => {
+            Some(ins) if ins.eval_count > 0 && e.insert => {
                 let seed = vesalius_io::mix(recipe.seed ^ vesalius_io::mix(salt));
                 let (out, mut inserted) = with_lesions(&img, region.as_deref(), &lesion_spec(ins, ins.eval_count), seed, id)?;
                 inserted.extend(findings);
@@ -355,7 +371,7 @@ pub fn prepare(recipe: &DetRecipe) -> Result<Prepared, DetectError> {
         }
     };
     for (i, e) in d.images.iter().enumerate() {
-        let (img, findings, region) = load_entry(e)?;
+        let (img, findings, region) = load_entry(e, spacing)?;
         if img.ndim() != nd {
             return Err(DetectError::Input(format!("{}: a {}D image for a {nd}D detector", e.image.display(), img.ndim())));
         }
@@ -363,7 +379,7 @@ pub fn prepare(recipe: &DetRecipe) -> Result<Prepared, DetectError> {
         let g = Geometry::of(&img)?;
         // Band scans: lesions inserted for evaluation are drawn once, on the whole image, and kept where they fall.
         if !bands.is_empty() {
-            let (eimg, efind) = eval_lesions(img.clone(), findings.clone(), region.clone(), &id, 1000 + i as u64)?;
+            let (eimg, efind) = eval_lesions(img.clone(), findings.clone(), region.clone(), e, 1000 + i as u64)?;
             if let Some(b) = d.val_band {
                 val.extend(band_scans(&id, &eimg, &efind, b, d.test_tile, spec, "val")?);
             }
@@ -387,16 +403,16 @@ pub fn prepare(recipe: &DetRecipe) -> Result<Prepared, DetectError> {
         if (0..nd).any(|a| scan.shape[a] < patch[a]) {
             return Err(DetectError::Input(format!("{}: shape {:?} is smaller than the patch {patch:?}", e.image.display(), img.shape())));
         }
-        train.push(TrainImage { scan, bands: bands.clone(), region });
+        train.push(TrainImage { scan, bands: bands.clone(), region, insert: e.insert });
     }
     for (set, entries, salt) in [(&mut val, &d.val, 2000u64), (&mut test, &d.test, 3000u64)] {
         for (i, e) in entries.iter().enumerate() {
-            let (img, findings, region) = load_entry(e)?;
+            let (img, findings, region) = load_entry(e, spacing)?;
             if img.ndim() != nd {
                 return Err(DetectError::Input(format!("{}: a {}D image for a {nd}D detector", e.image.display(), img.ndim())));
             }
             let id = e.name();
-            let (img, findings) = eval_lesions(img, findings, region, &id, salt + i as u64)?;
+            let (img, findings) = eval_lesions(img, findings, region, e, salt + i as u64)?;
             let findings = findings.into_iter().map(|f| Detection { scan: id.clone(), ..f }).collect();
             set.push(scan_of(&id, &img, spec, findings)?);
         }

@@ -146,6 +146,8 @@ pub struct OperatingPoint {
     pub f1: Estimate,
     /// Marks at or above the threshold.
     pub marks: usize,
+    /// Per scan: `(scan, findings, findings found, marks, false-positive marks)` at the threshold.
+    pub per_scan: Vec<(String, usize, usize, usize, usize)>,
 }
 
 use vesalius_eval::bootstrap::{Estimate, for_each_resample, percentile_bounds};
@@ -216,6 +218,11 @@ pub fn operating_point(scans: &[Scan], marks: &[Detection], threshold: f64, resa
         precision: est(1, &mut b),
         f1: est(2, &mut c),
         marks: counts.iter().map(|c| c[2] as usize).sum(),
+        per_scan: scans
+            .iter()
+            .zip(&counts)
+            .map(|(s, c)| (s.id.clone(), c[0] as usize, c[1] as usize, c[2] as usize, (c[2] - c[3]) as usize))
+            .collect(),
     }
 }
 

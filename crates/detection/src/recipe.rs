@@ -45,6 +45,13 @@ pub struct ImageEntry {
     /// median.
     #[serde(default)]
     pub region: Option<PathBuf>,
+    /// Whether `[insert]` puts lesions into this image (false for images whose own lesions are the findings).
+    #[serde(default = "yes")]
+    pub insert: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ImageEntry {
@@ -91,6 +98,10 @@ pub struct DataSection {
     /// Intensity mapping.
     #[serde(default)]
     pub intensity: Intensity,
+    /// Resample every image to this voxel size (millimetres per axis; linear for images, nearest for regions)
+    /// after its findings are read on its own grid.
+    #[serde(default)]
+    pub spacing: Option<Vec<f64>>,
     /// A band of every training image held out for validation (model selection).
     #[serde(default)]
     pub val_band: Option<Band>,
@@ -395,6 +406,11 @@ impl DetRecipe {
             && !(hi > lo)
         {
             return bad("data.intensity [low, high] needs high > low".into());
+        }
+        if let Some(sp) = &self.data.spacing
+            && (sp.len() != t.patch.len() || sp.iter().any(|v| !(*v >= 0.05 && *v <= 100.0)))
+        {
+            return bad(format!("data.spacing {sp:?}: one size in 0.05..=100 mm per axis of the patch"));
         }
         for b in [self.data.val_band, self.data.test_band].into_iter().flatten() {
             if b.axis >= t.patch.len() || b.start >= b.end {

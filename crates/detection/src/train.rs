@@ -90,7 +90,7 @@ impl DetTask<'_> {
             .iter()
             .enumerate()
             .map(|(i, img)| match &self.recipe.insert {
-                Some(ins) if ins.count > 0 => {
+                Some(ins) if ins.count > 0 && img.insert => {
                     data::training_draw(img, ins, data::insertion_seed(self.recipe.seed, epoch, i), &self.recipe.data.intensity)
                 }
                 _ => Ok(img.scan.clone()),
