@@ -290,7 +290,7 @@ pub fn load_best<B: burn::tensor::backend::Backend>(
     run: &vesalius_train::RunDir,
     recipe: &crate::recipe::DetRecipe,
     device: &B::Device,
-) -> Result<vesalius_nets::UNet<B>, DetectError> {
+) -> Result<crate::model::Detector<B>, DetectError> {
     Ok(vesalius_train::engine::load_module(crate::model::build::<B>(recipe, device), &run.best_model(), device)?)
 }
 
@@ -318,7 +318,7 @@ pub fn evaluate_prepared<B: burn::tensor::backend::Backend>(
         vesalius_eval::EvalSet::Test => &data.test,
         vesalius_eval::EvalSet::Validation => &data.val,
     };
-    let options = crate::train::detect_options(recipe, read_info(run)?.min_diameter_mm);
+    let options = crate::train::detect_options(recipe, &read_info(run)?);
     let run_on = |set: &[Scan]| -> Result<Vec<Detection>, DetectError> {
         let mut marks = Vec::new();
         for s in set {

@@ -19,6 +19,7 @@ use vesalius_train::sliding::SlidingWindow;
 use crate::DetectError;
 use crate::annotations::Detection;
 use crate::data::Scan;
+use crate::model::Detector;
 
 /// Settings of [`detect`].
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +33,19 @@ pub struct DetectOptions {
     /// Smallest diameter (mm) of the suppression test: a mark inside half of the larger of this and a stronger
     /// mark's predicted diameter is a duplicate (the training findings' smallest diameter).
     pub min_diameter_mm: f64,
+    /// For the scanned auto-encoder classifier: patch side, stride, and the diameter given to its marks.
+    pub scanning: Option<Scanning>,
+}
+
+/// How the auto-encoder classifier is scanned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scanning {
+    /// Patch side, pixels.
+    pub patch: usize,
+    /// Stride, pixels.
+    pub stride: usize,
+    /// Diameter of every mark (the training findings' median), millimetres.
+    pub diameter_mm: f64,
 }
 
 /// Local maxima of `prob` (3×3 or 3×3×3 neighbourhood) at or above `min`: `(voxel, probability)` in voxel order. On a
@@ -136,11 +150,27 @@ pub fn maps<B: Backend>(net: &UNet<B>, scan: &Scan, roi: &[usize], device: &B::D
     Ok((prob, size))
 }
 
-/// The marks of `net` on `scan`: heatmap peaks in world LPS millimetres with the predicted diameter, suppressed and
-/// capped.
-pub fn detect<B: Backend>(net: &UNet<B>, scan: &Scan, options: &DetectOptions, device: &B::Device) -> Result<Vec<Detection>, DetectError> {
-    let (prob, size) = maps(net, scan, &options.roi, device)?;
-    Ok(marks_from_maps(scan, &prob, &size, options))
+/// The marks of `net` on `scan` in world LPS millimetres, suppressed and capped: heatmap peaks with the predicted
+/// diameter for the centre-point network, peaks of the scanning grid for the auto-encoder classifier.
+pub fn detect<B: Backend>(
+    net: &Detector<B>,
+    scan: &Scan,
+    options: &DetectOptions,
+    device: &B::Device,
+) -> Result<Vec<Detection>, DetectError> {
+    match net {
+        Detector::Centre(unet) => {
+            let (prob, size) = maps(unet, scan, &options.roi, device)?;
+            Ok(marks_from_maps(scan, &prob, &size, options))
+        }
+        Detector::Sae(sae) => {
+            let sc = options.scanning.ok_or_else(|| DetectError::Internal("scanning settings missing".into()))?;
+            if scan.ndim != 2 {
+                return Err(DetectError::Input(format!("{}: the auto-encoder detector scans 2D images", scan.id)));
+            }
+            Ok(crate::sae::detect(sae, scan, &sc, options, device))
+        }
+    }
 }
 
 /// Marks from a scan's heatmap and log-diameter maps.

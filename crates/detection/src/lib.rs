@@ -10,6 +10,7 @@
 //! * [`recipe`], [`data`], [`model`], [`train`], [`infer`] — the centre-point detector (a U-Net heatmap of centres
 //!   with a diameter head, CenterNet's loss) trained on the shared engine from instance maps, masks, LUNA16 CSV or
 //!   inserted lesions, with held-out bands cut into tiles, hard-negative mining and sliding-window inference.
+//! * [`sae`] — the stacked sparse auto-encoder patch classifier scanned over 2D images (Xu et al. 2016).
 //!
 //! The evaluation (FROC and CPM as LUNA16 computes them, average precision) is `vesalius_eval::detection`.
 //!
@@ -32,6 +33,7 @@ pub mod instances;
 pub mod model;
 pub mod nms;
 pub mod recipe;
+pub mod sae;
 pub mod train;
 
 /// Errors of the detection task.

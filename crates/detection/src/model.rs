@@ -13,21 +13,37 @@
 //! let unsure: f32 = centre_loss(out(4.6, 4.6), heat.clone(), size, heat).into_scalar();
 //! assert!(good < 0.01 && unsure > 0.3);
 //! ```
+use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::Backend;
-use vesalius_nets::{NormKind, UNet, UNetConfig};
+use vesalius_nets::{NormKind, SaeClassifier, UNet, UNetConfig};
 
-use crate::recipe::DetRecipe;
+use crate::recipe::{Arch, DetRecipe};
 
-/// The detector network of a recipe: a `dims`-D U-Net with one input channel and two outputs.
+/// A detector network.
+#[derive(Module, Debug)]
+pub enum Detector<B: Backend> {
+    /// The centre-point heatmap U-Net: `[n, 1, d, h, w]` → `[n, 2, d, h, w]` (heatmap logit, log-diameter).
+    Centre(UNet<B>),
+    /// The auto-encoder patch classifier: `[n, 1, k, k]` patches → `[n, 2]` logits (background, object centre).
+    Sae(SaeClassifier<B>),
+}
+
+/// The U-Net of a centre-point recipe: a `dims`-D U-Net with one input channel and two outputs.
 pub fn config(recipe: &DetRecipe) -> UNetConfig {
     UNetConfig::new(recipe.dims(), 1, 2, recipe.model.channels.clone()).with_norm(NormKind::Instance)
 }
 
-/// Builds the network.
-pub fn build<B: Backend>(recipe: &DetRecipe, device: &B::Device) -> UNet<B> {
-    config(recipe).init(device)
+/// Builds the recipe's network (randomly initialised).
+pub fn build<B: Backend>(recipe: &DetRecipe, device: &B::Device) -> Detector<B> {
+    match recipe.model.arch {
+        Arch::Centre => Detector::Centre(config(recipe).init(device)),
+        Arch::Sae => {
+            let k = recipe.model.sae.patch;
+            Detector::Sae(SaeClassifier::new(k * k, &recipe.model.sae.hidden, 2, device))
+        }
+    }
 }
 
 /// A fixed offset added to the heatmap logit, equivalent to CenterNet's bias initialisation at a prior

@@ -163,6 +163,65 @@ pub enum Arch {
     /// for small round objects.
     #[default]
     Centre,
+    /// A stacked sparse auto-encoder patch classifier scanned over the image (Xu et al. 2016, nuclei): greedy
+    /// layer-wise pre-training on training patches, then fine-tuning as object-centred vs background; 2D.
+    Sae,
+}
+
+/// `[model.sae]`: the scanned patch classifier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeSection {
+    /// Patch side in pixels.
+    #[serde(default = "default_sae_patch")]
+    pub patch: usize,
+    /// Hidden widths of the stacked auto-encoder.
+    #[serde(default = "default_sae_hidden")]
+    pub hidden: Vec<usize>,
+    /// Scanning stride in pixels.
+    #[serde(default = "default_sae_stride")]
+    pub stride: usize,
+    /// Patches drawn for greedy pre-training.
+    #[serde(default = "default_sae_samples")]
+    pub samples: usize,
+    /// Epochs per layer of pre-training.
+    #[serde(default = "default_sae_epochs")]
+    pub pretrain_epochs: usize,
+    /// Sparsity target (mean activation) and weight of the KL penalty.
+    #[serde(default = "default_sae_sparsity")]
+    pub sparsity: [f64; 2],
+}
+
+fn default_sae_patch() -> usize {
+    24
+}
+fn default_sae_hidden() -> Vec<usize> {
+    vec![256, 64]
+}
+fn default_sae_stride() -> usize {
+    2
+}
+fn default_sae_samples() -> usize {
+    4000
+}
+fn default_sae_epochs() -> usize {
+    10
+}
+fn default_sae_sparsity() -> [f64; 2] {
+    [0.05, 0.1]
+}
+
+impl Default for SaeSection {
+    fn default() -> Self {
+        Self {
+            patch: default_sae_patch(),
+            hidden: default_sae_hidden(),
+            stride: default_sae_stride(),
+            samples: default_sae_samples(),
+            pretrain_epochs: default_sae_epochs(),
+            sparsity: default_sae_sparsity(),
+        }
+    }
 }
 
 /// `[model]`.
@@ -175,6 +234,9 @@ pub struct ModelSection {
     /// Channels per U-Net level.
     #[serde(default = "default_channels")]
     pub channels: Vec<usize>,
+    /// The scanned auto-encoder classifier (`arch = "sae"`).
+    #[serde(default)]
+    pub sae: SaeSection,
 }
 
 fn default_channels() -> Vec<usize> {
@@ -183,7 +245,7 @@ fn default_channels() -> Vec<usize> {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { arch: Arch::Centre, channels: default_channels() }
+        Self { arch: Arch::Centre, channels: default_channels(), sae: SaeSection::default() }
     }
 }
 
@@ -406,6 +468,23 @@ impl DetRecipe {
             && !(hi > lo)
         {
             return bad("data.intensity [low, high] needs high > low".into());
+        }
+        if self.model.arch == Arch::Sae {
+            let a = &self.model.sae;
+            if t.patch.len() != 2 {
+                return bad("the sae detector is 2D".into());
+            }
+            if !(4..=128).contains(&a.patch)
+                || a.stride == 0
+                || a.stride > a.patch
+                || a.hidden.is_empty()
+                || a.hidden.iter().any(|&h| h == 0 || h > 4096)
+                || a.samples == 0
+                || a.samples > 200_000
+                || !(a.sparsity[0] > 0.0 && a.sparsity[0] < 1.0 && a.sparsity[1] >= 0.0)
+            {
+                return bad("[model.sae]: patch 4..=128, stride 1..=patch, hidden widths 1..=4096, samples 1..=200000, sparsity [rho in (0, 1), beta ≥ 0]".into());
+            }
         }
         if let Some(sp) = &self.data.spacing
             && (sp.len() != t.patch.len() || sp.iter().any(|v| !(*v >= 0.05 && *v <= 100.0)))

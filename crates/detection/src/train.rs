@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use vesalius_nets::UNet;
+use vesalius_nets::Autoencoder;
 use vesalius_train::engine::{self, RunOptions, stream_seed};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
@@ -18,9 +18,9 @@ use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
 use crate::DetectError;
 use crate::data::{self, Augment, Prepared, Scan, cut, epoch_rng, patch_start, render_targets};
 use crate::evaluate::{self, DetMetrics};
-use crate::infer::{DetectOptions, detect, maps, peaks};
-use crate::model::{build, centre_loss};
-use crate::recipe::DetRecipe;
+use crate::infer::{DetectOptions, Scanning, detect};
+use crate::model::{Detector, build, centre_loss};
+use crate::recipe::{Arch, DetRecipe};
 
 /// Whether `dir` holds a detection run (its recipe says `task = "detection"`).
 pub fn is_run(dir: &Path) -> bool {
@@ -50,14 +50,33 @@ pub struct TrainOutcome {
     pub sizes: [usize; 3],
 }
 
-/// The detection options of a recipe, with the smallest finding diameter the model was trained on.
-pub fn detect_options(recipe: &DetRecipe, min_diameter_mm: f64) -> DetectOptions {
+/// The detection options of a recipe with what the training findings say about sizes.
+pub fn detect_options(recipe: &DetRecipe, info: &DetInfo) -> DetectOptions {
     DetectOptions {
         roi: recipe.train.patch.clone(),
         min_probability: recipe.eval.min_probability,
         max_marks: recipe.eval.max_marks,
-        min_diameter_mm,
+        min_diameter_mm: info.min_diameter_mm,
+        scanning: (recipe.model.arch == Arch::Sae).then_some(Scanning {
+            patch: recipe.model.sae.patch,
+            stride: recipe.model.sae.stride,
+            diameter_mm: info.median_diameter_mm,
+        }),
     }
+}
+
+/// The median diameter among the training findings (and the middle of the inserted lesions' range); 10 mm when
+/// there is none.
+pub fn median_diameter(recipe: &DetRecipe, data: &Prepared) -> f64 {
+    let mut d: Vec<f64> = data.train.iter().flat_map(|t| t.scan.findings.iter().map(|f| f.diameter_mm)).filter(|d| *d > 0.0).collect();
+    if let Some(i) = recipe.insert.as_ref().filter(|i| i.count > 0) {
+        d.push(0.5 * (i.diameter_mm[0] + i.diameter_mm[1]));
+    }
+    if d.is_empty() {
+        return 10.0;
+    }
+    d.sort_by(f64::total_cmp);
+    d[d.len() / 2]
 }
 
 /// The smallest diameter among the training findings and the inserted lesions (0 when there is none).
@@ -75,14 +94,25 @@ pub type RunInfo = vesalius_train::run::RunInfo<DetInfo>;
 pub struct DetInfo {
     /// The smallest training finding's diameter (the floor of duplicate suppression).
     pub min_diameter_mm: f64,
+    /// The median training finding's diameter (the size of the scanned classifier's marks).
+    pub median_diameter_mm: f64,
 }
 
-struct DetTask<'a> {
+impl DetInfo {
+    /// The sizes of a recipe's training data.
+    pub fn of(recipe: &DetRecipe, data: &Prepared) -> Self {
+        Self { min_diameter_mm: smallest_diameter(recipe, data), median_diameter_mm: median_diameter(recipe, data) }
+    }
+}
+
+struct DetTask<'a, B: AutodiffBackend> {
     recipe: &'a DetRecipe,
     data: &'a Prepared,
+    info: DetInfo,
+    pretrained: Option<Autoencoder<B>>,
 }
 
-impl DetTask<'_> {
+impl<B: AutodiffBackend> DetTask<'_, B> {
     /// The training scans of an epoch: the images, with a fresh lesion draw when the recipe inserts lesions.
     fn epoch_scans(&self, epoch: usize) -> Result<Vec<Scan>, DetectError> {
         self.data
@@ -97,37 +127,80 @@ impl DetTask<'_> {
             })
             .collect()
     }
+
+    /// One epoch of the auto-encoder classifier: object-centred and background patches (hard negatives among
+    /// them), cross-entropy.
+    fn sae_epoch<O: Optimizer<Detector<B>, B>>(
+        &self,
+        scans: &[Scan],
+        targets: &[Vec<crate::data::Target>],
+        hard: &[Vec<[f64; 3]>],
+        rng: &mut rand_chacha::ChaCha8Rng,
+        stepper: &mut Stepper<'_, B, Detector<B>, O>,
+    ) -> Result<(), DetectError> {
+        let t = &self.recipe.train;
+        let k = self.recipe.model.sae.patch;
+        let device = stepper.device().clone();
+        for _ in 0..t.iterations {
+            let mut x = Vec::with_capacity(t.batch * k * k);
+            let mut y = Vec::with_capacity(t.batch);
+            while y.len() < t.batch {
+                let i = rng.random_range(0..scans.len());
+                let r: f64 = rng.random();
+                let positive = r < t.positive_fraction;
+                let use_hard = !positive && r < t.positive_fraction + t.hard_negative_fraction;
+                let bands = &self.data.train[i].bands;
+                let Some((p, label)) = crate::sae::draw(&scans[i], &targets[i], bands, k, positive, &hard[i], use_hard, rng) else {
+                    return Err(DetectError::Input(format!("{}: no {k}-pixel patch fits outside the held-out bands", scans[i].id)));
+                };
+                x.extend(p);
+                y.push(label as i64);
+            }
+            let Detector::Sae(net) = stepper.model() else {
+                return Err(DetectError::Internal("an sae recipe with another network".into()));
+            };
+            let n = y.len();
+            let logits = net.forward(Tensor::<B, 4>::from_data(TensorData::new(x, [n, 1, k, k]), &device));
+            let labels = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(y, [n]), &device);
+            let loss = burn::nn::loss::CrossEntropyLossConfig::new().init(&device).forward(logits, labels);
+            stepper.step(loss)?;
+        }
+        Ok(())
+    }
 }
 
-/// False-positive peaks (probability ≥ 0.3, outside every finding's radius) of `net` on a training scan, in voxels.
+/// False-positive marks (probability ≥ 0.3, outside every finding's radius) of `net` on a training scan, in voxels.
 fn false_positives<B: burn::tensor::backend::Backend>(
-    net: &UNet<B>,
+    net: &Detector<B>,
     scan: &Scan,
-    roi: &[usize],
+    options: &DetectOptions,
     device: &B::Device,
 ) -> Result<Vec<[f64; 3]>, DetectError> {
-    let (prob, _) = maps(net, scan, roi, device)?;
-    let [nx, ny, _] = scan.shape;
+    let options = DetectOptions { min_probability: 0.3, max_marks: 0, ..options.clone() };
     let g = &scan.geometry;
-    Ok(peaks(&prob, scan.shape, 0.3)
+    Ok(detect(net, scan, &options, device)?
         .into_iter()
-        .map(|(lin, _)| [(lin % nx) as f64, (lin / nx % ny) as f64, (lin / (nx * ny)) as f64])
-        .filter(|idx| {
-            let w = g.to_world(*idx);
+        .filter(|m| {
             scan.findings.iter().all(|f| {
                 let r = f.diameter_mm.max(0.0) / 2.0;
-                (0..3).map(|a| (f.centre[a] - w[a]).powi(2)).sum::<f64>() >= r * r
+                (0..3).map(|a| (f.centre[a] - m.centre[a]).powi(2)).sum::<f64>() >= r * r
             })
         })
+        .map(|m| g.to_voxel(m.centre))
         .collect())
 }
 
-impl<B: AutodiffBackend> Task<B> for DetTask<'_> {
-    type Model = UNet<B>;
+impl<B: AutodiffBackend> Task<B> for DetTask<'_, B> {
+    type Model = Detector<B>;
     type Error = DetectError;
 
-    fn init_model(&mut self, device: &B::Device) -> Result<UNet<B>, DetectError> {
-        Ok(build(self.recipe, device))
+    fn init_model(&mut self, device: &B::Device) -> Result<Detector<B>, DetectError> {
+        Ok(match (build(self.recipe, device), &self.pretrained) {
+            (Detector::Sae(m), Some(ae)) => {
+                Detector::Sae(m.with_encoder(ae).map_err(|e| DetectError::Internal(format!("pre-trained encoder: {e}")))?)
+            }
+            (m, _) => m,
+        })
     }
 
     fn epochs(&self) -> usize {
@@ -142,7 +215,11 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_> {
         self.recipe.train.lr
     }
 
-    fn train_epoch<O: Optimizer<UNet<B>, B>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, B, UNet<B>, O>) -> Result<(), DetectError> {
+    fn train_epoch<O: Optimizer<Detector<B>, B>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut Stepper<'_, B, Detector<B>, O>,
+    ) -> Result<(), DetectError> {
         let t = &self.recipe.train;
         let nd = self.recipe.dims();
         let size: [usize; 3] = std::array::from_fn(|a| if a < nd { t.patch[a] } else { 1 });
@@ -153,10 +230,14 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_> {
         // Hard negatives of the model as it starts this epoch (a deterministic function of the checkpoint).
         let hard: Vec<Vec<[f64; 3]>> = if t.hard_negative_fraction > 0.0 && epoch > 0 {
             let net = stepper.model().valid();
-            scans.iter().map(|s| false_positives(&net, s, &t.patch, &device)).collect::<Result<_, _>>()?
+            let options = detect_options(self.recipe, &self.info);
+            scans.iter().map(|s| false_positives(&net, s, &options, &device)).collect::<Result<_, _>>()?
         } else {
             vec![Vec::new(); scans.len()]
         };
+        if self.recipe.model.arch == Arch::Sae {
+            return self.sae_epoch(&scans, &targets, &hard, &mut rng, stepper);
+        }
         let per = size.iter().product::<usize>();
         for _ in 0..t.iterations {
             let mut x = Vec::with_capacity(t.batch * per);
@@ -189,15 +270,23 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_> {
             }
             let shape = [t.batch, 1, size[2], size[1], size[0]];
             let tensor = |v: Vec<f32>| Tensor::<B, 5>::from_data(TensorData::new(v, shape), &device);
-            let out = stepper.model().forward(tensor(x));
+            let Detector::Centre(net) = stepper.model() else {
+                return Err(DetectError::Internal("a centre-point recipe with another network".into()));
+            };
+            let out = net.forward(tensor(x));
             let loss = centre_loss(out, tensor(heat), tensor(sz), tensor(mask));
             stepper.step(loss)?;
         }
         Ok(())
     }
 
-    fn validate(&mut self, model: &UNet<B::InnerBackend>, _epoch: usize, device: &B::Device) -> Result<Option<Validation>, DetectError> {
-        let options = detect_options(self.recipe, smallest_diameter(self.recipe, self.data));
+    fn validate(
+        &mut self,
+        model: &Detector<B::InnerBackend>,
+        _epoch: usize,
+        device: &B::Device,
+    ) -> Result<Option<Validation>, DetectError> {
+        let options = detect_options(self.recipe, &self.info);
         let mut marks = Vec::new();
         for scan in &self.data.val {
             marks.extend(detect(model, scan, &options, device)?);
@@ -227,11 +316,17 @@ pub fn train<AB: AutodiffBackend>(
     recipe.validate()?;
     engine::prepare(run, &recipe.to_toml()?, &resume_rules())?;
     let data = data::prepare(recipe)?;
-    let info = RunInfo::new("detection", DetInfo { min_diameter_mm: smallest_diameter(recipe, &data) });
-    run.write_info(&info).map_err(|e| DetectError::Internal(e.to_string()))?;
-    let mut task = DetTask { recipe, data: &data };
+    let details = DetInfo::of(recipe, &data);
+    run.write_info(&RunInfo::new("detection", details.clone())).map_err(|e| DetectError::Internal(e.to_string()))?;
+    let pretrained = if recipe.model.arch == Arch::Sae {
+        let scans: Vec<(Scan, Vec<crate::recipe::Band>)> = data.train.iter().map(|t| (t.scan.clone(), t.bands.clone())).collect();
+        Some(crate::sae::pretrain::<AB>(recipe, &scans, run, device, options.quiet)?)
+    } else {
+        None
+    };
+    let mut task = DetTask { recipe, data: &data, info: details, pretrained };
     let config = options.config(recipe.seed, recipe.train.early_stopping_patience);
-    let optimiser = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
+    let optimiser = AdamConfig::new().with_epsilon(1e-8).init::<AB, Detector<AB>>();
     let outcome = engine::train(run, &mut task, optimiser, &config, device, on_epoch)?;
     let test = if outcome.complete {
         Some(evaluate::evaluate_prepared::<AB::InnerBackend>(run, recipe, &data, vesalius_eval::EvalSet::Test, device)?)

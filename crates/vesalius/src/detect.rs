@@ -152,7 +152,7 @@ pub fn evaluate(backend: BackendKind, run_dir: &Path, split: &str) -> Result<(),
 pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
     let run = RunDir::new(run_dir);
     let recipe = vesalius_detection::evaluate::read_run(&run)?;
-    let options = vesalius_detection::train::detect_options(&recipe, vesalius_detection::evaluate::read_info(&run)?.min_diameter_mm);
+    let options = vesalius_detection::train::detect_options(&recipe, &vesalius_detection::evaluate::read_info(&run)?);
     let marks = with_backend!(backend, |B, AB, device| {
         let net = vesalius_detection::evaluate::load_best::<B>(&run, &recipe, &device)?;
         let mut all = Vec::new();
