@@ -58,6 +58,20 @@ pub struct Lesion {
 /// Inserts `spec.count` lesions into channel 0 of `img` where `region` (one flag per voxel; default: voxels above the
 /// image's median) allows their centre. Errors when the region is the wrong size or cannot take them.
 pub fn insert_lesions(img: &Image, region: Option<&[bool]>, spec: &LesionSpec, seed: u64) -> Result<(Image, Vec<Lesion>)> {
+    let (out, lesions, _) = insert_lesions_with_fractions(img, region, spec, seed)?;
+    Ok((out, lesions))
+}
+
+/// Where each lesion lies: its voxels with the share of each inside it (partial volume), in voxel order.
+pub type Fractions = Vec<(usize, f32)>;
+
+/// [`insert_lesions`], also returning each lesion's [`Fractions`].
+pub fn insert_lesions_with_fractions(
+    img: &Image,
+    region: Option<&[bool]>,
+    spec: &LesionSpec,
+    seed: u64,
+) -> Result<(Image, Vec<Lesion>, Vec<Fractions>)> {
     let nd = img.ndim();
     if nd < 2 {
         return Err(DataError::Invalid("lesions go into 2D or 3D images".into()));
@@ -88,6 +102,7 @@ pub fn insert_lesions(img: &Image, region: Option<&[bool]>, spec: &LesionSpec, s
     let noise = crate::harmonise::estimate_noise(img);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut lesions: Vec<Lesion> = Vec::new();
+    let mut fractions: Vec<Fractions> = Vec::new();
     let mut tries = 0;
     while lesions.len() < spec.count {
         tries += 1;
@@ -139,6 +154,7 @@ pub fn insert_lesions(img: &Image, region: Option<&[bool]>, spec: &LesionSpec, s
         let sub = 4usize;
         let subs: Vec<f64> = (0..sub).map(|k| (k as f64 + 0.5) / sub as f64 - 0.5).collect();
         let per = if nd == 3 { sub * sub * sub } else { sub * sub };
+        let mut mine: Fractions = Vec::new();
         for_box(lo, hi, shape, |idx, lin| {
             let mut inside = 0usize;
             for (kz, dz) in subs.iter().enumerate() {
@@ -163,14 +179,62 @@ pub fn insert_lesions(img: &Image, region: Option<&[bool]>, spec: &LesionSpec, s
             }
             if inside > 0 {
                 let f = inside as f64 / per as f64;
+                mine.push((lin, f as f32));
                 let z: f64 = StandardNormal.sample(&mut rng);
                 let lesion_value = intensity + noise * z;
                 data[lin] = ((1.0 - f) * data[lin] as f64 + f * lesion_value) as f32;
             }
         });
         lesions.push(Lesion { centre: c, diameter_mm: d, semi_axes_mm: semi, intensity, host: [mu, sd] });
+        fractions.push(mine);
     }
-    Ok((Image::new(data, img.shape().to_vec(), img.channels(), *img.affine(), "float32")?, lesions))
+    Ok((Image::new(data, img.shape().to_vec(), img.channels(), *img.affine(), "float32")?, lesions, fractions))
+}
+
+/// A dynamic series of `frames` frames (one channel per frame) made from `img`: `spec.count` lesions whose
+/// intensity rises linearly over the series (wash-in, the findings) and `distractors` lesions placed the same way
+/// whose intensity falls (wash-out), each to the contrast [`insert_lesions`] would give it; every frame has fresh
+/// noise at the host's noise level. The mean over frames of the two kinds is the same, so only the time course
+/// tells them apart. Returns the series, the wash-in lesions and the wash-out ones.
+pub fn dynamic_series(
+    img: &Image,
+    region: Option<&[bool]>,
+    spec: &LesionSpec,
+    distractors: usize,
+    frames: usize,
+    seed: u64,
+) -> Result<(Image, Vec<Lesion>, Vec<Lesion>)> {
+    if !(2..=64).contains(&frames) {
+        return Err(DataError::Invalid(format!("a dynamic series has 2 to 64 frames, not {frames}")));
+    }
+    let all = LesionSpec { count: spec.count + distractors, ..spec.clone() };
+    let (_, lesions, fractions) = insert_lesions_with_fractions(img, region, &all, seed)?;
+    let n = img.voxels();
+    let host = &img.data()[..n];
+    let noise = crate::harmonise::estimate_noise(img);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd1a_0000_0000);
+    let mut data = Vec::with_capacity(n * frames);
+    for t in 0..frames {
+        let rise = t as f64 / (frames - 1) as f64;
+        let mut frame: Vec<f32> = host
+            .iter()
+            .map(|&h| {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                (h as f64 + noise * z) as f32
+            })
+            .collect();
+        for (k, (l, fr)) in lesions.iter().zip(&fractions).enumerate() {
+            let amplitude = l.intensity - l.host[0];
+            let course = if k < spec.count { rise } else { 1.0 - rise };
+            for &(v, f) in fr {
+                frame[v] += (f as f64 * amplitude * course) as f32;
+            }
+        }
+        data.extend(frame);
+    }
+    let mut lesions = lesions;
+    let wash_out = lesions.split_off(spec.count);
+    Ok((Image::new(data, img.shape().to_vec(), frames, *img.affine(), "float32")?, lesions, wash_out))
 }
 
 /// A random orthonormal frame: rows are the lesion's axes (a uniform random rotation from a normalised
@@ -272,6 +336,32 @@ mod tests {
         }
         // Seeded.
         assert_eq!(insert_lesions(&host, Some(&region), &spec, 5).unwrap().1, lesions);
+    }
+
+    #[test]
+    fn dynamic_series_tells_the_kinds_apart_only_over_time() {
+        let n = 64 * 64;
+        let v: Vec<f32> = (0..n).map(|i| 100.0 + (i % 64) as f32 * 0.5).collect();
+        let host = Image::new(v, vec![64, 64], 1, crate::IDENTITY, "float32").unwrap();
+        let spec = LesionSpec { count: 2, diameter_mm: [9.0, 9.0], contrast: [3.0, 3.0], elongation: 1.0 };
+        let (series, wash_in, wash_out) = dynamic_series(&host, None, &spec, 2, 5, 11).unwrap();
+        assert_eq!((series.channels(), wash_in.len(), wash_out.len()), (5, 2, 2));
+        let at = |l: &Lesion, t: usize| series.channel(t)[l.centre[0] as usize + 64 * l.centre[1] as usize] as f64;
+        for l in &wash_in {
+            let amp = l.intensity - l.host[0];
+            // First frame at the host, last at full contrast (the ramp host has no noise).
+            assert!((at(l, 0) - host.data()[l.centre[0] as usize + 64 * l.centre[1] as usize] as f64).abs() < 1e-3);
+            assert!((at(l, 4) - at(l, 0) - amp).abs() < 1e-3, "{} {}", at(l, 4) - at(l, 0), amp);
+        }
+        for l in &wash_out {
+            assert!(at(l, 0) > at(l, 4));
+        }
+        // The mean over frames of either kind is half its amplitude above the host.
+        for l in wash_in.iter().chain(&wash_out) {
+            let mean = (0..5).map(|t| at(l, t)).sum::<f64>() / 5.0;
+            let host_v = host.data()[l.centre[0] as usize + 64 * l.centre[1] as usize] as f64;
+            assert!((mean - host_v - 0.5 * (l.intensity - l.host[0])).abs() < 1e-3);
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! ```
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vesalius_data::lesions::{LesionSpec, insert_lesions};
+use vesalius_data::lesions::{LesionSpec, dynamic_series, insert_lesions};
 use vesalius_io::Image;
 
 use crate::DetectError;
@@ -29,8 +29,10 @@ use crate::recipe::{Band, DetRecipe, ImageEntry, InsertSection, Intensity};
 pub struct Scan {
     /// The scan id (LUNA16's `seriesuid`).
     pub id: String,
-    /// Normalised intensities, first axis fastest.
+    /// Normalised intensities, first axis fastest, channels (frames of a dynamic series) slowest.
     pub data: Vec<f32>,
+    /// Channels: 1, or the frames of a dynamic series.
+    pub channels: usize,
     /// `[nx, ny, nz]` (`nz = 1` in 2D).
     pub shape: [usize; 3],
     /// Spatial axes (2 or 3).
@@ -44,7 +46,18 @@ pub struct Scan {
 impl Scan {
     /// The scan as an image (normalised intensities).
     pub fn image(&self) -> Result<Image, DetectError> {
-        Ok(Image::new(self.data.clone(), self.shape[..self.ndim].to_vec(), 1, *self.geometry.affine(), "float32")?)
+        Ok(Image::new(self.data.clone(), self.shape[..self.ndim].to_vec(), self.channels, *self.geometry.affine(), "float32")?)
+    }
+
+    /// Voxels per channel.
+    pub fn voxels(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The mean over channels (the time-mean of a dynamic series).
+    pub fn mean_channel(&self) -> Vec<f32> {
+        let n = self.voxels();
+        (0..n).map(|v| (0..self.channels).map(|c| self.data[c * n + v]).sum::<f32>() / self.channels as f32).collect()
     }
 
     /// The findings as heatmap targets in voxel units.
@@ -243,6 +256,7 @@ fn scan_of(id: &str, img: &Image, spec: &Intensity, findings: Vec<Detection>) ->
     Ok(Scan {
         id: id.to_string(),
         data: normalise(spec, img.data()),
+        channels: img.channels(),
         shape: [s[0], s[1], s.get(2).copied().unwrap_or(1)],
         ndim: img.ndim(),
         geometry,
@@ -277,11 +291,14 @@ fn crop_scan(
     let s = crop.shape();
     let full = img.shape();
     let (fx, fy) = (full[0], full[1]);
-    for z in 0..s.get(2).copied().unwrap_or(1) {
-        for y in 0..s[1] {
-            for x in 0..s[0] {
-                let src = (x + start[0]) + fx * ((y + start[1]) + fy * (z + start[2]));
-                scan.data[x + s[0] * (y + s[1] * z)] = whole[src];
+    let (nf, nc) = (img.voxels(), crop.voxels());
+    for c in 0..img.channels() {
+        for z in 0..s.get(2).copied().unwrap_or(1) {
+            for y in 0..s[1] {
+                for x in 0..s[0] {
+                    let src = (x + start[0]) + fx * ((y + start[1]) + fy * (z + start[2]));
+                    scan.data[c * nc + x + s[0] * (y + s[1] * z)] = whole[c * nf + src];
+                }
             }
         }
     }
@@ -343,6 +360,32 @@ pub fn with_lesions(
     Ok((out, f))
 }
 
+/// Lesions as the recipe makes them: inserted into the image, or a dynamic series whose wash-in lesions are the
+/// findings (the time-mean image for networks that do not read frames).
+fn lesions_for(
+    recipe: &DetRecipe,
+    img: &Image,
+    region: Option<&[bool]>,
+    spec: &LesionSpec,
+    seed: u64,
+    id: &str,
+) -> Result<(Image, Vec<Detection>), DetectError> {
+    let Some(dy) = &recipe.dynamic else {
+        return with_lesions(img, region, spec, seed, id);
+    };
+    let (series, wash_in, _) =
+        dynamic_series(img, region, spec, dy.distractors, dy.frames, seed).map_err(|e| DetectError::Input(format!("{id}: {e}")))?;
+    let g = Geometry::of(img)?;
+    let found = wash_in.iter().map(|l| Detection::finding(id, g.to_world(l.centre), l.diameter_mm)).collect();
+    if recipe.model.arch == crate::recipe::Arch::Crnn {
+        return Ok((series, found));
+    }
+    let n = series.voxels();
+    let mean: Vec<f32> =
+        (0..n).map(|v| (0..series.channels()).map(|c| series.data()[c * n + v]).sum::<f32>() / series.channels() as f32).collect();
+    Ok((Image::new(mean, series.shape().to_vec(), 1, *series.affine(), "float32")?, found))
+}
+
 /// Loads every image of a recipe and makes the training images, validation scans and test scans.
 pub fn prepare(recipe: &DetRecipe) -> Result<Prepared, DetectError> {
     let d = &recipe.data;
@@ -363,7 +406,7 @@ pub fn prepare(recipe: &DetRecipe) -> Result<Prepared, DetectError> {
         match &recipe.insert {
             Some(ins) if ins.eval_count > 0 && e.insert => {
                 let seed = vesalius_io::mix(recipe.seed ^ vesalius_io::mix(salt));
-                let (out, mut inserted) = with_lesions(&img, region.as_deref(), &lesion_spec(ins, ins.eval_count), seed, id)?;
+                let (out, mut inserted) = lesions_for(recipe, &img, region.as_deref(), &lesion_spec(ins, ins.eval_count), seed, id)?;
                 inserted.extend(findings);
                 Ok((out, inserted))
             }
@@ -449,6 +492,12 @@ impl Augment {
         q
     }
 
+    /// The augmented copy of a patch of several channels (each `size` voxels, one after the other).
+    pub fn channels(&self, v: &[f32], size: [usize; 3]) -> Vec<f32> {
+        let n: usize = size.iter().product();
+        v.chunks(n.max(1)).flat_map(|c| self.values(c, size)).collect()
+    }
+
     /// The augmented copy of a patch's values.
     pub fn values(&self, v: &[f32], size: [usize; 3]) -> Vec<f32> {
         let mut out = vec![0f32; v.len()];
@@ -474,15 +523,34 @@ impl Augment {
     }
 }
 
+/// Intensity augmentation of a patch: scale `1 ± jitter`, shift `± jitter / 2`, Gaussian noise of standard deviation
+/// up to `jitter / 4`, all drawn from `rng` (nothing when `jitter` is 0).
+pub fn jitter_intensity(values: &mut [f32], jitter: f64, rng: &mut ChaCha8Rng) {
+    if jitter <= 0.0 {
+        return;
+    }
+    use rand_distr::{Distribution, StandardNormal};
+    let scale = 1.0 + rng.random_range(-jitter..=jitter);
+    let shift = rng.random_range(-jitter / 2.0..=jitter / 2.0);
+    let sigma = rng.random_range(0.0..=jitter / 4.0);
+    for v in values.iter_mut() {
+        let z: f64 = StandardNormal.sample(rng);
+        *v = (*v as f64 * scale + shift + sigma * z) as f32;
+    }
+}
+
 /// Cuts a patch of `size` at `start` out of a scan: its values and the targets of the findings (moved into the
 /// patch frame).
 pub fn cut(scan: &Scan, targets: &[Target], start: [usize; 3], size: [usize; 3]) -> (Vec<f32>, Vec<Target>) {
-    let mut v = Vec::with_capacity(size.iter().product());
+    let mut v = Vec::with_capacity(size.iter().product::<usize>() * scan.channels);
     let s = scan.shape;
-    for z in 0..size[2] {
-        for y in 0..size[1] {
-            let row = (start[0]) + s[0] * ((y + start[1]) + s[1] * (z + start[2]));
-            v.extend_from_slice(&scan.data[row..row + size[0]]);
+    let n = scan.voxels();
+    for c in 0..scan.channels {
+        for z in 0..size[2] {
+            for y in 0..size[1] {
+                let row = c * n + start[0] + s[0] * ((y + start[1]) + s[1] * (z + start[2]));
+                v.extend_from_slice(&scan.data[row..row + size[0]]);
+            }
         }
     }
     let t = targets
@@ -530,10 +598,30 @@ pub fn insertion_seed(seed: u64, epoch: usize, image: usize) -> u64 {
 }
 
 /// A training image with a fresh lesion draw (its own findings kept).
-pub fn training_draw(img: &TrainImage, ins: &InsertSection, seed: u64, intensity: &Intensity) -> Result<Scan, DetectError> {
-    let _ = intensity;
+pub fn training_draw(img: &TrainImage, recipe: &DetRecipe, ins: &InsertSection, seed: u64) -> Result<Scan, DetectError> {
     let image = img.scan.image()?;
-    let (out, mut found) = with_lesions(&image, img.region.as_deref(), &lesion_spec(ins, ins.count), seed, &img.scan.id)?;
+    // Lesions go where training patches can reach: centres outside the bands by at least the largest radius.
+    let region = if img.bands.is_empty() {
+        img.region.clone()
+    } else {
+        let [nx, ny, _] = img.scan.shape;
+        let sp = img.scan.geometry.spacing();
+        let n = img.scan.voxels();
+        let inside = |v: usize| {
+            let idx = [v % nx, v / nx % ny, v / (nx * ny)];
+            img.bands.iter().all(|b| {
+                let margin = (ins.diameter_mm[1] / 2.0 / sp[b.axis]).ceil() as usize;
+                idx[b.axis] + margin < b.start || idx[b.axis] >= b.end + margin
+            })
+        };
+        let median = {
+            let mut v: Vec<f32> = img.scan.data[..n].to_vec();
+            let k = v.len() / 2;
+            *v.select_nth_unstable_by(k, f32::total_cmp).1
+        };
+        Some((0..n).map(|v| inside(v) && img.region.as_ref().map_or(img.scan.data[v] > median, |r| r[v])).collect::<Vec<bool>>())
+    };
+    let (out, mut found) = lesions_for(recipe, &image, region.as_deref(), &lesion_spec(ins, ins.count), seed, &img.scan.id)?;
     // The bands stay free of inserted training lesions: drop those centred in a band (their pixels are never cut).
     let g = &img.scan.geometry;
     found.retain(|f| {
@@ -544,7 +632,7 @@ pub fn training_draw(img: &TrainImage, ins: &InsertSection, seed: u64, intensity
         })
     });
     found.extend(img.scan.findings.iter().cloned());
-    Ok(Scan { data: out.into_data(), findings: found, ..img.scan.clone() })
+    Ok(Scan { channels: out.channels(), data: out.into_data(), findings: found, ..img.scan.clone() })
 }
 
 /// A seeded generator for a training epoch.

@@ -362,10 +362,11 @@ pub fn evaluate_prepared<B: burn::tensor::backend::Backend>(
 /// `threshold` (red circles), as PNG.
 pub fn overlay(path: &Path, scan: &Scan, marks: &[Detection], threshold: f64) -> Result<(), DetectError> {
     let [w, h, _] = scan.shape;
-    let n = w * h;
-    let (lo, hi) = scan.data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+
+    let (lo, hi) = scan.mean_channel().iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
-    let grey: Vec<f32> = scan.data[..n].iter().map(|&v| ((v - lo) * scale).round().clamp(0.0, 255.0)).collect();
+    let mean = scan.mean_channel();
+    let grey: Vec<f32> = mean.iter().map(|&v| ((v - lo) * scale).round().clamp(0.0, 255.0)).collect();
     let mut rgb = [grey.clone(), grey.clone(), grey];
     let g = &scan.geometry;
     let mut circle = |centre: [f64; 3], diameter: f64, colour: [f32; 3]| {

@@ -13,7 +13,6 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use vesalius_io::Image;
-use vesalius_nets::UNet;
 use vesalius_train::sliding::SlidingWindow;
 
 use crate::DetectError;
@@ -111,25 +110,34 @@ pub fn suppress(mut marks: Vec<Detection>, max: usize, min_diameter_mm: f64) -> 
     kept
 }
 
-/// The heatmap probability and the log-diameter of every voxel of `scan` by sliding-window inference.
-pub fn maps<B: Backend>(net: &UNet<B>, scan: &Scan, roi: &[usize], device: &B::Device) -> Result<(Vec<f32>, Vec<f32>), DetectError> {
+/// The heatmap probability and the log-diameter of every voxel of `scan` by sliding-window inference with a
+/// centre-point or frame-recurrent network.
+pub fn maps<B: Backend>(net: &Detector<B>, scan: &Scan, roi: &[usize], device: &B::Device) -> Result<(Vec<f32>, Vec<f32>), DetectError> {
     let nd = scan.ndim;
     // Pad up to the window where the scan is smaller.
     let padded: [usize; 3] = std::array::from_fn(|a| if a < nd { scan.shape[a].max(roi[a]) } else { 1 });
-    let mut data = vec![0f32; padded.iter().product()];
+    let np_: usize = padded.iter().product();
+    let mut data = vec![0f32; np_ * scan.channels];
     let [sx, sy, sz] = scan.shape;
-    for z in 0..sz {
-        for y in 0..sy {
-            let dst = padded[0] * (y + padded[1] * z);
-            let src = sx * (y + sy * z);
-            data[dst..dst + sx].copy_from_slice(&scan.data[src..src + sx]);
+    let n = scan.voxels();
+    for c in 0..scan.channels {
+        for z in 0..sz {
+            for y in 0..sy {
+                let dst = c * np_ + padded[0] * (y + padded[1] * z);
+                let src = c * n + sx * (y + sy * z);
+                data[dst..dst + sx].copy_from_slice(&scan.data[src..src + sx]);
+            }
         }
     }
-    let img = Image::new(data, padded[..nd].to_vec(), 1, *scan.geometry.affine(), "float32")?;
+    let img = Image::new(data, padded[..nd].to_vec(), scan.channels, *scan.geometry.affine(), "float32")?;
     let sw = SlidingWindow { roi: roi.to_vec(), overlap: 0.5, batch: 4, sigma_scale: 0.125, flip_tta: false, probabilities: true };
     let pred = sw
         .run::<B>(&img, device, |x: Tensor<B, 5>| {
-            let out = net.forward(x);
+            let out = match net {
+                Detector::Centre(unet) => unet.forward(x),
+                Detector::Crnn(frames) => frames.forward(x),
+                Detector::Sae(_) => x,
+            };
             let [n, _, d, h, w] = out.dims();
             let heat = sigmoid(out.clone().slice([0..n, 0..1, 0..d, 0..h, 0..w]) + crate::model::PRIOR_LOGIT);
             let size = out.slice([0..n, 1..2, 0..d, 0..h, 0..w]);
@@ -159,8 +167,8 @@ pub fn detect<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<Detection>, DetectError> {
     match net {
-        Detector::Centre(unet) => {
-            let (prob, size) = maps(unet, scan, &options.roi, device)?;
+        Detector::Centre(_) | Detector::Crnn(_) => {
+            let (prob, size) = maps(net, scan, &options.roi, device)?;
             Ok(marks_from_maps(scan, &prob, &size, options))
         }
         Detector::Sae(sae) => {
@@ -192,9 +200,13 @@ pub fn marks_from_maps(scan: &Scan, prob: &[f32], size: &[f32], options: &Detect
 /// name without its image extension.
 pub fn scan_of_file(path: &std::path::Path, recipe: &crate::recipe::DetRecipe) -> Result<Scan, DetectError> {
     let img = vesalius_io::load(path).map_err(|e| DetectError::Input(format!("{}: {e}", path.display())))?;
-    if img.channels() != 1 || img.ndim() != recipe.dims() {
+    let channels = match (&recipe.dynamic, recipe.model.arch) {
+        (Some(d), crate::recipe::Arch::Crnn) => d.frames,
+        _ => 1,
+    };
+    if img.channels() != channels || img.ndim() != recipe.dims() {
         return Err(DetectError::Input(format!(
-            "{}: the detector takes one-channel {}D images (this one: {} channel(s), {}D)",
+            "{}: the detector takes {}D images with {channels} channel(s) (this one: {} channel(s), {}D)",
             path.display(),
             recipe.dims(),
             img.channels(),
@@ -211,6 +223,7 @@ pub fn scan_of_file(path: &std::path::Path, recipe: &crate::recipe::DetRecipe) -
     Ok(Scan {
         id,
         data: crate::data::normalise(&recipe.data.intensity, img.data()),
+        channels: img.channels(),
         shape: [s[0], s[1], s.get(2).copied().unwrap_or(1)],
         ndim: img.ndim(),
         geometry: crate::geometry::Geometry::of(&img)?,

@@ -14,10 +14,12 @@
 //! assert!(good < 0.01 && unsure > 0.3);
 //! ```
 use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use vesalius_nets::{NormKind, SaeClassifier, UNet, UNetConfig};
+use vesalius_nets::{Gru, GruConfig, NormKind, SaeClassifier, UNet, UNetConfig};
 
 use crate::recipe::{Arch, DetRecipe};
 
@@ -28,6 +30,42 @@ pub enum Detector<B: Backend> {
     Centre(UNet<B>),
     /// The auto-encoder patch classifier: `[n, 1, k, k]` patches → `[n, 2]` logits (background, object centre).
     Sae(SaeClassifier<B>),
+    /// CNN + GRU over frames: `[n, frames, 1, h, w]` → `[n, 2, 1, h, w]`.
+    Crnn(FrameGru<B>),
+}
+
+/// CNN + RNN over the frames of a 2D dynamic series: a 2D U-Net (shared by every frame) turns each frame into
+/// `features` channels, a GRU runs over the frames of every pixel, and a linear layer maps its last state to the
+/// heatmap logit and the log-diameter.
+#[derive(Module, Debug)]
+pub struct FrameGru<B: Backend> {
+    encoder: UNet<B>,
+    gru: Gru<B>,
+    head: Linear<B>,
+}
+
+impl<B: Backend> FrameGru<B> {
+    /// A network with a U-Net of `channels` producing `features` per frame and a GRU of `hidden` units.
+    pub fn new(channels: Vec<usize>, features: usize, hidden: usize, device: &B::Device) -> Self {
+        Self {
+            encoder: UNetConfig::new(2, 1, features, channels).with_norm(NormKind::Instance).init(device),
+            gru: GruConfig::new(features, hidden).init(device),
+            head: LinearConfig::new(hidden, 2).init(device),
+        }
+    }
+
+    /// `[n, frames, 1, h, w]` series (frames as channels, depth 1) → `[n, 2, 1, h, w]`.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [n, t, _, h, w] = x.dims();
+        let feats = self.encoder.forward(x.reshape([n * t, 1, 1, h, w]));
+        let f = feats.dims()[1];
+        // [n, t, f, h, w] → [n, h, w, t, f] → sequences of pixels.
+        let seq = relu(feats).reshape([n, t, f, h, w]).permute([0, 3, 4, 1, 2]).reshape([n * h * w, t, f]);
+        let (_, last) = self.gru.forward(seq);
+        let hidden = last.dims()[1];
+        let out = self.head.forward(last.reshape([n * h * w, hidden]));
+        out.reshape([n, h, w, 2]).permute([0, 3, 1, 2]).reshape([n, 2, 1, h, w])
+    }
 }
 
 /// The U-Net of a centre-point recipe: a `dims`-D U-Net with one input channel and two outputs.
@@ -43,6 +81,7 @@ pub fn build<B: Backend>(recipe: &DetRecipe, device: &B::Device) -> Detector<B> 
             let k = recipe.model.sae.patch;
             Detector::Sae(SaeClassifier::new(k * k, &recipe.model.sae.hidden, 2, device))
         }
+        Arch::Crnn => Detector::Crnn(FrameGru::new(recipe.model.channels.clone(), 16, 16, device)),
     }
 }
 

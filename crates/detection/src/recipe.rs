@@ -166,6 +166,21 @@ pub enum Arch {
     /// A stacked sparse auto-encoder patch classifier scanned over the image (Xu et al. 2016, nuclei): greedy
     /// layer-wise pre-training on training patches, then fine-tuning as object-centred vs background; 2D.
     Sae,
+    /// CNN + RNN over the frames of a dynamic series: a 2D U-Net encodes every frame, a GRU runs over the frames of
+    /// each pixel, and a linear head gives the heatmap and size of the centre-point detector; 2D series.
+    Crnn,
+}
+
+/// `[dynamic]`: the images become dynamic series (one channel per frame) in which the inserted lesions wash in and
+/// as many distractors wash out; the time-mean of both kinds is the same. Networks other than `crnn` see the
+/// time-mean image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicSection {
+    /// Frames per series.
+    pub frames: usize,
+    /// Wash-out distractors per image.
+    pub distractors: usize,
 }
 
 /// `[model.sae]`: the scanned patch classifier.
@@ -277,6 +292,10 @@ pub struct TrainSection {
     /// Stop after this many epochs without a better validation score.
     #[serde(default)]
     pub early_stopping_patience: Option<usize>,
+    /// Intensity augmentation of each patch: values scaled by a factor in `1 ± jitter`, shifted by up to
+    /// `± jitter / 2` and given Gaussian noise of standard deviation up to `jitter / 4` (normalised units; 0: off).
+    #[serde(default)]
+    pub intensity_jitter: f64,
 }
 
 fn default_epochs() -> usize {
@@ -347,6 +366,9 @@ pub struct DetRecipe {
     /// Lesion insertion.
     #[serde(default)]
     pub insert: Option<InsertSection>,
+    /// Dynamic series made from the images.
+    #[serde(default)]
+    pub dynamic: Option<DynamicSection>,
     /// The network.
     #[serde(default)]
     pub model: ModelSection,
@@ -436,6 +458,9 @@ impl DetRecipe {
             return bad("train.lr must be positive".into());
         }
         let frac = |v: f64| (0.0..=1.0).contains(&v);
+        if !(0.0..=0.9).contains(&t.intensity_jitter) {
+            return bad("train.intensity_jitter must be in [0, 0.9]".into());
+        }
         if !frac(t.positive_fraction) || !frac(t.hard_negative_fraction) || t.positive_fraction + t.hard_negative_fraction > 1.0 {
             return bad("train.positive_fraction and hard_negative_fraction are in [0, 1] and add up to at most 1".into());
         }
@@ -485,6 +510,16 @@ impl DetRecipe {
             {
                 return bad("[model.sae]: patch 4..=128, stride 1..=patch, hidden widths 1..=4096, samples 1..=200000, sparsity [rho in (0, 1), beta ≥ 0]".into());
             }
+        }
+        if let Some(d) = &self.dynamic {
+            if self.insert.is_none() || t.patch.len() != 2 || !(2..=64).contains(&d.frames) || d.distractors > 1000 {
+                return bad("[dynamic] needs [insert], a 2D patch, 2..=64 frames and at most 1000 distractors".into());
+            }
+            if self.model.arch == Arch::Sae {
+                return bad("the sae detector does not take dynamic series".into());
+            }
+        } else if self.model.arch == Arch::Crnn {
+            return bad("arch = \"crnn\" needs a [dynamic] section".into());
         }
         if let Some(sp) = &self.data.spacing
             && (sp.len() != t.patch.len() || sp.iter().any(|v| !(*v >= 0.05 && *v <= 100.0)))

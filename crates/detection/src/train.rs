@@ -121,7 +121,7 @@ impl<B: AutodiffBackend> DetTask<'_, B> {
             .enumerate()
             .map(|(i, img)| match &self.recipe.insert {
                 Some(ins) if ins.count > 0 && img.insert => {
-                    data::training_draw(img, ins, data::insertion_seed(self.recipe.seed, epoch, i), &self.recipe.data.intensity)
+                    data::training_draw(img, self.recipe, ins, data::insertion_seed(self.recipe.seed, epoch, i))
                 }
                 _ => Ok(img.scan.clone()),
             })
@@ -153,6 +153,8 @@ impl<B: AutodiffBackend> DetTask<'_, B> {
                 let Some((p, label)) = crate::sae::draw(&scans[i], &targets[i], bands, k, positive, &hard[i], use_hard, rng) else {
                     return Err(DetectError::Input(format!("{}: no {k}-pixel patch fits outside the held-out bands", scans[i].id)));
                 };
+                let mut p = p;
+                data::jitter_intensity(&mut p, t.intensity_jitter, rng);
                 x.extend(p);
                 y.push(label as i64);
             }
@@ -263,17 +265,22 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_, B> {
                 let moved: Vec<_> = local.iter().map(|l| aug.target(l, size)).collect();
                 let out_size = if aug.transpose { [size[1], size[0], size[2]] } else { size };
                 let rendered = render_targets(out_size, &moved);
-                x.extend(aug.values(&values, size));
+                let mut values = aug.channels(&values, size);
+                data::jitter_intensity(&mut values, t.intensity_jitter, &mut rng);
+                x.extend(values);
                 heat.extend(rendered.heat);
                 sz.extend(rendered.size);
                 mask.extend(rendered.size_mask);
             }
             let shape = [t.batch, 1, size[2], size[1], size[0]];
             let tensor = |v: Vec<f32>| Tensor::<B, 5>::from_data(TensorData::new(v, shape), &device);
-            let Detector::Centre(net) = stepper.model() else {
-                return Err(DetectError::Internal("a centre-point recipe with another network".into()));
+            let channels = scans[0].channels;
+            let input = Tensor::<B, 5>::from_data(TensorData::new(x, [t.batch, channels, size[2], size[1], size[0]]), &device);
+            let out = match stepper.model() {
+                Detector::Centre(net) => net.forward(input),
+                Detector::Crnn(net) => net.forward(input),
+                Detector::Sae(_) => return Err(DetectError::Internal("a centre-point recipe with another network".into())),
             };
-            let out = net.forward(tensor(x));
             let loss = centre_loss(out, tensor(heat), tensor(sz), tensor(mask));
             stepper.step(loss)?;
         }
