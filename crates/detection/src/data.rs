@@ -8,7 +8,7 @@
 //! ```
 //! use vesalius_detection::data::{render_targets, Target};
 //! // One finding of diameter 12 voxels at (10, 6) of a 24×16 patch: the heatmap peaks at exactly 1 there.
-//! let t = render_targets([24, 16, 1], &[Target { centre: [10.0, 6.0, 0.0], sigma: [2.0, 2.0, 1.0], log_diameter: 12f32.ln() }]);
+//! let t = render_targets([24, 16, 1], &[Target { centre: [10.0, 6.0, 0.0], sigma: [2.0, 2.0, 1.0], log_diameter: 12f32.ln(), half: [6.0, 6.0, 0.5] }]);
 //! assert_eq!(t.heat[10 + 24 * 6], 1.0);
 //! assert!(t.heat[13 + 24 * 6] < 0.4);
 //! assert_eq!(t.size_mask.iter().filter(|&&m| m > 0.0).count(), 1);
@@ -70,7 +70,14 @@ impl Scan {
                 let c = g.to_voxel(f.centre);
                 let d = if f.diameter_mm > 0.0 { f.diameter_mm } else { 10.0 };
                 let sigma = std::array::from_fn(|a| if a < self.ndim { (d / sp[a] / 6.0).max(0.7) } else { 1.0 });
-                Target { centre: c, sigma, log_diameter: d.ln() as f32 }
+                let half = match &f.bbox {
+                    Some(b) => {
+                        let (lo, hi) = g.world_box_to_voxel(b);
+                        std::array::from_fn(|a| if a < self.ndim { 0.5 * (hi[a] - lo[a]) } else { 0.5 })
+                    }
+                    None => std::array::from_fn(|a| if a < self.ndim { d / sp[a] / 2.0 } else { 0.5 }),
+                };
+                Target { centre: c, sigma, log_diameter: d.ln() as f32, half }
             })
             .collect()
     }
@@ -85,6 +92,8 @@ pub struct Target {
     pub sigma: [f64; 3],
     /// Natural log of the diameter in millimetres.
     pub log_diameter: f32,
+    /// Half the extent of its box per axis, voxels.
+    pub half: [f64; 3],
 }
 
 /// Heatmap and size targets of a patch.
@@ -515,11 +524,12 @@ impl Augment {
 
     /// The augmented target.
     pub fn target(&self, t: &Target, size: [usize; 3]) -> Target {
-        let mut sigma = t.sigma;
+        let (mut sigma, mut half) = (t.sigma, t.half);
         if self.transpose {
             sigma.swap(0, 1);
+            half.swap(0, 1);
         }
-        Target { centre: self.point(t.centre, size), sigma, log_diameter: t.log_diameter }
+        Target { centre: self.point(t.centre, size), sigma, log_diameter: t.log_diameter, half }
     }
 }
 
@@ -651,7 +661,7 @@ mod tests {
         let mut v = vec![0f32; 8 * 8 * 3];
         let c = [2.0, 5.0, 1.0];
         v[2 + 8 * (5 + 8)] = 1.0;
-        let t = Target { centre: c, sigma: [1.0; 3], log_diameter: 1.0 };
+        let t = Target { centre: c, sigma: [1.0; 3], log_diameter: 1.0, half: [1.0; 3] };
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..64 {

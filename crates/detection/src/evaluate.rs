@@ -271,6 +271,36 @@ pub struct DetMetrics {
     pub threshold_from: String,
     /// The file of the marks (LUNA16 columns, world LPS) in the run folder.
     pub detections_file: String,
+    /// Box detectors: COCO average precision at IoU 0.1 and 0.5 (keys `"0.1"`, `"0.5"`), reference boxes from the
+    /// findings' boxes (the cube of the diameter where a finding has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_precision: Option<BTreeMap<String, f64>>,
+}
+
+/// A finding's or mark's box: its own, or the cube (square) of its diameter.
+fn box_of(d: &Detection, nd: usize) -> vesalius_eval::detection::Aabb {
+    d.bbox.unwrap_or_else(|| {
+        let r = d.diameter_mm.max(0.0) / 2.0;
+        let lo = std::array::from_fn(|a| if a < nd { d.centre[a] - r } else { d.centre[a] });
+        let hi = std::array::from_fn(|a| if a < nd { d.centre[a] + r } else { d.centre[a] + 1.0 });
+        vesalius_eval::detection::Aabb::new(lo, hi)
+    })
+}
+
+/// COCO average precision of box marks at IoU 0.1 and 0.5 on `scans`.
+pub fn box_average_precision(scans: &[Scan], marks: &[Detection]) -> Option<BTreeMap<String, f64>> {
+    let nd = scans.first()?.ndim;
+    let truth: Vec<(String, vesalius_eval::detection::Aabb)> =
+        scans.iter().flat_map(|s| s.findings.iter().map(|f| (s.id.clone(), box_of(f, nd)))).collect();
+    let dets: Vec<vesalius_eval::detection::ScoredBox> = marks
+        .iter()
+        .map(|m| vesalius_eval::detection::ScoredBox { image: m.scan.clone(), bbox: box_of(m, nd), score: m.probability.unwrap_or(0.0) })
+        .collect();
+    let mut out = BTreeMap::new();
+    for t in [0.1, 0.5] {
+        out.insert(format!("{t}"), vesalius_eval::detection::average_precision(&truth, &dets, t)?);
+    }
+    Some(out)
 }
 
 /// Reads a run's recipe.
@@ -352,6 +382,7 @@ pub fn evaluate_prepared<B: burn::tensor::backend::Backend>(
         operating_point: op,
         threshold_from: threshold_from.to_string(),
         detections_file: det_file,
+        average_precision: if recipe.model.arch == crate::recipe::Arch::Retina { box_average_precision(scans, &marks) } else { None },
     };
     let text = serde_json::to_string_pretty(&m).map_err(|e| DetectError::Internal(e.to_string()))?;
     vesalius_io::write_atomic(&run.file(set.file()), text.as_bytes()).map_err(|e| DetectError::Internal(e.to_string()))?;

@@ -19,6 +19,7 @@ use crate::DetectError;
 use crate::annotations::Detection;
 use crate::data::Scan;
 use crate::model::Detector;
+use vesalius_nets::UNet;
 
 /// Settings of [`detect`].
 #[derive(Clone, Debug, PartialEq)]
@@ -136,7 +137,7 @@ pub fn maps<B: Backend>(net: &Detector<B>, scan: &Scan, roi: &[usize], device: &
             let out = match net {
                 Detector::Centre(unet) => unet.forward(x),
                 Detector::Crnn(frames) => frames.forward(x),
-                Detector::Sae(_) => x,
+                Detector::Sae(_) | Detector::Retina(_) => x,
             };
             let [n, _, d, h, w] = out.dims();
             let heat = sigmoid(out.clone().slice([0..n, 0..1, 0..d, 0..h, 0..w]) + crate::model::PRIOR_LOGIT);
@@ -171,6 +172,7 @@ pub fn detect<B: Backend>(
             let (prob, size) = maps(net, scan, &options.roi, device)?;
             Ok(marks_from_maps(scan, &prob, &size, options))
         }
+        Detector::Retina(unet) => retina_detect(unet, scan, options, device),
         Detector::Sae(sae) => {
             let sc = options.scanning.ok_or_else(|| DetectError::Internal("scanning settings missing".into()))?;
             if scan.ndim != 2 {
@@ -229,4 +231,91 @@ pub fn scan_of_file(path: &std::path::Path, recipe: &crate::recipe::DetRecipe) -
         geometry: crate::geometry::Geometry::of(&img)?,
         findings: Vec::new(),
     })
+}
+
+/// Nearest-neighbour up-sampling of `[n, c, d, h, w]` by `s` along the spatial axes (`d` too in 3D).
+fn upsample<B: Backend>(x: Tensor<B, 5>, s: usize, nd: usize) -> Tensor<B, 5> {
+    if s == 1 {
+        return x;
+    }
+    let [n, c, d, h, w] = x.dims();
+    let sd = if nd == 3 { s } else { 1 };
+    x.reshape([n, c, d, 1, h, 1, w, 1]).repeat_dim(3, sd).repeat_dim(5, s).repeat_dim(7, s).reshape([n, c, d * sd, h * s, w * s])
+}
+
+/// The box marks of a Retina U-Net on a scan: every level's heads by sliding windows (the scan padded so windows
+/// and cells align), anchors decoded to boxes, the 1000 best kept, non-maximum suppression at IoU 0.3, the cap.
+pub fn retina_detect<B: Backend>(
+    net: &UNet<B>,
+    scan: &Scan,
+    options: &DetectOptions,
+    device: &B::Device,
+) -> Result<Vec<Detection>, DetectError> {
+    let nd = scan.ndim;
+    let roi = &options.roi;
+    let strides = crate::model::retina_strides(net.levels());
+    let per = crate::retina::head_channels(nd);
+    // Pad to the window and to a multiple of half a window, so every window starts on a multiple of every stride.
+    let padded: [usize; 3] =
+        std::array::from_fn(|a| if a < nd { scan.shape[a].max(roi[a]).next_multiple_of((roi[a] / 2).max(1)) } else { 1 });
+    let np_: usize = padded.iter().product();
+    let mut data = vec![0f32; np_ * scan.channels];
+    let [sx, sy, sz] = scan.shape;
+    let n = scan.voxels();
+    for c in 0..scan.channels {
+        for z in 0..sz {
+            for y in 0..sy {
+                let dst = c * np_ + padded[0] * (y + padded[1] * z);
+                let src = c * n + sx * (y + sy * z);
+                data[dst..dst + sx].copy_from_slice(&scan.data[src..src + sx]);
+            }
+        }
+    }
+    let img = Image::new(data, padded[..nd].to_vec(), scan.channels, *scan.geometry.affine(), "float32")?;
+    let sw = SlidingWindow { roi: roi.clone(), overlap: 0.5, batch: 2, sigma_scale: 0.0, flip_tta: false, probabilities: true };
+    let pred = sw
+        .run::<B>(&img, device, |x: Tensor<B, 5>| {
+            let (last, aux) = net.forward_all(x);
+            let mut outs: Vec<Tensor<B, 5>> = aux.into_iter().zip(&strides).map(|(a, &s)| upsample(a, s, nd)).collect();
+            outs.push(last);
+            Tensor::cat(outs, 1)
+        })
+        .map_err(|e| DetectError::Internal(e.to_string()))?;
+    let all = pred.probabilities.ok_or_else(|| DetectError::Internal("sliding window returned no maps".into()))?;
+    let mut found = Vec::new();
+    for (l, &s) in strides.iter().enumerate() {
+        let grid: [usize; 3] = std::array::from_fn(|a| if a < nd { padded[a] / s } else { 1 });
+        let cells: usize = grid.iter().product();
+        let mut out = vec![0f32; per * cells];
+        for ch in 0..per {
+            let base = (l * per + ch) * np_;
+            for z in 0..grid[2] {
+                for y in 0..grid[1] {
+                    for x in 0..grid[0] {
+                        let (vx, vy, vz) = (x * s, y * s, if nd == 3 { z * s } else { 0 });
+                        out[ch * cells + x + grid[0] * (y + grid[1] * z)] = all[base + vx + padded[0] * (vy + padded[1] * vz)];
+                    }
+                }
+            }
+        }
+        let level = crate::retina::Level { stride: s, grid };
+        for d in crate::retina::decode(&out, &level, nd, options.min_probability) {
+            let c = d.bbox.centre();
+            if (0..nd).any(|a| c[a] < -0.5 || c[a] >= scan.shape[a] as f64 - 0.5) {
+                continue;
+            }
+            let lo: [f64; 3] = std::array::from_fn(|a| if a < nd { d.bbox.lo[a] + 0.5 } else { 0.0 });
+            let hi: [f64; 3] = std::array::from_fn(|a| if a < nd { d.bbox.hi[a] - 0.5 } else { 0.0 });
+            let world = scan.geometry.voxel_box_to_world(lo, hi);
+            found.push(Detection::from_box(&scan.id, world, Some(d.score), nd));
+        }
+    }
+    // RetinaNet's pre-suppression cut: the 1000 best anchors.
+    found.sort_by(|a, b| b.probability.unwrap_or(0.0).total_cmp(&a.probability.unwrap_or(0.0)));
+    found.truncate(1000);
+    let mut kept = crate::nms::nms_boxes(found, 0.3);
+    if options.max_marks > 0 {
+        kept.truncate(options.max_marks);
+    }
+    Ok(kept)
 }

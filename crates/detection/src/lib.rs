@@ -11,6 +11,7 @@
 //!   with a diameter head, CenterNet's loss) trained on the shared engine from instance maps, masks, LUNA16 CSV or
 //!   inserted lesions, with held-out bands cut into tiles, hard-negative mining and sliding-window inference.
 //! * [`sae`] — the stacked sparse auto-encoder patch classifier scanned over 2D images (Xu et al. 2016).
+//! * [`retina`] — anchors, matching, focal and box losses and decoding of the Retina U-Net box detector.
 //!
 //! The evaluation (FROC and CPM as LUNA16 computes them, average precision) is `vesalius_eval::detection`.
 //!
@@ -33,6 +34,7 @@ pub mod instances;
 pub mod model;
 pub mod nms;
 pub mod recipe;
+pub mod retina;
 pub mod sae;
 pub mod train;
 

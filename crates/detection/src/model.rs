@@ -32,6 +32,13 @@ pub enum Detector<B: Backend> {
     Sae(SaeClassifier<B>),
     /// CNN + GRU over frames: `[n, frames, 1, h, w]` → `[n, 2, 1, h, w]`.
     Crnn(FrameGru<B>),
+    /// Retina U-Net: a U-Net with a head of [`crate::retina::head_channels`] on every decoder level.
+    Retina(UNet<B>),
+}
+
+/// The strides of a Retina U-Net's heads, coarsest first, for `levels` U-Net levels: 2^(levels−2), …, 2, 1.
+pub fn retina_strides(levels: usize) -> Vec<usize> {
+    (0..levels - 1).rev().map(|l| 1usize << l).collect()
 }
 
 /// CNN + RNN over the frames of a 2D dynamic series: a 2D U-Net (shared by every frame) turns each frame into
@@ -82,6 +89,12 @@ pub fn build<B: Backend>(recipe: &DetRecipe, device: &B::Device) -> Detector<B> 
             Detector::Sae(SaeClassifier::new(k * k, &recipe.model.sae.hidden, 2, device))
         }
         Arch::Crnn => Detector::Crnn(FrameGru::new(recipe.model.channels.clone(), 16, 16, device)),
+        Arch::Retina => Detector::Retina(
+            UNetConfig::new(recipe.dims(), 1, crate::retina::head_channels(recipe.dims()), recipe.model.channels.clone())
+                .with_norm(NormKind::Instance)
+                .with_deep_supervision(true)
+                .init(device),
+        ),
     }
 }
 

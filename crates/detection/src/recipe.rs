@@ -169,6 +169,9 @@ pub enum Arch {
     /// CNN + RNN over the frames of a dynamic series: a 2D U-Net encodes every frame, a GRU runs over the frames of
     /// each pixel, and a linear head gives the heatmap and size of the centre-point detector; 2D series.
     Crnn,
+    /// Retina U-Net: RetinaNet's anchors, focal loss and box regression on every decoder level of a U-Net (a
+    /// feature pyramid), 2D or 3D; marks are boxes.
+    Retina,
 }
 
 /// `[dynamic]`: the images become dynamic series (one channel per frame) in which the inserted lesions wash in and
@@ -447,6 +450,9 @@ impl DetRecipe {
         if !(2..=6).contains(&levels) || self.model.channels.iter().any(|&c| c == 0 || c > 1024) {
             return bad(format!("model.channels {:?}: 2 to 6 levels of 1..=1024 channels", self.model.channels));
         }
+        if self.model.arch == Arch::Retina && levels < 3 {
+            return bad("the retina detector needs at least 3 U-Net levels (heads on strides 1, 2, …)".into());
+        }
         let div = 1usize << (levels - 1);
         if t.patch.iter().any(|p| !p.is_multiple_of(div)) {
             return bad(format!("train.patch {:?}: every size must be divisible by {div} for {levels} levels", t.patch));
@@ -517,6 +523,9 @@ impl DetRecipe {
             }
             if self.model.arch == Arch::Sae {
                 return bad("the sae detector does not take dynamic series".into());
+            }
+            if self.model.arch == Arch::Retina {
+                return bad("the retina detector does not take dynamic series".into());
             }
         } else if self.model.arch == Arch::Crnn {
             return bad("arch = \"crnn\" needs a [dynamic] section".into());

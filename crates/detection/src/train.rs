@@ -171,6 +171,33 @@ impl<B: AutodiffBackend> DetTask<'_, B> {
     }
 }
 
+/// The Retina U-Net loss of a batch: focal and box losses of every level, over the batch's positive anchors.
+fn retina_loss<B: burn::tensor::backend::Backend>(
+    net: &vesalius_nets::UNet<B>,
+    input: Tensor<B, 5>,
+    boxes: &[Vec<vesalius_eval::detection::Aabb>],
+    nd: usize,
+) -> Tensor<B, 1> {
+    let device = input.device();
+    let (last, aux) = net.forward_all(input);
+    let strides = crate::model::retina_strides(net.levels());
+    let mut total: Option<Tensor<B, 1>> = None;
+    let mut positives = 0.0;
+    for (out, stride) in aux.into_iter().chain(std::iter::once(last)).zip(strides) {
+        let [_, _, d, h, w] = out.dims();
+        let level = crate::retina::Level { stride, grid: [w, h, d] };
+        let matches: Vec<_> = boxes.iter().map(|b| crate::retina::match_anchors(&level, nd, b)).collect();
+        let (sum, pos) = crate::retina::level_loss(out, &matches, nd);
+        positives += pos;
+        total = Some(match total {
+            Some(t) => t + sum,
+            None => sum,
+        });
+    }
+    let total = total.unwrap_or_else(|| Tensor::zeros([1], &device));
+    total / positives.max(1.0)
+}
+
 /// False-positive marks (probability ≥ 0.3, outside every finding's radius) of `net` on a training scan, in voxels.
 fn false_positives<B: burn::tensor::backend::Backend>(
     net: &Detector<B>,
@@ -245,6 +272,7 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_, B> {
             let mut x = Vec::with_capacity(t.batch * per);
             let (mut heat, mut sz, mut mask) =
                 (Vec::with_capacity(t.batch * per), Vec::with_capacity(t.batch * per), Vec::with_capacity(t.batch * per));
+            let mut boxes: Vec<Vec<vesalius_eval::detection::Aabb>> = Vec::new();
             for _ in 0..t.batch {
                 let i = rng.random_range(0..scans.len());
                 let (scan, tg) = (&scans[i], &targets[i]);
@@ -264,10 +292,24 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_, B> {
                 let aug = Augment::draw(&mut rng, size, nd);
                 let moved: Vec<_> = local.iter().map(|l| aug.target(l, size)).collect();
                 let out_size = if aug.transpose { [size[1], size[0], size[2]] } else { size };
-                let rendered = render_targets(out_size, &moved);
                 let mut values = aug.channels(&values, size);
                 data::jitter_intensity(&mut values, t.intensity_jitter, &mut rng);
                 x.extend(values);
+                if self.recipe.model.arch == Arch::Retina {
+                    boxes.push(
+                        moved
+                            .iter()
+                            .filter(|m| (0..nd).all(|a| m.centre[a] >= -0.5 && m.centre[a] < out_size[a] as f64 - 0.5))
+                            .map(|m| {
+                                let lo = std::array::from_fn(|a| if a < nd { m.centre[a] - m.half[a] } else { -0.5 });
+                                let hi = std::array::from_fn(|a| if a < nd { m.centre[a] + m.half[a] } else { 0.5 });
+                                vesalius_eval::detection::Aabb::new(lo, hi)
+                            })
+                            .collect(),
+                    );
+                    continue;
+                }
+                let rendered = render_targets(out_size, &moved);
                 heat.extend(rendered.heat);
                 sz.extend(rendered.size);
                 mask.extend(rendered.size_mask);
@@ -279,6 +321,10 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_, B> {
             let out = match stepper.model() {
                 Detector::Centre(net) => net.forward(input),
                 Detector::Crnn(net) => net.forward(input),
+                Detector::Retina(net) => {
+                    stepper.step(retina_loss(net, input, &boxes, nd))?;
+                    continue;
+                }
                 Detector::Sae(_) => return Err(DetectError::Internal("a centre-point recipe with another network".into())),
             };
             let loss = centre_loss(out, tensor(heat), tensor(sz), tensor(mask));

@@ -89,6 +89,10 @@ pub fn format_metrics(m: &vesalius_detection::evaluate::DetMetrics) -> String {
         e(&op.f1),
         op.marks
     ));
+    if let Some(ap) = &m.average_precision {
+        let v: Vec<String> = ap.iter().map(|(k, v)| format!("AP@{k} {v:.4}")).collect();
+        s.push_str(&format!("  boxes: {}\n", v.join("  ")));
+    }
     s
 }
 
