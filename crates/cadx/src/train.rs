@@ -14,9 +14,9 @@ use vesalius_data::dataset::ClassificationDataset;
 use vesalius_data::source::{self, Samples, SourceConfig, Split};
 use vesalius_data::split;
 use vesalius_eval::classification::{ClassificationReport, point_metrics};
-use vesalius_nets::{Arch, Autoencoder, AutoencoderConfig, Classifier, ClassifierConfig, SAE_HIDDEN};
+use vesalius_nets::{Arch, Autoencoder, Classifier, ClassifierConfig, SAE_HIDDEN};
 use vesalius_train::engine::{self, RunOptions};
-use vesalius_train::greedy::{GreedyConfig, train_stacked};
+use vesalius_train::greedy::{GreedyConfig, train_stacked_in_run};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, Stepper, Task, Validation};
 
@@ -236,11 +236,6 @@ pub fn pretrain<B: AutodiffBackend>(
     }
     // A sigmoid reconstruction for data in [0, 1]; a linear one otherwise.
     let sigmoid_output = rows.iter().all(|v| (0.0..=1.0).contains(v));
-    let model_path = run.file("pretrain/autoencoder.mpk");
-    if model_path.is_file() {
-        let template = AutoencoderConfig::new(dim, SAE_HIDDEN.to_vec()).with_sigmoid_output(sigmoid_output).init::<B>(device);
-        return Ok(Some(engine::load_module(template, &model_path, device)?));
-    }
     let config = GreedyConfig {
         hidden: SAE_HIDDEN.to_vec(),
         epochs: p.epochs,
@@ -252,18 +247,10 @@ pub fn pretrain<B: AutodiffBackend>(
         sigmoid_output,
         seed: recipe.seed,
     };
-    let mut lines = String::new();
-    let ae = train_stacked::<B>(&rows, dim, &config, device, |r| {
-        lines.push_str(&serde_json::to_string(r).unwrap_or_default());
-        lines.push('\n');
-        if !quiet {
-            eprintln!("pre-training {:<10} epoch {:>3}  reconstruction loss {:.5}", r.stage, r.epoch, r.loss);
-        }
-    })
-    .map_err(|e| CadxError::Input(e.to_string()))?;
-    std::fs::create_dir_all(run.file("pretrain")).map_err(|e| CadxError::Internal(format!("{}: {e}", run.file("pretrain").display())))?;
-    vesalius_io::write_atomic(&run.file("pretrain/log.jsonl"), lines.as_bytes()).map_err(|e| CadxError::Internal(e.to_string()))?;
-    engine::save_module(&ae, &model_path)?;
+    let ae = train_stacked_in_run::<B>(run, || Ok(rows), dim, &config, device, quiet).map_err(|e| match e {
+        vesalius_train::TrainError::Input(m) => CadxError::Input(m),
+        other => CadxError::Internal(other.to_string()),
+    })?;
     Ok(Some(ae))
 }
 

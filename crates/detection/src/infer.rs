@@ -117,20 +117,8 @@ pub fn maps<B: Backend>(net: &Detector<B>, scan: &Scan, roi: &[usize], device: &
     let nd = scan.ndim;
     // Pad up to the window where the scan is smaller.
     let padded: [usize; 3] = std::array::from_fn(|a| if a < nd { scan.shape[a].max(roi[a]) } else { 1 });
-    let np_: usize = padded.iter().product();
-    let mut data = vec![0f32; np_ * scan.channels];
+    let img = padded_image(scan, padded)?;
     let [sx, sy, sz] = scan.shape;
-    let n = scan.voxels();
-    for c in 0..scan.channels {
-        for z in 0..sz {
-            for y in 0..sy {
-                let dst = c * np_ + padded[0] * (y + padded[1] * z);
-                let src = c * n + sx * (y + sy * z);
-                data[dst..dst + sx].copy_from_slice(&scan.data[src..src + sx]);
-            }
-        }
-    }
-    let img = Image::new(data, padded[..nd].to_vec(), scan.channels, *scan.geometry.affine(), "float32")?;
     let sw = SlidingWindow { roi: roi.to_vec(), overlap: 0.5, batch: 4, sigma_scale: 0.125, flip_tta: false, probabilities: true };
     let pred = sw
         .run::<B>(&img, device, |x: Tensor<B, 5>| {
@@ -233,6 +221,24 @@ pub fn scan_of_file(path: &std::path::Path, recipe: &crate::recipe::DetRecipe) -
     })
 }
 
+/// The scan as an image zero-padded (after its end along each axis) to `padded`, every channel.
+fn padded_image(scan: &Scan, padded: [usize; 3]) -> Result<Image, DetectError> {
+    let np_: usize = padded.iter().product();
+    let mut data = vec![0f32; np_ * scan.channels];
+    let [sx, sy, sz] = scan.shape;
+    let n = scan.voxels();
+    for c in 0..scan.channels {
+        for z in 0..sz {
+            for y in 0..sy {
+                let dst = c * np_ + padded[0] * (y + padded[1] * z);
+                let src = c * n + sx * (y + sy * z);
+                data[dst..dst + sx].copy_from_slice(&scan.data[src..src + sx]);
+            }
+        }
+    }
+    Ok(Image::new(data, padded[..scan.ndim].to_vec(), scan.channels, *scan.geometry.affine(), "float32")?)
+}
+
 /// Nearest-neighbour up-sampling of `[n, c, d, h, w]` by `s` along the spatial axes (`d` too in 3D).
 fn upsample<B: Backend>(x: Tensor<B, 5>, s: usize, nd: usize) -> Tensor<B, 5> {
     if s == 1 {
@@ -259,19 +265,7 @@ pub fn retina_detect<B: Backend>(
     let padded: [usize; 3] =
         std::array::from_fn(|a| if a < nd { scan.shape[a].max(roi[a]).next_multiple_of((roi[a] / 2).max(1)) } else { 1 });
     let np_: usize = padded.iter().product();
-    let mut data = vec![0f32; np_ * scan.channels];
-    let [sx, sy, sz] = scan.shape;
-    let n = scan.voxels();
-    for c in 0..scan.channels {
-        for z in 0..sz {
-            for y in 0..sy {
-                let dst = c * np_ + padded[0] * (y + padded[1] * z);
-                let src = c * n + sx * (y + sy * z);
-                data[dst..dst + sx].copy_from_slice(&scan.data[src..src + sx]);
-            }
-        }
-    }
-    let img = Image::new(data, padded[..nd].to_vec(), scan.channels, *scan.geometry.affine(), "float32")?;
+    let img = padded_image(scan, padded)?;
     let sw = SlidingWindow { roi: roi.clone(), overlap: 0.5, batch: 2, sigma_scale: 0.0, flip_tta: false, probabilities: true };
     let pred = sw
         .run::<B>(&img, device, |x: Tensor<B, 5>| {

@@ -17,10 +17,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use vesalius_nets::{Autoencoder, AutoencoderConfig, SaeClassifier};
+use vesalius_nets::{Autoencoder, SaeClassifier};
 use vesalius_train::RunDir;
-use vesalius_train::engine;
-use vesalius_train::greedy::{GreedyConfig, Sparsity, train_stacked};
+use vesalius_train::greedy::{GreedyConfig, Sparsity, train_stacked_in_run};
 
 use crate::DetectError;
 use crate::annotations::Detection;
@@ -109,27 +108,6 @@ pub fn pretrain<B: AutodiffBackend>(
     let a = &recipe.model.sae;
     let k = a.patch;
     let dim = k * k;
-    let path = run.file("pretrain/autoencoder.mpk");
-    if path.is_file() {
-        let template = AutoencoderConfig::new(dim, a.hidden.clone()).with_sigmoid_output(false).init::<B>(device);
-        return Ok(engine::load_module(template, &path, device)?);
-    }
-    let mut rng = crate::data::epoch_rng(vesalius_io::mix(recipe.seed ^ 0x5ae));
-    let targets: Vec<Vec<Target>> = scans.iter().map(|(s, _)| s.targets()).collect();
-    let mut rows = Vec::with_capacity(a.samples * dim);
-    let mut n = 0;
-    let mut tries = 0;
-    while n < a.samples {
-        tries += 1;
-        if tries > 10 * a.samples {
-            return Err(DetectError::Input(format!("only {n} of {} pre-training patches fit outside the held-out bands", a.samples)));
-        }
-        let i = rng.random_range(0..scans.len());
-        if let Some((p, _)) = draw(&scans[i].0, &targets[i], &scans[i].1, k, n % 2 == 0, &[], false, &mut rng) {
-            rows.extend(p);
-            n += 1;
-        }
-    }
     let config = GreedyConfig {
         hidden: a.hidden.clone(),
         epochs: a.pretrain_epochs,
@@ -141,18 +119,28 @@ pub fn pretrain<B: AutodiffBackend>(
         sigmoid_output: false,
         seed: recipe.seed,
     };
-    let mut lines = String::new();
-    let ae = train_stacked::<B>(&rows, dim, &config, device, |r| {
-        lines.push_str(&serde_json::to_string(r).unwrap_or_default());
-        lines.push('\n');
-        if !quiet {
-            eprintln!("pre-training {:<10} epoch {:>3}  reconstruction loss {:.5}", r.stage, r.epoch, r.loss);
+    let rows = || {
+        let mut rng = crate::data::epoch_rng(vesalius_io::mix(recipe.seed ^ 0x5ae));
+        let targets: Vec<Vec<Target>> = scans.iter().map(|(s, _)| s.targets()).collect();
+        let mut rows = Vec::with_capacity(a.samples * dim);
+        let (mut n, mut tries) = (0, 0);
+        while n < a.samples {
+            tries += 1;
+            if tries > 10 * a.samples {
+                return Err(vesalius_train::TrainError::Input(format!(
+                    "only {n} of {} pre-training patches fit outside the held-out bands",
+                    a.samples
+                )));
+            }
+            let i = rng.random_range(0..scans.len());
+            if let Some((p, _)) = draw(&scans[i].0, &targets[i], &scans[i].1, k, n % 2 == 0, &[], false, &mut rng) {
+                rows.extend(p);
+                n += 1;
+            }
         }
-    })
-    .map_err(|e| DetectError::Input(e.to_string()))?;
-    std::fs::create_dir_all(run.file("pretrain")).map_err(|e| DetectError::Internal(format!("{}: {e}", run.file("pretrain").display())))?;
-    vesalius_io::write_atomic(&run.file("pretrain/log.jsonl"), lines.as_bytes()).map_err(|e| DetectError::Internal(e.to_string()))?;
-    engine::save_module(&ae, &path)?;
+        Ok(rows)
+    };
+    let ae = train_stacked_in_run::<B>(run, rows, dim, &config, device, quiet)?;
     Ok(ae)
 }
 

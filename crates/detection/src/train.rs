@@ -24,10 +24,7 @@ use crate::recipe::{Arch, DetRecipe};
 
 /// Whether `dir` holds a detection run (its recipe says `task = "detection"`).
 pub fn is_run(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("recipe.toml"))
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .is_some_and(|t| t.get("task").and_then(|v| v.as_str()) == Some("detection"))
+    vesalius_train::run::recipe_task(dir).as_deref() == Some("detection")
 }
 
 /// What may change in a run folder that already trained: the learning rate and the number of epochs.

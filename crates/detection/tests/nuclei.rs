@@ -17,17 +17,29 @@ fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-#[test]
-fn nuclei_recipe_at_reduced_size_detects_held_out_nuclei() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let path = root().join("recipes/nuclei-2d.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace("epochs = 30", "epochs = 8").replace("iterations = 16", "iterations = 8");
+/// Trains a shipped recipe with some of its lines replaced; returns the folder, the run and the outcome.
+fn train_shipped(name: &str, replace: &[(&str, &str)]) -> (tempfile::TempDir, RunDir, vesalius_detection::train::TrainOutcome) {
+    let path = root().join("recipes").join(name);
+    let text = replace.iter().fold(std::fs::read_to_string(&path).unwrap(), |t, (a, b)| t.replace(a, b));
     let recipe = DetRecipe::from_toml(&text, &path.parent().unwrap().canonicalize().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
+    let out = vesalius_detection::train::train::<AB>(
+        &recipe,
+        &run,
+        &Default::default(),
+        &RunOptions { quiet: true, ..Default::default() },
+        |_| {},
+    )
+    .unwrap();
+    (dir, run, out)
+}
+
+#[test]
+fn nuclei_recipe_at_reduced_size_detects_held_out_nuclei() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let (_dir, run, out) = train_shipped("nuclei-2d.toml", &[("epochs = 30", "epochs = 8"), ("iterations = 16", "iterations = 8")]);
     let device = Default::default();
-    let out =
-        vesalius_detection::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet: true, ..Default::default() }, |_| {}).unwrap();
     assert!(out.complete);
     // One training image; the validation rows and the test rows as four 128-pixel tiles each.
     assert_eq!(out.sizes, [1, 4, 4]);
@@ -75,18 +87,14 @@ fn recipes_without_findings_or_with_bad_patches_are_refused() {
 #[test]
 fn stacked_sparse_auto_encoder_scanned_over_the_image_finds_nuclei() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let path = root().join("recipes/nuclei-2d-sae.toml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("samples = 4000, pretrain_epochs = 10", "samples = 1000, pretrain_epochs = 3")
-        .replace("epochs = 30", "epochs = 6")
-        .replace("iterations = 16", "iterations = 8");
-    let recipe = DetRecipe::from_toml(&text, &path.parent().unwrap().canonicalize().unwrap()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let run = RunDir::new(dir.path());
-    let device = Default::default();
-    let out =
-        vesalius_detection::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet: true, ..Default::default() }, |_| {}).unwrap();
+    let (_dir, run, out) = train_shipped(
+        "nuclei-2d-sae.toml",
+        &[
+            ("samples = 4000, pretrain_epochs = 10", "samples = 1000, pretrain_epochs = 3"),
+            ("epochs = 30", "epochs = 6"),
+            ("iterations = 16", "iterations = 8"),
+        ],
+    );
     // Greedy pre-training ran stage by stage before fine-tuning: two layers and the end-to-end stage.
     let log = std::fs::read_to_string(run.file("pretrain/log.jsonl")).unwrap();
     for stage in ["layer-1", "layer-2", "fine-tune"] {
@@ -106,19 +114,7 @@ fn stacked_sparse_auto_encoder_scanned_over_the_image_finds_nuclei() {
 #[test]
 fn retina_u_net_finds_nuclei_as_boxes() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let path = root().join("recipes/nuclei-2d-retina.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace("epochs = 30", "epochs = 4").replace("iterations = 16", "iterations = 10");
-    let recipe = DetRecipe::from_toml(&text, &path.parent().unwrap().canonicalize().unwrap()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let run = RunDir::new(dir.path());
-    let out = vesalius_detection::train::train::<AB>(
-        &recipe,
-        &run,
-        &Default::default(),
-        &RunOptions { quiet: true, ..Default::default() },
-        |_| {},
-    )
-    .unwrap();
+    let (_dir, run, out) = train_shipped("nuclei-2d-retina.toml", &[("epochs = 30", "epochs = 4"), ("iterations = 16", "iterations = 10")]);
     let m = out.test.unwrap();
     let ap = m.average_precision.clone().unwrap();
     // Measured CPM 0.76, AP@0.1 0.80 and AP@0.5 0.73 at this size.

@@ -43,10 +43,7 @@ pub struct EnhanceInfo {
 
 /// Whether `dir` holds an enhancement run (its recipe says `task = "enhancement"`).
 pub fn is_run(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("recipe.toml"))
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .is_some_and(|t| t.get("task").and_then(|v| v.as_str()) == Some("enhancement"))
+    vesalius_train::run::recipe_task(dir).as_deref() == Some("enhancement")
 }
 
 /// What may change in a run folder that already trained: the learning rate, and the number of epochs (the

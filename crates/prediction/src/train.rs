@@ -263,8 +263,5 @@ pub fn train<AB: AutodiffBackend>(
 
 /// Whether `dir` holds a survival run.
 pub fn is_run(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("recipe.toml"))
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .is_some_and(|t| t.get("task").and_then(|v| v.as_str()) == Some("survival"))
+    vesalius_train::run::recipe_task(dir).as_deref() == Some("survival")
 }

@@ -31,10 +31,7 @@ use crate::{RegError, normalised, to_vec};
 
 /// Whether `dir` holds a learned-registration run (its `recipe.toml` says `task = "registration"`).
 pub fn is_run(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("recipe.toml"))
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .is_some_and(|t| t.get("task").and_then(|v| v.as_str()) == Some("registration"))
+    vesalius_train::run::recipe_task(dir).as_deref() == Some("registration")
 }
 
 /// The common grid of a fixed image: RAS+ axes, the recipe's spacing and shape (x, y, z), centred on the fixed

@@ -180,6 +180,40 @@ impl GreedyConfig {
     }
 }
 
+/// [`train_stacked`] kept in a run folder: the auto-encoder as `pretrain/autoencoder.mpk` and every stage's losses
+/// in `pretrain/log.jsonl` (each written atomically, the model last); a run that resumes reads the model back
+/// instead of training again. `rows` is called only when training is needed. Progress lines go to standard error
+/// unless `quiet`.
+pub fn train_stacked_in_run<B: AutodiffBackend>(
+    run: &crate::run::RunDir,
+    rows: impl FnOnce() -> Result<Vec<f32>, TrainError>,
+    dim: usize,
+    config: &GreedyConfig,
+    device: &B::Device,
+    quiet: bool,
+) -> Result<Autoencoder<B>, TrainError> {
+    let model_path = run.file("pretrain/autoencoder.mpk");
+    if model_path.is_file() {
+        let template =
+            vesalius_nets::AutoencoderConfig::new(dim, config.hidden.clone()).with_sigmoid_output(config.sigmoid_output).init::<B>(device);
+        return crate::engine::load_module(template, &model_path, device);
+    }
+    let data = rows()?;
+    let mut lines = String::new();
+    let ae = train_stacked::<B>(&data, dim, config, device, |r| {
+        lines.push_str(&serde_json::to_string(r).unwrap_or_default());
+        lines.push('\n');
+        if !quiet {
+            eprintln!("pre-training {:<10} epoch {:>3}  reconstruction loss {:.5}", r.stage, r.epoch, r.loss);
+        }
+    })?;
+    let dir = run.file("pretrain");
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::Internal(format!("{}: {e}", dir.display())))?;
+    vesalius_io::write_atomic(&run.file("pretrain/log.jsonl"), lines.as_bytes()).map_err(|e| TrainError::Internal(e.to_string()))?;
+    crate::engine::save_module(&ae, &model_path)?;
+    Ok(ae)
+}
+
 /// Trains a stacked auto-encoder on `data` (rows of `dim` values) greedily, layer by layer, then fine-tunes it end
 /// to end; `on_epoch` sees every epoch of every stage.
 pub fn train_stacked<B: AutodiffBackend>(

@@ -192,3 +192,10 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| DataError::format(path, e.to_string()))?;
     write_atomic(path, format!("{text}\n").as_bytes())
 }
+
+/// The `task` a run folder's stored recipe names (`recipe.toml`), if any.
+pub fn recipe_task(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("recipe.toml")).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    table.get("task").and_then(|v| v.as_str()).map(str::to_string)
+}
