@@ -1,7 +1,7 @@
 //! Training on the shared engine: seeded patches — near findings, anywhere in the training region, and on the
 //! previous model's false positives (hard-negative mining) — with flips and transpositions that move the findings
-//! with the image, lesions inserted afresh every epoch when the recipe asks, CenterNet's loss, Adam; the CPM on
-//! the validation scans selects the model, and the best model's test evaluation is written as `metrics.json`.
+//! with the image, lesions inserted afresh every epoch when the recipe asks, CenterNet's loss, Adam; the mean of
+//! the CPM and the F1 on the validation scans selects the model, and the best model's test evaluation is written as `metrics.json`.
 use std::path::Path;
 
 use burn::module::AutodiffModule;
@@ -349,9 +349,17 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_, B> {
                 .metric("sensitivity", op.sensitivity.value)
                 .metric("precision", op.precision.value)
                 .metric("threshold", threshold)
-                .score(froc.cpm),
+                .metric("f1", op.f1.value)
+                .score(selection_score(froc.cpm, op.f1.value)),
         ))
     }
+}
+
+/// The validation score that selects the model: the mean of the CPM (ranking over the whole FROC range) and the F1
+/// at the validation-chosen threshold (the operating point users apply), so that a model whose CPM saturates on a
+/// small validation set is still told apart by how clean its marks are.
+pub fn selection_score(cpm: f64, f1: f64) -> f64 {
+    0.5 * (cpm + if f1.is_finite() { f1 } else { 0.0 })
 }
 
 /// Trains `recipe` into `run` (resuming a run of the same recipe), then evaluates the best model on the test

@@ -129,7 +129,7 @@ pub fn train(backend: BackendKind, source: &Path, out: Option<PathBuf>, quiet: b
         println!("stopped after epoch {}", outcome.state.epochs_done);
     }
     println!(
-        "best validation CPM {} (epoch {})",
+        "best validation score (mean of CPM and F1) {} (epoch {})",
         outcome.state.best_score.map_or("-".to_string(), |d| format!("{d:.4}")),
         outcome.state.best_epoch.unwrap_or(0)
     );
