@@ -123,7 +123,15 @@ pub fn read_luna_csv(path: &Path, frame: Frame) -> Result<Vec<Detection>, Detect
 
 /// LUNA16 CSV text (with `diameter_mm`, and `probability` when any detection has one) in `frame`.
 pub fn luna_csv(detections: &[Detection], frame: Frame) -> String {
-    let with_prob = detections.iter().any(|d| d.probability.is_some());
+    csv_text(detections, frame, detections.iter().any(|d| d.probability.is_some()))
+}
+
+/// LUNA16 detection CSV text: always with the `probability` column, even for no marks.
+pub fn luna_marks_csv(marks: &[Detection], frame: Frame) -> String {
+    csv_text(marks, frame, true)
+}
+
+fn csv_text(detections: &[Detection], frame: Frame, with_prob: bool) -> String {
     let mut text = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm");
     if with_prob {
         text.push_str(",probability");
@@ -143,6 +151,11 @@ pub fn luna_csv(detections: &[Detection], frame: Frame) -> String {
 /// Writes [`luna_csv`] to `path`, atomically.
 pub fn write_luna_csv(path: &Path, detections: &[Detection], frame: Frame) -> Result<(), DetectError> {
     vesalius_io::write_atomic(path, luna_csv(detections, frame).as_bytes()).map_err(|e| DetectError::Internal(e.to_string()))
+}
+
+/// Writes [`luna_marks_csv`] to `path`, atomically.
+pub fn write_luna_marks_csv(path: &Path, marks: &[Detection], frame: Frame) -> Result<(), DetectError> {
+    vesalius_io::write_atomic(path, luna_marks_csv(marks, frame).as_bytes()).map_err(|e| DetectError::Internal(e.to_string()))
 }
 
 fn csv_field(s: &str) -> String {

@@ -365,7 +365,7 @@ pub fn evaluate_prepared<B: burn::tensor::backend::Backend>(
     let (froc_report, op) = score(scans, &marks, threshold, recipe, recipe.seed)?;
     let name = set.name();
     let det_file = format!("detections-{name}.csv");
-    crate::annotations::write_luna_csv(&run.file(&det_file), &marks, crate::geometry::Frame::Lps)?;
+    crate::annotations::write_luna_marks_csv(&run.file(&det_file), &marks, crate::geometry::Frame::Lps)?;
     let truth: Vec<Detection> = scans.iter().flat_map(|s| s.findings.iter().cloned()).collect();
     let ids: Vec<String> = scans.iter().map(|s| s.id.clone()).collect();
     let (_, curve) =

@@ -167,8 +167,8 @@ pub fn predict(backend: BackendKind, run_dir: &Path, inputs: &[PathBuf], output:
         Ok::<_, CliError>(all)
     })?;
     match output {
-        Some(path) => vesalius_detection::annotations::write_luna_csv(path, &marks, Frame::Lps)?,
-        None => print!("{}", vesalius_detection::annotations::luna_csv(&marks, Frame::Lps)),
+        Some(path) => vesalius_detection::annotations::write_luna_marks_csv(path, &marks, Frame::Lps)?,
+        None => print!("{}", vesalius_detection::annotations::luna_marks_csv(&marks, Frame::Lps)),
     }
     Ok(())
 }

@@ -919,3 +919,61 @@ fn evaluate_detection_files_as_luna16_does() {
         "unknown frame",
     );
 }
+
+#[test]
+fn detection_train_evaluate_and_predict_write_luna16_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = root().join("fixtures/stardist");
+    let recipe = dir.path().join("det.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"task = "detection"
+[data]
+images = [{{ id = "dsb", image = "{0}/nuclei.png", instances = "{0}/nuclei_labels.png" }}]
+val_band = {{ axis = 1, start = 384, end = 448 }}
+test_band = {{ axis = 1, start = 448, end = 512 }}
+[model]
+channels = [8, 16]
+[train]
+epochs = 1
+iterations = 2
+batch = 2
+patch = [32, 32]
+[eval]
+min_probability = 0.001
+"#,
+            fixtures.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("test set: 1 scan(s)") && out.contains("CPM") && out.contains("sensitivity at FP/scan"), "{out}");
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "val"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let val: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics-val.json")).unwrap()).unwrap();
+    assert_eq!(val["set"], "validation");
+    assert_eq!(val["scans"][0], "dsb:val");
+    // Predict on the picture: LUNA16 columns, one row per mark, in the picture's (column, row) frame.
+    let csv = dir.path().join("marks.csv");
+    let image = fixtures.join("nuclei.png");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), image.to_str().unwrap(), "-o", csv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("seriesuid,coordX,coordY,coordZ,diameter_mm,probability\n"), "{text}");
+    // A barely trained network still has heatmap peaks above 0.001: at most the cap of 100 marks.
+    let rows = text.lines().count() - 1;
+    assert!((1..=100).contains(&rows), "{rows} marks");
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[0], "nuclei");
+        let (x, y): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        assert!((0.0..512.0).contains(&x) && (0.0..512.0).contains(&y), "{line}");
+    }
+    // A 3-channel image for a 1-channel detector: exit 2 naming the file.
+    let rgb = root().join("fixtures/histology/cmu1_crop.png");
+    assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), rgb.to_str().unwrap()]), "cmu1_crop.png");
+}
