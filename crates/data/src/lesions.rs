@@ -15,9 +15,11 @@
 //! use vesalius_data::{Image, IDENTITY};
 //! let host = Image::new(vec![100.0; 64 * 64 * 32], vec![64, 64, 32], 1, IDENTITY, "float32").unwrap();
 //! let spec = LesionSpec { count: 3, diameter_mm: [8.0, 12.0], contrast: [50.0, 50.0], elongation: 1.0 };
-//! let (out, lesions) = insert_lesions(&host, None, &spec, 7).unwrap();
+//! let region = vec![true; host.voxels()];
+//! let (out, lesions) = insert_lesions(&host, Some(&region), &spec, 7).unwrap();
 //! assert_eq!(lesions.len(), 3);
-//! // A flat host has σ = 0, so the lesion is the host's mean: the image is unchanged except for partial volume of equal values.
+//! assert!(lesions.iter().all(|l| (8.0..=12.0).contains(&l.diameter_mm)));
+//! // A flat host has σ = 0 and no noise, so each lesion is the host's mean: the image is unchanged.
 //! assert!(out.data().iter().all(|&v| (v - 100.0).abs() < 1e-3));
 //! ```
 use rand::{Rng, SeedableRng};
