@@ -16,9 +16,10 @@
 //! // One 2D level of stride 4 on a 16×16 patch: 4×4 locations, three anchors each.
 //! let level = Level { stride: 4, grid: [4, 4, 1] };
 //! assert_eq!(anchor_sides(4), [16.0, 16.0 * 2f64.powf(1.0 / 3.0), 16.0 * 2f64.powf(2.0 / 3.0)]);
-//! let boxes = [Aabb::new([0.0, 0.0, 0.0], [16.0, 16.0, 1.0])];
+//! // Location (1, 1) covers voxels 4-7 along each axis: its first anchor is the square of side 16 around 5.5.
+//! let boxes = [Aabb::new([-2.5, -2.5, 0.0], [13.5, 13.5, 1.0])];
 //! let m = match_anchors(&level, 2, &boxes);
-//! // The anchor of side 16 centred at (7.5, 7.5) covers the box exactly: positive, zero deltas.
+//! // That anchor covers the box exactly: positive, zero deltas.
 //! let i = m.index(0, [1, 1, 0]);
 //! assert_eq!(m.class[i], 1.0);
 //! assert!(m.deltas[i].iter().all(|d| d.abs() < 1e-9));
