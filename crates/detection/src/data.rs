@@ -413,9 +413,10 @@ pub fn prepare(recipe: &DetRecipe) -> Result<Prepared, DetectError> {
      -> Result<(Image, Vec<Detection>), DetectError> {
         let id = &e.name();
         match &recipe.insert {
-            Some(ins) if ins.eval_count > 0 && e.insert => {
+            Some(ins) if e.count.unwrap_or(ins.eval_count) > 0 && e.insert => {
                 let seed = vesalius_io::mix(recipe.seed ^ vesalius_io::mix(salt));
-                let (out, mut inserted) = lesions_for(recipe, &img, region.as_deref(), &lesion_spec(ins, ins.eval_count), seed, id)?;
+                let count = e.count.unwrap_or(ins.eval_count);
+                let (out, mut inserted) = lesions_for(recipe, &img, region.as_deref(), &lesion_spec(ins, count), seed, id)?;
                 inserted.extend(findings);
                 Ok((out, inserted))
             }

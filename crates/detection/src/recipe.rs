@@ -48,6 +48,9 @@ pub struct ImageEntry {
     /// Whether `[insert]` puts lesions into this image (false for images whose own lesions are the findings).
     #[serde(default = "yes")]
     pub insert: bool,
+    /// Lesions inserted into this image for validation or testing, instead of `[insert] eval_count`.
+    #[serde(default)]
+    pub count: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -431,6 +434,9 @@ impl DetRecipe {
             let sources = [&e.instances, &e.mask, &e.annotations].iter().filter(|s| s.is_some()).count();
             if sources > 1 {
                 return bad(format!("image {}: give one of instances, mask and annotations", e.name()));
+            }
+            if e.count.is_some_and(|c| c > 1000) {
+                return bad(format!("image {}: count ≤ 1000", e.name()));
             }
             if sources == 0 && self.insert.is_none() {
                 return bad(format!("image {}: no findings (instances, mask or annotations) and no [insert]", e.name()));
