@@ -239,18 +239,11 @@ fn padded_image(scan: &Scan, padded: [usize; 3]) -> Result<Image, DetectError> {
     Ok(Image::new(data, padded[..scan.ndim].to_vec(), scan.channels, *scan.geometry.affine(), "float32")?)
 }
 
-/// Nearest-neighbour up-sampling of `[n, c, d, h, w]` by `s` along the spatial axes (`d` too in 3D).
-fn upsample<B: Backend>(x: Tensor<B, 5>, s: usize, nd: usize) -> Tensor<B, 5> {
-    if s == 1 {
-        return x;
-    }
-    let [n, c, d, h, w] = x.dims();
-    let sd = if nd == 3 { s } else { 1 };
-    x.reshape([n, c, d, 1, h, 1, w, 1]).repeat_dim(3, sd).repeat_dim(5, s).repeat_dim(7, s).reshape([n, c, d * sd, h * s, w * s])
-}
-
-/// The box marks of a Retina U-Net on a scan: every level's heads by sliding windows (the scan padded so windows
-/// and cells align), anchors decoded to boxes, the 1000 best kept, non-maximum suppression at IoU 0.3, the cap.
+/// The box marks of a Retina U-Net on a scan, window by window as nnDetection does: the scan is padded so windows
+/// (half-overlapping) start on multiples of every stride, each window's heads are decoded to boxes in scan voxels
+/// and kept where centred in the window's middle half, and only the best candidates are kept between windows, so memory is one window's outputs and a bounded list of
+/// boxes whatever the scan's size; then the 1000 best, non-maximum suppression at IoU 0.3 (which also merges the
+/// same box seen by overlapping windows), the cap.
 pub fn retina_detect<B: Backend>(
     net: &UNet<B>,
     scan: &Scan,
@@ -260,53 +253,65 @@ pub fn retina_detect<B: Backend>(
     let nd = scan.ndim;
     let roi = &options.roi;
     let strides = crate::model::retina_strides(net.levels());
-    let per = crate::retina::head_channels(nd);
-    // Pad to the window and to a multiple of half a window, so every window starts on a multiple of every stride.
     let padded: [usize; 3] =
         std::array::from_fn(|a| if a < nd { scan.shape[a].max(roi[a]).next_multiple_of((roi[a] / 2).max(1)) } else { 1 });
     let np_: usize = padded.iter().product();
     let img = padded_image(scan, padded)?;
-    let sw = SlidingWindow { roi: roi.clone(), overlap: 0.5, batch: 2, sigma_scale: 0.0, flip_tta: false, probabilities: true };
-    let pred = sw
-        .run::<B>(&img, device, |x: Tensor<B, 5>| {
-            let (last, aux) = net.forward_all(x);
-            let mut outs: Vec<Tensor<B, 5>> = aux.into_iter().zip(&strides).map(|(a, &s)| upsample(a, s, nd)).collect();
-            outs.push(last);
-            Tensor::cat(outs, 1)
-        })
-        .map_err(|e| DetectError::Internal(e.to_string()))?;
-    let all = pred.probabilities.ok_or_else(|| DetectError::Internal("sliding window returned no maps".into()))?;
-    let mut found = Vec::new();
-    for (l, &s) in strides.iter().enumerate() {
-        let grid: [usize; 3] = std::array::from_fn(|a| if a < nd { padded[a] / s } else { 1 });
-        let cells: usize = grid.iter().product();
-        let mut out = vec![0f32; per * cells];
-        for ch in 0..per {
-            let base = (l * per + ch) * np_;
-            for z in 0..grid[2] {
-                for y in 0..grid[1] {
-                    for x in 0..grid[0] {
-                        let (vx, vy, vz) = (x * s, y * s, if nd == 3 { z * s } else { 0 });
-                        out[ch * cells + x + grid[0] * (y + grid[1] * z)] = all[base + vx + padded[0] * (vy + padded[1] * vz)];
-                    }
+    let win: [usize; 3] = std::array::from_fn(|a| if a < nd { roi[a] } else { 1 });
+    let starts = vesalius_data::patch::grid_starts(&padded[..nd], &roi[..nd], 0.5).map_err(|e| DetectError::Internal(e.to_string()))?;
+    let channels = scan.channels;
+    let mut candidates: Vec<(f64, vesalius_eval::detection::Aabb)> = Vec::new();
+    let keep_best = |c: &mut Vec<(f64, vesalius_eval::detection::Aabb)>| {
+        c.sort_by(|a, b| b.0.total_cmp(&a.0));
+        c.truncate(1000);
+    };
+    for st in starts {
+        let start: [usize; 3] = std::array::from_fn(|a| if a < nd { st[a] } else { 0 });
+        let mut v = Vec::with_capacity(win.iter().product::<usize>() * channels);
+        for c in 0..channels {
+            for z in 0..win[2] {
+                for y in 0..win[1] {
+                    let row = c * np_ + start[0] + padded[0] * ((y + start[1]) + padded[1] * (z + start[2]));
+                    v.extend_from_slice(&img.data()[row..row + win[0]]);
                 }
             }
         }
-        let level = crate::retina::Level { stride: s, grid };
-        for d in crate::retina::decode(&out, &level, nd, options.min_probability) {
-            let c = d.bbox.centre();
-            if (0..nd).any(|a| c[a] < -0.5 || c[a] >= scan.shape[a] as f64 - 0.5) {
-                continue;
+        let x = Tensor::<B, 5>::from_data(burn::tensor::TensorData::new(v, [1, channels, win[2], win[1], win[0]]), device);
+        let (last, aux) = net.forward_all(x);
+        for (out, &s) in aux.into_iter().chain(std::iter::once(last)).zip(&strides) {
+            let [_, _, d, h, w] = out.dims();
+            let values: Vec<f32> = out.into_data().convert::<f32>().to_vec().unwrap_or_default();
+            let level = crate::retina::Level { stride: s, grid: [w, h, d] };
+            for dec in crate::retina::decode(&values, &level, nd, options.min_probability) {
+                let shift = |p: [f64; 3]| std::array::from_fn(|a| p[a] + start[a] as f64);
+                let bbox = vesalius_eval::detection::Aabb { lo: shift(dec.bbox.lo), hi: shift(dec.bbox.hi) };
+                let c = bbox.centre();
+                // Each window keeps the boxes centred in its middle half (to the border where it touches one): with
+                // half-overlapping windows the middle halves tile the scan, and no box is judged at a window's edge.
+                let middle = (0..nd).all(|a| {
+                    let (lo, hi) = (start[a] as f64 + win[a] as f64 / 4.0, start[a] as f64 + 3.0 * win[a] as f64 / 4.0);
+                    let lo = if start[a] == 0 { f64::NEG_INFINITY } else { lo - 0.5 };
+                    let hi = if start[a] + win[a] >= padded[a] { f64::INFINITY } else { hi - 0.5 };
+                    c[a] >= lo && c[a] < hi
+                });
+                if middle && (0..nd).all(|a| c[a] >= -0.5 && c[a] < scan.shape[a] as f64 - 0.5) {
+                    candidates.push((dec.score, bbox));
+                }
             }
-            let lo: [f64; 3] = std::array::from_fn(|a| if a < nd { d.bbox.lo[a] + 0.5 } else { 0.0 });
-            let hi: [f64; 3] = std::array::from_fn(|a| if a < nd { d.bbox.hi[a] - 0.5 } else { 0.0 });
-            let world = scan.geometry.voxel_box_to_world(lo, hi);
-            found.push(Detection::from_box(&scan.id, world, Some(d.score), nd));
+        }
+        if candidates.len() > 4000 {
+            keep_best(&mut candidates);
         }
     }
-    // RetinaNet's pre-suppression cut: the 1000 best anchors.
-    found.sort_by(|a, b| b.probability.unwrap_or(0.0).total_cmp(&a.probability.unwrap_or(0.0)));
-    found.truncate(1000);
+    keep_best(&mut candidates);
+    let found: Vec<Detection> = candidates
+        .into_iter()
+        .map(|(score, b)| {
+            let lo: [f64; 3] = std::array::from_fn(|a| if a < nd { b.lo[a] + 0.5 } else { 0.0 });
+            let hi: [f64; 3] = std::array::from_fn(|a| if a < nd { b.hi[a] - 0.5 } else { 0.0 });
+            Detection::from_box(&scan.id, scan.geometry.voxel_box_to_world(lo, hi), Some(score), nd)
+        })
+        .collect();
     let mut kept = crate::nms::nms_boxes(found, 0.3);
     if options.max_marks > 0 {
         kept.truncate(options.max_marks);
