@@ -204,6 +204,9 @@ fn load_one(path: &std::path::Path, what: &str) -> Result<Image, DetectError> {
     Ok(img)
 }
 
+/// Largest grid (voxels) an image may be resampled to.
+pub const MAX_RESAMPLED_VOXELS: f64 = 268_435_456.0;
+
 /// The image of an entry with its findings (world LPS) and lesion region, resampled to `spacing` when given (the
 /// findings are read on the image's own grid first).
 pub fn load_entry(entry: &ImageEntry, spacing: Option<&[f64]>) -> Result<(Image, Vec<Detection>, Option<Vec<bool>>), DetectError> {
@@ -247,6 +250,15 @@ pub fn load_entry(entry: &ImageEntry, spacing: Option<&[f64]>) -> Result<(Image,
     };
     let (img, region) = match spacing {
         Some(sp) => {
+            // The new grid's size is checked before anything is allocated for it.
+            let old = img.spacing();
+            let voxels = img.shape().iter().zip(&old).zip(sp).map(|((&n, &o), &s)| (n as f64 * o / s).ceil()).product::<f64>();
+            if voxels > MAX_RESAMPLED_VOXELS {
+                return Err(DetectError::Input(format!(
+                    "{}: resampling to {sp:?} mm would make {voxels:.0} voxels (at most {MAX_RESAMPLED_VOXELS:.0})",
+                    entry.image.display()
+                )));
+            }
             let out = vesalius_io::geometry::resample(&img, sp, vesalius_io::geometry::Interp::Linear)?;
             let region = match region {
                 Some(r) => Some(vesalius_io::geometry::resample_onto(&r, out.shape(), out.affine(), true)?),
