@@ -82,8 +82,14 @@ pub fn insert_lesions_with_fractions(
     if region.is_some_and(|r| r.len() != n) {
         return Err(DataError::Invalid(format!("the lesion region has {} voxels, the image {n}", region.map_or(0, <[bool]>::len))));
     }
-    if !(spec.diameter_mm[0] > 0.0 && spec.diameter_mm[0] <= spec.diameter_mm[1] && spec.elongation >= 1.0) {
-        return Err(DataError::Invalid("lesion diameters need 0 < low ≤ high and elongation ≥ 1".into()));
+    let finite = spec.diameter_mm.iter().chain(&spec.contrast).all(|v| v.is_finite()) && spec.elongation.is_finite();
+    if !(finite
+        && spec.diameter_mm[0] > 0.0
+        && spec.diameter_mm[0] <= spec.diameter_mm[1]
+        && spec.contrast[0] <= spec.contrast[1]
+        && spec.elongation >= 1.0)
+    {
+        return Err(DataError::Invalid("lesions need finite 0 < diameter low ≤ high, contrast low ≤ high and elongation ≥ 1".into()));
     }
     let s = img.shape();
     let shape = [s[0], s[1], if nd == 3 { s[2] } else { 1 }];
@@ -394,6 +400,8 @@ mod tests {
         }
         assert!(interior > 40 && rim > 10, "{interior} {rim}");
         assert!(insert_lesions(&host, Some(&region[..10]), &spec, 3).is_err());
+        let reversed = LesionSpec { contrast: [2.0, 1.0], ..spec.clone() };
+        assert!(insert_lesions(&host, Some(&region), &reversed, 3).unwrap_err().to_string().contains("contrast"));
         let big = LesionSpec { count: 1, diameter_mm: [60.0, 60.0], contrast: [1.0, 1.0], elongation: 1.0 };
         assert!(insert_lesions(&host, Some(&region), &big, 3).unwrap_err().to_string().contains("fit"));
     }

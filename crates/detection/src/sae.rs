@@ -155,8 +155,9 @@ pub fn scan_map<B: Backend>(
 ) -> (Vec<f32>, [usize; 2], usize) {
     let [w, h, _] = scan.shape;
     let first = stride / 2;
-    let gw = (w - first).div_ceil(stride);
-    let gh = (h - first).div_ceil(stride);
+    // A scan narrower than half a stride still gets one scanning position.
+    let gw = w.saturating_sub(first).div_ceil(stride).max(1);
+    let gh = h.saturating_sub(first).div_ceil(stride).max(1);
     let centres: Vec<[i64; 2]> =
         (0..gh).flat_map(|y| (0..gw).map(move |x| [(first + x * stride) as i64, (first + y * stride) as i64])).collect();
     let mut prob = Vec::with_capacity(centres.len());
