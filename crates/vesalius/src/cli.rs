@@ -147,6 +147,29 @@ pub enum Command {
         #[arg(long)]
         sigma: Option<f64>,
     },
+    /// Radiomics: IBSI features (first-order, shape, GLCM, GLRLM, GLSZM, NGLDM/GLDM, NGTDM) of each label of each
+    /// mask, one CSV row per image and label (columns `image,mask,label`, then the features).
+    Radiomics {
+        /// Image and mask files, in pairs: IMAGE MASK [IMAGE MASK …]. A DICOM folder may stand for an image.
+        #[arg(required = true, num_args = 2.., value_name = "IMAGE MASK")]
+        files: Vec<PathBuf>,
+        /// Only this label (default: every non-zero label of each mask).
+        #[arg(long)]
+        label: Option<f32>,
+        /// Settings file (TOML: bin_width, bin_count, bin_origin = "roi-minimum" | "zero", resample = [mm, …],
+        /// resegment = [lo, hi], families = ["stat", "ih", "morph", "cm", "rlm", "szm", "ngl", "ngt"]).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Fixed bin width (overrides the settings file; default 25).
+        #[arg(long, conflicts_with = "bin_count")]
+        bin_width: Option<f64>,
+        /// Fixed bin number (overrides the settings file).
+        #[arg(long)]
+        bin_count: Option<usize>,
+        /// The CSV file to write (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Convert an image between formats (NIfTI, MetaImage, PNG, TIFF in; NIfTI, PNG, TIFF out), keeping its
     /// geometry and stored type.
     Convert {
@@ -345,6 +368,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Degrade { input, output, model, seed, dose, photons, angles, factor, axis, acceleration, centre, sigma } => {
             let args = crate::enhance::DegradeArgs { model, dose, photons, angles, factor, axis, acceleration, centre, sigma };
             crate::enhance::degrade(&input, &output, &args, seed)
+        }
+        Command::Radiomics { files, label, config, bin_width, bin_count, output } => {
+            crate::radiomics::run(&files, label, config.as_deref(), bin_width, bin_count, output.as_deref())
         }
         Command::Convert { input, output, nifti2, series } => commands::convert(&input, &output, nifti2, series.as_deref()),
         Command::Deid { input, output, keep_private } => {

@@ -125,7 +125,7 @@ pub fn convert(input: &Path, output: &Path, nifti2: bool, series: Option<&str>) 
 }
 
 /// An image file, or one series of a DICOM folder (the only one, or the one named by `series`).
-fn load_input(path: &Path, series: Option<&str>) -> Result<vesalius_data::Image, CliError> {
+pub(crate) fn load_input(path: &Path, series: Option<&str>) -> Result<vesalius_data::Image, CliError> {
     if path.is_dir() {
         return Ok(vesalius_io::dicom::load_series(path, series)?.0);
     }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod detect;
 pub mod enhance;
+pub mod radiomics;
 pub mod survival;
 
 /// A command failure, mapped to an exit code.

@@ -977,3 +977,36 @@ min_probability = 0.001
     let rgb = root().join("fixtures/histology/cmu1_crop.png");
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), rgb.to_str().unwrap()]), "cmu1_crop.png");
 }
+
+#[test]
+fn radiomics_writes_one_row_per_image_and_label() {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_vesalius")).current_dir(root()).args(args).output().unwrap();
+    let (img, mask) = ("fixtures/radiomics/ibsi/phantom.nii.gz", "fixtures/radiomics/ibsi/mask.nii.gz");
+    let o = run(&["radiomics", img, mask, "--bin-width", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    insta::assert_snapshot!("radiomics_ibsi_phantom", stdout(&o));
+
+    // a settings file, two pairs, the second a single slice (2D features)
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("r.toml");
+    std::fs::write(&cfg, "bin_width = 25.0\nbin_origin = \"zero\"\nfamilies = [\"stat\", \"morph\", \"cm\"]\n").unwrap();
+    let out = dir.path().join("features.csv");
+    let slice = ("fixtures/radiomics/pyradiomics/brain1_slice_image.nii.gz", "fixtures/radiomics/pyradiomics/brain1_slice_label.nii.gz");
+    let o = run(&["radiomics", img, mask, slice.0, slice.1, "--config", cfg.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("image,mask,label,stat_mean,") && lines[0].contains(",cm_info_corr_2") && !lines[0].contains("rlm_"));
+    assert!(lines[2].starts_with(&format!("{},{},1,", slice.0, slice.1)));
+    // the phantom's mesh volume in the morph_vol column
+    let col = lines[0].split(',').position(|c| c == "morph_vol").unwrap();
+    let vol: f64 = lines[1].split(',').nth(col).unwrap().parse().unwrap();
+    assert!((vol - 556.333_333).abs() < 1e-3, "{vol}");
+
+    assert_input_error(&run(&["radiomics", img, mask, img]), "pairs");
+    assert_input_error(&run(&["radiomics", img, mask, "--label", "3"]), "no voxel of label 3");
+    assert_input_error(&run(&["radiomics", img, slice.1]), "image and mask differ");
+    std::fs::write(&cfg, "bins = 3\n").unwrap();
+    assert_input_error(&run(&["radiomics", img, mask, "--config", cfg.to_str().unwrap()]), "r.toml");
+}
