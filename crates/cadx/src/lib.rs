@@ -57,6 +57,7 @@ pub mod infer;
 pub mod loss;
 pub mod recipe;
 pub mod run;
+pub mod tabular;
 pub mod train;
 
 /// Failures of a CADx run.

@@ -34,6 +34,7 @@ pub mod patch;
 pub mod source;
 pub mod split;
 pub mod standardise;
+pub mod table;
 pub mod transforms;
 
 pub use vesalius_io::{Affine, DataError, IDENTITY, Image, Result, orientation_codes};

@@ -23,7 +23,8 @@ pub mod deepsurv;
 pub mod evaluate;
 pub mod infer;
 pub mod recipe;
-pub mod table;
+/// Tables of subjects: the data layer's reader, encoding and standardisation.
+pub use vesalius_data::table;
 pub mod train;
 
 /// Errors of the prediction task.
@@ -42,6 +43,15 @@ impl From<vesalius_train::TrainError> for PredError {
         match e {
             vesalius_train::TrainError::Input(m) => PredError::Input(m),
             other => PredError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<vesalius_data::DataError> for PredError {
+    fn from(e: vesalius_data::DataError) -> Self {
+        match e {
+            w @ vesalius_data::DataError::Write { .. } => PredError::Internal(w.to_string()),
+            other => PredError::Input(other.to_string()),
         }
     }
 }

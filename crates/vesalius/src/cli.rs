@@ -274,6 +274,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
         Command::Train { recipe, out, quiet, epochs, iterations } => {
+            if crate::tabular::is_table_recipe(&recipe) {
+                if epochs.is_some() || iterations.is_some() {
+                    return Err(CliError::Usage("--epochs and --iterations do not apply to table recipes; set them in [model]".into()));
+                }
+                return crate::tabular::train(backend, &recipe, out);
+            }
             if commands::recipe_task(&recipe).as_deref() == Some("survival") {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to survival models".into()));
@@ -323,7 +329,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 let files = crate::detect::EvalFiles { truth, detections, exclude, scans, froc, max_marks, frame };
                 return crate::detect::evaluate_files(&files);
             };
-            if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
+            if vesalius_cadx::tabular::is_run(&run) && !tta && optimisation.is_none() {
+                crate::tabular::evaluate(&run, &split)
+            } else if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::survival::evaluate(backend, &run, &split)
             } else if vesalius_detection::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::detect::evaluate(backend, &run, &split)
@@ -340,7 +348,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Predict { run, inputs, output, probabilities, tta, mask } => {
-            if vesalius_prediction::train::is_run(&run) {
+            if vesalius_cadx::tabular::is_run(&run) {
+                if probabilities || tta || mask.is_some() {
+                    return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to table runs".into()));
+                }
+                crate::tabular::predict(backend, &run, &inputs, output.as_deref())
+            } else if vesalius_prediction::train::is_run(&run) {
                 if probabilities || tta || mask.is_some() {
                     return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to survival runs".into()));
                 }

@@ -19,6 +19,7 @@ pub mod detect;
 pub mod enhance;
 pub mod radiomics;
 pub mod survival;
+pub mod tabular;
 
 /// A command failure, mapped to an exit code.
 #[derive(Debug, thiserror::Error)]

@@ -1010,3 +1010,31 @@ fn radiomics_writes_one_row_per_image_and_label() {
     std::fs::write(&cfg, "bins = 3\n").unwrap();
     assert_input_error(&run(&["radiomics", img, mask, "--config", cfg.to_str().unwrap()]), "r.toml");
 }
+
+#[test]
+fn table_recipe_train_evaluate_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("lidc.toml");
+    let text = std::fs::read_to_string(root().join("recipes/lidc-malignancy.toml")).unwrap();
+    let table = root().join("fixtures/lidc/malignancy.csv");
+    let text = text
+        .replace("../fixtures/lidc/malignancy.csv", table.to_str().unwrap())
+        .replace(r#"arch = ["logistic", "svm-linear", "svm-rbf", "knn", "random-forest", "mlp"]"#, r#"arch = ["logistic", "knn"]"#);
+    std::fs::write(&recipe, format!("{text}\n[eval]\nbootstrap = 100\n")).unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("test metrics: 127 patients, 246 rows; 95 % bootstrap CI over patients"), "{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("logistic ")) && out.lines().any(|l| l.trim_start().starts_with("knn ")));
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap()]);
+    assert_eq!(stdout(&o), out.lines().take(4).map(|l| format!("{l}\n")).collect::<String>());
+    let pred = dir.path().join("p.csv");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), table.to_str().unwrap(), "-o", pred.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let p = std::fs::read_to_string(&pred).unwrap();
+    assert_eq!(p.lines().next(), Some("row,model,p(0),p(1)"));
+    assert_eq!(p.lines().count(), 1 + 2 * 999);
+    assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), table.to_str().unwrap(), "--tta"]), "table runs");
+    assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "val"]), "test patients");
+}

@@ -5,7 +5,7 @@
 //! with a run, so that new tables are encoded the same way.
 //!
 //! ```
-//! use vesalius_prediction::table::{read_csv, Encoding};
+//! use vesalius_data::table::{read_csv, Encoding};
 //! let dir = tempfile::tempdir().unwrap();
 //! let path = dir.path().join("t.csv");
 //! std::fs::write(&path, "time,event,grade,age\n5,1,II,50\n8,0,I,61\n3,1,III,45\n").unwrap();
@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::PredError;
+use crate::DataError;
 
 /// Largest table read (rows).
 pub const MAX_ROWS: usize = 5_000_000;
@@ -36,19 +36,19 @@ pub struct RawTable {
 
 impl RawTable {
     /// The index of column `name`, or an error naming the columns there are.
-    pub fn column(&self, name: &str) -> Result<usize, PredError> {
+    pub fn column(&self, name: &str) -> Result<usize, DataError> {
         self.header
             .iter()
             .position(|h| h == name)
-            .ok_or_else(|| PredError::Input(format!("{}: no column \"{name}\" (columns: {})", self.source, self.header.join(", "))))
+            .ok_or_else(|| DataError::Invalid(format!("{}: no column \"{name}\" (columns: {})", self.source, self.header.join(", "))))
     }
 
     /// The numeric value of cell `(row, col)`, or an error naming both.
-    pub fn number(&self, row: usize, col: usize) -> Result<f64, PredError> {
+    pub fn number(&self, row: usize, col: usize) -> Result<f64, DataError> {
         let cell = self.rows[row][col].trim();
         match cell.parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(v),
-            _ => Err(PredError::Input(format!(
+            _ => Err(DataError::Invalid(format!(
                 "{}: row {} column \"{}\": {} is not a finite number",
                 self.source,
                 row + 2,
@@ -64,24 +64,24 @@ fn is_missing(cell: &str) -> bool {
 }
 
 /// Reads a CSV file with a header row.
-pub fn read_csv(path: &Path) -> Result<RawTable, PredError> {
+pub fn read_csv(path: &Path) -> Result<RawTable, DataError> {
     let source = path.display().to_string();
-    let mut reader = csv::Reader::from_path(path).map_err(|e| PredError::Input(format!("{source}: {e}")))?;
+    let mut reader = csv::Reader::from_path(path).map_err(|e| DataError::Invalid(format!("{source}: {e}")))?;
     let header: Vec<String> =
-        reader.headers().map_err(|e| PredError::Input(format!("{source}: {e}")))?.iter().map(str::to_string).collect();
+        reader.headers().map_err(|e| DataError::Invalid(format!("{source}: {e}")))?.iter().map(str::to_string).collect();
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| PredError::Input(format!("{source}: {e}")))?;
+        let record = record.map_err(|e| DataError::Invalid(format!("{source}: {e}")))?;
         if record.len() != header.len() {
-            return Err(PredError::Input(format!("{source}: row {} has {} cells, the header {}", i + 2, record.len(), header.len())));
+            return Err(DataError::Invalid(format!("{source}: row {} has {} cells, the header {}", i + 2, record.len(), header.len())));
         }
         rows.push(record.iter().map(str::to_string).collect());
         if rows.len() > MAX_ROWS {
-            return Err(PredError::Input(format!("{source}: more than {MAX_ROWS} rows")));
+            return Err(DataError::Invalid(format!("{source}: more than {MAX_ROWS} rows")));
         }
     }
     if rows.is_empty() {
-        return Err(PredError::Input(format!("{source}: no rows")));
+        return Err(DataError::Invalid(format!("{source}: no rows")));
     }
     Ok(RawTable { source, header, rows })
 }
@@ -113,12 +113,12 @@ pub struct Encoding {
 
 impl Encoding {
     /// Fits the encoding of `features` on the rows of `table`.
-    pub fn fit(table: &RawTable, features: &[String]) -> Result<Self, PredError> {
+    pub fn fit(table: &RawTable, features: &[String]) -> Result<Self, DataError> {
         let mut columns = Vec::with_capacity(features.len());
         for name in features {
             let c = table.column(name)?;
             if let Some(row) = table.rows.iter().position(|r| is_missing(&r[c])) {
-                return Err(PredError::Input(format!("{}: row {} column \"{name}\" is missing", table.source, row + 2)));
+                return Err(DataError::Invalid(format!("{}: row {} column \"{name}\" is missing", table.source, row + 2)));
             }
             if table.rows.iter().all(|r| r[c].trim().parse::<f64>().is_ok_and(f64::is_finite)) {
                 columns.push(ColumnEncoding::Numeric { name: name.clone() });
@@ -127,7 +127,11 @@ impl Encoding {
                 levels.sort();
                 levels.dedup();
                 if levels.len() > 1000 {
-                    return Err(PredError::Input(format!("{}: column \"{name}\" has {} distinct text values", table.source, levels.len())));
+                    return Err(DataError::Invalid(format!(
+                        "{}: column \"{name}\" has {} distinct text values",
+                        table.source,
+                        levels.len()
+                    )));
                 }
                 columns.push(ColumnEncoding::Categorical { name: name.clone(), levels });
             }
@@ -147,7 +151,7 @@ impl Encoding {
     }
 
     /// The encoded features of row `row`.
-    pub fn encode_row(&self, table: &RawTable, row: usize) -> Result<Vec<f64>, PredError> {
+    pub fn encode_row(&self, table: &RawTable, row: usize) -> Result<Vec<f64>, DataError> {
         let mut out = Vec::new();
         for c in &self.columns {
             match c {
@@ -155,7 +159,7 @@ impl Encoding {
                 ColumnEncoding::Categorical { name, levels } => {
                     let cell = table.rows[row][table.column(name)?].trim().to_string();
                     if !levels.contains(&cell) {
-                        return Err(PredError::Input(format!(
+                        return Err(DataError::Invalid(format!(
                             "{}: row {} column \"{name}\": \"{cell}\" is not one of the levels seen in training ({})",
                             table.source,
                             row + 2,
