@@ -53,6 +53,7 @@
 //! ```
 
 pub mod evaluate;
+pub mod explain;
 pub mod infer;
 pub mod loss;
 pub mod recipe;

@@ -98,4 +98,38 @@ impl<B: Backend> AlexNet<B> {
         let x = relu(self.fc2.forward(self.dropout.forward(x)));
         self.fc3.forward(x)
     }
+
+    /// Convolutional layers a class-activation map can be taken at.
+    pub fn cam_layers(&self) -> usize {
+        self.convs.len()
+    }
+
+    /// The activation maps after convolution `layer` (with its ReLU, before pooling).
+    pub fn forward_to(&self, x: Tensor<B, 4>, layer: usize) -> Tensor<B, 4> {
+        let mut x = x;
+        for (i, conv) in self.convs.iter().enumerate().take(layer + 1) {
+            if i > 0 && (i - 1 == 0 || i - 1 == 1 || i - 1 == 4) {
+                x = self.pool.forward(x);
+            }
+            x = relu(conv.forward(x));
+        }
+        x
+    }
+
+    /// Logits from the activation maps of convolution `layer`.
+    pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
+        let mut x = a;
+        for i in layer..self.convs.len() {
+            if i > layer {
+                x = relu(self.convs[i].forward(x));
+            }
+            if i == 0 || i == 1 || i == 4 {
+                x = self.pool.forward(x);
+            }
+        }
+        let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
+        let x = relu(self.fc1.forward(self.dropout.forward(x)));
+        let x = relu(self.fc2.forward(self.dropout.forward(x)));
+        self.fc3.forward(x)
+    }
 }

@@ -150,6 +150,44 @@ impl<B: Backend> Classifier<B> {
         }
     }
 
+    /// Layers a class-activation map (Grad-CAM) can be taken at; 0 for the fully connected networks.
+    pub fn cam_layers(&self) -> usize {
+        match self {
+            Classifier::Mlp(_) | Classifier::Sae(_) => 0,
+            Classifier::LeNet5(m) => m.cam_layers(),
+            Classifier::AlexNet(m) => m.cam_layers(),
+            Classifier::Vgg(m) => m.cam_layers(),
+            Classifier::GoogLeNet(m) => m.cam_layers(),
+            Classifier::ResNet(m) => m.cam_layers(),
+        }
+    }
+
+    /// The activation maps `[batch, k, h, w]` of layer `layer` (< [`Classifier::cam_layers`]), and the logits
+    /// computed from them: `forward_from(forward_to(x, l), l) == forward(x)`. `None` for the fully connected
+    /// networks.
+    pub fn forward_to(&self, x: Tensor<B, 4>, layer: usize) -> Option<Tensor<B, 4>> {
+        Some(match self {
+            Classifier::Mlp(_) | Classifier::Sae(_) => return None,
+            Classifier::LeNet5(m) => m.forward_to(x, layer),
+            Classifier::AlexNet(m) => m.forward_to(x, layer),
+            Classifier::Vgg(m) => m.forward_to(x, layer),
+            Classifier::GoogLeNet(m) => m.forward_to(x, layer),
+            Classifier::ResNet(m) => m.forward_to(x, layer),
+        })
+    }
+
+    /// Logits from the activation maps of layer `layer` (see [`Classifier::forward_to`]).
+    pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Option<Tensor<B, 2>> {
+        Some(match self {
+            Classifier::Mlp(_) | Classifier::Sae(_) => return None,
+            Classifier::LeNet5(m) => m.forward_from(a, layer),
+            Classifier::AlexNet(m) => m.forward_from(a, layer),
+            Classifier::Vgg(m) => m.forward_from(a, layer),
+            Classifier::GoogLeNet(m) => m.forward_from(a, layer),
+            Classifier::ResNet(m) => m.forward_from(a, layer),
+        })
+    }
+
     /// Number of trainable scalars (batch-norm running statistics are not parameters).
     pub fn param_count(&self) -> usize {
         trainable_params(self)

@@ -142,4 +142,64 @@ impl<B: Backend> GoogLeNet<B> {
         let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
         self.fc.forward(self.dropout.forward(x))
     }
+
+    /// Layers a class-activation map can be taken at: the stem, then each Inception module.
+    pub fn cam_layers(&self) -> usize {
+        1 + self.stage3.len() + self.stage4.len() + self.stage5.len()
+    }
+
+    fn modules(&self) -> Vec<&Inception<B>> {
+        self.stage3.iter().chain(&self.stage4).chain(&self.stage5).collect()
+    }
+
+    /// The max-pool that follows module `i` (between stages), if any.
+    fn pool_after(&self, i: usize) -> Option<&MaxPool2d> {
+        if i + 1 == self.stage3.len() {
+            Some(&self.pool3)
+        } else if i + 1 == self.stage3.len() + self.stage4.len() {
+            Some(&self.pool2)
+        } else {
+            None
+        }
+    }
+
+    /// The activation maps after layer `layer` (0: the stem before its last max-pool; k: Inception module k).
+    pub fn forward_to(&self, x: Tensor<B, 4>, layer: usize) -> Tensor<B, 4> {
+        let mut x = self.conv1.forward(x);
+        if !self.small {
+            x = self.pool3.forward(x);
+        }
+        x = self.conv3.forward(self.conv2.forward(x));
+        if layer == 0 {
+            return x;
+        }
+        x = self.pool3.forward(x);
+        for (i, m) in self.modules().into_iter().enumerate().take(layer) {
+            x = m.forward(x);
+            if i + 1 < layer
+                && let Some(p) = self.pool_after(i)
+            {
+                x = p.forward(x);
+            }
+        }
+        x
+    }
+
+    /// Logits from the activation maps of layer `layer`.
+    pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
+        let mut x = a;
+        if layer == 0 {
+            x = self.pool3.forward(x);
+        } else if let Some(p) = self.pool_after(layer - 1) {
+            x = p.forward(x);
+        }
+        for (i, m) in self.modules().into_iter().enumerate().skip(layer) {
+            x = m.forward(x);
+            if let Some(p) = self.pool_after(i) {
+                x = p.forward(x);
+            }
+        }
+        let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
+        self.fc.forward(self.dropout.forward(x))
+    }
 }

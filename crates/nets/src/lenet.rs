@@ -64,4 +64,24 @@ impl<B: Backend> LeNet5<B> {
         let x = relu(self.fc2.forward(x));
         self.fc3.forward(x)
     }
+
+    /// Convolutional layers a class-activation map can be taken at.
+    pub fn cam_layers(&self) -> usize {
+        2
+    }
+
+    /// The activation maps after convolution `layer` (with its ReLU, before pooling).
+    pub fn forward_to(&self, x: Tensor<B, 4>, layer: usize) -> Tensor<B, 4> {
+        let x = relu(self.conv1.forward(x));
+        if layer == 0 { x } else { relu(self.conv2.forward(self.pool.forward(x))) }
+    }
+
+    /// Logits from the activation maps of convolution `layer`.
+    pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
+        let x = if layer == 0 { relu(self.conv2.forward(self.pool.forward(a))) } else { a };
+        let x: Tensor<B, 2> = self.pool.forward(x).flatten(1, 3);
+        let x = relu(self.fc1.forward(x));
+        let x = relu(self.fc2.forward(x));
+        self.fc3.forward(x)
+    }
 }

@@ -189,4 +189,30 @@ impl<B: Backend> ResNet<B> {
         }
         self.avgpool.forward(x).flatten(1, 3)
     }
+
+    /// Layers a class-activation map can be taken at: the stem, then each residual block.
+    pub fn cam_layers(&self) -> usize {
+        1 + self.blocks.len()
+    }
+
+    /// The activation maps after layer `layer` (0: the stem with its max-pool; k: residual block k).
+    pub fn forward_to(&self, x: Tensor<B, 4>, layer: usize) -> Tensor<B, 4> {
+        let mut x = self.stem.forward(x);
+        if let Some(p) = &self.maxpool {
+            x = p.forward(x);
+        }
+        for b in self.blocks.iter().take(layer) {
+            x = b.forward(x);
+        }
+        x
+    }
+
+    /// Logits from the activation maps of layer `layer`.
+    pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
+        let mut x = a;
+        for b in self.blocks.iter().skip(layer) {
+            x = b.forward(x);
+        }
+        self.fc.forward(self.avgpool.forward(x).flatten(1, 3))
+    }
 }

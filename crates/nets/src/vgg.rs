@@ -131,4 +131,46 @@ impl<B: Backend> Vgg<B> {
         let x = self.dropout.forward(relu(self.fc2.forward(x)));
         self.fc3.forward(x)
     }
+
+    /// Convolutional layers a class-activation map can be taken at.
+    pub fn cam_layers(&self) -> usize {
+        self.convs.len()
+    }
+
+    fn conv_layer(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut x = self.convs[i].forward(x);
+        if let Some(norm) = self.norms.get(i) {
+            x = norm.forward(x);
+        }
+        relu(x)
+    }
+
+    /// The activation maps after convolution `layer` (with its normalisation and ReLU, before pooling).
+    pub fn forward_to(&self, x: Tensor<B, 4>, layer: usize) -> Tensor<B, 4> {
+        let mut x = x;
+        for i in 0..=layer.min(self.convs.len() - 1) {
+            if i > 0 && self.pool_after[i - 1] {
+                x = self.pool.forward(x);
+            }
+            x = self.conv_layer(i, x);
+        }
+        x
+    }
+
+    /// Logits from the activation maps of convolution `layer`.
+    pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
+        let mut x = a;
+        for i in layer..self.convs.len() {
+            if i > layer {
+                x = self.conv_layer(i, x);
+            }
+            if self.pool_after[i] {
+                x = self.pool.forward(x);
+            }
+        }
+        let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
+        let x = self.dropout.forward(relu(self.fc1.forward(x)));
+        let x = self.dropout.forward(relu(self.fc2.forward(x)));
+        self.fc3.forward(x)
+    }
 }

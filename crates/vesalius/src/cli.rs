@@ -147,6 +147,41 @@ pub enum Command {
         #[arg(long)]
         sigma: Option<f64>,
     },
+    /// Explain a classification run's decision for images: saliency, SmoothGrad, Grad-CAM, occlusion or LIME. Writes
+    /// `OUT/<image>_<method>.nii.gz` (the map on the image's grid), `OUT/<image>_<method>.png` (an overlay: warm where
+    /// the map supports the class, blue where LIME's weights oppose it) and prints one JSON line per image.
+    Explain {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Images (as the run was trained on: PNG, JPEG, TIFF, 2D NIfTI).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// saliency, smoothgrad, gradcam, occlusion or lime.
+        #[arg(long)]
+        method: String,
+        /// The class explained (index; default: the predicted class).
+        #[arg(long)]
+        class: Option<usize>,
+        /// Grad-CAM: the layer (0 = the first convolutional layer; default: the last).
+        #[arg(long)]
+        layer: Option<usize>,
+        /// SmoothGrad copies (default 25) or LIME samples (default 1000).
+        #[arg(long)]
+        samples: Option<usize>,
+        /// Occlusion: patch side in network pixels (default: an eighth of the input).
+        #[arg(long)]
+        patch: Option<usize>,
+        /// LIME: number of superpixels (default 50).
+        #[arg(long)]
+        segments: Option<usize>,
+        /// Seed of SmoothGrad's noise and LIME's samples.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output folder.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Radiomics: IBSI features (first-order, shape, GLCM, GLRLM, GLSZM, NGLDM/GLDM, NGTDM) of each label of each
     /// mask, one CSV row per image and label (columns `image,mask,label`, then the features).
     Radiomics {
@@ -381,6 +416,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Degrade { input, output, model, seed, dose, photons, angles, factor, axis, acceleration, centre, sigma } => {
             let args = crate::enhance::DegradeArgs { model, dose, photons, angles, factor, axis, acceleration, centre, sigma };
             crate::enhance::degrade(&input, &output, &args, seed)
+        }
+        Command::Explain { run, images, method, class, layer, samples, patch, segments, seed, output } => {
+            let opts = vesalius_cadx::explain::ExplainOptions { class, layer, samples, patch, segments, seed };
+            crate::explain::run(backend, &run, &images, &method, &opts, &output)
         }
         Command::Radiomics { files, label, config, bin_width, bin_count, output } => {
             crate::radiomics::run(&files, label, config.as_deref(), bin_width, bin_count, output.as_deref())

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod detect;
 pub mod enhance;
+pub mod explain;
 pub mod radiomics;
 pub mod survival;
 pub mod tabular;

@@ -146,6 +146,44 @@ bootstrap = 100
     assert!(o.status.success());
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), "/nonexistent.png"]), "/nonexistent.png");
+
+    // explanations of the same image: a map on its grid, an overlay, one JSON line
+    let ex = dir.path().join("explain");
+    for method in ["saliency", "smoothgrad", "gradcam", "occlusion", "lime"] {
+        let o = vesalius(&[
+            "explain",
+            "--run",
+            run.to_str().unwrap(),
+            png.to_str().unwrap(),
+            "--method",
+            method,
+            "--samples",
+            "40",
+            "-o",
+            ex.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(j["method"], method);
+        assert!(j["probability"].as_f64().unwrap() > 0.0 && j["class"].as_u64().unwrap() < 4);
+        let map = vesalius_io::load(ex.join(format!("BrainProtonDensitySlice_{method}.nii.gz"))).unwrap();
+        let source = vesalius_io::load(&png).unwrap();
+        assert_eq!((map.shape(), map.affine()), (source.shape(), source.affine()));
+        assert!(map.data().iter().any(|&v| v != 0.0), "{method}: an empty map");
+        let overlay = image::open(ex.join(format!("BrainProtonDensitySlice_{method}.png"))).unwrap();
+        assert_eq!((overlay.width() as usize, overlay.height() as usize), (source.shape()[0], source.shape()[1]));
+        if method == "lime" {
+            assert!(j["lime_top"].as_array().unwrap().len() > 10 && j["lime_r2"].as_f64().is_some(), "{j}");
+        }
+    }
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["explain", "--run", run.to_str().unwrap(), png.to_str().unwrap(), "-o", ex.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        vesalius(&args)
+    };
+    assert_input_error(&explain(&["--method", "shap"]), "unknown method \"shap\"");
+    assert_input_error(&explain(&["--method", "gradcam", "--layer", "9"]), "layer 9 does not exist");
+    assert_input_error(&explain(&["--method", "saliency", "--class", "7"]), "class 7 does not exist");
 }
 
 #[test]

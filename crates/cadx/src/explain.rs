@@ -1,0 +1,227 @@
+//! Explanations of a trained classifier's decision for one image: saliency, SmoothGrad, Grad-CAM, occlusion and
+//! LIME (`vesalius-explain`), computed on the network's input grid and resampled to the image's own pixels.
+//!
+//! The explained score is the chosen class's logit for the gradient methods (its probability's ranking without
+//! the softmax's saturation) and its probability for occlusion and LIME, which compare scores of perturbed copies.
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use vesalius_data::source::prepare_2d;
+use vesalius_explain::{Input, LimeConfig, gradcam, lime, occlusion, saliency, slic, smoothgrad, upsample};
+use vesalius_nets::Classifier;
+
+use crate::CadxError;
+use crate::run::{ClassificationRun, RunDir, RunInfo};
+
+/// An explanation method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Absolute input gradient, largest over channels.
+    Saliency,
+    /// Saliency averaged over noisy copies.
+    SmoothGrad,
+    /// Class activation map of a convolutional layer weighted by its gradients.
+    GradCam,
+    /// Drop of the probability when patches are hidden.
+    Occlusion,
+    /// Superpixel weights of a local linear surrogate.
+    Lime,
+}
+
+impl std::str::FromStr for Method {
+    type Err = CadxError;
+    fn from_str(s: &str) -> Result<Self, CadxError> {
+        Ok(match s {
+            "saliency" => Method::Saliency,
+            "smoothgrad" => Method::SmoothGrad,
+            "gradcam" => Method::GradCam,
+            "occlusion" => Method::Occlusion,
+            "lime" => Method::Lime,
+            other => return Err(CadxError::Input(format!("unknown method {other:?} (saliency, smoothgrad, gradcam, occlusion, lime)"))),
+        })
+    }
+}
+
+/// Settings of [`explain`]; `None` picks the method's default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExplainOptions {
+    /// The class explained (default: the predicted one).
+    pub class: Option<usize>,
+    /// Grad-CAM: the layer (default: the last convolutional one).
+    pub layer: Option<usize>,
+    /// SmoothGrad copies (default 25) or LIME samples (default 1000).
+    pub samples: Option<usize>,
+    /// Occlusion patch side in network pixels (default: an eighth of the input, at least 2).
+    pub patch: Option<usize>,
+    /// LIME superpixels (default 50).
+    pub segments: Option<usize>,
+    /// Seed of SmoothGrad's noise and LIME's masks.
+    pub seed: u64,
+}
+
+/// An explanation on the image's own pixel grid.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    /// The method.
+    pub method: Method,
+    /// The class explained, by index and name.
+    pub class: usize,
+    /// Its name.
+    pub class_name: String,
+    /// The model's probability of that class for the image.
+    pub probability: f32,
+    /// Grad-CAM: the layer used.
+    pub layer: Option<usize>,
+    /// LIME: the superpixels by decreasing absolute weight (segment, weight), and the surrogate's weighted R².
+    pub lime_top: Option<Vec<(u32, f64)>>,
+    /// LIME: the surrogate's weighted R².
+    pub lime_r2: Option<f64>,
+    /// The map, first image axis fastest (the image's layout).
+    #[serde(skip)]
+    pub map: Vec<f32>,
+    /// LIME: each pixel's superpixel, first axis fastest.
+    #[serde(skip)]
+    pub segments: Option<Vec<u32>>,
+}
+
+/// The model's input for an image file, as training prepared it (channels, side), and the image.
+pub fn input_of(info: &RunInfo, path: &Path) -> Result<(Input, vesalius_io::Image), CadxError> {
+    let (c, s) = (info.model.in_channels, info.model.input_size);
+    let img = vesalius_io::load(path)?;
+    let pixels = prepare_2d(&img, c, s, path)?;
+    let input = Input::new(pixels, c, vec![s, s]).map_err(CadxError::Internal)?;
+    Ok((input, img))
+}
+
+fn tensor<B: Backend>(batch: &[Vec<f32>], c: usize, s: usize, device: &B::Device) -> Tensor<B, 4> {
+    let flat: Vec<f32> = batch.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [batch.len(), c, s, s]), device)
+}
+
+fn probs<B: Backend>(model: &Classifier<B>, batch: &[Vec<f32>], c: usize, s: usize, multi: bool, device: &B::Device) -> Vec<Vec<f32>> {
+    let logits = model.forward(tensor::<B>(batch, c, s, device));
+    let p = if multi { sigmoid(logits) } else { softmax(logits, 1) };
+    crate::infer::rows(p)
+}
+
+/// Explains `model`'s decision for one prepared input (`info` describes the model); the map is on the network's
+/// `side × side` grid, row-major.
+pub fn explain_input<AB: AutodiffBackend>(
+    model: &Classifier<AB>,
+    info: &RunInfo,
+    x: &Input,
+    method: Method,
+    opts: &ExplainOptions,
+    device: &AB::Device,
+) -> Result<(Vec<f32>, Explanation), CadxError> {
+    let (c, s, multi) = (info.model.in_channels, info.model.input_size, info.multi_label);
+    let inner = model.valid();
+    let p0 = probs(&inner, std::slice::from_ref(&x.data), c, s, multi, device).remove(0);
+    let class = match opts.class {
+        Some(k) if k < p0.len() => k,
+        Some(k) => return Err(CadxError::Input(format!("class {k} does not exist: the model has {} outputs", p0.len()))),
+        None => p0.iter().enumerate().fold(0, |b, (i, &v)| if v > p0[b] { i } else { b }),
+    };
+    let mut score = |batch: &[Vec<f32>]| -> Vec<f32> {
+        batch.chunks(32).flat_map(|b| probs(&inner, b, c, s, multi, device).into_iter().map(|p| p[class])).collect()
+    };
+    let mut grad = |v: &[f32]| -> Vec<f32> {
+        let xt = tensor::<AB>(&[v.to_vec()], c, s, device).require_grad();
+        let logits = model.forward(xt.clone());
+        let target = logits.slice([0..1, class..class + 1]).sum();
+        let grads = target.backward();
+        xt.grad(&grads).map(|g| g.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()).unwrap_or_else(|| vec![0.0; v.len()])
+    };
+    let mut layer = None;
+    let mut lime_top = None;
+    let mut lime_r2 = None;
+    let mut segments = None;
+    let map = match method {
+        Method::Saliency => saliency(x, &mut grad),
+        Method::SmoothGrad => smoothgrad(x, &mut grad, opts.samples.unwrap_or(25), 0.15, opts.seed),
+        Method::GradCam => {
+            let n = model.cam_layers();
+            if n == 0 {
+                return Err(CadxError::Input(format!("{:?} has no convolutional layer for Grad-CAM", info.model.arch)));
+            }
+            let l = opts.layer.unwrap_or(n - 1);
+            if l >= n {
+                return Err(CadxError::Input(format!("layer {l} does not exist: {:?} has {n} (0 to {})", info.model.arch, n - 1)));
+            }
+            layer = Some(l);
+            let xt = tensor::<AB>(std::slice::from_ref(&x.data), c, s, device);
+            let a = model.forward_to(xt, l).ok_or_else(|| CadxError::Internal("no activation maps".into()))?;
+            let leaf = Tensor::<AB, 4>::from_inner(a.inner()).require_grad();
+            let logits = model.forward_from(leaf.clone(), l).ok_or_else(|| CadxError::Internal("no logits".into()))?;
+            let grads = logits.slice([0..1, class..class + 1]).sum().backward();
+            let [_, k, fh, fw] = leaf.dims();
+            let g = leaf.grad(&grads).map(|g| g.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()).unwrap_or_default();
+            let act = leaf.inner().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            if g.len() != act.len() {
+                return Err(CadxError::Internal("Grad-CAM gradients are missing".into()));
+            }
+            gradcam(&act, &g, k, &[fh, fw], &[s, s])
+        }
+        Method::Occlusion => {
+            let p = opts.patch.unwrap_or((s / 8).max(2)).clamp(1, s);
+            let fill: f32 = x.data.iter().sum::<f32>() / x.data.len() as f32;
+            occlusion(x, &mut score, &[p, p], &[(p / 2).max(1), (p / 2).max(1)], fill, 64)
+        }
+        Method::Lime => {
+            let seg = slic(x, opts.segments.unwrap_or(50), 0.1);
+            let cfg = LimeConfig { samples: opts.samples.unwrap_or(1000), seed: opts.seed, ..LimeConfig::default() };
+            let r = lime(x, &seg, &mut score, &cfg);
+            lime_top = Some(r.top.clone());
+            lime_r2 = Some(r.r2);
+            segments = Some(seg);
+            r.map
+        }
+    };
+    let e = Explanation {
+        method,
+        class,
+        class_name: info.classes.get(class).cloned().unwrap_or_else(|| class.to_string()),
+        probability: p0[class],
+        layer,
+        lime_top,
+        lime_r2,
+        map: Vec::new(),
+        segments,
+    };
+    Ok((map, e))
+}
+
+/// Explains a run's best model on an image file; the map (and LIME's segments) are resampled to the image's
+/// pixels.
+pub fn explain<AB: AutodiffBackend>(
+    run: &Path,
+    image: &Path,
+    method: Method,
+    opts: &ExplainOptions,
+    device: &AB::Device,
+) -> Result<(Explanation, vesalius_io::Image), CadxError> {
+    let dir = RunDir::new(run);
+    let info = dir.read_classifier_info()?;
+    let model = dir.load_best::<AB>(&info, device)?;
+    let (x, img) = input_of(&info, image)?;
+    let (map, mut e) = explain_input(&model, &info, &x, method, opts, device)?;
+    let s = info.model.input_size;
+    let (w, h) = (img.shape()[0], img.shape().get(1).copied().unwrap_or(1));
+    // row-major (h, w) with w fastest is the image's own layout (first axis fastest)
+    e.map = upsample(&map, &[s, s], &[h, w]);
+    e.segments = e.segments.take().map(|seg| {
+        (0..h * w)
+            .map(|i| {
+                let (y, xx) = (i / w, i % w);
+                let (sy, sx) = (((y as f32 + 0.5) * s as f32 / h as f32) as usize, ((xx as f32 + 0.5) * s as f32 / w as f32) as usize);
+                seg[sy.min(s - 1) * s + sx.min(s - 1)]
+            })
+            .collect()
+    });
+    Ok((e, img))
+}

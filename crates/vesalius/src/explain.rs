@@ -1,0 +1,67 @@
+//! `vesalius explain`: explanation maps of a classification run's decisions, as NIfTI maps and PNG overlays.
+use std::path::{Path, PathBuf};
+
+use vesalius_cadx::explain::{ExplainOptions, Explanation, Method, explain};
+use vesalius_io::Image;
+
+use crate::CliError;
+use crate::backend::BackendKind;
+use crate::with_backend;
+
+/// An RGB overlay of `map` on the image's first channel: grey image, warm colours (red → yellow) where the map is
+/// positive, blue where it is negative, each scaled by the largest absolute value.
+pub fn overlay(img: &Image, map: &[f32]) -> Result<Image, CliError> {
+    let n = img.voxels();
+    let grey = img.channel(0);
+    let (lo, hi) = grey.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let top = map.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let mut rgb = vec![0f32; 3 * n];
+    for p in 0..n {
+        let g = (grey[p] - lo) / span * 255.0;
+        let v = map[p] / top;
+        let (a, colour) = if v >= 0.0 { (v, [255.0, 255.0 * v, 0.0]) } else { (-v, [0.0, 96.0, 255.0]) };
+        let a = 0.6 * a;
+        for c in 0..3 {
+            rgb[c * n + p] = ((1.0 - a) * g + a * colour[c]).round().clamp(0.0, 255.0);
+        }
+    }
+    Image::new(rgb, img.shape().to_vec(), 3, *img.affine(), "uint8").map_err(|e| CliError::Internal(e.to_string()))
+}
+
+fn stem(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    for ext in [".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff"] {
+        if let Some(s) = name.strip_suffix(ext) {
+            return s.to_string();
+        }
+    }
+    name
+}
+
+/// Runs the command for every image.
+pub fn run(backend: BackendKind, run: &Path, images: &[PathBuf], method: &str, opts: &ExplainOptions, out: &Path) -> Result<(), CliError> {
+    let method: Method = method.parse()?;
+    if !vesalius_cadx::run::RunDir::new(run).file("run.json").is_file() || vesalius_cadx::tabular::is_run(run) {
+        return Err(CliError::Usage(format!("{}: not an image classification run (explain needs one)", run.display())));
+    }
+    std::fs::create_dir_all(out).map_err(|e| CliError::Internal(format!("{}: {e}", out.display())))?;
+    for image in images {
+        let (e, img): (Explanation, Image) =
+            with_backend!(backend, |B, AB, device| explain::<AB>(run, image, method, opts, &device).map_err(CliError::from))?;
+        let name =
+            format!("{}_{}", stem(image), serde_json::to_value(method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+        let map =
+            Image::new(e.map.clone(), img.shape().to_vec(), 1, *img.affine(), "float32").map_err(|e| CliError::Internal(e.to_string()))?;
+        let nii = out.join(format!("{name}.nii.gz"));
+        vesalius_io::nifti::save(&nii, &map, vesalius_io::nifti::NiftiType::F32)?;
+        let png = out.join(format!("{name}.png"));
+        vesalius_io::save_2d(&png, &overlay(&img, &e.map)?)?;
+        let mut json = serde_json::to_value(&e).map_err(|e| CliError::Internal(e.to_string()))?;
+        json["image"] = serde_json::Value::String(image.display().to_string());
+        json["map"] = serde_json::Value::String(nii.display().to_string());
+        json["overlay"] = serde_json::Value::String(png.display().to_string());
+        println!("{json}");
+    }
+    Ok(())
+}
