@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             status(c)
         }
         "ci" => {
+            ensure_chromium();
             let steps: [&[&str]; 3] =
                 [&["fmt", "--check"], &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &["test", "--workspace"]];
             for step in steps {
@@ -116,4 +117,25 @@ const GPU_TEST_CRATES: [&str; 4] = ["vesalius-nets", "vesalius-registration", "v
 /// A GPU is usable when `nvidia-smi -L` lists one.
 fn gpu_present() -> bool {
     Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"))
+}
+
+/// The report test drives headless Chromium: on a machine without it, install Debian's package (as CI runs, root).
+fn ensure_chromium() {
+    if std::env::var_os("CHROMIUM").is_some() || ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().any(|p| Path::new(p).exists()) {
+        return;
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        eprintln!(
+            "cargo xtask ci: Chromium is missing and there is no apt-get; the report test will fail (set CHROMIUM to a Chromium binary)"
+        );
+        return;
+    }
+    eprintln!("cargo xtask ci: installing Debian's chromium for the report test");
+    for args in [&["update"][..], &["install", "-y", "chromium"][..]] {
+        let ok = Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("cargo xtask ci: apt-get {} failed; the report test will fail", args.join(" "));
+            return;
+        }
+    }
 }

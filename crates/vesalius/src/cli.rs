@@ -182,6 +182,16 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Write a self-contained HTML report of a run: test metrics with intervals, learning curves, ROC with
+    /// confidence bands, calibration, FROC, confusion matrices, sortable per-case tables and the run's images.
+    Report {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// The HTML file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Radiomics: IBSI features (first-order, shape, GLCM, GLRLM, GLSZM, NGLDM/GLDM, NGTDM) of each label of each
     /// mask, one CSV row per image and label (columns `image,mask,label`, then the features).
     Radiomics {
@@ -420,6 +430,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Explain { run, images, method, class, layer, samples, patch, segments, seed, output } => {
             let opts = vesalius_cadx::explain::ExplainOptions { class, layer, samples, patch, segments, seed };
             crate::explain::run(backend, &run, &images, &method, &opts, &output)
+        }
+        Command::Report { run, output } => {
+            let html = vesalius_report::build(&run).map_err(|e| match e {
+                vesalius_report::ReportError::Input(m) => CliError::Usage(m),
+                other => CliError::Internal(other.to_string()),
+            })?;
+            vesalius_io::write_atomic(&output, html.as_bytes()).map_err(|e| CliError::Internal(e.to_string()))?;
+            println!("{} ({} bytes)", output.display(), html.len());
+            Ok(())
         }
         Command::Radiomics { files, label, config, bin_width, bin_count, output } => {
             crate::radiomics::run(&files, label, config.as_deref(), bin_width, bin_count, output.as_deref())

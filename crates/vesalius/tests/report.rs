@@ -1,0 +1,203 @@
+//! `vesalius report` in a real browser: headless Chromium (Debian's package; `cargo xtask ci` installs it when it is
+//! missing) loads each report from its file, and the test checks that every figure has a size, that no script
+//! error or console message occurs, that no request leaves the file (Chromium's network log holds nothing beyond
+//! what the browser itself asks for on an empty page), and that a screenshot is not blank. A page built to fail
+//! each check shows that the checks can fail.
+#![allow(clippy::unwrap_used)]
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn vesalius(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vesalius")).args(args).output().unwrap()
+}
+
+fn chromium() -> PathBuf {
+    let candidates = [std::env::var("CHROMIUM").unwrap_or_default(), "/usr/bin/chromium".into(), "/usr/bin/chromium-browser".into()];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("Chromium is needed for the report test: `cargo xtask ci` installs Debian's chromium package"))
+}
+
+/// What the browser saw of a page.
+struct Visit {
+    dom: String,
+    console: Vec<String>,
+    hosts: BTreeSet<String>,
+}
+
+fn visit(page: &Path, work: &Path) -> Visit {
+    let profile = tempfile::tempdir_in(work).unwrap();
+    let net = profile.path().join("net.json");
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
+        .arg(format!("--log-net-log={}", net.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(String::from).collect();
+    let log = std::fs::read_to_string(&net).unwrap_or_default();
+    let hosts = log
+        .split("\"url\":\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .filter(|u| u.starts_with("http"))
+        .filter_map(|u| u.split('/').nth(2).map(String::from))
+        .collect();
+    Visit { dom: String::from_utf8_lossy(&out.stdout).into_owned(), console, hosts }
+}
+
+/// Distinct colours of a screenshot of the page.
+fn screenshot_colours(page: &Path, work: &Path) -> usize {
+    let profile = tempfile::tempdir_in(work).unwrap();
+    let shot = profile.path().join("shot.png");
+    let status = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
+        .arg("--window-size=1280,2400")
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&status.stderr));
+    let img = image::open(&shot).unwrap().to_rgb8();
+    img.pixels().map(|p| p.0).collect::<BTreeSet<[u8; 3]>>().len()
+}
+
+fn body_attr<'a>(dom: &'a str, name: &str) -> Option<&'a str> {
+    let body = &dom[dom.find("<body")?..];
+    let body = &body[..body.find('>')?];
+    let start = body.find(&format!("{name}=\""))? + name.len() + 2;
+    Some(&body[start..start + body[start..].find('"')?])
+}
+
+/// Checks a report in the browser; returns the number of figures.
+fn check(page: &Path, work: &Path, baseline: &BTreeSet<String>) -> usize {
+    let v = visit(page, work);
+    let figures = body_attr(&v.dom, "data-figures").unwrap_or_else(|| panic!("{}: the page's script did not run", page.display()));
+    let (shown, total) = figures.split_once('/').unwrap();
+    assert_eq!(shown, total, "{}: figures without a size", page.display());
+    assert_eq!(body_attr(&v.dom, "data-errors"), Some("none"), "{}", page.display());
+    assert!(v.console.is_empty(), "{}: {:?}", page.display(), v.console);
+    let extra: Vec<&String> = v.hosts.difference(baseline).collect();
+    assert!(extra.is_empty(), "{}: requests to {extra:?}", page.display());
+    assert!(screenshot_colours(page, work) > 100, "{}: a blank screenshot", page.display());
+    total.parse().unwrap()
+}
+
+#[test]
+fn reports_load_in_chromium_without_errors_or_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    // what the browser asks for by itself on an empty page
+    let empty = work.join("empty.html");
+    std::fs::write(&empty, "<!doctype html><html><body></body></html>").unwrap();
+    let baseline = visit(&empty, work).hosts;
+
+    // the checks fail on a page that fetches an image and throws
+    let bad = work.join("bad.html");
+    std::fs::write(&bad, "<!doctype html><html><body><img src=\"http://example.invalid/x.png\"><script>console.error('boom'); missing();</script></body></html>").unwrap();
+    let v = visit(&bad, work);
+    assert!(v.hosts.contains("example.invalid"), "{:?}", v.hosts);
+    assert!(v.console.iter().any(|l| l.contains("boom")) && v.console.iter().any(|l| l.contains("Uncaught")), "{:?}", v.console);
+
+    // a table run: six models, ROC with bands, calibration, confusion matrices, every case
+    let table_run = work.join("lidc");
+    let o = vesalius(&["train", root().join("recipes/lidc-malignancy.toml").to_str().unwrap(), "--out", table_run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = work.join("lidc.html");
+    let o = vesalius(&["report", "--run", table_run.to_str().unwrap(), "-o", page.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    insta::assert_snapshot!("report_outline_lidc", vesalius_report::outline(&html));
+    assert_eq!(check(&page, work, &baseline), 2);
+
+    // a survival run: metrics with intervals and the recipe
+    let surv = work.join("gbsg2");
+    let o = vesalius(&["train", root().join("recipes/gbsg2-cox.toml").to_str().unwrap(), "--out", surv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = work.join("gbsg2.html");
+    assert!(vesalius(&["report", "--run", surv.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<h2>Test metrics</h2>") && html.contains("<h2>Recipe</h2>"));
+    check(&page, work, &baseline);
+
+    // an image classifier with its learning curves, confusion matrix and explanation maps written into the run
+    let fx = root().join("fixtures/mni152");
+    let recipe = work.join("tiny.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name = \"tiny\"\nseed = 5\n[data]\nkind = \"volume-patches\"\nimage = {:?}\nlabels = {:?}\nmask = {:?}\n\
+             classes = [\"outside brain\", \"other brain\", \"grey matter\", \"white matter\"]\npatch = 28\nper_class = 20\n\
+             slabs = {{ train = [40, 60], val = [88, 92], test = [120, 124] }}\n[model]\narch = \"lenet5\"\n[train]\nepochs = 2\n\
+             batch_size = 32\noptimizer = {{ kind = \"adam\", lr = 0.001 }}\n[eval]\nbootstrap = 100\n",
+            fx.join("mni152_t1.nii.gz"),
+            fx.join("mni152_tissue_labels.nii.gz"),
+            fx.join("mni152_brain_mask.nii.gz")
+        ),
+    )
+    .unwrap();
+    let run = work.join("tiny");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = root().join("fixtures/itk/BrainProtonDensitySlice.png");
+    for method in ["gradcam", "occlusion"] {
+        let o = vesalius(&[
+            "explain",
+            "--run",
+            run.to_str().unwrap(),
+            png.to_str().unwrap(),
+            "--method",
+            method,
+            "-o",
+            run.join("explain").to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let page = work.join("tiny.html");
+    assert!(vesalius(&["report", "--run", run.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
+    let html = std::fs::read_to_string(&page).unwrap();
+    let outline = vesalius_report::outline(&html);
+    for part in [
+        "## Learning curves",
+        "table: Confusion matrix on the test set",
+        "figure: explain/BrainProtonDensitySlice_gradcam.png",
+        "## Images",
+    ] {
+        assert!(outline.contains(part), "{part} missing from\n{outline}");
+    }
+    assert_eq!(check(&page, work, &baseline), 4);
+
+    // a folder with nothing to report is refused
+    let o = vesalius(&["report", "--run", work.join("empty-run").to_str().unwrap(), "-o", work.join("x.html").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+}
