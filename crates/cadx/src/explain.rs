@@ -17,35 +17,7 @@ use vesalius_nets::Classifier;
 use crate::CadxError;
 use crate::run::{ClassificationRun, RunDir, RunInfo};
 
-/// An explanation method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Absolute input gradient, largest over channels.
-    Saliency,
-    /// Saliency averaged over noisy copies.
-    SmoothGrad,
-    /// Class activation map of a convolutional layer weighted by its gradients.
-    GradCam,
-    /// Drop of the probability when patches are hidden.
-    Occlusion,
-    /// Superpixel weights of a local linear surrogate.
-    Lime,
-}
-
-impl std::str::FromStr for Method {
-    type Err = CadxError;
-    fn from_str(s: &str) -> Result<Self, CadxError> {
-        Ok(match s {
-            "saliency" => Method::Saliency,
-            "smoothgrad" => Method::SmoothGrad,
-            "gradcam" => Method::GradCam,
-            "occlusion" => Method::Occlusion,
-            "lime" => Method::Lime,
-            other => return Err(CadxError::Input(format!("unknown method {other:?} (saliency, smoothgrad, gradcam, occlusion, lime)"))),
-        })
-    }
-}
+pub use vesalius_explain::Method;
 
 /// Settings of [`explain`]; `None` picks the method's default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

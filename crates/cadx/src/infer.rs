@@ -99,3 +99,32 @@ pub fn predict_files<B: Backend>(
     bar.finish_and_clear();
     Ok(out)
 }
+
+/// Embeddings of image files: the activation maps of the network's last convolutional layer, averaged over
+/// positions (one value per map), as features for classic models (`vesalius embed`). The fully connected networks
+/// have no such layer and are refused.
+pub fn embed_files<B: Backend>(
+    model: &Classifier<B>,
+    info: &RunInfo,
+    files: &[&Path],
+    device: &B::Device,
+) -> Result<Vec<Vec<f32>>, CadxError> {
+    let layers = model.cam_layers();
+    if layers == 0 {
+        return Err(CadxError::Input(format!("{:?} has no convolutional layer to take embeddings from", info.model.arch)));
+    }
+    let (c, s) = (info.model.in_channels, info.model.input_size);
+    let mut out = Vec::with_capacity(files.len());
+    for chunk in files.chunks(64) {
+        let mut pixels = Vec::with_capacity(chunk.len() * c * s * s);
+        for path in chunk {
+            let img = vesalius_io::load(path)?;
+            pixels.extend(prepare_2d(&img, c, s, path)?);
+        }
+        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [chunk.len(), c, s, s]), device);
+        let a = model.forward_to(x, layers - 1).ok_or_else(|| CadxError::Internal("no activation maps".into()))?;
+        let pooled: Tensor<B, 2> = a.mean_dim(3).mean_dim(2).flatten(1, 3);
+        out.extend(rows(pooled));
+    }
+    Ok(out)
+}

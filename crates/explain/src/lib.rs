@@ -37,6 +37,36 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+/// An explanation method, by the name the command line uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Absolute input gradient, largest over channels.
+    Saliency,
+    /// The gradient averaged over noisy copies.
+    SmoothGrad,
+    /// Class activation map of a layer weighted by its gradients.
+    GradCam,
+    /// Drop of the score when patches are hidden.
+    Occlusion,
+    /// Superpixel weights of a local linear surrogate.
+    Lime,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "saliency" => Method::Saliency,
+            "smoothgrad" => Method::SmoothGrad,
+            "gradcam" => Method::GradCam,
+            "occlusion" => Method::Occlusion,
+            "lime" => Method::Lime,
+            other => return Err(format!("unknown method {other:?} (saliency, smoothgrad, gradcam, occlusion, lime)")),
+        })
+    }
+}
+
 /// An input: channel-planar values over a row-major spatial grid.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Input {

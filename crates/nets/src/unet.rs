@@ -323,6 +323,32 @@ impl<B: Backend> UNet<B> {
         (self.head.forward(h), aux)
     }
 
+    /// The last decoder level's feature maps, the input of the final 1 × 1 convolution (the layer Grad-CAM looks
+    /// at for segmentation): `head_logits(decoder_features(x)) == forward(x)`.
+    pub fn decoder_features(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let window = if self.spatial_dims == 2 { [1, 2, 2] } else { [2, 2, 2] };
+        let mut skips = Vec::with_capacity(self.enc.len());
+        let mut h = x;
+        for (i, block) in self.enc.iter().enumerate() {
+            if i > 0 {
+                h = pool3d(h, window, true);
+            }
+            h = block.forward(h);
+            skips.push(h.clone());
+        }
+        skips.pop();
+        for (up, block) in self.up.iter().zip(&self.dec) {
+            let skip = skips.pop().expect("one skip per decoder level");
+            h = block.forward(Tensor::cat(vec![skip, up.forward(h, self.spatial_dims)], 1));
+        }
+        h
+    }
+
+    /// Logits from [`UNet::decoder_features`].
+    pub fn head_logits(&self, h: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.head.forward(h)
+    }
+
     /// Number of decoder levels.
     pub fn levels(&self) -> usize {
         self.enc.len()

@@ -48,6 +48,11 @@ impl<B: Backend> Predictor<B> {
         Ok(Self { recipe, plans, model, device: device.clone() })
     }
 
+    /// The loaded network.
+    pub fn model(&self) -> &UNet<B> {
+        &self.model
+    }
+
     /// Segments `image` (all channels in one image), optionally with flip test-time augmentation.
     pub fn predict(&self, image: &Image, probabilities: bool, flip_tta: bool) -> Result<Segmentation, SegError> {
         if image.channels() != self.plans.channels {

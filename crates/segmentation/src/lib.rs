@@ -22,6 +22,7 @@
 //! assert!(matches!(plans.normalisation[0], vesalius_segmentation::plan::Normalisation::Ct { .. }));
 //! ```
 pub mod evaluate;
+pub mod explain;
 pub mod fingerprint;
 pub mod infer;
 pub mod plan;

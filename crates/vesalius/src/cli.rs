@@ -178,9 +178,26 @@ pub enum Command {
         /// Seed of SmoothGrad's noise and LIME's samples.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Segmentation runs: the region whose class probability is explained (a mask on the image's grid;
+        /// default: where the run segments the class).
+        #[arg(long)]
+        mask: Option<PathBuf>,
         /// Output folder.
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Embeddings of images by a classification run's network (its last convolutional layer's maps, averaged over
+    /// positions) as a CSV feature table (`path,f0,f1,…`) for classic models.
+    Embed {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Images.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// The CSV file to write (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Write a self-contained HTML report of a run: test metrics with intervals, learning curves, ROC with
     /// confidence bands, calibration, FROC, confusion matrices, sortable per-case tables and the run's images.
@@ -427,10 +444,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let args = crate::enhance::DegradeArgs { model, dose, photons, angles, factor, axis, acceleration, centre, sigma };
             crate::enhance::degrade(&input, &output, &args, seed)
         }
-        Command::Explain { run, images, method, class, layer, samples, patch, segments, seed, output } => {
+        Command::Explain { run, images, method, class, layer, samples, patch, segments, seed, mask, output } => {
             let opts = vesalius_cadx::explain::ExplainOptions { class, layer, samples, patch, segments, seed };
-            crate::explain::run(backend, &run, &images, &method, &opts, &output)
+            if commands::is_segmentation_run(&run) {
+                if layer.is_some() || patch.is_some() {
+                    return Err(CliError::Usage("--layer and --patch apply to classification runs".into()));
+                }
+                crate::explain::run_segmentation(backend, &run, &images, &method, &opts, mask.as_deref(), &output)
+            } else if mask.is_some() {
+                Err(CliError::Usage("--mask applies to segmentation runs".into()))
+            } else {
+                crate::explain::run(backend, &run, &images, &method, &opts, &output)
+            }
         }
+        Command::Embed { run, images, output } => crate::explain::embed(backend, &run, &images, output.as_deref()),
         Command::Report { run, output } => {
             let html = vesalius_report::build(&run).map_err(|e| match e {
                 vesalius_report::ReportError::Input(m) => CliError::Usage(m),

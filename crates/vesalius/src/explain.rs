@@ -41,7 +41,7 @@ fn stem(path: &Path) -> String {
 
 /// Runs the command for every image.
 pub fn run(backend: BackendKind, run: &Path, images: &[PathBuf], method: &str, opts: &ExplainOptions, out: &Path) -> Result<(), CliError> {
-    let method: Method = method.parse()?;
+    let method: Method = method.parse().map_err(CliError::Usage)?;
     if !vesalius_cadx::run::RunDir::new(run).file("run.json").is_file() || vesalius_cadx::tabular::is_run(run) {
         return Err(CliError::Usage(format!("{}: not an image classification run (explain needs one)", run.display())));
     }
@@ -61,6 +61,93 @@ pub fn run(backend: BackendKind, run: &Path, images: &[PathBuf], method: &str, o
         json["image"] = serde_json::Value::String(image.display().to_string());
         json["map"] = serde_json::Value::String(nii.display().to_string());
         json["overlay"] = serde_json::Value::String(png.display().to_string());
+        println!("{json}");
+    }
+    Ok(())
+}
+
+/// `vesalius embed`: one CSV row of network features per image.
+pub fn embed(backend: BackendKind, run: &Path, images: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
+    use vesalius_cadx::run::ClassificationRun;
+    let dir = vesalius_cadx::run::RunDir::new(run);
+    if !dir.file("run.json").is_file() || vesalius_cadx::tabular::is_run(run) {
+        return Err(CliError::Usage(format!("{}: not an image classification run (embed needs one)", run.display())));
+    }
+    let info = dir.read_classifier_info()?;
+    let files: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+    let rows = with_backend!(backend, |B, AB, device| {
+        let model = dir.load_best::<B>(&info, &device)?;
+        vesalius_cadx::infer::embed_files::<B>(&model, &info, &files, &device).map_err(CliError::from)
+    })?;
+    let k = rows.first().map_or(0, Vec::len);
+    let mut text = String::from("path");
+    for j in 0..k {
+        text.push_str(&format!(",f{j}"));
+    }
+    text.push('\n');
+    for (path, r) in images.iter().zip(&rows) {
+        let p = path.display().to_string();
+        text.push_str(&if p.contains([',', '"']) { format!("\"{}\"", p.replace('"', "\"\"")) } else { p });
+        for v in r {
+            text.push_str(&format!(",{v}"));
+        }
+        text.push('\n');
+    }
+    match output {
+        Some(path) => vesalius_io::write_atomic(path, text.as_bytes()).map_err(|e| CliError::Internal(e.to_string()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// One axial slice (third axis) of channel 0 of a volume, as a 2D image.
+fn axial(img: &Image, z: usize) -> Result<Image, CliError> {
+    let (w, h) = (img.shape()[0], img.shape()[1]);
+    let data = img.channel(0)[z * w * h..(z + 1) * w * h].to_vec();
+    Image::new(data, vec![w, h], 1, *img.affine(), "float32").map_err(|e| CliError::Internal(e.to_string()))
+}
+
+/// `vesalius explain` for a segmentation run: the map on the image's grid, and an overlay of the axial slice where
+/// the map is largest.
+pub fn run_segmentation(
+    backend: BackendKind,
+    run: &Path,
+    images: &[PathBuf],
+    method: &str,
+    opts: &ExplainOptions,
+    mask: Option<&Path>,
+    out: &Path,
+) -> Result<(), CliError> {
+    use vesalius_segmentation::explain::{SegExplainOptions, explain as seg_explain};
+    let method: Method = method.parse().map_err(CliError::Usage)?;
+    let sopts = SegExplainOptions { class: opts.class, samples: opts.samples, segments: opts.segments, seed: opts.seed };
+    std::fs::create_dir_all(out).map_err(|e| CliError::Internal(format!("{}: {e}", out.display())))?;
+    let dir = vesalius_segmentation::RunDir::new(run);
+    for image in images {
+        let (e, img) =
+            with_backend!(backend, |B, AB, device| seg_explain::<AB>(&dir, image, mask, method, &sopts, &device).map_err(CliError::from))?;
+        let map = e.map.clone().ok_or_else(|| CliError::Internal("no map".into()))?;
+        let name =
+            format!("{}_{}", stem(image), serde_json::to_value(method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+        let nii = out.join(format!("{name}.nii.gz"));
+        vesalius_io::nifti::save(&nii, &map, vesalius_io::nifti::NiftiType::F32)?;
+        let png = out.join(format!("{name}.png"));
+        let slices = map.shape().get(2).copied().unwrap_or(1);
+        let plane = map.shape()[0] * map.shape().get(1).copied().unwrap_or(1);
+        let z = (0..slices)
+            .max_by(|&a, &b| {
+                let s = |k: usize| map.data()[k * plane..(k + 1) * plane].iter().map(|v| v.abs()).sum::<f32>();
+                s(a).total_cmp(&s(b))
+            })
+            .unwrap_or(0);
+        let overlay_img =
+            if img.ndim() == 3 { overlay(&axial(&img, z)?, &map.data()[z * plane..(z + 1) * plane])? } else { overlay(&img, map.data())? };
+        vesalius_io::save_2d(&png, &overlay_img)?;
+        let mut json = serde_json::to_value(&e).map_err(|e| CliError::Internal(e.to_string()))?;
+        json["image"] = serde_json::Value::String(image.display().to_string());
+        json["map"] = serde_json::Value::String(nii.display().to_string());
+        json["overlay"] = serde_json::Value::String(png.display().to_string());
+        json["overlay_slice"] = serde_json::Value::from(z);
         println!("{json}");
     }
     Ok(())

@@ -525,6 +525,45 @@ foreground_share = 0.5
     assert_eq!(labels.affine(), image.affine());
     assert_eq!(labels.dtype(), "uint8");
     assert_eq!(vesalius_io::load(pred.join("brain2_image_probabilities.nii.gz")).unwrap().channels(), 2);
+    // An explanation of the tumour class over the reference tumour: a map on the image's grid, an axial overlay
+    let ex = dir.path().join("explain");
+    let mask = fx.join("brain2_label.nii.gz");
+    let o = vesalius(&[
+        "explain",
+        "--run",
+        run.to_str().unwrap(),
+        input.to_str().unwrap(),
+        "--method",
+        "occlusion",
+        "--mask",
+        mask.to_str().unwrap(),
+        "-o",
+        ex.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!((j["method"].as_str(), j["class"].as_u64()), (Some("occlusion"), Some(1)));
+    assert!(j["roi_voxels"].as_u64().unwrap() > 0 && j["evaluations"].as_u64().unwrap() > 10, "{j}");
+    let map = vesalius_io::load(ex.join("brain2_image_occlusion.nii.gz")).unwrap();
+    assert_eq!((map.shape(), map.affine()), (image.shape(), image.affine()));
+    assert!(map.data().iter().all(|v| v.is_finite()) && map.data().iter().any(|&v| v != 0.0));
+    let png = image::open(ex.join("brain2_image_occlusion.png")).unwrap();
+    assert_eq!((png.width() as usize, png.height() as usize), (image.shape()[0], image.shape()[1]));
+    assert_input_error(
+        &vesalius(&[
+            "explain",
+            "--run",
+            run.to_str().unwrap(),
+            input.to_str().unwrap(),
+            "--method",
+            "saliency",
+            "--layer",
+            "1",
+            "-o",
+            ex.to_str().unwrap(),
+        ]),
+        "--layer and --patch apply to classification runs",
+    );
     // The recipe holds no test set: evaluation scores the test set by default, so it says so instead of quietly
     // scoring the cases that selected the model.
     assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap()]), "no labelled test cases");
