@@ -185,6 +185,39 @@ pub fn read_run(run: &RunDir) -> Result<(EnhanceRecipe, RunInfo), EnhanceError> 
     Ok((recipe, info))
 }
 
+/// Cases of an evaluation that get a figure (`figures/<set>-<case>.png`).
+pub const MAX_FIGURES: usize = 12;
+
+/// Input, network output and reference side by side in the reference's grey range (1st–99th percentile), then
+/// |output − reference| as a heat map; superior (the last row) at the top.
+fn write_figure(
+    run: &RunDir,
+    name: &str,
+    input: &[f32],
+    output: &[f32],
+    reference: &[f32],
+    w: usize,
+    h: usize,
+) -> Result<(), EnhanceError> {
+    use vesalius_io::figure::{Colour, Panel, compose, robust_range};
+    let flip = |v: &[f32]| -> Vec<f32> { (0..h).rev().flat_map(|y| v[y * w..(y + 1) * w].to_vec()).collect() };
+    let (lo, hi) = robust_range(reference);
+    let grey = Colour::Grey { lo, hi };
+    let diff: Vec<f32> = output.iter().zip(reference).map(|(a, b)| (a - b).abs()).collect();
+    let panels = [
+        Panel { data: flip(input), w, h, colour: grey },
+        Panel { data: flip(output), w, h, colour: grey },
+        Panel { data: flip(reference), w, h, colour: grey },
+        Panel { data: flip(&diff), w, h, colour: Colour::Heat { max: (hi - lo) * 0.25 } },
+    ];
+    let path = run.file(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| EnhanceError::Internal(format!("{}: {e}", dir.display())))?;
+    }
+    vesalius_io::save_2d(&path, &compose(&panels, 4)?)?;
+    Ok(())
+}
+
 /// Evaluates a run's best model on `set` and writes `set.file()` in the run folder.
 pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, set: EvalSet) -> Result<EnhanceMetrics, EnhanceError> {
     let (recipe, info) = read_run(run)?;
@@ -254,7 +287,11 @@ pub fn evaluate_prepared<B: Backend>(
         for (name, plane) in &c.baselines {
             methods.insert(name.clone(), score(plane));
         }
-        methods.insert("network".to_string(), score(&network_on_case(&net, &info.model, c, device)));
+        let output = network_on_case(&net, &info.model, c, device);
+        methods.insert("network".to_string(), score(&output));
+        if scores.len() < MAX_FIGURES {
+            write_figure(run, &format!("figures/{}-{}.png", set.name(), c.id), &c.degraded, &output, &c.clean, c.w, c.h)?;
+        }
         scores.push(CaseScores { id: c.id.clone(), patient: c.patient.clone(), methods });
         bar.inc(1);
     }

@@ -99,6 +99,11 @@ fn red_cnn_learns_to_denoise_a_real_ct_and_beats_the_noisy_input_on_held_out_row
     assert!(m.psnr_gain["network_over_input"].ci_low > 0.0);
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.metrics()).unwrap()).unwrap();
     assert_eq!(written["cases"].as_array().unwrap().len(), 2);
+    // one figure per test case: input, output, reference and their difference side by side
+    let figures: Vec<_> = std::fs::read_dir(run.file("figures")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(figures.iter().filter(|f| f.starts_with("test-") && f.ends_with(".png")).count(), 2, "{figures:?}");
+    let fig = vesalius_io::load(run.file("figures").join(&figures[0])).unwrap();
+    assert_eq!(fig.channels(), 3);
 
     // Prediction keeps the input's grid and improves it.
     let clean = vesalius_enhancement::data::load_image(&fixtures().join("dicom/single/CT_small.dcm")).unwrap();

@@ -30,6 +30,7 @@
 pub mod deid;
 pub mod dicom;
 mod error;
+pub mod figure;
 pub mod formats;
 pub mod geometry;
 mod image;

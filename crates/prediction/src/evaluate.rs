@@ -136,7 +136,7 @@ pub fn read_run(run: &Path) -> Result<(SurvivalRecipe, SurvivalModel), PredError
     Ok((recipe, model))
 }
 
-/// Evaluates a run on its test patients and writes `metrics.json`.
+/// Evaluates a run on its test patients and writes `metrics.json` and `predictions-test.csv` (`id,time,event,risk`).
 pub fn evaluate<B: Backend>(run: &Path, device: &B::Device) -> Result<SurvivalMetrics, PredError> {
     let (recipe, model) = read_run(run)?;
     let (_, _, data) = load(&recipe, Some(&model.encoding))?;
@@ -144,5 +144,13 @@ pub fn evaluate<B: Backend>(run: &Path, device: &B::Device) -> Result<SurvivalMe
     let scorer = Scorer::<B>::load(run, &recipe, &model, device)?;
     let m = evaluate_rows(&model, &scorer, &data, &test, &recipe)?;
     vesalius_train::run::write_json(&run.join("metrics.json"), &m).map_err(|e| PredError::Internal(e.to_string()))?;
+    let x: Vec<Vec<f64>> = test.iter().map(|&i| data.x[i].clone()).collect();
+    let (risk, _) = scorer.predict(&model, &x, &[]);
+    let mut csv = String::from("id,time,event,risk\n");
+    for (k, &i) in test.iter().enumerate() {
+        let id = if data.ids[i].contains([',', '"']) { format!("\"{}\"", data.ids[i].replace('"', "\"\"")) } else { data.ids[i].clone() };
+        csv.push_str(&format!("{id},{},{},{}\n", data.time[i], u8::from(data.event[i]), risk[k]));
+    }
+    vesalius_io::write_atomic(&run.join("predictions-test.csv"), csv.as_bytes()).map_err(|e| PredError::Internal(e.to_string()))?;
     Ok(m)
 }

@@ -195,6 +195,54 @@ fn summarise(pairs: Vec<PairMetrics>) -> MethodMetrics {
     MethodMetrics { pairs, mean }
 }
 
+/// Pairs of an evaluation that get a figure (`figures/<set>-<pair>.png`).
+pub const MAX_FIGURES: usize = 12;
+
+/// The middle slice (first grid axis) of a pair: fixed, moving and warped in the fixed image's grey range, a
+/// checkerboard of fixed and warped, |fixed − moving| and |fixed − warped| on one heat scale, and the Jacobian
+/// determinant (white at 1, red above, blue below, full colour at 0 and 2).
+fn write_figure(
+    run: &RunDir,
+    name: &str,
+    fixed: &[f32],
+    moving: &[f32],
+    warped: &[f32],
+    field: &[f32],
+    size: [usize; 3],
+) -> Result<(), RegError> {
+    use vesalius_io::figure::{Colour, Panel, checkerboard, compose, robust_range};
+    let (n, plane) = (size[0] * size[1] * size[2], size[1] * size[2]);
+    let k = size[0] / 2;
+    let (w, h) = (size[2], size[1]);
+    let cut = |v: &[f32]| -> Vec<f32> {
+        let s = &v[k * plane..(k + 1) * plane];
+        (0..h).rev().flat_map(|y| s[y * w..(y + 1) * w].to_vec()).collect()
+    };
+    let (f, m, wp) = (cut(fixed), cut(moving), cut(warped));
+    let (lo, hi) = robust_range(fixed);
+    let grey = Colour::Grey { lo, hi };
+    let before: Vec<f32> = f.iter().zip(&m).map(|(a, b)| (a - b).abs()).collect();
+    let after: Vec<f32> = f.iter().zip(&wp).map(|(a, b)| (a - b).abs()).collect();
+    let max = before.iter().cloned().fold(0.0, f32::max).max(1e-6);
+    let det = crate::metrics::jacobian_determinants(&[field[..n].to_vec(), field[n..2 * n].to_vec(), field[2 * n..].to_vec()], size);
+    let det: Vec<f32> = det.iter().map(|&d| d as f32).collect();
+    let panels = [
+        Panel { data: f.clone(), w, h, colour: grey },
+        Panel { data: m, w, h, colour: grey },
+        Panel { data: wp.clone(), w, h, colour: grey },
+        Panel { data: checkerboard(&f, &wp, w, h, 8), w, h, colour: grey },
+        Panel { data: before, w, h, colour: Colour::Heat { max } },
+        Panel { data: after, w, h, colour: Colour::Heat { max } },
+        Panel { data: cut(&det), w, h, colour: Colour::Diverging { centre: 1.0, span: 1.0 } },
+    ];
+    let path = run.file(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| RegError::Internal(format!("{}: {e}", dir.display())))?;
+    }
+    vesalius_io::save_2d(&path, &compose(&panels, 4)?)?;
+    Ok(())
+}
+
 /// Evaluates a run's best networks on its test (or validation) pairs, on the common grid, and with `optimisation`
 /// also registration by optimisation of the same pairs; writes `metrics.json` (or `metrics-val.json`).
 pub fn evaluate<AB: AutodiffBackend>(
@@ -233,14 +281,11 @@ pub fn evaluate<AB: AutodiffBackend>(
         let warped = to_vec(sample_linear(m, prediction.coords.clone(), Padding::Zeros));
         let seconds = started.elapsed().as_secs_f64();
         let affine_only = prediction.affine.as_ref().map(|a| to_vec(affine_coords(a.clone(), size)));
-        learned.push(eval.metrics::<AB::InnerBackend>(
-            to_vec(prediction.coords),
-            &warped,
-            &to_vec(prediction.field),
-            affine_only,
-            seconds,
-            device,
-        ));
+        let field = to_vec(prediction.field);
+        if learned.len() < MAX_FIGURES {
+            write_figure(run, &format!("figures/{}-{}.png", set.name(), p.name), &p.fixed, &p.moving, &warped, &field, size)?;
+        }
+        learned.push(eval.metrics::<AB::InnerBackend>(to_vec(prediction.coords), &warped, &field, affine_only, seconds, device));
         if let Some(options) = optimisation {
             let as_image = |v: &Vec<f32>| Image::new(v.clone(), shape.to_vec(), 1, grid_affine, "float32").expect("grid-sized");
             let started = Instant::now();

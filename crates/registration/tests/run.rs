@@ -86,6 +86,10 @@ fn a_synthetic_run_trains_resumes_and_improves_alignment() {
     let val = evaluate::<B>(&run, &device, None, EvalSet::Validation).unwrap();
     assert_eq!((val.set.as_str(), val.learned.pairs.len()), ("validation", 3));
     assert!(run.file("metrics-val.json").is_file());
+    // one figure per pair: seven panels of the middle slice (fixed, moving, warped, checkerboard, two differences,
+    // Jacobian)
+    let figures = std::fs::read_dir(run.file("figures")).unwrap().count();
+    assert_eq!(figures, 6, "three test and three validation pairs");
     let names = |m: &vesalius_registration::evaluate::MethodMetrics| m.pairs.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
     assert!(names(&val.learned).iter().all(|n| !names(&scored.learned).contains(n)), "test and validation pairs differ");
     let m = scored.learned;

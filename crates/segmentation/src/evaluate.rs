@@ -51,6 +51,80 @@ pub struct MetricsFile {
     pub level: f64,
 }
 
+/// Cases of an evaluation that get an overlay figure (`figures/<set>-<case>.png`).
+pub const MAX_FIGURES: usize = 12;
+
+/// Three orthogonal slices through the reference's centre of mass (the image centre when the reference is empty):
+/// the image in grey (1st–99th percentile), the prediction filled in red and the reference outlined in green, side
+/// by side (axial, coronal, sagittal; superior up) as one RGB picture. A 2D image gives its one plane.
+pub fn triplanar_overlay(
+    image: &vesalius_io::Image,
+    prediction: &vesalius_io::Image,
+    reference: &vesalius_io::Image,
+) -> Result<vesalius_io::Image, SegError> {
+    let sh = image.shape();
+    let (nx, ny, nz) = (sh[0], sh.get(1).copied().unwrap_or(1), sh.get(2).copied().unwrap_or(1));
+    let grey = image.channel(0);
+    let mut sorted: Vec<f32> = grey.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f32::total_cmp);
+    let q = |p: f64| sorted.get(((sorted.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(0.0);
+    let (lo, hi) = (q(0.01), q(0.99));
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let at = |x: usize, y: usize, z: usize| x + nx * (y + ny * z);
+    let (mut c, mut n) = ([0f64; 3], 0f64);
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                if reference.data()[at(x, y, z)] > 0.0 {
+                    c[0] += x as f64;
+                    c[1] += y as f64;
+                    c[2] += z as f64;
+                    n += 1.0;
+                }
+            }
+        }
+    }
+    let centre: [usize; 3] =
+        if n > 0.0 { [(c[0] / n) as usize, (c[1] / n) as usize, (c[2] / n) as usize] } else { [nx / 2, ny / 2, nz / 2] };
+    // planes as (width, height, voxel of (u, v)) with v counted from the top
+    type Plane<'a> = (usize, usize, Box<dyn Fn(usize, usize) -> usize + 'a>);
+    let mut planes: Vec<Plane> = vec![(nx, ny, Box::new(move |u, v| at(u, ny - 1 - v, centre[2])))];
+    if nz > 1 {
+        planes.push((nx, nz, Box::new(move |u, v| at(u, centre[1], nz - 1 - v))));
+        planes.push((ny, nz, Box::new(move |u, v| at(centre[0], u, nz - 1 - v))));
+    }
+    let gap = 4;
+    let width: usize = planes.iter().map(|p| p.0).sum::<usize>() + gap * (planes.len() - 1);
+    let height = planes.iter().map(|p| p.1).max().unwrap_or(1);
+    let mut rgb = vec![255f32; 3 * width * height];
+    let mut left = 0;
+    for (w, h, voxel) in &planes {
+        let inside = |u: i64, v: i64| {
+            u >= 0 && v >= 0 && (u as usize) < *w && (v as usize) < *h && reference.data()[voxel(u as usize, v as usize)] > 0.0
+        };
+        for v in 0..*h {
+            for u in 0..*w {
+                let i = voxel(u, v);
+                let g = ((grey[i] - lo) / span).clamp(0.0, 1.0) * 255.0;
+                let mut px = [g, g, g];
+                if prediction.data()[i] > 0.0 {
+                    px = [0.6 * g + 0.4 * 230.0, 0.6 * g + 0.4 * 30.0, 0.6 * g + 0.4 * 30.0];
+                }
+                let (ui, vi) = (u as i64, v as i64);
+                if inside(ui, vi) && !(inside(ui - 1, vi) && inside(ui + 1, vi) && inside(ui, vi - 1) && inside(ui, vi + 1)) {
+                    px = [40.0, 220.0, 60.0];
+                }
+                let o = (left + u) + width * v;
+                for k in 0..3 {
+                    rgb[k * width * height + o] = px[k].round();
+                }
+            }
+        }
+        left += w + gap;
+    }
+    Ok(vesalius_io::Image::new(rgb, vec![width, height], 3, vesalius_io::IDENTITY, "uint8")?)
+}
+
 fn mean_ci(values: &[f64], clusters: &Clusters, seed: u64) -> Estimate {
     let value = values.iter().sum::<f64>() / values.len().max(1) as f64;
     cluster_percentile_ci(clusters, RESAMPLES, 0.95, seed, value, |idx| {
@@ -85,6 +159,14 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
         let subject = source.load()?;
         let reference = subject.label.as_ref().ok_or_else(|| SegError::Input(format!("case '{}' has no labels", source.id())))?;
         let seg = predictor.predict(&subject.image, false, flip_tta)?;
+        if cases.len() < MAX_FIGURES {
+            let figure = triplanar_overlay(&subject.image, &seg.labels, reference)?;
+            let path = run.file(&format!("figures/{}-{}.png", set.name(), source.id()));
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| SegError::Internal(format!("{}: {e}", dir.display())))?;
+            }
+            vesalius_io::save_2d(&path, &figure)?;
+        }
         let mut shape = [1usize; 3];
         shape[..subject.image.ndim()].copy_from_slice(subject.image.shape());
         let mut spacing = [1.0f64; 3];

@@ -233,6 +233,11 @@ fn plan_train_resume_predict_evaluate() {
     assert!(hd.value < 4.0, "{hd:?}");
     assert_eq!(metrics.missing_surface["sphere"], 0);
     assert!(fresh.file("metrics-val.json").is_file());
+    // a tri-planar overlay per case: the prediction filled, the reference outlined
+    for case in &metrics.cases {
+        let fig = io::load(fresh.file(&format!("figures/validation-{}.png", case.id))).unwrap();
+        assert_eq!((fig.channels(), fig.shape()[0]), (3, 20 + 20 + 18 + 2 * 4));
+    }
     // The test set (imagesTs/ with labelsTs/), never seen in training or selection. The missed sphere counts at the
     // image diagonal in the surface-distance means instead of being dropped.
     let test = evaluate::<P>(&fresh, &device, false, EvalSet::Test).unwrap();
