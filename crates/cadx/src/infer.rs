@@ -76,6 +76,17 @@ pub fn targets_of(data: &ClassificationDataset) -> Targets {
     }
 }
 
+/// A batch of image files, converted and resized as in training.
+fn files_batch<B: Backend>(info: &RunInfo, files: &[&Path], device: &B::Device) -> Result<Tensor<B, 4>, CadxError> {
+    let (c, s) = (info.model.in_channels, info.model.input_size);
+    let mut pixels = Vec::with_capacity(files.len() * c * s * s);
+    for path in files {
+        let img = vesalius_io::load(path)?;
+        pixels.extend(prepare_2d(&img, c, s, path)?);
+    }
+    Ok(Tensor::<B, 4>::from_data(TensorData::new(pixels, [files.len(), c, s, s]), device))
+}
+
 /// Class probabilities for image files (PNG, JPEG, TIFF, 2D NIfTI), converted and resized as in training.
 pub fn predict_files<B: Backend>(
     model: &Classifier<B>,
@@ -83,16 +94,10 @@ pub fn predict_files<B: Backend>(
     files: &[&Path],
     device: &B::Device,
 ) -> Result<Vec<Vec<f32>>, CadxError> {
-    let (c, s) = (info.model.in_channels, info.model.input_size);
     let mut out = Vec::with_capacity(files.len());
     let bar = vesalius_train::progress::bar(files.len() as u64, "prediction", false);
     for chunk in files.chunks(64) {
-        let mut pixels = Vec::with_capacity(chunk.len() * c * s * s);
-        for path in chunk {
-            let img = vesalius_io::load(path)?;
-            pixels.extend(prepare_2d(&img, c, s, path)?);
-        }
-        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [chunk.len(), c, s, s]), device);
+        let x = files_batch::<B>(info, chunk, device)?;
         out.extend(rows(probabilities(model.forward(x), info.multi_label)));
         bar.inc(chunk.len() as u64);
     }
@@ -113,15 +118,9 @@ pub fn embed_files<B: Backend>(
     if layers == 0 {
         return Err(CadxError::Input(format!("{:?} has no convolutional layer to take embeddings from", info.model.arch)));
     }
-    let (c, s) = (info.model.in_channels, info.model.input_size);
     let mut out = Vec::with_capacity(files.len());
     for chunk in files.chunks(64) {
-        let mut pixels = Vec::with_capacity(chunk.len() * c * s * s);
-        for path in chunk {
-            let img = vesalius_io::load(path)?;
-            pixels.extend(prepare_2d(&img, c, s, path)?);
-        }
-        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [chunk.len(), c, s, s]), device);
+        let x = files_batch::<B>(info, chunk, device)?;
         let a = model.forward_to(x, layers - 1).ok_or_else(|| CadxError::Internal("no activation maps".into()))?;
         let pooled: Tensor<B, 2> = a.mean_dim(3).mean_dim(2).flatten(1, 3);
         out.extend(rows(pooled));

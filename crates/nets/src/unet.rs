@@ -301,6 +301,12 @@ impl<B: Backend> UNet<B> {
     /// The final logits and, with deep supervision, the lower-resolution logits of the other decoder levels
     /// (coarsest first).
     pub fn forward_all(&self, x: Tensor<B, 5>) -> (Tensor<B, 5>, Vec<Tensor<B, 5>>) {
+        let (h, aux) = self.decode(x, true);
+        (self.head.forward(h), aux)
+    }
+
+    /// The encoder and decoder: the last decoder level's maps, and the auxiliary heads' logits when asked for.
+    fn decode(&self, x: Tensor<B, 5>, with_aux: bool) -> (Tensor<B, 5>, Vec<Tensor<B, 5>>) {
         let window = if self.spatial_dims == 2 { [1, 2, 2] } else { [2, 2, 2] };
         let mut skips = Vec::with_capacity(self.enc.len());
         let mut h = x;
@@ -316,32 +322,17 @@ impl<B: Backend> UNet<B> {
         for (i, (up, block)) in self.up.iter().zip(&self.dec).enumerate() {
             let skip = skips.pop().expect("one skip per decoder level");
             h = block.forward(Tensor::cat(vec![skip, up.forward(h, self.spatial_dims)], 1));
-            if let Some(head) = self.aux_heads.get(i) {
+            if with_aux && let Some(head) = self.aux_heads.get(i) {
                 aux.push(head.forward(h.clone()));
             }
         }
-        (self.head.forward(h), aux)
+        (h, aux)
     }
 
     /// The last decoder level's feature maps, the input of the final 1 × 1 convolution (the layer Grad-CAM looks
     /// at for segmentation): `head_logits(decoder_features(x)) == forward(x)`.
     pub fn decoder_features(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let window = if self.spatial_dims == 2 { [1, 2, 2] } else { [2, 2, 2] };
-        let mut skips = Vec::with_capacity(self.enc.len());
-        let mut h = x;
-        for (i, block) in self.enc.iter().enumerate() {
-            if i > 0 {
-                h = pool3d(h, window, true);
-            }
-            h = block.forward(h);
-            skips.push(h.clone());
-        }
-        skips.pop();
-        for (up, block) in self.up.iter().zip(&self.dec) {
-            let skip = skips.pop().expect("one skip per decoder level");
-            h = block.forward(Tensor::cat(vec![skip, up.forward(h, self.spatial_dims)], 1));
-        }
-        h
+        self.decode(x, false).0
     }
 
     /// Logits from [`UNet::decoder_features`].

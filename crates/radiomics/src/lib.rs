@@ -416,6 +416,27 @@ mod tests {
     }
 
     #[test]
+    fn resampling_keeps_the_volume_and_the_intensities() {
+        // a 6 × 6 × 6 mm cube of value 7 at 2 mm voxels, resampled to 1 mm
+        let (img, mask) = cube(5, |_| 7.0);
+        let mut affine = IDENTITY;
+        for a in 0..3 {
+            affine[a][a] = 2.0;
+        }
+        let img = Image::new(img.data().to_vec(), img.shape().to_vec(), 1, affine, "float32").unwrap();
+        let mask = Image::new(mask.data().to_vec(), mask.shape().to_vec(), 1, affine, "uint8").unwrap();
+        let at_2mm = extract(&img, &mask, 1.0, &Settings::default()).unwrap();
+        let at_1mm = extract(&img, &mask, 1.0, &Settings { resample: Some(vec![1.0, 1.0, 1.0]), ..Settings::default() }).unwrap();
+        assert_eq!(at_2mm.get("morph_approx_vol"), Some(216.0));
+        // old voxel centres at 2, 4 and 6 mm, new ones every mm from 0: the interpolated mask is 1 at 2..6 mm, ½ on
+        // the faces at 1 and 7 mm (kept: ≥ 0.5), ¼ and ⅛ on edges and corners (dropped): 5³ + 6 · 5² voxels
+        assert_eq!(at_1mm.get("morph_approx_vol"), Some(275.0));
+        assert_eq!((at_1mm.get("stat_mean"), at_1mm.get("stat_var")), (Some(7.0), Some(0.0)));
+        let wrong = Settings { resample: Some(vec![1.0, 1.0]), ..Settings::default() };
+        assert!(extract(&img, &mask, 1.0, &wrong).unwrap_err().to_string().contains("3 spacings"));
+    }
+
+    #[test]
     fn resegmentation_narrows_the_intensity_mask_only() {
         let (img, mask) = cube(6, |i| (i % 7) as f32);
         let s = Settings { resegment: Some([2.0, 4.0]), bin_width: Some(1.0), ..Settings::default() };

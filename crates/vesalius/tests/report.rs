@@ -1,5 +1,6 @@
 //! `vesalius report` in a real browser: headless Chromium (Debian's package; `cargo xtask ci` installs it when it is
-//! missing) loads each report from its file, and the test checks that every figure has a size, that no script
+//! missing) loads the reports of a table, a survival, an image-classification, a segmentation and an enhancement run
+//! from their files, and the test checks that every figure has a size, that no script
 //! error or console message occurs, that no request leaves the file (Chromium's network log holds nothing beyond
 //! what the browser itself asks for on an empty page), and that a screenshot is not blank. A page built to fail
 //! each check shows that the checks can fail.
@@ -198,6 +199,50 @@ fn reports_load_in_chromium_without_errors_or_requests() {
         assert!(outline.contains(part), "{part} missing from\n{outline}");
     }
     assert_eq!(check(&page, work, &baseline), 4);
+
+    // a segmentation run scored on its validation case: learning curves and the tri-planar overlay figure
+    let fx = root().join("fixtures/nifti/pyradiomics");
+    let recipe = work.join("tumour.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "task = \"segmentation\"\n[data]\ncases = [\n  {{ id = \"brain1\", image = [\"{0}/brain1_image.nii.gz\"], label = \"{0}/brain1_label.nii.gz\" }},\n\
+             {{ id = \"brain2\", image = [\"{0}/brain2_image.nii.gz\"], label = \"{0}/brain2_label.nii.gz\" }},\n]\nlabels = {{ background = 0, tumour = 1 }}\n\
+             folds = 2\n[plan]\ntarget_spacing = [3.2, 3.2, 6.5]\npatch = [32, 32, 8]\nbatch = 2\nfeatures = [4, 8]\n[train]\nepochs = 2\niterations = 3\n\
+             foreground_share = 0.5\n",
+            fx.display()
+        ),
+    )
+    .unwrap();
+    let seg = work.join("tumour");
+    assert!(vesalius(&["train", recipe.to_str().unwrap(), "--out", seg.to_str().unwrap(), "--quiet"]).status.success());
+    assert!(vesalius(&["evaluate", "--run", seg.to_str().unwrap(), "--split", "val"]).status.success());
+    let page = work.join("tumour.html");
+    assert!(vesalius(&["report", "--run", seg.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
+    let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
+    assert!(outline.contains("## Learning curves") && outline.contains("figure: figures/validation-"), "{outline}");
+    assert!(check(&page, work, &baseline) >= 2);
+
+    // an enhancement run: its test case's input / output / reference / difference panels
+    let recipe = work.join("denoise.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "task = \"enhancement\"\n[data]\nimages = [{{ image = \"{}\" }}]\nintensity = [-1024.0, 3072.0]\n\
+             test_band = {{ axis = 1, start = 0, end = 24 }}\nval_band = {{ axis = 1, start = 104, end = 128 }}\ntrain_realisations = 2\n\
+             eval_realisations = 1\n[degrade]\nmodel = \"rician\"\nsigma = 100.0\n[model]\nfeatures = 4\n[train]\nepochs = 2\n\
+             iterations = 3\nbatch = 2\npatch = 32\nlr = 1e-3\n",
+            root().join("fixtures/dicom/single/CT_small.dcm").display()
+        ),
+    )
+    .unwrap();
+    let enh = work.join("denoise");
+    assert!(vesalius(&["train", recipe.to_str().unwrap(), "--out", enh.to_str().unwrap(), "--quiet"]).status.success());
+    let page = work.join("denoise.html");
+    assert!(vesalius(&["report", "--run", enh.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
+    let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
+    assert!(outline.contains("figure: figures/test-"), "{outline}");
+    assert!(check(&page, work, &baseline) >= 2);
 
     // a folder with nothing to report is refused
     let o = vesalius(&["report", "--run", work.join("empty-run").to_str().unwrap(), "-o", work.join("x.html").to_str().unwrap()]);
