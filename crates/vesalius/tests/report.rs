@@ -1,6 +1,6 @@
 //! `vesalius report` in a real browser: headless Chromium (Debian's package; `cargo xtask ci` installs it when it is
-//! missing) loads the reports of a table, a survival, an image-classification, a segmentation and an enhancement run
-//! from their files, and the test checks that every figure has a size, that no script
+//! missing) loads the reports of a table, a survival, an image-classification, a segmentation, an enhancement, a
+//! registration and a detection run from their files, and the test checks that every figure has a size, that no script
 //! error or console message occurs, that no request leaves the file (Chromium's network log holds nothing beyond
 //! what the browser itself asks for on an empty page), and that a screenshot is not blank. A page built to fail
 //! each check shows that the checks can fail.
@@ -242,6 +242,49 @@ fn reports_load_in_chromium_without_errors_or_requests() {
     assert!(vesalius(&["report", "--run", enh.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
     let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
     assert!(outline.contains("figure: figures/test-"), "{outline}");
+    assert!(check(&page, work, &baseline) >= 2);
+
+    // a learned-registration run scored on its test pairs: the seven-panel figure of each pair
+    let mni = root().join("fixtures/mni152");
+    let recipe = work.join("vm.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "task = \"registration\"\n[data]\nspacing = [8.0, 8.0, 8.0]\nshape = [24, 32, 24]\n\
+             synthetic = {{ image = \"{0}/mni152_t1.nii.gz\", labels = \"{0}/mni152_tissue_labels.nii.gz\" }}\n[model]\n\
+             encoder = [4, 8, 8]\ndecoder = [8, 8, 8, 4]\n[train]\nsteps = 6\nval_every = 3\nvalidation = 2\ntest = 2\nlearning_rate = 1e-3\n",
+            mni.display()
+        ),
+    )
+    .unwrap();
+    let reg = work.join("vm");
+    assert!(vesalius(&["train", recipe.to_str().unwrap(), "--out", reg.to_str().unwrap(), "--quiet"]).status.success());
+    assert!(vesalius(&["evaluate", "--run", reg.to_str().unwrap()]).status.success());
+    let page = work.join("vm.html");
+    assert!(vesalius(&["report", "--run", reg.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
+    let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
+    assert!(outline.contains("figure: figures/test-"), "{outline}");
+    assert!(check(&page, work, &baseline) >= 3);
+
+    // a detection run: the FROC curve of its test scan and its overlays
+    let nuclei = root().join("fixtures/stardist");
+    let recipe = work.join("det.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "task = \"detection\"\n[data]\nimages = [{{ id = \"dsb\", image = \"{0}/nuclei.png\", instances = \"{0}/nuclei_labels.png\" }}]\n\
+             val_band = {{ axis = 1, start = 384, end = 448 }}\ntest_band = {{ axis = 1, start = 448, end = 512 }}\n[model]\nchannels = [8, 16]\n\
+             [train]\nepochs = 1\niterations = 2\nbatch = 2\npatch = [32, 32]\n[eval]\nmin_probability = 0.001\n",
+            nuclei.display()
+        ),
+    )
+    .unwrap();
+    let det = work.join("det");
+    assert!(vesalius(&["train", recipe.to_str().unwrap(), "--out", det.to_str().unwrap(), "--quiet"]).status.success());
+    let page = work.join("det.html");
+    assert!(vesalius(&["report", "--run", det.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
+    let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
+    assert!(outline.contains("## FROC"), "{outline}");
     assert!(check(&page, work, &baseline) >= 2);
 
     // a folder with nothing to report is refused
