@@ -86,17 +86,8 @@ impl AlexNetConfig {
 impl<B: Backend> AlexNet<B> {
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = x;
-        for (i, conv) in self.convs.iter().enumerate() {
-            x = relu(conv.forward(x));
-            if i == 0 || i == 1 || i == 4 {
-                x = self.pool.forward(x);
-            }
-        }
-        let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
-        let x = relu(self.fc1.forward(self.dropout.forward(x)));
-        let x = relu(self.fc2.forward(self.dropout.forward(x)));
-        self.fc3.forward(x)
+        let last = self.convs.len() - 1;
+        self.forward_from(self.forward_to(x, last), last)
     }
 
     /// Convolutional layers a class-activation map can be taken at.

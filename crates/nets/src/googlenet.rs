@@ -122,25 +122,8 @@ impl GoogLeNetConfig {
 impl<B: Backend> GoogLeNet<B> {
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = self.conv1.forward(x);
-        if !self.small {
-            x = self.pool3.forward(x);
-        }
-        x = self.conv3.forward(self.conv2.forward(x));
-        x = self.pool3.forward(x);
-        for m in &self.stage3 {
-            x = m.forward(x);
-        }
-        x = self.pool3.forward(x);
-        for m in &self.stage4 {
-            x = m.forward(x);
-        }
-        x = self.pool2.forward(x);
-        for m in &self.stage5 {
-            x = m.forward(x);
-        }
-        let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
-        self.fc.forward(self.dropout.forward(x))
+        let last = self.cam_layers() - 1;
+        self.forward_from(self.forward_to(x, last), last)
     }
 
     /// Layers a class-activation map can be taken at: the stem, then each Inception module.

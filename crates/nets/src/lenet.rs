@@ -57,12 +57,7 @@ impl LeNet5Config {
 impl<B: Backend> LeNet5<B> {
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self.pool.forward(relu(self.conv1.forward(x)));
-        let x = self.pool.forward(relu(self.conv2.forward(x)));
-        let x: Tensor<B, 2> = x.flatten(1, 3);
-        let x = relu(self.fc1.forward(x));
-        let x = relu(self.fc2.forward(x));
-        self.fc3.forward(x)
+        self.forward_from(self.forward_to(x, 1), 1)
     }
 
     /// Convolutional layers a class-activation map can be taken at.

@@ -115,21 +115,8 @@ impl VggConfig {
 impl<B: Backend> Vgg<B> {
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = x;
-        for (i, conv) in self.convs.iter().enumerate() {
-            x = conv.forward(x);
-            if let Some(norm) = self.norms.get(i) {
-                x = norm.forward(x);
-            }
-            x = relu(x);
-            if self.pool_after[i] {
-                x = self.pool.forward(x);
-            }
-        }
-        let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
-        let x = self.dropout.forward(relu(self.fc1.forward(x)));
-        let x = self.dropout.forward(relu(self.fc2.forward(x)));
-        self.fc3.forward(x)
+        let last = self.convs.len() - 1;
+        self.forward_from(self.forward_to(x, last), last)
     }
 
     /// Convolutional layers a class-activation map can be taken at.
