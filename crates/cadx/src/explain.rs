@@ -30,6 +30,8 @@ pub struct ExplainOptions {
     pub samples: Option<usize>,
     /// Occlusion patch side in network pixels (default: an eighth of the input, at least 2).
     pub patch: Option<usize>,
+    /// Occlusion stride in network pixels (default: half the patch).
+    pub stride: Option<usize>,
     /// LIME superpixels (default 50).
     pub segments: Option<usize>,
     /// Seed of SmoothGrad's noise and LIME's masks.
@@ -142,7 +144,8 @@ pub fn explain_input<AB: AutodiffBackend>(
         Method::Occlusion => {
             let p = opts.patch.unwrap_or((s / 8).max(2)).clamp(1, s);
             let fill: f32 = x.data.iter().sum::<f32>() / x.data.len() as f32;
-            occlusion(x, &mut score, &[p, p], &[(p / 2).max(1), (p / 2).max(1)], fill, 64)
+            let stride = opts.stride.unwrap_or((p / 2).max(1)).clamp(1, s);
+            occlusion(x, &mut score, &[p, p], &[stride, stride], fill, 64)
         }
         Method::Lime => {
             let seg = slic(x, opts.segments.unwrap_or(50), 0.1);

@@ -123,6 +123,53 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// Sortable tables of the arrays of per-case objects in metrics.json (segmentation `cases`, enhancement `cases`,
+/// registration `learned.pairs`, …), one row per case with its fields flattened.
+fn per_case_tables(page: &mut Page, m: &Value, set: &str) {
+    let mut found: Vec<(String, &Vec<Value>)> = Vec::new();
+    if let Some(obj) = m.as_object() {
+        for (k, v) in obj {
+            match v {
+                Value::Array(a) if a.first().is_some_and(Value::is_object) => found.push((k.clone(), a)),
+                Value::Object(inner) => {
+                    for (k2, v2) in inner {
+                        if let Value::Array(a) = v2
+                            && a.first().is_some_and(Value::is_object)
+                        {
+                            found.push((format!("{k}.{k2}"), a));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (key, cases) in found {
+        let flat: Vec<Vec<(String, String)>> = cases
+            .iter()
+            .take(MAX_ROWS)
+            .map(|c| {
+                let mut row = Vec::new();
+                flatten("", c, &mut row);
+                row
+            })
+            .collect();
+        let mut header: Vec<String> = Vec::new();
+        for row in &flat {
+            for (k, _) in row {
+                if !header.contains(k) {
+                    header.push(k.clone());
+                }
+            }
+        }
+        let rows: Vec<Vec<String>> = flat
+            .iter()
+            .map(|row| header.iter().map(|h| row.iter().find(|(k, _)| k == h).map(|(_, v)| v.clone()).unwrap_or_default()).collect())
+            .collect();
+        page.table(&header, &rows, &format!("Per-case metrics on the {set} set ({key}; click a column to sort)"));
+    }
+}
+
 fn confusion_table(page: &mut Page, m: &Value, classes: &[String], caption: &str) {
     let Some(cm) = m.as_array() else { return };
     let k = cm.len();
@@ -502,10 +549,11 @@ pub fn build(run: &Path) -> Result<String, ReportError> {
     if !run.is_dir() {
         return Err(ReportError::Input(format!("{}: not a run folder", run.display())));
     }
-    let metrics = read_json(&run.join("metrics.json"));
+    // the test metrics, or the validation metrics of a run that holds no test set
+    let metrics = read_json(&run.join("metrics.json")).or_else(|| read_json(&run.join("metrics-val.json")));
     let has_log = run.join("log.jsonl").is_file();
     if metrics.is_none() && !has_log {
-        return Err(ReportError::Input(format!("{}: no metrics.json or log.jsonl to report", run.display())));
+        return Err(ReportError::Input(format!("{}: no metrics.json, metrics-val.json or log.jsonl to report", run.display())));
     }
     let name = run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let task = task_of(run);
@@ -524,7 +572,7 @@ pub fn build(run: &Path) -> Result<String, ReportError> {
         .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
         .unwrap_or_default();
     if let Some(m) = &metrics {
-        page.section("Test metrics");
+        page.section(if m["set"].as_str() == Some("validation") { "Validation metrics" } else { "Test metrics" });
         let set = m["set"].as_str().or(m["split"].as_str()).unwrap_or("test");
         if let Some(models) = m["models"].as_object() {
             // one report per model, side by side
@@ -555,6 +603,7 @@ pub fn build(run: &Path) -> Result<String, ReportError> {
                 &format!("Metrics on the {set} set, as metrics.json holds them"),
             );
             confusion_table(&mut page, &m["confusion"], &classes, &format!("Confusion matrix on the {set} set"));
+            per_case_tables(&mut page, m, set);
         }
     }
     learning_curves(&mut page, run)?;

@@ -172,6 +172,9 @@ pub enum Command {
         /// Occlusion: patch side in network pixels (default: an eighth of the input).
         #[arg(long)]
         patch: Option<usize>,
+        /// Occlusion: stride in network pixels (default: half the patch).
+        #[arg(long)]
+        stride: Option<usize>,
         /// LIME: number of superpixels (default 50).
         #[arg(long)]
         segments: Option<usize>,
@@ -444,11 +447,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let args = crate::enhance::DegradeArgs { model, dose, photons, angles, factor, axis, acceleration, centre, sigma };
             crate::enhance::degrade(&input, &output, &args, seed)
         }
-        Command::Explain { run, images, method, class, layer, samples, patch, segments, seed, mask, output } => {
-            let opts = vesalius_cadx::explain::ExplainOptions { class, layer, samples, patch, segments, seed };
+        Command::Explain { run, images, method, class, layer, samples, patch, stride, segments, seed, mask, output } => {
+            let opts = vesalius_cadx::explain::ExplainOptions { class, layer, samples, patch, stride, segments, seed };
             if commands::is_segmentation_run(&run) {
-                if layer.is_some() || patch.is_some() {
-                    return Err(CliError::Usage("--layer and --patch apply to classification runs".into()));
+                if layer.is_some() || patch.is_some() || stride.is_some() {
+                    return Err(CliError::Usage("--layer, --patch and --stride apply to classification runs".into()));
                 }
                 crate::explain::run_segmentation(backend, &run, &images, &method, &opts, mask.as_deref(), &output)
             } else if mask.is_some() {

@@ -183,6 +183,9 @@ bootstrap = 100
     };
     assert_input_error(&explain(&["--method", "shap"]), "unknown method \"shap\"");
     assert_input_error(&explain(&["--method", "gradcam", "--layer", "9"]), "layer 9 does not exist");
+    // occlusion with a stated patch and stride
+    let o = explain(&["--method", "occlusion", "--patch", "8", "--stride", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert_input_error(&explain(&["--method", "saliency", "--class", "7"]), "class 7 does not exist");
 }
 
@@ -562,7 +565,7 @@ foreground_share = 0.5
             "-o",
             ex.to_str().unwrap(),
         ]),
-        "--layer and --patch apply to classification runs",
+        "--layer, --patch and --stride apply to classification runs",
     );
     // The recipe holds no test set: evaluation scores the test set by default, so it says so instead of quietly
     // scoring the cases that selected the model.

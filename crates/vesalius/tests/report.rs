@@ -221,6 +221,7 @@ fn reports_load_in_chromium_without_errors_or_requests() {
     assert!(vesalius(&["report", "--run", seg.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
     let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
     assert!(outline.contains("## Learning curves") && outline.contains("figure: figures/validation-"), "{outline}");
+    assert!(outline.contains("table: Per-case metrics on the validation set (cases;"), "{outline}");
     assert!(check(&page, work, &baseline) >= 2);
 
     // an enhancement run: its test case's input / output / reference / difference panels
@@ -264,6 +265,7 @@ fn reports_load_in_chromium_without_errors_or_requests() {
     assert!(vesalius(&["report", "--run", reg.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
     let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
     assert!(outline.contains("figure: figures/test-"), "{outline}");
+    assert!(outline.contains("table: Per-case metrics on the test set (learned.pairs;"), "{outline}");
     assert!(check(&page, work, &baseline) >= 3);
 
     // a detection run: the FROC curve of its test scan and its overlays
