@@ -108,12 +108,13 @@ fn channel_max_abs(g: &[f32], channels: usize, n: usize) -> Vec<f32> {
 pub fn smoothgrad(x: &Input, grad: &mut dyn FnMut(&[f32]) -> Vec<f32>, samples: usize, noise: f32, seed: u64) -> Vec<f32> {
     let (lo, hi) = x.data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     let sigma = (noise * (hi - lo)).max(1e-12);
-    let normal = Normal::new(0.0f32, sigma).unwrap_or_else(|_| Normal::new(0.0, 1e-6).unwrap_or_else(|_| unreachable!()));
+    // a non-finite input range (NaN pixels) leaves the copies without noise rather than failing
+    let normal = Normal::new(0.0f32, sigma).ok();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut acc = vec![0f32; x.data.len()];
     let samples = samples.max(1);
     for _ in 0..samples {
-        let noisy: Vec<f32> = x.data.iter().map(|&v| v + normal.sample(&mut rng)).collect();
+        let noisy: Vec<f32> = x.data.iter().map(|&v| v + normal.map_or(0.0, |n| n.sample(&mut rng))).collect();
         for (a, g) in acc.iter_mut().zip(grad(&noisy)) {
             *a += g / samples as f32;
         }

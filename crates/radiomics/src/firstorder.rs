@@ -5,12 +5,7 @@ use crate::{Features, Roi};
 /// Percentile `q` (0–100) of sorted values with linear interpolation between order statistics (NumPy's default,
 /// which pyradiomics uses).
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q / 100.0 * (sorted.len() - 1) as f64;
-    let (i, f) = (pos.floor() as usize, pos - pos.floor());
-    if i + 1 >= sorted.len() { sorted[sorted.len() - 1] } else { sorted[i] + f * (sorted[i + 1] - sorted[i]) }
+    if sorted.is_empty() { f64::NAN } else { vesalius_eval::bootstrap::quantile_sorted(sorted, q / 100.0) }
 }
 
 fn mean(x: &[f64]) -> f64 {

@@ -30,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 use crate::plot::{Chart, Series, calibration, line_chart, roc_points, tpr_at};
+use vesalius_eval::survival::{KaplanMeier, log_rank};
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -341,82 +342,22 @@ fn roc_section(page: &mut Page, rows: &[Vec<String>], classes: &[String]) -> Res
     Ok(())
 }
 
-/// Kaplan–Meier estimate: (time, survival) steps from (0, 1).
+/// Kaplan–Meier steps for plotting, (time, survival) from (0, 1), from [`KaplanMeier`].
 pub fn kaplan_meier(time: &[f64], event: &[bool]) -> Vec<(f64, f64)> {
-    let mut idx: Vec<usize> = (0..time.len()).collect();
-    idx.sort_by(|&a, &b| time[a].total_cmp(&time[b]));
-    let mut at_risk = time.len() as f64;
-    let mut s = 1.0;
+    let km = KaplanMeier::fit(time, event);
     let mut out = vec![(0.0, 1.0)];
-    let mut k = 0;
-    while k < idx.len() {
-        let t = time[idx[k]];
-        let (mut d, mut c) = (0.0, 0.0);
-        while k < idx.len() && time[idx[k]] == t {
-            if event[idx[k]] {
-                d += 1.0
-            } else {
-                c += 1.0
-            }
-            k += 1;
-        }
-        if d > 0.0 {
+    let mut s = 1.0;
+    for (&t, &v) in km.times.iter().zip(&km.survival) {
+        if v != s {
             out.push((t, s));
-            s *= 1.0 - d / at_risk;
-            out.push((t, s));
+            out.push((t, v));
+            s = v;
         }
-        at_risk -= d + c;
     }
-    if let Some(&t) = idx.last().map(|&i| &time[i]) {
+    if let Some(&t) = km.times.last() {
         out.push((t, s));
     }
     out
-}
-
-/// The two-group log-rank test: (χ², p-value with one degree of freedom).
-pub fn log_rank(time: &[f64], event: &[bool], group: &[bool]) -> (f64, f64) {
-    let mut times: Vec<f64> = time.iter().zip(event).filter(|(_, e)| **e).map(|(t, _)| *t).collect();
-    times.sort_by(f64::total_cmp);
-    times.dedup();
-    let (mut o_e, mut var) = (0.0, 0.0);
-    for &t in &times {
-        let (mut n, mut n1, mut d, mut d1) = (0.0, 0.0, 0.0, 0.0);
-        for i in 0..time.len() {
-            if time[i] >= t {
-                n += 1.0;
-                if group[i] {
-                    n1 += 1.0;
-                }
-            }
-            if time[i] == t && event[i] {
-                d += 1.0;
-                if group[i] {
-                    d1 += 1.0;
-                }
-            }
-        }
-        if n > 1.0 {
-            o_e += d1 - d * n1 / n;
-            var += d * (n1 / n) * (1.0 - n1 / n) * (n - d) / (n - 1.0);
-        }
-    }
-    let chi2 = if var > 0.0 { o_e * o_e / var } else { 0.0 };
-    (chi2, erfc((chi2 / 2.0).sqrt()))
-}
-
-/// The complementary error function (Numerical Recipes' Chebyshev fit, relative error below 1.2e-7).
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 { r } else { 2.0 - r }
 }
 
 fn km_section(page: &mut Page, rows: &[Vec<String>]) -> Result<(), ReportError> {
@@ -655,18 +596,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kaplan_meier_and_log_rank_match_lifelines() {
-        // lifelines: KaplanMeierFitter gives 0.75, 0.5 and 0 after 2, 3 and 5; logrank_test gives χ² = 5.34777
-        // (p = 0.0207488) for the groups below
-        let t = [1.0, 2.0, 3.0, 4.0, 5.0];
-        let e = [false, true, true, false, true];
-        let km = kaplan_meier(&t, &e);
-        assert_eq!(km.iter().map(|p| (p.1 * 1000.0).round() / 1000.0).collect::<Vec<_>>(), vec![1.0, 1.0, 0.75, 0.75, 0.5, 0.5, 0.0, 0.0]);
-        let time = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
-        let event = [true, true, false, true, true, true, false, true];
-        let group = [true, true, true, true, false, false, false, false];
-        let (chi2, p) = log_rank(&time, &event, &group);
-        assert!((chi2 - 5.347_772).abs() < 1e-5 && (p - 0.020_748_8).abs() < 1e-5, "{chi2} {p}");
-        assert!((erfc(0.5) - 0.479_500_122).abs() < 1e-7);
+    fn kaplan_meier_steps_match_lifelines() {
+        // lifelines: KaplanMeierFitter gives 0.75, 0.5 and 0 after 2, 3 and 5
+        let km = kaplan_meier(&[1.0, 2.0, 3.0, 4.0, 5.0], &[false, true, true, false, true]);
+        assert_eq!(km, vec![(0.0, 1.0), (2.0, 1.0), (2.0, 0.75), (3.0, 0.75), (3.0, 0.5), (5.0, 0.5), (5.0, 0.0), (5.0, 0.0)]);
     }
 }

@@ -6,7 +6,7 @@
 //! coarse-to-fine occlusion and LIME over SLIC supervoxels.
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
 use vesalius_data::transforms::{Subject, resample_onto};
 use vesalius_explain::{Input, LimeConfig, Method, gradcam, lime, occlusion_coarse_to_fine, saliency, slic, smoothgrad};
@@ -130,15 +130,14 @@ pub fn explain_image<AB: AutodiffBackend>(
     let dims = [size[2], size[1], size[0]];
     let weights: Vec<f32> = inside.iter().map(|&r| if r { 1.0 / roi_voxels as f32 } else { 0.0 }).collect();
     let w_inner = Tensor::<AB::InnerBackend, 1>::from_data(TensorData::new(weights.clone(), [m]), device);
+    // the mean class probability over the region, for a batch of inputs in one forward pass
+    let w_row = w_inner.reshape([1, m]);
     let mut score = |batch: &[Vec<f32>]| -> Vec<f32> {
-        batch
-            .iter()
-            .map(|v| {
-                let t = Tensor::<AB::InnerBackend, 5>::from_data(TensorData::new(v.clone(), [1, c, dims[0], dims[1], dims[2]]), device);
-                let p = burn::tensor::activation::softmax(inner.forward(t), 1).slice([0..1, class..class + 1]).reshape([m]);
-                (p * w_inner.clone()).sum().into_scalar().elem::<f32>()
-            })
-            .collect()
+        let b = batch.len();
+        let flat: Vec<f32> = batch.iter().flatten().copied().collect();
+        let t = Tensor::<AB::InnerBackend, 5>::from_data(TensorData::new(flat, [b, c, dims[0], dims[1], dims[2]]), device);
+        let p = burn::tensor::activation::softmax(inner.forward(t), 1).slice([0..b, class..class + 1]).reshape([b, m]);
+        (p * w_row.clone()).sum_dim(1).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
     };
     let w_ad = Tensor::<AB, 1>::from_data(TensorData::new(weights, [m]), device);
     let mut grad = |v: &[f32]| -> Vec<f32> {
