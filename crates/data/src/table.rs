@@ -112,15 +112,25 @@ pub struct Encoding {
 }
 
 impl Encoding {
-    /// Fits the encoding of `features` on the rows of `table`.
+    /// Fits the encoding of `features` on the rows of `table`: numeric columns stay numbers, text columns are
+    /// dummy-coded.
     pub fn fit(table: &RawTable, features: &[String]) -> Result<Self, DataError> {
+        Self::fit_with(table, features, &[])
+    }
+
+    /// As [`Encoding::fit`], with the columns named in `categorical` dummy-coded even when they hold numbers
+    /// (codes such as a treatment arm 0–3).
+    pub fn fit_with(table: &RawTable, features: &[String], categorical: &[String]) -> Result<Self, DataError> {
+        if let Some(c) = categorical.iter().find(|c| !features.contains(c)) {
+            return Err(DataError::Invalid(format!("{}: categorical column \"{c}\" is not among the features", table.source)));
+        }
         let mut columns = Vec::with_capacity(features.len());
         for name in features {
             let c = table.column(name)?;
             if let Some(row) = table.rows.iter().position(|r| is_missing(&r[c])) {
                 return Err(DataError::Invalid(format!("{}: row {} column \"{name}\" is missing", table.source, row + 2)));
             }
-            if table.rows.iter().all(|r| r[c].trim().parse::<f64>().is_ok_and(f64::is_finite)) {
+            if !categorical.contains(name) && table.rows.iter().all(|r| r[c].trim().parse::<f64>().is_ok_and(f64::is_finite)) {
                 columns.push(ColumnEncoding::Numeric { name: name.clone() });
             } else {
                 let mut levels: Vec<String> = table.rows.iter().map(|r| r[c].trim().to_string()).collect();

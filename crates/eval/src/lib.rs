@@ -20,6 +20,7 @@
 pub mod bootstrap;
 pub mod classification;
 pub mod detection;
+pub mod regression;
 pub mod segmentation;
 pub mod survival;
 

@@ -1,10 +1,12 @@
-//! Prediction (CADx): time-to-event models on tables.
+//! Prediction (CADx): time-to-event, continuous and ordinal targets from tables.
 //!
 //! * [`cox`] — Cox proportional hazards (Efron or Breslow ties, ridge penalty, Breslow baseline hazard and
 //!   survival curves), equal to lifelines and scikit-survival on the Rossi data.
 //! * [`deepsurv`] — DeepSurv: a multi-layer perceptron trained on the shared engine with the Cox partial
 //!   likelihood, selected by validation C-index.
 //! * [`table`] — a CSV table read into features, times, events and patient ids; string columns dummy-coded.
+//! * [`regression`] — continuous and ordinal targets (`task = "regression"`): ridge, SVR, k-NN, random forest and
+//!   networks trained with MSE, Huber, quantile or cumulative-link (ordinal) losses, scored side by side.
 //! * [`recipe`], [`train`], [`evaluate`], [`infer`] — the `task = "survival"` recipe: a patient-level split, the
 //!   model fitted on the training patients, scored on the test patients (Harrell's and Uno's C, time-dependent AUC,
 //!   integrated Brier score, with bootstrap intervals over patients) and applied to new tables.
@@ -23,6 +25,7 @@ pub mod deepsurv;
 pub mod evaluate;
 pub mod infer;
 pub mod recipe;
+pub mod regression;
 /// Tables of subjects: the data layer's reader, encoding and standardisation.
 pub use vesalius_data::table;
 pub mod train;

@@ -345,6 +345,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 return crate::tabular::train(backend, &recipe, out);
             }
+            if commands::recipe_task(&recipe).as_deref() == Some("regression") {
+                if epochs.is_some() || iterations.is_some() {
+                    return Err(CliError::Usage(
+                        "--epochs and --iterations do not apply to regression recipes; set steps in [model]".into(),
+                    ));
+                }
+                return crate::regression::train(backend, &recipe, out);
+            }
             if commands::recipe_task(&recipe).as_deref() == Some("survival") {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to survival models".into()));
@@ -398,6 +406,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 crate::tabular::evaluate(&run, &split)
             } else if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::survival::evaluate(backend, &run, &split)
+            } else if vesalius_prediction::regression::is_run(&run) && !tta && optimisation.is_none() {
+                crate::regression::evaluate(backend, &run, &split)
             } else if vesalius_detection::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::detect::evaluate(backend, &run, &split)
             } else if vesalius_enhancement::train::is_run(&run) && !tta && optimisation.is_none() {
@@ -423,6 +433,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to survival runs".into()));
                 }
                 crate::survival::predict(backend, &run, &inputs, output.as_deref())
+            } else if vesalius_prediction::regression::is_run(&run) {
+                if probabilities || tta || mask.is_some() {
+                    return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to regression runs".into()));
+                }
+                crate::regression::predict(backend, &run, &inputs, output.as_deref())
             } else if vesalius_detection::train::is_run(&run) {
                 if probabilities || tta || mask.is_some() {
                     return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to detection runs".into()));

@@ -19,6 +19,7 @@ pub mod detect;
 pub mod enhance;
 pub mod explain;
 pub mod radiomics;
+pub mod regression;
 pub mod survival;
 pub mod tabular;
 

@@ -21,13 +21,14 @@ pub fn format_metrics(m: &SurvivalMetrics) -> String {
     let e = |x: &vesalius_eval::bootstrap::Estimate| format!("{:.4} [{:.4}, {:.4}]", x.value, x.ci_low, x.ci_high);
     let mut s =
         format!("{} set: {} {} ({} events); 95 % bootstrap intervals over patients\n", m.set, m.patients, m.bootstrap_unit, m.events);
-    s.push_str(&format!("  Harrell's C        {}\n", e(&m.c_index)));
-    s.push_str(&format!("  Uno's C (τ = {})  {}\n", m.tau, e(&m.uno_c)));
+    let mut line = |label: String, x: &vesalius_eval::bootstrap::Estimate| s.push_str(&format!("  {label:<20} {}\n", e(x)));
+    line("Harrell's C".into(), &m.c_index);
+    line(format!("Uno's C (τ = {})", m.tau), &m.uno_c);
     for (t, a) in m.times.iter().zip(&m.td_auc) {
-        s.push_str(&format!("  AUC(t = {t})     {}\n", e(a)));
+        line(format!("AUC(t = {t})"), a);
     }
-    s.push_str(&format!("  mean AUC           {}\n", e(&m.td_auc_mean)));
-    s.push_str(&format!("  integrated Brier   {}\n", e(&m.integrated_brier)));
+    line("mean AUC".into(), &m.td_auc_mean);
+    line("integrated Brier".into(), &m.integrated_brier);
     let cal: Vec<String> = m.calibration.iter().map(|b| format!("{:.2}/{:.2}", b.predicted, b.observed)).collect();
     s.push_str(&format!(
         "  calibration at t = {} (predicted/observed survival by fifths of prediction): {}\n",

@@ -1,8 +1,10 @@
 //! `vesalius train|evaluate|predict` for classic models and the MLP on feature tables.
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use vesalius_cadx::tabular::{self, TableMetrics, TableRecipe};
+use vesalius_eval::bootstrap::Estimate;
 
 use crate::CliError;
 use crate::backend::BackendKind;
@@ -17,17 +19,24 @@ pub fn is_table_recipe(path: &Path) -> bool {
 pub fn format_metrics(m: &TableMetrics) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{} metrics: {} patients, {} rows; 95 % bootstrap CI over patients", m.set, m.n_patients, m.n_rows);
-    let names: Vec<&String> = m.models.values().next().map(|r| r.metrics.keys().collect()).unwrap_or_default();
+    s.push_str(&models_table(m.models.iter().map(|(k, r)| (k, &r.metrics))));
+    s
+}
+
+/// One row per model, one column per metric (the first model's metrics), each `value [low, high]`.
+pub fn models_table<'a>(models: impl Iterator<Item = (&'a String, &'a BTreeMap<String, Estimate>)> + Clone) -> String {
+    let mut s = String::new();
+    let names: Vec<&String> = models.clone().next().map(|(_, r)| r.keys().collect()).unwrap_or_default();
     let _ = write!(s, "  {:<14}", "model");
     for n in &names {
         let _ = write!(s, " {n:>24}");
     }
     s.push('\n');
-    for (model, r) in &m.models {
+    for (model, r) in models {
         let _ = write!(s, "  {model:<14}");
         for n in &names {
-            let e = &r.metrics[*n];
-            let _ = write!(s, " {:>24}", format!("{:.3} [{:.3}, {:.3}]", e.value, e.ci_low, e.ci_high));
+            let cell = r.get(*n).map_or(String::from("-"), |e| format!("{:.3} [{:.3}, {:.3}]", e.value, e.ci_low, e.ci_high));
+            let _ = write!(s, " {cell:>24}");
         }
         s.push('\n');
     }
