@@ -302,7 +302,7 @@ fn roc_section(page: &mut Page, rows: &[Vec<String>], classes: &[String]) -> Res
             })
             .collect();
         let auc: f64 = curve.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum();
-        roc.push(Series { name: format!("{name} (AUC {auc:.3})"), points: curve, band, reference: false });
+        roc.push(Series { name: format!("{name} (AUC {auc:.3})"), points: curve, band, ..Default::default() });
         cal.push(Series {
             name: name.clone(),
             points: calibration(&s, &y, 10).into_iter().map(|(p, o, _)| (p, o)).collect(),
@@ -403,6 +403,96 @@ fn km_section(page: &mut Page, rows: &[Vec<String>]) -> Result<(), ReportError> 
     Ok(())
 }
 
+/// Predicted against Kaplan–Meier survival by fifths of prediction (a survival run's `calibration` table).
+fn survival_calibration(page: &mut Page, m: &Value) -> Result<(), ReportError> {
+    let (Some(bins), Some(t)) = (m["calibration"].as_array(), m["calibration_time"].as_f64()) else {
+        return Ok(());
+    };
+    let points: Vec<(f64, f64)> = bins.iter().filter_map(|b| Some((b["predicted"].as_f64()?, b["observed"].as_f64()?))).collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let chart = Chart {
+        title: format!("Calibration at t = {t}"),
+        x_label: "mean predicted survival".into(),
+        y_label: "Kaplan–Meier survival".into(),
+        x: (0.0, 1.0),
+        y: (0.0, 1.0),
+        log_x: false,
+    };
+    let series = [
+        Series { name: "model".into(), points, ..Default::default() },
+        Series { points: vec![(0.0, 0.0), (1.0, 1.0)], reference: true, ..Default::default() },
+    ];
+    page.figure(
+        &line_chart(&chart, &series).map_err(ReportError::Plot)?,
+        &format!("Test patients in fifths of predicted survival at t = {t}: each fifth's mean prediction against its Kaplan–Meier survival; the diagonal is perfect calibration."),
+    );
+    Ok(())
+}
+
+/// A regression run: predicted against observed values (continuous targets), or a confusion matrix of levels per
+/// model (ordinal targets), from `predictions-test.csv` (`row,patient,<target>,<model>…`).
+fn regression_section(page: &mut Page, m: &Value, rows: &[Vec<String>]) -> Result<(), ReportError> {
+    let (Some(kind), Some(target)) = (m["target_type"].as_str(), m["target"].as_str()) else {
+        return Ok(());
+    };
+    let h = &rows[0];
+    let Some(tc) = h.iter().position(|c| c == target) else {
+        return Ok(());
+    };
+    let models: Vec<(usize, &String)> = h.iter().enumerate().skip(tc + 1).filter(|(_, c)| !c.contains(':')).collect();
+    if kind == "ordinal" {
+        let mut levels: Vec<String> = rows[1..].iter().map(|r| r[tc].clone()).collect();
+        levels.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => x.total_cmp(&y),
+            _ => a.cmp(b),
+        });
+        levels.dedup();
+        page.section("Predicted levels");
+        for (c, name) in models {
+            let mut counts = vec![vec![0u64; levels.len()]; levels.len()];
+            for r in &rows[1..] {
+                if let (Some(i), Some(j)) = (levels.iter().position(|l| *l == r[tc]), levels.iter().position(|l| *l == r[c])) {
+                    counts[i][j] += 1;
+                }
+            }
+            confusion_table(page, &serde_json::json!(counts), &levels, &format!("Levels of {target} predicted by {name} on the test set"));
+        }
+        return Ok(());
+    }
+    let parse = |r: &Vec<String>, c: usize| r[c].parse::<f64>().ok().filter(|v| v.is_finite());
+    let y: Vec<Option<f64>> = rows[1..].iter().map(|r| parse(r, tc)).collect();
+    let mut series = Vec::new();
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (c, name) in &models {
+        let points: Vec<(f64, f64)> = rows[1..].iter().zip(&y).filter_map(|(r, y)| Some((y.as_ref().copied()?, parse(r, *c)?))).collect();
+        for &(a, b) in &points {
+            lo = lo.min(a.min(b));
+            hi = hi.max(a.max(b));
+        }
+        series.push(Series { name: (*name).clone(), points, markers: true, ..Default::default() });
+    }
+    if series.is_empty() || !(hi > lo) {
+        return Ok(());
+    }
+    page.section("Predicted against observed");
+    series.push(Series { points: vec![(lo, lo), (hi, hi)], reference: true, ..Default::default() });
+    let chart = Chart {
+        title: format!("{target}: predicted against observed"),
+        x_label: "observed".into(),
+        y_label: "predicted".into(),
+        x: (lo, hi),
+        y: (lo, hi),
+        log_x: false,
+    };
+    page.figure(
+        &line_chart(&chart, &series).map_err(ReportError::Plot)?,
+        &format!("Every test case, one colour per model; the diagonal is a perfect prediction of {target}."),
+    );
+    Ok(())
+}
+
 fn froc_section(page: &mut Page, run: &Path) -> Result<(), ReportError> {
     let Some(rows) = read_csv(&run.join("froc-test.csv")) else { return Ok(()) };
     let pts: Vec<(f64, f64)> = rows[1..]
@@ -482,7 +572,13 @@ pub fn task_of(run: &Path) -> String {
     if run.join("tabular.json").is_file() {
         return "classification (feature table)".into();
     }
-    read_json(&run.join("run.json")).and_then(|v| v["task"].as_str().map(String::from)).unwrap_or_else(|| "run".into())
+    read_json(&run.join("run.json"))
+        .and_then(|v| v["task"].as_str().map(String::from))
+        .or_else(|| {
+            let recipe = std::fs::read_to_string(run.join("recipe.toml")).ok()?;
+            recipe.parse::<toml::Table>().ok()?.get("task")?.as_str().map(String::from)
+        })
+        .unwrap_or_else(|| "run".into())
 }
 
 /// The report of the run in `run` as one HTML document.
@@ -552,6 +648,12 @@ pub fn build(run: &Path) -> Result<String, ReportError> {
     if let Some(rows) = &predictions {
         roc_section(&mut page, rows, &classes)?;
         km_section(&mut page, rows)?;
+    }
+    if let Some(m) = &metrics {
+        survival_calibration(&mut page, m)?;
+        if let Some(rows) = &predictions {
+            regression_section(&mut page, m, rows)?;
+        }
     }
     froc_section(&mut page, run)?;
     if let Some(rows) = &predictions {

@@ -1,5 +1,5 @@
-//! Line charts as inline SVG (plotters' SVG backend): learning curves, ROC curves with confidence bands,
-//! calibration and FROC curves.
+//! Line charts and scatter plots as inline SVG (plotters' SVG backend): learning curves, ROC curves with confidence
+//! bands, calibration and FROC curves, predicted against observed values.
 use plotters::prelude::*;
 
 /// One curve, optionally with a band (x, low, high) drawn under it.
@@ -13,6 +13,8 @@ pub struct Series {
     pub band: Vec<(f64, f64, f64)>,
     /// Drawn dashed and grey (a reference line).
     pub reference: bool,
+    /// Drawn as unconnected dots (a scatter plot).
+    pub markers: bool,
 }
 
 /// A chart's frame.
@@ -71,8 +73,17 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> Result<String, String> {
                         ctx.draw_series(std::iter::once(Polygon::new(poly, colour.filled()))).map_err(|e| e.to_string())?;
                     }
                     let st = style(i, s);
-                    let drawn = ctx.draw_series(LineSeries::new(s.points.iter().copied(), st)).map_err(|e| e.to_string())?;
-                    if !s.name.is_empty() {
+                    let drawn = if s.markers {
+                        let dot = PALETTE[i % PALETTE.len()].mix(0.6).filled();
+                        ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 2, dot))).map_err(|e| e.to_string())?
+                    } else {
+                        ctx.draw_series(LineSeries::new(s.points.iter().copied(), st)).map_err(|e| e.to_string())?
+                    };
+                    if s.name.is_empty() {
+                    } else if s.markers {
+                        let dot = PALETTE[i % PALETTE.len()].filled();
+                        drawn.label(s.name.clone()).legend(move |(x, y)| Circle::new((x + 9, y), 3, dot));
+                    } else {
                         drawn.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
                     }
                 }

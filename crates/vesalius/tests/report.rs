@@ -1,6 +1,6 @@
 //! `vesalius report` in a real browser: headless Chromium (Debian's package; `cargo xtask ci` installs it when it is
-//! missing) loads the reports of a table, a survival, an image-classification, a segmentation, an enhancement, a
-//! registration and a detection run from their files, and the test checks that every figure has a size, that no script
+//! missing) loads the reports of a table, a survival, two regression (continuous and ordinal), an image-classification,
+//! a segmentation, an enhancement, a registration and a detection run from their files, and the test checks that every figure has a size, that no script
 //! error or console message occurs, that no request leaves the file (Chromium's network log holds nothing beyond
 //! what the browser itself asks for on an empty page), and that a screenshot is not blank. A page built to fail
 //! each check shows that the checks can fail.
@@ -151,7 +151,35 @@ fn reports_load_in_chromium_without_errors_or_requests() {
     assert!(html.contains("<h2>Test metrics</h2>") && html.contains("<h2>Recipe</h2>"));
     let outline = vesalius_report::outline(&html);
     assert!(outline.contains("## Survival") && outline.contains("log-rank χ²"), "{outline}");
-    assert_eq!(check(&page, work, &baseline), 1);
+    assert!(outline.contains("mean prediction against its Kaplan–Meier survival"), "{outline}");
+    assert_eq!(check(&page, work, &baseline), 2);
+
+    // regression runs: predicted against observed (continuous), level confusion matrices (ordinal)
+    for (name, arch) in [("actg175-cd4", "[\"linear\", \"knn\"]"), ("lidc-malignancy-levels", "[\"linear\", \"knn\"]")] {
+        let text = std::fs::read_to_string(root().join(format!("recipes/{name}.toml")))
+            .unwrap()
+            .replace("\"../fixtures", &format!("\"{}/fixtures", root().display()));
+        let start = text.find("arch = ").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        let recipe = work.join(format!("{name}.toml"));
+        std::fs::write(&recipe, format!("{}arch = {arch}{}", &text[..start], &text[end..]).replace("bootstrap = 1000", "bootstrap = 50"))
+            .unwrap();
+        let run = work.join(name);
+        let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let page = work.join(format!("{name}.html"));
+        assert!(vesalius(&["report", "--run", run.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert!(html.contains("Task: <b>regression</b>"));
+        let outline = vesalius_report::outline(&html);
+        if name == "actg175-cd4" {
+            assert!(outline.contains("## Predicted against observed"), "{outline}");
+            assert_eq!(check(&page, work, &baseline), 1);
+        } else {
+            assert!(outline.contains("Levels of malignancy predicted by linear") && outline.contains("predicted by knn"), "{outline}");
+            assert_eq!(check(&page, work, &baseline), 0);
+        }
+    }
 
     // an image classifier with its learning curves, confusion matrix and explanation maps written into the run
     let fx = root().join("fixtures/mni152");
