@@ -59,7 +59,8 @@ impl RawTable {
     }
 }
 
-fn is_missing(cell: &str) -> bool {
+/// Whether a cell is missing: empty, `NA`, `NaN`, `nan` or `N/A`.
+pub fn is_missing(cell: &str) -> bool {
     matches!(cell.trim(), "" | "NA" | "NaN" | "nan" | "N/A")
 }
 

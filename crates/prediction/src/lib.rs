@@ -5,6 +5,8 @@
 //! * [`deepsurv`] — DeepSurv: a multi-layer perceptron trained on the shared engine with the Cox partial
 //!   likelihood, selected by validation C-index.
 //! * [`table`] — a CSV table read into features, times, events and patient ids; string columns dummy-coded.
+//! * [`longitudinal`] — a GRU or LSTM over each patient's visits (`arch = "rnn"`), compared at landmark times with a
+//!   Cox model on the first visit.
 //! * [`regression`] — continuous and ordinal targets (`task = "regression"`): ridge, SVR, k-NN, random forest and
 //!   networks trained with MSE, Huber, quantile or cumulative-link (ordinal) losses, scored side by side.
 //! * [`recipe`], [`train`], [`evaluate`], [`infer`] — the `task = "survival"` recipe: a patient-level split, the
@@ -24,6 +26,7 @@ pub mod cox;
 pub mod deepsurv;
 pub mod evaluate;
 pub mod infer;
+pub mod longitudinal;
 pub mod recipe;
 pub mod regression;
 /// Tables of subjects: the data layer's reader, encoding and standardisation.

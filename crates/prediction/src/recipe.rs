@@ -43,6 +43,36 @@ pub struct DataSection {
     /// Share of patients held out for testing (seeded, patient-level).
     #[serde(default = "default_test_share")]
     pub test_share: f64,
+    /// Longitudinal tables (one row per visit, `arch = "rnn"`): the column with the time of each visit, in the units
+    /// of `time` and from the same origin.
+    #[serde(default)]
+    pub visit_time: Option<String>,
+    /// Missing cells (`NA`, empty): an error naming them (`"error"`), or `"locf"` — carried forward from the patient's
+    /// previous visit, else the median (most frequent text) of the training patients' values.
+    #[serde(default)]
+    pub missing: Missing,
+}
+
+/// What to do with missing cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missing {
+    /// A missing feature cell is an error naming its row and column.
+    #[default]
+    Error,
+    /// Last observation carried forward within the patient, then the training median.
+    Locf,
+}
+
+/// The recurrent cell of `arch = "rnn"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cell {
+    /// Gated recurrent unit.
+    #[default]
+    Gru,
+    /// Long short-term memory.
+    Lstm,
 }
 
 fn default_test_share() -> f64 {
@@ -60,12 +90,15 @@ pub enum Arch {
     Deepsurv,
     /// A discrete-time logistic-hazard model (one output per time interval).
     LogisticHazard,
+    /// A recurrent network over each patient's visits (longitudinal tables), trained with the Cox partial
+    /// likelihood; the run also fits a Cox model on the first visit for comparison.
+    Rnn,
 }
 
 impl Arch {
     /// Whether the model is a network trained on the engine.
     pub fn is_network(self) -> bool {
-        matches!(self, Arch::Deepsurv | Arch::LogisticHazard)
+        matches!(self, Arch::Deepsurv | Arch::LogisticHazard | Arch::Rnn)
     }
 }
 
@@ -109,6 +142,16 @@ pub struct ModelSection {
     /// Logistic hazard: time intervals (cut at quantiles of the training event times).
     #[serde(default = "default_intervals")]
     pub intervals: usize,
+    /// RNN: the recurrent cell (its hidden size is `hidden[0]`).
+    #[serde(default)]
+    pub cell: Cell,
+    /// RNN: read the visits in both directions (the prediction at a visit uses that visit and the earlier ones only).
+    #[serde(default = "yes")]
+    pub bidirectional: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_intervals() -> usize {
@@ -152,6 +195,8 @@ impl Default for ModelSection {
             val_share: default_val_share(),
             early_stopping_patience: None,
             intervals: default_intervals(),
+            cell: Cell::default(),
+            bidirectional: true,
         }
     }
 }
@@ -170,6 +215,10 @@ pub struct EvalSection {
     /// Bootstrap resamples (over patients).
     #[serde(default)]
     pub bootstrap: Option<usize>,
+    /// Longitudinal runs: landmark times. At each, the test patients still at risk are scored from their visits up to
+    /// it, against their residual time (default: 0 and the quartiles of the test patients' visit times).
+    #[serde(default)]
+    pub landmarks: Option<Vec<f64>>,
 }
 
 /// A survival recipe.
@@ -251,6 +300,14 @@ impl SurvivalRecipe {
             return bad(
                 "model (deepsurv): hidden widths in 1..=4096, dropout in [0, 1), epochs and steps ≥ 1, lr > 0, weight_decay ≥ 0, val_share in (0, 1)",
             );
+        }
+        if self.data.visit_time.is_some() != (m.arch == Arch::Rnn) {
+            return bad("data.visit_time (one row per visit) and model.arch = \"rnn\" go together");
+        }
+        if let Some(l) = &self.eval.landmarks
+            && (l.is_empty() || l.windows(2).any(|w| !(w[1] > w[0])) || l.iter().any(|v| !(v.is_finite() && *v >= 0.0)))
+        {
+            return bad("eval.landmarks must be finite, ≥ 0 and increasing");
         }
         if self.eval.bootstrap == Some(0) {
             return bad("eval.bootstrap must be at least 1");

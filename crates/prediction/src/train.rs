@@ -119,6 +119,7 @@ impl<B: Backend> Scorer<B> {
                 device.clone(),
             )),
             (Arch::Cox, None) => Err(PredError::Input(format!("{}: model.json holds no Cox coefficients", run.display()))),
+            (Arch::Rnn, _) => Err(PredError::Input(format!("{}: a longitudinal run is scored by its visits", run.display()))),
         }
     }
 }
@@ -180,6 +181,9 @@ pub fn train<AB: AutodiffBackend>(
     on_epoch: impl FnMut(&EpochRecord),
 ) -> Result<(SurvivalModel, SurvivalMetrics), PredError> {
     recipe.validate()?;
+    if recipe.model.arch == Arch::Rnn {
+        return Err(PredError::Input("a longitudinal recipe (arch = \"rnn\") is fitted by longitudinal::train".into()));
+    }
     std::fs::create_dir_all(run).map_err(|e| PredError::Internal(format!("{}: {e}", run.display())))?;
     let text = recipe.to_toml()?;
     if recipe.model.arch == Arch::Cox {
@@ -214,7 +218,7 @@ pub fn train<AB: AutodiffBackend>(
             let risk: Vec<f64> = xs.iter().map(|r| cox.risk(r)).collect();
             (Some(cox), risk)
         }
-        Arch::Deepsurv | Arch::LogisticHazard => {
+        Arch::Deepsurv | Arch::LogisticHazard | Arch::Rnn => {
             // Model selection on a share of the training patients; the baseline hazard on all of them.
             let ids: Vec<String> = train_rows.iter().map(|&i| data.ids[i].clone()).collect();
             let (fit_idx, val_idx) = split(&ids, recipe.model.val_share, recipe.seed ^ 0x5eed);

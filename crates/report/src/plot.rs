@@ -179,9 +179,15 @@ mod tests {
             name: "model".into(),
             points: vec![(0.0, 0.0), (0.2, 0.8), (1.0, 1.0)],
             band: vec![(0.0, 0.0, 0.0), (0.5, 0.7, 0.95), (1.0, 1.0, 1.0)],
-            reference: false,
+            ..Default::default()
         };
-        let svg = line_chart(&chart, &[s]).unwrap_or_default();
+        let svg = line_chart(&chart, std::slice::from_ref(&s)).unwrap_or_default();
         assert!(svg.starts_with("<svg") && svg.contains("ROC") && svg.contains("model") && svg.contains("<polygon"), "{svg}");
+        assert!(svg.lines().any(|l| l.starts_with("<polyline") && l.contains("stroke=\"#1F77B4\"")), "the curve is a line");
+        // a scatter: one dot per point, no connecting line
+        let dots = Series { markers: true, band: Vec::new(), ..s };
+        let svg = line_chart(&chart, &[dots]).unwrap_or_default();
+        let line_of_the_series = svg.lines().any(|l| l.starts_with("<polyline") && l.contains("stroke=\"#1F77B4\""));
+        assert!(svg.matches("<circle").count() >= 3 && !line_of_the_series, "{svg}");
     }
 }

@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 
 use vesalius_prediction::PredError;
 use vesalius_prediction::evaluate::SurvivalMetrics;
+use vesalius_prediction::longitudinal::LongitudinalMetrics;
 
 use crate::backend::BackendKind;
 use crate::{CliError, with_backend};
@@ -38,11 +39,48 @@ pub fn format_metrics(m: &SurvivalMetrics) -> String {
     s
 }
 
+/// The table a longitudinal run prints: Harrell's C per landmark for the network and the first-visit Cox model.
+pub fn format_landmarks(m: &LongitudinalMetrics) -> String {
+    let e = |x: &vesalius_eval::bootstrap::Estimate| format!("{:.4} [{:.4}, {:.4}]", x.value, x.ci_low, x.ci_high);
+    let mut s = format!(
+        "{} set: {} patients, {} visits; Harrell's C against the time left after each landmark, 95 % bootstrap intervals over patients\n",
+        m.set, m.patients, m.visits
+    );
+    s.push_str(&format!(
+        "  {:>8} {:>8} {:>7}  {:<26} {:<26} {}\n",
+        "landmark", "at risk", "events", "RNN over visits", "Cox on first visit", "difference"
+    ));
+    for l in &m.landmarks {
+        s.push_str(&format!(
+            "  {:>8} {:>8} {:>7}  {:<26} {:<26} {}\n",
+            l.landmark,
+            l.patients,
+            l.events,
+            e(&l.c_index_rnn),
+            e(&l.c_index_cox_first_visit),
+            e(&l.difference)
+        ));
+    }
+    s
+}
+
 /// `vesalius train` for a survival recipe.
 pub fn train(backend: BackendKind, source: &Path, out: Option<PathBuf>, quiet: bool) -> Result<(), CliError> {
     let recipe = vesalius_prediction::recipe::SurvivalRecipe::from_file(source)?;
     let name = source.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "survival".into());
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(name));
+    if recipe.model.arch == vesalius_prediction::recipe::Arch::Rnn {
+        let m = with_backend!(backend, |B, AB, device| vesalius_prediction::longitudinal::train::<AB>(&recipe, &out, &device, |log| {
+            if !quiet {
+                let c = log.val.get("c_index").copied().flatten().map_or(String::from("-"), |d| format!("{d:.4}"));
+                eprintln!("epoch {:>4}  loss {:.5}  val C-index {c}{}", log.epoch, log.train_loss, if log.best { "  *" } else { "" });
+            }
+        })
+        .map_err(CliError::from))?;
+        print!("{}", format_landmarks(&m));
+        println!("run directory: {}", out.display());
+        return Ok(());
+    }
     let (model, metrics) =
         with_backend!(backend, |B, AB, device| vesalius_prediction::train::train::<AB>(&recipe, &out, &device, |log| {
             if !quiet {
@@ -74,6 +112,13 @@ pub fn evaluate(backend: BackendKind, run: &Path, split: &str) -> Result<(), Cli
     if split != "test" {
         return Err(CliError::Usage(format!("survival runs score their test patients (--split test), not '{split}'")));
     }
+    if vesalius_prediction::longitudinal::is_run(run) {
+        let m =
+            with_backend!(backend, |B, AB, device| vesalius_prediction::longitudinal::evaluate::<B>(run, &device).map_err(CliError::from))?;
+        print!("{}", format_landmarks(&m));
+        println!("written: {}", run.join("metrics.json").display());
+        return Ok(());
+    }
     let m = with_backend!(backend, |B, AB, device| vesalius_prediction::evaluate::evaluate::<B>(run, &device).map_err(CliError::from))?;
     print!("{}", format_metrics(&m));
     println!("written: {}", run.join("metrics.json").display());
@@ -84,6 +129,12 @@ pub fn evaluate(backend: BackendKind, run: &Path, split: &str) -> Result<(), Cli
 pub fn predict(backend: BackendKind, run: &Path, inputs: &[PathBuf], output: Option<&Path>) -> Result<(), CliError> {
     let mut text = String::new();
     for (k, input) in inputs.iter().enumerate() {
+        if vesalius_prediction::longitudinal::is_run(run) {
+            let csv = with_backend!(backend, |B, AB, device| vesalius_prediction::longitudinal::predict::<B>(run, input, &device)
+                .map_err(CliError::from))?;
+            text.push_str(if k == 0 { &csv } else { csv.split_once('\n').map_or("", |(_, rest)| rest) });
+            continue;
+        }
         let (rows, times) =
             with_backend!(backend, |B, AB, device| vesalius_prediction::infer::predict::<B>(run, input, &device).map_err(CliError::from))?;
         let csv = vesalius_prediction::infer::to_csv(&rows, &times);
