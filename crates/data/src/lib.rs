@@ -31,6 +31,7 @@ pub mod lesions;
 pub mod loader;
 pub mod msd;
 pub mod patch;
+pub mod response;
 pub mod source;
 pub mod split;
 pub mod standardise;

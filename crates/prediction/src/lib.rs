@@ -9,6 +9,8 @@
 //!   Cox model on the first visit.
 //! * [`regression`] — continuous and ordinal targets (`task = "regression"`): ridge, SVR, k-NN, random forest and
 //!   networks trained with MSE, Huber, quantile or cumulative-link (ordinal) losses, scored side by side.
+//! * [`response`] — treatment response from a pair of scans (`task = "response"`): any CNN of the architectures
+//!   crate on the before and after scans as two channels, trained and tested on real tumours with a known change.
 //! * [`recipe`], [`train`], [`evaluate`], [`infer`] — the `task = "survival"` recipe: a patient-level split, the
 //!   model fitted on the training patients, scored on the test patients (Harrell's and Uno's C, time-dependent AUC,
 //!   integrated Brier score, with bootstrap intervals over patients) and applied to new tables.
@@ -29,6 +31,7 @@ pub mod infer;
 pub mod longitudinal;
 pub mod recipe;
 pub mod regression;
+pub mod response;
 /// Tables of subjects: the data layer's reader, encoding and standardisation.
 pub use vesalius_data::table;
 pub mod train;

@@ -345,6 +345,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 return crate::tabular::train(backend, &recipe, out);
             }
+            if commands::recipe_task(&recipe).as_deref() == Some("response") {
+                if epochs.is_some() || iterations.is_some() {
+                    return Err(CliError::Usage("--epochs and --iterations do not apply to response recipes; set them in [train]".into()));
+                }
+                return crate::response::train(backend, &recipe, out, quiet);
+            }
             if commands::recipe_task(&recipe).as_deref() == Some("regression") {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage(
@@ -406,6 +412,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 crate::tabular::evaluate(&run, &split)
             } else if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::survival::evaluate(backend, &run, &split)
+            } else if vesalius_prediction::response::is_run(&run) && !tta && optimisation.is_none() {
+                crate::response::evaluate(backend, &run, &split)
             } else if vesalius_prediction::regression::is_run(&run) && !tta && optimisation.is_none() {
                 crate::regression::evaluate(backend, &run, &split)
             } else if vesalius_detection::train::is_run(&run) && !tta && optimisation.is_none() {
@@ -433,6 +441,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to survival runs".into()));
                 }
                 crate::survival::predict(backend, &run, &inputs, output.as_deref())
+            } else if vesalius_prediction::response::is_run(&run) {
+                if probabilities || tta {
+                    return Err(CliError::Usage("--probabilities and --tta do not apply to response runs".into()));
+                }
+                crate::response::predict(backend, &run, &inputs, mask.as_deref(), output.as_deref())
             } else if vesalius_prediction::regression::is_run(&run) {
                 if probabilities || tta || mask.is_some() {
                     return Err(CliError::Usage("--probabilities, --tta and --mask do not apply to regression runs".into()));

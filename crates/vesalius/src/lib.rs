@@ -20,6 +20,7 @@ pub mod enhance;
 pub mod explain;
 pub mod radiomics;
 pub mod regression;
+pub mod response;
 pub mod survival;
 pub mod tabular;
 

@@ -1118,3 +1118,63 @@ fn table_recipe_train_evaluate_predict() {
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), table.to_str().unwrap(), "--tta"]), "table runs");
     assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "val"]), "test patients");
 }
+
+#[test]
+fn regression_and_response_runs_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    // regression: train, evaluate (the same metrics), predict
+    let text = std::fs::read_to_string(root().join("recipes/actg175-cd4.toml"))
+        .unwrap()
+        .replace("\"../fixtures", &format!("\"{}/fixtures", root().display()))
+        .replace("arch = [\"linear\", \"svr\", \"knn\", \"random-forest\", \"mlp\"]", "arch = [\"linear\", \"knn\"]");
+    let recipe = dir.path().join("actg.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let run = dir.path().join("reg");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let trained = stdout(&o);
+    assert!(trained.contains("test metrics of cd420 (continuous): 428 patients") && trained.contains("linear"), "{trained}");
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(trained.contains(stdout(&o).lines().nth(2).unwrap()), "evaluate prints the trained metrics");
+    let table = root().join("fixtures/survival/ACTG175.csv");
+    let o = vesalius(&["predict", "--run", run.to_str().unwrap(), table.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1 + 2 * 2139);
+    assert_input_error(
+        &vesalius(&["predict", "--run", run.to_str().unwrap(), root().join("fixtures/survival/gbsg2.csv").to_str().unwrap()]),
+        "no column",
+    );
+    // response: a run trained for one short epoch; prediction needs two scans and a mask
+    let text = std::fs::read_to_string(root().join("recipes/tumour-response.toml"))
+        .unwrap()
+        .replace("\"../fixtures", &format!("\"{}/fixtures", root().display()))
+        .replace("lesions = 60", "lesions = 8")
+        .replace("epochs = 20", "epochs = 1")
+        .replace("pairs = 256", "pairs = 32")
+        .replace("pairs_per_slice = 10", "pairs_per_slice = 1")
+        .replace("bootstrap = 1000", "bootstrap = 20");
+    let recipe = dir.path().join("resp.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let run = dir.path().join("resp");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("11 tumour slices, 11 pairs") && stdout(&o).contains("responder AUC"), "{}", stdout(&o));
+    let fx = root().join("fixtures/nifti/pyradiomics");
+    let (img, mask) = (fx.join("breast1_image.nii.gz"), fx.join("breast1_label.nii.gz"));
+    let o = vesalius(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        img.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().next(), Some("slice,predicted_log_ratio,predicted_area_ratio"));
+    assert_input_error(
+        &vesalius(&["predict", "--run", run.to_str().unwrap(), img.to_str().unwrap(), "--mask", mask.to_str().unwrap()]),
+        "two inputs",
+    );
+}

@@ -1,0 +1,73 @@
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+//! Treatment response end to end: a network trained on lesions inserted into the MNI152 template, shrunk or grown by
+//! a known warp, predicts the change of the three real pyradiomics tumours it never saw.
+use std::path::Path;
+
+use vesalius_prediction::response::{self, ResponseRecipe};
+
+type B = burn::backend::Flex;
+type AB = burn::backend::Autodiff<B>;
+
+fn recipes() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes"))
+}
+
+fn small() -> ResponseRecipe {
+    let text = std::fs::read_to_string(recipes().join("tumour-response.toml"))
+        .unwrap()
+        .replace("lesions = 60", "lesions = 24")
+        .replace("epochs = 20", "epochs = 6")
+        .replace("pairs = 256", "pairs = 128")
+        .replace("pairs_per_slice = 10", "pairs_per_slice = 4")
+        .replace("bootstrap = 1000", "bootstrap = 100");
+    ResponseRecipe::from_toml(&text, recipes()).unwrap()
+}
+
+#[test]
+fn a_network_trained_on_inserted_lesions_ranks_the_change_of_real_tumours() {
+    let recipe = small();
+    let dir = tempfile::tempdir().unwrap();
+    let mut epochs = 0;
+    let m = response::train::<AB>(&recipe, dir.path(), &Default::default(), |_| epochs += 1).unwrap();
+    assert_eq!(epochs, 6);
+    // brain1 7 slices, brain2 3, breast1 1 with ≥ 20 mm² of tumour; 4 pairs each, changes spread over the range
+    assert_eq!((m.slices, m.pairs, m.responders), (11, 44, 11));
+    let s = &m.change.metrics["spearman"];
+    assert!(s.value > 0.35 && s.ci_low < s.value && s.value < s.ci_high, "{s:?}"); // 0.59 measured
+    assert!(m.responder_auc.value > 0.65, "{:?}", m.responder_auc); // 0.79 measured
+    let written = std::fs::read_to_string(dir.path().join("metrics.json")).unwrap();
+    response::evaluate::<B>(dir.path(), &Default::default()).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("metrics.json")).unwrap(), written);
+    // a scan pair from files: one prediction per tumour slice
+    let fx = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/nifti/pyradiomics"));
+    let (img, mask) = (fx.join("brain1_image.nii.gz"), fx.join("brain1_label.nii.gz"));
+    let rows = response::predict::<B>(dir.path(), &img, &img, &mask, &Default::default()).unwrap();
+    assert_eq!(rows.len(), 7);
+    assert!(rows.iter().all(|(s, v)| s.contains("brain1") && v.is_finite()));
+    let other = fx.join("breast1_image.nii.gz");
+    let e = response::predict::<B>(dir.path(), &img, &other, &mask, &Default::default()).unwrap_err().to_string();
+    assert!(e.contains("share their grid"), "{e}");
+}
+
+#[test]
+fn recipes_without_a_test_tumour_or_training_data_are_refused() {
+    let base = Path::new("/data");
+    let parse = |s: &str| ResponseRecipe::from_toml(s, base).unwrap_err().to_string();
+    let case = |split: &str| format!("[[data.cases]]\nimage = \"a.nii.gz\"\nmask = \"m.nii.gz\"\nsplit = \"{split}\"\n");
+    assert!(parse(&format!("task = \"response\"\n[data]\n{}[model]\narch = \"lenet5\"\n", case("train"))).contains("test case"));
+    assert!(
+        parse(&format!("task = \"response\"\n[data]\n{}[model]\narch = \"lenet5\"\n", case("test"))).contains("training and validation")
+    );
+    let ok = format!(
+        "task = \"response\"\n[data]\nlog_ratio = [0.5, -0.5]\n{}{}{}[model]\narch = \"lenet5\"\n",
+        case("test"),
+        case("train"),
+        case("val")
+    );
+    assert!(parse(&ok).contains("log_ratio"));
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("task = \"response\"\n[data]\n{}{}{}[model]\narch = \"lenet5\"\n", case("test"), case("train"), case("val"));
+    let r = ResponseRecipe::from_toml(&missing, dir.path()).unwrap();
+    let e = response::train::<AB>(&r, &dir.path().join("run"), &Default::default(), |_| {}).unwrap_err().to_string();
+    assert!(e.contains("a.nii.gz"), "{e}");
+}
