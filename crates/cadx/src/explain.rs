@@ -6,13 +6,12 @@
 use std::path::Path;
 
 use burn::module::AutodiffModule;
-use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vesalius_data::source::prepare_2d;
-use vesalius_explain::{Input, LimeConfig, gradcam, lime, occlusion, saliency, slic, smoothgrad, upsample};
+use vesalius_explain::{Input, upsample};
 use vesalius_nets::Classifier;
+use vesalius_nets::explain::{Link, Settings, explain_output, scores};
 
 use crate::CadxError;
 use crate::run::{ClassificationRun, RunDir, RunInfo};
@@ -72,15 +71,8 @@ pub fn input_of(info: &RunInfo, path: &Path) -> Result<(Input, vesalius_io::Imag
     Ok((input, img))
 }
 
-fn tensor<B: Backend>(batch: &[Vec<f32>], c: usize, s: usize, device: &B::Device) -> Tensor<B, 4> {
-    let flat: Vec<f32> = batch.iter().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(flat, [batch.len(), c, s, s]), device)
-}
-
 fn probs<B: Backend>(model: &Classifier<B>, batch: &[Vec<f32>], c: usize, s: usize, multi: bool, device: &B::Device) -> Vec<Vec<f32>> {
-    let logits = model.forward(tensor::<B>(batch, c, s, device));
-    let p = if multi { sigmoid(logits) } else { softmax(logits, 1) };
-    crate::infer::rows(p)
+    scores(model, batch, c, s, if multi { Link::Sigmoid } else { Link::Softmax }, device)
 }
 
 /// Explains `model`'s decision for one prepared input (`info` describes the model); the map is on the network's
@@ -94,79 +86,33 @@ pub fn explain_input<AB: AutodiffBackend>(
     device: &AB::Device,
 ) -> Result<(Vec<f32>, Explanation), CadxError> {
     let (c, s, multi) = (info.model.in_channels, info.model.input_size, info.multi_label);
-    let inner = model.valid();
-    let p0 = probs(&inner, std::slice::from_ref(&x.data), c, s, multi, device).remove(0);
+    let p0 = probs(&model.valid(), std::slice::from_ref(&x.data), c, s, multi, device).remove(0);
     let class = match opts.class {
         Some(k) if k < p0.len() => k,
         Some(k) => return Err(CadxError::Input(format!("class {k} does not exist: the model has {} outputs", p0.len()))),
         None => p0.iter().enumerate().fold(0, |b, (i, &v)| if v > p0[b] { i } else { b }),
     };
-    let mut score = |batch: &[Vec<f32>]| -> Vec<f32> {
-        batch.chunks(32).flat_map(|b| probs(&inner, b, c, s, multi, device).into_iter().map(|p| p[class])).collect()
+    let settings = Settings {
+        layer: opts.layer,
+        samples: opts.samples,
+        patch: opts.patch,
+        stride: opts.stride,
+        segments: opts.segments,
+        seed: opts.seed,
     };
-    let mut grad = |v: &[f32]| -> Vec<f32> {
-        let xt = tensor::<AB>(&[v.to_vec()], c, s, device).require_grad();
-        let logits = model.forward(xt.clone());
-        let target = logits.slice([0..1, class..class + 1]).sum();
-        let grads = target.backward();
-        xt.grad(&grads).map(|g| g.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()).unwrap_or_else(|| vec![0.0; v.len()])
-    };
-    let mut layer = None;
-    let mut lime_top = None;
-    let mut lime_r2 = None;
-    let mut segments = None;
-    let map = match method {
-        Method::Saliency => saliency(x, &mut grad),
-        Method::SmoothGrad => smoothgrad(x, &mut grad, opts.samples.unwrap_or(25), 0.15, opts.seed),
-        Method::GradCam => {
-            let n = model.cam_layers();
-            if n == 0 {
-                return Err(CadxError::Input(format!("{:?} has no convolutional layer for Grad-CAM", info.model.arch)));
-            }
-            let l = opts.layer.unwrap_or(n - 1);
-            if l >= n {
-                return Err(CadxError::Input(format!("layer {l} does not exist: {:?} has {n} (0 to {})", info.model.arch, n - 1)));
-            }
-            layer = Some(l);
-            let xt = tensor::<AB>(std::slice::from_ref(&x.data), c, s, device);
-            let a = model.forward_to(xt, l).ok_or_else(|| CadxError::Internal("no activation maps".into()))?;
-            let leaf = Tensor::<AB, 4>::from_inner(a.inner()).require_grad();
-            let logits = model.forward_from(leaf.clone(), l).ok_or_else(|| CadxError::Internal("no logits".into()))?;
-            let grads = logits.slice([0..1, class..class + 1]).sum().backward();
-            let [_, k, fh, fw] = leaf.dims();
-            let g = leaf.grad(&grads).map(|g| g.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()).unwrap_or_default();
-            let act = leaf.inner().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-            if g.len() != act.len() {
-                return Err(CadxError::Internal("Grad-CAM gradients are missing".into()));
-            }
-            gradcam(&act, &g, k, &[fh, fw], &[s, s])
-        }
-        Method::Occlusion => {
-            let p = opts.patch.unwrap_or((s / 8).max(2)).clamp(1, s);
-            let fill: f32 = x.data.iter().sum::<f32>() / x.data.len() as f32;
-            let stride = opts.stride.unwrap_or((p / 2).max(1)).clamp(1, s);
-            occlusion(x, &mut score, &[p, p], &[stride, stride], fill, 64)
-        }
-        Method::Lime => {
-            let seg = slic(x, opts.segments.unwrap_or(50), 0.1);
-            let cfg = LimeConfig { samples: opts.samples.unwrap_or(1000), seed: opts.seed, ..LimeConfig::default() };
-            let r = lime(x, &seg, &mut score, &cfg);
-            lime_top = Some(r.top.clone());
-            lime_r2 = Some(r.r2);
-            segments = Some(seg);
-            r.map
-        }
-    };
+    let link = if multi { Link::Sigmoid } else { Link::Softmax };
+    let (map, d) = explain_output(model, x, class, link, method, &settings, device)
+        .map_err(|m| CadxError::Input(format!("{:?}: {m}", info.model.arch)))?;
     let e = Explanation {
         method,
         class,
         class_name: info.classes.get(class).cloned().unwrap_or_else(|| class.to_string()),
         probability: p0[class],
-        layer,
-        lime_top,
-        lime_r2,
+        layer: d.layer,
+        lime_top: d.lime_top,
+        lime_r2: d.lime_r2,
         map: Vec::new(),
-        segments,
+        segments: d.segments,
     };
     Ok((map, e))
 }

@@ -46,6 +46,7 @@ mod unet;
 mod vgg;
 mod voxelmorph;
 
+pub mod explain;
 pub mod loss;
 pub mod ops;
 pub mod record;

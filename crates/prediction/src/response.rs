@@ -637,6 +637,22 @@ pub fn evaluate<B: Backend>(run: &Path, device: &B::Device) -> Result<ResponseMe
     Ok(m)
 }
 
+/// The crops of each masked slice of a scan pair, before and after (the three files on one grid).
+fn crops(recipe: &ResponseRecipe, before: &Path, after: &Path, mask: &Path) -> Result<(Vec<TumourSlice>, Vec<TumourSlice>), PredError> {
+    let d = &recipe.data;
+    let (pre, post, m) = (load(before)?, load(after)?, load(mask)?);
+    if pre.shape() != post.shape() {
+        return Err(PredError::Input(format!("{} and {}: the scans must share their grid", before.display(), after.display())));
+    }
+    let name = |p: &Path| p.display().to_string();
+    let a = tumour_slices(&pre, &m, d.side, d.pixel_mm, d.min_area_mm2, &name(before)).map_err(|e| PredError::Input(e.to_string()))?;
+    let b = tumour_slices(&post, &m, d.side, d.pixel_mm, d.min_area_mm2, &name(after)).map_err(|e| PredError::Input(e.to_string()))?;
+    if a.is_empty() {
+        return Err(PredError::Input(format!("{}: no slice with a tumour of {} mm² or more", mask.display(), d.min_area_mm2)));
+    }
+    Ok((a, b))
+}
+
 /// Predicts the change between a scan before and a scan after treatment with a tumour mask of the first: the crops of
 /// each masked slice (the same grid for all three files), one `(slice, predicted log ratio)` per slice.
 pub fn predict<B: Backend>(
@@ -647,17 +663,75 @@ pub fn predict<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<(String, f64)>, PredError> {
     let (recipe, net) = load_run::<B>(run, device)?;
-    let d = &recipe.data;
-    let (pre, post, m) = (load(before)?, load(after)?, load(mask)?);
-    if pre.shape() != post.shape() {
-        return Err(PredError::Input(format!("{} and {}: the scans must share their grid", before.display(), after.display())));
-    }
-    let name = |p: &Path| p.display().to_string();
-    let a = tumour_slices(&pre, &m, d.side, d.pixel_mm, d.min_area_mm2, &name(before)).map_err(|e| PredError::Input(e.to_string()))?;
-    let b = tumour_slices(&post, &m, d.side, d.pixel_mm, d.min_area_mm2, &name(after)).map_err(|e| PredError::Input(e.to_string()))?;
+    let (a, b) = crops(&recipe, before, after, mask)?;
     let pairs: Vec<ResponsePair> =
         a.iter().zip(&b).map(|(x, y)| ResponsePair { pre: x.pixels.clone(), post: y.pixels.clone(), log_ratio: f64::NAN }).collect();
     let refs: Vec<&ResponsePair> = pairs.iter().collect();
     let pred = predict_pairs(&net, &recipe, &refs, device);
     Ok(a.iter().map(|s| s.source.clone()).zip(pred).collect())
+}
+
+/// An explanation of the predicted change of one tumour slice.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResponseExplanation {
+    /// The slice (`file:slice`).
+    pub slice: String,
+    /// The predicted `ln(area after / area before)`.
+    pub predicted_log_ratio: f64,
+    /// Grad-CAM: the layer used.
+    pub layer: Option<usize>,
+    /// LIME: the surrogate's weighted R².
+    pub lime_r2: Option<f64>,
+    /// The map on the crop (`side × side`, row-major): positive where the input pushes the prediction towards growth.
+    #[serde(skip)]
+    pub map: Vec<f32>,
+    /// The before crop.
+    #[serde(skip)]
+    pub before: Vec<f32>,
+    /// The after crop.
+    #[serde(skip)]
+    pub after: Vec<f32>,
+    /// The tumour mask on the crop.
+    #[serde(skip)]
+    pub mask: Vec<bool>,
+    /// Side of the crop.
+    pub side: usize,
+}
+
+/// Explains a run's predicted change for each tumour slice of a scan pair (as [`predict`] reads them) with `method`
+/// (saliency, SmoothGrad, Grad-CAM, occlusion, LIME) on the crop grid.
+pub fn explain<AB: AutodiffBackend>(
+    run: &Path,
+    before: &Path,
+    after: &Path,
+    mask: &Path,
+    method: vesalius_explain::Method,
+    settings: &vesalius_nets::explain::Settings,
+    device: &AB::Device,
+) -> Result<Vec<ResponseExplanation>, PredError> {
+    let (recipe, net) = load_run::<AB>(run, device)?;
+    let (a, b) = crops(&recipe, before, after, mask)?;
+    let side = recipe.data.side;
+    let mut out = Vec::with_capacity(a.len());
+    for (x, y) in a.iter().zip(&b) {
+        let data: Vec<f32> = x.pixels.iter().chain(&y.pixels).copied().collect();
+        let input = vesalius_explain::Input::new(data, 2, vec![side, side]).map_err(PredError::Internal)?;
+        let (map, d) =
+            vesalius_nets::explain::explain_output(&net, &input, 0, vesalius_nets::explain::Link::Identity, method, settings, device)
+                .map_err(|m| PredError::Input(format!("{:?}: {m}", recipe.model.arch)))?;
+        let pair = ResponsePair { pre: x.pixels.clone(), post: y.pixels.clone(), log_ratio: f64::NAN };
+        let z = predict_pairs(&burn::module::AutodiffModule::valid(&net), &recipe, &[&pair], device);
+        out.push(ResponseExplanation {
+            slice: x.source.clone(),
+            predicted_log_ratio: z.first().copied().unwrap_or(f64::NAN),
+            layer: d.layer,
+            lime_r2: d.lime_r2,
+            map,
+            before: x.pixels.clone(),
+            after: y.pixels.clone(),
+            mask: x.mask.clone(),
+            side,
+        });
+    }
+    Ok(out)
 }

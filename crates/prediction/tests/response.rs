@@ -3,6 +3,8 @@
 //! a known warp, predicts the change of the three real pyradiomics tumours it never saw.
 use std::path::Path;
 
+use vesalius_explain::Method;
+use vesalius_nets::explain::Settings;
 use vesalius_prediction::response::{self, ResponseRecipe};
 
 type B = burn::backend::Flex;
@@ -44,6 +46,35 @@ fn a_network_trained_on_inserted_lesions_ranks_the_change_of_real_tumours() {
     let rows = response::predict::<B>(dir.path(), &img, &img, &mask, &Default::default()).unwrap();
     assert_eq!(rows.len(), 7);
     assert!(rows.iter().all(|(s, v)| s.contains("brain1") && v.is_finite()));
+    // explanations look at the tumour: on the two smaller tumours, occlusion and saliency put more of their mass within
+    // two equivalent radii of the centre than that disc's share of the crop
+    for method in [Method::Occlusion, Method::Saliency] {
+        let mut shares = Vec::new();
+        for case in ["brain2", "breast1"] {
+            let (im, m) = (fx.join(format!("{case}_image.nii.gz")), fx.join(format!("{case}_label.nii.gz")));
+            let predicted = response::predict::<B>(dir.path(), &im, &im, &m, &Default::default()).unwrap();
+            let found = response::explain::<AB>(dir.path(), &im, &im, &m, method, &Settings::default(), &Default::default()).unwrap();
+            assert_eq!(found.len(), predicted.len());
+            for (e, (slice, p)) in found.iter().zip(&predicted) {
+                assert!(
+                    e.slice == *slice && (e.predicted_log_ratio - p).abs() < 1e-5,
+                    "{} {} vs {slice} {p}",
+                    e.slice,
+                    e.predicted_log_ratio
+                );
+                let s = e.side;
+                let r = (e.mask.iter().filter(|&&m| m).count() as f64 / std::f64::consts::PI).sqrt();
+                let c = (s as f64 - 1.0) / 2.0;
+                let disc: Vec<bool> = (0..s * s).map(|i| ((i % s) as f64 - c).hypot((i / s) as f64 - c) <= 2.0 * r).collect();
+                let area = disc.iter().filter(|&&d| d).count() as f64 / (s * s) as f64;
+                let abs: Vec<f32> = e.map.iter().map(|v| v.abs()).collect();
+                shares.push(vesalius_explain::mass_inside(&abs, &disc) / area);
+            }
+        }
+        let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+        eprintln!("{method:?}: mass inside the disc / its area {mean:.2} ({shares:.2?})");
+        assert!(mean > 1.5, "{method:?}: {shares:?}");
+    }
     let other = fx.join("breast1_image.nii.gz");
     let e = response::predict::<B>(dir.path(), &img, &other, &mask, &Default::default()).unwrap_err().to_string();
     assert!(e.contains("share their grid"), "{e}");

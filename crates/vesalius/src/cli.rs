@@ -477,13 +477,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Explain { run, images, method, class, layer, samples, patch, stride, segments, seed, mask, output } => {
             let opts = vesalius_cadx::explain::ExplainOptions { class, layer, samples, patch, stride, segments, seed };
-            if commands::is_segmentation_run(&run) {
+            if vesalius_prediction::response::is_run(&run) {
+                crate::explain::run_response(backend, &run, &images, &method, &opts, mask.as_deref(), &output)
+            } else if commands::is_segmentation_run(&run) {
                 if layer.is_some() || patch.is_some() || stride.is_some() {
                     return Err(CliError::Usage("--layer, --patch and --stride apply to classification runs".into()));
                 }
                 crate::explain::run_segmentation(backend, &run, &images, &method, &opts, mask.as_deref(), &output)
             } else if mask.is_some() {
-                Err(CliError::Usage("--mask applies to segmentation runs".into()))
+                Err(CliError::Usage("--mask applies to segmentation and response runs".into()))
             } else {
                 crate::explain::run(backend, &run, &images, &method, &opts, &output)
             }

@@ -152,3 +152,56 @@ pub fn run_segmentation(
     }
     Ok(())
 }
+
+/// `vesalius explain` for a treatment-response run: `BEFORE AFTER --mask TUMOUR`; for each tumour slice a PNG of the
+/// before crop, the after crop and the map (red: towards growth, blue: towards shrinkage), and a JSON line.
+pub fn run_response(
+    backend: BackendKind,
+    run: &Path,
+    images: &[PathBuf],
+    method: &str,
+    opts: &ExplainOptions,
+    mask: Option<&Path>,
+    out: &Path,
+) -> Result<(), CliError> {
+    use vesalius_io::figure::{Colour, Panel, compose, robust_range};
+    let method: Method = method.parse().map_err(CliError::Usage)?;
+    let ([before, after], Some(mask)) = (images, mask) else {
+        return Err(CliError::Usage("a response run explains the scan before and the scan after (two inputs) with --mask TUMOUR".into()));
+    };
+    if opts.class.is_some() {
+        return Err(CliError::Usage("--class does not apply to response runs: the predicted change is explained".into()));
+    }
+    let settings = vesalius_nets::explain::Settings {
+        layer: opts.layer,
+        samples: opts.samples,
+        patch: opts.patch,
+        stride: opts.stride,
+        segments: opts.segments,
+        seed: opts.seed,
+    };
+    let found = with_backend!(backend, |B, AB, device| vesalius_prediction::response::explain::<AB>(
+        run, before, after, mask, method, &settings, &device
+    )
+    .map_err(CliError::from))?;
+    std::fs::create_dir_all(out).map_err(|e| CliError::Internal(format!("{}: {e}", out.display())))?;
+    let tag = serde_json::to_value(method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    for e in found {
+        let s = e.side;
+        let grey = |v: &[f32]| {
+            let (lo, hi) = robust_range(v);
+            Panel { data: v.to_vec(), w: s, h: s, colour: Colour::Grey { lo, hi } }
+        };
+        let span = e.map.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let panels =
+            [grey(&e.before), grey(&e.after), Panel { data: e.map.clone(), w: s, h: s, colour: Colour::Diverging { centre: 0.0, span } }];
+        let slice = e.slice.rsplit(':').next().unwrap_or("0").to_string();
+        let png = out.join(format!("{}_slice{slice}_{tag}.png", stem(before)));
+        vesalius_io::save_2d(&png, &compose(&panels, 4)?)?;
+        let mut json = serde_json::to_value(&e).map_err(|e| CliError::Internal(e.to_string()))?;
+        json["method"] = serde_json::Value::String(tag.clone());
+        json["figure"] = serde_json::Value::String(png.display().to_string());
+        println!("{json}");
+    }
+    Ok(())
+}
