@@ -18,7 +18,7 @@
 //!     x * x + y * y <= 36.0
 //! }).collect();
 //! let pixels = mask.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
-//! let slice = TumourSlice { pixels, mask, side, source: "disc".into() };
+//! let slice = TumourSlice { pixels, mask, side, source: "disc".into(), centre: [15.5, 15.5, 0.0], step: [1.0, 1.0] };
 //! let pair = response_pair(&slice, 0.5f64.ln(), &Jitter::none(), 7);
 //! assert!((pair.log_ratio - 0.5f64.ln()).abs() < 0.1); // half the area
 //! ```
@@ -39,6 +39,27 @@ pub struct TumourSlice {
     pub side: usize,
     /// Where it came from (`file:slice`).
     pub source: String,
+    /// The crop's centre in the volume, voxel index `[x, y, slice]` (fractional in-plane).
+    pub centre: [f64; 3],
+    /// Voxels per crop pixel along x and y (`pixel_mm / spacing`).
+    pub step: [f64; 2],
+}
+
+impl TumourSlice {
+    /// Puts a map over the crop (`side × side`, row-major) back on its slice of the volume's grid (`nx × ny`, first
+    /// axis fastest), bilinearly; voxels outside the crop keep their value in `plane`.
+    pub fn paste(&self, map: &[f32], plane: &mut [f32], nx: usize, ny: usize) {
+        let half = (self.side as f64 - 1.0) / 2.0;
+        for y in 0..ny {
+            for x in 0..nx {
+                let u = (x as f64 - self.centre[0]) / self.step[0] + half;
+                let v = (y as f64 - self.centre[1]) / self.step[1] + half;
+                if u >= 0.0 && v >= 0.0 && u <= (self.side - 1) as f64 && v <= (self.side - 1) as f64 {
+                    plane[y * nx + x] = bilinear(map, self.side, u, v);
+                }
+            }
+        }
+    }
 }
 
 /// A before/after pair with its known change.
@@ -126,7 +147,14 @@ pub fn tumour_slices(image: &Image, mask: &Image, side: usize, pixel_mm: f64, mi
         pixels.iter_mut().filter(|v| !v.is_finite()).for_each(|v| *v = mean);
         standardise(&mut pixels);
         if mask.iter().filter(|&&m| m).count() >= 4 {
-            out.push(TumourSlice { pixels, mask, side, source: format!("{name}:{z}") });
+            out.push(TumourSlice {
+                pixels,
+                mask,
+                side,
+                source: format!("{name}:{z}"),
+                centre: [cx, cy, z as f64],
+                step: [pixel_mm / sp[0], pixel_mm / sp[1]],
+            });
         }
     }
     Ok(out)
@@ -214,7 +242,7 @@ mod tests {
         let mask: Vec<bool> =
             (0..side * side).map(|i| ((i % side) as f64 - c).powi(2) + ((i / side) as f64 - c).powi(2) <= radius * radius).collect();
         let pixels = mask.iter().map(|&m| if m { 2.0 } else { -0.5 }).collect();
-        TumourSlice { pixels, mask, side, source: "disc".into() }
+        TumourSlice { pixels, mask, side, source: "disc".into(), centre: [c, c, 0.0], step: [1.0, 1.0] }
     }
 
     #[test]
@@ -265,6 +293,16 @@ mod tests {
             assert!((cx - 15.5).abs() < 2.0, "{cx}");
             let mean = s.pixels.iter().map(|&v| v as f64).sum::<f64>() / s.pixels.len() as f64;
             assert!(mean.abs() < 1e-3);
+            // pasting the crop's mask back lands on the volume's mask
+            let (nx, ny) = (img.shape()[0], img.shape()[1]);
+            let m: Vec<f32> = s.mask.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect();
+            let mut plane = vec![0f32; nx * ny];
+            s.paste(&m, &mut plane, nx, ny);
+            let z = s.centre[2] as usize;
+            let truth = &mask.channel(0)[z * nx * ny..(z + 1) * nx * ny];
+            let hit = (0..nx * ny).filter(|&i| plane[i] >= 0.5 && truth[i] > 0.5).count() as f64;
+            let both = (0..nx * ny).filter(|&i| plane[i] >= 0.5).count() as f64 + truth.iter().filter(|&&t| t > 0.5).count() as f64;
+            assert!(2.0 * hit / both > 0.8, "Dice {}", 2.0 * hit / both);
         }
         let e = tumour_slices(&img, &vesalius_io::load(format!("{dir}/brain2_label.nii.gz")).unwrap(), 32, 1.0, 5.0, "x").unwrap_err();
         assert!(e.to_string().contains("x:"), "{e}");

@@ -4,7 +4,7 @@
 //! Models (`[model] arch`, one or several, fitted on the same patient-level split and scored side by side):
 //! * `linear` — ridge regression (scikit-learn's `Ridge`, intercept unpenalised) for the mean-squared error; with a
 //!   Huber or quantile loss, or an ordinal target, a linear model trained with that loss;
-//! * `svr` — ε-support-vector regression with an RBF kernel (smartcore);
+//! * `svr`, `svr-linear` — ε-support-vector regression with an RBF or a linear kernel (smartcore);
 //! * `knn` — k-nearest-neighbour regression (smartcore);
 //! * `random-forest` — a forest of regression trees on bootstrap samples (smartcore);
 //! * `mlp` — a multi-layer perceptron trained full-batch with Adam and `loss` (`mse`, `huber`, `quantile` with one
@@ -123,6 +123,8 @@ pub enum RegArch {
     Linear,
     /// ε-SVR with an RBF kernel.
     Svr,
+    /// ε-SVR with a linear kernel.
+    SvrLinear,
     /// k-nearest-neighbour regression.
     Knn,
     /// Random forest of regression trees.
@@ -137,6 +139,7 @@ impl RegArch {
         match self {
             RegArch::Linear => "linear",
             RegArch::Svr => "svr",
+            RegArch::SvrLinear => "svr-linear",
             RegArch::Knn => "knn",
             RegArch::RandomForest => "random-forest",
             RegArch::Mlp => "mlp",
@@ -473,10 +476,10 @@ pub enum FittedReg {
         /// Intercept.
         b: f64,
     },
-    /// `b + Σ wᵢ exp(−γ‖svᵢ − x‖²)`.
+    /// `b + Σ wᵢ K(svᵢ, x)`: `K = exp(−γ‖svᵢ − x‖²)`, or the dot product without γ.
     Svr {
-        /// γ.
-        gamma: f64,
+        /// RBF γ (`None`: linear kernel).
+        gamma: Option<f64>,
         /// Support vectors.
         sv: Vec<Vec<f64>>,
         /// Weights.
@@ -726,9 +729,13 @@ fn fit_model<AB: AutodiffBackend>(
             let w = (0..p).map(|j| *coef.get((j, 0))).collect();
             FittedReg::Ridge { w, b: *m.intercept() }
         }
-        RegArch::Svr => {
-            let gamma = spec.gamma.unwrap_or(1.0 / p as f64);
-            let params = SVRParameters::default().with_c(spec.c).with_eps(spec.eps).with_kernel(Kernels::rbf().with_gamma(gamma));
+        RegArch::Svr | RegArch::SvrLinear => {
+            let gamma = (arch == RegArch::Svr).then(|| spec.gamma.unwrap_or(1.0 / p as f64));
+            let kernel = match gamma {
+                Some(g) => Kernels::rbf().with_gamma(g),
+                None => Kernels::linear(),
+            };
+            let params = SVRParameters::default().with_c(spec.c).with_eps(spec.eps).with_kernel(kernel);
             let svr = SVR::fit(&x, &y, &params).map_err(fit_err(arch))?;
             let v = serde_json::to_value(&svr).map_err(internal("SVR"))?;
             let sv: Vec<Vec<f64>> = serde_json::from_value(v["instances"].clone()).map_err(internal("SVR"))?;
@@ -776,16 +783,13 @@ fn raw_outputs<B: Backend>(
     let one = |v: Vec<f64>| v.into_iter().map(|p| vec![p]).collect();
     Ok(match fitted {
         FittedReg::Ridge { w, b } => one(x.iter().map(|r| b + w.iter().zip(r).map(|(a, c)| a * c).sum::<f64>()).collect()),
-        FittedReg::Svr { gamma, sv, w, b } => one(x
-            .iter()
-            .map(|r| {
-                b + sv
-                    .iter()
-                    .zip(w)
-                    .map(|(s, wi)| wi * (-gamma * s.iter().zip(r).map(|(a, c)| (a - c).powi(2)).sum::<f64>()).exp())
-                    .sum::<f64>()
-            })
-            .collect()),
+        FittedReg::Svr { gamma, sv, w, b } => {
+            let k = |s: &[f64], r: &[f64]| match gamma {
+                Some(g) => (-g * s.iter().zip(r).map(|(a, c)| (a - c).powi(2)).sum::<f64>()).exp(),
+                None => s.iter().zip(r).map(|(a, c)| a * c).sum::<f64>(),
+            };
+            one(x.iter().map(|r| b + sv.iter().zip(w).map(|(s, wi)| wi * k(s, r)).sum::<f64>()).collect())
+        }
         FittedReg::Knn { model } => {
             let knn: Knn = serde_json::from_value(model.clone()).map_err(internal("stored k-NN"))?;
             one(knn.predict(&matrix(x)?).map_err(|e| PredError::Internal(format!("k-NN: {e}")))?)

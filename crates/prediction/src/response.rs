@@ -694,6 +694,9 @@ pub struct ResponseExplanation {
     /// The tumour mask on the crop.
     #[serde(skip)]
     pub mask: Vec<bool>,
+    /// The crop on the scans' grid.
+    #[serde(skip)]
+    pub crop: TumourSlice,
     /// Side of the crop.
     pub side: usize,
 }
@@ -730,6 +733,7 @@ pub fn explain<AB: AutodiffBackend>(
             before: x.pixels.clone(),
             after: y.pixels.clone(),
             mask: x.mask.clone(),
+            crop: x.clone(),
             side,
         });
     }

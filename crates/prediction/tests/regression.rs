@@ -47,6 +47,9 @@ fn actg175_ridge_and_knn_equal_scikit_learn_on_the_same_split() {
     let r2 = |k: &str| m.models[k].metrics["r2"].value;
     assert!((mae("svr") - reference["svr"]["mae"].as_f64().unwrap()).abs() < 0.1, "{}", mae("svr"));
     assert!((r2("random-forest") - reference["random-forest"]["r2"].as_f64().unwrap()).abs() < 0.03, "{}", r2("random-forest"));
+    // smartcore's linear-kernel SVR stops short of libsvm's solution: MAE 89.4 against 83.6, R² 0.349 against 0.376
+    assert!((mae("svr-linear") - reference["svr-linear"]["mae"].as_f64().unwrap()).abs() < 6.5, "{}", mae("svr-linear"));
+    assert!((r2("svr-linear") - reference["svr-linear"]["r2"].as_f64().unwrap()).abs() < 0.03, "{}", r2("svr-linear"));
     assert!((r2("linear") - 0.3751).abs() < 1e-3 && (mae("knn") - 98.5597).abs() < 1e-3);
     assert_eq!((m.n_patients, m.n_rows, m.bootstrap_unit.as_str()), (428, 428, "patients")); // ⌈0.2 · 2139⌉
     for (k, rep) in &m.models {
@@ -59,7 +62,7 @@ fn actg175_ridge_and_knn_equal_scikit_learn_on_the_same_split() {
 fn huber_networks_reevaluate_exactly_and_predict_new_tables() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let r = recipe("actg175-cd4.toml", |t| {
-        t.replace("arch = [\"linear\", \"svr\", \"knn\", \"random-forest\", \"mlp\"]", "arch = [\"linear\", \"mlp\"]")
+        t.replace("arch = [\"linear\", \"svr\", \"svr-linear\", \"knn\", \"random-forest\", \"mlp\"]", "arch = [\"linear\", \"mlp\"]")
     });
     let dir = tempfile::tempdir().unwrap();
     let m = regression::train::<AB>(&r, dir.path(), &Default::default()).unwrap();
@@ -84,7 +87,7 @@ fn huber_networks_reevaluate_exactly_and_predict_new_tables() {
 fn quantile_networks_cover_their_nominal_interval() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let r = recipe("actg175-cd4.toml", |t| {
-        t.replace("arch = [\"linear\", \"svr\", \"knn\", \"random-forest\", \"mlp\"]", "arch = \"mlp\"")
+        t.replace("arch = [\"linear\", \"svr\", \"svr-linear\", \"knn\", \"random-forest\", \"mlp\"]", "arch = \"mlp\"")
             .replace("loss = \"huber\"", "loss = \"quantile\"\nquantiles = [0.1, 0.5, 0.9]")
     });
     let dir = tempfile::tempdir().unwrap();

@@ -153,8 +153,9 @@ pub fn run_segmentation(
     Ok(())
 }
 
-/// `vesalius explain` for a treatment-response run: `BEFORE AFTER --mask TUMOUR`; for each tumour slice a PNG of the
-/// before crop, the after crop and the map (red: towards growth, blue: towards shrinkage), and a JSON line.
+/// `vesalius explain` for a treatment-response run: `BEFORE AFTER --mask TUMOUR`; the maps of every tumour slice as one
+/// NIfTI volume on the before scan's grid, and for each slice a PNG of the before crop, the after crop and the map
+/// (red: towards growth, blue: towards shrinkage) and a JSON line.
 pub fn run_response(
     backend: BackendKind,
     run: &Path,
@@ -186,6 +187,19 @@ pub fn run_response(
     .map_err(CliError::from))?;
     std::fs::create_dir_all(out).map_err(|e| CliError::Internal(format!("{}: {e}", out.display())))?;
     let tag = serde_json::to_value(method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    // every slice's map on the before scan's grid
+    let scan = vesalius_io::load(before)?;
+    let (nx, ny) = (scan.shape()[0], scan.shape().get(1).copied().unwrap_or(1));
+    let mut volume = vec![0f32; scan.voxels()];
+    for e in &found {
+        let z = e.crop.centre[2] as usize;
+        if let Some(plane) = volume.get_mut(z * nx * ny..(z + 1) * nx * ny) {
+            e.crop.paste(&e.map, plane, nx, ny);
+        }
+    }
+    let nii = out.join(format!("{}_{tag}.nii.gz", stem(before)));
+    let map = Image::new(volume, scan.shape().to_vec(), 1, *scan.affine(), "float32").map_err(|e| CliError::Internal(e.to_string()))?;
+    vesalius_io::nifti::save(&nii, &map, vesalius_io::nifti::NiftiType::F32)?;
     for e in found {
         let s = e.side;
         let grey = |v: &[f32]| {
@@ -201,6 +215,7 @@ pub fn run_response(
         let mut json = serde_json::to_value(&e).map_err(|e| CliError::Internal(e.to_string()))?;
         json["method"] = serde_json::Value::String(tag.clone());
         json["figure"] = serde_json::Value::String(png.display().to_string());
+        json["map"] = serde_json::Value::String(nii.display().to_string());
         println!("{json}");
     }
     Ok(())

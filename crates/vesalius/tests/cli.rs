@@ -1126,7 +1126,7 @@ fn regression_and_response_runs_from_the_cli() {
     let text = std::fs::read_to_string(root().join("recipes/actg175-cd4.toml"))
         .unwrap()
         .replace("\"../fixtures", &format!("\"{}/fixtures", root().display()))
-        .replace("arch = [\"linear\", \"svr\", \"knn\", \"random-forest\", \"mlp\"]", "arch = [\"linear\", \"knn\"]");
+        .replace("arch = [\"linear\", \"svr\", \"svr-linear\", \"knn\", \"random-forest\", \"mlp\"]", "arch = [\"linear\", \"knn\"]");
     let recipe = dir.path().join("actg.toml");
     std::fs::write(&recipe, text).unwrap();
     let run = dir.path().join("reg");
