@@ -60,6 +60,7 @@ pub mod recipe;
 pub mod run;
 pub mod tabular;
 pub mod train;
+pub mod volumes;
 
 /// Failures of a CADx run.
 #[derive(Debug, thiserror::Error)]

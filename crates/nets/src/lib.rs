@@ -35,6 +35,7 @@ mod alexnet;
 mod autoencoder;
 mod blocks;
 mod classifier;
+mod cnn3d;
 mod crnn;
 mod googlenet;
 mod lenet;
@@ -58,6 +59,7 @@ pub use autoencoder::{
 };
 pub use blocks::ConvBnRelu;
 pub use classifier::{Arch, Classifier, ClassifierConfig, ConfigError, SAE_HIDDEN, trainable_params};
+pub use cnn3d::{Cnn3d, Cnn3dConfig};
 pub use crnn::{Crnn, CrnnConfig, data_consistency, dft2};
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, Inception};
 pub use lenet::{LeNet5, LeNet5Config};

@@ -147,7 +147,8 @@ impl<B: Backend> Gru<B> {
 
 /// CNN + LSTM over sequences of images (slices or frames): each frame goes through
 /// `[conv 3×3 → ReLU → max-pool 2]` blocks, the flattened features of the frames feed an LSTM, and a linear
-/// layer classifies the last hidden state.
+/// layer classifies the last hidden state — with `bidirectional`, the last states of an LSTM over the frames and of
+/// one over them in reverse order, side by side.
 #[derive(Config, Debug)]
 pub struct CnnLstmConfig {
     /// Channels per frame.
@@ -160,6 +161,13 @@ pub struct CnnLstmConfig {
     pub hidden: usize,
     /// Output classes.
     pub classes: usize,
+    /// Also read the frames in reverse order (for slices of a volume, where no order is causal).
+    #[config(default = false)]
+    pub bidirectional: bool,
+    /// Reduce each frame's feature maps to their per-channel maximum (translation invariant, `channels` features per
+    /// frame) instead of flattening them.
+    #[config(default = false)]
+    pub global_pool: bool,
 }
 
 impl CnnLstmConfig {
@@ -178,11 +186,15 @@ impl CnnLstmConfig {
             cin = c;
         }
         let side = self.frame_size >> self.channels.len();
+        let features = if self.global_pool { cin } else { cin * side * side };
+        let directions = if self.bidirectional { 2 } else { 1 };
         CnnLstm {
             convs,
             pool: MaxPool2dConfig::new([2, 2]).init(),
-            lstm: LstmConfig::new(cin * side * side, self.hidden).init(device),
-            fc: LinearConfig::new(self.hidden, self.classes).init(device),
+            lstm: LstmConfig::new(features, self.hidden).init(device),
+            backward: self.bidirectional.then(|| LstmConfig::new(features, self.hidden).init(device)),
+            fc: LinearConfig::new(directions * self.hidden, self.classes).init(device),
+            global_pool: self.global_pool,
         }
     }
 }
@@ -193,7 +205,9 @@ pub struct CnnLstm<B: Backend> {
     convs: Vec<Conv2d<B>>,
     pool: MaxPool2d,
     lstm: Lstm<B>,
+    backward: Option<Lstm<B>>,
     fc: Linear<B>,
+    global_pool: bool,
 }
 
 impl<B: Backend> CnnLstm<B> {
@@ -205,7 +219,38 @@ impl<B: Backend> CnnLstm<B> {
             f = self.pool.forward(relu(conv.forward(f)));
         }
         let [_, k, hh, ww] = f.dims();
-        let (_, last) = self.lstm.forward(f.reshape([n, t, k * hh * ww]));
-        self.fc.forward(last)
+        let seq =
+            if self.global_pool { f.reshape([n * t, k, hh * ww]).max_dim(2).reshape([n, t, k]) } else { f.reshape([n, t, k * hh * ww]) };
+        let (_, last) = self.lstm.forward(seq.clone());
+        let state = match &self.backward {
+            Some(b) => Tensor::cat(vec![last, b.forward(seq.flip([1])).1], 1),
+            None => last,
+        };
+        self.fc.forward(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use burn::tensor::Distribution;
+    type B = burn::backend::Flex;
+
+    #[test]
+    fn a_bidirectional_cnn_lstm_adds_the_reversed_frames_state() {
+        let device = Default::default();
+        let net = CnnLstmConfig::new(1, 8, vec![4], 6, 2).with_bidirectional(true).with_global_pool(true).init::<B>(&device);
+        let x = Tensor::<B, 5>::random([2, 5, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        // by hand: per-frame features (channel maxima), the forward LSTM's last state, and the backward LSTM's last
+        // state over the frames in reverse order, built frame by frame
+        let f = net.pool.forward(relu(net.convs[0].forward(x.clone().reshape([10, 1, 8, 8]))));
+        let seq = f.reshape([10, 4, 16]).max_dim(2).reshape([2, 5, 4]);
+        let reversed = Tensor::cat((0..5).rev().map(|t| seq.clone().narrow(1, t, 1)).collect(), 1);
+        let state = Tensor::cat(vec![net.lstm.forward(seq).1, net.backward.as_ref().unwrap().forward(reversed).1], 1);
+        let expected: Vec<f32> = net.fc.forward(state).into_data().to_vec().unwrap();
+        let got: Vec<f32> = net.forward(x).into_data().to_vec().unwrap();
+        assert!(expected.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-5), "{expected:?} {got:?}");
+        assert_eq!(CnnLstmConfig::reference().init::<B>(&device).fc.weight.dims(), [64, 9], "the reference network is unchanged");
     }
 }

@@ -20,6 +20,11 @@
 //!     image = "brain2_image.nii.gz"
 //!     mask = "brain2_label.nii.gz"
 //!     split = "test"
+//!     [data.synthetic]
+//!     host = "mni152_t1.nii.gz"
+//!     lesions = 60
+//!     diameter_mm = [8.0, 30.0]
+//!     contrast = [0.5, 4.0]
 //!     [model]
 //!     arch = "lenet5"
 //! "#, std::path::Path::new("/data")).unwrap();

@@ -345,6 +345,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 return crate::tabular::train(backend, &recipe, out);
             }
+            if commands::recipe_task(&recipe).as_deref() == Some("volume-classification") {
+                if epochs.is_some() || iterations.is_some() {
+                    return Err(CliError::Usage(
+                        "--epochs and --iterations do not apply to volume-classification recipes; set them in [train]".into(),
+                    ));
+                }
+                return crate::volumes::train(backend, &recipe, out, quiet);
+            }
             if commands::recipe_task(&recipe).as_deref() == Some("response") {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to response recipes; set them in [train]".into()));
@@ -412,6 +420,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 crate::tabular::evaluate(&run, &split)
             } else if vesalius_prediction::train::is_run(&run) && !tta && optimisation.is_none() {
                 crate::survival::evaluate(backend, &run, &split)
+            } else if vesalius_cadx::volumes::is_run(&run) && !tta && optimisation.is_none() {
+                crate::volumes::evaluate(backend, &run, &split)
             } else if vesalius_prediction::response::is_run(&run) && !tta && optimisation.is_none() {
                 crate::response::evaluate(backend, &run, &split)
             } else if vesalius_prediction::regression::is_run(&run) && !tta && optimisation.is_none() {

@@ -23,6 +23,7 @@ pub mod regression;
 pub mod response;
 pub mod survival;
 pub mod tabular;
+pub mod volumes;
 
 /// A command failure, mapped to an exit code.
 #[derive(Debug, thiserror::Error)]

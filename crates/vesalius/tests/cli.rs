@@ -1178,3 +1178,25 @@ fn regression_and_response_runs_from_the_cli() {
         "two inputs",
     );
 }
+
+#[test]
+fn volume_classification_trains_and_evaluates_both_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("recipes/lesion-volumes.toml"))
+        .unwrap()
+        .replace("\"../fixtures", &format!("\"{}/fixtures", root().display()))
+        .replace("cases = [1024, 128, 256]", "cases = [8, 4, 6]")
+        .replace("epochs = 20", "epochs = 1")
+        .replace("bootstrap = 1000", "bootstrap = 20");
+    let recipe = dir.path().join("vol.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let trained = stdout(&o);
+    assert!(trained.contains("test set: 6 cubes") && trained.contains("crnn") && trained.contains("cnn3d"), "{trained}");
+    let o = vesalius(&["evaluate", "--run", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(trained.lines().take(4).collect::<Vec<_>>(), stdout(&o).lines().take(4).collect::<Vec<_>>());
+    assert_input_error(&vesalius(&["train", recipe.to_str().unwrap(), "--epochs", "3"]), "do not apply");
+}
