@@ -358,34 +358,19 @@ pub fn read_rows(data: &TableData) -> Result<Rows, CadxError> {
     let raw = read_csv(&data.table)?;
     let lc = raw.column(&data.label)?;
     let pc = data.patient.as_deref().map(|p| raw.column(p)).transpose()?;
-    for x in &data.exclude {
-        raw.column(x)?;
-    }
-    let mut classes: Vec<String> = raw.rows.iter().map(|r| r[lc].trim().to_string()).collect();
-    if let Some(i) = classes.iter().position(|c| c.is_empty() || c == "NA") {
+    if let Some(i) = raw.rows.iter().position(|r| matches!(r[lc].trim(), "" | "NA")) {
         return Err(CadxError::Input(format!("{}: row {} has no {}", raw.source, i + 2, data.label)));
     }
-    let numeric = classes.iter().all(|c| c.parse::<f64>().is_ok_and(f64::is_finite));
-    classes.sort_by(|a, b| if numeric { a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)) } else { a.cmp(b) });
-    classes.dedup();
+    let classes = vesalius_data::table::sorted_levels(raw.rows.iter().map(|r| r[lc].as_str()));
     if classes.len() < 2 || classes.len() > 1000 {
         return Err(CadxError::Input(format!("{}: column {} has {} classes (2 to 1000 needed)", raw.source, data.label, classes.len())));
     }
     let y: Vec<usize> = raw.rows.iter().map(|r| classes.iter().position(|c| *c == r[lc].trim()).unwrap_or(0)).collect();
     let patient: Vec<String> =
         raw.rows.iter().enumerate().map(|(i, r)| pc.map_or_else(|| format!("row{}", i + 2), |c| r[c].trim().to_string())).collect();
-    let features: Vec<String> = if data.features.is_empty() {
-        raw.header
-            .iter()
-            .filter(|h| **h != data.label && Some(h.as_str()) != data.patient.as_deref() && !data.exclude.contains(h))
-            .cloned()
-            .collect()
-    } else {
-        data.features.clone()
-    };
-    if features.is_empty() {
-        return Err(CadxError::Input(format!("{}: no feature columns", raw.source)));
-    }
+    let listed = (!data.features.is_empty()).then_some(data.features.as_slice());
+    let reserved: Vec<&str> = std::iter::once(data.label.as_str()).chain(data.patient.as_deref()).collect();
+    let features = vesalius_data::table::feature_columns(&raw, listed, &reserved, &data.exclude)?;
     Ok(Rows { raw, classes, y, patient, features })
 }
 

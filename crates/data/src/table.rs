@@ -185,6 +185,37 @@ impl Encoding {
     }
 }
 
+/// The feature columns of a table: `listed` (each must exist), or every column that is neither `reserved` (target,
+/// id, time… columns) nor in `exclude` (each must exist). Errors when none is left.
+pub fn feature_columns(
+    table: &RawTable,
+    listed: Option<&[String]>,
+    reserved: &[&str],
+    exclude: &[String],
+) -> Result<Vec<String>, DataError> {
+    for c in exclude.iter().chain(listed.into_iter().flatten()) {
+        table.column(c)?;
+    }
+    let features: Vec<String> = match listed {
+        Some(f) => f.to_vec(),
+        None => table.header.iter().filter(|h| !reserved.contains(&h.as_str()) && !exclude.contains(h)).cloned().collect(),
+    };
+    if features.is_empty() {
+        return Err(DataError::Invalid(format!("{}: no feature columns", table.source)));
+    }
+    Ok(features)
+}
+
+/// The distinct values of cells, sorted numerically when every one is a number, alphabetically otherwise.
+pub fn sorted_levels<'a>(cells: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut levels: Vec<String> =
+        cells.into_iter().map(|c| c.trim().to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if levels.iter().all(|v| v.parse::<f64>().is_ok_and(f64::is_finite)) {
+        levels.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
+    }
+    levels
+}
+
 /// Per-column standardisation `(x − mean) / std` fitted on training rows (constant columns keep std 1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Standardise {
@@ -212,5 +243,43 @@ impl Standardise {
     /// A standardised row.
     pub fn apply(&self, row: &[f64]) -> Vec<f64> {
         row.iter().enumerate().map(|(j, v)| (v - self.mean[j]) / self.std[j]).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn table() -> RawTable {
+        let header = ["id", "age", "arm", "y"].iter().map(|s| s.to_string()).collect();
+        let rows = vec![vec!["a".into(), "50".into(), "2".into(), "1.5".into()], vec!["b".into(), "61".into(), "10".into(), "2".into()]];
+        RawTable { source: "t.csv".into(), header, rows }
+    }
+
+    #[test]
+    fn feature_columns_are_listed_or_what_is_left() {
+        let t = table();
+        assert_eq!(feature_columns(&t, None, &["id", "y"], &[]).unwrap(), ["age", "arm"]);
+        assert_eq!(feature_columns(&t, None, &["id", "y"], &["arm".into()]).unwrap(), ["age"]);
+        assert_eq!(feature_columns(&t, Some(&["arm".into()]), &["id"], &[]).unwrap(), ["arm"]);
+        assert!(feature_columns(&t, Some(&["bmi".into()]), &[], &[]).unwrap_err().to_string().contains("bmi"));
+        assert!(feature_columns(&t, None, &["id", "y"], &["age".into(), "arm".into()]).unwrap_err().to_string().contains("no feature"));
+    }
+
+    #[test]
+    fn levels_sort_as_numbers_when_they_all_are() {
+        assert_eq!(sorted_levels(["10", "2", "2", " 1"]), ["1", "2", "10"]);
+        assert_eq!(sorted_levels(["II", "III", "I", "II"]), ["I", "II", "III"]);
+        assert_eq!(sorted_levels(["2", "x", "10"]), ["10", "2", "x"]);
+    }
+
+    #[test]
+    fn categorical_codes_are_dummy_coded_when_asked() {
+        let t = table();
+        let e = Encoding::fit_with(&t, &["age".into(), "arm".into()], &["arm".into()]).unwrap();
+        assert_eq!(e.names(), ["age", "arm=2"]); // levels sorted as text: "10" < "2"
+        assert_eq!(e.encode_row(&t, 0).unwrap(), [50.0, 1.0]);
+        assert!(Encoding::fit_with(&t, &["age".into()], &["arm".into()]).is_err());
     }
 }

@@ -134,10 +134,7 @@ pub fn read_visits(recipe: &SurvivalRecipe, raw: &mut RawTable, with_outcome: bo
     let id = d.id.as_deref().ok_or_else(|| PredError::Input("a longitudinal table needs data.id (the patient column)".into()))?;
     let vt_name = d.visit_time.as_deref().ok_or_else(|| PredError::Input("data.visit_time is missing".into()))?;
     let (ic, vc) = (raw.column(id)?, raw.column(vt_name)?);
-    let features: Vec<String> = match &d.features {
-        Some(f) => f.clone(),
-        None => raw.header.iter().filter(|h| ![d.time.as_str(), d.event.as_str(), id, vt_name].contains(&h.as_str())).cloned().collect(),
-    };
+    let features = crate::table::feature_columns(raw, d.features.as_deref(), &[d.time.as_str(), d.event.as_str(), id, vt_name], &[])?;
     let mut by_id: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for r in 0..raw.rows.len() {
         by_id.entry(raw.rows[r][ic].trim().to_string()).or_default().push(r);

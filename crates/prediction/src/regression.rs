@@ -365,14 +365,6 @@ impl RegressionRecipe {
         }
         Ok(())
     }
-
-    /// Whether a recipe text is a regression recipe.
-    pub fn is_regression_recipe(text: &str) -> bool {
-        toml::from_str::<toml::Table>(text)
-            .ok()
-            .and_then(|t| t.get("task").and_then(|v| v.as_str().map(|s| s == "regression")))
-            .unwrap_or(false)
-    }
 }
 
 /// A table read for a recipe: targets (continuous values, or level indices as numbers), encoded features, patients.
@@ -395,18 +387,8 @@ pub fn read_rows(d: &RegressionData) -> Result<RegressionRows, PredError> {
     let raw = read_csv(&d.path)?;
     let tc = raw.column(&d.target)?;
     let ic = d.id.as_deref().map(|c| raw.column(c)).transpose()?;
-    for c in d.exclude.iter().chain(d.features.iter().flatten()) {
-        raw.column(c)?;
-    }
-    let features: Vec<String> = match &d.features {
-        Some(f) => f.clone(),
-        None => raw
-            .header
-            .iter()
-            .filter(|h| **h != d.target && Some(h.as_str()) != d.id.as_deref() && !d.exclude.contains(h))
-            .cloned()
-            .collect(),
-    };
+    let reserved: Vec<&str> = std::iter::once(d.target.as_str()).chain(d.id.as_deref()).collect();
+    let features = crate::table::feature_columns(&raw, d.features.as_deref(), &reserved, &d.exclude)?;
     if features.is_empty() || features.contains(&d.target) {
         return Err(PredError::Input(format!("{}: the features must be other columns than the target \"{}\"", raw.source, d.target)));
     }
@@ -419,13 +401,7 @@ pub fn read_rows(d: &RegressionData) -> Result<RegressionRows, PredError> {
         TargetType::Ordinal => {
             let levels = match &d.levels {
                 Some(l) => l.clone(),
-                None => {
-                    let mut l: Vec<String> = cells.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
-                    if l.iter().all(|v| v.parse::<f64>().is_ok()) {
-                        l.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
-                    }
-                    l
-                }
+                None => crate::table::sorted_levels(cells.iter().map(String::as_str)),
             };
             if !(2..=100).contains(&levels.len()) {
                 return Err(PredError::Input(format!(

@@ -130,10 +130,8 @@ pub fn load(recipe: &SurvivalRecipe, encoding: Option<&Encoding>) -> Result<(Raw
     let d = &recipe.data;
     let (tc, ec) = (table.column(&d.time)?, table.column(&d.event)?);
     let ic = d.id.as_deref().map(|c| table.column(c)).transpose()?;
-    let features: Vec<String> = match &d.features {
-        Some(f) => f.clone(),
-        None => table.header.iter().filter(|h| **h != d.time && **h != d.event && Some(h.as_str()) != d.id.as_deref()).cloned().collect(),
-    };
+    let reserved: Vec<&str> = [d.time.as_str(), d.event.as_str()].into_iter().chain(d.id.as_deref()).collect();
+    let features = crate::table::feature_columns(&table, d.features.as_deref(), &reserved, &[])?;
     let encoding = match encoding {
         Some(e) => e.clone(),
         None => Encoding::fit(&table, &features)?,
