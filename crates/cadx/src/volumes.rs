@@ -476,6 +476,8 @@ pub struct VolumeMetrics {
     pub n: usize,
     /// Classes (`no lesion`, `lesion`).
     pub classes: Vec<String>,
+    /// What the intervals resample (`cubes`).
+    pub bootstrap_unit: String,
     /// One report per network.
     pub models: BTreeMap<String, ClassificationReport>,
 }
@@ -532,7 +534,13 @@ pub fn evaluate<B: Backend>(run: &Path, device: &B::Device) -> Result<VolumeMetr
             .map_err(|e| CadxError::Internal(e.to_string()))?;
         models.insert(arch.name().to_string(), report);
     }
-    let m = VolumeMetrics { set: "test".into(), n: te.label.len(), classes: vec!["no lesion".into(), "lesion".into()], models };
+    let m = VolumeMetrics {
+        set: "test".into(),
+        n: te.label.len(),
+        classes: vec!["no lesion".into(), "lesion".into()],
+        bootstrap_unit: "cubes".into(),
+        models,
+    };
     let json = serde_json::to_vec_pretty(&m).map_err(|e| CadxError::Internal(e.to_string()))?;
     vesalius_io::write_atomic(&run.join("metrics.json"), &json).map_err(|e| CadxError::Internal(e.to_string()))?;
     Ok(m)

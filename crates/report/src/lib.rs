@@ -434,6 +434,17 @@ fn survival_calibration(page: &mut Page, m: &Value) -> Result<(), ReportError> {
 /// A regression run: predicted against observed values (continuous targets), or a confusion matrix of levels per
 /// model (ordinal targets), from `predictions-test.csv` (`row,patient,<target>,<model>…`).
 fn regression_section(page: &mut Page, m: &Value, rows: &[Vec<String>]) -> Result<(), ReportError> {
+    // a response run: the true and the predicted change of each test pair
+    if let (Some(tc), Some(pc)) =
+        (rows[0].iter().position(|c| c == "true_log_ratio"), rows[0].iter().position(|c| c == "predicted_log_ratio"))
+    {
+        let points: Vec<(f64, f64)> = rows[1..].iter().filter_map(|r| Some((r[tc].parse().ok()?, r[pc].parse().ok()?))).collect();
+        return scatter(
+            page,
+            "ln(area after / area before)",
+            vec![Series { name: "network".into(), points, markers: true, ..Default::default() }],
+        );
+    }
     let (Some(kind), Some(target)) = (m["target_type"].as_str(), m["target"].as_str()) else {
         return Ok(());
     };
@@ -463,15 +474,22 @@ fn regression_section(page: &mut Page, m: &Value, rows: &[Vec<String>]) -> Resul
     }
     let parse = |r: &Vec<String>, c: usize| r[c].parse::<f64>().ok().filter(|v| v.is_finite());
     let y: Vec<Option<f64>> = rows[1..].iter().map(|r| parse(r, tc)).collect();
-    let mut series = Vec::new();
+    let series = models
+        .iter()
+        .map(|(c, name)| {
+            let points = rows[1..].iter().zip(&y).filter_map(|(r, y)| Some(((*y)?, parse(r, *c)?))).collect();
+            Series { name: (*name).clone(), points, markers: true, ..Default::default() }
+        })
+        .collect();
+    scatter(page, target, series)
+}
+
+/// Predicted against observed values, one colour per series, with the diagonal.
+fn scatter(page: &mut Page, target: &str, mut series: Vec<Series>) -> Result<(), ReportError> {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for (c, name) in &models {
-        let points: Vec<(f64, f64)> = rows[1..].iter().zip(&y).filter_map(|(r, y)| Some((y.as_ref().copied()?, parse(r, *c)?))).collect();
-        for &(a, b) in &points {
-            lo = lo.min(a.min(b));
-            hi = hi.max(a.max(b));
-        }
-        series.push(Series { name: (*name).clone(), points, markers: true, ..Default::default() });
+    for &(a, b) in series.iter().flat_map(|s| &s.points) {
+        lo = lo.min(a.min(b));
+        hi = hi.max(a.max(b));
     }
     if series.is_empty() || !(hi > lo) {
         return Ok(());
@@ -622,10 +640,13 @@ pub fn build(run: &Path) -> Result<String, ReportError> {
                     std::iter::once(k.clone()).chain(names.iter().map(|n| estimate(&r["metrics"][n]).unwrap_or_default())).collect()
                 })
                 .collect();
-            let caption = format!(
-                "The {set} set ({} patients, {} rows): value [95 % bootstrap interval over patients]",
-                m["n_patients"], m["n_rows"]
-            );
+            let unit = m["bootstrap_unit"].as_str().unwrap_or("patients");
+            let size = match (m["n_patients"].as_u64(), m["n_rows"].as_u64(), m["n"].as_u64()) {
+                (Some(p), Some(r), _) => format!("{p} patients, {r} rows"),
+                (_, _, Some(n)) => format!("{n} {unit}"),
+                _ => String::from("size not recorded"),
+            };
+            let caption = format!("The {set} set ({size}): value [95 % bootstrap interval over {unit}]");
             page.table(&header, &rows, &caption);
             for (k, r) in models {
                 confusion_table(&mut page, &r["confusion"], &classes, &format!("Confusion matrix of {k} on the {set} set"));

@@ -1,8 +1,9 @@
 //! `vesalius report` in a real browser: headless Chromium (Debian's package; `cargo xtask ci` installs it when it is
-//! missing) loads the reports of a table, a survival, two regression (continuous and ordinal), an image-classification,
-//! a segmentation, an enhancement, a registration and a detection run from their files, and the test checks that every figure has a size, that no script
-//! error or console message occurs, that no request leaves the file (Chromium's network log holds nothing beyond
-//! what the browser itself asks for on an empty page), and that a screenshot is not blank. A page built to fail
+//! missing) loads the reports of a table, a survival, two regression (continuous and ordinal), a treatment-response, a
+//! volume-classification, an image-classification, a segmentation, an enhancement, a registration and a detection run
+//! from their files, and the test checks that every figure has a size, that no script error or console message occurs,
+//! that no request leaves the file (Chromium's network log holds nothing beyond what the browser itself asks for on an
+//! empty page), and that a screenshot is not blank. A page built to fail
 //! each check shows that the checks can fail.
 #![allow(clippy::unwrap_used)]
 use std::collections::BTreeSet;
@@ -178,6 +179,43 @@ fn reports_load_in_chromium_without_errors_or_requests() {
         } else {
             assert!(outline.contains("Levels of malignancy predicted by linear") && outline.contains("predicted by knn"), "{outline}");
             assert_eq!(check(&page, work, &baseline), 0);
+        }
+    }
+
+    // a response run (the predicted change against the true one) and a volume-classification run (two networks)
+    for (name, edits) in [
+        (
+            "tumour-response",
+            vec![
+                ("lesions = 60", "lesions = 8"),
+                ("epochs = 20", "epochs = 1"),
+                ("pairs = 256", "pairs = 32"),
+                ("pairs_per_slice = 10", "pairs_per_slice = 2"),
+            ],
+        ),
+        ("lesion-volumes", vec![("cases = [1024, 128, 256]", "cases = [8, 4, 6]"), ("epochs = 20", "epochs = 1")]),
+    ] {
+        let mut text = std::fs::read_to_string(root().join(format!("recipes/{name}.toml")))
+            .unwrap()
+            .replace("\"../fixtures", &format!("\"{}/fixtures", root().display()))
+            .replace("bootstrap = 1000", "bootstrap = 20");
+        for (a, b) in edits {
+            text = text.replace(a, b);
+        }
+        let recipe = work.join(format!("{name}.toml"));
+        std::fs::write(&recipe, text).unwrap();
+        let run = work.join(name);
+        let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let page = work.join(format!("{name}.html"));
+        assert!(vesalius(&["report", "--run", run.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
+        let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
+        if name == "tumour-response" {
+            assert!(outline.contains("## Predicted against observed") && outline.contains("ln(area after / area before)"), "{outline}");
+            assert!(check(&page, work, &baseline) >= 1);
+        } else {
+            assert!(outline.contains("The test set (6 cubes)") && outline.contains("Confusion matrix of crnn"), "{outline}");
+            check(&page, work, &baseline);
         }
     }
 
