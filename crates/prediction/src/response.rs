@@ -155,9 +155,23 @@ fn default_noise() -> f64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseModel {
-    /// A network of the architectures crate (`lenet5`, `alexnet`, `vgg11`, `resnet18`, …) with two input channels and
-    /// one output.
+    /// A network of the architectures crate (`lenet5`, `alexnet`, `vgg11`, `resnet18`, `sae`, …) with two input
+    /// channels and one output. `sae`: the encoder of a stacked auto-encoder, pre-trained greedily (layer by layer,
+    /// then fine-tuned) on `pretrain_pairs` training pairs before the whole network is trained.
     pub arch: Arch,
+    /// `sae`: training pairs the auto-encoder is pre-trained on.
+    #[serde(default = "default_pretrain_pairs")]
+    pub pretrain_pairs: usize,
+    /// `sae`: epochs of each greedy stage (the fine-tuning takes half as many).
+    #[serde(default = "default_pretrain_epochs")]
+    pub pretrain_epochs: usize,
+}
+
+fn default_pretrain_pairs() -> usize {
+    512
+}
+fn default_pretrain_epochs() -> usize {
+    10
 }
 
 /// `[train]`.
@@ -325,6 +339,13 @@ impl ResponseRecipe {
             return bad("train: epochs, pairs and batch (≤ 1024) ≥ 1, lr > 0, weight_decay ≥ 0");
         }
         let e = &self.eval;
+        if self.model.pretrain_pairs == 0
+            || self.model.pretrain_pairs > 100_000
+            || self.model.pretrain_epochs == 0
+            || self.model.pretrain_epochs > 1000
+        {
+            return bad("model: pretrain_pairs in 1..=100000, pretrain_epochs in 1..=1000");
+        }
         if e.pairs_per_slice == 0 || e.pairs_per_slice > 1000 || e.bootstrap == 0 || !(e.responder_below > 0.0 && e.responder_below < 1.0) {
             return bad("eval: pairs_per_slice in 1..=1000, bootstrap ≥ 1, responder_below in (0, 1)");
         }
@@ -474,18 +495,27 @@ pub fn predict_pairs<B: Backend>(net: &Classifier<B>, recipe: &ResponseRecipe, p
     out
 }
 
-struct ResponseTask<'a> {
+struct ResponseTask<'a, B: AutodiffBackend> {
+    pretrained: Option<vesalius_nets::Autoencoder<B>>,
     recipe: &'a ResponseRecipe,
     train: &'a [TumourSlice],
     val: Vec<(ResponsePair, usize)>,
 }
 
-impl<B: AutodiffBackend> Task<B> for ResponseTask<'_> {
+impl<B: AutodiffBackend> Task<B> for ResponseTask<'_, B> {
     type Model = Classifier<B>;
     type Error = PredError;
 
     fn init_model(&mut self, device: &B::Device) -> Result<Classifier<B>, PredError> {
-        ClassifierConfig::new(self.recipe.model.arch, 2, 1, self.recipe.data.side).init(device).map_err(|e| PredError::Input(e.to_string()))
+        let net = ClassifierConfig::new(self.recipe.model.arch, 2, 1, self.recipe.data.side)
+            .init(device)
+            .map_err(|e| PredError::Input(e.to_string()))?;
+        Ok(match (net, &self.pretrained) {
+            (Classifier::Sae(m), Some(ae)) => {
+                Classifier::Sae(m.with_encoder(ae).map_err(|e| PredError::Internal(format!("pre-trained encoder: {e}")))?)
+            }
+            (net, _) => net,
+        })
     }
 
     fn epochs(&self) -> usize {
@@ -573,7 +603,32 @@ pub fn train<AB: AutodiffBackend>(
     let run_dir = RunDir::new(run);
     engine::prepare(&run_dir, &text, &resume_rules())?;
     let val = fixed_pairs(recipe, &sets[&CaseSplit::Val], 0x7a1);
-    let mut task = ResponseTask { recipe, train: &sets[&CaseSplit::Train], val };
+    let pretrained = if recipe.model.arch == Arch::Sae {
+        let side = recipe.data.side;
+        let rows = || -> Result<Vec<f32>, vesalius_train::TrainError> {
+            let base = vesalius_io::mix(recipe.seed ^ 0x5ae);
+            Ok((0..recipe.model.pretrain_pairs)
+                .flat_map(|k| {
+                    let p = draw(recipe, &sets[&CaseSplit::Train], base ^ k as u64, true).0;
+                    p.pre.into_iter().chain(p.post)
+                })
+                .collect())
+        };
+        let config = vesalius_train::greedy::GreedyConfig {
+            hidden: vesalius_nets::SAE_HIDDEN.to_vec(),
+            epochs: recipe.model.pretrain_epochs,
+            fine_tune_epochs: recipe.model.pretrain_epochs.div_ceil(2),
+            batch: recipe.train.batch,
+            lr: recipe.train.lr,
+            sigmoid_output: false,
+            seed: recipe.seed,
+            ..Default::default()
+        };
+        Some(vesalius_train::greedy::train_stacked_in_run::<AB>(&run_dir, rows, 2 * side * side, &config, device, true)?)
+    } else {
+        None
+    };
+    let mut task = ResponseTask { pretrained, recipe, train: &sets[&CaseSplit::Train], val };
     let mut cfg = AdamConfig::new();
     if recipe.train.weight_decay > 0.0 {
         cfg = cfg.with_weight_decay(Some(WeightDecayConfig::new(recipe.train.weight_decay as f32)));

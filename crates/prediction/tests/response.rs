@@ -10,6 +10,9 @@ use vesalius_prediction::response::{self, ResponseRecipe};
 type B = burn::backend::Flex;
 type AB = burn::backend::Autodiff<B>;
 
+/// burn's random generator is process-wide: tests that train networks take turns.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn recipes() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes"))
 }
@@ -27,6 +30,7 @@ fn small() -> ResponseRecipe {
 
 #[test]
 fn a_network_trained_on_inserted_lesions_ranks_the_change_of_real_tumours() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let recipe = small();
     let dir = tempfile::tempdir().unwrap();
     let mut epochs = 0;
@@ -101,4 +105,24 @@ fn recipes_without_a_test_tumour_or_training_data_are_refused() {
     let r = ResponseRecipe::from_toml(&missing, dir.path()).unwrap();
     let e = response::train::<AB>(&r, &dir.path().join("run"), &Default::default(), |_| {}).unwrap_err().to_string();
     assert!(e.contains("a.nii.gz"), "{e}");
+}
+
+#[test]
+fn the_stacked_auto_encoder_backbone_is_pre_trained_greedily_in_the_run() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let text = std::fs::read_to_string(recipes().join("tumour-response.toml"))
+        .unwrap()
+        .replace("arch = \"lenet5\"", "arch = \"sae\"\npretrain_pairs = 32\npretrain_epochs = 1")
+        .replace("lesions = 60", "lesions = 8")
+        .replace("epochs = 20", "epochs = 1")
+        .replace("pairs = 256", "pairs = 32")
+        .replace("pairs_per_slice = 10", "pairs_per_slice = 1")
+        .replace("bootstrap = 1000", "bootstrap = 20");
+    let recipe = ResponseRecipe::from_toml(&text, recipes()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = response::train::<AB>(&recipe, dir.path(), &Default::default(), |_| {}).unwrap();
+    assert_eq!(m.pairs, 11);
+    assert!(m.change.metrics["mae"].value.is_finite());
+    let log = std::fs::read_to_string(dir.path().join("pretrain/log.jsonl")).unwrap();
+    assert!(dir.path().join("pretrain/autoencoder.mpk").is_file() && log.lines().count() >= 3, "{log}"); // two layers, then fine-tuning
 }
