@@ -148,12 +148,7 @@ impl<B: AutodiffBackend> Task<B> for CadxTask<'_, B> {
 
     fn init_model(&mut self, device: &B::Device) -> Result<Classifier<B>, CadxError> {
         let model = self.info.model.init(device).map_err(|e| CadxError::Input(format!("model: {e}")))?;
-        Ok(match (model, &self.pretrained) {
-            (Classifier::Sae(m), Some(ae)) => {
-                Classifier::Sae(m.with_encoder(ae).map_err(|e| CadxError::Internal(format!("pre-trained encoder: {e}")))?)
-            }
-            (m, _) => m,
-        })
+        model.with_pretrained(self.pretrained.as_ref()).map_err(|e| CadxError::Internal(format!("pre-trained encoder: {e}")))
     }
 
     fn epochs(&self) -> usize {

@@ -265,6 +265,16 @@ fn load(path: &Path) -> Result<Image, CadxError> {
 
 /// The training, validation and test cubes of a recipe.
 pub fn cubes(recipe: &VolumeRecipe) -> Result<[Cubes; 3], CadxError> {
+    let mut sets = cube_sets(recipe, &[0, 1, 2])?.into_iter();
+    match (sets.next(), sets.next(), sets.next()) {
+        (Some(a), Some(b), Some(c)) => Ok([a, b, c]),
+        _ => Err(CadxError::Internal("three sets of cubes".into())),
+    }
+}
+
+/// The cubes of the sets `wanted` (0 training, 1 validation, 2 test), in that order; each set is drawn with its own
+/// seed, so a set is the same whichever others are drawn with it.
+pub fn cube_sets(recipe: &VolumeRecipe, wanted: &[usize]) -> Result<Vec<Cubes>, CadxError> {
     let d = &recipe.data;
     let host = load(&d.host)?;
     if host.ndim() != 3 {
@@ -309,7 +319,7 @@ pub fn cubes(recipe: &VolumeRecipe) -> Result<[Cubes; 3], CadxError> {
     let zs: Vec<usize> = candidates.iter().map(|&i| i / (nx * ny)).collect();
     let (zmin, zmax) = (zs.iter().copied().min().unwrap_or(0) as f64, zs.iter().copied().max().unwrap_or(0) as f64);
     let mut out: Vec<Cubes> = Vec::with_capacity(3);
-    for (set, slab) in d.slabs.iter().enumerate() {
+    for (set, slab) in d.slabs.iter().enumerate().filter(|(k, _)| wanted.contains(k)) {
         let (lo, hi) = (zmin + slab[0] * (zmax - zmin), zmin + slab[1] * (zmax - zmin));
         let pool: Vec<usize> =
             candidates.iter().zip(&zs).filter(|(_, z)| (**z as f64) >= lo && (**z as f64) <= hi).map(|(i, _)| *i).collect();
@@ -335,8 +345,7 @@ pub fn cubes(recipe: &VolumeRecipe) -> Result<[Cubes; 3], CadxError> {
         }
         out.push(cubes);
     }
-    let [a, b, c]: [Cubes; 3] = out.try_into().map_err(|_| CadxError::Internal("three sets".into()))?;
-    Ok([a, b, c])
+    Ok(out)
 }
 
 /// Block averages of a volume (first axis fastest) by integer factors, then standardised.
@@ -508,7 +517,10 @@ pub fn train<AB: AutodiffBackend>(
         return Err(CadxError::Input(format!("{} holds a run of another recipe: use another --out", run.display())));
     }
     vesalius_io::write_atomic(&recipe_path, text.as_bytes()).map_err(|e| CadxError::Internal(e.to_string()))?;
-    let [tr, va, _] = cubes(recipe)?;
+    let mut sets = cube_sets(recipe, &[0, 1])?.into_iter();
+    let (Some(tr), Some(va)) = (sets.next(), sets.next()) else {
+        return Err(CadxError::Internal("training and validation cubes".into()));
+    };
     for &arch in &recipe.model.arch {
         let dir = RunDir::new(run.join(arch.name()));
         engine::prepare(&dir, &text, &resume_rules())?;
@@ -524,7 +536,7 @@ pub fn evaluate<B: Backend>(run: &Path, device: &B::Device) -> Result<VolumeMetr
     let path = run.join("recipe.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| CadxError::Input(format!("{}: {e}", path.display())))?;
     let recipe = VolumeRecipe::from_toml(&text, run)?;
-    let [_, _, te] = cubes(&recipe)?;
+    let te = cube_sets(&recipe, &[2])?.into_iter().next().ok_or_else(|| CadxError::Internal("test cubes".into()))?;
     let mut models = BTreeMap::new();
     for &arch in &recipe.model.arch {
         let dir = RunDir::new(run.join(arch.name()));

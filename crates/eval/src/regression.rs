@@ -93,6 +93,9 @@ pub fn coverage(y: &[f64], lo: &[f64], hi: &[f64]) -> f64 {
 /// Cohen's kappa of two ratings on levels `0..k` with quadratic weights `(i − j)² / (k − 1)²` (scikit-learn's
 /// `cohen_kappa_score(weights="quadratic")`; `NaN` when the expected disagreement is zero).
 pub fn quadratic_kappa(a: &[usize], b: &[usize], k: usize) -> f64 {
+    if k == 0 || a.is_empty() {
+        return f64::NAN;
+    }
     let n = a.len() as f64;
     let mut observed = vec![vec![0.0; k]; k];
     for (&i, &j) in a.iter().zip(b) {
@@ -267,5 +270,6 @@ mod tests {
         assert!(pearson(&Y, &[1.0; 10]).is_nan());
         assert_eq!(ranks(&[2.0, 1.0, 2.0]), vec![2.5, 1.0, 2.5]);
         assert_eq!(quadratic_kappa(&[0, 1, 2], &[0, 1, 2], 3), 1.0);
+        assert!(quadratic_kappa(&[], &[], 3).is_nan() && quadratic_kappa(&[0], &[0], 0).is_nan());
     }
 }

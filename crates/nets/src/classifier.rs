@@ -137,6 +137,15 @@ pub enum Classifier<B: Backend> {
 }
 
 impl<B: Backend> Classifier<B> {
+    /// The network with a stacked auto-encoder's pre-trained encoder in place of its own, for [`Arch::Sae`]; any other
+    /// network, or no auto-encoder, is returned unchanged. Errors when the layers do not match.
+    pub fn with_pretrained(self, ae: Option<&crate::Autoencoder<B>>) -> Result<Self, String> {
+        match (self, ae) {
+            (Classifier::Sae(m), Some(ae)) => Ok(Classifier::Sae(m.with_encoder(ae)?)),
+            (net, _) => Ok(net),
+        }
+    }
+
     /// Logits `[batch, classes]` for images `[batch, channels, size, size]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {

@@ -361,11 +361,12 @@ fn load(path: &Path) -> Result<Image, PredError> {
     vesalius_io::load(path).map_err(|e| PredError::Input(format!("{}: {e}", path.display())))
 }
 
-/// The tumour slices of each set: real cases by their split, inserted lesions split by `val_share`.
-pub fn slices(recipe: &ResponseRecipe) -> Result<BTreeMap<CaseSplit, Vec<TumourSlice>>, PredError> {
+/// The tumour slices of the sets in `wanted`: real cases by their split, inserted lesions (training and validation)
+/// split by `val_share`. Lesions are inserted only when training or validation slices are asked for.
+pub fn slices(recipe: &ResponseRecipe, wanted: &[CaseSplit]) -> Result<BTreeMap<CaseSplit, Vec<TumourSlice>>, PredError> {
     let d = &recipe.data;
     let mut out: BTreeMap<CaseSplit, Vec<TumourSlice>> = BTreeMap::new();
-    for c in &d.cases {
+    for c in d.cases.iter().filter(|c| wanted.contains(&c.split)) {
         let (img, mask) = (load(&c.image)?, load(&c.mask)?);
         let name = c.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let s = tumour_slices(&img, &mask, d.side, d.pixel_mm, d.min_area_mm2, &name).map_err(|e| PredError::Input(e.to_string()))?;
@@ -374,7 +375,7 @@ pub fn slices(recipe: &ResponseRecipe) -> Result<BTreeMap<CaseSplit, Vec<TumourS
         }
         out.entry(c.split).or_default().extend(s);
     }
-    if let Some(syn) = &d.synthetic {
+    if let Some(syn) = d.synthetic.as_ref().filter(|_| wanted.iter().any(|w| *w != CaseSplit::Test)) {
         let host = load(&syn.host)?;
         let region: Option<Vec<bool>> = match &syn.region {
             Some(p) => Some(load(p)?.channel(0).iter().map(|&v| v > 0.5).collect()),
@@ -412,10 +413,13 @@ pub fn slices(recipe: &ResponseRecipe) -> Result<BTreeMap<CaseSplit, Vec<TumourS
             let cm = Image::new(box_mask, shape.clone(), 1, *ci.affine(), "float32").map_err(|e| PredError::Internal(e.to_string()))?;
             let s = tumour_slices(&ci, &cm, d.side, d.pixel_mm, d.min_area_mm2, &format!("lesion {k}"))
                 .map_err(|e| PredError::Internal(e.to_string()))?;
-            out.entry(if k < n_val { CaseSplit::Val } else { CaseSplit::Train }).or_default().extend(s);
+            let set = if k < n_val { CaseSplit::Val } else { CaseSplit::Train };
+            if wanted.contains(&set) {
+                out.entry(set).or_default().extend(s);
+            }
         }
     }
-    for s in [CaseSplit::Train, CaseSplit::Val, CaseSplit::Test] {
+    for &s in wanted {
         if out.get(&s).is_none_or(Vec::is_empty) {
             return Err(PredError::Input(format!("no {s:?} slice with a tumour of {} mm² or more", d.min_area_mm2).to_lowercase()));
         }
@@ -510,12 +514,7 @@ impl<B: AutodiffBackend> Task<B> for ResponseTask<'_, B> {
         let net = ClassifierConfig::new(self.recipe.model.arch, 2, 1, self.recipe.data.side)
             .init(device)
             .map_err(|e| PredError::Input(e.to_string()))?;
-        Ok(match (net, &self.pretrained) {
-            (Classifier::Sae(m), Some(ae)) => {
-                Classifier::Sae(m.with_encoder(ae).map_err(|e| PredError::Internal(format!("pre-trained encoder: {e}")))?)
-            }
-            (net, _) => net,
-        })
+        net.with_pretrained(self.pretrained.as_ref()).map_err(|e| PredError::Internal(format!("pre-trained encoder: {e}")))
     }
 
     fn epochs(&self) -> usize {
@@ -599,7 +598,7 @@ pub fn train<AB: AutodiffBackend>(
 ) -> Result<ResponseMetrics, PredError> {
     recipe.validate()?;
     let text = toml::to_string(recipe).map_err(|e| PredError::Internal(e.to_string()))?;
-    let sets = slices(recipe)?;
+    let sets = slices(recipe, &[CaseSplit::Train, CaseSplit::Val])?;
     let run_dir = RunDir::new(run);
     engine::prepare(&run_dir, &text, &resume_rules())?;
     let val = fixed_pairs(recipe, &sets[&CaseSplit::Val], 0x7a1);
@@ -658,7 +657,7 @@ pub fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<(ResponseR
 /// (`pair,slice,true_log_ratio,predicted_log_ratio`).
 pub fn evaluate<B: Backend>(run: &Path, device: &B::Device) -> Result<ResponseMetrics, PredError> {
     let (recipe, net) = load_run::<B>(run, device)?;
-    let sets = slices(&recipe)?;
+    let sets = slices(&recipe, &[CaseSplit::Test])?;
     let test = &sets[&CaseSplit::Test];
     let pairs = fixed_pairs(&recipe, test, 0x7e57);
     let refs: Vec<&ResponsePair> = pairs.iter().map(|(p, _)| p).collect();
