@@ -9,7 +9,7 @@
 //! Dense prediction and the other families: [`UNet`] (2D and 3D, batch or instance norm, transposed-convolution
 //! or interpolation up-sampling, residual blocks, deep supervision), auto-encoders ([`Autoencoder`],
 //! [`ConvAutoencoder`], the low-dose CT network [`RedCnn`], the MR reconstruction network [`Crnn`] with its differentiable
-//! [`dft2`]), recurrent networks ([`Lstm`], [`Gru`], [`CnnLstm`]) and the registration network
+//! [`dft2`]), the segmentation refinement [`CrfRnn`] (mean-field CRF iterations unrolled as a recurrent network), recurrent networks ([`Lstm`], [`Gru`], [`CnnLstm`]) and the registration network
 //! [`VoxelMorph`] with its spatial transformer. [`ops`] holds the volumetric operations burn lacks (3D pooling,
 //! nearest and trilinear up-sampling, warping), written so that burn's autodiff differentiates them on any
 //! backend; [`loss`] the dense objectives (soft Dice, voxel cross-entropy, MSE, field smoothness).
@@ -36,6 +36,7 @@ mod autoencoder;
 mod blocks;
 mod classifier;
 mod cnn3d;
+mod crf;
 mod crnn;
 mod googlenet;
 mod lenet;
@@ -58,8 +59,9 @@ pub use autoencoder::{
     Autoencoder, AutoencoderConfig, AutoencoderLayer, ConvAutoencoder, ConvAutoencoderConfig, SaeClassifier, kl_sparsity,
 };
 pub use blocks::ConvBnRelu;
-pub use classifier::{Arch, Classifier, ClassifierConfig, ConfigError, SAE_HIDDEN, trainable_params};
+pub use classifier::{Arch, Classifier, ClassifierConfig, ConfigError, MAX_INPUT, MIN_INPUT, SAE_HIDDEN, trainable_params};
 pub use cnn3d::{Cnn3d, Cnn3dConfig};
+pub use crf::{CrfRnn, CrfRnnConfig, spatial_kernel, window_offsets};
 pub use crnn::{Crnn, CrnnConfig, data_consistency, dft2};
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, Inception};
 pub use lenet::{LeNet5, LeNet5Config};

@@ -322,3 +322,156 @@ fn dice_family_and_focal_losses_match_loop_implementations() {
     assert!((values(tversky(logits.clone(), labels.clone(), 0.5, 0.5))[0] - sd).abs() < 1e-5);
     assert!((values(dice_ce(logits, labels))[0] - (sd + ce)).abs() < 1e-6);
 }
+
+/// The CRF-as-RNN update of `vesalius_nets::CrfRnn`'s documentation in f64 loops over voxels, from the same
+/// parameters: unary `u[k][v]`, image `img[ch][v]` on a `[d, h, w]` grid.
+#[allow(clippy::too_many_arguments)]
+fn reference_crf(
+    u: &[Vec<f64>],
+    img: &[Vec<f64>],
+    dims: [usize; 3],
+    radius: f64,
+    thetas: [f64; 3],
+    w: [f64; 2],
+    mu: &[f64],
+    iterations: usize,
+) -> Vec<Vec<f64>> {
+    let [d, h, w_] = dims;
+    let c = u.len();
+    let offsets = vesalius_nets::window_offsets(radius, [d > 1, h > 1, w_ > 1]);
+    let ka = vesalius_nets::spatial_kernel(&offsets, thetas[0]);
+    let kg = vesalius_nets::spatial_kernel(&offsets, thetas[2]);
+    let v = d * h * w_;
+    let mut l = u.to_vec();
+    for _ in 0..iterations {
+        let q: Vec<Vec<f64>> = {
+            let z: Vec<f64> = (0..v).map(|x| (0..c).map(|k| l[k][x].exp()).sum()).collect();
+            (0..c).map(|k| (0..v).map(|x| l[k][x].exp() / z[x]).collect()).collect()
+        };
+        let mut next = u.to_vec();
+        for z in 0..d {
+            for y in 0..h {
+                for x in 0..w_ {
+                    let i = (z * h + y) * w_ + x;
+                    let mut m = vec![0.0; c];
+                    for (o, off) in offsets.iter().enumerate() {
+                        let (zz, yy, xx) = (z as i64 + off[0], y as i64 + off[1], x as i64 + off[2]);
+                        if zz < 0 || yy < 0 || xx < 0 || zz >= d as i64 || yy >= h as i64 || xx >= w_ as i64 {
+                            continue;
+                        }
+                        let j = ((zz as usize * h) + yy as usize) * w_ + xx as usize;
+                        let dist2: f64 = img.iter().map(|ch| (ch[i] - ch[j]).powi(2)).sum();
+                        let k = w[0] * ka[o] * (-dist2 / (2.0 * thetas[1] * thetas[1])).exp() + w[1] * kg[o];
+                        for (lp, mv) in m.iter_mut().enumerate() {
+                            *mv += k * q[lp][j];
+                        }
+                    }
+                    for (lab, nl) in next.iter_mut().enumerate() {
+                        nl[i] -= (0..c).map(|lp| mu[lab * c + lp] * m[lp]).sum::<f64>();
+                    }
+                }
+            }
+        }
+        l = next;
+    }
+    l
+}
+
+#[test]
+fn crf_rnn_matches_the_mean_field_equations() {
+    use vesalius_nets::CrfRnnConfig;
+    let d = dev();
+    // A 3D volume and a 2D slice (depth 1: the window lies in its plane).
+    for (dims, channels, classes, radius) in [([3usize, 4, 5], 2usize, 3usize, 1.8), ([1, 6, 7], 1, 2, 2.0)] {
+        let [dd, hh, ww] = dims;
+        let unary = Tensor::<B, 5>::random([1, classes, dd, hh, ww], Distribution::Normal(0.0, 1.0), &d);
+        let image = Tensor::<B, 5>::random([1, channels, dd, hh, ww], Distribution::Normal(0.0, 1.0), &d);
+        let cfg = CrfRnnConfig::new(classes)
+            .with_iterations(3)
+            .with_radius(radius)
+            .with_theta_beta(0.7)
+            .with_w_appearance(1.5)
+            .with_w_smoothness(0.8);
+        let crf = cfg.init::<B>(&d);
+        // A compatibility that is not the Potts model, so that its orientation (row = label updated) is checked.
+        let mu: Vec<f64> = (0..classes * classes).map(|k| if k / classes == k % classes { 0.0 } else { 0.5 + 0.25 * k as f64 }).collect();
+        let mu32: Vec<f32> = mu.iter().map(|&x| x as f32).collect();
+        let crf = CrfRnn_with_compatibility(crf, &mu32, classes);
+        let v = dd * hh * ww;
+        let split = |t: Tensor<B, 5>, k: usize| -> Vec<Vec<f64>> {
+            let all = values(t);
+            (0..k).map(|c| all[c * v..(c + 1) * v].iter().map(|&x| x as f64).collect()).collect()
+        };
+        let want = reference_crf(
+            &split(unary.clone(), classes),
+            &split(image.clone(), channels),
+            dims,
+            radius,
+            [2.0, 0.7, 1.0],
+            [1.5, 0.8],
+            &mu,
+            3,
+        );
+        let got = split(crf.forward(unary, image), classes);
+        for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+    assert_eq!(vesalius_nets::window_offsets(2.0, [true; 3]).len(), 32);
+    assert_eq!(vesalius_nets::window_offsets(1.0, [false, true, true]).len(), 4);
+}
+
+#[allow(non_snake_case)]
+fn CrfRnn_with_compatibility(mut crf: vesalius_nets::CrfRnn<B>, mu: &[f32], c: usize) -> vesalius_nets::CrfRnn<B> {
+    crf.compatibility = burn::module::Param::from_tensor(Tensor::<B, 1>::from_floats(mu, &dev()).reshape([c, c]));
+    crf
+}
+
+#[test]
+fn crf_rnn_cleans_a_noisy_unary_and_learns_its_weights() {
+    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    use vesalius_nets::CrfRnnConfig;
+    let d: burn::tensor::Device<AB> = Default::default();
+    // Two regions (left / right half) of a 1 × 16 × 16 image; the unary (log-probabilities 0.7 / 0.3) picks the
+    // wrong class at about a quarter of the voxels, by a fixed pattern.
+    let (hh, ww) = (16usize, 16usize);
+    let truth: Vec<i64> = (0..hh * ww).map(|i| ((i % ww) >= ww / 2) as i64).collect();
+    let image: Vec<f32> = truth.iter().map(|&t| t as f32).collect();
+    let flip = |i: usize| ((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 100 < 25;
+    let unary: Vec<f32> = (0..2)
+        .flat_map(|k| (0..hh * ww).map(move |i| (k, i)))
+        .map(|(k, i)| {
+            let label = if flip(i) { 1 - truth[i] } else { truth[i] };
+            if label == k as i64 { 0.7f32.ln() } else { 0.3f32.ln() }
+        })
+        .collect();
+    let u = volume::<AB>(unary, [1, 2, 1, hh, ww]);
+    let x = volume::<AB>(image, [1, 1, 1, hh, ww]);
+    let y = Tensor::<AB, 4, Int>::from_data(TensorData::new(truth.clone(), [1, 1, hh, ww]), &d);
+    let accuracy = |logits: Tensor<AB, 5>| -> f64 {
+        let pred: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().to_vec().unwrap();
+        pred.iter().zip(&truth).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64
+    };
+    let before = accuracy(u.clone());
+    assert!((0.7..0.8).contains(&before), "{before}");
+    // Untrained (Potts, unit weights): the window's majority already repairs over half of the flips (0.75 → 0.88).
+    let mut crf = CrfRnnConfig::new(2).with_theta_beta(0.3).init::<AB>(&d);
+    let untrained = accuracy(crf.forward(u.clone(), x.clone()));
+    assert!(untrained > 0.85, "{untrained}");
+    // Training the kernel weights and compatibility with cross-entropy repairs every flip.
+    let mut optim = AdamConfig::new().init::<AB, vesalius_nets::CrfRnn<AB>>();
+    let mut first = f64::NAN;
+    let mut last = f64::NAN;
+    for step in 0..40 {
+        let l = voxel_cross_entropy(crf.forward(u.clone(), x.clone()), y.clone());
+        last = values(l.clone())[0] as f64;
+        if step == 0 {
+            first = last;
+        }
+        let grads = GradientsParams::from_grads(l.backward(), &crf);
+        crf = optim.step(0.1, crf, grads);
+    }
+    let trained = accuracy(crf.forward(u, x));
+    assert!(last < first * 0.5, "loss {first} → {last}");
+    assert!(trained > 0.99, "{trained}");
+}

@@ -49,6 +49,23 @@ pub struct MetricsFile {
     pub missing_surface: BTreeMap<String, usize>,
     /// Confidence level.
     pub level: f64,
+    /// What the run's refinement stage changed, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refinement: Option<RefinementEffect>,
+}
+
+/// The refinement stage's effect on the cases scored: the U-Net's own segmentations (same sliding-window pass,
+/// without the refinement) against the refined ones.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefinementEffect {
+    /// The refinement (`"crf_rnn"`).
+    pub kind: String,
+    /// Per class name: mean Dice of the U-Net alone, with its interval.
+    pub unrefined_dice: BTreeMap<String, Estimate>,
+    /// Per class name: mean over cases of Dice refined − Dice unrefined, with its interval (paired bootstrap).
+    pub dice_change: BTreeMap<String, Estimate>,
+    /// Per case id, per class name: the U-Net's own Dice.
+    pub unrefined_cases: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// Cases of an evaluation that get an overlay figure (`figures/<set>-<case>.png`).
@@ -155,10 +172,11 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
     let bar = vesalius_train::progress::bar(sources.len() as u64, &format!("evaluation ({})", set.name()), false);
     let mut cases = Vec::new();
     let mut diagonals = Vec::new();
+    let mut unrefined_cases: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     for source in sources {
         let subject = source.load()?;
         let reference = subject.label.as_ref().ok_or_else(|| SegError::Input(format!("case '{}' has no labels", source.id())))?;
-        let seg = predictor.predict(&subject.image, false, flip_tta)?;
+        let (seg, plain) = predictor.predict_both(&subject.image, false, flip_tta, true)?;
         if cases.len() < MAX_FIGURES {
             let figure = triplanar_overlay(&subject.image, &seg.labels, reference)?;
             let path = run.file(&format!("figures/{}-{}.png", set.name(), source.id()));
@@ -174,6 +192,10 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
         let mut classes = BTreeMap::new();
         for (&value, name) in split.labels.iter().filter(|(v, _)| **v > 0) {
             classes.insert(name.clone(), class_metrics(seg.labels.data(), reference.data(), value as f32, shape, spacing));
+            if let Some(p) = &plain {
+                let dice = class_metrics(p.labels.data(), reference.data(), value as f32, shape, spacing).dice;
+                unrefined_cases.entry(source.id().to_string()).or_default().insert(name.clone(), dice);
+            }
         }
         cases.push(CaseResult { id: source.id().to_string(), patient: source.patient().to_string(), classes });
         diagonals.push(diagonal_mm(shape, spacing));
@@ -199,7 +221,27 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
         mean.insert(name.clone(), m);
         missing_surface.insert(name.clone(), cases.iter().filter(|c| c.classes[name].hd95.is_none()).count());
     }
-    let metrics = MetricsFile { set: set.name().into(), bootstrap_unit: clusters.unit().into(), cases, mean, missing_surface, level: 0.95 };
+    let refinement = predictor.refines().then(|| {
+        let mut unrefined_dice = BTreeMap::new();
+        let mut dice_change = BTreeMap::new();
+        for (&value, name) in split.labels.iter().filter(|(v, _)| **v > 0) {
+            let plain: Vec<f64> =
+                cases.iter().map(|c| unrefined_cases.get(&c.id).and_then(|m| m.get(name)).copied().unwrap_or(f64::NAN)).collect();
+            let change: Vec<f64> = cases.iter().zip(&plain).map(|(c, p)| c.classes[name].dice - p).collect();
+            unrefined_dice.insert(name.clone(), mean_ci(&plain, &clusters, value as u64));
+            dice_change.insert(name.clone(), mean_ci(&change, &clusters, value as u64));
+        }
+        RefinementEffect { kind: "crf_rnn".into(), unrefined_dice, dice_change, unrefined_cases }
+    });
+    let metrics = MetricsFile {
+        set: set.name().into(),
+        bootstrap_unit: clusters.unit().into(),
+        cases,
+        mean,
+        missing_surface,
+        level: 0.95,
+        refinement,
+    };
     run.write_json(set.file(), &metrics)?;
     Ok(metrics)
 }

@@ -11,16 +11,18 @@ use std::path::{Path, PathBuf};
 use vesalius_data::transforms::{Subject, resample_onto};
 use vesalius_io::nifti::{self, NiftiType};
 use vesalius_io::{self as io, Image};
-use vesalius_nets::UNet;
 use vesalius_nets::record::from_bytes;
+use vesalius_nets::{CrfRnn, UNet};
 
-/// A loaded run: its recipe, plan and best model.
+/// A loaded run: its recipe, plan, best model and, when the recipe has `[refine]`, the refinement stage's best
+/// CRF.
 pub struct Predictor<B: Backend> {
     /// The recipe the run was trained with.
     pub recipe: SegRecipe,
     /// The plan.
     pub plans: Plans,
     model: UNet<B>,
+    refine: Option<CrfRnn<B>>,
     device: B::Device,
 }
 
@@ -45,7 +47,25 @@ impl<B: Backend> Predictor<B> {
         let bytes = std::fs::read(&model_path).map_err(|e| SegError::Input(format!("{}: {e}", model_path.display())))?;
         let record = from_bytes::<B, _>(bytes, device).map_err(|e| SegError::Input(format!("{}: {e}", model_path.display())))?;
         let model = plans.unet().init::<B>(device).load_record(record);
-        Ok(Self { recipe, plans, model, device: device.clone() })
+        let refine = match &recipe.refine {
+            Some(section) => {
+                let path = crate::refine::stage(run).best_model();
+                if !path.is_file() {
+                    return Err(SegError::Input(format!(
+                        "{}: the run's recipe has a [refine] stage that has not trained yet (run `vesalius train` on the run again to train it)",
+                        path.display()
+                    )));
+                }
+                Some(vesalius_train::engine::load_module(section.crf(plans.classes).init::<B>(device), &path, device)?)
+            }
+            None => None,
+        };
+        Ok(Self { recipe, plans, model, refine, device: device.clone() })
+    }
+
+    /// Whether predictions pass through a refinement stage.
+    pub fn refines(&self) -> bool {
+        self.refine.is_some()
     }
 
     /// The loaded network.
@@ -53,8 +73,21 @@ impl<B: Backend> Predictor<B> {
         &self.model
     }
 
-    /// Segments `image` (all channels in one image), optionally with flip test-time augmentation.
+    /// Segments `image` (all channels in one image), optionally with flip test-time augmentation; refined when the
+    /// run has a refinement stage.
     pub fn predict(&self, image: &Image, probabilities: bool, flip_tta: bool) -> Result<Segmentation, SegError> {
+        Ok(self.predict_both(image, probabilities, flip_tta, false)?.0)
+    }
+
+    /// Segments `image` and, when the run refines and `unrefined` is asked for, also returns the U-Net's own
+    /// segmentation from the same sliding-window pass (to measure what the refinement changes).
+    pub fn predict_both(
+        &self,
+        image: &Image,
+        probabilities: bool,
+        flip_tta: bool,
+        unrefined: bool,
+    ) -> Result<(Segmentation, Option<Segmentation>), SegError> {
         if image.channels() != self.plans.channels {
             return Err(SegError::Input(format!("the model takes {} channel(s), the image has {}", self.plans.channels, image.channels())));
         }
@@ -64,17 +97,35 @@ impl<B: Backend> Predictor<B> {
         let pre = self.plans.preprocess().apply_seeded(Subject::new(image.clone()), 0)?.image;
         let mut recipe = self.recipe.clone();
         recipe.infer.flip_tta = flip_tta;
-        let pred = sliding_predict(&self.model, &pre, &self.plans, &recipe, probabilities, &self.device)?;
-        let mut pred = pred;
+        let pred = sliding_predict(&self.model, &pre, &self.plans, &recipe, probabilities || self.refine.is_some(), &self.device)?;
+        let classes = pred.classes;
+        let Some(crf) = &self.refine else {
+            return Ok((self.finish(&pre, image, pred.labels, pred.probabilities.filter(|_| probabilities), classes)?, None));
+        };
+        let p = pred.probabilities.ok_or_else(|| SegError::Internal("sliding window returned no probabilities".into()))?;
+        let (labels, refined) = crate::refine::refine_probabilities(crf, &pre, &p, classes, &self.device)?;
+        let plain = if unrefined { Some(self.finish(&pre, image, pred.labels, probabilities.then(|| p.clone()), classes)?) } else { None };
+        Ok((self.finish(&pre, image, labels, probabilities.then_some(refined), classes)?, plain))
+    }
+
+    /// Post-processes labels (and probabilities) of the plan grid and brings them back to the image's grid.
+    fn finish(
+        &self,
+        pre: &Image,
+        image: &Image,
+        mut labels: Vec<u16>,
+        probabilities: Option<Vec<f32>>,
+        classes: usize,
+    ) -> Result<Segmentation, SegError> {
         let mut shape = [1usize; 3];
         shape[..pre.ndim()].copy_from_slice(pre.shape());
-        postprocess(&mut pred.labels, shape, pred.classes, self.recipe.infer.largest_component, self.recipe.infer.fill_holes);
+        postprocess(&mut labels, shape, classes, self.recipe.infer.largest_component, self.recipe.infer.fill_holes);
         let dtype = if self.plans.classes <= 256 { "uint8" } else { "uint16" };
-        let on_plan = Image::new(pred.labels.iter().map(|&v| v as f32).collect(), pre.shape().to_vec(), 1, *pre.affine(), dtype)?;
+        let on_plan = Image::new(labels.iter().map(|&v| v as f32).collect(), pre.shape().to_vec(), 1, *pre.affine(), dtype)?;
         let labels = resample_onto(&on_plan, image.shape(), image.affine(), true)?;
-        let probabilities = match pred.probabilities {
+        let probabilities = match probabilities {
             Some(p) => {
-                let img = Image::new(p, pre.shape().to_vec(), pred.classes, *pre.affine(), "float32")?;
+                let img = Image::new(p, pre.shape().to_vec(), classes, *pre.affine(), "float32")?;
                 Some(resample_onto(&img, image.shape(), image.affine(), false)?)
             }
             None => None,

@@ -3,10 +3,12 @@
 //! (resample, normalise; cached), **train** a U-Net on label-balanced augmented patches with sliding-window
 //! validation and resumable checkpoints ([`train`]), **infer** label maps in each input's own grid ([`infer`]) and
 //! **evaluate** Dice, IoU, HD95, ASSD and volume difference with bootstrap confidence intervals ([`evaluate`]).
+//! An optional second stage ([`refine`], `[refine]` in the recipe) trains a CRF-as-RNN on the frozen U-Net's
+//! output and applies it to every prediction.
 //!
 //! A run folder holds `recipe.toml`, `splits.json`, `fingerprint.json`, `plans.json`, `model.mpk` (best
-//! validation Dice), `log.jsonl`, `checkpoints/` and, after evaluation, `metrics.json`; every file is written
-//! atomically.
+//! validation Dice), `log.jsonl`, `checkpoints/`, `refine/` (the refinement stage's own run folder) and, after
+//! evaluation, `metrics.json`; every file is written atomically.
 //!
 //! ```
 //! use vesalius_segmentation::plan::{plan, PlanOverrides};
@@ -27,6 +29,7 @@ pub mod fingerprint;
 pub mod infer;
 pub mod plan;
 pub mod recipe;
+pub mod refine;
 pub mod train;
 
 use std::path::Path;

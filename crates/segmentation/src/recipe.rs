@@ -171,6 +171,76 @@ impl Default for InferSection {
     }
 }
 
+/// The refinement of the network's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefineKind {
+    /// Mean-field CRF iterations unrolled as a recurrent network ([`vesalius_nets::CrfRnn`]).
+    #[default]
+    CrfRnn,
+}
+
+/// `[refine]`: a second stage trained after the U-Net, with the U-Net frozen, on the same augmented patches and
+/// loss; chosen by validation Dice; applied to the whole image's probabilities at inference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefineSection {
+    /// The refinement.
+    pub kind: RefineKind,
+    /// Mean-field iterations.
+    pub iterations: usize,
+    /// Window radius (voxels of the plan grid).
+    pub radius: f64,
+    /// Spatial bandwidth of the appearance kernel (voxels).
+    pub theta_alpha: f64,
+    /// Initial intensity bandwidth of the appearance kernel (normalised intensity units; learnt).
+    pub theta_beta: f64,
+    /// Spatial bandwidth of the smoothness kernel (voxels).
+    pub theta_gamma: f64,
+    /// Epochs of the refinement stage.
+    pub epochs: usize,
+    /// Batches per epoch.
+    pub steps: usize,
+    /// Learning rate of Adam (constant).
+    pub lr: f64,
+}
+
+impl Default for RefineSection {
+    fn default() -> Self {
+        Self {
+            kind: RefineKind::CrfRnn,
+            iterations: 5,
+            radius: 2.0,
+            theta_alpha: 2.0,
+            theta_beta: 0.5,
+            theta_gamma: 1.0,
+            epochs: 10,
+            steps: 25,
+            lr: 0.01,
+        }
+    }
+}
+
+impl RefineSection {
+    /// The network of the refinement for `classes` classes.
+    pub fn crf(&self, classes: usize) -> vesalius_nets::CrfRnnConfig {
+        vesalius_nets::CrfRnnConfig::new(classes)
+            .with_iterations(self.iterations)
+            .with_radius(self.radius)
+            .with_theta_alpha(self.theta_alpha)
+            .with_theta_beta(self.theta_beta)
+            .with_theta_gamma(self.theta_gamma)
+    }
+
+    /// Every key of the section as the run's recipe spells it (`refine.epochs`, …).
+    pub fn keys() -> Vec<String> {
+        ["kind", "iterations", "radius", "theta_alpha", "theta_beta", "theta_gamma", "epochs", "steps", "lr"]
+            .iter()
+            .map(|k| format!("refine.{k}"))
+            .collect()
+    }
+}
+
 /// A segmentation recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,6 +261,9 @@ pub struct SegRecipe {
     /// Inference.
     #[serde(default)]
     pub infer: InferSection,
+    /// Refinement of the network's output (a second training stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refine: Option<RefineSection>,
 }
 
 /// nnU-Net-like augmentation: rotation and scaling, noise, blur, contrast, gamma, mirroring.
@@ -230,6 +303,7 @@ impl SegRecipe {
             train: TrainSection::default(),
             augment: default_augment(),
             infer: InferSection::default(),
+            refine: None,
         }
     }
 
@@ -301,6 +375,15 @@ impl SegRecipe {
         let t = &self.train;
         if t.epochs == 0 || t.iterations == 0 || !(t.lr > 0.0) || t.val_every == 0 || !(0.0..=1.0).contains(&t.foreground_share) {
             return bad("[train] needs epochs, iterations, val_every ≥ 1, lr > 0 and 0 ≤ foreground_share ≤ 1".into());
+        }
+        if let Some(r) = &self.refine {
+            let positive = [r.radius, r.theta_alpha, r.theta_beta, r.theta_gamma, r.lr].iter().all(|v| *v > 0.0 && v.is_finite());
+            if r.iterations == 0 || r.epochs == 0 || r.steps == 0 || r.radius < 1.0 || !positive {
+                return bad(
+                    "[refine] needs iterations, epochs, steps ≥ 1, radius ≥ 1 and positive theta_alpha, theta_beta, theta_gamma and lr"
+                        .into(),
+                );
+            }
         }
         if !(0.0..1.0).contains(&self.infer.overlap) || self.infer.batch == 0 {
             return bad("[infer] needs 0 ≤ overlap < 1 and batch ≥ 1".into());

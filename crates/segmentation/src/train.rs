@@ -251,6 +251,9 @@ pub struct TrainOutcome {
     pub complete: bool,
     /// The plan used.
     pub plans: Plans,
+    /// The refinement stage's engine state (best epoch and score = mean validation Dice after refinement), when the
+    /// recipe has `[refine]` and the U-Net finished.
+    pub refinement: Option<EngineState>,
 }
 
 /// Stacks patches into `[n, c, d, h, w]` images and `[n, d, h, w]` labels; every patch must have the first one's
@@ -300,7 +303,7 @@ pub(crate) fn check_plan(plans: &Plans) -> Result<(), SegError> {
     Ok(())
 }
 
-fn objective<B: Backend>(recipe: &SegRecipe, logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
+pub(crate) fn objective<B: Backend>(recipe: &SegRecipe, logits: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
     let t = &recipe.train;
     match t.loss {
         LossKind::DiceCe => loss::dice_ce(logits, labels),
@@ -363,9 +366,13 @@ pub fn sliding_predict<B: Backend>(
 }
 
 /// What a recipe may change in a run folder that already trained: the learning rate (a diverged run resumes
-/// with a smaller one). The poly schedule depends on the number of epochs, so that may not change.
+/// with a smaller one) and the `[refine]` stage. The poly schedule depends on the number of epochs, so that may
+/// not change.
 pub fn resume_rules() -> ResumeRules {
-    ResumeRules { free: vec!["train.lr".into()], length: vec!["train.epochs".into()], schedule_depends: true }
+    let mut free = vec!["train.lr".to_string()];
+    // A refinement stage may be added to, or changed in, a run whose U-Net has trained.
+    free.extend(crate::recipe::RefineSection::keys());
+    ResumeRules { free, length: vec!["train.epochs".into()], schedule_depends: true }
 }
 
 /// The segmentation task for the training engine: label-balanced augmented patches from the loader, the recipe's
@@ -476,7 +483,7 @@ pub fn train_with<AB: AutodiffBackend>(
     run: &RunDir,
     device: &AB::Device,
     options: &RunOptions,
-    on_epoch: impl FnMut(&EpochRecord),
+    mut on_epoch: impl FnMut(&EpochRecord),
 ) -> Result<TrainOutcome, SegError> {
     std::fs::create_dir_all(run.checkpoint("")).map_err(|e| SegError::Input(format!("{}: {e}", run.root().display())))?;
     let started = engine::prepare(run, &recipe.to_toml(), &resume_rules())?;
@@ -515,22 +522,40 @@ pub fn train_with<AB: AutodiffBackend>(
 
     let t = &recipe.train;
     let threads = if t.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { t.threads };
-    let loader = PatchLoader::new(
-        &cases,
-        LoaderConfig {
-            sampler: PatchSampler { patch: plans.patch.clone(), sampling: Sampling::LabelBalanced { foreground: t.foreground_share } },
-            augment: recipe.augment.clone(),
-            batch: plans.batch,
-            threads,
-            seed: t.seed,
-        },
-    );
+    let loader_config = LoaderConfig {
+        sampler: PatchSampler { patch: plans.patch.clone(), sampling: Sampling::LabelBalanced { foreground: t.foreground_share } },
+        augment: recipe.augment.clone(),
+        batch: plans.batch,
+        threads,
+        seed: t.seed,
+    };
+    let loader = PatchLoader::new(&cases, loader_config.clone());
     let fg_classes: Vec<u16> = (1..plans.classes as u16).collect();
-    let mut task = SegTask { recipe, plans: &plans, loader, val, fg_classes, quiet: options.quiet };
+    let mut task = SegTask { recipe, plans: &plans, loader, val: val.clone(), fg_classes, quiet: options.quiet };
     let config = options.config(t.seed, None);
     let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
-    let outcome = engine::train(run, &mut task, optim, &config, device, on_epoch)?;
-    Ok(TrainOutcome { state: outcome.state, resumed_after: outcome.resumed_after, complete: outcome.complete, plans })
+    let outcome = engine::train(run, &mut task, optim, &config, device, &mut on_epoch)?;
+    let mut result = TrainOutcome {
+        state: outcome.state,
+        resumed_after: outcome.resumed_after,
+        complete: outcome.complete,
+        plans: plans.clone(),
+        refinement: None,
+    };
+    let Some(section) = recipe.refine.as_ref().filter(|_| outcome.complete) else { return Ok(result) };
+    // The refinement stage, on the frozen best U-Net.
+    let stage = crate::refine::stage(run);
+    std::fs::create_dir_all(stage.checkpoint("")).map_err(|e| SegError::Input(format!("{}: {e}", stage.root().display())))?;
+    engine::prepare(&stage, &recipe.to_toml(), &crate::refine::resume_rules())?;
+    let unet = engine::load_module(plans.unet().init::<AB::InnerBackend>(device), &run.best_model(), device)?;
+    let loader = PatchLoader::new(&cases, loader_config);
+    let mut task = crate::refine::RefineTask::new(recipe, section, &plans, unet, loader, val, &stage, device)?;
+    let config = options.config(t.seed.wrapping_add(1), None);
+    let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, vesalius_nets::CrfRnn<AB>>();
+    let refined = engine::train(&stage, &mut task, optim, &config, device, on_epoch)?;
+    result.complete = refined.complete;
+    result.refinement = Some(refined.state);
+    Ok(result)
 }
 
 fn fingerprint_of(split: &Split) -> Result<Fingerprint, SegError> {

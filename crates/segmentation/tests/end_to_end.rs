@@ -8,7 +8,8 @@ use vesalius_segmentation::RunDir;
 use vesalius_segmentation::evaluate::{EvalSet, evaluate};
 use vesalius_segmentation::explain::explain_image;
 use vesalius_segmentation::infer::{Predictor, output_paths, write};
-use vesalius_segmentation::recipe::SegRecipe;
+use vesalius_segmentation::recipe::{RefineSection, SegRecipe};
+use vesalius_segmentation::refine;
 use vesalius_segmentation::train::{train, train_with};
 use vesalius_train::RunOptions;
 
@@ -252,6 +253,48 @@ fn plan_train_resume_predict_evaluate() {
     assert!((test.mean["sphere"]["hd95_mm"].value - expected).abs() < 1e-9, "{:?} vs {expected}", test.mean["sphere"]["hd95_mm"]);
     let on_disk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fresh.file("metrics.json")).unwrap()).unwrap();
     assert_eq!(on_disk["set"], "test");
+    assert!(on_disk.get("refinement").is_none());
+
+    // A CRF-as-RNN refinement stage added to the finished run: only the stage trains (no U-Net epoch reruns);
+    // stopped after its first epoch and resumed, it ends with the same CRF file as a run without a stop.
+    let mut refined = recipe(&data, 4);
+    refined.refine = Some(RefineSection { epochs: 2, steps: 4, ..Default::default() });
+    let stop_first = RunOptions { quiet: true, stop_after: Some(1), ..Default::default() };
+    let mut seen = Vec::new();
+    let o = train_with::<B>(&refined, &fresh, &device, &stop_first, |l| seen.push(l.epoch)).unwrap();
+    assert_eq!((seen.as_slice(), o.complete), (&[1][..], false));
+    seen.clear();
+    let o = train::<B>(&refined, &fresh, &device, |l| seen.push(l.epoch)).unwrap();
+    assert_eq!((seen.as_slice(), o.complete, o.refinement.unwrap().epochs_done), (&[2][..], true, 2));
+    train::<B>(&refined, &whole, &device, |_| {}).unwrap();
+    let stage = refine::stage(&fresh);
+    assert_eq!(std::fs::read(stage.best_model()).unwrap(), std::fs::read(refine::stage(&whole).best_model()).unwrap());
+    // The stage's baseline is the U-Net's own validation Dice: the best score of its training.
+    let baseline: refine::Baseline = stage.read_json("baseline.json").unwrap();
+    assert!((baseline.mean_dice - best).abs() < 1e-9, "{} vs {best}", baseline.mean_dice);
+    // Evaluation scores the refined segmentations and, from the same pass, the U-Net's own: those equal the
+    // scores of the run before the stage existed, and the reported change is refined − unrefined.
+    let after = evaluate::<P>(&fresh, &device, false, EvalSet::Test).unwrap();
+    let effect = after.refinement.as_ref().unwrap();
+    for c in &test.cases {
+        assert_eq!(effect.unrefined_cases[&c.id]["sphere"], c.classes["sphere"].dice, "{}", c.id);
+    }
+    let direct = after.mean["sphere"]["dice"].value - test.mean["sphere"]["dice"].value;
+    assert!((effect.dice_change["sphere"].value - direct).abs() < 1e-9, "{:?} vs {direct}", effect.dice_change);
+    assert!(after.mean["sphere"]["dice"].value > 0.6, "{:?}", after.mean["sphere"]["dice"]);
+    // Prediction through the refinement: probabilities still sum to one.
+    let seg = Predictor::<P>::load(&fresh, &device).unwrap().predict(&image, true, false).unwrap();
+    let probs = seg.probabilities.unwrap();
+    let sum: f32 = (0..2).map(|c| probs.channel(c)[500]).sum();
+    assert!((sum - 1.0).abs() < 1e-3, "{sum}");
+    // A refined run whose stage has not trained cannot predict, and says why.
+    let untrained = RunDir::new(dir.path().join("untrained"));
+    std::fs::create_dir_all(untrained.root()).unwrap();
+    for f in ["recipe.toml", "plans.json", "model.mpk"] {
+        std::fs::copy(fresh.file(f), untrained.file(f)).unwrap();
+    }
+    let e = Predictor::<P>::load(&untrained, &device).err().unwrap().to_string();
+    assert!(e.contains("[refine]") && e.contains("refine"), "{e}");
 }
 
 #[test]
