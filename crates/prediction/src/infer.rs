@@ -9,8 +9,8 @@ use crate::evaluate::read_run;
 use crate::table::read_csv;
 use crate::train::Scorer;
 
-/// Predictions for the rows of `table` (same columns as the training table; time and event columns are not
-/// needed): `(id, risk, survival at each time)`, and the times.
+/// Predictions for the rows of `table` (same columns as the training table, or for image runs a manifest with the
+/// same image column, paths relative to its folder; time and event columns are not needed): `(id, risk, survival at each time)`, and the times.
 pub fn predict<B: Backend>(run: &Path, table: &Path, device: &B::Device) -> Result<(Vec<(String, f64, Vec<f64>)>, Vec<f64>), PredError> {
     let (recipe, model) = read_run(run)?;
     let scorer = Scorer::<B>::load(run, &recipe, &model, device)?;
@@ -18,7 +18,10 @@ pub fn predict<B: Backend>(run: &Path, table: &Path, device: &B::Device) -> Resu
         vesalius_train::run::read_json(&run.join("metrics.json")).map_err(|e| PredError::Input(e.to_string()))?;
     let raw = read_csv(table)?;
     let id_col = recipe.data.id.as_deref().and_then(|c| raw.column(c).ok());
-    let rows: Vec<Vec<f64>> = (0..raw.rows.len()).map(|r| model.encoding.encode_row(&raw, r)).collect::<Result<_, _>>()?;
+    let rows: Vec<Vec<f64>> = match &recipe.data.image {
+        Some(column) => crate::images::read_pixels(&raw, column, table.parent().unwrap_or(Path::new(".")), recipe.model.image_size())?,
+        None => (0..raw.rows.len()).map(|r| model.encoding.encode_row(&raw, r)).collect::<Result<_, _>>()?,
+    };
     let (risks, survival) = scorer.predict(&model, &rows, &metrics.times);
     let out = risks
         .iter()

@@ -4,6 +4,9 @@
 //!   survival curves), equal to lifelines and scikit-survival on the Rossi data.
 //! * [`deepsurv`] — DeepSurv: a multi-layer perceptron trained on the shared engine with the Cox partial
 //!   likelihood, selected by validation C-index.
+//! * [`images`] — survival from images (`[data] kind = "images"`: a manifest of image paths with time and event
+//!   columns): any CNN of the architectures crate, or a pre-trained stacked auto-encoder's encoder, as the log-risk
+//!   network of a Cox model.
 //! * [`table`] — a CSV table read into features, times, events and patient ids; string columns dummy-coded.
 //! * [`longitudinal`] — a GRU or LSTM over each patient's visits (`arch = "rnn"`), compared at landmark times with a
 //!   Cox model on the first visit.
@@ -27,6 +30,7 @@
 pub mod cox;
 pub mod deepsurv;
 pub mod evaluate;
+pub mod images;
 pub mod infer;
 pub mod longitudinal;
 pub mod recipe;

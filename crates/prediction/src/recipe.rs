@@ -22,14 +22,18 @@ use serde::{Deserialize, Serialize};
 use crate::PredError;
 use crate::cox::Ties;
 
-/// `[data]`: a table of subjects.
+/// `[data]`: a table of subjects, or a manifest of their images.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Always `"table"`.
+    /// `"table"` (features in the columns) or `"images"` (a manifest: one image path per row in column `image`).
     pub kind: String,
     /// The CSV file (one row per patient).
     pub path: PathBuf,
+    /// `kind = "images"`: the column of image paths (relative to the manifest's folder; 2D images in any format the
+    /// I/O crate reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Time column.
     pub time: String,
     /// Event column: 1 = event, 0 = censored.
@@ -148,6 +152,28 @@ pub struct ModelSection {
     /// RNN: read the visits in both directions (the prediction at a visit uses that visit and the earlier ones only).
     #[serde(default = "yes")]
     pub bidirectional: bool,
+    /// Image data: the network that reads each image (`lenet5`, `alexnet`, `vgg11`, `vgg16`, `googlenet`,
+    /// `resnet18`, `resnet34`, `resnet50`, `mlp`, or `sae` — pre-trained greedily on the training images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<vesalius_nets::Arch>,
+    /// Image data: side of the square network input (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// Image data: images per minibatch, whose risk set the partial likelihood uses (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+}
+
+impl ModelSection {
+    /// Side of the network input of image data.
+    pub fn image_size(&self) -> usize {
+        self.size.unwrap_or(32)
+    }
+
+    /// Minibatch size of image data.
+    pub fn image_batch(&self) -> usize {
+        self.batch.unwrap_or(64)
+    }
 }
 
 fn yes() -> bool {
@@ -197,6 +223,9 @@ impl Default for ModelSection {
             intervals: default_intervals(),
             cell: Cell::default(),
             bidirectional: true,
+            backbone: None,
+            size: None,
+            batch: None,
         }
     }
 }
@@ -269,8 +298,28 @@ impl SurvivalRecipe {
         if self.task != "survival" {
             return bad("task must be \"survival\"");
         }
-        if self.data.kind != "table" {
-            return bad("data.kind must be \"table\"");
+        match self.data.kind.as_str() {
+            "table" => {
+                if self.data.image.is_some() || self.model.backbone.is_some() || self.model.size.is_some() || self.model.batch.is_some() {
+                    return bad("data.image, model.backbone, model.size and model.batch are for data.kind = \"images\"");
+                }
+            }
+            "images" => {
+                if self.data.image.is_none() || self.model.backbone.is_none() || self.model.arch != Arch::Deepsurv {
+                    return bad(
+                        "data.kind = \"images\" needs data.image (the column of image paths), model.arch = \"deepsurv\" and model.backbone",
+                    );
+                }
+                if !(vesalius_nets::MIN_INPUT..=vesalius_nets::MAX_INPUT).contains(&self.model.image_size())
+                    || !(2..=4096).contains(&self.model.image_batch())
+                {
+                    return bad("model.size must lie in 28..=512 and model.batch in 2..=4096");
+                }
+                if self.data.features.is_some() || self.data.visit_time.is_some() {
+                    return bad("data.features and data.visit_time are for tables");
+                }
+            }
+            _ => return bad("data.kind must be \"table\" or \"images\""),
         }
         if !(self.data.test_share > 0.0 && self.data.test_share < 1.0) {
             return bad("data.test_share must lie in (0, 1)");

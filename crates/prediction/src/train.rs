@@ -80,6 +80,8 @@ pub enum Scorer<B: Backend> {
     Net(Mlp<B>, B::Device),
     /// Per-interval hazard logits.
     Lh(Mlp<B>, B::Device),
+    /// `f(image)` of an image network, with its input side.
+    Image(vesalius_nets::Classifier<B>, usize, B::Device),
 }
 
 impl<B: Backend> Scorer<B> {
@@ -98,6 +100,7 @@ impl<B: Backend> Scorer<B> {
         match self {
             Scorer::Cox(cox) => from_baseline(std.iter().map(|r| cox.risk(r)).collect()),
             Scorer::Net(net, device) => from_baseline(crate::deepsurv::log_risk(net, &std, device)),
+            Scorer::Image(net, size, device) => from_baseline(crate::images::log_risk(net, &std, *size, device)),
             Scorer::Lh(net, device) => {
                 let z = crate::deepsurv::outputs(net, &std, device);
                 let risk = z.iter().map(|z| crate::deepsurv::lh_risk(z)).collect();
@@ -111,6 +114,9 @@ impl<B: Backend> Scorer<B> {
     pub fn load(run: &Path, recipe: &SurvivalRecipe, model: &SurvivalModel, device: &B::Device) -> Result<Self, PredError> {
         match (&recipe.model.arch, &model.cox) {
             (Arch::Cox, Some(cox)) => Ok(Scorer::Cox(cox.clone())),
+            (Arch::Deepsurv, _) if recipe.data.image.is_some() => {
+                Ok(Scorer::Image(crate::images::load(run, recipe, device)?, recipe.model.image_size(), device.clone()))
+            }
             (Arch::Deepsurv, _) => {
                 Ok(Scorer::Net(crate::deepsurv::load(&RunDir::new(run), model.features.len(), 1, &recipe.model, device)?, device.clone()))
             }
@@ -130,8 +136,16 @@ pub fn load(recipe: &SurvivalRecipe, encoding: Option<&Encoding>) -> Result<(Raw
     let d = &recipe.data;
     let (tc, ec) = (table.column(&d.time)?, table.column(&d.event)?);
     let ic = d.id.as_deref().map(|c| table.column(c)).transpose()?;
-    let reserved: Vec<&str> = [d.time.as_str(), d.event.as_str()].into_iter().chain(d.id.as_deref()).collect();
-    let features = crate::table::feature_columns(&table, d.features.as_deref(), &reserved, &[])?;
+    let reserved: Vec<&str> = [d.time.as_str(), d.event.as_str()].into_iter().chain(d.id.as_deref()).chain(d.image.as_deref()).collect();
+    // Image data: no table features (the pixels are the inputs).
+    let pixels = match &d.image {
+        Some(column) => {
+            Some(crate::images::read_pixels(&table, column, d.path.parent().unwrap_or(Path::new(".")), recipe.model.image_size())?)
+        }
+        None => None,
+    };
+    let features =
+        if pixels.is_some() { Vec::new() } else { crate::table::feature_columns(&table, d.features.as_deref(), &reserved, &[])? };
     let encoding = match encoding {
         Some(e) => e.clone(),
         None => Encoding::fit(&table, &features)?,
@@ -154,7 +168,10 @@ pub fn load(recipe: &SurvivalRecipe, encoding: Option<&Encoding>) -> Result<(Raw
         data.ids.push(ic.map_or_else(|| (r + 1).to_string(), |c| table.rows[r][c].trim().to_string()));
         data.time.push(t);
         data.event.push(e == 1.0);
-        data.x.push(encoding.encode_row(&table, r)?);
+        match &pixels {
+            Some(p) => data.x.push(p[r].clone()),
+            None => data.x.push(encoding.encode_row(&table, r)?),
+        }
     }
     Ok((table, encoding, data))
 }
@@ -196,7 +213,14 @@ pub fn train<AB: AutodiffBackend>(
     let (_, encoding, data) = load(recipe, None)?;
     let (train_rows, test_rows) = split(&data.ids, recipe.data.test_share, recipe.seed);
     let x_train: Vec<Vec<f64>> = train_rows.iter().map(|&i| data.x[i].clone()).collect();
-    let standardise = Standardise::fit(&x_train);
+    // Pixels enter the network as read (scaled by their stored range); table features are standardised.
+    let standardise = match &recipe.data.image {
+        Some(_) => {
+            let p = x_train.first().map_or(0, Vec::len);
+            Standardise { mean: vec![0.0; p], std: vec![1.0; p] }
+        }
+        None => Standardise::fit(&x_train),
+    };
     let pick = |rows: &[usize]| -> (Vec<Vec<f64>>, Vec<f64>, Vec<bool>) {
         (
             rows.iter().map(|&i| standardise.apply(&data.x[i])).collect(),
@@ -224,23 +248,28 @@ pub fn train<AB: AutodiffBackend>(
             let (fx, ft, fe) = pick(&sub(&fit_idx));
             let (vx, vt, ve) = pick(&sub(&val_idx));
             let lh = (recipe.model.arch == Arch::LogisticHazard).then_some(lh_cuts.as_slice());
-            let net = crate::deepsurv::train::<AB>(
-                &RunDir::new(run),
-                &text,
-                &recipe.model,
-                recipe.seed,
-                (&fx, &ft, &fe),
-                (&vx, &vt, &ve),
-                lh,
-                device,
-                on_epoch,
-            )?;
-            // (The logistic hazard's survival comes from its own outputs; its Breslow baseline is kept for reference.)
-            let risk = match lh {
-                Some(_) => crate::deepsurv::outputs(&net, &xs, device).iter().map(|z| crate::deepsurv::lh_risk(z)).collect(),
-                None => crate::deepsurv::log_risk(&net, &xs, device),
-            };
-            (None, risk)
+            if recipe.data.image.is_some() {
+                let net = crate::images::train::<AB>(&RunDir::new(run), &text, recipe, (&fx, &ft, &fe), (&vx, &vt, &ve), device, on_epoch)?;
+                (None, crate::images::log_risk(&net, &xs, recipe.model.image_size(), device))
+            } else {
+                let net = crate::deepsurv::train::<AB>(
+                    &RunDir::new(run),
+                    &text,
+                    &recipe.model,
+                    recipe.seed,
+                    (&fx, &ft, &fe),
+                    (&vx, &vt, &ve),
+                    lh,
+                    device,
+                    on_epoch,
+                )?;
+                // (The logistic hazard's survival comes from its own outputs; its Breslow baseline is kept for reference.)
+                let risk = match lh {
+                    Some(_) => crate::deepsurv::outputs(&net, &xs, device).iter().map(|z| crate::deepsurv::lh_risk(z)).collect(),
+                    None => crate::deepsurv::log_risk(&net, &xs, device),
+                };
+                (None, risk)
+            }
         }
     };
     let (baseline_times, baseline_hazard) = breslow_baseline(&risk, &t, &e);
