@@ -29,12 +29,16 @@ const CHUNK: usize = 128;
 
 /// The pixels of each row's image (`column`, relative to `base`), `size`² grey values in `[0, 1]`, row-major.
 pub fn read_pixels(table: &RawTable, column: &str, base: &Path, size: usize) -> Result<Vec<Vec<f64>>, PredError> {
+    let all: Vec<usize> = (0..table.rows.len()).collect();
+    read_pixels_at(table, column, base, size, &all)
+}
+
+/// [`read_pixels`] for the rows `idx` only.
+pub fn read_pixels_at(table: &RawTable, column: &str, base: &Path, size: usize, idx: &[usize]) -> Result<Vec<Vec<f64>>, PredError> {
     let c = table.column(column)?;
-    table
-        .rows
-        .iter()
-        .enumerate()
-        .map(|(r, row)| {
+    idx.iter()
+        .map(|&r| {
+            let row = table.rows.get(r).ok_or_else(|| PredError::Internal(format!("{}: no row {}", table.source, r + 2)))?;
             let cell = row[c].trim();
             if cell.is_empty() {
                 return Err(PredError::Input(format!("{}: row {} has no image in column \"{column}\"", table.source, r + 2)));

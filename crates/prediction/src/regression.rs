@@ -72,14 +72,18 @@ pub enum TargetType {
     Ordinal,
 }
 
-/// `[data]`: a table with one row per patient (or several rows per patient with `id`).
+/// `[data]`: a table with one row per patient (or several rows per patient with `id`), or a manifest of images.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegressionData {
-    /// Always `"table"`.
+    /// `"table"` (features in the columns) or `"images"` (one image path per row in column `image`; the pixels are
+    /// the inputs).
     pub kind: String,
     /// The CSV file.
     pub path: PathBuf,
+    /// `kind = "images"`: the column of image paths (relative to the manifest's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The target column.
     pub target: String,
     /// Continuous or ordinal.
@@ -131,6 +135,8 @@ pub enum RegArch {
     RandomForest,
     /// Multi-layer perceptron.
     Mlp,
+    /// A network of the architectures crate on images (`[model] backbone`).
+    Cnn,
 }
 
 impl RegArch {
@@ -143,6 +149,7 @@ impl RegArch {
             RegArch::Knn => "knn",
             RegArch::RandomForest => "random-forest",
             RegArch::Mlp => "mlp",
+            RegArch::Cnn => "cnn",
         }
     }
 }
@@ -228,6 +235,25 @@ pub struct RegressionModels {
     /// Networks: L2 weight decay.
     #[serde(default = "default_wd")]
     pub weight_decay: f64,
+    /// `cnn`: the network that reads each image (`lenet5`, `alexnet`, `vgg11`, `resnet18`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<vesalius_nets::Arch>,
+    /// Image data: side of the network input (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// `cnn`: minibatch size (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    /// `cnn`: epochs (default 20); the epoch with the lowest validation loss is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+}
+
+impl RegressionModels {
+    /// Side of the network input of image data.
+    pub fn image_size(&self) -> usize {
+        self.size.unwrap_or(32)
+    }
 }
 
 fn one() -> f64 {
@@ -326,8 +352,27 @@ impl RegressionRecipe {
         if self.task != "regression" {
             return bad("task must be \"regression\"");
         }
-        if d.kind != "table" {
-            return bad("data.kind must be \"table\"");
+        let cnn = m.arch.contains(&RegArch::Cnn);
+        match d.kind.as_str() {
+            "table" => {
+                if d.image.is_some() || cnn || m.backbone.is_some() || m.size.is_some() {
+                    return bad("data.image, model.backbone, model.size and the \"cnn\" model are for data.kind = \"images\"");
+                }
+            }
+            "images" => {
+                if d.image.is_none() || (cnn && m.backbone.is_none()) || d.features.is_some() {
+                    return bad(
+                        "data.kind = \"images\" needs data.image (the column of image paths) and no data.features; \"cnn\" needs model.backbone",
+                    );
+                }
+                if !(vesalius_nets::MIN_INPUT..=vesalius_nets::MAX_INPUT).contains(&m.image_size())
+                    || m.batch.is_some_and(|b| !(2..=4096).contains(&b))
+                    || m.epochs.is_some_and(|e| !(1..=10_000).contains(&e))
+                {
+                    return bad("model.size must lie in 28..=512, model.batch in 2..=4096, model.epochs in 1..=10000");
+                }
+            }
+            _ => return bad("data.kind must be \"table\" or \"images\""),
         }
         if !(d.test_share > 0.0 && d.test_share < 1.0 && d.val_share > 0.0 && d.val_share < 1.0) {
             return bad("data.test_share and data.val_share must lie in (0, 1)");
@@ -388,8 +433,10 @@ pub fn read_rows(d: &RegressionData) -> Result<RegressionRows, PredError> {
     let tc = raw.column(&d.target)?;
     let ic = d.id.as_deref().map(|c| raw.column(c)).transpose()?;
     let reserved: Vec<&str> = std::iter::once(d.target.as_str()).chain(d.id.as_deref()).collect();
-    let features = crate::table::feature_columns(&raw, d.features.as_deref(), &reserved, &d.exclude)?;
-    if features.is_empty() || features.contains(&d.target) {
+    // Image data: the pixels are the inputs, no column is a feature.
+    let features =
+        if d.image.is_some() { Vec::new() } else { crate::table::feature_columns(&raw, d.features.as_deref(), &reserved, &d.exclude)? };
+    if d.image.is_none() && (features.is_empty() || features.contains(&d.target)) {
         return Err(PredError::Input(format!("{}: the features must be other columns than the target \"{}\"", raw.source, d.target)));
     }
     let cells: Vec<String> = raw.rows.iter().map(|r| r[tc].trim().to_string()).collect();
@@ -473,6 +520,19 @@ pub enum FittedReg {
         /// The trees.
         trees: Vec<serde_json::Value>,
     },
+    /// A network on images; its weights are in `net-cnn.mpk` of the run.
+    ImageNet {
+        /// The backbone.
+        backbone: vesalius_nets::Arch,
+        /// Input side.
+        size: usize,
+        /// Outputs (quantiles, or 1).
+        outputs: usize,
+        /// Thresholds of an ordinal model (levels − 1), else 0.
+        thresholds: usize,
+        /// The epoch kept.
+        epoch: usize,
+    },
     /// A network; its weights are in `net-<arch>.mpk` of the run.
     Net {
         /// Inputs.
@@ -511,6 +571,9 @@ pub struct RegressionRun {
     pub models: Vec<(RegArch, FittedReg)>,
     /// Patients and rows per split.
     pub counts: BTreeMap<String, (usize, usize)>,
+    /// Image data: the manifest's image column and the input side (the pixels are the inputs, unstandardised).
+    #[serde(default)]
+    pub image: Option<(String, usize)>,
 }
 
 /// `metrics.json` of a regression run.
@@ -539,14 +602,65 @@ pub struct RegNet<B: Backend> {
     thresholds: Option<Param<Tensor<B, 1>>>,
 }
 
+/// Ordered thresholds of a cumulative-link model: spread around 0 and decreasing, as P(y > k) falls with k.
+fn threshold_param<B: Backend>(thresholds: usize, device: &B::Device) -> Option<Param<Tensor<B, 1>>> {
+    let init: Vec<f32> = (0..thresholds).map(|k| (thresholds as f32 - 1.0) / 2.0 - k as f32).collect();
+    (thresholds > 0).then(|| Param::from_tensor(Tensor::from_data(TensorData::new(init, [thresholds]), device)))
+}
+
+/// A network that maps rows `[n, p]` to outputs `[n, k]` (pixels are rows for image networks).
+pub trait RegForward<B: Backend> {
+    /// Outputs `[n, k]`.
+    fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2>;
+}
+
+impl<B: Backend> RegForward<B> for RegNet<B> {
+    fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.forward(x)
+    }
+}
+
+/// A regression network on images: a backbone of the architectures crate with `outputs` outputs, and the ordered
+/// thresholds of a cumulative-link (ordinal) model.
+#[derive(Module, Debug)]
+pub struct ImageRegNet<B: Backend> {
+    net: vesalius_nets::Classifier<B>,
+    thresholds: Option<Param<Tensor<B, 1>>>,
+    side: usize,
+}
+
+impl<B: Backend> ImageRegNet<B> {
+    /// The network for `side`² grey images.
+    pub fn new(
+        backbone: vesalius_nets::Arch,
+        side: usize,
+        outputs: usize,
+        thresholds: usize,
+        device: &B::Device,
+    ) -> Result<Self, PredError> {
+        let net = vesalius_nets::ClassifierConfig::new(backbone, 1, outputs.max(1), side)
+            .init(device)
+            .map_err(|e| PredError::Input(format!("[model] backbone: {e}")))?;
+        Ok(Self { net, thresholds: threshold_param(thresholds, device), side })
+    }
+}
+
+impl<B: Backend> RegForward<B> for ImageRegNet<B> {
+    fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [n, _] = x.dims();
+        let f = self.net.forward(x.reshape([n, 1, self.side, self.side]));
+        match &self.thresholds {
+            Some(b) => f + b.val().unsqueeze_dim(0),
+            None => f,
+        }
+    }
+}
+
 impl<B: Backend> RegNet<B> {
     /// A network with `inputs` features; `outputs` perceptron outputs; `thresholds` > 0 for an ordinal model.
     pub fn new(inputs: usize, hidden: &[usize], dropout: f64, outputs: usize, thresholds: usize, device: &B::Device) -> Self {
         let mlp = MlpConfig::new(inputs, outputs).with_hidden(hidden.to_vec()).with_dropout(dropout).init(device);
-        // Thresholds start spread around 0 and decreasing, as P(y > k) falls with k.
-        let init: Vec<f32> = (0..thresholds).map(|k| (thresholds as f32 - 1.0) / 2.0 - k as f32).collect();
-        let thresholds = (thresholds > 0).then(|| Param::from_tensor(Tensor::from_data(TensorData::new(init, [thresholds]), device)));
-        Self { mlp, thresholds }
+        Self { mlp, thresholds: threshold_param(thresholds, device) }
     }
 
     /// Outputs `[n, outputs]`, or for an ordinal model the logits of `P(y > k)`, `[n, levels − 1]`.
@@ -565,14 +679,16 @@ fn rows_tensor<B: Backend>(x: &[Vec<f64>], device: &B::Device) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(x.iter().flat_map(|r| r.iter().map(|&v| v as f32)).collect::<Vec<f32>>(), [x.len(), p]), device)
 }
 
-fn net_outputs<B: Backend>(net: &RegNet<B>, x: &[Vec<f64>], device: &B::Device) -> Vec<Vec<f64>> {
-    if x.is_empty() {
-        return Vec::new();
+fn net_outputs<B: Backend>(net: &dyn RegForward<B>, x: &[Vec<f64>], device: &B::Device) -> Vec<Vec<f64>> {
+    let mut out = Vec::with_capacity(x.len());
+    // Chunks bound the memory of image networks.
+    for chunk in x.chunks(256) {
+        let y = net.forward_rows(rows_tensor(chunk, device));
+        let k = y.dims()[1];
+        let v: Vec<f64> = y.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default().into_iter().map(f64::from).collect();
+        out.extend(v.chunks(k.max(1)).map(<[f64]>::to_vec));
     }
-    let y = net.forward(rows_tensor(x, device));
-    let k = y.dims()[1];
-    let v: Vec<f64> = y.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default().into_iter().map(f64::from).collect();
-    v.chunks(k.max(1)).map(<[f64]>::to_vec).collect()
+    out
 }
 
 /// The loss of a batch: `out` against standardised targets (or level indices for ordinal models).
@@ -647,6 +763,48 @@ fn fit_net<AB: AutodiffBackend>(
     (best.1, best.2)
 }
 
+/// Trains an image network with Adam on shuffled minibatches; the epoch with the lowest validation loss is kept.
+#[allow(clippy::too_many_arguments)]
+fn fit_image_net<AB: AutodiffBackend>(
+    spec: &RegressionModels,
+    backbone: vesalius_nets::Arch,
+    outputs: usize,
+    thresholds: usize,
+    train: (&[Vec<f64>], &[f64]),
+    val: (&[Vec<f64>], &[f64]),
+    seed: u64,
+    device: &AB::Device,
+) -> Result<(ImageRegNet<AB::InnerBackend>, usize), PredError> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    AB::seed(device, seed);
+    let mut net = ImageRegNet::<AB>::new(backbone, spec.image_size(), outputs, thresholds, device)?;
+    let mut opt = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(spec.weight_decay as f32))).init::<AB, ImageRegNet<AB>>();
+    let ordinal = thresholds > 0;
+    let batch = spec.batch.unwrap_or(32).min(train.0.len());
+    let xv = rows_tensor::<AB::InnerBackend>(val.0, device);
+    let mut order: Vec<usize> = (0..train.0.len()).collect();
+    let mut best = (f64::INFINITY, net.valid(), 0);
+    for epoch in 1..=spec.epochs.unwrap_or(20) {
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(vesalius_io::mix(seed ^ epoch as u64)));
+        // A last batch of one would leave batch normalisation without a variance.
+        for chunk in order.chunks(batch).filter(|c| c.len() > 1) {
+            let rows: Vec<Vec<f64>> = chunk.iter().map(|&i| train.0[i].clone()).collect();
+            let y: Vec<f64> = chunk.iter().map(|&i| train.1[i]).collect();
+            let loss = net_loss(net.forward_rows(rows_tensor(&rows, device)), &y, spec, ordinal, device);
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = opt.step(spec.lr, net, grads);
+        }
+        let v = net.valid();
+        let l = net_loss(v.forward_rows(xv.clone()), val.1, spec, ordinal, device);
+        let l = l.into_data().convert::<f64>().to_vec::<f64>().ok().and_then(|v| v.first().copied()).unwrap_or(f64::INFINITY);
+        if l < best.0 {
+            best = (l, v, epoch);
+        }
+    }
+    Ok((best.1, best.2))
+}
+
 fn matrix(rows: &[Vec<f64>]) -> Result<DenseMatrix<f64>, PredError> {
     DenseMatrix::from_2d_vec(&rows.to_vec()).map_err(|e| PredError::Input(format!("feature matrix: {e}")))
 }
@@ -676,16 +834,22 @@ fn fit_model<AB: AutodiffBackend>(
     train: (&[Vec<f64>], &[f64]),
     val: (&[Vec<f64>], &[f64]),
     device: &AB::Device,
-) -> Result<(FittedReg, Option<RegNet<AB::InnerBackend>>), PredError> {
+) -> Result<(FittedReg, Option<SavedNet<AB::InnerBackend>>), PredError> {
     let spec = cx.spec;
     let p = train.0[0].len();
     let ordinal = cx.levels > 0;
     let outputs = if spec.loss == Loss::Quantile { spec.quantiles.len() } else { 1 };
-    let net = |hidden: &[usize], dropout: f64| -> (FittedReg, Option<RegNet<AB::InnerBackend>>) {
-        let thresholds = if ordinal { cx.levels - 1 } else { 0 };
+    let thresholds = if ordinal { cx.levels - 1 } else { 0 };
+    let net = |hidden: &[usize], dropout: f64| -> (FittedReg, Option<SavedNet<AB::InnerBackend>>) {
         let (net, step) = fit_net::<AB>(spec, hidden, dropout, outputs, thresholds, train, val, cx.seed, device);
-        (FittedReg::Net { inputs: p, hidden: hidden.to_vec(), outputs, thresholds, step }, Some(net))
+        (FittedReg::Net { inputs: p, hidden: hidden.to_vec(), outputs, thresholds, step }, Some(SavedNet::Rows(net)))
     };
+    if arch == RegArch::Cnn {
+        let backbone = spec.backbone.ok_or_else(|| PredError::Input("the \"cnn\" model needs [model] backbone".into()))?;
+        let (net, epoch) = fit_image_net::<AB>(spec, backbone, outputs, thresholds, train, val, cx.seed, device)?;
+        let fitted = FittedReg::ImageNet { backbone, size: spec.image_size(), outputs, thresholds, epoch };
+        return Ok((fitted, Some(SavedNet::Image(net))));
+    }
     if arch == RegArch::Mlp {
         return Ok(net(&spec.hidden, spec.dropout));
     }
@@ -740,7 +904,7 @@ fn fit_model<AB: AutodiffBackend>(
             }
             FittedReg::Forest { trees }
         }
-        RegArch::Mlp => return Err(PredError::Internal("the MLP is fitted as a network".into())),
+        RegArch::Mlp | RegArch::Cnn => return Err(PredError::Internal("networks are fitted above".into())),
     };
     Ok((fitted, None))
 }
@@ -750,7 +914,7 @@ fn fit_model<AB: AutodiffBackend>(
 fn raw_outputs<B: Backend>(
     fitted: &FittedReg,
     x: &[Vec<f64>],
-    net: Option<&RegNet<B>>,
+    net: Option<&SavedNet<B>>,
     device: &B::Device,
 ) -> Result<Vec<Vec<f64>>, PredError> {
     if x.is_empty() {
@@ -780,8 +944,12 @@ fn raw_outputs<B: Backend>(
             }
             one(sum)
         }
-        FittedReg::Net { .. } => {
-            net_outputs(net.ok_or_else(|| PredError::Internal("the network's weights are missing".into()))?, x, device)
+        FittedReg::Net { .. } | FittedReg::ImageNet { .. } => {
+            let net: &dyn RegForward<B> = match net.ok_or_else(|| PredError::Internal("the network's weights are missing".into()))? {
+                SavedNet::Rows(n) => n,
+                SavedNet::Image(n) => n,
+            };
+            net_outputs(net, x, device)
         }
     })
 }
@@ -803,7 +971,7 @@ impl RegressionRun {
     pub fn predictions(&self, fitted: &FittedReg, out: Vec<Vec<f64>>) -> Predictions {
         let k = self.levels.len();
         let unscale = |v: f64| self.y_mean + self.y_sd * v;
-        let ordinal_net = matches!(fitted, FittedReg::Net { thresholds, .. } if *thresholds > 0);
+        let ordinal_net = matches!(fitted, FittedReg::Net { thresholds, .. } | FittedReg::ImageNet { thresholds, .. } if *thresholds > 0);
         if ordinal_net {
             let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
             let probs: Vec<Vec<f64>> = out
@@ -842,8 +1010,13 @@ impl RegressionRun {
         Predictions { point: out.iter().map(|o| unscale(o[0])).collect(), quantiles: Vec::new(), levels: Vec::new() }
     }
 
-    /// Standardised encoded rows of `raw`.
+    /// Standardised encoded rows of `raw`; for image runs, the pixels of the rows' images (paths relative to the
+    /// table's folder).
     pub fn encode(&self, raw: &RawTable, idx: &[usize]) -> Result<Vec<Vec<f64>>, PredError> {
+        if let Some((column, size)) = &self.image {
+            let base = Path::new(&raw.source).parent().unwrap_or(Path::new("."));
+            return crate::images::read_pixels_at(raw, column, base, *size, idx);
+        }
         idx.iter().map(|&i| Ok(self.standardise.apply(&self.encoding.encode_row(raw, i)?))).collect()
     }
 }
@@ -852,14 +1025,38 @@ fn net_file(arch: RegArch) -> String {
     format!("net-{}.mpk", arch.name())
 }
 
-fn load_net<B: Backend>(run: &Path, arch: RegArch, fitted: &FittedReg, device: &B::Device) -> Result<Option<RegNet<B>>, PredError> {
-    let FittedReg::Net { inputs, hidden, outputs, thresholds, .. } = fitted else {
-        return Ok(None);
-    };
+/// A fitted network's weights: a perceptron on rows, or an image network.
+pub enum SavedNet<B: Backend> {
+    /// [`RegNet`].
+    Rows(RegNet<B>),
+    /// [`ImageRegNet`].
+    Image(ImageRegNet<B>),
+}
+
+impl<B: Backend> SavedNet<B> {
+    fn to_bytes(&self) -> Result<Vec<u8>, PredError> {
+        match self {
+            SavedNet::Rows(n) => vesalius_nets::record::to_bytes::<B, _>(n.clone().into_record()),
+            SavedNet::Image(n) => vesalius_nets::record::to_bytes::<B, _>(n.clone().into_record()),
+        }
+        .map_err(PredError::Internal)
+    }
+}
+
+fn load_net<B: Backend>(run: &Path, arch: RegArch, fitted: &FittedReg, device: &B::Device) -> Result<Option<SavedNet<B>>, PredError> {
     let path = run.join(net_file(arch));
-    let bytes = std::fs::read(&path).map_err(|e| PredError::Input(format!("{}: {e}", path.display())))?;
-    let record = vesalius_nets::record::from_bytes::<B, _>(bytes, device).map_err(PredError::Input)?;
-    Ok(Some(RegNet::new(*inputs, hidden, 0.0, *outputs, *thresholds, device).load_record(record)))
+    let bytes = || std::fs::read(&path).map_err(|e| PredError::Input(format!("{}: {e}", path.display())));
+    match fitted {
+        FittedReg::Net { inputs, hidden, outputs, thresholds, .. } => {
+            let record = vesalius_nets::record::from_bytes::<B, _>(bytes()?, device).map_err(PredError::Input)?;
+            Ok(Some(SavedNet::Rows(RegNet::new(*inputs, hidden, 0.0, *outputs, *thresholds, device).load_record(record))))
+        }
+        FittedReg::ImageNet { backbone, size, outputs, thresholds, .. } => {
+            let record = vesalius_nets::record::from_bytes::<B, _>(bytes()?, device).map_err(PredError::Input)?;
+            Ok(Some(SavedNet::Image(ImageRegNet::new(*backbone, *size, *outputs, *thresholds, device)?.load_record(record))))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Whether `dir` holds a regression run.
@@ -884,7 +1081,14 @@ pub fn train<AB: AutodiffBackend>(recipe: &RegressionRecipe, out: &Path, device:
     };
     let encoding = Encoding::fit_with(&train_table, &rows.features, &recipe.data.categorical)?;
     let enc_train: Vec<Vec<f64>> = tr.iter().map(|&i| encoding.encode_row(&rows.raw, i)).collect::<Result<_, _>>()?;
-    let standardise = Standardise::fit(&enc_train);
+    // Pixels enter every model as read (scaled by their stored range).
+    let image = recipe.data.image.as_ref().map(|c| (c.clone(), recipe.model.image_size()));
+    let standardise = if image.is_some() {
+        let p = recipe.model.image_size().pow(2);
+        Standardise { mean: vec![0.0; p], std: vec![1.0; p] }
+    } else {
+        Standardise::fit(&enc_train)
+    };
     let ordinal = recipe.data.target_type == TargetType::Ordinal;
     let (y_mean, y_sd) = if ordinal {
         (0.0, 1.0)
@@ -903,6 +1107,7 @@ pub fn train<AB: AutodiffBackend>(recipe: &RegressionRecipe, out: &Path, device:
         standardise,
         models: Vec::new(),
         counts: BTreeMap::new(),
+        image,
     };
     let x_of = |idx: &[usize]| run.encode(&rows.raw, idx);
     let z_of = |idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| (rows.y[i] - y_mean) / y_sd).collect() };
@@ -917,7 +1122,7 @@ pub fn train<AB: AutodiffBackend>(recipe: &RegressionRecipe, out: &Path, device:
         let cx = FitContext { seed: vesalius_io::mix(recipe.seed ^ arch as u64), ..cx };
         let (fitted, net) = fit_model::<AB>(arch, &cx, (&x_fit, &z_fit), (&x_val, &z_val), device)?;
         if let Some(net) = net {
-            let bytes = vesalius_nets::record::to_bytes::<AB::InnerBackend, _>(net.into_record()).map_err(PredError::Internal)?;
+            let bytes = net.to_bytes()?;
             vesalius_io::write_atomic(&out.join(net_file(arch)), &bytes).map_err(|e| PredError::Internal(e.to_string()))?;
         }
         run.models.push((arch, fitted));

@@ -435,6 +435,13 @@ pub fn train_segmentation(
         outcome.state.best_score.map_or("-".to_string(), |d| format!("{d:.4}")),
         outcome.state.best_epoch.unwrap_or(0)
     );
+    if let Some(r) = &outcome.refinement {
+        println!(
+            "refinement (CRF-as-RNN): best validation Dice {} (epoch {})",
+            r.best_score.map_or("-".to_string(), |d| format!("{d:.4}")),
+            r.best_epoch.unwrap_or(0)
+        );
+    }
     println!("run directory: {}", out.display());
     Ok(())
 }
