@@ -404,6 +404,21 @@ pub fn save_module<B: burn::tensor::backend::Backend, M: Module<B>>(module: &M, 
     Ok(write_atomic(path, &bytes)?)
 }
 
+/// A process-wide cap on the epochs of every engine run of this process (0: none).
+static EPOCH_LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Caps every engine run of this process at `limit` epochs (as [`EngineConfig::stop_after`] does for one run; the
+/// run stops after that epoch's checkpoint and resumes later). `vesalius train --max-epochs` sets it, so that a
+/// hyper-parameter search can train any task's run a few epochs at a time.
+pub fn set_epoch_limit(limit: Option<usize>) {
+    EPOCH_LIMIT.store(limit.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The process-wide cap of [`set_epoch_limit`].
+pub fn epoch_limit() -> Option<usize> {
+    Some(EPOCH_LIMIT.load(std::sync::atomic::Ordering::SeqCst)).filter(|&n| n > 0)
+}
+
 /// Trains `task` in `run` (after [`prepare`]), resuming from the last complete checkpoint set when there is one.
 /// `on_epoch` sees every completed epoch's record.
 pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
@@ -455,7 +470,11 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
     };
     let mut complete = true;
     while task.more(state.epochs_done, state.steps_done) && !state.stopped_early {
-        if config.stop_after.is_some_and(|s| state.epochs_done >= s) {
+        let stop_after = match (config.stop_after, epoch_limit()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if stop_after.is_some_and(|s| state.epochs_done >= s) {
             complete = false;
             break;
         }

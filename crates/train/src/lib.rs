@@ -10,6 +10,8 @@
 //!   fine-tuning, with every stage's losses reported.
 //! * [`ids`]: parameter ids derived from parameter paths, so identical models are identical files.
 //! * [`progress`]: progress bars with ETA, drawn only on a terminal.
+//! * [`tune`]: hyper-parameter search over any recipe key — random or Sobol sampling, Hyperband, ASHA, top-k, and
+//!   early termination by learning-curve extrapolation — with one folder per study that resumes after a kill.
 //! * [`sliding`]: inference over whole volumes window by window with bounded memory (Gaussian importance,
 //!   mirror test-time augmentation), for every task that predicts dense maps.
 //!
@@ -21,6 +23,7 @@ pub mod progress;
 pub mod recipe;
 pub mod run;
 pub mod sliding;
+pub mod tune;
 
 pub use engine::{EngineConfig, EpochRecord, RunOptions, Stepper, Task, Validation};
 pub use run::RunDir;

@@ -41,6 +41,55 @@ pub enum Command {
         /// Segmentation: batches per epoch instead of the recipe's.
         #[arg(long)]
         iterations: Option<usize>,
+        /// Stop after this many epochs (the run resumes from there when trained again); any task trained on the
+        /// engine.
+        #[arg(long)]
+        max_epochs: Option<usize>,
+    },
+    /// Hyper-parameter search over a recipe: trials drawn from a search space (any recipe key: uniform,
+    /// log-uniform, integer, choice), trained as ordinary runs in the study folder, shared out by a scheduler or
+    /// stopped early by learning-curve extrapolation. Writes `trials.csv`, `best.toml` and `summary.json`; the
+    /// same command resumes a killed study.
+    Tune {
+        /// The recipe (any task trained on the engine).
+        recipe: PathBuf,
+        /// The search space (TOML: one `[params."key"]` table per recipe key).
+        #[arg(long)]
+        space: PathBuf,
+        /// Trials (configurations drawn).
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// How trials share epochs: none, hyperband, asha or top_k.
+        #[arg(long, default_value = "none")]
+        scheduler: String,
+        /// How points are drawn: sobol or random.
+        #[arg(long, default_value = "sobol")]
+        sampler: String,
+        /// Stop a trial when the probability that it beats the best complete trial falls below --curve-threshold
+        /// (scheduler none).
+        #[arg(long)]
+        curve_stop: bool,
+        /// Probability threshold of --curve-stop.
+        #[arg(long, default_value_t = 0.05)]
+        curve_threshold: f64,
+        /// Trials trained at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Reduction factor of the schedulers.
+        #[arg(long, default_value_t = 3)]
+        eta: usize,
+        /// Epochs of the schedulers' first rung.
+        #[arg(long, default_value_t = 1)]
+        min_epochs: usize,
+        /// The recipe key holding the number of epochs (default: train.epochs, else model.epochs).
+        #[arg(long)]
+        budget_key: Option<String>,
+        /// The study folder.
+        #[arg(short, long)]
+        out: PathBuf,
     },
     /// Evaluate a run's best model; prints and writes the metrics. Classification: on one of its splits;
     /// segmentation: on its validation cases, in their own grids (`metrics.json`); registration: on its
@@ -338,7 +387,57 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
-        Command::Train { recipe, out, quiet, epochs, iterations } => {
+        Command::Tune {
+            recipe,
+            space,
+            trials,
+            scheduler,
+            sampler,
+            curve_stop,
+            curve_threshold,
+            parallel,
+            seed,
+            eta,
+            min_epochs,
+            budget_key,
+            out,
+        } => {
+            use vesalius_train::tune::{Sampler, Scheduler};
+            let scheduler = match scheduler.as_str() {
+                "none" => Scheduler::None,
+                "hyperband" => Scheduler::Hyperband,
+                "asha" => Scheduler::Asha,
+                "top_k" => Scheduler::TopK,
+                other => return Err(CliError::Usage(format!("unknown --scheduler '{other}' (none, hyperband, asha, top_k)"))),
+            };
+            let sampler = match sampler.as_str() {
+                "sobol" => Sampler::Sobol,
+                "random" => Sampler::Random,
+                other => return Err(CliError::Usage(format!("unknown --sampler '{other}' (sobol, random)"))),
+            };
+            let args = crate::tune::TuneArgs {
+                trials,
+                scheduler,
+                sampler,
+                curve_stop,
+                curve_threshold,
+                parallel,
+                seed,
+                eta,
+                min_epochs,
+                budget_key,
+            };
+            let started = std::time::Instant::now();
+            let summary = crate::tune::tune(cli.backend.map(|b| format!("{b:?}").to_lowercase()), &recipe, &space, &out, &args)?;
+            print!("{}", crate::tune::format_summary(&summary, started.elapsed().as_secs_f64()));
+            println!("study folder: {}", out.display());
+            Ok(())
+        }
+        Command::Train { recipe, out, quiet, epochs, iterations, max_epochs } => {
+            if max_epochs == Some(0) {
+                return Err(CliError::Usage("--max-epochs must be at least 1".into()));
+            }
+            vesalius_train::engine::set_epoch_limit(max_epochs);
             if crate::tabular::is_table_recipe(&recipe) {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to table recipes; set them in [model]".into()));

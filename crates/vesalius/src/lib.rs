@@ -1,6 +1,6 @@
 //! The `vesalius` command-line interface, as a library so that its commands can be tested in-process.
 //!
-//! Commands: `train`, `evaluate`, `predict`, `info`, `bench`. Exit codes: 0 on success, 2 for bad input or usage
+//! Commands: `train`, `tune`, `evaluate`, `predict`, `info`, `bench`, and more (see `vesalius --help`). Exit codes: 0 on success, 2 for bad input or usage
 //! (with a one-line `error: …` on standard error naming the file and the problem), 1 for internal failures.
 //!
 //! ```
@@ -23,6 +23,7 @@ pub mod regression;
 pub mod response;
 pub mod survival;
 pub mod tabular;
+pub mod tune;
 pub mod volumes;
 
 /// A command failure, mapped to an exit code.

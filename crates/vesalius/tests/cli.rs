@@ -1200,3 +1200,70 @@ fn volume_classification_trains_and_evaluates_both_networks() {
     assert_eq!(trained.lines().take(4).collect::<Vec<_>>(), stdout(&o).lines().take(4).collect::<Vec<_>>());
     assert_input_error(&vesalius(&["train", recipe.to_str().unwrap(), "--epochs", "3"]), "do not apply");
 }
+
+#[test]
+fn tune_searches_a_recipe_resumes_and_reports_bad_spaces() {
+    let dir = tempfile::tempdir().unwrap();
+    // DeepSurv on METABRIC shortened to 6 epochs; its learning rate and width searched.
+    let table = root().join("fixtures/survival/metabric.csv");
+    let text = std::fs::read_to_string(root().join("recipes/metabric-deepsurv.toml"))
+        .unwrap()
+        .replace("epochs = 50", "epochs = 6")
+        .replace("../fixtures/survival/metabric.csv", table.to_str().unwrap());
+    let recipe = dir.path().join("deepsurv.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let space = dir.path().join("space.toml");
+    std::fs::write(
+        &space,
+        "[params.\"model.lr\"]\ntype = \"log_uniform\"\nlow = 1e-4\nhigh = 1e-2\n[params.\"model.hidden\"]\ntype = \"choice\"\nvalues = [[8], [32, 32]]\n",
+    )
+    .unwrap();
+    let study = dir.path().join("study");
+    let (r, sp, st) = (recipe.to_str().unwrap(), space.to_str().unwrap(), study.to_str().unwrap());
+    let args = ["tune", r, "--space", sp, "--trials", "4", "--scheduler", "top_k", "--min-epochs", "2", "-o", st];
+    let o = vesalius(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("best trial"), "{}", stdout(&o));
+    // Top k: all four trials train 2 epochs, the best ⌈4 / 3⌉ = 2 go on to 6.
+    let read = || -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(study.join("summary.json")).unwrap()).unwrap() };
+    let summary = read();
+    assert_eq!(summary["epochs_trained"], 2 * 2 + 2 * 6);
+    assert_eq!((summary["statuses"]["complete"].as_u64(), summary["statuses"]["stopped"].as_u64()), (Some(2), Some(2)));
+    let csv = std::fs::read_to_string(study.join("trials.csv")).unwrap();
+    assert_eq!(csv.lines().next().unwrap(), "trial,model.hidden,model.lr,epochs,best_score,status");
+    assert_eq!(csv.lines().count(), 5);
+    // best.toml is the best trial's recipe.
+    let best = summary["best_trial"].as_u64().unwrap() as usize;
+    let best_toml = std::fs::read_to_string(study.join("best.toml")).unwrap();
+    assert_eq!(best_toml, std::fs::read_to_string(study.join(format!("trial-{best:03}/recipe.toml"))).unwrap());
+    assert!(best_toml.contains(table.to_str().unwrap()));
+    let logs = || -> Vec<String> {
+        (0..4).map(|i| std::fs::read_to_string(study.join(format!("trial-{i:03}/run/log.jsonl"))).unwrap_or_default()).collect()
+    };
+    let before = logs();
+    assert!(before.iter().all(|l| !l.is_empty()));
+    // Started again (as after a kill), the study replays its decisions from the runs: nothing is retrained.
+    let again = vesalius(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!((logs(), read()), (before, summary));
+    // A space key the recipe has no table for is refused, naming it.
+    std::fs::write(&space, "[params.\"optim.lr\"]\ntype = \"uniform\"\nlow = 0.1\nhigh = 0.2\n").unwrap();
+    let bad = dir.path().join("bad");
+    assert_input_error(&vesalius(&["tune", r, "--space", sp, "-o", bad.to_str().unwrap()]), "optim.lr");
+    // A recipe whose task does not train on the engine fails every trial, and says why.
+    let cox = root().join("recipes/gbsg2-cox.toml");
+    std::fs::write(&space, "[params.\"model.l2\"]\ntype = \"uniform\"\nlow = 0.0\nhigh = 1.0\n").unwrap();
+    let o = vesalius(&[
+        "tune",
+        cox.to_str().unwrap(),
+        "--space",
+        sp,
+        "--trials",
+        "1",
+        "--budget-key",
+        "eval.bootstrap",
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    assert_input_error(&o, "engine");
+}
