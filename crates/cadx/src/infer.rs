@@ -105,25 +105,27 @@ pub fn predict_files<B: Backend>(
     Ok(out)
 }
 
-/// Embeddings of image files: the activation maps of the network's last convolutional layer, averaged over
-/// positions (one value per map), as features for classic models (`vesalius embed`). The fully connected networks
-/// have no such layer and are refused.
+/// Embeddings of a batch of images `[n, c, s, s]`: the network's penultimate layer ([`Classifier::penultimate`]:
+/// the fully connected features of LeNet-5, AlexNet and VGG, the globally averaged last maps of ResNet and
+/// GoogLeNet, a stacked auto-encoder's code). The multi-layer perceptron is refused.
+pub fn embed_batch<B: Backend>(model: &Classifier<B>, x: Tensor<B, 4>) -> Result<Vec<Vec<f32>>, CadxError> {
+    let features = model
+        .penultimate(x)
+        .ok_or_else(|| CadxError::Input("a multi-layer perceptron has no penultimate features to take embeddings from".into()))?;
+    Ok(rows(features))
+}
+
+/// Embeddings of image files (see [`embed_batch`]), converted and resized as in training, as features for classic
+/// models (`vesalius embed`) or for retrieval (`vesalius index`).
 pub fn embed_files<B: Backend>(
     model: &Classifier<B>,
     info: &RunInfo,
     files: &[&Path],
     device: &B::Device,
 ) -> Result<Vec<Vec<f32>>, CadxError> {
-    let layers = model.cam_layers();
-    if layers == 0 {
-        return Err(CadxError::Input(format!("{:?} has no convolutional layer to take embeddings from", info.model.arch)));
-    }
     let mut out = Vec::with_capacity(files.len());
     for chunk in files.chunks(64) {
-        let x = files_batch::<B>(info, chunk, device)?;
-        let a = model.forward_to(x, layers - 1).ok_or_else(|| CadxError::Internal("no activation maps".into()))?;
-        let pooled: Tensor<B, 2> = a.mean_dim(3).mean_dim(2).flatten(1, 3);
-        out.extend(rows(pooled));
+        out.extend(embed_batch(model, files_batch::<B>(info, chunk, device)?)?);
     }
     Ok(out)
 }

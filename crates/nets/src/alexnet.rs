@@ -109,6 +109,11 @@ impl<B: Backend> AlexNet<B> {
 
     /// Logits from the activation maps of convolution `layer`.
     pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
+        self.fc3.forward(self.features_from(a, layer))
+    }
+
+    /// The penultimate layer's output (the input of the last linear layer) from the maps of `layer`.
+    pub fn features_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
         let mut x = a;
         for i in layer..self.convs.len() {
             if i > layer {
@@ -120,7 +125,6 @@ impl<B: Backend> AlexNet<B> {
         }
         let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
         let x = relu(self.fc1.forward(self.dropout.forward(x)));
-        let x = relu(self.fc2.forward(self.dropout.forward(x)));
-        self.fc3.forward(x)
+        relu(self.fc2.forward(self.dropout.forward(x)))
     }
 }

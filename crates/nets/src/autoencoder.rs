@@ -180,8 +180,12 @@ impl<B: Backend> SaeClassifier<B> {
 
     /// Logits `[n, classes]` of images `[n, c, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let h = self.encoder.iter().fold(x.flatten(1, 3), |h, layer| relu(layer.forward(h)));
-        self.head.forward(h)
+        self.head.forward(self.code(x))
+    }
+
+    /// The encoder's code `[n, last hidden]` of images `[n, c, h, w]` (the auto-encoder's bottleneck).
+    pub fn code(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.encoder.iter().fold(x.flatten(1, 3), |h, layer| relu(layer.forward(h)))
     }
 }
 

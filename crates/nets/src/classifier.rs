@@ -185,6 +185,30 @@ impl<B: Backend> Classifier<B> {
         })
     }
 
+    /// The penultimate layer's output `[n, features]`, the input of the last linear layer: the fully connected
+    /// features of LeNet-5, AlexNet and VGG, the globally averaged last maps of ResNet and GoogLeNet, the code of a
+    /// stacked auto-encoder. `None` for the multi-layer perceptron.
+    pub fn penultimate(&self, x: Tensor<B, 4>) -> Option<Tensor<B, 2>> {
+        let last = self.cam_layers().checked_sub(1);
+        Some(match self {
+            Classifier::Mlp(_) => return None,
+            Classifier::Sae(m) => m.code(x),
+            Classifier::LeNet5(m) => m.features_from(m.forward_to(x, 1), 1),
+            Classifier::AlexNet(m) => {
+                let l = last?;
+                m.features_from(m.forward_to(x, l), l)
+            }
+            Classifier::Vgg(m) => {
+                let l = last?;
+                m.features_from(m.forward_to(x, l), l)
+            }
+            Classifier::GoogLeNet(_) | Classifier::ResNet(_) => {
+                let a = self.forward_to(x, last?)?;
+                a.mean_dim(3).mean_dim(2).flatten(1, 3)
+            }
+        })
+    }
+
     /// Logits from the activation maps of layer `layer` (see [`Classifier::forward_to`]).
     pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Option<Tensor<B, 2>> {
         Some(match self {

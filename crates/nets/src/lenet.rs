@@ -73,10 +73,14 @@ impl<B: Backend> LeNet5<B> {
 
     /// Logits from the activation maps of convolution `layer`.
     pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
+        self.fc3.forward(self.features_from(a, layer))
+    }
+
+    /// The penultimate layer's output `[n, 84]` (the input of the last linear layer) from the maps of `layer`.
+    pub fn features_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
         let x = if layer == 0 { relu(self.conv2.forward(self.pool.forward(a))) } else { a };
         let x: Tensor<B, 2> = self.pool.forward(x).flatten(1, 3);
         let x = relu(self.fc1.forward(x));
-        let x = relu(self.fc2.forward(x));
-        self.fc3.forward(x)
+        relu(self.fc2.forward(x))
     }
 }

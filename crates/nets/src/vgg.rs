@@ -146,6 +146,11 @@ impl<B: Backend> Vgg<B> {
 
     /// Logits from the activation maps of convolution `layer`.
     pub fn forward_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
+        self.fc3.forward(self.features_from(a, layer))
+    }
+
+    /// The penultimate layer's output (the input of the last linear layer) from the maps of `layer`.
+    pub fn features_from(&self, a: Tensor<B, 4>, layer: usize) -> Tensor<B, 2> {
         let mut x = a;
         for i in layer..self.convs.len() {
             if i > layer {
@@ -157,7 +162,6 @@ impl<B: Backend> Vgg<B> {
         }
         let x: Tensor<B, 2> = self.avgpool.forward(x).flatten(1, 3);
         let x = self.dropout.forward(relu(self.fc1.forward(x)));
-        let x = self.dropout.forward(relu(self.fc2.forward(x)));
-        self.fc3.forward(x)
+        self.dropout.forward(relu(self.fc2.forward(x)))
     }
 }

@@ -32,6 +32,11 @@ pub const WORKLOADS: [&str; 10] = [
 /// workload d, and patches per second through the loader from `.nii.gz` volumes, decoded every time or cached.
 pub const PIPELINE_WORKLOADS: [&str; 3] = ["sliding_window_256", "loader_nifti_96_cold", "loader_nifti_96_cached"];
 
+/// Retrieval workloads: 10⁵ (and 10⁶) embeddings of 84 values (LeNet-5's penultimate layer) around 1,000 centres;
+/// a step is 100 queries for their 10 nearest, exhaustively or through the HNSW graph (built once, its build time
+/// and its recall@10 against exhaustive search reported).
+pub const RETRIEVAL_WORKLOADS: [&str; 4] = ["retrieval_exact_100k", "retrieval_hnsw_100k", "retrieval_exact_1m", "retrieval_hnsw_1m"];
+
 /// One JSON line of output.
 #[derive(Debug, Serialize)]
 pub struct BenchResult {
@@ -51,6 +56,57 @@ pub struct BenchResult {
     pub peak_rss_mib: f64,
     /// Backend name.
     pub backend: String,
+    /// Retrieval: share of the exhaustive search's 10 nearest found by the approximate search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recall_at_10: Option<f64>,
+    /// Retrieval: seconds to build the index (the HNSW graph, or the stored vectors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_s: Option<f64>,
+}
+
+/// Clustered vectors for the retrieval workloads: `n` items and `queries` queries of 84 values around 1,000 centres.
+fn retrieval_vectors(n: usize, queries: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut state = 0x5eed_u64;
+    let mut uniform = move || {
+        state = vesalius_io::mix(state.wrapping_add(0x9E37_79B9_7F4A_7C15));
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let centres: Vec<Vec<f32>> = (0..1000).map(|_| (0..84).map(|_| 4.0 * uniform()).collect()).collect();
+    let mut draw = |i: usize| -> Vec<f32> { centres[i % 1000].iter().map(|c| c + 1.5 * uniform()).collect() };
+    let items = (0..n).map(&mut draw).collect();
+    let q = (0..queries).map(|i| draw(i * 7 + 3)).collect();
+    (items, q)
+}
+
+/// A retrieval workload: builds the index of `n` vectors, times steps of 100 queries.
+fn retrieval_workload(n: usize, approximate: bool, backend: &str, name: &str) -> Result<BenchResult, CliError> {
+    use vesalius_retrieval::{Index, Metric, recall};
+    let (items, queries) = retrieval_vectors(n, 100);
+    let t = Instant::now();
+    let ids = (0..n).map(|i| i.to_string()).collect();
+    let mut index = Index::new(ids, vec![None; n], vec![None; n], items, Metric::Cosine, "bench")?;
+    if approximate {
+        index.build_approximate(200, 100, 0);
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    let (median, min, max, steps) = time_steps(|| {
+        for q in &queries {
+            let hits = if approximate { index.search_approximate(q, 10) } else { index.search_exact(q, 10) };
+            std::hint::black_box(hits);
+        }
+    });
+    Ok(BenchResult {
+        workload: name.to_string(),
+        samples_per_s: queries.len() as f64 / median,
+        median_s: median,
+        min_s: min,
+        max_s: max,
+        steps,
+        peak_rss_mib: peak_rss_mib(),
+        backend: backend.to_string(),
+        recall_at_10: approximate.then(|| recall(&index, &queries, 10)),
+        build_s: Some(build_s),
+    })
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB.
@@ -202,6 +258,10 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
         "sliding_window_256" => (1, sliding_window_256::<Inner<AB>>(device)?),
         "loader_nifti_96_cold" => (LOADER_BATCH, loader_workload(false)?),
         "loader_nifti_96_cached" => (LOADER_BATCH, loader_workload(true)?),
+        "retrieval_exact_100k" => return retrieval_workload(100_000, false, backend, name),
+        "retrieval_hnsw_100k" => return retrieval_workload(100_000, true, backend, name),
+        "retrieval_exact_1m" => return retrieval_workload(1_000_000, false, backend, name),
+        "retrieval_hnsw_1m" => return retrieval_workload(1_000_000, true, backend, name),
         other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", known()))),
     };
     Ok(BenchResult {
@@ -213,6 +273,8 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
         steps,
         peak_rss_mib: peak_rss_mib(),
         backend: backend.to_string(),
+        recall_at_10: None,
+        build_s: None,
     })
 }
 
@@ -221,7 +283,7 @@ pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<()
     let names: Vec<String> =
         if only.is_empty() { WORKLOADS.iter().chain(&PIPELINE_WORKLOADS).map(|s| s.to_string()).collect() } else { only.to_vec() };
     for n in &names {
-        if !WORKLOADS.contains(&n.as_str()) && !PIPELINE_WORKLOADS.contains(&n.as_str()) {
+        if ![&WORKLOADS[..], &PIPELINE_WORKLOADS, &RETRIEVAL_WORKLOADS].iter().any(|w| w.contains(&n.as_str())) {
             return Err(CliError::Usage(format!("unknown workload '{n}' (known: {})", known())));
         }
     }
@@ -246,7 +308,7 @@ pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<()
 }
 
 fn known() -> String {
-    WORKLOADS.iter().chain(&PIPELINE_WORKLOADS).copied().collect::<Vec<_>>().join(", ")
+    WORKLOADS.iter().chain(&PIPELINE_WORKLOADS).chain(&RETRIEVAL_WORKLOADS).copied().collect::<Vec<_>>().join(", ")
 }
 
 /// A smooth head-like phantom: an ellipsoid of tissue with a brighter core, on a dark background.

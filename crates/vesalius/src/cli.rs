@@ -238,8 +238,9 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Embeddings of images by a classification run's network (its last convolutional layer's maps, averaged over
-    /// positions) as a CSV feature table (`path,f0,f1,…`) for classic models.
+    /// Embeddings of images by a classification run's network (its penultimate layer: the fully connected features
+    /// of LeNet-5, AlexNet and VGG, the pooled last maps of ResNet and GoogLeNet, a stacked auto-encoder's code) as a
+    /// CSV feature table (`path,f0,f1,…`) for classic models.
     Embed {
         /// The run directory.
         #[arg(long)]
@@ -372,6 +373,58 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["method", "similarity", "deformation", "control_spacing", "regulariser"])]
         run: Option<PathBuf>,
     },
+    /// Index images for content-based retrieval: each image's embedding by a classification run's network (its
+    /// penultimate layer, or a stacked auto-encoder's code), or with --pixels its input pixels. Writes the index folder (`meta.json`, `vectors.f32`, and `hnsw.mpk` with --approximate).
+    Index {
+        /// The classification run whose network embeds the images.
+        #[arg(long)]
+        run: PathBuf,
+        /// Image files to index.
+        images: Vec<PathBuf>,
+        /// Index the run's own samples of this split (train, val or test) with their labels and patients instead.
+        #[arg(long, conflicts_with = "images")]
+        split: Option<String>,
+        /// Embed by the input pixels (resized as the run's inputs) instead of the network: the raw-pixel baseline.
+        #[arg(long)]
+        pixels: bool,
+        /// Distance: cosine or euclidean.
+        #[arg(long, default_value = "cosine")]
+        metric: String,
+        /// Also build an HNSW graph for approximate search of large collections.
+        #[arg(long)]
+        approximate: bool,
+        /// HNSW construction breadth.
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
+        /// HNSW search breadth (the most neighbours an approximate search returns).
+        #[arg(long, default_value_t = 100)]
+        ef_search: usize,
+        /// The index folder.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Search an index with query images (embedded as the index's images were): the `k` nearest items with their
+    /// distances as CSV (`query,rank,id,distance,label`); or with --evaluate, every labelled item of the index queries
+    /// the others (leaving out its own patient) and precision@k and mAP@k are printed and written.
+    Search {
+        /// The index folder.
+        #[arg(long)]
+        index: PathBuf,
+        /// Query images.
+        queries: Vec<PathBuf>,
+        /// Neighbours per query.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Search through the HNSW graph instead of exhaustively.
+        #[arg(long)]
+        approximate: bool,
+        /// Score the index's labelled items against each other instead of searching queries.
+        #[arg(long, conflicts_with = "queries")]
+        evaluate: bool,
+        /// Write the CSV here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Run the reference training workloads and print one JSON line each.
     Bench {
         /// Comma-separated workload names (default: all).
@@ -431,6 +484,39 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let summary = crate::tune::tune(cli.backend.map(|b| format!("{b:?}").to_lowercase()), &recipe, &space, &out, &args)?;
             print!("{}", crate::tune::format_summary(&summary, started.elapsed().as_secs_f64()));
             println!("study folder: {}", out.display());
+            Ok(())
+        }
+        Command::Index { run, images, split, pixels, metric, approximate, ef_construction, ef_search, out } => {
+            let args = crate::retrieval::IndexArgs { run, images, split, pixels, metric, approximate, ef_construction, ef_search };
+            let index = crate::retrieval::index(backend, &args, &out)?;
+            let labelled = index.meta.labels.iter().filter(|l| l.is_some()).count();
+            println!(
+                "indexed {} items ({} labelled), {} values each{}",
+                index.len(),
+                labelled,
+                index.meta.dim,
+                if index.is_approximate() { ", with an HNSW graph" } else { "" }
+            );
+            println!("index folder: {}", out.display());
+            Ok(())
+        }
+        Command::Search { index, queries, k, approximate, evaluate, output } => {
+            if k == 0 {
+                return Err(CliError::Usage("-k must be at least 1".into()));
+            }
+            if evaluate {
+                let m = crate::retrieval::evaluate_index(&index, k, approximate)?;
+                println!("{}", serde_json::to_string_pretty(&m).map_err(|e| CliError::Internal(e.to_string()))?);
+                return Ok(());
+            }
+            if queries.is_empty() {
+                return Err(CliError::Usage("give query images, or --evaluate".into()));
+            }
+            let csv = crate::retrieval::search(backend, &index, &queries, k, approximate)?;
+            match output {
+                Some(p) => vesalius_io::write_atomic(&p, csv.as_bytes()).map_err(|e| CliError::Internal(e.to_string()))?,
+                None => print!("{csv}"),
+            }
             Ok(())
         }
         Command::Train { recipe, out, quiet, epochs, iterations, max_epochs } => {

@@ -21,6 +21,7 @@ pub mod explain;
 pub mod radiomics;
 pub mod regression;
 pub mod response;
+pub mod retrieval;
 pub mod survival;
 pub mod tabular;
 pub mod tune;

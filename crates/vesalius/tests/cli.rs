@@ -187,6 +187,40 @@ bootstrap = 100
     let o = explain(&["--method", "occlusion", "--patch", "8", "--stride", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_input_error(&explain(&["--method", "saliency", "--class", "7"]), "class 7 does not exist");
+
+    // Retrieval: the run's test patches indexed by its network (LeNet-5's 84 penultimate features) with their labels,
+    // scored against each other, and searched with image files.
+    let index = dir.path().join("index");
+    let o = vesalius(&["index", "--run", run.to_str().unwrap(), "--split", "test", "--approximate", "-o", index.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("indexed 56 items (56 labelled), 84 values each, with an HNSW graph"), "{}", stdout(&o));
+    let o = vesalius(&["search", "--index", index.to_str().unwrap(), "--evaluate", "-k", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((m["queries"].as_u64(), m["k"].as_u64()), (Some(56), Some(5)));
+    // 14 patches per class: 13 of the other 55 share a query's label.
+    assert!((m["chance_precision"].as_f64().unwrap() - 13.0 / 55.0).abs() < 1e-9);
+    assert!(m["precision_at_k"]["value"].as_f64().unwrap() > 13.0 / 55.0, "{m}");
+    assert!(index.join("metrics.json").is_file());
+    let o = vesalius(&["search", "--index", index.to_str().unwrap(), png.to_str().unwrap(), "-k", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = stdout(&o);
+    assert_eq!(csv.lines().next(), Some("query,rank,id,distance,label"));
+    assert_eq!(csv.lines().count(), 4);
+    let distances: Vec<f64> = csv.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().parse().unwrap()).collect();
+    assert!(distances.windows(2).all(|w| w[0] <= w[1]), "{csv}");
+    // The approximate search gives the exact answer on so small an index.
+    let o = vesalius(&["search", "--index", index.to_str().unwrap(), png.to_str().unwrap(), "-k", "3", "--approximate"]);
+    assert_eq!(stdout(&o), csv);
+    // The raw-pixel baseline, and a pixel index cannot be searched approximately without its graph.
+    let pixels = dir.path().join("pixels");
+    let o = vesalius(&["index", "--run", run.to_str().unwrap(), "--split", "test", "--pixels", "-o", pixels.to_str().unwrap()]);
+    assert!(stdout(&o).contains("784 values each"), "{}", stdout(&o));
+    assert_input_error(
+        &vesalius(&["search", "--index", pixels.to_str().unwrap(), png.to_str().unwrap(), "--approximate"]),
+        "no HNSW graph",
+    );
+    assert_input_error(&vesalius(&["search", "--index", dir.path().to_str().unwrap(), png.to_str().unwrap()]), "meta.json");
 }
 
 #[test]
