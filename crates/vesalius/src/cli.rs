@@ -56,40 +56,12 @@ pub enum Command {
         /// The search space (TOML: one `[params."key"]` table per recipe key).
         #[arg(long)]
         space: PathBuf,
-        /// Trials (configurations drawn).
-        #[arg(long, default_value_t = 20)]
-        trials: usize,
-        /// How trials share epochs: none, hyperband, asha or top_k.
-        #[arg(long, default_value = "none")]
-        scheduler: String,
-        /// How points are drawn: sobol or random.
-        #[arg(long, default_value = "sobol")]
-        sampler: String,
-        /// Stop a trial when the probability that it beats the best complete trial falls below --curve-threshold
-        /// (scheduler none).
-        #[arg(long)]
-        curve_stop: bool,
-        /// Probability threshold of --curve-stop.
-        #[arg(long, default_value_t = 0.05)]
-        curve_threshold: f64,
-        /// Trials trained at once.
-        #[arg(long, default_value_t = 1)]
-        parallel: usize,
-        /// Seed of the sampler.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Reduction factor of the schedulers.
-        #[arg(long, default_value_t = 3)]
-        eta: usize,
-        /// Epochs of the schedulers' first rung.
-        #[arg(long, default_value_t = 1)]
-        min_epochs: usize,
-        /// The recipe key holding the number of epochs (default: train.epochs, else model.epochs).
-        #[arg(long)]
-        budget_key: Option<String>,
         /// The study folder.
         #[arg(short, long)]
         out: PathBuf,
+        /// The study's settings.
+        #[command(flatten)]
+        options: crate::tune::TuneArgs,
     },
     /// Evaluate a run's best model; prints and writes the metrics. Classification: on one of its splits;
     /// segmentation: on its validation cases, in their own grids (`metrics.json`); registration: on its
@@ -376,29 +348,9 @@ pub enum Command {
     /// Index images for content-based retrieval: each image's embedding by a classification run's network (its
     /// penultimate layer, or a stacked auto-encoder's code), or with --pixels its input pixels. Writes the index folder (`meta.json`, `vectors.f32`, and `hnsw.mpk` with --approximate).
     Index {
-        /// The classification run whose network embeds the images.
-        #[arg(long)]
-        run: PathBuf,
-        /// Image files to index.
-        images: Vec<PathBuf>,
-        /// Index the run's own samples of this split (train, val or test) with their labels and patients instead.
-        #[arg(long, conflicts_with = "images")]
-        split: Option<String>,
-        /// Embed by the input pixels (resized as the run's inputs) instead of the network: the raw-pixel baseline.
-        #[arg(long)]
-        pixels: bool,
-        /// Distance: cosine or euclidean.
-        #[arg(long, default_value = "cosine")]
-        metric: String,
-        /// Also build an HNSW graph for approximate search of large collections.
-        #[arg(long)]
-        approximate: bool,
-        /// HNSW construction breadth.
-        #[arg(long, default_value_t = 200)]
-        ef_construction: usize,
-        /// HNSW search breadth (the most neighbours an approximate search returns).
-        #[arg(long, default_value_t = 100)]
-        ef_search: usize,
+        /// What to index and how.
+        #[command(flatten)]
+        args: crate::retrieval::IndexArgs,
         /// The index folder.
         #[arg(short, long)]
         out: PathBuf,
@@ -440,54 +392,14 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
-        Command::Tune {
-            recipe,
-            space,
-            trials,
-            scheduler,
-            sampler,
-            curve_stop,
-            curve_threshold,
-            parallel,
-            seed,
-            eta,
-            min_epochs,
-            budget_key,
-            out,
-        } => {
-            use vesalius_train::tune::{Sampler, Scheduler};
-            let scheduler = match scheduler.as_str() {
-                "none" => Scheduler::None,
-                "hyperband" => Scheduler::Hyperband,
-                "asha" => Scheduler::Asha,
-                "top_k" => Scheduler::TopK,
-                other => return Err(CliError::Usage(format!("unknown --scheduler '{other}' (none, hyperband, asha, top_k)"))),
-            };
-            let sampler = match sampler.as_str() {
-                "sobol" => Sampler::Sobol,
-                "random" => Sampler::Random,
-                other => return Err(CliError::Usage(format!("unknown --sampler '{other}' (sobol, random)"))),
-            };
-            let args = crate::tune::TuneArgs {
-                trials,
-                scheduler,
-                sampler,
-                curve_stop,
-                curve_threshold,
-                parallel,
-                seed,
-                eta,
-                min_epochs,
-                budget_key,
-            };
+        Command::Tune { recipe, space, out, options } => {
             let started = std::time::Instant::now();
-            let summary = crate::tune::tune(cli.backend.map(|b| format!("{b:?}").to_lowercase()), &recipe, &space, &out, &args)?;
+            let summary = crate::tune::tune(cli.backend.map(|b| format!("{b:?}").to_lowercase()), &recipe, &space, &out, &options)?;
             print!("{}", crate::tune::format_summary(&summary, started.elapsed().as_secs_f64()));
             println!("study folder: {}", out.display());
             Ok(())
         }
-        Command::Index { run, images, split, pixels, metric, approximate, ef_construction, ef_search, out } => {
-            let args = crate::retrieval::IndexArgs { run, images, split, pixels, metric, approximate, ef_construction, ef_search };
+        Command::Index { args, out } => {
             let index = crate::retrieval::index(backend, &args, &out)?;
             let labelled = index.meta.labels.iter().filter(|l| l.is_some()).count();
             println!(

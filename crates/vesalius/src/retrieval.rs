@@ -32,23 +32,30 @@ pub struct Source {
 }
 
 /// Settings of `vesalius index`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct IndexArgs {
-    /// The classification run.
+    /// The classification run whose network embeds the images.
+    #[arg(long)]
     pub run: PathBuf,
     /// Image files to index.
     pub images: Vec<PathBuf>,
-    /// Or: the run's own samples of this split (with their labels and patients).
+    /// Index the run's own samples of this split (train, val or test) with their labels and patients instead.
+    #[arg(long, conflicts_with = "images")]
     pub split: Option<String>,
-    /// Raw pixels instead of the network's embedding.
+    /// Embed by the input pixels (resized as the run's inputs) instead of the network: the raw-pixel baseline.
+    #[arg(long)]
     pub pixels: bool,
-    /// `cosine` or `euclidean`.
+    /// Distance: cosine or euclidean.
+    #[arg(long, default_value = "cosine")]
     pub metric: String,
-    /// Build the HNSW graph.
+    /// Also build an HNSW graph for approximate search of large collections.
+    #[arg(long)]
     pub approximate: bool,
     /// HNSW construction breadth.
+    #[arg(long, default_value_t = 200)]
     pub ef_construction: usize,
-    /// HNSW search breadth.
+    /// HNSW search breadth (the most neighbours an approximate search returns).
+    #[arg(long, default_value_t = 100)]
     pub ef_search: usize,
 }
 

@@ -10,27 +10,38 @@ use vesalius_train::tune::{Progress, Runner, Sampler, Scheduler, Space, Status, 
 use crate::CliError;
 
 /// The settings of `vesalius tune` beside the recipe, the space and the study folder.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct TuneArgs {
-    /// Trials.
+    /// Trials (configurations drawn).
+    #[arg(long, default_value_t = 20)]
     pub trials: usize,
-    /// Scheduler.
-    pub scheduler: Scheduler,
-    /// Sampler.
-    pub sampler: Sampler,
-    /// Learning-curve termination.
+    /// How trials share epochs: none, hyperband, asha or top_k.
+    #[arg(long, default_value = "none")]
+    pub scheduler: String,
+    /// How points are drawn: sobol or random.
+    #[arg(long, default_value = "sobol")]
+    pub sampler: String,
+    /// Stop a trial when the probability that it beats the best complete trial falls below --curve-threshold
+    /// (scheduler none).
+    #[arg(long)]
     pub curve_stop: bool,
-    /// Its probability threshold.
+    /// Probability threshold of --curve-stop.
+    #[arg(long, default_value_t = 0.05)]
     pub curve_threshold: f64,
-    /// Trials at once.
+    /// Trials trained at once.
+    #[arg(long, default_value_t = 1)]
     pub parallel: usize,
     /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Reduction factor.
+    /// Reduction factor of the schedulers.
+    #[arg(long, default_value_t = 3)]
     pub eta: usize,
-    /// Epochs of the first rung.
+    /// Epochs of the schedulers' first rung.
+    #[arg(long, default_value_t = 1)]
     pub min_epochs: usize,
-    /// The recipe key holding the number of epochs (default: `train.epochs` or `model.epochs`).
+    /// The recipe key holding the number of epochs (default: train.epochs, else model.epochs).
+    #[arg(long)]
     pub budget_key: Option<String>,
 }
 
@@ -104,10 +115,22 @@ pub fn tune(backend: Option<String>, recipe: &Path, space: &Path, out: &Path, ar
     if space.params.contains_key(&key) {
         return Err(CliError::Usage(format!("{key} is the trials' budget of epochs; it cannot also be searched")));
     }
+    let scheduler = match args.scheduler.as_str() {
+        "none" => Scheduler::None,
+        "hyperband" => Scheduler::Hyperband,
+        "asha" => Scheduler::Asha,
+        "top_k" => Scheduler::TopK,
+        other => return Err(CliError::Usage(format!("unknown --scheduler '{other}' (none, hyperband, asha, top_k)"))),
+    };
+    let sampler = match args.sampler.as_str() {
+        "sobol" => Sampler::Sobol,
+        "random" => Sampler::Random,
+        other => return Err(CliError::Usage(format!("unknown --sampler '{other}' (sobol, random)"))),
+    };
     let config = StudyConfig {
         trials: args.trials,
-        scheduler: args.scheduler,
-        sampler: args.sampler,
+        scheduler,
+        sampler,
         seed: args.seed,
         budget: epochs,
         eta: args.eta,
