@@ -25,6 +25,13 @@ const RNN_TOLERANCE: f64 = 1e-5;
 #[cfg(feature = "test-cuda")]
 const RNN_TOLERANCE: f64 = 5e-4;
 
+/// Agreement of the CRF-as-RNN with its f64 loops after three iterations: f32 rounding on the CPU; on an H200
+/// burn-cuda's sums differed by 1.04e-4 on values near 2 (its matrix products are not exact f32), so 5e-4 there.
+#[cfg(not(feature = "test-cuda"))]
+const CRF_TOLERANCE: f64 = 1e-4;
+#[cfg(feature = "test-cuda")]
+const CRF_TOLERANCE: f64 = 5e-4;
+
 fn dev() -> burn::tensor::Device<B> {
     Default::default()
 }
@@ -414,7 +421,7 @@ fn crf_rnn_matches_the_mean_field_equations() {
         );
         let got = split(crf.forward(unary, image), classes);
         for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
-            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            assert!((a - b).abs() < CRF_TOLERANCE, "{a} vs {b}");
         }
     }
     assert_eq!(vesalius_nets::window_offsets(2.0, [true; 3]).len(), 32);
