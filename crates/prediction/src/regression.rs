@@ -763,9 +763,81 @@ fn fit_net<AB: AutodiffBackend>(
     (best.1, best.2)
 }
 
-/// Trains an image network with Adam on shuffled minibatches; the epoch with the lowest validation loss is kept.
+/// The image network's training on the engine: shuffled minibatches, the recipe's loss, the epoch with the lowest
+/// validation loss kept (checkpoints and resumption in the run's `cnn/` stage folder).
+struct ImageRegTask<'a> {
+    spec: &'a RegressionModels,
+    backbone: vesalius_nets::Arch,
+    outputs: usize,
+    thresholds: usize,
+    train: (&'a [Vec<f64>], &'a [f64]),
+    val: (&'a [Vec<f64>], &'a [f64]),
+    seed: u64,
+}
+
+impl ImageRegTask<'_> {
+    fn batch(&self) -> usize {
+        self.spec.batch.unwrap_or(32).min(self.train.0.len())
+    }
+}
+
+impl<AB: AutodiffBackend> vesalius_train::Task<AB> for ImageRegTask<'_> {
+    type Model = ImageRegNet<AB>;
+    type Error = PredError;
+
+    fn init_model(&mut self, device: &AB::Device) -> Result<ImageRegNet<AB>, PredError> {
+        ImageRegNet::new(self.backbone, self.spec.image_size(), self.outputs, self.thresholds, device)
+    }
+
+    fn epochs(&self) -> usize {
+        self.spec.epochs.unwrap_or(20)
+    }
+
+    fn steps_in_epoch(&self, _epoch: usize, _steps_done: usize) -> usize {
+        self.train.0.len().div_ceil(self.batch())
+    }
+
+    fn lr(&self, _epoch: usize) -> f64 {
+        self.spec.lr
+    }
+
+    fn train_epoch<O: Optimizer<ImageRegNet<AB>, AB>>(
+        &mut self,
+        epoch: usize,
+        stepper: &mut vesalius_train::Stepper<'_, AB, ImageRegNet<AB>, O>,
+    ) -> Result<(), PredError> {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let device = stepper.device().clone();
+        let mut order: Vec<usize> = (0..self.train.0.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(vesalius_train::engine::stream_seed(self.seed, epoch as u64, 0)));
+        // A last batch of one would leave batch normalisation without a variance.
+        for chunk in order.chunks(self.batch()).filter(|c| c.len() > 1) {
+            let rows: Vec<Vec<f64>> = chunk.iter().map(|&i| self.train.0[i].clone()).collect();
+            let y: Vec<f64> = chunk.iter().map(|&i| self.train.1[i]).collect();
+            let out = stepper.model().forward_rows(rows_tensor(&rows, &device));
+            stepper.step(net_loss(out, &y, self.spec, self.thresholds > 0, &device))?;
+        }
+        Ok(())
+    }
+
+    fn validate(
+        &mut self,
+        model: &ImageRegNet<AB::InnerBackend>,
+        _epoch: usize,
+        device: &AB::Device,
+    ) -> Result<Option<vesalius_train::Validation>, PredError> {
+        let l = net_loss(model.forward_rows(rows_tensor(self.val.0, device)), self.val.1, self.spec, self.thresholds > 0, device);
+        let l = l.into_data().convert::<f64>().to_vec::<f64>().ok().and_then(|v| v.first().copied()).unwrap_or(f64::INFINITY);
+        Ok(Some(vesalius_train::Validation::new().metric("val_loss", l).score(-l)))
+    }
+}
+
+/// Trains an image network on the engine in `stage` (see [`ImageRegTask`]); returns the best network and its epoch.
 #[allow(clippy::too_many_arguments)]
 fn fit_image_net<AB: AutodiffBackend>(
+    stage: &vesalius_train::RunDir,
+    recipe_toml: &str,
     spec: &RegressionModels,
     backbone: vesalius_nets::Arch,
     outputs: usize,
@@ -775,34 +847,16 @@ fn fit_image_net<AB: AutodiffBackend>(
     seed: u64,
     device: &AB::Device,
 ) -> Result<(ImageRegNet<AB::InnerBackend>, usize), PredError> {
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
-    AB::seed(device, seed);
-    let mut net = ImageRegNet::<AB>::new(backbone, spec.image_size(), outputs, thresholds, device)?;
-    let mut opt = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(spec.weight_decay as f32))).init::<AB, ImageRegNet<AB>>();
-    let ordinal = thresholds > 0;
-    let batch = spec.batch.unwrap_or(32).min(train.0.len());
-    let xv = rows_tensor::<AB::InnerBackend>(val.0, device);
-    let mut order: Vec<usize> = (0..train.0.len()).collect();
-    let mut best = (f64::INFINITY, net.valid(), 0);
-    for epoch in 1..=spec.epochs.unwrap_or(20) {
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(vesalius_io::mix(seed ^ epoch as u64)));
-        // A last batch of one would leave batch normalisation without a variance.
-        for chunk in order.chunks(batch).filter(|c| c.len() > 1) {
-            let rows: Vec<Vec<f64>> = chunk.iter().map(|&i| train.0[i].clone()).collect();
-            let y: Vec<f64> = chunk.iter().map(|&i| train.1[i]).collect();
-            let loss = net_loss(net.forward_rows(rows_tensor(&rows, device)), &y, spec, ordinal, device);
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
-            net = opt.step(spec.lr, net, grads);
-        }
-        let v = net.valid();
-        let l = net_loss(v.forward_rows(xv.clone()), val.1, spec, ordinal, device);
-        let l = l.into_data().convert::<f64>().to_vec::<f64>().ok().and_then(|v| v.first().copied()).unwrap_or(f64::INFINITY);
-        if l < best.0 {
-            best = (l, v, epoch);
-        }
-    }
-    Ok((best.1, best.2))
+    let rules =
+        vesalius_train::recipe::ResumeRules { free: vec!["model.lr".into()], length: vec!["model.epochs".into()], schedule_depends: false };
+    vesalius_train::engine::prepare(stage, recipe_toml, &rules)?;
+    let mut task = ImageRegTask { spec, backbone, outputs, thresholds, train, val, seed };
+    let optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(spec.weight_decay as f32))).init::<AB, ImageRegNet<AB>>();
+    let config = vesalius_train::RunOptions { quiet: true, ..Default::default() }.config(seed, None);
+    let outcome = vesalius_train::engine::train(stage, &mut task, optim, &config, device, |_| {})?;
+    let template = ImageRegNet::<AB::InnerBackend>::new(backbone, spec.image_size(), outputs, thresholds, device)?;
+    let net = vesalius_train::engine::load_module(template, &stage.best_model(), device)?;
+    Ok((net, outcome.state.best_epoch.unwrap_or(0)))
 }
 
 fn matrix(rows: &[Vec<f64>]) -> Result<DenseMatrix<f64>, PredError> {
@@ -825,6 +879,9 @@ struct FitContext<'a> {
     spec: &'a RegressionModels,
     levels: usize,
     seed: u64,
+    /// The run folder (image networks train on the engine in its `cnn/` stage) and the recipe's text.
+    run: &'a Path,
+    recipe_toml: &'a str,
 }
 
 /// Fits one model on standardised features and targets; networks also return their weights.
@@ -846,7 +903,8 @@ fn fit_model<AB: AutodiffBackend>(
     };
     if arch == RegArch::Cnn {
         let backbone = spec.backbone.ok_or_else(|| PredError::Input("the \"cnn\" model needs [model] backbone".into()))?;
-        let (net, epoch) = fit_image_net::<AB>(spec, backbone, outputs, thresholds, train, val, cx.seed, device)?;
+        let stage = vesalius_train::RunDir::new(cx.run).stage("cnn");
+        let (net, epoch) = fit_image_net::<AB>(&stage, cx.recipe_toml, spec, backbone, outputs, thresholds, train, val, cx.seed, device)?;
         let fitted = FittedReg::ImageNet { backbone, size: spec.image_size(), outputs, thresholds, epoch };
         return Ok((fitted, Some(SavedNet::Image(net))));
     }
@@ -1117,7 +1175,7 @@ pub fn train<AB: AutodiffBackend>(recipe: &RegressionRecipe, out: &Path, device:
     std::fs::create_dir_all(out).map_err(|e| PredError::Internal(format!("{}: {e}", out.display())))?;
     let text = toml::to_string(recipe).map_err(|e| PredError::Internal(e.to_string()))?;
     vesalius_io::write_atomic(&out.join("recipe.toml"), text.as_bytes()).map_err(|e| PredError::Internal(e.to_string()))?;
-    let cx = FitContext { spec: &recipe.model, levels: rows.levels.len(), seed: recipe.seed };
+    let cx = FitContext { spec: &recipe.model, levels: rows.levels.len(), seed: recipe.seed, run: out, recipe_toml: &text };
     for &arch in &recipe.model.arch {
         let cx = FitContext { seed: vesalius_io::mix(recipe.seed ^ arch as u64), ..cx };
         let (fitted, net) = fit_model::<AB>(arch, &cx, (&x_fit, &z_fit), (&x_val, &z_val), device)?;
