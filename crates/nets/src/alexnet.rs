@@ -84,6 +84,11 @@ impl AlexNetConfig {
 }
 
 impl<B: Backend> AlexNet<B> {
+    /// The structure that parameter names depend on ([`crate::transfer`]).
+    pub fn layout(&self) -> crate::transfer::Layout {
+        crate::transfer::Layout::AlexNet
+    }
+
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let last = self.convs.len() - 1;

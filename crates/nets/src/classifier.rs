@@ -146,6 +146,30 @@ impl<B: Backend> Classifier<B> {
         }
     }
 
+    /// The structure that parameter names depend on, for importing and exporting weights ([`crate::transfer`]).
+    pub fn layout(&self) -> crate::transfer::Layout {
+        match self {
+            Classifier::Mlp(_) => crate::transfer::Layout::Own("mlp"),
+            Classifier::LeNet5(_) => crate::transfer::Layout::Own("lenet5"),
+            Classifier::Sae(_) => crate::transfer::Layout::Own("sae"),
+            Classifier::AlexNet(m) => m.layout(),
+            Classifier::Vgg(m) => m.layout(),
+            Classifier::GoogLeNet(m) => m.layout(),
+            Classifier::ResNet(m) => m.layout(),
+        }
+    }
+
+    /// The name of the classification head (the last linear layer), which transfer learning replaces when the classes
+    /// differ.
+    pub fn head(&self) -> &'static str {
+        match self {
+            Classifier::AlexNet(_) | Classifier::Vgg(_) | Classifier::LeNet5(_) => "fc3",
+            Classifier::GoogLeNet(_) | Classifier::ResNet(_) => "fc",
+            Classifier::Mlp(_) => "out",
+            Classifier::Sae(_) => "head",
+        }
+    }
+
     /// Logits `[batch, classes]` for images `[batch, channels, size, size]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {

@@ -120,6 +120,11 @@ impl GoogLeNetConfig {
 }
 
 impl<B: Backend> GoogLeNet<B> {
+    /// The structure that parameter names depend on ([`crate::transfer`]).
+    pub fn layout(&self) -> crate::transfer::Layout {
+        crate::transfer::Layout::GoogLeNet
+    }
+
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let last = self.cam_layers() - 1;

@@ -52,6 +52,7 @@ pub mod explain;
 pub mod loss;
 pub mod ops;
 pub mod record;
+pub mod transfer;
 
 pub use affine_net::{AffineNet, AffineNetConfig, warp_by_affine};
 pub use alexnet::{AlexNet, AlexNetConfig};

@@ -44,6 +44,9 @@ pub struct ResNetConfig {
     /// Input height and width (28 to 224); below 64 the stem is 3×3 stride 1 without max-pool.
     #[config(default = 224)]
     pub input_size: usize,
+    /// Width of the first stage (the stages are `width`, 2×, 4× and 8× as wide); 64 is torchvision's.
+    #[config(default = 64)]
+    pub width: usize,
 }
 
 /// Convolution without bias followed by batch normalisation (no activation).
@@ -129,18 +132,18 @@ impl ResNetConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
         let small = self.input_size < SMALL_INPUT_LIMIT;
         let stem = if small {
-            ConvBnRelu::new(self.in_channels, 64, 3, 1, 1, 1e-5, device)
+            ConvBnRelu::new(self.in_channels, self.width, 3, 1, 1, 1e-5, device)
         } else {
-            ConvBnRelu::new(self.in_channels, 64, 7, 2, 3, 1e-5, device)
+            ConvBnRelu::new(self.in_channels, self.width, 7, 2, 3, 1e-5, device)
         };
         let maxpool =
             (!small).then(|| MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init());
         let bottleneck = self.depth == ResNetDepth::ResNet50;
         let expansion = if bottleneck { 4 } else { 1 };
         let mut blocks = Vec::new();
-        let mut cin = 64;
+        let mut cin = self.width;
         for (stage, &n) in self.depth.layers().iter().enumerate() {
-            let width = 64 << stage;
+            let width = self.width << stage;
             for i in 0..n {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let cout = width * expansion;
@@ -173,12 +176,19 @@ impl ResNetConfig {
 }
 
 impl<B: Backend> ResNet<B> {
+    /// The structure that parameter names depend on ([`crate::transfer`]).
+    pub fn layout(&self) -> crate::transfer::Layout {
+        // 8 blocks: ResNet-18; 16: ResNet-34 or 50 (the block type tells them apart, not the stage sizes).
+        let layers = if self.blocks.len() == 8 { ResNetDepth::ResNet18.layers() } else { ResNetDepth::ResNet34.layers() };
+        crate::transfer::Layout::ResNet { layers }
+    }
+
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         self.fc.forward(self.features(x))
     }
 
-    /// Globally pooled features `[batch, 512 or 2048]`, the input of the classifier.
+    /// Globally pooled features `[batch, 8·width]` (`[batch, 32·width]` for ResNet-50; 512 and 2048 at torchvision's width), the input of the classifier.
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let mut x = self.stem.forward(x);
         if let Some(p) = &self.maxpool {

@@ -12,7 +12,7 @@ use burn::nn::conv::{
 };
 use burn::nn::{BatchNorm, BatchNormConfig, InstanceNorm, InstanceNormConfig, PaddingConfig2d, PaddingConfig3d};
 use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{leaky_relu, relu};
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
@@ -149,33 +149,53 @@ pub struct DoubleConv<B: Backend> {
     norm2: Norm<B>,
     skip: Option<ConvNd<B>>,
     residual: bool,
+    slope: f64,
 }
 
 impl<B: Backend> DoubleConv<B> {
     /// A block from `cin` to `cout` channels.
     pub fn new(dims: usize, cin: usize, cout: usize, norm: NormKind, residual: bool, device: &B::Device) -> Self {
+        Self::with_options(dims, cin, cout, norm, residual, false, 0.0, device)
+    }
+
+    /// A block whose convolutions have biases when `bias`, with leaky ReLUs of negative slope `slope` (0: ReLU).
+    pub fn with_options(
+        dims: usize,
+        cin: usize,
+        cout: usize,
+        norm: NormKind,
+        residual: bool,
+        bias: bool,
+        slope: f64,
+        device: &B::Device,
+    ) -> Self {
         Self {
-            conv1: ConvNd::new(dims, cin, cout, 3, false, device),
+            conv1: ConvNd::new(dims, cin, cout, 3, bias, device),
             norm1: Norm::new(norm, cout, device),
-            conv2: ConvNd::new(dims, cout, cout, 3, false, device),
+            conv2: ConvNd::new(dims, cout, cout, 3, bias, device),
             norm2: Norm::new(norm, cout, device),
             skip: (residual && cin != cout).then(|| ConvNd::new(dims, cin, cout, 1, false, device)),
             residual,
+            slope,
         }
+    }
+
+    fn act(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        if self.slope == 0.0 { relu(x) } else { leaky_relu(x, self.slope) }
     }
 
     /// Applies the block.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let y = relu(self.norm1.forward(self.conv1.forward(x.clone())));
+        let y = self.act(self.norm1.forward(self.conv1.forward(x.clone())));
         let y = self.norm2.forward(self.conv2.forward(y));
         if !self.residual {
-            return relu(y);
+            return self.act(y);
         }
         let shortcut = match &self.skip {
             Some(conv) => conv.forward(x),
             None => x,
         };
-        relu(y + shortcut)
+        self.act(y + shortcut)
     }
 }
 
@@ -224,6 +244,12 @@ pub struct UNetConfig {
     /// Extra 1×1 heads on every decoder level but the last, for deep supervision.
     #[config(default = false)]
     pub deep_supervision: bool,
+    /// Biases in the 3×3 convolutions (MONAI's `BasicUNet` has them; nnU-Net's and the default U-Net do not).
+    #[config(default = false)]
+    pub conv_bias: bool,
+    /// Negative slope of the leaky ReLUs (0: ReLU; MONAI's `BasicUNet` uses 0.1).
+    #[config(default = 0.0)]
+    pub negative_slope: f64,
 }
 
 /// A U-Net.
@@ -262,7 +288,7 @@ impl UNetConfig {
         let mut enc = Vec::new();
         let mut cin = self.in_channels;
         for &c in ch {
-            enc.push(DoubleConv::new(dims, cin, c, self.norm, self.residual, device));
+            enc.push(DoubleConv::with_options(dims, cin, c, self.norm, self.residual, self.conv_bias, self.negative_slope, device));
             cin = c;
         }
         let mut up = Vec::new();
@@ -274,7 +300,7 @@ impl UNetConfig {
                 UpKind::Transposed => Up::Transposed(UpConv::new(dims, from, to, device)),
                 UpKind::Interpolate => Up::Interpolate(ConvNd::new(dims, from, to, 1, true, device)),
             });
-            dec.push(DoubleConv::new(dims, 2 * to, to, self.norm, self.residual, device));
+            dec.push(DoubleConv::with_options(dims, 2 * to, to, self.norm, self.residual, self.conv_bias, self.negative_slope, device));
             if self.deep_supervision && level > 0 {
                 aux_heads.push(ConvNd::new(dims, to, self.classes, 1, true, device));
             }
@@ -284,6 +310,17 @@ impl UNetConfig {
 }
 
 impl<B: Backend> UNet<B> {
+    /// The structure that parameter names depend on ([`crate::transfer`]); MONAI's `BasicUNet` corresponds to
+    /// channels `[f, f, 2f, 4f, 8f]` with instance norm, transposed convolutions, `conv_bias` and a negative slope
+    /// of 0.1.
+    pub fn layout(&self) -> crate::transfer::Layout {
+        crate::transfer::Layout::UNet {
+            levels: self.enc.len(),
+            residual: self.enc.iter().any(|b| b.residual),
+            deep_supervision: !self.aux_heads.is_empty(),
+        }
+    }
+
     /// Logits `[n, classes, d, h, w]` for `[n, in_channels, d, h, w]` (d = 1 for a 2D network). Spatial sizes must
     /// be divisible by 2^(levels − 1) (in 2D, height and width only).
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {

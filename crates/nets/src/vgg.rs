@@ -113,6 +113,12 @@ impl VggConfig {
 }
 
 impl<B: Backend> Vgg<B> {
+    /// The structure that parameter names depend on ([`crate::transfer`]).
+    pub fn layout(&self) -> crate::transfer::Layout {
+        let depth = if self.convs.len() == 8 { VggDepth::Vgg11 } else { VggDepth::Vgg16 };
+        crate::transfer::Layout::Vgg { blocks: depth.blocks().iter().map(|b| b.len()).collect(), batch_norm: !self.norms.is_empty() }
+    }
+
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let last = self.convs.len() - 1;
