@@ -6,6 +6,7 @@ use vesalius_data::augment::Augment2d;
 use vesalius_data::source::SourceConfig;
 use vesalius_data::split::SplitFractions;
 use vesalius_nets::Arch;
+use vesalius_train::transfer::{Freeze, TransferSpec};
 
 use crate::CadxError;
 
@@ -55,6 +56,39 @@ pub struct ModelSection {
     /// file sources.
     #[serde(default)]
     pub input_size: Option<usize>,
+    /// Transfer learning: a weight file to start from (`.pt`, `.pth`, `.safetensors`; torchvision, MONAI or
+    /// Vesalius names), relative to the recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+    /// Whose names `init` uses (`vesalius`, `torchvision`, `monai`); found from the file when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_naming: Option<vesalius_nets::transfer::Naming>,
+    /// Layers that keep their random initialisation (absent: the head, when the class count differs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_skip: Option<Vec<String>>,
+    /// Layers frozen at the start: a list of layer names, or the number of leading layer groups.
+    #[serde(default, skip_serializing_if = "Freeze::is_none")]
+    pub freeze: Freeze,
+    /// Gradual unfreezing: every this many epochs the frozen group nearest the head trains again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfreeze_every: Option<usize>,
+    /// Learning-rate multipliers by layer (`lr_scale = { stem = 0.1 }`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lr_scale: std::collections::BTreeMap<String, f64>,
+}
+
+impl ModelSection {
+    /// The transfer-learning keys as the engine's [`TransferSpec`].
+    pub fn transfer(&self) -> TransferSpec {
+        TransferSpec {
+            init: self.init.clone(),
+            init_naming: self.init_naming,
+            init_skip: self.init_skip.clone(),
+            freeze: self.freeze.clone(),
+            unfreeze_every: self.unfreeze_every,
+            lr_scale: self.lr_scale.clone(),
+        }
+    }
 }
 
 /// Greedy layer-wise pre-training of an `sae` classifier's encoder (see [`vesalius_train::greedy`]).
@@ -282,7 +316,11 @@ impl Recipe {
         let mut recipe = Self::from_toml(&text).map_err(|e| CadxError::Input(format!("{}: {e}", path.display())))?;
         let base: PathBuf = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-        recipe.data.resolve(&std::path::absolute(&base).unwrap_or(base));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        recipe.data.resolve(&base);
+        if let Some(init) = &recipe.model.init {
+            recipe.model.init = Some(base.join(init));
+        }
         Ok(recipe)
     }
 
@@ -309,6 +347,7 @@ impl Recipe {
         if self.eval.bootstrap == 0 {
             return Err("eval.bootstrap must be at least 1".into());
         }
+        self.model.transfer().validate()?;
         if self.model.pretrain.is_some() && self.model.arch != Arch::Sae {
             return Err("model.pretrain applies to arch = \"sae\" only".into());
         }

@@ -18,6 +18,7 @@ use vesalius_nets::{Arch, Autoencoder, Classifier, ClassifierConfig, SAE_HIDDEN}
 use vesalius_train::engine::{self, RunOptions};
 use vesalius_train::greedy::{GreedyConfig, train_stacked_in_run};
 use vesalius_train::recipe::ResumeRules;
+use vesalius_train::transfer::{self, LayerPlan};
 use vesalius_train::{EpochRecord, Stepper, Task, Validation};
 
 use crate::CadxError;
@@ -140,6 +141,8 @@ struct CadxTask<'a, B: AutodiffBackend> {
     batcher: ClassificationBatcher,
     val_targets: vesalius_eval::classification::Targets,
     pretrained: Option<Autoencoder<B>>,
+    run: &'a RunDir,
+    plan: Option<LayerPlan>,
 }
 
 impl<B: AutodiffBackend> Task<B> for CadxTask<'_, B> {
@@ -148,7 +151,20 @@ impl<B: AutodiffBackend> Task<B> for CadxTask<'_, B> {
 
     fn init_model(&mut self, device: &B::Device) -> Result<Classifier<B>, CadxError> {
         let model = self.info.model.init(device).map_err(|e| CadxError::Input(format!("model: {e}")))?;
-        model.with_pretrained(self.pretrained.as_ref()).map_err(|e| CadxError::Internal(format!("pre-trained encoder: {e}")))
+        let model =
+            model.with_pretrained(self.pretrained.as_ref()).map_err(|e| CadxError::Internal(format!("pre-trained encoder: {e}")))?;
+        let spec = self.recipe.model.transfer();
+        let (layout, head) = (model.layout(), model.head());
+        let (model, init) = transfer::initialise(model, &layout, head, &spec, Path::new("."))?;
+        if let Some(init) = init {
+            write_json(&init, &self.run.root().join("init.json"))?;
+        }
+        self.plan = transfer::layer_plan(&model, &spec)?;
+        Ok(model)
+    }
+
+    fn layer_plan(&self) -> Option<&LayerPlan> {
+        self.plan.as_ref()
     }
 
     fn epochs(&self) -> usize {
@@ -273,6 +289,8 @@ pub fn train<B: AutodiffBackend>(
         weights: class_weights(recipe, &data.train, info.classes.len(), info.multi_label)?,
         batcher: ClassificationBatcher { channels: data.train.channels, size: data.train.size, augment: t.augment.clone() },
         val_targets: targets_of(&data.val),
+        run: &run,
+        plan: None,
     };
     let config = options.config(recipe.seed, t.early_stopping_patience);
     let on_epoch = |r: &EpochRecord| {

@@ -146,8 +146,12 @@ pub struct VolumePatchesConfig {
     pub patch: usize,
     /// Slices (along the third voxel axis) of each split, as half-open ranges `[start, end)`.
     pub slabs: BTreeMap<Split, [usize; 2]>,
-    /// Patches drawn per class and per slice range, for train; validation and test take a third of it.
+    /// Patches drawn per class and per slice range, for train; validation and test take a third of it unless
+    /// `eval_per_class` is set.
     pub per_class: usize,
+    /// Patches per class for validation and test (a small labelled training set evaluated on enough patches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_per_class: Option<usize>,
     /// Seed of the patch positions.
     #[serde(default)]
     pub seed: u64,
@@ -470,7 +474,7 @@ fn load_volume_patches(cfg: &VolumePatchesConfig) -> Result<Samples> {
                 }
             }
         }
-        let want = if split == Split::Train { cfg.per_class } else { cfg.per_class.div_ceil(3) };
+        let want = if split == Split::Train { cfg.per_class } else { cfg.eval_per_class.unwrap_or(cfg.per_class.div_ceil(3)) };
         for (c, centres) in by_class.iter_mut().enumerate() {
             centres.shuffle(&mut rng);
             for &[x, y, z] in centres.iter().take(want) {

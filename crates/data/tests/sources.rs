@@ -130,6 +130,7 @@ fn patches(slabs: BTreeMap<Split, [usize; 2]>, per_class: usize) -> VolumePatche
         patch: 28,
         slabs,
         per_class,
+        eval_per_class: None,
         seed: 1,
     }
 }
@@ -156,7 +157,11 @@ fn volume_patches_from_disjoint_slabs() {
         assert!((centre - t1.get(&[x, y, z]) / 255.0).abs() < 1e-6);
     }
     // Reproducible by seed.
-    assert_eq!(load(&SourceConfig::VolumePatches(cfg), 1, 0).unwrap(), s);
+    assert_eq!(load(&SourceConfig::VolumePatches(cfg.clone()), 1, 0).unwrap(), s);
+    // A small training set evaluated on more patches.
+    let small = VolumePatchesConfig { per_class: 3, eval_per_class: Some(25), ..cfg };
+    let s = load(&SourceConfig::VolumePatches(small), 1, 0).unwrap();
+    assert_eq!((s.of_split(Split::Train).count(), s.of_split(Split::Val).count(), s.of_split(Split::Test).count()), (12, 100, 100));
 
     let close = BTreeMap::from([(Split::Train, [40, 60]), (Split::Test, [70, 80])]);
     let e = load(&SourceConfig::VolumePatches(patches(close, 5)), 1, 0).unwrap_err().to_string();

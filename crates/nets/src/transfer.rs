@@ -263,6 +263,30 @@ pub fn parameter_names<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec
     module.collect(None, None, true).iter().map(|s| (s.full_path(), s.shape.to_vec())).collect()
 }
 
+/// The network's parameter paths (as [`parameter_names`]) with their parameter ids, in the network's order.
+pub fn parameter_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, burn::module::ParamId)> {
+    module.collect(None, None, true).iter().map(|s| (s.full_path(), s.tensor_id.unwrap_or_default())).collect()
+}
+
+/// The layer groups of a network, in order: a parameter path's first component, or its first two when the second
+/// is an index (`stem`, `blocks.0`, …, `blocks.7`, `fc` for a ResNet; `enc.0`, …, `head` for a U-Net). Freezing
+/// "the first N groups" counts these.
+pub fn layer_groups<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    for (path, _) in parameter_names(module) {
+        let parts: Vec<&str> = path.split('.').collect();
+        let group = match parts.as_slice() {
+            [a, b, _, ..] if b.parse::<usize>().is_ok() => format!("{a}.{b}"),
+            [a, ..] => a.to_string(),
+            [] => continue,
+        };
+        if groups.last() != Some(&group) {
+            groups.push(group);
+        }
+    }
+    groups
+}
+
 /// The network's parameters under `naming`'s names, with their shapes as files hold them (linear weights
 /// `[out, in]`, PyTorch's layout, under every naming), in the network's order.
 pub fn external_parameters<B: Backend, M: Module<B>>(

@@ -48,6 +48,10 @@ pub struct PlanOverrides {
     pub residual: Option<bool>,
     /// Deep supervision: losses on every decoder level but the coarsest, weighted 1, ½, ¼, … from the finest.
     pub deep_supervision: Option<bool>,
+    /// Biases in the 3×3 convolutions (MONAI's `BasicUNet` has them).
+    pub conv_bias: Option<bool>,
+    /// Negative slope of leaky ReLUs (0: ReLU; MONAI's `BasicUNet` uses 0.1).
+    pub negative_slope: Option<f64>,
     /// Memory budget for one training step, in MiB.
     pub memory_mib: Option<f64>,
     /// Per-channel intensity normalisation.
@@ -81,6 +85,12 @@ pub struct Plans {
     /// Deep supervision during training.
     #[serde(default)]
     pub deep_supervision: bool,
+    /// Biases in the 3×3 convolutions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conv_bias: bool,
+    /// Negative slope of the leaky ReLUs (0: ReLU).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub negative_slope: f64,
     /// Per-channel intensity normalisation.
     pub normalisation: Vec<Normalisation>,
     /// The memory budget planned for, MiB.
@@ -201,9 +211,15 @@ pub fn plan(fp: &Fingerprint, overrides: &PlanOverrides) -> Plans {
         norm: overrides.norm.unwrap_or(NormKind::Instance),
         residual: overrides.residual.unwrap_or(false),
         deep_supervision: overrides.deep_supervision.unwrap_or(false),
+        conv_bias: overrides.conv_bias.unwrap_or(false),
+        negative_slope: overrides.negative_slope.unwrap_or(0.0),
         normalisation,
         memory_mib,
     }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Plans {
@@ -213,6 +229,8 @@ impl Plans {
             .with_norm(self.norm)
             .with_residual(self.residual)
             .with_deep_supervision(self.deep_supervision)
+            .with_conv_bias(self.conv_bias)
+            .with_negative_slope(self.negative_slope)
     }
 
     /// Preprocessing: volumes reoriented to RAS (so differently stored scans look alike to the network),

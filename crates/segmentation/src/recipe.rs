@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use vesalius_data::transforms::{Pipeline, Transform};
+use vesalius_train::transfer::TransferSpec;
 
 /// One case listed in the recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -252,6 +253,10 @@ pub struct SegRecipe {
     /// Plan overrides.
     #[serde(default)]
     pub plan: PlanOverrides,
+    /// Transfer learning: weights to start from (`init`, `init_naming`, `init_skip`), frozen layers (`freeze`,
+    /// `unfreeze_every`) and per-layer learning rates (`lr_scale`), as [`vesalius_train::transfer::TransferSpec`].
+    #[serde(default, skip_serializing_if = "TransferSpec::is_default")]
+    pub model: TransferSpec,
     /// Training.
     #[serde(default)]
     pub train: TrainSection,
@@ -300,6 +305,7 @@ impl SegRecipe {
                 cache: None,
             },
             plan: PlanOverrides::default(),
+            model: TransferSpec::default(),
             train: TrainSection::default(),
             augment: default_augment(),
             infer: InferSection::default(),
@@ -342,6 +348,9 @@ impl SegRecipe {
             c.image.iter_mut().for_each(fix);
             fix(&mut c.label);
         }
+        if let Some(init) = &mut self.model.init {
+            fix(init);
+        }
     }
 
     /// Checks what the types cannot.
@@ -350,6 +359,7 @@ impl SegRecipe {
         if self.task != "segmentation" {
             return bad(format!("task is '{}', expected 'segmentation'", self.task));
         }
+        self.model.validate().map_err(SegError::Input)?;
         let d = &self.data;
         let sources = d.dataset.is_some() as u8 + d.manifest.is_some() as u8 + (!d.cases.is_empty()) as u8;
         if sources != 1 {

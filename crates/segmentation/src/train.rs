@@ -9,6 +9,7 @@ use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use vesalius_data::Image;
 use vesalius_data::cache::{DiskCache, Volume};
@@ -23,6 +24,7 @@ use vesalius_nets::loss;
 use vesalius_train::engine::{self, EngineState, RunOptions};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::sliding::SlidingWindow;
+use vesalius_train::transfer::{self, LayerPlan};
 use vesalius_train::{EpochRecord, Stepper, Task, Validation};
 
 /// A case as training sees it: on disk, or a piece of one held in memory (slab splits).
@@ -384,6 +386,8 @@ struct SegTask<'a> {
     val: Vec<Subject>,
     fg_classes: Vec<u16>,
     quiet: bool,
+    run: &'a RunDir,
+    plan: Option<LayerPlan>,
 }
 
 impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
@@ -391,7 +395,18 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
     type Error = SegError;
 
     fn init_model(&mut self, device: &AB::Device) -> Result<UNet<AB>, SegError> {
-        Ok(self.plans.unet().init::<AB>(device))
+        let model = self.plans.unet().init::<AB>(device);
+        let layout = model.layout();
+        let (model, init) = transfer::initialise(model, &layout, "", &self.recipe.model, Path::new("."))?;
+        if let Some(init) = init {
+            self.run.write_json("init.json", &init)?;
+        }
+        self.plan = transfer::layer_plan(&model, &self.recipe.model)?;
+        Ok(model)
+    }
+
+    fn layer_plan(&self) -> Option<&LayerPlan> {
+        self.plan.as_ref()
     }
 
     fn epochs(&self) -> usize {
@@ -531,7 +546,7 @@ pub fn train_with<AB: AutodiffBackend>(
     };
     let loader = PatchLoader::new(&cases, loader_config.clone());
     let fg_classes: Vec<u16> = (1..plans.classes as u16).collect();
-    let mut task = SegTask { recipe, plans: &plans, loader, val: val.clone(), fg_classes, quiet: options.quiet };
+    let mut task = SegTask { recipe, plans: &plans, loader, val: val.clone(), fg_classes, quiet: options.quiet, run, plan: None };
     let config = options.config(t.seed, None);
     let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
     let outcome = engine::train(run, &mut task, optim, &config, device, &mut on_epoch)?;

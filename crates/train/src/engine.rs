@@ -263,6 +263,11 @@ pub trait Task<B: AutodiffBackend> {
     fn task_state(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// Frozen layers and per-layer learning-rate scales ([`crate::transfer`]); `None`: every parameter trains at the
+    /// epoch's rate.
+    fn layer_plan(&self) -> Option<&crate::transfer::LayerPlan> {
+        None
+    }
     /// Restores [`Task::task_state`] when resuming.
     fn restore_task_state(&mut self, _state: &serde_json::Value) -> Result<(), Self::Error> {
         Ok(())
@@ -280,6 +285,8 @@ pub struct Stepper<'a, B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M,
     loss_weight: f64,
     bar: indicatif::ProgressBar,
     device: B::Device,
+    /// Learning-rate factors and their parameters for this epoch, when not every parameter trains at factor 1.
+    groups: Option<Vec<(f64, Vec<burn::module::ParamId>)>>,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> Stepper<'_, B, M, O> {
@@ -305,9 +312,22 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> Stepper<'_, B
         if !value.is_finite() {
             return Err(TrainError::Diverged { epoch: self.epoch + 1, step: self.steps_done + 1, value, resume_epoch: self.epoch });
         }
-        let model = self.model.take().expect("the model is only taken inside a step");
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        self.model = Some(self.optim.step(self.lr, model, grads));
+        let mut model = self.model.take().expect("the model is only taken inside a step");
+        match &self.groups {
+            None => {
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = self.optim.step(self.lr, model, grads);
+            }
+            Some(groups) => {
+                // Frozen parameters belong to no group and get no update; each group steps at its own rate.
+                let mut grads = loss.backward();
+                for (factor, ids) in groups {
+                    let part = GradientsParams::from_params(&mut grads, &model, ids);
+                    model = self.optim.step(self.lr * factor, model, part);
+                }
+            }
+        }
+        self.model = Some(model);
         self.steps_done += 1;
         self.loss_sum += value * weight;
         self.loss_weight += weight;
@@ -484,7 +504,9 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         let lr = task.lr(epoch);
         let steps = task.steps_in_epoch(epoch, state.steps_done);
         let label = format!("epoch {}/{}", epoch + 1, task.epochs());
+        let groups = task.layer_plan().and_then(|plan| plan.groups(&model, epoch));
         let mut stepper = Stepper {
+            groups,
             model: Some(model),
             optim: &mut optim,
             lr,

@@ -12,6 +12,8 @@
 //! * [`progress`]: progress bars with ETA, drawn only on a terminal.
 //! * [`tune`]: hyper-parameter search over any recipe key — random or Sobol sampling, Hyperband, ASHA, top-k, and
 //!   early termination by learning-curve extrapolation — with one folder per study that resumes after a kill.
+//! * [`transfer`]: starting from weights trained elsewhere (PyTorch, safetensors), frozen layers, per-layer
+//!   learning rates and gradual unfreezing, applied by the engine at every step.
 //! * [`sliding`]: inference over whole volumes window by window with bounded memory (Gaussian importance,
 //!   mirror test-time augmentation), for every task that predicts dense maps.
 //!
@@ -23,6 +25,7 @@ pub mod progress;
 pub mod recipe;
 pub mod run;
 pub mod sliding;
+pub mod transfer;
 pub mod tune;
 
 pub use engine::{EngineConfig, EpochRecord, RunOptions, Stepper, Task, Validation};

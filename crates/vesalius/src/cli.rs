@@ -377,6 +377,20 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Write a classification or segmentation run's best network to a safetensors file: under torchvision's names
+    /// (ResNet, VGG, AlexNet, GoogLeNet; the default for them), MONAI's `BasicUNet` names, or Vesalius's own (the
+    /// default otherwise), with PyTorch's tensor layouts, for PyTorch or for another recipe's `[model] init`.
+    Export {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// vesalius, torchvision or monai.
+        #[arg(long)]
+        naming: Option<String>,
+        /// The safetensors file.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Run the reference training workloads and print one JSON line each.
     Bench {
         /// Comma-separated workload names (default: all).
@@ -397,6 +411,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let summary = crate::tune::tune(cli.backend.map(|b| format!("{b:?}").to_lowercase()), &recipe, &space, &out, &options)?;
             print!("{}", crate::tune::format_summary(&summary, started.elapsed().as_secs_f64()));
             println!("study folder: {}", out.display());
+            Ok(())
+        }
+        Command::Export { run, naming, out } => {
+            let naming = match naming.as_deref() {
+                None => None,
+                Some(n) => Some(
+                    serde_json::from_value::<vesalius_nets::transfer::Naming>(serde_json::Value::String(n.to_string()))
+                        .map_err(|_| CliError::Usage(format!("--naming {n}: expected vesalius, torchvision or monai")))?,
+                ),
+            };
+            let done = crate::export::export(backend, &run, naming, &out)?;
+            println!("wrote {} tensors under {:?} names to {}", done.tensors, done.naming, out.display());
             Ok(())
         }
         Command::Index { args, out } => {

@@ -18,6 +18,7 @@ pub mod commands;
 pub mod detect;
 pub mod enhance;
 pub mod explain;
+pub mod export;
 pub mod radiomics;
 pub mod regression;
 pub mod response;

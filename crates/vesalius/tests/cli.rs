@@ -1301,3 +1301,139 @@ fn tune_searches_a_recipe_resumes_and_reports_bad_spaces() {
     ]);
     assert_input_error(&o, "engine");
 }
+
+/// Tensors of a safetensors file by name (values as f32).
+fn safetensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let file = vesalius_nets::transfer::WeightFile::open(path).unwrap();
+    file.tensors().into_iter().map(|(name, _)| (name.clone(), file.values(&name).unwrap())).collect()
+}
+
+#[test]
+fn transfer_learning_exports_a_run_and_fine_tunes_another_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = root().join("fixtures/mni152");
+    let recipe = |name: &str, slabs: &str, model: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\nseed = 3\n[data]\nkind = \"volume-patches\"\nimage = {:?}\nlabels = {:?}\nmask = {:?}\n\
+                 classes = [\"outside brain\", \"other brain\", \"grey matter\", \"white matter\"]\npatch = 28\nper_class = 20\n\
+                 slabs = {slabs}\n[model]\narch = \"lenet5\"\n{model}\n[train]\nepochs = 2\nbatch_size = 16\n\
+                 optimizer = {{ kind = \"adam\", lr = 0.001 }}\n[eval]\nbootstrap = 50\n",
+                fx.join("mni152_t1.nii.gz"),
+                fx.join("mni152_tissue_labels.nii.gz"),
+                fx.join("mni152_brain_mask.nii.gz"),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let source = recipe("source", "{ train = [40, 60], val = [88, 92], test = [120, 124] }", "");
+    let run = dir.path().join("source-run");
+    let o = vesalius(&["train", source.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // LeNet-5 has no torchvision name: the export says so; its own names are the default.
+    let weights = dir.path().join("source.safetensors");
+    assert_input_error(
+        &vesalius(&["export", "--run", run.to_str().unwrap(), "--naming", "torchvision", "-o", weights.to_str().unwrap()]),
+        "Torchvision",
+    );
+    assert!(!weights.exists());
+    let o = vesalius(&["export", "--run", run.to_str().unwrap(), "-o", weights.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), format!("wrote 10 tensors under Vesalius names to {}", weights.display()));
+    let exported = safetensors(&weights);
+    assert_eq!(exported["fc3.weight"].len(), 4 * 84);
+
+    // Fine-tuning on other slices, convolutions frozen, the head at a tenth of the rate.
+    let target = recipe(
+        "target",
+        "{ train = [156, 170], val = [88, 92], test = [120, 124] }",
+        &format!("init = {weights:?}\nfreeze = [\"conv1\", \"conv2\"]\nlr_scale = {{ fc3 = 0.1 }}"),
+    );
+    let tuned = dir.path().join("target-run");
+    let o = vesalius(&["train", target.to_str().unwrap(), "--out", tuned.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let init: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tuned.join("init.json")).unwrap()).unwrap();
+    assert_eq!((init["naming"].as_str(), init["loaded"].as_u64()), (Some("vesalius"), Some(10)));
+    let after = dir.path().join("target.safetensors");
+    assert!(vesalius(&["export", "--run", tuned.to_str().unwrap(), "-o", after.to_str().unwrap()]).status.success());
+    let after = safetensors(&after);
+    for name in ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"] {
+        assert_eq!(after[name], exported[name], "{name} is frozen");
+    }
+    for name in ["fc1.weight", "fc3.weight"] {
+        assert_ne!(after[name], exported[name], "{name} trains");
+    }
+
+    // A missing weight file and an unknown layer are input errors naming them.
+    let gone = recipe("gone", "{ train = [156, 170], val = [88, 92], test = [120, 124] }", "init = \"/nonexistent/w.safetensors\"");
+    let o = vesalius(&["train", gone.to_str().unwrap(), "--out", dir.path().join("gone-run").to_str().unwrap(), "--quiet"]);
+    assert_input_error(&o, "/nonexistent/w.safetensors");
+    let bad =
+        recipe("bad", "{ train = [156, 170], val = [88, 92], test = [120, 124] }", &format!("init = {weights:?}\nfreeze = [\"stem\"]"));
+    let o = vesalius(&["train", bad.to_str().unwrap(), "--out", dir.path().join("bad-run").to_str().unwrap(), "--quiet"]);
+    assert_input_error(&o, "no layer `stem`");
+}
+
+#[test]
+fn segmentation_starts_from_monai_basic_unet_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = root().join("fixtures/nifti/pyradiomics");
+    let weights = root().join("fixtures/transfer/basicunet_3d.safetensors");
+    let recipe = dir.path().join("monai.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"task = "segmentation"
+[data]
+cases = [
+  {{ id = "brain1", image = ["{0}/brain1_image.nii.gz"], label = "{0}/brain1_label.nii.gz" }},
+  {{ id = "brain2", image = ["{0}/brain2_image.nii.gz"], label = "{0}/brain2_label.nii.gz" }},
+]
+labels = {{ background = 0, tumour = 1 }}
+folds = 2
+[plan]
+target_spacing = [3.2, 3.2, 6.5]
+patch = [32, 32, 16]
+batch = 1
+features = [2, 2, 4, 8, 16]
+norm = "instance"
+conv_bias = true
+negative_slope = 0.1
+[model]
+init = {1:?}
+init_skip = ["head"]
+freeze = ["enc"]
+[train]
+epochs = 1
+iterations = 2
+"#,
+            fx.display(),
+            weights
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let init: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("init.json")).unwrap()).unwrap();
+    let file = safetensors(&weights);
+    // Everything but MONAI's 3-class final convolution (this recipe has 2 classes).
+    assert_eq!(init["naming"], "monai");
+    assert_eq!(init["loaded"].as_u64(), Some(file.len() as u64 - 2));
+    assert_eq!(init["kept"], serde_json::json!(["head.weight", "head.bias"]));
+    // Exported under MONAI's names: the frozen encoder is the file's, the decoder has trained.
+    let out = dir.path().join("unet.safetensors");
+    let o = vesalius(&["export", "--run", run.to_str().unwrap(), "--naming", "monai", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = safetensors(&out);
+    assert_eq!(after.len(), file.len());
+    for (name, values) in &file {
+        if name.starts_with("conv_0.") || name.starts_with("down_") {
+            assert_eq!(&after[name], values, "{name} is frozen");
+        }
+    }
+    assert_ne!(after["upcat_1.convs.conv_0.conv.weight"], file["upcat_1.convs.conv_0.conv.weight"]);
+}
