@@ -255,6 +255,29 @@ pub struct LoadReport {
     pub kept: Vec<String>,
     /// The file's tensors no parameter used (auxiliary heads, `num_batches_tracked` counters, skipped layers).
     pub unused: Vec<String>,
+    /// Parameters converted on the way: the first convolution's weights for another number of input channels.
+    pub adapted: Vec<String>,
+}
+
+/// A first convolution's weights `[out, c_file, k…]` for `channels` input channels, as timm's `adapt_input_conv`
+/// does: summed over the file's channels for one channel (a grey image seen as equal R, G and B gives the same
+/// response); otherwise the file's channels repeated cyclically and scaled by `c_file / channels`.
+pub fn adapt_input_channels(values: &[f32], shape: &[usize], channels: usize) -> Vec<f32> {
+    let (out, c_file) = (shape[0], shape[1]);
+    let k: usize = shape[2..].iter().product();
+    let mut adapted = vec![0f32; out * channels * k];
+    for o in 0..out {
+        for c in 0..channels {
+            for i in 0..k {
+                adapted[(o * channels + c) * k + i] = if channels == 1 {
+                    (0..c_file).map(|cf| values[(o * c_file + cf) * k + i]).sum()
+                } else {
+                    values[(o * c_file + c % c_file) * k + i] * c_file as f32 / channels as f32
+                };
+            }
+        }
+    }
+    adapted
 }
 
 /// The network's parameter paths (module paths without enum variants, as [`to_safetensors`] writes them under
@@ -361,7 +384,26 @@ pub fn load_weights<B: Backend, M: Module<B>>(
             });
         };
         let expected = file_shape(s);
-        if theirs.shape.to_vec() != expected {
+        let found = theirs.shape.to_vec();
+        // The first convolution may take other input channels than the file's (grey images, an ImageNet network):
+        // its weights are adapted as timm adapts them.
+        let first_conv = ours.iter().position(|o| o.shape.len() >= 3).is_some_and(|i| ours[i].full_path() == *path);
+        if first_conv && found.len() == expected.len() && found.len() >= 3 && found[0] == expected[0] && found[2..] == expected[2..] {
+            if found[1] != expected[1] {
+                let values = file.values(&name)?;
+                let data = TensorData::new(adapt_input_channels(&values, &found, expected[1]), expected.clone()).convert_dtype(s.dtype);
+                report.adapted.push(format!("{path}: {} input channels from the file's {}", expected[1], found[1]));
+                used.insert(name);
+                snapshots.push(TensorSnapshot::from_data(
+                    data,
+                    s.path_stack.clone().unwrap_or_default(),
+                    s.container_stack.clone().unwrap_or_default(),
+                    s.tensor_id.unwrap_or_default(),
+                ));
+                continue;
+            }
+        }
+        if found != expected {
             return Err(TransferError::Shape {
                 path: file.path.clone(),
                 name,

@@ -240,3 +240,22 @@ fn exports_round_trip_under_pytorch_names() {
     let x = tensor::<5>(&expected(), "basicunet_3d.input");
     assert_eq!(max_abs_diff(fresh.forward(x.clone()), unet.forward(x)), 0.0);
 }
+
+#[test]
+fn a_grey_network_takes_a_colour_networks_first_convolution_summed() {
+    let file = WeightFile::open(&fixture("resnet18_w4.pth")).expect("pth");
+    let colour = resnet(ResNetDepth::ResNet18, 4, 5);
+    let layout = colour.layout();
+    let (colour, _) = load_weights(colour, &layout, &file, Naming::Torchvision, &[]).expect("colour");
+    let grey = ResNetConfig::new(ResNetDepth::ResNet18, 1, 5).with_input_size(64).with_width(4).init::<B>(&Default::default());
+    let (grey, report) = load_weights(grey, &layout, &file, Naming::Torchvision, &[]).expect("grey");
+    assert_eq!(report.adapted, vec!["stem.conv.weight: 1 input channels from the file's 3".to_string()]);
+    // A grey image is the colour network's input with three equal channels.
+    let x = tensor::<4>(&expected(), "resnet18_w4.input").narrow(1, 0, 1);
+    let diff = max_abs_diff(grey.forward(x.clone()), colour.forward(Tensor::cat(vec![x.clone(), x.clone(), x], 1)));
+    assert!(diff <= 1e-4, "max |Δ| {diff}");
+    // Summed for one channel; repeated and scaled by 3 / 2 for two.
+    let values = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    assert_eq!(vesalius_nets::transfer::adapt_input_channels(&values, &[2, 3, 1, 1], 1), vec![6.0, 15.0]);
+    assert_eq!(vesalius_nets::transfer::adapt_input_channels(&values, &[1, 3, 1, 2], 2), vec![1.5, 3.0, 4.5, 6.0]);
+}

@@ -200,6 +200,9 @@ pub struct InitRecord {
     pub kept: Vec<String>,
     /// The file's tensors nothing used.
     pub unused: Vec<String>,
+    /// Parameters converted on the way (a first convolution for other input channels).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapted: Vec<String>,
 }
 
 /// Loads `spec.init` (resolved against `base`) into `model` (structure `layout`, classification head `head`, ""
@@ -239,7 +242,10 @@ pub fn initialise<B: Backend, M: Module<B>>(
         }
         Err(e) => return Err(input(e)),
     };
-    Ok((model, Some(InitRecord { file: path, naming, loaded: report.loaded, kept: report.kept, unused: report.unused })))
+    Ok((
+        model,
+        Some(InitRecord { file: path, naming, loaded: report.loaded, kept: report.kept, unused: report.unused, adapted: report.adapted }),
+    ))
 }
 
 /// The layer plan of `spec` for `model`, `None` when nothing is frozen or scaled.

@@ -1,0 +1,263 @@
+//! Semi-automatic labelling: ranking unlabelled images by the trained model's uncertainty, so that an annotator
+//! corrects the most informative pre-labels first (the strategies of MONAI Label's active learning), and taking the
+//! corrected label maps back into a recipe whose training starts from the previous model.
+//!
+//! Uncertainty is measured on the plan grid (after resampling and normalisation), voxel by voxel, then averaged
+//! over the image:
+//! * [`Method::Entropy`]: the entropy of the class probabilities, divided by `ln(classes)` (0 certain, 1 uniform);
+//! * [`Method::Tta`]: the variance of the class probabilities over test-time mirrorings (every patch mirrored along
+//!   each combination of its axes, predicted, mirrored back), averaged over classes;
+//! * [`Method::McDropout`]: the same variance over forward passes with the decoder's dropout active (Gal and
+//!   Ghahramani 2016); the network must have been trained with `[plan] dropout > 0`;
+//! * [`Method::Random`]: a seeded random order, the baseline every strategy is measured against.
+//!
+//! ```
+//! use vesalius_segmentation::label::{Method, entropy_score, variance_score};
+//! // Two voxels, two classes, `[class][voxel]`: one certain voxel and one coin toss.
+//! let p = [1.0, 0.5, 0.0, 0.5];
+//! assert!((entropy_score(&p, 2) - 0.5).abs() < 1e-6);
+//! // Two samples that agree on the first voxel and disagree completely on the second.
+//! let a = vec![1.0, 1.0, 0.0, 0.0];
+//! let b = vec![1.0, 0.0, 0.0, 1.0];
+//! assert!((variance_score(&[a, b], 2) - 0.125).abs() < 1e-6);
+//! assert_eq!("mc-dropout".parse::<Method>().unwrap(), Method::McDropout);
+//! ```
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use vesalius_data::Image;
+use vesalius_data::transforms::Subject;
+use vesalius_train::sliding::SlidingWindow;
+
+use crate::SegError;
+use crate::infer::Predictor;
+
+/// How an image's uncertainty is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Mean normalised entropy of the class probabilities.
+    Entropy,
+    /// Mean variance of the class probabilities over test-time mirrorings.
+    Tta,
+    /// Mean variance of the class probabilities over Monte-Carlo dropout passes.
+    McDropout,
+    /// A seeded random score (the baseline).
+    Random,
+}
+
+impl FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "entropy" => Ok(Method::Entropy),
+            "tta" => Ok(Method::Tta),
+            "mc-dropout" => Ok(Method::McDropout),
+            "random" => Ok(Method::Random),
+            other => Err(format!("unknown uncertainty method `{other}` (entropy, tta, mc-dropout, random)")),
+        }
+    }
+}
+
+/// Mean over voxels of the class entropy divided by `ln(classes)`, for probabilities laid out `[class][voxel]`.
+pub fn entropy_score(p: &[f32], classes: usize) -> f64 {
+    if classes < 2 || p.is_empty() {
+        return 0.0;
+    }
+    let n = p.len() / classes;
+    let norm = (classes as f64).ln();
+    let mut sum = 0.0;
+    for v in 0..n {
+        let mut h = 0.0;
+        for c in 0..classes {
+            let q = p[c * n + v] as f64;
+            if q > 0.0 {
+                h -= q * q.ln();
+            }
+        }
+        sum += h / norm;
+    }
+    sum / n.max(1) as f64
+}
+
+/// Mean over voxels and classes of the variance (population) of the probabilities across `samples`, each laid
+/// out `[class][voxel]`.
+pub fn variance_score(samples: &[Vec<f32>], classes: usize) -> f64 {
+    let Some(first) = samples.first() else { return 0.0 };
+    let t = samples.len() as f64;
+    let mut sum = 0.0;
+    for i in 0..first.len() {
+        let mean = samples.iter().map(|s| s[i] as f64).sum::<f64>() / t;
+        sum += samples.iter().map(|s| (s[i] as f64 - mean).powi(2)).sum::<f64>() / t;
+    }
+    let _ = classes;
+    sum / first.len().max(1) as f64
+}
+
+/// A uniform number in [0, 1) from a seed and a name (the random baseline's score).
+pub fn random_score(seed: u64, name: &str) -> f64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The mirrorings of test-time augmentation: every non-empty combination of the spatial axes of a `dims`-D
+/// patch tensor `[n, c, d, h, w]` (2D networks mirror height and width only), with the identity first.
+fn mirrorings(dims: usize) -> Vec<Vec<usize>> {
+    let axes: Vec<usize> = if dims == 2 { vec![3, 4] } else { vec![2, 3, 4] };
+    let mut out = vec![Vec::new()];
+    for mask in 1..(1usize << axes.len()) {
+        out.push(axes.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, &a)| a).collect());
+    }
+    out
+}
+
+impl<B: Backend> Predictor<B> {
+    /// The image preprocessed as the run's plan says (the grid uncertainty is measured on).
+    fn preprocessed(&self, image: &Image) -> Result<Image, SegError> {
+        if image.channels() != self.plans.channels || image.ndim() != self.plans.dims {
+            return Err(SegError::Input(format!(
+                "the model takes {}D images with {} channel(s); this image is {}D with {}",
+                self.plans.dims,
+                self.plans.channels,
+                image.ndim(),
+                image.channels()
+            )));
+        }
+        Ok(self.plans.preprocess().apply_seeded(Subject::new(image.clone()), 0)?.image)
+    }
+
+    fn window(&self) -> SlidingWindow {
+        SlidingWindow {
+            roi: self.plans.patch.clone(),
+            overlap: self.recipe.infer.overlap,
+            batch: self.recipe.infer.batch,
+            sigma_scale: 0.125,
+            flip_tta: false,
+            probabilities: true,
+        }
+    }
+
+    /// Class probabilities `[class][voxel]` of the preprocessed image with `forward` as the network.
+    fn probabilities(&self, pre: &Image, forward: impl Fn(Tensor<B, 5>) -> Tensor<B, 5>) -> Result<(Vec<f32>, usize), SegError> {
+        let p = self.window().run::<B>(pre, &self.device, |x| softmax(forward(x), 1))?;
+        let classes = p.classes;
+        let probs = p.probabilities.ok_or_else(|| SegError::Internal("the sliding window returned no probabilities".into()))?;
+        Ok((probs, classes))
+    }
+
+    /// The uncertainty of `image` under `method` (higher: less certain). `samples` passes for Monte-Carlo
+    /// dropout; `seed` seeds the dropout masks and the random baseline (`name` identifies the image for it).
+    pub fn uncertainty(&self, image: &Image, name: &str, method: Method, samples: usize, seed: u64) -> Result<f64, SegError> {
+        if method == Method::Random {
+            return Ok(random_score(seed, name));
+        }
+        let pre = self.preprocessed(image)?;
+        match method {
+            Method::Entropy => {
+                let (p, classes) = self.probabilities(&pre, |x| self.model.forward(x))?;
+                Ok(entropy_score(&p, classes))
+            }
+            Method::Tta => {
+                let mut all = Vec::new();
+                let mut classes = 0;
+                for axes in mirrorings(self.plans.dims) {
+                    let (p, k) = self.probabilities(&pre, |x| {
+                        if axes.is_empty() { self.model.forward(x) } else { self.model.forward(x.flip(axes.as_slice())).flip(axes.as_slice()) }
+                    })?;
+                    classes = k;
+                    all.push(p);
+                }
+                Ok(variance_score(&all, classes))
+            }
+            Method::McDropout => {
+                if !self.model.has_dropout() {
+                    return Err(SegError::Input(
+                        "mc-dropout needs a network trained with dropout ([plan] dropout > 0); this run has none".into(),
+                    ));
+                }
+                let mut all = Vec::new();
+                let mut classes = 0;
+                for t in 0..samples.max(2) {
+                    B::seed(&self.device, seed.wrapping_add(t as u64));
+                    let (p, k) = self.probabilities(&pre, |x| self.model.forward_mc(x))?;
+                    classes = k;
+                    all.push(p);
+                }
+                Ok(variance_score(&all, classes))
+            }
+            Method::Random => Ok(random_score(seed, name)),
+        }
+    }
+}
+
+/// An image of the pool with its score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranked {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its uncertainty (higher first).
+    pub score: f64,
+}
+
+/// The stem that names an image's label map: the file name without `.nii.gz`, `.nii`, `.png`, … and without an
+/// nnU-Net channel suffix (`_0000`).
+pub fn stem(path: &Path) -> String {
+    let name = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = ["nii.gz", "nii", "mha", "mhd", "png", "tif", "tiff"]
+        .iter()
+        .find_map(|e| name.strip_suffix(&format!(".{e}")))
+        .unwrap_or(&name)
+        .to_string();
+    stem.strip_suffix("_0000").unwrap_or(&stem).to_string()
+}
+
+/// Sorts by score, highest first; ties by path.
+pub fn rank(mut items: Vec<Ranked>) -> Vec<Ranked> {
+    items.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.path.cmp(&b.path)));
+    items
+}
+
+/// The recipe with the corrected `(image, label map)` pairs added to its `cases` and its training started from
+/// `init` (the previous run's network, exported). Each label map must lie on its image's grid and hold only the
+/// recipe's label values; an image already among the recipe's cases or test cases is refused.
+pub fn accept(recipe: &crate::recipe::SegRecipe, pairs: &[(PathBuf, PathBuf)], init: &Path) -> Result<crate::recipe::SegRecipe, SegError> {
+    let mut out = recipe.clone();
+    if out.data.cases.is_empty() {
+        return Err(SegError::Input("label accept adds to a recipe's `cases` list; this recipe reads a dataset folder or a manifest".into()));
+    }
+    let values: Vec<u32> = recipe.data.labels.values().copied().collect();
+    let same = |a: &Path, b: &Path| a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok());
+    for (image_path, label_path) in pairs {
+        let known = recipe.data.cases.iter().chain(&recipe.data.test).chain(&out.data.cases).any(|c| c.image.iter().any(|i| same(i, image_path)));
+        if known {
+            return Err(SegError::Input(format!("{}: already in the recipe's cases", image_path.display())));
+        }
+        let image = vesalius_io::load(image_path)?;
+        let label = vesalius_io::load(label_path)?;
+        if label.shape() != image.shape() || label.channels() != 1 {
+            return Err(SegError::Input(format!(
+                "{}: a label map of shape {:?} ({} channels) for an image of shape {:?}",
+                label_path.display(),
+                label.shape(),
+                label.channels(),
+                image.shape()
+            )));
+        }
+        if let Some(bad) = label.data().iter().find(|v| !(v.fract() == 0.0 && **v >= 0.0 && values.contains(&(**v as u32)))) {
+            return Err(SegError::Input(format!("{}: value {bad} is not one of the recipe's labels {values:?}", label_path.display())));
+        }
+        out.data.cases.push(crate::recipe::CaseEntry { id: Some(stem(image_path)), image: vec![image_path.clone()], label: label_path.clone() });
+    }
+    out.model.init = Some(init.to_path_buf());
+    out.model.init_naming = Some(vesalius_nets::transfer::Naming::Vesalius);
+    Ok(out)
+}
