@@ -388,20 +388,24 @@ pub fn load_weights<B: Backend, M: Module<B>>(
         // The first convolution may take other input channels than the file's (grey images, an ImageNet network):
         // its weights are adapted as timm adapts them.
         let first_conv = ours.iter().position(|o| o.shape.len() >= 3).is_some_and(|i| ours[i].full_path() == *path);
-        if first_conv && found.len() == expected.len() && found.len() >= 3 && found[0] == expected[0] && found[2..] == expected[2..] {
-            if found[1] != expected[1] {
-                let values = file.values(&name)?;
-                let data = TensorData::new(adapt_input_channels(&values, &found, expected[1]), expected.clone()).convert_dtype(s.dtype);
-                report.adapted.push(format!("{path}: {} input channels from the file's {}", expected[1], found[1]));
-                used.insert(name);
-                snapshots.push(TensorSnapshot::from_data(
-                    data,
-                    s.path_stack.clone().unwrap_or_default(),
-                    s.container_stack.clone().unwrap_or_default(),
-                    s.tensor_id.unwrap_or_default(),
-                ));
-                continue;
-            }
+        if first_conv
+            && found.len() == expected.len()
+            && found.len() >= 3
+            && found[0] == expected[0]
+            && found[2..] == expected[2..]
+            && found[1] != expected[1]
+        {
+            let values = file.values(&name)?;
+            let data = TensorData::new(adapt_input_channels(&values, &found, expected[1]), expected.clone()).convert_dtype(s.dtype);
+            report.adapted.push(format!("{path}: {} input channels from the file's {}", expected[1], found[1]));
+            used.insert(name);
+            snapshots.push(TensorSnapshot::from_data(
+                data,
+                s.path_stack.clone().unwrap_or_default(),
+                s.container_stack.clone().unwrap_or_default(),
+                s.tensor_id.unwrap_or_default(),
+            ));
+            continue;
         }
         if found != expected {
             return Err(TransferError::Shape {
