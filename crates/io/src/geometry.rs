@@ -102,6 +102,43 @@ pub fn flip(img: &Image, axis: usize) -> Result<Image> {
     )
 }
 
+/// The 2D slice `index` of a 3D image across voxel axis `axis` (the other two axes kept in order), with the affine
+/// that places it where it lies in the volume.
+pub fn slice(img: &Image, axis: usize, index: usize) -> Result<Image> {
+    let shape = img.shape().to_vec();
+    if shape.len() != 3 {
+        return Err(DataError::Invalid(format!("a slice needs a 3D image, not {}D", shape.len())));
+    }
+    if axis > 2 {
+        return Err(DataError::Invalid(format!("axis {axis} out of range for 3 axes")));
+    }
+    if index >= shape[axis] {
+        return Err(DataError::Invalid(format!("slice {index} is outside 0..{} along axis {axis}", shape[axis])));
+    }
+    let kept: Vec<usize> = (0..3).filter(|&a| a != axis).collect();
+    // Old voxel coordinates from new ones: kept axes in order, the sliced axis fixed at `index`.
+    let mut m = [[0.0; 4]; 4];
+    m[kept[0]][0] = 1.0;
+    m[kept[1]][1] = 1.0;
+    // The sliced axis stays the image's third direction, so the affine keeps its determinant.
+    m[axis][2] = 1.0;
+    m[axis][3] = index as f64;
+    m[3][3] = 1.0;
+    remap(
+        img,
+        vec![shape[kept[0]], shape[kept[1]]],
+        &m,
+        |idx| {
+            let mut o = vec![0; 3];
+            o[kept[0]] = idx[0];
+            o[kept[1]] = idx[1];
+            o[axis] = index;
+            Some(o)
+        },
+        0.0,
+    )
+}
+
 /// The 4×4 identity.
 pub fn identity() -> Affine {
     crate::image::IDENTITY

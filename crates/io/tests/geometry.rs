@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vesalius_io::geometry::{Interp, crop_or_pad, flip, permute, reorient, resample};
+use vesalius_io::geometry::{Interp, crop_or_pad, flip, permute, reorient, resample, slice};
 use vesalius_io::nifti::{NiftiType, save};
 use vesalius_io::{self as io, Affine, Image};
 
@@ -234,4 +234,42 @@ fn written_nifti_reads_back_with_data_affine_and_codes() {
     let obj = nifti::ReaderOptions::new().read_file(&p).unwrap();
     let arr = nifti::IntoNdArray::into_ndarray::<f32>(nifti::NiftiObject::into_volume(obj)).unwrap();
     assert_eq!(arr.t().iter().copied().collect::<Vec<_>>(), img.data());
+}
+
+#[test]
+fn a_slice_holds_its_voxels_where_they_lie_in_the_volume() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let img = random_image(&mut rng);
+    let apply = |m: &Affine, p: [f64; 3]| -> [f64; 3] { std::array::from_fn(|r| (0..3).map(|c| m[r][c] * p[c]).sum::<f64>() + m[r][3]) };
+    for axis in 0..3 {
+        let index = img.shape()[axis] - 1;
+        let s = slice(&img, axis, index).unwrap();
+        let kept: Vec<usize> = (0..3).filter(|&a| a != axis).collect();
+        assert_eq!(s.shape(), &[img.shape()[kept[0]], img.shape()[kept[1]]]);
+        assert_eq!(s.channels(), 2);
+        for i in 0..s.shape()[0] {
+            for j in 0..s.shape()[1] {
+                let mut old = [0usize; 3];
+                old[kept[0]] = i;
+                old[kept[1]] = j;
+                old[axis] = index;
+                assert_eq!(s.get(&[i, j]), img.get(&old));
+                let (a, b) = (apply(s.affine(), [i as f64, j as f64, 0.0]), apply(img.affine(), old.map(|v| v as f64)));
+                assert!((0..3).all(|k| (a[k] - b[k]).abs() < 1e-9), "{a:?} vs {b:?}");
+            }
+        }
+        // The affine stays invertible (the sliced axis is its third direction).
+        let det = |m: &Affine| {
+            m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+        };
+        assert!((det(s.affine()).abs() - det(img.affine()).abs()).abs() < 1e-9);
+    }
+    assert!(slice(&img, 3, 0).is_err());
+    assert!(slice(&img, 0, img.shape()[0]).is_err());
+    assert!(slice(&s2d(), 0, 0).is_err());
+}
+
+fn s2d() -> Image {
+    Image::new(vec![0.0; 4], vec![2, 2], 1, vesalius_io::IDENTITY, "uint8").unwrap()
 }

@@ -11,9 +11,9 @@ use burn::nn::conv::{
     Conv2d, Conv2dConfig, Conv3d, Conv3dConfig, ConvTranspose2d, ConvTranspose2dConfig, ConvTranspose3d, ConvTranspose3dConfig,
 };
 use burn::nn::{BatchNorm, BatchNormConfig, InstanceNorm, InstanceNormConfig, PaddingConfig2d, PaddingConfig3d};
-use burn::tensor::Tensor;
 use burn::tensor::activation::{leaky_relu, relu};
 use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::{pool3d, resize_linear};
@@ -250,6 +250,10 @@ pub struct UNetConfig {
     /// Negative slope of the leaky ReLUs (0: ReLU; MONAI's `BasicUNet` uses 0.1).
     #[config(default = 0.0)]
     pub negative_slope: f64,
+    /// Dropout probability after every decoder block, active in training and in [`UNet::forward_mc`] (Monte-Carlo
+    /// dropout); 0: none.
+    #[config(default = 0.0)]
+    pub dropout: f64,
 }
 
 /// A U-Net.
@@ -261,6 +265,7 @@ pub struct UNet<B: Backend> {
     head: ConvNd<B>,
     aux_heads: Vec<ConvNd<B>>,
     spatial_dims: usize,
+    dropout: f64,
 }
 
 impl UNetConfig {
@@ -305,7 +310,15 @@ impl UNetConfig {
                 aux_heads.push(ConvNd::new(dims, to, self.classes, 1, true, device));
             }
         }
-        UNet { enc, up, dec, head: ConvNd::new(dims, ch[0], self.classes, 1, true, device), aux_heads, spatial_dims: dims }
+        UNet {
+            enc,
+            up,
+            dec,
+            head: ConvNd::new(dims, ch[0], self.classes, 1, true, device),
+            aux_heads,
+            spatial_dims: dims,
+            dropout: self.dropout,
+        }
     }
 }
 
@@ -338,12 +351,24 @@ impl<B: Backend> UNet<B> {
     /// The final logits and, with deep supervision, the lower-resolution logits of the other decoder levels
     /// (coarsest first).
     pub fn forward_all(&self, x: Tensor<B, 5>) -> (Tensor<B, 5>, Vec<Tensor<B, 5>>) {
-        let (h, aux) = self.decode(x, true);
+        let (h, aux) = self.decode(x, true, false);
         (self.head.forward(h), aux)
     }
 
+    /// Logits with the decoder's dropout active whatever the backend (one Monte-Carlo dropout sample; the masks come
+    /// from the backend's seeded generator). Equal to [`UNet::forward`] when the network has no dropout.
+    pub fn forward_mc(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.head.forward(self.decode(x, false, true).0)
+    }
+
+    /// Whether the network has dropout (so that [`UNet::forward_mc`] samples).
+    pub fn has_dropout(&self) -> bool {
+        self.dropout > 0.0
+    }
+
     /// The encoder and decoder: the last decoder level's maps, and the auxiliary heads' logits when asked for.
-    fn decode(&self, x: Tensor<B, 5>, with_aux: bool) -> (Tensor<B, 5>, Vec<Tensor<B, 5>>) {
+    fn decode(&self, x: Tensor<B, 5>, with_aux: bool, mc: bool) -> (Tensor<B, 5>, Vec<Tensor<B, 5>>) {
+        let drop = self.dropout > 0.0 && (mc || B::ad_enabled(&x.device()));
         let window = if self.spatial_dims == 2 { [1, 2, 2] } else { [2, 2, 2] };
         let mut skips = Vec::with_capacity(self.enc.len());
         let mut h = x;
@@ -359,6 +384,11 @@ impl<B: Backend> UNet<B> {
         for (i, (up, block)) in self.up.iter().zip(&self.dec).enumerate() {
             let skip = skips.pop().expect("one skip per decoder level");
             h = block.forward(Tensor::cat(vec![skip, up.forward(h, self.spatial_dims)], 1));
+            if drop {
+                let keep = 1.0 - self.dropout;
+                let mask = Tensor::<B, 5>::random(h.shape(), Distribution::Bernoulli(keep), &h.device());
+                h = h * mask / keep;
+            }
             if with_aux && let Some(head) = self.aux_heads.get(i) {
                 aux.push(head.forward(h.clone()));
             }
@@ -369,7 +399,7 @@ impl<B: Backend> UNet<B> {
     /// The last decoder level's feature maps, the input of the final 1 × 1 convolution (the layer Grad-CAM looks
     /// at for segmentation): `head_logits(decoder_features(x)) == forward(x)`.
     pub fn decoder_features(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.decode(x, false).0
+        self.decode(x, false, false).0
     }
 
     /// Logits from [`UNet::decoder_features`].

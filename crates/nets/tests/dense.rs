@@ -482,3 +482,19 @@ fn crf_rnn_cleans_a_noisy_unary_and_learns_its_weights() {
     assert!(last < first * 0.5, "loss {first} → {last}");
     assert!(trained > 0.99, "{trained}");
 }
+
+#[test]
+fn monte_carlo_dropout_samples_only_when_asked_or_training() {
+    let x = Tensor::<B, 5>::random([1, 1, 1, 16, 16], Distribution::Normal(0.0, 1.0), &dev());
+    let plain = UNetConfig::new(2, 1, 2, vec![4, 8]).init::<B>(&dev());
+    assert!(!plain.has_dropout());
+    assert_eq!(values(plain.forward_mc(x.clone())), values(plain.forward(x.clone())));
+    let net = UNetConfig::new(2, 1, 2, vec![4, 8]).with_dropout(0.3).init::<B>(&dev());
+    assert!(net.has_dropout());
+    // Inference without autodiff: no dropout, the same output every time.
+    assert_eq!(values(net.forward(x.clone())), values(net.forward(x.clone())));
+    // Monte-Carlo passes differ from each other and from the plain output.
+    let (a, b) = (values(net.forward_mc(x.clone())), values(net.forward_mc(x.clone())));
+    assert_ne!(a, b);
+    assert_ne!(a, values(net.forward(x)));
+}

@@ -21,9 +21,9 @@ pub struct Predictor<B: Backend> {
     pub recipe: SegRecipe,
     /// The plan.
     pub plans: Plans,
-    model: UNet<B>,
+    pub(crate) model: UNet<B>,
     refine: Option<CrfRnn<B>>,
-    device: B::Device,
+    pub(crate) device: B::Device,
 }
 
 /// The result for one image, in the image's grid.

@@ -19,7 +19,7 @@
 //! // Two samples that agree on the first voxel and disagree completely on the second.
 //! let a = vec![1.0, 1.0, 0.0, 0.0];
 //! let b = vec![1.0, 0.0, 0.0, 1.0];
-//! assert!((variance_score(&[a, b], 2) - 0.125).abs() < 1e-6);
+//! assert!((variance_score(&[a, b]) - 0.125).abs() < 1e-6);
 //! assert_eq!("mc-dropout".parse::<Method>().unwrap(), Method::McDropout);
 //! ```
 use std::path::{Path, PathBuf};
@@ -83,8 +83,8 @@ pub fn entropy_score(p: &[f32], classes: usize) -> f64 {
 }
 
 /// Mean over voxels and classes of the variance (population) of the probabilities across `samples`, each laid
-/// out `[class][voxel]`.
-pub fn variance_score(samples: &[Vec<f32>], classes: usize) -> f64 {
+/// out `[class][voxel]` (any layout: every element counts once).
+pub fn variance_score(samples: &[Vec<f32>]) -> f64 {
     let Some(first) = samples.first() else { return 0.0 };
     let t = samples.len() as f64;
     let mut sum = 0.0;
@@ -92,7 +92,6 @@ pub fn variance_score(samples: &[Vec<f32>], classes: usize) -> f64 {
         let mean = samples.iter().map(|s| s[i] as f64).sum::<f64>() / t;
         sum += samples.iter().map(|s| (s[i] as f64 - mean).powi(2)).sum::<f64>() / t;
     }
-    let _ = classes;
     sum / first.len().max(1) as f64
 }
 
@@ -118,6 +117,11 @@ fn mirrorings(dims: usize) -> Vec<Vec<usize>> {
         out.push(axes.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, &a)| a).collect());
     }
     out
+}
+
+/// `x` mirrored along each of `axes`.
+fn mirror<B: Backend>(x: Tensor<B, 5>, axes: &[usize]) -> Tensor<B, 5> {
+    axes.iter().fold(x, |x, &a| x.flip([a as isize]))
 }
 
 impl<B: Backend> Predictor<B> {
@@ -168,15 +172,14 @@ impl<B: Backend> Predictor<B> {
             }
             Method::Tta => {
                 let mut all = Vec::new();
-                let mut classes = 0;
                 for axes in mirrorings(self.plans.dims) {
-                    let (p, k) = self.probabilities(&pre, |x| {
-                        if axes.is_empty() { self.model.forward(x) } else { self.model.forward(x.flip(axes.as_slice())).flip(axes.as_slice()) }
+                    let (p, _) = self.probabilities(&pre, |x| {
+                        let y = self.model.forward(mirror(x, &axes));
+                        mirror(y, &axes)
                     })?;
-                    classes = k;
                     all.push(p);
                 }
-                Ok(variance_score(&all, classes))
+                Ok(variance_score(&all))
             }
             Method::McDropout => {
                 if !self.model.has_dropout() {
@@ -185,14 +188,12 @@ impl<B: Backend> Predictor<B> {
                     ));
                 }
                 let mut all = Vec::new();
-                let mut classes = 0;
                 for t in 0..samples.max(2) {
                     B::seed(&self.device, seed.wrapping_add(t as u64));
-                    let (p, k) = self.probabilities(&pre, |x| self.model.forward_mc(x))?;
-                    classes = k;
+                    let (p, _) = self.probabilities(&pre, |x| self.model.forward_mc(x))?;
                     all.push(p);
                 }
-                Ok(variance_score(&all, classes))
+                Ok(variance_score(&all))
             }
             Method::Random => Ok(random_score(seed, name)),
         }
@@ -232,12 +233,15 @@ pub fn rank(mut items: Vec<Ranked>) -> Vec<Ranked> {
 pub fn accept(recipe: &crate::recipe::SegRecipe, pairs: &[(PathBuf, PathBuf)], init: &Path) -> Result<crate::recipe::SegRecipe, SegError> {
     let mut out = recipe.clone();
     if out.data.cases.is_empty() {
-        return Err(SegError::Input("label accept adds to a recipe's `cases` list; this recipe reads a dataset folder or a manifest".into()));
+        return Err(SegError::Input(
+            "label accept adds to a recipe's `cases` list; this recipe reads a dataset folder or a manifest".into(),
+        ));
     }
     let values: Vec<u32> = recipe.data.labels.values().copied().collect();
     let same = |a: &Path, b: &Path| a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok());
     for (image_path, label_path) in pairs {
-        let known = recipe.data.cases.iter().chain(&recipe.data.test).chain(&out.data.cases).any(|c| c.image.iter().any(|i| same(i, image_path)));
+        let known =
+            recipe.data.cases.iter().chain(&recipe.data.test).chain(&out.data.cases).any(|c| c.image.iter().any(|i| same(i, image_path)));
         if known {
             return Err(SegError::Input(format!("{}: already in the recipe's cases", image_path.display())));
         }
@@ -255,7 +259,11 @@ pub fn accept(recipe: &crate::recipe::SegRecipe, pairs: &[(PathBuf, PathBuf)], i
         if let Some(bad) = label.data().iter().find(|v| !(v.fract() == 0.0 && **v >= 0.0 && values.contains(&(**v as u32)))) {
             return Err(SegError::Input(format!("{}: value {bad} is not one of the recipe's labels {values:?}", label_path.display())));
         }
-        out.data.cases.push(crate::recipe::CaseEntry { id: Some(stem(image_path)), image: vec![image_path.clone()], label: label_path.clone() });
+        out.data.cases.push(crate::recipe::CaseEntry {
+            id: Some(stem(image_path)),
+            image: vec![image_path.clone()],
+            label: label_path.clone(),
+        });
     }
     out.model.init = Some(init.to_path_buf());
     out.model.init_naming = Some(vesalius_nets::transfer::Naming::Vesalius);

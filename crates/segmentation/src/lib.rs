@@ -4,7 +4,8 @@
 //! validation and resumable checkpoints ([`train`]), **infer** label maps in each input's own grid ([`infer`]) and
 //! **evaluate** Dice, IoU, HD95, ASSD and volume difference with bootstrap confidence intervals ([`evaluate`]).
 //! An optional second stage ([`refine`], `[refine]` in the recipe) trains a CRF-as-RNN on the frozen U-Net's
-//! output and applies it to every prediction.
+//! output and applies it to every prediction. [`label`] ranks unlabelled images by the model's uncertainty and adds
+//! corrected label maps to a recipe (semi-automatic labelling).
 //!
 //! A run folder holds `recipe.toml`, `splits.json`, `fingerprint.json`, `plans.json`, `model.mpk` (best
 //! validation Dice), `log.jsonl`, `checkpoints/`, `refine/` (the refinement stage's own run folder) and, after
@@ -27,6 +28,7 @@ pub mod evaluate;
 pub mod explain;
 pub mod fingerprint;
 pub mod infer;
+pub mod label;
 pub mod plan;
 pub mod recipe;
 pub mod refine;

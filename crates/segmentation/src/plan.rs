@@ -52,6 +52,8 @@ pub struct PlanOverrides {
     pub conv_bias: Option<bool>,
     /// Negative slope of leaky ReLUs (0: ReLU; MONAI's `BasicUNet` uses 0.1).
     pub negative_slope: Option<f64>,
+    /// Dropout after every decoder block (in training; at inference only for Monte-Carlo dropout uncertainty).
+    pub dropout: Option<f64>,
     /// Memory budget for one training step, in MiB.
     pub memory_mib: Option<f64>,
     /// Per-channel intensity normalisation.
@@ -91,6 +93,9 @@ pub struct Plans {
     /// Negative slope of the leaky ReLUs (0: ReLU).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub negative_slope: f64,
+    /// Decoder dropout probability (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropout: f64,
     /// Per-channel intensity normalisation.
     pub normalisation: Vec<Normalisation>,
     /// The memory budget planned for, MiB.
@@ -213,6 +218,7 @@ pub fn plan(fp: &Fingerprint, overrides: &PlanOverrides) -> Plans {
         deep_supervision: overrides.deep_supervision.unwrap_or(false),
         conv_bias: overrides.conv_bias.unwrap_or(false),
         negative_slope: overrides.negative_slope.unwrap_or(0.0),
+        dropout: overrides.dropout.unwrap_or(0.0),
         normalisation,
         memory_mib,
     }
@@ -231,6 +237,7 @@ impl Plans {
             .with_deep_supervision(self.deep_supervision)
             .with_conv_bias(self.conv_bias)
             .with_negative_slope(self.negative_slope)
+            .with_dropout(self.dropout)
     }
 
     /// Preprocessing: volumes reoriented to RAS (so differently stored scans look alike to the network),

@@ -360,6 +360,11 @@ impl SegRecipe {
             return bad(format!("task is '{}', expected 'segmentation'", self.task));
         }
         self.model.validate().map_err(SegError::Input)?;
+        if let Some(p) = self.plan.dropout
+            && !(0.0..1.0).contains(&p)
+        {
+            return Err(SegError::Input(format!("plan.dropout must be in [0, 1), not {p}")));
+        }
         let d = &self.data;
         let sources = d.dataset.is_some() as u8 + d.manifest.is_some() as u8 + (!d.cases.is_empty()) as u8;
         if sources != 1 {

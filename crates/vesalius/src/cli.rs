@@ -271,6 +271,10 @@ pub enum Command {
         /// The SeriesInstanceUID to convert when a DICOM folder holds several series.
         #[arg(long)]
         series: Option<String>,
+        /// Write one 2D slice of a volume, `AXIS:INDEX` over voxel axes 0, 1, 2 (`2:90`: axial slice 90 of an
+        /// RAS-stored volume), placed where it lies in the volume.
+        #[arg(long)]
+        slice: Option<String>,
     },
     /// De-identify DICOM files (a file, or a folder into a mirrored folder) by the PS3.15 Annex E basic profile;
     /// prints counts only, never identifiers.
@@ -391,6 +395,14 @@ pub enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
+    /// Semi-automatic labelling of segmentation data: `suggest` ranks unlabelled images by the run's uncertainty and
+    /// pre-labels the most uncertain for correction (ITK-SNAP, 3D Slicer); `accept` adds the corrected label maps to
+    /// the recipe, whose training then starts from the run's network.
+    Label {
+        /// suggest or accept.
+        #[command(subcommand)]
+        action: LabelAction,
+    },
     /// Run the reference training workloads and print one JSON line each.
     Bench {
         /// Comma-separated workload names (default: all).
@@ -399,6 +411,56 @@ pub enum Command {
         /// Run the workloads in this process instead of one fresh process each.
         #[arg(long, hide = true)]
         in_process: bool,
+    },
+}
+
+/// The two steps of `vesalius label`.
+#[derive(Debug, Subcommand)]
+pub enum LabelAction {
+    /// Rank the pool's images (those the run has not trained on) by uncertainty: `OUT/suggestions.csv`
+    /// (`rank,image,score`, most uncertain first) and the run's segmentation of the first `n` as `OUT/<name>.nii.gz`.
+    Suggest {
+        /// The segmentation run.
+        #[arg(long)]
+        run: PathBuf,
+        /// Folder of unlabelled images (NIfTI, MetaImage, PNG, TIFF).
+        #[arg(long)]
+        pool: PathBuf,
+        /// Images to pre-label.
+        #[arg(short, default_value_t = 5)]
+        n: usize,
+        /// entropy, tta (variance over mirrorings), mc-dropout (variance over dropout samples; the run needs
+        /// `[plan] dropout`) or random.
+        #[arg(long, default_value = "entropy")]
+        method: String,
+        /// Monte-Carlo dropout samples.
+        #[arg(long, default_value_t = 8)]
+        samples: usize,
+        /// Seed of the dropout masks and of the random order.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output folder.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Add corrected label maps (named `<image name>.nii.gz`, as `suggest` wrote them) and their pool images to the
+    /// recipe's cases; the new recipe starts from the run's network (exported beside it as `<name>.init.safetensors`).
+    Accept {
+        /// The recipe the run was trained with (it must list its `cases`).
+        #[arg(long)]
+        recipe: PathBuf,
+        /// The run whose network the next training starts from.
+        #[arg(long)]
+        run: PathBuf,
+        /// The folder of the images.
+        #[arg(long)]
+        pool: PathBuf,
+        /// The folder of corrected label maps.
+        #[arg(long)]
+        labels: PathBuf,
+        /// The new recipe.
+        #[arg(short, long)]
+        out: PathBuf,
     },
 }
 
@@ -423,6 +485,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             let done = crate::export::export(backend, &run, naming, &out)?;
             println!("wrote {} tensors under {:?} names to {}", done.tensors, done.naming, out.display());
+            Ok(())
+        }
+        Command::Label { action: LabelAction::Suggest { run, pool, n, method, samples, seed, out } } => {
+            let method: vesalius_segmentation::label::Method = method.parse().map_err(CliError::Usage)?;
+            if n == 0 {
+                return Err(CliError::Usage("-n must be at least 1".into()));
+            }
+            let done = crate::label::suggest(backend, &run, &pool, n, method, samples, seed, &out)?;
+            for (i, r) in done.ranked.iter().take(n).enumerate() {
+                println!("{:>3}  {:.6}  {}", i + 1, r.score, r.path.display());
+            }
+            println!("{} images ranked; pre-labels of the first {} in {}", done.ranked.len(), done.prelabels.len(), out.display());
+            Ok(())
+        }
+        Command::Label { action: LabelAction::Accept { recipe, run, pool, labels, out } } => {
+            let added = crate::label::accept(backend, &recipe, &run, &pool, &labels, &out)?;
+            println!(
+                "added {added} labelled cases; train the new recipe (it starts from the run's network): vesalius train {}",
+                out.display()
+            );
             Ok(())
         }
         Command::Index { args, out } => {
@@ -636,7 +718,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Radiomics { files, label, config, bin_width, bin_count, output } => {
             crate::radiomics::run(&files, label, config.as_deref(), bin_width, bin_count, output.as_deref())
         }
-        Command::Convert { input, output, nifti2, series } => commands::convert(&input, &output, nifti2, series.as_deref()),
+        Command::Convert { input, output, nifti2, series, slice } => {
+            let slice = match slice.as_deref() {
+                None => None,
+                Some(text) => {
+                    let parsed =
+                        text.split_once(':').and_then(|(a, i)| Some((a.trim().parse::<usize>().ok()?, i.trim().parse::<usize>().ok()?)));
+                    Some(parsed.ok_or_else(|| CliError::Usage(format!("--slice {text}: expected AXIS:INDEX, e.g. 2:90")))?)
+                }
+            };
+            commands::convert(&input, &output, nifti2, series.as_deref(), slice)
+        }
         Command::Deid { input, output, keep_private } => {
             let report = vesalius_io::deid::Deidentifier::new(keep_private)?.run(&input, &output)?;
             println!("{}", serde_json::to_string(&report).map_err(|e| CliError::Internal(e.to_string()))?);

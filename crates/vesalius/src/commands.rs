@@ -99,9 +99,12 @@ fn csv_field(s: &str) -> String {
 }
 
 /// `vesalius convert`.
-pub fn convert(input: &Path, output: &Path, nifti2: bool, series: Option<&str>) -> Result<(), CliError> {
+pub fn convert(input: &Path, output: &Path, nifti2: bool, series: Option<&str>, slice: Option<(usize, usize)>) -> Result<(), CliError> {
     use vesalius_io::nifti::{NiftiType, NiftiVersion, save, save_version};
-    let img = load_input(input, series)?;
+    let mut img = load_input(input, series)?;
+    if let Some((axis, index)) = slice {
+        img = vesalius_io::geometry::slice(&img, axis, index).map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
+    }
     match Format::from_path(output) {
         Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair) => {
             let dtype = NiftiType::from_name(img.dtype()).unwrap_or(NiftiType::F32);

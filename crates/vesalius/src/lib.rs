@@ -19,6 +19,7 @@ pub mod detect;
 pub mod enhance;
 pub mod explain;
 pub mod export;
+pub mod label;
 pub mod radiomics;
 pub mod regression;
 pub mod response;

@@ -1437,3 +1437,169 @@ iterations = 2
     }
     assert_ne!(after["upcat_1.convs.conv_0.conv.weight"], file["upcat_1.convs.conv_0.conv.weight"]);
 }
+
+#[test]
+fn label_suggest_and_accept_on_template_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p);
+    let fx = root().join("fixtures/mni152");
+    let (t1, tissue) = (fx.join("mni152_t1.nii.gz"), fx.join("mni152_tissue_labels.nii.gz"));
+    for sub in ["pool", "truth", "train"] {
+        std::fs::create_dir_all(d(sub)).unwrap();
+    }
+    let slice = |volume: &Path, z: usize, out: PathBuf| {
+        let o = vesalius(&["convert", volume.to_str().unwrap(), out.to_str().unwrap(), "--slice", &format!("2:{z}")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    for z in [50, 60, 70, 80] {
+        slice(&t1, z, d(&format!("pool/t1_z{z}.nii.gz")));
+        slice(&tissue, z, d(&format!("truth/t1_z{z}.nii.gz")));
+    }
+    for z in [40, 110, 140] {
+        slice(&t1, z, d(&format!("train/t1_z{z}.nii.gz")));
+        slice(&tissue, z, d(&format!("train/label_z{z}.nii.gz")));
+    }
+    let sliced = vesalius_io::load(d("pool/t1_z50.nii.gz")).unwrap();
+    assert_eq!(sliced.shape(), &[197, 233]);
+    assert_input_error(&vesalius(&["convert", t1.to_str().unwrap(), d("x.nii.gz").to_str().unwrap(), "--slice", "2:400"]), "outside");
+    let case = |z: usize| {
+        format!(
+            "{{ id = \"z{z}\", image = [{:?}], label = {:?} }}",
+            d(&format!("train/t1_z{z}.nii.gz")),
+            d(&format!("train/label_z{z}.nii.gz"))
+        )
+    };
+    let recipe = d("round0.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "task = \"segmentation\"\n[data]\ncases = [{}, {}]\ntest = [{}]\nlabels = {{ other = 0, grey_matter = 1, white_matter = 2 }}\n\
+             slab = {{ axis = 0, start = 150, end = 197 }}\n[plan]\ntarget_spacing = [2.0, 2.0]\npatch = [48, 48]\nbatch = 2\n\
+             features = [4, 8]\ndropout = 0.1\n[train]\nepochs = 1\niterations = 2\n\
+             [[augment.transforms]]\ntype = \"rand_flip\"\nprob = 0.5\naxes = [0]\n",
+            case(40),
+            case(140),
+            case(110)
+        ),
+    )
+    .unwrap();
+    let run = d("run0");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (run_s, pool_s) = (run.to_str().unwrap(), d("pool"));
+    let suggest = |method: &str, seed: &str, out: &str| {
+        let o = vesalius(&[
+            "label",
+            "suggest",
+            "--run",
+            run_s,
+            "--pool",
+            pool_s.to_str().unwrap(),
+            "-n",
+            "2",
+            "--method",
+            method,
+            "--seed",
+            seed,
+            "--samples",
+            "3",
+            "-o",
+            d(out).to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let csv = std::fs::read_to_string(d(out).join("suggestions.csv")).unwrap();
+        let rows: Vec<(String, f64)> = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (Path::new(f[1]).file_name().unwrap().to_string_lossy().to_string(), f[2].parse().unwrap())
+            })
+            .collect();
+        assert_eq!(rows.len(), 4, "{csv}");
+        assert!(rows.windows(2).all(|w| w[0].1 >= w[1].1), "most uncertain first: {csv}");
+        rows
+    };
+    let ranked = suggest("entropy", "0", "entropy");
+    assert!(ranked.iter().all(|(_, s)| (0.0..=1.0).contains(s) && *s > 0.0), "{ranked:?}");
+    for (name, _) in &ranked[..2] {
+        let pre = vesalius_io::load(d("entropy").join(name)).unwrap();
+        assert_eq!(pre.shape(), &[197, 233]);
+        assert!(pre.data().iter().all(|v| [0.0, 1.0, 2.0].contains(v)));
+    }
+    assert!(!d("entropy").join(&ranked[2].0).exists(), "only the first n are pre-labelled");
+    for method in ["tta", "mc-dropout"] {
+        assert!(suggest(method, "1", method).iter().all(|(_, s)| *s >= 0.0));
+    }
+    assert_eq!(suggest("random", "7", "r1"), suggest("random", "7", "r2"), "a seeded order");
+    assert_input_error(
+        &vesalius(&[
+            "label",
+            "suggest",
+            "--run",
+            run_s,
+            "--pool",
+            pool_s.to_str().unwrap(),
+            "--method",
+            "guess",
+            "-o",
+            d("g").to_str().unwrap(),
+        ]),
+        "unknown uncertainty method",
+    );
+
+    // The annotator corrects the two pre-labels (here: the true maps); accept adds them, the next run starts from run0.
+    std::fs::create_dir_all(d("corrected")).unwrap();
+    for (name, _) in &ranked[..2] {
+        std::fs::copy(d("truth").join(name), d("corrected").join(name)).unwrap();
+    }
+    let next = d("round1.toml");
+    let accept = |labels: &str| {
+        vesalius(&[
+            "label",
+            "accept",
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--run",
+            run_s,
+            "--pool",
+            pool_s.to_str().unwrap(),
+            "--labels",
+            d(labels).to_str().unwrap(),
+            "-o",
+            next.to_str().unwrap(),
+        ])
+    };
+    let o = accept("corrected");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("added 2 labelled cases"), "{}", stdout(&o));
+    let text = std::fs::read_to_string(&next).unwrap();
+    let parsed = vesalius_segmentation::recipe::SegRecipe::from_file(&next).unwrap();
+    assert_eq!(parsed.data.cases.len(), 4, "{text}");
+    assert_eq!(parsed.model.init.as_deref(), Some(d("round1.init.safetensors").as_path()));
+    let run1 = d("run1");
+    let o = vesalius(&["train", next.to_str().unwrap(), "--out", run1.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let init: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run1.join("init.json")).unwrap()).unwrap();
+    assert_eq!(init["naming"], "vesalius");
+    assert!(init["kept"].as_array().unwrap().is_empty() && init["unused"].as_array().unwrap().is_empty(), "{init}");
+    // The accepted images are no longer suggested.
+    let o = vesalius(&[
+        "label",
+        "suggest",
+        "--run",
+        run1.to_str().unwrap(),
+        "--pool",
+        pool_s.to_str().unwrap(),
+        "-o",
+        d("again").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(d("again").join("suggestions.csv")).unwrap().lines().count(), 3);
+    // A label map on another grid is refused, naming it.
+    std::fs::create_dir_all(d("wrong")).unwrap();
+    let other = &ranked[2].0;
+    let cropped = vesalius(&["convert", tissue.to_str().unwrap(), d("wrong").join(other).to_str().unwrap(), "--slice", "1:100"]);
+    assert!(cropped.status.success(), "{}", stderr(&cropped));
+    assert_input_error(&accept("wrong"), other);
+}
