@@ -55,7 +55,7 @@ dropout = 0.1
 epochs = ${EPOCHS:-20}
 iterations = ${ITERATIONS:-25}
 lr = 0.003
-seed = 0
+seed = ${SEED:-0}
 
 [[augment.transforms]]
 type = "rand_affine"
@@ -79,7 +79,7 @@ for method in $METHODS; do
   for r in $(seq 1 "$ROUNDS"); do
     out=$W/$method/round$r
     mkdir -p "$out/labels"
-    "$V" label suggest --run "$prev_run" --pool "$W/pool" -n "$K" --method "$method" --seed "$r" -o "$out/suggest" > "$out/suggest.log"
+    "$V" label suggest --run "$prev_run" --pool "$W/pool" -n "$K" --method "$method" --seed "$(( ${SEED:-0} * 100 + r ))" -o "$out/suggest" > "$out/suggest.log"
     for f in "$out"/suggest/t1_z*.nii.gz; do
       cp "$W/truth/$(basename "$f")" "$out/labels/"
     done

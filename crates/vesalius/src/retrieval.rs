@@ -1,5 +1,6 @@
 //! `vesalius index` and `vesalius search`: content-based image retrieval with a classification run's network
-//! (its penultimate layer, or a stacked auto-encoder's code) or the run's input pixels as the embedding
+//! (its penultimate layer, or a stacked auto-encoder's code), radiomics features of the inputs, or the run's input
+//! pixels as the embedding
 //! ([`vesalius_retrieval`]).
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,82 @@ pub struct Source {
     pub run: PathBuf,
     /// Raw input pixels (the run's channels and size) instead of the network's embedding.
     pub pixels: bool,
+    /// Radiomics features of the whole input (IBSI intensity, histogram and texture families, 32 fixed bins),
+    /// standardised by the indexed items' means and standard deviations (kept here for the queries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radiomics: Option<Standardisation>,
+}
+
+/// Per-feature means and standard deviations of an index's radiomics vectors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Standardisation {
+    /// Feature names, in vector order.
+    pub names: Vec<String>,
+    /// Means.
+    pub mean: Vec<f64>,
+    /// Standard deviations (1 where a feature is constant).
+    pub std: Vec<f64>,
+}
+
+/// Radiomics settings of the retrieval embedding: every family but shape (the whole square patch is the region),
+/// 32 fixed bins.
+fn radiomics_settings() -> vesalius_radiomics::Settings {
+    vesalius_radiomics::Settings {
+        bin_count: Some(32),
+        families: ["stat", "ih", "cm", "rlm", "szm", "ngl", "ngt"].map(String::from).to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Raw radiomics features of pixel rows `[c·s·s]` (channels averaged), the whole image as the region.
+fn radiomics_rows(rows: &[Vec<f32>], channels: usize, size: usize) -> Result<(Vec<String>, Vec<Vec<f64>>), CliError> {
+    let settings = radiomics_settings();
+    let n = size * size;
+    let mask = vesalius_io::Image::new(vec![1.0; n], vec![size, size], 1, vesalius_io::IDENTITY, "uint8")
+        .map_err(|e| CliError::Internal(e.to_string()))?;
+    let mut names = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let grey: Vec<f32> = (0..n).map(|i| (0..channels).map(|c| row[c * n + i]).sum::<f32>() / channels as f32).collect();
+        let image = vesalius_io::Image::new(grey, vec![size, size], 1, vesalius_io::IDENTITY, "float32")
+            .map_err(|e| CliError::Internal(e.to_string()))?;
+        let f = vesalius_radiomics::extract(&image, &mask, 1.0, &settings).map_err(|e| CliError::Internal(format!("radiomics: {e}")))?;
+        if names.is_empty() {
+            names = f.0.iter().map(|(k, _)| k.clone()).collect();
+        }
+        out.push(f.0.iter().map(|(_, v)| *v).collect());
+    }
+    Ok((names, out))
+}
+
+/// Standardised vectors (non-finite values, e.g. a texture feature of a flat patch, become 0).
+fn standardise(raw: &[Vec<f64>], z: &Standardisation) -> Vec<Vec<f32>> {
+    raw.iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let x = (v - z.mean[i]) / z.std[i];
+                    if x.is_finite() { x as f32 } else { 0.0 }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The standardisation of the indexed items' features.
+fn fit_standardisation(names: Vec<String>, raw: &[Vec<f64>]) -> Standardisation {
+    let d = names.len();
+    let mut mean = vec![0.0; d];
+    let mut std = vec![0.0; d];
+    for i in 0..d {
+        let vals: Vec<f64> = raw.iter().map(|r| r[i]).filter(|v| v.is_finite()).collect();
+        let n = vals.len().max(1) as f64;
+        mean[i] = vals.iter().sum::<f64>() / n;
+        let var = vals.iter().map(|v| (v - mean[i]).powi(2)).sum::<f64>() / n;
+        std[i] = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
+    }
+    Standardisation { names, mean, std }
 }
 
 /// Settings of `vesalius index`.
@@ -45,6 +122,10 @@ pub struct IndexArgs {
     /// Embed by the input pixels (resized as the run's inputs) instead of the network: the raw-pixel baseline.
     #[arg(long)]
     pub pixels: bool,
+    /// Embed by radiomics features of the input (intensity, histogram and texture families, standardised over the
+    /// index) instead of the network.
+    #[arg(long, conflicts_with = "pixels")]
+    pub radiomics: bool,
     /// Distance: cosine or euclidean.
     #[arg(long, default_value = "cosine")]
     pub metric: String,
@@ -71,6 +152,14 @@ fn classification_run(run: &Path) -> Result<RunDir, CliError> {
 fn embed_pixels(backend: BackendKind, source: &Source, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, CliError> {
     if source.pixels {
         return Ok(rows.to_vec());
+    }
+    if let Some(z) = &source.radiomics {
+        let info = classification_run(&source.run)?.read_classifier_info()?;
+        let (names, raw) = radiomics_rows(rows, info.model.in_channels, info.model.input_size)?;
+        if !raw.is_empty() && names != z.names {
+            return Err(CliError::Internal("the queries' radiomics features differ from the index's".into()));
+        }
+        return Ok(standardise(&raw, z));
     }
     let dir = classification_run(&source.run)?;
     let info = dir.read_classifier_info()?;
@@ -104,7 +193,7 @@ pub fn index(backend: BackendKind, args: &IndexArgs, out: &Path) -> Result<Index
         other => return Err(CliError::Usage(format!("unknown --metric '{other}' (cosine, euclidean)"))),
     };
     let run_abs = std::path::absolute(&args.run).unwrap_or_else(|_| args.run.clone());
-    let source = Source { run: run_abs, pixels: args.pixels };
+    let mut source = Source { run: run_abs, pixels: args.pixels, radiomics: None };
     let dir = classification_run(&args.run)?;
     let info = dir.read_classifier_info()?;
     let (ids, labels, groups, rows) = match &args.split {
@@ -138,7 +227,15 @@ pub fn index(backend: BackendKind, args: &IndexArgs, out: &Path) -> Result<Index
             (ids, vec![None; args.images.len()], vec![None; args.images.len()], file_pixels(&args.run, &args.images)?)
         }
     };
-    let vectors = embed_pixels(backend, &source, &rows)?;
+    let vectors = if args.radiomics {
+        let (names, raw) = radiomics_rows(&rows, info.model.in_channels, info.model.input_size)?;
+        let z = fit_standardisation(names, &raw);
+        let vectors = standardise(&raw, &z);
+        source.radiomics = Some(z);
+        vectors
+    } else {
+        embed_pixels(backend, &source, &rows)?
+    };
     let text = serde_json::to_string(&source).map_err(|e| CliError::Internal(e.to_string()))?;
     let mut index = Index::new(ids, labels, groups, vectors, metric, &text)?;
     if args.approximate {

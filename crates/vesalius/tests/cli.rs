@@ -221,6 +221,22 @@ bootstrap = 100
         "no HNSW graph",
     );
     assert_input_error(&vesalius(&["search", "--index", dir.path().to_str().unwrap(), png.to_str().unwrap()]), "meta.json");
+    // Radiomics vectors (intensity, histogram and texture features of the whole patch), standardised over the index;
+    // queries are standardised the same way.
+    let rad = dir.path().join("radiomics");
+    let o = vesalius(&["index", "--run", run.to_str().unwrap(), "--split", "test", "--radiomics", "-o", rad.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("indexed 56 items (56 labelled), 120 values each"), "{}", stdout(&o));
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rad.join("meta.json")).unwrap()).unwrap();
+    let source: serde_json::Value = serde_json::from_str(meta["source"].as_str().unwrap()).unwrap();
+    assert_eq!(source["radiomics"]["names"].as_array().unwrap().len(), 120);
+    assert!(source["radiomics"]["names"].as_array().unwrap().iter().any(|n| n == "cm_contrast"), "{source}");
+    let o = vesalius(&["search", "--index", rad.to_str().unwrap(), "--evaluate", "-k", "5"]);
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(m["precision_at_k"]["value"].as_f64().unwrap() > 13.0 / 55.0, "{m}");
+    let o = vesalius(&["search", "--index", rad.to_str().unwrap(), png.to_str().unwrap(), "-k", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 4);
 }
 
 #[test]
