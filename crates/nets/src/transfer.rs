@@ -342,6 +342,27 @@ fn is_linear_weight(s: &TensorSnapshot) -> bool {
     s.module_type().as_deref() == Some("Struct:Linear") && s.shape.len() == 2 && s.full_path().ends_with(".weight")
 }
 
+/// A row-major `rows × cols` matrix transposed (`cols × rows`).
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = values[r * cols + c];
+        }
+    }
+    t
+}
+
+/// A snapshot of `data` at the place of the network's parameter `s`.
+fn with_data(s: &TensorSnapshot, data: TensorData) -> TensorSnapshot {
+    TensorSnapshot::from_data(
+        data,
+        s.path_stack.clone().unwrap_or_default(),
+        s.container_stack.clone().unwrap_or_default(),
+        s.tensor_id.unwrap_or_default(),
+    )
+}
+
 /// Shape in PyTorch's convention (a linear weight transposed).
 fn file_shape(s: &TensorSnapshot) -> Vec<usize> {
     let mut shape = s.shape.to_vec();
@@ -399,12 +420,7 @@ pub fn load_weights<B: Backend, M: Module<B>>(
             let data = TensorData::new(adapt_input_channels(&values, &found, expected[1]), expected.clone()).convert_dtype(s.dtype);
             report.adapted.push(format!("{path}: {} input channels from the file's {}", expected[1], found[1]));
             used.insert(name);
-            snapshots.push(TensorSnapshot::from_data(
-                data,
-                s.path_stack.clone().unwrap_or_default(),
-                s.container_stack.clone().unwrap_or_default(),
-                s.tensor_id.unwrap_or_default(),
-            ));
+            snapshots.push(with_data(s, data));
             continue;
         }
         if found != expected {
@@ -420,21 +436,10 @@ pub fn load_weights<B: Backend, M: Module<B>>(
         if is_linear_weight(s) {
             let values = data.clone().convert_dtype(DType::F32).to_vec::<f32>().map_err(|e| file.fail(format!("`{name}`: {e:?}")))?;
             let (rows, cols) = (expected[0], expected[1]);
-            let mut t = vec![0f32; values.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    t[c * rows + r] = values[r * cols + c];
-                }
-            }
-            data = TensorData::new(t, [cols, rows]).convert_dtype(s.dtype);
+            data = TensorData::new(transpose(&values, rows, cols), [cols, rows]).convert_dtype(s.dtype);
         }
         used.insert(name);
-        snapshots.push(TensorSnapshot::from_data(
-            data,
-            s.path_stack.clone().unwrap_or_default(),
-            s.container_stack.clone().unwrap_or_default(),
-            s.tensor_id.unwrap_or_default(),
-        ));
+        snapshots.push(with_data(s, data));
     }
     report.loaded = snapshots.len();
     let result = module.apply(snapshots, None, None, true);
@@ -481,14 +486,8 @@ pub fn to_safetensors<B: Backend, M: Module<B>>(module: &M, layout: &Layout, nam
         let mut values = data.convert_dtype(DType::F32).to_vec::<f32>().map_err(|e| TransferError::Naming(format!("`{path}`: {e:?}")))?;
         let shape = file_shape(&s);
         if is_linear_weight(&s) {
-            let (rows, cols) = (shape[0], shape[1]);
-            let mut t = vec![0f32; values.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    t[r * cols + c] = values[c * rows + r];
-                }
-            }
-            values = t;
+            // Stored `[in, out]` = `[cols, rows]`; written `[rows, cols]`.
+            values = transpose(&values, shape[1], shape[0]);
         }
         if naming != Naming::Vesalius
             && s.module_type().as_deref() == Some("Struct:BatchNorm")

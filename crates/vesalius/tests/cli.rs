@@ -527,6 +527,17 @@ fn register_evaluates_labels_before_and_after() {
     );
 }
 
+/// The `[data]` table of the two pyradiomics brains with their tumour masks, two folds.
+fn tumour_data() -> String {
+    let fx = root().join("fixtures/nifti/pyradiomics");
+    format!(
+        "[data]\ncases = [\n  {{ id = \"brain1\", image = [\"{0}/brain1_image.nii.gz\"], label = \"{0}/brain1_label.nii.gz\" }},\n  \
+         {{ id = \"brain2\", image = [\"{0}/brain2_image.nii.gz\"], label = \"{0}/brain2_label.nii.gz\" }},\n]\n\
+         labels = {{ background = 0, tumour = 1 }}\nfolds = 2\n",
+        fx.display()
+    )
+}
+
 #[test]
 fn segmentation_train_predict_evaluate_on_the_tumour_cases() {
     let dir = tempfile::tempdir().unwrap();
@@ -536,14 +547,7 @@ fn segmentation_train_predict_evaluate_on_the_tumour_cases() {
         &recipe,
         format!(
             r#"task = "segmentation"
-[data]
-cases = [
-  {{ id = "brain1", image = ["{0}/brain1_image.nii.gz"], label = "{0}/brain1_label.nii.gz" }},
-  {{ id = "brain2", image = ["{0}/brain2_image.nii.gz"], label = "{0}/brain2_label.nii.gz" }},
-]
-labels = {{ background = 0, tumour = 1 }}
-folds = 2
-[plan]
+{data}[plan]
 target_spacing = [3.2, 3.2, 6.5]
 patch = [32, 32, 8]
 batch = 2
@@ -553,7 +557,7 @@ epochs = 2
 iterations = 3
 foreground_share = 0.5
 "#,
-            fx.display()
+            data = tumour_data()
         ),
     )
     .unwrap();
@@ -1396,21 +1400,13 @@ fn transfer_learning_exports_a_run_and_fine_tunes_another_from_it() {
 #[test]
 fn segmentation_starts_from_monai_basic_unet_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let fx = root().join("fixtures/nifti/pyradiomics");
     let weights = root().join("fixtures/transfer/basicunet_3d.safetensors");
     let recipe = dir.path().join("monai.toml");
     std::fs::write(
         &recipe,
         format!(
             r#"task = "segmentation"
-[data]
-cases = [
-  {{ id = "brain1", image = ["{0}/brain1_image.nii.gz"], label = "{0}/brain1_label.nii.gz" }},
-  {{ id = "brain2", image = ["{0}/brain2_image.nii.gz"], label = "{0}/brain2_label.nii.gz" }},
-]
-labels = {{ background = 0, tumour = 1 }}
-folds = 2
-[plan]
+{data}[plan]
 target_spacing = [3.2, 3.2, 6.5]
 patch = [32, 32, 16]
 batch = 1
@@ -1419,15 +1415,14 @@ norm = "instance"
 conv_bias = true
 negative_slope = 0.1
 [model]
-init = {1:?}
+init = {weights:?}
 init_skip = ["head"]
 freeze = ["enc"]
 [train]
 epochs = 1
 iterations = 2
 "#,
-            fx.display(),
-            weights
+            data = tumour_data()
         ),
     )
     .unwrap();
