@@ -144,6 +144,8 @@ pub enum TransferError {
 pub struct WeightFile {
     path: PathBuf,
     tensors: BTreeMap<String, TensorSnapshot>,
+    /// Bytes of the file: no tensor's data can be larger, whatever its header claims.
+    size: u64,
 }
 
 impl std::fmt::Debug for WeightFile {
@@ -172,21 +174,23 @@ impl WeightFile {
             let reader = PytorchReader::new(path).map_err(|e| fail(format!("not a readable PyTorch file: {e}")))?;
             reader.into_tensors().into_iter().collect()
         };
-        Self::from_tensors(path, tensors)
+        let size = std::fs::metadata(path).map(|m| m.len()).map_err(|e| fail(e.to_string()))?;
+        Self::from_tensors(path, tensors, size)
     }
 
     /// Reads safetensors bytes (`name` stands for the file in messages).
     pub fn from_safetensors_bytes(name: &str, bytes: Vec<u8>) -> Result<Self, TransferError> {
         let path = PathBuf::from(name);
+        let size = bytes.len() as u64;
         let mut store = SafetensorsStore::from_bytes(Some(bytes));
         let tensors = store
             .get_all_snapshots()
             .map_err(|e| TransferError::File { path: path.clone(), message: format!("not readable safetensors: {e}") })?
             .clone();
-        Self::from_tensors(&path, tensors)
+        Self::from_tensors(&path, tensors, size)
     }
 
-    fn from_tensors(path: &Path, mut tensors: BTreeMap<String, TensorSnapshot>) -> Result<Self, TransferError> {
+    fn from_tensors(path: &Path, mut tensors: BTreeMap<String, TensorSnapshot>, size: u64) -> Result<Self, TransferError> {
         if tensors.is_empty() {
             return Err(TransferError::File { path: path.to_path_buf(), message: "the file holds no tensors".into() });
         }
@@ -202,7 +206,7 @@ impl WeightFile {
             }
             tensors = tensors.into_iter().map(|(k, v)| (k[prefix.len()..].to_string(), v)).collect();
         }
-        Ok(Self { path: path.to_path_buf(), tensors })
+        Ok(Self { path: path.to_path_buf(), tensors, size })
     }
 
     /// The file this was read from.
@@ -238,6 +242,14 @@ impl WeightFile {
 
     fn data(&self, name: &str) -> Result<TensorData, TransferError> {
         let snapshot = self.tensors.get(name).ok_or_else(|| self.fail(format!("no tensor `{name}`")))?;
+        let bytes = snapshot.shape.iter().try_fold(snapshot.dtype.size() as u64, |a, &d| a.checked_mul(d as u64));
+        if bytes.is_none_or(|b| b > self.size) {
+            return Err(self.fail(format!(
+                "`{name}` claims shape {:?}, more data than the file's {} bytes",
+                snapshot.shape.to_vec(),
+                self.size
+            )));
+        }
         snapshot.to_data().map_err(|e| self.fail(format!("`{name}` cannot be read: {e:?}")))
     }
 

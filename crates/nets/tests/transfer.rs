@@ -203,6 +203,15 @@ fn unreadable_files_are_named() {
     let err = WeightFile::open(&bad).expect_err("garbage");
     assert!(err.to_string().contains("broken.safetensors"), "{err}");
     assert!(WeightFile::open(&dir.path().join("absent.pth")).is_err());
+    // A header claiming more data than the file holds is refused before anything is allocated for it.
+    let hostile = WeightFile::open(&fixture("hostile_shape.pth")).expect("the header parses");
+    assert_eq!(hostile.shape("conv1.weight"), Some(vec![1 << 28, 3, 7, 7]));
+    let err = hostile.values("conv1.weight").expect_err("too large");
+    assert!(err.to_string().contains("more data than the file"), "{err}");
+    let net = resnet(ResNetDepth::ResNet18, 4, 5);
+    let layout = net.layout();
+    let err = load_weights(net, &layout, &hostile, Naming::Torchvision, &[]).expect_err("shape differs");
+    assert!(matches!(err, TransferError::Shape { .. }), "{err}");
 }
 
 fn same_tensors(a: &WeightFile, b: &WeightFile) {
