@@ -274,8 +274,12 @@ pub struct LoadReport {
 /// A first convolution's weights `[out, c_file, k…]` for `channels` input channels, as timm's `adapt_input_conv`
 /// does: summed over the file's channels for one channel (a grey image seen as equal R, G and B gives the same
 /// response); otherwise the file's channels repeated cyclically and scaled by `c_file / channels`.
+/// A shape of fewer than two axes, or values that do not fill it, is returned unchanged.
 pub fn adapt_input_channels(values: &[f32], shape: &[usize], channels: usize) -> Vec<f32> {
-    let (out, c_file) = (shape[0], shape[1]);
+    let [out, c_file, ..] = *shape else { return values.to_vec() };
+    if values.len() != shape.iter().product::<usize>() || c_file == 0 {
+        return values.to_vec();
+    }
     let k: usize = shape[2..].iter().product();
     let mut adapted = vec![0f32; out * channels * k];
     for o in 0..out {

@@ -189,11 +189,20 @@ pub fn postprocess(labels: &mut [u16], shape: [usize; 3], classes: usize, larges
 /// The output file names for an input: `OUT/<name>.nii.gz` and `OUT/<name>_probabilities.nii.gz`, where `<name>`
 /// is the input's file name without its extension and without an nnU-Net channel suffix.
 pub fn output_paths(input: &Path, out: &Path) -> (PathBuf, PathBuf) {
-    let name = input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| "case".into());
-    let stem =
-        ["nii.gz", "nii", "mha", "mhd", "dcm", "png"].iter().find_map(|e| name.strip_suffix(&format!(".{e}"))).unwrap_or(&name).to_string();
-    let stem = stem.strip_suffix("_0000").unwrap_or(&stem).to_string();
+    let stem = stem(input);
     (out.join(format!("{stem}.nii.gz")), out.join(format!("{stem}_probabilities.nii.gz")))
+}
+
+/// An image's name without its extension (`.nii.gz`, `.nii`, `.mha`, `.mhd`, `.dcm`, `.png`, `.tif`, `.tiff`) and
+/// without an nnU-Net channel suffix (`_0000`): the name of its label map (`case` for a path without a file name).
+pub fn stem(path: &Path) -> String {
+    let name = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| "case".into());
+    let stem = ["nii.gz", "nii", "mha", "mhd", "dcm", "png", "tif", "tiff"]
+        .iter()
+        .find_map(|e| name.strip_suffix(&format!(".{e}")))
+        .unwrap_or(&name)
+        .to_string();
+    stem.strip_suffix("_0000").unwrap_or(&stem).to_string()
 }
 
 /// Writes a segmentation next to its name (labels as `uint8`/`uint16`, probabilities as `float32`).

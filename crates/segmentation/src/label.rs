@@ -34,6 +34,7 @@ use vesalius_train::sliding::SlidingWindow;
 
 use crate::SegError;
 use crate::infer::Predictor;
+pub use crate::infer::stem;
 
 /// How an image's uncertainty is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,18 +208,6 @@ pub struct Ranked {
     pub path: PathBuf,
     /// Its uncertainty (higher first).
     pub score: f64,
-}
-
-/// The stem that names an image's label map: the file name without `.nii.gz`, `.nii`, `.png`, … and without an
-/// nnU-Net channel suffix (`_0000`).
-pub fn stem(path: &Path) -> String {
-    let name = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-    let stem = ["nii.gz", "nii", "mha", "mhd", "png", "tif", "tiff"]
-        .iter()
-        .find_map(|e| name.strip_suffix(&format!(".{e}")))
-        .unwrap_or(&name)
-        .to_string();
-    stem.strip_suffix("_0000").unwrap_or(&stem).to_string()
 }
 
 /// Sorts by score, highest first; ties by path.

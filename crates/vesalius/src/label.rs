@@ -16,13 +16,17 @@ pub fn pool_images(pool: &Path) -> Result<Vec<PathBuf>, CliError> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
+            // Image files by their format; the `.img` half of an Analyze/NIfTI pair is read through its `.hdr`.
             let name = p.file_name().map(|f| f.to_string_lossy().to_lowercase()).unwrap_or_default();
-            p.is_file() && [".nii.gz", ".nii", ".mha", ".mhd", ".png", ".tif", ".tiff"].iter().any(|e| name.ends_with(e))
+            p.is_file()
+                && !name.ends_with(".img")
+                && !name.ends_with(".img.gz")
+                && matches!(vesalius_io::Format::from_path(p), Some(f) if f != vesalius_io::Format::Dicom)
         })
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(CliError::Usage(format!("{}: no images (NIfTI, MetaImage, PNG, TIFF) in the pool", pool.display())));
+        return Err(CliError::Usage(format!("{}: no images (NIfTI, Analyze, MetaImage, PNG, JPEG, TIFF) in the pool", pool.display())));
     }
     Ok(files)
 }
