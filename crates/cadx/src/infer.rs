@@ -76,8 +76,8 @@ pub fn targets_of(data: &ClassificationDataset) -> Targets {
     }
 }
 
-/// A batch of image files, converted and resized as in training.
-fn files_batch<B: Backend>(info: &RunInfo, files: &[&Path], device: &B::Device) -> Result<Tensor<B, 4>, CadxError> {
+/// A batch of image files `[n, channels, size, size]`, converted and resized as in training.
+pub fn files_batch<B: Backend>(info: &RunInfo, files: &[&Path], device: &B::Device) -> Result<Tensor<B, 4>, CadxError> {
     let (c, s) = (info.model.in_channels, info.model.input_size);
     let mut pixels = Vec::with_capacity(files.len() * c * s * s);
     for path in files {

@@ -55,6 +55,7 @@
 pub mod evaluate;
 pub mod explain;
 pub mod infer;
+pub mod label;
 pub mod loss;
 pub mod recipe;
 pub mod run;

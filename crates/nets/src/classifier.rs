@@ -170,6 +170,18 @@ impl<B: Backend> Classifier<B> {
         }
     }
 
+    /// Whether the network has dropout: AlexNet, VGG, GoogLeNet and the multi-layer perceptron as configured. burn's
+    /// dropout is active on autodiff backends only, so Monte-Carlo dropout samples by running the network there.
+    pub fn has_dropout(&self) -> bool {
+        match self {
+            Classifier::Mlp(m) => m.has_dropout(),
+            Classifier::AlexNet(m) => m.has_dropout(),
+            Classifier::Vgg(m) => m.has_dropout(),
+            Classifier::GoogLeNet(m) => m.has_dropout(),
+            Classifier::LeNet5(_) | Classifier::ResNet(_) | Classifier::Sae(_) => false,
+        }
+    }
+
     /// Logits `[batch, classes]` for images `[batch, channels, size, size]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {

@@ -120,6 +120,11 @@ impl GoogLeNetConfig {
 }
 
 impl<B: Backend> GoogLeNet<B> {
+    /// Whether the network has dropout (active on autodiff backends: training, Monte-Carlo dropout).
+    pub fn has_dropout(&self) -> bool {
+        self.dropout.prob > 0.0
+    }
+
     /// The structure that parameter names depend on ([`crate::transfer`]).
     pub fn layout(&self) -> crate::transfer::Layout {
         crate::transfer::Layout::GoogLeNet

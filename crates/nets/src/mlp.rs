@@ -43,6 +43,11 @@ impl MlpConfig {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// Whether the network has dropout (active on autodiff backends: training, Monte-Carlo dropout).
+    pub fn has_dropout(&self) -> bool {
+        self.dropout.prob > 0.0
+    }
+
     /// Logits `[batch, classes]` for images `[batch, c, h, w]` (flattened row-major).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let mut x: Tensor<B, 2> = x.flatten(1, 3);

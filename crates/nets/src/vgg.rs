@@ -113,6 +113,11 @@ impl VggConfig {
 }
 
 impl<B: Backend> Vgg<B> {
+    /// Whether the network has dropout (active on autodiff backends: training, Monte-Carlo dropout).
+    pub fn has_dropout(&self) -> bool {
+        self.dropout.prob > 0.0
+    }
+
     /// The structure that parameter names depend on ([`crate::transfer`]).
     pub fn layout(&self) -> crate::transfer::Layout {
         let depth = if self.convs.len() == 8 { VggDepth::Vgg11 } else { VggDepth::Vgg16 };

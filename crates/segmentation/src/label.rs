@@ -2,7 +2,8 @@
 //! corrects the most informative pre-labels first (the strategies of MONAI Label's active learning), and taking the
 //! corrected label maps back into a recipe whose training starts from the previous model.
 //!
-//! Uncertainty is measured on the plan grid (after resampling and normalisation), voxel by voxel, then averaged
+//! The scores and the order are the engine's ([`vesalius_train::label`]), shared with classification. Uncertainty is
+//! measured on the plan grid (after resampling and normalisation), voxel by voxel, then averaged
 //! over the image:
 //! * [`Method::Entropy`]: the entropy of the class probabilities, divided by `ln(classes)` (0 certain, 1 uniform);
 //! * [`Method::Tta`]: the variance of the class probabilities over test-time mirrorings (every patch mirrored along
@@ -12,18 +13,12 @@
 //! * [`Method::Random`]: a seeded random order, the baseline every strategy is measured against.
 //!
 //! ```
-//! use vesalius_segmentation::label::{Method, entropy_score, variance_score};
-//! // Two voxels, two classes, `[class][voxel]`: one certain voxel and one coin toss.
-//! let p = [1.0, 0.5, 0.0, 0.5];
-//! assert!((entropy_score(&p, 2) - 0.5).abs() < 1e-6);
-//! // Two samples that agree on the first voxel and disagree completely on the second.
-//! let a = vec![1.0, 1.0, 0.0, 0.0];
-//! let b = vec![1.0, 0.0, 0.0, 1.0];
-//! assert!((variance_score(&[a, b]) - 0.125).abs() < 1e-6);
-//! assert_eq!("mc-dropout".parse::<Method>().unwrap(), Method::McDropout);
+//! use vesalius_segmentation::label::{Method, entropy_score};
+//! // A map whose first voxel is certain and whose second is a coin toss scores one half.
+//! assert!((entropy_score(&[1.0, 0.5, 0.0, 0.5], 2) - 0.5).abs() < 1e-6);
+//! assert_eq!("tta".parse::<Method>().unwrap(), Method::Tta);
 //! ```
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
@@ -35,79 +30,7 @@ use vesalius_train::sliding::SlidingWindow;
 use crate::SegError;
 use crate::infer::Predictor;
 pub use crate::infer::stem;
-
-/// How an image's uncertainty is measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    /// Mean normalised entropy of the class probabilities.
-    Entropy,
-    /// Mean variance of the class probabilities over test-time mirrorings.
-    Tta,
-    /// Mean variance of the class probabilities over Monte-Carlo dropout passes.
-    McDropout,
-    /// A seeded random score (the baseline).
-    Random,
-}
-
-impl FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "entropy" => Ok(Method::Entropy),
-            "tta" => Ok(Method::Tta),
-            "mc-dropout" => Ok(Method::McDropout),
-            "random" => Ok(Method::Random),
-            other => Err(format!("unknown uncertainty method `{other}` (entropy, tta, mc-dropout, random)")),
-        }
-    }
-}
-
-/// Mean over voxels of the class entropy divided by `ln(classes)`, for probabilities laid out `[class][voxel]`.
-pub fn entropy_score(p: &[f32], classes: usize) -> f64 {
-    if classes < 2 || p.is_empty() {
-        return 0.0;
-    }
-    let n = p.len() / classes;
-    let norm = (classes as f64).ln();
-    let mut sum = 0.0;
-    for v in 0..n {
-        let mut h = 0.0;
-        for c in 0..classes {
-            let q = p[c * n + v] as f64;
-            if q > 0.0 {
-                h -= q * q.ln();
-            }
-        }
-        sum += h / norm;
-    }
-    sum / n.max(1) as f64
-}
-
-/// Mean over voxels and classes of the variance (population) of the probabilities across `samples`, each laid
-/// out `[class][voxel]` (any layout: every element counts once).
-pub fn variance_score(samples: &[Vec<f32>]) -> f64 {
-    let Some(first) = samples.first() else { return 0.0 };
-    let t = samples.len() as f64;
-    let mut sum = 0.0;
-    for i in 0..first.len() {
-        let mean = samples.iter().map(|s| s[i] as f64).sum::<f64>() / t;
-        sum += samples.iter().map(|s| (s[i] as f64 - mean).powi(2)).sum::<f64>() / t;
-    }
-    sum / first.len().max(1) as f64
-}
-
-/// A uniform number in [0, 1) from a seed and a name (the random baseline's score).
-pub fn random_score(seed: u64, name: &str) -> f64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    (h >> 11) as f64 / (1u64 << 53) as f64
-}
+pub use vesalius_train::label::{Method, Ranked, entropy_score, random_score, rank, variance_score};
 
 /// The mirrorings of test-time augmentation: every non-empty combination of the spatial axes of a `dims`-D
 /// patch tensor `[n, c, d, h, w]` (2D networks mirror height and width only), with the identity first.
@@ -199,21 +122,6 @@ impl<B: Backend> Predictor<B> {
             Method::Random => Ok(random_score(seed, name)),
         }
     }
-}
-
-/// An image of the pool with its score.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Ranked {
-    /// The image file.
-    pub path: PathBuf,
-    /// Its uncertainty (higher first).
-    pub score: f64,
-}
-
-/// Sorts by score, highest first; ties by path.
-pub fn rank(mut items: Vec<Ranked>) -> Vec<Ranked> {
-    items.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.path.cmp(&b.path)));
-    items
 }
 
 /// The recipe with the corrected `(image, label map)` pairs added to its `cases` and its training started from

@@ -14,6 +14,8 @@
 //!   early termination by learning-curve extrapolation — with one folder per study that resumes after a kill.
 //! * [`transfer`]: starting from weights trained elsewhere (PyTorch, safetensors), frozen layers, per-layer
 //!   learning rates and gradual unfreezing, applied by the engine at every step.
+//! * [`label`]: uncertainty scores and the ranking of unlabelled images for semi-automatic labelling, the same
+//!   for every task.
 //! * [`sliding`]: inference over whole volumes window by window with bounded memory (Gaussian importance,
 //!   mirror test-time augmentation), for every task that predicts dense maps.
 //!
@@ -21,6 +23,7 @@
 pub mod engine;
 pub mod greedy;
 pub mod ids;
+pub mod label;
 pub mod progress;
 pub mod recipe;
 pub mod run;

@@ -257,6 +257,19 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Write a classification recipe's samples (a MedMNIST archive, a volume's patches, any source) as 8-bit PNG files
+    /// `OUT/<split>/<nnnnn>.png` with `OUT/manifest.csv` (`path,label,patient_id,split,source_id`), the splits those
+    /// the recipe's run uses.
+    Samples {
+        /// The classification recipe.
+        recipe: PathBuf,
+        /// Splits to write, comma-separated (train, val, test; default: all).
+        #[arg(long, value_delimiter = ',')]
+        split: Vec<String>,
+        /// The output folder.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Convert an image between formats (NIfTI, MetaImage, PNG, TIFF in; NIfTI, PNG, TIFF out), keeping its
     /// geometry and stored type.
     Convert {
@@ -395,9 +408,10 @@ pub enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
-    /// Semi-automatic labelling of segmentation data: `suggest` ranks unlabelled images by the run's uncertainty and
-    /// pre-labels the most uncertain for correction (ITK-SNAP, 3D Slicer); `accept` adds the corrected label maps to
-    /// the recipe, whose training then starts from the run's network.
+    /// Semi-automatic labelling of segmentation and classification data: `suggest` ranks unlabelled images by the
+    /// run's uncertainty and pre-labels the most uncertain for correction (label maps for ITK-SNAP or 3D Slicer, or a
+    /// `path,label` CSV); `accept` adds the corrected labels to the recipe, whose training then starts from the run's
+    /// network.
     Label {
         /// suggest or accept.
         #[command(subcommand)]
@@ -418,9 +432,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum LabelAction {
     /// Rank the pool's images (those the run has not trained on) by uncertainty: `OUT/suggestions.csv`
-    /// (`rank,image,score`, most uncertain first) and the run's segmentation of the first `n` as `OUT/<name>.nii.gz`.
+    /// (`rank,image,score`, most uncertain first) and the run's segmentation of the first `n` as `OUT/<name>.nii.gz`,
+    /// or, for a classification run, their predicted classes in `OUT/labels.csv` (`path,label`).
     Suggest {
-        /// The segmentation run.
+        /// The segmentation or classification run.
         #[arg(long)]
         run: PathBuf,
         /// Folder of unlabelled images (NIfTI, MetaImage, PNG, TIFF).
@@ -429,8 +444,8 @@ pub enum LabelAction {
         /// Images to pre-label.
         #[arg(short, default_value_t = 5)]
         n: usize,
-        /// entropy, tta (variance over mirrorings), mc-dropout (variance over dropout samples; the run needs
-        /// `[plan] dropout`) or random.
+        /// entropy, tta (variance over mirrorings), mc-dropout (variance over dropout samples; a segmentation run
+        /// needs `[plan] dropout`, a classifier dropout layers: alexnet, vgg, googlenet, mlp) or random.
         #[arg(long, default_value = "entropy")]
         method: String,
         /// Monte-Carlo dropout samples.
@@ -444,18 +459,20 @@ pub enum LabelAction {
         out: PathBuf,
     },
     /// Add corrected label maps (named `<image name>.nii.gz`, as `suggest` wrote them) and their pool images to the
-    /// recipe's cases; the new recipe starts from the run's network (exported beside it as `<name>.init.safetensors`).
+    /// recipe's cases, or, for a classification run, the rows of the corrected `labels.csv` to the recipe's manifest
+    /// (written beside the new recipe as `<name>.manifest.csv`, the new images in the training split); the new recipe
+    /// starts from the run's network (exported beside it as `<name>.init.safetensors`).
     Accept {
-        /// The recipe the run was trained with (it must list its `cases`).
+        /// The recipe the run was trained with (it must list its `cases`, or read a manifest).
         #[arg(long)]
         recipe: PathBuf,
         /// The run whose network the next training starts from.
         #[arg(long)]
         run: PathBuf,
-        /// The folder of the images.
+        /// The folder of the images (required for segmentation; for classification every labelled image must lie in it).
         #[arg(long)]
-        pool: PathBuf,
-        /// The folder of corrected label maps.
+        pool: Option<PathBuf>,
+        /// The folder of corrected label maps, or the corrected `labels.csv` of a classification run.
         #[arg(long)]
         labels: PathBuf,
         /// The new recipe.
@@ -496,11 +513,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             for (i, r) in done.ranked.iter().take(n).enumerate() {
                 println!("{:>3}  {:.6}  {}", i + 1, r.score, r.path.display());
             }
-            println!("{} images ranked; pre-labels of the first {} in {}", done.ranked.len(), done.prelabels.len(), out.display());
+            println!("{} images ranked; pre-labels of the first {} in {}", done.ranked.len(), n.min(done.ranked.len()), out.display());
             Ok(())
         }
         Command::Label { action: LabelAction::Accept { recipe, run, pool, labels, out } } => {
-            let added = crate::label::accept(backend, &recipe, &run, &pool, &labels, &out)?;
+            let added = crate::label::accept(backend, &recipe, &run, pool.as_deref(), &labels, &out)?;
             println!(
                 "added {added} labelled cases; train the new recipe (it starts from the run's network): vesalius train {}",
                 out.display()
@@ -717,6 +734,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Radiomics { files, label, config, bin_width, bin_count, output } => {
             crate::radiomics::run(&files, label, config.as_deref(), bin_width, bin_count, output.as_deref())
+        }
+        Command::Samples { recipe, split, out } => {
+            let splits = split
+                .iter()
+                .map(|s| {
+                    vesalius_data::source::Split::parse(s)
+                        .ok_or_else(|| CliError::Usage(format!("--split {s}: expected train, val or test")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let done = crate::samples::samples(&recipe, &splits, &out)?;
+            let counts: Vec<String> = done.per_split.iter().map(|(s, n)| format!("{n} {}", s.name())).collect();
+            println!("wrote {} images ({}) and manifest.csv to {}", done.images, counts.join(", "), out.display());
+            Ok(())
         }
         Command::Convert { input, output, nifti2, series, slice } => {
             let slice = match slice.as_deref() {

@@ -1,7 +1,8 @@
 //! `vesalius label suggest` and `vesalius label accept`: semi-automatic labelling of segmentation data
-//! ([`vesalius_segmentation::label`]).
+//! ([`vesalius_segmentation::label`]) and of classification data ([`vesalius_cadx::label`]).
 use std::path::{Path, PathBuf};
 
+use vesalius_cadx::run::ClassificationRun;
 use vesalius_segmentation::infer::Predictor;
 use vesalius_segmentation::label::{Method, Ranked, rank, stem};
 use vesalius_segmentation::recipe::SegRecipe;
@@ -35,12 +36,86 @@ pub fn pool_images(pool: &Path) -> Result<Vec<PathBuf>, CliError> {
 pub struct Suggested {
     /// Every pool image not yet in the run's cases, most uncertain first.
     pub ranked: Vec<Ranked>,
-    /// Pre-label files written (the first `n`).
+    /// Pre-label files written: one label map per image for segmentation (the first `n`), `labels.csv` for
+    /// classification.
     pub prelabels: Vec<PathBuf>,
 }
 
+/// The classification run at `run`, refusing table and other runs.
+fn classification_run(run: &Path) -> Result<vesalius_cadx::run::RunDir, CliError> {
+    let dir = vesalius_cadx::run::RunDir::new(run);
+    if !dir.file("run.json").is_file() || vesalius_cadx::tabular::is_run(run) {
+        return Err(CliError::Usage(format!("{}: not an image classification or segmentation run", run.display())));
+    }
+    Ok(dir)
+}
+
+/// Writes `text` to `path` atomically.
+fn write(path: &Path, text: &str) -> Result<(), CliError> {
+    vesalius_io::write_atomic(path, text.as_bytes()).map_err(|e| CliError::Internal(e.to_string()))
+}
+
+/// `suggest` for a classification run: `OUT/suggestions.csv` (`rank,image,score,prediction,p_<class>…`) and
+/// `OUT/labels.csv` (`path,label`: the predicted class of the first `n`, to confirm or correct).
+#[allow(clippy::too_many_arguments)]
+fn suggest_classes(
+    backend: BackendKind,
+    run: &Path,
+    files: Vec<PathBuf>,
+    pool: &Path,
+    n: usize,
+    method: Method,
+    samples: usize,
+    seed: u64,
+    out: &Path,
+) -> Result<Suggested, CliError> {
+    let dir = classification_run(run)?;
+    let info = dir.read_classifier_info()?;
+    let recipe = vesalius_cadx::recipe::Recipe::from_file(&dir.file("recipe.toml"))?;
+    let known = vesalius_cadx::label::known_files(&recipe)?;
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let known: Vec<PathBuf> = known.iter().map(|p| canon(p)).collect();
+    let files: Vec<PathBuf> = files.into_iter().filter(|f| !known.contains(&canon(f))).collect();
+    if files.is_empty() {
+        return Err(CliError::Usage(format!("{}: every image of the pool is already in the run's data", pool.display())));
+    }
+    let scored = with_backend!(backend, |B, AB, device| {
+        if method == Method::McDropout {
+            let model = dir.load_best::<AB>(&info, &device)?;
+            vesalius_cadx::label::score_files::<AB>(&model, &info, &files, method, samples, seed, &device)
+        } else {
+            let model = dir.load_best::<B>(&info, &device)?;
+            vesalius_cadx::label::score_files::<B>(&model, &info, &files, method, samples, seed, &device)
+        }
+    })?;
+    let scored = vesalius_cadx::label::rank_scored(scored);
+    let mut csv = String::from("rank,image,score,prediction");
+    for c in &info.classes {
+        csv.push_str(&format!(",p_{c}"));
+    }
+    csv.push('\n');
+    let mut labels = String::from("path,label\n");
+    for (i, s) in scored.iter().enumerate() {
+        let predicted = vesalius_cadx::label::prediction(&s.probabilities, &info.classes, info.multi_label);
+        csv.push_str(&format!("{},{},{:.6},{predicted}", i + 1, s.path.display(), s.score));
+        for p in &s.probabilities {
+            csv.push_str(&format!(",{p:.6}"));
+        }
+        csv.push('\n');
+        if i < n {
+            labels.push_str(&format!("{},{predicted}\n", s.path.display()));
+        }
+    }
+    write(&out.join("suggestions.csv"), &csv)?;
+    let labels_path = out.join("labels.csv");
+    write(&labels_path, &labels)?;
+    let ranked = scored.into_iter().map(|s| Ranked { path: s.path, score: s.score }).collect();
+    Ok(Suggested { ranked, prelabels: vec![labels_path] })
+}
+
 /// `vesalius label suggest`: scores every pool image the run has not trained on, writes `OUT/suggestions.csv`
-/// (`rank,image,score`) and the run's segmentation of the `n` most uncertain as `OUT/<name>.nii.gz`.
+/// (`rank,image,score`) and the run's segmentation of the `n` most uncertain as `OUT/<name>.nii.gz` (for a
+/// classification run: the predicted classes in `OUT/labels.csv`).
 pub fn suggest(
     backend: BackendKind,
     run: &Path,
@@ -53,6 +128,9 @@ pub fn suggest(
 ) -> Result<Suggested, CliError> {
     let files = pool_images(pool)?;
     std::fs::create_dir_all(out).map_err(|e| CliError::Internal(format!("{}: {e}", out.display())))?;
+    if !crate::commands::is_segmentation_run(run) {
+        return suggest_classes(backend, run, files, pool, n, method, samples, seed, out);
+    }
     let dir = vesalius_segmentation::RunDir::new(run);
     with_backend!(backend, |B, AB, device| {
         let predictor = Predictor::<B>::load(&dir, &device)?;
@@ -86,9 +164,65 @@ pub fn suggest(
     })
 }
 
+/// `<stem of out><suffix>` beside `out`, absolute.
+fn beside(out: &Path, suffix: &str) -> Result<PathBuf, CliError> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::path::absolute(parent.join(format!("{}{suffix}", stem(out).trim_end_matches(".toml"))))
+        .map_err(|e| CliError::Internal(e.to_string()))
+}
+
+/// `accept` for a classification run: the rows of the `labels` CSV (`path,label`, as `suggest` wrote it and the
+/// annotator corrected it) added to the recipe's manifest, written beside the new recipe as `<name>.manifest.csv`.
+fn accept_classes(
+    backend: BackendKind,
+    recipe: &Path,
+    run: &Path,
+    pool: Option<&Path>,
+    labels: &Path,
+    out: &Path,
+) -> Result<usize, CliError> {
+    let dir = classification_run(run)?;
+    let info = dir.read_classifier_info()?;
+    let r = vesalius_cadx::recipe::Recipe::from_file(recipe)?;
+    if !labels.is_file() {
+        return Err(CliError::Usage(format!("{}: a classification run takes its labels from a CSV file (path,label)", labels.display())));
+    }
+    let base = labels.parent().unwrap_or(Path::new("."));
+    let rows = vesalius_cadx::label::read_manifest(labels)?;
+    if rows.is_empty() {
+        return Err(CliError::Usage(format!("{}: no labelled images", labels.display())));
+    }
+    let mut pairs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let image = base.join(&row.path);
+        if let Some(pool) = pool
+            && !matches!((image.parent().map(Path::canonicalize), pool.canonicalize()), (Some(Ok(a)), Ok(b)) if a == b)
+        {
+            return Err(CliError::Usage(format!("{}: {} is not an image of the pool {}", labels.display(), row.path, pool.display())));
+        }
+        pairs.push((image, row.label));
+    }
+    let manifest = beside(out, ".manifest.csv")?;
+    let init = beside(out, ".init.safetensors")?;
+    let accepted = vesalius_cadx::label::accept(&r, &info.classes, &pairs, &manifest, &init)?;
+    crate::export::export(backend, run, Some(vesalius_nets::transfer::Naming::Vesalius), &init)?;
+    write(&manifest, &accepted.manifest)?;
+    let text = accepted.recipe.to_toml();
+    if text.is_empty() {
+        return Err(CliError::Internal("the new recipe could not be written as TOML".into()));
+    }
+    write(out, &text)?;
+    Ok(accepted.added)
+}
+
 /// `vesalius label accept`: the recipe with the corrected label maps of `labels` (named as `suggest` wrote them)
-/// and their pool images added to its cases, starting from the run's network (exported beside the new recipe).
-pub fn accept(backend: BackendKind, recipe: &Path, run: &Path, pool: &Path, labels: &Path, out: &Path) -> Result<usize, CliError> {
+/// and their pool images added to its cases, starting from the run's network (exported beside the new recipe). For
+/// a classification run `labels` is the corrected `labels.csv` and the rows join the recipe's manifest.
+pub fn accept(backend: BackendKind, recipe: &Path, run: &Path, pool: Option<&Path>, labels: &Path, out: &Path) -> Result<usize, CliError> {
+    if !crate::commands::is_segmentation_run(run) {
+        return accept_classes(backend, recipe, run, pool, labels, out);
+    }
+    let pool = pool.ok_or_else(|| CliError::Usage("--pool: a segmentation run pairs label maps with the pool's images".into()))?;
     let r = SegRecipe::from_file(recipe)?;
     let images = pool_images(pool)?;
     let mut maps = pool_images(labels)?;
@@ -102,15 +236,13 @@ pub fn accept(backend: BackendKind, recipe: &Path, run: &Path, pool: &Path, labe
             .ok_or_else(|| CliError::Usage(format!("{}: no image named {s} in {}", m.display(), pool.display())))?;
         pairs.push((std::path::absolute(image).unwrap_or(image.clone()), std::path::absolute(m).unwrap_or(m.clone())));
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let init = std::path::absolute(parent.join(format!("{}.init.safetensors", stem(out).trim_end_matches(".toml"))))
-        .map_err(|e| CliError::Internal(e.to_string()))?;
+    let init = beside(out, ".init.safetensors")?;
     let next = vesalius_segmentation::label::accept(&r, &pairs, &init)?;
     crate::export::export(backend, run, Some(vesalius_nets::transfer::Naming::Vesalius), &init)?;
     let text = next.to_toml();
     if text.is_empty() {
         return Err(CliError::Internal("the new recipe could not be written as TOML".into()));
     }
-    vesalius_io::write_atomic(out, text.as_bytes()).map_err(|e| CliError::Internal(e.to_string()))?;
+    write(out, &text)?;
     Ok(pairs.len())
 }

@@ -24,6 +24,7 @@ pub mod radiomics;
 pub mod regression;
 pub mod response;
 pub mod retrieval;
+pub mod samples;
 pub mod survival;
 pub mod tabular;
 pub mod tune;

@@ -1614,3 +1614,211 @@ fn label_suggest_and_accept_on_template_slices() {
     assert!(cropped.status.success(), "{}", stderr(&cropped));
     assert_input_error(&accept("wrong"), other);
 }
+
+#[test]
+fn label_suggest_and_accept_for_a_classifier_on_png_patches() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p);
+    let fx = root().join("fixtures/mni152");
+    let patch_recipe = |name: &str, train: &str| {
+        let path = d(&format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\nseed = 3\n[data]\nkind = \"volume-patches\"\nimage = {:?}\nlabels = {:?}\nmask = {:?}\n\
+                 classes = [\"outside brain\", \"other brain\", \"grey matter\", \"white matter\"]\npatch = 28\nper_class = 10\n\
+                 slabs = {{ train = {train}, val = [88, 92], test = [120, 124] }}\n[model]\narch = \"lenet5\"\n[train]\nepochs = 1\n\
+                 batch_size = 16\noptimizer = {{ kind = \"adam\", lr = 0.001 }}\n[eval]\nbootstrap = 20\n",
+                fx.join("mni152_t1.nii.gz"),
+                fx.join("mni152_tissue_labels.nii.gz"),
+                fx.join("mni152_brain_mask.nii.gz"),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // The patches as PNG files: the labelled data set, and a pool from other slices (their labels the annotator's).
+    let patches = patch_recipe("patches", "[40, 60]");
+    let o = vesalius(&["samples", patches.to_str().unwrap(), "-o", d("data").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("wrote 72 images (40 train, 16 val, 16 test) and manifest.csv"), "{}", stdout(&o));
+    let o = vesalius(&[
+        "samples",
+        patch_recipe("elsewhere", "[16, 32]").to_str().unwrap(),
+        "--split",
+        "train",
+        "-o",
+        d("pool").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let truth: std::collections::BTreeMap<String, String> = std::fs::read_to_string(d("pool/manifest.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].trim_start_matches("train/").to_string(), f[1].to_string())
+        })
+        .collect();
+    assert_eq!(truth.len(), 40);
+    assert_input_error(&vesalius(&["samples", patches.to_str().unwrap(), "--split", "tset", "-o", d("x").to_str().unwrap()]), "tset");
+    // The files hold the patches to 8-bit precision, with their labels and splits.
+    let data = vesalius_data::source::SourceConfig::Csv { path: d("data/manifest.csv"), multi_label: false };
+    let files = vesalius_data::source::load(&data, 1, 28).unwrap();
+    let original = vesalius_cadx::train::prepare_data(&vesalius_cadx::recipe::Recipe::from_file(&patches).unwrap()).unwrap();
+    let name = |classes: &[String], l: &vesalius_data::source::Label| match l {
+        vesalius_data::source::Label::Class(c) => classes[*c].clone(),
+        other => panic!("{other:?}"),
+    };
+    for split in [vesalius_data::source::Split::Train, vesalius_data::source::Split::Val, vesalius_data::source::Split::Test] {
+        let a: Vec<_> = files.samples.iter().filter(|s| s.split == Some(split)).collect();
+        let b: Vec<_> = original.samples.samples.iter().filter(|s| s.split == Some(split)).collect();
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(name(&files.classes, &a.label), name(&original.samples.classes, &b.label));
+            let worst = a.pixels.to_f32().iter().zip(b.pixels.to_f32()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= 0.5 / 255.0 + 1e-6, "{}: {worst}", a.id);
+        }
+    }
+    let recipe = d("round0.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name = \"round0\"\nseed = 3\n[data]\nkind = \"csv\"\npath = {:?}\n[model]\narch = \"mlp\"\nin_channels = 1\n\
+             input_size = 28\n[train]\nepochs = 2\nbatch_size = 16\noptimizer = {{ kind = \"adam\", lr = 0.001 }}\n[eval]\nbootstrap = 20\n",
+            d("data/manifest.csv")
+        ),
+    )
+    .unwrap();
+    let run = d("run0");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let pool = d("pool/train");
+    let suggest = |run: &Path, method: &str, seed: &str, out: &str| {
+        let o = vesalius(&[
+            "label",
+            "suggest",
+            "--run",
+            run.to_str().unwrap(),
+            "--pool",
+            pool.to_str().unwrap(),
+            "-n",
+            "3",
+            "--method",
+            method,
+            "--seed",
+            seed,
+            "--samples",
+            "4",
+            "-o",
+            d(out).to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let csv = std::fs::read_to_string(d(out).join("suggestions.csv")).unwrap();
+        assert!(csv.starts_with("rank,image,score,prediction,p_grey matter,p_other brain,p_outside brain,p_white matter\n"), "{csv}");
+        let rows: Vec<(String, f64, String)> = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let p: Vec<f64> = f[4..].iter().map(|x| x.parse().unwrap()).collect();
+                assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{l}");
+                (Path::new(f[1]).file_name().unwrap().to_string_lossy().to_string(), f[2].parse().unwrap(), f[3].to_string())
+            })
+            .collect();
+        assert!(rows.windows(2).all(|w| w[0].1 >= w[1].1), "most uncertain first: {csv}");
+        let labels = std::fs::read_to_string(d(out).join("labels.csv")).unwrap();
+        let pre: Vec<&str> = labels.lines().collect();
+        assert_eq!(pre.len(), 4, "a header and the first n: {labels}");
+        for (line, row) in pre[1..].iter().zip(&rows) {
+            assert!(line.ends_with(&format!("/{},{}", row.0, row.2)), "{line} pre-labels {row:?}");
+        }
+        rows
+    };
+    let ranked = suggest(&run, "entropy", "0", "entropy");
+    assert_eq!(ranked.len(), 40);
+    assert!(ranked.iter().all(|(_, s, _)| (0.0..=1.0).contains(s)) && ranked[0].1 > 0.0, "{ranked:?}");
+    assert!(suggest(&run, "tta", "0", "tta")[0].1 > 0.0, "mirrored patches change the probabilities");
+    let mc = suggest(&run, "mc-dropout", "1", "mc1");
+    assert!(mc[0].1 > 0.0, "dropout samples differ");
+    assert_eq!(mc, suggest(&run, "mc-dropout", "1", "mc2"), "seeded dropout masks");
+    let random = suggest(&run, "random", "7", "r1");
+    assert_eq!(random, suggest(&run, "random", "7", "r2"), "a seeded order");
+    assert_ne!(random, suggest(&run, "random", "8", "r3"));
+    // LeNet-5 has no dropout to sample.
+    let lenet = d("lenet");
+    assert!(vesalius(&["train", patches.to_str().unwrap(), "--out", lenet.to_str().unwrap(), "--quiet"]).status.success());
+    let o = vesalius(&[
+        "label",
+        "suggest",
+        "--run",
+        lenet.to_str().unwrap(),
+        "--pool",
+        pool.to_str().unwrap(),
+        "--method",
+        "mc-dropout",
+        "-o",
+        d("no").to_str().unwrap(),
+    ]);
+    assert_input_error(&o, "mc-dropout needs a network with dropout");
+
+    // The annotator corrects the three pre-labels (here: to the truth); accept adds them to the training split.
+    let corrected = d("corrected.csv");
+    let rows: String = ranked[..3].iter().map(|(name, _, _)| format!("{},{}\n", pool.join(name).display(), truth[name])).collect();
+    std::fs::write(&corrected, format!("path,label\n{rows}")).unwrap();
+    let next = d("round1.toml");
+    let accept = |labels: &Path| {
+        vesalius(&[
+            "label",
+            "accept",
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--run",
+            run.to_str().unwrap(),
+            "--pool",
+            pool.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "-o",
+            next.to_str().unwrap(),
+        ])
+    };
+    let bad = d("bad.csv");
+    std::fs::write(&bad, format!("path,label\n{},bone\n", pool.join(&ranked[0].0).display())).unwrap();
+    assert_input_error(&accept(&bad), "label `bone` is not one of the run's classes");
+    std::fs::write(&bad, format!("path,label\n{},grey matter\n", d("data/train/00000.png").display())).unwrap();
+    assert_input_error(&accept(&bad), "is not an image of the pool");
+    assert!(!next.exists());
+    let o = accept(&corrected);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("added 3 labelled cases"), "{}", stdout(&o));
+    let manifest = std::fs::read_to_string(d("round1.manifest.csv")).unwrap();
+    let lines: Vec<&str> = manifest.lines().collect();
+    assert_eq!(lines.len(), 1 + 72 + 3, "{manifest}");
+    assert!(lines[1].starts_with(&format!("{},", d("data/train/00000.png").display())) && lines[1].ends_with(",train"), "{}", lines[1]);
+    for (line, (name, _, _)) in lines[73..].iter().zip(&ranked) {
+        assert_eq!(*line, format!("{},{},,train", pool.join(name).display(), truth[name]));
+    }
+    let run1 = d("run1");
+    let o = vesalius(&["train", next.to_str().unwrap(), "--out", run1.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let init: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run1.join("init.json")).unwrap()).unwrap();
+    assert_eq!(init["naming"], "vesalius");
+    assert!(init["kept"].as_array().unwrap().is_empty() && init["unused"].as_array().unwrap().is_empty(), "{init}");
+    // The accepted images leave the pool; the same images again are refused.
+    assert_eq!(suggest(&run1, "entropy", "0", "again").len(), 37);
+    let o = vesalius(&[
+        "label",
+        "accept",
+        "--recipe",
+        next.to_str().unwrap(),
+        "--run",
+        run1.to_str().unwrap(),
+        "--labels",
+        corrected.to_str().unwrap(),
+        "-o",
+        d("round2.toml").to_str().unwrap(),
+    ]);
+    assert_input_error(&o, "already in the manifest");
+}
