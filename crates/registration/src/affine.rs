@@ -232,8 +232,21 @@ pub struct AffineOptions {
     pub affine_steps: usize,
     /// Adam step size in parameter units (degrees, mm, hundredths), decayed by a cosine within each level.
     pub learning_rate: f64,
-    /// Start from the translation that aligns the intensity centres of mass.
+    /// Start from the translation that aligns the intensity centres of mass (the sampled path starts from it only
+    /// when it scores better than the images' own world alignment).
     pub init_centre_of_mass: bool,
+    /// Points per iteration of the sampled path ([`crate::sampled`]: the similarity and its analytic gradient on
+    /// points re-drawn every iteration, convergence-based stopping, a guard against ending worse than the start);
+    /// 0 evaluates every voxel of each pyramid level through automatic differentiation ([`register_affine`]).
+    pub samples: usize,
+    /// Seed of the sampled points.
+    pub seed: u64,
+    /// The sampled path draws its points where the fixed image (intensities normalised to [0, 1] between their
+    /// 0.5th and 99.5th percentiles) exceeds this value, so that air does not take part; 0 draws everywhere.
+    pub foreground: f64,
+    /// The sampled path leaves a level when the mean loss of its last 15 iterations improves on the 15 before by
+    /// less than this fraction.
+    pub tolerance: f64,
 }
 
 impl Default for AffineOptions {
@@ -245,6 +258,10 @@ impl Default for AffineOptions {
             affine_steps: 0,
             learning_rate: 1.0,
             init_centre_of_mass: true,
+            samples: 20_000,
+            seed: 0,
+            foreground: 0.05,
+            tolerance: 1e-3,
         }
     }
 }
@@ -283,7 +300,9 @@ fn centre_of_mass(image: &Image, grid: &Grid) -> [f64; 3] {
 }
 
 /// Registers `moving` to `fixed` by a world-space affine transform (rigid first, then, with `affine_steps > 0`,
-/// scaling and shear too), minimising the similarity loss by Adam over the pyramid.
+/// scaling and shear too), minimising the similarity loss by Adam over the pyramid, every voxel of every level
+/// through automatic differentiation (`opts.samples` is not used: [`crate::sampled::register_affine_sampled`] is the
+/// sampled path, which [`crate::register`] takes when it is positive).
 pub fn register_affine<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &AffineOptions, device: &B::Device) -> AffineResult {
     let fixed_grid = Grid::of(fixed);
     let moving_grid = Grid::of(moving);

@@ -34,6 +34,7 @@ pub mod infer;
 pub mod learn;
 pub mod metrics;
 pub mod recipe;
+pub mod sampled;
 pub mod similarity;
 pub mod train;
 
@@ -174,9 +175,12 @@ impl Method {
 pub struct RegisterOptions {
     /// Method.
     pub method: Method,
-    /// Similarity (for both stages).
+    /// Similarity (for both stages, unless `affine_similarity` names the affine stage's).
     pub similarity: Similarity,
-    /// Affine stage settings (its similarity is replaced by `similarity`).
+    /// The affine stage's similarity when it differs from the deformable stage's (the command line's `auto`: Mattes
+    /// mutual information for the affine stage, which tolerates contrast differences between scanners and subjects).
+    pub affine_similarity: Option<Similarity>,
+    /// Affine stage settings (its similarity is replaced by `affine_similarity` or `similarity`).
     pub affine: AffineOptions,
     /// Deformable stage settings (its similarity is replaced by `similarity`).
     pub deformable: DeformableOptions,
@@ -187,6 +191,7 @@ impl Default for RegisterOptions {
         Self {
             method: Method::AffineDeformable,
             similarity: Similarity::Mse,
+            affine_similarity: None,
             affine: AffineOptions { affine_steps: 100, ..AffineOptions::default() },
             deformable: DeformableOptions::default(),
         }
@@ -205,6 +210,8 @@ pub struct Registration {
     pub warped: Image,
     /// The world displacement at each fixed voxel, mm (RAS+): an image on the fixed grid with 3 channels (x, y, z).
     pub displacement_mm: Image,
+    /// What the sampled affine stage did (its start, iterations per level, whether it kept the start).
+    pub affine_report: Option<sampled::AffineReport>,
 }
 
 /// Intensities scaled to [0, 1] between their 0.5th and 99.5th percentiles (clipped), so that step sizes and
@@ -212,9 +219,15 @@ pub struct Registration {
 /// NaN becomes 0.
 pub(crate) fn normalised(image: &Image) -> Image {
     let values = &image.data()[..image.voxels()];
-    let mut sorted: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    sorted.sort_by(f32::total_cmp);
-    let pick = |q: f64| sorted.get(((sorted.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or(0.0);
+    let mut finite: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    // The two order statistics by selection (linear time), as a full sort would give them.
+    let mut pick = |q: f64| {
+        if finite.is_empty() {
+            return 0.0;
+        }
+        let k = ((finite.len() - 1) as f64 * q).round() as usize;
+        *finite.select_nth_unstable_by(k, f32::total_cmp).1
+    };
     let (lo, hi) = (pick(0.005), pick(0.995));
     let span = (hi - lo).max(1e-6);
     let data: Vec<f32> = values.iter().map(|&v| if v.is_finite() { ((v - lo) / span).clamp(0.0, 1.0) } else { 0.0 }).collect();
@@ -235,10 +248,16 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
     let fg = Grid::of(fixed);
     let mg = Grid::of(moving);
     let [d, h, w] = fg.size;
+    let affine_opts = AffineOptions { similarity: opts.affine_similarity.unwrap_or(opts.similarity), ..opts.affine.clone() };
+    let mut affine_report = None;
     let world = if opts.method == Method::Deformable {
         affine::identity()
+    } else if affine_opts.samples > 0 {
+        let (result, report) = sampled::register_affine_sampled(&fixed_n, &moving_n, &affine_opts);
+        affine_report = Some(report);
+        result.world
     } else {
-        register_affine::<B>(&fixed_n, &moving_n, &AffineOptions { similarity: opts.similarity, ..opts.affine.clone() }, device).world
+        register_affine::<B>(&fixed_n, &moving_n, &affine_opts, device).world
     };
     // Fixed voxel → moving voxel by the affine.
     let vox = mat_mul(&mat_mul(&mat_inv(&mg.to_world), &world), &fg.to_world);
@@ -264,7 +283,7 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
             }
         }
     }
-    finish::<B::InnerBackend>(fixed, moving, world, mapped, field, device)
+    Registration { affine_report, ..finish::<B::InnerBackend>(fixed, moving, world, mapped, field, device) }
 }
 
 /// The registration result from the map of every fixed voxel to moving voxels (`mapped`, `[3][d·h·w]`): the
@@ -294,7 +313,7 @@ pub(crate) fn finish<B: Backend>(
         }
     }
     let displacement_mm = Image::new(disp, fixed.shape().to_vec(), 3, *fixed.affine(), "float32").expect("fixed grid");
-    Registration { world, moving_voxel: mapped, field_voxels: field, warped, displacement_mm }
+    Registration { world, moving_voxel: mapped, field_voxels: field, warped, displacement_mm, affine_report: None }
 }
 
 impl Registration {

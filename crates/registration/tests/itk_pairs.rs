@@ -1,6 +1,6 @@
 //! The ITK example slices with known transforms: a translation of (13, 17) pixels, a rotation of 10° about the
 //! image centre, and the translation again across modalities (T1 against proton density, by mutual information).
-//! Each recovered mapping must be within half a pixel, on average over the fixed image, of the true one.
+//! Each recovered mapping must be within a fraction of a pixel, on average over the fixed image, of the true one.
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::path::{Path, PathBuf};
 
@@ -49,7 +49,7 @@ fn translation_13_17_is_recovered() {
     let r = register::<B>(&fixed, &moving, &rigid(Similarity::Mse), &Default::default());
     let e = mean_error(&r, &fixed, |x, y| (x + 13.0, y + 17.0));
     println!("shift: mean error {e:.3} px, world {:?}", r.world);
-    assert!(e < 0.5, "{e}");
+    assert!(e < 0.05, "{e}");
 }
 
 #[test]
@@ -61,7 +61,15 @@ fn rotation_10_degrees_is_recovered() {
     let e_plus = mean_error(&r, &fixed, |x, y| (c * (x - 110.0) - s * (y - 128.0) + 110.0, s * (x - 110.0) + c * (y - 128.0) + 128.0));
     let e_minus = mean_error(&r, &fixed, |x, y| (c * (x - 110.0) + s * (y - 128.0) + 110.0, -s * (x - 110.0) + c * (y - 128.0) + 128.0));
     println!("rotation: mean error {e_plus:.3} (+10°) {e_minus:.3} (−10°) px, world {:?}", r.world);
-    assert!(e_plus < 0.5, "{e_plus}");
+    assert!(e_plus < 0.25, "{e_plus}");
+    // Every voxel through automatic differentiation (the path before sampling) finds the same rotation.
+    let mut every_voxel = rigid(Similarity::Mse);
+    every_voxel.affine.samples = 0;
+    let full = register::<B>(&fixed, &moving, &every_voxel, &Default::default());
+    let e_full = mean_error(&full, &fixed, |x, y| (c * (x - 110.0) - s * (y - 128.0) + 110.0, s * (x - 110.0) + c * (y - 128.0) + 128.0));
+    println!("rotation, every voxel by autodiff: {e_full:.3} px");
+    assert!(e_full < 0.5, "{e_full}");
+    assert!(full.affine_report.is_none() && r.affine_report.is_some());
 }
 
 #[test]
@@ -71,5 +79,5 @@ fn translation_across_modalities_by_mutual_information() {
     let r = register::<B>(&fixed, &moving, &rigid(Similarity::Mi { bins: 32 }), &Default::default());
     let e = mean_error(&r, &fixed, |x, y| (x + 13.0, y + 17.0));
     println!("T1 vs PD: mean error {e:.3} px, world {:?}", r.world);
-    assert!(e < 0.5, "{e}");
+    assert!(e < 0.1, "{e}");
 }

@@ -37,6 +37,12 @@ pub const PIPELINE_WORKLOADS: [&str; 3] = ["sliding_window_256", "loader_nifti_9
 /// and its recall@10 against exhaustive search reported).
 pub const RETRIEVAL_WORKLOADS: [&str; 4] = ["retrieval_exact_100k", "retrieval_hnsw_100k", "retrieval_exact_1m", "retrieval_hnsw_1m"];
 
+/// Registration workloads (`docs/REGISTRATION.md`): the MNI152 T1 at 1 mm against itself moved by a known affine
+/// (rotations 6°, −5°, 8°; shifts 7, −6, 9 mm; scales 1.05, 0.97, 1.03), registered back by `register`'s affine stage
+/// with its defaults (Mattes mutual information on sampled points); a step is one whole registration, and the mean
+/// error inside the brain mask is reported.
+pub const REGISTRATION_WORKLOADS: [&str; 1] = ["register_affine_1mm"];
+
 /// One JSON line of output.
 #[derive(Debug, Serialize)]
 pub struct BenchResult {
@@ -62,6 +68,9 @@ pub struct BenchResult {
     /// Retrieval: seconds to build the index (the HNSW graph, or the stored vectors).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build_s: Option<f64>,
+    /// Registration: mean distance (mm) between the found and the true transform over the brain mask's voxels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_mm: Option<f64>,
 }
 
 /// Clustered vectors for the retrieval workloads: `n` items and `queries` queries of 84 values around 1,000 centres.
@@ -106,6 +115,79 @@ fn retrieval_workload(n: usize, approximate: bool, backend: &str, name: &str) ->
         backend: backend.to_string(),
         recall_at_10: approximate.then(|| recall(&index, &queries, 10)),
         build_s: Some(build_s),
+        error_mm: None,
+    })
+}
+
+/// The registration workload: see [`REGISTRATION_WORKLOADS`].
+fn register_affine_workload<AB: AutodiffBackend>(device: &AB::Device, backend: &str, name: &str) -> Result<BenchResult, CliError> {
+    use vesalius_registration::sampled::Volume;
+    use vesalius_registration::{AffineParams, Grid, Method, RegisterOptions, Similarity};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152");
+    let fixed = vesalius_io::load(dir.join("mni152_t1.nii.gz"))?;
+    let mask = vesalius_io::load(dir.join("mni152_brain_mask.nii.gz"))?;
+    let grid = Grid::of(&fixed);
+    let truth = AffineParams { angles: [6.0, -5.0, 8.0], translation: [7.0, -6.0, 9.0], log_scale: [4.88, -3.05, 2.96], shear: [0.0; 3] }
+        .matrix(grid.centre());
+    // moving(y) = fixed(T⁻¹ y): registration must find T (fixed world → moving world).
+    let source = Volume::of(&fixed);
+    let back = vesalius_registration::mat_mul(&source.from_world, &vesalius_registration::mat_inv(&truth));
+    let [d, h, w] = grid.size;
+    let mut data = vec![0f32; d * h * w];
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                let p = [z as f64, y as f64, x as f64];
+                let world = [0, 1, 2]
+                    .map(|r| grid.to_world[r][0] * p[0] + grid.to_world[r][1] * p[1] + grid.to_world[r][2] * p[2] + grid.to_world[r][3]);
+                let v = [0, 1, 2].map(|r| back[r][0] * world[0] + back[r][1] * world[1] + back[r][2] * world[2] + back[r][3]);
+                data[(z * h + y) * w + x] = source.sample(v).map_or(0.0, |(value, _)| value as f32);
+            }
+        }
+    }
+    let moving = vesalius_data::Image::new(data, fixed.shape().to_vec(), 1, *fixed.affine(), "float32")
+        .map_err(|e| CliError::Internal(e.to_string()))?;
+    let options = RegisterOptions {
+        method: Method::Affine,
+        similarity: Similarity::Mse,
+        affine_similarity: Some(Similarity::Mi { bins: 32 }),
+        ..RegisterOptions::default()
+    };
+    let mut found = vesalius_registration::affine::identity();
+    let (median, min, max, steps) = time_steps(|| {
+        found = vesalius_registration::register::<AB>(&fixed, &moving, &options, device).world;
+    });
+    let (mut total, mut n) = (0.0, 0usize);
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                if mask.data()[(z * h + y) * w + x] < 0.5 {
+                    continue;
+                }
+                let p = [z as f64, y as f64, x as f64];
+                let world = [0, 1, 2]
+                    .map(|r| grid.to_world[r][0] * p[0] + grid.to_world[r][1] * p[1] + grid.to_world[r][2] * p[2] + grid.to_world[r][3]);
+                let at = |m: &vesalius_registration::Mat4| {
+                    [0, 1, 2].map(|r| m[r][0] * world[0] + m[r][1] * world[1] + m[r][2] * world[2] + m[r][3])
+                };
+                let (a, b) = (at(&found), at(&truth));
+                total += ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
+                n += 1;
+            }
+        }
+    }
+    Ok(BenchResult {
+        workload: name.to_string(),
+        samples_per_s: 1.0 / median,
+        median_s: median,
+        min_s: min,
+        max_s: max,
+        steps,
+        peak_rss_mib: peak_rss_mib(),
+        backend: backend.to_string(),
+        recall_at_10: None,
+        build_s: None,
+        error_mm: Some(total / n.max(1) as f64),
     })
 }
 
@@ -262,6 +344,7 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
         "retrieval_hnsw_100k" => return retrieval_workload(100_000, true, backend, name),
         "retrieval_exact_1m" => return retrieval_workload(1_000_000, false, backend, name),
         "retrieval_hnsw_1m" => return retrieval_workload(1_000_000, true, backend, name),
+        "register_affine_1mm" => return register_affine_workload::<AB>(device, backend, name),
         other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", known()))),
     };
     Ok(BenchResult {
@@ -275,6 +358,7 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
         backend: backend.to_string(),
         recall_at_10: None,
         build_s: None,
+        error_mm: None,
     })
 }
 
@@ -283,7 +367,7 @@ pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<()
     let names: Vec<String> =
         if only.is_empty() { WORKLOADS.iter().chain(&PIPELINE_WORKLOADS).map(|s| s.to_string()).collect() } else { only.to_vec() };
     for n in &names {
-        if ![&WORKLOADS[..], &PIPELINE_WORKLOADS, &RETRIEVAL_WORKLOADS].iter().any(|w| w.contains(&n.as_str())) {
+        if ![&WORKLOADS[..], &PIPELINE_WORKLOADS, &RETRIEVAL_WORKLOADS, &REGISTRATION_WORKLOADS].iter().any(|w| w.contains(&n.as_str())) {
             return Err(CliError::Usage(format!("unknown workload '{n}' (known: {})", known())));
         }
     }
@@ -308,7 +392,14 @@ pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<()
 }
 
 fn known() -> String {
-    WORKLOADS.iter().chain(&PIPELINE_WORKLOADS).chain(&RETRIEVAL_WORKLOADS).copied().collect::<Vec<_>>().join(", ")
+    WORKLOADS
+        .iter()
+        .chain(&PIPELINE_WORKLOADS)
+        .chain(&RETRIEVAL_WORKLOADS)
+        .chain(&REGISTRATION_WORKLOADS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A smooth head-like phantom: an ellipsoid of tissue with a brighter core, on a dark background.

@@ -346,8 +346,10 @@ pub enum Command {
         /// affine, deformable or affine+deformable.
         #[arg(long, default_value = "affine+deformable")]
         method: String,
-        /// mse, ncc or mi (mutual information, for different modalities).
-        #[arg(long, default_value = "mse")]
+        /// auto (Mattes mutual information for the affine stage, the mean squared difference of normalised
+        /// intensities for the deformable stage), mse, ncc (the affine stage: correlation of the sampled points; the
+        /// deformable stage: local, 9-voxel windows) or mi (mutual information, for different modalities).
+        #[arg(long, default_value = "auto")]
         similarity: String,
         /// Deformable stage: a dense field (one vector a voxel) or a cubic B-spline on control points.
         #[arg(long, default_value = "dense", value_parser = ["dense", "bspline"])]

@@ -185,8 +185,14 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     use vesalius_registration::{Method, RegisterOptions, Similarity};
     let method = Method::parse(&args.method)
         .ok_or_else(|| CliError::Usage(format!("unknown method '{}' (affine, deformable, affine+deformable)", args.method)))?;
-    let similarity = Similarity::parse(&args.similarity)
-        .ok_or_else(|| CliError::Usage(format!("unknown similarity '{}' (mse, ncc, mi)", args.similarity)))?;
+    // `auto`: Mattes mutual information for the affine stage (robust to contrast differences between scanners and
+    // subjects), the mean squared difference of normalised intensities for the deformable stage.
+    let (similarity, affine_similarity) = match args.similarity.as_str() {
+        "auto" => (Similarity::Mse, Some(Similarity::Mi { bins: 32 })),
+        name => {
+            (Similarity::parse(name).ok_or_else(|| CliError::Usage(format!("unknown similarity '{name}' (auto, mse, ncc, mi)")))?, None)
+        }
+    };
     if let Some(f) = &args.field
         && !matches!(Format::from_path(f), Some(Format::Nifti | Format::NiftiGz | Format::NiftiPair))
     {
@@ -237,6 +243,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     let options = RegisterOptions {
         method,
         similarity,
+        affine_similarity,
         deformable: vesalius_registration::DeformableOptions { deformation, regulariser, ..defaults.deformable.clone() },
         ..defaults
     };
@@ -279,15 +286,21 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     }
     let dets = vesalius_registration::metrics::jacobian_determinants(&result.field_voxels, vesalius_registration::Grid::of(&fixed).size);
     let stats = vesalius_registration::metrics::jacobian_stats(&dets);
+    let similarity_name = match (args.similarity.as_str(), method) {
+        ("auto", Method::Affine) => String::from("auto (mi)"),
+        ("auto", Method::Deformable) => String::from("auto (mse)"),
+        ("auto", Method::AffineDeformable) => String::from("auto (affine: mi, deformable: mse)"),
+        (name, _) => name.to_string(),
+    };
     let (method_name, similarity_name) = match &args.run {
         Some(run) => (format!("learned ({})", run.display()), String::from("-")),
-        None if method == Method::Affine => (args.method.clone(), args.similarity.clone()),
+        None if method == Method::Affine => (args.method.clone(), similarity_name),
         None => {
             let field = match deformation {
                 vesalius_registration::Deformation::Dense => String::from("dense"),
                 vesalius_registration::Deformation::BSpline { spacing } => format!("bspline, control points every {spacing} voxels"),
             };
-            (format!("{} ({field}, {})", args.method, args.regulariser), args.similarity.clone())
+            (format!("{} ({field}, {})", args.method, args.regulariser), similarity_name)
         }
     };
     let mut summary = json!({
@@ -297,6 +310,12 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         "affine_world": result.world,
         "jacobian": stats,
     });
+    if let Some(report) = &result.affine_report {
+        summary["affine"] = json!(report);
+        if report.kept_start {
+            eprintln!("note: the affine stage ended worse than its start by the similarity; the start ({}) was kept", report.start);
+        }
+    }
     if let (Some(reference), Some(after), Some(before)) = (&fixed_labels, &warped_labels, &labels_before) {
         use vesalius_registration::metrics::label_metrics;
         let (b, a) = (label_metrics(before, reference), label_metrics(after, reference));
