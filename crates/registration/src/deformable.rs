@@ -2,7 +2,7 @@
 //! B-spline on a lattice of control points — optimised by Adam over a pyramid to minimise
 //! `similarity + λ · regulariser(field)`, the regulariser being diffusion or bending energy.
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use vesalius_nets::loss::{bending_energy, grad_l2};
 use vesalius_nets::ops::{Padding, identity_grid, pool3d, resize_linear, sample_linear};
 
@@ -149,6 +149,29 @@ fn objective<B: AutodiffBackend>(
     opts.similarity.loss(warped, f.clone(), mask) + opts.regulariser.apply(u) * opts.smoothness
 }
 
+/// Adam whose second moment is the mean square of the whole gradient (one number), not one per element.
+struct FieldAdam<B: Backend> {
+    m: Tensor<B, 5>,
+    v: f64,
+    t: i32,
+}
+
+impl<B: Backend> FieldAdam<B> {
+    fn new(like: Tensor<B, 5>) -> Self {
+        Self { m: like.zeros_like(), v: 0.0, t: 0 }
+    }
+
+    fn step(&mut self, param: Tensor<B, 5>, grad: Tensor<B, 5>, lr: f64) -> Tensor<B, 5> {
+        self.t += 1;
+        let mean_square: f64 = grad.clone().powi_scalar(2).mean().into_scalar().elem::<f64>();
+        self.m = self.m.clone() * 0.9 + grad * 0.1;
+        self.v = 0.999 * self.v + 0.001 * mean_square;
+        let mh = self.m.clone() / (1.0 - 0.9f64.powi(self.t));
+        let vh = self.v / (1.0 - 0.999f64.powi(self.t));
+        param - mh * (lr / (3.0 * vh.sqrt() + 1e-12))
+    }
+}
+
 fn step_size(opts: &DeformableOptions, step: usize) -> f64 {
     opts.learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / opts.steps as f64).cos()))
 }
@@ -196,7 +219,10 @@ fn register_dense<B: AutodiffBackend>(
             }
         };
         let grid = Tensor::<B, 5>::from_inner(identity_grid::<B::InnerBackend>([ld, lh, lw], &device));
-        let mut adam = Adam::new(u.clone());
+        // Adam with one second moment for the whole field: each voxel steps in proportion to its own averaged
+        // gradient (a voxel whose gradient is three times the field's RMS moves by the step size), so that voxels the
+        // images say little about move little; per-voxel normalisation moved them as fast as edges.
+        let mut adam = FieldAdam::new(u.clone());
         for step in 0..opts.steps {
             let ud = Tensor::<B, 5>::from_inner(u.clone()).require_grad();
             let grads = objective(opts, &f, &m, &grid, ud.clone()).backward();

@@ -360,8 +360,12 @@ pub enum Command {
         /// Deformable stage's regulariser: diffusion (first derivatives) or bending (second derivatives).
         #[arg(long, default_value = "diffusion")]
         regulariser: String,
+        /// Weight of the deformable stage's regulariser; between different subjects a larger weight (10–100) keeps
+        /// the field from fitting scalp and neck at the brain's expense (docs/REGISTRATION.md).
+        #[arg(long, default_value_t = 1.0)]
+        smoothness: f64,
         /// A learned-registration run directory: register with its trained networks instead of optimising.
-        #[arg(long, conflicts_with_all = ["method", "similarity", "deformation", "control_spacing", "regulariser"])]
+        #[arg(long, conflicts_with_all = ["method", "similarity", "deformation", "control_spacing", "regulariser", "smoothness"])]
         run: Option<PathBuf>,
     },
     /// Index images for content-based retrieval: each image's embedding by a classification run's network (its
@@ -786,6 +790,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             deformation,
             control_spacing,
             regulariser,
+            smoothness,
             run,
         } => {
             let args = commands::RegisterArgs {
@@ -803,6 +808,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 deformation,
                 control_spacing,
                 regulariser,
+                smoothness,
                 run,
             };
             commands::register(backend, &args)

@@ -166,6 +166,8 @@ pub struct RegisterArgs {
     pub control_spacing: usize,
     /// `diffusion` or `bending`.
     pub regulariser: String,
+    /// The deformable stage's regulariser weight.
+    pub smoothness: f64,
     /// A learned-registration run to register with.
     pub run: Option<PathBuf>,
 }
@@ -232,6 +234,9 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     {
         return Err(CliError::Usage(format!("{}: the label map's grid differs from the fixed image's", p.display())));
     }
+    if !(args.smoothness >= 0.0 && args.smoothness.is_finite()) {
+        return Err(CliError::Usage(format!("--smoothness {}: expected a finite weight of at least 0", args.smoothness)));
+    }
     let regulariser = vesalius_registration::Regulariser::parse(&args.regulariser)
         .ok_or_else(|| CliError::Usage(format!("unknown regulariser '{}' (diffusion, bending)", args.regulariser)))?;
     let deformation = match args.deformation.as_str() {
@@ -244,7 +249,12 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         method,
         similarity,
         affine_similarity,
-        deformable: vesalius_registration::DeformableOptions { deformation, regulariser, ..defaults.deformable.clone() },
+        deformable: vesalius_registration::DeformableOptions {
+            deformation,
+            regulariser,
+            smoothness: args.smoothness,
+            ..defaults.deformable.clone()
+        },
         ..defaults
     };
     if let Some(run) = &args.run

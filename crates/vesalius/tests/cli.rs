@@ -449,6 +449,19 @@ fn register_recovers_the_shifted_slice_and_writes_its_field() {
         "unknown similarity 'cosine'",
     );
     assert_input_error(
+        &vesalius(&[
+            "register",
+            "--fixed",
+            fixed.to_str().unwrap(),
+            "--moving",
+            moving.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--smoothness=-1",
+        ]),
+        "--smoothness -1",
+    );
+    assert_input_error(
         &vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", "/nonexistent/m.nii", "-o", out.to_str().unwrap()]),
         "/nonexistent/m.nii",
     );
