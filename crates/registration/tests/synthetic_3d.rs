@@ -64,8 +64,9 @@ fn recover(deformable: DeformableOptions) -> ((f64, f64), (f64, f64), f64) {
 fn a_known_smooth_field_is_recovered() {
     let ((before, after), (dice_before, dice_after), folding) =
         recover(DeformableOptions { levels: vec![2, 1], steps: 150, smoothness: 0.5, learning_rate: 0.3, ..DeformableOptions::default() });
-    assert!(after < 0.5 * before, "field error {before} → {after}");
-    assert!(dice_after > dice_before + 0.05, "Dice {dice_before} → {dice_after}");
+    // Measured: 1.30 → 0.49 voxels, Dice 0.665 → 0.869 (docs/REGISTRATION.md).
+    assert!(after < 0.6 && after < 0.5 * before, "field error {before} → {after}");
+    assert!(dice_after > 0.84 && dice_after > dice_before + 0.05, "Dice {dice_before} → {dice_after}");
     assert!(folding < 0.5, "{folding}");
 }
 
@@ -80,8 +81,9 @@ fn a_bspline_with_bending_energy_recovers_it_too() {
         learning_rate: 0.3,
         ..DeformableOptions::default()
     });
-    assert!(after < 0.5 * before, "field error {before} → {after}");
-    assert!(dice_after > dice_before + 0.05, "Dice {dice_before} → {dice_after}");
+    // Measured: 1.30 → 0.14 voxels, Dice 0.665 → 0.947.
+    assert!(after < 0.2, "field error {before} → {after}");
+    assert!(dice_after > 0.92, "Dice {dice_before} → {dice_after}");
     assert!(folding < 0.5, "{folding}");
 }
 
