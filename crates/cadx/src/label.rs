@@ -239,7 +239,7 @@ pub fn accept(
         ));
     };
     let rows = read_manifest(manifest)?;
-    let base = std::path::absolute(manifest.parent().unwrap_or(Path::new("."))).map_err(|e| CadxError::Internal(e.to_string()))?;
+    let base = vesalius_io::folder_of(manifest);
     let mut text = String::from("path,label,patient_id,split\n");
     let mut known = Vec::with_capacity(rows.len() + pairs.len());
     for r in &rows {

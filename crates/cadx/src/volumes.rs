@@ -209,7 +209,7 @@ impl VolumeRecipe {
     /// Reads a recipe file.
     pub fn from_file(path: &Path) -> Result<Self, CadxError> {
         let text = std::fs::read_to_string(path).map_err(|e| CadxError::Input(format!("{}: {e}", path.display())))?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).map_err(|e| CadxError::Input(e.to_string()))?;
+        let base = vesalius_io::folder_of(path);
         Self::from_toml(&text, &base).map_err(|e| CadxError::Input(format!("{}: {e}", path.display())))
     }
 

@@ -412,7 +412,7 @@ impl DetRecipe {
     /// Reads a recipe file.
     pub fn from_file(path: &Path) -> Result<Self, DetectError> {
         let text = std::fs::read_to_string(path).map_err(|e| DetectError::Input(format!("{}: {e}", path.display())))?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).unwrap_or_else(|_| PathBuf::from("."));
+        let base = vesalius_io::folder_of(path);
         Self::from_toml(&text, &base).map_err(|e| DetectError::Input(format!("{}: {e}", path.display())))
     }
 

@@ -325,8 +325,7 @@ impl EnhanceRecipe {
     /// Reads a recipe file (paths relative to its folder).
     pub fn from_file(path: &Path) -> Result<Self, EnhanceError> {
         let text = std::fs::read_to_string(path).map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
-            .map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))?;
+        let base = vesalius_io::folder_of(path);
         Self::from_toml(&text, &base).map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))
     }
 

@@ -541,8 +541,7 @@ impl StainRecipe {
         let text = std::fs::read_to_string(path).map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))?;
         let mut r: StainRecipe =
             toml::from_str(&text).map_err(|e| EnhanceError::Input(format!("{}: invalid recipe: {e}", path.display())))?;
-        let base =
-            std::path::absolute(path.parent().unwrap_or(std::path::Path::new("."))).map_err(|e| EnhanceError::Input(e.to_string()))?;
+        let base = vesalius_io::folder_of(path);
         let fix = |p: &mut std::path::PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -49,3 +49,16 @@ pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+/// The absolute folder that holds `path` (the folder relative paths in a recipe or manifest are read against): a
+/// bare file name lies in the current folder.
+///
+/// ```
+/// let here = std::env::current_dir().unwrap();
+/// assert_eq!(vesalius_io::folder_of(std::path::Path::new("recipe.toml")), here);
+/// assert_eq!(vesalius_io::folder_of(std::path::Path::new("/data/r.toml")), std::path::PathBuf::from("/data"));
+/// ```
+pub fn folder_of(path: &std::path::Path) -> std::path::PathBuf {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}

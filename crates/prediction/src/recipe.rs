@@ -283,7 +283,7 @@ impl SurvivalRecipe {
     /// Reads a recipe file.
     pub fn from_file(path: &Path) -> Result<Self, PredError> {
         let text = std::fs::read_to_string(path).map_err(|e| PredError::Input(format!("{}: {e}", path.display())))?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).map_err(|e| PredError::Input(e.to_string()))?;
+        let base = vesalius_io::folder_of(path);
         Self::from_toml(&text, &base).map_err(|e| PredError::Input(format!("{}: {e}", path.display())))
     }
 

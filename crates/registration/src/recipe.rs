@@ -240,8 +240,7 @@ impl RegRecipe {
     /// Reads a recipe file (relative paths become absolute, from the file's folder); errors name the file.
     pub fn from_file(path: &Path) -> Result<Self, RegError> {
         let text = std::fs::read_to_string(path).map_err(|e| RegError::Input(format!("{}: {e}", path.display())))?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
-            .map_err(|e| RegError::Input(format!("{}: {e}", path.display())))?;
+        let base = vesalius_io::folder_of(path);
         Self::from_toml(&text, &base).map_err(|e| RegError::Input(format!("{}: {e}", path.display())))
     }
 

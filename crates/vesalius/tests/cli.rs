@@ -728,7 +728,12 @@ learning_rate = 1e-3
     )
     .unwrap();
     let run = dir.path().join("run");
-    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    // The recipe named as a user in its folder would: a bare file name.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vesalius"))
+        .current_dir(dir.path())
+        .args(["train", "vm.toml", "--out", "run", "--quiet"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("6 deformable steps"), "{}", stdout(&o));
     for file in ["recipe.toml", "run.json", "model.mpk", "log.jsonl", "checkpoints/state.json", "checkpoints/epoch-0002/optim.mpk"] {
