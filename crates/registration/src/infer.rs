@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use vesalius_data::Image;
 use vesalius_nets::VoxelMorph;
-use vesalius_nets::ops::{Padding, identity_grid, sample_linear};
+use vesalius_nets::ops::{Padding, identity_grid};
 use vesalius_nets::{AffineNet, AffineNetConfig, warp_by_affine};
 use vesalius_train::RunDir;
 use vesalius_train::engine::{self};
@@ -110,7 +110,13 @@ impl<B: Backend> LearnedRegistrar<B> {
                 out.push((to_common[r][0] * p[0] + to_common[r][1] * p[1] + to_common[r][2] * p[2] + to_common[r][3]) as f32);
             }
         }
-        let u = to_vec(sample_linear(prediction.field, crate::tensor_of::<B>(q.concat(), [1, 3, d, h, w], device), Padding::Border));
+        // The predicted field (three channels on the common grid) at every fixed voxel.
+        let field_common = to_vec(prediction.field);
+        let common_size = size;
+        let per = common_size.iter().product::<usize>();
+        let u: Vec<f32> = (0..3)
+            .flat_map(|c| crate::resample::trilinear(&field_common[c * per..(c + 1) * per], common_size, &q, Padding::Border))
+            .collect();
         let a: Mat4 = match &prediction.affine {
             None => identity(),
             Some(t) => {
@@ -138,6 +144,6 @@ impl<B: Backend> LearnedRegistrar<B> {
             }
         }
         let world = mat_mul(&mat_mul(&g.to_world, &a), &mat_inv(&g.to_world));
-        Ok(finish::<B>(fixed, moving, world, mapped, field, device))
+        Ok(finish(fixed, moving, world, mapped, field))
     }
 }

@@ -34,6 +34,7 @@ pub mod infer;
 pub mod learn;
 pub mod metrics;
 pub mod recipe;
+pub mod resample;
 pub mod sampled;
 pub mod similarity;
 pub mod train;
@@ -283,24 +284,17 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
             }
         }
     }
-    Registration { affine_report, ..finish::<B::InnerBackend>(fixed, moving, world, mapped, field, device) }
+    Registration { affine_report, ..finish(fixed, moving, world, mapped, field) }
 }
 
 /// The registration result from the map of every fixed voxel to moving voxels (`mapped`, `[3][d·h·w]`): the
 /// moving image resampled there and the world displacement in millimetres.
-pub(crate) fn finish<B: Backend>(
-    fixed: &Image,
-    moving: &Image,
-    world: Mat4,
-    mapped: [Vec<f32>; 3],
-    field: [Vec<f32>; 3],
-    device: &B::Device,
-) -> Registration {
+pub(crate) fn finish(fixed: &Image, moving: &Image, world: Mat4, mapped: [Vec<f32>; 3], field: [Vec<f32>; 3]) -> Registration {
     let (fg, mg) = (Grid::of(fixed), Grid::of(moving));
     let [d, h, w] = fg.size;
     let n = d * h * w;
-    let coords = tensor_of::<B>(mapped.concat(), [1, 3, d, h, w], device);
-    let warped = affine::from_tensor(sample_linear(affine::to_tensor::<B>(moving, device), coords, Padding::Zeros), fixed);
+    let values = resample::trilinear(&moving.data()[..moving.voxels()], mg.size, &mapped, Padding::Zeros);
+    let warped = Image::new(values, fixed.shape().to_vec(), 1, *fixed.affine(), "float32").expect("the fixed grid");
     // World displacement: moving-world position of each fixed voxel minus its own world position.
     let mut disp = vec![0f32; 3 * n];
     for i in 0..n {

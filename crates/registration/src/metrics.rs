@@ -25,8 +25,7 @@ pub struct JacobianStats {
 pub fn jacobian_determinants(field: &[Vec<f32>; 3], size: [usize; 3]) -> Vec<f64> {
     let [d, h, w] = size;
     let at = |c: usize, z: usize, y: usize, x: usize| field[c][(z * h + y) * w + x] as f64;
-    let deriv = |c: usize, axis: usize, z: usize, y: usize, x: usize| -> f64 {
-        let p = [z, y, x];
+    let deriv = |c: usize, axis: usize, p: [usize; 3]| -> f64 {
         let len = [d, h, w][axis];
         if len < 2 {
             return 0.0;
@@ -38,21 +37,37 @@ pub fn jacobian_determinants(field: &[Vec<f32>; 3], size: [usize; 3]) -> Vec<f64
         b[axis] = hi;
         (at(c, b[0], b[1], b[2]) - at(c, a[0], a[1], a[2])) / (hi - lo) as f64
     };
-    let mut out = Vec::with_capacity(d * h * w);
-    for z in 0..d {
+    let slice = |z: usize, out: &mut [f64]| {
         for y in 0..h {
             for x in 0..w {
-                let j = |r: usize, c: usize| if r == c { 1.0 } else { 0.0 } + deriv(r, c, z, y, x);
-                let det = if d == 1 {
+                let p = [z, y, x];
+                let j = |r: usize, c: usize| if r == c { 1.0 } else { 0.0 } + deriv(r, c, p);
+                out[y * w + x] = if d == 1 {
                     j(1, 1) * j(2, 2) - j(1, 2) * j(2, 1)
                 } else {
                     j(0, 0) * (j(1, 1) * j(2, 2) - j(1, 2) * j(2, 1)) - j(0, 1) * (j(1, 0) * j(2, 2) - j(1, 2) * j(2, 0))
                         + j(0, 2) * (j(1, 0) * j(2, 1) - j(1, 1) * j(2, 0))
                 };
-                out.push(det);
             }
         }
+    };
+    let mut out = vec![0.0; d * h * w];
+    if h * w == 0 {
+        return out;
     }
+    // Slices in parallel, each thread a contiguous run of them.
+    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(d).max(1);
+    let per = d.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (t, block) in out.chunks_mut(per * h * w).enumerate() {
+            let slice = &slice;
+            s.spawn(move || {
+                for (k, plane) in block.chunks_mut(h * w).enumerate() {
+                    slice(t * per + k, plane);
+                }
+            });
+        }
+    });
     out
 }
 
