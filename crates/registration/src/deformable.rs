@@ -66,6 +66,12 @@ pub struct DeformableOptions {
     pub steps: usize,
     /// Adam step size (voxels of the level), decayed by a cosine within each level.
     pub learning_rate: f64,
+    /// Levels whose grid holds more voxels than this are not optimised (the coarsest level always is); the field of
+    /// the last level optimised is interpolated to the full grid. A 1 mm brain (8.7 million voxels) stops at 2 mm.
+    pub max_voxels: usize,
+    /// A level ends when the mean loss of its last 10 steps improves on the 10 before by less than this fraction
+    /// (after at least 30 steps); 0 runs every step.
+    pub tolerance: f64,
 }
 
 impl Default for DeformableOptions {
@@ -78,6 +84,8 @@ impl Default for DeformableOptions {
             levels: vec![4, 2, 1],
             steps: 100,
             learning_rate: 0.2,
+            max_voxels: 2_000_000,
+            tolerance: 1e-3,
         }
     }
 }
@@ -149,6 +157,22 @@ fn objective<B: AutodiffBackend>(
     opts.similarity.loss(warped, f.clone(), mask) + opts.regulariser.apply(u) * opts.smoothness
 }
 
+/// Whether a level of `voxels` is skipped: larger than `opts.max_voxels` once a coarser level has run.
+fn too_fine(opts: &DeformableOptions, voxels: usize, ran_before: bool) -> bool {
+    ran_before && voxels > opts.max_voxels
+}
+
+/// Whether a level's loss has stopped improving (see [`DeformableOptions::tolerance`]).
+fn converged(opts: &DeformableOptions, history: &[f64]) -> bool {
+    let (n, window) = (history.len(), 10);
+    if opts.tolerance <= 0.0 || n < 30 {
+        return false;
+    }
+    let last = history[n - window..].iter().sum::<f64>() / window as f64;
+    let prev = history[n - 2 * window..n - window].iter().sum::<f64>() / window as f64;
+    prev - last < opts.tolerance * prev.abs().max(1e-12)
+}
+
 /// Adam whose second moment is the mean square of the whole gradient (one number), not one per element.
 struct FieldAdam<B: Backend> {
     m: Tensor<B, 5>,
@@ -206,6 +230,9 @@ fn register_dense<B: AutodiffBackend>(
     for &level in &opts.levels {
         let Some((f, m, _)) = level_of::<B>(&fixed, &moving, level) else { continue };
         let [_, _, ld, lh, lw] = f.dims();
+        if too_fine(opts, ld * lh * lw, field.is_some()) {
+            continue;
+        }
         let mut u = match field.take() {
             None => Tensor::<B::InnerBackend, 5>::zeros([1, 3, ld, lh, lw], &device),
             Some(prev) => {
@@ -223,11 +250,17 @@ fn register_dense<B: AutodiffBackend>(
         // gradient (a voxel whose gradient is three times the field's RMS moves by the step size), so that voxels the
         // images say little about move little; per-voxel normalisation moved them as fast as edges.
         let mut adam = FieldAdam::new(u.clone());
+        let mut history = Vec::with_capacity(opts.steps);
         for step in 0..opts.steps {
             let ud = Tensor::<B, 5>::from_inner(u.clone()).require_grad();
-            let grads = objective(opts, &f, &m, &grid, ud.clone()).backward();
+            let loss = objective(opts, &f, &m, &grid, ud.clone());
+            history.push(loss.clone().into_scalar().elem::<f64>());
+            let grads = loss.backward();
             let g = ud.grad(&grads).expect("the field takes part in the loss") * plane_only.clone();
             u = adam.step(u, g, step_size(opts, step));
+            if converged(opts, &history) {
+                break;
+            }
         }
         field = Some(u);
     }
@@ -258,21 +291,32 @@ fn register_bspline<B: AutodiffBackend>(
     // Control-point displacements in voxels of the fixed grid; a level sees them divided by its factor.
     let mut control = Tensor::<B::InnerBackend, 5>::zeros([1, 3, points[0], points[1], points[2]], &device);
     let plane_only = in_plane::<B::InnerBackend>(d == 1, &device);
+    let mut ran = false;
     for &level in &opts.levels {
         let Some((f, m, factor)) = level_of::<B>(&fixed, &moving, level) else { continue };
         let [_, _, ld, lh, lw] = f.dims();
+        if too_fine(opts, ld * lh * lw, ran) {
+            continue;
+        }
+        ran = true;
         let mats = matrices([ld, lh, lw], factor).map(Tensor::<B, 2>::from_inner);
         let scale = Tensor::<B, 1>::from_data([1.0 / factor[0] as f32, 1.0 / factor[1] as f32, 1.0 / factor[2] as f32], &device)
             .reshape([1, 3, 1, 1, 1]);
         let grid = Tensor::<B, 5>::from_inner(identity_grid::<B::InnerBackend>([ld, lh, lw], &device));
         let mut adam = Adam::new(control.clone());
+        let mut history = Vec::with_capacity(opts.steps);
         for step in 0..opts.steps {
             let c = Tensor::<B, 5>::from_inner(control.clone()).require_grad();
             let u = bspline_field(c.clone(), mats.clone()) * scale.clone();
-            let grads = objective(opts, &f, &m, &grid, u).backward();
+            let loss = objective(opts, &f, &m, &grid, u);
+            history.push(loss.clone().into_scalar().elem::<f64>());
+            let grads = loss.backward();
             let g = c.grad(&grads).expect("the control points take part in the loss") * plane_only.clone();
             // Steps in voxels of the level are `factor` voxels of the fixed grid.
             control = adam.step(control, g, step_size(opts, step) * level as f64);
+            if converged(opts, &history) {
+                break;
+            }
         }
     }
     bspline_field(control, matrices([d, h, w], [1, 1, 1]))

@@ -136,3 +136,25 @@ fn cubic_bsplines_reproduce_constant_and_linear_fields() {
     let i = (ch + 1) * cw + 3; // z = 1, y = 1, x = 3
     assert!((coarse[2 * nc + i] - (0.5 * 6.5 - 2.0 + 0.25 * 2.5)).abs() < 1e-4, "{}", coarse[2 * nc + i]);
 }
+
+#[test]
+fn levels_above_the_voxel_budget_are_left_to_interpolation() {
+    use vesalius_registration::register_deformable;
+    let device = Default::default();
+    let t1 = resample(&fixture("mni152_t1.nii.gz"), &[8.0, 8.0, 8.0], Interp::Linear).unwrap();
+    let [d, h, w] = vesalius_registration::Grid::of(&t1).size;
+    <P as burn::tensor::backend::Backend>::seed(&device, 5);
+    let coarse = Tensor::<P, 5>::random([1, 3, 3, 3, 3], Distribution::Uniform(-1.5, 1.5), &device);
+    let moving = affine::to_tensor::<P>(&t1, &device);
+    let fixed = warp(moving.clone(), resize_linear(coarse, [d, h, w]), Padding::Border);
+    let base = DeformableOptions { levels: vec![2, 1], steps: 40, ..DeformableOptions::default() };
+    // The budget admits the half-resolution level and not the full one.
+    let budget = DeformableOptions { max_voxels: (d / 2) * (h / 2) * (w / 2), ..base.clone() };
+    let within = register_deformable::<B>(fixed.clone(), moving.clone(), &budget);
+    let coarse_only = register_deformable::<B>(fixed.clone(), moving.clone(), &DeformableOptions { levels: vec![2], ..base.clone() });
+    let full = register_deformable::<B>(fixed, moving, &base);
+    assert_eq!(within.dims(), [1, 3, d, h, w]);
+    let largest = |t: Tensor<P, 5>| -> f32 { t.abs().max().into_scalar() };
+    assert!(largest(within.clone() - coarse_only) < 1e-6, "the full-resolution level was skipped");
+    assert!(largest(within - full) > 1e-3, "and it would have changed the field");
+}
