@@ -181,7 +181,12 @@ fn register_affine_workload<AB: AutodiffBackend>(device: &AB::Device, backend: &
             }
         }
     }
-    Ok(BenchResult {
+    Ok(registration_result(name, backend, (median, min, max, steps), total / n.max(1) as f64))
+}
+
+/// The line of a registration workload: one pair per run, with its error in millimetres.
+fn registration_result(name: &str, backend: &str, (median, min, max, steps): (f64, f64, f64, usize), error_mm: f64) -> BenchResult {
+    BenchResult {
         workload: name.to_string(),
         samples_per_s: 1.0 / median,
         median_s: median,
@@ -192,8 +197,8 @@ fn register_affine_workload<AB: AutodiffBackend>(device: &AB::Device, backend: &
         backend: backend.to_string(),
         recall_at_10: None,
         build_s: None,
-        error_mm: Some(total / n.max(1) as f64),
-    })
+        error_mm: Some(error_mm),
+    }
 }
 
 /// Times one untimed and then `n` timed calls of `run`; returns (median, min, max, n).
@@ -289,19 +294,7 @@ fn register_bspline_workload<AB: AutodiffBackend>(device: &AB::Device, backend: 
             }
         }
     }
-    Ok(BenchResult {
-        workload: name.to_string(),
-        samples_per_s: 1.0 / median,
-        median_s: median,
-        min_s: min,
-        max_s: max,
-        steps,
-        peak_rss_mib: peak_rss_mib(),
-        backend: backend.to_string(),
-        recall_at_10: None,
-        build_s: None,
-        error_mm: Some(total / n.max(1) as f64),
-    })
+    Ok(registration_result(name, backend, (median, min, max, steps), total / n.max(1) as f64))
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB.
