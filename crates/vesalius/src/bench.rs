@@ -110,17 +110,9 @@ fn retrieval_workload(n: usize, approximate: bool, backend: &str, name: &str) ->
         }
     });
     Ok(BenchResult {
-        workload: name.to_string(),
-        samples_per_s: queries.len() as f64 / median,
-        median_s: median,
-        min_s: min,
-        max_s: max,
-        steps,
-        peak_rss_mib: peak_rss_mib(),
-        backend: backend.to_string(),
         recall_at_10: approximate.then(|| recall(&index, &queries, 10)),
         build_s: Some(build_s),
-        error_mm: None,
+        ..result(name, backend, queries.len() as f64, (median, min, max, steps))
     })
 }
 
@@ -184,11 +176,11 @@ fn register_affine_workload<AB: AutodiffBackend>(device: &AB::Device, backend: &
     Ok(registration_result(name, backend, (median, min, max, steps), total / n.max(1) as f64))
 }
 
-/// The line of a registration workload: one pair per run, with its error in millimetres.
-fn registration_result(name: &str, backend: &str, (median, min, max, steps): (f64, f64, f64, usize), error_mm: f64) -> BenchResult {
+/// The line of a workload that handles `per_step` samples a step, timed as `(median, min, max, steps)`.
+fn result(name: &str, backend: &str, per_step: f64, (median, min, max, steps): (f64, f64, f64, usize)) -> BenchResult {
     BenchResult {
         workload: name.to_string(),
-        samples_per_s: 1.0 / median,
+        samples_per_s: per_step / median,
         median_s: median,
         min_s: min,
         max_s: max,
@@ -197,8 +189,13 @@ fn registration_result(name: &str, backend: &str, (median, min, max, steps): (f6
         backend: backend.to_string(),
         recall_at_10: None,
         build_s: None,
-        error_mm: Some(error_mm),
+        error_mm: None,
     }
+}
+
+/// The line of a registration workload: one pair per run, with its error in millimetres.
+fn registration_result(name: &str, backend: &str, timing: (f64, f64, f64, usize), error_mm: f64) -> BenchResult {
+    BenchResult { error_mm: Some(error_mm), ..result(name, backend, 1.0, timing) }
 }
 
 /// Times one untimed and then `n` timed calls of `run`; returns (median, min, max, n).
@@ -454,19 +451,7 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
         "register_bspline_1mm" => return register_bspline_workload::<AB>(device, backend, name),
         other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", known()))),
     };
-    Ok(BenchResult {
-        workload: name.to_string(),
-        samples_per_s: batch as f64 / median,
-        median_s: median,
-        min_s: min,
-        max_s: max,
-        steps,
-        peak_rss_mib: peak_rss_mib(),
-        backend: backend.to_string(),
-        recall_at_10: None,
-        build_s: None,
-        error_mm: None,
-    })
+    Ok(result(name, backend, batch as f64, (median, min, max, steps)))
 }
 
 /// `vesalius bench`: each workload in a fresh process (as the reference harness does) unless `in_process`.

@@ -1467,6 +1467,15 @@ iterations = 2
     assert_ne!(after["upcat_1.convs.conv_0.conv.weight"], file["upcat_1.convs.conv_0.conv.weight"]);
 }
 
+/// Trains `recipe` into `run` and checks that it started from every parameter of the exported previous network.
+fn trains_from_the_previous_network(recipe: &Path, run: &Path) {
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let init: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("init.json")).unwrap()).unwrap();
+    assert_eq!(init["naming"], "vesalius");
+    assert!(init["kept"].as_array().unwrap().is_empty() && init["unused"].as_array().unwrap().is_empty(), "{init}");
+}
+
 #[test]
 fn label_suggest_and_accept_on_template_slices() {
     let dir = tempfile::tempdir().unwrap();
@@ -1607,11 +1616,7 @@ fn label_suggest_and_accept_on_template_slices() {
     assert_eq!(parsed.data.cases.len(), 4, "{text}");
     assert_eq!(parsed.model.init.as_deref(), Some(d("round1.init.safetensors").as_path()));
     let run1 = d("run1");
-    let o = vesalius(&["train", next.to_str().unwrap(), "--out", run1.to_str().unwrap(), "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let init: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run1.join("init.json")).unwrap()).unwrap();
-    assert_eq!(init["naming"], "vesalius");
-    assert!(init["kept"].as_array().unwrap().is_empty() && init["unused"].as_array().unwrap().is_empty(), "{init}");
+    trains_from_the_previous_network(&next, &run1);
     // The accepted images are no longer suggested.
     let o = vesalius(&[
         "label",
@@ -1819,11 +1824,7 @@ fn label_suggest_and_accept_for_a_classifier_on_png_patches() {
         assert_eq!(*line, format!("{},{},,train", pool.join(name).display(), truth[name]));
     }
     let run1 = d("run1");
-    let o = vesalius(&["train", next.to_str().unwrap(), "--out", run1.to_str().unwrap(), "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let init: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run1.join("init.json")).unwrap()).unwrap();
-    assert_eq!(init["naming"], "vesalius");
-    assert!(init["kept"].as_array().unwrap().is_empty() && init["unused"].as_array().unwrap().is_empty(), "{init}");
+    trains_from_the_previous_network(&next, &run1);
     // The accepted images leave the pool; the same images again are refused.
     assert_eq!(suggest(&run1, "entropy", "0", "again").len(), 37);
     let o = vesalius(&[
