@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use vesalius_data::source::SourceConfig;
+use vesalius_data::source::{SourceConfig, csv_field as field, read_manifest};
 use vesalius_nets::Classifier;
 pub use vesalius_train::label::{Method, Ranked, entropy_score, random_score, rank, variance_score};
 
@@ -146,37 +146,6 @@ pub fn rank_scored(mut items: Vec<Scored>) -> Vec<Scored> {
     items
 }
 
-/// One row of a manifest: the path as written, the label, the patient and the split.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ManifestRow {
-    /// The image path as the manifest writes it (relative to the manifest's folder, or absolute).
-    pub path: String,
-    /// The label (`;`-separated for label sets).
-    pub label: String,
-    /// The `patient_id` column, empty when absent.
-    pub patient: String,
-    /// The `split` column, empty when absent.
-    pub split: String,
-}
-
-/// Reads a manifest's rows (`path,label[,patient_id][,split]`).
-pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>, CadxError> {
-    let fail = |m: String| CadxError::Input(format!("{}: {m}", path.display()));
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(path).map_err(|e| fail(e.to_string()))?;
-    let headers = reader.headers().map_err(|e| fail(e.to_string()))?.clone();
-    let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let path_col = col("path").ok_or_else(|| fail("the header has no 'path' column".into()))?;
-    let label_col = col("label").ok_or_else(|| fail("the header has no 'label' column".into()))?;
-    let (patient_col, split_col) = (col("patient_id"), col("split"));
-    let mut out = Vec::new();
-    for (i, rec) in reader.records().enumerate() {
-        let rec = rec.map_err(|e| fail(format!("row {}: {e}", i + 2)))?;
-        let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("").to_string();
-        out.push(ManifestRow { path: get(Some(path_col)), label: get(Some(label_col)), patient: get(patient_col), split: get(split_col) });
-    }
-    Ok(out)
-}
-
 /// Image files a classification recipe's data already holds: the rows of a manifest, or the images under a folder
 /// source (none for MedMNIST archives and volume patches, which are not files).
 pub fn known_files(recipe: &Recipe) -> Result<Vec<PathBuf>, CadxError> {
@@ -215,11 +184,6 @@ pub struct Accepted {
     pub manifest: String,
     /// Images added.
     pub added: usize,
-}
-
-/// Quotes a CSV field when it needs it.
-fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 /// The recipe with the labelled `(image, label)` pairs added to its manifest's training split, the manifest to be

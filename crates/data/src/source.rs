@@ -280,7 +280,23 @@ fn index_classes(names: impl Iterator<Item = String>) -> Vec<String> {
     set
 }
 
-fn load_csv(path: &Path, multi_label: bool, channels: usize, size: usize) -> Result<Samples> {
+/// One row of a manifest as written: the image path (relative to the manifest's folder, or absolute), the label
+/// (`;`-separated for label sets), and the `patient_id` and `split` columns (empty when absent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManifestRow {
+    /// The image path.
+    pub path: String,
+    /// The label.
+    pub label: String,
+    /// The patient, or empty.
+    pub patient: String,
+    /// The split name, or empty.
+    pub split: String,
+}
+
+/// The rows of a manifest (`path,label[,patient_id][,split]`, any column order, header names case-insensitive);
+/// errors name the file and the row.
+pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(path)
@@ -289,24 +305,33 @@ fn load_csv(path: &Path, multi_label: bool, channels: usize, size: usize) -> Res
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let path_col = col("path").ok_or_else(|| DataError::format(path, "CSV header has no 'path' column"))?;
     let label_col = col("label").ok_or_else(|| DataError::format(path, "CSV header has no 'label' column"))?;
-    let patient_col = col("patient_id");
-    let split_col = col("split");
-    let base = path.parent().unwrap_or(Path::new("."));
+    let (patient_col, split_col) = (col("patient_id"), col("split"));
     let mut rows = Vec::new();
     for (i, rec) in reader.records().enumerate() {
         let rec = rec.map_err(|e| DataError::format(path, format!("row {}: {e}", i + 2)))?;
-        let get = |c: usize| rec.get(c).unwrap_or("").to_string();
-        let split = match split_col.map(get) {
-            Some(s) if !s.is_empty() => {
-                Some(Split::parse(&s).ok_or_else(|| DataError::format(path, format!("row {}: unknown split '{s}'", i + 2)))?)
-            }
-            _ => None,
+        let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("").to_string();
+        rows.push(ManifestRow { path: get(Some(path_col)), label: get(Some(label_col)), patient: get(patient_col), split: get(split_col) });
+    }
+    Ok(rows)
+}
+
+/// A value as a CSV field: quoted (with inner quotes doubled) when it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+fn load_csv(path: &Path, multi_label: bool, channels: usize, size: usize) -> Result<Samples> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut rows = Vec::new();
+    for (i, row) in read_manifest(path)?.into_iter().enumerate() {
+        let split = match row.split.as_str() {
+            "" => None,
+            s => Some(Split::parse(s).ok_or_else(|| DataError::format(path, format!("row {}: unknown split '{s}'", i + 2)))?),
         };
-        let file = get(path_col);
-        if file.is_empty() {
+        if row.path.is_empty() {
             return Err(DataError::format(path, format!("row {}: empty path", i + 2)));
         }
-        rows.push((file, get(label_col), patient_col.map(get).filter(|p| !p.is_empty()), split));
+        rows.push((row.path, row.label, Some(row.patient).filter(|p| !p.is_empty()), split));
     }
     if rows.is_empty() {
         return Err(DataError::format(path, "manifest lists no images"));

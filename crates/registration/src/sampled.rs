@@ -37,6 +37,8 @@
 //! };
 //! assert!(at(2.0) < at(0.0) && at(2.0) < at(4.0));
 //! ```
+use std::borrow::Cow;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vesalius_data::Image;
@@ -400,6 +402,11 @@ fn param_gradient(moving: &Volume, points: &Points, p: &AffineParams, centre: [f
     (loss, out)
 }
 
+/// A pyramid level of `v`: `v` itself at full resolution, its block means otherwise.
+fn level_volume(v: &Volume, factor: [usize; 3]) -> Cow<'_, Volume> {
+    if factor == [1, 1, 1] { Cow::Borrowed(v) } else { Cow::Owned(v.coarsened(factor)) }
+}
+
 /// The intensity centre of mass in world coordinates (the grid centre for an image without positive values).
 fn centre_of_mass(v: &Volume) -> [f64; 3] {
     let [d, h, w] = v.grid.size;
@@ -489,6 +496,21 @@ pub fn register_affine_sampled(fixed: &Image, moving: &Image, opts: &AffineOptio
     let finest_voxel =
         (0..3).map(|c| (0..3).map(|r| fixed_v.grid.to_world[r][c].powi(2)).sum::<f64>().sqrt()).fold(f64::INFINITY, f64::min);
     let mut draw = 0u64;
+    // The pyramid, built once for both stages (the finest level is the images themselves); `None` for a level too
+    // small to use.
+    let factor_of = |level: usize| if flat { [1, level, level] } else { [level; 3] };
+    let pyramid: Vec<Option<(Cow<Volume>, Cow<Volume>)>> = opts
+        .levels
+        .iter()
+        .map(|&level| {
+            let factor = factor_of(level);
+            let too_small = |g: &Grid| g.coarsened(factor).size.iter().zip(factor).any(|(&s, f)| f > 1 && s < 4);
+            if too_small(&fixed_v.grid) || too_small(&moving_v.grid) {
+                return None;
+            }
+            Some((level_volume(&fixed_v, factor), level_volume(&moving_v, factor)))
+        })
+        .collect();
     for (stage, steps) in [(0, opts.rigid_steps), (1, opts.affine_steps)] {
         if steps == 0 {
             continue;
@@ -501,14 +523,7 @@ pub fn register_affine_sampled(fixed: &Image, moving: &Image, opts: &AffineOptio
                 iterations.push((format!("{}@{level}", ["rigid", "affine"][stage]), 0));
                 continue;
             }
-            let factor = if flat { [1, level, level] } else { [level; 3] };
-            let fg = fixed_v.grid.coarsened(factor);
-            let mg = moving_v.grid.coarsened(factor);
-            let too_small = |g: &Grid| g.size.iter().zip(factor).any(|(&s, f)| f > 1 && s < 4);
-            if too_small(&fg) || too_small(&mg) {
-                continue;
-            }
-            let (f, m) = (fixed_v.coarsened(factor), moving_v.coarsened(factor));
+            let Some((f, m)) = &pyramid[li] else { continue };
             let before = params.matrix(centre);
             let mut v = params_vec(&params);
             let (mut m1, mut m2) = ([0.0; 12], [0.0; 12]);
@@ -517,8 +532,8 @@ pub fn register_affine_sampled(fixed: &Image, moving: &Image, opts: &AffineOptio
             let mut ran = 0;
             for step in 0..steps {
                 draw += 1;
-                let points = Points::draw_in(&f, opts.samples, opts.seed.wrapping_mul(0x9e37_79b9).wrapping_add(draw), floor);
-                let (loss, g) = param_gradient(&m, &points, &params_from(&v), centre, opts.similarity);
+                let points = Points::draw_in(f, opts.samples, opts.seed.wrapping_mul(0x9e37_79b9).wrapping_add(draw), floor);
+                let (loss, g) = param_gradient(m, &points, &params_from(&v), centre, opts.similarity);
                 ran = step + 1;
                 if !loss.is_finite() {
                     break;

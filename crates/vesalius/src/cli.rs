@@ -515,7 +515,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             if n == 0 {
                 return Err(CliError::Usage("-n must be at least 1".into()));
             }
-            let done = crate::label::suggest(backend, &run, &pool, n, method, samples, seed, &out)?;
+            let request = crate::label::Request { run: &run, pool: &pool, n, method, samples, seed, out: &out };
+            let done = crate::label::suggest(backend, &request)?;
             for (i, r) in done.ranked.iter().take(n).enumerate() {
                 println!("{:>3}  {:.6}  {}", i + 1, r.score, r.path.display());
             }

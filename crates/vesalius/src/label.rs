@@ -41,6 +41,25 @@ pub struct Suggested {
     pub prelabels: Vec<PathBuf>,
 }
 
+/// What `suggest` is asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The segmentation or classification run.
+    pub run: &'a Path,
+    /// The folder of unlabelled images.
+    pub pool: &'a Path,
+    /// Images to pre-label.
+    pub n: usize,
+    /// How uncertainty is scored.
+    pub method: Method,
+    /// Monte-Carlo dropout passes.
+    pub samples: usize,
+    /// Seed of the dropout masks and of the random order.
+    pub seed: u64,
+    /// The output folder.
+    pub out: &'a Path,
+}
+
 /// The classification run at `run`, refusing table and other runs.
 fn classification_run(run: &Path) -> Result<vesalius_cadx::run::RunDir, CliError> {
     let dir = vesalius_cadx::run::RunDir::new(run);
@@ -57,18 +76,8 @@ fn write(path: &Path, text: &str) -> Result<(), CliError> {
 
 /// `suggest` for a classification run: `OUT/suggestions.csv` (`rank,image,score,prediction,p_<class>…`) and
 /// `OUT/labels.csv` (`path,label`: the predicted class of the first `n`, to confirm or correct).
-#[allow(clippy::too_many_arguments)]
-fn suggest_classes(
-    backend: BackendKind,
-    run: &Path,
-    files: Vec<PathBuf>,
-    pool: &Path,
-    n: usize,
-    method: Method,
-    samples: usize,
-    seed: u64,
-    out: &Path,
-) -> Result<Suggested, CliError> {
+fn suggest_classes(backend: BackendKind, request: &Request, files: Vec<PathBuf>) -> Result<Suggested, CliError> {
+    let Request { run, pool, n, method, samples, seed, out } = *request;
     let dir = classification_run(run)?;
     let info = dir.read_classifier_info()?;
     let recipe = vesalius_cadx::recipe::Recipe::from_file(&dir.file("recipe.toml"))?;
@@ -116,20 +125,12 @@ fn suggest_classes(
 /// `vesalius label suggest`: scores every pool image the run has not trained on, writes `OUT/suggestions.csv`
 /// (`rank,image,score`) and the run's segmentation of the `n` most uncertain as `OUT/<name>.nii.gz` (for a
 /// classification run: the predicted classes in `OUT/labels.csv`).
-pub fn suggest(
-    backend: BackendKind,
-    run: &Path,
-    pool: &Path,
-    n: usize,
-    method: Method,
-    samples: usize,
-    seed: u64,
-    out: &Path,
-) -> Result<Suggested, CliError> {
+pub fn suggest(backend: BackendKind, request: &Request) -> Result<Suggested, CliError> {
+    let Request { run, pool, n, method, samples, seed, out } = *request;
     let files = pool_images(pool)?;
     std::fs::create_dir_all(out).map_err(|e| CliError::Internal(format!("{}: {e}", out.display())))?;
     if !crate::commands::is_segmentation_run(run) {
-        return suggest_classes(backend, run, files, pool, n, method, samples, seed, out);
+        return suggest_classes(backend, request, files);
     }
     let dir = vesalius_segmentation::RunDir::new(run);
     with_backend!(backend, |B, AB, device| {
@@ -188,7 +189,7 @@ fn accept_classes(
         return Err(CliError::Usage(format!("{}: a classification run takes its labels from a CSV file (path,label)", labels.display())));
     }
     let base = labels.parent().unwrap_or(Path::new("."));
-    let rows = vesalius_cadx::label::read_manifest(labels)?;
+    let rows = vesalius_data::source::read_manifest(labels)?;
     if rows.is_empty() {
         return Err(CliError::Usage(format!("{}: no labelled images", labels.display())));
     }

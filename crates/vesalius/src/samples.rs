@@ -3,7 +3,7 @@
 //! any recipe (`kind = "csv"`), viewer or labelling round can read.
 use std::path::Path;
 
-use vesalius_data::source::{Label, Pixels, Split};
+use vesalius_data::source::{Label, Pixels, Split, csv_field as field};
 
 use crate::CliError;
 
@@ -13,11 +13,6 @@ pub struct Written {
     pub images: usize,
     /// Samples per split written.
     pub per_split: Vec<(Split, usize)>,
-}
-
-/// Quotes a CSV field when it needs it.
-fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 /// Writes the samples of `splits` (all when empty) of the classification recipe at `recipe` as 8-bit PNG files

@@ -434,33 +434,14 @@ fn register_recovers_the_shifted_slice_and_writes_its_field() {
     // Labels (here the moving image itself, as integer values) keep their values.
     let l = vesalius_io::load(dir.path().join("labels.nii.gz")).unwrap();
     assert!(l.data().iter().all(|v| v.fract() == 0.0));
-    assert_input_error(
-        &vesalius(&[
-            "register",
-            "--fixed",
-            fixed.to_str().unwrap(),
-            "--moving",
-            moving.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--similarity",
-            "cosine",
-        ]),
-        "unknown similarity 'cosine'",
-    );
-    assert_input_error(
-        &vesalius(&[
-            "register",
-            "--fixed",
-            fixed.to_str().unwrap(),
-            "--moving",
-            moving.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--smoothness=-1",
-        ]),
-        "--smoothness -1",
-    );
+    let register_with = |extra: &[&str]| {
+        let mut args =
+            vec!["register", "--fixed", fixed.to_str().unwrap(), "--moving", moving.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        vesalius(&args)
+    };
+    assert_input_error(&register_with(&["--similarity", "cosine"]), "unknown similarity 'cosine'");
+    assert_input_error(&register_with(&["--smoothness=-1"]), "--smoothness -1");
     assert_input_error(
         &vesalius(&["register", "--fixed", fixed.to_str().unwrap(), "--moving", "/nonexistent/m.nii", "-o", out.to_str().unwrap()]),
         "/nonexistent/m.nii",
