@@ -116,6 +116,15 @@ impl Volume {
         Volume::Memory { subject, locations }
     }
 
+    /// The volume with sampled locations for the classes below `classes` only (label values at or above it are
+    /// generation labels, not targets).
+    pub fn targets_below(mut self, classes: u32) -> Self {
+        match &mut self {
+            Volume::Memory { locations, .. } | Volume::Mapped { locations, .. } => locations.retain(|&c, _| c < classes),
+        }
+        self
+    }
+
     /// Spatial shape.
     pub fn shape(&self) -> &[usize] {
         match self {

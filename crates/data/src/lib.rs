@@ -27,6 +27,7 @@ pub mod combat;
 pub mod dataset;
 pub mod folds;
 pub mod harmonise;
+pub mod head;
 pub mod lesions;
 pub mod loader;
 pub mod msd;

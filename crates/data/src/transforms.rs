@@ -207,6 +207,15 @@ pub enum Transform {
     Degrade(Quality),
     /// Maps intensities onto learnt standard histogram landmarks (Nyúl and Udupa); see [`crate::standardise`].
     HistogramStandardise(crate::standardise::HistogramStandard),
+    /// Pads the grid and labels a head around the organ with generation labels (for synthesis when the images
+    /// show the organ only); see [`crate::head`].
+    HeadLayers(crate::head::HeadLayers),
+    /// Every label value at or above `label` becomes 0: generation labels become background again once the image
+    /// has been drawn from them.
+    BackgroundFrom {
+        /// The first value turned into background.
+        label: u32,
+    },
     /// Flips each listed axis independently with probability `prob`.
     RandFlip {
         /// Probability per axis.
@@ -325,6 +334,11 @@ pub enum Transform {
         /// Intensity classes per label value.
         #[serde(default = "one_usize")]
         split: usize,
+        /// Label values whose voxels keep their intensities: only the other classes are drawn, with means and
+        /// standard deviations in units of the kept voxels' 1st–99th percentile range (so a real organ is shown
+        /// among random surroundings), and the image is not rescaled.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keep: Vec<u32>,
     },
     /// With probability `prob`, [`Transform::Degrade`] to one of `qualities` chosen uniformly.
     RandDegrade {
@@ -408,6 +422,11 @@ fn coin(rng: &mut impl Rng, p: f64) -> bool {
 }
 
 impl Pipeline {
+    /// Whether it has no transforms.
+    pub fn is_empty(&self) -> bool {
+        self.transforms.is_empty()
+    }
+
     /// Reads a pipeline from TOML (`[[transforms]]` tables).
     pub fn from_toml(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| DataError::Invalid(format!("transform pipeline: {e}")))
@@ -484,6 +503,13 @@ impl Transform {
             }
             Transform::Degrade(q) => intensity(s, |img| harmonise::degrade(img, q, &mut *rng)),
             Transform::HistogramStandardise(h) => intensity(s, |img| h.apply(img)),
+            Transform::HeadLayers(p) => crate::head::head_layers(s, p),
+            Transform::BackgroundFrom { label } => {
+                let Some(l) = s.label else { return Ok(s) };
+                let cut = *label as f32;
+                let values = l.data().iter().map(|&v| if v.round() >= cut { 0.0 } else { v }).collect();
+                Ok(Subject { image: s.image, label: Some(with_values(&l, values)) })
+            }
             Transform::RandFlip { prob, axes } => {
                 let chosen: Vec<usize> = axes.iter().copied().filter(|_| coin(rng, *prob)).collect();
                 Transform::Flip { axes: chosen }.apply(s, rng)
@@ -575,7 +601,7 @@ impl Transform {
                 let f = uniform(rng, *factor);
                 intensity(s, |img| Ok(contrast(img, f)))
             }
-            Transform::SynthesiseFromLabels { prob, mean, std, split } => {
+            Transform::SynthesiseFromLabels { prob, mean, std, split, keep } => {
                 if !(1..=64).contains(split) {
                     return Err(DataError::Invalid(format!("synthesise_from_labels: split must lie in 1..=64, not {split}")));
                 }
@@ -590,6 +616,25 @@ impl Transform {
                 let voxels = s.image.voxels();
                 let noise: Vec<f64> = (0..voxels).map(|_| normal(rng)).collect();
                 let drawn: Vec<f64> = (0..voxels).map(|i| draws[class[i]].0 + draws[class[i]].1 * noise[i]).collect();
+                if !keep.is_empty() {
+                    let kept: Vec<bool> = label.data().iter().map(|&v| keep.contains(&(v.round().max(0.0) as u32))).collect();
+                    let mut values: Vec<f32> = s.image.channel(0).iter().zip(&kept).filter(|(_, k)| **k).map(|(&v, _)| v).collect();
+                    if values.is_empty() {
+                        return Ok(s);
+                    }
+                    values.sort_by(f32::total_cmp);
+                    let q = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize] as f64;
+                    let (lo, hi) = (q(0.01), q(0.99));
+                    let span = if hi > lo { hi - lo } else { 1.0 };
+                    let n = s.image.voxels();
+                    let mut data = s.image.data().to_vec();
+                    for c in 0..s.image.channels() {
+                        for i in (0..n).filter(|&i| !kept[i]) {
+                            data[c * n + i] = (lo + span * drawn[i]) as f32;
+                        }
+                    }
+                    return Ok(Subject { image: with_values(&s.image, data), label: s.label });
+                }
                 // Into the intensity space the image was in (its mean and standard deviation), so that a pipeline that
                 // normalised before augmenting sees synthetic images on the scale of real ones.
                 let stats = |v: &mut dyn Iterator<Item = f64>| {

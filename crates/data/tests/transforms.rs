@@ -320,7 +320,7 @@ fn synthesis_from_labels_draws_one_gaussian_per_generation_class_and_keeps_the_l
         }
     });
     let subject = Subject::with_label(image, label.clone()).unwrap();
-    let t = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.0], split: 2 };
+    let t = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.0], split: 2, keep: vec![] };
     let a = apply(t.clone(), subject.clone(), 3);
     assert_eq!(a.label.as_ref().unwrap(), &label);
     // σ = 0: each generation class is one constant, and the classes are 0 (x < 10), 0' (10 ≤ x < 20), 1, 2.
@@ -341,17 +341,18 @@ fn synthesis_from_labels_draws_one_gaussian_per_generation_class_and_keeps_the_l
     assert_ne!(apply(t, subject.clone(), 4).image, a.image);
     // With σ > 0 each class scatters around its mean.
     // With σ > 0 each class scatters around its own mean (one class here: the scatter is all there is).
-    let b = apply(Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.5, 0.5], std: [0.1, 0.1], split: 1 }, subject.clone(), 1);
+    let b =
+        apply(Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.5, 0.5], std: [0.1, 0.1], split: 1, keep: vec![] }, subject.clone(), 1);
     let background: Vec<f64> = (0..20).flat_map(|x| (0..20).map(move |y| (x, y))).map(|(x, y)| b.image.get(&[x, y]) as f64).collect();
     let m = background.iter().sum::<f64>() / background.len() as f64;
     let sd = (background.iter().map(|v| (v - m).powi(2)).sum::<f64>() / background.len() as f64).sqrt();
     assert!(sd > 0.5 * s0, "a noisy class: sd {sd}");
-    let e = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.1], split: 1 }
+    let e = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.1], split: 1, keep: vec![] }
         .apply(Subject::new(img2(4, 4, |_, _| 0.0)), &mut rng(0))
         .unwrap_err()
         .to_string();
     assert!(e.contains("label map"), "{e}");
-    let e = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.1], split: 1_000_000 }
+    let e = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.0, 1.0], std: [0.0, 0.1], split: 1_000_000, keep: vec![] }
         .apply(subject, &mut rng(0))
         .unwrap_err()
         .to_string();
@@ -361,5 +362,63 @@ fn synthesis_from_labels_draws_one_gaussian_per_generation_class_and_keeps_the_l
 #[test]
 fn synthesis_reads_from_recipes() {
     let p = Pipeline::from_toml("[[transforms]]\ntype = \"synthesise_from_labels\"\nprob = 0.8\nsplit = 3\n").unwrap();
-    assert_eq!(p.transforms[0], Transform::SynthesiseFromLabels { prob: 0.8, mean: [0.0, 1.0], std: [0.0, 0.1], split: 3 });
+    assert_eq!(p.transforms[0], Transform::SynthesiseFromLabels { prob: 0.8, mean: [0.0, 1.0], std: [0.0, 0.1], split: 3, keep: vec![] });
+}
+
+#[test]
+fn head_layers_and_background_from_read_from_recipes_and_undo_generation_labels() {
+    let p = Pipeline::from_toml(
+        "[[transforms]]\ntype = \"head_layers\"\nbone = 5.0\nfirst = 3\n[[transforms]]\ntype = \"background_from\"\nlabel = 3\n",
+    )
+    .unwrap();
+    let head = vesalius_data::head::HeadLayers { bone: 5.0, first: 3, ..Default::default() };
+    assert_eq!(p.transforms, vec![Transform::HeadLayers(head.clone()), Transform::BackgroundFrom { label: 3 }]);
+    // A two-class organ (a ball of class 1 around a core of class 2): layers are added, then undone.
+    let ball = |x: usize, y: usize, z: usize| {
+        let r = ((x as f64 - 9.5).powi(2) + (y as f64 - 9.5).powi(2) + (z as f64 - 9.5).powi(2)).sqrt();
+        if r < 3.0 {
+            2.0
+        } else if r < 7.0 {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    let label = img3([20, 20, 20], [2.0, 2.0, 2.0], ball);
+    let s = Subject::with_label(label.clone(), label).unwrap();
+    let layered = apply(p.transforms[0].clone(), s, 0);
+    let values: std::collections::BTreeSet<i64> = layered.label.as_ref().unwrap().data().iter().map(|&v| v as i64).collect();
+    assert!(values.contains(&1) && values.contains(&2) && values.contains(&4) && values.contains(&5), "{values:?}");
+    let undone = apply(p.transforms[1].clone(), layered.clone(), 0);
+    let lab = undone.label.unwrap();
+    assert!(lab.data().iter().all(|&v| v <= 2.0));
+    // Task labels are untouched: the organ's voxels keep their classes where they moved to.
+    let same = lab.data().iter().zip(layered.label.unwrap().data()).filter(|(a, b)| **b < 3.0 && a != b).count();
+    assert_eq!(same, 0);
+    assert_eq!(lab.data().iter().filter(|&&v| v == 2.0).count(), label_count(&img3([20, 20, 20], [2.0, 2.0, 2.0], ball), 2.0));
+}
+
+fn label_count(img: &Image, v: f32) -> usize {
+    img.data().iter().filter(|&&x| x == v).count()
+}
+
+#[test]
+fn synthesis_can_keep_the_organ_and_draw_its_surroundings_on_the_organ_range() {
+    // Organ (label 1) with intensities 100..=199 in the middle of a 40 × 40 image; background (label 0) at zero.
+    let label = img2(40, 40, |x, y| if (10..30).contains(&x) && (10..30).contains(&y) { 1.0 } else { 0.0 });
+    let image = img2(40, 40, |x, y| if (10..30).contains(&x) && (10..30).contains(&y) { 100.0 + ((x * 20 + y) % 100) as f32 } else { 0.0 });
+    let subject = Subject::with_label(image.clone(), label).unwrap();
+    let t = Transform::SynthesiseFromLabels { prob: 1.0, mean: [0.25, 0.25], std: [0.0, 0.0], split: 1, keep: vec![1] };
+    let out = apply(t, subject, 5);
+    for y in 0..40 {
+        for x in 0..40 {
+            let inside = (10..30).contains(&x) && (10..30).contains(&y);
+            if inside {
+                assert_eq!(out.image.get(&[x, y]), image.get(&[x, y]), "kept at ({x}, {y})");
+            } else {
+                // A quarter of the way up the organ's 1st–99th percentile range (101..198).
+                assert!((out.image.get(&[x, y]) - (101.0 + 0.25 * 97.0)).abs() < 1e-3, "{}", out.image.get(&[x, y]));
+            }
+        }
+    }
 }

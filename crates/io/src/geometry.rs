@@ -78,6 +78,40 @@ pub fn remap(
     Image::new(data, shape, img.channels(), compose(img.affine(), index_map), img.dtype())
 }
 
+/// The image extended along voxel axis `axis` by `before` and `after` voxels mirrored across its faces (symmetric
+/// reflection, repeated when the extension is longer than the image); the affine keeps every voxel's world position.
+///
+/// ```
+/// use vesalius_io::{Image, IDENTITY};
+/// let img = Image::new(vec![1.0, 2.0, 3.0], vec![3, 1], 1, IDENTITY, "float32").unwrap();
+/// let out = vesalius_io::geometry::pad_reflect(&img, 0, 4, 2).unwrap();
+/// assert_eq!(out.data(), &[3.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 3.0, 2.0]);
+/// assert_eq!(out.affine()[0][3], -4.0); // voxel 4 is the old voxel 0
+/// ```
+pub fn pad_reflect(img: &Image, axis: usize, before: usize, after: usize) -> Result<Image> {
+    let nd = img.ndim();
+    if axis >= nd {
+        return Err(DataError::Invalid(format!("axis {axis} of a {nd}D image")));
+    }
+    let n = img.shape()[axis] as i64;
+    let mut shape = img.shape().to_vec();
+    shape[axis] += before + after;
+    let mut m = identity();
+    m[axis][3] = -(before as f64);
+    remap(
+        img,
+        shape,
+        &m,
+        |idx| {
+            let mut o = idx.to_vec();
+            let i = (idx[axis] as i64 - before as i64).rem_euclid(2 * n);
+            o[axis] = if i < n { i } else { 2 * n - 1 - i } as usize;
+            Some(o)
+        },
+        0.0,
+    )
+}
+
 /// Mirrors the image along voxel axis `axis`.
 pub fn flip(img: &Image, axis: usize) -> Result<Image> {
     let shape = img.shape().to_vec();
@@ -558,4 +592,78 @@ pub fn connected_components(shape: [usize; 3], inside: impl Fn(usize) -> bool) -
         sizes.push(size);
     }
     (id, sizes)
+}
+
+/// Euclidean distance (mm) from every voxel to the nearest `true` voxel, by the separable exact transform of
+/// Felzenszwalb and Huttenlocher with anisotropic spacing.
+pub fn distance_map(features: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Vec<f64> {
+    let mut d: Vec<f64> = features.iter().map(|&f| if f { 0.0 } else { f64::INFINITY }).collect();
+    let strides = [1, shape[0], shape[0] * shape[1]];
+    for axis in 0..3 {
+        let len = shape[axis];
+        if len < 2 {
+            continue;
+        }
+        let (s, h) = (strides[axis], spacing[axis]);
+        let mut line = vec![0.0; len];
+        let others: Vec<usize> = (0..d.len()).filter(|&i| (i / s) % len == 0).collect();
+        for start in others {
+            for (t, v) in line.iter_mut().enumerate() {
+                *v = d[start + t * s];
+            }
+            let out = envelope(&line, h);
+            for (t, v) in out.into_iter().enumerate() {
+                d[start + t * s] = v;
+            }
+        }
+    }
+    d.into_iter().map(f64::sqrt).collect()
+}
+
+/// One-dimensional squared distance transform of sampled function `f` with sample spacing `h`.
+fn envelope(f: &[f64], h: f64) -> Vec<f64> {
+    let n = f.len();
+    let finite: Vec<usize> = (0..n).filter(|&q| f[q].is_finite()).collect();
+    if finite.is_empty() {
+        return vec![f64::INFINITY; n];
+    }
+    let pos = |q: usize| q as f64 * h;
+    let mut v: Vec<usize> = Vec::with_capacity(n);
+    let mut z: Vec<f64> = Vec::with_capacity(n + 1);
+    for &q in &finite {
+        loop {
+            match v.last() {
+                None => {
+                    v.push(q);
+                    z.clear();
+                    z.push(f64::NEG_INFINITY);
+                    break;
+                }
+                Some(&p) => {
+                    let s = ((f[q] + pos(q).powi(2)) - (f[p] + pos(p).powi(2))) / (2.0 * (pos(q) - pos(p)));
+                    if s <= *z.last().unwrap_or(&f64::NEG_INFINITY) {
+                        v.pop();
+                        z.pop();
+                        if v.is_empty() {
+                            continue;
+                        }
+                    } else {
+                        v.push(q);
+                        z.push(s);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    z.push(f64::INFINITY);
+    let mut out = vec![0.0; n];
+    let mut k = 0;
+    for (q, o) in out.iter_mut().enumerate() {
+        while z[k + 1] < pos(q) {
+            k += 1;
+        }
+        *o = (pos(q) - pos(v[k])).powi(2) + f[v[k]];
+    }
+    out
 }
