@@ -52,6 +52,20 @@ pub struct MetricsFile {
     /// What the run's refinement stage changed, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refinement: Option<RefinementEffect>,
+    /// The recipe's unlabelled images (test evaluations only): what was segmented, without metrics.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unlabelled: Vec<UnlabelledCase>,
+}
+
+/// An image without a reference, segmented by the run; its picture is `figures/unlabelled-<id>.png`.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnlabelledCase {
+    /// Identifier.
+    pub id: String,
+    /// The image's voxel size, mm.
+    pub spacing: Vec<f64>,
+    /// Segmented volume per class name, millilitres.
+    pub volume_ml: BTreeMap<String, f64>,
 }
 
 /// The refinement stage's effect on the cases scored: the U-Net's own segmentations (same sliding-window pass,
@@ -71,14 +85,31 @@ pub struct RefinementEffect {
 /// Cases of an evaluation that get an overlay figure (`figures/<set>-<case>.png`).
 pub const MAX_FIGURES: usize = 12;
 
-/// Three orthogonal slices through the reference's centre of mass (the image centre when the reference is empty):
-/// the image in grey (1st–99th percentile), the prediction filled in red and the reference outlined in green, side
-/// by side (axial, coronal, sagittal; superior up) as one RGB picture. A 2D image gives its one plane.
+/// Three orthogonal slices through the reference's centre of mass (without a reference, the prediction's; the image
+/// centre when that is empty too): the image in grey (1st–99th percentile), the prediction filled in red and the
+/// reference outlined in green, side by side (axial with anterior up, coronal and sagittal with superior up, the
+/// volume first turned to RAS order; the patient's right on the right) as one RGB picture with square
+/// pixels in millimetres (the finest voxel spacing, or finer so that the largest extent spans at least 256 pixels). A
+/// 2D image gives its one plane.
 pub fn triplanar_overlay(
     image: &vesalius_io::Image,
     prediction: &vesalius_io::Image,
-    reference: &vesalius_io::Image,
+    reference: Option<&vesalius_io::Image>,
 ) -> Result<vesalius_io::Image, SegError> {
+    let empty;
+    let reference = match reference {
+        Some(r) => r,
+        None => {
+            empty = vesalius_io::Image::new(vec![0.0; prediction.voxels()], prediction.shape().to_vec(), 1, *prediction.affine(), "uint8")?;
+            &empty
+        }
+    };
+    // In RAS order, so that the planes are axial, coronal and sagittal whatever the storage order.
+    let ras = |img: &vesalius_io::Image| -> Result<vesalius_io::Image, SegError> {
+        Ok(if img.ndim() == 3 { vesalius_io::geometry::reorient(img, "RAS")? } else { img.clone() })
+    };
+    let (image, prediction, reference) = (&ras(image)?, &ras(prediction)?, &ras(reference)?);
+    let centred_on = if reference.data().iter().any(|&v| v > 0.0) { reference } else { prediction };
     let sh = image.shape();
     let (nx, ny, nz) = (sh[0], sh.get(1).copied().unwrap_or(1), sh.get(2).copied().unwrap_or(1));
     let grey = image.channel(0);
@@ -92,7 +123,7 @@ pub fn triplanar_overlay(
     for z in 0..nz {
         for y in 0..ny {
             for x in 0..nx {
-                if reference.data()[at(x, y, z)] > 0.0 {
+                if centred_on.data()[at(x, y, z)] > 0.0 {
                     c[0] += x as f64;
                     c[1] += y as f64;
                     c[2] += z as f64;
@@ -103,24 +134,35 @@ pub fn triplanar_overlay(
     }
     let centre: [usize; 3] =
         if n > 0.0 { [(c[0] / n) as usize, (c[1] / n) as usize, (c[2] / n) as usize] } else { [nx / 2, ny / 2, nz / 2] };
-    // planes as (width, height, voxel of (u, v)) with v counted from the top
-    type Plane<'a> = (usize, usize, Box<dyn Fn(usize, usize) -> usize + 'a>);
-    let mut planes: Vec<Plane> = vec![(nx, ny, Box::new(move |u, v| at(u, ny - 1 - v, centre[2])))];
+    // Planes as (width, height, mm per voxel along u and v, voxel of (u, v)) with v counted from the top.
+    let sp = image.spacing();
+    let mm = |a: usize| sp.get(a).copied().unwrap_or(1.0);
+    type Plane<'a> = (usize, usize, f64, f64, Box<dyn Fn(usize, usize) -> usize + 'a>);
+    let mut planes: Vec<Plane> = vec![(nx, ny, mm(0), mm(1), Box::new(move |u, v| at(u, ny - 1 - v, centre[2])))];
     if nz > 1 {
-        planes.push((nx, nz, Box::new(move |u, v| at(u, centre[1], nz - 1 - v))));
-        planes.push((ny, nz, Box::new(move |u, v| at(centre[0], u, nz - 1 - v))));
+        planes.push((nx, nz, mm(0), mm(2), Box::new(move |u, v| at(u, centre[1], nz - 1 - v))));
+        planes.push((ny, nz, mm(1), mm(2), Box::new(move |u, v| at(centre[0], u, nz - 1 - v))));
     }
+    // Square pixels of the finest spacing, finer still when the largest extent would span fewer than 256 pixels.
+    let extent = planes.iter().map(|p| (p.0 as f64 * p.2).max(p.1 as f64 * p.3)).fold(0.0, f64::max);
+    let finest = planes.iter().map(|p| p.2.min(p.3)).fold(f64::INFINITY, f64::min);
+    let pixel = finest.min(extent / 256.0).max(extent / 2048.0);
+    let size = |n: usize, s: f64| ((n as f64 * s / pixel).round() as usize).max(1);
     let gap = 4;
-    let width: usize = planes.iter().map(|p| p.0).sum::<usize>() + gap * (planes.len() - 1);
-    let height = planes.iter().map(|p| p.1).max().unwrap_or(1);
+    let width: usize = planes.iter().map(|p| size(p.0, p.2)).sum::<usize>() + gap * (planes.len() - 1);
+    let height = planes.iter().map(|p| size(p.1, p.3)).max().unwrap_or(1);
     let mut rgb = vec![255f32; 3 * width * height];
     let mut left = 0;
-    for (w, h, voxel) in &planes {
+    for (w, h, su, sv, voxel) in &planes {
         let inside = |u: i64, v: i64| {
             u >= 0 && v >= 0 && (u as usize) < *w && (v as usize) < *h && reference.data()[voxel(u as usize, v as usize)] > 0.0
         };
-        for v in 0..*h {
-            for u in 0..*w {
+        let (pw, ph) = (size(*w, *su), size(*h, *sv));
+        for y in 0..ph {
+            for x in 0..pw {
+                let u = ((x as f64 + 0.5) * pixel / su) as usize;
+                let v = ((y as f64 + 0.5) * pixel / sv) as usize;
+                let (u, v) = (u.min(w - 1), v.min(h - 1));
                 let i = voxel(u, v);
                 let g = ((grey[i] - lo) / span).clamp(0.0, 1.0) * 255.0;
                 let mut px = [g, g, g];
@@ -131,15 +173,24 @@ pub fn triplanar_overlay(
                 if inside(ui, vi) && !(inside(ui - 1, vi) && inside(ui + 1, vi) && inside(ui, vi - 1) && inside(ui, vi + 1)) {
                     px = [40.0, 220.0, 60.0];
                 }
-                let o = (left + u) + width * v;
+                let o = (left + x) + width * y;
                 for k in 0..3 {
                     rgb[k * width * height + o] = px[k].round();
                 }
             }
         }
-        left += w + gap;
+        left += pw + gap;
     }
     Ok(vesalius_io::Image::new(rgb, vec![width, height], 3, vesalius_io::IDENTITY, "uint8")?)
+}
+
+/// Writes `figures/<name>.png` in the run.
+fn save_figure(run: &RunDir, name: &str, figure: &vesalius_io::Image) -> Result<(), SegError> {
+    let path = run.file(&format!("figures/{name}.png"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| SegError::Internal(format!("{}: {e}", dir.display())))?;
+    }
+    Ok(vesalius_io::save_2d(&path, figure)?)
 }
 
 fn mean_ci(values: &[f64], clusters: &Clusters, seed: u64) -> Estimate {
@@ -178,12 +229,8 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
         let reference = subject.label.as_ref().ok_or_else(|| SegError::Input(format!("case '{}' has no labels", source.id())))?;
         let (seg, plain) = predictor.predict_both(&subject.image, false, flip_tta, true)?;
         if cases.len() < MAX_FIGURES {
-            let figure = triplanar_overlay(&subject.image, &seg.labels, reference)?;
-            let path = run.file(&format!("figures/{}-{}.png", set.name(), source.id()));
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| SegError::Internal(format!("{}: {e}", dir.display())))?;
-            }
-            vesalius_io::save_2d(&path, &figure)?;
+            let figure = triplanar_overlay(&subject.image, &seg.labels, Some(reference))?;
+            save_figure(run, &format!("{}-{}", set.name(), source.id()), &figure)?;
         }
         let mut shape = [1usize; 3];
         shape[..subject.image.ndim()].copy_from_slice(subject.image.shape());
@@ -233,7 +280,27 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
         }
         RefinementEffect { kind: "crf_rnn".into(), unrefined_dice, dice_change, unrefined_cases }
     });
+    let mut unlabelled = Vec::new();
+    if set == EvalSet::Test {
+        for entry in &predictor.recipe.data.unlabelled {
+            let id = entry.name();
+            let case =
+                vesalius_data::msd::Case { id: id.clone(), patient: id.clone(), images: entry.image.clone(), label: None, stratum: None };
+            let image = vesalius_data::loader::load_case(&case, &vesalius_data::transforms::Pipeline::default())?.image;
+            let seg = predictor.predict(&image, false, flip_tta)?;
+            save_figure(run, &format!("unlabelled-{id}"), &triplanar_overlay(&image, &seg.labels, None)?)?;
+            let voxel_ml = image.spacing().iter().product::<f64>() / 1000.0;
+            let volume_ml = split
+                .labels
+                .iter()
+                .filter(|(v, _)| **v > 0)
+                .map(|(&v, name)| (name.clone(), seg.labels.data().iter().filter(|&&l| l == v as f32).count() as f64 * voxel_ml))
+                .collect();
+            unlabelled.push(UnlabelledCase { id, spacing: image.spacing(), volume_ml });
+        }
+    }
     let metrics = MetricsFile {
+        unlabelled,
         set: set.name().into(),
         bootstrap_unit: clusters.unit().into(),
         cases,

@@ -21,6 +21,27 @@ pub struct CaseEntry {
     pub label: PathBuf,
 }
 
+/// An image without a reference, listed for `vesalius evaluate` to segment and picture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// Identifier (default: the image file name).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Image file, or one file per channel.
+    pub image: Vec<PathBuf>,
+}
+
+impl ImageEntry {
+    /// The identifier: `id`, or the first image's file name without `.nii` / `.nii.gz`.
+    pub fn name(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let name = self.image.first().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+            name.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
+        })
+    }
+}
+
 /// A slab of each case held out for validation: voxels `start..end` along `axis`; the rest trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +86,10 @@ pub struct DataSection {
     /// `labelsTs/`).
     #[serde(default)]
     pub test: Vec<CaseEntry>,
+    /// Images without a reference (other subjects, scanners or contrasts): `vesalius evaluate` segments each on
+    /// the test run and saves a picture of the mask over the image, with the segmented volumes; no metrics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlabelled: Vec<ImageEntry>,
     /// Share of patients held out as the test set before folds are made (seeded; 0: none).
     #[serde(default)]
     pub test_share: f64,
@@ -129,6 +154,20 @@ pub struct TrainSection {
     pub threads: usize,
     /// Seed of initialisation, sampling and augmentation.
     pub seed: u64,
+    /// Which epoch's network the run keeps.
+    pub select: Select,
+}
+
+/// Which epoch's network a run keeps as its model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// The one with the best validation Dice.
+    #[default]
+    Best,
+    /// The last one (nnU-Net's final checkpoint), for validation sets that cannot rank networks well, such as a
+    /// thin slab of the training subject; validation is still computed and logged.
+    Last,
 }
 
 impl Default for TrainSection {
@@ -145,6 +184,7 @@ impl Default for TrainSection {
             foreground_share: 1.0 / 3.0,
             threads: 0,
             seed: 0,
+            select: Select::Best,
         }
     }
 }
@@ -260,6 +300,18 @@ pub struct SegRecipe {
     /// Training.
     #[serde(default)]
     pub train: TrainSection,
+    /// Transforms applied once to every training case after preprocessing (seeded by the recipe's seed), before
+    /// patches are cut: typically [`Transform::HeadLayers`], which pads the grid and adds generation labels for
+    /// synthesis. Label values at or above the task's number of classes are generation labels: they are left out
+    /// of the label-balanced sampling and become background after augmentation. Validation and test cases are not
+    /// prepared.
+    #[serde(default, skip_serializing_if = "Pipeline::is_empty")]
+    pub prepare: Pipeline,
+    /// Transforms applied once to every validation case after `[prepare]` and before preprocessing (seeded by 0):
+    /// typically `synthesise_from_labels` with `keep`, which puts a skull-stripped validation slab in a synthetic
+    /// head, so that model selection penalises masks that take in the head.
+    #[serde(default, skip_serializing_if = "Pipeline::is_empty")]
+    pub validate: Pipeline,
     /// Augmentation of training patches.
     #[serde(default = "default_augment")]
     pub augment: Pipeline,
@@ -300,6 +352,7 @@ impl SegRecipe {
                 fold: 0,
                 slab: None,
                 test: Vec::new(),
+                unlabelled: Vec::new(),
                 test_share: 0.0,
                 test_slab: None,
                 cache: None,
@@ -307,6 +360,8 @@ impl SegRecipe {
             plan: PlanOverrides::default(),
             model: TransferSpec::default(),
             train: TrainSection::default(),
+            prepare: Pipeline::default(),
+            validate: Pipeline::default(),
             augment: default_augment(),
             infer: InferSection::default(),
             refine: None,
@@ -347,6 +402,9 @@ impl SegRecipe {
         for c in d.cases.iter_mut().chain(d.test.iter_mut()) {
             c.image.iter_mut().for_each(fix);
             fix(&mut c.label);
+        }
+        for c in &mut d.unlabelled {
+            c.image.iter_mut().for_each(fix);
         }
         if let Some(init) = &mut self.model.init {
             fix(init);

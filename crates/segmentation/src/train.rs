@@ -85,10 +85,7 @@ pub struct Split {
 }
 
 fn listed_case(c: &crate::recipe::CaseEntry) -> Case {
-    let id = c.id.clone().unwrap_or_else(|| {
-        let name = c.image.first().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-        name.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
-    });
+    let id = crate::recipe::ImageEntry { id: c.id.clone(), image: c.image.clone() }.name();
     Case { patient: id.clone(), id, images: c.image.clone(), label: Some(c.label.clone()), stratum: None }
 }
 
@@ -148,26 +145,57 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
             if let Some(bad) = [Some(slab), d.test_slab].into_iter().flatten().find(|sl| !fits(sl)) {
                 return Err(SegError::Input(format!("slab {bad:?} does not fit case '{}' of shape {shape:?}", c.id)));
             }
-            let piece = |from: usize, to: usize| -> Result<Subject, SegError> {
-                let mut start = vec![0i64; shape.len()];
-                let mut size = shape.clone();
+            let cut = |s: &Subject, from: usize, to: usize| -> Result<Subject, SegError> {
+                let mut start = vec![0i64; s.image.ndim()];
+                let mut size = s.image.shape().to_vec();
                 start[slab.axis] = from as i64;
                 size[slab.axis] = to - from;
-                Ok(vesalius_data::patch::extract(&s, &start, &size)?)
+                Ok(vesalius_data::patch::extract(s, &start, &size)?)
+            };
+            // Training and validation pieces come from the prepared case (its slab indices moved by what preparing
+            // added below them); the test slab from the case as stored.
+            let (prepared, shift) = if recipe.prepare.is_empty() {
+                (s.clone(), 0)
+            } else {
+                let p = recipe.prepare.apply_seeded(s.clone(), recipe.train.seed)?;
+                let shift = slab_shift(s.image.affine(), p.image.affine(), slab.axis)
+                    .ok_or_else(|| SegError::Input(format!("[prepare] must keep the voxel axes of case '{}' for a slab split", c.id)))?;
+                (p, shift)
+            };
+            let inside = |sl: &Slab| sl.start as i64 + shift >= 0 && sl.end as i64 + shift <= prepared.image.shape()[slab.axis] as i64;
+            if let Some(bad) = [Some(slab), d.test_slab].into_iter().flatten().find(|sl| !inside(sl)) {
+                return Err(SegError::Input(format!("slab {bad:?} of case '{}' is cut away by [prepare]", c.id)));
+            }
+            let at = |i: usize| (i as i64 + shift) as usize;
+            let shape = prepared.image.shape().to_vec();
+            // A prepared piece is extended across its cut faces by reflection (up to 64 mm): with generation labels
+            // around the organ, a face left open reads as organ cut flat against air, which no real image shows.
+            let reach = (64.0 / prepared.image.spacing()[slab.axis]).ceil() as usize;
+            let piece = |from: usize, to: usize| -> Result<Subject, SegError> {
+                let p = cut(&prepared, from, to)?;
+                if recipe.prepare.is_empty() {
+                    return Ok(p);
+                }
+                let len = to - from;
+                let before = if from > 0 { reach.min(len) } else { 0 };
+                let after = if to < shape[slab.axis] { reach.min(len) } else { 0 };
+                let extend = |img: &Image| vesalius_io::geometry::pad_reflect(img, slab.axis, before, after);
+                let label = p.label.as_ref().map(extend).transpose()?;
+                Ok(Subject { image: extend(&p.image)?, label })
             };
             val.push(CaseSource::Memory {
                 patient: c.patient.clone(),
                 id: format!("{}_slab", c.id),
-                subject: piece(slab.start, slab.end)?,
+                subject: piece(at(slab.start), at(slab.end))?,
             });
-            let mut held_out = vec![(slab.start, slab.end)];
+            let mut held_out = vec![(at(slab.start), at(slab.end))];
             if let Some(t) = d.test_slab {
                 test.push(CaseSource::Memory {
                     patient: c.patient.clone(),
                     id: format!("{}_test_slab", c.id),
-                    subject: piece(t.start, t.end)?,
+                    subject: cut(&s, t.start, t.end)?,
                 });
-                held_out.push((t.start, t.end));
+                held_out.push((at(t.start), at(t.end)));
             }
             held_out.sort_unstable();
             // Training pieces: what lies outside every held-out slab.
@@ -214,10 +242,29 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
     Ok(Split { train: pick(&fold.train)?, val: pick(&fold.val)?, test, channel_names, labels })
 }
 
-/// Preprocesses a case: through the disk cache for files, in memory for pieces.
-fn preprocessed(source: &CaseSource, pipeline: &Pipeline, cache: &DiskCache) -> Result<Volume, SegError> {
+/// How many voxels preparing moved the voxel grid along `axis` (the new index of old index 0), when the old and
+/// new grids share their axes and spacing; `None` otherwise.
+fn slab_shift(old: &vesalius_io::Affine, new: &vesalius_io::Affine, axis: usize) -> Option<i64> {
+    let inv = vesalius_io::geometry::mat3_inv(&[
+        [new[0][0], new[0][1], new[0][2]],
+        [new[1][0], new[1][1], new[1][2]],
+        [new[2][0], new[2][1], new[2][2]],
+    ])?;
+    let map = |p: [f64; 3]| -> [f64; 3] { std::array::from_fn(|r| (0..3).map(|c| inv[r][c] * p[c]).sum::<f64>()) };
+    // The new index of the old origin, and of one step along the old axis.
+    let origin = map(std::array::from_fn(|r| old[r][3] - new[r][3]));
+    let step = map(std::array::from_fn(|r| old[r][axis]));
+    let same_axis = (0..3).all(|a| (step[a] - if a == axis { 1.0 } else { 0.0 }).abs() < 1e-6);
+    let whole = (origin[axis] - origin[axis].round()).abs() < 1e-6;
+    (same_axis && whole).then(|| origin[axis].round() as i64)
+}
+
+/// Preprocesses a case: a file through `prepared` (the recipe's preparation, then preprocessing) and the disk cache;
+/// a piece, cut from a prepared case already, through `pipeline` in memory.
+fn preprocessed(source: &CaseSource, prepared: &Pipeline, pipeline: &Pipeline, cache: &DiskCache) -> Result<Volume, SegError> {
     match source {
         CaseSource::File(c) => {
+            let pipeline = prepared;
             let mut inputs: Vec<&std::path::Path> = c.images.iter().map(|p| p.as_path()).collect();
             if let Some(l) = &c.label {
                 inputs.push(l);
@@ -478,7 +525,9 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
         for (k, &c) in self.fg_classes.iter().enumerate() {
             v = v.metric(&format!("dice_{c}"), per_class[k]);
         }
-        Ok(Some(v.metric("mean_dice", mean).score(mean)))
+        // Keeping the last network: only the last epoch has a score, which beats the first epoch's undefined one.
+        let score = (t.select == crate::recipe::Select::Best || done == t.epochs).then_some(mean);
+        Ok(Some(v.metric("mean_dice", mean).maybe_score(score)))
     }
 }
 
@@ -527,19 +576,31 @@ pub fn train_with<AB: AutodiffBackend>(
         "segmentation",
         SegmentationInfo { channel_names: split.channel_names.clone(), labels: split.labels.clone() },
     ))?;
+    // Files are prepared (seeded 0, as preprocessing) on their own grid, then preprocessed, both cached under one
+    // key; slab pieces were cut from prepared cases.
     let pipeline = plans.preprocess();
+    let join = |parts: &[&Pipeline]| Pipeline { transforms: parts.iter().flat_map(|p| p.transforms.iter().cloned()).collect() };
+    let prepared = join(&[&recipe.prepare, &pipeline]);
+    let (val_prepared, val_pipeline) = (join(&[&recipe.prepare, &recipe.validate, &pipeline]), join(&[&recipe.validate, &pipeline]));
     let cache = DiskCache::new(recipe.data.cache.clone().unwrap_or_else(|| run.file("cache")))?;
-    let volumes: Vec<Arc<Volume>> =
-        split.train.iter().map(|c| preprocessed(c, &pipeline, &cache).map(Arc::new)).collect::<Result<_, _>>()?;
-    let val: Vec<Subject> =
-        split.val.iter().map(|c| preprocessed(c, &pipeline, &cache).and_then(|v| Ok(v.subject()?))).collect::<Result<_, _>>()?;
+    let classes = plans.classes as u32;
+    let volumes: Vec<Arc<Volume>> = split
+        .train
+        .iter()
+        .map(|c| Ok(Arc::new(preprocessed(c, &prepared, &pipeline, &cache)?.targets_below(classes))))
+        .collect::<Result<_, SegError>>()?;
+    let val: Vec<Subject> = split
+        .val
+        .iter()
+        .map(|c| preprocessed(c, &val_prepared, &val_pipeline, &cache).and_then(|v| Ok(v.subject()?)))
+        .collect::<Result<_, _>>()?;
     let cases = Cases::Memory(volumes);
 
     let t = &recipe.train;
     let threads = if t.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { t.threads };
     let loader_config = LoaderConfig {
         sampler: PatchSampler { patch: plans.patch.clone(), sampling: Sampling::LabelBalanced { foreground: t.foreground_share } },
-        augment: recipe.augment.clone(),
+        augment: augment_for(recipe, classes),
         batch: plans.batch,
         threads,
         seed: t.seed,
@@ -573,17 +634,64 @@ pub fn train_with<AB: AutodiffBackend>(
     Ok(result)
 }
 
+/// The recipe's augmentation, followed (when the recipe prepares its cases) by turning generation labels, values
+/// from `classes` on, into background.
+fn augment_for(recipe: &SegRecipe, classes: u32) -> Pipeline {
+    let mut p = recipe.augment.clone();
+    if !recipe.prepare.is_empty() {
+        p.transforms.push(vesalius_data::transforms::Transform::BackgroundFrom { label: classes });
+    }
+    p
+}
+
 fn fingerprint_of(split: &Split) -> Result<Fingerprint, SegError> {
     let files: Vec<Case> = split.train.iter().filter_map(|c| if let CaseSource::File(c) = c { Some(c.clone()) } else { None }).collect();
     if files.len() == split.train.len() {
         return fingerprint::compute(&files, &split.channel_names, &split.labels);
     }
-    // Pieces of cases held in memory.
-    fingerprint::compute_subjects(split.train.iter().map(|c| Ok((c.id().to_string(), c.load()?))), &split.channel_names, &split.labels)
+    // Pieces of cases held in memory; generation labels that preparing added count as background.
+    let classes = split.labels.keys().max().map_or(1, |m| m + 1);
+    let targets = Pipeline { transforms: vec![vesalius_data::transforms::Transform::BackgroundFrom { label: classes }] };
+    fingerprint::compute_subjects(
+        split.train.iter().map(|c| Ok((c.id().to_string(), targets.apply_seeded(c.load()?, 0)?))),
+        &split.channel_names,
+        &split.labels,
+    )
 }
 
 /// A label map on the grid of `grid`.
 pub fn labels_image(labels: &[u16], grid: &Image) -> Result<Image, SegError> {
     let data: Vec<f32> = labels.iter().map(|&v| v as f32).collect();
     Ok(Image::new(data, grid.shape().to_vec(), 1, *grid.affine(), "uint8")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_indices_follow_padding_and_refuse_other_grids() {
+        // A 2 mm grid, oblique origin; padding 3 voxels below along axis 2 moves index i to i + 3.
+        let mut old = vesalius_io::IDENTITY;
+        for a in 0..3 {
+            old[a][a] = 2.0;
+            old[a][3] = [10.0, -4.0, 7.0][a];
+        }
+        let mut padded = old;
+        for a in 0..3 {
+            padded[a][3] -= 2.0 * [1.0, 2.0, 3.0][a];
+        }
+        assert_eq!(slab_shift(&old, &padded, 2), Some(3));
+        assert_eq!(slab_shift(&old, &padded, 0), Some(1));
+        // Another spacing, a flipped axis, or half a voxel: no shift to speak of.
+        let mut finer = padded;
+        finer[2][2] = 1.0;
+        assert_eq!(slab_shift(&old, &finer, 2), None);
+        let mut flipped = padded;
+        flipped[2][2] = -2.0;
+        assert_eq!(slab_shift(&old, &flipped, 2), None);
+        let mut half = padded;
+        half[2][3] += 1.0;
+        assert_eq!(slab_shift(&old, &half, 2), None);
+    }
 }

@@ -234,10 +234,11 @@ fn plan_train_resume_predict_evaluate() {
     assert!(hd.value < 4.0, "{hd:?}");
     assert_eq!(metrics.missing_surface["sphere"], 0);
     assert!(fresh.file("metrics-val.json").is_file());
-    // a tri-planar overlay per case: the prediction filled, the reference outlined
+    // a tri-planar overlay per case: the prediction filled, the reference outlined, in square pixels of 32 mm / 256
+    // (the largest extent, 16 slices of 2 mm, over 256 pixels): 30, 30 and 27 mm wide planes and two 4-pixel gaps
     for case in &metrics.cases {
         let fig = io::load(fresh.file(&format!("figures/validation-{}.png", case.id))).unwrap();
-        assert_eq!((fig.channels(), fig.shape()[0]), (3, 20 + 20 + 18 + 2 * 4));
+        assert_eq!((fig.channels(), fig.shape()[0], fig.shape()[1]), (3, 240 + 240 + 216 + 2 * 4, 256));
     }
     // The test set (imagesTs/ with labelsTs/), never seen in training or selection. The missed sphere counts at the
     // image diagonal in the surface-distance means instead of being dropped.

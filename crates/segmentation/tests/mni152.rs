@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use vesalius_io as io;
 use vesalius_segmentation::RunDir;
-use vesalius_segmentation::infer::Predictor;
 use vesalius_segmentation::recipe::{SegRecipe, Slab};
 use vesalius_segmentation::train::train;
 
@@ -25,71 +24,74 @@ fn root() -> PathBuf {
 fn brain_extraction_recipe_at_reduced_size() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let mut recipe = SegRecipe::from_file(&root().join("recipes/brain-extraction.toml")).unwrap();
-    // Reduced: 6 mm voxels, a thicker slab (7 slices at 6 mm), a small U-Net, few epochs.
+    // Reduced: 6 mm voxels, a thicker slab (42 slices), a small U-Net, few epochs.
     recipe.data.slab = Some(Slab { axis: 2, start: 85, end: 127 });
     recipe.plan.target_spacing = Some(vec![6.0, 6.0, 6.0]);
     recipe.plan.patch = Some(vec![24, 24, 24]);
     recipe.plan.features = Some(vec![8, 16]);
-    recipe.train.epochs = 8;
+    recipe.train.epochs = 40;
     recipe.train.iterations = 12;
     recipe.train.lr = 0.01;
+    assert!(!recipe.prepare.is_empty() && !recipe.validate.is_empty(), "the recipe trains on synthetic heads");
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path().join("run"));
     let device = Default::default();
     let outcome = train::<B>(&recipe, &run, &device, |_| {}).unwrap();
-    let best = outcome.state.best_score.unwrap();
-    assert!(best > 0.85, "held-out slab Dice {best}");
+    // Validation (the held-out slab inside a synthetic head) is logged, and the run keeps its last network.
+    assert_eq!(outcome.state.best_epoch, Some(40));
+    let log = std::fs::read_to_string(run.log()).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("\"dice_1\"")).count(), 40 / recipe.train.val_every);
+    eprintln!("held-out slab in a synthetic head: Dice {:.3}", outcome.state.best_score.unwrap());
 
-    // The recipe's test subject (ITK's KmeansTest T1 with a reference mask) is scored by `evaluate`, never trained on:
-    // another person, another grid (2 × 2 × 3 mm, LSA); at this reduced size the mask overlaps it only roughly.
+    // The recipe's test subject (ITK's KmeansTest T1 with a reference mask, a real head with skull and scalp) is scored
+    // by `evaluate`, never trained on: another person, another grid (2 × 2 × 3 mm, LSA).
     let m = vesalius_segmentation::evaluate::evaluate::<P>(&run, &device, false, vesalius_eval::EvalSet::Test).unwrap();
     assert_eq!(m.cases.len(), 1);
     assert_eq!(m.cases[0].id, "itk_t1");
     let dice = m.mean["brain"]["dice"].value;
-    assert!(dice > 0.6, "test-subject Dice {dice} (0.744 measured)");
+    eprintln!("test subject: Dice {dice:.3}");
+    assert!(dice > TEST_DICE, "test-subject Dice {dice}");
+    assert!(run.file("figures/test-itk_t1.png").is_file());
 
-    // Other brains: nibabel's anatomical.nii (another grid and orientation) and dipy's anisotropic volume.
-    let predictor = Predictor::<P>::load(&run, &device).unwrap();
-    // anatomical.nii is a 2 mm crop inside the head (little background), aniso_vox a whole head at 4 × 4 × 5 mm
-    // with air around it: the mask covers most of the first and a fifth of the second, and in the second the
-    // brain is bright against what is left out.
-    for (file, lo, hi, contrast) in
-        [("fixtures/nifti/nibabel/anatomical.nii", 0.3, 0.9, false), ("fixtures/nifti/dipy/aniso_vox.nii.gz", 0.1, 0.4, true)]
-    {
-        let path = root().join(file);
-        let image = io::load(&path).unwrap();
-        let seg = predictor.predict(&image, false, false).unwrap();
-        assert_eq!(seg.labels.shape(), image.shape(), "{file}");
-        assert_eq!(seg.labels.affine(), image.affine(), "{file}");
-        let fraction = seg.labels.data().iter().filter(|&&v| v == 1.0).count() as f64 / image.voxels() as f64;
-        assert!((lo..hi).contains(&fraction), "{file}: brain fraction {fraction}");
-        eprintln!("{file}: brain fraction {fraction:.3}");
-        if !contrast {
-            continue;
-        }
-        let (mut inside, mut n_in, mut outside, mut n_out) = (0.0, 0usize, 0.0, 0usize);
-        for (&l, &v) in seg.labels.data().iter().zip(image.data()) {
-            if l == 1.0 {
-                inside += v as f64;
-                n_in += 1;
-            } else {
-                outside += v as f64;
-                n_out += 1;
-            }
-        }
-        assert!(
-            inside / n_in as f64 > 1.5 * outside / n_out.max(1) as f64,
-            "{file}: contrast {} vs {}",
-            inside / n_in as f64,
-            outside / n_out as f64
-        );
+    // The unlabelled brains: segmented, pictured, their volumes reported.
+    let ids: Vec<&str> = m.unlabelled.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(ids, ["pyradiomics_brain1", "pyradiomics_brain2", "nibabel_anatomical"]);
+    for u in &m.unlabelled {
+        let picture = io::load(run.file(&format!("figures/unlabelled-{}.png", u.id))).unwrap();
+        assert_eq!(picture.channels(), 3, "{}", u.id);
+        let ml = u.volume_ml["brain"];
+        eprintln!("{}: brain {ml:.0} ml", u.id);
+        assert!(ml > 0.0, "{}: {ml} ml", u.id);
+    }
+    // The pyradiomics images are whole heads (6.1 and 5.6 litres of non-zero voxels): a mask that took in the head
+    // would exceed 2 litres; the measured brains are 558 and 625 ml at this reduced size.
+    for u in &m.unlabelled[..2] {
+        let ml = u.volume_ml["brain"];
+        assert!((BRAIN_ML..2000.0).contains(&ml), "{}: brain {ml:.0} ml", u.id);
     }
 }
+
+/// Bounds of the reduced run, below what it measured: test-subject Dice 0.766; brains of 558 and 625 ml in the
+/// pyradiomics heads (docs/GENERALISATION.md has the full recipe's figures).
+const TEST_DICE: f64 = 0.7;
+const BRAIN_ML: f64 = 400.0;
 
 #[test]
 fn brain_tissue_recipe_at_reduced_size() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let mut recipe = SegRecipe::from_file(&root().join("recipes/brain-tissue.toml")).unwrap();
+    // The shipped tissue recipe trains on synthetic heads (its full run is in docs/GENERALISATION.md); the network and
+    // its CRF stage are checked here on the CRF recipe, which trains on the template's own intensities and validates
+    // on the bare slab.
+    let shipped = SegRecipe::from_file(&root().join("recipes/brain-tissue.toml")).unwrap();
+    let head = vesalius_data::head::HeadLayers { first: 3, ..Default::default() };
+    assert_eq!(shipped.prepare.transforms, vec![vesalius_data::transforms::Transform::HeadLayers(head)]);
+    assert!(
+        matches!(&shipped.augment.transforms[0], vesalius_data::transforms::Transform::SynthesiseFromLabels { keep, .. } if keep == &[1, 2])
+    );
+    assert_eq!(shipped.data.unlabelled.len(), 3);
+    let mut recipe = SegRecipe::from_file(&root().join("recipes/brain-tissue-crf.toml")).unwrap();
+    let crf_section = recipe.refine.take().unwrap();
+    recipe.data.test_slab = None;
     recipe.data.slab = Some(Slab { axis: 2, start: 85, end: 127 });
     recipe.plan.target_spacing = Some(vec![4.0, 4.0, 4.0]);
     recipe.plan.patch = Some(vec![24, 24, 24]);
@@ -115,9 +117,7 @@ fn brain_tissue_recipe_at_reduced_size() {
     // The CRF-as-RNN stage of brain-tissue-crf.toml, shortened, added to this run: it trains on the frozen U-Net
     // and raises the held-out slab's Dice above the U-Net's own, the baseline it writes (measured 0.721 → 0.734; after
     // 3 epochs it was still below, 0.710, as the full recipe's first epoch was).
-    let crf = SegRecipe::from_file(&root().join("recipes/brain-tissue-crf.toml")).unwrap();
-    assert!(crf.data.test_slab.is_some());
-    let mut refine = crf.refine.unwrap();
+    let mut refine = crf_section;
     refine.epochs = 8;
     refine.steps = 8;
     recipe.refine = Some(refine);
