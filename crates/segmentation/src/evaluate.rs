@@ -85,8 +85,13 @@ pub struct RefinementEffect {
 /// Cases of an evaluation that get an overlay figure (`figures/<set>-<case>.png`).
 pub const MAX_FIGURES: usize = 12;
 
+/// Fill colours of predicted classes 1, 2, 3, … in overlays (red, blue, yellow, magenta, cyan, orange; then again).
+pub const CLASS_COLOURS: [[f32; 3]; 6] =
+    [[230.0, 30.0, 30.0], [40.0, 90.0, 240.0], [230.0, 200.0, 30.0], [200.0, 40.0, 200.0], [30.0, 200.0, 200.0], [240.0, 130.0, 20.0]];
+
 /// Three orthogonal slices through the reference's centre of mass (without a reference, the prediction's; the image
-/// centre when that is empty too): the image in grey (1st–99th percentile), the prediction filled in red and the
+/// centre when that is empty too): the image in grey (1st–99th percentile), the prediction filled by class (red for
+/// class 1, see [`CLASS_COLOURS`]) and the
 /// reference outlined in green, side by side (axial with anterior up, coronal and sagittal with superior up, the
 /// volume first turned to RAS order; the patient's right on the right) as one RGB picture with square
 /// pixels in millimetres (the finest voxel spacing, or finer so that the largest extent spans at least 256 pixels). A
@@ -166,8 +171,10 @@ pub fn triplanar_overlay(
                 let i = voxel(u, v);
                 let g = ((grey[i] - lo) / span).clamp(0.0, 1.0) * 255.0;
                 let mut px = [g, g, g];
-                if prediction.data()[i] > 0.0 {
-                    px = [0.6 * g + 0.4 * 230.0, 0.6 * g + 0.4 * 30.0, 0.6 * g + 0.4 * 30.0];
+                let class = prediction.data()[i].round();
+                if class > 0.0 {
+                    let c = CLASS_COLOURS[(class as usize - 1) % CLASS_COLOURS.len()];
+                    px = [0.6 * g + 0.4 * c[0], 0.6 * g + 0.4 * c[1], 0.6 * g + 0.4 * c[2]];
                 }
                 let (ui, vi) = (u as i64, v as i64);
                 if inside(ui, vi) && !(inside(ui - 1, vi) && inside(ui + 1, vi) && inside(ui, vi - 1) && inside(ui, vi + 1)) {
@@ -213,7 +220,8 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
         EvalSet::Test => &split.test,
         EvalSet::Validation => &split.val,
     };
-    if sources.is_empty() {
+    let pictures_only = set == EvalSet::Test && !predictor.recipe.data.unlabelled.is_empty();
+    if sources.is_empty() && !pictures_only {
         return Err(SegError::Input(format!(
             "{}: this run has no labelled {} cases (a test set comes from imagesTs/ with labelsTs/, [data] test, test_share or test_slab); score the validation set with --split val",
             run.root().display(),
@@ -253,7 +261,8 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
     let clusters = Clusters::from_ids(&patients);
     let mut mean = BTreeMap::new();
     let mut missing_surface = BTreeMap::new();
-    for (&value, name) in split.labels.iter().filter(|(v, _)| **v > 0) {
+    // Without labelled cases (a run that only pictures its unlabelled images) there is nothing to average.
+    for (&value, name) in split.labels.iter().filter(|(v, _)| **v > 0 && !cases.is_empty()) {
         let get = |f: &dyn Fn(&ClassMetrics) -> f64| -> Vec<f64> { cases.iter().map(|c| f(&c.classes[name])).collect() };
         let or_diagonal = |f: &dyn Fn(&ClassMetrics) -> Option<f64>| -> Vec<f64> {
             cases.iter().zip(&diagonals).map(|(c, d)| f(&c.classes[name]).unwrap_or(*d)).collect()
@@ -268,7 +277,7 @@ pub fn evaluate<B: Backend>(run: &RunDir, device: &B::Device, flip_tta: bool, se
         mean.insert(name.clone(), m);
         missing_surface.insert(name.clone(), cases.iter().filter(|c| c.classes[name].hd95.is_none()).count());
     }
-    let refinement = predictor.refines().then(|| {
+    let refinement = (predictor.refines() && !cases.is_empty()).then(|| {
         let mut unrefined_dice = BTreeMap::new();
         let mut dice_change = BTreeMap::new();
         for (&value, name) in split.labels.iter().filter(|(v, _)| **v > 0) {

@@ -435,3 +435,41 @@ fn a_two_dimensional_png_dataset_plans_a_2d_unet() {
 fn log_without_times(run: &RunDir) -> Vec<vesalius_train::EpochRecord> {
     run.read_log().unwrap().into_iter().map(vesalius_train::EpochRecord::timeless).collect()
 }
+
+#[test]
+fn unlabelled_images_are_segmented_and_pictured_without_a_test_set() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("Dataset");
+    dataset(&data, 6);
+    for d in ["imagesTs", "labelsTs"] {
+        std::fs::remove_dir_all(data.join(d)).unwrap();
+    }
+    // Another sphere, radius 6 voxels of 1.5 × 1.5 × 2 mm: 905 voxels, 4.07 ml.
+    let (img, _) = case(20);
+    let other = dir.path().join("other.nii.gz");
+    nifti::save(&other, &img, NiftiType::I16).unwrap();
+    let device = Default::default();
+
+    let run = RunDir::new(dir.path().join("plain"));
+    train::<B>(&recipe(&data, 8), &run, &device, |_| {}).unwrap();
+    let err = evaluate::<P>(&run, &device, false, EvalSet::Test).unwrap_err().to_string();
+    assert!(err.contains("no labelled test cases"), "{err}");
+
+    let mut with_images = recipe(&data, 8);
+    with_images.data.unlabelled = vec![vesalius_segmentation::recipe::ImageEntry { id: None, image: vec![other] }];
+    let run = RunDir::new(dir.path().join("pictures"));
+    train::<B>(&with_images, &run, &device, |_| {}).unwrap();
+    let m = evaluate::<P>(&run, &device, false, EvalSet::Test).unwrap();
+    assert!(m.cases.is_empty() && m.mean.is_empty());
+    assert_eq!(m.unlabelled.len(), 1);
+    let u = &m.unlabelled[0];
+    assert_eq!((u.id.as_str(), u.spacing.as_slice()), ("other", [1.5, 1.5, 2.0].as_slice()));
+    let ml = u.volume_ml["sphere"];
+    eprintln!("unlabelled sphere: {ml:.2} ml of 4.07");
+    assert!((ml - 4.07).abs() < 1.0, "{ml} ml");
+    let picture = io::load(run.file("figures/unlabelled-other.png")).unwrap();
+    assert_eq!(picture.channels(), 3);
+    let on_disk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.file("metrics.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["unlabelled"][0]["id"], "other");
+}

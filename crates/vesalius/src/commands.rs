@@ -496,6 +496,10 @@ pub fn evaluate_segmentation(backend: BackendKind, run_dir: &Path, tta: bool, sp
     for (class, n) in m.missing_surface.iter().filter(|(_, n)| **n > 0) {
         println!("  {class}: {n} case(s) with a missed or spurious structure, counted at the image diagonal in hd95/assd");
     }
+    for u in &m.unlabelled {
+        let volumes: Vec<String> = u.volume_ml.iter().map(|(class, ml)| format!("{class} {ml:.0} ml")).collect();
+        println!("unlabelled {}: {} (figures/unlabelled-{}.png)", u.id, volumes.join(", "), u.id);
+    }
     println!("written: {}", run.file(set.file()).display());
     Ok(())
 }
