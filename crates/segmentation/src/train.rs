@@ -157,7 +157,10 @@ pub fn split(recipe: &SegRecipe, run: &RunDir) -> Result<Split, SegError> {
             let (prepared, shift) = if recipe.prepare.is_empty() {
                 (s.clone(), 0)
             } else {
-                let p = recipe.prepare.apply_seeded(s.clone(), recipe.train.seed)?;
+                let p = recipe
+                    .prepare
+                    .apply_seeded(s.clone(), recipe.train.seed)
+                    .map_err(|e| SegError::Input(format!("case '{}' ({}): [prepare]: {e}", c.id, c.images[0].display())))?;
                 let shift = slab_shift(s.image.affine(), p.image.affine(), slab.axis)
                     .ok_or_else(|| SegError::Input(format!("[prepare] must keep the voxel axes of case '{}' for a slab split", c.id)))?;
                 (p, shift)
@@ -270,7 +273,10 @@ fn preprocessed(source: &CaseSource, prepared: &Pipeline, pipeline: &Pipeline, c
                 inputs.push(l);
             }
             let key = cache.key(&inputs, pipeline)?;
-            Ok(cache.get_or_insert(&key, || load_case(c, pipeline))?)
+            cache.get_or_insert(&key, || load_case(c, pipeline)).map_err(|e| match e {
+                vesalius_data::DataError::Invalid(m) => SegError::Input(format!("case '{}': {m}", c.id)),
+                other => other.into(),
+            })
         }
         CaseSource::Memory { subject, .. } => Ok(Volume::in_memory(pipeline.apply_seeded(subject.clone(), 0)?)),
     }

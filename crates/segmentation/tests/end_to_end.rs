@@ -451,6 +451,12 @@ fn unlabelled_images_are_segmented_and_pictured_without_a_test_set() {
     nifti::save(&other, &img, NiftiType::I16).unwrap();
     let device = Default::default();
 
+    // A [prepare] step that cannot apply names the case.
+    let mut bad = recipe(&data, 1);
+    bad.prepare = vesalius_data::transforms::Pipeline::from_toml("[[transforms]]\ntype = \"head_layers\"\nfirst = 1\n").unwrap();
+    let err = train::<B>(&bad, &RunDir::new(dir.path().join("bad")), &device, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("case 'sph_0") && err.contains("not below first = 1"), "{err}");
+
     let run = RunDir::new(dir.path().join("plain"));
     train::<B>(&recipe(&data, 8), &run, &device, |_| {}).unwrap();
     let err = evaluate::<P>(&run, &device, false, EvalSet::Test).unwrap_err().to_string();
