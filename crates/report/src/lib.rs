@@ -604,8 +604,10 @@ pub fn build(run: &Path) -> Result<String, ReportError> {
     if !run.is_dir() {
         return Err(ReportError::Input(format!("{}: not a run folder", run.display())));
     }
-    // the test metrics, or the validation metrics of a run that holds no test set
-    let metrics = read_json(&run.join("metrics.json")).or_else(|| read_json(&run.join("metrics-val.json")));
+    // the test metrics, or the validation metrics of a run that holds no test set (a segmentation test evaluation
+    // that scored no case, only pictured unlabelled images, counts as none)
+    let scored = |m: &serde_json::Value| !m.get("cases").and_then(|c| c.as_array()).is_some_and(|c| c.is_empty());
+    let metrics = read_json(&run.join("metrics.json")).filter(scored).or_else(|| read_json(&run.join("metrics-val.json")));
     let has_log = run.join("log.jsonl").is_file();
     if metrics.is_none() && !has_log {
         return Err(ReportError::Input(format!("{}: no metrics.json, metrics-val.json or log.jsonl to report", run.display())));

@@ -274,19 +274,27 @@ fn reports_load_in_chromium_without_errors_or_requests() {
         format!(
             "task = \"segmentation\"\n[data]\ncases = [\n  {{ id = \"brain1\", image = [\"{0}/brain1_image.nii.gz\"], label = \"{0}/brain1_label.nii.gz\" }},\n\
              {{ id = \"brain2\", image = [\"{0}/brain2_image.nii.gz\"], label = \"{0}/brain2_label.nii.gz\" }},\n]\nlabels = {{ background = 0, tumour = 1 }}\n\
+             unlabelled = [{{ id = \"anatomical\", image = [\"{1}\"] }}]\n\
              folds = 2\n[plan]\ntarget_spacing = [3.2, 3.2, 6.5]\npatch = [32, 32, 8]\nbatch = 2\nfeatures = [4, 8]\n[train]\nepochs = 2\niterations = 3\n\
              foreground_share = 0.5\n",
-            fx.display()
+            fx.display(),
+            root().join("fixtures/nifti/nibabel/anatomical.nii").display()
         ),
     )
     .unwrap();
     let seg = work.join("tumour");
     assert!(vesalius(&["train", recipe.to_str().unwrap(), "--out", seg.to_str().unwrap(), "--quiet"]).status.success());
     assert!(vesalius(&["evaluate", "--run", seg.to_str().unwrap(), "--split", "val"]).status.success());
+    // No labelled test set: the test evaluation pictures the unlabelled image only.
+    let out = vesalius(&["evaluate", "--run", seg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("unlabelled anatomical: tumour ") && printed.contains("figures/unlabelled-anatomical.png"), "{printed}");
     let page = work.join("tumour.html");
     assert!(vesalius(&["report", "--run", seg.to_str().unwrap(), "-o", page.to_str().unwrap()]).status.success());
     let outline = vesalius_report::outline(&std::fs::read_to_string(&page).unwrap());
     assert!(outline.contains("## Learning curves") && outline.contains("figure: figures/validation-"), "{outline}");
+    assert!(outline.contains("figure: figures/unlabelled-anatomical"), "{outline}");
     assert!(outline.contains("table: Per-case metrics on the validation set (cases;"), "{outline}");
     assert!(check(&page, work, &baseline) >= 2);
 
