@@ -47,7 +47,8 @@ use crate::{DataError, Image, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use vesalius_io::geometry::{self, connected_components, distance_map};
+pub use vesalius_io::geometry::fill_holes;
+use vesalius_io::geometry::{self, distance_map};
 
 /// Settings of [`head_layers`]; lengths in millimetres.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,20 +104,6 @@ fn superior_axis(image: &Image) -> (usize, bool) {
     let a = image.affine();
     let axis = (0..3).max_by(|&i, &j| a[2][i].abs().total_cmp(&a[2][j].abs())).unwrap_or(2);
     (axis, a[2][axis] >= 0.0)
-}
-
-/// `mask` with its enclosed holes filled (background components, 6-connected, that do not touch the grid's border).
-pub fn fill_holes(mask: &[bool], shape: [usize; 3]) -> Vec<bool> {
-    let (id, sizes) = connected_components(shape, |v| !mask[v]);
-    let mut open = vec![false; sizes.len()];
-    let [nx, ny, nz] = shape;
-    for (v, &c) in id.iter().enumerate() {
-        let (x, y, z) = (v % nx, v / nx % ny, v / (nx * ny));
-        if c != u32::MAX && (x == 0 || y == 0 || z == 0 || x + 1 == nx || y + 1 == ny || z + 1 == nz) {
-            open[c as usize] = true;
-        }
-    }
-    mask.iter().zip(&id).map(|(&m, &c)| m || (c != u32::MAX && !open[c as usize])).collect()
 }
 
 /// A smooth random field in [0, 1): uniform values on a lattice of `blob`-mm cells, trilinearly interpolated.
@@ -176,8 +163,12 @@ pub fn head_layers(subject: Subject, p: &HeadLayers) -> Result<Subject> {
         shape[a] = (old[a] as i64 + lo + hi) as usize;
     }
     let voxels: usize = shape.iter().product();
-    if voxels > 1 << 28 {
-        return Err(DataError::Invalid(format!("head_layers: the padded grid {shape:?} is too large")));
+    let lattice: f64 = (0..3).map(|a| (shape[a] as f64 * spacing[a] / p.blob).ceil() + 2.0).product();
+    if voxels > 1 << 28 || !(lattice <= (1u64 << 28) as f64) {
+        return Err(DataError::Invalid(format!(
+            "head_layers: the padded grid {shape:?} (spacing {spacing:?} mm, blob {} mm) is too large",
+            p.blob
+        )));
     }
     let fill = subject.image.data().iter().copied().fold(f32::INFINITY, f32::min);
     let image = geometry::crop_or_pad(&subject.image, &start, &shape, if fill.is_finite() { fill } else { 0.0 })?;
@@ -320,6 +311,7 @@ mod tests {
         assert!(err(HeadLayers { tissues: 0, ..HeadLayers::default() }).contains("tissues"));
         assert!(err(HeadLayers { bone: -1.0, ..HeadLayers::default() }).contains("bone"));
         assert!(err(HeadLayers { blob: 0.0, ..HeadLayers::default() }).contains("blob"));
+        assert!(err(HeadLayers { blob: 1e-9, ..HeadLayers::default() }).contains("too large"));
         let unlabelled = Subject::new(s.image.clone());
         assert!(head_layers(unlabelled, &HeadLayers::default()).unwrap_err().to_string().contains("label map"));
     }

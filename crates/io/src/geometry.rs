@@ -545,6 +545,21 @@ pub fn mat3_inv(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
     Some(o)
 }
 
+/// `mask` with its enclosed holes filled: background components (6-connected) that touch no border of the grid
+/// (along the third axis only when it has more than one slice, so a 2D mask fills holes in its plane).
+pub fn fill_holes(mask: &[bool], shape: [usize; 3]) -> Vec<bool> {
+    let (id, sizes) = connected_components(shape, |v| !mask[v]);
+    let [nx, ny, nz] = shape;
+    let mut open = vec![false; sizes.len()];
+    for (v, &c) in id.iter().enumerate() {
+        let (x, y, z) = (v % nx, v / nx % ny, v / (nx * ny));
+        if c != u32::MAX && (x == 0 || x + 1 == nx || y == 0 || y + 1 == ny || ((z == 0 || z + 1 == nz) && nz > 1)) {
+            open[c as usize] = true;
+        }
+    }
+    mask.iter().zip(&id).map(|(&m, &c)| m || (c != u32::MAX && !open[c as usize])).collect()
+}
+
 /// Connected components (6-connectivity) of the voxels where `inside` holds: a component id per voxel
 /// (`u32::MAX` outside) and each component's size.
 pub fn connected_components(shape: [usize; 3], inside: impl Fn(usize) -> bool) -> (Vec<u32>, Vec<usize>) {

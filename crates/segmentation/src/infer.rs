@@ -165,21 +165,9 @@ pub fn postprocess(labels: &mut [u16], shape: [usize; 3], classes: usize, larges
         }
     }
     if fill && classes == 2 {
-        let (id, sizes) = vesalius_io::geometry::connected_components(shape, |v| labels[v] == 0);
-        let [nx, ny, nz] = shape;
-        let mut touches = vec![false; sizes.len()];
-        for (v, &c) in id.iter().enumerate() {
-            if c == u32::MAX {
-                continue;
-            }
-            let (x, y, z) = (v % nx, v / nx % ny, v / (nx * ny));
-            let border = x == 0 || x + 1 == nx || y == 0 || y + 1 == ny || ((z == 0 || z + 1 == nz) && nz > 1);
-            if border {
-                touches[c as usize] = true;
-            }
-        }
-        for (l, &c) in labels.iter_mut().zip(&id) {
-            if c != u32::MAX && !touches[c as usize] {
+        let filled = vesalius_io::geometry::fill_holes(&labels.iter().map(|&l| l != 0).collect::<Vec<_>>(), shape);
+        for (l, f) in labels.iter_mut().zip(filled) {
+            if f {
                 *l = 1;
             }
         }
