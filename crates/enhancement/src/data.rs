@@ -117,6 +117,9 @@ pub struct TrainPlane {
     pub blocked_u: Vec<Band>,
     /// Held-out ranges along its height.
     pub blocked_v: Vec<Band>,
+    /// Every frame's clean plane of a dynamic series (the temporal CRNN trains on whole series); empty for still
+    /// images.
+    pub frames: Vec<Vec<f32>>,
 }
 
 impl TrainPlane {
@@ -178,6 +181,8 @@ pub struct EvalCase {
     pub baselines: Vec<(String, Vec<f32>)>,
     /// The measured k-space lines (k-space models; planes are then whole axial slices).
     pub lines: Option<Vec<bool>>,
+    /// The dynamic series this case is a frame of (reconstructed together), if any.
+    pub series: Option<crate::series::SeriesRef>,
 }
 
 /// Normalised intensity below which a scored rectangle holds no signal (5 % of the range or of the 99.5th
@@ -219,19 +224,29 @@ impl Prepared {
 
 /// Which set a degradation realisation is drawn for (each has its own random streams).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
+pub(crate) enum Role {
     Train = 1,
     Val = 2,
     Test = 3,
 }
 
-fn realisation_seed(seed: u64, role: Role, image: usize, r: usize) -> u64 {
+pub(crate) fn realisation_seed(seed: u64, role: Role, image: usize, r: usize) -> u64 {
     vesalius_io::mix(seed ^ vesalius_io::mix((role as u64) << 40 ^ (image as u64) << 16 ^ r as u64))
 }
 
 /// Loads a recipe image, reoriented as the recipe asks.
 pub fn load_recipe_image(recipe: &EnhanceRecipe, path: &std::path::Path) -> Result<Image, EnhanceError> {
     let img = load_image(path)?;
+    match &recipe.data.orientation {
+        Some(o) => Ok(vesalius_io::geometry::reorient(&img, o).map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))?),
+        None => Ok(img),
+    }
+}
+
+/// Loads a recipe image that may be a dynamic series (frames along a fourth axis, as the image's channels),
+/// reoriented as the recipe asks.
+pub fn load_series(recipe: &EnhanceRecipe, path: &std::path::Path) -> Result<Image, EnhanceError> {
+    let img = vesalius_io::load(path)?;
     match &recipe.data.orientation {
         Some(o) => Ok(vesalius_io::geometry::reorient(&img, o).map_err(|e| EnhanceError::Input(format!("{}: {e}", path.display())))?),
         None => Ok(img),
@@ -363,6 +378,12 @@ pub fn plane_axes(recipe: &EnhanceRecipe) -> Result<PlaneAxes, EnhanceError> {
 
 /// Degrades, normalises and cuts the recipe's images into training planes and validation/test cases.
 pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
+    if let Some(first) = recipe.data.images.first()
+        && crate::series::is_series_recipe(recipe)
+        && load_series(recipe, &first.image)?.channels() > 1
+    {
+        return crate::series::prepare(recipe);
+    }
     let d = &recipe.data;
     let axes = plane_axes(recipe)?;
     let model = recipe.degrade.as_ref();
@@ -398,7 +419,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
             let (w, h, c) = extract_plane(&clean_n, shape, axes, k);
             let degraded = realisations.iter().map(|r| extract_plane(r, shape, axes, k).2).collect();
             let blocked = |axis: usize| bands.iter().filter(|(b, _)| b.axis == axis).map(|(b, _)| *b).collect::<Vec<_>>();
-            let plane = TrainPlane { w, h, clean: c, degraded, blocked_u: blocked(axes.u), blocked_v: blocked(axes.v) };
+            let plane = TrainPlane { w, h, clean: c, degraded, blocked_u: blocked(axes.u), blocked_v: blocked(axes.v), frames: Vec::new() };
             if plane.fits(patch) {
                 train.push(plane);
             }
@@ -432,6 +453,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
                         intensity,
                         baselines: baselines.iter().map(|(n, b)| (n.clone(), extract_plane(b, shape, axes, k).2)).collect(),
                         lines: real.lines.clone(),
+                        series: None,
                     });
                 }
             }
@@ -455,7 +477,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
     Ok(Prepared { train, val, test, normalised_metrics })
 }
 
-fn role_seed(seed: u64, role: Role) -> u64 {
+pub(crate) fn role_seed(seed: u64, role: Role) -> u64 {
     realisation_seed(seed, role, usize::MAX >> 8, 0)
 }
 
@@ -492,6 +514,7 @@ fn whole_image_cases(
                 intensity,
                 baselines: baselines.iter().map(|(n, b)| (n.clone(), extract_plane(b, shape, axes, k).2)).collect(),
                 lines: lines.clone(),
+                series: None,
             });
         }
     }
@@ -531,6 +554,7 @@ mod tests {
             degraded: vec![vec![0.0; w * h]],
             blocked_u: vec![],
             blocked_v: vec![Band { axis: 1, start: 12, end: 20 }],
+            frames: Vec::new(),
         };
         let mut rng = rand::SeedableRng::seed_from_u64(1);
         for _ in 0..200 {

@@ -170,9 +170,17 @@ impl Degradation {
         Ok(())
     }
 
-    /// Degrades `img` (one channel) with the random stream of `seed`.
+    /// Degrades `img` (one channel) with the random stream of `seed`. The k-space model also takes dynamic
+    /// series (frames as channels): each frame gets its own line mask, drawn in frame order from the stream; the
+    /// magnitude and mask then have a channel per frame and the complex image the frames' real parts followed by
+    /// their imaginary parts.
     pub fn apply(&self, img: &Image, seed: u64) -> Result<Degraded, EnhanceError> {
         self.validate()?;
+        if let Degradation::Kspace { .. } = self
+            && img.channels() > 1
+        {
+            return self.apply_frames(img, seed);
+        }
         if img.channels() != 1 {
             return Err(bad(format!("{}: images of one channel only (this one has {})", self.name(), img.channels())));
         }
@@ -336,6 +344,31 @@ pub fn line_mask(h: usize, acceleration: f64, centre: f64, rng: &mut ChaCha8Rng)
         }
     }
     keep
+}
+
+impl Degradation {
+    /// The k-space model over the frames of a series (see [`Degradation::apply`]).
+    fn apply_frames(&self, img: &Image, seed: u64) -> Result<Degraded, EnhanceError> {
+        let (shape, affine, frames) = (img.shape().to_vec(), *img.affine(), img.channels());
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (mut image, mut mask, mut re, mut im) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for c in 0..frames {
+            let frame = Image::new(img.channel(c).to_vec(), shape.clone(), 1, affine, "float32")?;
+            let one = self.apply(&frame, rand::Rng::random(&mut rng))?;
+            image.extend_from_slice(one.image.data());
+            mask.extend_from_slice(one.mask.as_ref().map(Image::data).unwrap_or_default());
+            if let Some(z) = &one.complex {
+                re.extend_from_slice(z.channel(0));
+                im.extend_from_slice(z.channel(1));
+            }
+        }
+        re.extend(im);
+        Ok(Degraded {
+            image: Image::new(image, shape.clone(), frames, affine, "float32")?,
+            mask: Some(Image::new(mask, shape.clone(), frames, affine, "uint8")?),
+            complex: Some(Image::new(re, shape, 2 * frames, affine, "float32")?),
+        })
+    }
 }
 
 /// The geometry of a parallel-beam scan of a `w × h` slice: `angles` views over 180° and detector bins one pixel

@@ -16,7 +16,7 @@ use crate::baselines::{NLM_GRID, SIGMA_GRID, choose_sigma, gaussian_in_plane, no
 use crate::data::{self, EvalCase, Prepared};
 use crate::degrade::Degradation;
 use crate::metrics::{Quality, clip, psnr, quality};
-use crate::model::{EnhanceNet, build, enhance_plane, reconstruct_plane};
+use crate::model::{EnhanceNet, build, enhance_plane, reconstruct_plane, reconstruct_series};
 use crate::recipe::{EnhanceRecipe, ModelSection};
 use crate::train::{EnhanceInfo, RunInfo};
 
@@ -124,6 +124,32 @@ pub fn network_on_case<B: Backend>(net: &EnhanceNet<B>, spec: &ModelSection, c: 
             reconstruct_plane(net, &x0, &k0, lines, c.w, c.h, device)
         }
         _ => enhance_plane(net, spec, &c.degraded, c.w, c.h, device),
+    }
+}
+
+/// The network's outputs on cases, computing each dynamic series once for all its frames (the frames of a series
+/// are consecutive cases).
+#[derive(Default)]
+pub struct NetworkOutputs {
+    last: Option<(usize, Vec<Vec<f32>>)>,
+}
+
+impl NetworkOutputs {
+    /// The network's output on `c` (as [`network_on_case`]; a frame of a series from the whole series).
+    pub fn of<B: Backend>(&mut self, net: &EnhanceNet<B>, spec: &ModelSection, c: &EvalCase, device: &B::Device) -> Vec<f32> {
+        let Some(series) = &c.series else {
+            return network_on_case(net, spec, c, device);
+        };
+        if self.last.as_ref().is_none_or(|(key, _)| *key != series.key) {
+            let (mut x0, mut k0) = (Vec::new(), Vec::new());
+            for (frame, lines) in series.clean.iter().zip(series.lines.iter()) {
+                let (k, x) = crate::kspace::measure(frame, c.w, c.h, lines);
+                k0.push(k);
+                x0.push(x);
+            }
+            self.last = Some((series.key, reconstruct_series(net, &x0, &k0, &series.lines, c.w, c.h, device)));
+        }
+        self.last.as_ref().and_then(|(_, frames)| frames.get(series.frame).cloned()).unwrap_or_default()
     }
 }
 
@@ -270,6 +296,7 @@ pub fn evaluate_prepared<B: Backend>(
     }
     let bar = vesalius_train::progress::bar(cases.len() as u64, "evaluation", false);
     let mut scores = Vec::with_capacity(cases.len());
+    let mut outputs = NetworkOutputs::default();
     for c in cases {
         let (reference, shape) = c.crop(&data.metric_units(c, &c.clean));
         let score = |plane: &[f32]| quality(&c.crop(&data.metric_units(c, plane)).0, &reference, &shape, window);
@@ -287,7 +314,7 @@ pub fn evaluate_prepared<B: Backend>(
         for (name, plane) in &c.baselines {
             methods.insert(name.clone(), score(plane));
         }
-        let output = network_on_case(&net, &info.model, c, device);
+        let output = outputs.of(&net, &info.model, c, device);
         methods.insert("network".to_string(), score(&output));
         if scores.len() < MAX_FIGURES {
             write_figure(run, &format!("figures/{}-{}.png", set.name(), c.id), &c.degraded, &output, &c.clean, c.w, c.h)?;

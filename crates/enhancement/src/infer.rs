@@ -10,7 +10,7 @@ use vesalius_train::RunDir;
 use crate::EnhanceError;
 use crate::data::{PlaneAxes, dims3, extract_plane, insert_plane};
 use crate::evaluate::{load_best, read_run};
-use crate::model::{EnhanceNet, enhance_plane, reconstruct_plane};
+use crate::model::{EnhanceNet, enhance_plane, reconstruct_plane, reconstruct_series};
 use crate::train::EnhanceInfo;
 
 /// The fine grid (shape, affine) whose `factor`-blocks along `axes` are the voxels of a coarse image — the
@@ -89,13 +89,18 @@ impl<B: Backend> Enhancer<B> {
     /// Reconstructs under-sampled Cartesian MR with a CRNN run: `complex` is the zero-filled complex image (two
     /// channels, real and imaginary, as `vesalius degrade --model kspace` writes `NAME_complex.nii.gz`) and `mask`
     /// the sampling mask (1 on measured phase-encoding lines, along the second axis). Returns the magnitude.
+    ///
+    /// A dynamic series of `t` frames has `2t` channels (the frames' real parts, then their imaginary parts) and a
+    /// mask of `t` channels, one per frame; each plane's frames are reconstructed together and the result has a
+    /// channel per frame.
     pub fn reconstruct(&self, complex: &Image, mask: &Image) -> Result<Image, EnhanceError> {
         if !matches!(self.net, EnhanceNet::Crnn(_)) {
             return Err(EnhanceError::Input("a k-space mask applies to reconstruction (CRNN) runs only".into()));
         }
-        if complex.channels() != 2 {
+        let frames = mask.channels();
+        if complex.channels() != 2 * frames {
             return Err(EnhanceError::Input(format!(
-                "reconstruction takes a complex image of two channels (real, imaginary), not {}",
+                "reconstruction takes a complex image of two channels per mask frame (real parts, then imaginary parts): the mask has {frames} frame(s), the image {} channel(s)",
                 complex.channels()
             )));
         }
@@ -104,24 +109,35 @@ impl<B: Backend> Enhancer<B> {
         }
         let [w, h, d] = dims3(complex.shape());
         let n = w * h * d;
-        let (re, im) = (complex.channel(0), complex.channel(1));
-        let magnitude: Vec<f32> = re.iter().zip(im).map(|(a, b)| a.hypot(*b)).collect();
+        let re = |t: usize| complex.channel(t);
+        let im = |t: usize| complex.channel(frames + t);
+        let magnitude: Vec<f32> = (0..frames).flat_map(|t| re(t).iter().zip(im(t)).map(|(a, b)| a.hypot(*b))).collect();
         let intensity = crate::data::Intensity::of(&self.info.intensity, &magnitude);
         let scale = 1.0 / (intensity.high - intensity.low);
-        let mut out = vec![0.0f32; n];
+        let mut out = vec![0.0f32; n * frames];
         for k in 0..d {
             let plane = k * w * h..(k + 1) * w * h;
-            let lines: Vec<bool> = (0..h).map(|y| mask.data()[k * w * h + w * y] > 0.5).collect();
-            let x0: Vec<f32> = re[plane.clone()].iter().chain(&im[plane.clone()]).map(|v| v * scale).collect();
-            // The measured k-space is the transform of the zero-filled image.
-            let mut kc: Vec<rustfft::num_complex::Complex32> =
-                (0..w * h).map(|i| rustfft::num_complex::Complex32::new(x0[i], x0[w * h + i])).collect();
-            crate::fft::fft2(&mut kc, w, h);
-            let k0: Vec<f32> = kc.iter().map(|c| c.re).chain(kc.iter().map(|c| c.im)).collect();
-            let y = reconstruct_plane(&self.net, &x0, &k0, &lines, w, h, &self.device);
-            out[plane].copy_from_slice(&intensity.restore(&y));
+            let (mut x0s, mut k0s, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+            for t in 0..frames {
+                lines.push((0..h).map(|y| mask.channel(t)[k * w * h + w * y] > 0.5).collect::<Vec<bool>>());
+                let x0: Vec<f32> = re(t)[plane.clone()].iter().chain(&im(t)[plane.clone()]).map(|v| v * scale).collect();
+                // The measured k-space is the transform of the zero-filled image.
+                let mut kc: Vec<rustfft::num_complex::Complex32> =
+                    (0..w * h).map(|i| rustfft::num_complex::Complex32::new(x0[i], x0[w * h + i])).collect();
+                crate::fft::fft2(&mut kc, w, h);
+                k0s.push(kc.iter().map(|c| c.re).chain(kc.iter().map(|c| c.im)).collect::<Vec<f32>>());
+                x0s.push(x0);
+            }
+            let ys = if frames == 1 {
+                vec![reconstruct_plane(&self.net, &x0s[0], &k0s[0], &lines[0], w, h, &self.device)]
+            } else {
+                reconstruct_series(&self.net, &x0s, &k0s, &lines, w, h, &self.device)
+            };
+            for (t, y) in ys.iter().enumerate() {
+                out[t * n + plane.start..t * n + plane.end].copy_from_slice(&intensity.restore(y));
+            }
         }
-        Ok(Image::new(out, complex.shape().to_vec(), 1, *complex.affine(), "float32")?)
+        Ok(Image::new(out, complex.shape().to_vec(), frames, *complex.affine(), "float32")?)
     }
 }
 

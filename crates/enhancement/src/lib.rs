@@ -6,6 +6,7 @@
 //! * [`metrics`] — PSNR, SSIM (2D and 3D, scikit-image's Gaussian-window definition), RMSE, MAE, NMSE.
 //! * [`filters`] and [`baselines`] — the classic methods every evaluation reports beside the network.
 //! * [`fft`] — 2D Fourier transforms of images.
+//! * [`series`] — dynamic series (frames along a fourth axis) for the temporal reconstruction network.
 //!
 //! ```
 //! use vesalius_enhancement::{degrade::Degradation, metrics::psnr};
@@ -26,6 +27,7 @@ pub mod kspace;
 pub mod metrics;
 pub mod model;
 pub mod recipe;
+pub mod series;
 pub mod stain;
 pub mod train;
 

@@ -29,7 +29,12 @@ pub fn build<B: Backend>(spec: &ModelSection, device: &B::Device) -> EnhanceNet<
         Arch::Unet => EnhanceNet::Unet(UNetConfig::new(2, 1, 1, spec.channels.clone()).with_norm(NormKind::Batch).init(device)),
         Arch::ConvAe => EnhanceNet::ConvAe(ConvAutoencoderConfig::new(1, spec.channels.clone()).init(device)),
         Arch::Crnn => EnhanceNet::Crnn(
-            CrnnConfig::new().with_features(spec.features).with_iterations(spec.iterations).with_layers(spec.layers).init(device),
+            CrnnConfig::new()
+                .with_features(spec.features)
+                .with_iterations(spec.iterations)
+                .with_layers(spec.layers)
+                .with_temporal(spec.temporal)
+                .init(device),
         ),
     }
 }
@@ -84,6 +89,30 @@ pub fn reconstruct_plane<B: Backend>(
     let mask = t(crate::kspace::mask_plane(w, lines), 1);
     let y = net.forward(t(x0.to_vec(), 2), Some((t(k0.to_vec(), 2), mask)));
     crate::kspace::magnitude(&y.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default())
+}
+
+/// Reconstructs the `t` frames of one plane of a dynamic series together with the CRNN from their zero-filled
+/// complex images and measured k-space (each frame packed `[re…, im…]`) and each frame's measured lines; returns
+/// each frame's magnitude.
+#[allow(clippy::too_many_arguments)] // one plane's series: images, k-space, lines, and its size
+pub fn reconstruct_series<B: Backend>(
+    net: &EnhanceNet<B>,
+    x0: &[Vec<f32>],
+    k0: &[Vec<f32>],
+    lines: &[Vec<bool>],
+    w: usize,
+    h: usize,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let t = x0.len();
+    let EnhanceNet::Crnn(crnn) = net else {
+        return Vec::new();
+    };
+    let t5 = |v: Vec<f32>, c: usize| Tensor::<B, 5>::from_data(TensorData::new(v, [1, t, c, h, w]), device);
+    let mask: Vec<f32> = lines.iter().flat_map(|l| crate::kspace::mask_plane(w, l)).collect();
+    let y = crnn.forward_frames(t5(x0.concat(), 2), t5(k0.concat(), 2), t5(mask, 1));
+    let y = y.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+    y.chunks(2 * w * h).map(crate::kspace::magnitude).collect()
 }
 
 /// Enhances one normalised `w × h` plane whole: padded by reflection to a size the network takes, then cropped.

@@ -179,6 +179,10 @@ pub struct ModelSection {
     /// CRNN: recurrent units per iteration.
     #[serde(default = "default_layers")]
     pub layers: usize,
+    /// CRNN: reconstruct dynamic series (images whose frames are a fourth axis) with the first unit recurrent
+    /// over frames in both directions (BCRNN-t-i); every frame gets its own random line mask.
+    #[serde(default)]
+    pub temporal: bool,
 }
 
 fn default_iterations_crnn() -> usize {
@@ -207,6 +211,7 @@ impl Default for ModelSection {
             channels: default_unet_channels(),
             iterations: default_iterations_crnn(),
             layers: default_layers(),
+            temporal: false,
         }
     }
 }
@@ -375,6 +380,9 @@ impl EnhanceRecipe {
             return bad(
                 "k-space models need intensities scaled, not shifted: use intensity = \"percentile\" or a range starting at 0".into()
             );
+        }
+        if self.model.temporal && (self.model.arch != Arch::Crnn || !matches!(self.degrade, Some(Degradation::Kspace { .. }))) {
+            return bad("model.temporal reconstructs dynamic series: it needs arch = \"crnn\" and a kspace [degrade] model".into());
         }
         if let Some(o) = &d.orientation
             && (o.len() != 3 || !o.chars().all(|c| "RLAPSI".contains(c)))

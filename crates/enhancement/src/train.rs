@@ -77,8 +77,9 @@ pub fn score_cases<B: burn::tensor::backend::Backend>(
 ) -> (f64, f64) {
     let cases = &data.val;
     let (mut psnr, mut ssim, mut n_ssim) = (0.0, 0.0, 0usize);
+    let mut outputs = crate::evaluate::NetworkOutputs::default();
     for case in cases {
-        let out = crate::evaluate::network_on_case(net, spec, case, device);
+        let out = outputs.of(net, spec, case, device);
         let (est, shape) = case.crop(&data.metric_units(case, &out));
         let (reference, _) = case.crop(&data.metric_units(case, &case.clean));
         let q = quality(&est, &reference, &shape, window);
@@ -127,6 +128,32 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
         if let (Arch::Crnn, Some(Degradation::Kspace { acceleration, centre })) = (self.recipe.model.arch, self.recipe.degrade.as_ref()) {
             // Whole planes, each with a fresh random line mask.
             let (w, h) = (self.data.train[0].w, self.data.train[0].h);
+            let frames = self.data.train[0].frames.len();
+            if frames > 0 {
+                // Dynamic series: every frame of a plane with its own fresh mask, reconstructed together.
+                for _ in 0..t.iterations {
+                    let (mut x0s, mut k0s, mut masks, mut targets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                    for _ in 0..t.batch {
+                        let plane = &self.data.train[rng.random_range(0..self.data.train.len())];
+                        for frame in &plane.frames {
+                            let lines = line_mask(h, *acceleration, *centre, &mut rng);
+                            let (k0, x0) = measure(frame, w, h, &lines);
+                            x0s.extend(x0);
+                            k0s.extend(k0);
+                            masks.extend(mask_plane(w, &lines));
+                            targets.extend(frame.iter().copied().chain(std::iter::repeat_n(0.0, w * h)));
+                        }
+                    }
+                    let t5 = |v: Vec<f32>, c: usize| Tensor::<B, 5>::from_data(TensorData::new(v, [t.batch, frames, c, h, w]), &device);
+                    let EnhanceNet::Crnn(net) = stepper.model() else {
+                        return Err(EnhanceError::Internal("a k-space run without a CRNN".into()));
+                    };
+                    let out = net.forward_frames(t5(x0s, 2), t5(k0s, 2), t5(masks, 1));
+                    let loss = (out - t5(targets, 2)).powi_scalar(2).mean();
+                    stepper.step(loss)?;
+                }
+                return Ok(());
+            }
             for _ in 0..t.iterations {
                 let (mut x0s, mut k0s, mut masks, mut targets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..t.batch {

@@ -1,9 +1,13 @@
 //! The convolutional recurrent reconstruction network of Qin et al. (2019, "Convolutional recurrent neural
-//! networks for dynamic MR image reconstruction") for single Cartesian under-sampled frames: `iterations`
-//! unrolled steps that share their weights; in each, `layers` CRNN-i units — `H_l⁽ⁱ⁾ = ReLU(W_l ∗ H_{l−1}⁽ⁱ⁾ +
-//! U_l ∗ H_l⁽ⁱ⁻¹⁾)`, recurrent over iterations — a convolution back to the complex image added to the current
-//! estimate, then a **data-consistency** step in k-space that puts the measured lines back:
-//! `x ← F⁻¹(m ⊙ k₀ + (1 − m) ⊙ F x)`.
+//! networks for dynamic MR image reconstruction") for Cartesian under-sampled frames: `iterations` unrolled steps
+//! that share their weights; in each, `layers` CRNN-i units — `H_l⁽ⁱ⁾ = ReLU(W_l ∗ H_{l−1}⁽ⁱ⁾ + U_l ∗ H_l⁽ⁱ⁻¹⁾)`,
+//! recurrent over iterations — a convolution back to the complex image added to the current estimate, then a
+//! **data-consistency** step in k-space that puts the measured lines back: `x ← F⁻¹(m ⊙ k₀ + (1 − m) ⊙ F x)`.
+//!
+//! For a dynamic series (`temporal`), the first unit is the paper's BCRNN-t-i: recurrent over frames in both
+//! directions as well as over iterations, `H_{1,t}⁽ⁱ⁾ = H→ + H←` with
+//! `H→_t = ReLU(W_1 ∗ x_t + U_1 ∗ H_{1,t}⁽ⁱ⁻¹⁾ + T→ ∗ H→_{t−1})` (and `H←` from frame `t + 1` with `T←`), so every
+//! frame's reconstruction draws on the lines measured in the others; each frame keeps its own measured lines.
 //!
 //! Images are complex, as two channels (real, imaginary). The Fourier transform is [`dft2`]: the DFT as products
 //! with cosine and sine matrices, which every backend's autodiff differentiates (tested against `rustfft` in the
@@ -81,6 +85,10 @@ pub struct CrnnConfig {
     /// CRNN-i units per iteration.
     #[config(default = 3)]
     pub layers: usize,
+    /// Whether the first unit is also recurrent over the frames of a dynamic series, in both directions
+    /// (BCRNN-t-i).
+    #[config(default = false)]
+    pub temporal: bool,
 }
 
 /// The convolutional recurrent reconstruction network.
@@ -89,6 +97,9 @@ pub struct Crnn<B: Backend> {
     input: Vec<Conv2d<B>>,
     hidden: Vec<Conv2d<B>>,
     out: Conv2d<B>,
+    /// BCRNN-t-i: the first unit's convolutions of the previous frame's state (forward) and the next frame's
+    /// (backward); empty for single frames.
+    time: Vec<Conv2d<B>>,
     iterations: usize,
 }
 
@@ -98,29 +109,74 @@ impl CrnnConfig {
         let f = self.features;
         let input = (0..self.layers).map(|l| conv2d(if l == 0 { 2 } else { f }, f, 3, 1, 1, true, device)).collect();
         let hidden = (0..self.layers).map(|_| conv2d(f, f, 3, 1, 1, true, device)).collect();
-        Crnn { input, hidden, out: conv2d(f, 2, 3, 1, 1, true, device), iterations: self.iterations }
+        let time = if self.temporal { (0..2).map(|_| conv2d(f, f, 3, 1, 1, false, device)).collect() } else { Vec::new() };
+        Crnn { input, hidden, out: conv2d(f, 2, 3, 1, 1, true, device), time, iterations: self.iterations }
     }
 }
 
 impl<B: Backend> Crnn<B> {
     /// Reconstructs complex images `[b, 2, h, w]` from their zero-filled estimate `x0`, the measured k-space `k0`
-    /// (`[b, 2, h, w]`) and the sampling mask (`[b, 1, h, w]`).
+    /// (`[b, 2, h, w]`) and the sampling mask (`[b, 1, h, w]`): single frames.
     pub fn forward(&self, x0: Tensor<B, 4>, k0: Tensor<B, 4>, mask: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = x0;
+        let [b, c, h, w] = x0.dims();
+        let five = |x: Tensor<B, 4>, c: usize| x.reshape([b, 1, c, h, w]);
+        self.forward_frames(five(x0, c), five(k0, 2), five(mask, 1)).reshape([b, 2, h, w])
+    }
+
+    /// Whether the first unit is recurrent over frames (BCRNN-t-i).
+    pub fn is_temporal(&self) -> bool {
+        !self.time.is_empty()
+    }
+
+    /// Reconstructs dynamic series `[b, t, 2, h, w]` (frames along the second axis) from their zero-filled
+    /// estimates, measured k-space (`[b, t, 2, h, w]`) and masks (`[b, t, 1, h, w]`, one per frame). Without
+    /// temporal recurrence every frame is reconstructed on its own.
+    pub fn forward_frames(&self, x0: Tensor<B, 5>, k0: Tensor<B, 5>, mask: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [b, t, _, h, w] = x0.dims();
+        let mut x = x0.reshape([b * t, 2, h, w]);
+        let k0 = k0.reshape([b * t, 2, h, w]);
+        let mask = mask.reshape([b * t, 1, h, w]);
         let mut states: Vec<Option<Tensor<B, 4>>> = vec![None; self.input.len()];
         for _ in 0..self.iterations {
-            let mut h = x.clone();
+            let mut hid = x.clone();
             for (l, (wi, wh)) in self.input.iter().zip(&self.hidden).enumerate() {
-                let mut pre = wi.forward(h);
+                let mut pre = wi.forward(hid);
                 if let Some(prev) = states[l].take() {
                     pre = pre + wh.forward(prev);
                 }
-                h = relu(pre);
-                states[l] = Some(h.clone());
+                hid = if l == 0 && self.is_temporal() && t > 1 { self.over_frames(pre, b, t) } else { relu(pre) };
+                states[l] = Some(hid.clone());
             }
-            x = data_consistency(x + self.out.forward(h), k0.clone(), mask.clone());
+            x = data_consistency(x + self.out.forward(hid), k0.clone(), mask.clone());
         }
-        x
+        x.reshape([b, t, 2, h, w])
+    }
+
+    /// The bidirectional recurrence over frames of the first unit: `pre` (`[b·t, f, h, w]`, frames of a series
+    /// consecutive) holds each frame's input and iteration terms.
+    fn over_frames(&self, pre: Tensor<B, 4>, b: usize, t: usize) -> Tensor<B, 4> {
+        let [_, f, h, w] = pre.dims();
+        let pre = pre.reshape([b, t, f, h, w]);
+        let frame = |s: usize| pre.clone().slice([0..b, s..s + 1, 0..f, 0..h, 0..w]).reshape([b, f, h, w]);
+        let run = |conv: &Conv2d<B>, order: Vec<usize>| {
+            let mut out: Vec<Option<Tensor<B, 4>>> = vec![None; t];
+            let mut prev: Option<Tensor<B, 4>> = None;
+            for s in order {
+                let p = match prev.take() {
+                    Some(state) => frame(s) + conv.forward(state),
+                    None => frame(s),
+                };
+                let state = relu(p);
+                out[s] = Some(state.clone());
+                prev = Some(state);
+            }
+            out
+        };
+        let forward = run(&self.time[0], (0..t).collect());
+        let backward = run(&self.time[1], (0..t).rev().collect());
+        let frames: Vec<Tensor<B, 5>> =
+            forward.into_iter().zip(backward).filter_map(|(a, b2)| Some((a? + b2?).reshape([b, 1, f, h, w]))).collect();
+        Tensor::cat(frames, 1).reshape([b * t, f, h, w])
     }
 
     /// Number of trainable parameters.
@@ -182,5 +238,48 @@ mod tests {
         let (kr, ki) = dft2(y.clone().slice([0..1, 0..1, 0..8, 0..8]), y.slice([0..1, 1..2, 0..8, 0..8]), false);
         let measured = (Tensor::cat(vec![kr, ki], 1) - k0) * mask;
         assert!(measured.abs().max().into_scalar() < 1e-3, "measured lines are kept exactly");
+    }
+
+    /// A frame's reconstruction depends on the other frames' measurements only through the temporal unit, in
+    /// both directions; measured lines stay exact in every frame.
+    #[test]
+    fn the_temporal_unit_links_frames_both_ways() {
+        let device = Default::default();
+        let (t, h, w) = (3, 8, 8);
+        let rand5 = |c: usize| Tensor::<B, 5>::random([1, t, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let (x0, k0) = (rand5(2), rand5(2));
+        let mut m = vec![0.0f32; t * h * w];
+        for f in 0..t {
+            m[f * h * w + f * w..f * h * w + (f + 2) * w].iter_mut().for_each(|v| *v = 1.0); // rows f, f + 1
+        }
+        let mask = Tensor::<B, 5>::from_data(TensorData::new(m, [1, t, 1, h, w]), &device);
+        // Change only the last frame's input: frame 0 moves through the backward recurrence (temporal) or not at all.
+        let x1 = x0.clone().slice_assign([0..1, t - 1..t, 0..2, 0..h, 0..w], Tensor::ones([1, 1, 2, h, w], &device) * 3.0);
+        let first = |net: &Crnn<B>, x: Tensor<B, 5>| net.forward_frames(x, k0.clone(), mask.clone()).slice([0..1, 0..1, 0..2, 0..h, 0..w]);
+        for temporal in [false, true] {
+            let net = CrnnConfig::new().with_features(4).with_iterations(2).with_temporal(temporal).init::<B>(&device);
+            assert_eq!(net.is_temporal(), temporal);
+            let moved: f32 = (first(&net, x0.clone()) - first(&net, x1.clone())).abs().max().into_scalar();
+            if temporal {
+                assert!(moved > 1e-4, "frame 0 must see frame {}: {moved}", t - 1);
+            } else {
+                assert!(moved < 1e-6, "single-frame units keep frames apart: {moved}");
+            }
+            let y = net.forward_frames(x1.clone(), k0.clone(), mask.clone()).reshape([t, 2, h, w]);
+            let (kr, ki) = dft2(y.clone().slice([0..t, 0..1, 0..h, 0..w]), y.slice([0..t, 1..2, 0..h, 0..w]), false);
+            let measured = (Tensor::cat(vec![kr, ki], 1) - k0.clone().reshape([t, 2, h, w])) * mask.clone().reshape([t, 1, h, w]);
+            assert!(measured.abs().max().into_scalar() < 1e-3, "measured lines are kept exactly");
+        }
+        // A temporal network on a single frame equals its own single-frame path.
+        let net = CrnnConfig::new().with_features(4).with_iterations(2).with_temporal(true).init::<B>(&device);
+        let one = |x: Tensor<B, 5>| x.slice([0..1, 0..1, 0..2, 0..h, 0..w]);
+        let a = net.forward_frames(one(x0.clone()), one(k0.clone()), mask.clone().slice([0..1, 0..1, 0..1, 0..h, 0..w]));
+        let b = net.forward(
+            one(x0.clone()).reshape([1, 2, h, w]),
+            one(k0.clone()).reshape([1, 2, h, w]),
+            mask.clone().slice([0..1, 0..1, 0..1, 0..h, 0..w]).reshape([1, 1, h, w]),
+        );
+        let diff: f32 = (a.reshape([1, 2, h, w]) - b).abs().max().into_scalar();
+        assert!(diff < 1e-6, "{diff}");
     }
 }

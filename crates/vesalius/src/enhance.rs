@@ -107,7 +107,12 @@ pub fn beside(output: &Path, suffix: &str) -> PathBuf {
 /// and, for k-space models, the sampling mask beside it.
 pub fn degrade(input: &Path, output: &Path, args: &DegradeArgs, seed: u64) -> Result<(), CliError> {
     let model = args.model()?;
-    let img = vesalius_enhancement::data::load_image(input)?;
+    // The k-space model also takes dynamic series (frames along a fourth axis).
+    let img = if matches!(model, vesalius_enhancement::degrade::Degradation::Kspace { .. }) {
+        vesalius_io::load(input)?
+    } else {
+        vesalius_enhancement::data::load_image(input)?
+    };
     let out = model.apply(&img, seed).map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
     crate::commands::save_image(output, &out.image, NiftiType::F32)?;
     println!("{} → {} ({}, {:?}, seed {seed})", input.display(), output.display(), model.name(), out.image.shape());
