@@ -109,6 +109,12 @@ pub struct DataSection {
     /// same anatomical directions in every image.
     #[serde(default)]
     pub orientation: Option<String>,
+    /// Resample every image the recipe loads to these voxel sizes (mm, one per axis, after reorientation) before
+    /// it is degraded — to train at the resolution the network will be used at. Each axis is smoothed first by a
+    /// Gaussian whose FWHM makes up the difference to the new voxel size (`σ² = (new² − old²) / 8 ln 2`, none where
+    /// the new voxel is not larger), then sampled linearly; an image already at these sizes is unchanged.
+    #[serde(default)]
+    pub spacing: Option<Vec<f64>>,
     /// A band of every training image held out for validation (model selection, the baseline's σ).
     #[serde(default)]
     pub val_band: Option<Band>,
@@ -383,6 +389,11 @@ impl EnhanceRecipe {
         }
         if self.model.temporal && (self.model.arch != Arch::Crnn || !matches!(self.degrade, Some(Degradation::Kspace { .. }))) {
             return bad("model.temporal reconstructs dynamic series: it needs arch = \"crnn\" and a kspace [degrade] model".into());
+        }
+        if let Some(sp) = &d.spacing
+            && (sp.is_empty() || sp.len() > 3 || sp.iter().any(|v| !(v.is_finite() && *v > 0.0)))
+        {
+            return bad(format!("data.spacing must be one to three positive voxel sizes in mm, not {sp:?}"));
         }
         if let Some(o) = &d.orientation
             && (o.len() != 3 || !o.chars().all(|c| "RLAPSI".contains(c)))

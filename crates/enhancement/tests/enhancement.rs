@@ -188,6 +188,30 @@ fn through_plane_super_resolution_predicts_on_the_fine_grid_and_reports_the_inte
     }
 }
 
+/// `data.spacing` resamples every image before it is degraded: the template's 1 mm grid becomes the other subject's
+/// 2 × 3 × 2 mm (in RAS), whose own image is left as it is.
+#[test]
+fn recipes_resample_their_images_to_the_stated_spacing() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes/mr-superres.toml")).unwrap();
+    let text = text
+        .replace("orientation = \"RAS\"", "orientation = \"RAS\"\nspacing = [2.0, 3.0, 2.0]")
+        .replace("start = 150, end = 158", "start = 50, end = 53")
+        .replace("start = 60, end = 68", "start = 20, end = 23");
+    let recipe = EnhanceRecipe::from_toml(&text, &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes")).unwrap();
+    let template = vesalius_enhancement::data::load_recipe_image(&recipe, &recipe.data.images[0].image).unwrap();
+    assert_eq!((template.shape(), template.spacing()), (&[99usize, 78, 95][..], vec![2.0, 3.0, 2.0]));
+    let other = vesalius_enhancement::data::load_recipe_image(&recipe, &recipe.data.test[0].image).unwrap();
+    let mut plain = recipe.clone();
+    plain.data.spacing = None;
+    assert_eq!(other, vesalius_enhancement::data::load_recipe_image(&plain, &recipe.data.test[0].image).unwrap());
+    let data = vesalius_enhancement::data::prepare(&recipe).unwrap();
+    assert_eq!(data.train.len(), 78 - 6, "coronal planes outside the two 3-plane bands");
+    assert_eq!((data.train[0].w, data.train[0].h), (99, 95));
+    let bad = text.replace("spacing = [2.0, 3.0, 2.0]", "spacing = [2.0, -1.0, 2.0]");
+    let e = EnhanceRecipe::from_toml(&bad, Path::new(".")).unwrap_err().to_string();
+    assert!(e.contains("data.spacing"), "{e}");
+}
+
 #[test]
 fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());

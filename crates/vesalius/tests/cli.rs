@@ -882,6 +882,21 @@ fn degrade_is_seeded_writes_the_kspace_mask_and_checks_its_arguments() {
     let i = 64 + 128 * 64;
     assert!((complex.get_c(&[64, 64], 0).hypot(complex.get_c(&[64, 64], 1)) - magnitude.data()[i]).abs() < 1e-2);
 
+    // A dynamic series (real EPI, 2 frames): one mask per frame, the complex image's frames real then imaginary.
+    let epi = root().join("fixtures/nifti/nibabel/example4d.nii.gz");
+    let epi = epi.to_str().unwrap();
+    let ks = out("series.nii.gz");
+    let o = vesalius(&["degrade", epi, &ks, "--model", "kspace", "--acceleration", "4", "--seed", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (series, magnitude) = (vesalius_io::load(epi).unwrap(), vesalius_io::load(&ks).unwrap());
+    let mask = vesalius_io::load(dir.path().join("series_mask.nii.gz")).unwrap();
+    let complex = vesalius_io::load(dir.path().join("series_complex.nii.gz")).unwrap();
+    assert_eq!((magnitude.shape(), magnitude.channels(), mask.channels(), complex.channels()), (series.shape(), 2, 2, 4));
+    assert_ne!(mask.channel(0), mask.channel(1), "each frame has its own mask");
+    let i = 64 + 128 * (48 + 96 * 12);
+    assert!((complex.channel(1)[i].hypot(complex.channel(3)[i]) - magnitude.channel(1)[i]).abs() < 1e-2);
+    assert_input_error(&vesalius(&["degrade", epi, &a, "--model", "gaussian", "--sigma", "1"]), "example4d.nii.gz");
+
     let thick = out("t.nii.gz");
     let o = vesalius(&["degrade", ct, &thick, "--model", "downsample", "--factor", "4"]);
     assert!(o.status.success(), "{}", stderr(&o));
