@@ -21,6 +21,41 @@ fn noisy(reference: &[f32]) -> Vec<f32> {
     reference.iter().enumerate().map(|(i, &v)| v + ((i as i64 * 7919) % 41 - 20) as f32).collect()
 }
 
+/// Trains `recipe` into `run` without progress output.
+fn train_quietly(recipe: &EnhanceRecipe, run: &RunDir, device: &burn::tensor::Device<AB>) -> vesalius_enhancement::train::TrainOutcome {
+    vesalius_enhancement::train::train::<AB>(recipe, run, device, &RunOptions { quiet: true, ..Default::default() }, |_| {}).unwrap()
+}
+
+/// A reduced CRNN recipe for ×4 under-sampled k-space: `data` is the body of its `[data]` table, `temporal` whether
+/// the frames of a series are reconstructed together.
+fn crnn_recipe(seed: u64, data: &str, temporal: bool, epochs: usize) -> String {
+    format!(
+        r#"
+        task = "enhancement"
+        seed = {seed}
+        [data]
+        {data}
+        train_realisations = 1
+        eval_realisations = 1
+        [degrade]
+        model = "kspace"
+        acceleration = 4.0
+        centre = 0.08
+        [model]
+        arch = "crnn"
+        features = 8
+        iterations = 3
+        layers = 2
+        temporal = {temporal}
+        [train]
+        epochs = {epochs}
+        iterations = 8
+        batch = 2
+        lr = 2e-3
+    "#
+    )
+}
+
 #[test]
 fn ssim_and_psnr_equal_scikit_image_in_2d_and_3d() {
     let expected: serde_json::Value =
@@ -81,9 +116,7 @@ fn red_cnn_learns_to_denoise_a_real_ct_and_beats_the_noisy_input_on_held_out_row
     let run = RunDir::new(dir.path());
     let recipe = small_recipe("");
     let device = Default::default();
-    let outcome =
-        vesalius_enhancement::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet: true, ..Default::default() }, |_| {})
-            .unwrap();
+    let outcome = train_quietly(&recipe, &run, &device);
     assert!(outcome.complete);
     assert_eq!(outcome.sizes, [1, 2, 2]); // one plane; 2 realisations of the validation and the test band
     assert_eq!(std::fs::read_to_string(run.log()).unwrap().lines().count(), 10);
@@ -164,11 +197,8 @@ fn through_plane_super_resolution_predicts_on_the_fine_grid_and_reports_the_inte
     let recipe = EnhanceRecipe::from_toml(text, fixtures()).unwrap();
     assert_eq!(recipe.eval_window(), [0.0, 1.0]);
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir::new(dir.path());
-    let device = Default::default();
-    let outcome =
-        vesalius_enhancement::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet: true, ..Default::default() }, |_| {})
-            .unwrap();
+    let (run, device) = (RunDir::new(dir.path()), Default::default());
+    let outcome = train_quietly(&recipe, &run, &device);
     let m = outcome.test.unwrap();
     assert!(m.input.contains("B-spline"), "{}", m.input);
     assert_eq!(m.methods.keys().collect::<Vec<_>>(), ["input", "linear", "network"]);
@@ -215,39 +245,16 @@ fn recipes_resample_their_images_to_the_stated_spacing() {
 #[test]
 fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let text = r#"
-        task = "enhancement"
-        seed = 2
-        [data]
-        images = [{ id = "t1", image = "nifti/itk-examples/KmeansTest_T1UCharRaw.nii.gz" }]
+    let data = r#"images = [{ id = "t1", image = "nifti/itk-examples/KmeansTest_T1UCharRaw.nii.gz" }]
         intensity = "percentile"
         orientation = "RAS"
         val_band = { axis = 2, start = 60, end = 63 }
-        test_band = { axis = 2, start = 40, end = 43 }
-        train_realisations = 1
-        eval_realisations = 1
-        [degrade]
-        model = "kspace"
-        acceleration = 4.0
-        centre = 0.08
-        [model]
-        arch = "crnn"
-        features = 8
-        iterations = 3
-        layers = 2
-        [train]
-        epochs = 6
-        iterations = 8
-        batch = 2
-        lr = 2e-3
-    "#;
+        test_band = { axis = 2, start = 40, end = 43 }"#;
+    let text = &crnn_recipe(2, data, false, 6);
     let recipe = EnhanceRecipe::from_toml(text, fixtures()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir::new(dir.path());
-    let device = Default::default();
-    let outcome =
-        vesalius_enhancement::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet: true, ..Default::default() }, |_| {})
-            .unwrap();
+    let (run, device) = (RunDir::new(dir.path()), Default::default());
+    let outcome = train_quietly(&recipe, &run, &device);
     let m = outcome.test.unwrap();
     assert_eq!(m.methods.keys().collect::<Vec<_>>(), ["input", "network"]);
     let (zero_filled, network) = (m.methods["input"].psnr.value, m.methods["network"].psnr.value);
@@ -276,32 +283,11 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
 #[test]
 fn the_temporal_crnn_reconstructs_a_real_fmri_series_better_than_zero_filling() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let text = r#"
-        task = "enhancement"
-        seed = 1
-        [data]
-        images = [{ id = "epi", image = "nifti/nibabel/example4d.nii.gz" }]
+    let data = r#"images = [{ id = "epi", image = "nifti/nibabel/example4d.nii.gz" }]
         intensity = "percentile"
         val_band = { axis = 2, start = 4, end = 6 }
-        test_band = { axis = 2, start = 14, end = 16 }
-        train_realisations = 1
-        eval_realisations = 1
-        [degrade]
-        model = "kspace"
-        acceleration = 4.0
-        centre = 0.08
-        [model]
-        arch = "crnn"
-        features = 8
-        iterations = 3
-        layers = 2
-        temporal = true
-        [train]
-        epochs = 5
-        iterations = 8
-        batch = 2
-        lr = 2e-3
-    "#;
+        test_band = { axis = 2, start = 14, end = 16 }"#;
+    let text = &crnn_recipe(1, data, true, 5);
     let recipe = EnhanceRecipe::from_toml(text, fixtures()).unwrap();
     let data = vesalius_enhancement::data::prepare(&recipe).unwrap();
     assert_eq!(data.train.len(), 20, "24 slices less two held-out pairs");
@@ -310,11 +296,8 @@ fn the_temporal_crnn_reconstructs_a_real_fmri_series_better_than_zero_filling() 
     assert_eq!(data.test.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["epi:14/t0#0", "epi:14/t1#0", "epi:15/t0#0", "epi:15/t1#0"]);
     assert_ne!(data.test[0].lines, data.test[1].lines);
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir::new(dir.path());
-    let device = Default::default();
-    let outcome =
-        vesalius_enhancement::train::train::<AB>(&recipe, &run, &device, &RunOptions { quiet: true, ..Default::default() }, |_| {})
-            .unwrap();
+    let (run, device) = (RunDir::new(dir.path()), Default::default());
+    let outcome = train_quietly(&recipe, &run, &device);
     let m = outcome.test.unwrap();
     let (zero_filled, network) = (m.methods["input"].psnr.value, m.methods["network"].psnr.value);
     assert!(network > zero_filled + 2.0, "zero-filled {zero_filled} dB, temporal CRNN {network} dB");
@@ -355,14 +338,7 @@ fn translation_trains_on_a_registered_pair_and_is_scored_against_an_affine_inten
     assert!(recipe.degrade.is_none());
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
-    let outcome = vesalius_enhancement::train::train::<AB>(
-        &recipe,
-        &run,
-        &Default::default(),
-        &RunOptions { quiet: true, ..Default::default() },
-        |_| {},
-    )
-    .unwrap();
+    let outcome = train_quietly(&recipe, &run, &Default::default());
     let m = outcome.test.unwrap();
     assert_eq!(m.methods.keys().collect::<Vec<_>>(), ["input", "linear-fit", "network"]);
     assert!(m.input.contains("other contrast"));
