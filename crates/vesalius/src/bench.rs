@@ -9,7 +9,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 use vesalius_nets::loss::{grad_l2, mse, soft_dice, voxel_cross_entropy};
-use vesalius_nets::{Arch, ClassifierConfig, CnnLstmConfig, ConvAutoencoderConfig, UNetConfig, VoxelMorphConfig};
+use vesalius_nets::{
+    Arch, ClassifierConfig, CnnLstmConfig, ConvAutoencoderConfig, CrnnConfig, MlpConfig, RedCnnConfig, UNetConfig, VoxelMorphConfig,
+};
 
 use crate::backend::BackendKind;
 use crate::{CliError, with_backend};
@@ -27,6 +29,13 @@ pub const WORKLOADS: [&str; 10] = [
     "g_voxelmorph_train",
     "g_voxelmorph_infer",
 ];
+
+/// The enhancement and prediction tasks' networks, with their PyTorch twins in `xtask/torch_bench.py` (the project's
+/// copy of the reference harness): RED-CNN with its defaults (96 maps, 5 × 5) denoising 16 patches of 64², MSE, Adam
+/// 1e-4; the CRNN with its defaults (32 maps, 3 units, 5 iterations, data consistency) reconstructing 2 complex
+/// 128² images from every fourth line, MSE; DeepSurv's network (20 inputs, hidden 256 and 128, dropout 0.2) on 1,024
+/// rows with the Cox partial likelihood.
+pub const TASK_WORKLOADS: [&str; 3] = ["h_redcnn_train", "i_crnn_train", "j_deepsurv_train"];
 
 /// Data-pipeline workloads (the data issue's): sliding-window inference of a 256³ volume with the 3D U-Net of
 /// workload d, and patches per second through the loader from `.nii.gz` volumes, decoded every time or cached.
@@ -440,6 +449,41 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
             let model = VoxelMorphConfig::reference().init::<AB>(device).valid();
             (1, infer_workload(|| model.forward(moving.clone(), fixed.clone()).0))
         }
+        "h_redcnn_train" => {
+            let clean = Tensor::<AB, 4>::random([16, 1, 64, 64], Distribution::Default, device);
+            let noisy = clean.clone() + Tensor::<AB, 4>::random([16, 1, 64, 64], normal, device) * 0.1;
+            let model = RedCnnConfig::new().init::<AB>(device);
+            (16, train_workload(model, 1e-4, |m| mse(m.forward(noisy.clone()), clean.clone())))
+        }
+        "i_crnn_train" => {
+            let (b, n) = (2, 128);
+            let target = Tensor::<AB, 4>::random([b, 2, n, n], Distribution::Default, device);
+            let rows: Vec<f32> = (0..b * n * n).map(|i| if (i / n) % n % 4 == 0 { 1.0 } else { 0.0 }).collect();
+            let mask = Tensor::<AB, 4>::from_data(TensorData::new(rows, [b, 1, n, n]), device);
+            let slice = |t: Tensor<AB, 4>, c: usize| t.slice([0..b, c..c + 1, 0..n, 0..n]);
+            let (kr, ki) = vesalius_nets::dft2(slice(target.clone(), 0), slice(target.clone(), 1), false);
+            let (kr, ki) = (kr * mask.clone(), ki * mask.clone());
+            let (xr, xi) = vesalius_nets::dft2(kr.clone(), ki.clone(), true);
+            let (k0, x0) = (Tensor::cat(vec![kr, ki], 1), Tensor::cat(vec![xr, xi], 1));
+            let model = CrnnConfig::new().init::<AB>(device);
+            (b, train_workload(model, 1e-3, |m| mse(m.forward(x0.clone(), k0.clone(), mask.clone()), target.clone())))
+        }
+        "j_deepsurv_train" => {
+            let rows = 1024;
+            let x = Tensor::<AB, 4>::random([rows, 20, 1, 1], normal, device);
+            let events: Vec<f32> = (0..rows).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+            let n_events = events.iter().sum::<f32>() as f64;
+            let events = Tensor::<AB, 1>::from_data(TensorData::new(events, [rows]), device);
+            let group_end = Tensor::<AB, 1, Int>::from_data(TensorData::new((0..rows as i64).collect::<Vec<_>>(), [rows]), device);
+            let model = MlpConfig::new(20, 1).init::<AB>(device);
+            (
+                rows,
+                train_workload(model, 1e-3, |m| {
+                    let eta = m.forward(x.clone()).reshape([rows]);
+                    vesalius_prediction::deepsurv::cox_loss(eta, group_end.clone(), events.clone(), n_events)
+                }),
+            )
+        }
         "sliding_window_256" => (1, sliding_window_256::<Inner<AB>>(device)?),
         "loader_nifti_96_cold" => (LOADER_BATCH, loader_workload(false)?),
         "loader_nifti_96_cached" => (LOADER_BATCH, loader_workload(true)?),
@@ -456,10 +500,16 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
 
 /// `vesalius bench`: each workload in a fresh process (as the reference harness does) unless `in_process`.
 pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<(), CliError> {
-    let names: Vec<String> =
-        if only.is_empty() { WORKLOADS.iter().chain(&PIPELINE_WORKLOADS).map(|s| s.to_string()).collect() } else { only.to_vec() };
+    let names: Vec<String> = if only.is_empty() {
+        WORKLOADS.iter().chain(&TASK_WORKLOADS).chain(&PIPELINE_WORKLOADS).map(|s| s.to_string()).collect()
+    } else {
+        only.to_vec()
+    };
     for n in &names {
-        if ![&WORKLOADS[..], &PIPELINE_WORKLOADS, &RETRIEVAL_WORKLOADS, &REGISTRATION_WORKLOADS].iter().any(|w| w.contains(&n.as_str())) {
+        if ![&WORKLOADS[..], &TASK_WORKLOADS, &PIPELINE_WORKLOADS, &RETRIEVAL_WORKLOADS, &REGISTRATION_WORKLOADS]
+            .iter()
+            .any(|w| w.contains(&n.as_str()))
+        {
             return Err(CliError::Usage(format!("unknown workload '{n}' (known: {})", known())));
         }
     }
@@ -486,6 +536,7 @@ pub fn run(backend: BackendKind, only: &[String], in_process: bool) -> Result<()
 fn known() -> String {
     WORKLOADS
         .iter()
+        .chain(&TASK_WORKLOADS)
         .chain(&PIPELINE_WORKLOADS)
         .chain(&RETRIEVAL_WORKLOADS)
         .chain(&REGISTRATION_WORKLOADS)
