@@ -504,19 +504,25 @@ def cox_loss(eta, events):
     return -((eta - risk) * events).sum() / events.sum()
 
 
-def wl_h_redcnn_train():
-    m = RedCNN()
-    clean = torch.rand(16, 1, 64, 64)
-    noisy = clean + 0.1 * torch.randn(16, 1, 64, 64)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-4)
+def _train(m, loss, lr):
+    """A step of Adam at `lr` on `loss(m)`."""
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
     m.train()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.mse_loss(m(noisy), clean)
-        loss.backward()
+        value = loss(m)
+        value.backward()
         opt.step()
-        return loss
+        return value
+    return step
+
+
+def wl_h_redcnn_train():
+    m = RedCNN()
+    clean = torch.rand(16, 1, 64, 64)
+    noisy = clean + 0.1 * torch.randn(16, 1, 64, 64)
+    step = _train(m, lambda m: F.mse_loss(m(noisy), clean), 1e-4)
     return m, step, 16, {"input": "16x1x64x64", "loss": "MSE"}
 
 
@@ -528,15 +534,7 @@ def wl_i_crnn_train():
     k0 = torch.cat([k.real, k.imag], 1)
     x0 = torch.fft.ifft2(k.squeeze(1))
     x0 = torch.stack([x0.real, x0.imag], 1)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    m.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = F.mse_loss(m(x0, k0, mask), target)
-        loss.backward()
-        opt.step()
-        return loss
+    step = _train(m, lambda m: F.mse_loss(m(x0, k0, mask), target), 1e-3)
     return m, step, 2, {"input": "2x2x128x128, every 4th line", "loss": "MSE"}
 
 
@@ -544,17 +542,8 @@ def wl_j_deepsurv_train():
     m = SurvMLP()
     x = torch.randn(1024, 20)
     events = (torch.arange(1024) % 3 != 0).float()
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    m.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = cox_loss(m(x), events)
-        loss.backward()
-        opt.step()
-        return loss
+    step = _train(m, lambda m: cox_loss(m(x), events), 1e-3)
     return m, step, 1024, {"input": "1024x20", "loss": "Cox partial likelihood"}
-
 
 
 WORKLOADS = {
