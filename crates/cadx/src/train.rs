@@ -189,10 +189,13 @@ impl<B: AutodiffBackend> Task<B> for CadxTask<'_, B> {
         for idx in &epoch_batches(self.data.train.len(), self.recipe.train.batch_size, self.recipe.seed, epoch, true) {
             let items: Vec<SeededItem> =
                 idx.iter().filter_map(|&(i, seed)| self.data.train.get(i).map(|item| SeededItem { item, seed })).collect();
+            let n = items.len();
             let batch: ClassificationBatch<B> = self.batcher.batch(items, &device);
-            let logits = stepper.model().forward(batch.images);
-            let loss = batch_loss(logits, batch.targets, self.weights.as_deref());
-            stepper.step_weighted(loss, idx.len() as f64)?;
+            let weights = self.weights.as_deref();
+            stepper.step_split(n, idx.len() as f64, |model: &Classifier<B>, range, device| {
+                let part = batch.part(&range, device);
+                Ok::<_, CadxError>(batch_loss(model.forward(part.images), part.targets, weights))
+            })?;
         }
         Ok(())
     }

@@ -461,8 +461,10 @@ impl<B: AutodiffBackend> Task<B> for VolumeTask<'_> {
                 TensorData::new(chunk.iter().map(|&i| self.train.label[i] as i64).collect::<Vec<_>>(), [chunk.len()]),
                 &device,
             );
-            let logits = stepper.model().forward(&refs, side, &device);
-            stepper.step(loss_fn.forward(logits, y))?;
+            stepper.step_split(refs.len(), 1.0, |model: &VolumeNet<B>, range, device| {
+                let logits = model.forward(&refs[range.clone()], side, device);
+                Ok::<_, CadxError>(loss_fn.forward(logits, engine::part(&y, &range, device)))
+            })?;
         }
         Ok(())
     }

@@ -38,6 +38,19 @@ pub struct ClassificationBatch<B: Backend> {
     pub targets: BatchTargets<B>,
 }
 
+impl<B: Backend> ClassificationBatch<B> {
+    /// Items `range` of the batch on `device` (a device's part in data-parallel training).
+    pub fn part(&self, range: &std::ops::Range<usize>, device: &B::Device) -> Self {
+        let cut = |n: usize| (range.start, range.len().min(n.saturating_sub(range.start)));
+        let (start, len) = cut(self.images.dims()[0]);
+        let targets = match &self.targets {
+            BatchTargets::Classes(t) => BatchTargets::Classes(t.clone().narrow(0, start, len).to_device(device)),
+            BatchTargets::Multi(t) => BatchTargets::Multi(t.clone().narrow(0, start, len).to_device(device)),
+        };
+        Self { images: self.images.clone().narrow(0, start, len).to_device(device), targets }
+    }
+}
+
 /// Builds [`ClassificationBatch`]es, augmenting each item with its own seed when `augment` is set.
 #[derive(Clone, Debug)]
 pub struct ClassificationBatcher {

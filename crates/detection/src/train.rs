@@ -11,7 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use vesalius_nets::Autoencoder;
-use vesalius_train::engine::{self, RunOptions, stream_seed};
+use vesalius_train::engine::{self, RunOptions, part, stream_seed};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
 
@@ -155,14 +155,16 @@ impl<B: AutodiffBackend> DetTask<'_, B> {
                 x.extend(p);
                 y.push(label as i64);
             }
-            let Detector::Sae(net) = stepper.model() else {
-                return Err(DetectError::Internal("an sae recipe with another network".into()));
-            };
             let n = y.len();
-            let logits = net.forward(Tensor::<B, 4>::from_data(TensorData::new(x, [n, 1, k, k]), &device));
+            let x = Tensor::<B, 4>::from_data(TensorData::new(x, [n, 1, k, k]), &device);
             let labels = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(y, [n]), &device);
-            let loss = burn::nn::loss::CrossEntropyLossConfig::new().init(&device).forward(logits, labels);
-            stepper.step(loss)?;
+            stepper.step_split(n, 1.0, |m: &Detector<B>, r, d| {
+                let Detector::Sae(net) = m else {
+                    return Err(DetectError::Internal("an sae recipe with another network".into()));
+                };
+                let logits = net.forward(part(&x, &r, d));
+                Ok(burn::nn::loss::CrossEntropyLossConfig::new().init(d).forward(logits, part(&labels, &r, d)))
+            })?;
         }
         Ok(())
     }
@@ -315,17 +317,18 @@ impl<B: AutodiffBackend> Task<B> for DetTask<'_, B> {
             let tensor = |v: Vec<f32>| Tensor::<B, 5>::from_data(TensorData::new(v, shape), &device);
             let channels = scans[0].channels;
             let input = Tensor::<B, 5>::from_data(TensorData::new(x, [t.batch, channels, size[2], size[1], size[0]]), &device);
-            let out = match stepper.model() {
-                Detector::Centre(net) => net.forward(input),
-                Detector::Crnn(net) => net.forward(input),
-                Detector::Retina(net) => {
-                    stepper.step(retina_loss(net, input, &boxes, nd))?;
-                    continue;
-                }
-                Detector::Sae(_) => return Err(DetectError::Internal("a centre-point recipe with another network".into())),
-            };
-            let loss = centre_loss(out, tensor(heat), tensor(sz), tensor(mask));
-            stepper.step(loss)?;
+            // Heat maps are rendered for the centre-point heads only (the RetinaNet-style head matches boxes).
+            let maps = (self.recipe.model.arch != Arch::Retina).then(|| (tensor(heat), tensor(sz), tensor(mask)));
+            stepper.step_split(t.batch, 1.0, |m: &Detector<B>, r, d| {
+                let x = part(&input, &r, d);
+                let (out, (heat, sz, mask)) = match (m, &maps) {
+                    (Detector::Retina(net), _) => return Ok(retina_loss(net, x, &boxes[r.clone()], nd)),
+                    (Detector::Centre(net), Some(maps)) => (net.forward(x), maps),
+                    (Detector::Crnn(net), Some(maps)) => (net.forward(x), maps),
+                    _ => return Err(DetectError::Internal("a centre-point recipe with another network".into())),
+                };
+                Ok(centre_loss(out, part(heat, &r, d), part(sz, &r, d), part(mask, &r, d)))
+            })?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use vesalius_train::engine::{self, RunOptions, stream_seed};
+use vesalius_train::engine::{self, RunOptions, part, stream_seed};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
 
@@ -145,12 +145,14 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
                         }
                     }
                     let t5 = |v: Vec<f32>, c: usize| Tensor::<B, 5>::from_data(TensorData::new(v, [t.batch, frames, c, h, w]), &device);
-                    let EnhanceNet::Crnn(net) = stepper.model() else {
-                        return Err(EnhanceError::Internal("a k-space run without a CRNN".into()));
-                    };
-                    let out = net.forward_frames(t5(x0s, 2), t5(k0s, 2), t5(masks, 1));
-                    let loss = (out - t5(targets, 2)).powi_scalar(2).mean();
-                    stepper.step(loss)?;
+                    let (x0, k0, mask, target) = (t5(x0s, 2), t5(k0s, 2), t5(masks, 1), t5(targets, 2));
+                    stepper.step_split(t.batch, 1.0, |m: &EnhanceNet<B>, r, d| {
+                        let EnhanceNet::Crnn(net) = m else {
+                            return Err(EnhanceError::Internal("a k-space run without a CRNN".into()));
+                        };
+                        let out = net.forward_frames(part(&x0, &r, d), part(&k0, &r, d), part(&mask, &r, d));
+                        Ok((out - part(&target, &r, d)).powi_scalar(2).mean())
+                    })?;
                 }
                 return Ok(());
             }
@@ -166,9 +168,11 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
                     targets.extend(plane.clean.iter().copied().chain(std::iter::repeat_n(0.0, w * h)));
                 }
                 let t4 = |v: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(v, [t.batch, c, h, w]), &device);
-                let out = stepper.model().forward(t4(x0s, 2), Some((t4(k0s, 2), t4(masks, 1))));
-                let loss = (out - t4(targets, 2)).powi_scalar(2).mean();
-                stepper.step(loss)?;
+                let (x0, k0, mask, target) = (t4(x0s, 2), t4(k0s, 2), t4(masks, 1), t4(targets, 2));
+                stepper.step_split(t.batch, 1.0, |m: &EnhanceNet<B>, r, d| {
+                    let out = m.forward(part(&x0, &r, d), Some((part(&k0, &r, d), part(&mask, &r, d))));
+                    Ok::<_, EnhanceError>((out - part(&target, &r, d)).powi_scalar(2).mean())
+                })?;
             }
             return Ok(());
         }
@@ -184,8 +188,9 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
             let shape = [t.batch, 1, t.patch, t.patch];
             let x = Tensor::<B, 4>::from_data(TensorData::new(inputs, shape), &device);
             let y = Tensor::<B, 4>::from_data(TensorData::new(targets, shape), &device);
-            let loss = (stepper.model().forward(x, None) - y).powi_scalar(2).mean();
-            stepper.step(loss)?;
+            stepper.step_split(t.batch, 1.0, |m: &EnhanceNet<B>, r, d| {
+                Ok::<_, EnhanceError>((m.forward(part(&x, &r, d), None) - part(&y, &r, d)).powi_scalar(2).mean())
+            })?;
         }
         Ok(())
     }

@@ -815,8 +815,12 @@ impl<AB: AutodiffBackend> vesalius_train::Task<AB> for ImageRegTask<'_> {
         for chunk in order.chunks(self.batch()).filter(|c| c.len() > 1) {
             let rows: Vec<Vec<f64>> = chunk.iter().map(|&i| self.train.0[i].clone()).collect();
             let y: Vec<f64> = chunk.iter().map(|&i| self.train.1[i]).collect();
-            let out = stepper.model().forward_rows(rows_tensor(&rows, &device));
-            stepper.step(net_loss(out, &y, self.spec, self.thresholds > 0, &device))?;
+            let x = rows_tensor(&rows, &device);
+            let (spec, ordinal) = (self.spec, self.thresholds > 0);
+            stepper.step_split(chunk.len(), 1.0, |m: &ImageRegNet<AB>, r, d| {
+                let out = m.forward_rows(vesalius_train::engine::part(&x, &r, d));
+                Ok::<_, PredError>(net_loss(out, &y[r], spec, ordinal, d))
+            })?;
         }
         Ok(())
     }

@@ -544,8 +544,11 @@ impl<B: AutodiffBackend> Task<B> for ResponseTask<'_, B> {
             let x = batch_tensor::<B>(&refs, r.data.side, &device);
             let z: Vec<f32> = chunk.iter().map(|p| ((p.log_ratio - mean) / sd) as f32).collect();
             let y = Tensor::<B, 2>::from_data(TensorData::new(z, [chunk.len(), 1]), &device);
-            let loss = MseLoss::new().forward(stepper.model().forward(x), y, Reduction::Mean).reshape([1]);
-            stepper.step(loss)?;
+            stepper.step_split(chunk.len(), 1.0, |m: &Classifier<B>, r, d| {
+                Ok::<_, PredError>(
+                    MseLoss::new().forward(m.forward(engine::part(&x, &r, d)), engine::part(&y, &r, d), Reduction::Mean).reshape([1]),
+                )
+            })?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use vesalius_data::loader::PatchLoader;
 use vesalius_data::transforms::Subject;
 use vesalius_eval::segmentation::dice_of;
 use vesalius_nets::{CrfRnn, UNet};
+use vesalius_train::engine::part;
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{Stepper, Task, Validation};
 
@@ -165,10 +166,13 @@ impl<AB: AutodiffBackend> Task<AB> for RefineTask<'_, AB::InnerBackend> {
                 let step = (|| -> Result<(), SegError> {
                     let (x, y) = batch_tensors::<AB::InnerBackend>(&batch, &device)?;
                     batch.clear();
-                    let unary = log_softmax(unet.forward(x.clone()), 1);
-                    let logits = stepper.model().forward(Tensor::from_inner(unary), Tensor::from_inner(x));
-                    let y: Tensor<AB, 4, Int> = Tensor::from_inner(y);
-                    stepper.step(objective(recipe, logits, y))?;
+                    let n = x.dims()[0];
+                    let unary: Tensor<AB, 5> = Tensor::from_inner(log_softmax(unet.forward(x.clone()), 1));
+                    let (x, y): (Tensor<AB, 5>, Tensor<AB, 4, Int>) = (Tensor::from_inner(x), Tensor::from_inner(y));
+                    stepper.step_split(n, 1.0, |m: &CrfRnn<AB>, range, device| {
+                        let logits = m.forward(part(&unary, &range, device), part(&x, &range, device));
+                        Ok::<_, SegError>(objective(recipe, logits, part(&y, &range, device)))
+                    })?;
                     Ok(())
                 })();
                 if let Err(e) = step {

@@ -490,9 +490,15 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
                 let step = (|| -> Result<(), SegError> {
                     let (x, y) = batch_tensors::<AB>(&batch, &device)?;
                     batch.clear();
-                    let m = stepper.model();
-                    let l = if plans.deep_supervision { supervised_deeply(recipe, m, x, y) } else { objective(recipe, m.forward(x), y) };
-                    stepper.step(l)?;
+                    let n = x.dims()[0];
+                    stepper.step_split(n, 1.0, |m: &UNet<AB>, range, device| {
+                        let (x, y) = (engine::part(&x, &range, device), engine::part(&y, &range, device));
+                        Ok::<_, SegError>(if plans.deep_supervision {
+                            supervised_deeply(recipe, m, x, y)
+                        } else {
+                            objective(recipe, m.forward(x), y)
+                        })
+                    })?;
                     Ok(())
                 })();
                 if let Err(e) = step {

@@ -64,7 +64,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
@@ -201,12 +201,22 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Stop at this point of this epoch's (1-based) checkpoint, returning [`TrainError::Interrupted`].
     pub interrupt: Option<(usize, CheckpointStage)>,
+    /// Devices to split every batch across (0 or 1: one; see [`EngineConfig::devices`]).
+    pub devices: usize,
 }
 
 impl RunOptions {
     /// The engine configuration of a recipe's seed and early-stopping patience with these options.
     pub fn config(&self, seed: u64, early_stopping_patience: Option<usize>) -> EngineConfig {
-        EngineConfig { seed, early_stopping_patience, quiet: self.quiet, stop_after: self.stop_after, interrupt: self.interrupt }
+        EngineConfig {
+            seed,
+            early_stopping_patience,
+            quiet: self.quiet,
+            stop_after: self.stop_after,
+            interrupt: self.interrupt,
+            devices: self.devices,
+            threads: false,
+        }
     }
 }
 
@@ -223,6 +233,14 @@ pub struct EngineConfig {
     pub stop_after: Option<usize>,
     /// Stop at this point of this epoch's (1-based) checkpoint, returning [`TrainError::Interrupted`].
     pub interrupt: Option<(usize, CheckpointStage)>,
+    /// Devices to split every batch across, data-parallel ([`Stepper::step_split`]); 0: the process-wide number
+    /// ([`set_devices`], 1 unless set). The first is the training device; the others are the backend's next devices
+    /// of the same kind, or replicas of the training device when the backend has fewer (a CPU has one).
+    pub devices: usize,
+    /// Runs every device's part of a batch in its own thread, replicas of one device included (parts on distinct
+    /// devices always do). Worth it where the backend's own operations use one core; random draws inside the model
+    /// then depend on the threads' timing.
+    pub threads: bool,
 }
 
 /// What a task provides to the engine.
@@ -285,6 +303,10 @@ pub struct Stepper<'a, B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M,
     loss_weight: f64,
     bar: indicatif::ProgressBar,
     device: B::Device,
+    /// The devices a batch is split across ([`Stepper::step_split`]); the first is `device`.
+    devices: Vec<B::Device>,
+    /// Parts run in threads even on replicas of one device ([`EngineConfig::threads`]).
+    threads: bool,
     /// Learning-rate factors and their parameters for this epoch, when not every parameter trains at factor 1.
     groups: Option<Vec<(f64, Vec<burn::module::ParamId>)>>,
 }
@@ -302,38 +324,191 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>> Stepper<'_, B
     pub fn steps_done(&self) -> usize {
         self.steps_done
     }
+    /// The devices a batch is split across by [`Stepper::step_split`] (one unless the run asked for more).
+    pub fn devices(&self) -> &[B::Device] {
+        &self.devices
+    }
     /// One optimisation step on `loss`; returns its value.
     pub fn step(&mut self, loss: Tensor<B, 1>) -> Result<f64, TrainError> {
         self.step_weighted(loss, 1.0)
     }
     /// One step whose loss counts `weight` times in the epoch's mean (for example the batch size).
     pub fn step_weighted(&mut self, loss: Tensor<B, 1>, weight: f64) -> Result<f64, TrainError> {
-        let value: f64 = loss.clone().into_scalar().elem();
-        if !value.is_finite() {
-            return Err(TrainError::Diverged { epoch: self.epoch + 1, step: self.steps_done + 1, value, resume_epoch: self.epoch });
+        let value = checked(&loss, self.epoch, self.steps_done)?;
+        let model = self.model.take().expect("the model is only taken inside a step");
+        let mut grads = loss.backward();
+        let parts = split_grads::<B, M>(&mut grads, &model, self.groups.as_deref());
+        self.update(model, parts, value, weight);
+        Ok(value)
+    }
+    /// One data-parallel optimisation step on a batch of `n` items, the way PyTorch's `DistributedDataParallel`
+    /// takes one: `loss(model, range, device)` is the mean loss of the items in `range` (a part of `0..n`) computed
+    /// by a copy of the model on `device`. The batch is cut into one contiguous part per device (sizes differing by
+    /// at most one); every part's gradient, weighted by its share of the batch, is brought to the training device
+    /// and summed (an all-reduce), and the optimiser takes one step with the sum. When the loss is a mean over
+    /// items this is the gradient of the whole batch's mean loss, so the step equals one-device training on the
+    /// same batch up to float rounding; a loss that couples the items of a batch (batch statistics, Cox risk sets,
+    /// a Dice over the batch) is computed per part, as in PyTorch. Parts on distinct devices run in parallel
+    /// threads; replicas of one device (a CPU) run one after another, so the backend's random draws stay
+    /// reproducible. With one device, `loss` runs once on the whole batch. Returns the batch's mean loss.
+    pub fn step_split<E, F>(&mut self, n: usize, weight: f64, loss: F) -> Result<f64, E>
+    where
+        E: From<TrainError> + Send,
+        F: Fn(&M, std::ops::Range<usize>, &B::Device) -> Result<Tensor<B, 1>, E> + Sync,
+    {
+        let parts = shard_ranges(n, self.devices.len());
+        if parts.len() <= 1 {
+            let l = loss(self.model(), 0..n, &self.device)?;
+            return Ok(self.step_weighted(l, weight)?);
         }
-        let mut model = self.model.take().expect("the model is only taken inside a step");
-        match &self.groups {
-            None => {
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = self.optim.step(self.lr, model, grads);
+        let model = self.model.take().expect("the model is only taken inside a step");
+        let (epoch, steps_done, main, groups) = (self.epoch, self.steps_done, &self.device, self.groups.as_deref());
+        let shard = |replica: M, range: std::ops::Range<usize>, device: &B::Device| -> Result<(f64, Vec<GradientsParams>), E> {
+            let l = loss(&replica, range.clone(), device)?;
+            let share = range.len() as f64 / n as f64;
+            let value = checked(&l, epoch, steps_done)?;
+            let mut grads = (l * share).backward();
+            let parts = split_grads::<B, M>(&mut grads, &replica, groups);
+            Ok((value * share, parts.into_iter().map(|g| g.to_device(main, &replica)).collect()))
+        };
+        let distinct = self.devices.iter().enumerate().all(|(i, d)| !self.devices[..i].contains(d));
+        let results: Vec<Result<(f64, Vec<GradientsParams>), E>> = if distinct || self.threads {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = parts
+                    .iter()
+                    .zip(&self.devices)
+                    .map(|(range, device)| {
+                        let replica = model.clone().fork(device);
+                        let shard = &shard;
+                        scope.spawn(move || shard(replica, range.clone(), device))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Internal("a device's training thread panicked".into()).into())))
+                    .collect()
+            })
+        } else {
+            parts.iter().zip(&self.devices).map(|(range, device)| shard(model.clone().fork(device), range.clone(), device)).collect()
+        };
+        let groups = self.groups.as_ref().map_or(1, Vec::len);
+        let mut sums: Vec<GradientsAccumulator<M>> = (0..groups).map(|_| GradientsAccumulator::new()).collect();
+        let mut value = 0.0;
+        for result in results {
+            let (v, grads) = result?;
+            value += v;
+            for (sum, g) in sums.iter_mut().zip(grads) {
+                sum.accumulate(&model, g);
             }
-            Some(groups) => {
-                // Frozen parameters belong to no group and get no update; each group steps at its own rate.
-                let mut grads = loss.backward();
-                for (factor, ids) in groups {
-                    let part = GradientsParams::from_params(&mut grads, &model, ids);
-                    model = self.optim.step(self.lr * factor, model, part);
-                }
-            }
+        }
+        let parts = sums.iter_mut().map(GradientsAccumulator::grads).collect();
+        self.update(model, parts, value, weight);
+        Ok(value)
+    }
+    /// Steps the optimiser with the gradients of [`split_grads`] and counts the step.
+    fn update(&mut self, mut model: M, parts: Vec<GradientsParams>, value: f64, weight: f64) {
+        let factors: Vec<f64> = match &self.groups {
+            None => vec![1.0],
+            Some(groups) => groups.iter().map(|(f, _)| *f).collect(),
+        };
+        for (factor, grads) in factors.into_iter().zip(parts) {
+            model = self.optim.step(self.lr * factor, model, grads);
         }
         self.model = Some(model);
         self.steps_done += 1;
         self.loss_sum += value * weight;
         self.loss_weight += weight;
         self.bar.inc(1);
-        Ok(value)
     }
+}
+
+/// Draws every lazily initialised parameter's values.
+struct Materialise;
+
+impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+    fn visit_int<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D, burn::tensor::Int>>) {
+        let _ = param.val();
+    }
+    fn visit_bool<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D, burn::tensor::Bool>>) {
+        let _ = param.val();
+    }
+}
+
+/// The loss's value, or the divergence error when it is not finite.
+fn checked<B: AutodiffBackend>(loss: &Tensor<B, 1>, epoch: usize, steps_done: usize) -> Result<f64, TrainError> {
+    let value: f64 = loss.clone().into_scalar().elem();
+    if !value.is_finite() {
+        return Err(TrainError::Diverged { epoch: epoch + 1, step: steps_done + 1, value, resume_epoch: epoch });
+    }
+    Ok(value)
+}
+
+/// The gradients of the trained parameters: one set, or one per learning-rate group (frozen parameters belong to
+/// none).
+fn split_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    grads: &mut B::Gradients,
+    model: &M,
+    groups: Option<&[(f64, Vec<burn::module::ParamId>)]>,
+) -> Vec<GradientsParams> {
+    match groups {
+        None => vec![GradientsParams::from_module(grads, model)],
+        Some(groups) => groups.iter().map(|(_, ids)| GradientsParams::from_params(grads, model, ids)).collect(),
+    }
+}
+
+/// The items `range` of a batch tensor (its first dimension), on `device`: a part for [`Stepper::step_split`].
+pub fn part<Bk: burn::tensor::backend::Backend, const D: usize, K: burn::tensor::TensorKind<Bk> + burn::tensor::BasicOps<Bk>>(
+    batch: &Tensor<Bk, D, K>,
+    range: &std::ops::Range<usize>,
+    device: &Bk::Device,
+) -> Tensor<Bk, D, K> {
+    batch.clone().narrow(0, range.start, range.len()).to_device(device)
+}
+
+/// `n` items cut into at most `parts` contiguous non-empty ranges whose sizes differ by at most one.
+pub fn shard_ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let (base, extra) = (n / parts, n % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|k| {
+            let len = base + usize::from(k < extra);
+            let r = start..start + len;
+            start += len;
+            r
+        })
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// The process-wide number of devices of [`set_devices`] (0: not set).
+static DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Splits every batch of every engine run of this process across `n` devices ([`EngineConfig::devices`]);
+/// `vesalius train --devices N` sets it.
+pub fn set_devices(n: usize) {
+    DEVICES.store(n, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `n` devices for data-parallel training on `device`: `device` first, then the backend's next devices of the same
+/// kind by index, or replicas of `device` where the backend has fewer.
+pub fn devices<B: burn::tensor::backend::Backend>(device: &B::Device, n: usize) -> Vec<B::Device> {
+    use burn::tensor::backend::{Device as _, DeviceId};
+    let id = device.to_id();
+    let available = B::device_count(id.type_id);
+    let mut out = vec![device.clone()];
+    for k in 1..n.max(1) {
+        let index = usize::from(id.index_id) + k;
+        out.push(if index < available && index <= usize::from(u16::MAX) {
+            B::Device::from_id(DeviceId { type_id: id.type_id, index_id: index as u16 })
+        } else {
+            device.clone()
+        });
+    }
+    out
 }
 
 /// What [`train`] reports.
@@ -488,6 +663,13 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             }
         }
     };
+    let wanted = if config.devices > 0 { config.devices } else { DEVICES.load(std::sync::atomic::Ordering::SeqCst) };
+    let devices = devices::<B>(device, wanted);
+    if devices.len() > 1 && !config.quiet {
+        let replicas = devices.iter().filter(|d| *d == device).count();
+        let how = if replicas > 1 && !config.threads { ", replicas' parts one after another" } else { ", parts in parallel threads" };
+        eprintln!("data-parallel over {} devices {devices:?}{how}", devices.len());
+    }
     let mut complete = true;
     while task.more(state.epochs_done, state.steps_done) && !state.stopped_early {
         let stop_after = match (config.stop_after, epoch_limit()) {
@@ -501,6 +683,9 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         let epoch = state.epochs_done;
         let started = Instant::now();
         B::seed(device, stream_seed(config.seed, epoch as u64, 0));
+        // Parameters are initialised lazily, and each copy of an uninitialised one would draw its own values: they
+        // are drawn here, in the module's order, before the first step copies the model to other devices.
+        model.visit(&mut Materialise);
         let lr = task.lr(epoch);
         let steps = task.steps_in_epoch(epoch, state.steps_done);
         let label = format!("epoch {}/{}", epoch + 1, task.epochs());
@@ -516,6 +701,8 @@ pub fn train<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             loss_weight: 0.0,
             bar: crate::progress::bar(steps as u64, &label, config.quiet),
             device: device.clone(),
+            devices: devices.clone(),
+            threads: config.threads,
         };
         task.train_epoch(epoch, &mut stepper)?;
         stepper.bar.finish_and_clear();

@@ -45,6 +45,10 @@ pub enum Command {
         /// engine.
         #[arg(long)]
         max_epochs: Option<usize>,
+        /// Data-parallel training: every batch split across this many devices, their gradients summed before each
+        /// step (the backend's devices of the training device's kind, or replicas of it where there are fewer).
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
     },
     /// Hyper-parameter search over a recipe: trials drawn from a search space (any recipe key: uniform,
     /// log-uniform, integer, choice), trained as ordinary runs in the study folder, shared out by a scheduler or
@@ -563,11 +567,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Train { recipe, out, quiet, epochs, iterations, max_epochs } => {
+        Command::Train { recipe, out, quiet, epochs, iterations, max_epochs, devices } => {
             if max_epochs == Some(0) {
                 return Err(CliError::Usage("--max-epochs must be at least 1".into()));
             }
+            if devices == 0 {
+                return Err(CliError::Usage("--devices must be at least 1".into()));
+            }
             vesalius_train::engine::set_epoch_limit(max_epochs);
+            vesalius_train::engine::set_devices(devices);
             if crate::tabular::is_table_recipe(&recipe) {
                 if epochs.is_some() || iterations.is_some() {
                     return Err(CliError::Usage("--epochs and --iterations do not apply to table recipes; set them in [model]".into()));

@@ -964,6 +964,28 @@ lr = 1e-3
     assert_eq!((picture.shape(), picture.dtype()), (vesalius_io::load(&png).unwrap().shape(), "uint8"));
     assert_input_error(&vesalius(&["predict", "--run", run.to_str().unwrap(), ct.to_str().unwrap()]), "needs an output folder");
     assert_input_error(&vesalius(&["evaluate", "--run", run.to_str().unwrap(), "--split", "train"]), "not 'train'");
+
+    // Data-parallel: each batch of 2 split across 2 devices (replicas of the CPU) trains as one device does, up to
+    // float rounding: the same losses and validation metrics in the log.
+    let split = dir.path().join("run-2");
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", split.to_str().unwrap(), "--devices", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("data-parallel over 2 devices"), "{}", stderr(&o));
+    let log = |run: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (one, two) = (log(&run), log(&split));
+    assert_eq!(one.len(), 2);
+    assert_eq!(one.len(), two.len());
+    for (a, b) in one.iter().zip(&two) {
+        for (x, y) in [(&a["train_loss"], &b["train_loss"]), (&a["val"]["psnr"], &b["val"]["psnr"])] {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * x.abs(), "one device {x}, two {y}");
+        }
+    }
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", split.to_str().unwrap(), "--devices", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--devices must be at least 1"), "{}", stderr(&o));
 }
 
 #[test]
