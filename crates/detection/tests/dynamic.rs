@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 //! CNN + RNN over the frames of a dynamic series against the centre-point CNN on the time-mean image, at reduced
-//! size: lesions that wash in are the findings, lesions that wash out look the same on average.
+//! size (5 short epochs, one validation scan, no hard-negative mining): lesions that wash in are the findings,
+//! lesions that wash out look the same on average.
 use std::path::Path;
 
 use vesalius_detection::recipe::DetRecipe;
@@ -17,8 +18,11 @@ fn run(arch: &str) -> vesalius_detection::evaluate::DetMetrics {
     let text = std::fs::read_to_string(path)
         .unwrap()
         .replace("arch = \"crnn\"", &format!("arch = \"{arch}\""))
-        .replace("epochs = 30", "epochs = 8")
-        .replace("iterations = 16", "iterations = 8");
+        .replace("epochs = 30", "epochs = 5")
+        .replace("iterations = 16", "iterations = 8")
+        .replace("hard_negative_fraction = 0.25", "hard_negative_fraction = 0.0")
+        .replace("    { id = \"itk_pd_shifted_b\", image = \"../fixtures/itk/BrainProtonDensitySliceShifted13x17y.png\" },\n", "");
+    assert!(!text.contains("itk_pd_shifted_b") && !text.contains("hard_negative_fraction = 0.25"), "the reductions apply");
     let recipe = DetRecipe::from_toml(&text, &path.parent().unwrap().canonicalize().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = vesalius_detection::train::train::<AB>(
@@ -44,5 +48,6 @@ fn frames_through_a_gru_beat_the_time_mean_image() {
         "CRNN CPM {} F1 {}; CNN CPM {} F1 {}",
         crnn.froc.cpm, crnn.operating_point.f1.value, cnn.froc.cpm, cnn.operating_point.f1.value
     );
-    assert!(crnn.froc.cpm > cnn.froc.cpm + 0.1, "CRNN {} vs CNN {}", crnn.froc.cpm, cnn.froc.cpm);
+    // Measured at this size: CPM 0.543 (CRNN) against 0.124 (CNN).
+    assert!(crnn.froc.cpm > cnn.froc.cpm + 0.25, "CRNN {} vs CNN {}", crnn.froc.cpm, cnn.froc.cpm);
 }
