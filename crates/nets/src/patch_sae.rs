@@ -53,7 +53,7 @@ impl PatchSaeConfig {
 
     /// Checks the shape.
     pub fn check(&self) -> Result<(), String> {
-        if self.patch.iter().any(|&k| k == 0 || k % 2 == 0) {
+        if self.patch.iter().any(|k| k.is_multiple_of(2)) {
             return Err(format!("patch sizes must be odd, got {:?}", self.patch));
         }
         if self.hidden.is_empty() || self.hidden.contains(&0) || self.channels == 0 || self.classes < 2 {
@@ -107,12 +107,14 @@ impl<B: Backend> PatchSae<B> {
             if outputs != shape[0] || inputs != shape[1..].iter().product::<usize>() {
                 return Err(format!("layer {i}: auto-encoder weight {:?}, convolution {shape:?}", [inputs, outputs]));
             }
+            // Through the data, so that the result is a fresh leaf on every backend.
             let weight = linear.weight.val().transpose().reshape(shape);
-            conv.weight = Param::from_tensor(weight);
+            conv.weight = Param::from_tensor(Tensor::from_data(weight.to_data(), &weight.device()));
             let (Some(from), Some(_)) = (&linear.bias, &conv.bias) else {
                 return Err(format!("layer {i}: a bias is missing"));
             };
-            conv.bias = Some(Param::from_tensor(from.val()));
+            let bias = from.val();
+            conv.bias = Some(Param::from_tensor(Tensor::from_data(bias.to_data(), &bias.device())));
         }
         Ok(self)
     }
@@ -157,6 +159,20 @@ mod tests {
                 assert!((got - want).abs() < 1e-5, "voxel ({z}, {y}, {xx}) unit {k}: {got} vs {want}");
             }
         }
+    }
+
+    /// On an autodiff backend the taken weights are trainable leaves.
+    #[test]
+    fn taken_weights_train() {
+        type AD = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let config = PatchSaeConfig::new(1, 2, [1, 3, 3], vec![4]);
+        let ae = AutoencoderConfig::new(9, vec![4]).init::<AD>(&device);
+        let net = config.init::<AD>(&device).with_encoder(&ae).unwrap();
+        let x = Tensor::<AD, 5>::random([1, 1, 1, 6, 6], Distribution::Uniform(0.0, 1.0), &device);
+        let grads = net.forward(x).powi_scalar(2).mean().backward();
+        let g = net.encoder[0].weight.grad(&grads).expect("the first layer's weight has a gradient");
+        assert!(g.abs().sum().into_scalar() > 0.0);
     }
 
     #[test]

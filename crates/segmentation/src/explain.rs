@@ -4,14 +4,13 @@
 //! network patch centred on the region, in the plan's grid, and resampled to the image's grid (zero outside the
 //! patch). Methods are those of `vesalius-explain`: saliency, SmoothGrad, Grad-CAM at the last decoder level,
 //! coarse-to-fine occlusion and LIME over SLIC supervoxels.
-use burn::module::AutodiffModule;
+use crate::network::{SegNet, SegNetwork};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
 use vesalius_data::transforms::{Subject, resample_onto};
 use vesalius_explain::{Input, LimeConfig, Method, gradcam, lime, occlusion_coarse_to_fine, saliency, slic, smoothgrad};
 use vesalius_io::Image;
-use vesalius_nets::UNet;
 
 use crate::plan::Plans;
 use crate::recipe::SegRecipe;
@@ -64,7 +63,7 @@ fn pad3(v: &[usize]) -> [usize; 3] {
 /// Explains `model` (trained with `plans`, `recipe`) on `image` for the region `roi` (a mask on the image's grid;
 /// `None`: where the model predicts the class).
 pub fn explain_image<AB: AutodiffBackend>(
-    model: &UNet<AB>,
+    model: &SegNet<AB>,
     plans: &Plans,
     recipe: &SegRecipe,
     image: &Image,
@@ -136,13 +135,13 @@ pub fn explain_image<AB: AutodiffBackend>(
         let b = batch.len();
         let flat: Vec<f32> = batch.iter().flatten().copied().collect();
         let t = Tensor::<AB::InnerBackend, 5>::from_data(TensorData::new(flat, [b, c, dims[0], dims[1], dims[2]]), device);
-        let p = burn::tensor::activation::softmax(inner.forward(t), 1).slice([0..b, class..class + 1]).reshape([b, m]);
+        let p = burn::tensor::activation::softmax(inner.logits(t), 1).slice([0..b, class..class + 1]).reshape([b, m]);
         (p * w_row.clone()).sum_dim(1).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
     };
     let w_ad = Tensor::<AB, 1>::from_data(TensorData::new(weights, [m]), device);
     let mut grad = |v: &[f32]| -> Vec<f32> {
         let t = Tensor::<AB, 5>::from_data(TensorData::new(v.to_vec(), [1, c, dims[0], dims[1], dims[2]]), device).require_grad();
-        let logit = model.forward(t.clone()).slice([0..1, class..class + 1]).reshape([m]);
+        let logit = model.logits(t.clone()).slice([0..1, class..class + 1]).reshape([m]);
         let grads = (logit * w_ad.clone()).sum().backward();
         t.grad(&grads).map(|g| g.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()).unwrap_or_else(|| vec![0.0; v.len()])
     };
@@ -152,9 +151,9 @@ pub fn explain_image<AB: AutodiffBackend>(
         Method::SmoothGrad => smoothgrad(&x, &mut grad, opts.samples.unwrap_or(8), 0.15, opts.seed),
         Method::GradCam => {
             let t = Tensor::<AB, 5>::from_data(TensorData::new(x.data.clone(), [1, c, dims[0], dims[1], dims[2]]), device);
-            let h = model.decoder_features(t);
+            let h = model.features(t);
             let leaf = Tensor::<AB, 5>::from_inner(h.inner()).require_grad();
-            let logit = model.head_logits(leaf.clone()).slice([0..1, class..class + 1]).reshape([m]);
+            let logit = model.head(leaf.clone()).slice([0..1, class..class + 1]).reshape([m]);
             let grads = (logit * w_ad.clone()).sum().backward();
             let [_, k, fz, fy, fx] = leaf.dims();
             let g = leaf.grad(&grads).map(|g| g.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()).unwrap_or_default();
@@ -212,8 +211,8 @@ pub fn explain<AB: AutodiffBackend>(
     Ok((e, img))
 }
 
-/// A randomly initialised network of a run's plan (for the model-randomisation check), seeded.
-pub fn random_model<B: Backend>(plans: &Plans, seed: u64, device: &B::Device) -> UNet<B> {
+/// A randomly initialised U-Net of a run's plan (for the model-randomisation check), seeded.
+pub fn random_model<B: Backend>(plans: &Plans, seed: u64, device: &B::Device) -> SegNet<B> {
     B::seed(device, seed);
-    plans.unet().init::<B>(device)
+    SegNet::UNet(plans.unet().init::<B>(device))
 }

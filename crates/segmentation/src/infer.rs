@@ -1,18 +1,17 @@
 //! Inference with a trained run: preprocess like training, sliding window over the whole image (optionally with
 //! flip test-time augmentation), then back to the input's own grid and affine — labels by nearest neighbour,
 //! per-class probabilities linearly.
+use crate::network::SegNet;
 use crate::plan::Plans;
 use crate::recipe::SegRecipe;
 use crate::train::sliding_predict;
 use crate::{RunDir, SegError};
-use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
 use vesalius_data::transforms::{Subject, resample_onto};
 use vesalius_io::nifti::{self, NiftiType};
 use vesalius_io::{self as io, Image};
-use vesalius_nets::record::from_bytes;
-use vesalius_nets::{CrfRnn, UNet};
+use vesalius_nets::CrfRnn;
 
 /// A loaded run: its recipe, plan, best model and, when the recipe has `[refine]`, the refinement stage's best
 /// CRF.
@@ -21,7 +20,7 @@ pub struct Predictor<B: Backend> {
     pub recipe: SegRecipe,
     /// The plan.
     pub plans: Plans,
-    pub(crate) model: UNet<B>,
+    pub(crate) model: SegNet<B>,
     refine: Option<CrfRnn<B>>,
     pub(crate) device: B::Device,
 }
@@ -43,10 +42,7 @@ impl<B: Backend> Predictor<B> {
         let recipe = SegRecipe::from_toml(&text, run.root()).map_err(|e| SegError::Input(format!("{}: {e}", recipe_path.display())))?;
         let plans: Plans = run.read_json("plans.json")?;
         crate::train::check_plan(&plans).map_err(|e| SegError::Input(format!("{}: {e}", run.file("plans.json").display())))?;
-        let model_path = run.file("model.mpk");
-        let bytes = std::fs::read(&model_path).map_err(|e| SegError::Input(format!("{}: {e}", model_path.display())))?;
-        let record = from_bytes::<B, _>(bytes, device).map_err(|e| SegError::Input(format!("{}: {e}", model_path.display())))?;
-        let model = plans.unet().init::<B>(device).load_record(record);
+        let model = SegNet::load(&recipe, &plans, &run.file("model.mpk"), device)?;
         let refine = match &recipe.refine {
             Some(section) => {
                 let path = crate::refine::stage(run).best_model();
@@ -69,7 +65,7 @@ impl<B: Backend> Predictor<B> {
     }
 
     /// The loaded network.
-    pub fn model(&self) -> &UNet<B> {
+    pub fn model(&self) -> &SegNet<B> {
         &self.model
     }
 

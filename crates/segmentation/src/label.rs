@@ -30,6 +30,7 @@ use vesalius_train::sliding::SlidingWindow;
 use crate::SegError;
 use crate::infer::Predictor;
 pub use crate::infer::stem;
+use crate::network::SegNetwork;
 pub use vesalius_train::label::{Method, Ranked, entropy_score, random_score, rank, variance_score};
 
 /// The mirrorings of test-time augmentation: every non-empty combination of the spatial axes of a `dims`-D
@@ -91,14 +92,14 @@ impl<B: Backend> Predictor<B> {
         let pre = self.preprocessed(image)?;
         match method {
             Method::Entropy => {
-                let (p, classes) = self.probabilities(&pre, |x| self.model.forward(x))?;
+                let (p, classes) = self.probabilities(&pre, |x| self.model.logits(x))?;
                 Ok(entropy_score(&p, classes))
             }
             Method::Tta => {
                 let mut all = Vec::new();
                 for axes in mirrorings(self.plans.dims) {
                     let (p, _) = self.probabilities(&pre, |x| {
-                        let y = self.model.forward(mirror(x, &axes));
+                        let y = self.model.logits(mirror(x, &axes));
                         mirror(y, &axes)
                     })?;
                     all.push(p);

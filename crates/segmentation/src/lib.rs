@@ -29,6 +29,7 @@ pub mod explain;
 pub mod fingerprint;
 pub mod infer;
 pub mod label;
+pub mod network;
 pub mod plan;
 pub mod recipe;
 pub mod refine;

@@ -321,6 +321,96 @@ pub struct SegRecipe {
     /// Refinement of the network's output (a second training stage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refine: Option<RefineSection>,
+    /// A stacked auto-encoder over the patch around each voxel instead of the U-Net ([`SaeSection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sae: Option<SaeSection>,
+}
+
+/// `[sae]`: voxel-wise classification by a stacked auto-encoder's encoder of the `patch`-sided patch around each
+/// voxel (`vesalius_nets::PatchSae`), the encoder pre-trained greedily, layer by layer
+/// (`vesalius_train::greedy`), on `samples` patches of the training cases (as many centred on each class), then
+/// trained end to end with a linear head on the recipe's loss, patches and schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeSection {
+    /// Patch side in voxels (odd); 2D plans use `patch × patch`.
+    pub patch: usize,
+    /// Encoder widths, input side first.
+    #[serde(default = "default_sae_hidden")]
+    pub hidden: Vec<usize>,
+    /// Patches drawn for pre-training.
+    #[serde(default = "default_sae_samples")]
+    pub samples: usize,
+    /// Epochs of each layer's pre-training.
+    #[serde(default = "default_sae_epochs")]
+    pub epochs: usize,
+    /// Epochs of the stack's end-to-end fine-tuning on reconstruction.
+    #[serde(default = "default_sae_fine_tune")]
+    pub fine_tune_epochs: usize,
+    /// Patches per pre-training step.
+    #[serde(default = "default_sae_batch")]
+    pub batch: usize,
+    /// Pre-training learning rate (Adam).
+    #[serde(default = "default_sae_lr")]
+    pub lr: f64,
+    /// Fraction of each patch masked to zero during pre-training (a denoising auto-encoder).
+    #[serde(default)]
+    pub corruption: f64,
+    /// KL sparsity of the codes during pre-training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<vesalius_train::greedy::Sparsity>,
+}
+
+fn default_sae_hidden() -> Vec<usize> {
+    vec![128, 64]
+}
+fn default_sae_samples() -> usize {
+    20_000
+}
+fn default_sae_epochs() -> usize {
+    10
+}
+fn default_sae_fine_tune() -> usize {
+    5
+}
+fn default_sae_batch() -> usize {
+    64
+}
+fn default_sae_lr() -> f64 {
+    1e-3
+}
+
+impl SaeSection {
+    /// The greedy pre-training of this section (linear reconstruction: inputs are normalised intensities).
+    pub fn greedy(&self, seed: u64) -> vesalius_train::greedy::GreedyConfig {
+        vesalius_train::greedy::GreedyConfig {
+            hidden: self.hidden.clone(),
+            epochs: self.epochs,
+            fine_tune_epochs: self.fine_tune_epochs,
+            batch: self.batch,
+            lr: self.lr,
+            corruption: self.corruption,
+            sparsity: self.sparsity,
+            sigmoid_output: false,
+            seed,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.patch.is_multiple_of(2) || self.patch > 15 {
+            return Err(format!("[sae] patch must be odd and at most 15, not {}", self.patch));
+        }
+        if self.hidden.is_empty() || self.hidden.contains(&0) {
+            return Err(format!("[sae] hidden needs positive widths, not {:?}", self.hidden));
+        }
+        if self.samples < self.batch || self.batch == 0 || self.samples > 1_000_000 {
+            return Err(format!("[sae] samples ({}) must be between batch ({}) and 1000000", self.samples, self.batch));
+        }
+        if !(0.0..1.0).contains(&self.corruption) || !(self.lr > 0.0) {
+            return Err("[sae] corruption must be in [0, 1) and lr positive".into());
+        }
+        Ok(())
+    }
 }
 
 /// nnU-Net-like augmentation: rotation and scaling, noise, blur, contrast, gamma, mirroring.
@@ -365,6 +455,7 @@ impl SegRecipe {
             augment: default_augment(),
             infer: InferSection::default(),
             refine: None,
+            sae: None,
         }
     }
 
@@ -418,6 +509,12 @@ impl SegRecipe {
             return bad(format!("task is '{}', expected 'segmentation'", self.task));
         }
         self.model.validate().map_err(SegError::Input)?;
+        if let Some(sae) = &self.sae {
+            sae.validate().map_err(SegError::Input)?;
+            if self.model.is_active() {
+                return bad("[model] transfer learning applies to the U-Net, not to an [sae] network".into());
+            }
+        }
         if let Some(p) = self.plan.dropout
             && !(0.0..1.0).contains(&p)
         {

@@ -4,6 +4,7 @@
 //! validation cases' mean Dice after refinement; `RUN/refine/baseline.json` holds the U-Net's own validation Dice
 //! it is compared with. At inference the CRF refines the sliding window's class probabilities of the whole image
 //! (on the plan grid, before post-processing), so no window border limits it.
+use crate::network::{SegNet, SegNetwork};
 use crate::plan::Plans;
 use crate::recipe::{RefineSection, SegRecipe};
 use crate::train::{batch_tensors, objective, sliding_predict};
@@ -17,7 +18,7 @@ use vesalius_data::Image;
 use vesalius_data::loader::PatchLoader;
 use vesalius_data::transforms::Subject;
 use vesalius_eval::segmentation::dice_of;
-use vesalius_nets::{CrfRnn, UNet};
+use vesalius_nets::CrfRnn;
 use vesalius_train::engine::part;
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{Stepper, Task, Validation};
@@ -88,7 +89,7 @@ pub(crate) struct RefineTask<'a, B: Backend> {
     pub recipe: &'a SegRecipe,
     pub section: &'a RefineSection,
     pub plans: &'a Plans,
-    pub unet: UNet<B>,
+    pub unet: SegNet<B>,
     pub loader: PatchLoader<'a>,
     /// Validation cases (preprocessed) with the U-Net's probabilities.
     pub val: Vec<(Subject, Vec<f32>)>,
@@ -102,7 +103,7 @@ impl<'a, B: Backend> RefineTask<'a, B> {
         recipe: &'a SegRecipe,
         section: &'a RefineSection,
         plans: &'a Plans,
-        unet: UNet<B>,
+        unet: SegNet<B>,
         loader: PatchLoader<'a>,
         val_cases: Vec<Subject>,
         stage: &RunDir,
@@ -167,7 +168,7 @@ impl<AB: AutodiffBackend> Task<AB> for RefineTask<'_, AB::InnerBackend> {
                     let (x, y) = batch_tensors::<AB::InnerBackend>(&batch, &device)?;
                     batch.clear();
                     let n = x.dims()[0];
-                    let unary: Tensor<AB, 5> = Tensor::from_inner(log_softmax(unet.forward(x.clone()), 1));
+                    let unary: Tensor<AB, 5> = Tensor::from_inner(log_softmax(unet.logits(x.clone()), 1));
                     let (x, y): (Tensor<AB, 5>, Tensor<AB, 4, Int>) = (Tensor::from_inner(x), Tensor::from_inner(y));
                     stepper.step_split(n, 1.0, |m: &CrfRnn<AB>, range, device| {
                         let logits = m.forward(part(&unary, &range, device), part(&x, &range, device));

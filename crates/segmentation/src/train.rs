@@ -5,6 +5,8 @@ use crate::plan::{self, Plans};
 use crate::recipe::{LossKind, SegRecipe, Slab};
 use crate::{RunDir, SegError};
 
+use crate::network::SegNetwork;
+use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -19,8 +21,8 @@ use vesalius_data::msd::{self, Case};
 use vesalius_data::patch::{PatchSampler, Sampling};
 use vesalius_data::transforms::{Pipeline, Subject};
 use vesalius_eval::segmentation::dice_of;
-use vesalius_nets::UNet;
 use vesalius_nets::loss;
+use vesalius_nets::{PatchSae, UNet};
 use vesalius_train::engine::{self, EngineState, RunOptions};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::sliding::SlidingWindow;
@@ -386,8 +388,13 @@ fn downsample_labels<B: Backend>(labels: Tensor<B, 4, Int>, factor: usize) -> Te
 
 /// The deep-supervision loss: the objective at full resolution and at each auxiliary head's resolution against
 /// down-sampled labels, weighted 1, ½, ¼, … from the finest and normalised to sum to 1.
-fn supervised_deeply<B: Backend>(recipe: &SegRecipe, model: &UNet<B>, x: Tensor<B, 5>, labels: Tensor<B, 4, Int>) -> Tensor<B, 1> {
-    let (main, aux) = model.forward_all(x);
+fn supervised_deeply<B: Backend, N: SegNetwork<B>>(
+    recipe: &SegRecipe,
+    model: &N,
+    x: Tensor<B, 5>,
+    labels: Tensor<B, 4, Int>,
+) -> Tensor<B, 1> {
+    let (main, aux) = model.logits_all(x);
     let count = aux.len() + 1;
     let weights: Vec<f64> = (0..count).map(|k| 0.5f64.powi(k as i32)).collect();
     let total: f64 = weights.iter().sum();
@@ -401,8 +408,8 @@ fn supervised_deeply<B: Backend>(recipe: &SegRecipe, model: &UNet<B>, x: Tensor<
 }
 
 /// Sliding-window prediction of a preprocessed image with a model.
-pub fn sliding_predict<B: Backend>(
-    model: &UNet<B>,
+pub fn sliding_predict<B: Backend, N: SegNetwork<B>>(
+    model: &N,
     image: &Image,
     plans: &Plans,
     recipe: &SegRecipe,
@@ -417,7 +424,7 @@ pub fn sliding_predict<B: Backend>(
         flip_tta: recipe.infer.flip_tta,
         probabilities,
     };
-    Ok(sw.run::<B>(image, device, |x| burn::tensor::activation::softmax(model.forward(x), 1))?)
+    Ok(sw.run::<B>(image, device, |x| burn::tensor::activation::softmax(model.logits(x), 1))?)
 }
 
 /// What a recipe may change in a run folder that already trained: the learning rate (a diverged run resumes
@@ -432,29 +439,32 @@ pub fn resume_rules() -> ResumeRules {
 
 /// The segmentation task for the training engine: label-balanced augmented patches from the loader, the recipe's
 /// loss (deep supervision optional), poly learning-rate decay, sliding-window validation Dice on the plan grid.
-struct SegTask<'a> {
+/// `init` builds the network (`M`) and its layer plan.
+struct SegTask<'a, M, I> {
     recipe: &'a SegRecipe,
     plans: &'a Plans,
     loader: PatchLoader<'a>,
     val: Vec<Subject>,
     fg_classes: Vec<u16>,
     quiet: bool,
-    run: &'a RunDir,
     plan: Option<LayerPlan>,
+    init: I,
+    net: std::marker::PhantomData<M>,
 }
 
-impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
-    type Model = UNet<AB>;
+impl<AB, M, I> Task<AB> for SegTask<'_, M, I>
+where
+    AB: AutodiffBackend,
+    M: AutodiffModule<AB> + SegNetwork<AB>,
+    M::InnerModule: SegNetwork<AB::InnerBackend>,
+    I: FnMut(&AB::Device) -> Result<(M, Option<LayerPlan>), SegError>,
+{
+    type Model = M;
     type Error = SegError;
 
-    fn init_model(&mut self, device: &AB::Device) -> Result<UNet<AB>, SegError> {
-        let model = self.plans.unet().init::<AB>(device);
-        let layout = model.layout();
-        let (model, init) = transfer::initialise(model, &layout, "", &self.recipe.model, Path::new("."))?;
-        if let Some(init) = init {
-            self.run.write_json("init.json", &init)?;
-        }
-        self.plan = transfer::layer_plan(&model, &self.recipe.model)?;
+    fn init_model(&mut self, device: &AB::Device) -> Result<M, SegError> {
+        let (model, plan) = (self.init)(device)?;
+        self.plan = plan;
         Ok(model)
     }
 
@@ -475,11 +485,7 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
         t.lr * (1.0 - epoch as f64 / t.epochs as f64).powf(0.9)
     }
 
-    fn train_epoch<O: Optimizer<UNet<AB>, AB>>(
-        &mut self,
-        epoch: usize,
-        stepper: &mut Stepper<'_, AB, UNet<AB>, O>,
-    ) -> Result<(), SegError> {
+    fn train_epoch<O: Optimizer<M, AB>>(&mut self, epoch: usize, stepper: &mut Stepper<'_, AB, M, O>) -> Result<(), SegError> {
         let (recipe, plans) = (self.recipe, self.plans);
         let device = stepper.device().clone();
         let mut batch: Vec<Subject> = Vec::with_capacity(plans.batch);
@@ -491,12 +497,12 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
                     let (x, y) = batch_tensors::<AB>(&batch, &device)?;
                     batch.clear();
                     let n = x.dims()[0];
-                    stepper.step_split(n, 1.0, |m: &UNet<AB>, range, device| {
+                    stepper.step_split(n, 1.0, |m: &M, range, device| {
                         let (x, y) = (engine::part(&x, &range, device), engine::part(&y, &range, device));
                         Ok::<_, SegError>(if plans.deep_supervision {
                             supervised_deeply(recipe, m, x, y)
                         } else {
-                            objective(recipe, m.forward(x), y)
+                            objective(recipe, m.logits(x), y)
                         })
                     })?;
                     Ok(())
@@ -514,7 +520,7 @@ impl<AB: AutodiffBackend> Task<AB> for SegTask<'_> {
         Ok(result?)
     }
 
-    fn validate(&mut self, model: &UNet<AB::InnerBackend>, epoch: usize, device: &AB::Device) -> Result<Option<Validation>, SegError> {
+    fn validate(&mut self, model: &M::InnerModule, epoch: usize, device: &AB::Device) -> Result<Option<Validation>, SegError> {
         let t = &self.recipe.train;
         let done = epoch + 1;
         if !done.is_multiple_of(t.val_every) && done != t.epochs {
@@ -606,6 +612,7 @@ pub fn train_with<AB: AutodiffBackend>(
         .iter()
         .map(|c| preprocessed(c, &val_prepared, &val_pipeline, &cache).and_then(|v| Ok(v.subject()?)))
         .collect::<Result<_, _>>()?;
+    let train_volumes = volumes.clone();
     let cases = Cases::Memory(volumes);
 
     let t = &recipe.train;
@@ -619,10 +626,56 @@ pub fn train_with<AB: AutodiffBackend>(
     };
     let loader = PatchLoader::new(&cases, loader_config.clone());
     let fg_classes: Vec<u16> = (1..plans.classes as u16).collect();
-    let mut task = SegTask { recipe, plans: &plans, loader, val: val.clone(), fg_classes, quiet: options.quiet, run, plan: None };
     let config = options.config(t.seed, None);
-    let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
-    let outcome = engine::train(run, &mut task, optim, &config, device, &mut on_epoch)?;
+    let outcome = match &recipe.sae {
+        None => {
+            let init = |device: &AB::Device| -> Result<(UNet<AB>, Option<LayerPlan>), SegError> {
+                let model = plans.unet().init::<AB>(device);
+                let layout = model.layout();
+                let (model, init) = transfer::initialise(model, &layout, "", &recipe.model, Path::new("."))?;
+                if let Some(init) = init {
+                    run.write_json("init.json", &init)?;
+                }
+                let plan = transfer::layer_plan(&model, &recipe.model)?;
+                Ok((model, plan))
+            };
+            let mut task = SegTask {
+                recipe,
+                plans: &plans,
+                loader,
+                val: val.clone(),
+                fg_classes,
+                quiet: options.quiet,
+                plan: None,
+                init,
+                net: std::marker::PhantomData,
+            };
+            let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
+            engine::train(run, &mut task, optim, &config, device, &mut on_epoch)?
+        }
+        Some(sae) => {
+            // The encoder is pre-trained greedily on patches of the training cases (kept in RUN/pretrain/).
+            let init = |device: &AB::Device| -> Result<(PatchSae<AB>, Option<LayerPlan>), SegError> {
+                let subjects = || train_volumes.iter().map(|v| Ok(v.subject()?)).collect::<Result<Vec<_>, SegError>>();
+                let ae = crate::network::pretrained_sae::<AB>(run, sae, &plans, subjects, t.seed, options.quiet, device)?;
+                let net = crate::network::sae_config(sae, &plans).init::<AB>(device).with_encoder(&ae).map_err(SegError::Internal)?;
+                Ok((net, None))
+            };
+            let mut task = SegTask {
+                recipe,
+                plans: &plans,
+                loader,
+                val: val.clone(),
+                fg_classes,
+                quiet: options.quiet,
+                plan: None,
+                init,
+                net: std::marker::PhantomData,
+            };
+            let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, PatchSae<AB>>();
+            engine::train(run, &mut task, optim, &config, device, &mut on_epoch)?
+        }
+    };
     let mut result = TrainOutcome {
         state: outcome.state,
         resumed_after: outcome.resumed_after,
@@ -631,11 +684,11 @@ pub fn train_with<AB: AutodiffBackend>(
         refinement: None,
     };
     let Some(section) = recipe.refine.as_ref().filter(|_| outcome.complete) else { return Ok(result) };
-    // The refinement stage, on the frozen best U-Net.
+    // The refinement stage, on the frozen best network.
     let stage = crate::refine::stage(run);
     std::fs::create_dir_all(stage.checkpoint("")).map_err(|e| SegError::Input(format!("{}: {e}", stage.root().display())))?;
     engine::prepare(&stage, &recipe.to_toml(), &crate::refine::resume_rules())?;
-    let unet = engine::load_module(plans.unet().init::<AB::InnerBackend>(device), &run.best_model(), device)?;
+    let unet = crate::network::SegNet::<AB::InnerBackend>::load(recipe, &plans, &run.best_model(), device)?;
     let loader = PatchLoader::new(&cases, loader_config);
     let mut task = crate::refine::RefineTask::new(recipe, section, &plans, unet, loader, val, &stage, device)?;
     let config = options.config(t.seed.wrapping_add(1), None);

@@ -41,6 +41,16 @@ pub fn export(backend: BackendKind, run: &Path, naming: Option<Naming>, out: &Pa
     if commands::is_segmentation_run(run) {
         let dir = vesalius_segmentation::RunDir::new(run);
         let plans: vesalius_segmentation::plan::Plans = dir.read_json("plans.json")?;
+        let recipe_path = dir.file("recipe.toml");
+        let text = std::fs::read_to_string(&recipe_path).map_err(|e| CliError::Usage(format!("{}: {e}", recipe_path.display())))?;
+        let recipe = vesalius_segmentation::recipe::SegRecipe::from_toml(&text, run)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", recipe_path.display())))?;
+        if recipe.sae.is_some() {
+            return Err(CliError::Usage(format!(
+                "{}: export writes U-Net weights; this run's network is an [sae] patch auto-encoder",
+                run.display()
+            )));
+        }
         return with_backend!(backend, |B, AB, device| {
             let model = vesalius_train::engine::load_module(plans.unet().init::<B>(&device), &dir.best_model(), &device)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
