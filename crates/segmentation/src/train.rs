@@ -452,6 +452,20 @@ struct SegTask<'a, M, I> {
     net: std::marker::PhantomData<M>,
 }
 
+impl<'a, M, I> SegTask<'a, M, I> {
+    fn new(
+        recipe: &'a SegRecipe,
+        plans: &'a Plans,
+        loader: PatchLoader<'a>,
+        val: Vec<Subject>,
+        fg_classes: Vec<u16>,
+        quiet: bool,
+        init: I,
+    ) -> Self {
+        Self { recipe, plans, loader, val, fg_classes, quiet, plan: None, init, net: std::marker::PhantomData }
+    }
+}
+
 impl<AB, M, I> Task<AB> for SegTask<'_, M, I>
 where
     AB: AutodiffBackend,
@@ -639,17 +653,7 @@ pub fn train_with<AB: AutodiffBackend>(
                 let plan = transfer::layer_plan(&model, &recipe.model)?;
                 Ok((model, plan))
             };
-            let mut task = SegTask {
-                recipe,
-                plans: &plans,
-                loader,
-                val: val.clone(),
-                fg_classes,
-                quiet: options.quiet,
-                plan: None,
-                init,
-                net: std::marker::PhantomData,
-            };
+            let mut task = SegTask::new(recipe, &plans, loader, val.clone(), fg_classes, options.quiet, init);
             let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, UNet<AB>>();
             engine::train(run, &mut task, optim, &config, device, &mut on_epoch)?
         }
@@ -661,17 +665,7 @@ pub fn train_with<AB: AutodiffBackend>(
                 let net = crate::network::sae_config(sae, &plans).init::<AB>(device).with_encoder(&ae).map_err(SegError::Internal)?;
                 Ok((net, None))
             };
-            let mut task = SegTask {
-                recipe,
-                plans: &plans,
-                loader,
-                val: val.clone(),
-                fg_classes,
-                quiet: options.quiet,
-                plan: None,
-                init,
-                net: std::marker::PhantomData,
-            };
+            let mut task = SegTask::new(recipe, &plans, loader, val.clone(), fg_classes, options.quiet, init);
             let optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, PatchSae<AB>>();
             engine::train(run, &mut task, optim, &config, device, &mut on_epoch)?
         }
