@@ -11,9 +11,10 @@ peak_rss_mib (resource.getrusage ru_maxrss) is per workload.
 All architectures are specified in WORKLOADS.md next to this file.
 
 The project's copy of the reference harness (../shared/bench/torch_bench.py): the ten reference workloads are
-unchanged; h_redcnn_train, i_crnn_train and j_deepsurv_train are the enhancement and prediction tasks' networks,
-built as `vesalius bench` builds them (vesalius_nets::RedCnn with its defaults, vesalius_nets::Crnn with its
-defaults, the survival Mlp with prediction::deepsurv::cox_loss).
+unchanged; h_redcnn_train, i_crnn_train, j_deepsurv_train and k_centre3d_train are the enhancement, prediction and
+detection tasks' networks, built as `vesalius bench` builds them (vesalius_nets::RedCnn with its defaults,
+vesalius_nets::Crnn with its defaults, the survival Mlp with prediction::deepsurv::cox_loss, the centre-point
+detector's 3D U-Net [16, 32, 64] with detection::model::centre_loss).
 """
 import argparse
 import json
@@ -546,6 +547,37 @@ def wl_j_deepsurv_train():
     return m, step, 1024, {"input": "1024x20", "loss": "Cox partial likelihood"}
 
 
+PRIOR_LOGIT = -4.59511985013459
+SIZE_WEIGHT = 0.1
+
+
+def centre_loss(out, heat, size, mask):
+    """CenterNet's focal loss on the heatmap logit (plus the prior), normalised by the number of centres, plus
+    SIZE_WEIGHT x the L1 size error where mask is 1 (vesalius_detection::model::centre_loss)."""
+    logit = out[:, 0:1] + PRIOR_LOGIT
+    log_p = F.logsigmoid(logit)
+    log_q = F.logsigmoid(-logit)
+    p = log_p.exp()
+    pos = (heat >= 0.9999).float()
+    neg = 1.0 - pos
+    pos_loss = (log_p * (1.0 - p) ** 2 * pos).sum()
+    neg_loss = (log_q * p ** 2 * (1.0 - heat) ** 4 * neg).sum()
+    focal = -(pos_loss + neg_loss) / pos.sum().clamp_min(1.0)
+    l1 = ((out[:, 1:2] - size).abs() * mask).sum() / mask.sum().clamp_min(1.0)
+    return focal + SIZE_WEIGHT * l1
+
+
+def wl_k_centre3d_train():
+    m = UNet(1, 2, (16, 32, 64), dim=3, norm="instance")
+    b, side = 4, 32
+    heat = torch.exp(-(torch.arange(b * side ** 3) % 97).float() / 8.0).reshape(b, 1, side, side, side)
+    mask = (heat >= 0.9999).float()
+    size = torch.ones_like(heat)
+    x = torch.randn(b, 1, side, side, side)
+    step = _train(m, lambda m: centre_loss(m(x), heat, size, mask), 1e-3)
+    return m, step, b, {"input": "4x1x32x32x32", "loss": "CenterNet focal + L1 size"}
+
+
 WORKLOADS = {
     "a_lenet5_train": wl_a_lenet5_train,
     "b_resnet18_train": wl_b_resnet18_train,
@@ -560,6 +592,7 @@ WORKLOADS = {
     "h_redcnn_train": wl_h_redcnn_train,
     "i_crnn_train": wl_i_crnn_train,
     "j_deepsurv_train": wl_j_deepsurv_train,
+    "k_centre3d_train": wl_k_centre3d_train,
 }
 
 

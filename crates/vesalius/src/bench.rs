@@ -10,7 +10,8 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 use vesalius_nets::loss::{grad_l2, mse, soft_dice, voxel_cross_entropy};
 use vesalius_nets::{
-    Arch, ClassifierConfig, CnnLstmConfig, ConvAutoencoderConfig, CrnnConfig, MlpConfig, RedCnnConfig, UNetConfig, VoxelMorphConfig,
+    Arch, ClassifierConfig, CnnLstmConfig, ConvAutoencoderConfig, CrnnConfig, MlpConfig, NormKind, RedCnnConfig, UNetConfig,
+    VoxelMorphConfig,
 };
 
 use crate::backend::BackendKind;
@@ -35,7 +36,7 @@ pub const WORKLOADS: [&str; 10] = [
 /// 1e-4; the CRNN with its defaults (32 maps, 3 units, 5 iterations, data consistency) reconstructing 2 complex
 /// 128² images from every fourth line, MSE; DeepSurv's network (20 inputs, hidden 256 and 128, dropout 0.2) on 1,024
 /// rows with the Cox partial likelihood.
-pub const TASK_WORKLOADS: [&str; 3] = ["h_redcnn_train", "i_crnn_train", "j_deepsurv_train"];
+pub const TASK_WORKLOADS: [&str; 4] = ["h_redcnn_train", "i_crnn_train", "j_deepsurv_train", "k_centre3d_train"];
 
 /// Data-pipeline workloads (the data issue's): sliding-window inference of a 256³ volume with the 3D U-Net of
 /// workload d, and patches per second through the loader from `.nii.gz` volumes, decoded every time or cached.
@@ -481,6 +482,24 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
                 train_workload(model, 1e-3, |m| {
                     let eta = m.forward(x.clone()).reshape([rows]);
                     vesalius_prediction::deepsurv::cox_loss(eta, group_end.clone(), events.clone(), n_events)
+                }),
+            )
+        }
+        "k_centre3d_train" => {
+            // The centre-point detector of recipes/nodules-3d.toml: a 3D U-Net [16, 32, 64] with instance norm, batch 4
+            // of 32³ patches, CenterNet's focal loss on a heatmap whose peaks are exactly 1 plus the L1 size term.
+            let (b, side) = (4, 32);
+            let voxels = b * side * side * side;
+            let heat: Vec<f32> = (0..voxels).map(|i| (-((i % 97) as f32) / 8.0).exp()).collect();
+            let mask: Vec<f32> = heat.iter().map(|&h| if h >= 0.9999 { 1.0 } else { 0.0 }).collect();
+            let t = |v: Vec<f32>| Tensor::<AB, 5>::from_data(TensorData::new(v, [b, 1, side, side, side]), device);
+            let (heat, size, mask) = (t(heat), t(vec![1.0; voxels]), t(mask));
+            let x = Tensor::<AB, 5>::random([b, 1, side, side, side], normal, device);
+            let model = UNetConfig::new(3, 1, 2, vec![16, 32, 64]).with_norm(NormKind::Instance).init::<AB>(device);
+            (
+                b,
+                train_workload(model, 1e-3, |m| {
+                    vesalius_detection::model::centre_loss(m.forward(x.clone()), heat.clone(), size.clone(), mask.clone())
                 }),
             )
         }
