@@ -493,14 +493,17 @@ pub fn set_devices(n: usize) {
     DEVICES.store(n, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// `n` devices for data-parallel training on `device`: `device` first, then the backend's next devices of the same
+/// The most devices a batch is split across ([`devices`] caps its count there).
+pub const MAX_DEVICES: usize = 1024;
+
+/// `n` devices (at most [`MAX_DEVICES`]) for data-parallel training on `device`: `device` first, then the backend's next devices of the same
 /// kind by index, or replicas of `device` where the backend has fewer.
 pub fn devices<B: burn::tensor::backend::Backend>(device: &B::Device, n: usize) -> Vec<B::Device> {
     use burn::tensor::backend::{Device as _, DeviceId};
     let id = device.to_id();
     let available = B::device_count(id.type_id);
     let mut out = vec![device.clone()];
-    for k in 1..n.max(1) {
+    for k in 1..n.clamp(1, MAX_DEVICES) {
         let index = usize::from(id.index_id) + k;
         out.push(if index < available && index <= usize::from(u16::MAX) {
             B::Device::from_id(DeviceId { type_id: id.type_id, index_id: index as u16 })

@@ -156,6 +156,7 @@ fn parts_are_contiguous_and_differ_by_at_most_one() {
     let devices = engine::devices::<Flex>(&Default::default(), 3);
     assert_eq!(devices.len(), 3);
     assert!(devices.iter().all(|d| *d == devices[0]));
+    assert_eq!(engine::devices::<Flex>(&Default::default(), usize::MAX).len(), engine::MAX_DEVICES);
 }
 
 #[test]

@@ -571,8 +571,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             if max_epochs == Some(0) {
                 return Err(CliError::Usage("--max-epochs must be at least 1".into()));
             }
-            if devices == 0 {
-                return Err(CliError::Usage("--devices must be at least 1".into()));
+            if devices == 0 || devices > vesalius_train::engine::MAX_DEVICES {
+                return Err(CliError::Usage(format!("--devices must be between 1 and {}", vesalius_train::engine::MAX_DEVICES)));
             }
             vesalius_train::engine::set_epoch_limit(max_epochs);
             vesalius_train::engine::set_devices(devices);

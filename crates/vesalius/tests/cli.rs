@@ -985,7 +985,9 @@ lr = 1e-3
     }
     let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", split.to_str().unwrap(), "--devices", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--devices must be at least 1"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--devices must be between 1 and 1024"), "{}", stderr(&o));
+    let o = vesalius(&["train", recipe.to_str().unwrap(), "--out", split.to_str().unwrap(), "--devices", "100000000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]
