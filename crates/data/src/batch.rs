@@ -38,11 +38,24 @@ pub struct ClassificationBatch<B: Backend> {
     pub targets: BatchTargets<B>,
 }
 
+impl<B: Backend> BatchTargets<B> {
+    fn to_device(&self, device: &B::Device) -> Self {
+        match self {
+            Self::Classes(t) => Self::Classes(t.clone().to_device(device)),
+            Self::Multi(t) => Self::Multi(t.clone().to_device(device)),
+        }
+    }
+}
+
 impl<B: Backend> ClassificationBatch<B> {
     /// Items `range` of the batch on `device` (a device's part in data-parallel training).
     pub fn part(&self, range: &std::ops::Range<usize>, device: &B::Device) -> Self {
-        let cut = |n: usize| (range.start, range.len().min(n.saturating_sub(range.start)));
-        let (start, len) = cut(self.images.dims()[0]);
+        let n = self.images.dims()[0];
+        if range.start == 0 && range.len() == n {
+            // One device takes the whole batch: no copy.
+            return Self { images: self.images.clone().to_device(device), targets: self.targets.to_device(device) };
+        }
+        let (start, len) = (range.start, range.len().min(n.saturating_sub(range.start)));
         let targets = match &self.targets {
             BatchTargets::Classes(t) => BatchTargets::Classes(t.clone().narrow(0, start, len).to_device(device)),
             BatchTargets::Multi(t) => BatchTargets::Multi(t.clone().narrow(0, start, len).to_device(device)),

@@ -465,7 +465,10 @@ pub fn part<Bk: burn::tensor::backend::Backend, const D: usize, K: burn::tensor:
     range: &std::ops::Range<usize>,
     device: &Bk::Device,
 ) -> Tensor<Bk, D, K> {
-    batch.clone().narrow(0, range.start, range.len()).to_device(device)
+    let whole = range.start == 0 && range.len() == batch.dims()[0];
+    // One device takes the whole batch: no copy.
+    let part = if whole { batch.clone() } else { batch.clone().narrow(0, range.start, range.len()) };
+    part.to_device(device)
 }
 
 /// `n` items cut into at most `parts` contiguous non-empty ranges whose sizes differ by at most one.
