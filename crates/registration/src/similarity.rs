@@ -37,6 +37,18 @@ impl Similarity {
         }
     }
 
+    /// The deformable stage's regulariser weight that suits this similarity when the user gives none: 1 for the mean
+    /// squared difference and mutual information, 50 for local correlation, whose loss (a correlation in [0, 1] per
+    /// voxel) pulls harder than a squared difference of normalised intensities. Measured between two real subjects
+    /// (docs/REGISTRATION.md): local correlation at 50 raised grey- and white-matter Dice over the affine stage in
+    /// both directions without folding; at 1 it folded 0.3–4.6 % of the voxels.
+    pub fn default_smoothness(&self) -> f64 {
+        match self {
+            Self::Ncc { .. } => 50.0,
+            Self::Mse | Self::Mi { .. } => 1.0,
+        }
+    }
+
     /// The loss of `warped` against `fixed` (`[1, 1, d, h, w]` each), over the voxels where `mask` is 1.
     pub fn loss<B: Backend>(&self, warped: Tensor<B, 5>, fixed: Tensor<B, 5>, mask: Tensor<B, 5>) -> Tensor<B, 1> {
         match *self {
@@ -56,12 +68,21 @@ pub fn mse<B: Backend>(a: Tensor<B, 5>, b: Tensor<B, 5>, mask: Tensor<B, 5>) -> 
     masked_mean((a - b).powi_scalar(2), mask)
 }
 
-/// Sum over a centred cubic window (zero padded); a depth-1 image uses a square window.
+/// Sum over a centred cubic window (zero padded); a depth-1 image uses a square window. The box is separable: one
+/// pass of `window` taps along each axis instead of `window³` taps per voxel.
 fn window_sum<B: Backend>(x: Tensor<B, 5>, window: usize) -> Tensor<B, 5> {
     let [_, _, d, _, _] = x.dims();
-    let wd = if d == 1 { 1 } else { window };
-    let kernel = Tensor::<B, 5>::ones([1, 1, wd, window, window], &x.device());
-    conv3d(x, kernel, None, ConvOptions::new([1, 1, 1], [wd / 2, window / 2, window / 2], [1, 1, 1], 1))
+    let device = x.device();
+    let pass = |x: Tensor<B, 5>, axis: usize| {
+        let mut size = [1usize; 3];
+        size[axis] = window;
+        let mut pad = [0usize; 3];
+        pad[axis] = window / 2;
+        let kernel = Tensor::<B, 5>::ones([1, 1, size[0], size[1], size[2]], &device);
+        conv3d(x, kernel, None, ConvOptions::new([1, 1, 1], pad, [1, 1, 1], 1))
+    };
+    let x = pass(pass(x, 2), 1);
+    if d == 1 { x } else { pass(x, 0) }
 }
 
 /// Mean local normalised cross-correlation (squared, as VoxelMorph's NCC): in each window
