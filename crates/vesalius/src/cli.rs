@@ -350,9 +350,10 @@ pub enum Command {
         /// affine, deformable or affine+deformable.
         #[arg(long, default_value = "affine+deformable")]
         method: String,
-        /// auto (Mattes mutual information for the affine stage, the mean squared difference of normalised
-        /// intensities for the deformable stage), mse, ncc (the affine stage: correlation of the sampled points; the
-        /// deformable stage: local, 9-voxel windows) or mi (mutual information, for different modalities).
+        /// auto (Mattes mutual information for the affine stage, local normalised cross-correlation in 9-voxel
+        /// windows for the deformable stage: both tolerate contrast differences between subjects and scanners),
+        /// mse, ncc (the affine stage: correlation of the sampled points; the deformable stage: local, 9-voxel
+        /// windows) or mi (mutual information, for different modalities).
         #[arg(long, default_value = "auto")]
         similarity: String,
         /// Deformable stage: a dense field (one vector a voxel) or a cubic B-spline on control points.
@@ -364,10 +365,10 @@ pub enum Command {
         /// Deformable stage's regulariser: diffusion (first derivatives) or bending (second derivatives).
         #[arg(long, default_value = "diffusion")]
         regulariser: String,
-        /// Weight of the deformable stage's regulariser; between different subjects a larger weight (10–100) keeps
-        /// the field from fitting scalp and neck at the brain's expense (docs/REGISTRATION.md).
-        #[arg(long, default_value_t = 1.0)]
-        smoothness: f64,
+        /// Weight of the deformable stage's regulariser; by default 50 for local correlation (auto, ncc) and 1 for
+        /// mse and mi (docs/REGISTRATION.md).
+        #[arg(long)]
+        smoothness: Option<f64>,
         /// A learned-registration run directory: register with its trained networks instead of optimising.
         #[arg(long, conflicts_with_all = ["method", "similarity", "deformation", "control_spacing", "regulariser", "smoothness"])]
         run: Option<PathBuf>,

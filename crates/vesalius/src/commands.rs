@@ -166,8 +166,8 @@ pub struct RegisterArgs {
     pub control_spacing: usize,
     /// `diffusion` or `bending`.
     pub regulariser: String,
-    /// The deformable stage's regulariser weight.
-    pub smoothness: f64,
+    /// The deformable stage's regulariser weight; `None` takes the similarity's [`Similarity::default_smoothness`](vesalius_registration::Similarity::default_smoothness).
+    pub smoothness: Option<f64>,
     /// A learned-registration run to register with.
     pub run: Option<PathBuf>,
 }
@@ -187,10 +187,10 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     use vesalius_registration::{Method, RegisterOptions, Similarity};
     let method = Method::parse(&args.method)
         .ok_or_else(|| CliError::Usage(format!("unknown method '{}' (affine, deformable, affine+deformable)", args.method)))?;
-    // `auto`: Mattes mutual information for the affine stage (robust to contrast differences between scanners and
-    // subjects), the mean squared difference of normalised intensities for the deformable stage.
+    // `auto`: Mattes mutual information for the affine stage and local correlation for the deformable stage, both
+    // robust to contrast differences between scanners and subjects.
     let (similarity, affine_similarity) = match args.similarity.as_str() {
-        "auto" => (Similarity::Mse, Some(Similarity::Mi { bins: 32 })),
+        "auto" => (Similarity::Ncc { window: 9 }, Some(Similarity::Mi { bins: 32 })),
         name => {
             (Similarity::parse(name).ok_or_else(|| CliError::Usage(format!("unknown similarity '{name}' (auto, mse, ncc, mi)")))?, None)
         }
@@ -234,8 +234,9 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     {
         return Err(CliError::Usage(format!("{}: the label map's grid differs from the fixed image's", p.display())));
     }
-    if !(args.smoothness >= 0.0 && args.smoothness.is_finite()) {
-        return Err(CliError::Usage(format!("--smoothness {}: expected a finite weight of at least 0", args.smoothness)));
+    let smoothness = args.smoothness.unwrap_or_else(|| similarity.default_smoothness());
+    if !(smoothness >= 0.0 && smoothness.is_finite()) {
+        return Err(CliError::Usage(format!("--smoothness {smoothness}: expected a finite weight of at least 0")));
     }
     let regulariser = vesalius_registration::Regulariser::parse(&args.regulariser)
         .ok_or_else(|| CliError::Usage(format!("unknown regulariser '{}' (diffusion, bending)", args.regulariser)))?;
@@ -249,12 +250,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         method,
         similarity,
         affine_similarity,
-        deformable: vesalius_registration::DeformableOptions {
-            deformation,
-            regulariser,
-            smoothness: args.smoothness,
-            ..defaults.deformable.clone()
-        },
+        deformable: vesalius_registration::DeformableOptions { deformation, regulariser, smoothness, ..defaults.deformable.clone() },
         ..defaults
     };
     if let Some(run) = &args.run
@@ -298,8 +294,8 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     let stats = vesalius_registration::metrics::jacobian_stats(&dets);
     let similarity_name = match (args.similarity.as_str(), method) {
         ("auto", Method::Affine) => String::from("auto (mi)"),
-        ("auto", Method::Deformable) => String::from("auto (mse)"),
-        ("auto", Method::AffineDeformable) => String::from("auto (affine: mi, deformable: mse)"),
+        ("auto", Method::Deformable) => String::from("auto (ncc)"),
+        ("auto", Method::AffineDeformable) => String::from("auto (affine: mi, deformable: ncc)"),
         (name, _) => name.to_string(),
     };
     let (method_name, similarity_name) = match &args.run {
@@ -320,6 +316,9 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         "affine_world": result.world,
         "jacobian": stats,
     });
+    if method != Method::Affine && args.run.is_none() {
+        summary["smoothness"] = json!(smoothness);
+    }
     if let Some(report) = &result.affine_report {
         summary["affine"] = json!(report);
         if report.kept_start {
