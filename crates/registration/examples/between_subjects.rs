@@ -8,7 +8,7 @@
 //!
 //! Keys (all optional): `fixed` (`mni` or `itk`), `method` (`affine`, `deformable`, `affine+deformable`), `sim`
 //! (`mse`, `ncc`, `mi`), `smooth`, `reg` (`diffusion`, `bending`), `def` (`dense` or a B-spline control spacing),
-//! `lr`, `steps`, `maxvox`, `res` (the template resampled to this spacing, mm). `SAVE=dir` writes the warped image
+//! `lr`, `steps`, `maxvox`, `levels` (comma-separated factors), `win` (local correlation's window), `res` (the template resampled to this spacing, mm). `SAVE=dir` writes the warped image
 //! and label maps there. docs/REGISTRATION.md quotes its output.
 #![allow(clippy::unwrap_used)] // a measurement script: bad fixtures or keys fail loudly
 use std::path::Path;
@@ -80,7 +80,10 @@ fn main() {
     );
     let (fixed, moving) = if get("fixed", "mni") == "mni" { (&mni, &itk) } else { (&itk, &mni) };
     let method = Method::parse(&get("method", "affine+deformable")).unwrap();
-    let similarity = Similarity::parse(&get("sim", "mse")).unwrap();
+    let similarity = match Similarity::parse(&get("sim", "mse")).unwrap() {
+        Similarity::Ncc { .. } => Similarity::Ncc { window: get("win", "9").parse().unwrap() },
+        other => other,
+    };
     let deformation = match get("def", "dense").as_str() {
         "dense" => Deformation::Dense,
         s => Deformation::BSpline { spacing: s.parse().unwrap() },
@@ -96,6 +99,7 @@ fn main() {
             learning_rate: get("lr", "0.2").parse().unwrap(),
             steps: get("steps", "100").parse().unwrap(),
             max_voxels: get("maxvox", "2000000").parse().unwrap(),
+            levels: get("levels", "4,2,1").split(',').map(|l| l.parse().unwrap()).collect(),
             ..DeformableOptions::default()
         },
         ..RegisterOptions::default()
