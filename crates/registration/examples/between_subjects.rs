@@ -57,22 +57,8 @@ fn main() {
             resample(&mni.2, &sp, Interp::Nearest).unwrap(),
         )
     };
-    let itk_t = fixture("nifti/itk-examples/KmeansTest_T1KmeansPrelimSegmentation.nii.gz");
-    // ITK k-means classes 5 (grey) and 6 (white) → 1, 2 as the MNI tissue labels.
-    let relabel: Vec<f32> = itk_t
-        .data()
-        .iter()
-        .map(|&v| {
-            if v == 5.0 {
-                1.0
-            } else if v == 6.0 {
-                2.0
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let itk_tissue = Image::new(relabel, itk_t.shape().to_vec(), 1, *itk_t.affine(), "uint8").unwrap();
+    // The ITK volume's k-means grey- and white-matter classes, numbered as the MNI tissue map (1, 2).
+    let itk_tissue = fixture("nifti/itk-examples/KmeansTest_T1_tissue_labels.nii.gz");
     let itk = (
         fixture("nifti/itk-examples/KmeansTest_T1UCharRaw.nii.gz"),
         fixture("nifti/itk-examples/KmeansTest_T1_brain_mask.nii.gz"),
