@@ -26,16 +26,10 @@ fn fixture(p: &str) -> Image {
     load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(p)).unwrap()
 }
 
-fn dice_of(a: &Image, b: &Image, la: u8, lb: u8) -> f64 {
-    let (mut both, mut sa, mut sb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.data().iter().zip(b.data()) {
-        let is = |v: f32, l: u8| if l == 255 { v.round() as u8 > 0 } else { v.round() as u8 == l };
-        let (x, y) = (is(*x, la), is(*y, lb));
-        both += f64::from(u8::from(x && y));
-        sa += f64::from(u8::from(x));
-        sb += f64::from(u8::from(y));
-    }
-    2.0 * both / (sa + sb)
+/// Dice of label `l` in two label maps on one grid (`None`: any non-zero label), by the eval crate's Dice.
+fn label_dice(a: &Image, b: &Image, l: Option<f32>) -> f64 {
+    let is = |v: f32| l.map_or(v > 0.5, |l| v == l);
+    vesalius_eval::segmentation::dice_of(a.data().iter().map(|&v| is(v)), b.data().iter().map(|&v| is(v)))
 }
 
 fn main() {
@@ -113,12 +107,12 @@ fn main() {
     }
     println!(
         "{args:?}: world brain {:.4} gm {:.4} wm {:.4} | result brain {:.4} gm {:.4} wm {:.4} gm+wm {:.4} | {jac:?} | {secs:.1} s",
-        dice_of(&before_mask, &fixed.1, 1, 1),
-        dice_of(&before_t, &fixed.2, 1, 1),
-        dice_of(&before_t, &fixed.2, 2, 2),
-        dice_of(&mask, &fixed.1, 1, 1),
-        dice_of(&tissue, &fixed.2, 1, 1),
-        dice_of(&tissue, &fixed.2, 2, 2),
-        dice_of(&tissue, &fixed.2, 255, 255),
+        label_dice(&before_mask, &fixed.1, Some(1.0)),
+        label_dice(&before_t, &fixed.2, Some(1.0)),
+        label_dice(&before_t, &fixed.2, Some(2.0)),
+        label_dice(&mask, &fixed.1, Some(1.0)),
+        label_dice(&tissue, &fixed.2, Some(1.0)),
+        label_dice(&tissue, &fixed.2, Some(2.0)),
+        label_dice(&tissue, &fixed.2, None),
     );
 }

@@ -20,15 +20,10 @@ fn fixture(p: &str) -> Image {
     load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(p)).unwrap()
 }
 
-fn dice(a: &Image, b: &Image) -> f64 {
-    let (mut both, mut sa, mut sb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.data().iter().zip(b.data()) {
-        let (x, y) = (*x > 0.5, *y > 0.5);
-        both += f64::from(u8::from(x && y));
-        sa += f64::from(u8::from(x));
-        sb += f64::from(u8::from(y));
-    }
-    2.0 * both / (sa + sb)
+/// Dice of label `l` in two label maps on one grid (`None`: any non-zero label), by the eval crate's Dice.
+fn label_dice(a: &Image, b: &Image, l: Option<f32>) -> f64 {
+    let is = |v: f32| l.map_or(v > 0.5, |l| v == l);
+    vesalius_eval::segmentation::dice_of(a.data().iter().map(|&v| is(v)), b.data().iter().map(|&v| is(v)))
 }
 
 #[test]
@@ -46,7 +41,7 @@ fn the_affine_stage_aligns_another_subjects_brain_with_the_template() {
             ..RegisterOptions::default()
         };
         let r = register::<B>(&fixed, &moving, &options, &device);
-        (dice(&r.warp_labels::<I>(&moving_mask, &fixed, &device), &fixed_mask), r)
+        (label_dice(&r.warp_labels::<I>(&moving_mask, &fixed, &device), &fixed_mask, None), r)
     };
     let world = vesalius_registration::labels_at::<I>(
         &moving_mask,
@@ -54,7 +49,7 @@ fn the_affine_stage_aligns_another_subjects_brain_with_the_template() {
         &vesalius_registration::voxel_map(&fixed, &moving, &vesalius_registration::affine::identity()),
         &device,
     );
-    let start = dice(&world, &fixed_mask);
+    let start = label_dice(&world, &fixed_mask, None);
     let (rigid, r) = run(0);
     let report = r.affine_report.unwrap();
     let (affine, r) = run(100);
@@ -66,21 +61,6 @@ fn the_affine_stage_aligns_another_subjects_brain_with_the_template() {
     assert!(affine > 0.9 && affine > rigid + 0.02, "{affine} vs rigid {rigid}");
     assert!(scales.iter().all(|s| (0.8..1.25).contains(s)), "{scales:?}");
     assert!(!r.affine_report.unwrap().kept_start);
-}
-
-/// Dice of label `l` of two label maps on the same grid (`None`: any non-zero label).
-fn label_dice(a: &Image, b: &Image, l: Option<u8>) -> f64 {
-    let is = |v: f32| match l {
-        Some(l) => v.round() as u8 == l,
-        None => v.round() as u8 > 0,
-    };
-    let (mut both, mut sa, mut sb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.data().iter().zip(b.data()) {
-        both += f64::from(u8::from(is(x) && is(y)));
-        sa += f64::from(u8::from(is(x)));
-        sb += f64::from(u8::from(is(y)));
-    }
-    2.0 * both / (sa + sb)
 }
 
 /// The command line's defaults for the deformable stage between subjects (local correlation, its regulariser weight
@@ -114,8 +94,8 @@ fn the_default_deformable_stage_improves_tissue_overlap_beyond_the_affine_stage(
         let (mask, tissue) = (r.warp_labels::<I>(&moving_mask, &fixed, &device), r.warp_labels::<I>(&moving_tissue, &fixed, &device));
         let dice = [
             label_dice(&mask, &fixed_mask, None),
-            label_dice(&tissue, &fixed_tissue, Some(1)),
-            label_dice(&tissue, &fixed_tissue, Some(2)),
+            label_dice(&tissue, &fixed_tissue, Some(1.0)),
+            label_dice(&tissue, &fixed_tissue, Some(2.0)),
         ];
         let dets = vesalius_registration::metrics::jacobian_determinants(&r.field_voxels, vesalius_registration::Grid::of(&fixed).size);
         (dice, vesalius_registration::metrics::jacobian_stats(&dets))

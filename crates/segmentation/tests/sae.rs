@@ -8,7 +8,10 @@ use vesalius_segmentation::infer::Predictor;
 use vesalius_segmentation::recipe::{SegRecipe, Slab};
 use vesalius_segmentation::train::train;
 
+#[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type P = burn::backend::Cuda;
 type B = burn::backend::Autodiff<P>;
 
 fn root() -> PathBuf {
