@@ -8,7 +8,7 @@
 //!
 //! Keys (all optional): `fixed` (`mni` or `itk`), `method` (`affine`, `deformable`, `affine+deformable`), `sim`
 //! (`mse`, `ncc`, `mi`), `smooth`, `reg` (`diffusion`, `bending`), `def` (`dense` or a B-spline control spacing),
-//! `lr`, `steps`, `maxvox`, `levels` (comma-separated factors), `win` (local correlation's window), `res` (the template resampled to this spacing, mm). `SAVE=dir` writes the warped image
+//! `lr`, `steps`, `maxvox`, `levels` (comma-separated factors), `win` (local correlation's window), `samples` (points per iteration of a sampled B-spline; 0 uses every voxel), `floor` (their foreground threshold), `res` (the template resampled to this spacing, mm). `SAVE=dir` writes the warped image
 //! and label maps there. docs/REGISTRATION.md quotes its output.
 #![allow(clippy::unwrap_used)] // a measurement script: bad fixtures or keys fail loudly
 use std::path::Path;
@@ -80,6 +80,8 @@ fn main() {
             steps: get("steps", "100").parse().unwrap(),
             max_voxels: get("maxvox", "2000000").parse().unwrap(),
             levels: get("levels", "4,2,1").split(',').map(|l| l.parse().unwrap()).collect(),
+            samples: get("samples", "0").parse().unwrap(),
+            foreground: get("floor", "0.05").parse().unwrap(),
             ..DeformableOptions::default()
         },
         ..RegisterOptions::default()
@@ -99,6 +101,9 @@ fn main() {
     ));
     let vol = |m: &Image| m.data().iter().filter(|v| **v > 0.5).count();
     println!("volumes: fixed mask {}, warped mask {}", vol(&fixed.1), vol(&mask));
+    if let Some(report) = &r.deformable_report {
+        println!("deformable: {report:?}");
+    }
     if let Ok(dir) = std::env::var("SAVE") {
         let dir = Path::new(&dir);
         vesalius_io::nifti::save(&dir.join("warped.nii.gz"), &r.warped, vesalius_io::nifti::NiftiType::F32).unwrap();

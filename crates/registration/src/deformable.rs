@@ -8,6 +8,8 @@ use vesalius_nets::ops::{Padding, identity_grid, pool3d, resize_linear, sample_l
 
 use crate::Adam;
 use crate::affine::inside;
+use crate::sampled::Volume;
+use crate::sampled_bspline::register_bspline_sampled;
 use crate::similarity::Similarity;
 
 /// How the field is parameterised.
@@ -73,6 +75,17 @@ pub struct DeformableOptions {
     /// A level ends when the mean loss of its last 10 steps improves on the 10 before by less than this fraction
     /// (after at least 30 steps); 0 runs every step.
     pub tolerance: f64,
+    /// With a B-spline, the points drawn per iteration: above 0, the control points are optimised on that many
+    /// random points with analytic gradients ([`crate::sampled_bspline`]); 0 uses every voxel of each level through
+    /// automatic differentiation. Dense fields always use every voxel.
+    pub samples: usize,
+    /// Seed of the sampled points.
+    pub seed: u64,
+    /// With sampled points, the optimiser draws them where the (normalised) fixed image exceeds this value, 0 drawing
+    /// them everywhere. Air and the field of view's edges carry no anatomy: between two real heads, points drawn
+    /// everywhere let mutual information rise by matching the head's outline and background while grey- and
+    /// white-matter overlap fell (Dice 0.62 → 0.30).
+    pub foreground: f64,
 }
 
 impl Default for DeformableOptions {
@@ -87,6 +100,28 @@ impl Default for DeformableOptions {
             learning_rate: 0.2,
             max_voxels: 2_000_000,
             tolerance: 1e-3,
+            samples: 0,
+            seed: 0,
+            foreground: 0.05,
+        }
+    }
+}
+
+impl DeformableOptions {
+    /// The command line's default deformable stage, as elastix registers subjects: a cubic B-spline with control
+    /// points every 5 voxels and bending energy (weight 100), optimised on 20,000 foreground points an iteration
+    /// (200 steps at most per level of 4, 2 and 1 voxels). With Mattes mutual information it raised grey- and
+    /// white-matter Dice over the affine stage in both directions between the MNI152 template and ITK's T1 head, by
+    /// more than the dense field with local correlation and ten times faster (docs/REGISTRATION.md).
+    pub fn sampled_bspline() -> Self {
+        Self {
+            similarity: Similarity::Mi { bins: 32 },
+            smoothness: 100.0,
+            regulariser: Regulariser::Bending,
+            deformation: Deformation::BSpline { spacing: 5 },
+            steps: 200,
+            samples: 20_000,
+            ..Self::default()
         }
     }
 }
@@ -222,6 +257,13 @@ pub fn register_deformable<B: AutodiffBackend>(
 ) -> Tensor<B::InnerBackend, 5> {
     match opts.deformation {
         Deformation::Dense => register_dense::<B>(fixed, moving, opts),
+        Deformation::BSpline { spacing } if opts.samples > 0 => {
+            let device = fixed.device();
+            let [_, _, d, h, w] = fixed.dims();
+            let volume = |t: Tensor<B::InnerBackend, 5>| Volume::from_voxels(crate::to_vec(t), [d, h, w]);
+            let (lattice, _) = register_bspline_sampled(&volume(fixed), &volume(moving), spacing, opts);
+            crate::tensor_of::<B::InnerBackend>(lattice.field([d, h, w]).concat(), [1, 3, d, h, w], &device)
+        }
         Deformation::BSpline { spacing } => register_bspline::<B>(fixed, moving, spacing.max(2), opts),
     }
 }

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod recipe;
 pub mod resample;
 pub mod sampled;
+pub mod sampled_bspline;
 pub mod similarity;
 pub mod train;
 
@@ -213,6 +214,8 @@ pub struct Registration {
     pub displacement_mm: Image,
     /// What the sampled affine stage did (its start, iterations per level, whether it kept the start).
     pub affine_report: Option<sampled::AffineReport>,
+    /// What the sampled B-spline stage did (iterations per level, whether it kept the start).
+    pub deformable_report: Option<sampled_bspline::DeformableReport>,
 }
 
 /// Intensities scaled to [0, 1] between their 0.5th and 99.5th percentiles (clipped), so that step sizes and
@@ -264,16 +267,34 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
     let vox = mat_mul(&mat_mul(&mat_inv(&mg.to_world), &world), &fg.to_world);
     let coords = voxel_map(fixed, moving, &world);
     let n = d * h * w;
-    let moving_t = affine::to_tensor::<B::InnerBackend>(&moving_n, device);
     let mut field: [Vec<f32>; 3] = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
     let mut mapped = coords.clone();
+    let mut deformable_report = None;
     if opts.method != Method::Affine {
-        let resampled = sample_linear(moving_t, tensor_of::<B::InnerBackend>(coords.concat(), [1, 3, d, h, w], device), Padding::Zeros);
-        let fixed_t = affine::to_tensor::<B::InnerBackend>(&fixed_n, device);
-        let u = register_deformable::<B>(fixed_t, resampled, &DeformableOptions { similarity: opts.similarity, ..opts.deformable.clone() });
-        let u = to_vec(u);
-        for c in 0..3 {
-            field[c] = u[c * n..(c + 1) * n].to_vec();
+        let deformable = DeformableOptions { similarity: opts.similarity, ..opts.deformable.clone() };
+        match deformable.deformation {
+            Deformation::BSpline { spacing } if deformable.samples > 0 => {
+                let resampled = resample::trilinear(&moving_n.data()[..moving_n.voxels()], mg.size, &coords, Padding::Zeros);
+                let fixed_v = sampled::Volume::from_voxels(fixed_n.data()[..n].to_vec(), [d, h, w]);
+                let (lattice, report) = sampled_bspline::register_bspline_sampled(
+                    &fixed_v,
+                    &sampled::Volume::from_voxels(resampled, [d, h, w]),
+                    spacing,
+                    &deformable,
+                );
+                deformable_report = Some(report);
+                field = lattice.field([d, h, w]);
+            }
+            _ => {
+                let moving_t = affine::to_tensor::<B::InnerBackend>(&moving_n, device);
+                let resampled =
+                    sample_linear(moving_t, tensor_of::<B::InnerBackend>(coords.concat(), [1, 3, d, h, w], device), Padding::Zeros);
+                let fixed_t = affine::to_tensor::<B::InnerBackend>(&fixed_n, device);
+                let u = to_vec(register_deformable::<B>(fixed_t, resampled, &deformable));
+                for c in 0..3 {
+                    field[c] = u[c * n..(c + 1) * n].to_vec();
+                }
+            }
         }
         // p + u(p) on the fixed grid, then through the affine.
         for i in 0..n {
@@ -284,7 +305,7 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
             }
         }
     }
-    Registration { affine_report, ..finish(fixed, moving, world, mapped, field) }
+    Registration { affine_report, deformable_report, ..finish(fixed, moving, world, mapped, field) }
 }
 
 /// The registration result from the map of every fixed voxel to moving voxels (`mapped`, `[3][d·h·w]`): the
@@ -307,7 +328,7 @@ pub(crate) fn finish(fixed: &Image, moving: &Image, world: Mat4, mapped: [Vec<f3
         }
     }
     let displacement_mm = Image::new(disp, fixed.shape().to_vec(), 3, *fixed.affine(), "float32").expect("fixed grid");
-    Registration { world, moving_voxel: mapped, field_voxels: field, warped, displacement_mm, affine_report: None }
+    Registration { world, moving_voxel: mapped, field_voxels: field, warped, displacement_mm, affine_report: None, deformable_report: None }
 }
 
 impl Registration {

@@ -65,6 +65,12 @@ impl Volume {
         Self { data: image.data()[..image.voxels()].to_vec(), from_world: mat_inv(&grid.to_world), grid }
     }
 
+    /// Values on a grid of `size` voxels (`d·h·w`, `w` fastest) whose voxels are its world coordinates.
+    pub fn from_voxels(data: Vec<f32>, size: [usize; 3]) -> Self {
+        let to_world = crate::affine::identity();
+        Self { data, grid: Grid { size, to_world }, from_world: to_world }
+    }
+
     /// Block means of `factor` voxels per axis (the grid of [`Grid::coarsened`]).
     pub fn coarsened(&self, factor: [usize; 3]) -> Self {
         if factor == [1, 1, 1] {
@@ -192,11 +198,12 @@ impl Points {
     }
 }
 
-/// One point's moving sample: the value and its world-space gradient, with the point's index.
-struct Sampled {
-    index: usize,
-    value: f64,
-    gradient: [f64; 3],
+/// One point's moving sample: the value and its gradient (world space for the affine stage, level voxels for the
+/// B-spline stage), with the point's index.
+pub(crate) struct Sampled {
+    pub(crate) index: usize,
+    pub(crate) value: f64,
+    pub(crate) gradient: [f64; 3],
 }
 
 /// The moving image at every point mapped by `world` (fixed world → moving world), split across the cores.
@@ -229,7 +236,7 @@ fn sample_moving(moving: &Volume, points: &Points, world: &Mat4) -> Vec<Sampled>
 }
 
 /// The cubic B-spline and its derivative.
-fn bspline3(t: f64) -> (f64, f64) {
+pub(crate) fn bspline3(t: f64) -> (f64, f64) {
     let a = t.abs();
     let s = t.signum();
     if a < 1.0 {
@@ -244,7 +251,7 @@ fn bspline3(t: f64) -> (f64, f64) {
 
 /// The loss over the sampled points and `∂L/∂m` for each (in the order of `samples`); `None` when too few
 /// points fall inside the moving image.
-fn loss_and_dm(samples: &[Sampled], fixed: &[f64], similarity: Similarity) -> Option<(f64, Vec<f64>)> {
+pub(crate) fn loss_and_dm(samples: &[Sampled], fixed: &[f64], similarity: Similarity) -> Option<(f64, Vec<f64>)> {
     let n = samples.len();
     if n < 16 {
         return None;

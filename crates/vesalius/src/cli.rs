@@ -350,27 +350,34 @@ pub enum Command {
         /// affine, deformable or affine+deformable.
         #[arg(long, default_value = "affine+deformable")]
         method: String,
-        /// auto (Mattes mutual information for the affine stage, local normalised cross-correlation in 9-voxel
-        /// windows for the deformable stage: both tolerate contrast differences between subjects and scanners),
-        /// mse, ncc (the affine stage: correlation of the sampled points; the deformable stage: local, 9-voxel
-        /// windows) or mi (mutual information, for different modalities).
+        /// auto (Mattes mutual information for the affine stage and the B-spline; local normalised
+        /// cross-correlation in 9-voxel windows for a dense field or a B-spline on every voxel: all tolerate
+        /// contrast differences between subjects and scanners), mse, ncc (the affine stage and sampled B-splines:
+        /// correlation of the sampled points; dense fields: local, 9-voxel windows) or mi (mutual information, for
+        /// different modalities).
         #[arg(long, default_value = "auto")]
         similarity: String,
-        /// Deformable stage: a dense field (one vector a voxel) or a cubic B-spline on control points.
-        #[arg(long, default_value = "dense", value_parser = ["dense", "bspline"])]
+        /// Deformable stage: a cubic B-spline on control points, or a dense field (one vector a voxel).
+        #[arg(long, default_value = "bspline", value_parser = ["dense", "bspline"])]
         deformation: String,
         /// B-spline control-point spacing, voxels of the fixed image.
         #[arg(long, default_value_t = 5)]
         control_spacing: usize,
-        /// Deformable stage's regulariser: diffusion (first derivatives) or bending (second derivatives).
-        #[arg(long, default_value = "diffusion")]
-        regulariser: String,
-        /// Weight of the deformable stage's regulariser; by default 50 for local correlation (auto, ncc) and 1 for
-        /// mse and mi (docs/REGISTRATION.md).
+        /// Points drawn at random per iteration by the affine and B-spline stages (similarity and gradient on them,
+        /// as elastix and ANTs do); 0 uses every voxel through automatic differentiation. Dense fields use every
+        /// voxel.
+        #[arg(long, default_value_t = 20_000)]
+        samples: usize,
+        /// Deformable stage's regulariser: diffusion (first derivatives) or bending (second derivatives); by
+        /// default bending for a B-spline and diffusion for a dense field.
+        #[arg(long)]
+        regulariser: Option<String>,
+        /// Weight of the deformable stage's regulariser; by default 100 for a sampled B-spline, otherwise 50 for
+        /// local correlation (auto, ncc) and 1 for mse and mi (docs/REGISTRATION.md).
         #[arg(long)]
         smoothness: Option<f64>,
         /// A learned-registration run directory: register with its trained networks instead of optimising.
-        #[arg(long, conflicts_with_all = ["method", "similarity", "deformation", "control_spacing", "regulariser", "smoothness"])]
+        #[arg(long, conflicts_with_all = ["method", "similarity", "deformation", "control_spacing", "samples", "regulariser", "smoothness"])]
         run: Option<PathBuf>,
     },
     /// Index images for content-based retrieval: each image's embedding by a classification run's network (its
@@ -799,6 +806,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             similarity,
             deformation,
             control_spacing,
+            samples,
             regulariser,
             smoothness,
             run,
@@ -817,6 +825,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 similarity,
                 deformation,
                 control_spacing,
+                samples,
                 regulariser,
                 smoothness,
                 run,

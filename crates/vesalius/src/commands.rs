@@ -164,9 +164,13 @@ pub struct RegisterArgs {
     pub deformation: String,
     /// B-spline control-point spacing (voxels of the fixed image).
     pub control_spacing: usize,
-    /// `diffusion` or `bending`.
-    pub regulariser: String,
-    /// The deformable stage's regulariser weight; `None` takes the similarity's [`Similarity::default_smoothness`](vesalius_registration::Similarity::default_smoothness).
+    /// Points per iteration of the affine and B-spline stages; 0 uses every voxel.
+    pub samples: usize,
+    /// `diffusion` or `bending`; `None`: bending for a B-spline, diffusion for a dense field.
+    pub regulariser: Option<String>,
+    /// The deformable stage's regulariser weight; `None` takes 100 for a sampled B-spline
+    /// ([`DeformableOptions::sampled_bspline`](vesalius_registration::DeformableOptions::sampled_bspline)) and the
+    /// similarity's [`Similarity::default_smoothness`](vesalius_registration::Similarity::default_smoothness) otherwise.
     pub smoothness: Option<f64>,
     /// A learned-registration run to register with.
     pub run: Option<PathBuf>,
@@ -184,12 +188,14 @@ pub fn save_image(path: &Path, img: &vesalius_data::Image, dtype: vesalius_io::n
 /// `vesalius register`.
 pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliError> {
     use vesalius_io::nifti::NiftiType;
-    use vesalius_registration::{Method, RegisterOptions, Similarity};
+    use vesalius_registration::{DeformableOptions, Method, RegisterOptions, Similarity};
     let method = Method::parse(&args.method)
         .ok_or_else(|| CliError::Usage(format!("unknown method '{}' (affine, deformable, affine+deformable)", args.method)))?;
-    // `auto`: Mattes mutual information for the affine stage and local correlation for the deformable stage, both
-    // robust to contrast differences between scanners and subjects.
+    let sampled_bspline = args.deformation == "bspline" && args.samples > 0;
+    // `auto`: Mattes mutual information for the affine stage and for a sampled B-spline, local correlation for a
+    // field optimised on every voxel; all are robust to contrast differences between scanners and subjects.
     let (similarity, affine_similarity) = match args.similarity.as_str() {
+        "auto" if sampled_bspline => (Similarity::Mi { bins: 32 }, None),
         "auto" => (Similarity::Ncc { window: 9 }, Some(Similarity::Mi { bins: 32 })),
         name => {
             (Similarity::parse(name).ok_or_else(|| CliError::Usage(format!("unknown similarity '{name}' (auto, mse, ncc, mi)")))?, None)
@@ -234,12 +240,14 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     {
         return Err(CliError::Usage(format!("{}: the label map's grid differs from the fixed image's", p.display())));
     }
-    let smoothness = args.smoothness.unwrap_or_else(|| similarity.default_smoothness());
+    let base = if sampled_bspline { DeformableOptions::sampled_bspline() } else { DeformableOptions::default() };
+    let smoothness = args.smoothness.unwrap_or(if sampled_bspline { base.smoothness } else { similarity.default_smoothness() });
     if !(smoothness >= 0.0 && smoothness.is_finite()) {
         return Err(CliError::Usage(format!("--smoothness {smoothness}: expected a finite weight of at least 0")));
     }
-    let regulariser = vesalius_registration::Regulariser::parse(&args.regulariser)
-        .ok_or_else(|| CliError::Usage(format!("unknown regulariser '{}' (diffusion, bending)", args.regulariser)))?;
+    let regulariser_name = args.regulariser.as_deref().unwrap_or(if args.deformation == "bspline" { "bending" } else { "diffusion" });
+    let regulariser = vesalius_registration::Regulariser::parse(regulariser_name)
+        .ok_or_else(|| CliError::Usage(format!("unknown regulariser '{regulariser_name}' (diffusion, bending)")))?;
     let deformation = match args.deformation.as_str() {
         "bspline" if args.control_spacing < 2 => return Err(CliError::Usage("--control-spacing must be at least 2 voxels".into())),
         "bspline" => vesalius_registration::Deformation::BSpline { spacing: args.control_spacing },
@@ -250,8 +258,8 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         method,
         similarity,
         affine_similarity,
-        deformable: vesalius_registration::DeformableOptions { deformation, regulariser, smoothness, ..defaults.deformable.clone() },
-        ..defaults
+        affine: vesalius_registration::AffineOptions { samples: args.samples, ..defaults.affine.clone() },
+        deformable: DeformableOptions { deformation, regulariser, smoothness, samples: args.samples, ..base },
     };
     if let Some(run) = &args.run
         && !vesalius_registration::train::is_run(run)
@@ -294,6 +302,7 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     let stats = vesalius_registration::metrics::jacobian_stats(&dets);
     let similarity_name = match (args.similarity.as_str(), method) {
         ("auto", Method::Affine) => String::from("auto (mi)"),
+        ("auto", _) if sampled_bspline => String::from("auto (mi)"),
         ("auto", Method::Deformable) => String::from("auto (ncc)"),
         ("auto", Method::AffineDeformable) => String::from("auto (affine: mi, deformable: ncc)"),
         (name, _) => name.to_string(),
@@ -304,9 +313,12 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         None => {
             let field = match deformation {
                 vesalius_registration::Deformation::Dense => String::from("dense"),
+                vesalius_registration::Deformation::BSpline { spacing } if sampled_bspline => {
+                    format!("bspline, control points every {spacing} voxels, {} points an iteration", args.samples)
+                }
                 vesalius_registration::Deformation::BSpline { spacing } => format!("bspline, control points every {spacing} voxels"),
             };
-            (format!("{} ({field}, {})", args.method, args.regulariser), similarity_name)
+            (format!("{} ({field}, {regulariser_name})", args.method), similarity_name)
         }
     };
     let mut summary = json!({
@@ -323,6 +335,12 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
         summary["affine"] = json!(report);
         if report.kept_start {
             eprintln!("note: the affine stage ended worse than its start by the similarity; the start ({}) was kept", report.start);
+        }
+    }
+    if let Some(report) = &result.deformable_report {
+        summary["deformable"] = json!(report);
+        if report.kept_start {
+            eprintln!("note: the deformable stage ended worse than its start by the similarity; no displacement was kept");
         }
     }
     if let (Some(reference), Some(after), Some(before)) = (&fixed_labels, &warped_labels, &labels_before) {
