@@ -170,85 +170,61 @@ impl Lattice {
 
     /// The regulariser on the lattice (see the module's description) plus `weight ×` its gradient added to `grad`.
     pub fn regulariser(&self, regulariser: Regulariser, weight: f64, grad: &mut [f64]) -> f64 {
-        let shape = [3, self.points[0], self.points[1], self.points[2]];
         let s = self.spacing as f64;
-        let mut terms: Vec<(Vec<usize>, f64)> = Vec::new();
-        let long = |a: usize, n: usize| shape[a + 1] > n;
+        let long = |a: usize, n: usize| self.points[a] > n;
+        // Each term: a difference stencil (offsets per axis and coefficients) and its scale.
+        let mut terms: Vec<(Vec<([usize; 3], f64)>, f64)> = Vec::new();
+        let unit = |a: usize, n: usize| -> [usize; 3] { std::array::from_fn(|k| if k == a { n } else { 0 }) };
         match regulariser {
             Regulariser::Diffusion => {
                 let axes: Vec<usize> = (0..3).filter(|&a| long(a, 1)).collect();
                 let count = axes.len().max(1) as f64;
-                terms.extend(axes.into_iter().map(|a| (vec![a], 1.0 / (count * s * s))));
+                terms.extend(axes.into_iter().map(|a| (vec![([0; 3], -1.0), (unit(a, 1), 1.0)], 1.0 / (count * s * s))));
             }
             Regulariser::Bending => {
                 for a in 0..3 {
                     if long(a, 2) {
-                        terms.push((vec![a, a], 1.0 / s.powi(4)));
+                        terms.push((vec![([0; 3], 1.0), (unit(a, 1), -2.0), (unit(a, 2), 1.0)], 1.0 / s.powi(4)));
                     }
                     for b in a + 1..3 {
                         if long(a, 1) && long(b, 1) {
-                            terms.push((vec![a, b], 2.0 / s.powi(4)));
+                            let ab: [usize; 3] = std::array::from_fn(|k| unit(a, 1)[k] + unit(b, 1)[k]);
+                            let stencil = vec![([0; 3], 1.0), (unit(a, 1), -1.0), (unit(b, 1), -1.0), (ab, 1.0)];
+                            terms.push((stencil, 2.0 / s.powi(4)));
                         }
                     }
                 }
             }
         }
+        let [p0, p1, p2] = self.points;
+        let per = p0 * p1 * p2;
         let mut total = 0.0;
-        for (axes, scale) in terms {
-            let (mut r, mut sh) = (self.values.clone(), shape);
-            for &a in &axes {
-                (r, sh) = diff(&r, sh, a + 1);
+        for (stencil, scale) in terms {
+            // The stencil's reach per axis: positions where every tap lies inside the lattice.
+            let reach: [usize; 3] = std::array::from_fn(|k| stencil.iter().map(|(o, _)| o[k]).max().unwrap_or(0));
+            let [n0, n1, n2] = [0, 1, 2].map(|k| self.points[k] - reach[k]);
+            let n = (3 * n0 * n1 * n2) as f64;
+            let taps: Vec<(usize, f64)> = stencil.iter().map(|(o, c)| ((o[0] * p1 + o[1]) * p2 + o[2], *c)).collect();
+            let k = 2.0 * scale * weight / n;
+            let mut sum = 0.0;
+            for c in 0..3 {
+                for i in 0..n0 {
+                    for j in 0..n1 {
+                        let row = c * per + (i * p1 + j) * p2;
+                        for x in row..row + n2 {
+                            let r: f64 = taps.iter().map(|&(o, coef)| coef * self.values[x + o]).sum();
+                            sum += r * r;
+                            for &(o, coef) in &taps {
+                                grad[x + o] += k * coef * r;
+                            }
+                        }
+                    }
+                }
             }
-            let n = r.len() as f64;
-            total += scale * r.iter().map(|v| v * v).sum::<f64>() / n;
-            // ∂/∂c of scale·mean(r²) = Dᵀ(2·scale·r/n).
-            let mut g: Vec<f64> = r.iter().map(|v| 2.0 * scale * weight * v / n).collect();
-            for &a in axes.iter().rev() {
-                (g, sh) = diff_adjoint(&g, sh, a + 1);
-            }
-            grad.iter_mut().zip(g).for_each(|(t, v)| *t += v);
+            total += scale * sum / n;
         }
         total
     }
-}
-
-/// Forward differences along `axis` of a `[n0][n1][n2][n3]` array: `out[i] = v[i + 1] − v[i]`.
-fn diff(v: &[f64], shape: [usize; 4], axis: usize) -> (Vec<f64>, [usize; 4]) {
-    let mut out_shape = shape;
-    out_shape[axis] -= 1;
-    let stride: usize = shape[axis + 1..].iter().product();
-    let outer: usize = shape[..axis].iter().product();
-    let len = shape[axis];
-    let mut out = Vec::with_capacity(out_shape.iter().product());
-    for o in 0..outer {
-        let base = o * len * stride;
-        for i in 0..len - 1 {
-            for s in 0..stride {
-                out.push(v[base + (i + 1) * stride + s] - v[base + i * stride + s]);
-            }
-        }
-    }
-    (out, out_shape)
-}
-
-/// The adjoint of [`diff`]: from `g` shaped like its output, the array shaped like its input.
-fn diff_adjoint(g: &[f64], out_shape: [usize; 4], axis: usize) -> (Vec<f64>, [usize; 4]) {
-    let mut shape = out_shape;
-    shape[axis] += 1;
-    let stride: usize = shape[axis + 1..].iter().product();
-    let outer: usize = shape[..axis].iter().product();
-    let len = shape[axis];
-    let mut out = vec![0.0; shape.iter().product()];
-    for o in 0..outer {
-        for i in 0..len - 1 {
-            for s in 0..stride {
-                let v = g[(o * (len - 1) + i) * stride + s];
-                out[(o * len + i + 1) * stride + s] += v;
-                out[(o * len + i) * stride + s] -= v;
-            }
-        }
-    }
-    (out, shape)
 }
 
 /// Points of a pyramid level: positions in full-grid voxels and the fixed level's values there.
