@@ -107,7 +107,7 @@ fn the_default_sampled_bspline_improves_tissue_overlap_beyond_the_affine_stage()
     let (affine, _) = itk_from_template(Method::Affine, mi, DeformableOptions::default());
     let (deformable, jacobian) = itk_from_template(Method::AffineDeformable, mi, DeformableOptions::sampled_bspline());
     println!("Dice brain, grey, white: affine {affine:.4?}, affine + B-spline {deformable:.4?}; {jacobian:?}");
-    // Measured: brain 0.9059 → 0.9313, grey 0.6229 → 0.6745, white 0.6448 → 0.6935, Jacobian ≥ 0.343.
+    // Measured: brain 0.9059 → 0.9317, grey 0.6229 → 0.6754, white 0.6448 → 0.6946, Jacobian ≥ 0.371.
     assert!(deformable[0] > affine[0] + 0.02, "brain mask {deformable:?} vs {affine:?}");
     assert!(deformable[1] > affine[1] + 0.04 && deformable[2] > affine[2] + 0.04, "tissue {deformable:?} vs {affine:?}");
     assert!(jacobian.folding_percent == 0.0 && jacobian.min > 0.3, "{jacobian:?}");
