@@ -104,22 +104,29 @@ impl Lattice {
         [0, 1, 2].map(|a| self.axis(a, x[a]))
     }
 
-    fn at(&self, w: &[AxisWeights; 3]) -> [f64; 3] {
+    /// Calls `f(index, weight)` for each of the (at most 64) control points that carry weight at a position, the
+    /// index into one component's block of `values`.
+    fn each_tap(&self, w: &[AxisWeights; 3], mut f: impl FnMut(usize, f64)) {
         let [_, p1, p2] = self.points;
-        let per = self.values.len() / 3;
-        let mut u = [0.0; 3];
         for i in 0..w[0].count {
             for j in 0..w[1].count {
                 let wij = w[0].w[i] * w[1].w[j];
                 let row = ((w[0].first + i) * p1 + w[1].first + j) * p2 + w[2].first;
                 for k in 0..w[2].count {
-                    let wk = wij * w[2].w[k];
-                    for (c, uc) in u.iter_mut().enumerate() {
-                        *uc += wk * self.values[c * per + row + k];
-                    }
+                    f(row + k, wij * w[2].w[k]);
                 }
             }
         }
+    }
+
+    fn at(&self, w: &[AxisWeights; 3]) -> [f64; 3] {
+        let per = self.values.len() / 3;
+        let mut u = [0.0; 3];
+        self.each_tap(w, |index, weight| {
+            for (c, uc) in u.iter_mut().enumerate() {
+                *uc += weight * self.values[c * per + index];
+            }
+        });
         u
     }
 
@@ -316,24 +323,15 @@ fn similarity_loss(
     }
     let (loss, dm) = loss_and_dm(&warped.samples, &points.values, opts.similarity)?;
     if let Some(grad) = grad {
-        let [_, p1, p2] = lattice.points;
         let per = lattice.values.len() / 3;
         for (s, d) in warped.samples.iter().zip(dm) {
             // ∂m/∂c (full voxels) = ∇m (level voxels) / factor · β.
             let g = [0, 1, 2].map(|a| d * s.gradient[a] / factor[a] as f64);
-            let w = &warped.weights[s.index];
-            for i in 0..w[0].count {
-                for j in 0..w[1].count {
-                    let wij = w[0].w[i] * w[1].w[j];
-                    let row = ((w[0].first + i) * p1 + w[1].first + j) * p2 + w[2].first;
-                    for k in 0..w[2].count {
-                        let wk = wij * w[2].w[k];
-                        for (c, gc) in g.iter().enumerate() {
-                            grad[c * per + row + k] += wk * gc;
-                        }
-                    }
+            lattice.each_tap(&warped.weights[s.index], |index, weight| {
+                for (c, gc) in g.iter().enumerate() {
+                    grad[c * per + index] += weight * gc;
                 }
-            }
+            });
         }
     }
     Some(loss)

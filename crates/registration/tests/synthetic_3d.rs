@@ -72,37 +72,23 @@ fn a_known_smooth_field_is_recovered() {
 
 #[test]
 fn a_bspline_with_bending_energy_recovers_it_too() {
-    let ((before, after), (dice_before, dice_after), folding) = recover(DeformableOptions {
-        deformation: Deformation::BSpline { spacing: 4 },
-        regulariser: Regulariser::Bending,
-        levels: vec![2, 1],
-        steps: 150,
-        smoothness: 0.5,
-        learning_rate: 0.3,
-        ..DeformableOptions::default()
-    });
-    // Measured: 1.30 → 0.14 voxels, Dice 0.665 → 0.947.
-    assert!(after < 0.2, "field error {before} → {after}");
-    assert!(dice_after > 0.92, "Dice {dice_before} → {dice_after}");
-    assert!(folding < 0.5, "{folding}");
-}
-
-#[test]
-fn a_sampled_bspline_recovers_it_too() {
-    // The control points optimised on 20,000 random points an iteration with analytic gradients.
-    let ((before, after), (dice_before, dice_after), folding) = recover(DeformableOptions {
-        deformation: Deformation::BSpline { spacing: 4 },
-        regulariser: Regulariser::Bending,
-        levels: vec![2, 1],
-        steps: 150,
-        smoothness: 0.5,
-        learning_rate: 0.3,
-        samples: 20_000,
-        ..DeformableOptions::default()
-    });
-    assert!(after < 0.2, "field error {before} → {after}");
-    assert!(dice_after > 0.92, "Dice {dice_before} → {dice_after}");
-    assert!(folding < 0.5, "{folding}");
+    // On every voxel through autodiff, and on 20,000 random points an iteration with analytic gradients.
+    for samples in [0, 20_000] {
+        let ((before, after), (dice_before, dice_after), folding) = recover(DeformableOptions {
+            deformation: Deformation::BSpline { spacing: 4 },
+            regulariser: Regulariser::Bending,
+            levels: vec![2, 1],
+            steps: 150,
+            smoothness: 0.5,
+            learning_rate: 0.3,
+            samples,
+            ..DeformableOptions::default()
+        });
+        // Measured: 1.30 → 0.14 voxels, Dice 0.665 → 0.947 (every voxel) and 0.942 (sampled).
+        assert!(after < 0.2, "{samples} points: field error {before} → {after}");
+        assert!(dice_after > 0.92, "{samples} points: Dice {dice_before} → {dice_after}");
+        assert!(folding < 0.5, "{samples} points: {folding}");
+    }
 }
 
 #[test]
