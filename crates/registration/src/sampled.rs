@@ -476,7 +476,7 @@ pub fn register_affine_sampled(fixed: &Image, moving: &Image, opts: &AffineOptio
     // the whole image, so that a transform which only fits the foreground (a shrunken copy inside a uniform region)
     // cannot pass the guard.
     let floor = (opts.foreground > 0.0).then_some(opts.foreground);
-    let evaluation = Points::draw_in(&fixed_v, opts.samples.max(1) * 4, opts.seed ^ 0x5eed, None);
+    let evaluation = Points::draw_in(&fixed_v, opts.samples.max(1).saturating_mul(4), opts.seed ^ 0x5eed, None);
     let score = |p: &AffineParams| {
         let l = matrix_loss(&moving_v, &evaluation, &p.matrix(centre), opts.similarity).0;
         if l.is_finite() { l } else { f64::INFINITY }

@@ -363,7 +363,7 @@ pub fn register_bspline_sampled(fixed: &Volume, moving: &Volume, spacing: usize,
     let samples = opts.samples.max(16);
     // The optimiser's points lie in the fixed foreground; those of the guard cover the whole grid.
     let floor = (opts.foreground > 0.0).then_some(opts.foreground);
-    let evaluation = draw(fixed, [1, 1, 1], samples * 4, opts.seed ^ 0x5eed, None);
+    let evaluation = draw(fixed, [1, 1, 1], samples.saturating_mul(4), opts.seed ^ 0x5eed, None);
     let score =
         |l: &Lattice| similarity_loss(l, moving, &evaluation, [1, 1, 1], opts, None).filter(|v| v.is_finite()).unwrap_or(f64::INFINITY);
     let loss_start = score(&lattice);

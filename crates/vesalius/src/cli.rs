@@ -364,7 +364,7 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         control_spacing: usize,
         /// Points drawn at random per iteration by the affine and B-spline stages (similarity and gradient on them,
-        /// as elastix and ANTs do); 0 uses every voxel through automatic differentiation. Dense fields use every
+        /// as elastix and ANTs do; at most 10,000,000); 0 uses every voxel through automatic differentiation. Dense fields use every
         /// voxel.
         #[arg(long, default_value_t = 20_000)]
         samples: usize,

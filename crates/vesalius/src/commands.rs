@@ -191,6 +191,9 @@ pub fn register(backend: BackendKind, args: &RegisterArgs) -> Result<(), CliErro
     use vesalius_registration::{DeformableOptions, Method, RegisterOptions, Similarity};
     let method = Method::parse(&args.method)
         .ok_or_else(|| CliError::Usage(format!("unknown method '{}' (affine, deformable, affine+deformable)", args.method)))?;
+    if args.samples > 10_000_000 {
+        return Err(CliError::Usage(format!("--samples {}: at most 10,000,000 points an iteration", args.samples)));
+    }
     let sampled_bspline = args.deformation == "bspline" && args.samples > 0;
     // `auto`: Mattes mutual information for the affine stage and for a sampled B-spline, local correlation for a
     // field optimised on every voxel; all are robust to contrast differences between scanners and subjects.

@@ -856,6 +856,7 @@ fn register_with_a_bspline_deformation_and_bending_energy() {
     assert!(mad < 1.5, "mean absolute difference {mad}");
     assert_input_error(&run(&["--deformation", "bspline", "--control-spacing", "1"]), "at least 2 voxels");
     assert_input_error(&run(&["--regulariser", "curvature"]), "unknown regulariser 'curvature'");
+    assert_input_error(&run(&["--samples", "18446744073709551615"]), "--samples 18446744073709551615");
 }
 
 #[test]
