@@ -410,7 +410,7 @@ fn param_gradient(moving: &Volume, points: &Points, p: &AffineParams, centre: [f
 }
 
 /// A pyramid level of `v`: `v` itself at full resolution, its block means otherwise.
-fn level_volume(v: &Volume, factor: [usize; 3]) -> Cow<'_, Volume> {
+pub(crate) fn level_volume(v: &Volume, factor: [usize; 3]) -> Cow<'_, Volume> {
     if factor == [1, 1, 1] { Cow::Borrowed(v) } else { Cow::Owned(v.coarsened(factor)) }
 }
 

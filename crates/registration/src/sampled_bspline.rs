@@ -54,7 +54,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::deformable::{DeformableOptions, Regulariser, control_points};
-use crate::sampled::{Sampled, Volume, bspline3, loss_and_dm};
+use crate::sampled::{Sampled, Volume, bspline3, level_volume, loss_and_dm};
 
 /// Cubic B-spline control points on a grid: displacements in voxels of the grid, components (d, h, w).
 #[derive(Clone, Debug, PartialEq)]
@@ -375,7 +375,8 @@ pub fn register_bspline_sampled(fixed: &Volume, moving: &Volume, spacing: usize,
         if size.iter().zip(factor).any(|(&s, f)| f > 1 && s / f < 4) {
             continue;
         }
-        let (f, m) = if level == 1 { (fixed.clone(), moving.clone()) } else { (fixed.coarsened(factor), moving.coarsened(factor)) };
+        // The finest level is the volumes themselves, borrowed.
+        let (f, m) = (level_volume(fixed, factor), level_volume(moving, factor));
         let (mut m1, mut m2) = (vec![0.0; lattice.values.len()], 0.0);
         let mut history = Vec::with_capacity(opts.steps);
         let mut ran = 0;
