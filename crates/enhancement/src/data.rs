@@ -183,6 +183,36 @@ pub struct EvalCase {
     pub lines: Option<Vec<bool>>,
     /// The dynamic series this case is a frame of (reconstructed together), if any.
     pub series: Option<crate::series::SeriesRef>,
+    /// The whole degraded volume this plane is cut from (whole validation and test images of recipes with
+    /// `[adapt]`, which adapt to it).
+    pub volume: Option<VolumeRef>,
+}
+
+/// The degraded volume a case's plane is cut from, as adaptation needs it.
+#[derive(Clone, Debug)]
+pub struct VolumeRef {
+    /// Identifies the volume among the cases (the planes of one realisation share it).
+    pub key: usize,
+    /// Which plane (along the recipe's `across` axis) this case is.
+    pub plane: usize,
+    /// The volume.
+    pub source: std::sync::Arc<VolumeSource>,
+}
+
+/// A degraded volume: the network's input on the fine grid and the coarse image it was interpolated from, both
+/// normalised.
+#[derive(Debug)]
+pub struct VolumeSource {
+    /// The input on the fine grid.
+    pub input: Vec<f32>,
+    /// Its shape.
+    pub shape: [usize; 3],
+    /// The coarse (thick-slice) image.
+    pub coarse: Vec<f32>,
+    /// Its shape.
+    pub coarse_shape: [usize; 3],
+    /// The planes (along the recipe's `across` axis) that are scored.
+    pub planes: std::ops::Range<usize>,
 }
 
 /// Normalised intensity below which a scored rectangle holds no signal (5 % of the range or of the 99.5th
@@ -326,6 +356,8 @@ pub struct Realisation {
     pub baselines: Vec<(String, Vec<f32>)>,
     /// The measured k-space lines (k-space models).
     pub lines: Option<Vec<bool>>,
+    /// The degraded image on its own grid, where the model coarsens it.
+    pub coarse: Option<Image>,
 }
 
 /// The degraded realisation of `clean` as the network sees it, on the clean grid, with the whole-volume baselines
@@ -340,12 +372,12 @@ pub fn degrade_on_grid(model: &Degradation, clean: &Image, seed: u64) -> Result<
         (0..h).map(|y| m.data()[w * y] > 0.5).collect()
     });
     let Some((spline, covered)) = bspline_fine(model, &d) else {
-        return Ok(Realisation { input: d, baselines: Vec::new(), lines });
+        return Ok(Realisation { input: d, baselines: Vec::new(), lines, coarse: None });
     };
     let linear = vesalius_io::geometry::resample_onto(&d, clean.shape(), clean.affine(), false)?;
     // The fine grid of the coarse image covers only whole blocks: voxels beyond them repeat the last one.
     let input = Image::new(fit_to(&spline, &covered, clean.shape()), clean.shape().to_vec(), 1, *clean.affine(), "float32")?;
-    Ok(Realisation { input, baselines: vec![("linear".to_string(), linear.into_data())], lines })
+    Ok(Realisation { input, baselines: vec![("linear".to_string(), linear.into_data())], lines, coarse: Some(d) })
 }
 
 /// The network input for a clean image: a degraded realisation, or the entry's registered `input` image.
@@ -376,10 +408,36 @@ fn realise(
                 input: Image::new(values, clean.shape().to_vec(), 1, *clean.affine(), "float32")?,
                 baselines: Vec::new(),
                 lines: None,
+                coarse: None,
             })
         }
         (None, None) => Err(EnhanceError::Input(format!("{}: no degradation and no input image", entry.image.display()))),
     }
+}
+
+/// The volume adaptation needs of a realisation (recipes with `[adapt]` whose model coarsens the grid), numbered
+/// `key`; `input` is the realisation's normalised input.
+fn volume_source(
+    recipe: &EnhanceRecipe,
+    real: &Realisation,
+    input: &[f32],
+    intensity: &Intensity,
+    planes: std::ops::Range<usize>,
+    key: &mut usize,
+) -> Option<(usize, std::sync::Arc<VolumeSource>)> {
+    recipe.adapt.as_ref()?;
+    let coarse = real.coarse.as_ref()?;
+    *key += 1;
+    Some((
+        *key,
+        std::sync::Arc::new(VolumeSource {
+            input: input.to_vec(),
+            shape: dims3(real.input.shape()),
+            coarse: intensity.normalise(coarse.data()),
+            coarse_shape: dims3(coarse.shape()),
+            planes,
+        }),
+    ))
 }
 
 /// The axes and factors by which a model coarsens the grid.
@@ -421,6 +479,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
     let model = recipe.degrade.as_ref();
     let patch = recipe.train.patch;
     let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    let mut volumes = 0usize;
     let bands: Vec<(Band, Role)> =
         [(d.val_band, Role::Val), (d.test_band, Role::Test)].into_iter().filter_map(|(b, r)| b.map(|b| (b, r))).collect();
     for (idx, entry) in d.images.iter().enumerate() {
@@ -486,6 +545,8 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
                         baselines: baselines.iter().map(|(n, b)| (n.clone(), extract_plane(b, shape, axes, k).2)).collect(),
                         lines: real.lines.clone(),
                         series: None,
+                        // The bands of a training image are not adapted to: its own fine data trained the network.
+                        volume: None,
                     });
                 }
             }
@@ -499,7 +560,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
     for (entries, role) in [(&d.val, Role::Val), (&d.test, Role::Test)] {
         let cases = if role == Role::Val { &mut val } else { &mut test };
         for (idx, entry) in entries.iter().enumerate() {
-            cases.extend(whole_image_cases(recipe, entry, idx + 1_000, role_seed(recipe.seed, role), axes)?);
+            cases.extend(whole_image_cases(recipe, entry, idx + 1_000, role_seed(recipe.seed, role), axes, &mut volumes)?);
         }
     }
     // Planes without signal (air, the background beyond the head) have no meaningful PSNR: they are not scored.
@@ -520,6 +581,7 @@ fn whole_image_cases(
     idx: usize,
     seed: u64,
     axes: PlaneAxes,
+    volumes: &mut usize,
 ) -> Result<Vec<EvalCase>, EnhanceError> {
     let clean = load_recipe_image(recipe, &entry.image)?;
     let shape = dims3(clean.shape());
@@ -530,6 +592,7 @@ fn whole_image_cases(
         let s = vesalius_io::mix(seed ^ ((idx as u64) << 16) ^ r as u64);
         let real = realise(recipe, recipe.degrade.as_ref(), entry, &clean, s)?;
         let deg = intensity.normalise(real.input.data());
+        let source = volume_source(recipe, &real, &deg, &intensity, 0..shape[axes.across], volumes);
         let lines = real.lines.clone();
         let baselines: Vec<(String, Vec<f32>)> = real.baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
         for k in 0..shape[axes.across] {
@@ -547,6 +610,7 @@ fn whole_image_cases(
                 baselines: baselines.iter().map(|(n, b)| (n.clone(), extract_plane(b, shape, axes, k).2)).collect(),
                 lines: lines.clone(),
                 series: None,
+                volume: source.as_ref().map(|(key, source)| VolumeRef { key: *key, plane: k, source: source.clone() }),
             });
         }
     }

@@ -74,12 +74,16 @@ pub struct EnhanceMetrics {
     /// Method → summary: `input`, `gaussian` and `nlm` (a Gaussian filter and non-local means of the input,
     /// denoising models), `linear` (linear
     /// interpolation of the coarse image, super-resolution), `linear-fit` (the least-squares affine intensity map
-    /// fitted on the training planes, translation), `network`.
+    /// fitted on the training planes, translation), `network`, and `unadapted` (the network before its adaptation to
+    /// each image, recipes with `[adapt]`).
     pub methods: BTreeMap<String, MethodSummary>,
     /// Mean paired PSNR gain of the network over each other method, dB (`network_over_input`, …).
     pub psnr_gain: BTreeMap<String, Estimate>,
     /// Mean PSNR and SSIM of each method for each patient (with few patients the pooled interval says little).
     pub by_patient: BTreeMap<String, BTreeMap<String, [f64; 2]>>,
+    /// The self-supervised adaptation of `network` to each image (`unadapted` is the network before it).
+    #[serde(default)]
+    pub adapt: Option<crate::recipe::AdaptSection>,
     /// Every case.
     pub cases: Vec<CaseScores>,
 }
@@ -294,6 +298,17 @@ pub fn evaluate_prepared<B: Backend>(
     if cases.is_empty() {
         return Err(EnhanceError::Input(format!("the run has no {} cases", set.name())));
     }
+    let mut adapted = match (&info.adapt, &info.degradation) {
+        (Some(section), Some(Degradation::ThickSlice { factor, axis })) => Some(crate::adapt::AdaptedOutputs::new(
+            load_best::<burn::backend::Autodiff<B>>(run, info, device)?,
+            section.clone(),
+            info.model.clone(),
+            data::PlaneAxes::new(info.plane[0], info.plane[1])?,
+            (*axis, *factor),
+        )),
+        (Some(_), _) => return Err(EnhanceError::Input("[adapt] needs a thick-slice degradation".into())),
+        _ => None,
+    };
     let bar = vesalius_train::progress::bar(cases.len() as u64, "evaluation", false);
     let mut scores = Vec::with_capacity(cases.len());
     let mut outputs = NetworkOutputs::default();
@@ -314,7 +329,13 @@ pub fn evaluate_prepared<B: Backend>(
         for (name, plane) in &c.baselines {
             methods.insert(name.clone(), score(plane));
         }
-        let output = outputs.of(&net, &info.model, c, device);
+        let mut output = outputs.of(&net, &info.model, c, device);
+        if let Some(adapted) = adapted.as_mut() {
+            methods.insert("unadapted".to_string(), score(&output));
+            if let Some(own) = adapted.of(c, device)? {
+                output = own;
+            }
+        }
         methods.insert("network".to_string(), score(&output));
         if scores.len() < MAX_FIGURES {
             write_figure(run, &format!("figures/{}-{}.png", set.name(), c.id), &c.degraded, &output, &c.clean, c.w, c.h)?;
@@ -362,6 +383,7 @@ pub fn evaluate_prepared<B: Backend>(
         clusters: clusters.len(),
         methods,
         psnr_gain,
+        adapt: info.adapt.clone(),
         cases: scores,
     };
     vesalius_train::run::write_json(&run.file(set.file()), &m).map_err(|e| EnhanceError::Internal(e.to_string()))?;

@@ -9,6 +9,7 @@ use vesalius_train::RunDir;
 
 use crate::EnhanceError;
 use crate::data::{PlaneAxes, dims3, extract_plane, insert_plane};
+use crate::degrade::Degradation;
 use crate::evaluate::{load_best, read_run};
 use crate::model::{EnhanceNet, enhance_plane, reconstruct_plane, reconstruct_series};
 use crate::train::EnhanceInfo;
@@ -37,6 +38,8 @@ pub fn fine_grid(coarse: &Image, axes: &[(usize, usize)]) -> (Vec<usize>, Affine
 /// A loaded run, ready to enhance images.
 pub struct Enhancer<B: Backend> {
     net: EnhanceNet<B>,
+    /// The trainable copy that adapts to each image (runs with `[adapt]`).
+    base: Option<EnhanceNet<burn::backend::Autodiff<B>>>,
     info: EnhanceInfo,
     device: B::Device,
 }
@@ -46,7 +49,11 @@ impl<B: Backend> Enhancer<B> {
     pub fn load(run: &RunDir, device: &B::Device) -> Result<Self, EnhanceError> {
         let (_, info) = read_run(run)?;
         let net = load_best::<B>(run, &info, device)?;
-        Ok(Self { net, info: info.details, device: device.clone() })
+        let base = match info.details.adapt {
+            Some(_) => Some(load_best::<burn::backend::Autodiff<B>>(run, &info, device)?),
+            None => None,
+        };
+        Ok(Self { net, base, info: info.details, device: device.clone() })
     }
 
     /// What the run was trained for.
@@ -54,7 +61,9 @@ impl<B: Backend> Enhancer<B> {
         &self.info
     }
 
-    /// The enhanced image (float32). A CRNN run reconstructs from k-space: see [`Enhancer::reconstruct`].
+    /// The enhanced image (float32). A CRNN run reconstructs from k-space: see [`Enhancer::reconstruct`]. A run
+    /// with `[adapt]` first fine-tunes a copy of its network on the image's own pairs
+    /// ([`crate::adapt`]).
     pub fn enhance(&self, img: &Image) -> Result<Image, EnhanceError> {
         if matches!(self.net, EnhanceNet::Crnn(_)) {
             return Err(EnhanceError::Input(
@@ -75,6 +84,30 @@ impl<B: Backend> Enhancer<B> {
         let axes = PlaneAxes::new(self.info.plane[0], self.info.plane[1])?;
         let intensity = crate::data::Intensity::of(&self.info.intensity, input.data());
         let normalised = intensity.normalise(input.data());
+        if let (Some(section), Some(base), Some(Degradation::ThickSlice { factor, axis })) =
+            (&self.info.adapt, &self.base, &self.info.degradation)
+        {
+            let coarse = intensity.normalise(img.data());
+            let pairs = crate::adapt::own_pairs(&coarse, dims3(img.shape()), *axis, *factor, section.patch);
+            let net = crate::adapt::adapt(base.clone(), &pairs, section, &self.device)?;
+            let planes = 0..shape[axes.across];
+            let enhanced = crate::adapt::enhance_planes(
+                &net,
+                &self.info.model,
+                &normalised,
+                shape,
+                axes,
+                *axis,
+                section.orthogonal,
+                planes,
+                &self.device,
+            );
+            let mut out = vec![0.0f32; normalised.len()];
+            for (k, plane) in enhanced.iter().enumerate() {
+                insert_plane(&mut out, shape, axes, k, &intensity.restore(plane));
+            }
+            return Ok(Image::new(out, input.shape().to_vec(), 1, *input.affine(), "float32")?);
+        }
         let mut out = vec![0.0f32; normalised.len()];
         for k in 0..shape[axes.across] {
             let (w, h, plane) = extract_plane(&normalised, shape, axes, k);

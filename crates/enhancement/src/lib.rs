@@ -6,6 +6,7 @@
 //! * [`metrics`] — PSNR, SSIM (2D and 3D, scikit-image's Gaussian-window definition), RMSE, MAE, NMSE.
 //! * [`filters`] and [`baselines`] — the classic methods every evaluation reports beside the network.
 //! * [`fft`] — 2D Fourier transforms of images.
+//! * [`adapt`] — self-supervised adaptation of a super-resolution network to the thick image it enhances.
 //! * [`series`] — dynamic series (frames along a fourth axis) for the temporal reconstruction network.
 //!
 //! ```
@@ -16,6 +17,7 @@
 //! let db = psnr(noisy.data(), clean.data(), 31.0);
 //! assert!((db - 20.0 * 31.0f64.log10()).abs() < 0.3); // σ = 1 noise on a range of 31
 //! ```
+pub mod adapt;
 pub mod baselines;
 pub mod data;
 pub mod degrade;

@@ -289,6 +289,58 @@ pub struct EvalSection {
     pub bootstrap: Option<usize>,
 }
 
+/// `[adapt]`: self-supervised adaptation to each image being super-resolved (thick-slice models). Before the
+/// network enhances an image, a copy of it is fine-tuned on that image's own pairs: the image's fine in-plane
+/// axes degraded by the same thick-slice model and restored (after SMORE, Zhao et al. 2021). Only the degraded
+/// input is used, never a reference; evaluation reports the network before adaptation beside it. Whole validation
+/// and test images are adapted to; the held-out bands of training images are not (their images trained the
+/// network).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptSection {
+    /// Optimisation steps on each image's own pairs.
+    #[serde(default = "default_adapt_steps")]
+    pub steps: usize,
+    /// Adam's starting learning rate, decayed to 0 over the steps by a half cosine.
+    #[serde(default = "default_adapt_lr")]
+    pub lr: f64,
+    /// Patches per step.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Square patch side, pixels.
+    #[serde(default = "default_patch")]
+    pub patch: usize,
+    /// Also enhance the other planes that contain the thick axis, and average the two results.
+    #[serde(default = "default_true")]
+    pub orthogonal: bool,
+    /// Seed of the patch draws.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_adapt_steps() -> usize {
+    1500
+}
+fn default_adapt_lr() -> f64 {
+    2e-4
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for AdaptSection {
+    fn default() -> Self {
+        Self {
+            steps: default_adapt_steps(),
+            lr: default_adapt_lr(),
+            batch: default_batch(),
+            patch: default_patch(),
+            orthogonal: true,
+            seed: 0,
+        }
+    }
+}
+
 /// A whole enhancement recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,6 +365,9 @@ pub struct EnhanceRecipe {
     /// Evaluation.
     #[serde(default)]
     pub eval: EvalSection,
+    /// Self-supervised adaptation to each image before it is enhanced (thick-slice super-resolution).
+    #[serde(default)]
+    pub adapt: Option<AdaptSection>,
 }
 
 impl EnhanceRecipe {
@@ -436,6 +491,18 @@ impl EnhanceRecipe {
         {
             return bad("train: epochs and iterations must be ≥ 1, batch in 1..=4096, patch in 8..=512 and lr > 0".into());
         }
+        if let Some(a) = &self.adapt {
+            if !matches!(self.degrade, Some(Degradation::ThickSlice { .. })) {
+                return bad("[adapt] learns from an image's own fine axes: it needs degrade.model = \"thick-slice\"".into());
+            }
+            if !(1..=100_000).contains(&a.steps)
+                || !(1..=4096).contains(&a.batch)
+                || !(8..=512).contains(&a.patch)
+                || !(a.lr > 0.0 && a.lr.is_finite())
+            {
+                return bad("adapt: steps must lie in 1..=100000, batch in 1..=4096, patch in 8..=512 and lr > 0".into());
+            }
+        }
         let m = &self.model;
         match m.arch {
             Arch::RedCnn => {
@@ -484,6 +551,15 @@ impl EnhanceRecipe {
                     ));
                 }
             }
+        }
+        // Adaptation draws its own patches: they must suit the network as training's do.
+        if let Some(a) = &self.adapt
+            && a.patch != self.train.patch
+        {
+            let mut other = self.clone();
+            other.adapt = None;
+            other.train.patch = a.patch;
+            other.validate().map_err(|e| EnhanceError::Input(format!("adapt.patch = {}: {e}", a.patch)))?;
         }
         Ok(())
     }

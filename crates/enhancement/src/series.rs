@@ -99,6 +99,7 @@ fn cases_of(
                     baselines: Vec::new(),
                     lines: Some(l.clone()),
                     series: Some(SeriesRef { key: *key, frame: t, clean: clean.clone(), lines: lines.clone() }),
+                    volume: None,
                 });
             }
             *key += 1;

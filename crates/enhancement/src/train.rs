@@ -39,6 +39,9 @@ pub struct EnhanceInfo {
     pub degradation: Option<Degradation>,
     /// The plane axes.
     pub plane: [usize; 2],
+    /// Self-supervised adaptation to each image before it is enhanced.
+    #[serde(default)]
+    pub adapt: Option<crate::recipe::AdaptSection>,
 }
 
 /// Whether `dir` holds an enhancement run (its recipe says `task = "enhancement"`).
@@ -217,6 +220,7 @@ pub fn run_info(recipe: &EnhanceRecipe) -> Result<RunInfo, EnhanceError> {
             window: recipe.eval_window(),
             degradation: recipe.degrade.clone(),
             plane: [axes.u, axes.v],
+            adapt: recipe.adapt.clone(),
         },
     ))
 }
