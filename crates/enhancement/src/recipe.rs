@@ -495,11 +495,12 @@ impl EnhanceRecipe {
             if !matches!(self.degrade, Some(Degradation::ThickSlice { .. })) {
                 return bad("[adapt] learns from an image's own fine axes: it needs degrade.model = \"thick-slice\"".into());
             }
-            if !(1..=100_000).contains(&a.steps)
-                || !(1..=4096).contains(&a.batch)
-                || !(8..=512).contains(&a.patch)
-                || !(a.lr > 0.0 && a.lr.is_finite())
-            {
+            let ok = (1..=100_000).contains(&a.steps)
+                && (1..=4096).contains(&a.batch)
+                && (8..=512).contains(&a.patch)
+                && a.lr > 0.0
+                && a.lr.is_finite();
+            if !ok {
                 return bad("adapt: steps must lie in 1..=100000, batch in 1..=4096, patch in 8..=512 and lr > 0".into());
             }
         }

@@ -282,6 +282,8 @@ fn adaptation_to_the_thick_image_itself_is_scored_beside_the_unadapted_network()
     let small = format!("{head}patch = 9{tail}");
     let err = EnhanceRecipe::from_toml(&small, fixtures()).unwrap_err().to_string();
     assert!(err.contains("adapt.patch = 9"), "{err}");
+    let err = EnhanceRecipe::from_toml(&text.replace("steps = 250", "steps = 0"), fixtures()).unwrap_err().to_string();
+    assert!(err.contains("adapt: steps"), "{err}");
     let denoising =
         text.replace("model = \"thick-slice\"\n        factor = 4\n        axis = 2", "model = \"gaussian\"\n        sigma = 0.1");
     let err = EnhanceRecipe::from_toml(&denoising, fixtures()).unwrap_err().to_string();
