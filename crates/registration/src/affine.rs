@@ -5,6 +5,7 @@ use burn::tensor::{Tensor, TensorData};
 use vesalius_data::Image;
 use vesalius_nets::ops::{Padding, pool3d, sample_linear};
 
+use crate::sampled::AffineReport;
 use crate::similarity::Similarity;
 use crate::{Adam, Mat4, mat_inv, mat_mul};
 
@@ -304,6 +305,18 @@ fn centre_of_mass(image: &Image, grid: &Grid) -> [f64; 3] {
 /// through automatic differentiation (`opts.samples` is not used: [`crate::sampled::register_affine_sampled`] is the
 /// sampled path, which [`crate::register`] takes when it is positive).
 pub fn register_affine<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &AffineOptions, device: &B::Device) -> AffineResult {
+    register_affine_reported::<B>(fixed, moving, opts, device).0
+}
+
+/// [`register_affine`] with what it did. It is guarded as the sampled path is: the similarity of the start and of
+/// the result are taken on the finest pyramid level that ran, and when the result is no better — or keeps fewer
+/// than half of the voxels the start kept inside the moving image — the start is returned.
+pub fn register_affine_reported<B: AutodiffBackend>(
+    fixed: &Image,
+    moving: &Image,
+    opts: &AffineOptions,
+    device: &B::Device,
+) -> (AffineResult, AffineReport) {
     let fixed_grid = Grid::of(fixed);
     let moving_grid = Grid::of(moving);
     let centre = fixed_grid.centre();
@@ -312,10 +325,12 @@ pub fn register_affine<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: 
         let (cf, cm) = (centre_of_mass(fixed, &fixed_grid), centre_of_mass(moving, &moving_grid));
         params.translation = [0, 1, 2].map(|a| cm[a] - cf[a]);
     }
+    let start = params;
     let flat = fixed_grid.size[0] == 1;
     let fixed_t = to_tensor::<B::InnerBackend>(fixed, device);
     let moving_t = to_tensor::<B::InnerBackend>(moving, device);
-    let mut loss = f64::NAN;
+    let mut iterations = Vec::new();
+    let mut finest = None;
     for (stage, steps) in [(0, opts.rigid_steps), (1, opts.affine_steps)] {
         if steps == 0 {
             continue;
@@ -348,15 +363,40 @@ pub fn register_affine<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: 
                     world_matrix(pd.clone() * free.clone() + Tensor::from_inner(p.clone()).detach() * (free.clone().neg() + 1.0), centre);
                 let (warped, mask) = resample_world(m.clone(), &mg, &fg, world);
                 let l = opts.similarity.loss(warped, f.clone(), mask);
-                loss = l.clone().into_scalar().elem::<f64>();
                 let grads = l.backward();
                 let g = pd.grad(&grads).expect("parameters take part in the loss");
                 p = adam.step(p, g, lr);
             }
             params = AffineParams::from_slice(&p.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default());
+            iterations.push((format!("{}@{level}", if stage == 0 { "rigid" } else { "affine" }), steps));
+            finest = Some(factor);
         }
     }
-    AffineResult { params, world: params.matrix(centre), loss }
+    // The guard, on the finest level that ran (the images themselves when level 1 did).
+    let score = |p: &AffineParams| -> (f64, f64) {
+        let Some(factor) = finest else {
+            return (f64::NAN, 0.0);
+        };
+        let (fg, mg) = (fixed_grid.coarsened(factor), moving_grid.coarsened(factor));
+        let f = pool3d(fixed_t.clone(), factor, false);
+        let m = pool3d(moving_t.clone(), factor, false);
+        let pt = Tensor::<B::InnerBackend, 1>::from_data(p.to_vec().as_slice(), device);
+        let (warped, mask) = resample_world(m, &mg, &fg, world_matrix(pt, centre));
+        let inside_count = mask.clone().sum().into_scalar().elem::<f64>();
+        let v = opts.similarity.loss(warped, f, mask).into_scalar().elem::<f64>();
+        (if v.is_finite() { v } else { f64::INFINITY }, inside_count)
+    };
+    let ((loss_start, inside_start), (loss_end, inside_end)) = (score(&start), score(&params));
+    let kept_start = finest.is_some() && (!(loss_end < loss_start) || inside_end < 0.5 * inside_start);
+    let (params, loss) = if kept_start { (start, loss_start) } else { (params, loss_end) };
+    let report = AffineReport {
+        start: if opts.init_centre_of_mass { "centre-of-mass" } else { "world" },
+        iterations,
+        loss_start,
+        loss_end,
+        kept_start,
+    };
+    (AffineResult { params, world: params.matrix(centre), loss }, report)
 }
 
 use burn::tensor::ElementConversion;

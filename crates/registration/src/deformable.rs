@@ -9,7 +9,7 @@ use vesalius_nets::ops::{Padding, identity_grid, pool3d, resize_linear, sample_l
 use crate::Adam;
 use crate::affine::inside;
 use crate::sampled::Volume;
-use crate::sampled_bspline::register_bspline_sampled;
+use crate::sampled_bspline::{DeformableReport, register_bspline_sampled};
 use crate::similarity::Similarity;
 
 /// How the field is parameterised.
@@ -250,37 +250,92 @@ fn step_size(opts: &DeformableOptions, step: usize) -> f64 {
 /// Registers `moving` to `fixed`, both `[1, 1, d, h, w]` on the same grid (resample the moving image first, e.g.
 /// with the affine result). Returns the displacement field `[1, 3, d, h, w]` in voxels of that grid (channels
 /// depth, height, width): `warped(p) = moving(p + u(p))`. Depth-1 images get a field with zero depth component.
+/// Guarded as [`register_deformable_reported`] says: never worse than no displacement by the similarity.
 pub fn register_deformable<B: AutodiffBackend>(
     fixed: Tensor<B::InnerBackend, 5>,
     moving: Tensor<B::InnerBackend, 5>,
     opts: &DeformableOptions,
 ) -> Tensor<B::InnerBackend, 5> {
-    match opts.deformation {
-        Deformation::Dense => register_dense::<B>(fixed, moving, opts),
+    register_deformable_reported::<B>(fixed, moving, opts).0
+}
+
+/// [`register_deformable`] with what it did. Every optimiser is guarded: the similarity (without the regulariser)
+/// of the start — no displacement — and of the result are taken, and when the result is no better the start (a
+/// zero field) is returned; the every-voxel optimisers' result must also keep at least half of the voxels that
+/// the start kept inside the moving image. The sampled B-spline scores them on its evaluation points; the every-voxel optimisers
+/// on the finest pyramid level they ran ([`DeformableOptions::max_voxels`] bounds it, as it bounds them).
+pub fn register_deformable_reported<B: AutodiffBackend>(
+    fixed: Tensor<B::InnerBackend, 5>,
+    moving: Tensor<B::InnerBackend, 5>,
+    opts: &DeformableOptions,
+) -> (Tensor<B::InnerBackend, 5>, DeformableReport) {
+    let (field, iterations, finest) = match opts.deformation {
         Deformation::BSpline { spacing } if opts.samples > 0 => {
             let device = fixed.device();
             let [_, _, d, h, w] = fixed.dims();
             let volume = |t: Tensor<B::InnerBackend, 5>| Volume::from_voxels(crate::to_vec(t), [d, h, w]);
-            let (lattice, _) = register_bspline_sampled(&volume(fixed), &volume(moving), spacing, opts);
-            crate::tensor_of::<B::InnerBackend>(lattice.field([d, h, w]).concat(), [1, 3, d, h, w], &device)
+            let (lattice, report) = register_bspline_sampled(&volume(fixed), &volume(moving), spacing, opts);
+            return (crate::tensor_of::<B::InnerBackend>(lattice.field([d, h, w]).concat(), [1, 3, d, h, w], &device), report);
         }
-        Deformation::BSpline { spacing } => register_bspline::<B>(fixed, moving, spacing.max(2), opts),
-    }
+        Deformation::Dense => register_dense::<B>(fixed.clone(), moving.clone(), opts),
+        Deformation::BSpline { spacing } => register_bspline::<B>(fixed.clone(), moving.clone(), spacing.max(2), opts),
+    };
+    let Some(level) = finest else {
+        return (field, DeformableReport { iterations, loss_start: f64::NAN, loss_end: f64::NAN, kept_start: true });
+    };
+    let (loss_start, inside_start) = similarity_at_level(opts, &fixed, &moving, field.zeros_like(), level);
+    let (loss_end, inside_end) = similarity_at_level(opts, &fixed, &moving, field.clone(), level);
+    // A field that maps the image out of the moving one scores over the few voxels left: it must keep half of them.
+    let kept_start = !(loss_end < loss_start) || inside_end < 0.5 * inside_start;
+    let field = if kept_start { field.zeros_like() } else { field };
+    (field, DeformableReport { iterations, loss_start, loss_end, kept_start })
+}
+
+/// The similarity loss of `moving ∘ (id + u)` against `fixed` on pyramid level `level` (`u` in voxels of the full
+/// grid; `∞` when it is not finite), and the number of voxels that land inside the moving image.
+fn similarity_at_level<B: Backend>(
+    opts: &DeformableOptions,
+    fixed: &Tensor<B, 5>,
+    moving: &Tensor<B, 5>,
+    u: Tensor<B, 5>,
+    level: usize,
+) -> (f64, f64) {
+    let [_, _, d, h, w] = fixed.dims();
+    let factor = if d == 1 { [1, level, level] } else { [level; 3] };
+    let size = [d / factor[0], h / factor[1], w / factor[2]];
+    let device = fixed.device();
+    let (f, m, u) = if level == 1 {
+        (fixed.clone(), moving.clone(), u)
+    } else {
+        let ratio = Tensor::<B, 1>::from_data([1.0 / factor[0] as f32, 1.0 / factor[1] as f32, 1.0 / factor[2] as f32], &device)
+            .reshape([1, 3, 1, 1, 1]);
+        (pool3d(fixed.clone(), factor, false), pool3d(moving.clone(), factor, false), resize_linear(u, size) * ratio)
+    };
+    let coords = identity_grid::<B>(size, &device) + u;
+    let mask = inside(coords.clone(), size);
+    let warped = sample_linear(m, coords, Padding::Border);
+    let inside_count = mask.clone().sum().into_scalar().elem::<f64>();
+    let v = opts.similarity.loss(warped, f, mask).into_scalar().elem::<f64>();
+    (if v.is_finite() { v } else { f64::INFINITY }, inside_count)
 }
 
 fn in_plane<B: Backend>(flat: bool, device: &B::Device) -> Tensor<B, 5> {
     Tensor::<B, 1>::from_data([if flat { 0.0f32 } else { 1.0 }, 1.0, 1.0], device).reshape([1, 3, 1, 1, 1])
 }
 
+/// Iterations run per level (`dense@2`, …), and the finest level that ran.
+type Ran = (Vec<(String, usize)>, Option<usize>);
+
 fn register_dense<B: AutodiffBackend>(
     fixed: Tensor<B::InnerBackend, 5>,
     moving: Tensor<B::InnerBackend, 5>,
     opts: &DeformableOptions,
-) -> Tensor<B::InnerBackend, 5> {
+) -> (Tensor<B::InnerBackend, 5>, Vec<(String, usize)>, Option<usize>) {
     let device = fixed.device();
     let [_, _, d, h, w] = fixed.dims();
     let plane_only = in_plane::<B::InnerBackend>(d == 1, &device);
     let mut field: Option<Tensor<B::InnerBackend, 5>> = None;
+    let mut ran: Ran = (Vec::new(), None);
     for (i, &level) in opts.levels.iter().enumerate() {
         let Some((f, m, _)) = level_of::<B>(&fixed, &moving, level) else { continue };
         let [_, _, ld, lh, lw] = f.dims();
@@ -316,16 +371,18 @@ fn register_dense<B: AutodiffBackend>(
                 break;
             }
         }
+        ran.0.push((format!("dense@{level}"), history.len()));
+        ran.1 = Some(level);
         field = Some(u);
     }
     let u = field.unwrap_or_else(|| Tensor::zeros([1, 3, d, h, w], &device));
     let [_, _, fd, fh, fw] = u.dims();
     if [fd, fh, fw] == [d, h, w] {
-        return u;
+        return (u, ran.0, ran.1);
     }
     let ratio = Tensor::<B::InnerBackend, 1>::from_data([(d as f32 / fd as f32), (h as f32 / fh as f32), (w as f32 / fw as f32)], &device)
         .reshape([1, 3, 1, 1, 1]);
-    resize_linear(u, [d, h, w]) * ratio
+    (resize_linear(u, [d, h, w]) * ratio, ran.0, ran.1)
 }
 
 fn register_bspline<B: AutodiffBackend>(
@@ -333,7 +390,7 @@ fn register_bspline<B: AutodiffBackend>(
     moving: Tensor<B::InnerBackend, 5>,
     spacing: usize,
     opts: &DeformableOptions,
-) -> Tensor<B::InnerBackend, 5> {
+) -> (Tensor<B::InnerBackend, 5>, Vec<(String, usize)>, Option<usize>) {
     let device = fixed.device();
     let [_, _, d, h, w] = fixed.dims();
     let points = [d, h, w].map(|n| control_points(n, spacing));
@@ -345,14 +402,13 @@ fn register_bspline<B: AutodiffBackend>(
     // Control-point displacements in voxels of the fixed grid; a level sees them divided by its factor.
     let mut control = Tensor::<B::InnerBackend, 5>::zeros([1, 3, points[0], points[1], points[2]], &device);
     let plane_only = in_plane::<B::InnerBackend>(d == 1, &device);
-    let mut ran = false;
+    let mut ran: Ran = (Vec::new(), None);
     for (i, &level) in opts.levels.iter().enumerate() {
         let Some((f, m, factor)) = level_of::<B>(&fixed, &moving, level) else { continue };
         let [_, _, ld, lh, lw] = f.dims();
-        if too_fine(opts, ld * lh * lw, ran) || (too_coarse(opts, [ld, lh, lw]) && i + 1 < opts.levels.len()) {
+        if too_fine(opts, ld * lh * lw, ran.1.is_some()) || (too_coarse(opts, [ld, lh, lw]) && i + 1 < opts.levels.len()) {
             continue;
         }
-        ran = true;
         let mats = matrices([ld, lh, lw], factor).map(Tensor::<B, 2>::from_inner);
         let scale = Tensor::<B, 1>::from_data([1.0 / factor[0] as f32, 1.0 / factor[1] as f32, 1.0 / factor[2] as f32], &device)
             .reshape([1, 3, 1, 1, 1]);
@@ -372,6 +428,8 @@ fn register_bspline<B: AutodiffBackend>(
                 break;
             }
         }
+        ran.0.push((format!("bspline@{level}"), history.len()));
+        ran.1 = Some(level);
     }
-    bspline_field(control, matrices([d, h, w], [1, 1, 1]))
+    (bspline_field(control, matrices([d, h, w], [1, 1, 1])), ran.0, ran.1)
 }

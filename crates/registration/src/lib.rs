@@ -46,7 +46,7 @@ use vesalius_data::Image;
 use vesalius_nets::ops::{Padding, sample_linear, sample_nearest};
 
 pub use affine::{AffineOptions, AffineParams, AffineResult, Grid, register_affine};
-pub use deformable::{DeformableOptions, Deformation, Regulariser, register_deformable};
+pub use deformable::{DeformableOptions, Deformation, Regulariser, register_deformable, register_deformable_reported};
 pub use similarity::Similarity;
 
 /// Errors of registration runs.
@@ -212,9 +212,11 @@ pub struct Registration {
     pub warped: Image,
     /// The world displacement at each fixed voxel, mm (RAS+): an image on the fixed grid with 3 channels (x, y, z).
     pub displacement_mm: Image,
-    /// What the sampled affine stage did (its start, iterations per level, whether it kept the start).
+    /// What the affine stage did (its start, iterations per level, the similarity at the start and at the end,
+    /// whether it kept the start).
     pub affine_report: Option<sampled::AffineReport>,
-    /// What the sampled B-spline stage did (iterations per level, whether it kept the start).
+    /// What the deformable stage did (iterations per level, the similarity at the start and at the end, whether it
+    /// kept the start).
     pub deformable_report: Option<sampled_bspline::DeformableReport>,
 }
 
@@ -261,7 +263,9 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
         affine_report = Some(report);
         result.world
     } else {
-        register_affine::<B>(&fixed_n, &moving_n, &affine_opts, device).world
+        let (result, report) = affine::register_affine_reported::<B>(&fixed_n, &moving_n, &affine_opts, device);
+        affine_report = Some(report);
+        result.world
     };
     // Fixed voxel → moving voxel by the affine.
     let vox = mat_mul(&mat_mul(&mat_inv(&mg.to_world), &world), &fg.to_world);
@@ -290,7 +294,9 @@ pub fn register<B: AutodiffBackend>(fixed: &Image, moving: &Image, opts: &Regist
                 let resampled =
                     sample_linear(moving_t, tensor_of::<B::InnerBackend>(coords.concat(), [1, 3, d, h, w], device), Padding::Zeros);
                 let fixed_t = affine::to_tensor::<B::InnerBackend>(&fixed_n, device);
-                let u = to_vec(register_deformable::<B>(fixed_t, resampled, &deformable));
+                let (u, report) = register_deformable_reported::<B>(fixed_t, resampled, &deformable);
+                deformable_report = Some(report);
+                let u = to_vec(u);
                 for c in 0..3 {
                     field[c] = u[c * n..(c + 1) * n].to_vec();
                 }

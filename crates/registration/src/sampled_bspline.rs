@@ -337,12 +337,13 @@ fn similarity_loss(
     Some(loss)
 }
 
-/// What the sampled B-spline registration did.
+/// What a deformable registration did (the sampled B-spline, or an every-voxel optimiser).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DeformableReport {
     /// Iterations run per pyramid level (`bspline@4`, …).
     pub iterations: Vec<(String, usize)>,
-    /// The similarity of the start (no displacement) and of the result on the evaluation points (the full grid).
+    /// The similarity of the start (no displacement) and of the result: on the sampled optimiser's evaluation points
+    /// (drawn over the whole grid), or on the finest pyramid level the every-voxel optimisers ran.
     pub loss_start: f64,
     /// See `loss_start`.
     pub loss_end: f64,

@@ -69,7 +69,9 @@ fn rotation_10_degrees_is_recovered() {
     let e_full = mean_error(&full, &fixed, |x, y| (c * (x - 110.0) - s * (y - 128.0) + 110.0, s * (x - 110.0) + c * (y - 128.0) + 128.0));
     println!("rotation, every voxel by autodiff: {e_full:.3} px");
     assert!(e_full < 0.5, "{e_full}");
-    assert!(full.affine_report.is_none() && r.affine_report.is_some());
+    // Both paths report, and neither kept its start.
+    let reports = [&full, &r].map(|x| x.affine_report.as_ref().map(|a| a.kept_start));
+    assert_eq!(reports, [Some(false), Some(false)]);
 }
 
 #[test]
@@ -80,4 +82,24 @@ fn translation_across_modalities_by_mutual_information() {
     let e = mean_error(&r, &fixed, |x, y| (x + 13.0, y + 17.0));
     println!("T1 vs PD: mean error {e:.3} px, world {:?}", r.world);
     assert!(e < 0.1, "{e}");
+}
+
+/// The every-voxel affine optimiser is guarded as the sampled one is: a result no better than its start by the
+/// similarity is replaced by the start, and the report says so.
+#[test]
+fn the_every_voxel_affine_optimiser_never_ends_worse_than_its_start() {
+    use vesalius_registration::affine::{AffineParams, register_affine_reported};
+    let fixed = itk("BrainProtonDensitySliceBorder20.png");
+    let moving = itk("BrainProtonDensitySliceShifted13x17y.png");
+    let opts = AffineOptions { similarity: Similarity::Mse, affine_steps: 0, init_centre_of_mass: false, ..AffineOptions::default() };
+    let (r, report) = register_affine_reported::<B>(&fixed, &moving, &opts, &Default::default());
+    assert!(!report.kept_start && report.loss_end < 0.1 * report.loss_start, "{report:?}");
+    assert_eq!(report.start, "world");
+    assert!(!report.iterations.is_empty() && report.iterations.iter().all(|(l, _)| l.starts_with("rigid@")), "{report:?}");
+    assert!(r.params != AffineParams::IDENTITY);
+    // Steps of 10⁴ (degrees and millimetres) throw the slice away: the guard returns the start.
+    let wild = AffineOptions { learning_rate: 1e4, ..opts };
+    let (r, report) = register_affine_reported::<B>(&fixed, &moving, &wild, &Default::default());
+    assert!(report.kept_start, "{report:?}");
+    assert_eq!(r.params, AffineParams::IDENTITY);
 }

@@ -162,3 +162,32 @@ fn levels_above_the_voxel_budget_are_left_to_interpolation() {
     assert!(largest(within.clone() - coarse_only) < 1e-6, "the full-resolution level was skipped");
     assert!(largest(within - full) > 1e-3, "and it would have changed the field");
 }
+
+/// The every-voxel optimisers are guarded as the sampled ones are: a field no better than no displacement by the
+/// similarity (on the finest level they ran) is replaced by no displacement, and the report says so.
+#[test]
+fn every_voxel_optimisers_never_end_worse_than_the_start() {
+    use vesalius_registration::register_deformable_reported;
+    let device = Default::default();
+    let t1 = resample(&fixture("mni152_t1.nii.gz"), &[8.0, 8.0, 8.0], Interp::Linear).unwrap();
+    let [d, h, w] = vesalius_registration::Grid::of(&t1).size;
+    <P as burn::tensor::backend::Backend>::seed(&device, 5);
+    let coarse = Tensor::<P, 5>::random([1, 3, 3, 3, 3], Distribution::Uniform(-1.5, 1.5), &device);
+    let moving = affine::to_tensor::<P>(&t1, &device);
+    let fixed = warp(moving.clone(), resize_linear(coarse, [d, h, w]), Padding::Border);
+    let largest = |t: Tensor<P, 5>| -> f32 { t.abs().max().into_scalar() };
+    for (deformation, name) in [(Deformation::Dense, "dense"), (Deformation::BSpline { spacing: 4 }, "bspline")] {
+        let opts = DeformableOptions { levels: vec![2, 1], steps: 40, deformation, samples: 0, ..DeformableOptions::default() };
+        let (u, report) = register_deformable_reported::<B>(fixed.clone(), moving.clone(), &opts);
+        assert!(!report.kept_start && report.loss_end < report.loss_start, "{name}: {report:?}");
+        let levels: Vec<&str> = report.iterations.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(levels, [format!("{name}@2"), format!("{name}@1")], "{report:?}");
+        assert!(largest(u) > 0.1);
+        // Steps of 200 voxels throw the image out of the moving one, where the few voxels left match trivially: the
+        // guard returns no displacement.
+        let wild = DeformableOptions { learning_rate: 200.0, similarity: Similarity::Mse, ..opts };
+        let (u, report) = register_deformable_reported::<B>(fixed.clone(), moving.clone(), &wild);
+        assert!(report.kept_start, "{name}: {report:?}");
+        assert_eq!(largest(u), 0.0);
+    }
+}
