@@ -141,16 +141,23 @@ fn cubic_bsplines_reproduce_constant_and_linear_fields() {
     assert!((coarse[2 * nc + i] - (0.5 * 6.5 - 2.0 + 0.25 * 2.5)).abs() < 1e-4, "{}", coarse[2 * nc + i]);
 }
 
-#[test]
-fn levels_above_the_voxel_budget_are_left_to_interpolation() {
-    use vesalius_registration::register_deformable;
+/// The template at 8 mm warped by a seeded random field (3 × 3 × 3 values of ±1.5 voxels, interpolated), and the
+/// template: `(fixed, moving)`.
+fn template_pair_8mm() -> (Tensor<P, 5>, Tensor<P, 5>) {
     let device = Default::default();
     let t1 = resample(&fixture("mni152_t1.nii.gz"), &[8.0, 8.0, 8.0], Interp::Linear).unwrap();
     let [d, h, w] = vesalius_registration::Grid::of(&t1).size;
     <P as burn::tensor::backend::Backend>::seed(&device, 5);
     let coarse = Tensor::<P, 5>::random([1, 3, 3, 3, 3], Distribution::Uniform(-1.5, 1.5), &device);
     let moving = affine::to_tensor::<P>(&t1, &device);
-    let fixed = warp(moving.clone(), resize_linear(coarse, [d, h, w]), Padding::Border);
+    (warp(moving.clone(), resize_linear(coarse, [d, h, w]), Padding::Border), moving)
+}
+
+#[test]
+fn levels_above_the_voxel_budget_are_left_to_interpolation() {
+    use vesalius_registration::register_deformable;
+    let (fixed, moving) = template_pair_8mm();
+    let [_, _, d, h, w] = fixed.dims();
     let base = DeformableOptions { levels: vec![2, 1], steps: 40, ..DeformableOptions::default() };
     // The budget admits the half-resolution level and not the full one.
     let budget = DeformableOptions { max_voxels: (d / 2) * (h / 2) * (w / 2), ..base.clone() };
@@ -168,13 +175,7 @@ fn levels_above_the_voxel_budget_are_left_to_interpolation() {
 #[test]
 fn every_voxel_optimisers_never_end_worse_than_the_start() {
     use vesalius_registration::register_deformable_reported;
-    let device = Default::default();
-    let t1 = resample(&fixture("mni152_t1.nii.gz"), &[8.0, 8.0, 8.0], Interp::Linear).unwrap();
-    let [d, h, w] = vesalius_registration::Grid::of(&t1).size;
-    <P as burn::tensor::backend::Backend>::seed(&device, 5);
-    let coarse = Tensor::<P, 5>::random([1, 3, 3, 3, 3], Distribution::Uniform(-1.5, 1.5), &device);
-    let moving = affine::to_tensor::<P>(&t1, &device);
-    let fixed = warp(moving.clone(), resize_linear(coarse, [d, h, w]), Padding::Border);
+    let (fixed, moving) = template_pair_8mm();
     let largest = |t: Tensor<P, 5>| -> f32 { t.abs().max().into_scalar() };
     for (deformation, name) in [(Deformation::Dense, "dense"), (Deformation::BSpline { spacing: 4 }, "bspline")] {
         let opts = DeformableOptions { levels: vec![2, 1], steps: 40, deformation, samples: 0, ..DeformableOptions::default() };
