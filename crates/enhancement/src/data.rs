@@ -199,20 +199,32 @@ pub struct VolumeRef {
     pub source: std::sync::Arc<VolumeSource>,
 }
 
-/// A degraded volume: the network's input on the fine grid and the coarse image it was interpolated from, both
-/// normalised.
+/// A degraded volume as adaptation sees it, normalised: for thick-slice models the network's input on the fine
+/// grid and the coarse image it was interpolated from; for k-space models each plane's measurements.
 #[derive(Debug)]
 pub struct VolumeSource {
-    /// The input on the fine grid.
+    /// The input on the fine grid (k-space models: the zero-filled magnitude).
     pub input: Vec<f32>,
     /// Its shape.
     pub shape: [usize; 3],
-    /// The coarse (thick-slice) image.
+    /// The coarse (thick-slice) image; empty for k-space models.
     pub coarse: Vec<f32>,
     /// Its shape.
     pub coarse_shape: [usize; 3],
     /// The planes (along the recipe's `across` axis) that are scored.
     pub planes: std::ops::Range<usize>,
+    /// Every plane's measured k-space, in the order of the planes (k-space models; empty otherwise).
+    pub measured: Vec<Measured>,
+}
+
+/// One plane's Cartesian measurements: its k-space on the measured lines (packed `[re…, im…]`, zero elsewhere) and
+/// which lines were measured.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// The measured k-space (`2·w·h` values).
+    pub k0: Vec<f32>,
+    /// The measured phase-encoding lines (`h`).
+    pub lines: Vec<bool>,
 }
 
 /// Normalised intensity below which a scored rectangle holds no signal (5 % of the range or of the 99.5th
@@ -417,27 +429,36 @@ fn realise(
 
 /// The volume adaptation needs of a realisation (recipes with `[adapt]` whose model coarsens the grid), numbered
 /// `key`; `input` is the realisation's normalised input.
+#[allow(clippy::too_many_arguments)] // one realisation: its clean and degraded volumes, their planes and scaling
 fn volume_source(
     recipe: &EnhanceRecipe,
     real: &Realisation,
+    clean: &[f32],
     input: &[f32],
     intensity: &Intensity,
+    axes: PlaneAxes,
     planes: std::ops::Range<usize>,
     key: &mut usize,
 ) -> Option<(usize, std::sync::Arc<VolumeSource>)> {
     recipe.adapt.as_ref()?;
-    let coarse = real.coarse.as_ref()?;
+    let shape = dims3(real.input.shape());
+    let (coarse, coarse_shape, measured) = match (&real.coarse, &real.lines) {
+        (Some(coarse), _) => (intensity.normalise(coarse.data()), dims3(coarse.shape()), Vec::new()),
+        // The scanner's measurements of each plane: the clean plane's k-space on the measured lines.
+        (None, Some(lines)) => {
+            let measured = (0..shape[axes.across])
+                .map(|k| {
+                    let (w, h, plane) = extract_plane(clean, shape, axes, k);
+                    Measured { k0: crate::kspace::measure(&plane, w, h, lines).0, lines: lines.clone() }
+                })
+                .collect();
+            (Vec::new(), [0; 3], measured)
+        }
+        (None, None) => return None,
+    };
     *key += 1;
-    Some((
-        *key,
-        std::sync::Arc::new(VolumeSource {
-            input: input.to_vec(),
-            shape: dims3(real.input.shape()),
-            coarse: intensity.normalise(coarse.data()),
-            coarse_shape: dims3(coarse.shape()),
-            planes,
-        }),
-    ))
+    let source = VolumeSource { input: input.to_vec(), shape, coarse, coarse_shape, planes, measured };
+    Some((*key, std::sync::Arc::new(source)))
 }
 
 /// The axes and factors by which a model coarsens the grid.
@@ -592,7 +613,7 @@ fn whole_image_cases(
         let s = vesalius_io::mix(seed ^ ((idx as u64) << 16) ^ r as u64);
         let real = realise(recipe, recipe.degrade.as_ref(), entry, &clean, s)?;
         let deg = intensity.normalise(real.input.data());
-        let source = volume_source(recipe, &real, &deg, &intensity, 0..shape[axes.across], volumes);
+        let source = volume_source(recipe, &real, &clean_n, &deg, &intensity, axes, 0..shape[axes.across], volumes);
         let lines = real.lines.clone();
         let baselines: Vec<(String, Vec<f32>)> = real.baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
         for k in 0..shape[axes.across] {

@@ -282,7 +282,6 @@ pub fn evaluate_prepared<B: Backend>(
     set: EvalSet,
     device: &B::Device,
 ) -> Result<EnhanceMetrics, EnhanceError> {
-    let net = load_best::<B>(run, info, device)?;
     let state = vesalius_train::engine::read_state(run)?;
     let window = info.window;
     let denoising =
@@ -298,16 +297,21 @@ pub fn evaluate_prepared<B: Backend>(
     if cases.is_empty() {
         return Err(EnhanceError::Input(format!("the run has no {} cases", set.name())));
     }
-    let mut adapted = match (&info.adapt, &info.degradation) {
-        (Some(section), Some(Degradation::ThickSlice { factor, axis })) => Some(crate::adapt::AdaptedOutputs::new(
-            load_best::<burn::backend::Autodiff<B>>(run, info, device)?,
-            section.clone(),
-            info.model.clone(),
-            data::PlaneAxes::new(info.plane[0], info.plane[1])?,
-            (*axis, *factor),
-        )),
-        (Some(_), _) => return Err(EnhanceError::Input("[adapt] needs a thick-slice degradation".into())),
-        _ => None,
+    // With [adapt] the model is loaded once, trainable, and its inference copy taken from it.
+    let (net, mut adapted) = match (&info.adapt, &info.degradation) {
+        (Some(section), Some(model @ (Degradation::ThickSlice { .. } | Degradation::Kspace { .. }))) => {
+            use burn::module::AutodiffModule;
+            let base = load_best::<burn::backend::Autodiff<B>>(run, info, device)?;
+            let axes = data::PlaneAxes::new(info.plane[0], info.plane[1])?;
+            let thick = match *model {
+                Degradation::ThickSlice { factor, axis } => Some((axis, factor)),
+                _ => None,
+            };
+            let net = base.valid();
+            (net, Some(crate::adapt::AdaptedOutputs::new(base, section.clone(), info.model.clone(), axes, thick)))
+        }
+        (Some(_), _) => return Err(EnhanceError::Input("[adapt] needs a thick-slice or k-space degradation".into())),
+        _ => (load_best::<B>(run, info, device)?, None),
     };
     let bar = vesalius_train::progress::bar(cases.len() as u64, "evaluation", false);
     let mut scores = Vec::with_capacity(cases.len());

@@ -8,10 +8,11 @@ use vesalius_io::{Affine, Image};
 use vesalius_train::RunDir;
 
 use crate::EnhanceError;
-use crate::data::{PlaneAxes, dims3, extract_plane, insert_plane};
+use crate::adapt::{Views, enhance_planes};
+use crate::data::{PlaneAxes, dims3, insert_plane};
 use crate::degrade::Degradation;
 use crate::evaluate::{load_best, read_run};
-use crate::model::{EnhanceNet, enhance_plane, reconstruct_plane, reconstruct_series};
+use crate::model::{EnhanceNet, reconstruct_plane, reconstruct_series};
 use crate::train::EnhanceInfo;
 
 /// The fine grid (shape, affine) whose `factor`-blocks along `axes` are the voxels of a coarse image — the
@@ -45,13 +46,16 @@ pub struct Enhancer<B: Backend> {
 }
 
 impl<B: Backend> Enhancer<B> {
-    /// Loads a run's best model.
+    /// Loads a run's best model (once, as a trainable copy too when the run adapts to each image).
     pub fn load(run: &RunDir, device: &B::Device) -> Result<Self, EnhanceError> {
+        use burn::module::AutodiffModule;
         let (_, info) = read_run(run)?;
-        let net = load_best::<B>(run, &info, device)?;
-        let base = match info.details.adapt {
-            Some(_) => Some(load_best::<burn::backend::Autodiff<B>>(run, &info, device)?),
-            None => None,
+        let (net, base) = match info.details.adapt {
+            Some(_) => {
+                let base = load_best::<burn::backend::Autodiff<B>>(run, &info, device)?;
+                (base.valid(), Some(base))
+            }
+            None => (load_best::<B>(run, &info, device)?, None),
         };
         Ok(Self { net, base, info: info.details, device: device.clone() })
     }
@@ -84,35 +88,21 @@ impl<B: Backend> Enhancer<B> {
         let axes = PlaneAxes::new(self.info.plane[0], self.info.plane[1])?;
         let intensity = crate::data::Intensity::of(&self.info.intensity, input.data());
         let normalised = intensity.normalise(input.data());
-        if let (Some(section), Some(base), Some(Degradation::ThickSlice { factor, axis })) =
-            (&self.info.adapt, &self.base, &self.info.degradation)
-        {
-            let coarse = intensity.normalise(img.data());
-            let pairs = crate::adapt::own_pairs(&coarse, dims3(img.shape()), *axis, *factor, section.patch);
-            let net = crate::adapt::adapt(base.clone(), &pairs, section, &self.device)?;
-            let planes = 0..shape[axes.across];
-            let enhanced = crate::adapt::enhance_planes(
-                &net,
-                &self.info.model,
-                &normalised,
-                shape,
-                axes,
-                *axis,
-                section.orthogonal,
-                planes,
-                &self.device,
-            );
-            let mut out = vec![0.0f32; normalised.len()];
-            for (k, plane) in enhanced.iter().enumerate() {
-                insert_plane(&mut out, shape, axes, k, &intensity.restore(plane));
+        let adapted;
+        let (net, views, thick) = match (&self.info.adapt, &self.base, &self.info.degradation) {
+            (Some(section), Some(base), Some(Degradation::ThickSlice { factor, axis })) => {
+                let coarse = intensity.normalise(img.data());
+                let pairs = crate::adapt::own_pairs(&coarse, dims3(img.shape()), *axis, *factor, section.patch);
+                adapted = crate::adapt::adapt(base.clone(), &pairs, section, &self.device)?;
+                (&adapted, section.views(), *axis)
             }
-            return Ok(Image::new(out, input.shape().to_vec(), 1, *input.affine(), "float32")?);
-        }
+            _ => (&self.net, Views::default(), axes.v),
+        };
+        let planes = 0..shape[axes.across];
+        let enhanced = enhance_planes(net, &self.info.model, &normalised, shape, axes, thick, views, planes, &self.device);
         let mut out = vec![0.0f32; normalised.len()];
-        for k in 0..shape[axes.across] {
-            let (w, h, plane) = extract_plane(&normalised, shape, axes, k);
-            let enhanced = enhance_plane(&self.net, &self.info.model, &plane, w, h, &self.device);
-            insert_plane(&mut out, shape, axes, k, &intensity.restore(&enhanced));
+        for (k, plane) in enhanced.iter().enumerate() {
+            insert_plane(&mut out, shape, axes, k, &intensity.restore(plane));
         }
         Ok(Image::new(out, input.shape().to_vec(), 1, *input.affine(), "float32")?)
     }
@@ -148,6 +138,27 @@ impl<B: Backend> Enhancer<B> {
         let intensity = crate::data::Intensity::of(&self.info.intensity, &magnitude);
         let scale = 1.0 / (intensity.high - intensity.low);
         let mut out = vec![0.0f32; n * frames];
+        // With [adapt], a copy of the network first learns from the image's own measured lines.
+        let adapted = match (&self.info.adapt, &self.base) {
+            (Some(section), Some(base)) => {
+                if frames != 1 {
+                    return Err(EnhanceError::Input(format!("this run adapts to single frames; the mask has {frames}")));
+                }
+                let measured: Vec<crate::data::Measured> = (0..d)
+                    .map(|k| {
+                        let lines: Vec<bool> = (0..h).map(|y| mask.channel(0)[k * w * h + w * y] > 0.5).collect();
+                        let mut kc: Vec<rustfft::num_complex::Complex32> = (0..w * h)
+                            .map(|i| rustfft::num_complex::Complex32::new(re(0)[k * w * h + i] * scale, im(0)[k * w * h + i] * scale))
+                            .collect();
+                        crate::fft::fft2(&mut kc, w, h);
+                        crate::data::Measured { k0: kc.iter().map(|c| c.re).chain(kc.iter().map(|c| c.im)).collect(), lines }
+                    })
+                    .collect();
+                Some(crate::adapt::adapt_kspace(base.clone(), &measured, [w, h], section, &self.device)?)
+            }
+            _ => None,
+        };
+        let net = adapted.as_ref().unwrap_or(&self.net);
         for k in 0..d {
             let plane = k * w * h..(k + 1) * w * h;
             let (mut x0s, mut k0s, mut lines) = (Vec::new(), Vec::new(), Vec::new());
@@ -162,9 +173,9 @@ impl<B: Backend> Enhancer<B> {
                 x0s.push(x0);
             }
             let ys = if frames == 1 {
-                vec![reconstruct_plane(&self.net, &x0s[0], &k0s[0], &lines[0], w, h, &self.device)]
+                vec![reconstruct_plane(net, &x0s[0], &k0s[0], &lines[0], w, h, &self.device)]
             } else {
-                reconstruct_series(&self.net, &x0s, &k0s, &lines, w, h, &self.device)
+                reconstruct_series(net, &x0s, &k0s, &lines, w, h, &self.device)
             };
             for (t, y) in ys.iter().enumerate() {
                 out[t * n + plane.start..t * n + plane.end].copy_from_slice(&intensity.restore(y));

@@ -289,12 +289,19 @@ pub struct EvalSection {
     pub bootstrap: Option<usize>,
 }
 
-/// `[adapt]`: self-supervised adaptation to each image being super-resolved (thick-slice models). Before the
-/// network enhances an image, a copy of it is fine-tuned on that image's own pairs: the image's fine in-plane
-/// axes degraded by the same thick-slice model and restored (after SMORE, Zhao et al. 2021). Only the degraded
-/// input is used, never a reference; evaluation reports the network before adaptation beside it. Whole validation
-/// and test images are adapted to; the held-out bands of training images are not (their images trained the
-/// network).
+/// `[adapt]`: self-supervised adaptation to each image being enhanced, before the network enhances it: a copy of
+/// the network is fine-tuned on what the image itself holds.
+///
+/// - Thick-slice super-resolution: the image's fine in-plane axes, degraded by the same thick-slice model, are
+///   learnt back (after SMORE, Zhao et al. 2021).
+/// - k-space reconstruction (CRNN): each plane's measured lines are split at random, the network reconstructs
+///   from one part and is scored in k-space on the other (`holdout`), after SSDU (Yaman et al. 2020) and its
+///   zero-shot form (Yaman et al. 2022); the lines of the fully sampled centre always stay in the input. A fixed
+///   share (`validation`) is set aside to choose the weights kept.
+///
+/// Only the degraded input (or the measured k-space) is used, never a reference; evaluation reports the network
+/// before adaptation beside it. Whole validation and test images are adapted to; the held-out bands of training
+/// images are not (their images trained the network).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptSection {
@@ -304,15 +311,27 @@ pub struct AdaptSection {
     /// Adam's starting learning rate, decayed to 0 over the steps by a half cosine.
     #[serde(default = "default_adapt_lr")]
     pub lr: f64,
-    /// Patches per step.
+    /// Patches per step (k-space models: whole planes per step).
     #[serde(default = "default_batch")]
     pub batch: usize,
-    /// Square patch side, pixels.
+    /// Square patch side, pixels (thick-slice models).
     #[serde(default = "default_patch")]
     pub patch: usize,
+    /// The share of a plane's measured lines held out from the network's input and scored (k-space models; 0.4
+    /// as SSDU).
+    #[serde(default = "default_holdout")]
+    pub holdout: f64,
+    /// The share of a plane's measured lines set aside once to choose the adapted weights by their loss there
+    /// (k-space models; zero-shot SSDU's self-validation).
+    #[serde(default = "default_validation")]
+    pub validation: f64,
     /// Also enhance the other planes that contain the thick axis, and average the two results.
     #[serde(default = "default_true")]
     pub orthogonal: bool,
+    /// Enhance every plane under its eight flips and transpositions and average the outputs (eight times the
+    /// inference).
+    #[serde(default)]
+    pub flips: bool,
     /// Seed of the patch draws.
     #[serde(default)]
     pub seed: u64,
@@ -323,6 +342,12 @@ fn default_adapt_steps() -> usize {
 }
 fn default_adapt_lr() -> f64 {
     2e-4
+}
+fn default_holdout() -> f64 {
+    0.4
+}
+fn default_validation() -> f64 {
+    0.2
 }
 fn default_true() -> bool {
     true
@@ -335,7 +360,10 @@ impl Default for AdaptSection {
             lr: default_adapt_lr(),
             batch: default_batch(),
             patch: default_patch(),
+            holdout: default_holdout(),
+            validation: default_validation(),
             orthogonal: true,
+            flips: false,
             seed: 0,
         }
     }
@@ -492,16 +520,31 @@ impl EnhanceRecipe {
             return bad("train: epochs and iterations must be ≥ 1, batch in 1..=4096, patch in 8..=512 and lr > 0".into());
         }
         if let Some(a) = &self.adapt {
-            if !matches!(self.degrade, Some(Degradation::ThickSlice { .. })) {
-                return bad("[adapt] learns from an image's own fine axes: it needs degrade.model = \"thick-slice\"".into());
+            match (&self.degrade, self.model.arch) {
+                (Some(Degradation::ThickSlice { .. }), _) => {}
+                (Some(Degradation::Kspace { .. }), Arch::Crnn) if !self.model.temporal => {}
+                (Some(Degradation::Kspace { .. }), Arch::Crnn) => {
+                    return bad("[adapt] reconstructs single frames: it does not apply to a temporal CRNN".into());
+                }
+                _ => {
+                    return bad(
+                        "[adapt] learns from the image itself: it needs degrade.model = \"thick-slice\" (its fine axes) or \"kspace\" with the CRNN (its measured lines)"
+                            .into(),
+                    );
+                }
             }
             let ok = (1..=100_000).contains(&a.steps)
                 && (1..=4096).contains(&a.batch)
                 && (8..=512).contains(&a.patch)
                 && a.lr > 0.0
-                && a.lr.is_finite();
+                && a.lr.is_finite()
+                && a.holdout > 0.0
+                && a.validation > 0.0
+                && a.holdout + a.validation < 1.0;
             if !ok {
-                return bad("adapt: steps must lie in 1..=100000, batch in 1..=4096, patch in 8..=512 and lr > 0".into());
+                return bad(
+                    "adapt: steps must lie in 1..=100000, batch in 1..=4096, patch in 8..=512, lr > 0, and holdout and validation > 0 with holdout + validation < 1".into(),
+                );
             }
         }
         let m = &self.model;
