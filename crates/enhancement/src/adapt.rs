@@ -588,6 +588,12 @@ mod tests {
         // Without the other orientation, the planes are the network's plain outputs.
         let plain = enhance_planes(&net, &spec, &volume, shape, coronal, 2, Views::default(), 30..31, &device);
         assert_eq!(plain[0][3 + 20 * 7], a);
+        // With flips, each plane's output is the mean over its flips and transpositions.
+        let flips = Views { orthogonal: false, flips: true };
+        let flipped = enhance_planes(&net, &spec, &volume, shape, coronal, 2, flips, 30..31, &device);
+        let (w, h, plane) = extract_plane(&volume, shape, coronal, 30);
+        assert_eq!(flipped[0], dihedral_mean(&plane, w, h, |v, vw, vh| enhance_plane(&net, &spec, v, vw, vh, &device)));
+        assert_ne!(flipped[0], plain[0]);
     }
 
     #[test]
