@@ -294,11 +294,8 @@ fn adaptation_to_the_thick_image_itself_is_scored_beside_the_unadapted_network()
 /// 2 × 3 × 2 mm (in RAS), whose own image is left as it is.
 #[test]
 fn recipes_resample_their_images_to_the_stated_spacing() {
+    // The shipped super-resolution recipe resamples to that subject's voxel sizes.
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes/mr-superres.toml")).unwrap();
-    let text = text
-        .replace("orientation = \"RAS\"", "orientation = \"RAS\"\nspacing = [2.0, 3.0, 2.0]")
-        .replace("start = 150, end = 158", "start = 50, end = 53")
-        .replace("start = 60, end = 68", "start = 20, end = 23");
     let recipe = EnhanceRecipe::from_toml(&text, &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes")).unwrap();
     let template = vesalius_enhancement::data::load_recipe_image(&recipe, &recipe.data.images[0].image).unwrap();
     assert_eq!((template.shape(), template.spacing()), (&[99usize, 78, 95][..], vec![2.0, 3.0, 2.0]));
