@@ -170,9 +170,9 @@ fn zero_filled(k0: &[f32], lines: &[bool], w: usize, h: usize) -> (Vec<f32>, Vec
     let n = w * h;
     let on = |i: usize| lines[i / w];
     let mut k: Vec<Complex32> = (0..n).map(|i| if on(i) { Complex32::new(k0[i], k0[n + i]) } else { Complex32::default() }).collect();
-    let kept: Vec<f32> = k.iter().map(|c| c.re).chain(k.iter().map(|c| c.im)).collect();
+    let kept = crate::kspace::pack(&k);
     crate::fft::ifft2(&mut k, w, h);
-    (k.iter().map(|c| c.re).chain(k.iter().map(|c| c.im)).collect(), kept)
+    (crate::kspace::pack(&k), kept)
 }
 
 /// One batch of planes for [`held_out_loss`]: each plane's measurements, the lines its input keeps and the lines

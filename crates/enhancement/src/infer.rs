@@ -137,48 +137,45 @@ impl<B: Backend> Enhancer<B> {
         let magnitude: Vec<f32> = (0..frames).flat_map(|t| re(t).iter().zip(im(t)).map(|(a, b)| a.hypot(*b))).collect();
         let intensity = crate::data::Intensity::of(&self.info.intensity, &magnitude);
         let scale = 1.0 / (intensity.high - intensity.low);
-        let mut out = vec![0.0f32; n * frames];
+        // Every plane's zero-filled image and measurements, once, `[frame][plane]`: the measured k-space is the
+        // transform of the zero-filled image.
+        let (mut x0s, mut measured) = (vec![Vec::with_capacity(d); frames], vec![Vec::with_capacity(d); frames]);
+        for t in 0..frames {
+            for k in 0..d {
+                let plane = k * w * h..(k + 1) * w * h;
+                let lines: Vec<bool> = (0..h).map(|y| mask.channel(t)[k * w * h + w * y] > 0.5).collect();
+                let x0: Vec<f32> = re(t)[plane.clone()].iter().chain(&im(t)[plane]).map(|v| v * scale).collect();
+                let mut kc: Vec<rustfft::num_complex::Complex32> =
+                    (0..w * h).map(|i| rustfft::num_complex::Complex32::new(x0[i], x0[w * h + i])).collect();
+                crate::fft::fft2(&mut kc, w, h);
+                measured[t].push(crate::data::Measured { k0: crate::kspace::pack(&kc), lines });
+                x0s[t].push(x0);
+            }
+        }
         // With [adapt], a copy of the network first learns from the image's own measured lines.
         let adapted = match (&self.info.adapt, &self.base) {
             (Some(section), Some(base)) => {
                 if frames != 1 {
                     return Err(EnhanceError::Input(format!("this run adapts to single frames; the mask has {frames}")));
                 }
-                let measured: Vec<crate::data::Measured> = (0..d)
-                    .map(|k| {
-                        let lines: Vec<bool> = (0..h).map(|y| mask.channel(0)[k * w * h + w * y] > 0.5).collect();
-                        let mut kc: Vec<rustfft::num_complex::Complex32> = (0..w * h)
-                            .map(|i| rustfft::num_complex::Complex32::new(re(0)[k * w * h + i] * scale, im(0)[k * w * h + i] * scale))
-                            .collect();
-                        crate::fft::fft2(&mut kc, w, h);
-                        crate::data::Measured { k0: kc.iter().map(|c| c.re).chain(kc.iter().map(|c| c.im)).collect(), lines }
-                    })
-                    .collect();
-                Some(crate::adapt::adapt_kspace(base.clone(), &measured, [w, h], section, &self.device)?)
+                Some(crate::adapt::adapt_kspace(base.clone(), &measured[0], [w, h], section, &self.device)?)
             }
             _ => None,
         };
         let net = adapted.as_ref().unwrap_or(&self.net);
+        let mut out = vec![0.0f32; n * frames];
         for k in 0..d {
-            let plane = k * w * h..(k + 1) * w * h;
-            let (mut x0s, mut k0s, mut lines) = (Vec::new(), Vec::new(), Vec::new());
-            for t in 0..frames {
-                lines.push((0..h).map(|y| mask.channel(t)[k * w * h + w * y] > 0.5).collect::<Vec<bool>>());
-                let x0: Vec<f32> = re(t)[plane.clone()].iter().chain(&im(t)[plane.clone()]).map(|v| v * scale).collect();
-                // The measured k-space is the transform of the zero-filled image.
-                let mut kc: Vec<rustfft::num_complex::Complex32> =
-                    (0..w * h).map(|i| rustfft::num_complex::Complex32::new(x0[i], x0[w * h + i])).collect();
-                crate::fft::fft2(&mut kc, w, h);
-                k0s.push(kc.iter().map(|c| c.re).chain(kc.iter().map(|c| c.im)).collect::<Vec<f32>>());
-                x0s.push(x0);
-            }
             let ys = if frames == 1 {
-                vec![reconstruct_plane(net, &x0s[0], &k0s[0], &lines[0], w, h, &self.device)]
+                let m = &measured[0][k];
+                vec![reconstruct_plane(net, &x0s[0][k], &m.k0, &m.lines, w, h, &self.device)]
             } else {
-                reconstruct_series(net, &x0s, &k0s, &lines, w, h, &self.device)
+                let x0: Vec<Vec<f32>> = x0s.iter().map(|f| f[k].clone()).collect();
+                let k0: Vec<Vec<f32>> = measured.iter().map(|f| f[k].k0.clone()).collect();
+                let lines: Vec<Vec<bool>> = measured.iter().map(|f| f[k].lines.clone()).collect();
+                reconstruct_series(net, &x0, &k0, &lines, w, h, &self.device)
             };
             for (t, y) in ys.iter().enumerate() {
-                out[t * n + plane.start..t * n + plane.end].copy_from_slice(&intensity.restore(y));
+                out[t * n + k * w * h..t * n + (k + 1) * w * h].copy_from_slice(&intensity.restore(y));
             }
         }
         Ok(Image::new(out, complex.shape().to_vec(), frames, *complex.affine(), "float32")?)

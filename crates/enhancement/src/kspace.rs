@@ -13,7 +13,8 @@ use rustfft::num_complex::Complex32;
 
 use crate::fft::{fft2, ifft2};
 
-fn pack(v: &[Complex32]) -> Vec<f32> {
+/// Complex values packed as `[re…, im…]`.
+pub(crate) fn pack(v: &[Complex32]) -> Vec<f32> {
     v.iter().map(|c| c.re).chain(v.iter().map(|c| c.im)).collect()
 }
 
