@@ -52,6 +52,9 @@
 //! println!("test AUC {:.3}", outcome.test.metrics["auc"].value);
 //! ```
 
+#[cfg(all(feature = "flex", debug_assertions))]
+#[doc(hidden)]
+pub mod cpu_instances;
 pub mod evaluate;
 pub mod explain;
 pub mod infer;

@@ -509,6 +509,16 @@ pub fn train<AB: AutodiffBackend>(
     device: &AB::Device,
     mut on_epoch: impl FnMut(VolumeArch, &EpochRecord),
 ) -> Result<VolumeMetrics, CadxError> {
+    train_dyn::<AB>(recipe, run, device, &mut on_epoch)
+}
+
+/// [`train`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<AB: AutodiffBackend>(
+    recipe: &VolumeRecipe,
+    run: &Path,
+    device: &AB::Device,
+    on_epoch: &mut dyn FnMut(VolumeArch, &EpochRecord),
+) -> Result<VolumeMetrics, CadxError> {
     recipe.validate()?;
     let text = toml::to_string(recipe).map_err(|e| CadxError::Internal(e.to_string()))?;
     std::fs::create_dir_all(run).map_err(|e| CadxError::Internal(format!("{}: {e}", run.display())))?;

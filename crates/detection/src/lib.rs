@@ -26,6 +26,9 @@
 //! assert_eq!(curve.cpm(), 1.0);
 //! ```
 pub mod annotations;
+#[cfg(all(feature = "flex", debug_assertions))]
+#[doc(hidden)]
+pub mod cpu_instances;
 pub mod data;
 pub mod evaluate;
 pub mod geometry;

@@ -372,7 +372,18 @@ pub fn train<AB: AutodiffBackend>(
     run: &RunDir,
     device: &AB::Device,
     options: &RunOptions,
-    on_epoch: impl FnMut(&EpochRecord),
+    mut on_epoch: impl FnMut(&EpochRecord),
+) -> Result<TrainOutcome, DetectError> {
+    train_dyn::<AB>(recipe, run, device, options, &mut on_epoch)
+}
+
+/// [`train`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<AB: AutodiffBackend>(
+    recipe: &DetRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    options: &RunOptions,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<TrainOutcome, DetectError> {
     recipe.validate()?;
     engine::prepare(run, &recipe.to_toml()?, &resume_rules())?;

@@ -19,6 +19,9 @@
 //! ```
 pub mod adapt;
 pub mod baselines;
+#[cfg(all(feature = "flex", debug_assertions))]
+#[doc(hidden)]
+pub mod cpu_instances;
 pub mod data;
 pub mod degrade;
 pub mod evaluate;

@@ -232,7 +232,18 @@ pub fn train<AB: AutodiffBackend>(
     run: &RunDir,
     device: &AB::Device,
     options: &RunOptions,
-    on_epoch: impl FnMut(&EpochRecord),
+    mut on_epoch: impl FnMut(&EpochRecord),
+) -> Result<TrainOutcome, EnhanceError> {
+    train_dyn::<AB>(recipe, run, device, options, &mut on_epoch)
+}
+
+/// [`train`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<AB: AutodiffBackend>(
+    recipe: &EnhanceRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    options: &RunOptions,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<TrainOutcome, EnhanceError> {
     recipe.validate()?;
     engine::prepare(run, &recipe.to_toml()?, &resume_rules())?;

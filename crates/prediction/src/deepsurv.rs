@@ -235,7 +235,22 @@ pub fn train<B: AutodiffBackend>(
     val: (&[Vec<f64>], &[f64], &[bool]),
     lh_cuts: Option<&[f64]>,
     device: &B::Device,
-    on_epoch: impl FnMut(&EpochRecord),
+    mut on_epoch: impl FnMut(&EpochRecord),
+) -> Result<Mlp<B::InnerBackend>, PredError> {
+    train_dyn::<B>(run, recipe_toml, spec, seed, train, val, lh_cuts, device, &mut on_epoch)
+}
+
+/// [`train`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<B: AutodiffBackend>(
+    run: &RunDir,
+    recipe_toml: &str,
+    spec: &ModelSection,
+    seed: u64,
+    train: (&[Vec<f64>], &[f64], &[bool]),
+    val: (&[Vec<f64>], &[f64], &[bool]),
+    lh_cuts: Option<&[f64]>,
+    device: &B::Device,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Mlp<B::InnerBackend>, PredError> {
     engine::prepare(run, recipe_toml, &resume_rules())?;
     let inputs = train.0.first().map_or(0, Vec::len);

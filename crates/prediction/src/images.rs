@@ -160,7 +160,20 @@ pub fn train<AB: AutodiffBackend>(
     train: Rows<'_>,
     val: Rows<'_>,
     device: &AB::Device,
-    on_epoch: impl FnMut(&EpochRecord),
+    mut on_epoch: impl FnMut(&EpochRecord),
+) -> Result<Classifier<AB::InnerBackend>, PredError> {
+    train_dyn::<AB>(run, recipe_toml, recipe, train, val, device, &mut on_epoch)
+}
+
+/// [`train`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<AB: AutodiffBackend>(
+    run: &RunDir,
+    recipe_toml: &str,
+    recipe: &SurvivalRecipe,
+    train: Rows<'_>,
+    val: Rows<'_>,
+    device: &AB::Device,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Classifier<AB::InnerBackend>, PredError> {
     engine::prepare(run, recipe_toml, &crate::deepsurv::resume_rules())?;
     let m = &recipe.model;

@@ -38,6 +38,9 @@ pub mod regression;
 pub mod response;
 /// Tables of subjects: the data layer's reader, encoding and standardisation.
 pub use vesalius_data::table;
+#[cfg(all(feature = "flex", debug_assertions))]
+#[doc(hidden)]
+pub mod cpu_instances;
 pub mod train;
 
 /// Errors of the prediction task.

@@ -405,7 +405,17 @@ pub fn train<AB: AutodiffBackend>(
     recipe: &SurvivalRecipe,
     run: &Path,
     device: &AB::Device,
-    on_epoch: impl FnMut(&EpochRecord),
+    mut on_epoch: impl FnMut(&EpochRecord),
+) -> Result<LongitudinalMetrics, PredError> {
+    train_dyn::<AB>(recipe, run, device, &mut on_epoch)
+}
+
+/// [`train`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<AB: AutodiffBackend>(
+    recipe: &SurvivalRecipe,
+    run: &Path,
+    device: &AB::Device,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<LongitudinalMetrics, PredError> {
     let text = recipe.to_toml()?;
     let mut raw = read_csv(&recipe.data.path)?;

@@ -597,7 +597,17 @@ pub fn train<AB: AutodiffBackend>(
     recipe: &ResponseRecipe,
     run: &Path,
     device: &AB::Device,
-    on_epoch: impl FnMut(&EpochRecord),
+    mut on_epoch: impl FnMut(&EpochRecord),
+) -> Result<ResponseMetrics, PredError> {
+    train_dyn::<AB>(recipe, run, device, &mut on_epoch)
+}
+
+/// [`train`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<AB: AutodiffBackend>(
+    recipe: &ResponseRecipe,
+    run: &Path,
+    device: &AB::Device,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<ResponseMetrics, PredError> {
     recipe.validate()?;
     let text = toml::to_string(recipe).map_err(|e| PredError::Internal(e.to_string()))?;

@@ -193,7 +193,17 @@ pub fn train<AB: AutodiffBackend>(
     recipe: &SurvivalRecipe,
     run: &Path,
     device: &AB::Device,
-    on_epoch: impl FnMut(&EpochRecord),
+    mut on_epoch: impl FnMut(&EpochRecord),
+) -> Result<(SurvivalModel, SurvivalMetrics), PredError> {
+    train_dyn::<AB>(recipe, run, device, &mut on_epoch)
+}
+
+/// [`train`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<AB: AutodiffBackend>(
+    recipe: &SurvivalRecipe,
+    run: &Path,
+    device: &AB::Device,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<(SurvivalModel, SurvivalMetrics), PredError> {
     recipe.validate()?;
     if recipe.model.arch == Arch::Rnn {

@@ -534,6 +534,17 @@ pub fn train_with<AB: AutodiffBackend>(
     options: &RunOptions,
     mut on_log: impl FnMut(&str, &EpochRecord),
 ) -> Result<TrainOutcome, RegError> {
+    train_with_dyn::<AB>(recipe, run, device, options, &mut on_log)
+}
+
+/// [`train_with`] behind one callback type: generated once per backend.
+pub(crate) fn train_with_dyn<AB: AutodiffBackend>(
+    recipe: &RegRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    options: &RunOptions,
+    on_log: &mut dyn FnMut(&str, &EpochRecord),
+) -> Result<TrainOutcome, RegError> {
     let text = recipe.to_toml()?;
     let affine_run = run.stage("affine");
     let main_state = engine::read_state(run)?;

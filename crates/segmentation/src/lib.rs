@@ -24,6 +24,9 @@
 //! assert!(plans.estimated_mib <= 1024.0);               // patch and batch fit the budget
 //! assert!(matches!(plans.normalisation[0], vesalius_segmentation::plan::Normalisation::Ct { .. }));
 //! ```
+#[cfg(all(feature = "flex", debug_assertions))]
+#[doc(hidden)]
+pub mod cpu_instances;
 pub mod evaluate;
 pub mod explain;
 pub mod fingerprint;

@@ -581,6 +581,17 @@ pub fn train_with<AB: AutodiffBackend>(
     options: &RunOptions,
     mut on_epoch: impl FnMut(&EpochRecord),
 ) -> Result<TrainOutcome, SegError> {
+    train_dyn::<AB>(recipe, run, device, options, &mut on_epoch)
+}
+
+/// [`train_with`] behind one callback type: generated once per backend.
+pub(crate) fn train_dyn<AB: AutodiffBackend>(
+    recipe: &SegRecipe,
+    run: &RunDir,
+    device: &AB::Device,
+    options: &RunOptions,
+    mut on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<TrainOutcome, SegError> {
     std::fs::create_dir_all(run.checkpoint("")).map_err(|e| SegError::Input(format!("{}: {e}", run.root().display())))?;
     let started = engine::prepare(run, &recipe.to_toml(), &resume_rules())?;
 
