@@ -2,8 +2,9 @@
 //!
 //! `cargo test` runs one test binary at a time, and most of ours keep one core busy (a training test uses a
 //! second core only in its larger kernels). This builds every test target with cargo, then runs the binaries on
-//! as many workers as the machine has cores, longest first when an earlier run recorded their times, prints each
-//! binary's output when it ends, runs every one even after a failure, and finishes with the doc-tests.
+//! as many workers as the machine has cores, longest first by the times of the last run here (in a clean clone,
+//! by those of `xtask/test-times.tsv`), prints each binary's output when it ends, runs every one even after a
+//! failure, and finishes with the doc-tests.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -38,7 +39,9 @@ pub fn run(cargo: impl Fn() -> Command, root: &Path) -> ExitCode {
     };
     eprintln!("cargo xtask ci: test targets built in {:.0} s", building.elapsed().as_secs_f64());
     let times_path = root.join("target/xtask-test-times.tsv");
-    let recorded = read_times(&times_path);
+    // A clean clone has no times of its own: the committed ones of an earlier run order it.
+    let mut recorded = read_times(&root.join("xtask/test-times.tsv"));
+    recorded.extend(read_times(&times_path));
     let mut order: Vec<Binary> = binaries;
     // Longest first (by the last recorded time; unknown ones first of all), so that no long binary starts last.
     order.sort_by(|a, b| {
