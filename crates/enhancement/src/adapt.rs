@@ -563,6 +563,7 @@ mod tests {
 
     #[test]
     fn planes_average_both_orientations_and_crops_keep_the_scored_planes_exact() {
+        let _rng = crate::BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let device = Default::default();
         let spec = ModelSection { features: 4, kernel: 3, ..Default::default() };
         let net = crate::model::build::<B>(&spec, &device);
@@ -598,6 +599,7 @@ mod tests {
 
     #[test]
     fn adaptation_lowers_the_error_on_the_images_own_pairs() {
+        let _rng = crate::BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let device = Default::default();
         let spec = ModelSection { features: 16, kernel: 3, ..Default::default() };
         // Bright squares on a dark ground: the network learns to sharpen the edges the block mean blurs.
@@ -631,6 +633,7 @@ mod tests {
 
     #[test]
     fn adaptation_to_measured_lines_reconstructs_better_than_zero_filling() {
+        let _rng = crate::BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
         // Disks of several sizes in 32 × 32 planes, sampled at every third line beside a 4-line centre: the CRNN,
         // untrained, learns from the planes' own measured lines alone.
         let device = Default::default();
@@ -662,7 +665,8 @@ mod tests {
         let section = AdaptSection { steps: 300, lr: 2e-3, batch: 4, ..Default::default() };
         let net = adapt_kspace::<B>(crate::model::build::<Autodiff<B>>(&spec, &device), &measured, [w, h], &section, &device).unwrap();
         let adapted = error(&reconstruct_measured(&net, &measured, [w, h], &device));
-        // Measured: 0.55 of zero filling's error (0.29 and 0.70 with initialisation seeds 1 and 2).
+        eprintln!("adapted: {:.3} of zero filling's error", adapted / input);
+        // Measured: 0.54 of zero filling's error (0.29 and 0.70 with initialisation seeds 1 and 2).
         assert!(adapted < 0.8 * input, "adapted {adapted} vs zero-filled {input}");
         // Air alone holds nothing to learn from.
         let air = vec![Measured { k0: vec![0.0; 2 * w * h], lines }];

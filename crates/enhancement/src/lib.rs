@@ -36,6 +36,11 @@ pub mod series;
 pub mod stain;
 pub mod train;
 
+/// Serialises the unit tests that draw weights from burn's process-wide generator, so that a seeded test
+/// draws the same weights however the test threads interleave.
+#[cfg(test)]
+pub(crate) static BURN_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Errors of the enhancement task.
 #[derive(Debug, thiserror::Error)]
 pub enum EnhanceError {

@@ -152,6 +152,7 @@ mod tests {
 
     #[test]
     fn whole_planes_of_any_size_keep_their_size() {
+        let _rng = crate::BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let device = Default::default();
         for arch in [Arch::RedCnn, Arch::Unet, Arch::ConvAe] {
             let spec = ModelSection { arch, features: 4, channels: vec![4, 8, 16], ..Default::default() };
