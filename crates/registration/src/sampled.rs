@@ -163,28 +163,34 @@ impl Points {
     pub fn draw_in(fixed: &Volume, n: usize, seed: u64, floor: Option<f64>) -> Self {
         let size = fixed.grid.size;
         let total: usize = size.iter().product();
-        let mut out = Points { world: Vec::with_capacity(n.min(total)), values: Vec::with_capacity(n.min(total)) };
-        let push = |out: &mut Points, v: [f64; 3]| {
-            if let Some((value, _)) = fixed.sample(v).filter(|(x, _)| floor.is_none_or(|f| *x > f)) {
-                let m = &fixed.grid.to_world;
-                out.world.push([0, 1, 2].map(|r| m[r][0] * v[0] + m[r][1] * v[1] + m[r][2] * v[2] + m[r][3]));
-                out.values.push(value);
-            }
+        let m = &fixed.grid.to_world;
+        let keep = |v: [f64; 3]| {
+            let value = fixed.sample(v).map(|(x, _)| x).filter(|x| floor.is_none_or(|f| *x > f))?;
+            Some(([0, 1, 2].map(|r| m[r][0] * v[0] + m[r][1] * v[1] + m[r][2] * v[2] + m[r][3]), value))
         };
+        let mut kept: Vec<([f64; 3], f64)> = Vec::with_capacity(n.min(total));
         if total <= n {
-            for i in 0..total {
-                push(&mut out, [(i / (size[1] * size[2])) as f64, ((i / size[2]) % size[1]) as f64, (i % size[2]) as f64]);
-            }
+            let voxel = |i: usize| [(i / (size[1] * size[2])) as f64, ((i / size[2]) % size[1]) as f64, (i % size[2]) as f64];
+            kept = in_parts(total, |range| range.filter_map(|i| keep(voxel(i))).collect());
         } else {
+            // The candidates of one seeded stream, in order; each batch's are sampled across the cores and the
+            // first `n` kept, so the points are those of drawing one at a time.
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            for _ in 0..20 * n {
-                push(&mut out, [0, 1, 2].map(|a| if size[a] == 1 { 0.0 } else { rng.random::<f64>() * (size[a] - 1) as f64 }));
-                if out.values.len() >= n {
-                    break;
-                }
+            let mut tried = 0;
+            while kept.len() < n && tried < 20 * n {
+                let wanted = n - kept.len();
+                // Enough candidates for the share kept so far, and a margin.
+                let share = if tried == 0 { 1.0 } else { (kept.len() as f64 / tried as f64).max(0.05) };
+                let batch = ((wanted as f64 / share * 1.1) as usize + 64).min(20 * n - tried);
+                let candidates: Vec<[f64; 3]> = (0..batch)
+                    .map(|_| [0, 1, 2].map(|a| if size[a] == 1 { 0.0 } else { rng.random::<f64>() * (size[a] - 1) as f64 }))
+                    .collect();
+                tried += batch;
+                let found = in_parts(batch, |range| range.filter_map(|i| keep(candidates[i])).collect());
+                kept.extend(found.into_iter().take(wanted));
             }
         }
-        out
+        Points { world: kept.iter().map(|(w, _)| *w).collect(), values: kept.into_iter().map(|(_, v)| v).collect() }
     }
 
     /// How many points.
@@ -223,15 +229,29 @@ fn sample_moving(moving: &Volume, points: &Points, world: &Mat4) -> Vec<Sampled>
         }
         out
     };
-    let n = points.len();
+    in_parts(points.len(), chunk)
+}
+
+/// `f` over `0..n` in consecutive ranges, one per core (a single range below 2,048 items a core), with the results
+/// concatenated in order: the same output on any number of cores.
+pub(crate) fn in_parts<T: Send>(n: usize, f: impl Fn(std::ops::Range<usize>) -> Vec<T> + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(n / 2048).max(1);
-    if threads == 1 {
-        return chunk(0..n);
-    }
     let per = n.div_ceil(threads);
+    each_share(threads, |t| f(t * per..((t + 1) * per).min(n))).into_iter().flatten().collect()
+}
+
+/// `f` of each share `0..count`, the shares spread over the cores, the results in the shares' order.
+pub(crate) fn each_share<T: Send>(count: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(count).max(1);
+    if threads == 1 {
+        return (0..count).map(f).collect();
+    }
+    let per = count.div_ceil(threads);
+    let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|t| s.spawn(move || chunk(t * per..((t + 1) * per).min(n)))).collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        let handles: Vec<_> =
+            (0..threads).map(|t| s.spawn(move || (t * per..((t + 1) * per).min(count)).map(f).collect::<Vec<T>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     })
 }
 

@@ -54,7 +54,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::deformable::{DeformableOptions, Regulariser, control_points};
-use crate::sampled::{Sampled, Volume, bspline3, level_volume, loss_and_dm};
+use crate::sampled::{Sampled, Volume, bspline3, each_share, in_parts, level_volume, loss_and_dm};
 
 /// Cubic B-spline control points on a grid: displacements in voxels of the grid, components (d, h, w).
 #[derive(Clone, Debug, PartialEq)]
@@ -205,34 +205,66 @@ impl Lattice {
         }
         let [p0, p1, p2] = self.points;
         let per = p0 * p1 * p2;
-        let mut total = 0.0;
-        for (stencil, scale) in terms {
-            // The stencil's reach per axis: positions where every tap lies inside the lattice.
-            let reach: [usize; 3] = std::array::from_fn(|k| stencil.iter().map(|(o, _)| o[k]).max().unwrap_or(0));
-            let [n0, n1, n2] = [0, 1, 2].map(|k| self.points[k] - reach[k]);
-            let n = (3 * n0 * n1 * n2) as f64;
-            let taps: Vec<(usize, f64)> = stencil.iter().map(|(o, c)| ((o[0] * p1 + o[1]) * p2 + o[2], *c)).collect();
-            let k = 2.0 * scale * weight / n;
-            let mut sum = 0.0;
-            for c in 0..3 {
-                for i in 0..n0 {
-                    for j in 0..n1 {
-                        let row = c * per + (i * p1 + j) * p2;
-                        for x in row..row + n2 {
-                            let r: f64 = taps.iter().map(|&(o, coef)| coef * self.values[x + o]).sum();
-                            sum += r * r;
-                            for &(o, coef) in &taps {
-                                grad[x + o] += k * coef * r;
-                            }
-                        }
-                    }
-                }
-            }
-            total += scale * sum / n;
-        }
-        total
+        // Per term: the flat offsets and coefficients of its taps, the extent of the positions where every tap lies
+        // inside the lattice, and the term's scale and mean's count.
+        let terms: Vec<(Vec<(usize, f64)>, [usize; 3], f64, f64)> = terms
+            .into_iter()
+            .map(|(stencil, scale)| {
+                let reach: [usize; 3] = std::array::from_fn(|k| stencil.iter().map(|(o, _)| o[k]).max().unwrap_or(0));
+                let extent = [0, 1, 2].map(|k| self.points[k] - reach[k]);
+                let taps = stencil.iter().map(|(o, c)| ((o[0] * p1 + o[1]) * p2 + o[2], *c)).collect();
+                (taps, extent, scale, (3 * extent[0] * extent[1] * extent[2]) as f64)
+            })
+            .collect();
+        // The three displacement components are independent: one thread each, their sums added in a fixed order.
+        let sums: Vec<Vec<f64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = grad
+                .chunks_mut(per)
+                .zip(self.values.chunks(per))
+                .map(|(g, v)| {
+                    let terms = &terms;
+                    s.spawn(move || {
+                        terms
+                            .iter()
+                            .map(|(taps, extent, scale, n)| stencil_term(v, g, taps, *extent, [p1, p2], 2.0 * scale * weight / n))
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        });
+        terms.iter().enumerate().map(|(t, (_, _, scale, n))| scale * sums.iter().map(|c| c[t]).sum::<f64>() / n).sum()
     }
 }
+
+/// One component's `Σ r²` of one difference stencil, `r` its response at every position of `extent` (`taps`: flat
+/// offsets and coefficients on a lattice of rows `[p1, p2]`), with `k · r · coefficient` added to `grad` at each
+/// tap; row by row, so that the loops vectorise.
+fn stencil_term(values: &[f64], grad: &mut [f64], taps: &[(usize, f64)], extent: [usize; 3], [p1, p2]: [usize; 2], k: f64) -> f64 {
+    let [n0, n1, n2] = extent;
+    let mut r = vec![0.0; n2];
+    let mut sum = 0.0;
+    for i in 0..n0 {
+        for j in 0..n1 {
+            let row = (i * p1 + j) * p2;
+            r.iter_mut().for_each(|x| *x = 0.0);
+            for &(o, coef) in taps {
+                r.iter_mut().zip(&values[row + o..row + o + n2]).for_each(|(x, v)| *x += coef * v);
+            }
+            sum += r.iter().map(|x| x * x).sum::<f64>();
+            for &(o, coef) in taps {
+                let kc = k * coef;
+                grad[row + o..row + o + n2].iter_mut().zip(&r).for_each(|(g, x)| *g += kc * x);
+            }
+        }
+    }
+    sum
+}
+
+/// Points a share of the gradient's scatter takes at least (see `similarity_loss`).
+const SCATTER_POINTS: usize = 4096;
+/// The most shares of the gradient's scatter.
+const SCATTER_SHARES: usize = 8;
 
 /// Points of a pyramid level: positions in full-grid voxels and the fixed level's values there.
 struct LevelPoints {
@@ -246,25 +278,22 @@ struct LevelPoints {
 fn draw(fixed: &Volume, factor: [usize; 3], n: usize, seed: u64, floor: Option<f64>) -> LevelPoints {
     let size = fixed.grid.size;
     let total: usize = size.iter().product();
-    let mut out = LevelPoints { full: Vec::new(), level: Vec::new(), values: Vec::new() };
-    let mut push = |q: [f64; 3]| {
-        if let Some((value, _)) = fixed.sample(q).filter(|(v, _)| floor.is_none_or(|f| *v > f)) {
-            out.full.push([0, 1, 2].map(|a| factor[a] as f64 * q[a] + (factor[a] as f64 - 1.0) / 2.0));
-            out.level.push(q);
-            out.values.push(value);
-        }
-    };
-    if total <= n {
-        for i in 0..total {
-            push([(i / (size[1] * size[2])) as f64, ((i / size[2]) % size[1]) as f64, (i % size[2]) as f64]);
-        }
+    let keep = |q: [f64; 3]| fixed.sample(q).map(|(v, _)| (q, v)).filter(|(_, v)| floor.is_none_or(|f| *v > f));
+    let kept: Vec<([f64; 3], f64)> = if total <= n {
+        let voxel = |i: usize| [(i / (size[1] * size[2])) as f64, ((i / size[2]) % size[1]) as f64, (i % size[2]) as f64];
+        in_parts(total, |range| range.filter_map(|i| keep(voxel(i))).collect())
     } else {
+        // One seeded stream of candidates, sampled across the cores in order.
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for _ in 0..n {
-            push([0, 1, 2].map(|a| if size[a] == 1 { 0.0 } else { rng.random::<f64>() * (size[a] - 1) as f64 }));
-        }
+        let candidates: Vec<[f64; 3]> =
+            (0..n).map(|_| [0, 1, 2].map(|a| if size[a] == 1 { 0.0 } else { rng.random::<f64>() * (size[a] - 1) as f64 })).collect();
+        in_parts(n, |range| range.filter_map(|i| keep(candidates[i])).collect())
+    };
+    LevelPoints {
+        full: kept.iter().map(|(q, _)| [0, 1, 2].map(|a| factor[a] as f64 * q[a] + (factor[a] as f64 - 1.0) / 2.0)).collect(),
+        level: kept.iter().map(|(q, _)| *q).collect(),
+        values: kept.into_iter().map(|(_, v)| v).collect(),
     }
-    out
 }
 
 /// Per point: the B-spline weights and the moving sample at the displaced position (gradient in level voxels).
@@ -288,18 +317,8 @@ fn warp(lattice: &Lattice, moving: &Volume, points: &LevelPoints, factor: [usize
         }
         (weights, samples)
     };
-    let n = points.values.len();
-    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(n / 2048).max(1);
-    let per = n.div_ceil(threads).max(1);
-    let parts: Vec<_> = if threads == 1 {
-        vec![chunk(0..n)]
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads).map(|t| s.spawn(move || chunk(t * per..((t + 1) * per).min(n)))).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-        })
-    };
-    let mut out = Warped { weights: Vec::with_capacity(n), samples: Vec::with_capacity(n) };
+    let parts = in_parts(points.values.len(), |range| vec![chunk(range)]);
+    let mut out = Warped { weights: Vec::with_capacity(points.values.len()), samples: Vec::with_capacity(points.values.len()) };
     for (w, s) in parts {
         out.weights.extend(w);
         out.samples.extend(s);
@@ -323,15 +342,27 @@ fn similarity_loss(
     }
     let (loss, dm) = loss_and_dm(&warped.samples, &points.values, opts.similarity)?;
     if let Some(grad) = grad {
-        let per = lattice.values.len() / 3;
-        for (s, d) in warped.samples.iter().zip(dm) {
-            // ∂m/∂c (full voxels) = ∇m (level voxels) / factor · β.
-            let g = [0, 1, 2].map(|a| d * s.gradient[a] / factor[a] as f64);
-            lattice.each_tap(&warped.weights[s.index], |index, weight| {
-                for (c, gc) in g.iter().enumerate() {
-                    grad[c * per + index] += weight * gc;
-                }
-            });
+        let (per, len) = (lattice.values.len() / 3, grad.len());
+        // Each share of the points scatters into a gradient of its own, and the shares are added in order: their
+        // number depends on the points alone, so the sum is the same on any number of cores.
+        let shares = (warped.samples.len() / SCATTER_POINTS).clamp(1, SCATTER_SHARES);
+        let size = warped.samples.len().div_ceil(shares);
+        let partials = each_share(shares, |share| {
+            let mut partial = vec![0.0; len];
+            let range = (share * size).min(warped.samples.len())..((share + 1) * size).min(warped.samples.len());
+            for (s, d) in warped.samples[range.clone()].iter().zip(&dm[range]) {
+                // ∂m/∂c (full voxels) = ∇m (level voxels) / factor · β.
+                let g = [0, 1, 2].map(|a| d * s.gradient[a] / factor[a] as f64);
+                lattice.each_tap(&warped.weights[s.index], |index, weight| {
+                    for (c, gc) in g.iter().enumerate() {
+                        partial[c * per + index] += weight * gc;
+                    }
+                });
+            }
+            partial
+        });
+        for partial in partials {
+            grad.iter_mut().zip(partial).for_each(|(g, p)| *g += p);
         }
     }
     Some(loss)
