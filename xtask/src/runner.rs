@@ -1,10 +1,15 @@
-//! `cargo test --workspace` with the test binaries run side by side.
+//! `cargo test --workspace` with the test binaries run side by side, and the lints in the same build.
 //!
 //! `cargo test` runs one test binary at a time, and most of ours keep one core busy (a training test uses a
 //! second core only in its larger kernels). This builds every test target with cargo, then runs the binaries on
-//! as many workers as the machine has cores, longest first by the times of the last run here (in a clean clone,
-//! by those of `xtask/test-times.tsv`), prints each binary's output when it ends, runs every one even after a
-//! failure, and finishes with the doc-tests.
+//! one worker per core (at most one per 4 GiB of memory; `XTASK_TEST_JOBS` sets the number), longest first by the
+//! times of the last run here (in a clean clone, by those of `xtask/test-times.tsv`), prints each binary's output
+//! when it ends, runs every one even after a failure, and finishes with the doc-tests.
+//!
+//! The build compiles the workspace's own crates through `clippy-driver`, as `cargo clippy` does (it is rustc
+//! with Clippy's lints registered; dependencies go through plain rustc), so the lints need no second pass over the
+//! dependency graph: any warning in a workspace crate fails the run before a test starts, as `cargo clippy --
+//! -D warnings` would. The doc-tests' cargo gets the same wrapper, so it reuses that build.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -32,8 +37,18 @@ struct Finished {
 
 /// Builds and runs every test of the workspace (see the module documentation); 0 when all passed.
 pub fn run(cargo: impl Fn() -> Command, root: &Path) -> ExitCode {
+    let Some(clippy) = clippy_driver() else {
+        eprintln!("error: clippy-driver not found next to cargo or rustc: install Clippy (`rustup component add clippy`)");
+        return ExitCode::from(1);
+    };
+    // Every cargo of this run compiles the workspace's crates through Clippy, so that they share one build.
+    let cargo = || {
+        let mut c = cargo();
+        c.env("RUSTC_WORKSPACE_WRAPPER", &clippy);
+        c
+    };
     let building = Instant::now();
-    let binaries = match build(&cargo) {
+    let binaries = match build(&cargo, root) {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -49,7 +64,7 @@ pub fn run(cargo: impl Fn() -> Command, root: &Path) -> ExitCode {
         let tb = recorded.get(&b.label).copied().unwrap_or(f64::INFINITY);
         tb.total_cmp(&ta)
     });
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+    let workers = workers();
     eprintln!("cargo xtask ci: running {} test binaries, {workers} at a time", order.len());
     let started = Instant::now();
     let queue = Mutex::new(order.into_iter());
@@ -86,10 +101,39 @@ pub fn run(cargo: impl Fn() -> Command, root: &Path) -> ExitCode {
     if failed.is_empty() && doc_ok { ExitCode::SUCCESS } else { ExitCode::from(101) }
 }
 
-/// `cargo test --workspace --no-run`, reading the test executables from cargo's JSON messages.
-fn build(cargo: &impl Fn() -> Command) -> Result<Vec<Binary>, ExitCode> {
+/// How many binaries run at once: `XTASK_TEST_JOBS` when set, else one per core and at most one per 4 GiB of memory
+/// (a training test holds up to about 2 GiB, and each uses more than one core in its larger kernels).
+fn workers() -> usize {
+    if let Some(n) = std::env::var("XTASK_TEST_JOBS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        return n.max(1);
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // MemTotal of /proc/meminfo, in kB; unknown elsewhere.
+    let memory_gib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<usize>().ok()? / (1024 * 1024))
+    });
+    cores.min(memory_gib.map_or(cores, |g| g / 4)).max(1)
+}
+
+/// Clippy's driver: beside the cargo running this (`CARGO`), else in rustc's sysroot.
+fn clippy_driver() -> Option<PathBuf> {
+    let name = format!("clippy-driver{}", std::env::consts::EXE_SUFFIX);
+    let beside_cargo = std::env::var_os("CARGO").map(|c| Path::new(&c).with_file_name(&name));
+    let sysroot = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).join("bin").join(&name));
+    beside_cargo.into_iter().chain(sysroot).find(|p| p.is_file())
+}
+
+/// `cargo test --workspace --no-run` (the workspace's crates through Clippy), printing the compiler's messages and
+/// reading the test executables from cargo's JSON messages; fails on any warning in a workspace crate.
+fn build(cargo: &impl Fn() -> Command, root: &Path) -> Result<Vec<Binary>, ExitCode> {
     let mut c = cargo();
-    c.args(["test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    c.args(["test", "--workspace", "--no-run", "--message-format=json"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let out = match c.output() {
         Ok(o) => o,
         Err(e) => {
@@ -97,8 +141,26 @@ fn build(cargo: &impl Fn() -> Command) -> Result<Vec<Binary>, ExitCode> {
             return Err(ExitCode::from(1));
         }
     };
+    // The workspace's own crates: those under its root, the vendored dependencies aside.
+    let ours = |manifest: &str| Path::new(manifest).starts_with(root) && !Path::new(manifest).starts_with(root.join("vendor"));
+    let mut warnings = 0usize;
+    for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(m) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        if m["reason"] == "compiler-message" {
+            eprint!("{}", m["message"]["rendered"].as_str().unwrap_or_default());
+            if m["message"]["level"] == "warning" && m["manifest_path"].as_str().is_some_and(ours) {
+                warnings += 1;
+            }
+        }
+    }
     if !out.status.success() {
         return Err(ExitCode::from(out.status.code().unwrap_or(1).clamp(1, 255) as u8));
+    }
+    if warnings > 0 {
+        eprintln!(
+            "cargo xtask ci: {warnings} warning messages from the workspace's crates (lints and warnings fail CI, as `cargo clippy -- -D warnings`)"
+        );
+        return Err(ExitCode::from(1));
     }
     let mut binaries = Vec::new();
     for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
