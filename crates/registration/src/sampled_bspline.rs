@@ -549,6 +549,44 @@ mod tests {
     }
 
     #[test]
+    fn the_scatter_in_shares_covers_every_point_once() {
+        // With mean squared difference, the gradient over all points is the count-weighted mean of the gradients over
+        // two halves: 30,000 points scatter in 7 shares, each half in 3, so a share that skipped or repeated points
+        // would break the identity.
+        let size = [40, 44, 48];
+        let fixed = volume(size, |z, y, x| (-((x - 24.0).powi(2) / 80.0 + (y - 22.0).powi(2) / 60.0 + (z - 20.0).powi(2) / 50.0)).exp());
+        let moving = volume(size, |z, y, x| (-((x - 25.0).powi(2) / 75.0 + (y - 21.4).powi(2) / 64.0 + (z - 20.6).powi(2) / 52.0)).exp());
+        let drawn = draw(&fixed, [1, 1, 1], 60_000, 9, None);
+        // Points a voxel inside the border, so that every displaced one stays in the moving image.
+        let inside: Vec<usize> = (0..drawn.values.len())
+            .filter(|&i| (0..3).all(|a| (1.0..=(size[a] - 2) as f64).contains(&drawn.level[i][a])))
+            .take(30_000)
+            .collect();
+        assert_eq!(inside.len(), 30_000);
+        let half = |r: std::ops::Range<usize>| LevelPoints {
+            full: inside[r.clone()].iter().map(|&i| drawn.full[i]).collect(),
+            level: inside[r.clone()].iter().map(|&i| drawn.level[i]).collect(),
+            values: inside[r].iter().map(|&i| drawn.values[i]).collect(),
+        };
+        let points = half(0..30_000);
+        let l = lattice(size, 4, 2);
+        let opts = DeformableOptions { similarity: Similarity::Mse, ..DeformableOptions::default() };
+        let gradient = |p: &LevelPoints| {
+            let mut g = vec![0.0; l.values.len()];
+            similarity_loss(&l, &moving, p, [1, 1, 1], &opts, Some(&mut g)).unwrap();
+            g
+        };
+        let all = gradient(&points);
+        let (a, b) = (gradient(&half(0..13_000)), gradient(&half(13_000..30_000)));
+        let largest = all.iter().fold(0f64, |m, g| m.max(g.abs()));
+        assert!(largest > 1e-6, "largest gradient {largest}");
+        for k in 0..all.len() {
+            let combined = (13_000.0 * a[k] + 17_000.0 * b[k]) / 30_000.0;
+            assert!((all[k] - combined).abs() <= 1e-9 * largest, "{k}: {} vs {combined}", all[k]);
+        }
+    }
+
+    #[test]
     fn affine_lattices_have_no_bending_energy_and_constant_ones_no_diffusion() {
         let size = [10, 10, 10];
         let mut l = Lattice::zeros(size, 3);
