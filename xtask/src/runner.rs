@@ -144,6 +144,7 @@ fn build(cargo: &impl Fn() -> Command, root: &Path) -> Result<Vec<Binary>, ExitC
     // The workspace's own crates: those under its root, the vendored dependencies aside.
     let ours = |manifest: &str| Path::new(manifest).starts_with(root) && !Path::new(manifest).starts_with(root.join("vendor"));
     let mut warnings = 0usize;
+    let mut binaries = Vec::new();
     for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let Ok(m) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
         if m["reason"] == "compiler-message" {
@@ -151,20 +152,8 @@ fn build(cargo: &impl Fn() -> Command, root: &Path) -> Result<Vec<Binary>, ExitC
             if m["message"]["level"] == "warning" && m["manifest_path"].as_str().is_some_and(ours) {
                 warnings += 1;
             }
+            continue;
         }
-    }
-    if !out.status.success() {
-        return Err(ExitCode::from(out.status.code().unwrap_or(1).clamp(1, 255) as u8));
-    }
-    if warnings > 0 {
-        eprintln!(
-            "cargo xtask ci: {warnings} warning messages from the workspace's crates (lints and warnings fail CI, as `cargo clippy -- -D warnings`)"
-        );
-        return Err(ExitCode::from(1));
-    }
-    let mut binaries = Vec::new();
-    for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(m) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
         if m["reason"] != "compiler-artifact" || m["profile"]["test"] != true {
             continue;
         }
@@ -178,6 +167,15 @@ fn build(cargo: &impl Fn() -> Command, root: &Path) -> Result<Vec<Binary>, ExitC
             _ => format!("{package} unittests"),
         };
         binaries.push(Binary { dir, exe: PathBuf::from(exe), label });
+    }
+    if !out.status.success() {
+        return Err(ExitCode::from(out.status.code().unwrap_or(1).clamp(1, 255) as u8));
+    }
+    if warnings > 0 {
+        eprintln!(
+            "cargo xtask ci: {warnings} warning messages from the workspace's crates (lints and warnings fail CI, as `cargo clippy -- -D warnings`)"
+        );
+        return Err(ExitCode::from(1));
     }
     Ok(binaries)
 }

@@ -168,14 +168,14 @@ impl Points {
             let value = fixed.sample(v).map(|(x, _)| x).filter(|x| floor.is_none_or(|f| *x > f))?;
             Some(([0, 1, 2].map(|r| m[r][0] * v[0] + m[r][1] * v[1] + m[r][2] * v[2] + m[r][3]), value))
         };
-        let mut kept: Vec<([f64; 3], f64)> = Vec::with_capacity(n.min(total));
-        if total <= n {
+        let kept: Vec<([f64; 3], f64)> = if total <= n {
             let voxel = |i: usize| [(i / (size[1] * size[2])) as f64, ((i / size[2]) % size[1]) as f64, (i % size[2]) as f64];
-            kept = in_parts(total, |range| range.filter_map(|i| keep(voxel(i))).collect());
+            in_parts(total, |range| range.filter_map(|i| keep(voxel(i))).collect())
         } else {
             // The candidates of one seeded stream, in order; each batch's are sampled across the cores and the
             // first `n` kept, so the points are those of drawing one at a time.
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut kept = Vec::with_capacity(n);
             let mut tried = 0;
             while kept.len() < n && tried < 20 * n {
                 let wanted = n - kept.len();
@@ -189,7 +189,8 @@ impl Points {
                 let found = in_parts(batch, |range| range.filter_map(|i| keep(candidates[i])).collect());
                 kept.extend(found.into_iter().take(wanted));
             }
-        }
+            kept
+        };
         Points { world: kept.iter().map(|(w, _)| *w).collect(), values: kept.into_iter().map(|(_, v)| v).collect() }
     }
 
