@@ -130,10 +130,11 @@ fn clippy_driver() -> Option<PathBuf> {
 }
 
 /// `cargo test --workspace --no-run` (the workspace's crates through Clippy), printing the compiler's messages and
-/// reading the test executables from cargo's JSON messages; fails on any warning in a workspace crate.
+/// reading the test executables from cargo's JSON messages; fails on any warning in a workspace crate. Cargo's timing
+/// report of the build (which crate took how long, and how many ran at once) lands in `target/cargo-timings/`.
 fn build(cargo: &impl Fn() -> Command, root: &Path) -> Result<Vec<Binary>, ExitCode> {
     let mut c = cargo();
-    c.args(["test", "--workspace", "--no-run", "--message-format=json"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    c.args(["test", "--workspace", "--no-run", "--timings", "--message-format=json"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let out = match c.output() {
         Ok(o) => o,
         Err(e) => {
