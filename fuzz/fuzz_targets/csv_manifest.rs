@@ -9,7 +9,7 @@ use common::scratch;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // Paths stay inside the scratch folder: an absolute path would make the loader read the machine's own folders
-    // (a series-folder walk is bounded by MAX_SCAN_FILES and regular files, tested in crates/io/tests/dicom.rs).
+    // (a series-folder walk is bounded by MAX_SCAN_FILES and regular files, tested in crates/io/tests/it/dicom.rs).
     if data.contains(&b'/') || data.contains(&b'\\') {
         return;
     }

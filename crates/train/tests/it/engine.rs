@@ -81,11 +81,8 @@ fn config() -> EngineConfig {
     EngineConfig { seed: 3, quiet: true, ..Default::default() }
 }
 
-/// The backend's random generator is process-wide: runs in parallel test threads would interleave their draws.
-static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn run_to_end(run: &RunDir, task: &mut Line, config: &EngineConfig) -> Result<engine::Outcome, TrainError> {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::take_turn();
     engine::prepare(run, &format!("epochs = {}\n", task.epochs), &ResumeRules::default())?;
     engine::train(run, task, AdamConfig::new().init(), config, &Default::default(), |_| {})
 }

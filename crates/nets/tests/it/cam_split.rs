@@ -11,6 +11,7 @@ type B = burn::backend::Cuda;
 
 #[test]
 fn every_cam_layer_splits_the_forward_pass_exactly() {
+    let _turn = crate::take_turn();
     let device = Default::default();
     for arch in [Arch::LeNet5, Arch::AlexNet, Arch::Vgg11, Arch::GoogLeNet, Arch::ResNet18] {
         let model = ClassifierConfig::new(arch, 2, 3, 32).init::<B>(&device).unwrap();

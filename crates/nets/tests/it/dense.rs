@@ -46,6 +46,7 @@ fn volume<BB: Backend>(v: Vec<f32>, shape: [usize; 5]) -> Tensor<BB, 5> {
 
 #[test]
 fn reference_workload_parameter_counts() {
+    let _turn = crate::take_turn();
     // ../shared/bench/WORKLOADS.md, workloads c–g.
     let d = dev();
     // Batch-norm running statistics are buffers, not parameters.
@@ -58,6 +59,7 @@ fn reference_workload_parameter_counts() {
 
 #[test]
 fn networks_give_the_expected_shapes() {
+    let _turn = crate::take_turn();
     let d = dev();
     let x = Tensor::<B, 4>::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &d);
     assert_eq!(UNetConfig::reference_2d(1, 2).init::<B>(&d).forward_2d(x.clone()).dims(), [2, 2, 32, 32]);
@@ -82,6 +84,7 @@ fn networks_give_the_expected_shapes() {
 
 #[test]
 fn pooling_and_upsampling_by_hand() {
+    let _turn = crate::take_turn();
     // 2×2×2 volume with values 0..8 plus one extra row/column/slice that pooling drops.
     let v: Vec<f32> = (0..27).map(|i| i as f32).collect();
     let x = volume::<B>(v, [1, 1, 3, 3, 3]);
@@ -100,6 +103,7 @@ fn pooling_and_upsampling_by_hand() {
 
 #[test]
 fn max_pool_gradient_goes_to_the_maximum() {
+    let _turn = crate::take_turn();
     let x = volume::<AB>((0..8).map(|i| if i == 5 { 10.0 } else { i as f32 }).collect(), [1, 1, 2, 2, 2]).require_grad();
     let grads = max_pool3d(x.clone(), 2).sum().backward();
     let g = values(x.grad(&grads).unwrap());
@@ -108,6 +112,7 @@ fn max_pool_gradient_goes_to_the_maximum() {
 
 #[test]
 fn warping_by_known_fields() {
+    let _turn = crate::take_turn();
     let d = dev();
     let img = Tensor::<B, 5>::random([1, 2, 4, 5, 6], Distribution::Normal(0.0, 1.0), &d);
     let zero = Tensor::<B, 5>::zeros([1, 3, 4, 5, 6], &d);
@@ -148,6 +153,7 @@ fn warping_by_known_fields() {
 
 #[test]
 fn warp_gradients_match_finite_differences() {
+    let _turn = crate::take_turn();
     let d = Default::default();
     let img: Vec<f32> = (0..60).map(|i| ((i * 37) % 17) as f32 / 7.0).collect();
     let flow: Vec<f32> = (0..180).map(|i| (((i * 13) % 11) as f32 - 5.0) / 9.0).collect();
@@ -193,6 +199,7 @@ fn warp_gradients_match_finite_differences() {
 
 #[test]
 fn losses_by_their_definitions() {
+    let _turn = crate::take_turn();
     let d = dev();
     // Two samples, two classes, three voxels; values from the definition evaluated with numpy:
     // p = softmax(logits); d_nc = 1 − (2Σpg + 1e-5)/(Σp + Σg + 1e-5); mean → 0.3924222594792165;
@@ -243,6 +250,7 @@ fn reference_rnn(x: &[f64], t: usize, input: usize, hs: usize, w: [Vec<f64>; 4],
 
 #[test]
 fn lstm_and_gru_match_the_step_equations() {
+    let _turn = crate::take_turn();
     let d = dev();
     let (t, input, hs) = (5, 3, 4);
     let x = Tensor::<B, 3>::random([1, t, input], Distribution::Normal(0.0, 1.0), &d);
@@ -278,6 +286,7 @@ fn probs(logits: &[f64], n: usize, c: usize, v: usize) -> Vec<Vec<Vec<f64>>> {
 
 #[test]
 fn dice_family_and_focal_losses_match_loop_implementations() {
+    let _turn = crate::take_turn();
     let d = dev();
     let raw =
         vec![0.5, -1.0, 2.0, 0.7, 0.0, 0.5, -0.5, 0.1, 1.0, 1.0, 0.0, -0.3, -2.0, 3.0, 0.25, 1.5, 0.3, 0.3, -1.0, 0.0, 1.2, -0.7, 0.4, 2.2];
@@ -386,6 +395,7 @@ fn reference_crf(
 
 #[test]
 fn crf_rnn_matches_the_mean_field_equations() {
+    let _turn = crate::take_turn();
     use vesalius_nets::CrfRnnConfig;
     let d = dev();
     // A 3D volume and a 2D slice (depth 1: the window lies in its plane).
@@ -436,6 +446,7 @@ fn CrfRnn_with_compatibility(mut crf: vesalius_nets::CrfRnn<B>, mu: &[f32], c: u
 
 #[test]
 fn crf_rnn_cleans_a_noisy_unary_and_learns_its_weights() {
+    let _turn = crate::take_turn();
     use burn::optim::{AdamConfig, GradientsParams, Optimizer};
     use vesalius_nets::CrfRnnConfig;
     let d: burn::tensor::Device<AB> = Default::default();
@@ -485,6 +496,7 @@ fn crf_rnn_cleans_a_noisy_unary_and_learns_its_weights() {
 
 #[test]
 fn monte_carlo_dropout_samples_only_when_asked_or_training() {
+    let _turn = crate::take_turn();
     let x = Tensor::<B, 5>::random([1, 1, 1, 16, 16], Distribution::Normal(0.0, 1.0), &dev());
     let plain = UNetConfig::new(2, 1, 2, vec![4, 8]).init::<B>(&dev());
     assert!(!plain.has_dropout());

@@ -38,6 +38,7 @@ fn basic_unet(dims: usize, f: usize) -> UNetConfig {
 
 #[test]
 fn torchvision_resnets_give_pytorch_outputs() {
+    let _turn = crate::take_turn();
     let want = expected();
     for (name, depth, width, params) in [("resnet18_w4", ResNetDepth::ResNet18, 4, 122), ("resnet50_w2", ResNetDepth::ResNet50, 2, 320)] {
         let file = WeightFile::open(&fixture(&format!("{name}.pth"))).expect("pth");
@@ -57,6 +58,7 @@ fn torchvision_resnets_give_pytorch_outputs() {
 
 #[test]
 fn monai_basic_unets_give_pytorch_outputs() {
+    let _turn = crate::take_turn();
     let want = expected();
     for (name, file, dims, f) in [("basicunet_2d", "basicunet_2d.pth", 2, 4), ("basicunet_3d", "basicunet_3d.safetensors", 3, 2)] {
         let file = WeightFile::open(&fixture(file)).expect("weights");
@@ -78,6 +80,7 @@ fn monai_basic_unets_give_pytorch_outputs() {
 
 #[test]
 fn torchvision_full_size_names_and_shapes_are_covered() {
+    let _turn = crate::take_turn();
     let text = std::fs::read_to_string(fixture("torchvision_keys.json")).expect("keys");
     let keys: serde_json::Value = serde_json::from_str(&text).expect("json");
     let device = Default::default();
@@ -121,6 +124,7 @@ fn torchvision_full_size_names_and_shapes_are_covered() {
 
 #[test]
 fn third_party_pth_files_read_as_pytorch_reads_them() {
+    let _turn = crate::take_turn();
     let text = std::fs::read_to_string(fixture("third_party.json")).expect("reference");
     let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
     for file_name in ["lpips_alex.pth", "facenet_pnet.pt"] {
@@ -143,6 +147,7 @@ fn third_party_pth_files_read_as_pytorch_reads_them() {
 
 #[test]
 fn partial_loading_keeps_a_new_head_and_shape_errors_name_the_layer() {
+    let _turn = crate::take_turn();
     let file = WeightFile::open(&fixture("resnet18_w4.pth")).expect("pth");
     // Seven classes instead of five: the head keeps its own weights, the backbone is PyTorch's.
     let net = resnet(ResNetDepth::ResNet18, 4, 7);
@@ -180,6 +185,7 @@ fn partial_loading_keeps_a_new_head_and_shape_errors_name_the_layer() {
 
 #[test]
 fn a_unet_without_biases_refuses_monai_weights() {
+    let _turn = crate::take_turn();
     let file = WeightFile::open(&fixture("basicunet_2d.pth")).expect("pth");
     let net: UNet<B> = basic_unet(2, 4).with_conv_bias(false).init(&Default::default());
     let layout = net.layout();
@@ -193,6 +199,7 @@ fn a_unet_without_biases_refuses_monai_weights() {
 
 #[test]
 fn unreadable_files_are_named() {
+    let _turn = crate::take_turn();
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("broken.pth");
     std::fs::write(&bad, b"not a pickle").expect("write");
@@ -223,6 +230,7 @@ fn same_tensors(a: &WeightFile, b: &WeightFile) {
 
 #[test]
 fn exports_round_trip_under_pytorch_names() {
+    let _turn = crate::take_turn();
     let file = WeightFile::open(&fixture("resnet18_w4.pth")).expect("pth");
     let net = resnet(ResNetDepth::ResNet18, 4, 5);
     let layout = net.layout();
@@ -252,6 +260,7 @@ fn exports_round_trip_under_pytorch_names() {
 
 #[test]
 fn a_grey_network_takes_a_colour_networks_first_convolution_summed() {
+    let _turn = crate::take_turn();
     let file = WeightFile::open(&fixture("resnet18_w4.pth")).expect("pth");
     let colour = resnet(ResNetDepth::ResNet18, 4, 5);
     let layout = colour.layout();

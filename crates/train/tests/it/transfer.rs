@@ -79,10 +79,8 @@ impl Task<AD> for Fit {
     }
 }
 
-static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn fit(epochs: usize, plan: Option<LayerPlan>) -> Vec<(Vec<f32>, Vec<f32>)> {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::take_turn();
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path().join("run"));
     engine::prepare(&run, "x = 1\n", &ResumeRules::default()).unwrap();

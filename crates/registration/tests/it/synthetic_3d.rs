@@ -30,8 +30,11 @@ fn recover(deformable: DeformableOptions) -> ((f64, f64), (f64, f64), f64) {
     let labels = resample(&fixture("mni152_tissue_labels.nii.gz"), &[4.0, 4.0, 4.0], Interp::Nearest).unwrap();
     let [d, h, w] = vesalius_registration::Grid::of(&t1).size;
     // A smooth field: random displacements of up to ±2.5 voxels on a 4×4×4 lattice, trilinearly interpolated.
-    <P as burn::tensor::backend::Backend>::seed(&device, 3);
-    let coarse = Tensor::<P, 5>::random([1, 3, 4, 4, 4], Distribution::Uniform(-2.5, 2.5), &device);
+    let coarse = {
+        let _turn = crate::take_turn();
+        <P as burn::tensor::backend::Backend>::seed(&device, 3);
+        Tensor::<P, 5>::random([1, 3, 4, 4, 4], Distribution::Uniform(-2.5, 2.5), &device)
+    };
     let truth = resize_linear(coarse, [d, h, w]);
     let template = affine::to_tensor::<P>(&t1, &device);
     // fixed(p) = template(p + v(p)): registering the template to it must find v.
@@ -147,8 +150,11 @@ fn template_pair_8mm() -> (Tensor<P, 5>, Tensor<P, 5>) {
     let device = Default::default();
     let t1 = resample(&fixture("mni152_t1.nii.gz"), &[8.0, 8.0, 8.0], Interp::Linear).unwrap();
     let [d, h, w] = vesalius_registration::Grid::of(&t1).size;
-    <P as burn::tensor::backend::Backend>::seed(&device, 5);
-    let coarse = Tensor::<P, 5>::random([1, 3, 3, 3, 3], Distribution::Uniform(-1.5, 1.5), &device);
+    let coarse = {
+        let _turn = crate::take_turn();
+        <P as burn::tensor::backend::Backend>::seed(&device, 5);
+        Tensor::<P, 5>::random([1, 3, 3, 3, 3], Distribution::Uniform(-1.5, 1.5), &device)
+    };
     let moving = affine::to_tensor::<P>(&t1, &device);
     (warp(moving.clone(), resize_linear(coarse, [d, h, w]), Padding::Border), moving)
 }

@@ -23,6 +23,7 @@ type B = burn::backend::Autodiff<P>;
 
 #[test]
 fn a_small_voxelmorph_learns_to_register_unseen_pairs() {
+    let _turn = crate::take_turn();
     let device = Default::default();
     let t1 = load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152/mni152_t1.nii.gz")).unwrap();
     let t1 = resample(&t1, &[4.0, 4.0, 4.0], Interp::Linear).unwrap();

@@ -13,12 +13,8 @@ type B = burn::backend::Flex;
 type B = burn::backend::Cuda;
 type AB = Autodiff<B>;
 
-/// The backend's generator is process-wide: building a network draws from it, so tests that build networks take
-/// turns, and a seeded test sees only its own draws.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn params(arch: Arch, c: usize, k: usize, s: usize) -> usize {
-    let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = crate::take_turn();
     ClassifierConfig::new(arch, c, k, s).init::<B>(&Default::default()).expect("valid config").param_count()
 }
 
@@ -58,7 +54,7 @@ fn arch_names_in_recipes() {
 
 /// Output shape, and one SGD step on a fixed batch lowers the training loss (same dropout masks both times).
 fn check_step(arch: Arch, channels: usize, size: usize, lr: f64) {
-    let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = crate::take_turn();
     let device = Default::default();
     let classes = 3;
     let batch = 4;

@@ -106,8 +106,6 @@ impl Task<AD> for Surface {
     }
 }
 
-static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// The final weights (both layers, flattened), each step's loss and parts, and the log's training losses.
 struct Fitted {
     weights: Vec<f32>,
@@ -118,7 +116,7 @@ struct Fitted {
 }
 
 fn fit(devices: usize, threads: bool, plan: Option<LayerPlan>) -> Fitted {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = crate::take_turn();
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path().join("run"));
     engine::prepare(&run, "x = 1\n", &ResumeRules::default()).unwrap();

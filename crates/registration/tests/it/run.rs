@@ -19,14 +19,6 @@ type P = burn::backend::Flex;
 type P = burn::backend::Cuda;
 type B = burn::backend::Autodiff<P>;
 
-/// Network weights are drawn from the backend's process-wide generator, seeded by each run: tests that train take
-/// turns, so that another test's seeding cannot change this one's initial weights.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152")
 }
@@ -57,7 +49,7 @@ seed = 5
 
 #[test]
 fn a_synthetic_run_trains_resumes_and_improves_alignment() {
-    let _turn = take_turn();
+    let _turn = crate::take_turn();
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path().join("run"));
@@ -131,7 +123,7 @@ fn a_synthetic_run_trains_resumes_and_improves_alignment() {
 
 #[test]
 fn an_untrained_network_maps_by_world_position_between_different_grids() {
-    let _turn = take_turn();
+    let _turn = crate::take_turn();
     // With the flow head at ~0, registration is the identity in world space: the moving image is resampled on the
     // fixed grid by world position, whatever the two grids (here 3 mm RAS against 4 mm with a flipped axis).
     let device = Default::default();
@@ -171,7 +163,7 @@ fn an_untrained_network_maps_by_world_position_between_different_grids() {
 
 #[test]
 fn pairs_from_a_csv_with_labels_and_their_errors() {
-    let _turn = take_turn();
+    let _turn = crate::take_turn();
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let t1 = vesalius_io::geometry::resample(

@@ -29,6 +29,7 @@ fn blob(c: [f64; 3]) -> Tensor<B, 5> {
 
 #[test]
 fn starts_at_the_identity_and_learns_a_translation() {
+    let _turn = crate::take_turn();
     let device = Default::default();
     let net: AffineNet<B> = AffineNetConfig::new(vec![8, 8]).init(&device);
     let fixed = blob([7.5, 7.5, 7.5]);
