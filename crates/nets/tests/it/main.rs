@@ -1,11 +1,12 @@
-//! The integration tests of `vesalius-nets`, as modules of one test binary: the backend's generic code is instantiated and
-//! linked once for all of them, not once per file.
+//! The integration tests of `vesalius-nets`, as modules of one test binary: the backend's generic code is
+//! instantiated and linked once for all of them, not once per file.
 
 mod affine_net;
 mod backend_kernels;
 mod cam_split;
 mod dense;
 mod networks;
+mod random;
 mod transfer;
 
 /// Burn's random generator is process-wide: a test that seeds it, builds a network or draws random tensors holds

@@ -1,5 +1,5 @@
-//! The integration tests of `vesalius-registration`, as modules of one test binary: the backend's generic code is instantiated and
-//! linked once for all of them, not once per file.
+//! The integration tests of `vesalius-registration`, as modules of one test binary: the backend's generic code is
+//! instantiated and linked once for all of them, not once per file.
 
 mod itk_pairs;
 mod learned;
