@@ -1,17 +1,12 @@
 //! The affine-regression network: identity at start, and a known translation recovered by training.
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
-use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{Tensor, TensorData};
 use vesalius_nets::loss::mse;
 use vesalius_nets::{AffineNet, AffineNetConfig};
 
-#[cfg(not(feature = "test-cuda"))]
-type P = burn::backend::Flex;
-#[cfg(feature = "test-cuda")]
-type P = burn::backend::Cuda;
-type B = Autodiff<P>;
+use crate::B;
 
 /// A Gaussian blob of width 2.5 voxels centred at `c` (depth, height, width) on a 16³ grid.
 fn blob(c: [f64; 3]) -> Tensor<B, 5> {

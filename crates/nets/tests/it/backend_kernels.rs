@@ -5,16 +5,11 @@
 //! operations between a tensor and a broadcast or strided one (per-channel scale and shift as in
 //! batch normalisation, either operand first, transposed operands).
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
-use burn::backend::Autodiff;
 use burn::tensor::module::{conv_transpose2d, conv_transpose3d, conv2d, conv3d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Tensor, TensorData};
 
-#[cfg(not(feature = "test-cuda"))]
-type P = burn::backend::Flex;
-#[cfg(feature = "test-cuda")]
-type P = burn::backend::Cuda;
-type B = Autodiff<P>;
+use crate::{B, P};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn random(n: usize, seed: u64) -> Vec<f64> {

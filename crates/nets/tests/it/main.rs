@@ -9,6 +9,14 @@ mod networks;
 mod random;
 mod transfer;
 
+/// The backend the tests run on: the CPU's, or CUDA with the `test-cuda` feature.
+#[cfg(not(feature = "test-cuda"))]
+type P = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type P = burn::backend::Cuda;
+/// The same with automatic differentiation.
+type B = burn::backend::Autodiff<P>;
+
 /// Burn's random generator is process-wide: a test that seeds it, builds a network or draws random tensors holds
 /// this turn, so that a seeded test sees only its own draws whatever runs beside it.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());

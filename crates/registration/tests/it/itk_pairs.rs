@@ -8,10 +8,7 @@ use vesalius_data::Image;
 use vesalius_io::load;
 use vesalius_registration::{AffineOptions, Method, RegisterOptions, Registration, Similarity, register};
 
-#[cfg(not(feature = "test-cuda"))]
-type B = burn::backend::Autodiff<burn::backend::Flex>;
-#[cfg(feature = "test-cuda")]
-type B = burn::backend::Autodiff<burn::backend::Cuda>;
+use crate::B;
 
 fn itk(name: &str) -> Image {
     let p: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/itk").join(name);

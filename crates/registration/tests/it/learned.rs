@@ -15,11 +15,7 @@ use vesalius_nets::ops::{Padding, resize_linear, warp};
 use vesalius_registration::learn::{LearnOptions, Pair, predict, train};
 use vesalius_registration::{Similarity, affine};
 
-#[cfg(not(feature = "test-cuda"))]
-type P = burn::backend::Flex;
-#[cfg(feature = "test-cuda")]
-type P = burn::backend::Cuda;
-type B = burn::backend::Autodiff<P>;
+use crate::{B, P};
 
 #[test]
 fn a_small_voxelmorph_learns_to_register_unseen_pairs() {

@@ -7,10 +7,7 @@ use std::path::Path;
 use vesalius_io::load;
 use vesalius_registration::{AffineOptions, Grid, Method, RegisterOptions, Similarity, register};
 
-#[cfg(not(feature = "test-cuda"))]
-type B = burn::backend::Autodiff<burn::backend::Flex>;
-#[cfg(feature = "test-cuda")]
-type B = burn::backend::Autodiff<burn::backend::Cuda>;
+use crate::B;
 
 const E: [[f64; 4]; 3] = [
     [0.975170327202, -0.097843395007, 0.198669330795, 3.0],

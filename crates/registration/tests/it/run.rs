@@ -13,11 +13,7 @@ use vesalius_registration::recipe::RegRecipe;
 use vesalius_registration::train::{PairSource, train};
 use vesalius_train::RunDir;
 
-#[cfg(not(feature = "test-cuda"))]
-type P = burn::backend::Flex;
-#[cfg(feature = "test-cuda")]
-type P = burn::backend::Cuda;
-type B = burn::backend::Autodiff<P>;
+use crate::{B, P};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152")

@@ -10,10 +10,7 @@ use vesalius_data::Image;
 use vesalius_io::load;
 use vesalius_registration::{AffineOptions, DeformableOptions, Method, RegisterOptions, Similarity, register};
 
-#[cfg(not(feature = "test-cuda"))]
-type B = burn::backend::Autodiff<burn::backend::Flex>;
-#[cfg(feature = "test-cuda")]
-type B = burn::backend::Autodiff<burn::backend::Cuda>;
+use crate::B;
 type I = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 
 fn fixture(p: &str) -> Image {

@@ -12,11 +12,7 @@ use vesalius_nets::ops::{Padding, resize_linear, warp, warp_nearest};
 use vesalius_registration::metrics::{dice, jacobian_determinants, jacobian_stats};
 use vesalius_registration::{DeformableOptions, Deformation, Method, RegisterOptions, Regulariser, Similarity, affine, register};
 
-#[cfg(not(feature = "test-cuda"))]
-type P = burn::backend::Flex;
-#[cfg(feature = "test-cuda")]
-type P = burn::backend::Cuda;
-type B = burn::backend::Autodiff<P>;
+use crate::{B, P};
 
 fn fixture(name: &str) -> Image {
     load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mni152").join(name)).unwrap()
