@@ -3,7 +3,13 @@ use clap::Parser;
 
 fn main() {
     let cli = vesalius::cli::Cli::parse();
-    if let Err(e) = vesalius::cli::run(cli) {
+    // The command runs on one of the compute pool's threads, as an OpenMP program's calling thread is one of its
+    // team: the backend's parallel loops then split from a worker that takes its share, instead of being handed
+    // across threads while the caller waits, and no extra thread competes with the pool's workers for the cores.
+    // The workers get the main thread's stack size. (The pool is built here, before anything uses it; should that
+    // fail, the default pool serves the same way.)
+    let _ = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global();
+    if let Err(e) = rayon::scope(|_| vesalius::cli::run(cli)) {
         let msg = e.to_string().replace('\n', " ");
         eprintln!("error: {msg}");
         std::process::exit(e.exit_code());
