@@ -2,7 +2,6 @@
 //! checkpoint resumes to the same files, identical runs write identical model files, divergence stops with its
 //! epoch and step, early stopping, a changed recipe is refused with its keys named.
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
-use burn::backend::{Autodiff, Flex};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, Optimizer};
 use burn::tensor::backend::Backend;
@@ -11,8 +10,7 @@ use vesalius_train::engine::{self, CheckpointStage, EngineConfig, stream_seed};
 use vesalius_train::recipe::ResumeRules;
 use vesalius_train::{RunDir, Stepper, Task, TrainError, Validation};
 
-type B = Autodiff<Flex>;
-type Device = burn::tensor::Device<B>;
+use crate::{AD, Device, P};
 
 /// Fits y = 3x − 1 from noisy samples drawn anew every step from `(seed, epoch, step)`.
 struct Line {
@@ -35,10 +33,10 @@ fn batch<Bk: Backend>(seed: u64, device: &Bk::Device) -> (Tensor<Bk, 2>, Tensor<
     (Tensor::from_data(TensorData::new(xs, [16, 1]), device), Tensor::from_data(TensorData::new(ys, [16, 1]), device))
 }
 
-impl Task<B> for Line {
-    type Model = Linear<B>;
+impl Task<AD> for Line {
+    type Model = Linear<AD>;
     type Error = TrainError;
-    fn init_model(&mut self, device: &Device) -> Result<Linear<B>, TrainError> {
+    fn init_model(&mut self, device: &Device) -> Result<Linear<AD>, TrainError> {
         Ok(LinearConfig::new(1, 1).init(device))
     }
     fn epochs(&self) -> usize {
@@ -50,13 +48,13 @@ impl Task<B> for Line {
     fn lr(&self, _epoch: usize) -> f64 {
         self.lr
     }
-    fn train_epoch<O: Optimizer<Linear<B>, B>>(
+    fn train_epoch<O: Optimizer<Linear<AD>, AD>>(
         &mut self,
         epoch: usize,
-        stepper: &mut Stepper<'_, B, Linear<B>, O>,
+        stepper: &mut Stepper<'_, AD, Linear<AD>, O>,
     ) -> Result<(), TrainError> {
         for step in 0..self.steps {
-            let (x, y) = batch::<B>(stream_seed(11, epoch as u64, step as u64), stepper.device());
+            let (x, y) = batch::<AD>(stream_seed(11, epoch as u64, step as u64), stepper.device());
             let mut loss = (stepper.model().forward(x) - y).powi_scalar(2).mean();
             if self.blow_up == Some((epoch, step)) {
                 loss = loss * f32::INFINITY;
@@ -65,8 +63,8 @@ impl Task<B> for Line {
         }
         Ok(())
     }
-    fn validate(&mut self, model: &Linear<Flex>, epoch: usize, device: &Device) -> Result<Option<Validation>, TrainError> {
-        let (x, y) = batch::<Flex>(12345, device);
+    fn validate(&mut self, model: &Linear<P>, epoch: usize, device: &Device) -> Result<Option<Validation>, TrainError> {
+        let (x, y) = batch::<P>(12345, device);
         let mse = (model.forward(x) - y).powi_scalar(2).mean().into_scalar() as f64;
         let score = self.scripted.as_ref().map_or(-mse, |s| s[epoch]);
         Ok(Some(Validation::new().metric("mse", mse).score(score)))

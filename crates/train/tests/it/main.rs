@@ -7,6 +7,12 @@ mod sliding;
 mod transfer;
 mod tune;
 
+/// The backend the tests run inference on, and the autodiff backend they train on.
+type P = burn::backend::Flex;
+type AD = burn::backend::Autodiff<P>;
+/// The device of both.
+type Device = burn::tensor::Device<AD>;
+
 /// Burn's random generator is process-wide: a test that seeds it, builds a network or draws random tensors holds
 /// this turn, so that a seeded test sees only its own draws whatever runs beside it.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());

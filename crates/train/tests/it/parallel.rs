@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::collections::BTreeMap;
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, Optimizer};
@@ -15,8 +14,7 @@ use vesalius_train::recipe::ResumeRules;
 use vesalius_train::transfer::{Freeze, LayerPlan};
 use vesalius_train::{RunDir, Stepper, Task, TrainError, Validation};
 
-type AD = Autodiff<Flex>;
-type Device = burn::tensor::Device<AD>;
+use crate::{AD, Device, P};
 
 #[derive(Module, Debug)]
 struct Mlp<B: Backend> {
@@ -124,8 +122,8 @@ fn fit(devices: usize, threads: bool, plan: Option<LayerPlan>) -> Fitted {
     let config = EngineConfig { seed: 5, quiet: true, devices, threads, ..Default::default() };
     engine::train(&run, &mut task, AdamConfig::new().init(), &config, &Default::default(), |_| {}).unwrap();
     let device = Default::default();
-    let init = Mlp::<Flex> { a: LinearConfig::new(2, 12).init(&device), b: LinearConfig::new(12, 1).init(&device) };
-    let model = engine::load_module::<Flex, _>(init, &run.best_model(), &device).unwrap();
+    let init = Mlp::<P> { a: LinearConfig::new(2, 12).init(&device), b: LinearConfig::new(12, 1).init(&device) };
+    let model = engine::load_module::<P, _>(init, &run.best_model(), &device).unwrap();
     let mut weights = layer_values(&model.a);
     weights.extend(layer_values(&model.b));
     let log = run.read_log().unwrap().iter().map(|r| r.train_loss).collect();
@@ -151,10 +149,10 @@ fn parts_are_contiguous_and_differ_by_at_most_one() {
     assert_eq!(shard_ranges(2, 4), vec![0..1, 1..2]);
     assert_eq!(shard_ranges(0, 2), Vec::<std::ops::Range<usize>>::new());
     // The CPU backend has one device: further devices are replicas of it.
-    let devices = engine::devices::<Flex>(&Default::default(), 3);
+    let devices = engine::devices::<P>(&Default::default(), 3);
     assert_eq!(devices.len(), 3);
     assert!(devices.iter().all(|d| *d == devices[0]));
-    assert_eq!(engine::devices::<Flex>(&Default::default(), usize::MAX).len(), engine::MAX_DEVICES);
+    assert_eq!(engine::devices::<P>(&Default::default(), usize::MAX).len(), engine::MAX_DEVICES);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 use vesalius_io::{IDENTITY, Image};
 use vesalius_train::sliding::SlidingWindow;
 
-type B = burn::backend::Flex;
+use crate::P as B;
 
 fn volume(shape: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Image {
     let mut data = Vec::new();

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 use std::collections::BTreeMap;
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{Optimizer, SgdConfig};
@@ -14,8 +13,7 @@ use vesalius_train::recipe::ResumeRules;
 use vesalius_train::transfer::{Freeze, LayerPlan};
 use vesalius_train::{RunDir, Stepper, Task, TrainError, Validation};
 
-type AD = Autodiff<Flex>;
-type Device = burn::tensor::Device<AD>;
+use crate::{AD, Device};
 
 #[derive(Module, Debug)]
 struct Two<B: Backend> {
