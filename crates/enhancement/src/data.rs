@@ -320,6 +320,20 @@ pub fn respace(img: &Image, spacing: &[f64]) -> Result<Image, vesalius_io::DataE
     vesalius_io::geometry::resample(&smoothed, spacing, vesalius_io::geometry::Interp::Linear)
 }
 
+/// A `w × h` plane at a random position in a zero plane of `pw × ph` (`≥ w × h`); the plane itself, borrowed, when
+/// the sizes are equal (no draw is made then).
+pub fn place<'a>(plane: &'a [f32], w: usize, h: usize, pw: usize, ph: usize, rng: &mut ChaCha8Rng) -> std::borrow::Cow<'a, [f32]> {
+    if (w, h) == (pw, ph) || w > pw || h > ph {
+        return std::borrow::Cow::Borrowed(plane);
+    }
+    let (ox, oy) = (rng.random_range(0..=pw - w), rng.random_range(0..=ph - h));
+    let mut out = vec![0.0; pw * ph];
+    for y in 0..h {
+        out[(oy + y) * pw + ox..(oy + y) * pw + ox + w].copy_from_slice(&plane[y * w..(y + 1) * w]);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Loads a recipe image that may be a dynamic series (frames along a fourth axis, as the image's channels),
 /// reoriented and resampled as the recipe asks.
 pub fn load_series(recipe: &EnhanceRecipe, path: &std::path::Path) -> Result<Image, EnhanceError> {
@@ -678,6 +692,21 @@ mod tests {
             assert!((v - (x + 10.0 * z)).abs() < 0.05, "({i}, {j}, {k}): {v} vs {}", x + 10.0 * z);
         }
         assert!(respace(&img, &[1.0, 1.0]).is_err());
+    }
+
+    #[test]
+    fn planes_are_placed_in_larger_ones() {
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+        // Placing a 3 × 2 plane in a 5 × 4 one keeps its rows together, wherever it goes; at its own size it is the
+        // plane itself.
+        let small = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        for _ in 0..4 {
+            let placed = place(&small, 3, 2, 5, 4, &mut rng);
+            let at = placed.iter().position(|v| *v == 1.0).unwrap();
+            assert_eq!([placed[at], placed[at + 1], placed[at + 2], placed[at + 5], placed[at + 6], placed[at + 7]], small);
+            assert_eq!((placed.len(), placed.iter().sum::<f32>()), (20, 21.0));
+        }
+        assert!(matches!(place(&small, 3, 2, 3, 2, &mut rng), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

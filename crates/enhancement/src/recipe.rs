@@ -244,6 +244,16 @@ pub struct TrainSection {
     /// Stop after this many epochs without a better validation PSNR.
     #[serde(default)]
     pub early_stopping_patience: Option<usize>,
+    /// k-space reconstruction with a CRNN: each training plane drawn is raised to a power drawn log-uniformly from
+    /// this range (intensities in `[0, 1]`-like units), so the network sees other contrasts than the training
+    /// images'.
+    #[serde(default)]
+    pub gamma: Option<[f64; 2]>,
+    /// k-space reconstruction with a CRNN: Gaussian noise of a standard deviation drawn uniformly from `[0, noise]`
+    /// is added to each training plane where it is not zero (its target included: measured noise is data), so the
+    /// network sees noisy scans, not only the training images' smoothness.
+    #[serde(default)]
+    pub noise: Option<f64>,
 }
 
 fn default_epochs() -> usize {
@@ -271,6 +281,8 @@ impl Default for TrainSection {
             patch: default_patch(),
             lr: default_lr(),
             early_stopping_patience: None,
+            gamma: None,
+            noise: None,
         }
     }
 }
@@ -518,6 +530,21 @@ impl EnhanceRecipe {
             || !(t.lr > 0.0 && t.lr.is_finite())
         {
             return bad("train: epochs and iterations must be ≥ 1, batch in 1..=4096, patch in 8..=512 and lr > 0".into());
+        }
+        if (t.gamma.is_some() || t.noise.is_some()) && (self.model.arch != Arch::Crnn || self.model.temporal) {
+            return bad(
+                "train.gamma and train.noise change the planes a single-frame CRNN trains on: they need model.arch = \"crnn\"".into()
+            );
+        }
+        if let Some([lo, hi]) = t.gamma
+            && (!(0.1..=10.0).contains(&lo) || !(lo..=10.0).contains(&hi))
+        {
+            return bad(format!("train.gamma must be an increasing pair of powers in [0.1, 10], not [{lo}, {hi}]"));
+        }
+        if let Some(n) = t.noise
+            && !(0.0..=1.0).contains(&n)
+        {
+            return bad(format!("train.noise must be a standard deviation in [0, 1], not {n}"));
         }
         if let Some(a) = &self.adapt {
             match (&self.degrade, self.model.arch) {

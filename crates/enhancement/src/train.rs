@@ -21,7 +21,7 @@ use crate::evaluate::{self, EnhanceMetrics};
 use crate::kspace::{mask_plane, measure};
 use crate::metrics::quality;
 use crate::model::{EnhanceNet, build};
-use crate::recipe::{Arch, EnhanceRecipe, IntensitySpec, ModelSection};
+use crate::recipe::{Arch, EnhanceRecipe, IntensitySpec, ModelSection, TrainSection};
 
 /// `run.json` of an enhancement run.
 pub type RunInfo = vesalius_train::run::RunInfo<EnhanceInfo>;
@@ -132,6 +132,9 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
             // Whole planes, each with a fresh random line mask.
             let (w, h) = (self.data.train[0].w, self.data.train[0].h);
             let frames = self.data.train[0].frames.len();
+            // Single frames of images of several sizes train together on a plane of the largest, each placed at a
+            // random position in zeros.
+            let (pw, ph) = (self.data.train.iter().map(|p| p.w).max().unwrap_or(w), self.data.train.iter().map(|p| p.h).max().unwrap_or(h));
             if frames > 0 {
                 // Dynamic series: every frame of a plane with its own fresh mask, reconstructed together.
                 for _ in 0..t.iterations {
@@ -163,14 +166,16 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
                 let (mut x0s, mut k0s, mut masks, mut targets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..t.batch {
                     let plane = &self.data.train[rng.random_range(0..self.data.train.len())];
-                    let lines = line_mask(h, *acceleration, *centre, &mut rng);
-                    let (k0, x0) = measure(&plane.clean, w, h, &lines);
+                    let placed = data::place(&plane.clean, plane.w, plane.h, pw, ph, &mut rng);
+                    let clean = augment_plane(&placed, t, &mut rng);
+                    let lines = line_mask(ph, *acceleration, *centre, &mut rng);
+                    let (k0, x0) = measure(&clean, pw, ph, &lines);
                     x0s.extend(x0);
                     k0s.extend(k0);
-                    masks.extend(mask_plane(w, &lines));
-                    targets.extend(plane.clean.iter().copied().chain(std::iter::repeat_n(0.0, w * h)));
+                    masks.extend(mask_plane(pw, &lines));
+                    targets.extend(clean.iter().copied().chain(std::iter::repeat_n(0.0, pw * ph)));
                 }
-                let t4 = |v: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(v, [t.batch, c, h, w]), &device);
+                let t4 = |v: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(v, [t.batch, c, ph, pw]), &device);
                 let (x0, k0, mask, target) = (t4(x0s, 2), t4(k0s, 2), t4(masks, 1), t4(targets, 2));
                 stepper.step_split(t.batch, 1.0, |m: &EnhanceNet<B>, r, d| {
                     let out = m.forward(part(&x0, &r, d), Some((part(&k0, &r, d), part(&mask, &r, d))));
@@ -207,6 +212,23 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
         let (psnr, ssim) = score_cases(model, &self.recipe.model, self.data, self.recipe.eval_window(), device);
         Ok(Some(Validation::new().metric("psnr", psnr).metric("ssim", ssim).score(psnr)))
     }
+}
+
+/// A training plane of a CRNN as `train.gamma` and `train.noise` ask (in that order), borrowed when neither is
+/// set.
+fn augment_plane<'a>(clean: &'a [f32], t: &TrainSection, rng: &mut ChaCha8Rng) -> std::borrow::Cow<'a, [f32]> {
+    let mut plane = std::borrow::Cow::Borrowed(clean);
+    if let Some([lo, hi]) = t.gamma {
+        let g = rng.random_range(lo.ln()..=hi.ln()).exp() as f32;
+        plane = std::borrow::Cow::Owned(plane.iter().map(|&v| v.max(0.0).powf(g)).collect());
+    }
+    if let Some(n) = t.noise {
+        let sigma = rng.random_range(0.0..=n) as f32;
+        plane = std::borrow::Cow::Owned(
+            plane.iter().map(|&v| if v != 0.0 { v + sigma * rng.sample::<f32, _>(rand_distr::StandardNormal) } else { v }).collect(),
+        );
+    }
+    plane
 }
 
 /// The run information of a recipe.
@@ -251,9 +273,13 @@ pub(crate) fn train_dyn<AB: AutodiffBackend>(
     if data.val.is_empty() || data.test.is_empty() {
         return Err(EnhanceError::Input("the validation and test sets both need at least one case".into()));
     }
-    if recipe.model.arch == Arch::Crnn && data.train.iter().any(|p| (p.w, p.h) != (data.train[0].w, data.train[0].h)) {
+    // Single frames of other sizes are placed in planes of the largest; the frames of a series are not.
+    if recipe.model.arch == Arch::Crnn
+        && data.train.iter().any(|p| !p.frames.is_empty())
+        && data.train.iter().any(|p| (p.w, p.h) != (data.train[0].w, data.train[0].h))
+    {
         return Err(EnhanceError::Input(
-            "the CRNN trains on batches of whole planes: every training image needs the same in-plane size".into(),
+            "the CRNN trains on batches of whole series: every training series needs the same in-plane size".into(),
         ));
     }
     let info = run_info(recipe)?;
@@ -275,4 +301,31 @@ pub(crate) fn train_dyn<AB: AutodiffBackend>(
         test,
         sizes: [data.train.len(), data.val.len(), data.test.len()],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crnn_planes_are_augmented_as_the_recipe_asks() {
+        let (w, h) = (16, 12);
+        let plane: Vec<f32> = (0..w * h).map(|i| if i % 5 == 0 { 0.0 } else { (i % 7) as f32 / 7.0 }).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut t = TrainSection::default();
+        assert!(matches!(augment_plane(&plane, &t, &mut rng), std::borrow::Cow::Borrowed(p) if p == plane.as_slice()));
+        t.gamma = Some([2.0, 2.0]);
+        let squared = augment_plane(&plane, &t, &mut rng);
+        assert!(squared.iter().zip(&plane).all(|(a, b)| (a - b * b).abs() < 1e-6));
+        t.gamma = None;
+        t.noise = Some(0.1);
+        for _ in 0..3 {
+            let noisy = augment_plane(&plane, &t, &mut rng);
+            let diffs: Vec<f32> = noisy.iter().zip(&plane).filter(|(_, b)| **b != 0.0).map(|(a, b)| a - b).collect();
+            // Zeros (a masked background) stay zero; elsewhere noise of a standard deviation at most 0.1.
+            assert!(noisy.iter().zip(&plane).all(|(a, b)| *b != 0.0 || *a == 0.0));
+            let sd = (diffs.iter().map(|d| d * d).sum::<f32>() / diffs.len() as f32).sqrt();
+            assert!(diffs.iter().any(|d| *d != 0.0) && sd < 0.13, "{sd}");
+        }
+    }
 }

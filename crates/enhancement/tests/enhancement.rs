@@ -321,6 +321,16 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
         test_band = { axis = 2, start = 40, end = 43 }"#;
     let text = &crnn_recipe(2, data, false, 6);
     let recipe = EnhanceRecipe::from_toml(text, fixtures()).unwrap();
+    // The CRNN's plane augmentations are checked, and only a single-frame CRNN takes them.
+    let with = |extra: &str| EnhanceRecipe::from_toml(&text.replace("lr = 2e-3", &format!("lr = 2e-3\n{extra}")), fixtures());
+    assert!(with("gamma = [0.5, 1.5]\nnoise = 0.05").is_ok());
+    for (extra, needle) in [("gamma = [1.5, 0.5]", "train.gamma"), ("noise = -0.1", "train.noise"), ("noise = 1e9", "train.noise")] {
+        let e = with(extra).unwrap_err().to_string();
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    let temporal = crnn_recipe(2, data, true, 6).replace("lr = 2e-3", "lr = 2e-3\nnoise = 0.05");
+    let e = EnhanceRecipe::from_toml(&temporal, fixtures()).unwrap_err().to_string();
+    assert!(e.contains("single-frame CRNN"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     let (run, device) = (RunDir::new(dir.path()), Default::default());
     let outcome = train_quietly(&recipe, &run, &device);
@@ -349,6 +359,25 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
 
 /// `[adapt]` for reconstruction: before reconstructing a subject it did not train on, a copy of the CRNN learns from
 /// that subject's own measured lines (held-out lines scored in k-space), beside the network before adaptation.
+#[test]
+fn a_crnn_trains_on_images_whose_planes_differ_in_size() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    // 24 axial planes of 58 × 58 (dipy's 4 mm b0 volume) and one of 181 × 217 (BrainWeb's T1 slice) train together,
+    // each placed in a 181 × 217 plane; BrainWeb's proton-density slice is the test image.
+    let data = r#"images = [{ id = "b0", image = "nifti/dipy/aniso_vox.nii.gz" }, { id = "t1", image = "itk/BrainT1Slice.png" }]
+        intensity = "percentile"
+        val = [{ id = "b0-10", image = "nifti/dipy/S0_10slices.nii.gz" }]
+        test = [{ id = "pd", image = "itk/BrainProtonDensitySlice.png" }]"#;
+    let recipe = EnhanceRecipe::from_toml(&crnn_recipe(6, data, false, 3), fixtures()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (run, device) = (RunDir::new(dir.path()), Default::default());
+    let outcome = train_quietly(&recipe, &run, &device);
+    assert_eq!(outcome.sizes[0], 24 + 1);
+    let m = outcome.test.unwrap();
+    let (zero_filled, network) = (m.methods["input"].psnr.value, m.methods["network"].psnr.value);
+    assert!(network > zero_filled + 1.0, "zero-filled {zero_filled} dB, CRNN {network} dB");
+}
+
 #[test]
 fn adaptation_to_the_measured_lines_themselves_is_scored_beside_the_unadapted_crnn() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
