@@ -175,46 +175,7 @@ impl OptimizerConfig {
     }
 }
 
-/// Learning-rate schedules, stepped once per epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Schedule {
-    /// The base rate throughout.
-    #[default]
-    Constant,
-    /// The rate times `gamma` at each milestone epoch (0-based epoch index at which the new rate starts).
-    MultiStep {
-        /// Epochs where the rate drops.
-        milestones: Vec<usize>,
-        /// Factor applied at each milestone.
-        #[serde(default = "default_gamma")]
-        gamma: f64,
-    },
-    /// Cosine annealing from the base rate to `min_lr` over all epochs.
-    Cosine {
-        /// Final rate.
-        #[serde(default)]
-        min_lr: f64,
-    },
-}
-
-fn default_gamma() -> f64 {
-    0.1
-}
-
-impl Schedule {
-    /// Learning rate of (0-based) `epoch` out of `epochs`.
-    pub fn lr(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
-        match self {
-            Schedule::Constant => base,
-            Schedule::MultiStep { milestones, gamma } => base * gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32),
-            Schedule::Cosine { min_lr } => {
-                let t = epoch as f64 / epochs.max(1) as f64;
-                min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
-            }
-        }
-    }
-}
+pub use vesalius_train::recipe::Schedule;
 
 /// Class weights of the loss, against class imbalance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -363,17 +324,6 @@ impl Recipe {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedules() {
-        let m = Schedule::MultiStep { milestones: vec![50, 75], gamma: 0.1 };
-        assert_eq!(m.lr(1e-3, 0, 100), 1e-3);
-        assert!((m.lr(1e-3, 50, 100) - 1e-4).abs() < 1e-15);
-        assert!((m.lr(1e-3, 99, 100) - 1e-5).abs() < 1e-15);
-        let c = Schedule::Cosine { min_lr: 0.0 };
-        assert_eq!(c.lr(1.0, 0, 10), 1.0);
-        assert!((c.lr(1.0, 5, 10) - 0.5).abs() < 1e-12);
-    }
 
     #[test]
     fn bad_values_are_rejected_with_their_name() {

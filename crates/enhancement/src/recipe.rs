@@ -238,9 +238,13 @@ pub struct TrainSection {
     /// Square patch side, pixels.
     #[serde(default = "default_patch")]
     pub patch: usize,
-    /// Adam learning rate (constant).
+    /// Adam's (base) learning rate.
     #[serde(default = "default_lr")]
     pub lr: f64,
+    /// The learning-rate schedule over the epochs (default constant; `{ kind = "cosine", min_lr = 0.0 }` or
+    /// `{ kind = "multistep", milestones = [..], gamma = 0.1 }` as the classification recipes).
+    #[serde(default)]
+    pub schedule: vesalius_train::recipe::Schedule,
     /// Stop after this many epochs without a better validation PSNR.
     #[serde(default)]
     pub early_stopping_patience: Option<usize>,
@@ -280,6 +284,7 @@ impl Default for TrainSection {
             batch: default_batch(),
             patch: default_patch(),
             lr: default_lr(),
+            schedule: Default::default(),
             early_stopping_patience: None,
             gamma: None,
             noise: None,
@@ -530,6 +535,9 @@ impl EnhanceRecipe {
             || !(t.lr > 0.0 && t.lr.is_finite())
         {
             return bad("train: epochs and iterations must be ≥ 1, batch in 1..=4096, patch in 8..=512 and lr > 0".into());
+        }
+        if let Err(e) = t.schedule.check(t.lr) {
+            return bad(format!("train.schedule: {e}"));
         }
         if (t.gamma.is_some() || t.noise.is_some()) && (self.model.arch != Arch::Crnn || self.model.temporal) {
             return bad(

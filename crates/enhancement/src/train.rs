@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use vesalius_train::engine::{self, RunOptions, part, stream_seed};
-use vesalius_train::recipe::ResumeRules;
+use vesalius_train::recipe::{ResumeRules, Schedule};
 use vesalius_train::{EpochRecord, RunDir, Stepper, Task, Validation};
 
 use crate::EnhanceError;
@@ -49,10 +49,11 @@ pub fn is_run(dir: &Path) -> bool {
     vesalius_train::run::recipe_task(dir).as_deref() == Some("enhancement")
 }
 
-/// What may change in a run folder that already trained: the learning rate, and the number of epochs (the
-/// schedule is constant).
-pub fn resume_rules() -> ResumeRules {
-    ResumeRules { free: vec!["train.lr".into()], length: vec!["train.epochs".into()], schedule_depends: false }
+/// What may change in a run folder that already trained: the learning rate, and the number of epochs unless
+/// `recipe`'s schedule depends on it (a cosine; a multi-step schedule's milestones are epochs).
+pub fn resume_rules(recipe: &EnhanceRecipe) -> ResumeRules {
+    let schedule_depends = matches!(recipe.train.schedule, Schedule::Cosine { .. });
+    ResumeRules { free: vec!["train.lr".into()], length: vec!["train.epochs".into()], schedule_depends }
 }
 
 /// What a finished run reports.
@@ -116,8 +117,9 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
         self.recipe.train.iterations
     }
 
-    fn lr(&self, _epoch: usize) -> f64 {
-        self.recipe.train.lr
+    fn lr(&self, epoch: usize) -> f64 {
+        let t = &self.recipe.train;
+        t.schedule.lr(t.lr, epoch, t.epochs)
     }
 
     fn train_epoch<O: Optimizer<EnhanceNet<B>, B>>(
@@ -268,7 +270,7 @@ pub(crate) fn train_dyn<AB: AutodiffBackend>(
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<TrainOutcome, EnhanceError> {
     recipe.validate()?;
-    engine::prepare(run, &recipe.to_toml()?, &resume_rules())?;
+    engine::prepare(run, &recipe.to_toml()?, &resume_rules(recipe))?;
     let data = data::prepare(recipe)?;
     if data.val.is_empty() || data.test.is_empty() {
         return Err(EnhanceError::Input("the validation and test sets both need at least one case".into()));

@@ -324,10 +324,20 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
     // The CRNN's plane augmentations are checked, and only a single-frame CRNN takes them.
     let with = |extra: &str| EnhanceRecipe::from_toml(&text.replace("lr = 2e-3", &format!("lr = 2e-3\n{extra}")), fixtures());
     assert!(with("gamma = [0.5, 1.5]\nnoise = 0.05").is_ok());
-    for (extra, needle) in [("gamma = [1.5, 0.5]", "train.gamma"), ("noise = -0.1", "train.noise"), ("noise = 1e9", "train.noise")] {
+    for (extra, needle) in [
+        ("gamma = [1.5, 0.5]", "train.gamma"),
+        ("noise = -0.1", "train.noise"),
+        ("noise = 1e9", "train.noise"),
+        ("schedule = { kind = \"cosine\", min_lr = 1.0 }", "train.schedule"),
+    ] {
         let e = with(extra).unwrap_err().to_string();
         assert!(e.contains(needle), "{extra}: {e}");
     }
+    // A schedule over the epochs ties them: a run with one cannot be resumed with another number of epochs.
+    let cosine = with("schedule = { kind = \"cosine\" }").unwrap();
+    assert_eq!(cosine.train.schedule, vesalius_train::recipe::Schedule::Cosine { min_lr: 0.0 });
+    assert!(vesalius_enhancement::train::resume_rules(&cosine).schedule_depends);
+    assert!(!vesalius_enhancement::train::resume_rules(&recipe).schedule_depends);
     let temporal = crnn_recipe(2, data, true, 6).replace("lr = 2e-3", "lr = 2e-3\nnoise = 0.05");
     let e = EnhanceRecipe::from_toml(&temporal, fixtures()).unwrap_err().to_string();
     assert!(e.contains("single-frame CRNN"), "{e}");

@@ -74,3 +74,85 @@ impl ResumeRules {
         Ok(())
     }
 }
+
+/// Learning-rate schedules, stepped once per epoch.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// The base rate throughout.
+    #[default]
+    Constant,
+    /// The rate times `gamma` at each milestone epoch (0-based epoch index at which the new rate starts).
+    MultiStep {
+        /// Epochs where the rate drops.
+        milestones: Vec<usize>,
+        /// Factor applied at each milestone.
+        #[serde(default = "default_gamma")]
+        gamma: f64,
+    },
+    /// Cosine annealing from the base rate to `min_lr` over all epochs.
+    Cosine {
+        /// Final rate.
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+fn default_gamma() -> f64 {
+    0.1
+}
+
+impl Schedule {
+    /// Whether the schedule's values make sense with the base rate `base`: a cosine's final rate in `[0, base]`,
+    /// a multi-step's factor in `(0, 1]` and its milestones increasing; the problem, in words, when not.
+    pub fn check(&self, base: f64) -> Result<(), String> {
+        match self {
+            Schedule::Constant => Ok(()),
+            Schedule::MultiStep { milestones, gamma } => {
+                if !(*gamma > 0.0 && *gamma <= 1.0) {
+                    Err(format!("multistep gamma must lie in (0, 1], not {gamma}"))
+                } else if milestones.windows(2).any(|w| w[0] >= w[1]) {
+                    Err(format!("multistep milestones must increase, not {milestones:?}"))
+                } else {
+                    Ok(())
+                }
+            }
+            Schedule::Cosine { min_lr } if !(*min_lr >= 0.0 && *min_lr <= base) => {
+                Err(format!("cosine min_lr must lie in [0, lr = {base}], not {min_lr}"))
+            }
+            Schedule::Cosine { .. } => Ok(()),
+        }
+    }
+
+    /// Learning rate of (0-based) `epoch` out of `epochs`.
+    pub fn lr(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
+        match self {
+            Schedule::Constant => base,
+            Schedule::MultiStep { milestones, gamma } => base * gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32),
+            Schedule::Cosine { min_lr } => {
+                let t = epoch as f64 / epochs.max(1) as f64;
+                min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let m = Schedule::MultiStep { milestones: vec![50, 75], gamma: 0.1 };
+        assert_eq!(m.lr(1e-3, 0, 100), 1e-3);
+        assert!((m.lr(1e-3, 50, 100) - 1e-4).abs() < 1e-15);
+        assert!((m.lr(1e-3, 99, 100) - 1e-5).abs() < 1e-15);
+        let c = Schedule::Cosine { min_lr: 0.0 };
+        assert_eq!(c.lr(1.0, 0, 10), 1.0);
+        assert!((c.lr(1.0, 5, 10) - 0.5).abs() < 1e-12);
+        assert_eq!((c.check(1.0), m.check(1e-3), Schedule::Constant.check(1.0)), (Ok(()), Ok(()), Ok(())));
+        assert!(Schedule::Cosine { min_lr: 2.0 }.check(1.0).unwrap_err().contains("min_lr"));
+        assert!(Schedule::MultiStep { milestones: vec![5, 5], gamma: 0.1 }.check(1.0).unwrap_err().contains("increase"));
+        assert!(Schedule::MultiStep { milestones: vec![5], gamma: f64::NAN }.check(1.0).unwrap_err().contains("gamma"));
+    }
+}
