@@ -305,6 +305,7 @@ impl Recipe {
         if !(lr > 0.0 && lr.is_finite()) {
             return Err(format!("train.optimizer.lr must be positive, not {lr}"));
         }
+        t.schedule.check(lr).map_err(|e| format!("train.schedule: {e}"))?;
         if self.eval.bootstrap == 0 {
             return Err("eval.bootstrap must be at least 1".into());
         }
@@ -341,6 +342,8 @@ mod tests {
         assert!(Recipe::from_toml(base).unwrap_err().contains("train.epochs"));
         let unknown = base.replace("epochs = 0", "epochs = 1\nepoks = 3");
         assert!(Recipe::from_toml(&unknown).unwrap_err().contains("epoks"));
+        let schedule = base.replace("epochs = 0", "epochs = 1\nschedule = { kind = \"multistep\", milestones = [5], gamma = 2.0 }");
+        assert!(Recipe::from_toml(&schedule).unwrap_err().contains("train.schedule"));
         let ok = base.replace("epochs = 0", "epochs = 1\nclass_weights = \"balanced\"");
         let r = Recipe::from_toml(&ok).unwrap();
         assert_eq!(r.train.class_weights, Some(ClassWeights::Named(WeightsName::Balanced)));
