@@ -120,6 +120,9 @@ pub struct TrainPlane {
     /// Every frame's clean plane of a dynamic series (the temporal CRNN trains on whole series); empty for still
     /// images.
     pub frames: Vec<Vec<f32>>,
+    /// The reconstruction network sees this plane divided by `scale` ([`kspace_scale`] of its image; 1 for other
+    /// models).
+    pub scale: f32,
 }
 
 impl TrainPlane {
@@ -186,6 +189,9 @@ pub struct EvalCase {
     /// The whole degraded volume this plane is cut from (whole validation and test images of recipes with
     /// `[adapt]`, which adapt to it).
     pub volume: Option<VolumeRef>,
+    /// The reconstruction network sees this plane's measurements divided by `scale` and its output is multiplied
+    /// by it ([`kspace_scale`] of its image; 1 for other models).
+    pub scale: f32,
 }
 
 /// The degraded volume a case's plane is cut from, as adaptation needs it.
@@ -213,8 +219,11 @@ pub struct VolumeSource {
     pub coarse_shape: [usize; 3],
     /// The planes (along the recipe's `across` axis) that are scored.
     pub planes: std::ops::Range<usize>,
-    /// Every plane's measured k-space, in the order of the planes (k-space models; empty otherwise).
+    /// Every plane's measured k-space, in the order of the planes (k-space models; empty otherwise), divided by
+    /// `scale`: in the units the network works in.
     pub measured: Vec<Measured>,
+    /// The network's outputs on `measured` times `scale` are in the normalised units of `input`.
+    pub scale: f32,
 }
 
 /// One plane's Cartesian measurements: its k-space on the measured lines (packed `[re…, im…]`, zero elsewhere) and
@@ -442,7 +451,8 @@ fn realise(
 }
 
 /// The volume adaptation needs of a realisation (recipes with `[adapt]` whose model coarsens the grid), numbered
-/// `key`; `input` is the realisation's normalised input.
+/// `key`; `input` is the realisation's normalised input, `clean` the normalised reference and `scale` the k-space
+/// network's ([`kspace_scale`]).
 #[allow(clippy::too_many_arguments)] // one realisation: its clean and degraded volumes, their planes and scaling
 fn volume_source(
     recipe: &EnhanceRecipe,
@@ -450,6 +460,7 @@ fn volume_source(
     clean: &[f32],
     input: &[f32],
     intensity: &Intensity,
+    scale: f32,
     axes: PlaneAxes,
     planes: std::ops::Range<usize>,
     key: &mut usize,
@@ -463,6 +474,7 @@ fn volume_source(
             let measured = (0..shape[axes.across])
                 .map(|k| {
                     let (w, h, plane) = extract_plane(clean, shape, axes, k);
+                    let plane: Vec<f32> = plane.iter().map(|v| v / scale).collect();
                     Measured { k0: crate::kspace::measure(&plane, w, h, lines).0, lines: lines.clone() }
                 })
                 .collect();
@@ -471,7 +483,7 @@ fn volume_source(
         (None, None) => return None,
     };
     *key += 1;
-    let source = VolumeSource { input: input.to_vec(), shape, coarse, coarse_shape, planes, measured };
+    let source = VolumeSource { input: input.to_vec(), shape, coarse, coarse_shape, planes, measured, scale };
     Some((*key, std::sync::Arc::new(source)))
 }
 
@@ -499,6 +511,25 @@ fn fit_to(data: &[f32], shape: &[usize], target: &[usize]) -> Vec<f32> {
 pub fn plane_axes(recipe: &EnhanceRecipe) -> Result<PlaneAxes, EnhanceError> {
     let [u, v] = recipe.data.plane.unwrap_or([0, 1]);
     PlaneAxes::new(u, v)
+}
+
+/// The scale a k-space recipe's network works in, relative to an image's normalised units: with per-image
+/// (percentile) intensities, the [`crate::kspace::calibration_scale`] of the planes of `volumes` (the frames of one
+/// image, normalised), so that the network's inputs are scaled by what the measurements hold rather than by the
+/// reference, as in prediction; 1 for fixed intensity ranges (the same fixed scale in prediction) and other models.
+pub fn kspace_scale(recipe: &EnhanceRecipe, volumes: &[&[f32]], shape: [usize; 3], axes: PlaneAxes) -> f32 {
+    match (&recipe.degrade, &recipe.data.intensity) {
+        (Some(Degradation::Kspace { centre, .. }), IntensitySpec::Scheme(_)) => {
+            let (w, h) = (shape[axes.u], shape[axes.v]);
+            let planes = volumes.iter().flat_map(|v| {
+                (0..shape[axes.across]).map(move |k| {
+                    extract_plane(v, shape, axes, k).2.into_iter().map(|x| rustfft::num_complex::Complex32::new(x, 0.0)).collect()
+                })
+            });
+            crate::kspace::calibration_scale(planes, w, h, *centre)
+        }
+        _ => 1.0,
+    }
 }
 
 /// Degrades, normalises and cuts the recipe's images into training planes and validation/test cases.
@@ -538,6 +569,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
             realisations.push(intensity.normalise(real.input.data()));
         }
         let clean_n = intensity.normalise(clean.data());
+        let scale = kspace_scale(recipe, &[&clean_n], shape, axes);
         for k in 0..shape[axes.across] {
             if bands.iter().any(|(b, _)| b.axis == axes.across && b.contains(k)) {
                 continue;
@@ -545,7 +577,8 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
             let (w, h, c) = extract_plane(&clean_n, shape, axes, k);
             let degraded = realisations.iter().map(|r| extract_plane(r, shape, axes, k).2).collect();
             let blocked = |axis: usize| bands.iter().filter(|(b, _)| b.axis == axis).map(|(b, _)| *b).collect::<Vec<_>>();
-            let plane = TrainPlane { w, h, clean: c, degraded, blocked_u: blocked(axes.u), blocked_v: blocked(axes.v), frames: Vec::new() };
+            let plane =
+                TrainPlane { w, h, clean: c, degraded, blocked_u: blocked(axes.u), blocked_v: blocked(axes.v), frames: Vec::new(), scale };
             if plane.fits(patch) {
                 train.push(plane);
             }
@@ -582,6 +615,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
                         series: None,
                         // The bands of a training image are not adapted to: its own fine data trained the network.
                         volume: None,
+                        scale,
                     });
                 }
             }
@@ -622,12 +656,13 @@ fn whole_image_cases(
     let shape = dims3(clean.shape());
     let intensity = Intensity::of(&recipe.data.intensity, clean.data());
     let clean_n = intensity.normalise(clean.data());
+    let scale = kspace_scale(recipe, &[&clean_n], shape, axes);
     let mut out = Vec::new();
     for r in 0..recipe.data.eval_realisations {
         let s = vesalius_io::mix(seed ^ ((idx as u64) << 16) ^ r as u64);
         let real = realise(recipe, recipe.degrade.as_ref(), entry, &clean, s)?;
         let deg = intensity.normalise(real.input.data());
-        let source = volume_source(recipe, &real, &clean_n, &deg, &intensity, axes, 0..shape[axes.across], volumes);
+        let source = volume_source(recipe, &real, &clean_n, &deg, &intensity, scale, axes, 0..shape[axes.across], volumes);
         let lines = real.lines.clone();
         let baselines: Vec<(String, Vec<f32>)> = real.baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
         for k in 0..shape[axes.across] {
@@ -646,6 +681,7 @@ fn whole_image_cases(
                 lines: lines.clone(),
                 series: None,
                 volume: source.as_ref().map(|(key, source)| VolumeRef { key: *key, plane: k, source: source.clone() }),
+                scale,
             });
         }
     }
@@ -720,6 +756,7 @@ mod tests {
             blocked_u: vec![],
             blocked_v: vec![Band { axis: 1, start: 12, end: 20 }],
             frames: Vec::new(),
+            scale: 1.0,
         };
         let mut rng = rand::SeedableRng::seed_from_u64(1);
         for _ in 0..200 {

@@ -326,14 +326,8 @@ pub fn block_mean(img: &Image, axes: &[(usize, usize)]) -> Result<Image, Enhance
 /// and each other line with the probability that makes the expected total `h / acceleration`.
 pub fn line_mask(h: usize, acceleration: f64, centre: f64, rng: &mut ChaCha8Rng) -> Vec<bool> {
     use rand::Rng;
-    let freq = |y: usize| if y < h.div_ceil(2) { y as i64 } else { y as i64 - h as i64 };
-    let mut order: Vec<usize> = (0..h).collect();
-    order.sort_by_key(|&y| (freq(y).abs(), freq(y)));
-    let n_centre = ((centre * h as f64).round() as usize).clamp(1, h);
-    let mut keep = vec![false; h];
-    for &y in &order[..n_centre] {
-        keep[y] = true;
-    }
+    let mut keep = crate::kspace::centre_lines(h, centre);
+    let n_centre = keep.iter().filter(|&&k| k).count();
     let rest = h - n_centre;
     if rest > 0 {
         let p = ((h as f64 / acceleration - n_centre as f64) / rest as f64).clamp(0.0, 1.0);

@@ -16,7 +16,7 @@ use crate::baselines::{NLM_GRID, SIGMA_GRID, choose_sigma, gaussian_in_plane, no
 use crate::data::{self, EvalCase, Prepared};
 use crate::degrade::Degradation;
 use crate::metrics::{Quality, clip, psnr, quality};
-use crate::model::{EnhanceNet, build, enhance_plane, reconstruct_plane, reconstruct_series};
+use crate::model::{EnhanceNet, build, enhance_plane, reconstruct_plane_as, reconstruct_series};
 use crate::recipe::{EnhanceRecipe, ModelSection};
 use crate::train::{EnhanceInfo, RunInfo};
 
@@ -124,8 +124,9 @@ pub fn gaussian_sigma(val: &[EvalCase], data: &Prepared, window: [f32; 2]) -> f6
 pub fn network_on_case<B: Backend>(net: &EnhanceNet<B>, spec: &ModelSection, c: &EvalCase, device: &B::Device) -> Vec<f32> {
     match (net, &c.lines) {
         (EnhanceNet::Crnn(_), Some(lines)) => {
-            let (k0, x0) = crate::kspace::measure(&c.clean, c.w, c.h, lines);
-            reconstruct_plane(net, &x0, &k0, lines, c.w, c.h, device)
+            let clean: Vec<f32> = c.clean.iter().map(|v| v / c.scale).collect();
+            let (k0, x0) = crate::kspace::measure(&clean, c.w, c.h, lines);
+            reconstruct_plane_as(net, spec, &x0, &k0, lines, c.w, c.h, device).into_iter().map(|v| v * c.scale).collect()
         }
         _ => enhance_plane(net, spec, &c.degraded, c.w, c.h, device),
     }
@@ -147,11 +148,14 @@ impl NetworkOutputs {
         if self.last.as_ref().is_none_or(|(key, _)| *key != series.key) {
             let (mut x0, mut k0) = (Vec::new(), Vec::new());
             for (frame, lines) in series.clean.iter().zip(series.lines.iter()) {
-                let (k, x) = crate::kspace::measure(frame, c.w, c.h, lines);
+                let frame: Vec<f32> = frame.iter().map(|v| v / c.scale).collect();
+                let (k, x) = crate::kspace::measure(&frame, c.w, c.h, lines);
                 k0.push(k);
                 x0.push(x);
             }
-            self.last = Some((series.key, reconstruct_series(net, &x0, &k0, &series.lines, c.w, c.h, device)));
+            let frames = reconstruct_series(net, &x0, &k0, &series.lines, c.w, c.h, device);
+            let frames = frames.into_iter().map(|f| f.into_iter().map(|v| v * c.scale).collect()).collect();
+            self.last = Some((series.key, frames));
         }
         self.last.as_ref().and_then(|(_, frames)| frames.get(series.frame).cloned()).unwrap_or_default()
     }

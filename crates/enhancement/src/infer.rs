@@ -12,7 +12,7 @@ use crate::adapt::{Views, enhance_planes};
 use crate::data::{PlaneAxes, dims3, insert_plane};
 use crate::degrade::Degradation;
 use crate::evaluate::{load_best, read_run};
-use crate::model::{EnhanceNet, reconstruct_plane, reconstruct_series};
+use crate::model::{EnhanceNet, reconstruct_plane_as, reconstruct_series};
 use crate::train::EnhanceInfo;
 
 /// The fine grid (shape, affine) whose `factor`-blocks along `axes` are the voxels of a coarse image — the
@@ -134,9 +134,38 @@ impl<B: Backend> Enhancer<B> {
         let n = w * h * d;
         let re = |t: usize| complex.channel(t);
         let im = |t: usize| complex.channel(frames + t);
-        let magnitude: Vec<f32> = (0..frames).flat_map(|t| re(t).iter().zip(im(t)).map(|(a, b)| a.hypot(*b))).collect();
-        let intensity = crate::data::Intensity::of(&self.info.intensity, &magnitude);
-        let scale = 1.0 / (intensity.high - intensity.low);
+        // Every mask holds the fully sampled centre the network trained with (its scale is taken there).
+        if let Some(Degradation::Kspace { centre, .. }) = &self.info.degradation {
+            let needed = crate::kspace::centre_lines(h, *centre);
+            for t in 0..frames {
+                for k in 0..d {
+                    if needed.iter().enumerate().any(|(y, &c)| c && mask.channel(t)[k * w * h + w * y] <= 0.5) {
+                        return Err(EnhanceError::Input(format!(
+                            "the mask of plane {k} (frame {t}) lacks some of the {} fully sampled centre lines this run was trained with (centre = {centre} of {h} lines)",
+                            needed.iter().filter(|&&c| c).count()
+                        )));
+                    }
+                }
+            }
+        }
+        // The network's scale, from the measurements as in training: with per-image intensities the magnitude of
+        // the fully sampled centre lines ([`crate::kspace::calibration_scale`]), else the recipe's fixed range.
+        let network_scale = match (&self.info.intensity, &self.info.degradation) {
+            (crate::recipe::IntensitySpec::Scheme(_), Some(Degradation::Kspace { centre, .. })) => {
+                let planes = (0..frames).flat_map(|t| {
+                    (0..d).map(move |k| {
+                        let plane = k * w * h..(k + 1) * w * h;
+                        re(t)[plane.clone()].iter().zip(&im(t)[plane]).map(|(a, b)| rustfft::num_complex::Complex32::new(*a, *b)).collect()
+                    })
+                });
+                crate::kspace::calibration_scale(planes, w, h, *centre)
+            }
+            (spec, _) => {
+                let range = crate::data::Intensity::of(spec, &[]);
+                range.high - range.low
+            }
+        };
+        let scale = 1.0 / network_scale;
         // Every plane's zero-filled image and measurements, once, `[frame][plane]`: the measured k-space is the
         // transform of the zero-filled image.
         let (mut x0s, mut measured) = (vec![Vec::with_capacity(d); frames], vec![Vec::with_capacity(d); frames]);
@@ -167,7 +196,7 @@ impl<B: Backend> Enhancer<B> {
         for k in 0..d {
             let ys = if frames == 1 {
                 let m = &measured[0][k];
-                vec![reconstruct_plane(net, &x0s[0][k], &m.k0, &m.lines, w, h, &self.device)]
+                vec![reconstruct_plane_as(net, &self.info.model, &x0s[0][k], &m.k0, &m.lines, w, h, &self.device)]
             } else {
                 let x0: Vec<Vec<f32>> = x0s.iter().map(|f| f[k].clone()).collect();
                 let k0: Vec<Vec<f32>> = measured.iter().map(|f| f[k].k0.clone()).collect();
@@ -175,7 +204,9 @@ impl<B: Backend> Enhancer<B> {
                 reconstruct_series(net, &x0, &k0, &lines, w, h, &self.device)
             };
             for (t, y) in ys.iter().enumerate() {
-                out[t * n + k * w * h..t * n + (k + 1) * w * h].copy_from_slice(&intensity.restore(y));
+                for (o, v) in out[t * n + k * w * h..t * n + (k + 1) * w * h].iter_mut().zip(y) {
+                    *o = v * network_scale;
+                }
             }
         }
         Ok(Image::new(out, complex.shape().to_vec(), frames, *complex.affine(), "float32")?)

@@ -33,6 +33,44 @@ pub fn measure(plane: &[f32], w: usize, h: usize, lines: &[bool]) -> (Vec<f32>, 
     (pack(&k), pack(&x))
 }
 
+/// Which of `h` phase-encoding lines are the `round(centre·h)` lowest frequencies (at least one), the fully sampled
+/// centre of every mask [`crate::degrade::line_mask`] draws.
+pub fn centre_lines(h: usize, centre: f64) -> Vec<bool> {
+    let freq = |y: usize| if y < h.div_ceil(2) { y as i64 } else { y as i64 - h as i64 };
+    let mut order: Vec<usize> = (0..h).collect();
+    order.sort_by_key(|&y| (freq(y).abs(), freq(y)));
+    let n_centre = ((centre * h as f64).round() as usize).clamp(1, h.max(1));
+    let mut keep = vec![false; h];
+    for &y in order.iter().take(n_centre) {
+        keep[y] = true;
+    }
+    keep
+}
+
+/// The intensity scale a reconstruction network works in, taken from what every measurement holds: the 99.5th
+/// percentile of the magnitudes of `planes` (complex, `w × h` each) reconstructed from their fully sampled centre
+/// lines alone ([`centre_lines`]). It does not depend on the random lines of a mask, so training (which knows
+/// the reference) and prediction (which has only the measured k-space) scale their inputs alike. 1 when the
+/// planes hold no signal.
+pub fn calibration_scale(planes: impl Iterator<Item = Vec<Complex32>>, w: usize, h: usize, centre: f64) -> f32 {
+    let keep = centre_lines(h, centre);
+    let mut magnitudes = Vec::new();
+    for mut k in planes {
+        if k.len() != w * h {
+            continue;
+        }
+        fft2(&mut k, w, h);
+        for (y, kept) in keep.iter().enumerate() {
+            if !kept {
+                k[w * y..w * (y + 1)].iter_mut().for_each(|v| *v = Complex32::new(0.0, 0.0));
+            }
+        }
+        ifft2(&mut k, w, h);
+        magnitudes.extend(k.iter().map(|v| v.norm()));
+    }
+    crate::data::Intensity::of(&crate::recipe::IntensitySpec::Scheme(crate::recipe::IntensityScheme::Percentile), &magnitudes).high
+}
+
 /// The mask plane (1 on measured lines) of a `w × h` plane.
 pub fn mask_plane(w: usize, lines: &[bool]) -> Vec<f32> {
     lines.iter().flat_map(|&l| std::iter::repeat_n(if l { 1.0 } else { 0.0 }, w)).collect()

@@ -189,6 +189,10 @@ pub struct ModelSection {
     /// over frames in both directions (BCRNN-t-i); every frame gets its own random line mask.
     #[serde(default)]
     pub temporal: bool,
+    /// CRNN (single frames): reconstruct each plane also mirrored along either axis and along both, and average
+    /// the four complex images (four times the inference; validation, evaluation and prediction alike).
+    #[serde(default)]
+    pub flips: bool,
 }
 
 fn default_iterations_crnn() -> usize {
@@ -218,6 +222,7 @@ impl Default for ModelSection {
             iterations: default_iterations_crnn(),
             layers: default_layers(),
             temporal: false,
+            flips: false,
         }
     }
 }
@@ -489,6 +494,9 @@ impl EnhanceRecipe {
         }
         if self.model.temporal && (self.model.arch != Arch::Crnn || !matches!(self.degrade, Some(Degradation::Kspace { .. }))) {
             return bad("model.temporal reconstructs dynamic series: it needs arch = \"crnn\" and a kspace [degrade] model".into());
+        }
+        if self.model.flips && (self.model.arch != Arch::Crnn || self.model.temporal) {
+            return bad("model.flips mirrors the planes of a single-frame CRNN: it needs arch = \"crnn\" without temporal".into());
         }
         if let Some(sp) = &d.spacing
             && (sp.is_empty() || sp.len() > 3 || sp.iter().any(|v| !(v.is_finite() && *v > 0.0)))

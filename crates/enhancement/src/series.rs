@@ -51,13 +51,17 @@ struct Frames {
     shape: [usize; 3],
     frames: Vec<Vec<f32>>,
     intensity: Intensity,
+    /// The network's scale over all frames ([`crate::data::kspace_scale`]).
+    scale: f32,
 }
 
 fn frames_of(recipe: &EnhanceRecipe, entry: &ImageEntry) -> Result<Frames, EnhanceError> {
     let img = load_series(recipe, &entry.image)?;
     let intensity = Intensity::of(&recipe.data.intensity, img.data());
-    let frames = (0..img.channels()).map(|c| intensity.normalise(img.channel(c))).collect();
-    Ok(Frames { shape: dims3(img.shape()), frames, intensity })
+    let frames: Vec<Vec<f32>> = (0..img.channels()).map(|c| intensity.normalise(img.channel(c))).collect();
+    let shape = dims3(img.shape());
+    let scale = crate::data::kspace_scale(recipe, &frames.iter().map(Vec::as_slice).collect::<Vec<_>>(), shape, axes());
+    Ok(Frames { shape, frames, intensity, scale })
 }
 
 /// Planes are axial (`[0, 1]`) for k-space models: the lines run along the first axis.
@@ -100,6 +104,7 @@ fn cases_of(
                     lines: Some(l.clone()),
                     series: Some(SeriesRef { key: *key, frame: t, clean: clean.clone(), lines: lines.clone() }),
                     volume: None,
+                    scale: f.scale,
                 });
             }
             *key += 1;
@@ -157,6 +162,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
                 blocked_u: Vec::new(),
                 blocked_v: Vec::new(),
                 frames,
+                scale: f.scale,
             });
         }
         for (band, role) in [(d.val_band, Role::Val), (d.test_band, Role::Test)] {

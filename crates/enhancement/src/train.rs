@@ -144,8 +144,9 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
                     for _ in 0..t.batch {
                         let plane = &self.data.train[rng.random_range(0..self.data.train.len())];
                         for frame in &plane.frames {
+                            let frame: Vec<f32> = frame.iter().map(|v| v / plane.scale).collect();
                             let lines = line_mask(h, *acceleration, *centre, &mut rng);
-                            let (k0, x0) = measure(frame, w, h, &lines);
+                            let (k0, x0) = measure(&frame, w, h, &lines);
                             x0s.extend(x0);
                             k0s.extend(k0);
                             masks.extend(mask_plane(w, &lines));
@@ -169,7 +170,7 @@ impl<B: AutodiffBackend> Task<B> for EnhanceTask<'_> {
                 for _ in 0..t.batch {
                     let plane = &self.data.train[rng.random_range(0..self.data.train.len())];
                     let placed = data::place(&plane.clean, plane.w, plane.h, pw, ph, &mut rng);
-                    let clean = augment_plane(&placed, t, &mut rng);
+                    let clean: Vec<f32> = augment_plane(&placed, t, &mut rng).iter().map(|v| v / plane.scale).collect();
                     let lines = line_mask(ph, *acceleration, *centre, &mut rng);
                     let (k0, x0) = measure(&clean, pw, ph, &lines);
                     x0s.extend(x0);

@@ -357,6 +357,37 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
     assert_eq!(out.shape(), t1.shape());
     let e = enhancer.enhance(&d.image).unwrap_err().to_string();
     assert!(e.contains("--mask"), "{e}");
+    // Prediction scales its input as training and evaluation did, from what the measurements hold (the image
+    // reconstructed from the fully sampled centre lines), never from the reference it does not have: the same
+    // measured lines give the plane that evaluation scored.
+    use vesalius_enhancement::data::{PlaneAxes, dims3, extract_plane};
+    let prepared = vesalius_enhancement::data::prepare(&recipe).unwrap();
+    let case = &prepared.test[1];
+    let k: usize = case.id.split([':', '#']).nth(1).unwrap().parse().unwrap();
+    let lines = case.lines.clone().unwrap();
+    let (shape, axes) = (dims3(t1.shape()), PlaneAxes { u: 0, v: 1, across: 2 });
+    let (mut re, mut im, mut lines_image) = (Vec::new(), Vec::new(), Vec::new());
+    for plane in 0..shape[2] {
+        let (w, h, p) = extract_plane(t1.data(), shape, axes, plane);
+        let x0 = vesalius_enhancement::kspace::measure(&p, w, h, &lines).1;
+        re.extend_from_slice(&x0[..w * h]);
+        im.extend_from_slice(&x0[w * h..]);
+        lines_image.extend(vesalius_enhancement::kspace::mask_plane(w, &lines));
+    }
+    let complex = vesalius_io::Image::new([re, im].concat(), t1.shape().to_vec(), 2, *t1.affine(), "float32").unwrap();
+    let mask = vesalius_io::Image::new(lines_image, t1.shape().to_vec(), 1, *t1.affine(), "float32").unwrap();
+    let predicted = case.intensity.normalise(&extract_plane(enhancer.reconstruct(&complex, &mask).unwrap().data(), shape, axes, k).2);
+    let (_, info) = vesalius_enhancement::evaluate::read_run(&run).unwrap();
+    let net = vesalius_enhancement::evaluate::load_best::<B>(&run, &info.details, &device).unwrap();
+    let scored = vesalius_enhancement::evaluate::network_on_case(&net, &recipe.model, case, &device);
+    let worst = predicted.iter().zip(&scored).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "plane {k}: prediction and evaluation differ by up to {worst}");
+    // A mask without the fully sampled centre the run trained with is refused.
+    let mut no_centre = mask.data().to_vec();
+    no_centre[..shape[0]].fill(0.0); // the first plane's zero-frequency line
+    let no_centre = vesalius_io::Image::new(no_centre, t1.shape().to_vec(), 1, *t1.affine(), "float32").unwrap();
+    let e = enhancer.reconstruct(&complex, &no_centre).unwrap_err().to_string();
+    assert!(e.contains("fully sampled centre"), "{e}");
     // The CRNN needs k-space data.
     let e = EnhanceRecipe::from_toml(
         &text.replace("model = \"kspace\"\n        acceleration = 4.0\n        centre = 0.08", "model = \"gaussian\"\n        sigma = 1.0"),
