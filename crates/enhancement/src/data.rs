@@ -585,7 +585,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
         }
         for &(band, role) in &bands {
             let cases = if role == Role::Val { &mut val } else { &mut test };
-            for r in 0..d.eval_realisations {
+            for r in 0..d.realisations(role == Role::Val) {
                 let real = realise(recipe, model, entry, &clean, realisation_seed(recipe.seed, role, idx, r))?;
                 let deg = intensity.normalise(real.input.data());
                 let baselines: Vec<(String, Vec<f32>)> = real.baselines.into_iter().map(|(n, b)| (n, intensity.normalise(&b))).collect();
@@ -629,7 +629,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
     for (entries, role) in [(&d.val, Role::Val), (&d.test, Role::Test)] {
         let cases = if role == Role::Val { &mut val } else { &mut test };
         for (idx, entry) in entries.iter().enumerate() {
-            cases.extend(whole_image_cases(recipe, entry, idx + 1_000, role_seed(recipe.seed, role), axes, &mut volumes)?);
+            cases.extend(whole_image_cases(recipe, entry, idx + 1_000, role, axes, &mut volumes)?);
         }
     }
     // Planes without signal (air, the background beyond the head) have no meaningful PSNR: they are not scored.
@@ -648,17 +648,18 @@ fn whole_image_cases(
     recipe: &EnhanceRecipe,
     entry: &ImageEntry,
     idx: usize,
-    seed: u64,
+    role: Role,
     axes: PlaneAxes,
     volumes: &mut usize,
 ) -> Result<Vec<EvalCase>, EnhanceError> {
+    let seed = role_seed(recipe.seed, role);
     let clean = load_recipe_image(recipe, &entry.image)?;
     let shape = dims3(clean.shape());
     let intensity = Intensity::of(&recipe.data.intensity, clean.data());
     let clean_n = intensity.normalise(clean.data());
     let scale = kspace_scale(recipe, &[&clean_n], shape, axes);
     let mut out = Vec::new();
-    for r in 0..recipe.data.eval_realisations {
+    for r in 0..recipe.data.realisations(role == Role::Val) {
         let s = vesalius_io::mix(seed ^ ((idx as u64) << 16) ^ r as u64);
         let real = realise(recipe, recipe.degrade.as_ref(), entry, &clean, s)?;
         let deg = intensity.normalise(real.input.data());

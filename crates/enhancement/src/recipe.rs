@@ -137,6 +137,18 @@ pub struct DataSection {
     /// Degraded realisations of each validation and test case.
     #[serde(default = "default_eval_realisations")]
     pub eval_realisations: usize,
+    /// Degraded realisations of each test case, when they should differ from validation's (default
+    /// `eval_realisations`): more draws of a random degradation make a steadier test figure without slowing the
+    /// validation of every epoch.
+    #[serde(default)]
+    pub test_realisations: Option<usize>,
+}
+
+impl DataSection {
+    /// Realisations of each validation case (`val`) or test case.
+    pub fn realisations(&self, val: bool) -> usize {
+        if val { self.eval_realisations } else { self.test_realisations.unwrap_or(self.eval_realisations) }
+    }
 }
 
 fn default_train_realisations() -> usize {
@@ -534,6 +546,9 @@ impl EnhanceRecipe {
         }
         if d.train_realisations == 0 || d.eval_realisations == 0 || d.train_realisations > 256 || d.eval_realisations > 64 {
             return bad("data.train_realisations must lie in 1..=256 and data.eval_realisations in 1..=64".into());
+        }
+        if d.test_realisations.is_some_and(|n| !(1..=64).contains(&n)) {
+            return bad("data.test_realisations must lie in 1..=64".into());
         }
         let t = &self.train;
         if t.epochs == 0

@@ -169,7 +169,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
             let Some(band) = band else { continue };
             let cases = if role == Role::Val { &mut val } else { &mut test };
             let seed = realisation_seed(recipe.seed, role, idx, 0);
-            cases.extend(cases_of(entry, &f, band.start..band.end, d.eval_realisations, seed, model, &mut key));
+            cases.extend(cases_of(entry, &f, band.start..band.end, d.realisations(role == Role::Val), seed, model, &mut key));
         }
     }
     if train.is_empty() {
@@ -180,7 +180,7 @@ pub fn prepare(recipe: &EnhanceRecipe) -> Result<Prepared, EnhanceError> {
         for (idx, entry) in entries.iter().enumerate() {
             let f = frames_of(recipe, entry)?;
             let seed = vesalius_io::mix(role_seed(recipe.seed, role) ^ ((idx as u64 + 1_000) << 16));
-            cases.extend(cases_of(entry, &f, 0..f.shape[2], d.eval_realisations, seed, model, &mut key));
+            cases.extend(cases_of(entry, &f, 0..f.shape[2], d.realisations(role == Role::Val), seed, model, &mut key));
         }
     }
     val.retain(EvalCase::has_signal);

@@ -362,6 +362,18 @@ fn crnn_reconstructs_four_fold_undersampled_mr_better_than_zero_filling() {
     // measured lines give the plane that evaluation scored.
     use vesalius_enhancement::data::{PlaneAxes, dims3, extract_plane};
     let prepared = vesalius_enhancement::data::prepare(&recipe).unwrap();
+    // More mask draws for the test cases alone: validation is unchanged and the first draw is the same.
+    let more = |n: &str| {
+        EnhanceRecipe::from_toml(
+            &text.replace("eval_realisations = 1", &format!("eval_realisations = 1\ntest_realisations = {n}")),
+            fixtures(),
+        )
+    };
+    let three = vesalius_enhancement::data::prepare(&more("3").unwrap()).unwrap();
+    assert_eq!((three.val.len(), three.test.len()), (prepared.val.len(), 3 * prepared.test.len()));
+    assert_eq!(three.test[0].lines, prepared.test[0].lines);
+    assert_ne!(three.test[0].lines, three.test[prepared.test.len()].lines);
+    assert!(more("0").unwrap_err().to_string().contains("test_realisations"));
     let case = &prepared.test[1];
     let k: usize = case.id.split([':', '#']).nth(1).unwrap().parse().unwrap();
     let lines = case.lines.clone().unwrap();
