@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::EnhanceError;
 use crate::baselines::bspline_upsample;
 use crate::data::{EvalCase, Measured, PlaneAxes, TrainPlane, extract_plane};
-use crate::model::{EnhanceNet, enhance_plane, reconstruct_plane_as};
+use crate::model::{EnhanceNet, enhance_plane, reconstruct_plane};
 use crate::recipe::{AdaptSection, ModelSection};
 
 /// The mean of each `factor` consecutive samples along `axis` (0 or 1) of a `[w, h]` plane, interpolated back
@@ -301,7 +301,7 @@ pub fn reconstruct_measured<B: Backend>(
         .iter()
         .map(|m| {
             let (x0, k0) = zero_filled(&m.k0, &m.lines, w, h);
-            reconstruct_plane_as(net, spec, &x0, &k0, &m.lines, w, h, device)
+            reconstruct_plane(net, &x0, &k0, &m.lines, w, h, spec.flips, device)
         })
         .collect()
 }

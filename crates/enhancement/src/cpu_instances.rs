@@ -25,7 +25,6 @@ pub fn anchor() -> usize {
         crate::evaluate::evaluate_prepared::<P> as *const (),
         crate::model::build::<P> as *const (),
         crate::model::reconstruct_plane::<P> as *const (),
-        crate::model::reconstruct_plane_mirrored::<P> as *const (),
         crate::model::reconstruct_series::<P> as *const (),
         crate::model::enhance_plane::<P> as *const (),
         crate::stain::sae_normalise::<B> as *const (),

@@ -16,7 +16,7 @@ use crate::baselines::{NLM_GRID, SIGMA_GRID, choose_sigma, gaussian_in_plane, no
 use crate::data::{self, EvalCase, Prepared};
 use crate::degrade::Degradation;
 use crate::metrics::{Quality, clip, psnr, quality};
-use crate::model::{EnhanceNet, build, enhance_plane, reconstruct_plane_as, reconstruct_series};
+use crate::model::{EnhanceNet, build, enhance_plane, reconstruct_plane, reconstruct_series};
 use crate::recipe::{EnhanceRecipe, ModelSection};
 use crate::train::{EnhanceInfo, RunInfo};
 
@@ -126,7 +126,7 @@ pub fn network_on_case<B: Backend>(net: &EnhanceNet<B>, spec: &ModelSection, c: 
         (EnhanceNet::Crnn(_), Some(lines)) => {
             let clean: Vec<f32> = c.clean.iter().map(|v| v / c.scale).collect();
             let (k0, x0) = crate::kspace::measure(&clean, c.w, c.h, lines);
-            reconstruct_plane_as(net, spec, &x0, &k0, lines, c.w, c.h, device).into_iter().map(|v| v * c.scale).collect()
+            reconstruct_plane(net, &x0, &k0, lines, c.w, c.h, spec.flips, device).into_iter().map(|v| v * c.scale).collect()
         }
         _ => enhance_plane(net, spec, &c.degraded, c.w, c.h, device),
     }

@@ -12,7 +12,7 @@ use crate::adapt::{Views, enhance_planes};
 use crate::data::{PlaneAxes, dims3, insert_plane};
 use crate::degrade::Degradation;
 use crate::evaluate::{load_best, read_run};
-use crate::model::{EnhanceNet, reconstruct_plane_as, reconstruct_series};
+use crate::model::{EnhanceNet, reconstruct_plane, reconstruct_series};
 use crate::train::EnhanceInfo;
 
 /// The fine grid (shape, affine) whose `factor`-blocks along `axes` are the voxels of a coarse image — the
@@ -196,7 +196,7 @@ impl<B: Backend> Enhancer<B> {
         for k in 0..d {
             let ys = if frames == 1 {
                 let m = &measured[0][k];
-                vec![reconstruct_plane_as(net, &self.info.model, &x0s[0][k], &m.k0, &m.lines, w, h, &self.device)]
+                vec![reconstruct_plane(net, &x0s[0][k], &m.k0, &m.lines, w, h, self.info.model.flips, &self.device)]
             } else {
                 let x0: Vec<Vec<f32>> = x0s.iter().map(|f| f[k].clone()).collect();
                 let k0: Vec<Vec<f32>> = measured.iter().map(|f| f[k].k0.clone()).collect();

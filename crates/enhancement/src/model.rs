@@ -74,42 +74,6 @@ impl<B: Backend> EnhanceNet<B> {
     }
 }
 
-/// Reconstructs one plane with the CRNN from its zero-filled complex image and measured k-space (both packed
-/// `[re…, im…]`) and its measured lines; returns the magnitude.
-pub fn reconstruct_plane<B: Backend>(
-    net: &EnhanceNet<B>,
-    x0: &[f32],
-    k0: &[f32],
-    lines: &[bool],
-    w: usize,
-    h: usize,
-    device: &B::Device,
-) -> Vec<f32> {
-    let t = |v: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(v, [1, c, h, w]), device);
-    let mask = t(crate::kspace::mask_plane(w, lines), 1);
-    let y = net.forward(t(x0.to_vec(), 2), Some((t(k0.to_vec(), 2), mask)));
-    crate::kspace::magnitude(&y.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default())
-}
-
-/// [`reconstruct_plane_mirrored`] when `spec.flips`, else [`reconstruct_plane`].
-#[allow(clippy::too_many_arguments)] // one plane: its images, k-space, lines and size, and the network's settings
-pub fn reconstruct_plane_as<B: Backend>(
-    net: &EnhanceNet<B>,
-    spec: &ModelSection,
-    x0: &[f32],
-    k0: &[f32],
-    lines: &[bool],
-    w: usize,
-    h: usize,
-    device: &B::Device,
-) -> Vec<f32> {
-    if spec.flips {
-        reconstruct_plane_mirrored(net, x0, k0, lines, w, h, device)
-    } else {
-        reconstruct_plane(net, x0, k0, lines, w, h, device)
-    }
-}
-
 /// A packed complex `w × h` plane (`[re…, im…]`) mirrored along its first axis (`fx`) and/or its second (`fy`).
 /// Its own inverse.
 fn mirror(packed: &[f32], w: usize, h: usize, fx: bool, fy: bool) -> Vec<f32> {
@@ -126,25 +90,31 @@ fn mirror(packed: &[f32], w: usize, h: usize, fx: bool, fy: bool) -> Vec<f32> {
     out
 }
 
-/// As [`reconstruct_plane`], averaged over the plane's four mirror images (as measured, mirrored along either
-/// axis, and along both), as nnU-Net mirrors at inference. Each view is the same measurement of the mirrored
+/// Reconstructs one plane with the CRNN from its zero-filled complex image and measured k-space (both packed
+/// `[re…, im…]`) and its measured lines; returns the magnitude.
+///
+/// With `mirrored` (`[model] flips`), the mean over the plane's four mirror images (as measured, mirrored along
+/// either axis, and along both), as nnU-Net mirrors at inference. Each view is the same measurement of the mirrored
 /// object: mirroring the second (phase-encoding) axis maps measured line `k` to line `(h − k) mod h`, so every view
 /// is reconstructed with its own lines and k-space, mirrored back, and the complex images averaged — a mean of
 /// data-consistent images, itself consistent with the measured lines. Four times the inference, in one batch.
-pub fn reconstruct_plane_mirrored<B: Backend>(
+#[allow(clippy::too_many_arguments)] // one plane: its images, k-space, lines and size, and whether to mirror
+pub fn reconstruct_plane<B: Backend>(
     net: &EnhanceNet<B>,
     x0: &[f32],
     k0: &[f32],
     lines: &[bool],
     w: usize,
     h: usize,
+    mirrored: bool,
     device: &B::Device,
 ) -> Vec<f32> {
     use rustfft::num_complex::Complex32;
-    const VIEWS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+    const ALL: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+    let views = if mirrored { &ALL[..] } else { &ALL[..1] };
     let n = w * h;
     let (mut xs, mut ks, mut masks) = (Vec::with_capacity(8 * n), Vec::with_capacity(8 * n), Vec::with_capacity(4 * n));
-    for (fx, fy) in VIEWS {
+    for &(fx, fy) in views {
         let view_lines: Vec<bool> = (0..h).map(|k| if fy { lines[(h - k) % h] } else { lines[k] }).collect();
         let x = mirror(x0, w, h, fx, fy);
         let k = if (fx, fy) == (false, false) {
@@ -163,13 +133,13 @@ pub fn reconstruct_plane_mirrored<B: Backend>(
         ks.extend(k);
         masks.extend(crate::kspace::mask_plane(w, &view_lines));
     }
-    let t = |v: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(v, [VIEWS.len(), c, h, w]), device);
+    let t = |v: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(v, [views.len(), c, h, w]), device);
     let y = net.forward(t(xs, 2), Some((t(ks, 2), t(masks, 1))));
     let y = y.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
     let mut mean = vec![0.0f32; 2 * n];
-    for ((fx, fy), view) in VIEWS.iter().zip(y.chunks(2 * n)) {
+    for ((fx, fy), view) in views.iter().zip(y.chunks(2 * n)) {
         for (m, v) in mean.iter_mut().zip(mirror(view, w, h, *fx, *fy)) {
-            *m += v / VIEWS.len() as f32;
+            *m += v / views.len() as f32;
         }
     }
     crate::kspace::magnitude(&mean)
@@ -261,7 +231,7 @@ mod tests {
         let plane: Vec<f32> = (0..w * h).map(|i| (((i * 37) % 23) as f32 / 23.0) * (1.0 + (i / w) as f32 / h as f32)).collect();
         let recon = |p: &[f32], lines: &[bool]| {
             let (k0, x0) = crate::kspace::measure(p, w, h, lines);
-            reconstruct_plane_as(&net, &spec, &x0, &k0, lines, w, h, &device)
+            reconstruct_plane(&net, &x0, &k0, lines, w, h, spec.flips, &device)
         };
         // Fully sampled, every view puts the measurement back: the plane itself.
         let full = recon(&plane, &[true; 10]);
@@ -271,7 +241,7 @@ mod tests {
         let lines: Vec<bool> = (0..h).map(|k| [0, 1, 3, 6, 9].contains(&k)).collect();
         let out = recon(&plane, &lines);
         let (k0, x0) = crate::kspace::measure(&plane, w, h, &lines);
-        let single = reconstruct_plane(&net, &x0, &k0, &lines, w, h, &device);
+        let single = reconstruct_plane(&net, &x0, &k0, &lines, w, h, false, &device);
         assert!(out.iter().zip(&single).any(|(a, b)| (a - b).abs() > 1e-3), "the views change the result");
         for (fx, fy) in [(true, false), (false, true), (true, true)] {
             let mirrored_plane = mirror(&plane, w, h, fx, fy);
