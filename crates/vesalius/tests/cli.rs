@@ -1038,6 +1038,18 @@ fn reconstruction_runs_predict_from_the_complex_image_and_mask_that_degrade_writ
     // Without the mask the run says what it needs.
     let o = vesalius(&["predict", "--run", run.to_str().unwrap(), k.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert_input_error(&o, "--mask");
+    // A mask without the fully sampled centre the run trained with (its scale is taken there) is refused.
+    let m = vesalius_io::load(&mask).unwrap();
+    let mut lines = m.data().to_vec();
+    lines[..128].fill(0.0); // the first plane's zero-frequency line
+    let holed = dir.path().join("holed_mask.nii.gz");
+    let m = vesalius_io::Image::new(lines, m.shape().to_vec(), 1, *m.affine(), "uint8").unwrap();
+    vesalius_io::nifti::save(&holed, &m, vesalius_io::nifti::NiftiType::U8).unwrap();
+    let mut holed_args = args;
+    holed_args[5] = holed.to_str().unwrap();
+    let o = vesalius(&holed_args);
+    assert_input_error(&o, "fully sampled centre");
+    assert!(stderr(&o).contains("k_complex.nii.gz") && stderr(&o).contains("plane 0"), "{}", stderr(&o));
 }
 
 #[test]
