@@ -38,6 +38,8 @@ mod classifier;
 mod cnn3d;
 mod crf;
 mod crnn;
+#[cfg(feature = "flex")]
+mod fused;
 mod googlenet;
 mod lenet;
 mod mlp;

@@ -114,7 +114,30 @@ pub fn identity_grid<B: Backend>(size: [usize; 3], device: &B::Device) -> Tensor
 /// depth, height, width) by trilinear interpolation — `F.grid_sample(mode="bilinear", align_corners=True)` after
 /// normalising the coordinates. Gradients flow to the image and to the coordinates. Depth-1 images with zero
 /// depth coordinates sample bilinearly in their plane.
+///
+/// On the default CPU backend (burn-flex, with or without autodiff) and f32 tensors this runs as one fused
+/// kernel forward and one backward; elsewhere as [`sample_linear_composed`]. Both give the same values and
+/// gradients up to the order of float sums.
 pub fn sample_linear<B: Backend>(image: Tensor<B, 5>, coords: Tensor<B, 5>, padding: Padding) -> Tensor<B, 5> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::fused::sample_linear(&image, &coords, padding) {
+        return out;
+    }
+    sample_linear_composed(image, coords, padding)
+}
+
+/// Whether [`sample_linear`] runs as the fused kernel on backend `B` (burn-flex, with or without autodiff, for
+/// f32 tensors).
+pub fn has_fused_sampler<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    return crate::fused::available::<B>();
+    #[cfg(not(feature = "flex"))]
+    false
+}
+
+/// [`sample_linear`] as a composition of tensor operations (floor, weights, eight gathers, masks), which burn's
+/// autodiff differentiates on every backend; the reference the fused kernel is tested against.
+pub fn sample_linear_composed<B: Backend>(image: Tensor<B, 5>, coords: Tensor<B, 5>, padding: Padding) -> Tensor<B, 5> {
     let [n, c, d, h, w] = image.dims();
     let [_, _, od, oh, ow] = coords.dims();
     let m = od * oh * ow;

@@ -7,6 +7,7 @@ mod cam_split;
 mod dense;
 mod networks;
 mod random;
+mod sampler;
 mod transfer;
 
 /// The backend the tests run on: the CPU's, or CUDA with the `test-cuda` feature.

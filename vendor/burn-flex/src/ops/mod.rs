@@ -130,6 +130,7 @@ pub mod flip;
 mod float;
 pub mod gather_scatter;
 pub mod grid_sample;
+pub mod trilinear;
 mod int;
 pub mod interpolate;
 pub mod mask;

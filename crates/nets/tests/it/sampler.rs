@@ -1,0 +1,117 @@
+//! The fused trilinear sampler of the CPU backend against the composition of tensor operations that every backend
+//! differentiates: values and both gradients, with coordinates inside, outside and exactly on the volume's edges.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use vesalius_nets::ops::{Padding, has_fused_sampler, sample_linear, sample_linear_composed};
+
+use crate::{B, P};
+
+/// A small seeded generator, independent of burn's process-wide one.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// An image `[n, c, d, h, w]` of normal-ish values and coordinates `[n, 3, out]` spread from 1.5 voxels before
+/// the volume to 1.5 past it, a fifth of them rounded to whole voxels (edges included).
+fn case(n: usize, c: usize, size: [usize; 3], out: [usize; 3], seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = Lcg(seed);
+    let voxels: usize = size.iter().product();
+    let points: usize = out.iter().product();
+    let image = (0..n * c * voxels).map(|_| rng.next() * 4.0 - 2.0).collect();
+    let mut coords = Vec::with_capacity(n * 3 * points);
+    for _ in 0..n {
+        for len in size {
+            for _ in 0..points {
+                let v = rng.next() * (len as f32 + 2.0) - 1.5;
+                coords.push(if rng.next() < 0.2 { v.round() } else { v });
+            }
+        }
+    }
+    let upstream = (0..n * c * points).map(|_| rng.next() * 2.0 - 1.0).collect();
+    (image, coords, upstream)
+}
+
+fn tensor<BB: Backend>(v: &[f32], shape: [usize; 5]) -> Tensor<BB, 5> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+}
+
+fn values<BB: Backend>(t: Tensor<BB, 5>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Values and gradients (image, coordinates) of `Σ sample(image, coords) · upstream`, by one sampler.
+fn run(
+    sample: fn(Tensor<B, 5>, Tensor<B, 5>, Padding) -> Tensor<B, 5>,
+    shapes: ([usize; 5], [usize; 5], [usize; 5]),
+    data: &(Vec<f32>, Vec<f32>, Vec<f32>),
+    padding: Padding,
+    image_grad: bool,
+) -> (Vec<f32>, Option<Vec<f32>>, Vec<f32>) {
+    let (ishape, cshape, oshape) = shapes;
+    let image = tensor::<B>(&data.0, ishape);
+    let image = if image_grad { image.require_grad() } else { image };
+    let coords = tensor::<B>(&data.1, cshape).require_grad();
+    let out = sample(image.clone(), coords.clone(), padding);
+    let grads = (out.clone() * tensor::<B>(&data.2, oshape)).sum().backward();
+    (values(out), image.grad(&grads).map(|g| g.into_data().to_vec::<f32>().unwrap()), values(coords.grad(&grads).unwrap()))
+}
+
+#[test]
+fn the_fused_sampler_matches_the_composed_operations() {
+    assert_eq!(has_fused_sampler::<P>(), cfg!(not(feature = "test-cuda")));
+    assert_eq!(has_fused_sampler::<B>(), cfg!(not(feature = "test-cuda")));
+    // (batch, channels, image size, output size): a volume, a multi-channel batch (as field composition), a plane.
+    let cases = [(1, 1, [5, 6, 7], [4, 5, 6]), (2, 3, [4, 5, 6], [3, 4, 5]), (1, 2, [1, 7, 8], [1, 6, 6])];
+    let mut largest = 0.0f32;
+    for (k, &(n, c, size, out)) in cases.iter().enumerate() {
+        let ishape = [n, c, size[0], size[1], size[2]];
+        let cshape = [n, 3, out[0], out[1], out[2]];
+        let oshape = [n, c, out[0], out[1], out[2]];
+        let mut data = case(n, c, size, out, 17 + k as u64);
+        if size[0] == 1 {
+            // A plane: depth coordinates 0, as a 2D warp gives.
+            let points: usize = out.iter().product();
+            for b in 0..n {
+                data.1[b * 3 * points..(b * 3 + 1) * points].fill(0.0);
+            }
+        }
+        for padding in [Padding::Zeros, Padding::Border] {
+            // Forward on the plain backend.
+            let fused = values(sample_linear::<P>(tensor(&data.0, ishape), tensor(&data.1, cshape), padding));
+            let composed = values(sample_linear_composed::<P>(tensor(&data.0, ishape), tensor(&data.1, cshape), padding));
+            let d = max_diff(&fused, &composed);
+            assert!(d < 1e-5, "case {k} {padding:?}: values differ by {d}");
+            assert!(fused.iter().any(|v| v.abs() > 0.1), "case {k}: nothing sampled");
+            // Forward and backward under autodiff, with and without the image's gradient.
+            for image_grad in [true, false] {
+                let shapes = (ishape, cshape, oshape);
+                let (fv, fi, fc) = run(sample_linear::<B>, shapes, &data, padding, image_grad);
+                let (cv, ci, cc) = run(sample_linear_composed::<B>, shapes, &data, padding, image_grad);
+                assert!(max_diff(&fv, &cv) < 1e-5, "case {k} {padding:?}: autodiff values");
+                assert_eq!(fi.is_some(), image_grad);
+                assert_eq!(ci.is_some(), image_grad);
+                if let (Some(fi), Some(ci)) = (fi, ci) {
+                    let d = max_diff(&fi, &ci);
+                    assert!(d < 1e-5, "case {k} {padding:?}: image gradients differ by {d}");
+                    assert!(fi.iter().any(|v| v.abs() > 0.01));
+                }
+                let d = max_diff(&fc, &cc);
+                largest = largest.max(d);
+                assert!(d < 1e-4, "case {k} {padding:?}: coordinate gradients differ by {d}");
+                assert!(fc.iter().any(|v| v.abs() > 0.01));
+            }
+        }
+    }
+    println!("largest difference of the coordinate gradients: {largest:e}");
+}
