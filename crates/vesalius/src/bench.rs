@@ -58,8 +58,22 @@ pub const RETRIEVAL_WORKLOADS: [&str; 4] = ["retrieval_exact_100k", "retrieval_h
 /// reported. `register_bspline_sampled_1mm`: the same pair registered with the command line's defaults, the B-spline
 /// optimised on 20,000 sampled points an iteration with Mattes mutual information
 /// ([`DeformableOptions::sampled_bspline`](vesalius_registration::DeformableOptions::sampled_bspline)).
-/// Registration workloads time one untimed and three timed runs.
-pub const REGISTRATION_WORKLOADS: [&str; 3] = ["register_affine_1mm", "register_bspline_1mm", "register_bspline_sampled_1mm"];
+/// `register_dense_1mm`: the same pair registered as `register --deformation dense` does, the affine stage then a
+/// dense field on every voxel (local normalised cross-correlation in 9-voxel windows, diffusion), differentiated
+/// through the spatial transformer. Registration workloads time one untimed and three timed runs.
+pub const REGISTRATION_WORKLOADS: [&str; 4] =
+    ["register_affine_1mm", "register_bspline_1mm", "register_bspline_sampled_1mm", "register_dense_1mm"];
+
+/// The deformable stage of a B-spline-pair workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PairStage {
+    /// A B-spline on every voxel, MSE.
+    BSpline,
+    /// The command line's default: a B-spline on sampled points, mutual information.
+    SampledBSpline,
+    /// `--deformation dense`: a dense field, local correlation.
+    Dense,
+}
 
 /// One JSON line of output.
 #[derive(Debug, Serialize)]
@@ -227,12 +241,12 @@ fn time_runs(n: usize, mut run: impl FnMut()) -> (f64, f64, f64, usize) {
     (median, times[0], times[k - 1], k)
 }
 
-/// The B-spline registration workload: see [`REGISTRATION_WORKLOADS`].
+/// The deformable registration workloads (B-spline, sampled B-spline, dense): see [`REGISTRATION_WORKLOADS`].
 fn register_bspline_workload<AB: AutodiffBackend>(
     device: &AB::Device,
     backend: &str,
     name: &str,
-    sampled: bool,
+    stage: PairStage,
 ) -> Result<BenchResult, CliError> {
     use vesalius_registration::sampled::Volume;
     use vesalius_registration::{DeformableOptions, Deformation, Grid, Method, RegisterOptions, Regulariser, Similarity};
@@ -279,11 +293,32 @@ fn register_bspline_workload<AB: AutodiffBackend>(
     let fixed = vesalius_data::Image::new(data, template.shape().to_vec(), 1, *template.affine(), "float32")
         .map_err(|e| CliError::Internal(e.to_string()))?;
     let defaults = RegisterOptions::default();
-    let options = if sampled {
-        let mi = Similarity::Mi { bins: 32 };
-        RegisterOptions { method: Method::AffineDeformable, similarity: mi, deformable: DeformableOptions::sampled_bspline(), ..defaults }
-    } else {
-        RegisterOptions {
+    let options = match stage {
+        PairStage::SampledBSpline => {
+            let mi = Similarity::Mi { bins: 32 };
+            RegisterOptions {
+                method: Method::AffineDeformable,
+                similarity: mi,
+                deformable: DeformableOptions::sampled_bspline(),
+                ..defaults
+            }
+        }
+        PairStage::Dense => {
+            let ncc = Similarity::Ncc { window: 9 };
+            RegisterOptions {
+                method: Method::AffineDeformable,
+                similarity: ncc,
+                affine_similarity: Some(Similarity::Mi { bins: 32 }),
+                deformable: DeformableOptions {
+                    deformation: Deformation::Dense,
+                    regulariser: Regulariser::Diffusion,
+                    smoothness: ncc.default_smoothness(),
+                    ..defaults.deformable.clone()
+                },
+                ..defaults
+            }
+        }
+        PairStage::BSpline => RegisterOptions {
             method: Method::AffineDeformable,
             similarity: Similarity::Mse,
             affine_similarity: Some(Similarity::Mi { bins: 32 }),
@@ -293,7 +328,7 @@ fn register_bspline_workload<AB: AutodiffBackend>(
                 ..defaults.deformable.clone()
             },
             ..defaults
-        }
+        },
     };
     let mut mapped: [Vec<f32>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let (median, min, max, steps) = time_runs(3, || {
@@ -524,8 +559,9 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
         "retrieval_exact_1m" => return retrieval_workload(1_000_000, false, backend, name),
         "retrieval_hnsw_1m" => return retrieval_workload(1_000_000, true, backend, name),
         "register_affine_1mm" => return register_affine_workload::<AB>(device, backend, name),
-        "register_bspline_1mm" => return register_bspline_workload::<AB>(device, backend, name, false),
-        "register_bspline_sampled_1mm" => return register_bspline_workload::<AB>(device, backend, name, true),
+        "register_bspline_1mm" => return register_bspline_workload::<AB>(device, backend, name, PairStage::BSpline),
+        "register_bspline_sampled_1mm" => return register_bspline_workload::<AB>(device, backend, name, PairStage::SampledBSpline),
+        "register_dense_1mm" => return register_bspline_workload::<AB>(device, backend, name, PairStage::Dense),
         other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", known()))),
     };
     Ok(result(name, backend, batch as f64, (median, min, max, steps)))
