@@ -72,7 +72,8 @@ fn the_fused_sampler_matches_the_composed_operations() {
     assert_eq!(has_fused_sampler::<P>(), cfg!(not(feature = "test-cuda")));
     assert_eq!(has_fused_sampler::<B>(), cfg!(not(feature = "test-cuda")));
     // (batch, channels, image size, output size): a volume, a multi-channel batch (as field composition), a plane.
-    let cases = [(1, 1, [5, 6, 7], [4, 5, 6]), (2, 3, [4, 5, 6], [3, 4, 5]), (1, 2, [1, 7, 8], [1, 6, 6])];
+    let cases =
+        [(1, 1, [5, 6, 7], [4, 5, 6]), (2, 3, [4, 5, 6], [3, 4, 5]), (1, 2, [1, 7, 8], [1, 6, 6]), (1, 1, [12, 20, 24], [12, 20, 24])];
     let mut largest = 0.0f32;
     for (k, &(n, c, size, out)) in cases.iter().enumerate() {
         let ishape = [n, c, size[0], size[1], size[2]];
