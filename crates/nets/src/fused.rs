@@ -70,9 +70,11 @@ pub(crate) fn sample_linear<B: Backend>(image: &Tensor<B, 5>, coords: &Tensor<B,
         let image: FloatTensor<Ad> = primitive(image.clone())?;
         let coords: FloatTensor<Ad> = primitive(coords.clone())?;
         let sampling = TrilinearSampling::new(&image.primitive, &coords.primitive, padding(pad))?;
-        let out = sampling.forward(&image.primitive, &coords.primitive);
+        // Made contiguous once: the forward pass reads them, and the backward pass keeps them.
+        let (image_data, coords_data) = (image.primitive.to_contiguous(), coords.primitive.to_contiguous());
+        let out = sampling.forward(&image_data, &coords_data);
         let result = match SampleBackward.prepare::<NoCheckpointing>([image.node.clone(), coords.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((sampling, image.primitive, coords.primitive), out),
+            OpsKind::Tracked(prep) => prep.finish((sampling, image_data, coords_data), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         tensor::<B, _>(result)

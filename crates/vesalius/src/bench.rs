@@ -64,7 +64,7 @@ pub const RETRIEVAL_WORKLOADS: [&str; 4] = ["retrieval_exact_100k", "retrieval_h
 pub const REGISTRATION_WORKLOADS: [&str; 4] =
     ["register_affine_1mm", "register_bspline_1mm", "register_bspline_sampled_1mm", "register_dense_1mm"];
 
-/// The deformable stage of a B-spline-pair workload.
+/// The deformable stage of a known-field pair workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PairStage {
     /// A B-spline on every voxel, MSE.
@@ -242,7 +242,7 @@ fn time_runs(n: usize, mut run: impl FnMut()) -> (f64, f64, f64, usize) {
 }
 
 /// The deformable registration workloads (B-spline, sampled B-spline, dense): see [`REGISTRATION_WORKLOADS`].
-fn register_bspline_workload<AB: AutodiffBackend>(
+fn register_pair_workload<AB: AutodiffBackend>(
     device: &AB::Device,
     backend: &str,
     name: &str,
@@ -559,9 +559,9 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
         "retrieval_exact_1m" => return retrieval_workload(1_000_000, false, backend, name),
         "retrieval_hnsw_1m" => return retrieval_workload(1_000_000, true, backend, name),
         "register_affine_1mm" => return register_affine_workload::<AB>(device, backend, name),
-        "register_bspline_1mm" => return register_bspline_workload::<AB>(device, backend, name, PairStage::BSpline),
-        "register_bspline_sampled_1mm" => return register_bspline_workload::<AB>(device, backend, name, PairStage::SampledBSpline),
-        "register_dense_1mm" => return register_bspline_workload::<AB>(device, backend, name, PairStage::Dense),
+        "register_bspline_1mm" => return register_pair_workload::<AB>(device, backend, name, PairStage::BSpline),
+        "register_bspline_sampled_1mm" => return register_pair_workload::<AB>(device, backend, name, PairStage::SampledBSpline),
+        "register_dense_1mm" => return register_pair_workload::<AB>(device, backend, name, PairStage::Dense),
         other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", known()))),
     };
     Ok(result(name, backend, batch as f64, (median, min, max, steps)))
