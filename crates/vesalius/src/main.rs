@@ -2,6 +2,9 @@
 use clap::Parser;
 
 fn main() {
+    // Before any thread starts: freed buffers stay mapped in one heap for the next step instead of going back to the
+    // kernel and being faulted in and zeroed again (`vesalius-alloc`). Without glibc it does nothing.
+    let _ = vesalius_alloc::keep_freed_memory_in_heap();
     let cli = vesalius::cli::Cli::parse();
     // The command runs on one of the compute pool's threads, as an OpenMP program's calling thread is one of its
     // team: the backend's parallel loops then split from a worker that takes its share, instead of being handed
