@@ -1,5 +1,6 @@
 //! The reference training workloads of the PyTorch comparison, timed with the same protocol: one untimed step,
 //! two warm-up steps, then `max(7, min(50, ⌊3 s / fastest warm-up⌋))` timed steps; the median is reported.
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -103,6 +104,31 @@ pub struct BenchResult {
     /// Registration: mean distance (mm) between the found and the true transform over the brain mask's voxels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_mm: Option<f64>,
+    /// Minor page faults of the process per timed step (warm-up excluded): memory the step had to have mapped and
+    /// zeroed afresh instead of reusing. Absent where `/proc/self/stat` cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minor_faults_per_step: Option<f64>,
+}
+
+/// Minor page faults per timed step of the latest [`time_steps`] or `time_runs` in this process, as `f64` bits
+/// (NaN: not measured). Each workload is timed once and its line made right after, so [`result`] reads the faults of
+/// the workload it describes.
+static FAULTS_PER_STEP: AtomicU64 = AtomicU64::new(f64::NAN.to_bits());
+
+/// Minor page faults of this process so far (all its threads), `None` where `/proc/self/stat` cannot be read.
+pub fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; minflt is the 10th field, the 8th after it.
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(7)?.parse().ok()
+}
+
+/// Records the faults of a timed window of `steps` steps that began at `before`.
+fn record_faults(before: Option<u64>, steps: usize) {
+    let per_step = match (before, minor_faults()) {
+        (Some(a), Some(b)) if steps > 0 => b.saturating_sub(a) as f64 / steps as f64,
+        _ => f64::NAN,
+    };
+    FAULTS_PER_STEP.store(per_step.to_bits(), Ordering::Relaxed);
 }
 
 /// Clustered vectors for the retrieval workloads: `n` items and `queries` queries of 84 values around 1,000 centres.
@@ -217,6 +243,7 @@ fn result(name: &str, backend: &str, per_step: f64, (median, min, max, steps): (
         recall_at_10: None,
         build_s: None,
         error_mm: None,
+        minor_faults_per_step: Some(f64::from_bits(FAULTS_PER_STEP.load(Ordering::Relaxed))).filter(|f| !f.is_nan()),
     }
 }
 
@@ -225,9 +252,11 @@ fn registration_result(name: &str, backend: &str, timing: (f64, f64, f64, usize)
     BenchResult { error_mm: Some(error_mm), ..result(name, backend, 1.0, timing) }
 }
 
-/// Times one untimed and then `n` timed calls of `run`; returns (median, min, max, n).
+/// Times one untimed and then `n` timed calls of `run`; returns (median, min, max, n). The timed calls' page faults
+/// are recorded for the workload's line.
 fn time_runs(n: usize, mut run: impl FnMut()) -> (f64, f64, f64, usize) {
     run();
+    let before = minor_faults();
     let mut times: Vec<f64> = (0..n.max(1))
         .map(|_| {
             let t = Instant::now();
@@ -235,6 +264,7 @@ fn time_runs(n: usize, mut run: impl FnMut()) -> (f64, f64, f64, usize) {
             t.elapsed().as_secs_f64()
         })
         .collect();
+    record_faults(before, times.len());
     times.sort_by(f64::total_cmp);
     let k = times.len();
     let median = if k % 2 == 1 { times[k / 2] } else { (times[k / 2 - 1] + times[k / 2]) / 2.0 };
@@ -360,7 +390,8 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-/// Times `step` with the reference protocol; returns (median, min, max, steps).
+/// Times `step` with the reference protocol; returns (median, min, max, steps). The timed steps' page faults are
+/// recorded for the workload's line.
 pub fn time_steps(mut step: impl FnMut()) -> (f64, f64, f64, usize) {
     step();
     let mut fastest = f64::INFINITY;
@@ -370,6 +401,7 @@ pub fn time_steps(mut step: impl FnMut()) -> (f64, f64, f64, usize) {
         fastest = fastest.min(t.elapsed().as_secs_f64());
     }
     let n = ((3.0 / fastest).floor() as usize).clamp(7, 50);
+    let before = minor_faults();
     let mut times: Vec<f64> = (0..n)
         .map(|_| {
             let t = Instant::now();
@@ -377,6 +409,7 @@ pub fn time_steps(mut step: impl FnMut()) -> (f64, f64, f64, usize) {
             t.elapsed().as_secs_f64()
         })
         .collect();
+    record_faults(before, n);
     times.sort_by(f64::total_cmp);
     let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
     (median, times[0], times[n - 1], n)
