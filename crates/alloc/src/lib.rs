@@ -8,11 +8,14 @@
 //! raised on the fly to the size of each mapped buffer freed) is mapped on its own and unmapped when freed; a heap
 //! whose free top passes the trim threshold gives it back; and each thread that allocates gets an arena of its own,
 //! whose heaps hold at most 64 MiB each and are given back whole when they empty, so a step that holds more than that
-//! on a worker thread faults it all in again next time. [`keep_freed_memory_in_heap`] fixes the mapping threshold at
-//! glibc's largest, 32 MiB, and the trim threshold at 2 GiB, and puts every thread on the one main arena (which grows
-//! as one heap), so that freed memory stays mapped, split and coalesced for buffers of any size, and the next step's
-//! buffers are already faulted in. Peak resident memory moves little: the heap keeps what the program held at its
-//! peak, plus what fragmentation leaves between buffers (`docs/PERFORMANCE.md` has the measurements).
+//! on a worker thread faults it all in again next time. [`keep_freed_memory_in_heap`] turns off the mapping of
+//! single allocations (every buffer, however large, is carved from the heap), fixes the trim threshold at 2 GiB, and
+//! puts every thread on the one main arena (which grows as one heap), so that freed memory stays mapped, split and
+//! coalesced for buffers of any size, and the next step's buffers are already faulted in. Peak resident memory
+//! moves little for the networks' steps (it fell for VoxelMorph, whose volumes passed the largest mapping threshold
+//! glibc allows, 32 MiB); the heap keeps what the program held at its peak plus what fragmentation leaves between
+//! buffers, which costs the registration of 1 mm volumes about a tenth more (`docs/PERFORMANCE.md` has the
+//! measurements).
 //!
 //! Invariant: nothing here changes what memory a program may use or how it is laid out; only when glibc returns
 //! freed memory to the kernel. On other C libraries the call does nothing.
@@ -26,39 +29,28 @@
 //! assert!(buffer.iter().all(|&x| x == 0.0));
 //! ```
 
-/// glibc's largest mapping threshold (`HEAP_MAX_SIZE / 2` on 64-bit targets): 32 MiB. Allocations of this size and
-/// more are still mapped and unmapped one by one.
-pub const MMAP_THRESHOLD_BYTES: usize = 32 << 20;
-
 /// The trim threshold set: 2 GiB − 1 (the largest an `int` holds), so a heap's free top is in practice kept.
 pub const TRIM_THRESHOLD_BYTES: usize = i32::MAX as usize;
 
 /// Asks glibc's allocator to keep freed memory in its heap instead of returning it to the kernel (see the [crate]
-/// documentation): the mapping threshold is fixed at [`MMAP_THRESHOLD_BYTES`] (allocations below it are carved from
-/// the heap, and the threshold no longer moves), the trim threshold at [`TRIM_THRESHOLD_BYTES`], and the number of
-/// arenas at one. Call it first thing in `main`, before any thread is started: a thread that has already allocated
-/// keeps the arena it has. Returns whether all three settings were taken; on other C libraries it does nothing and
-/// returns `false`.
+/// documentation): no allocation is mapped on its own (`M_MMAP_MAX` 0), the trim threshold is
+/// [`TRIM_THRESHOLD_BYTES`], and there is one arena. Call it first thing in `main`, before any thread is started: a
+/// thread that has already allocated keeps the arena it has. Returns whether all three settings were taken; on other
+/// C libraries it does nothing and returns `false`.
 pub fn keep_freed_memory_in_heap() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
+        const M_MMAP_MAX: i32 = -4;
         const M_ARENA_MAX: i32 = -8;
         #[allow(unsafe_code)]
         unsafe extern "C" {
             fn mallopt(param: i32, value: i32) -> i32;
         }
-        // SAFETY: `mallopt` is glibc's tuning call (it takes the allocator's lock); both parameters take a byte count
-        // as an `int`, and both values fit one and are in glibc's accepted range.
+        // SAFETY: `mallopt` is glibc's tuning call (it takes the allocator's lock); each parameter takes an `int`, and
+        // each value is in glibc's accepted range (a count of 0 mappings, a byte count that fits an `int`, one arena).
         #[allow(unsafe_code)]
-        let taken = unsafe {
-            [
-                mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES as i32),
-                mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES as i32),
-                mallopt(M_ARENA_MAX, 1),
-            ]
-        };
+        let taken = unsafe { [mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES as i32), mallopt(M_MMAP_MAX, 0), mallopt(M_ARENA_MAX, 1)] };
         taken == [1, 1, 1]
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
