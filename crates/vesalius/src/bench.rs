@@ -1,6 +1,5 @@
 //! The reference training workloads of the PyTorch comparison, timed with the same protocol: one untimed step,
 //! two warm-up steps, then `max(7, min(50, ⌊3 s / fastest warm-up⌋))` timed steps; the median is reported.
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -110,25 +109,41 @@ pub struct BenchResult {
     pub minor_faults_per_step: Option<f64>,
 }
 
-/// Minor page faults per timed step of the latest [`time_steps`] or `time_runs` in this process, as `f64` bits
-/// (NaN: not measured). Each workload is timed once and its line made right after, so [`result`] reads the faults of
-/// the workload it describes.
-static FAULTS_PER_STEP: AtomicU64 = AtomicU64::new(f64::NAN.to_bits());
+/// The timing of a workload: the median, fastest and slowest timed step (seconds), the number of timed steps, and
+/// the process's minor page faults per timed step (`None` where `/proc/self/stat` cannot be read).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Median step time in seconds.
+    pub median_s: f64,
+    /// Fastest timed step.
+    pub min_s: f64,
+    /// Slowest timed step.
+    pub max_s: f64,
+    /// Timed steps.
+    pub steps: usize,
+    /// Minor page faults per timed step.
+    pub minor_faults_per_step: Option<f64>,
+}
+
+impl Timing {
+    /// The timing of `times` (seconds, at least one), with the faults counted from `faults_before` to now.
+    fn of(mut times: Vec<f64>, faults_before: Option<u64>) -> Timing {
+        let steps = times.len();
+        let minor_faults_per_step = match (faults_before, minor_faults()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / steps as f64),
+            _ => None,
+        };
+        times.sort_by(f64::total_cmp);
+        let median = if steps % 2 == 1 { times[steps / 2] } else { (times[steps / 2 - 1] + times[steps / 2]) / 2.0 };
+        Timing { median_s: median, min_s: times[0], max_s: times[steps - 1], steps, minor_faults_per_step }
+    }
+}
 
 /// Minor page faults of this process so far (all its threads), `None` where `/proc/self/stat` cannot be read.
 pub fn minor_faults() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) is in parentheses and may hold spaces; minflt is the 10th field, the 8th after it.
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(7)?.parse().ok()
-}
-
-/// Records the faults of a timed window of `steps` steps that began at `before`.
-fn record_faults(before: Option<u64>, steps: usize) {
-    let per_step = match (before, minor_faults()) {
-        (Some(a), Some(b)) if steps > 0 => b.saturating_sub(a) as f64 / steps as f64,
-        _ => f64::NAN,
-    };
-    FAULTS_PER_STEP.store(per_step.to_bits(), Ordering::Relaxed);
 }
 
 /// Clustered vectors for the retrieval workloads: `n` items and `queries` queries of 84 values around 1,000 centres.
@@ -156,7 +171,7 @@ fn retrieval_workload(n: usize, approximate: bool, backend: &str, name: &str) ->
         index.build_approximate(200, 100, 0);
     }
     let build_s = t.elapsed().as_secs_f64();
-    let (median, min, max, steps) = time_steps(|| {
+    let timing = time_steps(|| {
         for q in &queries {
             let hits = if approximate { index.search_approximate(q, 10) } else { index.search_exact(q, 10) };
             std::hint::black_box(hits);
@@ -165,7 +180,7 @@ fn retrieval_workload(n: usize, approximate: bool, backend: &str, name: &str) ->
     Ok(BenchResult {
         recall_at_10: approximate.then(|| recall(&index, &queries, 10)),
         build_s: Some(build_s),
-        ..result(name, backend, queries.len() as f64, (median, min, max, steps))
+        ..result(name, backend, queries.len() as f64, timing)
     })
 }
 
@@ -204,7 +219,7 @@ fn register_affine_workload<AB: AutodiffBackend>(device: &AB::Device, backend: &
         ..RegisterOptions::default()
     };
     let mut found = vesalius_registration::affine::identity();
-    let (median, min, max, steps) = time_runs(3, || {
+    let timing = time_runs(3, || {
         found = vesalius_registration::register::<AB>(&fixed, &moving, &options, device).world;
     });
     let (mut total, mut n) = (0.0, 0usize);
@@ -226,49 +241,44 @@ fn register_affine_workload<AB: AutodiffBackend>(device: &AB::Device, backend: &
             }
         }
     }
-    Ok(registration_result(name, backend, (median, min, max, steps), total / n.max(1) as f64))
+    Ok(registration_result(name, backend, timing, total / n.max(1) as f64))
 }
 
-/// The line of a workload that handles `per_step` samples a step, timed as `(median, min, max, steps)`.
-fn result(name: &str, backend: &str, per_step: f64, (median, min, max, steps): (f64, f64, f64, usize)) -> BenchResult {
+/// The line of a workload that handles `per_step` samples a step.
+fn result(name: &str, backend: &str, per_step: f64, timing: Timing) -> BenchResult {
     BenchResult {
         workload: name.to_string(),
-        samples_per_s: per_step / median,
-        median_s: median,
-        min_s: min,
-        max_s: max,
-        steps,
+        samples_per_s: per_step / timing.median_s,
+        median_s: timing.median_s,
+        min_s: timing.min_s,
+        max_s: timing.max_s,
+        steps: timing.steps,
         peak_rss_mib: peak_rss_mib(),
         backend: backend.to_string(),
         recall_at_10: None,
         build_s: None,
         error_mm: None,
-        minor_faults_per_step: Some(f64::from_bits(FAULTS_PER_STEP.load(Ordering::Relaxed))).filter(|f| !f.is_nan()),
+        minor_faults_per_step: timing.minor_faults_per_step,
     }
 }
 
 /// The line of a registration workload: one pair per run, with its error in millimetres.
-fn registration_result(name: &str, backend: &str, timing: (f64, f64, f64, usize), error_mm: f64) -> BenchResult {
+fn registration_result(name: &str, backend: &str, timing: Timing, error_mm: f64) -> BenchResult {
     BenchResult { error_mm: Some(error_mm), ..result(name, backend, 1.0, timing) }
 }
 
-/// Times one untimed and then `n` timed calls of `run`; returns (median, min, max, n). The timed calls' page faults
-/// are recorded for the workload's line.
-fn time_runs(n: usize, mut run: impl FnMut()) -> (f64, f64, f64, usize) {
+/// Times one untimed and then `n` timed calls of `run`.
+fn time_runs(n: usize, mut run: impl FnMut()) -> Timing {
     run();
     let before = minor_faults();
-    let mut times: Vec<f64> = (0..n.max(1))
+    let times: Vec<f64> = (0..n.max(1))
         .map(|_| {
             let t = Instant::now();
             run();
             t.elapsed().as_secs_f64()
         })
         .collect();
-    record_faults(before, times.len());
-    times.sort_by(f64::total_cmp);
-    let k = times.len();
-    let median = if k % 2 == 1 { times[k / 2] } else { (times[k / 2 - 1] + times[k / 2]) / 2.0 };
-    (median, times[0], times[k - 1], k)
+    Timing::of(times, before)
 }
 
 /// The deformable registration workloads (B-spline, sampled B-spline, dense): see [`REGISTRATION_WORKLOADS`].
@@ -361,7 +371,7 @@ fn register_pair_workload<AB: AutodiffBackend>(
         },
     };
     let mut mapped: [Vec<f32>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    let (median, min, max, steps) = time_runs(3, || {
+    let timing = time_runs(3, || {
         mapped = vesalius_registration::register::<AB>(&fixed, &template, &options, device).moving_voxel;
     });
     let (mut total, mut n) = (0.0, 0usize);
@@ -379,7 +389,7 @@ fn register_pair_workload<AB: AutodiffBackend>(
             }
         }
     }
-    Ok(registration_result(name, backend, (median, min, max, steps), total / n.max(1) as f64))
+    Ok(registration_result(name, backend, timing, total / n.max(1) as f64))
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB.
@@ -390,9 +400,9 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-/// Times `step` with the reference protocol; returns (median, min, max, steps). The timed steps' page faults are
+/// Times `step` with the reference protocol; returns timing. The timed steps' page faults are
 /// recorded for the workload's line.
-pub fn time_steps(mut step: impl FnMut()) -> (f64, f64, f64, usize) {
+pub fn time_steps(mut step: impl FnMut()) -> Timing {
     step();
     let mut fastest = f64::INFINITY;
     for _ in 0..2 {
@@ -402,20 +412,17 @@ pub fn time_steps(mut step: impl FnMut()) -> (f64, f64, f64, usize) {
     }
     let n = ((3.0 / fastest).floor() as usize).clamp(7, 50);
     let before = minor_faults();
-    let mut times: Vec<f64> = (0..n)
+    let times: Vec<f64> = (0..n)
         .map(|_| {
             let t = Instant::now();
             step();
             t.elapsed().as_secs_f64()
         })
         .collect();
-    record_faults(before, n);
-    times.sort_by(f64::total_cmp);
-    let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
-    (median, times[0], times[n - 1], n)
+    Timing::of(times, before)
 }
 
-fn classifier_workload<AB: AutodiffBackend>(arch: Arch, channels: usize, device: &AB::Device) -> (f64, f64, f64, usize) {
+fn classifier_workload<AB: AutodiffBackend>(arch: Arch, channels: usize, device: &AB::Device) -> Timing {
     let batch = 128;
     AB::seed(device, 0);
     let x = Tensor::<AB, 4>::random([batch, channels, 28, 28], Distribution::Normal(0.0, 1.0), device);
@@ -436,11 +443,7 @@ fn classifier_workload<AB: AutodiffBackend>(arch: Arch, channels: usize, device:
 }
 
 /// Times Adam training steps of `model` on the loss `loss(model)`.
-fn train_workload<AB: AutodiffBackend, M: AutodiffModule<AB>>(
-    model: M,
-    lr: f64,
-    loss: impl Fn(&M) -> Tensor<AB, 1>,
-) -> (f64, f64, f64, usize) {
+fn train_workload<AB: AutodiffBackend, M: AutodiffModule<AB>>(model: M, lr: f64, loss: impl Fn(&M) -> Tensor<AB, 1>) -> Timing {
     let mut model = Some(model);
     let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<AB, M>();
     let step = || {
@@ -454,7 +457,7 @@ fn train_workload<AB: AutodiffBackend, M: AutodiffModule<AB>>(
 }
 
 /// Times inference (no autodiff, evaluation mode); reading the output sum waits for asynchronous backends.
-fn infer_workload<B: Backend, const D: usize>(run: impl Fn() -> Tensor<B, D>) -> (f64, f64, f64, usize) {
+fn infer_workload<B: Backend, const D: usize>(run: impl Fn() -> Tensor<B, D>) -> Timing {
     time_steps(|| {
         let _ = run().sum().into_scalar();
     })
@@ -468,7 +471,7 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
     type Inner<AB> = <AB as AutodiffBackend>::InnerBackend;
     AB::seed(device, 0);
     let normal = Distribution::Normal(0.0, 1.0);
-    let (batch, (median, min, max, steps)) = match name {
+    let (batch, timing) = match name {
         "a_lenet5_train" => (128, classifier_workload::<AB>(Arch::LeNet5, 1, device)),
         "b_resnet18_train" => (128, classifier_workload::<AB>(Arch::ResNet18, 3, device)),
         "c_unet2d_train" => {
@@ -597,7 +600,7 @@ fn run_one<AB: AutodiffBackend>(name: &str, device: &AB::Device, backend: &str) 
         "register_dense_1mm" => return register_pair_workload::<AB>(device, backend, name, PairStage::Dense),
         other => return Err(CliError::Usage(format!("unknown workload '{other}' (known: {})", known()))),
     };
-    Ok(result(name, backend, batch as f64, (median, min, max, steps)))
+    Ok(result(name, backend, batch as f64, timing))
 }
 
 /// `vesalius bench`: each workload in a fresh process (as the reference harness does) unless `in_process`.
@@ -665,7 +668,7 @@ fn phantom(shape: [usize; 3], seed: usize) -> Vec<f32> {
 
 /// Sliding-window inference of a 256³ volume: windows of 96³, overlap 0.5, Gaussian weights, batch 1, with the 3D
 /// U-Net of workload d and a softmax; labels kept, no per-class maps. One run is timed (125 windows).
-fn sliding_window_256<B: Backend>(device: &B::Device) -> Result<(f64, f64, f64, usize), CliError> {
+fn sliding_window_256<B: Backend>(device: &B::Device) -> Result<Timing, CliError> {
     use vesalius_train::sliding::SlidingWindow;
     let shape = [256usize, 256, 256];
     let image = vesalius_data::Image::new(phantom(shape, 0), shape.to_vec(), 1, vesalius_data::IDENTITY, "float32")
@@ -673,13 +676,14 @@ fn sliding_window_256<B: Backend>(device: &B::Device) -> Result<(f64, f64, f64, 
     let model = UNetConfig::reference_3d(1, 2).init::<B>(device);
     let sw = SlidingWindow { roi: vec![96, 96, 96], overlap: 0.5, batch: 1, ..SlidingWindow::default() };
     let run = || sw.run::<B>(&image, device, |x| burn::tensor::activation::softmax(model.forward(x), 1));
+    let before = minor_faults();
     let t = Instant::now();
     let out = run().map_err(|e| CliError::Internal(e.to_string()))?;
     let s = t.elapsed().as_secs_f64();
     if out.labels.len() != 256 * 256 * 256 || out.windows != 125 {
         return Err(CliError::Internal(format!("sliding window covered {} windows", out.windows)));
     }
-    Ok((s, s, s, 1))
+    Ok(Timing::of(vec![s], before))
 }
 
 /// Patches per loader call in the loader workloads.
@@ -688,7 +692,7 @@ const LOADER_BATCH: usize = 4;
 /// Random 96³ patches with augmentation (flips, small affine, noise, contrast) from four 192×192×160 `int16`
 /// `.nii.gz` volumes, on two worker threads; `cached`: through the disk cache (filled before timing), else
 /// decoded from gzip for every patch.
-fn loader_workload(cached: bool) -> Result<(f64, f64, f64, usize), CliError> {
+fn loader_workload(cached: bool) -> Result<Timing, CliError> {
     use vesalius_data::cache::DiskCache;
     use vesalius_data::loader::{Cases, LoaderConfig, PatchLoader};
     use vesalius_data::msd::Case;
