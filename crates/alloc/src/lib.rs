@@ -17,8 +17,9 @@
 //! buffers, which costs the registration of 1 mm volumes about a tenth more (`docs/PERFORMANCE.md` has the
 //! measurements).
 //!
-//! Invariant: nothing here changes what memory a program may use or how it is laid out; only when glibc returns
-//! freed memory to the kernel. On other C libraries the call does nothing.
+//! Invariant: nothing here changes what memory a program may use or the alignment it asks for; only where glibc
+//! takes large buffers from (the heap, not a mapping of their own) and when it returns freed memory to the kernel.
+//! On other C libraries the call does nothing.
 //!
 //! # Example
 //! ```
