@@ -136,18 +136,27 @@ fn valid_range(out: usize, n: usize, s: usize, off: isize) -> (usize, usize) {
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
-/// Visits every (col row, tile row) pair of a tile: `f(col_offset, src_offset, lo, hi, ix0)` where
-/// the col segment `col[col_offset .. col_offset + out_w]` corresponds to input row
-/// `x[src_offset ..]` (or `None` when the row lies in the padding), columns `lo..hi` are inside the
-/// input and column `o` reads `src_offset + o·sw + ix0`.
+/// One run of a tile's im2col row: `rows` consecutive tile rows whose col segments
+/// `col[col_off .. col_off + rows · out_w]` read input rows that follow each other in memory
+/// (`x[src + r · in_w ..]` for row `r`), or that all lie in the padding (`src == None`).
+/// Columns `lo..hi` of each row are inside the input; column `o` of row `r` reads
+/// `src + r · in_w + o · sw + ix0`.
+#[derive(Clone, Copy)]
+struct Run {
+    col_off: usize,
+    src: Option<usize>,
+    rows: usize,
+    lo: usize,
+    hi: usize,
+    ix0: isize,
+}
+
+/// Visits every im2col row of a tile as runs of tile rows (see [`Run`]). Rows are merged only when
+/// both the col segments and the input rows are contiguous (unit stride along the width and
+/// `out_w == in_w`, the "same" convolutions of encoder–decoder networks), so a run is one flat
+/// copy with the padding columns fixed up afterwards.
 #[inline]
-fn for_each_segment(
-    g: &ConvGeom,
-    tile: (usize, usize),
-    tcols: usize,
-    c_range: (usize, usize),
-    mut f: impl FnMut(usize, Option<usize>, usize, usize, isize),
-) {
+fn for_each_run(g: &ConvGeom, tile: (usize, usize), tcols: usize, c_range: (usize, usize), mut f: impl FnMut(Run)) {
     let [kd, kh, kw] = g.kernel;
     let [in_d, in_h, in_w] = g.input;
     let [_, out_h, out_w] = g.output;
@@ -157,34 +166,50 @@ fn for_each_segment(
     let rps = g.rows_per_sample();
     let s_in = g.s_in();
     let k_len = g.k_len();
-    // Per tile row: the sample's offset and the input depth/row of the kernel's first tap.
-    let bases: Vec<(usize, isize, isize)> = (tile.0..tile.1)
-        .map(|gr| {
-            let b = gr / rps;
-            let rem = gr % rps;
-            let (od, oh) = (rem / out_h, rem % out_h);
-            (b * g.c_in * s_in, (od * sd) as isize - pd as isize, (oh * sh) as isize - ph as isize)
-        })
-        .collect();
-    for c in c_range.0..c_range.1 {
-        for kz in 0..kd {
-            for ky in 0..kh {
-                let (dz, dy) = ((kz * dd) as isize, (ky * dh) as isize);
-                for kx in 0..kw {
-                    let row = ((c - c_range.0) * k_len) + (kz * kh + ky) * kw + kx;
-                    let ix0 = (kx * dw) as isize - pw as isize;
-                    let (lo, hi) = valid_range(out_w, in_w, sw, ix0);
-                    for (i, &(x_off, z0, y0)) in bases.iter().enumerate() {
-                        let iz = z0 + dz;
-                        let iy = y0 + dy;
-                        let col_off = row * tcols + i * out_w;
-                        if iz < 0 || iz >= in_d as isize || iy < 0 || iy >= in_h as isize {
-                            f(col_off, None, lo, hi, ix0);
-                        } else {
-                            let src = x_off + c * s_in + (iz as usize * in_h + iy as usize) * in_w;
-                            f(col_off, Some(src), lo, hi, ix0);
-                        }
+    let mergeable = sw == 1 && out_w == in_w;
+    // The runs depend on the tap's depth and row only, not on the channel or the tap's column:
+    // per (kz, ky), the runs as (first tile row, rows, input offset without the channel's).
+    let mut runs: Vec<Vec<(usize, usize, Option<usize>)>> = Vec::with_capacity(kd * kh);
+    for kz in 0..kd {
+        for ky in 0..kh {
+            let (dz, dy) = ((kz * dd) as isize, (ky * dh) as isize);
+            let mut list: Vec<(usize, usize, Option<usize>)> = Vec::new();
+            for i in 0..tile.1 - tile.0 {
+                let gr = tile.0 + i;
+                let b = gr / rps;
+                let rem = gr % rps;
+                let (od, oh) = (rem / out_h, rem % out_h);
+                let iz = (od * sd) as isize - pd as isize + dz;
+                let iy = (oh * sh) as isize - ph as isize + dy;
+                let src = if iz < 0 || iz >= in_d as isize || iy < 0 || iy >= in_h as isize {
+                    None
+                } else {
+                    Some(b * g.c_in * s_in + (iz as usize * in_h + iy as usize) * in_w)
+                };
+                if let Some(last) = list.last_mut() {
+                    let follows = match (last.2, src) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => mergeable && b == a + last.1 * in_w,
+                        _ => false,
+                    };
+                    if follows {
+                        last.1 += 1;
+                        continue;
                     }
+                }
+                list.push((i, 1, src));
+            }
+            runs.push(list);
+        }
+    }
+    for c in c_range.0..c_range.1 {
+        for (kzy, list) in runs.iter().enumerate() {
+            for kx in 0..kw {
+                let row = ((c - c_range.0) * k_len) + kzy * kw + kx;
+                let ix0 = (kx * dw) as isize - pw as isize;
+                let (lo, hi) = valid_range(out_w, in_w, sw, ix0);
+                for &(i, rows, src) in list {
+                    f(Run { col_off: row * tcols + i * out_w, src: src.map(|s| s + c * s_in), rows, lo, hi, ix0 });
                 }
             }
         }
@@ -202,35 +227,64 @@ fn im2col<T: ConvElem>(
     let out_w = g.output[2];
     let sw = g.stride[2];
     let tcols = (tile.1 - tile.0) * out_w;
-    for_each_segment(g, tile, tcols, c_range, |off, src, lo, hi, ix0| {
-        let dst = &mut col[off..off + out_w];
-        match src {
-            None => dst.fill(T::zero()),
-            Some(src) => {
-                dst[..lo].fill(T::zero());
-                dst[hi..].fill(T::zero());
-                if lo < hi {
-                    let start = (src as isize + (lo * sw) as isize + ix0) as usize;
-                    if sw == 1 {
-                        dst[lo..hi].copy_from_slice(&x[start..start + (hi - lo)]);
-                    } else {
-                        for (j, d) in dst[lo..hi].iter_mut().enumerate() {
-                            *d = x[start + j * sw];
-                        }
-                    }
-                }
+    for_each_run(g, tile, tcols, c_range, |Run { col_off, src, rows, lo, hi, ix0 }| {
+        let dst = &mut col[col_off..col_off + rows * out_w];
+        let Some(src) = src else {
+            dst.fill(T::zero());
+            return;
+        };
+        if lo >= hi {
+            dst.fill(T::zero());
+            return;
+        }
+        if rows > 1 {
+            // One flat copy across the run (rows are contiguous on both sides), then the columns
+            // that fall in the padding, which the flat copy filled from neighbouring rows.
+            let first = lo;
+            let last = (rows - 1) * out_w + hi;
+            let start = (src as isize + ix0 + first as isize) as usize;
+            dst[first..last].copy_from_slice(&x[start..start + (last - first)]);
+            for r in 0..rows {
+                zero_outside(&mut dst[r * out_w..(r + 1) * out_w], lo, hi);
+            }
+            return;
+        }
+        zero_outside(dst, lo, hi);
+        let start = (src as isize + (lo * sw) as isize + ix0) as usize;
+        if sw == 1 {
+            dst[lo..hi].copy_from_slice(&x[start..start + (hi - lo)]);
+        } else {
+            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                *d = x[start + j * sw];
             }
         }
     });
 }
 
-/// Adds a tile's column matrix for channels `c_range` back into `dx` (col2im).
+/// Zeroes `row[..lo]` and `row[hi..]` (the columns of an im2col row that lie in the padding; a
+/// few elements, written one by one rather than through a call).
+#[inline(always)]
+fn zero_outside<T: ConvElem>(row: &mut [T], lo: usize, hi: usize) {
+    match lo {
+        0 => {}
+        1 => row[0] = T::zero(),
+        _ => row[..lo].fill(T::zero()),
+    }
+    match row.len() - hi {
+        0 => {}
+        1 => row[hi] = T::zero(),
+        _ => row[hi..].fill(T::zero()),
+    }
+}
+
+/// Adds a tile's column matrix for channels `c_range` back into `dx` (col2im). The padding
+/// columns of `col` are zeroed on the way (it is scratch).
 ///
 /// # Safety
 /// `dx` must point to `batch · c_in · s_in` elements and no other thread may touch the channels in
 /// `c_range` of the tile's samples.
 unsafe fn col2im<T: ConvElem>(
-    col: &[T],
+    col: &mut [T],
     g: &ConvGeom,
     tile: (usize, usize),
     c_range: (usize, usize),
@@ -239,16 +293,33 @@ unsafe fn col2im<T: ConvElem>(
     let out_w = g.output[2];
     let sw = g.stride[2];
     let tcols = (tile.1 - tile.0) * out_w;
-    for_each_segment(g, tile, tcols, c_range, |off, src, lo, hi, ix0| {
-        if let Some(src) = src {
-            if lo < hi {
-                let start = (src as isize + (lo * sw) as isize + ix0) as usize;
-                let seg = &col[off + lo..off + hi];
-                for (j, v) in seg.iter().enumerate() {
-                    // SAFETY: in bounds by construction of the segment; channel ownership by contract.
-                    unsafe { *dx.add(start + j * sw) += *v };
-                }
+    for_each_run(g, tile, tcols, c_range, |Run { col_off, src, rows, lo, hi, ix0 }| {
+        let Some(src) = src else { return };
+        if lo >= hi {
+            return;
+        }
+        let seg = &mut col[col_off..col_off + rows * out_w];
+        if rows > 1 {
+            // Zero the padding columns, then one flat add across the run: the zeroed columns land
+            // on neighbouring rows' elements and add nothing.
+            for r in 0..rows {
+                zero_outside(&mut seg[r * out_w..(r + 1) * out_w], lo, hi);
             }
+            let first = lo;
+            let last = (rows - 1) * out_w + hi;
+            let start = (src as isize + ix0 + first as isize) as usize;
+            // SAFETY: `start .. start + (last − first)` lies in the run's input rows (columns
+            // `lo..hi` of the first and last row are inside the input); channel ownership by contract.
+            let d = unsafe { core::slice::from_raw_parts_mut(dx.add(start), last - first) };
+            for (a, v) in d.iter_mut().zip(&seg[first..last]) {
+                *a += *v;
+            }
+            return;
+        }
+        let start = (src as isize + (lo * sw) as isize + ix0) as usize;
+        for (j, v) in seg[lo..hi].iter().enumerate() {
+            // SAFETY: in bounds by construction of the segment; channel ownership by contract.
+            unsafe { *dx.add(start + j * sw) += *v };
         }
     });
 }
@@ -262,6 +333,7 @@ unsafe fn gemm_into<T: ConvElem>(
     k: usize,
     dst: *mut T,
     dst_rs: usize,
+    dst_cs: usize,
     accumulate: bool,
     lhs: *const T,
     lhs_rs: isize,
@@ -288,7 +360,7 @@ unsafe fn gemm_into<T: ConvElem>(
             n,
             k,
             dst,
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             lhs,
@@ -401,7 +473,7 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
                     let off = b0 * g.c_out * s_out + (tile.0 - b0 * rps) * row_len;
                     gemm_into(
                         g.c_out, tcols, col_rows,
-                        out_ptr.get().add(off), s_out, false,
+                        out_ptr.get().add(off), s_out, 1, false,
                         w.as_ptr(), col_rows as isize, 1,
                         col.as_ptr(), tcols as isize, 1,
                         parallel_gemm,
@@ -411,7 +483,7 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
                     tmp.resize(g.c_out * tcols, T::zero());
                     gemm_into(
                         g.c_out, tcols, col_rows,
-                        tmp.as_mut_ptr(), tcols, false,
+                        tmp.as_mut_ptr(), tcols, 1, false,
                         w.as_ptr(), col_rows as isize, 1,
                         col.as_ptr(), tcols as isize, 1,
                         parallel_gemm,
@@ -467,7 +539,7 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
                 unsafe {
                     gemm_into(
                         rows, tcols, g.c_out,
-                        col.as_mut_ptr(), tcols, false,
+                        col.as_mut_ptr(), tcols, 1, false,
                         w.as_ptr().add(c_range.0 * k_len), 1, col_rows as isize,
                         dy_ptr, dy_rs as isize, 1,
                         parallel_gemm,
@@ -480,6 +552,17 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
     dx
 }
 
+/// Largest number of output channels for which the weight gradient accumulates `dWᵀ`.
+///
+/// The GEMM computes a column-major destination and transposes the problem when it is given a
+/// row-major one. For `dW (c_out × C·K) = dY · colᵀ` stored row-major that makes the im2col matrix
+/// its left operand, read with a row stride, so the GEMM packs all of it (a scalar gather) for only
+/// `c_out` output columns. Accumulating `dWᵀ` instead (column-major `c_out × C·K`) keeps the im2col
+/// matrix as the right operand, read in place, and packs only the small `dY` tile; the final
+/// transpose is `c_out · C·K` elements. With many output channels the packing is amortised and the
+/// row-major form's wider microkernel wins.
+const WGRAD_TRANSPOSED_MAX_COUT: usize = 32;
+
 /// Weight gradient: `x [batch, c_in, input]`, `dy [batch, c_out, output]` → `dw [c_out, c_in, kernel]`.
 pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let col_rows = g.col_rows();
@@ -491,22 +574,45 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
     let rps = g.rows_per_sample();
     let s_out = g.s_out();
     let tiles = g.tiles();
+    let transposed = g.c_out <= WGRAD_TRANSPOSED_MAX_COUT;
+    // Element (co, r) of the accumulator: row-major `dW`, or column-major (`dWᵀ` row-major).
+    let (acc_rs, acc_cs) = if transposed { (1, g.c_out) } else { (col_rows, 1) };
     let step = |acc: &mut Vec<T>, col: &mut Vec<T>, tmp: &mut Vec<T>, tile: (usize, usize), par: bool| {
         let tcols = (tile.1 - tile.0) * row_len;
         col.resize(col_rows * tcols, T::zero());
         im2col(x, g, tile, (0, g.c_in), col);
         let (dy_ptr, dy_rs) = tile_matrix(dy, g.c_out, s_out, rps, row_len, tile, tmp);
-        // SAFETY: acc is c_out × col_rows; colᵀ element (j, r) at col[r·tcols + j].
+        // SAFETY: acc holds c_out × col_rows elements at the strides above; colᵀ element (j, r)
+        // at col[r·tcols + j].
         unsafe {
             gemm_into(
                 g.c_out, col_rows, tcols,
-                acc.as_mut_ptr(), col_rows, true,
+                acc.as_mut_ptr(), acc_rs, acc_cs, true,
                 dy_ptr, dy_rs as isize, 1,
                 col.as_ptr(), 1, tcols as isize,
                 par,
             );
         }
     };
+    let acc = weight_grad_sum(&tiles, len, step);
+    if !transposed {
+        return acc;
+    }
+    let mut dw = vec![T::zero(); len];
+    for (r, column) in acc.chunks_exact(g.c_out).enumerate() {
+        for (co, v) in column.iter().enumerate() {
+            dw[co * col_rows + r] = *v;
+        }
+    }
+    dw
+}
+
+/// Runs `step` over every tile into accumulators of `len` elements (one per worker, summed).
+fn weight_grad_sum<T: ConvElem>(
+    tiles: &[(usize, usize)],
+    len: usize,
+    step: impl Fn(&mut Vec<T>, &mut Vec<T>, &mut Vec<T>, (usize, usize), bool) + Sync,
+) -> Vec<T> {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
@@ -537,7 +643,7 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
     let mut acc = vec![T::zero(); len];
     let (mut col, mut tmp) = (Vec::new(), Vec::new());
     let par = tiles.len() == 1;
-    for &tile in &tiles {
+    for &tile in tiles {
         step(&mut acc, &mut col, &mut tmp, tile, par);
     }
     acc
