@@ -24,7 +24,7 @@ impl<B: Backend> ConvBnRelu<B> {
 
     /// Applies the block to `[batch, cin, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        relu(crate::ops::batch_norm(&self.bn, self.conv.forward(x)))
     }
 }
 

@@ -1,10 +1,12 @@
-//! The fused trilinear sampler on the default CPU backend.
+//! The fused kernels of the default CPU backend: the trilinear sampler and batch / instance normalisation.
 //!
 //! [`crate::ops::sample_linear`] is a composition of tensor operations that every backend differentiates. On
 //! burn-flex, plain or under autodiff, it runs instead as one kernel forward and one backward
 //! (`burn_flex::ops::trilinear`), registered with burn's autodiff as a single operation of two parents (image and
-//! coordinates). The backend is recognised by its type, as a specialisation would; every other backend keeps the
-//! composition.
+//! coordinates). [`crate::ops::batch_norm`] and [`crate::ops::instance_norm`] likewise run burn's normalisation
+//! modules as `burn_flex::ops::norm` passes, one operation of three parents (input, γ, β) whose backward keeps
+//! only the input and the per-group statistics. The backend is recognised by its type, as a specialisation
+//! would; every other backend keeps the composition.
 
 use core::any::{Any, TypeId};
 
@@ -13,9 +15,11 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::nn::{BatchNorm, InstanceNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn_flex::ops::norm::{ChannelNorm, NormGroups, scale_shift_channels};
 use burn_flex::ops::trilinear::{TrilinearPadding, TrilinearSampling};
 use burn_flex::{Flex, FlexTensor};
 
@@ -34,11 +38,11 @@ fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     }
 }
 
-fn primitive<B: Backend, U: 'static>(x: Tensor<B, 5>) -> Option<U> {
+fn primitive<B: Backend, const D: usize, U: 'static>(x: Tensor<B, D>) -> Option<U> {
     cast::<FloatTensor<B>, U>(x.into_primitive().tensor()).ok()
 }
 
-fn tensor<B: Backend, T: 'static>(x: T) -> Option<Tensor<B, 5>> {
+fn tensor<B: Backend, const D: usize, T: 'static>(x: T) -> Option<Tensor<B, D>> {
     cast::<T, FloatTensor<B>>(x).ok().map(|p| Tensor::from_primitive(TensorPrimitive::Float(p)))
 }
 
@@ -65,7 +69,7 @@ pub(crate) fn sample_linear<B: Backend>(image: &Tensor<B, 5>, coords: &Tensor<B,
         let image: FlexTensor = primitive(image.clone())?;
         let coords: FlexTensor = primitive(coords.clone())?;
         let sampling = TrilinearSampling::new(&image, &coords, padding(pad))?;
-        tensor::<B, _>(sampling.forward(&image, &coords))
+        tensor::<B, 5, _>(sampling.forward(&image, &coords))
     } else if backend == TypeId::of::<Ad>() {
         let image: FloatTensor<Ad> = primitive(image.clone())?;
         let coords: FloatTensor<Ad> = primitive(coords.clone())?;
@@ -77,7 +81,7 @@ pub(crate) fn sample_linear<B: Backend>(image: &Tensor<B, 5>, coords: &Tensor<B,
             OpsKind::Tracked(prep) => prep.finish((sampling, image_data, coords_data), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        tensor::<B, _>(result)
+        tensor::<B, 5, _>(result)
     } else {
         None
     }
@@ -100,6 +104,144 @@ impl Backward<Flex, 2> for SampleBackward {
         }
         if let (Some(node), Some(g)) = (coords_node, coords_grad) {
             grads.register::<Flex>(node.id, g);
+        }
+    }
+}
+
+/// Batch normalisation by `bn`: with the batch's statistics under autodiff (updating the running ones as burn's
+/// module does), with the running statistics folded into one scale and shift otherwise; `None` where the backend
+/// or the type has no fused kernel.
+pub(crate) fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    let device = x.device();
+    let backend = TypeId::of::<B>();
+    if !B::ad_enabled(&device) {
+        if backend != TypeId::of::<Flex>() {
+            return None;
+        }
+        let values = |t: Tensor<B, 1>| t.into_data().to_vec::<f32>().ok();
+        let (gamma, beta) = (values(bn.gamma.val())?, values(bn.beta.val())?);
+        let (mean, var) = (values(bn.running_mean.value())?, values(bn.running_var.value())?);
+        let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| (*g as f64 / (*v as f64 + bn.epsilon).sqrt()) as f32).collect();
+        let shift: Vec<f32> = beta.iter().zip(&mean).zip(&scale).map(|((b, m), a)| b - m * a).collect();
+        let input: FlexTensor = primitive(x.clone())?;
+        return tensor::<B, D, _>(scale_shift_channels(&input, &scale, &shift)?);
+    }
+    if backend != TypeId::of::<Ad>() {
+        return None;
+    }
+    let input: FloatTensor<Ad> = primitive(x.clone())?;
+    let gamma: FloatTensor<Ad> = primitive(bn.gamma.val())?;
+    let beta: FloatTensor<Ad> = primitive(bn.beta.val())?;
+    let norm = ChannelNorm::new(&input.primitive, NormGroups::Channel, bn.epsilon)?;
+    let data = input.primitive.to_contiguous();
+    let (mean, var) = norm.statistics(&data);
+    let inv_std = norm.inv_std(&var);
+    let running = |state: Tensor<B, 1>, batch: &[f32]| {
+        let batch = Tensor::<B, 1>::from_data(TensorData::new(batch.to_vec(), [batch.len()]), &device);
+        state.to_device(&device).mul_scalar(1.0 - bn.momentum).add(batch.mul_scalar(bn.momentum)).detach()
+    };
+    bn.running_mean.update(running(bn.running_mean.value_sync(), &mean));
+    bn.running_var.update(running(bn.running_var.value_sync(), &var));
+    let out = norm.forward(&data, &mean, &inv_std, Some(&gamma.primitive), Some(&beta.primitive));
+    let state = NormState { norm, input: data, mean, inv_std, gamma: Some(gamma.primitive) };
+    let result = match NormBackward.prepare::<NoCheckpointing>([input.node, gamma.node, beta.node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    tensor::<B, D, _>(result)
+}
+
+/// Instance normalisation by `norm` (the same with and without autodiff); `None` where the backend or the type
+/// has no fused kernel.
+pub(crate) fn instance_norm<B: Backend, const D: usize>(norm: &InstanceNorm<B>, x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    if x.dtype() != DType::F32 || D < 3 || norm.affine != (norm.gamma.is_some() && norm.beta.is_some()) {
+        return None;
+    }
+    let backend = TypeId::of::<B>();
+    if backend == TypeId::of::<Flex>() {
+        let input: FlexTensor = primitive(x.clone())?;
+        let gamma: Option<FlexTensor> = match &norm.gamma {
+            Some(g) if norm.affine => Some(primitive(g.val())?),
+            _ => None,
+        };
+        let beta: Option<FlexTensor> = match &norm.beta {
+            Some(b) if norm.affine => Some(primitive(b.val())?),
+            _ => None,
+        };
+        let kernel = ChannelNorm::new(&input, NormGroups::SampleChannel, norm.epsilon)?;
+        let data = input.to_contiguous();
+        let (mean, var) = kernel.statistics(&data);
+        let inv_std = kernel.inv_std(&var);
+        return tensor::<B, D, _>(kernel.forward(&data, &mean, &inv_std, gamma.as_ref(), beta.as_ref()));
+    }
+    if backend != TypeId::of::<Ad>() {
+        return None;
+    }
+    let input: FloatTensor<Ad> = primitive(x.clone())?;
+    let kernel = ChannelNorm::new(&input.primitive, NormGroups::SampleChannel, norm.epsilon)?;
+    let data = input.primitive.to_contiguous();
+    let (mean, var) = kernel.statistics(&data);
+    let inv_std = kernel.inv_std(&var);
+    let result = match (&norm.gamma, &norm.beta) {
+        (Some(g), Some(b)) if norm.affine => {
+            let gamma: FloatTensor<Ad> = primitive(g.val())?;
+            let beta: FloatTensor<Ad> = primitive(b.val())?;
+            let out = kernel.forward(&data, &mean, &inv_std, Some(&gamma.primitive), Some(&beta.primitive));
+            let state = NormState { norm: kernel, input: data, mean, inv_std, gamma: Some(gamma.primitive) };
+            match NormBackward.prepare::<NoCheckpointing>([input.node, gamma.node, beta.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(state, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        }
+        _ => {
+            let out = kernel.forward(&data, &mean, &inv_std, None, None);
+            let state = NormState { norm: kernel, input: data, mean, inv_std, gamma: None };
+            match NormBackward.prepare::<NoCheckpointing>([input.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(state, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        }
+    };
+    tensor::<B, D, _>(result)
+}
+
+/// What the normalisation's backward step keeps: the input (shared with the tensor the forward pass read) and the
+/// per-group statistics; γ when affine.
+#[derive(Clone, Debug)]
+struct NormState {
+    norm: ChannelNorm,
+    input: FlexTensor,
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    gamma: Option<FlexTensor>,
+}
+
+/// The backward step of a fused normalisation: parents input, and γ and β when there are three.
+#[derive(Debug)]
+struct NormBackward;
+
+impl<const N: usize> Backward<Flex, N> for NormBackward {
+    type State = NormState;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let state = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let affine = N == 3;
+        let (dx, params) = state.norm.backward(&state.input, &grad, &state.mean, &state.inv_std, state.gamma.as_ref(), affine);
+        let mut parents = ops.parents.into_iter();
+        if let Some(node) = parents.next().flatten() {
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let Some((dgamma, dbeta)) = params {
+            if let Some(node) = parents.next().flatten() {
+                grads.register::<Flex>(node.id, dgamma);
+            }
+            if let Some(node) = parents.next().flatten() {
+                grads.register::<Flex>(node.id, dbeta);
+            }
         }
     }
 }

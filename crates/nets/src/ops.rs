@@ -126,13 +126,35 @@ pub fn sample_linear<B: Backend>(image: Tensor<B, 5>, coords: Tensor<B, 5>, padd
     sample_linear_composed(image, coords, padding)
 }
 
-/// Whether [`sample_linear`] runs as the fused kernel on backend `B` (burn-flex, with or without autodiff, for
-/// f32 tensors).
-pub fn has_fused_sampler<B: Backend>() -> bool {
+/// Whether [`sample_linear`], [`batch_norm`] and [`instance_norm`] run as fused kernels on backend `B` (burn-flex,
+/// with or without autodiff, for f32 tensors).
+pub fn has_fused_kernels<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     return crate::fused::available::<B>();
     #[cfg(not(feature = "flex"))]
     false
+}
+
+/// Batch normalisation of `x` (`[n, c, …]`) by `bn`, the same as `bn.forward(x)`: under autodiff with the
+/// batch's statistics (biased variance), updating the module's running statistics; otherwise with the running
+/// statistics. On the default CPU backend and f32 tensors it runs as fused passes (one operation for autodiff,
+/// whose backward keeps only the input and the per-channel statistics); elsewhere as burn's module.
+pub fn batch_norm<B: Backend, const D: usize>(bn: &burn::nn::BatchNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::fused::batch_norm(bn, &x) {
+        return out;
+    }
+    bn.forward(x)
+}
+
+/// Instance normalisation of `x` (`[n, c, …]`, rank ≥ 3) by `norm`, the same as `norm.forward(x)`; fused on the
+/// default CPU backend as [`batch_norm`] is.
+pub fn instance_norm<B: Backend, const D: usize>(norm: &burn::nn::InstanceNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::fused::instance_norm(norm, &x) {
+        return out;
+    }
+    norm.forward(x)
 }
 
 /// [`sample_linear`] as a composition of tensor operations (floor, weights, eight gathers, masks), which burn's

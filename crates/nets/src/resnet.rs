@@ -61,7 +61,7 @@ impl<B: Backend> ConvBn<B> {
         Self { conv: conv2d(cin, cout, k, s, k / 2, false, device), bn: BatchNormConfig::new(cout).init(device) }
     }
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.conv.forward(x))
+        crate::ops::batch_norm(&self.bn, self.conv.forward(x))
     }
 }
 

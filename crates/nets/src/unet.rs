@@ -133,8 +133,8 @@ impl<B: Backend> Norm<B> {
     /// Normalises `[n, c, d, h, w]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         match self {
-            Self::Batch(bn) => bn.forward(x),
-            Self::Instance(inorm) => inorm.forward(x),
+            Self::Batch(bn) => crate::ops::batch_norm(bn, x),
+            Self::Instance(inorm) => crate::ops::instance_norm(inorm, x),
         }
     }
 }

@@ -138,7 +138,7 @@ impl<B: Backend> Vgg<B> {
     fn conv_layer(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = self.convs[i].forward(x);
         if let Some(norm) = self.norms.get(i) {
-            x = norm.forward(x);
+            x = crate::ops::batch_norm(norm, x);
         }
         relu(x)
     }

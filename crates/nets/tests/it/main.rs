@@ -6,6 +6,7 @@ mod backend_kernels;
 mod cam_split;
 mod dense;
 mod networks;
+mod norm;
 mod random;
 mod sampler;
 mod transfer;

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use vesalius_nets::ops::{Padding, has_fused_sampler, sample_linear, sample_linear_composed};
+use vesalius_nets::ops::{Padding, has_fused_kernels, sample_linear, sample_linear_composed};
 
 use crate::{B, P};
 
@@ -69,8 +69,8 @@ fn run(
 
 #[test]
 fn the_fused_sampler_matches_the_composed_operations() {
-    assert_eq!(has_fused_sampler::<P>(), cfg!(not(feature = "test-cuda")));
-    assert_eq!(has_fused_sampler::<B>(), cfg!(not(feature = "test-cuda")));
+    assert_eq!(has_fused_kernels::<P>(), cfg!(not(feature = "test-cuda")));
+    assert_eq!(has_fused_kernels::<B>(), cfg!(not(feature = "test-cuda")));
     // (batch, channels, image size, output size): a volume, a multi-channel batch (as field composition), a plane.
     let cases =
         [(1, 1, [5, 6, 7], [4, 5, 6]), (2, 3, [4, 5, 6], [3, 4, 5]), (1, 2, [1, 7, 8], [1, 6, 6]), (1, 1, [12, 20, 24], [12, 20, 24])];

@@ -135,6 +135,7 @@ mod int;
 pub mod interpolate;
 pub mod mask;
 pub mod matmul;
+pub mod norm;
 mod module;
 pub mod pool;
 mod qtensor;
