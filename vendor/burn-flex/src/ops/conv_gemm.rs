@@ -552,17 +552,6 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
     dx
 }
 
-/// Largest number of output channels for which the weight gradient accumulates `dWᵀ`.
-///
-/// The GEMM computes a column-major destination and transposes the problem when it is given a
-/// row-major one. For `dW (c_out × C·K) = dY · colᵀ` stored row-major that makes the im2col matrix
-/// its left operand, read with a row stride, so the GEMM packs all of it (a scalar gather) for only
-/// `c_out` output columns. Accumulating `dWᵀ` instead (column-major `c_out × C·K`) keeps the im2col
-/// matrix as the right operand, read in place, and packs only the small `dY` tile; the final
-/// transpose is `c_out · C·K` elements. With many output channels the packing is amortised and the
-/// row-major form's wider microkernel wins.
-const WGRAD_TRANSPOSED_MAX_COUT: usize = 32;
-
 /// Weight gradient: `x [batch, c_in, input]`, `dy [batch, c_out, output]` → `dw [c_out, c_in, kernel]`.
 pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     let col_rows = g.col_rows();
@@ -574,7 +563,13 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
     let rps = g.rows_per_sample();
     let s_out = g.s_out();
     let tiles = g.tiles();
-    let transposed = g.c_out <= WGRAD_TRANSPOSED_MAX_COUT;
+    // The GEMM computes a column-major destination and transposes the problem when given a
+    // row-major one, and it packs its left operand when that is read with a row stride (a scalar
+    // gather). For `dW (c_out × C·K) = dY · colᵀ` stored row-major, the left operand becomes the
+    // im2col matrix (`C·K` rows per column); accumulating `dWᵀ` (column-major `c_out × C·K`)
+    // keeps `dY` (`c_out` rows) on the left and reads the im2col matrix in place. Pack the
+    // smaller one; the final transpose is `c_out · C·K` elements.
+    let transposed = g.c_out <= col_rows;
     // Element (co, r) of the accumulator: row-major `dW`, or column-major (`dWᵀ` row-major).
     let (acc_rs, acc_cs) = if transposed { (1, g.c_out) } else { (col_rows, 1) };
     let step = |acc: &mut Vec<T>, col: &mut Vec<T>, tmp: &mut Vec<T>, tile: (usize, usize), par: bool| {
