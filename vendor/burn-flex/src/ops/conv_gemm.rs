@@ -311,9 +311,7 @@ unsafe fn col2im<T: ConvElem>(
             // SAFETY: `start .. start + (last − first)` lies in the run's input rows (columns
             // `lo..hi` of the first and last row are inside the input); channel ownership by contract.
             let d = unsafe { core::slice::from_raw_parts_mut(dx.add(start), last - first) };
-            for (a, v) in d.iter_mut().zip(&seg[first..last]) {
-                *a += *v;
-            }
+            add_assign(d, &seg[first..last]);
             return;
         }
         let start = (src as isize + (lo * sw) as isize + ix0) as usize;
@@ -322,6 +320,43 @@ unsafe fn col2im<T: ConvElem>(
             unsafe { *dx.add(start + j * sw) += *v };
         }
     });
+}
+
+/// `dst[i] += src[i]`, compiled for the widest vector instructions the CPU has (the crate's own
+/// code is built for the baseline x86-64, whose SSE adds four floats at a time).
+#[inline]
+fn add_assign<T: ConvElem>(dst: &mut [T], src: &[T]) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { add_assign_avx512(dst, src) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { add_assign_avx2(dst, src) };
+        }
+    }
+    add_assign_plain(dst, src);
+}
+
+#[inline(always)]
+fn add_assign_plain<T: ConvElem>(dst: &mut [T], src: &[T]) {
+    for (a, v) in dst.iter_mut().zip(src) {
+        *a += *v;
+    }
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_assign_avx512<T: ConvElem>(dst: &mut [T], src: &[T]) {
+    add_assign_plain(dst, src);
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+unsafe fn add_assign_avx2<T: ConvElem>(dst: &mut [T], src: &[T]) {
+    add_assign_plain(dst, src);
 }
 
 /// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)` with arbitrary strides (row stride, column stride).
