@@ -19,6 +19,22 @@ type P = burn::backend::Cuda;
 /// The same with automatic differentiation.
 type B = burn::backend::Autodiff<P>;
 
+/// A small seeded generator, independent of burn's process-wide one.
+struct Lcg(u64);
+
+impl Lcg {
+    /// The next value in `[0, 1)`.
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// `n` values in `[lo, hi)`.
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
+    }
+}
+
 /// Burn's random generator is process-wide: a test that seeds it, builds a network or draws random tensors holds
 /// this turn, so that a seeded test sees only its own draws whatever runs beside it.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());

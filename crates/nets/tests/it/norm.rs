@@ -8,20 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use vesalius_nets::ops::{batch_norm, has_fused_kernels, instance_norm};
 
-use crate::{B, P};
-
-/// A small seeded generator, independent of burn's process-wide one.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
-    }
-}
+use crate::{B, Lcg, P};
 
 fn tensor<BB: Backend, const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<BB, D> {
     Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())

@@ -5,17 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use vesalius_nets::ops::{Padding, has_fused_kernels, sample_linear, sample_linear_composed};
 
-use crate::{B, P};
-
-/// A small seeded generator, independent of burn's process-wide one.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+use crate::{B, Lcg, P};
 
 /// An image `[n, c, d, h, w]` of normal-ish values and coordinates `[n, 3, out]` spread from 1.5 voxels before
 /// the volume to 1.5 past it, a fifth of them rounded to whole voxels (edges included).
