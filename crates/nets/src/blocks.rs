@@ -3,7 +3,6 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 
 /// Convolution (no bias) → batch normalisation → ReLU, the unit of ResNet stems and GoogLeNet.
@@ -24,7 +23,7 @@ impl<B: Backend> ConvBnRelu<B> {
 
     /// Applies the block to `[batch, cin, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        relu(crate::ops::batch_norm(&self.bn, self.conv.forward(x)))
+        crate::ops::batch_norm_relu(&self.bn, self.conv.forward(x))
     }
 }
 

@@ -108,10 +108,10 @@ impl Backward<Flex, 2> for SampleBackward {
     }
 }
 
-/// Batch normalisation by `bn`: with the batch's statistics under autodiff (updating the running ones as burn's
-/// module does), with the running statistics folded into one scale and shift otherwise; `None` where the backend
-/// or the type has no fused kernel.
-pub(crate) fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+/// Batch normalisation by `bn`, followed by a ReLU when `relu`: with the batch's statistics under autodiff
+/// (updating the running ones as burn's module does), with the running statistics folded into one scale and shift
+/// otherwise; `None` where the backend or the type has no fused kernel.
+pub(crate) fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: &Tensor<B, D>, relu: bool) -> Option<Tensor<B, D>> {
     if x.dtype() != DType::F32 {
         return None;
     }
@@ -127,7 +127,7 @@ pub(crate) fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: &Tens
         let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| (*g as f64 / (*v as f64 + bn.epsilon).sqrt()) as f32).collect();
         let shift: Vec<f32> = beta.iter().zip(&mean).zip(&scale).map(|((b, m), a)| b - m * a).collect();
         let input: FlexTensor = primitive(x.clone())?;
-        return tensor::<B, D, _>(scale_shift_channels(&input, &scale, &shift)?);
+        return tensor::<B, D, _>(scale_shift_channels(&input, &scale, &shift, relu)?);
     }
     if backend != TypeId::of::<Ad>() {
         return None;
@@ -135,7 +135,7 @@ pub(crate) fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: &Tens
     let input: FloatTensor<Ad> = primitive(x.clone())?;
     let gamma: FloatTensor<Ad> = primitive(bn.gamma.val())?;
     let beta: FloatTensor<Ad> = primitive(bn.beta.val())?;
-    let norm = ChannelNorm::new(&input.primitive, NormGroups::Channel, bn.epsilon)?;
+    let norm = with_relu(ChannelNorm::new(&input.primitive, NormGroups::Channel, bn.epsilon)?, relu);
     let data = input.primitive.to_contiguous();
     let (mean, var) = norm.statistics(&data);
     let inv_std = norm.inv_std(&var);
@@ -146,7 +146,7 @@ pub(crate) fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: &Tens
     bn.running_mean.update(running(bn.running_mean.value_sync(), &mean));
     bn.running_var.update(running(bn.running_var.value_sync(), &var));
     let out = norm.forward(&data, &mean, &inv_std, Some(&gamma.primitive), Some(&beta.primitive));
-    let state = NormState { norm, input: data, mean, inv_std, gamma: Some(gamma.primitive) };
+    let state = NormState { norm, input: data, mean, inv_std, gamma: Some(gamma.primitive), beta: Some(beta.primitive) };
     let result = match NormBackward.prepare::<NoCheckpointing>([input.node, gamma.node, beta.node]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(state, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
@@ -154,9 +154,9 @@ pub(crate) fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: &Tens
     tensor::<B, D, _>(result)
 }
 
-/// Instance normalisation by `norm` (the same with and without autodiff); `None` where the backend or the type
-/// has no fused kernel.
-pub(crate) fn instance_norm<B: Backend, const D: usize>(norm: &InstanceNorm<B>, x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+/// Instance normalisation by `norm` (the same with and without autodiff), followed by a ReLU when `relu`; `None`
+/// where the backend or the type has no fused kernel.
+pub(crate) fn instance_norm<B: Backend, const D: usize>(norm: &InstanceNorm<B>, x: &Tensor<B, D>, relu: bool) -> Option<Tensor<B, D>> {
     if x.dtype() != DType::F32 || D < 3 || norm.affine != (norm.gamma.is_some() && norm.beta.is_some()) {
         return None;
     }
@@ -171,7 +171,7 @@ pub(crate) fn instance_norm<B: Backend, const D: usize>(norm: &InstanceNorm<B>, 
             Some(b) if norm.affine => Some(primitive(b.val())?),
             _ => None,
         };
-        let kernel = ChannelNorm::new(&input, NormGroups::SampleChannel, norm.epsilon)?;
+        let kernel = with_relu(ChannelNorm::new(&input, NormGroups::SampleChannel, norm.epsilon)?, relu);
         let data = input.to_contiguous();
         let (mean, var) = kernel.statistics(&data);
         let inv_std = kernel.inv_std(&var);
@@ -181,7 +181,7 @@ pub(crate) fn instance_norm<B: Backend, const D: usize>(norm: &InstanceNorm<B>, 
         return None;
     }
     let input: FloatTensor<Ad> = primitive(x.clone())?;
-    let kernel = ChannelNorm::new(&input.primitive, NormGroups::SampleChannel, norm.epsilon)?;
+    let kernel = with_relu(ChannelNorm::new(&input.primitive, NormGroups::SampleChannel, norm.epsilon)?, relu);
     let data = input.primitive.to_contiguous();
     let (mean, var) = kernel.statistics(&data);
     let inv_std = kernel.inv_std(&var);
@@ -190,7 +190,7 @@ pub(crate) fn instance_norm<B: Backend, const D: usize>(norm: &InstanceNorm<B>, 
             let gamma: FloatTensor<Ad> = primitive(g.val())?;
             let beta: FloatTensor<Ad> = primitive(b.val())?;
             let out = kernel.forward(&data, &mean, &inv_std, Some(&gamma.primitive), Some(&beta.primitive));
-            let state = NormState { norm: kernel, input: data, mean, inv_std, gamma: Some(gamma.primitive) };
+            let state = NormState { norm: kernel, input: data, mean, inv_std, gamma: Some(gamma.primitive), beta: Some(beta.primitive) };
             match NormBackward.prepare::<NoCheckpointing>([input.node, gamma.node, beta.node]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => prep.finish(state, out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
@@ -198,7 +198,7 @@ pub(crate) fn instance_norm<B: Backend, const D: usize>(norm: &InstanceNorm<B>, 
         }
         _ => {
             let out = kernel.forward(&data, &mean, &inv_std, None, None);
-            let state = NormState { norm: kernel, input: data, mean, inv_std, gamma: None };
+            let state = NormState { norm: kernel, input: data, mean, inv_std, gamma: None, beta: None };
             match NormBackward.prepare::<NoCheckpointing>([input.node]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => prep.finish(state, out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
@@ -208,8 +208,13 @@ pub(crate) fn instance_norm<B: Backend, const D: usize>(norm: &InstanceNorm<B>, 
     tensor::<B, D, _>(result)
 }
 
+/// The normalisation with a ReLU fused in when `relu`.
+fn with_relu(norm: ChannelNorm, relu: bool) -> ChannelNorm {
+    if relu { norm.with_relu() } else { norm }
+}
+
 /// What the normalisation's backward step keeps: the input (shared with the tensor the forward pass read) and the
-/// per-group statistics; γ when affine.
+/// per-group statistics; γ and β when affine (β for the ReLU's mask).
 #[derive(Clone, Debug)]
 struct NormState {
     norm: ChannelNorm,
@@ -217,6 +222,7 @@ struct NormState {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     gamma: Option<FlexTensor>,
+    beta: Option<FlexTensor>,
 }
 
 /// The backward step of a fused normalisation: parents input, and γ and β when there are three.
@@ -230,7 +236,8 @@ impl<const N: usize> Backward<Flex, N> for NormBackward {
         let state = ops.state;
         let grad = grads.consume::<Flex>(&ops.node);
         let affine = N == 3;
-        let (dx, params) = state.norm.backward(&state.input, &grad, &state.mean, &state.inv_std, state.gamma.as_ref(), affine);
+        let (dx, params) =
+            state.norm.backward(&state.input, &grad, &state.mean, &state.inv_std, state.gamma.as_ref(), state.beta.as_ref(), affine);
         let mut parents = ops.parents.into_iter();
         if let Some(node) = parents.next().flatten() {
             grads.register::<Flex>(node.id, dx);

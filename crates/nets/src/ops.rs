@@ -141,20 +141,39 @@ pub fn has_fused_kernels<B: Backend>() -> bool {
 /// whose backward keeps only the input and the per-channel statistics); elsewhere as burn's module.
 pub fn batch_norm<B: Backend, const D: usize>(bn: &burn::nn::BatchNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
-    if let Some(out) = crate::fused::batch_norm(bn, &x) {
+    if let Some(out) = crate::fused::batch_norm(bn, &x, false) {
         return out;
     }
     bn.forward(x)
+}
+
+/// `relu(batch_norm(bn, x))`, on the default CPU backend with the ReLU fused into the normalisation's passes (its
+/// backward recomputes the mask from the input, so nothing more is kept).
+pub fn batch_norm_relu<B: Backend, const D: usize>(bn: &burn::nn::BatchNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::fused::batch_norm(bn, &x, true) {
+        return out;
+    }
+    burn::tensor::activation::relu(bn.forward(x))
 }
 
 /// Instance normalisation of `x` (`[n, c, …]`, rank ≥ 3) by `norm`, the same as `norm.forward(x)`; fused on the
 /// default CPU backend as [`batch_norm`] is.
 pub fn instance_norm<B: Backend, const D: usize>(norm: &burn::nn::InstanceNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
-    if let Some(out) = crate::fused::instance_norm(norm, &x) {
+    if let Some(out) = crate::fused::instance_norm(norm, &x, false) {
         return out;
     }
     norm.forward(x)
+}
+
+/// `relu(instance_norm(norm, x))`, fused on the default CPU backend as [`batch_norm_relu`] is.
+pub fn instance_norm_relu<B: Backend, const D: usize>(norm: &burn::nn::InstanceNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::fused::instance_norm(norm, &x, true) {
+        return out;
+    }
+    burn::tensor::activation::relu(norm.forward(x))
 }
 
 /// [`sample_linear`] as a composition of tensor operations (floor, weights, eight gathers, masks), which burn's

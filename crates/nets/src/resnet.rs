@@ -63,6 +63,11 @@ impl<B: Backend> ConvBn<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         crate::ops::batch_norm(&self.bn, self.conv.forward(x))
     }
+
+    /// `relu(forward(x))`, the ReLU fused into the normalisation where the backend allows.
+    fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        crate::ops::batch_norm_relu(&self.bn, self.conv.forward(x))
+    }
 }
 
 /// Two 3×3 convolutions with a residual connection (projected by a 1×1 convolution when the shape changes).
@@ -95,7 +100,7 @@ impl<B: Backend> ResBlock<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
             ResBlock::Basic(b) => {
-                let y = b.c2.forward(relu(b.c1.forward(x.clone())));
+                let y = b.c2.forward(b.c1.forward_relu(x.clone()));
                 let s = match &b.down {
                     Some(d) => d.forward(x),
                     None => x,
@@ -103,7 +108,7 @@ impl<B: Backend> ResBlock<B> {
                 relu(y + s)
             }
             ResBlock::Bottleneck(b) => {
-                let y = b.c3.forward(relu(b.c2.forward(relu(b.c1.forward(x.clone())))));
+                let y = b.c3.forward(b.c2.forward_relu(b.c1.forward_relu(x.clone())));
                 let s = match &b.down {
                     Some(d) => d.forward(x),
                     None => x,

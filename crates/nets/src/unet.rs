@@ -137,6 +137,14 @@ impl<B: Backend> Norm<B> {
             Self::Instance(inorm) => crate::ops::instance_norm(inorm, x),
         }
     }
+
+    /// `relu(forward(x))`, the ReLU fused into the normalisation where the backend allows.
+    pub fn forward_relu(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        match self {
+            Self::Batch(bn) => crate::ops::batch_norm_relu(bn, x),
+            Self::Instance(inorm) => crate::ops::instance_norm_relu(inorm, x),
+        }
+    }
 }
 
 /// `[conv 3 → norm → ReLU] × 2`, bias-free convolutions; with `residual`, the input (projected by a 1×1
@@ -184,13 +192,18 @@ impl<B: Backend> DoubleConv<B> {
         if self.slope == 0.0 { relu(x) } else { leaky_relu(x, self.slope) }
     }
 
+    /// `act(norm(x))`, with the normalisation and a plain ReLU fused where the backend allows.
+    fn norm_act(&self, norm: &Norm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        if self.slope == 0.0 { norm.forward_relu(x) } else { leaky_relu(norm.forward(x), self.slope) }
+    }
+
     /// Applies the block.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let y = self.act(self.norm1.forward(self.conv1.forward(x.clone())));
-        let y = self.norm2.forward(self.conv2.forward(y));
+        let y = self.norm_act(&self.norm1, self.conv1.forward(x.clone()));
         if !self.residual {
-            return self.act(y);
+            return self.norm_act(&self.norm2, self.conv2.forward(y));
         }
+        let y = self.norm2.forward(self.conv2.forward(y));
         let shortcut = match &self.skip {
             Some(conv) => conv.forward(x),
             None => x,

@@ -136,11 +136,11 @@ impl<B: Backend> Vgg<B> {
     }
 
     fn conv_layer(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = self.convs[i].forward(x);
-        if let Some(norm) = self.norms.get(i) {
-            x = crate::ops::batch_norm(norm, x);
+        let x = self.convs[i].forward(x);
+        match self.norms.get(i) {
+            Some(norm) => crate::ops::batch_norm_relu(norm, x),
+            None => relu(x),
         }
-        relu(x)
     }
 
     /// The activation maps after convolution `layer` (with its normalisation and ReLU, before pooling).

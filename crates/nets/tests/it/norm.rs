@@ -4,9 +4,10 @@
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::module::{AutodiffModule, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, InstanceNorm, InstanceNormConfig};
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use vesalius_nets::ops::{batch_norm, has_fused_kernels, instance_norm};
+use vesalius_nets::ops::{batch_norm, batch_norm_relu, has_fused_kernels, instance_norm, instance_norm_relu};
 
 use crate::{B, Lcg, P};
 
@@ -52,6 +53,12 @@ fn train_step<const D: usize>(
 }
 
 fn check_batch_norm<const D: usize>(shape: [usize; D], offset: f32, seed: u64) {
+    check_batch_norm_with(shape, offset, seed, false);
+    check_batch_norm_with(shape, offset, seed, true);
+}
+
+/// The fused normalisation (followed by its fused ReLU when `with_relu`) against burn's module (and burn's ReLU).
+fn check_batch_norm_with<const D: usize>(shape: [usize; D], offset: f32, seed: u64, with_relu: bool) {
     let c = shape[1];
     let n: usize = shape.iter().product();
     let mut rng = Lcg(seed);
@@ -63,8 +70,14 @@ fn check_batch_norm<const D: usize>(shape: [usize; D], offset: f32, seed: u64) {
     let fused = batch_norm_module(c, &gamma, &beta, (&rm, &rv));
     let reference = batch_norm_module(c, &gamma, &beta, (&rm, &rv));
 
-    let got = train_step(|t| batch_norm(&fused, t), &fused.gamma, &fused.beta, &x, &upstream, shape);
-    let want = train_step(|t| reference.forward(t), &reference.gamma, &reference.beta, &x, &upstream, shape);
+    let fused_fn = |t| if with_relu { batch_norm_relu(&fused, t) } else { batch_norm(&fused, t) };
+    let reference_fn = |t| if with_relu { relu(reference.forward(t)) } else { reference.forward(t) };
+    let got = train_step(fused_fn, &fused.gamma, &fused.beta, &x, &upstream, shape);
+    let want = train_step(reference_fn, &reference.gamma, &reference.beta, &x, &upstream, shape);
+    if with_relu {
+        // The ReLU did cut: some outputs are zero and some positive.
+        assert!(got.0.contains(&0.0) && got.0.iter().any(|v| *v > 0.0));
+    }
     for (what, g, w) in
         [("output", &got.0, &want.0), ("input grad", &got.1, &want.1), ("gamma grad", &got.2, &want.2), ("beta grad", &got.3, &want.3)]
     {
@@ -82,8 +95,9 @@ fn check_batch_norm<const D: usize>(shape: [usize; D], offset: f32, seed: u64) {
     }
     // Eval mode (the module on the inner backend): the running statistics folded into one scale and shift.
     let (fused, reference) = (fused.valid(), reference.valid());
-    let got = values(batch_norm(&fused, tensor::<P, D>(&x, shape)));
-    let want = values(reference.forward(tensor::<P, D>(&x, shape)));
+    let (input, twin) = (tensor::<P, D>(&x, shape), tensor::<P, D>(&x, shape));
+    let got = values(if with_relu { batch_norm_relu(&fused, input) } else { batch_norm(&fused, input) });
+    let want = values(if with_relu { relu(reference.forward(twin)) } else { reference.forward(twin) });
     assert!(rel_diff(&got, &want) < 2e-6, "eval batch norm {shape:?}: {}", rel_diff(&got, &want));
 }
 
@@ -114,6 +128,9 @@ fn check_instance_norm<const D: usize>(shape: [usize; D], affine: bool, seed: u6
     };
     let got = run(&fused, &|t| instance_norm(&fused, t));
     let want = run(&reference, &|t| reference.forward(t));
+    let got_relu = run(&fused, &|t| instance_norm_relu(&fused, t));
+    let want_relu = run(&reference, &|t| relu(reference.forward(t)));
+    assert!(rel_diff(&got_relu.0, &want_relu.0) < 2e-5 && rel_diff(&got_relu.1, &want_relu.1) < 2e-5, "instance norm + ReLU");
     assert!(rel_diff(&got.0, &want.0) < 2e-5, "instance norm output {}", rel_diff(&got.0, &want.0));
     assert!(rel_diff(&got.1, &want.1) < 2e-5, "instance norm input grad {}", rel_diff(&got.1, &want.1));
     assert_eq!(got.2.is_some(), affine);

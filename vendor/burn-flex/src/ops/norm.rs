@@ -36,26 +36,60 @@ pub struct ChannelNorm {
     s: usize,
     groups: NormGroups,
     epsilon: f64,
+    relu: bool,
 }
 
-/// Runs `f(row, chunk)` over the `len`-element rows of `data`, in parallel when the data is large.
+/// Runs `f(row, chunk)` over the `len`-element rows of `data`, in parallel when the data is large; each row's
+/// loop compiled for the widest vector instructions the CPU has (see [`vectorised`]).
 fn rows_mut(data: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     #[cfg(feature = "rayon")]
     if data.len() >= PARALLEL_MIN {
-        data.par_chunks_mut(len).enumerate().for_each(|(r, row)| f(r, row));
+        data.par_chunks_mut(len).enumerate().for_each(|(r, row)| vectorised(#[inline(always)] || f(r, row)));
         return;
     }
-    data.chunks_mut(len).enumerate().for_each(|(r, row)| f(r, row));
+    data.chunks_mut(len).enumerate().for_each(|(r, row)| vectorised(#[inline(always)] || f(r, row)));
 }
 
-/// `f(row)` for every row index below `rows`, collected in order, in parallel when `work` is large.
+/// `f(row)` for every row index below `rows`, collected in order, in parallel when `work` is large; vectorised
+/// as [`rows_mut`] is.
 fn map_rows<T: Send>(rows: usize, work: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
     #[cfg(feature = "rayon")]
     if work >= PARALLEL_MIN {
-        return (0..rows).into_par_iter().map(f).collect();
+        return (0..rows).into_par_iter().map(|r| vectorised(#[inline(always)] || f(r))).collect();
     }
     let _ = work;
-    (0..rows).map(f).collect()
+    (0..rows).map(|r| vectorised(#[inline(always)] || f(r))).collect()
+}
+
+/// Runs `f` compiled for AVX-512 or AVX2 where the CPU has them (the crate's own code is built for baseline
+/// x86-64); the closures handed to [`rows_mut`] and [`map_rows`] are `#[inline(always)]` so that their loops are
+/// compiled inside these copies.
+#[inline(always)]
+fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { run_avx512(f) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { run_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 /// Σ `f(a[i], b[i])` in f64, with f32 partial sums over short blocks (vectorised, and each partial sum
@@ -98,7 +132,14 @@ impl ChannelNorm {
         if n * c * s == 0 {
             return None;
         }
-        Some(Self { n, c, s, groups, epsilon })
+        Some(Self { n, c, s, groups, epsilon, relu: false })
+    }
+
+    /// The same normalisation followed by a ReLU (`max(y, 0)`), fused into its passes: the backward pass
+    /// recomputes the ReLU's mask from the input, so nothing more is kept.
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
     }
 
     /// Number of statistics groups: `c`, or `n · c`.
@@ -140,12 +181,12 @@ impl ChannelNorm {
         let data: &[f32] = x.storage();
         let (rows, s, work) = (self.n * self.c, self.s, self.n * self.c * self.s);
         let m = self.group_len() as f64;
-        let sums = self.fold(map_rows(rows, work, |r| {
+        let sums = self.fold(map_rows(rows, work, #[inline(always)] |r| {
             let row = &data[r * s..(r + 1) * s];
             block_sum(row, row, |a, _| a)
         }));
         let mean: Vec<f64> = sums.iter().map(|v| v / m).collect();
-        let squares = self.fold(map_rows(rows, work, |r| {
+        let squares = self.fold(map_rows(rows, work, #[inline(always)] |r| {
             let row = &data[r * s..(r + 1) * s];
             let mu = mean[self.group(r)] as f32;
             block_sum(row, row, |a, _| (a - mu) * (a - mu))
@@ -158,7 +199,8 @@ impl ChannelNorm {
         var.iter().map(|v| (1.0 / (*v as f64 + self.epsilon).sqrt()) as f32).collect()
     }
 
-    /// `(x − mean) · inv_std · γ + β` per group, with `γ`, `β` per channel (`[c]`; absent: 1 and 0).
+    /// `(x − mean) · inv_std · γ + β` per group, with `γ`, `β` per channel (`[c]`; absent: 1 and 0), then
+    /// the ReLU when the normalisation has one.
     pub fn forward(
         &self,
         x: &FlexTensor,
@@ -168,7 +210,7 @@ impl ChannelNorm {
         beta: Option<&FlexTensor>,
     ) -> FlexTensor {
         let (scale, shift) = self.scale_shift(mean, inv_std, gamma, beta);
-        scale_shift_rows(x, self.c, &scale, &shift)
+        scale_shift_rows(x, self.c, &scale, &shift, self.relu)
     }
 
     /// Per row: `y = x · scale + shift`.
@@ -195,8 +237,10 @@ impl ChannelNorm {
         (scale, shift)
     }
 
-    /// Gradients with respect to the input and (when `gamma` is given, or `affine`) to `γ` and `β`, given the
-    /// gradient `dy` of the output, the forward pass's input, mean and inverse standard deviation.
+    /// Gradients with respect to the input and (when `affine`) to `γ` and `β`, given the gradient `dy` of the
+    /// output, the forward pass's input, mean and inverse standard deviation, and its `γ` and `β` (absent: 1
+    /// and 0; `β` is read only to recompute the ReLU's mask).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         x: &FlexTensor,
@@ -204,6 +248,7 @@ impl ChannelNorm {
         mean: &[f32],
         inv_std: &[f32],
         gamma: Option<&FlexTensor>,
+        beta: Option<&FlexTensor>,
         affine: bool,
     ) -> (FlexTensor, Option<(FlexTensor, FlexTensor)>) {
         let x = x.to_contiguous();
@@ -211,13 +256,24 @@ impl ChannelNorm {
         let (xd, gd): (&[f32], &[f32]) = (x.storage(), dy.storage());
         let (rows, s, work) = (self.n * self.c, self.s, self.n * self.c * self.s);
         let m = self.group_len() as f64;
+        // With the ReLU, the gradient reaching the normalisation's output is dy where the output
+        // `x · scale + shift` is positive (recomputed per element) and zero elsewhere.
+        let (scale, shift) =
+            if self.relu { self.scale_shift(mean, inv_std, gamma, beta) } else { (vec![0.0; rows], vec![0.0; rows]) };
+        let relu = self.relu;
         let gamma = gamma.map(|g| g.to_contiguous());
         let gv: Option<&[f32]> = gamma.as_ref().map(|t| t.storage());
-        // Per row: Σ dy and Σ dy · (x − mean).
-        let row_sums: Vec<(f64, f64)> = map_rows(rows, 2 * work, |r| {
+        // Per row: Σ dy and Σ dy · (x − mean), dy masked by the ReLU.
+        let row_sums: Vec<(f64, f64)> = map_rows(rows, 2 * work, #[inline(always)] |r| {
             let (xr, gr) = (&xd[r * s..(r + 1) * s], &gd[r * s..(r + 1) * s]);
             let mu = mean[self.group(r)];
-            (block_sum(gr, gr, |a, _| a), block_sum(gr, xr, |d, v| d * (v - mu)))
+            if relu {
+                let (a, b) = (scale[r], shift[r]);
+                let masked = |d: f32, v: f32| if v * a + b > 0.0 { d } else { 0.0 };
+                (block_sum(gr, xr, masked), block_sum(gr, xr, |d, v| masked(d, v) * (v - mu)))
+            } else {
+                (block_sum(gr, gr, |a, _| a), block_sum(gr, xr, |d, v| d * (v - mu)))
+            }
         });
         let sum_dy = self.fold(row_sums.iter().map(|p| p.0).collect());
         let sum_dyx = self.fold(row_sums.iter().map(|p| p.1).collect());
@@ -233,11 +289,19 @@ impl ChannelNorm {
             coef.push((a as f32, b as f32, c as f32));
         }
         let mut dx = vec![0.0f32; rows * s];
-        rows_mut(&mut dx, s, |r, out| {
+        rows_mut(&mut dx, s, #[inline(always)] |r, out| {
             let (a, b, c) = coef[r];
             let (xr, gr) = (&xd[r * s..(r + 1) * s], &gd[r * s..(r + 1) * s]);
-            for ((o, d), v) in out.iter_mut().zip(gr).zip(xr) {
-                *o = a * *d + b * *v + c;
+            if relu {
+                let (sa, sb) = (scale[r], shift[r]);
+                for ((o, d), v) in out.iter_mut().zip(gr).zip(xr) {
+                    let d = if *v * sa + sb > 0.0 { *d } else { 0.0 };
+                    *o = a * d + b * *v + c;
+                }
+            } else {
+                for ((o, d), v) in out.iter_mut().zip(gr).zip(xr) {
+                    *o = a * *d + b * *v + c;
+                }
             }
         });
         let dx = FlexTensor::from_data(TensorData::new(dx, x.layout().shape().clone()));
@@ -259,10 +323,10 @@ impl ChannelNorm {
     }
 }
 
-/// `y = x · scale[ch] + shift[ch]` for an f32 `[n, c, …]` tensor with per-channel `scale` and `shift` (`c`
-/// values each): eval-mode batch normalisation folded into one pass. `None` unless `x` is f32 of rank ≥ 2 with
-/// `c` channels.
-pub fn scale_shift_channels(x: &FlexTensor, scale: &[f32], shift: &[f32]) -> Option<FlexTensor> {
+/// `y = x · scale[ch] + shift[ch]` (then `max(y, 0)` when `relu`) for an f32 `[n, c, …]` tensor with
+/// per-channel `scale` and `shift` (`c` values each): eval-mode batch normalisation folded into one pass. `None`
+/// unless `x` is f32 of rank ≥ 2 with `c` channels.
+pub fn scale_shift_channels(x: &FlexTensor, scale: &[f32], shift: &[f32], relu: bool) -> Option<FlexTensor> {
     let dims = x.layout().shape();
     if x.dtype() != DType::F32 || dims.num_dims() < 2 || dims[1] != scale.len() || dims[1] != shift.len() {
         return None;
@@ -271,11 +335,12 @@ pub fn scale_shift_channels(x: &FlexTensor, scale: &[f32], shift: &[f32]) -> Opt
     let rows = dims[0] * c;
     let scale: Vec<f32> = (0..rows).map(|r| scale[r % c]).collect();
     let shift: Vec<f32> = (0..rows).map(|r| shift[r % c]).collect();
-    Some(scale_shift_rows(x, c, &scale, &shift))
+    Some(scale_shift_rows(x, c, &scale, &shift, relu))
 }
 
-/// `y = x · scale[row] + shift[row]` over the rows (`sample · c + channel`) of an `[n, c, …]` tensor.
-fn scale_shift_rows(x: &FlexTensor, c: usize, scale: &[f32], shift: &[f32]) -> FlexTensor {
+/// `y = x · scale[row] + shift[row]` over the rows (`sample · c + channel`) of an `[n, c, …]` tensor, then
+/// `max(y, 0)` when `relu`.
+fn scale_shift_rows(x: &FlexTensor, c: usize, scale: &[f32], shift: &[f32], relu: bool) -> FlexTensor {
     let x = x.to_contiguous();
     let data: &[f32] = x.storage();
     let shape = x.layout().shape().clone();
@@ -283,10 +348,18 @@ fn scale_shift_rows(x: &FlexTensor, c: usize, scale: &[f32], shift: &[f32]) -> F
     let s = if rows == 0 { 0 } else { data.len() / rows };
     let mut out = vec![0.0f32; data.len()];
     if s > 0 {
-        rows_mut(&mut out, s, |r, dst| {
+        rows_mut(&mut out, s, #[inline(always)] |r, dst| {
             let (a, b) = (scale[r], shift[r]);
-            for (o, v) in dst.iter_mut().zip(&data[r * s..(r + 1) * s]) {
-                *o = *v * a + b;
+            let src = &data[r * s..(r + 1) * s];
+            if relu {
+                for (o, v) in dst.iter_mut().zip(src) {
+                    let y = *v * a + b;
+                    *o = if y > 0.0 { y } else { 0.0 };
+                }
+            } else {
+                for (o, v) in dst.iter_mut().zip(src) {
+                    *o = *v * a + b;
+                }
             }
         });
     }
