@@ -140,40 +140,47 @@ pub fn has_fused_kernels<B: Backend>() -> bool {
 /// statistics. On the default CPU backend and f32 tensors it runs as fused passes (one operation for autodiff,
 /// whose backward keeps only the input and the per-channel statistics); elsewhere as burn's module.
 pub fn batch_norm<B: Backend, const D: usize>(bn: &burn::nn::BatchNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    if let Some(out) = crate::fused::batch_norm(bn, &x, false) {
-        return out;
-    }
-    bn.forward(x)
+    batch_norm_then(bn, x, false)
 }
 
 /// `relu(batch_norm(bn, x))`, on the default CPU backend with the ReLU fused into the normalisation's passes (its
 /// backward recomputes the mask from the input, so nothing more is kept).
 pub fn batch_norm_relu<B: Backend, const D: usize>(bn: &burn::nn::BatchNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    if let Some(out) = crate::fused::batch_norm(bn, &x, true) {
-        return out;
-    }
-    burn::tensor::activation::relu(bn.forward(x))
+    batch_norm_then(bn, x, true)
 }
 
 /// Instance normalisation of `x` (`[n, c, …]`, rank ≥ 3) by `norm`, the same as `norm.forward(x)`; fused on the
 /// default CPU backend as [`batch_norm`] is.
 pub fn instance_norm<B: Backend, const D: usize>(norm: &burn::nn::InstanceNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    if let Some(out) = crate::fused::instance_norm(norm, &x, false) {
-        return out;
-    }
-    norm.forward(x)
+    instance_norm_then(norm, x, false)
 }
 
 /// `relu(instance_norm(norm, x))`, fused on the default CPU backend as [`batch_norm_relu`] is.
 pub fn instance_norm_relu<B: Backend, const D: usize>(norm: &burn::nn::InstanceNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    instance_norm_then(norm, x, true)
+}
+
+/// Batch normalisation, followed by a ReLU when `relu`: the fused kernel where the backend has it, burn's module
+/// (and `relu`) elsewhere.
+fn batch_norm_then<B: Backend, const D: usize>(bn: &burn::nn::BatchNorm<B>, x: Tensor<B, D>, relu: bool) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
-    if let Some(out) = crate::fused::instance_norm(norm, &x, true) {
+    if let Some(out) = crate::fused::batch_norm(bn, &x, relu) {
         return out;
     }
-    burn::tensor::activation::relu(norm.forward(x))
+    relu_if(bn.forward(x), relu)
+}
+
+/// Instance normalisation, followed by a ReLU when `relu`, as [`batch_norm_then`].
+fn instance_norm_then<B: Backend, const D: usize>(norm: &burn::nn::InstanceNorm<B>, x: Tensor<B, D>, relu: bool) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::fused::instance_norm(norm, &x, relu) {
+        return out;
+    }
+    relu_if(norm.forward(x), relu)
+}
+
+fn relu_if<B: Backend, const D: usize>(x: Tensor<B, D>, relu: bool) -> Tensor<B, D> {
+    if relu { burn::tensor::activation::relu(x) } else { x }
 }
 
 /// [`sample_linear`] as a composition of tensor operations (floor, weights, eight gathers, masks), which burn's

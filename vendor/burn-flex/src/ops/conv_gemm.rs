@@ -326,37 +326,14 @@ unsafe fn col2im<T: ConvElem>(
 /// code is built for the baseline x86-64, whose SSE adds four floats at a time).
 #[inline]
 fn add_assign<T: ConvElem>(dst: &mut [T], src: &[T]) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe { add_assign_avx512(dst, src) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked above).
-            return unsafe { add_assign_avx2(dst, src) };
-        }
-    }
-    add_assign_plain(dst, src);
-}
-
-#[inline(always)]
-fn add_assign_plain<T: ConvElem>(dst: &mut [T], src: &[T]) {
-    for (a, v) in dst.iter_mut().zip(src) {
-        *a += *v;
-    }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx512f")]
-unsafe fn add_assign_avx512<T: ConvElem>(dst: &mut [T], src: &[T]) {
-    add_assign_plain(dst, src);
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn add_assign_avx2<T: ConvElem>(dst: &mut [T], src: &[T]) {
-    add_assign_plain(dst, src);
+    super::vectorised::vectorised(
+        #[inline(always)]
+        || {
+            for (a, v) in dst.iter_mut().zip(src) {
+                *a += *v;
+            }
+        },
+    );
 }
 
 /// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)` with arbitrary strides (row stride, column stride).

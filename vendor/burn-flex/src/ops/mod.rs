@@ -146,3 +146,4 @@ pub mod sort;
 mod transaction;
 pub mod unary;
 pub mod unfold;
+mod vectorised;

@@ -15,6 +15,7 @@ use burn_backend::{DType, TensorData};
 use rayon::prelude::*;
 
 use crate::FlexTensor;
+use crate::ops::vectorised::vectorised;
 
 /// Below this many elements the passes run on the calling thread.
 const PARALLEL_MIN: usize = 1 << 15;
@@ -40,7 +41,7 @@ pub struct ChannelNorm {
 }
 
 /// Runs `f(row, chunk)` over the `len`-element rows of `data`, in parallel when the data is large; each row's
-/// loop compiled for the widest vector instructions the CPU has (see [`vectorised`]).
+/// loop compiled for the widest vector instructions the CPU has (see `ops::vectorised`).
 fn rows_mut(data: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     #[cfg(feature = "rayon")]
     if data.len() >= PARALLEL_MIN {
@@ -61,36 +62,6 @@ fn map_rows<T: Send>(rows: usize, work: usize, f: impl Fn(usize) -> T + Sync + S
     (0..rows).map(|r| vectorised(#[inline(always)] || f(r))).collect()
 }
 
-/// Runs `f` compiled for AVX-512 or AVX2 where the CPU has them (the crate's own code is built for baseline
-/// x86-64); the closures handed to [`rows_mut`] and [`map_rows`] are `#[inline(always)]` so that their loops are
-/// compiled inside these copies.
-#[inline(always)]
-fn vectorised<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe { run_avx512(f) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked above).
-            return unsafe { run_avx2(f) };
-        }
-    }
-    f()
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
 
 /// Σ `f(a[i], b[i])` in f64, with f32 partial sums over short blocks (vectorised, and each partial sum
 /// over at most 64 values per lane).
