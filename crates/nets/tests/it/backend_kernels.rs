@@ -225,6 +225,23 @@ fn conv2d_matches_the_definition() {
 }
 
 #[test]
+fn unit_stride_convolutions_by_tap_match_the_definition() {
+    // 8–32 channels in and out: one GEMM per tap over the zero-padded input. Same 3×3, valid 5×5
+    // (RED-CNN's shape), dilated, more padding than the kernel reaches (input gradient through
+    // im2col), 32 channels, several tiles per sample.
+    check(case2(2, 9, 12, [9, 7], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 8, 10, [12, 11], 5, 1, 0, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 10, 8, [11, 12], 3, 1, 2, 2, 1), 2, false, [0; 3]);
+    check(case2(2, 8, 9, [6, 7], 3, 1, 3, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 32, 8, [10, 9], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 8, 8, [70, 66], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    // Transposed: the stride-1 deconvolutions of RED-CNN (valid 5×5) with deep channels both ways.
+    check(case2(2, 9, 8, [10, 9], 5, 1, 0, 1, 1), 2, true, [0; 3]);
+    check(case3(2, 8, 10, [6, 5, 7], 3, 1, 1), 3, false, [0; 3]);
+    check(case3(1, 12, 8, [5, 6, 4], 3, 1, 0), 3, true, [0; 3]);
+}
+
+#[test]
 fn conv2d_tiles_spanning_samples_and_cut_samples() {
     // Many small samples (tiles hold whole samples) and one large image (several tiles per sample).
     check(case2(33, 8, 16, [4, 4], 3, 1, 1, 1, 1), 2, false, [0; 3]);

@@ -25,6 +25,7 @@ use burn_std::{Bytes, FloatDType, Shape};
 use bytemuck::Pod;
 use num_traits::Float;
 
+use super::conv_shifted;
 use crate::{Flex, FlexTensor, Layout};
 
 /// Target number of elements of one tile's im2col matrix (512 KiB in f32: packed and consumed in L2).
@@ -57,16 +58,16 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
-    fn k_len(&self) -> usize {
+    pub(crate) fn k_len(&self) -> usize {
         self.kernel.iter().product()
     }
-    fn col_rows(&self) -> usize {
+    pub(crate) fn col_rows(&self) -> usize {
         self.c_in * self.k_len()
     }
     fn s_in(&self) -> usize {
         self.input.iter().product()
     }
-    fn s_out(&self) -> usize {
+    pub(crate) fn s_out(&self) -> usize {
         self.output.iter().product()
     }
     fn rows_per_sample(&self) -> usize {
@@ -113,11 +114,11 @@ impl ConvGeom {
 }
 
 #[cfg(feature = "rayon")]
-fn num_threads() -> usize {
+pub(crate) fn num_threads() -> usize {
     rayon::current_num_threads()
 }
 #[cfg(not(feature = "rayon"))]
-fn num_threads() -> usize {
+pub(crate) fn num_threads() -> usize {
     1
 }
 
@@ -339,7 +340,7 @@ fn add_assign<T: ConvElem>(dst: &mut [T], src: &[T]) {
 /// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)` with arbitrary strides (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn gemm_into<T: ConvElem>(
+pub(crate) unsafe fn gemm_into<T: ConvElem>(
     m: usize,
     n: usize,
     k: usize,
@@ -393,19 +394,19 @@ unsafe fn gemm_into<T: ConvElem>(
 
 /// A raw pointer that may cross threads; users guarantee disjoint writes.
 #[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 // SAFETY: only used for writes to disjoint regions (see each use).
 unsafe impl<T> Send for SyncPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SyncPtr<T> {}
 impl<T> SyncPtr<T> {
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
 
 /// Runs `f(i, scratch)` for `i in 0..n`, in parallel when there is more than one item.
-fn par_items<S: Send>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn(usize, &mut S) + Sync + Send) {
+pub(crate) fn par_items<S: Send>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn(usize, &mut S) + Sync + Send) {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
@@ -420,39 +421,69 @@ fn par_items<S: Send>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn(u
     }
 }
 
-/// Tile's block of a `[batch, ch, s]` tensor as a `ch × tcols` matrix: a strided view into the
-/// tensor when the tile lies in one sample, otherwise gathered into `tmp`.
-fn tile_matrix<T: ConvElem>(
+/// Gathers a tile's block of a `[batch, ch, s]` tensor into `out`: the `ch × tcols` matrix row-major
+/// (row stride `tcols`), or with `transposed` its transpose (`tcols × ch`, row stride `ch`).
+///
+/// The tensor's own rows are one feature map apart (`s` elements, often a power of two): read in
+/// place, a GEMM's packing walks `ch` streams that share cache sets, and a row-major left operand is
+/// packed through a scalar gather. The gathered copy is small (one tile) and read from cache.
+fn gather_tile<T: ConvElem>(
     data: &[T],
     ch: usize,
     s: usize,
     rps: usize,
     row_len: usize,
     tile: (usize, usize),
-    tmp: &mut Vec<T>,
-) -> (*const T, usize) {
-    let b0 = tile.0 / rps;
-    let b1 = (tile.1 - 1) / rps;
+    transposed: bool,
+    out: &mut Vec<T>,
+) {
     let tcols = (tile.1 - tile.0) * row_len;
-    if b0 == b1 {
-        let off = b0 * ch * s + (tile.0 - b0 * rps) * row_len;
-        (data[off..].as_ptr(), s)
-    } else {
-        tmp.clear();
-        tmp.resize(ch * tcols, T::zero());
-        for c in 0..ch {
-            for b in b0..=b1 {
-                let j = (b - b0) * s;
-                tmp[c * tcols + j..c * tcols + j + s]
-                    .copy_from_slice(&data[(b * ch + c) * s..(b * ch + c + 1) * s]);
+    out.clear();
+    out.resize(ch * tcols, T::zero());
+    let mut j0 = 0;
+    let mut r = tile.0;
+    while r < tile.1 {
+        // The part of the tile inside sample `b`: its columns `p0..p1`.
+        let b = r / rps;
+        let end = tile.1.min((b + 1) * rps);
+        let (p0, p1) = ((r - b * rps) * row_len, (end - b * rps) * row_len);
+        let src = &data[b * ch * s..(b + 1) * ch * s];
+        if transposed {
+            transpose_block(src, s, p0, p1 - p0, ch, &mut out[j0 * ch..]);
+        } else {
+            for c in 0..ch {
+                out[c * tcols + j0..c * tcols + j0 + p1 - p0].copy_from_slice(&src[c * s + p0..c * s + p1]);
             }
         }
-        (tmp.as_ptr(), tcols)
+        j0 += p1 - p0;
+        r = end;
     }
+}
+
+/// `dst[j·ch + c] = src[c·s + p0 + j]` for `j < cols`, `c < ch`, in blocks that stay in L1.
+pub(crate) fn transpose_block<T: ConvElem>(src: &[T], s: usize, p0: usize, cols: usize, ch: usize, dst: &mut [T]) {
+    const BLOCK: usize = 64;
+    crate::ops::vectorised::vectorised(
+        #[inline(always)]
+        || {
+            for jb in (0..cols).step_by(BLOCK) {
+                let w = BLOCK.min(cols - jb);
+                for c in 0..ch {
+                    let row = &src[c * s + p0 + jb..][..w];
+                    for (j, v) in row.iter().enumerate() {
+                        dst[(jb + j) * ch + c] = *v;
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// Forward convolution: `x [batch, c_in, input]`, `w [c_out, c_in, kernel]` → `[batch, c_out, output]`.
 pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
+    if conv_shifted::applies(g) {
+        return conv_shifted::conv_forward(x, w, g);
+    }
     let s_out = g.s_out();
     let len = g.batch * g.c_out * s_out;
     let mut out: Vec<T> = Vec::with_capacity(len);
@@ -521,6 +552,9 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
 /// Input gradient (col2im): `dy [batch, c_out, output]`, `w [c_out, c_in, kernel]` →
 /// `dx [batch, c_in, input]`.
 pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
+    if conv_shifted::data_grad_applies(g) {
+        return conv_shifted::conv_data_grad(dy, w, g);
+    }
     let mut dx = vec![T::zero(); g.batch * g.c_in * g.s_in()];
     if dx.is_empty() || g.s_out() == 0 {
         return dx;
@@ -545,7 +579,7 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
             let rows = (c_range.1 - c_range.0) * k_len;
             for &tile in &tiles {
                 let tcols = (tile.1 - tile.0) * row_len;
-                let (dy_ptr, dy_rs) = tile_matrix(dy, g.c_out, s_out, rps, row_len, tile, tmp);
+                gather_tile(dy, g.c_out, s_out, rps, row_len, tile, false, tmp);
                 col.resize(rows * tcols, T::zero());
                 // SAFETY: Wᵀ rows of this chunk: element (r, co) at w[co·col_rows + c0·K + r].
                 unsafe {
@@ -553,7 +587,7 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
                         rows, tcols, g.c_out,
                         col.as_mut_ptr(), tcols, 1, false,
                         w.as_ptr().add(c_range.0 * k_len), 1, col_rows as isize,
-                        dy_ptr, dy_rs as isize, 1,
+                        tmp.as_ptr(), tcols as isize, 1,
                         parallel_gemm,
                     );
                     col2im(col, g, tile, c_range, dx_ptr.get());
@@ -566,6 +600,9 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
 
 /// Weight gradient: `x [batch, c_in, input]`, `dy [batch, c_out, output]` → `dw [c_out, c_in, kernel]`.
 pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
+    if conv_shifted::applies(g) {
+        return conv_shifted::conv_weight_grad(x, dy, g);
+    }
     let col_rows = g.col_rows();
     let len = g.c_out * col_rows;
     if len == 0 || g.batch * g.s_out() == 0 {
@@ -580,7 +617,8 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
     // gather). For `dW (c_out × C·K) = dY · colᵀ` stored row-major, the left operand becomes the
     // im2col matrix (`C·K` rows per column); accumulating `dWᵀ` (column-major `c_out × C·K`)
     // keeps `dY` (`c_out` rows) on the left and reads the im2col matrix in place. Pack the
-    // smaller one; the final transpose is `c_out · C·K` elements.
+    // smaller one; the final transpose is `c_out · C·K` elements. The `dY` tile is gathered
+    // transposed in that case, so the left operand is column-major and packed by plain copies.
     let transposed = g.c_out <= col_rows;
     // Element (co, r) of the accumulator: row-major `dW`, or column-major (`dWᵀ` row-major).
     let (acc_rs, acc_cs) = if transposed { (1, g.c_out) } else { (col_rows, 1) };
@@ -588,14 +626,16 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
         let tcols = (tile.1 - tile.0) * row_len;
         col.resize(col_rows * tcols, T::zero());
         im2col(x, g, tile, (0, g.c_in), col);
-        let (dy_ptr, dy_rs) = tile_matrix(dy, g.c_out, s_out, rps, row_len, tile, tmp);
+        gather_tile(dy, g.c_out, s_out, rps, row_len, tile, transposed, tmp);
+        // dY element (co, j): tmp[j·c_out + co] when gathered transposed, else tmp[co·tcols + j].
+        let (dy_rs, dy_cs) = if transposed { (1, g.c_out) } else { (tcols, 1) };
         // SAFETY: acc holds c_out × col_rows elements at the strides above; colᵀ element (j, r)
-        // at col[r·tcols + j].
+        // at col[r·tcols + j]; tmp holds the c_out × tcols tile at the strides above.
         unsafe {
             gemm_into(
                 g.c_out, col_rows, tcols,
                 acc.as_mut_ptr(), acc_rs, acc_cs, true,
-                dy_ptr, dy_rs as isize, 1,
+                tmp.as_ptr(), dy_rs as isize, dy_cs as isize,
                 col.as_ptr(), 1, tcols as isize,
                 par,
             );
@@ -615,10 +655,10 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
 }
 
 /// Runs `step` over every tile into accumulators of `len` elements (one per worker, summed).
-fn weight_grad_sum<T: ConvElem>(
-    tiles: &[(usize, usize)],
+pub(crate) fn weight_grad_sum<T: ConvElem, Tile: Copy + Sync>(
+    tiles: &[Tile],
     len: usize,
-    step: impl Fn(&mut Vec<T>, &mut Vec<T>, &mut Vec<T>, (usize, usize), bool) + Sync,
+    step: impl Fn(&mut Vec<T>, &mut Vec<T>, &mut Vec<T>, Tile, bool) + Sync,
 ) -> Vec<T> {
     #[cfg(feature = "rayon")]
     {
@@ -656,19 +696,36 @@ fn weight_grad_sum<T: ConvElem>(
     acc
 }
 
-/// Per-channel sum over batch and space of `[batch, ch, s]`.
+/// Per-channel sum over batch and space of `[batch, ch, s]`, in 16 interleaved partial sums per
+/// map (vector lanes) added at the end.
 fn channel_sums<T: ConvElem>(dy: &[T], batch: usize, ch: usize, s: usize) -> Vec<T> {
+    const LANES: usize = 16;
     let mut out = vec![T::zero(); ch];
-    for b in 0..batch {
-        for (c, o) in out.iter_mut().enumerate() {
-            let seg = &dy[(b * ch + c) * s..(b * ch + c + 1) * s];
-            let mut acc = T::zero();
-            for v in seg {
-                acc += *v;
+    crate::ops::vectorised::vectorised(
+        #[inline(always)]
+        || {
+            for b in 0..batch {
+                for (c, o) in out.iter_mut().enumerate() {
+                    let seg = &dy[(b * ch + c) * s..(b * ch + c + 1) * s];
+                    let mut lanes = [T::zero(); LANES];
+                    let mut chunks = seg.chunks_exact(LANES);
+                    for chunk in &mut chunks {
+                        for (l, v) in lanes.iter_mut().zip(chunk) {
+                            *l += *v;
+                        }
+                    }
+                    let mut acc = T::zero();
+                    for v in chunks.remainder() {
+                        acc += *v;
+                    }
+                    for l in lanes {
+                        acc += l;
+                    }
+                    *o += acc;
+                }
             }
-            *o += acc;
-        }
-    }
+        },
+    );
     out
 }
 
