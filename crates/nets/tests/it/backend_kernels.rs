@@ -226,19 +226,18 @@ fn conv2d_matches_the_definition() {
 
 #[test]
 fn unit_stride_convolutions_by_tap_match_the_definition() {
-    // 8–32 channels in and out: one GEMM per tap over the zero-padded input. Same 3×3, valid 5×5
-    // (RED-CNN's shape), dilated, more padding than the kernel reaches (input gradient through
-    // im2col), 32 channels, several tiles per sample.
-    check(case2(2, 9, 12, [9, 7], 3, 1, 1, 1, 1), 2, false, [0; 3]);
-    check(case2(2, 8, 10, [12, 11], 5, 1, 0, 1, 1), 2, false, [0; 3]);
-    check(case2(1, 10, 8, [11, 12], 3, 1, 2, 2, 1), 2, false, [0; 3]);
-    check(case2(2, 8, 9, [6, 7], 3, 1, 3, 1, 1), 2, false, [0; 3]);
-    check(case2(2, 32, 8, [10, 9], 3, 1, 1, 1, 1), 2, false, [0; 3]);
-    check(case2(1, 8, 8, [70, 66], 3, 1, 1, 1, 1), 2, false, [0; 3]);
-    // Transposed: the stride-1 deconvolutions of RED-CNN (valid 5×5) with deep channels both ways.
-    check(case2(2, 9, 8, [10, 9], 5, 1, 0, 1, 1), 2, true, [0; 3]);
-    check(case3(2, 8, 10, [6, 5, 7], 3, 1, 1), 3, false, [0; 3]);
-    check(case3(1, 12, 8, [5, 6, 4], 3, 1, 0), 3, true, [0; 3]);
+    // 8–32 channels in and out and at least 4,096 output positions per sample: one GEMM per tap over
+    // the zero-padded input. Same 3×3 (two samples, several tiles each), valid 5×5 (RED-CNN's shape),
+    // dilated, more padding than the kernel reaches (input gradient through im2col), 32 channels.
+    check(case2(2, 9, 12, [64, 66], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 8, 10, [68, 68], 5, 1, 0, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 10, 8, [64, 66], 3, 1, 2, 2, 1), 2, false, [0; 3]);
+    check(case2(1, 8, 9, [62, 64], 3, 1, 3, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 32, 8, [64, 64], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    // Transposed (its forward pass is the input gradient by tap), and 3D.
+    check(case2(1, 9, 8, [68, 68], 5, 1, 0, 1, 1), 2, true, [0; 3]);
+    check(case3(1, 8, 10, [16, 16, 17], 3, 1, 1), 3, false, [0; 3]);
+    check(case3(1, 12, 8, [18, 18, 18], 3, 1, 0), 3, true, [0; 3]);
 }
 
 #[test]

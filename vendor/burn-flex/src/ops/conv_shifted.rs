@@ -19,7 +19,8 @@
 //! im2col matrix. The price is `K` GEMMs of depth `C` instead of one of depth `C·K`, each adding into
 //! the tile's result: measured faster for 8–32 channels in and out (the 2D and 3D U-Nets' first levels,
 //! the CRNN), slower for deeper layers (ResNet-18's 64–512 channels, RED-CNN's 96), whose GEMMs are long
-//! enough that im2col's copies matter less. Strided, shallower and deeper convolutions keep im2col.
+//! enough that im2col's copies matter less, and for small maps ([`MIN_POSITIONS`]). Strided, shallower
+//! and deeper convolutions and small maps keep im2col.
 
 use alloc::borrow::Cow;
 use alloc::vec;
@@ -31,6 +32,11 @@ use super::conv_gemm::{gemm_into, par_items, transpose_block, weight_grad_sum, C
 /// GEMMs too shallow, more makes im2col's single deep GEMM the faster one.
 const CHANNELS: core::ops::RangeInclusive<usize> = 8..=32;
 
+/// Fewest output positions per sample: tiles stay inside one sample, so smaller maps (CNN + LSTM's 32²
+/// frames, the deepest 3D levels) would make many short GEMMs and a wide padding border; im2col's tiles
+/// span samples there.
+const MIN_POSITIONS: usize = 4096;
+
 /// Grid positions per tile: a tile's `positions × C_out` result stays in L2.
 const TILE_BYTES: usize = 256 << 10;
 const MIN_TILE: usize = 256;
@@ -38,7 +44,11 @@ const MAX_TILE: usize = 4096;
 
 /// Whether the forward convolution (and the weight gradient) of `g` take this path.
 pub(crate) fn applies(g: &ConvGeom) -> bool {
-    g.stride == [1; 3] && CHANNELS.contains(&g.c_in) && CHANNELS.contains(&g.c_out) && g.k_len() > 1 && g.s_out() > 0
+    g.stride == [1; 3]
+        && CHANNELS.contains(&g.c_in)
+        && CHANNELS.contains(&g.c_out)
+        && g.k_len() > 1
+        && g.s_out() >= MIN_POSITIONS
 }
 
 /// Whether the input gradient of `g` takes this path: unit stride, and no padding beyond the kernel's
