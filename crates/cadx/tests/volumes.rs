@@ -38,19 +38,19 @@ fn the_slice_sequence_network_and_the_3d_network_find_lesions_in_an_unseen_slab(
         t.replace("cases = [1024, 128, 256]", "cases = [512, 64, 128]")
             .replace("contrast = [3.0, 5.0]", "contrast = [4.0, 6.0]")
             .replace("diameter_mm = [8.0, 14.0]", "diameter_mm = [10.0, 16.0]")
-            .replace("epochs = 20", "epochs = 8")
+            .replace("epochs = 20", "epochs = 12")
             .replace("lr = 1e-3", "lr = 2e-3")
             .replace("bootstrap = 1000", "bootstrap = 200")
     });
     let dir = tempfile::tempdir().unwrap();
     let mut epochs = 0;
     let m = volumes::train::<AB>(&r, dir.path(), &Default::default(), |_, _| epochs += 1).unwrap();
-    assert_eq!(epochs, 16);
+    assert_eq!(epochs, 24);
     assert_eq!(m.n, 128);
     for (k, rep) in &m.models {
         let auc = &rep.metrics["auc"];
         eprintln!("{k}: AUC {:.3} [{:.3}, {:.3}]", auc.value, auc.ci_low, auc.ci_high);
-        assert!(auc.value > 0.9 && auc.ci_low < auc.value, "{k}: {auc:?}"); // 0.999 (3D CNN) and 0.991 (CNN + RNN) measured
+        assert!(auc.value > 0.9 && auc.ci_low < auc.value, "{k}: {auc:?}"); // 0.999 (3D CNN) and 0.980 (CNN + RNN) measured
     }
     let written = std::fs::read_to_string(dir.path().join("metrics.json")).unwrap();
     volumes::evaluate::<B>(dir.path(), &Default::default()).unwrap();
