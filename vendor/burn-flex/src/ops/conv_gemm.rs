@@ -645,10 +645,15 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
     if !transposed {
         return acc;
     }
-    let mut dw = vec![T::zero(); len];
-    for (r, column) in acc.chunks_exact(g.c_out).enumerate() {
+    from_transposed(&acc, g.c_out, col_rows)
+}
+
+/// `dW [c_out, rows]` from its transpose `dWᵀ [rows, c_out]` (the accumulators of the weight gradients).
+pub(crate) fn from_transposed<T: ConvElem>(acc: &[T], c_out: usize, rows: usize) -> Vec<T> {
+    let mut dw = vec![T::zero(); c_out * rows];
+    for (r, column) in acc.chunks_exact(c_out).enumerate() {
         for (co, v) in column.iter().enumerate() {
-            dw[co * col_rows + r] = *v;
+            dw[co * rows + r] = *v;
         }
     }
     dw

@@ -26,7 +26,7 @@ use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::conv_gemm::{gemm_into, par_items, transpose_block, weight_grad_sum, ConvElem, ConvGeom, SyncPtr};
+use super::conv_gemm::{from_transposed, gemm_into, par_items, transpose_block, weight_grad_sum, ConvElem, ConvGeom, SyncPtr};
 
 /// Channel counts (input and output) of the convolutions that take this path: fewer would make the tap
 /// GEMMs too shallow, more makes im2col's single deep GEMM the faster one.
@@ -258,12 +258,5 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
             }
         }
     };
-    let acc = weight_grad_sum(&tiles, len, step);
-    let mut dw = vec![T::zero(); len];
-    for (r, column) in acc.chunks_exact(g.c_out).enumerate() {
-        for (co, v) in column.iter().enumerate() {
-            dw[co * col_rows + r] = *v;
-        }
-    }
-    dw
+    from_transposed(&weight_grad_sum(&tiles, len, step), g.c_out, col_rows)
 }
