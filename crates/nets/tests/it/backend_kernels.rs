@@ -8,6 +8,7 @@
 use burn::tensor::module::{conv_transpose2d, conv_transpose3d, conv2d, conv3d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Tensor, TensorData};
+use burn_flex::ops::{VectorIsa, set_vector_isa_limit, vector_isa};
 
 use crate::{B, P};
 
@@ -224,10 +225,37 @@ fn conv2d_matches_the_definition() {
     check(case2(2, 3, 40, [6, 7], 3, 1, 1, 1, 1), 2, false, [0; 3]);
 }
 
-#[test]
-fn unit_stride_convolutions_by_tap_match_the_definition() {
-    // 8–32 channels in and out and at least 4,096 output positions per sample: one GEMM per tap over
-    // the zero-padded input. Same 3×3 (two samples, several tiles each), valid 5×5 (RED-CNN's shape),
+/// Serialises the tests that cap the backend's instruction set with those that must run uncapped (the
+/// cap is process-wide).
+static ISA: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`ISA`] and restores the instruction-set cap when dropped (also when a check fails).
+struct IsaCap {
+    before: Option<VectorIsa>,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl IsaCap {
+    /// Caps the backend at `isa` (`None`: only takes the lock).
+    fn new(isa: Option<VectorIsa>) -> Self {
+        let lock = ISA.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self { before: isa.map(set_vector_isa_limit), _lock: lock }
+    }
+}
+
+impl Drop for IsaCap {
+    fn drop(&mut self) {
+        if let Some(before) = self.before {
+            set_vector_isa_limit(before);
+        }
+    }
+}
+
+/// 8–32 channels in and out and at least 4,096 output positions per sample: the convolutions that run
+/// by tap over the zero-padded input (register-blocked kernels where the CPU has AVX2 or AVX-512, one
+/// GEMM per tap otherwise).
+fn by_tap_cases() {
+    // Same 3×3 (two samples, several tiles each), valid 5×5 (RED-CNN's shape),
     // dilated, more padding than the kernel reaches (input gradient through im2col), 32 channels.
     check(case2(2, 9, 12, [64, 66], 3, 1, 1, 1, 1), 2, false, [0; 3]);
     check(case2(1, 8, 10, [68, 68], 5, 1, 0, 1, 1), 2, false, [0; 3]);
@@ -238,6 +266,25 @@ fn unit_stride_convolutions_by_tap_match_the_definition() {
     check(case2(1, 9, 8, [68, 68], 5, 1, 0, 1, 1), 2, true, [0; 3]);
     check(case3(1, 8, 10, [16, 16, 17], 3, 1, 1), 3, false, [0; 3]);
     check(case3(1, 12, 8, [18, 18, 18], 3, 1, 0), 3, true, [0; 3]);
+}
+
+#[test]
+fn unit_stride_convolutions_by_tap_match_the_definition() {
+    let _cap = IsaCap::new(None);
+    by_tap_cases();
+}
+
+#[test]
+fn narrower_instruction_sets_match_the_definition() {
+    // The widest instruction set of the CPU runs in every other test; here the kernels compiled for
+    // AVX2 and for the baseline run on the same convolutions (on a CPU without AVX-512 the first pass
+    // repeats the default path).
+    for isa in [VectorIsa::Avx2, VectorIsa::Baseline] {
+        let _cap = IsaCap::new(Some(isa));
+        assert!(vector_isa() <= isa, "capped at {isa:?}, running {:?}", vector_isa());
+        by_tap_cases();
+        check(case2(2, 3, 4, [9, 8], 3, 2, 1, 1, 1), 2, true, [0, 1, 1]);
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Unit-stride convolutions as one GEMM per kernel tap over a zero-padded copy of the input, without
-//! an im2col matrix.
+//! Unit-stride convolutions by kernel tap over a zero-padded copy of the input, without an im2col
+//! matrix.
 //!
 //! With the input zero-padded to `(Dp, Hp, Wp)`, output position `(z, y, x)` is given the index
 //! `j = z·Hp·Wp + y·Wp + x` on the padded grid, and tap `t = (kz, ky, kx)` reads the padded input at
@@ -16,16 +16,22 @@
 //!   `(k − 1)·d − p`, with the kernel flipped and its channel axes exchanged.
 //!
 //! The padded copy is read once per tap from cache instead of being expanded `K` times into an
-//! im2col matrix. The price is `K` GEMMs of depth `C` instead of one of depth `C·K`, each adding into
-//! the tile's result: measured faster for 8–32 channels in and out (the 2D and 3D U-Nets' first levels,
-//! the CRNN), slower for deeper layers (ResNet-18's 64–512 channels, RED-CNN's 96), whose GEMMs are long
-//! enough that im2col's copies matter less, and for small maps ([`MIN_POSITIONS`]). Strided, shallower
-//! and deeper convolutions and small maps keep im2col.
+//! im2col matrix. In f32 on CPUs with AVX2 or AVX-512, the forward pass and the weight gradient run
+//! the register-blocked kernels of [`conv_direct`], which keep a block of the result in registers
+//! across all taps (forward) or all positions (weight gradient); otherwise (f64, baseline x86-64) each
+//! tap is one GEMM of depth `C` adding into the tile's result. Measured faster than im2col for 8–32
+//! channels in and out (the 2D and 3D U-Nets' first levels, the centre-point detector, the CRNN) and
+//! slower for deeper layers (ResNet-18's 64–512 channels, RED-CNN's 96), whose single deep GEMM makes
+//! im2col's copies matter less, and for small maps ([`MIN_POSITIONS`]). Strided, shallower and deeper
+//! convolutions and small maps keep im2col.
 
 use alloc::borrow::Cow;
+use core::any::TypeId;
+use core::mem::ManuallyDrop;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::conv_direct::{self, Blocking};
 use super::conv_gemm::{from_transposed, gemm_into, par_items, transpose_block, weight_grad_sum, ConvElem, ConvGeom, SyncPtr};
 
 /// Channel counts (input and output) of the convolutions that take this path: fewer would make the tap
@@ -131,15 +137,24 @@ impl Grid {
 
 /// `x [batch, ch, input]` zero-padded by `padding` on each side into `grid`'s maps (borrowed when there
 /// is no padding).
-fn pad<'a, T: ConvElem>(x: &'a [T], batch: usize, ch: usize, input: [usize; 3], padding: [usize; 3], grid: &Grid) -> Cow<'a, [T]> {
-    if padding == [0; 3] {
+/// With `slack > 0`, always a copy, followed by `slack` zeros (room for reads past the last map).
+fn pad<'a, T: ConvElem>(
+    x: &'a [T],
+    batch: usize,
+    ch: usize,
+    input: [usize; 3],
+    padding: [usize; 3],
+    grid: &Grid,
+    slack: usize,
+) -> Cow<'a, [T]> {
+    if padding == [0; 3] && slack == 0 {
         return Cow::Borrowed(x);
     }
     let [d, h, w] = input;
     let [_, hp, wp] = grid.dims;
     let s_in = d * h * w;
-    let mut out = vec![T::zero(); batch * ch * grid.len];
-    for (m, map) in out.chunks_exact_mut(grid.len).enumerate() {
+    let mut out = vec![T::zero(); batch * ch * grid.len + slack];
+    for (m, map) in out.chunks_exact_mut(grid.len).take(batch * ch).enumerate() {
         let src = &x[m * s_in..(m + 1) * s_in];
         for z in 0..d {
             for y in 0..h {
@@ -154,8 +169,11 @@ fn pad<'a, T: ConvElem>(x: &'a [T], batch: usize, ch: usize, input: [usize; 3], 
 /// Forward convolution of unit stride ([`applies`]): `x [batch, c_in, input]`, `w [c_out, c_in,
 /// kernel]` → `[batch, c_out, output]`.
 pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
+    if let (Some(b), Some(x), Some(w)) = (Blocking::current(), as_f32(x), as_f32(w)) {
+        return from_f32(forward_direct(b, x, w, g));
+    }
     let grid = Grid::new(g);
-    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid);
+    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, 0);
     let s_out = g.s_out();
     let (k_len, col_rows) = (g.k_len(), g.col_rows());
     let len = g.batch * g.c_out * s_out;
@@ -226,8 +244,11 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
 /// Weight gradient of a unit-stride convolution ([`applies`]): `x [batch, c_in, input]`, `dy [batch,
 /// c_out, output]` → `dw [c_out, c_in, kernel]`.
 pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
+    if let (Some(b), Some(x), Some(dy)) = (Blocking::current(), as_f32(x), as_f32(dy)) {
+        return from_f32(weight_grad_direct(b, x, dy, g));
+    }
     let grid = Grid::new(g);
-    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid);
+    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, 0);
     let s_out = g.s_out();
     let (k_len, col_rows) = (g.k_len(), g.col_rows());
     let len = g.c_out * col_rows;
@@ -259,4 +280,120 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
         }
     };
     from_transposed(&weight_grad_sum(&tiles, len, step), g.c_out, col_rows)
+}
+
+/// `s` as f32 when `T` is f32 (the direct kernels' element type).
+fn as_f32<T: ConvElem>(s: &[T]) -> Option<&[f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice(s))
+}
+
+/// `v` as a `Vec<T>`, for `T` = f32 (after [`as_f32`] returned `Some`).
+fn from_f32<T: ConvElem>(v: Vec<f32>) -> Vec<T> {
+    assert!(TypeId::of::<T>() == TypeId::of::<f32>(), "direct kernels return f32");
+    let mut v = ManuallyDrop::new(v);
+    // SAFETY: T is f32 (asserted), so pointer, length, capacity and allocation layout carry over.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
+}
+
+/// [`conv_forward`] with the register-blocked kernel of [`conv_direct`].
+fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let grid = Grid::new(g);
+    let p = b.positions();
+    // A tile's last block reads up to p − 1 positions past the tile; the last tile's end plus the
+    // largest tap offset is at most one map's length, so the slack covers the last map.
+    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, p);
+    let co = b.fwd_channels;
+    let blocks = g.c_out.div_ceil(co);
+    let wp = conv_direct::pack_weights(w, g.c_out, g.c_in, g.k_len(), co);
+    let s_out = g.s_out();
+    let len = g.batch * g.c_out * s_out;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let tiles = grid.tiles(g.batch, g.c_out);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    par_items(tiles.len(), Vec::<f32>::new, |t, acc| {
+        let (bi, j0, j1) = tiles[t];
+        let n = (j1 - j0).next_multiple_of(p);
+        if acc.len() < n * blocks * co {
+            acc.resize(n * blocks * co, 0.0);
+        }
+        // SAFETY: n is a multiple of p; the reads x[c·len + off + j0 + j], j < n, end at most p − 1
+        // past this sample's last map (inside the next sample's maps or the slack); acc holds
+        // blocks·co rows of n; the blocking is the CPU's own.
+        unsafe {
+            conv_direct::forward_tile(
+                b,
+                xp.as_ptr().add(bi * g.c_in * grid.len + j0),
+                grid.len,
+                &grid.offsets,
+                &wp,
+                g.c_in,
+                blocks,
+                n,
+                acc.as_mut_ptr(),
+                n,
+            );
+        }
+        grid.runs(g.output, j0, j1, |j, o, l| {
+            for c in 0..g.c_out {
+                let src = &acc[c * n + j - j0..][..l];
+                // SAFETY: every output element is one grid position, and tiles do not overlap.
+                unsafe {
+                    let dst = out_ptr.get().add((bi * g.c_out + c) * s_out + o);
+                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst, l);
+                }
+            }
+        });
+    });
+    // SAFETY: the tiles cover grid positions 0..span of every sample, which include every output
+    // position, and each tile's runs write all c_out channels of its positions.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Positions of one weight-gradient pass over a tile: its output-gradient and input rows stay in L1.
+const WG_CHUNK: usize = 1024;
+
+/// [`conv_weight_grad`] with the register-blocked kernel of [`conv_direct`]; `dw [c_out, c_in, kernel]`.
+fn weight_grad_direct(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let grid = Grid::new(g);
+    let lanes = b.lanes;
+    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, lanes);
+    let s_out = g.s_out();
+    let rows = g.c_out.next_multiple_of(b.wg_out);
+    let tiles = grid.tiles(g.batch, g.c_out);
+    let step = |acc: &mut Vec<f32>, dyg: &mut Vec<f32>, _: &mut Vec<f32>, tile: (usize, usize, usize), _: bool| {
+        let (bi, j0, j1) = tile;
+        let n = (j1 - j0).next_multiple_of(lanes);
+        // The output gradient on the grid: zeros at the dropped positions, past the tile and in the
+        // rows beyond c_out.
+        dyg.clear();
+        dyg.resize(rows * n, 0.0);
+        let dyb = &dy[bi * g.c_out * s_out..(bi + 1) * g.c_out * s_out];
+        grid.runs(g.output, j0, j1, |j, o, l| {
+            for c in 0..g.c_out {
+                dyg[c * n + j - j0..][..l].copy_from_slice(&dyb[c * s_out + o..][..l]);
+            }
+        });
+        for c0 in (0..n).step_by(WG_CHUNK) {
+            let m = WG_CHUNK.min(n - c0);
+            // SAFETY: m is a multiple of lanes; dyg holds `rows` rows of n; the input reads end at
+            // most lanes − 1 past this sample's last map (next sample or slack); acc holds
+            // c_out·c_in·K; the blocking is the CPU's own.
+            unsafe {
+                conv_direct::weight_grad_tile(
+                    b,
+                    xp.as_ptr().add(bi * g.c_in * grid.len + j0 + c0),
+                    grid.len,
+                    &grid.offsets,
+                    dyg.as_ptr().add(c0),
+                    n,
+                    g.c_out,
+                    g.c_in,
+                    m,
+                    acc,
+                );
+            }
+        }
+    };
+    weight_grad_sum(&tiles, g.c_out * g.col_rows(), step)
 }

@@ -148,3 +148,5 @@ mod transaction;
 pub mod unary;
 pub mod unfold;
 mod vectorised;
+mod conv_direct;
+pub use vectorised::{VectorIsa, set_vector_isa_limit, vector_isa};

@@ -1,0 +1,286 @@
+//! Register-blocked kernels for the by-tap convolutions in f32, compiled for AVX-512 and for AVX2 and
+//! chosen at run time ([`super::vectorised::vector_isa`]).
+//!
+//! Both work on the zero-padded grid of `conv_shifted`: input channel `c` of grid position `j` at tap
+//! `t` is `x[c·len + off(t) + j]`.
+//!
+//! * Forward: a block of output channels × consecutive grid positions is held in vector registers
+//!   across all input channels and taps (`Σ_c Σ_t w[o][c][t] · x[c·len + off(t) + j]`), the positions
+//!   loaded as vectors and each weight broadcast, then stored once. One tap's GEMM per call instead
+//!   would read and write the block's result once per tap and pack its operands each time.
+//! * Weight gradient: a block of output channels × input channels is held in registers while the
+//!   positions stream through (`Σ_j dy[o][j] · x[c·len + off(t) + j]`, one vector of positions per
+//!   step), then reduced across lanes into `dw[o][c][t]`.
+//!
+//! Positions are processed a whole block at a time: callers pad the position count up to
+//! [`Blocking::positions`] (forward) or [`Blocking::lanes`] (weight gradient) and make the inputs
+//! readable that far (the extra results are dropped, the extra output-gradient positions are zeros).
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::vectorised::{VectorIsa, vector_isa};
+
+/// Register blocking of one instruction set.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Blocking {
+    isa: VectorIsa,
+    /// Floats per vector register.
+    pub(crate) lanes: usize,
+    /// Forward: output channels per block.
+    pub(crate) fwd_channels: usize,
+    /// Forward: position vectors per block.
+    fwd_vectors: usize,
+    /// Weight gradient: output channels per block.
+    pub(crate) wg_out: usize,
+}
+
+impl Blocking {
+    /// The blocking of the instruction set the CPU runs the crate's loops with, if it has direct kernels.
+    pub(crate) fn current() -> Option<Self> {
+        match vector_isa() {
+            // 8 channels × 3 vectors of 16 positions: 24 accumulators, 3 position vectors and one
+            // broadcast weight in 32 registers.
+            VectorIsa::Avx512 => Some(Self { isa: VectorIsa::Avx512, lanes: 16, fwd_channels: 8, fwd_vectors: 3, wg_out: 4 }),
+            // 4 channels × 2 vectors of 8 positions: 8 accumulators of 16 registers, six loads per
+            // eight FMAs.
+            VectorIsa::Avx2 => Some(Self { isa: VectorIsa::Avx2, lanes: 8, fwd_channels: 4, fwd_vectors: 2, wg_out: 4 }),
+            VectorIsa::Baseline => None,
+        }
+    }
+
+    /// Positions of one forward block.
+    pub(crate) fn positions(&self) -> usize {
+        self.lanes * self.fwd_vectors
+    }
+}
+
+/// Packs `w [c_out, c_in, k_len]` into blocks of `co` output channels: element `(o, c, t)` of block
+/// `cb` at `((cb·c_in + c)·k_len + t)·co + o`, zeros for channels beyond `c_out`.
+pub(crate) fn pack_weights(w: &[f32], c_out: usize, c_in: usize, k_len: usize, co: usize) -> Vec<f32> {
+    let blocks = c_out.div_ceil(co);
+    let mut packed = vec![0.0; blocks * co * c_in * k_len];
+    for out in 0..c_out {
+        let (cb, o) = (out / co, out % co);
+        for c in 0..c_in {
+            for t in 0..k_len {
+                packed[((cb * c_in + c) * k_len + t) * co + o] = w[(out * c_in + c) * k_len + t];
+            }
+        }
+    }
+    packed
+}
+
+/// One forward tile: `acc[o·stride + j] = Σ_c Σ_t wp(o, c, t) · x[c·len + offsets[t] + j]` for `o` below
+/// `blocks · fwd_channels` and `j < n`, with `wp` from [`pack_weights`] (blocks of `fwd_channels`).
+///
+/// # Safety
+/// `n` is a multiple of [`Blocking::positions`]; `x[c·len + offsets[t] + j]` is readable for every
+/// `c < c_in`, tap `t` and `j < n`; `acc` is writable for `blocks · fwd_channels` rows of `stride ≥ n`;
+/// `wp` holds `blocks · fwd_channels · c_in · offsets.len()` elements; the CPU has `b`'s instruction set.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn forward_tile(
+    b: Blocking,
+    x: *const f32,
+    len: usize,
+    offsets: &[usize],
+    wp: &[f32],
+    c_in: usize,
+    blocks: usize,
+    n: usize,
+    acc: *mut f32,
+    stride: usize,
+) {
+    debug_assert_eq!(n % b.positions(), 0);
+    debug_assert!(wp.len() >= blocks * b.fwd_channels * c_in * offsets.len());
+    // SAFETY: the caller's contract; the instruction set is `b`'s.
+    unsafe {
+        match b.isa {
+            #[cfg(target_arch = "x86_64")]
+            VectorIsa::Avx512 => avx512::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, n, acc, stride),
+            #[cfg(target_arch = "x86_64")]
+            VectorIsa::Avx2 => avx2::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, n, acc, stride),
+            _ => unreachable!("no direct kernel for {:?}", b.isa),
+        }
+    }
+}
+
+/// One weight-gradient tile: `dw[(o·c_in + c)·K + t] += Σ_{j < n} dy[o·stride + j] · x[c·len +
+/// offsets[t] + j]` for `o < c_out`, `c < c_in`, `K = offsets.len()`.
+///
+/// # Safety
+/// `n` is a multiple of [`Blocking::lanes`]; `dy` is readable for `c_out` rounded up to
+/// [`Blocking::wg_out`] rows of `stride ≥ n` (rows beyond `c_out` are read, not used);
+/// `x[c·len + offsets[t] + j]` is readable for every `c < c_in`, `t` and `j < n`; `dw` holds
+/// `c_out · c_in · K` elements; the CPU has `b`'s instruction set.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn weight_grad_tile(
+    b: Blocking,
+    x: *const f32,
+    len: usize,
+    offsets: &[usize],
+    dy: *const f32,
+    stride: usize,
+    c_out: usize,
+    c_in: usize,
+    n: usize,
+    dw: &mut [f32],
+) {
+    debug_assert_eq!(n % b.lanes, 0);
+    assert!(dw.len() >= c_out * c_in * offsets.len());
+    // SAFETY: the caller's contract; `dw` is long enough (asserted).
+    unsafe {
+        match b.isa {
+            #[cfg(target_arch = "x86_64")]
+            VectorIsa::Avx512 => avx512::weight_grad(x, len, offsets, dy, stride, c_out, c_in, n, dw.as_mut_ptr()),
+            #[cfg(target_arch = "x86_64")]
+            VectorIsa::Avx2 => avx2::weight_grad(x, len, offsets, dy, stride, c_out, c_in, n, dw.as_mut_ptr()),
+            _ => unreachable!("no direct kernel for {:?}", b.isa),
+        }
+    }
+}
+
+/// The two kernels for one instruction set: vector type, lanes, forward blocking (channels × vectors),
+/// weight-gradient blocking (output × input channels), and the intrinsics.
+macro_rules! kernels {
+    (
+        $module:ident, $feature:literal, $v:ty, $lanes:expr, [$fco:expr, $fnv:expr], [$gco:expr, $gci:expr],
+        $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $hsum:ident
+    ) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use core::arch::x86_64::*;
+
+            const W: usize = $lanes;
+
+            /// See [`super::forward_tile`].
+            #[target_feature(enable = $feature)]
+            #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+            pub(super) unsafe fn forward(
+                x: *const f32,
+                len: usize,
+                offsets: &[usize],
+                wp: *const f32,
+                c_in: usize,
+                blocks: usize,
+                n: usize,
+                acc: *mut f32,
+                stride: usize,
+            ) {
+                const CO: usize = $fco;
+                const NV: usize = $fnv;
+                let k = offsets.len();
+                for cb in 0..blocks {
+                    // SAFETY (whole loop): indices within the bounds of `super::forward_tile`'s contract.
+                    unsafe {
+                        let wb = wp.add(cb * c_in * k * CO);
+                        let mut j = 0;
+                        while j < n {
+                            let mut a: [[$v; NV]; CO] = [[$zero(); NV]; CO];
+                            for c in 0..c_in {
+                                let xc = x.add(c * len + j);
+                                let wc = wb.add(c * k * CO);
+                                for (t, off) in offsets.iter().enumerate() {
+                                    let xp = xc.add(*off);
+                                    let mut xv: [$v; NV] = [$zero(); NV];
+                                    for v in 0..NV {
+                                        xv[v] = $load(xp.add(v * W));
+                                    }
+                                    let wt = wc.add(t * CO);
+                                    for o in 0..CO {
+                                        let s = $set1(*wt.add(o));
+                                        for v in 0..NV {
+                                            a[o][v] = $fma(xv[v], s, a[o][v]);
+                                        }
+                                    }
+                                }
+                            }
+                            for o in 0..CO {
+                                let row = acc.add((cb * CO + o) * stride + j);
+                                for v in 0..NV {
+                                    $store(row.add(v * W), a[o][v]);
+                                }
+                            }
+                            j += NV * W;
+                        }
+                    }
+                }
+            }
+
+            /// See [`super::weight_grad_tile`].
+            #[target_feature(enable = $feature)]
+            #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+            pub(super) unsafe fn weight_grad(
+                x: *const f32,
+                len: usize,
+                offsets: &[usize],
+                dy: *const f32,
+                stride: usize,
+                c_out: usize,
+                c_in: usize,
+                n: usize,
+                dw: *mut f32,
+            ) {
+                const CO: usize = $gco;
+                const CI: usize = $gci;
+                let k = offsets.len();
+                for (t, off) in offsets.iter().enumerate() {
+                    for cb in (0..c_out).step_by(CO) {
+                        for c0 in (0..c_in).step_by(CI) {
+                            // SAFETY (whole block): indices within the bounds of
+                            // `super::weight_grad_tile`'s contract; input channels beyond `c_in` read
+                            // channel `c_in − 1` and are not written.
+                            unsafe {
+                                let rows: [*const f32; CI] = core::array::from_fn(|i| x.add((c0 + i).min(c_in - 1) * len + off));
+                                let mut a: [[$v; CI]; CO] = [[$zero(); CI]; CO];
+                                let mut j = 0;
+                                while j < n {
+                                    let mut d: [$v; CO] = [$zero(); CO];
+                                    for o in 0..CO {
+                                        d[o] = $load(dy.add((cb + o) * stride + j));
+                                    }
+                                    for i in 0..CI {
+                                        let xv = $load(rows[i].add(j));
+                                        for o in 0..CO {
+                                            a[o][i] = $fma(d[o], xv, a[o][i]);
+                                        }
+                                    }
+                                    j += W;
+                                }
+                                for o in 0..CO.min(c_out - cb) {
+                                    for i in 0..CI.min(c_in - c0) {
+                                        *dw.add(((cb + o) * c_in + c0 + i) * k + t) += $hsum(a[o][i]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
+            #[allow(unused_imports)]
+            use super::*;
+        }
+    };
+}
+
+kernels!(
+    avx512, "avx512f", __m512, 16, [8, 3], [4, 4],
+    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps
+);
+
+kernels!(
+    avx2, "avx2,fma", __m256, 8, [4, 2], [4, 2],
+    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, hsum256
+);
+
+/// Sum of the eight lanes of `v`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn hsum256(v: core::arch::x86_64::__m256) -> f32 {
+    use core::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
