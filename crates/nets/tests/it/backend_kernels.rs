@@ -262,6 +262,8 @@ fn by_tap_cases() {
     check(case2(1, 10, 8, [64, 66], 3, 1, 2, 2, 1), 2, false, [0; 3]);
     check(case2(1, 8, 9, [62, 64], 3, 1, 3, 1, 1), 2, false, [0; 3]);
     check(case2(1, 32, 8, [64, 64], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    // More input channels (up to 64 with the register-blocked kernels, a skip connection's concatenation).
+    check(case2(1, 40, 12, [64, 64], 3, 1, 1, 1, 1), 2, false, [0; 3]);
     // Transposed (its forward pass is the input gradient by tap), and 3D.
     check(case2(1, 9, 8, [68, 68], 5, 1, 0, 1, 1), 2, true, [0; 3]);
     check(case3(1, 8, 10, [16, 16, 17], 3, 1, 1), 3, false, [0; 3]);

@@ -224,9 +224,11 @@ macro_rules! kernels {
                 const CO: usize = $gco;
                 const CI: usize = $gci;
                 let k = offsets.len();
-                for (t, off) in offsets.iter().enumerate() {
-                    for cb in (0..c_out).step_by(CO) {
-                        for c0 in (0..c_in).step_by(CI) {
+                // Taps innermost but one: a block's output-gradient rows and its input rows (shifted by
+                // at most the largest tap offset) are read again for every tap while still in cache.
+                for cb in (0..c_out).step_by(CO) {
+                    for c0 in (0..c_in).step_by(CI) {
+                        for (t, off) in offsets.iter().enumerate() {
                             // SAFETY (whole block): indices within the bounds of
                             // `super::weight_grad_tile`'s contract; input channels beyond `c_in` read
                             // channel `c_in − 1` and are not written.

@@ -48,10 +48,20 @@ const TILE_BYTES: usize = 256 << 10;
 const MIN_TILE: usize = 256;
 const MAX_TILE: usize = 4096;
 
+/// Input channels of the convolutions that take this path where the register-blocked kernels run (f32 on
+/// AVX2 / AVX-512): up to 64, which covers VoxelMorph's decoder (up-sampled features concatenated with the
+/// encoder's: up to 64 channels in, 32 out).
+/// Output channels stay in [`CHANNELS`]: with 64 out (the 3D U-Net's third level) im2col was as fast.
+const DIRECT_IN_CHANNELS: core::ops::RangeInclusive<usize> = 8..=64;
+
 /// Whether the forward convolution (and the weight gradient) of `g` take this path.
 pub(crate) fn applies(g: &ConvGeom) -> bool {
+    let in_channels = match Blocking::current() {
+        Some(_) => DIRECT_IN_CHANNELS,
+        None => CHANNELS,
+    };
     g.stride == [1; 3]
-        && CHANNELS.contains(&g.c_in)
+        && in_channels.contains(&g.c_in)
         && CHANNELS.contains(&g.c_out)
         && g.k_len() > 1
         && g.s_out() >= MIN_POSITIONS
