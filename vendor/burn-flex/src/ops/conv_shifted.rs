@@ -184,15 +184,9 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
     }
     let grid = Grid::new(g);
     let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, 0);
-    let s_out = g.s_out();
     let (k_len, col_rows) = (g.k_len(), g.col_rows());
-    let len = g.batch * g.c_out * s_out;
-    let mut out: Vec<T> = Vec::with_capacity(len);
-    let tiles = grid.tiles(g.batch, g.c_out);
-    let parallel_gemm = tiles.len() == 1;
-    let out_ptr = SyncPtr(out.as_mut_ptr());
-    par_items(tiles.len(), Vec::<T>::new, |t, acc| {
-        let (b, j0, j1) = tiles[t];
+    let parallel_gemm = grid.tiles(g.batch, g.c_out).len() == 1;
+    forward_tiles(g, &grid, |(b, j0, j1), acc| {
         let n = j1 - j0;
         // The first tap's GEMM overwrites every element: only grow the buffer.
         if acc.len() < n * g.c_out {
@@ -213,13 +207,33 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
                 );
             }
         }
-        grid.runs(g.output, j0, j1, |j, o, len| {
+        n
+    })
+}
+
+/// Runs `compute(tile, acc)` over every tile of `grid` — it leaves the tile's result in the per-worker
+/// buffer `acc`, output channel `co` of grid position `j` at `acc[co·stride + j − j0]`, and returns
+/// `stride` — and copies each tile's output positions into `[batch, c_out, output]`.
+fn forward_tiles<T: ConvElem>(
+    g: &ConvGeom,
+    grid: &Grid,
+    compute: impl Fn((usize, usize, usize), &mut Vec<T>) -> usize + Sync + Send,
+) -> Vec<T> {
+    let s_out = g.s_out();
+    let len = g.batch * g.c_out * s_out;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let tiles = grid.tiles(g.batch, g.c_out);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    par_items(tiles.len(), Vec::<T>::new, |t, acc| {
+        let (b, j0, j1) = tiles[t];
+        let stride = compute(tiles[t], acc);
+        grid.runs(g.output, j0, j1, |j, o, l| {
             for co in 0..g.c_out {
-                let src = &acc[co * n + j - j0..][..len];
+                let src = &acc[co * stride + j - j0..][..l];
                 // SAFETY: every output element is one grid position, and tiles do not overlap.
                 unsafe {
                     let dst = out_ptr.get().add((b * g.c_out + co) * s_out + o);
-                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst, len);
+                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst, l);
                 }
             }
         });
@@ -315,13 +329,7 @@ fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let co = b.fwd_channels;
     let blocks = g.c_out.div_ceil(co);
     let wp = conv_direct::pack_weights(w, g.c_out, g.c_in, g.k_len(), co);
-    let s_out = g.s_out();
-    let len = g.batch * g.c_out * s_out;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let tiles = grid.tiles(g.batch, g.c_out);
-    let out_ptr = SyncPtr(out.as_mut_ptr());
-    par_items(tiles.len(), Vec::<f32>::new, |t, acc| {
-        let (bi, j0, j1) = tiles[t];
+    forward_tiles(g, &grid, |(bi, j0, j1), acc| {
         let n = (j1 - j0).next_multiple_of(p);
         if acc.len() < n * blocks * co {
             acc.resize(n * blocks * co, 0.0);
@@ -343,21 +351,8 @@ fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
                 n,
             );
         }
-        grid.runs(g.output, j0, j1, |j, o, l| {
-            for c in 0..g.c_out {
-                let src = &acc[c * n + j - j0..][..l];
-                // SAFETY: every output element is one grid position, and tiles do not overlap.
-                unsafe {
-                    let dst = out_ptr.get().add((bi * g.c_out + c) * s_out + o);
-                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst, l);
-                }
-            }
-        });
-    });
-    // SAFETY: the tiles cover grid positions 0..span of every sample, which include every output
-    // position, and each tile's runs write all c_out channels of its positions.
-    unsafe { out.set_len(len) };
-    out
+        n
+    })
 }
 
 /// Positions of one weight-gradient pass over a tile: its output-gradient and input rows stay in L1.
