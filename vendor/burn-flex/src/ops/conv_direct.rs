@@ -2,19 +2,23 @@
 //! chosen at run time ([`super::vectorised::vector_isa`]).
 //!
 //! Both work on the zero-padded grid of `conv_shifted`: input channel `c` of grid position `j` at tap
-//! `t` is `x[c·len + off(t) + j]`.
+//! `t` is `x[c·len + off(t) + j]`. Positions come in vectors: a vector is [`Blocking::lanes`]
+//! consecutive grid positions from a given start (`starts[i]`), so that a tile can skip the grid
+//! positions that are no output (the padding columns and rows between output rows).
 //!
-//! * Forward: a block of output channels × consecutive grid positions is held in vector registers
-//!   across all input channels and taps (`Σ_c Σ_t w[o][c][t] · x[c·len + off(t) + j]`), the positions
-//!   loaded as vectors and each weight broadcast, then stored once. One tap's GEMM per call instead
-//!   would read and write the block's result once per tap and pack its operands each time.
+//! * Forward: a block of output channels × [`Blocking::fwd_vectors`] position vectors is held in
+//!   vector registers across all input channels and taps (`Σ_c Σ_t w[o][c][t] · x[c·len + off(t) +
+//!   j]`), the positions loaded as vectors and each weight broadcast, then stored once. One tap's GEMM
+//!   per call instead would read and write the block's result once per tap and pack its operands each
+//!   time.
 //! * Weight gradient: a block of output channels × input channels is held in registers while the
-//!   positions stream through (`Σ_j dy[o][j] · x[c·len + off(t) + j]`, one vector of positions per
-//!   step), then reduced across lanes into `dw[o][c][t]`.
+//!   position vectors stream through (`Σ_j dy[o][j] · x[c·len + off(t) + j]`), then reduced across
+//!   lanes into `dw[o][c][t]`.
 //!
-//! Positions are processed a whole block at a time: callers pad the position count up to
-//! [`Blocking::positions`] (forward) or [`Blocking::lanes`] (weight gradient) and make the inputs
-//! readable that far (the extra results are dropped, the extra output-gradient positions are zeros).
+//! Results are compact: vector `i`'s positions are elements `i·lanes..(i + 1)·lanes` of a result (or
+//! output-gradient) row. Callers make every vector's inputs readable (a vector may run past the end of
+//! an output row into the padding; its extra results are dropped, its extra output-gradient elements
+//! are zeros).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -30,7 +34,7 @@ pub(crate) struct Blocking {
     /// Forward: output channels per block.
     pub(crate) fwd_channels: usize,
     /// Forward: position vectors per block.
-    fwd_vectors: usize,
+    pub(crate) fwd_vectors: usize,
     /// Weight gradient: output channels per block.
     pub(crate) wg_out: usize,
 }
@@ -49,10 +53,6 @@ impl Blocking {
         }
     }
 
-    /// Positions of one forward block.
-    pub(crate) fn positions(&self) -> usize {
-        self.lanes * self.fwd_vectors
-    }
 }
 
 /// Packs `w [c_out, c_in, k_len]` into blocks of `co` output channels: element `(o, c, t)` of block
@@ -71,13 +71,15 @@ pub(crate) fn pack_weights(w: &[f32], c_out: usize, c_in: usize, k_len: usize, c
     packed
 }
 
-/// One forward tile: `acc[o·stride + j] = Σ_c Σ_t wp(o, c, t) · x[c·len + offsets[t] + j]` for `o` below
-/// `blocks · fwd_channels` and `j < n`, with `wp` from [`pack_weights`] (blocks of `fwd_channels`).
+/// One forward tile: `acc[o·stride + i·lanes + l] = Σ_c Σ_t wp(o, c, t) · x[c·len + offsets[t] + starts[i]
+/// + l]` for `o` below `blocks · fwd_channels`, vector `i < starts.len()` and lane `l`, with `wp` from
+/// [`pack_weights`] (blocks of `fwd_channels`).
 ///
 /// # Safety
-/// `n` is a multiple of [`Blocking::positions`]; `x[c·len + offsets[t] + j]` is readable for every
-/// `c < c_in`, tap `t` and `j < n`; `acc` is writable for `blocks · fwd_channels` rows of `stride ≥ n`;
-/// `wp` holds `blocks · fwd_channels · c_in · offsets.len()` elements; the CPU has `b`'s instruction set.
+/// `starts.len()` is a multiple of [`Blocking::fwd_vectors`]; `x[c·len + offsets[t] + starts[i] + l]` is
+/// readable for every `c < c_in`, tap `t`, vector `i` and lane `l`; `acc` is writable for
+/// `blocks · fwd_channels` rows of `stride ≥ starts.len() · lanes`; `wp` holds
+/// `blocks · fwd_channels · c_in · offsets.len()` elements; the CPU has `b`'s instruction set.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn forward_tile(
     b: Blocking,
@@ -87,54 +89,53 @@ pub(crate) unsafe fn forward_tile(
     wp: &[f32],
     c_in: usize,
     blocks: usize,
-    n: usize,
+    starts: &[usize],
     acc: *mut f32,
     stride: usize,
 ) {
-    debug_assert_eq!(n % b.positions(), 0);
+    debug_assert_eq!(starts.len() % b.fwd_vectors, 0);
     debug_assert!(wp.len() >= blocks * b.fwd_channels * c_in * offsets.len());
     // SAFETY: the caller's contract; the instruction set is `b`'s.
     unsafe {
         match b.isa {
             #[cfg(target_arch = "x86_64")]
-            VectorIsa::Avx512 => avx512::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, n, acc, stride),
+            VectorIsa::Avx512 => avx512::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, starts, acc, stride),
             #[cfg(target_arch = "x86_64")]
-            VectorIsa::Avx2 => avx2::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, n, acc, stride),
+            VectorIsa::Avx2 => avx2::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, starts, acc, stride),
             _ => unreachable!("no direct kernel for {:?}", b.isa),
         }
     }
 }
 
-/// One weight-gradient tile: `dw[(o·c_in + c)·K + t] += Σ_{j < n} dy[o·stride + j] · x[c·len +
-/// offsets[t] + j]` for `o < c_out`, `c < c_in`, `K = offsets.len()`.
+/// One weight-gradient tile: `dw[(o·c_in + c)·K + t] += Σ_i Σ_l dy[o·stride + i·lanes + l] · x[c·len +
+/// offsets[t] + starts[i] + l]` for `o < c_out`, `c < c_in`, `K = offsets.len()`.
 ///
 /// # Safety
-/// `n` is a multiple of [`Blocking::lanes`]; `dy` is readable for `c_out` rounded up to
-/// [`Blocking::wg_out`] rows of `stride ≥ n` (rows beyond `c_out` are read, not used);
-/// `x[c·len + offsets[t] + j]` is readable for every `c < c_in`, `t` and `j < n`; `dw` holds
-/// `c_out · c_in · K` elements; the CPU has `b`'s instruction set.
+/// `dy` is readable for `c_out` rounded up to [`Blocking::wg_out`] rows of `stride ≥ starts.len() ·
+/// lanes` (rows beyond `c_out` are read, not used); `x[c·len + offsets[t] + starts[i] + l]` is readable
+/// for every `c < c_in`, tap `t`, vector `i` and lane `l`; `dw` holds `c_out · c_in · K` elements; the CPU
+/// has `b`'s instruction set.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn weight_grad_tile(
     b: Blocking,
     x: *const f32,
     len: usize,
     offsets: &[usize],
+    starts: &[usize],
     dy: *const f32,
     stride: usize,
     c_out: usize,
     c_in: usize,
-    n: usize,
     dw: &mut [f32],
 ) {
-    debug_assert_eq!(n % b.lanes, 0);
     assert!(dw.len() >= c_out * c_in * offsets.len());
     // SAFETY: the caller's contract; `dw` is long enough (asserted).
     unsafe {
         match b.isa {
             #[cfg(target_arch = "x86_64")]
-            VectorIsa::Avx512 => avx512::weight_grad(x, len, offsets, dy, stride, c_out, c_in, n, dw.as_mut_ptr()),
+            VectorIsa::Avx512 => avx512::weight_grad(x, len, offsets, starts, dy, stride, c_out, c_in, dw.as_mut_ptr()),
             #[cfg(target_arch = "x86_64")]
-            VectorIsa::Avx2 => avx2::weight_grad(x, len, offsets, dy, stride, c_out, c_in, n, dw.as_mut_ptr()),
+            VectorIsa::Avx2 => avx2::weight_grad(x, len, offsets, starts, dy, stride, c_out, c_in, dw.as_mut_ptr()),
             _ => unreachable!("no direct kernel for {:?}", b.isa),
         }
     }
@@ -163,7 +164,7 @@ macro_rules! kernels {
                 wp: *const f32,
                 c_in: usize,
                 blocks: usize,
-                n: usize,
+                starts: &[usize],
                 acc: *mut f32,
                 stride: usize,
             ) {
@@ -174,17 +175,17 @@ macro_rules! kernels {
                     // SAFETY (whole loop): indices within the bounds of `super::forward_tile`'s contract.
                     unsafe {
                         let wb = wp.add(cb * c_in * k * CO);
-                        let mut j = 0;
-                        while j < n {
+                        for (i, s) in starts.chunks_exact(NV).enumerate() {
+                            let j = i * NV * W;
+                            let base: [*const f32; NV] = core::array::from_fn(|v| x.add(s[v]));
                             let mut a: [[$v; NV]; CO] = [[$zero(); NV]; CO];
                             for c in 0..c_in {
-                                let xc = x.add(c * len + j);
                                 let wc = wb.add(c * k * CO);
                                 for (t, off) in offsets.iter().enumerate() {
-                                    let xp = xc.add(*off);
+                                    let r = c * len + *off;
                                     let mut xv: [$v; NV] = [$zero(); NV];
                                     for v in 0..NV {
-                                        xv[v] = $load(xp.add(v * W));
+                                        xv[v] = $load(base[v].add(r));
                                     }
                                     let wt = wc.add(t * CO);
                                     for o in 0..CO {
@@ -201,7 +202,6 @@ macro_rules! kernels {
                                     $store(row.add(v * W), a[o][v]);
                                 }
                             }
-                            j += NV * W;
                         }
                     }
                 }
@@ -214,11 +214,11 @@ macro_rules! kernels {
                 x: *const f32,
                 len: usize,
                 offsets: &[usize],
+                starts: &[usize],
                 dy: *const f32,
                 stride: usize,
                 c_out: usize,
                 c_in: usize,
-                n: usize,
                 dw: *mut f32,
             ) {
                 const CO: usize = $gco;
@@ -235,19 +235,17 @@ macro_rules! kernels {
                             unsafe {
                                 let rows: [*const f32; CI] = core::array::from_fn(|i| x.add((c0 + i).min(c_in - 1) * len + off));
                                 let mut a: [[$v; CI]; CO] = [[$zero(); CI]; CO];
-                                let mut j = 0;
-                                while j < n {
+                                for (v, s) in starts.iter().enumerate() {
                                     let mut d: [$v; CO] = [$zero(); CO];
                                     for o in 0..CO {
-                                        d[o] = $load(dy.add((cb + o) * stride + j));
+                                        d[o] = $load(dy.add((cb + o) * stride + v * W));
                                     }
                                     for i in 0..CI {
-                                        let xv = $load(rows[i].add(j));
+                                        let xv = $load(rows[i].add(*s));
                                         for o in 0..CO {
                                             a[o][i] = $fma(d[o], xv, a[o][i]);
                                         }
                                     }
-                                    j += W;
                                 }
                                 for o in 0..CO.min(c_out - cb) {
                                     for i in 0..CI.min(c_in - c0) {

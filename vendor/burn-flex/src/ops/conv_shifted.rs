@@ -18,8 +18,9 @@
 //! The padded copy is read once per tap from cache instead of being expanded `K` times into an
 //! im2col matrix. In f32 on CPUs with AVX2 or AVX-512, the forward pass and the weight gradient run
 //! the register-blocked kernels of [`conv_direct`], which keep a block of the result in registers
-//! across all taps (forward) or all positions (weight gradient); otherwise (f64, baseline x86-64) each
-//! tap is one GEMM of depth `C` adding into the tile's result. Measured faster than im2col for 8–32
+//! across all taps (forward) or all positions (weight gradient) and take the output rows' positions
+//! only, in vectors ([`RowVectors`]), not the grid's dropped ones; otherwise (f64, baseline x86-64)
+//! each tap is one GEMM of depth `C` adding into the tile's result. Measured faster than im2col for 8–32
 //! channels in and out (the 2D and 3D U-Nets' first levels, the centre-point detector, the CRNN) and
 //! slower for deeper layers (ResNet-18's 64–512 channels, RED-CNN's 96), whose single deep GEMM makes
 //! im2col's copies matter less, and for small maps ([`MIN_POSITIONS`]). Strided, shallower and deeper
@@ -106,12 +107,7 @@ impl Grid {
     /// Tiles `(sample, first position, end)` over `0..span` of every sample, at least two per thread
     /// where the work allows.
     fn tiles(&self, batch: usize, c_out: usize) -> Vec<(usize, usize, usize)> {
-        let threads = super::conv_gemm::num_threads();
-        let mut size = (TILE_BYTES / (4 * c_out.max(1))).clamp(MIN_TILE, MAX_TILE);
-        let total = batch * self.span;
-        if total / size < 2 * threads {
-            size = total.div_ceil(2 * threads).max(64);
-        }
+        let size = tile_size(batch * self.span, c_out);
         let mut tiles = Vec::new();
         for b in 0..batch {
             let mut j = 0;
@@ -141,6 +137,91 @@ impl Grid {
             if start < end {
                 f(start, (z * oh + y) * ow + start - row * wp, end - start);
             }
+        }
+    }
+}
+
+/// Tile length in grid positions for `total` positions of `c_out` channels: a tile's result stays in
+/// L2, and there are at least two tiles per thread where the work allows.
+fn tile_size(total: usize, c_out: usize) -> usize {
+    let threads = super::conv_gemm::num_threads();
+    let size = (TILE_BYTES / (4 * c_out.max(1))).clamp(MIN_TILE, MAX_TILE);
+    if total / size < 2 * threads { total.div_ceil(2 * threads).max(64) } else { size }
+}
+
+/// The output positions of one sample as the direct kernels take them: vectors of `lanes` consecutive
+/// grid positions inside one output row, `⌈Wo / lanes⌉` per row (a row's last vector runs into the
+/// padding columns when `lanes` does not divide `Wo`). Unlike a range of the grid, the vectors skip the
+/// positions between output rows and planes, which are no output.
+struct RowVectors {
+    lanes: usize,
+    /// Vectors per output row.
+    per_row: usize,
+    /// Vectors per sample.
+    count: usize,
+}
+
+impl RowVectors {
+    fn new(g: &ConvGeom, lanes: usize) -> Self {
+        let [od, oh, ow] = g.output;
+        let per_row = ow.div_ceil(lanes);
+        Self { lanes, per_row, count: od * oh * per_row }
+    }
+
+    /// Vector `v` of a sample: its first grid position, its first output position, and how many of
+    /// its lanes are output positions.
+    fn vector(&self, grid: &Grid, output: [usize; 3], v: usize) -> (usize, usize, usize) {
+        let [_, oh, ow] = output;
+        let (row, x) = (v / self.per_row, (v % self.per_row) * self.lanes);
+        let (z, y) = (row / oh, row % oh);
+        ((z * grid.dims[1] + y) * grid.dims[2] + x, row * ow + x, self.lanes.min(ow - x))
+    }
+
+    /// Tiles `(sample, first vector, end)` over every sample's vectors, each a multiple of `unit`
+    /// vectors long but a sample's last.
+    fn tiles(&self, batch: usize, c_out: usize, unit: usize) -> Vec<(usize, usize, usize)> {
+        let size = (tile_size(batch * self.count * self.lanes, c_out) / self.lanes).next_multiple_of(unit).max(unit);
+        let mut tiles = Vec::new();
+        for b in 0..batch {
+            let mut v = 0;
+            while v < self.count {
+                let e = (v + size).min(self.count);
+                tiles.push((b, v, e));
+                v = e;
+            }
+        }
+        tiles
+    }
+
+    /// The first grid positions of vectors `v0..v1`, followed by copies of the last up to a multiple of
+    /// `unit`.
+    fn starts(&self, grid: &Grid, output: [usize; 3], v0: usize, v1: usize, unit: usize) -> Vec<usize> {
+        let mut starts: Vec<usize> = (v0..v1).map(|v| self.vector(grid, output, v).0).collect();
+        let last = starts.last().copied().unwrap_or(0);
+        starts.resize((v1 - v0).next_multiple_of(unit), last);
+        starts
+    }
+
+    /// Calls `f(element, output offset, length)` for each run of output positions of vectors `v0..v1`:
+    /// elements `element..element + length` of a compact result (vector `v` at `(v − v0)·lanes`) are
+    /// output elements `offset..offset + length` of one output map.
+    fn runs(&self, grid: &Grid, output: [usize; 3], v0: usize, v1: usize, mut f: impl FnMut(usize, usize, usize)) {
+        // (element, offset, length) of the run being extended
+        let mut run: Option<(usize, usize, usize)> = None;
+        for v in v0..v1 {
+            let (_, o, l) = self.vector(grid, output, v);
+            let e = (v - v0) * self.lanes;
+            run = match run {
+                Some((re, ro, rl)) if re + rl == e && ro + rl == o => Some((re, ro, rl + l)),
+                Some(r) => {
+                    f(r.0, r.1, r.2);
+                    Some((e, o, l))
+                }
+                None => Some((e, o, l)),
+            };
+        }
+        if let Some((e, o, l)) = run {
+            f(e, o, l);
         }
     }
 }
@@ -185,8 +266,12 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
     let grid = Grid::new(g);
     let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, 0);
     let (k_len, col_rows) = (g.k_len(), g.col_rows());
-    let parallel_gemm = grid.tiles(g.batch, g.c_out).len() == 1;
-    forward_tiles(g, &grid, |(b, j0, j1), acc| {
+    let tiles = grid.tiles(g.batch, g.c_out);
+    let parallel_gemm = tiles.len() == 1;
+    let runs = |(_, j0, j1): (usize, usize, usize), f: &mut dyn FnMut(usize, usize, usize)| {
+        grid.runs(g.output, j0, j1, |j, o, l| f(j - j0, o, l))
+    };
+    forward_tiles(g, &tiles, runs, |(b, j0, j1), acc| {
         let n = j1 - j0;
         // The first tap's GEMM overwrites every element: only grow the buffer.
         if acc.len() < n * g.c_out {
@@ -211,25 +296,26 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
     })
 }
 
-/// Runs `compute(tile, acc)` over every tile of `grid` — it leaves the tile's result in the per-worker
-/// buffer `acc`, output channel `co` of grid position `j` at `acc[co·stride + j − j0]`, and returns
-/// `stride` — and copies each tile's output positions into `[batch, c_out, output]`.
+/// Runs `compute(tile, acc)` over every tile `(sample, first, end)` — it leaves the tile's result in
+/// the per-worker buffer `acc`, output channel `co` of result element `e` at `acc[co·stride + e]`, and
+/// returns `stride` — and copies each tile's output positions into `[batch, c_out, output]`:
+/// `runs(tile, f)` calls `f(element, output offset, length)` for each run of them.
 fn forward_tiles<T: ConvElem>(
     g: &ConvGeom,
-    grid: &Grid,
+    tiles: &[(usize, usize, usize)],
+    runs: impl Fn((usize, usize, usize), &mut dyn FnMut(usize, usize, usize)) + Sync + Send,
     compute: impl Fn((usize, usize, usize), &mut Vec<T>) -> usize + Sync + Send,
 ) -> Vec<T> {
     let s_out = g.s_out();
     let len = g.batch * g.c_out * s_out;
     let mut out: Vec<T> = Vec::with_capacity(len);
-    let tiles = grid.tiles(g.batch, g.c_out);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     par_items(tiles.len(), Vec::<T>::new, |t, acc| {
-        let (b, j0, j1) = tiles[t];
+        let b = tiles[t].0;
         let stride = compute(tiles[t], acc);
-        grid.runs(g.output, j0, j1, |j, o, l| {
+        runs(tiles[t], &mut |e, o, l| {
             for co in 0..g.c_out {
-                let src = &acc[co * stride + j - j0..][..l];
+                let src = &acc[co * stride + e..][..l];
                 // SAFETY: every output element is one grid position, and tiles do not overlap.
                 unsafe {
                     let dst = out_ptr.get().add((b * g.c_out + co) * s_out + o);
@@ -238,8 +324,8 @@ fn forward_tiles<T: ConvElem>(
             }
         });
     });
-    // SAFETY: the tiles cover grid positions 0..span of every sample, which include every output
-    // position, and each tile's runs write all c_out channels of its positions.
+    // SAFETY: the callers' tiles cover every output position of every sample, and each tile's runs
+    // write all c_out channels of its positions.
     unsafe { out.set_len(len) };
     out
 }
@@ -319,34 +405,40 @@ fn from_f32<T: ConvElem>(v: Vec<f32>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
-/// [`conv_forward`] with the register-blocked kernel of [`conv_direct`].
+/// [`conv_forward`] with the register-blocked kernel of [`conv_direct`], over the output rows' vectors
+/// ([`RowVectors`]).
 fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let grid = Grid::new(g);
-    let p = b.positions();
-    // A tile's last block reads up to p − 1 positions past the tile; the last tile's end plus the
-    // largest tap offset is at most one map's length, so the slack covers the last map.
-    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, p);
+    let vectors = RowVectors::new(g, b.lanes);
+    // A row's last vector reads up to lanes − 1 positions past the row's last input; for the sample's
+    // last row that is past its last map, which the slack covers.
+    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, b.lanes);
     let co = b.fwd_channels;
     let blocks = g.c_out.div_ceil(co);
     let wp = conv_direct::pack_weights(w, g.c_out, g.c_in, g.k_len(), co);
-    forward_tiles(g, &grid, |(bi, j0, j1), acc| {
-        let n = (j1 - j0).next_multiple_of(p);
+    let tiles = vectors.tiles(g.batch, g.c_out, b.fwd_vectors);
+    let runs = |(_, v0, v1): (usize, usize, usize), f: &mut dyn FnMut(usize, usize, usize)| {
+        vectors.runs(&grid, g.output, v0, v1, f)
+    };
+    forward_tiles(g, &tiles, runs, |(bi, v0, v1), acc| {
+        let starts = vectors.starts(&grid, g.output, v0, v1, b.fwd_vectors);
+        let n = starts.len() * b.lanes;
         if acc.len() < n * blocks * co {
             acc.resize(n * blocks * co, 0.0);
         }
-        // SAFETY: n is a multiple of p; the reads x[c·len + off + j0 + j], j < n, end at most p − 1
-        // past this sample's last map (inside the next sample's maps or the slack); acc holds
-        // blocks·co rows of n; the blocking is the CPU's own.
+        // SAFETY: starts.len() is a multiple of fwd_vectors; every vector's reads x[c·len + off + start +
+        // l] end at most lanes − 1 past this sample's last map (inside the next sample's maps or the
+        // slack); acc holds blocks·co rows of n; the blocking is the CPU's own.
         unsafe {
             conv_direct::forward_tile(
                 b,
-                xp.as_ptr().add(bi * g.c_in * grid.len + j0),
+                xp.as_ptr().add(bi * g.c_in * grid.len),
                 grid.len,
                 &grid.offsets,
                 &wp,
                 g.c_in,
                 blocks,
-                n,
+                &starts,
                 acc.as_mut_ptr(),
                 n,
             );
@@ -358,43 +450,45 @@ fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
 /// Positions of one weight-gradient pass over a tile: its output-gradient and input rows stay in L1.
 const WG_CHUNK: usize = 1024;
 
-/// [`conv_weight_grad`] with the register-blocked kernel of [`conv_direct`]; `dw [c_out, c_in, kernel]`.
+/// [`conv_weight_grad`] with the register-blocked kernel of [`conv_direct`], over the output rows'
+/// vectors ([`RowVectors`]); `dw [c_out, c_in, kernel]`.
 fn weight_grad_direct(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let grid = Grid::new(g);
     let lanes = b.lanes;
+    let vectors = RowVectors::new(g, lanes);
     let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, lanes);
     let s_out = g.s_out();
     let rows = g.c_out.next_multiple_of(b.wg_out);
-    let tiles = grid.tiles(g.batch, g.c_out);
-    let step = |acc: &mut Vec<f32>, dyg: &mut Vec<f32>, _: &mut Vec<f32>, tile: (usize, usize, usize), _: bool| {
-        let (bi, j0, j1) = tile;
-        let n = (j1 - j0).next_multiple_of(lanes);
-        // The output gradient on the grid: zeros at the dropped positions, past the tile and in the
+    let tiles = vectors.tiles(g.batch, g.c_out, 1);
+    let step = |acc: &mut Vec<f32>, dyv: &mut Vec<f32>, _: &mut Vec<f32>, tile: (usize, usize, usize), _: bool| {
+        let (bi, v0, v1) = tile;
+        let starts = vectors.starts(&grid, g.output, v0, v1, 1);
+        let n = starts.len() * lanes;
+        // The output gradient in the vectors' compact layout: zeros in lanes past a row's end and in the
         // rows beyond c_out.
-        dyg.clear();
-        dyg.resize(rows * n, 0.0);
+        dyv.clear();
+        dyv.resize(rows * n, 0.0);
         let dyb = &dy[bi * g.c_out * s_out..(bi + 1) * g.c_out * s_out];
-        grid.runs(g.output, j0, j1, |j, o, l| {
+        vectors.runs(&grid, g.output, v0, v1, |e, o, l| {
             for c in 0..g.c_out {
-                dyg[c * n + j - j0..][..l].copy_from_slice(&dyb[c * s_out + o..][..l]);
+                dyv[c * n + e..][..l].copy_from_slice(&dyb[c * s_out + o..][..l]);
             }
         });
-        for c0 in (0..n).step_by(WG_CHUNK) {
-            let m = WG_CHUNK.min(n - c0);
-            // SAFETY: m is a multiple of lanes; dyg holds `rows` rows of n; the input reads end at
-            // most lanes − 1 past this sample's last map (next sample or slack); acc holds
-            // c_out·c_in·K; the blocking is the CPU's own.
+        for (i, chunk) in starts.chunks(WG_CHUNK / lanes).enumerate() {
+            // SAFETY: dyv holds `rows` rows of n, this chunk's vectors from element i·WG_CHUNK; every
+            // vector's input reads end at most lanes − 1 past this sample's last map (next sample or
+            // slack); acc holds c_out·c_in·K; the blocking is the CPU's own.
             unsafe {
                 conv_direct::weight_grad_tile(
                     b,
-                    xp.as_ptr().add(bi * g.c_in * grid.len + j0 + c0),
+                    xp.as_ptr().add(bi * g.c_in * grid.len),
                     grid.len,
                     &grid.offsets,
-                    dyg.as_ptr().add(c0),
+                    chunk,
+                    dyv.as_ptr().add(i * WG_CHUNK),
                     n,
                     g.c_out,
                     g.c_in,
-                    m,
                     acc,
                 );
             }
