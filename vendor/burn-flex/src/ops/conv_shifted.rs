@@ -466,8 +466,12 @@ fn weight_grad_direct(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f
         let n = starts.len() * lanes;
         // The output gradient in the vectors' compact layout: zeros in lanes past a row's end and in the
         // rows beyond c_out.
+        // Rows start on 64-byte boundaries (n is a multiple of the lanes), so that the kernel's
+        // output-gradient loads do not straddle cache lines.
         dyv.clear();
-        dyv.resize(rows * n, 0.0);
+        dyv.resize(rows * n + 15, 0.0);
+        let a = (16 - (dyv.as_ptr() as usize / 4) % 16) % 16;
+        let dyv = &mut dyv[a..];
         let dyb = &dy[bi * g.c_out * s_out..(bi + 1) * g.c_out * s_out];
         vectors.runs(&grid, g.output, v0, v1, |e, o, l| {
             for c in 0..g.c_out {
