@@ -229,6 +229,9 @@ impl RowVectors {
 /// `x [batch, ch, input]` zero-padded by `padding` on each side into `grid`'s maps (borrowed when there
 /// is no padding).
 /// With `slack > 0`, always a copy, followed by `slack` zeros (room for reads past the last map).
+///
+/// The maps are filled in parallel, each written once: the input's rows copied, only the border
+/// zeroed.
 fn pad<'a, T: ConvElem>(
     x: &'a [T],
     batch: usize,
@@ -244,15 +247,34 @@ fn pad<'a, T: ConvElem>(
     let [d, h, w] = input;
     let [_, hp, wp] = grid.dims;
     let s_in = d * h * w;
-    let mut out = vec![T::zero(); batch * ch * grid.len + slack];
-    for (m, map) in out.chunks_exact_mut(grid.len).take(batch * ch).enumerate() {
-        let src = &x[m * s_in..(m + 1) * s_in];
-        for z in 0..d {
-            for y in 0..h {
-                let dst = ((z + padding[0]) * hp + y + padding[1]) * wp + padding[2];
-                map[dst..dst + w].copy_from_slice(&src[(z * h + y) * w..][..w]);
+    let maps = batch * ch;
+    assert!(x.len() >= maps * s_in, "pad: input shorter than its shape");
+    let total = maps * grid.len + slack;
+    let mut out: Vec<T> = Vec::with_capacity(total);
+    let base = SyncPtr(out.as_mut_ptr());
+    par_items(maps, || (), |m, _| {
+        // SAFETY: item m writes elements m·len..(m + 1)·len of the allocation and no other item does;
+        // the rows copied lie inside x (length asserted) and inside the map (the grid is the input plus
+        // its padding). The element types are floats, whose zero is all-zero bytes.
+        unsafe {
+            let map = base.get().add(m * grid.len);
+            let src = x.as_ptr().add(m * s_in);
+            let mut at = 0;
+            for z in 0..d {
+                for y in 0..h {
+                    let dst = ((z + padding[0]) * hp + y + padding[1]) * wp + padding[2];
+                    core::ptr::write_bytes(map.add(at), 0, dst - at);
+                    core::ptr::copy_nonoverlapping(src.add((z * h + y) * w), map.add(dst), w);
+                    at = dst + w;
+                }
             }
+            core::ptr::write_bytes(map.add(at), 0, grid.len - at);
         }
+    });
+    // SAFETY: the maps are written above; the slack is the rest of the allocation.
+    unsafe {
+        core::ptr::write_bytes(base.get().add(maps * grid.len), 0, slack);
+        out.set_len(total);
     }
     Cow::Owned(out)
 }
