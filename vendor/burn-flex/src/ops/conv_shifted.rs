@@ -293,7 +293,7 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
     let runs = |(_, j0, j1): (usize, usize, usize), f: &mut dyn FnMut(usize, usize, usize)| {
         grid.runs(g.output, j0, j1, |j, o, l| f(j - j0, o, l))
     };
-    forward_tiles(g, &tiles, runs, |(b, j0, j1), acc| {
+    forward_tiles(g, &tiles, runs, |(b, j0, j1), acc, _| {
         let n = j1 - j0;
         // The first tap's GEMM overwrites every element: only grow the buffer.
         if acc.len() < n * g.c_out {
@@ -318,15 +318,16 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
     })
 }
 
-/// Runs `compute(tile, acc)` over every tile `(sample, first, end)` — it leaves the tile's result in
-/// the per-worker buffer `acc`, output channel `co` of result element `e` at `acc[co·stride + e]`, and
-/// returns `stride` — and copies each tile's output positions into `[batch, c_out, output]`:
-/// `runs(tile, f)` calls `f(element, output offset, length)` for each run of them.
+/// Runs `compute(tile, acc, out)` over every tile `(sample, first, end)` — it leaves the tile's result
+/// in the per-worker buffer `acc`, output channel `co` of result element `e` at `acc[co·stride + e]`,
+/// and returns `stride`; it may also write output positions straight into `out` (`[batch, c_out,
+/// output]`) — and copies each tile's remaining output positions into `out`: `runs(tile, f)` calls
+/// `f(element, output offset, length)` for each run of them.
 fn forward_tiles<T: ConvElem>(
     g: &ConvGeom,
     tiles: &[(usize, usize, usize)],
     runs: impl Fn((usize, usize, usize), &mut dyn FnMut(usize, usize, usize)) + Sync + Send,
-    compute: impl Fn((usize, usize, usize), &mut Vec<T>) -> usize + Sync + Send,
+    compute: impl Fn((usize, usize, usize), &mut Vec<T>, SyncPtr<T>) -> usize + Sync + Send,
 ) -> Vec<T> {
     let s_out = g.s_out();
     let len = g.batch * g.c_out * s_out;
@@ -334,7 +335,7 @@ fn forward_tiles<T: ConvElem>(
     let out_ptr = SyncPtr(out.as_mut_ptr());
     par_items(tiles.len(), Vec::<T>::new, |t, acc| {
         let b = tiles[t].0;
-        let stride = compute(tiles[t], acc);
+        let stride = compute(tiles[t], acc, out_ptr);
         runs(tiles[t], &mut |e, o, l| {
             for co in 0..g.c_out {
                 let src = &acc[co * stride + e..][..l];
@@ -346,8 +347,8 @@ fn forward_tiles<T: ConvElem>(
             }
         });
     });
-    // SAFETY: the callers' tiles cover every output position of every sample, and each tile's runs
-    // write all c_out channels of its positions.
+    // SAFETY: the callers' tiles cover every output position of every sample, and each tile's compute
+    // and runs write all c_out channels of its positions.
     unsafe { out.set_len(len) };
     out
 }
@@ -438,32 +439,65 @@ fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let co = b.fwd_channels;
     let blocks = g.c_out.div_ceil(co);
     let wp = conv_direct::pack_weights(w, g.c_out, g.c_in, g.k_len(), co);
-    let tiles = vectors.tiles(g.batch, g.c_out, b.fwd_vectors);
-    let runs = |(_, v0, v1): (usize, usize, usize), f: &mut dyn FnMut(usize, usize, usize)| {
-        vectors.runs(&grid, g.output, v0, v1, f)
+    let (lanes, nv) = (b.lanes, b.fwd_vectors);
+    let tiles = vectors.tiles(g.batch, g.c_out, nv);
+    // Where the blocks cover exactly the output channels and the rows are whole vectors, vector v of a
+    // sample is output positions v·lanes.. of every channel: a tile's whole blocks of vectors are
+    // written straight into the output, only a sample's last partial block goes through `acc`.
+    let whole = blocks * co == g.c_out && g.output[2] % lanes == 0;
+    let direct = |(_, v0, v1): (usize, usize, usize)| if whole { (v1 - v0) / nv * nv } else { 0 };
+    let runs = |tile: (usize, usize, usize), f: &mut dyn FnMut(usize, usize, usize)| {
+        vectors.runs(&grid, g.output, tile.1 + direct(tile), tile.2, f)
     };
-    forward_tiles(g, &tiles, runs, |(bi, v0, v1), acc| {
-        let starts = vectors.starts(&grid, g.output, v0, v1, b.fwd_vectors);
-        let n = starts.len() * b.lanes;
+    let s_out = g.s_out();
+    forward_tiles(g, &tiles, runs, |tile, acc: &mut Vec<f32>, out: SyncPtr<f32>| {
+        let (bi, v0, v1) = tile;
+        let starts = vectors.starts(&grid, g.output, v0, v1, nv);
+        let x = xp.as_ptr();
+        let skip = direct(tile);
+        if skip > 0 {
+            // SAFETY: skip is a multiple of nv; the reads are as below; with `whole`, the blocks write
+            // channels 0..c_out of output positions v0·lanes..(v0 + skip)·lanes of sample bi, inside its
+            // maps (v0 + skip ≤ vectors per sample, whose lanes are its positions), which no other tile
+            // writes.
+            unsafe {
+                conv_direct::forward_tile(
+                    b,
+                    x.add(bi * g.c_in * grid.len),
+                    grid.len,
+                    &grid.offsets,
+                    &wp,
+                    g.c_in,
+                    blocks,
+                    &starts[..skip],
+                    out.get().add(bi * g.c_out * s_out + v0 * lanes),
+                    s_out,
+                );
+            }
+        }
+        let rest = &starts[skip..];
+        let n = rest.len() * lanes;
         if acc.len() < n * blocks * co {
             acc.resize(n * blocks * co, 0.0);
         }
-        // SAFETY: starts.len() is a multiple of fwd_vectors; every vector's reads x[c·len + off + start +
-        // l] end at most lanes − 1 past this sample's last map (inside the next sample's maps or the
-        // slack); acc holds blocks·co rows of n; the blocking is the CPU's own.
-        unsafe {
-            conv_direct::forward_tile(
-                b,
-                xp.as_ptr().add(bi * g.c_in * grid.len),
-                grid.len,
-                &grid.offsets,
-                &wp,
-                g.c_in,
-                blocks,
-                &starts,
-                acc.as_mut_ptr(),
-                n,
-            );
+        if !rest.is_empty() {
+            // SAFETY: rest.len() is a multiple of fwd_vectors; every vector's reads x[c·len + off + start +
+            // l] end at most lanes − 1 past this sample's last map (inside the next sample's maps or the
+            // slack); acc holds blocks·co rows of n; the blocking is the CPU's own.
+            unsafe {
+                conv_direct::forward_tile(
+                    b,
+                    x.add(bi * g.c_in * grid.len),
+                    grid.len,
+                    &grid.offsets,
+                    &wp,
+                    g.c_in,
+                    blocks,
+                    rest,
+                    acc.as_mut_ptr(),
+                    n,
+                );
+            }
         }
         n
     })
