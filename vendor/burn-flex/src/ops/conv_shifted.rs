@@ -33,6 +33,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::conv_direct::{self, Blocking};
+use crate::simd::aligned::SIMD_ALIGN;
 use super::conv_gemm::{from_transposed, gemm_into, par_items, transpose_block, weight_grad_sum, ConvElem, ConvGeom, SyncPtr};
 
 /// Channel counts (input and output) of the convolutions that take this path: fewer would make the tap
@@ -452,10 +453,11 @@ fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let s_out = g.s_out();
     forward_tiles(g, &tiles, runs, |tile, acc: &mut Vec<f32>, out: SyncPtr<f32>| {
         let (bi, v0, v1) = tile;
-        let starts = vectors.starts(&grid, g.output, v0, v1, nv);
         let x = xp.as_ptr();
+        let starts = vectors.starts(&grid, g.output, v0, v1, nv);
         let skip = direct(tile);
-        if skip > 0 {
+        let (whole_blocks, rest) = starts.split_at(skip);
+        if !whole_blocks.is_empty() {
             // SAFETY: skip is a multiple of nv; the reads are as below; with `whole`, the blocks write
             // channels 0..c_out of output positions v0·lanes..(v0 + skip)·lanes of sample bi, inside its
             // maps (v0 + skip ≤ vectors per sample, whose lanes are its positions), which no other tile
@@ -469,13 +471,12 @@ fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
                     &wp,
                     g.c_in,
                     blocks,
-                    &starts[..skip],
+                    whole_blocks,
                     out.get().add(bi * g.c_out * s_out + v0 * lanes),
                     s_out,
                 );
             }
         }
-        let rest = &starts[skip..];
         let n = rest.len() * lanes;
         if acc.len() < n * blocks * co {
             acc.resize(n * blocks * co, 0.0);
@@ -521,12 +522,13 @@ fn weight_grad_direct(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f
         let starts = vectors.starts(&grid, g.output, v0, v1, 1);
         let n = starts.len() * lanes;
         // The output gradient in the vectors' compact layout: zeros in lanes past a row's end and in the
-        // rows beyond c_out.
-        // Rows start on 64-byte boundaries (n is a multiple of the lanes), so that the kernel's
-        // output-gradient loads do not straddle cache lines.
+        // rows beyond c_out. Rows start on SIMD_ALIGN boundaries (n is a multiple of the lanes), so that
+        // the kernel's output-gradient loads do not straddle cache lines; the buffer is the worker's own
+        // `Vec`, reused across tiles, so the rows start at the first aligned element in it.
+        const PER_ALIGN: usize = SIMD_ALIGN / core::mem::size_of::<f32>();
         dyv.clear();
-        dyv.resize(rows * n + 15, 0.0);
-        let a = (16 - (dyv.as_ptr() as usize / 4) % 16) % 16;
+        dyv.resize(rows * n + PER_ALIGN - 1, 0.0);
+        let a = (PER_ALIGN - (dyv.as_ptr() as usize / core::mem::size_of::<f32>()) % PER_ALIGN) % PER_ALIGN;
         let dyv = &mut dyv[a..];
         let dyb = &dy[bi * g.c_out * s_out..(bi + 1) * g.c_out * s_out];
         vectors.runs(&grid, g.output, v0, v1, |e, o, l| {
