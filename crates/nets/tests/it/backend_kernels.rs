@@ -253,7 +253,7 @@ impl Drop for IsaCap {
 
 /// 8–32 channels in and out and at least 4,096 output positions per sample: the convolutions that run
 /// by tap over the zero-padded input (register-blocked kernels where the CPU has AVX2 or AVX-512, one
-/// GEMM per tap otherwise).
+/// GEMM per tap otherwise); and deeper ones that do with AVX-512.
 fn by_tap_cases() {
     // Same 3×3 (two samples, several tiles each), valid 5×5 (RED-CNN's shape),
     // dilated, more padding than the kernel reaches (input gradient through im2col), 32 channels.
@@ -268,6 +268,16 @@ fn by_tap_cases() {
     check(case2(1, 9, 8, [68, 68], 5, 1, 0, 1, 1), 2, true, [0; 3]);
     check(case3(1, 8, 10, [16, 16, 17], 3, 1, 1), 3, false, [0; 3]);
     check(case3(1, 12, 8, [18, 18, 18], 3, 1, 0), 3, true, [0; 3]);
+    // Deeper convolutions (over 32 channels out or 64 in) from 1,024 output positions, their forward
+    // pass and input gradient by tap with AVX-512: rows whose width the 16 lanes do not divide (vectors
+    // that run into the next row; a sample's last vector partly used), whole blocks of 8 channels
+    // stored straight into the output (40) or not (36), an input gradient by tap whose forward pass
+    // is not (36 → 12), a transposed convolution, and 3D (vectors that run into the next plane).
+    check(case2(2, 8, 40, [35, 35], 3, 1, 0, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 66, 36, [34, 36], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 36, 12, [35, 37], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 36, 8, [37, 37], 5, 1, 0, 1, 1), 2, true, [0; 3]);
+    check(case3(1, 8, 36, [10, 10, 20], 3, 1, 1), 3, false, [0; 3]);
 }
 
 #[test]

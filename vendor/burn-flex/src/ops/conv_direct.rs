@@ -4,7 +4,9 @@
 //! Both work on the zero-padded grid of `conv_shifted`: input channel `c` of grid position `j` at tap
 //! `t` is `x[c·len + off(t) + j]`. Positions come in vectors: a vector is [`Blocking::lanes`]
 //! consecutive grid positions from a given start (`starts[i]`), so that a tile can skip the grid
-//! positions that are no output (the padding columns and rows between output rows).
+//! positions that are no output (the padding columns and rows between output rows). With AVX-512 the
+//! forward kernel also takes vectors that run from the end of one output row into the start of the
+//! next ([`Span`]), each loaded as two masked loads, so that no lane goes past a row's end.
 //!
 //! * Forward: a block of output channels × [`Blocking::fwd_vectors`] position vectors is held in
 //!   vector registers across all input channels and taps (`Σ_c Σ_t w[o][c][t] · x[c·len + off(t) +
@@ -53,6 +55,22 @@ impl Blocking {
         }
     }
 
+    /// Whether the forward kernel takes vectors that span two output rows ([`Span`], masked loads).
+    pub(crate) fn spans(&self) -> bool {
+        matches!(self.isa, VectorIsa::Avx512)
+    }
+}
+
+/// A vector of [`Blocking::lanes`] consecutive output positions that may run from the end of one output
+/// row into the start of the next ([`forward_span_tile`], AVX-512): lane `l` in the mask `first` reads
+/// the grid at `start + l`, lane `l` in `second` at `start + gap + l`; the other lanes read nothing
+/// and give zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: usize,
+    pub(crate) gap: usize,
+    pub(crate) first: u16,
+    pub(crate) second: u16,
 }
 
 /// Packs `w [c_out, c_in, k_len]` into blocks of `co` output channels: element `(o, c, t)` of block
@@ -107,6 +125,39 @@ pub(crate) unsafe fn forward_tile(
     }
 }
 
+/// [`forward_tile`] over vectors that span output rows: `acc[o·stride + i·lanes + l] = Σ_c Σ_t wp(o, c,
+/// t) · x[c·len + offsets[t] + p]` with `p` lane `l`'s grid position in `spans[i]`, zero for lanes in
+/// neither of its masks.
+///
+/// # Safety
+/// `b` spans ([`Blocking::spans`]); `spans.len()` is a multiple of [`Blocking::fwd_vectors`]; `x[c·len +
+/// offsets[t] + p]` is readable for every `c < c_in`, tap `t` and grid position `p` of a lane in a
+/// vector's masks; `acc` and `wp` as for [`forward_tile`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn forward_span_tile(
+    b: Blocking,
+    x: *const f32,
+    len: usize,
+    offsets: &[usize],
+    wp: &[f32],
+    c_in: usize,
+    blocks: usize,
+    spans: &[Span],
+    acc: *mut f32,
+    stride: usize,
+) {
+    debug_assert_eq!(spans.len() % b.fwd_vectors, 0);
+    debug_assert!(wp.len() >= blocks * b.fwd_channels * c_in * offsets.len());
+    // SAFETY: the caller's contract; the instruction set is AVX-512.
+    unsafe {
+        match b.isa {
+            #[cfg(target_arch = "x86_64")]
+            VectorIsa::Avx512 => avx512_span::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, spans, acc, stride),
+            _ => unreachable!("no spanning kernel for {:?}", b.isa),
+        }
+    }
+}
+
 /// One weight-gradient tile: `dw[(o·c_in + c)·K + t] += Σ_i Σ_l dy[o·stride + i·lanes + l] · x[c·len +
 /// offsets[t] + starts[i] + l]` for `o < c_out`, `c < c_in`, `K = offsets.len()`.
 ///
@@ -141,6 +192,57 @@ pub(crate) unsafe fn weight_grad_tile(
     }
 }
 
+/// The forward kernel's loops (see [`forward_tile`]) for one instruction set: `$prep` turns a vector's
+/// start `$s` into what `$load` needs to load the vector's inputs at offset `$r` of the padded grid
+/// (`$p`); the rest is shared by the row vectors and the spanning vectors.
+macro_rules! forward_loop {
+    (
+        $v:ty, $w:expr, [$co:expr, $nv:expr], $zero:ident, $store:ident, $set1:ident, $fma:ident,
+        ($len:ident, $offsets:ident, $wp:ident, $c_in:ident, $blocks:ident, $starts:ident, $acc:ident, $stride:ident),
+        |$s:ident| $prep:expr,
+        |$p:ident, $r:ident| $load:expr
+    ) => {{
+        const CO: usize = $co;
+        const NV: usize = $nv;
+        let k = $offsets.len();
+        for cb in 0..$blocks {
+            let wb = $wp.add(cb * $c_in * k * CO);
+            for (i, chunk) in $starts.chunks_exact(NV).enumerate() {
+                let j = i * NV * $w;
+                let prepared: [_; NV] = core::array::from_fn(|v| {
+                    let $s = &chunk[v];
+                    $prep
+                });
+                let mut a: [[$v; NV]; CO] = [[$zero(); NV]; CO];
+                for c in 0..$c_in {
+                    let wc = wb.add(c * k * CO);
+                    for (t, off) in $offsets.iter().enumerate() {
+                        let $r = c * $len + *off;
+                        let mut xv: [$v; NV] = [$zero(); NV];
+                        for v in 0..NV {
+                            let $p = prepared[v];
+                            xv[v] = $load;
+                        }
+                        let wt = wc.add(t * CO);
+                        for o in 0..CO {
+                            let s = $set1(*wt.add(o));
+                            for v in 0..NV {
+                                a[o][v] = $fma(xv[v], s, a[o][v]);
+                            }
+                        }
+                    }
+                }
+                for o in 0..CO {
+                    let row = $acc.add((cb * CO + o) * $stride + j);
+                    for v in 0..NV {
+                        $store(row.add(v * $w), a[o][v]);
+                    }
+                }
+            }
+        }
+    }};
+}
+
 /// The two kernels for one instruction set: vector type, lanes, forward blocking (channels × vectors),
 /// weight-gradient blocking (output × input channels), and the intrinsics.
 macro_rules! kernels {
@@ -168,42 +270,14 @@ macro_rules! kernels {
                 acc: *mut f32,
                 stride: usize,
             ) {
-                const CO: usize = $fco;
-                const NV: usize = $fnv;
-                let k = offsets.len();
-                for cb in 0..blocks {
-                    // SAFETY (whole loop): indices within the bounds of `super::forward_tile`'s contract.
-                    unsafe {
-                        let wb = wp.add(cb * c_in * k * CO);
-                        for (i, s) in starts.chunks_exact(NV).enumerate() {
-                            let j = i * NV * W;
-                            let base: [*const f32; NV] = core::array::from_fn(|v| x.add(s[v]));
-                            let mut a: [[$v; NV]; CO] = [[$zero(); NV]; CO];
-                            for c in 0..c_in {
-                                let wc = wb.add(c * k * CO);
-                                for (t, off) in offsets.iter().enumerate() {
-                                    let r = c * len + *off;
-                                    let mut xv: [$v; NV] = [$zero(); NV];
-                                    for v in 0..NV {
-                                        xv[v] = $load(base[v].add(r));
-                                    }
-                                    let wt = wc.add(t * CO);
-                                    for o in 0..CO {
-                                        let s = $set1(*wt.add(o));
-                                        for v in 0..NV {
-                                            a[o][v] = $fma(xv[v], s, a[o][v]);
-                                        }
-                                    }
-                                }
-                            }
-                            for o in 0..CO {
-                                let row = acc.add((cb * CO + o) * stride + j);
-                                for v in 0..NV {
-                                    $store(row.add(v * W), a[o][v]);
-                                }
-                            }
-                        }
-                    }
+                // SAFETY: indices within the bounds of `super::forward_tile`'s contract.
+                unsafe {
+                    forward_loop!(
+                        $v, W, [$fco, $fnv], $zero, $store, $set1, $fma,
+                        (len, offsets, wp, c_in, blocks, starts, acc, stride),
+                        |s| x.add(*s),
+                        |p, r| $load(p.add(r))
+                    )
                 }
             }
 
@@ -273,6 +347,41 @@ kernels!(
     avx2, "avx2,fma", __m256, 8, [4, 2], [4, 2],
     _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, hsum256
 );
+
+/// The forward kernel over spanning vectors: each vector loaded as two masked loads.
+#[cfg(target_arch = "x86_64")]
+mod avx512_span {
+    use core::arch::x86_64::*;
+
+    use super::Span;
+
+    /// See [`super::forward_span_tile`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    pub(super) unsafe fn forward(
+        x: *const f32,
+        len: usize,
+        offsets: &[usize],
+        wp: *const f32,
+        c_in: usize,
+        blocks: usize,
+        spans: &[Span],
+        acc: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: indices within the bounds of `super::forward_span_tile`'s contract; a lane outside a
+        // mask is not read, so the second pointer may lie past the grid when `second` is empty.
+        unsafe {
+            forward_loop!(
+                // The blocking of `Blocking::current` for AVX-512.
+                __m512, 16, [8, 3], _mm512_setzero_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps,
+                (len, offsets, wp, c_in, blocks, spans, acc, stride),
+                |s| (x.wrapping_add(s.start), x.wrapping_add(s.start + s.gap), s.first, s.second),
+                |p, r| _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(p.2, p.0.wrapping_add(r)), p.3, p.1.wrapping_add(r))
+            )
+        }
+    }
+}
 
 /// Sum of the eight lanes of `v`.
 #[cfg(target_arch = "x86_64")]

@@ -600,7 +600,7 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
 
 /// Weight gradient: `x [batch, c_in, input]`, `dy [batch, c_out, output]` → `dw [c_out, c_in, kernel]`.
 pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
-    if conv_shifted::applies(g) {
+    if conv_shifted::weight_grad_applies(g) {
         return conv_shifted::conv_weight_grad(x, dy, g);
     }
     let col_rows = g.col_rows();

@@ -18,13 +18,18 @@
 //! The padded copy is read once per tap from cache instead of being expanded `K` times into an
 //! im2col matrix. In f32 on CPUs with AVX2 or AVX-512, the forward pass and the weight gradient run
 //! the register-blocked kernels of [`conv_direct`], which keep a block of the result in registers
-//! across all taps (forward) or all positions (weight gradient) and take the output rows' positions
-//! only, in vectors ([`RowVectors`]), not the grid's dropped ones; otherwise (f64, baseline x86-64)
-//! each tap is one GEMM of depth `C` adding into the tile's result. Measured faster than im2col for 8–32
-//! channels in and out (the 2D and 3D U-Nets' first levels, the centre-point detector, the CRNN) and
-//! slower for deeper layers (ResNet-18's 64–512 channels, RED-CNN's 96), whose single deep GEMM makes
-//! im2col's copies matter less, and for small maps ([`MIN_POSITIONS`]). Strided, shallower and deeper
-//! convolutions and small maps keep im2col.
+//! across all taps (forward) or all positions (weight gradient) and take the output positions only,
+//! not the grid's dropped ones: in vectors inside one output row ([`RowVectors`]), or, for the forward
+//! pass with AVX-512 where the lanes do not divide the rows, in vectors of consecutive output positions
+//! that run from one row into the next, each loaded as two masked loads ([`SpanVectors`]), so that no
+//! lane is spent past a row's end; otherwise (f64, baseline x86-64) each tap is one GEMM of depth `C`
+//! adding into the tile's result. Measured faster than im2col for 8–32 channels in and out (the 2D and
+//! 3D U-Nets' first levels, the centre-point detector, the CRNN), and with the AVX-512 kernels for the
+//! forward pass and input gradient of deeper layers up to 128 channels from 1,024 positions
+//! ([`DEEP_CHANNELS`]: RED-CNN's 96 → 96 5 × 5 layers, the 2D U-Net's 64-channel level, the decoders'
+//! 96 → 32 convolutions after a skip connection), whose weight gradients stay on im2col's GEMM (faster
+//! there). Strided convolutions, 1–7 or more than 128
+//! channels and small maps ([`MIN_POSITIONS`], [`DEEP_MIN_POSITIONS`]) keep im2col.
 
 use alloc::borrow::Cow;
 use core::any::TypeId;
@@ -32,7 +37,7 @@ use core::mem::ManuallyDrop;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::conv_direct::{self, Blocking};
+use super::conv_direct::{self, Blocking, Span};
 use crate::simd::aligned::SIMD_ALIGN;
 use super::conv_gemm::{from_transposed, gemm_into, par_items, transpose_block, weight_grad_sum, ConvElem, ConvGeom, SyncPtr};
 
@@ -53,27 +58,68 @@ const MAX_TILE: usize = 4096;
 /// Input channels of the convolutions that take this path where the register-blocked kernels run (f32 on
 /// AVX2 / AVX-512): up to 64, which covers VoxelMorph's decoder (up-sampled features concatenated with the
 /// encoder's: up to 64 channels in, 32 out).
-/// Output channels stay in [`CHANNELS`]: with 64 out (the 3D U-Net's third level) im2col was as fast.
+/// Output channels stay in [`CHANNELS`] here: with 64 out (the 3D U-Net's third level) the by-tap weight
+/// gradient was no faster than im2col's; the forward passes of deeper convolutions are [`deep`]'s.
 const DIRECT_IN_CHANNELS: core::ops::RangeInclusive<usize> = 8..=64;
 
-/// Whether the forward convolution (and the weight gradient) of `g` take this path.
-pub(crate) fn applies(g: &ConvGeom) -> bool {
+/// Channel counts (input and output) of the deeper convolutions that take this path with the AVX-512
+/// kernels, at least one of them above the shallow ranges (RED-CNN's 96 → 96 5 × 5 layers).
+const DEEP_CHANNELS: core::ops::RangeInclusive<usize> = 8..=128;
+
+/// Fewest output positions per sample of the deeper convolutions: their kernels keep a block of
+/// results in registers across `C · K ≥ 800` products, so small maps cost no more per position.
+const DEEP_MIN_POSITIONS: usize = 1024;
+
+/// Unit stride and a kernel of more than one tap.
+fn by_tap_shape(g: &ConvGeom) -> bool {
+    g.stride == [1; 3] && g.k_len() > 1
+}
+
+/// The shallow convolutions: 8–32 channels out, up to 64 in with the register-blocked kernels, at
+/// least [`MIN_POSITIONS`] output positions.
+fn shallow(g: &ConvGeom) -> bool {
     let in_channels = match Blocking::current() {
         Some(_) => DIRECT_IN_CHANNELS,
         None => CHANNELS,
     };
-    g.stride == [1; 3]
-        && in_channels.contains(&g.c_in)
-        && CHANNELS.contains(&g.c_out)
-        && g.k_len() > 1
-        && g.s_out() >= MIN_POSITIONS
+    in_channels.contains(&g.c_in) && CHANNELS.contains(&g.c_out) && g.s_out() >= MIN_POSITIONS
 }
 
-/// Whether the input gradient of `g` takes this path: unit stride, and no padding beyond the kernel's
-/// reach (the flipped convolution's padding `(k − 1)·d − p` is not negative).
+/// The deeper convolutions whose forward pass runs here with the AVX-512 kernels ([`DEEP_CHANNELS`],
+/// output rows at least one vector wide).
+fn deep(g: &ConvGeom) -> bool {
+    Blocking::current().is_some_and(|b| b.spans() && g.output[2] >= b.lanes)
+        && DEEP_CHANNELS.contains(&g.c_in)
+        && DEEP_CHANNELS.contains(&g.c_out)
+        && (g.c_in > *DIRECT_IN_CHANNELS.end() || g.c_out > *CHANNELS.end())
+        && g.s_out() >= DEEP_MIN_POSITIONS
+}
+
+/// Whether the forward convolution of `g` takes this path.
+pub(crate) fn applies(g: &ConvGeom) -> bool {
+    by_tap_shape(g) && (shallow(g) || deep(g))
+}
+
+/// Whether the weight gradient of `g` takes this path: the shallow convolutions only (at 96 channels
+/// the by-tap weight gradient ran slower than im2col's GEMM).
+pub(crate) fn weight_grad_applies(g: &ConvGeom) -> bool {
+    by_tap_shape(g) && shallow(g)
+}
+
+/// Whether the input gradient of `g` takes this path: unit stride, no padding beyond the kernel's
+/// reach (the flipped convolution's padding `(k − 1)·d − p` is not negative), and `g` or the flipped
+/// convolution one of those above.
 pub(crate) fn data_grad_applies(g: &ConvGeom) -> bool {
-    applies(g)
+    by_tap_shape(g)
         && (0..3).all(|i| g.padding[i] <= (g.kernel[i] - 1) * g.dilation[i])
+        && (shallow(g) || deep(&flipped(g)))
+}
+
+/// The convolution whose forward pass is the input gradient of `g`: channels exchanged, `g`'s output
+/// padded by `(k − 1)·d − p` (callers check it is not negative).
+fn flipped(g: &ConvGeom) -> ConvGeom {
+    let padding = core::array::from_fn(|i| ((g.kernel[i] - 1) * g.dilation[i]).saturating_sub(g.padding[i]));
+    ConvGeom { c_in: g.c_out, c_out: g.c_in, input: g.output, output: g.input, padding, ..*g }
 }
 
 /// The padded grid of a unit-stride convolution.
@@ -150,12 +196,65 @@ fn tile_size(total: usize, c_out: usize) -> usize {
     if total / size < 2 * threads { total.div_ceil(2 * threads).max(64) } else { size }
 }
 
+/// Tiles `(sample, first vector, end)` over the `count` vectors of `lanes` positions of each of `batch`
+/// samples, each a multiple of `unit` vectors long but a sample's last.
+fn vector_tiles(count: usize, lanes: usize, batch: usize, c_out: usize, unit: usize) -> Vec<(usize, usize, usize)> {
+    let size = (tile_size(batch * count * lanes, c_out) / lanes).next_multiple_of(unit).max(unit);
+    let mut tiles = Vec::new();
+    for b in 0..batch {
+        let mut v = 0;
+        while v < count {
+            let e = (v + size).min(count);
+            tiles.push((b, v, e));
+            v = e;
+        }
+    }
+    tiles
+}
+
+/// A sample's output positions in the vectors one direct forward kernel takes.
+trait Vectors: Sync {
+    /// What the kernel takes per vector.
+    type Start: Copy + Send + Sync;
+    /// Vectors per sample.
+    fn count(&self) -> usize;
+    /// The vectors `v0..v1`, followed by copies of the last up to a multiple of `unit`.
+    fn starts(&self, v0: usize, v1: usize, unit: usize) -> Vec<Self::Start>;
+    /// Vectors at the start of `v0..v1` whose lanes are the sample's output positions `v·lanes..` (`v0 ≤
+    /// v`), all of them, in whole groups of `unit`.
+    fn in_order(&self, v0: usize, v1: usize, unit: usize) -> usize;
+    /// Calls `f(element, output offset, length)` for each run of output positions of vectors `v0..v1`:
+    /// elements `element..element + length` of a compact result (vector `v` at `(v − v0)·lanes`) are
+    /// output elements `offset..offset + length` of one output map.
+    fn runs(&self, v0: usize, v1: usize, f: &mut dyn FnMut(usize, usize, usize));
+    /// [`conv_direct::forward_tile`] or its counterpart for these vectors.
+    ///
+    /// # Safety
+    /// The kernel's contract, with `starts` from [`Vectors::starts`] on a sample's padded maps at `x`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward(
+        &self,
+        b: Blocking,
+        x: *const f32,
+        grid: &Grid,
+        wp: &[f32],
+        c_in: usize,
+        blocks: usize,
+        starts: &[Self::Start],
+        acc: *mut f32,
+        stride: usize,
+    );
+}
+
 /// The output positions of one sample as the direct kernels take them: vectors of `lanes` consecutive
 /// grid positions inside one output row, `⌈Wo / lanes⌉` per row (a row's last vector runs into the
 /// padding columns when `lanes` does not divide `Wo`). Unlike a range of the grid, the vectors skip the
 /// positions between output rows and planes, which are no output.
 struct RowVectors {
     lanes: usize,
+    /// Padded grid `(Dp, Hp, Wp)`.
+    grid: [usize; 3],
+    output: [usize; 3],
     /// Vectors per output row.
     per_row: usize,
     /// Vectors per sample.
@@ -163,54 +262,45 @@ struct RowVectors {
 }
 
 impl RowVectors {
-    fn new(g: &ConvGeom, lanes: usize) -> Self {
+    fn new(g: &ConvGeom, grid: &Grid, lanes: usize) -> Self {
         let [od, oh, ow] = g.output;
         let per_row = ow.div_ceil(lanes);
-        Self { lanes, per_row, count: od * oh * per_row }
+        Self { lanes, grid: grid.dims, output: g.output, per_row, count: od * oh * per_row }
     }
 
     /// Vector `v` of a sample: its first grid position, its first output position, and how many of
     /// its lanes are output positions.
-    fn vector(&self, grid: &Grid, output: [usize; 3], v: usize) -> (usize, usize, usize) {
-        let [_, oh, ow] = output;
+    fn vector(&self, v: usize) -> (usize, usize, usize) {
+        let [_, oh, ow] = self.output;
         let (row, x) = (v / self.per_row, (v % self.per_row) * self.lanes);
         let (z, y) = (row / oh, row % oh);
-        ((z * grid.dims[1] + y) * grid.dims[2] + x, row * ow + x, self.lanes.min(ow - x))
+        ((z * self.grid[1] + y) * self.grid[2] + x, row * ow + x, self.lanes.min(ow - x))
+    }
+}
+
+impl Vectors for RowVectors {
+    type Start = usize;
+
+    fn count(&self) -> usize {
+        self.count
     }
 
-    /// Tiles `(sample, first vector, end)` over every sample's vectors, each a multiple of `unit`
-    /// vectors long but a sample's last.
-    fn tiles(&self, batch: usize, c_out: usize, unit: usize) -> Vec<(usize, usize, usize)> {
-        let size = (tile_size(batch * self.count * self.lanes, c_out) / self.lanes).next_multiple_of(unit).max(unit);
-        let mut tiles = Vec::new();
-        for b in 0..batch {
-            let mut v = 0;
-            while v < self.count {
-                let e = (v + size).min(self.count);
-                tiles.push((b, v, e));
-                v = e;
-            }
-        }
-        tiles
-    }
-
-    /// The first grid positions of vectors `v0..v1`, followed by copies of the last up to a multiple of
-    /// `unit`.
-    fn starts(&self, grid: &Grid, output: [usize; 3], v0: usize, v1: usize, unit: usize) -> Vec<usize> {
-        let mut starts: Vec<usize> = (v0..v1).map(|v| self.vector(grid, output, v).0).collect();
+    fn starts(&self, v0: usize, v1: usize, unit: usize) -> Vec<usize> {
+        let mut starts: Vec<usize> = (v0..v1).map(|v| self.vector(v).0).collect();
         let last = starts.last().copied().unwrap_or(0);
         starts.resize((v1 - v0).next_multiple_of(unit), last);
         starts
     }
 
-    /// Calls `f(element, output offset, length)` for each run of output positions of vectors `v0..v1`:
-    /// elements `element..element + length` of a compact result (vector `v` at `(v − v0)·lanes`) are
-    /// output elements `offset..offset + length` of one output map.
-    fn runs(&self, grid: &Grid, output: [usize; 3], v0: usize, v1: usize, mut f: impl FnMut(usize, usize, usize)) {
+    fn in_order(&self, v0: usize, v1: usize, unit: usize) -> usize {
+        if self.output[2] % self.lanes == 0 { (v1 - v0) / unit * unit } else { 0 }
+    }
+
+    fn runs(&self, v0: usize, v1: usize, f: &mut dyn FnMut(usize, usize, usize)) {
         // (element, offset, length) of the run being extended
         let mut run: Option<(usize, usize, usize)> = None;
         for v in v0..v1 {
-            let (_, o, l) = self.vector(grid, output, v);
+            let (_, o, l) = self.vector(v);
             let e = (v - v0) * self.lanes;
             run = match run {
                 Some((re, ro, rl)) if re + rl == e && ro + rl == o => Some((re, ro, rl + l)),
@@ -224,6 +314,101 @@ impl RowVectors {
         if let Some((e, o, l)) = run {
             f(e, o, l);
         }
+    }
+
+    unsafe fn forward(
+        &self,
+        b: Blocking,
+        x: *const f32,
+        grid: &Grid,
+        wp: &[f32],
+        c_in: usize,
+        blocks: usize,
+        starts: &[usize],
+        acc: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { conv_direct::forward_tile(b, x, grid.len, &grid.offsets, wp, c_in, blocks, starts, acc, stride) }
+    }
+}
+
+/// The output positions of one sample in output order, in vectors of `lanes` consecutive positions
+/// that run from one output row into the next ([`Span`]; AVX-512's masked loads, rows at least one
+/// vector wide): no lane is wasted where `lanes` does not divide `Wo`, only a sample's last vector may
+/// be partly used.
+struct SpanVectors {
+    lanes: usize,
+    s_out: usize,
+    spans: Vec<Span>,
+}
+
+impl SpanVectors {
+    fn new(g: &ConvGeom, grid: &Grid, lanes: usize) -> Self {
+        let [_, oh, ow] = g.output;
+        debug_assert!(ow >= lanes && lanes <= 16);
+        let s_out = g.s_out();
+        let at = |p: usize| {
+            let (row, x) = (p / ow, p % ow);
+            (row / oh * grid.dims[1] + row % oh) * grid.dims[2] + x
+        };
+        let mask = |r: core::ops::Range<usize>| ((1u32 << r.end) - (1u32 << r.start)) as u16;
+        let spans = (0..s_out.div_ceil(lanes))
+            .map(|i| {
+                let p = i * lanes;
+                let n = lanes.min(s_out - p);
+                let first = n.min(ow - p % ow);
+                let start = at(p);
+                // With rows at least `lanes` wide, the lanes past the row are the next row's first.
+                let gap = if first < n { at(p + first) - start - first } else { 0 };
+                Span { start, gap, first: mask(0..first), second: mask(first..n) }
+            })
+            .collect();
+        Self { lanes, s_out, spans }
+    }
+}
+
+impl Vectors for SpanVectors {
+    type Start = Span;
+
+    fn count(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn starts(&self, v0: usize, v1: usize, unit: usize) -> Vec<Span> {
+        let mut starts = self.spans[v0..v1].to_vec();
+        let last = starts.last().copied().unwrap_or_default();
+        starts.resize((v1 - v0).next_multiple_of(unit), last);
+        starts
+    }
+
+    fn in_order(&self, v0: usize, v1: usize, unit: usize) -> usize {
+        // Every vector but a partly used last one.
+        let whole = self.s_out / self.lanes;
+        v1.min(whole).saturating_sub(v0) / unit * unit
+    }
+
+    fn runs(&self, v0: usize, v1: usize, f: &mut dyn FnMut(usize, usize, usize)) {
+        let (first, end) = (v0 * self.lanes, (v1 * self.lanes).min(self.s_out));
+        if first < end {
+            f(0, first, end - first);
+        }
+    }
+
+    unsafe fn forward(
+        &self,
+        b: Blocking,
+        x: *const f32,
+        grid: &Grid,
+        wp: &[f32],
+        c_in: usize,
+        blocks: usize,
+        starts: &[Span],
+        acc: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { conv_direct::forward_span_tile(b, x, grid.len, &grid.offsets, wp, c_in, blocks, starts, acc, stride) }
     }
 }
 
@@ -360,19 +545,17 @@ fn forward_tiles<T: ConvElem>(
 pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
     let k_len = g.k_len();
     // w'[c][co][t] = w[co][c][K − 1 − t]
-    let mut flipped = vec![T::zero(); w.len()];
+    let mut flipped_w = vec![T::zero(); w.len()];
     for co in 0..g.c_out {
         for c in 0..g.c_in {
             let src = &w[(co * g.c_in + c) * k_len..][..k_len];
-            let dst = &mut flipped[(c * g.c_out + co) * k_len..][..k_len];
+            let dst = &mut flipped_w[(c * g.c_out + co) * k_len..][..k_len];
             for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
                 *d = *s;
             }
         }
     }
-    let padding = core::array::from_fn(|i| (g.kernel[i] - 1) * g.dilation[i] - g.padding[i]);
-    let back = ConvGeom { c_in: g.c_out, c_out: g.c_in, input: g.output, output: g.input, padding, ..*g };
-    conv_forward(dy, &flipped, &back)
+    conv_forward(dy, &flipped_w, &flipped(g))
 }
 
 /// Weight gradient of a unit-stride convolution ([`applies`]): `x [batch, c_in, input]`, `dy [batch,
@@ -429,52 +612,49 @@ fn from_f32<T: ConvElem>(v: Vec<f32>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
-/// [`conv_forward`] with the register-blocked kernel of [`conv_direct`], over the output rows' vectors
-/// ([`RowVectors`]).
+/// [`conv_forward`] with the register-blocked kernels of [`conv_direct`]: over vectors that span output
+/// rows ([`SpanVectors`]) where the CPU has them and `lanes` does not divide the rows, over the output
+/// rows' vectors ([`RowVectors`]) otherwise.
 fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let grid = Grid::new(g);
-    let vectors = RowVectors::new(g, b.lanes);
-    // A row's last vector reads up to lanes − 1 positions past the row's last input; for the sample's
-    // last row that is past its last map, which the slack covers.
-    let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, b.lanes);
+    let ow = g.output[2];
+    if b.spans() && ow % b.lanes != 0 && ow >= b.lanes {
+        // A masked lane reads nothing: no slack past the last map.
+        let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, 0);
+        forward_vectors(b, &xp, w, g, &grid, &SpanVectors::new(g, &grid, b.lanes))
+    } else {
+        // A row's last vector reads up to lanes − 1 positions past the row's last input; for the sample's
+        // last row that is past its last map, which the slack covers.
+        let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, b.lanes);
+        forward_vectors(b, &xp, w, g, &grid, &RowVectors::new(g, &grid, b.lanes))
+    }
+}
+
+/// The forward convolution over `vectors`, `xp` the padded input (every vector's reads inside it).
+fn forward_vectors<V: Vectors>(b: Blocking, xp: &[f32], w: &[f32], g: &ConvGeom, grid: &Grid, vectors: &V) -> Vec<f32> {
     let co = b.fwd_channels;
     let blocks = g.c_out.div_ceil(co);
     let wp = conv_direct::pack_weights(w, g.c_out, g.c_in, g.k_len(), co);
     let (lanes, nv) = (b.lanes, b.fwd_vectors);
-    let tiles = vectors.tiles(g.batch, g.c_out, nv);
-    // Where the blocks cover exactly the output channels and the rows are whole vectors, vector v of a
-    // sample is output positions v·lanes.. of every channel: a tile's whole blocks of vectors are
-    // written straight into the output, only a sample's last partial block goes through `acc`.
-    let whole = blocks * co == g.c_out && g.output[2] % lanes == 0;
-    let direct = |(_, v0, v1): (usize, usize, usize)| if whole { (v1 - v0) / nv * nv } else { 0 };
-    let runs = |tile: (usize, usize, usize), f: &mut dyn FnMut(usize, usize, usize)| {
-        vectors.runs(&grid, g.output, tile.1 + direct(tile), tile.2, f)
-    };
+    let tiles = vector_tiles(vectors.count(), lanes, g.batch, g.c_out, nv);
+    // Where the blocks cover exactly the output channels, a tile's leading vectors whose lanes are the
+    // sample's output positions in order are written straight into the output in whole blocks; the
+    // rest go through `acc`.
+    let direct = |(_, v0, v1): (usize, usize, usize)| if blocks * co == g.c_out { vectors.in_order(v0, v1, nv) } else { 0 };
+    let runs = |tile: (usize, usize, usize), f: &mut dyn FnMut(usize, usize, usize)| vectors.runs(tile.1 + direct(tile), tile.2, f);
     let s_out = g.s_out();
     forward_tiles(g, &tiles, runs, |tile, acc: &mut Vec<f32>, out: SyncPtr<f32>| {
         let (bi, v0, v1) = tile;
-        let x = xp.as_ptr();
-        let starts = vectors.starts(&grid, g.output, v0, v1, nv);
+        let x = xp[bi * g.c_in * grid.len..].as_ptr();
+        let starts = vectors.starts(v0, v1, nv);
         let skip = direct(tile);
-        let (whole_blocks, rest) = starts.split_at(skip);
-        if !whole_blocks.is_empty() {
-            // SAFETY: skip is a multiple of nv; the reads are as below; with `whole`, the blocks write
-            // channels 0..c_out of output positions v0·lanes..(v0 + skip)·lanes of sample bi, inside its
-            // maps (v0 + skip ≤ vectors per sample, whose lanes are its positions), which no other tile
-            // writes.
+        let (in_order, rest) = starts.split_at(skip);
+        if !in_order.is_empty() {
+            // SAFETY: skip is a multiple of nv; the reads are as below; the vectors write channels
+            // 0..c_out of output positions v0·lanes..(v0 + skip)·lanes of sample bi (`in_order`), inside
+            // its maps, which no other tile writes.
             unsafe {
-                conv_direct::forward_tile(
-                    b,
-                    x.add(bi * g.c_in * grid.len),
-                    grid.len,
-                    &grid.offsets,
-                    &wp,
-                    g.c_in,
-                    blocks,
-                    whole_blocks,
-                    out.get().add(bi * g.c_out * s_out + v0 * lanes),
-                    s_out,
-                );
+                vectors.forward(b, x, grid, &wp, g.c_in, blocks, in_order, out.get().add(bi * g.c_out * s_out + v0 * lanes), s_out);
             }
         }
         let n = rest.len() * lanes;
@@ -482,23 +662,10 @@ fn forward_direct(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
             acc.resize(n * blocks * co, 0.0);
         }
         if !rest.is_empty() {
-            // SAFETY: rest.len() is a multiple of fwd_vectors; every vector's reads x[c·len + off + start +
-            // l] end at most lanes − 1 past this sample's last map (inside the next sample's maps or the
-            // slack); acc holds blocks·co rows of n; the blocking is the CPU's own.
-            unsafe {
-                conv_direct::forward_tile(
-                    b,
-                    x.add(bi * g.c_in * grid.len),
-                    grid.len,
-                    &grid.offsets,
-                    &wp,
-                    g.c_in,
-                    blocks,
-                    rest,
-                    acc.as_mut_ptr(),
-                    n,
-                );
-            }
+            // SAFETY: rest.len() is a multiple of fwd_vectors; every vector reads inside this sample's
+            // padded maps or past them inside `xp` (the caller's padding and slack); acc holds blocks·co
+            // rows of n; the blocking is the CPU's own.
+            unsafe { vectors.forward(b, x, grid, &wp, g.c_in, blocks, rest, acc.as_mut_ptr(), n) };
         }
         n
     })
@@ -512,14 +679,14 @@ const WG_CHUNK: usize = 1024;
 fn weight_grad_direct(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let grid = Grid::new(g);
     let lanes = b.lanes;
-    let vectors = RowVectors::new(g, lanes);
+    let vectors = RowVectors::new(g, &grid, lanes);
     let xp = pad(x, g.batch, g.c_in, g.input, g.padding, &grid, lanes);
     let s_out = g.s_out();
     let rows = g.c_out.next_multiple_of(b.wg_out);
-    let tiles = vectors.tiles(g.batch, g.c_out, 1);
+    let tiles = vector_tiles(vectors.count, lanes, g.batch, g.c_out, 1);
     let step = |acc: &mut Vec<f32>, dyv: &mut Vec<f32>, _: &mut Vec<f32>, tile: (usize, usize, usize), _: bool| {
         let (bi, v0, v1) = tile;
-        let starts = vectors.starts(&grid, g.output, v0, v1, 1);
+        let starts = vectors.starts(v0, v1, 1);
         let n = starts.len() * lanes;
         // The output gradient in the vectors' compact layout: zeros in lanes past a row's end and in the
         // rows beyond c_out. Rows start on SIMD_ALIGN boundaries (n is a multiple of the lanes), so that
@@ -531,7 +698,7 @@ fn weight_grad_direct(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f
         let a = (PER_ALIGN - (dyv.as_ptr() as usize / core::mem::size_of::<f32>()) % PER_ALIGN) % PER_ALIGN;
         let dyv = &mut dyv[a..];
         let dyb = &dy[bi * g.c_out * s_out..(bi + 1) * g.c_out * s_out];
-        vectors.runs(&grid, g.output, v0, v1, |e, o, l| {
+        vectors.runs(v0, v1, &mut |e, o, l| {
             for c in 0..g.c_out {
                 dyv[c * n + e..][..l].copy_from_slice(&dyb[c * s_out + o..][..l]);
             }
