@@ -47,7 +47,13 @@ impl Blocking {
         match vector_isa() {
             // 8 channels × 3 vectors of 16 positions: 24 accumulators, 3 position vectors and one
             // broadcast weight in 32 registers.
-            VectorIsa::Avx512 => Some(Self { isa: VectorIsa::Avx512, lanes: 16, fwd_channels: 8, fwd_vectors: 3, wg_out: 4 }),
+            VectorIsa::Avx512 => Some(Self {
+                isa: VectorIsa::Avx512,
+                lanes: 16,
+                fwd_channels: AVX512_FWD[0],
+                fwd_vectors: AVX512_FWD[1],
+                wg_out: 4,
+            }),
             // 4 channels × 2 vectors of 8 positions: 8 accumulators of 16 registers, six loads per
             // eight FMAs.
             VectorIsa::Avx2 => Some(Self { isa: VectorIsa::Avx2, lanes: 8, fwd_channels: 4, fwd_vectors: 2, wg_out: 4 }),
@@ -60,6 +66,9 @@ impl Blocking {
         matches!(self.isa, VectorIsa::Avx512)
     }
 }
+
+/// The AVX-512 forward blocking, output channels × position vectors, shared by both forward kernels.
+const AVX512_FWD: [usize; 2] = [8, 3];
 
 /// A vector of [`Blocking::lanes`] consecutive output positions that may run from the end of one output
 /// row into the start of the next ([`forward_span_tile`], AVX-512): lane `l` in the mask `first` reads
@@ -339,7 +348,7 @@ macro_rules! kernels {
 }
 
 kernels!(
-    avx512, "avx512f", __m512, 16, [8, 3], [4, 4],
+    avx512, "avx512f", __m512, 16, [AVX512_FWD[0], AVX512_FWD[1]], [4, 4],
     _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps
 );
 
@@ -373,8 +382,7 @@ mod avx512_span {
         // mask is not read, so the second pointer may lie past the grid when `second` is empty.
         unsafe {
             forward_loop!(
-                // The blocking of `Blocking::current` for AVX-512.
-                __m512, 16, [8, 3], _mm512_setzero_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps,
+                __m512, 16, [super::AVX512_FWD[0], super::AVX512_FWD[1]], _mm512_setzero_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps,
                 (len, offsets, wp, c_in, blocks, spans, acc, stride),
                 |s| (x.wrapping_add(s.start), x.wrapping_add(s.start + s.gap), s.first, s.second),
                 |p, r| _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(p.2, p.0.wrapping_add(r)), p.3, p.1.wrapping_add(r))
