@@ -280,6 +280,31 @@ fn by_tap_cases() {
     check(case3(1, 8, 36, [10, 10, 20], 3, 1, 1), 3, false, [0; 3]);
 }
 
+/// Deep convolutions of small maps in batches of 12 or more: GEMMs over the output positions with the
+/// samples as columns, over the taps that read inside the input only (128 channels or more summed per
+/// tap; with AVX-512 the forward pass and weight gradient from 128 output channels, the input gradient
+/// from 128 input channels; from 32 with AVX2).
+fn panel_cases() {
+    // Same 3 × 3 on 4 × 4 maps (the border positions' taps partly in the padding); 136 channels: two
+    // whole row panels and a partial one; 13 samples: panels of 6, 6 and 1; weight gradient column
+    // panels of 6 channels, the last of 2.
+    check(case2(13, 128, 136, [4, 4], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    // Stride 2 (the input gradient's taps by parity, the weight gradient's runs one position long).
+    check(case2(12, 130, 128, [7, 7], 3, 2, 1, 1, 1), 2, false, [0; 3]);
+    // Dilation; padding past the kernel's reach (positions that read padding only are zero).
+    check(case2(12, 128, 128, [5, 5], 3, 1, 2, 2, 1), 2, false, [0; 3]);
+    check(case2(12, 128, 130, [3, 3], 3, 1, 3, 1, 1), 2, false, [0; 3]);
+    // Transposed (its forward pass is an input gradient), and 3D.
+    check(case2(12, 130, 128, [4, 4], 3, 1, 1, 1, 1), 2, true, [0; 3]);
+    check(case3(12, 128, 128, [2, 3, 3], 3, 1, 1), 3, false, [0; 3]);
+}
+
+#[test]
+fn deep_convolutions_of_small_maps_match_the_definition() {
+    let _cap = IsaCap::new(None);
+    panel_cases();
+}
+
 #[test]
 fn unit_stride_convolutions_by_tap_match_the_definition() {
     let _cap = IsaCap::new(None);
@@ -295,6 +320,7 @@ fn narrower_instruction_sets_match_the_definition() {
         let _cap = IsaCap::new(Some(isa));
         assert!(vector_isa() <= isa, "capped at {isa:?}, running {:?}", vector_isa());
         by_tap_cases();
+        panel_cases();
         check(case2(2, 3, 4, [9, 8], 3, 2, 1, 1, 1), 2, true, [0, 1, 1]);
     }
 }

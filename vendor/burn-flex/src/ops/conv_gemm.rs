@@ -25,7 +25,7 @@ use burn_std::{Bytes, FloatDType, Shape};
 use bytemuck::Pod;
 use num_traits::Float;
 
-use super::conv_shifted;
+use super::{conv_panel, conv_shifted};
 use crate::{Flex, FlexTensor, Layout};
 
 /// Target number of elements of one tile's im2col matrix (512 KiB in f32: packed and consumed in L2).
@@ -484,6 +484,11 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
     if conv_shifted::applies(g) {
         return conv_shifted::conv_forward(x, w, g);
     }
+    if let (Some(xf), Some(wf)) = (conv_shifted::as_f32(x), conv_shifted::as_f32(w))
+        && let Some(k) = conv_panel::forward_kernels(g)
+    {
+        return conv_shifted::from_f32(conv_panel::conv_forward(k, xf, wf, g));
+    }
     let s_out = g.s_out();
     let len = g.batch * g.c_out * s_out;
     let mut out: Vec<T> = Vec::with_capacity(len);
@@ -555,6 +560,11 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
     if conv_shifted::data_grad_applies(g) {
         return conv_shifted::conv_data_grad(dy, w, g);
     }
+    if let (Some(dyf), Some(wf)) = (conv_shifted::as_f32(dy), conv_shifted::as_f32(w))
+        && let Some(k) = conv_panel::data_grad_kernels(g)
+    {
+        return conv_shifted::from_f32(conv_panel::conv_data_grad(k, dyf, wf, g));
+    }
     let mut dx = vec![T::zero(); g.batch * g.c_in * g.s_in()];
     if dx.is_empty() || g.s_out() == 0 {
         return dx;
@@ -602,6 +612,11 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
 pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     if conv_shifted::weight_grad_applies(g) {
         return conv_shifted::conv_weight_grad(x, dy, g);
+    }
+    if let (Some(xf), Some(dyf)) = (conv_shifted::as_f32(x), conv_shifted::as_f32(dy))
+        && let Some(k) = conv_panel::weight_grad_kernels(g)
+    {
+        return conv_shifted::from_f32(conv_panel::conv_weight_grad(k, xf, dyf, g));
     }
     let col_rows = g.col_rows();
     let len = g.c_out * col_rows;

@@ -600,12 +600,12 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
 }
 
 /// `s` as f32 when `T` is f32 (the direct kernels' element type).
-fn as_f32<T: ConvElem>(s: &[T]) -> Option<&[f32]> {
+pub(crate) fn as_f32<T: ConvElem>(s: &[T]) -> Option<&[f32]> {
     (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice(s))
 }
 
 /// `v` as a `Vec<T>`, for `T` = f32 (after [`as_f32`] returned `Some`).
-fn from_f32<T: ConvElem>(v: Vec<f32>) -> Vec<T> {
+pub(crate) fn from_f32<T: ConvElem>(v: Vec<f32>) -> Vec<T> {
     assert!(TypeId::of::<T>() == TypeId::of::<f32>(), "direct kernels return f32");
     let mut v = ManuallyDrop::new(v);
     // SAFETY: T is f32 (asserted), so pointer, length, capacity and allocation layout carry over.

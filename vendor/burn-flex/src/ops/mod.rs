@@ -121,6 +121,7 @@ pub mod comparison;
 mod conv_common;
 pub mod conv;
 pub mod conv_gemm;
+mod conv_panel;
 mod conv_shifted;
 pub mod conv_transpose;
 pub mod cumulative;
