@@ -240,7 +240,8 @@ pub(crate) fn conv_weight_grad(k: Kernels, x: &[f32], dy: &[f32], g: &ConvGeom) 
     let reads = reads(&Taps::forward(g), s_out, taps);
     // Positions per block of the reduction: the row panels of all output channels over them stay in L2.
     let p_blk = (LHS_BLOCK_BYTES / (blocks * mr * batch * 4)).max(1);
-    // `dW` as `[tap][c_in][c_out]`: a block's rows (output channels) contiguous.
+    // `dWᵀ` (`[c_in][tap][c_out]`): a block's rows (output channels) contiguous, turned into `dW` by the
+    // same transpose as im2col's weight gradient.
     let mut dwt = vec![0.0f32; taps * c_in * c_out];
     let dst = SyncPtr(dwt.as_mut_ptr());
     let items = taps * col_panels;
@@ -275,7 +276,7 @@ pub(crate) fn conv_weight_grad(k: Kernels, x: &[f32], dy: &[f32], g: &ConvGeom) 
                         for b in 0..blocks {
                             let rows = mr.min(c_out - b * mr);
                             let kernel = k.table[rows.div_ceil(k.lanes) - 1][nc - 1];
-                            // SAFETY: the destination block (`rows` × `nc` at column stride `c_out`) lies
+                            // SAFETY: the destination block (`rows` × `nc` at column stride `taps · c_out`) lies
                             // inside `dwt` and belongs to this item only; the row panels hold `(e − p)·batch`
                             // steps of `mr` from position `p`, the column panels as many steps of `NR` from
                             // input position `q`; the CPU has the kernel's instructions.
@@ -284,10 +285,10 @@ pub(crate) fn conv_weight_grad(k: Kernels, x: &[f32], dy: &[f32], g: &ConvGeom) 
                                     rows,
                                     nc,
                                     (e - p) * batch,
-                                    dst.get().add((t * c_in + cp * NR) * c_out + b * mr),
+                                    dst.get().add((cp * NR * taps + t) * c_out + b * mr),
                                     dyp.as_ptr().add((b * s_out + p) * batch * mr),
                                     xp.as_ptr().add((cp * s_in + q) * batch * NR),
-                                    c_out as isize,
+                                    (taps * c_out) as isize,
                                     1,
                                     mr as isize,
                                     NR as isize,
@@ -308,27 +309,8 @@ pub(crate) fn conv_weight_grad(k: Kernels, x: &[f32], dy: &[f32], g: &ConvGeom) 
             }
         },
     );
-    // Taps no position reaches stay zero. Back to `[c_out, c_in, tap]`.
-    let row_len = c_in * taps;
-    let mut dw = vec![0.0f32; c_out * row_len];
-    let dw_ptr = SyncPtr(dw.as_mut_ptr());
-    par_items(
-        blocks,
-        || (),
-        |b, _| {
-            let rows = mr.min(c_out - b * mr);
-            // SAFETY: block `b` writes its own output channels' rows only.
-            let out = unsafe { core::slice::from_raw_parts_mut(dw_ptr.get().add(b * mr * row_len), rows * row_len) };
-            for (i, row) in out.chunks_exact_mut(row_len).enumerate() {
-                for (c, tap_row) in row.chunks_exact_mut(taps).enumerate() {
-                    for (t, v) in tap_row.iter_mut().enumerate() {
-                        *v = dwt[(t * c_in + c) * c_out + b * mr + i];
-                    }
-                }
-            }
-        },
-    );
-    dw
+    // Taps no position reaches stay zero.
+    super::conv_gemm::from_transposed(&dwt, c_out, c_in * taps)
 }
 
 /// `src [batch, ch, s]` in panels of `w` channels, `[ch / w][s][batch][w]` (channels past `ch` zero).
