@@ -321,6 +321,7 @@ fn narrower_instruction_sets_match_the_definition() {
         assert!(vector_isa() <= isa, "capped at {isa:?}, running {:?}", vector_isa());
         by_tap_cases();
         panel_cases();
+        pooling_cases();
         check(case2(2, 3, 4, [9, 8], 3, 2, 1, 1, 1), 2, true, [0, 1, 1]);
     }
 }
@@ -444,39 +445,67 @@ fn strided_tensors_are_made_contiguous_in_order() {
     }
 }
 
-#[test]
-fn max_pooling_matches_the_definition() {
-    use burn::tensor::module::max_pool2d;
-    // 2×2 stride 2 (windows inside the input) and 3×3 stride 2 on an odd size, forward and backward.
-    for &(k, s, hw) in &[(2usize, 2usize, [8usize, 10usize]), (3, 2, [9, 7])] {
-        let (n, c) = (2, 3);
-        let xv = random(n * c * hw[0] * hw[1], 13);
-        let x = tensor::<4>(&xv, [n, c, hw[0], hw[1]]);
-        let y = max_pool2d(x.clone(), [k, k], [s, s], [0, 0], [1, 1], false);
-        let (oh, ow) = ((hw[0] - k) / s + 1, (hw[1] - k) / s + 1);
-        let rv = random(n * c * oh * ow, 14);
-        let got = values(y.clone().inner());
-        let mut dx = vec![0.0f64; xv.len()];
-        for p in 0..n * c {
-            for i in 0..oh {
-                for j in 0..ow {
-                    let mut best = (f64::NEG_INFINITY, usize::MAX);
-                    for a in 0..k {
-                        for b in 0..k {
-                            let at = (p * hw[0] + i * s + a) * hw[1] + j * s + b;
-                            if best.1 == usize::MAX || xv[at] > best.0 {
-                                best = (xv[at], at);
-                            }
+/// Max pooling `(kernel, stride, padding, [h, w], ties)` checked against the per-window scan (the first tap
+/// of a window, then a later one where strictly greater), forward values, indices and the input gradient.
+/// With `ties` the values are rounded to a few levels, so that equal maxima within a window are common.
+fn pooling_case(k: [usize; 2], s: [usize; 2], pad: [usize; 2], hw: [usize; 2], ties: bool) {
+    use burn::tensor::module::{max_pool2d, max_pool2d_with_indices};
+    let (n, c) = (2, 3);
+    let mut xv = random(n * c * hw[0] * hw[1], 13);
+    if ties {
+        xv.iter_mut().for_each(|v| *v = (*v * 2.0).round());
+    }
+    let x = tensor::<4>(&xv, [n, c, hw[0], hw[1]]);
+    let y = max_pool2d(x.clone(), k, s, pad, [1, 1], false);
+    let indices = max_pool2d_with_indices(x.clone().inner(), k, s, pad, [1, 1], false).1;
+    let indices = indices.into_data().convert::<i64>().to_vec::<i64>().expect("i64 indices");
+    let (oh, ow) = ((hw[0] + 2 * pad[0] - k[0]) / s[0] + 1, (hw[1] + 2 * pad[1] - k[1]) / s[1] + 1);
+    let rv = random(n * c * oh * ow, 14);
+    let got = values(y.clone().inner());
+    let mut dx = vec![0.0f64; xv.len()];
+    let case = format!("max_pool2d k{k:?} s{s:?} p{pad:?} {hw:?} ties {ties}");
+    for p in 0..n * c {
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut best = (f64::NEG_INFINITY, usize::MAX);
+                for a in 0..k[0] {
+                    for b in 0..k[1] {
+                        let (r, q) = ((i * s[0] + a).checked_sub(pad[0]), (j * s[1] + b).checked_sub(pad[1]));
+                        let (Some(r), Some(q)) = (r, q) else { continue };
+                        if r >= hw[0] || q >= hw[1] {
+                            continue;
+                        }
+                        let at = r * hw[1] + q;
+                        if best.1 == usize::MAX || xv[p * hw[0] * hw[1] + at] > best.0 {
+                            best = (xv[p * hw[0] * hw[1] + at], at);
                         }
                     }
-                    let o = (p * oh + i) * ow + j;
-                    assert_eq!(got[o], best.0 as f32, "max_pool2d k{k} s{s} at {o}");
-                    dx[best.1] += rv[o];
                 }
+                let o = (p * oh + i) * ow + j;
+                assert_eq!(got[o], best.0 as f32, "{case} at {o}");
+                assert_eq!(indices[o], best.1 as i64, "{case}: index at {o}");
+                dx[p * hw[0] * hw[1] + best.1] += rv[o];
             }
         }
-        let r = tensor::<4>(&rv, [n, c, oh, ow]).detach();
-        let grads = (y * r).sum().backward();
-        assert_close(&format!("max_pool2d k{k} s{s} dx"), &values(x.grad(&grads).expect("dx")), &dx);
     }
+    let r = tensor::<4>(&rv, [n, c, oh, ow]).detach();
+    let grads = (y * r).sum().backward();
+    assert_close(&format!("{case} dx"), &values(x.grad(&grads).expect("dx")), &dx);
+}
+
+/// Windows inside the input (2 × 2 stride 2, 3 × 3 stride 2 on odd sizes, overlapping stride 1, non-square,
+/// rows longer than one block of 64 outputs, ties) and windows reaching into the padding.
+fn pooling_cases() {
+    pooling_case([2, 2], [2, 2], [0, 0], [8, 10], false);
+    pooling_case([3, 3], [2, 2], [0, 0], [9, 7], false);
+    pooling_case([2, 2], [1, 1], [0, 0], [5, 70], true);
+    pooling_case([2, 2], [2, 2], [0, 0], [4, 262], true);
+    pooling_case([1, 3], [1, 2], [0, 0], [3, 140], true);
+    pooling_case([3, 3], [2, 2], [1, 1], [7, 9], true);
+}
+
+#[test]
+fn max_pooling_matches_the_definition() {
+    let _cap = IsaCap::new(None);
+    pooling_cases();
 }

@@ -239,12 +239,17 @@ where
             // the right granularity instead of creating one task per channel.
             let bc_total = batch_size * channels;
             // Windows entirely inside the input (no padding, no dilation, no ceil-mode overhang):
-            // the same scan order and tie rule without per-tap bounds checks.
+            // the same scan order and tie rule without per-tap bounds checks, a row of windows at a time.
             let inside = [pad_d, pad_h, pad_w] == [0, 0, 0]
                 && [dilation_d, dilation_h, dilation_w] == [1, 1, 1]
                 && (out_d == 0 || (out_d - 1) * stride_d + kernel_d <= in_d)
                 && (out_h == 0 || (out_h - 1) * stride_h + kernel_h <= in_h)
-                && (out_w == 0 || (out_w - 1) * stride_w + kernel_w <= in_w);
+                && (out_w == 0 || (out_w - 1) * stride_w + kernel_w <= in_w)
+                && kernel_d * kernel_h * kernel_w <= u32::MAX as usize;
+            // Offsets of a window's taps from its first element, in scan order.
+            let taps: Vec<usize> = (0..kernel_d)
+                .flat_map(|kd| (0..kernel_h).flat_map(move |kh| (0..kernel_w).map(move |kw| (kd * in_h + kh) * in_w + kw)))
+                .collect();
             (0..bc_total).into_par_iter().for_each(|bc| {
                 let b = bc / channels;
                 let c = bc % channels;
@@ -253,32 +258,29 @@ where
 
                 if inside {
                     let xs = &x_data[x_offset..x_offset + in_d * in_h * in_w];
-                    let mut out_idx = out_offset;
-                    for od in 0..out_d {
-                        for oh in 0..out_h {
-                            for ow in 0..out_w {
-                                let mut max_val = neg_inf;
-                                let mut max_idx: i64 = -1;
-                                for kd in 0..kernel_d {
-                                    let plane = (od * stride_d + kd) * in_h * in_w;
-                                    for kh in 0..kernel_h {
-                                        let row = plane + (oh * stride_h + kh) * in_w + ow * stride_w;
-                                        for (kw, &val) in xs[row..row + kernel_w].iter().enumerate() {
-                                            if max_idx < 0 || val > max_val {
-                                                max_val = val;
-                                                max_idx = (row + kw) as i64;
-                                            }
-                                        }
-                                    }
+                    // SAFETY: each `bc` writes its own block of `spatial_out` elements of both buffers.
+                    let (out, idx) = unsafe {
+                        (
+                            core::slice::from_raw_parts_mut(out_ptr.ptr_add(out_offset), spatial_out),
+                            core::slice::from_raw_parts_mut(idx_ptr.ptr_add(out_offset), spatial_out),
+                        )
+                    };
+                    let rows = out.chunks_mut(out_w.max(1)).zip(idx.chunks_mut(out_w.max(1)));
+                    // A constant stride lets the scan's loads be compiled as vector shuffles.
+                    crate::ops::vectorised::vectorised(
+                        #[inline(always)]
+                        || {
+                            for (r, (out, idx)) in rows.enumerate() {
+                                let (od, oh) = (r / out_h, r % out_h);
+                                let first = (od * stride_d * in_h + oh * stride_h) * in_w;
+                                match stride_w {
+                                    1 => max_row_inside(xs, first, &taps, 1, out, idx),
+                                    2 => max_row_inside(xs, first, &taps, 2, out, idx),
+                                    s => max_row_inside(xs, first, &taps, s, out, idx),
                                 }
-                                unsafe {
-                                    out_ptr.write(out_idx, max_val);
-                                    idx_ptr.write(out_idx, max_idx);
-                                }
-                                out_idx += 1;
                             }
-                        }
-                    }
+                        },
+                    );
                     return;
                 }
 
@@ -412,6 +414,42 @@ where
     );
 
     (output_tensor, indices_tensor)
+}
+
+/// One output row of a max pooling whose windows lie inside the input: the window's taps (`taps`, offsets from a
+/// window's first element in scan order, the first 0) one after the other over blocks of the row, a later tap
+/// replacing the running maximum only where strictly greater — the maxima and indices of a per-window scan (the
+/// first tap taken as it is, NaN included; ties keep the earlier tap). The comparisons go to selects, not branches:
+/// on real activations they are unpredictable, and the per-window scan spent most of its time in mispredictions.
+#[inline(always)]
+fn max_row_inside<T: Copy + PartialOrd>(xs: &[T], first: usize, taps: &[usize], stride: usize, out: &mut [T], idx: &mut [i64]) {
+    const BLOCK: usize = 64;
+    let mut which = [0u32; BLOCK];
+    for (b, (out, idx)) in out.chunks_mut(BLOCK).zip(idx.chunks_mut(BLOCK)).enumerate() {
+        let (m, start) = (out.len().min(idx.len()), first + b * BLOCK * stride);
+        let which = &mut which[..m];
+        for (k, &t) in taps.iter().enumerate() {
+            let src = &xs[start + t..start + t + (m - 1) * stride + 1];
+            if k == 0 {
+                for (ow, (o, w)) in out.iter_mut().zip(which.iter_mut()).enumerate() {
+                    // SAFETY: `ow * stride ≤ (m - 1) * stride < src.len()`.
+                    *o = unsafe { *src.get_unchecked(ow * stride) };
+                    *w = 0;
+                }
+                continue;
+            }
+            for (ow, (o, w)) in out.iter_mut().zip(which.iter_mut()).enumerate() {
+                // SAFETY: as above.
+                let v = unsafe { *src.get_unchecked(ow * stride) };
+                let greater = v > *o;
+                *o = core::hint::select_unpredictable(greater, v, *o);
+                *w = core::hint::select_unpredictable(greater, k as u32, *w);
+            }
+        }
+        for (ow, (i, &w)) in idx.iter_mut().zip(which.iter()).enumerate() {
+            *i = (start + taps[w as usize] + ow * stride) as i64;
+        }
+    }
 }
 
 /// 3D max pooling (without returning indices) for f32.
