@@ -445,36 +445,51 @@ fn strided_tensors_are_made_contiguous_in_order() {
     }
 }
 
-/// Max pooling `(kernel, stride, padding, [h, w], ties)` checked against the per-window scan (the first tap
-/// of a window, then a later one where strictly greater), forward values, indices and the input gradient.
-/// With `ties` the values are rounded to a few levels, so that equal maxima within a window are common.
-fn pooling_case(k: [usize; 2], s: [usize; 2], pad: [usize; 2], hw: [usize; 2], ties: bool) {
+/// A max pooling's geometry: kernel, stride, padding, dilation, ceil mode.
+struct Pool {
+    k: [usize; 2],
+    s: [usize; 2],
+    pad: [usize; 2],
+    dil: [usize; 2],
+    ceil: bool,
+}
+
+/// Max pooling of `[2, 3, h, w]` checked against the per-window scan (the first tap of a window inside the
+/// input, then a later one where strictly greater), forward values, indices and the input gradient. With
+/// `ties` the values are rounded to a few levels, so that equal maxima within a window are common.
+fn pooling_case(g: Pool, hw: [usize; 2], ties: bool) {
     use burn::tensor::module::{max_pool2d, max_pool2d_with_indices};
+    let Pool { k, s, pad, dil, ceil } = g;
     let (n, c) = (2, 3);
     let mut xv = random(n * c * hw[0] * hw[1], 13);
     if ties {
         xv.iter_mut().for_each(|v| *v = (*v * 2.0).round());
     }
     let x = tensor::<4>(&xv, [n, c, hw[0], hw[1]]);
-    let y = max_pool2d(x.clone(), k, s, pad, [1, 1], false);
-    let indices = max_pool2d_with_indices(x.clone().inner(), k, s, pad, [1, 1], false).1;
+    let y = max_pool2d(x.clone(), k, s, pad, dil, ceil);
+    let indices = max_pool2d_with_indices(x.clone().inner(), k, s, pad, dil, ceil).1;
     let indices = indices.into_data().convert::<i64>().to_vec::<i64>().expect("i64 indices");
-    let (oh, ow) = ((hw[0] + 2 * pad[0] - k[0]) / s[0] + 1, (hw[1] + 2 * pad[1] - k[1]) / s[1] + 1);
+    // PyTorch's output size: windows start inside the input or its left padding.
+    let size = |a: usize| {
+        let span = hw[a] + 2 * pad[a] - dil[a] * (k[a] - 1) - 1;
+        let o = if ceil { span.div_ceil(s[a]) + 1 } else { span / s[a] + 1 };
+        if ceil && (o - 1) * s[a] >= hw[a] + pad[a] { o - 1 } else { o }
+    };
+    let (oh, ow) = (size(0), size(1));
+    assert_eq!(y.dims(), [n, c, oh, ow], "output size");
     let rv = random(n * c * oh * ow, 14);
     let got = values(y.clone().inner());
     let mut dx = vec![0.0f64; xv.len()];
-    let case = format!("max_pool2d k{k:?} s{s:?} p{pad:?} {hw:?} ties {ties}");
+    let case = format!("max_pool2d k{k:?} s{s:?} p{pad:?} d{dil:?} ceil {ceil} {hw:?} ties {ties}");
     for p in 0..n * c {
         for i in 0..oh {
             for j in 0..ow {
                 let mut best = (f64::NEG_INFINITY, usize::MAX);
                 for a in 0..k[0] {
                     for b in 0..k[1] {
-                        let (r, q) = ((i * s[0] + a).checked_sub(pad[0]), (j * s[1] + b).checked_sub(pad[1]));
+                        let r = (i * s[0] + a * dil[0]).checked_sub(pad[0]).filter(|&r| r < hw[0]);
+                        let q = (j * s[1] + b * dil[1]).checked_sub(pad[1]).filter(|&q| q < hw[1]);
                         let (Some(r), Some(q)) = (r, q) else { continue };
-                        if r >= hw[0] || q >= hw[1] {
-                            continue;
-                        }
                         let at = r * hw[1] + q;
                         if best.1 == usize::MAX || xv[p * hw[0] * hw[1] + at] > best.0 {
                             best = (xv[p * hw[0] * hw[1] + at], at);
@@ -494,14 +509,21 @@ fn pooling_case(k: [usize; 2], s: [usize; 2], pad: [usize; 2], hw: [usize; 2], t
 }
 
 /// Windows inside the input (2 × 2 stride 2, 3 × 3 stride 2 on odd sizes, overlapping stride 1, non-square,
-/// rows longer than one block of 64 outputs, ties) and windows reaching into the padding.
+/// rows longer than one block of 64 outputs, ties) and windows reaching into the padding at both ends of rows
+/// and columns (GoogLeNet's 3 × 3 stride 1, ResNet's 3 × 3 stride 2), dilated, and past the end in ceil mode.
 fn pooling_cases() {
-    pooling_case([2, 2], [2, 2], [0, 0], [8, 10], false);
-    pooling_case([3, 3], [2, 2], [0, 0], [9, 7], false);
-    pooling_case([2, 2], [1, 1], [0, 0], [5, 70], true);
-    pooling_case([2, 2], [2, 2], [0, 0], [4, 262], true);
-    pooling_case([1, 3], [1, 2], [0, 0], [3, 140], true);
-    pooling_case([3, 3], [2, 2], [1, 1], [7, 9], true);
+    let pool = |k: usize, s: usize, p: usize| Pool { k: [k, k], s: [s, s], pad: [p, p], dil: [1, 1], ceil: false };
+    pooling_case(pool(2, 2, 0), [8, 10], false);
+    pooling_case(pool(3, 2, 0), [9, 7], false);
+    pooling_case(pool(2, 1, 0), [5, 70], true);
+    pooling_case(pool(2, 2, 0), [4, 262], true);
+    pooling_case(Pool { k: [1, 3], s: [1, 2], ..pool(1, 1, 0) }, [3, 140], true);
+    pooling_case(pool(3, 2, 1), [7, 9], true);
+    pooling_case(pool(3, 1, 1), [6, 150], true);
+    pooling_case(pool(3, 2, 1), [9, 141], false);
+    pooling_case(Pool { dil: [2, 2], ..pool(3, 1, 1) }, [8, 75], true);
+    pooling_case(Pool { ceil: true, ..pool(3, 2, 0) }, [8, 10], true);
+    pooling_case(Pool { ceil: true, ..pool(2, 2, 0) }, [7, 133], false);
 }
 
 #[test]

@@ -238,101 +238,80 @@ where
             // Flatten batch*channels into a single par_iter so rayon chooses
             // the right granularity instead of creating one task per channel.
             let bc_total = batch_size * channels;
-            // Windows entirely inside the input (no padding, no dilation, no ceil-mode overhang):
-            // the same scan order and tie rule without per-tap bounds checks, a row of windows at a time.
-            let inside = [pad_d, pad_h, pad_w] == [0, 0, 0]
-                && [dilation_d, dilation_h, dilation_w] == [1, 1, 1]
-                && (out_d == 0 || (out_d - 1) * stride_d + kernel_d <= in_d)
-                && (out_h == 0 || (out_h - 1) * stride_h + kernel_h <= in_h)
-                && (out_w == 0 || (out_w - 1) * stride_w + kernel_w <= in_w)
-                && kernel_d * kernel_h * kernel_w <= u32::MAX as usize;
-            // Offsets of a window's taps from its first element, in scan order.
-            let taps: Vec<usize> = (0..kernel_d)
-                .flat_map(|kd| (0..kernel_h).flat_map(move |kh| (0..kernel_w).map(move |kw| (kd * in_h + kh) * in_w + kw)))
-                .collect();
+            let plane = in_d * in_h * in_w;
+            // Along a row of windows, the columns whose taps all lie inside the input: `lo..hi`.
+            let lo = pad_w.div_ceil(stride_w).min(out_w);
+            let hi = (in_w + pad_w)
+                .checked_sub((kernel_w - 1) * dilation_w + 1)
+                .map_or(0, |m| m / stride_w + 1)
+                .clamp(lo, out_w);
+            let tap_count_fits = kernel_d * kernel_h * kernel_w <= u32::MAX as usize;
             (0..bc_total).into_par_iter().for_each(|bc| {
-                let b = bc / channels;
-                let c = bc % channels;
-                let x_offset = b * channels * in_d * in_h * in_w + c * in_d * in_h * in_w;
+                let xs = &x_data[bc * plane..(bc + 1) * plane];
                 let out_offset = bc * spatial_out;
-
-                if inside {
-                    let xs = &x_data[x_offset..x_offset + in_d * in_h * in_w];
-                    // SAFETY: each `bc` writes its own block of `spatial_out` elements of both buffers.
-                    let (out, idx) = unsafe {
-                        (
-                            core::slice::from_raw_parts_mut(out_ptr.ptr_add(out_offset), spatial_out),
-                            core::slice::from_raw_parts_mut(idx_ptr.ptr_add(out_offset), spatial_out),
-                        )
-                    };
-                    let rows = out.chunks_mut(out_w.max(1)).zip(idx.chunks_mut(out_w.max(1)));
-                    // A constant stride lets the scan's loads be compiled as vector shuffles.
-                    crate::ops::vectorised::vectorised(
-                        #[inline(always)]
-                        || {
-                            for (r, (out, idx)) in rows.enumerate() {
-                                let (od, oh) = (r / out_h, r % out_h);
-                                let first = (od * stride_d * in_h + oh * stride_h) * in_w;
-                                match stride_w {
-                                    1 => max_row_inside(xs, first, &taps, 1, out, idx),
-                                    2 => max_row_inside(xs, first, &taps, 2, out, idx),
-                                    s => max_row_inside(xs, first, &taps, s, out, idx),
+                // SAFETY: each `bc` writes its own block of `spatial_out` elements of both buffers.
+                let (out, idx) = unsafe {
+                    (
+                        core::slice::from_raw_parts_mut(out_ptr.ptr_add(out_offset), spatial_out),
+                        core::slice::from_raw_parts_mut(idx_ptr.ptr_add(out_offset), spatial_out),
+                    )
+                };
+                // Of one row of windows: where each window row that lies inside the input starts
+                // (`(id · in_h + ih) · in_w`), and the taps' offsets from the start of an input row,
+                // both in scan order.
+                let mut rows: Vec<usize> = Vec::with_capacity(kernel_d * kernel_h);
+                let mut taps: Vec<usize> = Vec::with_capacity(kernel_d * kernel_h * kernel_w);
+                let inside = |o: usize, k: usize, s: usize, d: usize, p: usize, n: usize| {
+                    (o * s + k * d).checked_sub(p).filter(|&i| i < n)
+                };
+                crate::ops::vectorised::vectorised(
+                    #[inline(always)]
+                    || {
+                        let rows_out = out.chunks_mut(out_w.max(1)).zip(idx.chunks_mut(out_w.max(1)));
+                        for (r, (out, idx)) in rows_out.enumerate() {
+                            let (od, oh) = (r / out_h, r % out_h);
+                            rows.clear();
+                            for kd in 0..kernel_d {
+                                let Some(id) = inside(od, kd, stride_d, dilation_d, pad_d, in_d) else { continue };
+                                for kh in 0..kernel_h {
+                                    let Some(ih) = inside(oh, kh, stride_h, dilation_h, pad_h, in_h) else { continue };
+                                    rows.push((id * in_h + ih) * in_w);
                                 }
                             }
-                        },
-                    );
-                    return;
-                }
-
-                for od in 0..out_d {
-                    for oh in 0..out_h {
-                        for ow in 0..out_w {
-                            let out_idx = out_offset + od * out_h * out_w + oh * out_w + ow;
-                            let mut max_val = neg_inf;
-                            let mut max_idx: i64 = -1;
-
-                            for kd in 0..kernel_d {
-                                let id =
-                                    (od * stride_d + kd * dilation_d) as isize - pad_d as isize;
-                                if id < 0 || id >= in_d as isize {
-                                    continue;
-                                }
-                                let id = id as usize;
-
-                                for kh in 0..kernel_h {
-                                    let ih =
-                                        (oh * stride_h + kh * dilation_h) as isize - pad_h as isize;
-                                    if ih < 0 || ih >= in_h as isize {
-                                        continue;
-                                    }
-                                    let ih = ih as usize;
-
+                            // The per-window scan, for the columns whose windows reach into the padding
+                            // (a window with no tap inside gives -∞ and index -1).
+                            let mut scan = |ow: usize| {
+                                let (mut max_val, mut max_idx) = (neg_inf, -1i64);
+                                for &r0 in &rows {
                                     for kw in 0..kernel_w {
-                                        let iw = (ow * stride_w + kw * dilation_w) as isize
-                                            - pad_w as isize;
-                                        if iw < 0 || iw >= in_w as isize {
-                                            continue;
-                                        }
-                                        let iw = iw as usize;
-
-                                        let x_idx = x_offset + id * in_h * in_w + ih * in_w + iw;
-                                        let val = x_data[x_idx];
-
+                                        let Some(iw) = inside(ow, kw, stride_w, dilation_w, pad_w, in_w) else { continue };
+                                        let val = xs[r0 + iw];
                                         if max_idx < 0 || val > max_val {
                                             max_val = val;
-                                            max_idx = (id * in_h * in_w + ih * in_w + iw) as i64;
+                                            max_idx = (r0 + iw) as i64;
                                         }
                                     }
                                 }
+                                out[ow] = max_val;
+                                idx[ow] = max_idx;
+                            };
+                            let (lo, hi) = if rows.is_empty() || !tap_count_fits { (out_w, out_w) } else { (lo, hi) };
+                            (0..lo).chain(hi..out_w).for_each(&mut scan);
+                            if lo == hi {
+                                continue;
                             }
-
-                            unsafe {
-                                out_ptr.write(out_idx, max_val);
-                                idx_ptr.write(out_idx, max_idx);
+                            taps.clear();
+                            taps.extend(rows.iter().flat_map(|&r0| (0..kernel_w).map(move |kw| r0 + kw * dilation_w)));
+                            let (first, out, idx) = (lo * stride_w - pad_w, &mut out[lo..hi], &mut idx[lo..hi]);
+                            // A constant stride lets the scan's loads be compiled as vector shuffles.
+                            match stride_w {
+                                1 => max_row_inside(xs, first, &taps, 1, out, idx),
+                                2 => max_row_inside(xs, first, &taps, 2, out, idx),
+                                s => max_row_inside(xs, first, &taps, s, out, idx),
                             }
                         }
-                    }
-                }
+                    },
+                );
             });
             (output, indices)
         }
@@ -416,8 +395,8 @@ where
     (output_tensor, indices_tensor)
 }
 
-/// One output row of a max pooling whose windows lie inside the input: the window's taps (`taps`, offsets from a
-/// window's first element in scan order, the first 0) one after the other over blocks of the row, a later tap
+/// Columns of a row of max-pooling windows that lie inside the input: the windows' taps (`taps`, offsets from
+/// `first` plus the column's `ow · stride`, in scan order) one after the other over blocks of the row, a later tap
 /// replacing the running maximum only where strictly greater — the maxima and indices of a per-window scan (the
 /// first tap taken as it is, NaN included; ties keep the earlier tap). The comparisons go to selects, not branches:
 /// on real activations they are unpredictable, and the per-window scan spent most of its time in mispredictions.
