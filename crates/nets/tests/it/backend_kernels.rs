@@ -223,6 +223,9 @@ fn conv2d_matches_the_definition() {
     check(case2(2, 3, 4, [9, 10], 5, 1, 2, 1, 1), 2, false, [0; 3]);
     // More output channels than im2col rows (27): the weight gradient accumulated untransposed.
     check(case2(2, 3, 40, [6, 7], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    // Stride 3, forward and transposed (im2col's and col2im's strided rows other than stride 2).
+    check(case2(2, 3, 4, [11, 13], 3, 3, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 3, 4, [5, 6], 3, 3, 1, 1, 1), 2, true, [0, 2, 1]);
 }
 
 /// Serialises the tests that cap the backend's instruction set with those that must run uncapped (the

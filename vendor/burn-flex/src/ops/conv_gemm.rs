@@ -252,14 +252,24 @@ fn im2col<T: ConvElem>(
         }
         zero_outside(dst, lo, hi);
         let start = (src as isize + (lo * sw) as isize + ix0) as usize;
-        if sw == 1 {
-            dst[lo..hi].copy_from_slice(&x[start..start + (hi - lo)]);
-        } else {
-            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
-                *d = x[start + j * sw];
-            }
+        match sw {
+            1 => dst[lo..hi].copy_from_slice(&x[start..start + (hi - lo)]),
+            // A constant stride lets the gather be unrolled (and vectorised) without per-element
+            // bounds checks: stride 2 is every strided convolution of the reference networks.
+            2 => gather_strided(&mut dst[lo..hi], &x[start..start + (hi - lo - 1) * 2 + 1], 2),
+            s => gather_strided(&mut dst[lo..hi], &x[start..start + (hi - lo - 1) * s + 1], s),
         }
     });
+}
+
+/// `dst[j] = src[j · stride]`; `src` holds at least `(dst.len() − 1) · stride + 1` elements.
+#[inline(always)]
+fn gather_strided<T: Copy>(dst: &mut [T], src: &[T], stride: usize) {
+    assert!(dst.is_empty() || (dst.len() - 1) * stride < src.len());
+    for (j, d) in dst.iter_mut().enumerate() {
+        // SAFETY: `j · stride ≤ (dst.len() − 1) · stride < src.len()` (asserted above).
+        *d = unsafe { *src.get_unchecked(j * stride) };
+    }
 }
 
 /// Zeroes `row[..lo]` and `row[hi..]` (the columns of an im2col row that lie in the padding; a
@@ -316,11 +326,26 @@ unsafe fn col2im<T: ConvElem>(
             return;
         }
         let start = (src as isize + (lo * sw) as isize + ix0) as usize;
-        for (j, v) in seg[lo..hi].iter().enumerate() {
-            // SAFETY: in bounds by construction of the segment; channel ownership by contract.
-            unsafe { *dx.add(start + j * sw) += *v };
+        // SAFETY: in bounds by construction of the segment; channel ownership by contract.
+        unsafe {
+            match sw {
+                2 => add_strided(dx.add(start), &seg[lo..hi], 2),
+                s => add_strided(dx.add(start), &seg[lo..hi], s),
+            }
         }
     });
+}
+
+/// `dst[j · stride] += src[j]` (with a constant stride the loop is unrolled).
+///
+/// # Safety
+/// `dst` must be valid for reads and writes of `(src.len() − 1) · stride + 1` elements.
+#[inline(always)]
+unsafe fn add_strided<T: ConvElem>(dst: *mut T, src: &[T], stride: usize) {
+    for (j, v) in src.iter().enumerate() {
+        // SAFETY: by the caller's contract.
+        unsafe { *dst.add(j * stride) += *v };
+    }
 }
 
 /// `dst[i] += src[i]`, compiled for the widest vector instructions the CPU has (the crate's own
