@@ -129,7 +129,7 @@ impl ConvElem for f64 {}
 
 /// Range of output indices `o` (along one axis) whose input index `o·s + k·d − p` lies in `0..n`.
 #[inline]
-fn valid_range(out: usize, n: usize, s: usize, off: isize) -> (usize, usize) {
+pub(super) fn valid_range(out: usize, n: usize, s: usize, off: isize) -> (usize, usize) {
     // i = o*s + off, need 0 <= i < n
     let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s) };
     let hi_num = n as isize - off; // o*s < hi_num

@@ -239,12 +239,14 @@ where
             // the right granularity instead of creating one task per channel.
             let bc_total = batch_size * channels;
             let plane = in_d * in_h * in_w;
-            // Along a row of windows, the columns whose taps all lie inside the input: `lo..hi`.
-            let lo = pad_w.div_ceil(stride_w).min(out_w);
-            let hi = (in_w + pad_w)
-                .checked_sub((kernel_w - 1) * dilation_w + 1)
-                .map_or(0, |m| m / stride_w + 1)
-                .clamp(lo, out_w);
+            // Along a row of windows, the columns whose taps all lie inside the input (those of the
+            // first tap from `lo`, those of the last tap up to `hi`): `lo..hi`.
+            let tap_columns = |kw: usize| {
+                let off = (kw * dilation_w) as isize - pad_w as isize;
+                super::conv_gemm::valid_range(out_w, in_w, stride_w, off)
+            };
+            let lo = tap_columns(0).0;
+            let hi = tap_columns(kernel_w - 1).1.max(lo);
             let tap_count_fits = kernel_d * kernel_h * kernel_w <= u32::MAX as usize;
             (0..bc_total).into_par_iter().for_each(|bc| {
                 let xs = &x_data[bc * plane..(bc + 1) * plane];
