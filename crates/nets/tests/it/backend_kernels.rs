@@ -226,6 +226,11 @@ fn conv2d_matches_the_definition() {
     // Stride 3, forward and transposed (im2col's and col2im's strided rows other than stride 2).
     check(case2(2, 3, 4, [11, 13], 3, 3, 1, 1, 1), 2, false, [0; 3]);
     check(case2(2, 3, 4, [5, 6], 3, 3, 1, 1, 1), 2, true, [0, 2, 1]);
+    // Eight samples of small maps: tiles of two whole samples each, written one GEMM per sample where
+    // a map (36 positions) is at least as long as the reduction (18), through a two-sample buffer where
+    // it is not (25 positions, reduction 54).
+    check(case2(8, 2, 5, [6, 6], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(8, 6, 5, [5, 5], 3, 1, 1, 1, 1), 2, false, [0; 3]);
 }
 
 /// Serialises the tests that cap the backend's instruction set with those that must run uncapped (the

@@ -463,8 +463,8 @@ fn gather_tile<T: ConvElem>(
     out: &mut Vec<T>,
 ) {
     let tcols = (tile.1 - tile.0) * row_len;
-    out.clear();
-    out.resize(ch * tcols, T::zero());
+    // The tile's columns are written in full below.
+    reuse(out, ch * tcols);
     let mut j0 = 0;
     let mut r = tile.0;
     while r < tile.1 {
@@ -482,6 +482,16 @@ fn gather_tile<T: ConvElem>(
         }
         j0 += p1 - p0;
         r = end;
+    }
+}
+
+/// `buf` at length `len`, keeping its old contents (a scratch buffer that is written in full before
+/// it is read): only elements beyond its previous length are zeroed.
+fn reuse<T: ConvElem>(buf: &mut Vec<T>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, T::zero());
+    } else {
+        buf.truncate(len);
     }
 }
 
@@ -551,9 +561,22 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
                         col.as_ptr(), tcols as isize, 1,
                         parallel_gemm,
                     );
+                } else if s_out >= col_rows {
+                    // Whole samples whose maps are at least as long as the reduction: one GEMM per
+                    // sample straight into its output (repacking the weights per sample costs less
+                    // than copying the outputs out of a multi-sample buffer).
+                    for (i, b) in (b0..tile.1 / rps).enumerate() {
+                        gemm_into(
+                            g.c_out, s_out, col_rows,
+                            out_ptr.get().add(b * g.c_out * s_out), s_out, 1, false,
+                            w.as_ptr(), col_rows as isize, 1,
+                            col.as_ptr().add(i * s_out), tcols as isize, 1,
+                            parallel_gemm,
+                        );
+                    }
                 } else {
-                    tmp.clear();
-                    tmp.resize(g.c_out * tcols, T::zero());
+                    // Every element is written by the GEMM (no accumulation): only grown, not cleared.
+                    reuse(tmp, g.c_out * tcols);
                     gemm_into(
                         g.c_out, tcols, col_rows,
                         tmp.as_mut_ptr(), tcols, 1, false,
