@@ -10,67 +10,90 @@
 //! frame's reconstruction draws on the lines measured in the others; each frame keeps its own measured lines.
 //!
 //! Images are complex, as two channels (real, imaginary). The Fourier transform is [`dft2`]: the DFT as products
-//! with cosine and sine matrices, which every backend's autodiff differentiates (tested against `rustfft` in the
-//! enhancement crate).
+//! with cosine and sine matrices — one real block matrix per axis acting on rows `[re | im]`, built once per size —,
+//! which every backend's autodiff differentiates (tested against `rustfft` in the enhancement crate).
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+use std::sync::{Arc, Mutex};
 
 use crate::blocks::conv2d;
 
-/// The `n × n` DFT matrices `cos(2πjk/n)` and `sin(2πjk/n)`.
-fn dft_matrices<B: Backend>(n: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let mut c = Vec::with_capacity(n * n);
-    let mut s = Vec::with_capacity(n * n);
+/// Largest number of DFT matrices [`dft_block`] keeps (one per axis length and direction).
+const DFT_CACHE: usize = 16;
+
+/// The real `2n × 2n` matrix that applies the DFT along an axis of length `n` to complex rows laid out as
+/// `[re | im]` (row vector times matrix): `[[C, −S], [S, C]]` forward (`e^{−2πijk/n}`), `[[C, S], [−S, C]]` inverse
+/// (unscaled), with `C = cos(2πjk/n)` and `S = sin(2πjk/n)`. Built once per length and direction and kept (at
+/// most [`DFT_CACHE`] of them).
+fn dft_block(n: usize, inverse: bool) -> Arc<Vec<f32>> {
+    static CACHE: Mutex<Vec<((usize, bool), Arc<Vec<f32>>)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, m)) = cache.iter().find(|(key, _)| *key == (n, inverse)) {
+        return Arc::clone(m);
+    }
+    let sign = if inverse { -1.0 } else { 1.0 };
+    let mut m = vec![0.0f32; 4 * n * n];
     for j in 0..n {
         for k in 0..n {
             // (j·k) mod n keeps the angle small, so f64 → f32 loses nothing for large n.
             let t = 2.0 * std::f64::consts::PI * ((j * k) % n) as f64 / n as f64;
-            c.push(t.cos() as f32);
-            s.push(t.sin() as f32);
+            let (c, s) = (t.cos() as f32, (sign * t.sin()) as f32);
+            // Rows j (real part in) and n + j (imaginary part in); columns k (real out) and n + k (imaginary out).
+            m[j * 2 * n + k] = c;
+            m[j * 2 * n + n + k] = -s;
+            m[(n + j) * 2 * n + k] = s;
+            m[(n + j) * 2 * n + n + k] = c;
         }
     }
-    let make = |v: Vec<f32>| Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(v, [n, n]), device);
-    (make(c), make(s))
+    let m = Arc::new(m);
+    if cache.len() == DFT_CACHE {
+        cache.remove(0);
+    }
+    cache.push(((n, inverse), Arc::clone(&m)));
+    m
 }
 
-/// Transforms the last axis of `[.., n]` complex data by `(C ∓ iS)`.
-fn dft_last<B: Backend>(re: Tensor<B, 4>, im: Tensor<B, 4>, inverse: bool) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let [b, c, h, w] = re.dims();
-    let (cos, sin) = dft_matrices::<B>(w, &re.device());
-    let r = re.reshape([b * c * h, w]);
-    let i = im.reshape([b * c * h, w]);
-    // forward: (r + i·j)(C − jS) = (rC + iS) + j(iC − rS); inverse: (C + jS).
-    let sign = if inverse { -1.0 } else { 1.0 };
-    let out_re = r.clone().matmul(cos.clone()) + i.clone().matmul(sin.clone()) * sign;
-    let out_im = i.matmul(cos) - r.matmul(sin) * sign;
-    let scale = if inverse { 1.0 / w as f64 } else { 1.0 };
-    (out_re.reshape([b, c, h, w]) * scale, out_im.reshape([b, c, h, w]) * scale)
+/// The DFT along the last axis of complex rows `[rows, 2, n]` (each row its real part, then its imaginary part):
+/// one product with [`dft_block`]; the inverse divided by `n`.
+fn dft_rows<B: Backend>(x: Tensor<B, 3>, inverse: bool) -> Tensor<B, 3> {
+    let [rows, _, n] = x.dims();
+    let m = dft_block(n, inverse);
+    let m = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(m.to_vec(), [2 * n, 2 * n]), &x.device());
+    let y = x.reshape([rows, 2 * n]).matmul(m);
+    let y = if inverse { y * (1.0 / n as f64) } else { y };
+    y.reshape([rows, 2, n])
+}
+
+/// The 2D DFT of complex images `[b, 2, h, w]` (real, imaginary channels), over the last two axes: along the
+/// width on rows `[b·h, 2, w]`, then along the height on rows `[b·w, 2, h]`.
+fn dft2_packed<B: Backend>(x: Tensor<B, 4>, inverse: bool) -> Tensor<B, 4> {
+    let [b, _, h, w] = x.dims();
+    let y = dft_rows(x.permute([0, 2, 1, 3]).reshape([b * h, 2, w]), inverse).reshape([b, h, 2, w]);
+    let z = dft_rows(y.permute([0, 3, 2, 1]).reshape([b * w, 2, h]), inverse).reshape([b, w, 2, h]);
+    z.permute([0, 2, 3, 1])
 }
 
 /// The 2D DFT of complex `[b, c, h, w]` images (real and imaginary parts), over the last two axes: unnormalised
 /// forward, inverse divided by `h·w` (NumPy's convention). Differentiable on every backend.
 pub fn dft2<B: Backend>(re: Tensor<B, 4>, im: Tensor<B, 4>, inverse: bool) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let (re, im) = dft_last(re, im, inverse);
-    let (re, im) = dft_last(re.swap_dims(2, 3), im.swap_dims(2, 3), inverse);
-    (re.swap_dims(2, 3), im.swap_dims(2, 3))
+    let [b, c, h, w] = re.dims();
+    // Channels as images: [b·c, 2, h, w].
+    let x = Tensor::stack::<5>(vec![re, im], 2).reshape([b * c, 2, h, w]);
+    let y = dft2_packed(x, inverse).reshape([b, c, 2, h, w]);
+    let re = y.clone().slice([0..b, 0..c, 0..1, 0..h, 0..w]).reshape([b, c, h, w]);
+    let im = y.slice([0..b, 0..c, 1..2, 0..h, 0..w]).reshape([b, c, h, w]);
+    (re, im)
 }
 
 /// Replaces the measured k-space lines of a complex image `[b, 2, h, w]`: `F⁻¹(m ⊙ k₀ + (1 − m) ⊙ F x)`, with `k0`
 /// `[b, 2, h, w]` (real, imaginary) and the mask `[b, 1, h, w]` (1 where measured).
 pub fn data_consistency<B: Backend>(x: Tensor<B, 4>, k0: Tensor<B, 4>, mask: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, _, h, w] = x.dims();
-    let re = x.clone().slice([0..b, 0..1, 0..h, 0..w]);
-    let im = x.slice([0..b, 1..2, 0..h, 0..w]);
-    let (kr, ki) = dft2(re, im, false);
     let keep = mask.clone().neg() + 1.0;
-    let k0r = k0.clone().slice([0..b, 0..1, 0..h, 0..w]);
-    let k0i = k0.slice([0..b, 1..2, 0..h, 0..w]);
-    let (r, i) = dft2(kr * keep.clone() + k0r * mask.clone(), ki * keep + k0i * mask, true);
-    Tensor::cat(vec![r, i], 1)
+    dft2_packed(dft2_packed(x, false) * keep + k0 * mask, true)
 }
 
 /// Configuration of [`Crnn`].
@@ -205,6 +228,24 @@ mod tests {
         let k: Vec<f32> = kr.into_data().to_vec().unwrap();
         assert_eq!(k[0], 16.0);
         assert!(k[1..].iter().all(|v| v.abs() < 1e-5) && ki.abs().max().into_scalar() < 1e-5);
+    }
+
+    #[test]
+    fn dft_of_a_batch_transforms_each_image_on_its_own() {
+        // Two samples of three channels, non-square: each [h, w] image's transform is the one it has alone.
+        let device = Default::default();
+        let (b, c, h, w) = (2, 3, 5, 7);
+        let re = Tensor::<B, 4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let im = Tensor::<B, 4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        for inverse in [false, true] {
+            let (kr, ki) = dft2(re.clone(), im.clone(), inverse);
+            for (i, j) in [(0, 0), (0, 2), (1, 1)] {
+                let one = |t: &Tensor<B, 4>| t.clone().slice([i..i + 1, j..j + 1, 0..h, 0..w]);
+                let (ar, ai) = dft2(one(&re), one(&im), inverse);
+                let err: f32 = ((one(&kr) - ar).abs().max() + (one(&ki) - ai).abs().max()).into_scalar();
+                assert!(err < 1e-5, "inverse {inverse}, image ({i}, {j}): {err}");
+            }
+        }
     }
 
     #[test]
