@@ -231,6 +231,9 @@ fn conv2d_matches_the_definition() {
     // it is not (25 positions, reduction 54).
     check(case2(8, 2, 5, [6, 6], 3, 1, 1, 1, 1), 2, false, [0; 3]);
     check(case2(8, 6, 5, [5, 5], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    // Valid and partly padded convolutions whose im2col rows are 3 and 8–11 elements long (copied inline).
+    check(case2(2, 3, 4, [6, 5], 3, 1, 0, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 3, 4, [6, 13], 5, 1, 1, 1, 1), 2, false, [0; 3]);
 }
 
 /// Serialises the tests that cap the backend's instruction set with those that must run uncapped (the

@@ -253,13 +253,44 @@ fn im2col<T: ConvElem>(
         zero_outside(dst, lo, hi);
         let start = (src as isize + (lo * sw) as isize + ix0) as usize;
         match sw {
-            1 => dst[lo..hi].copy_from_slice(&x[start..start + (hi - lo)]),
+            1 => copy_row(&mut dst[lo..hi], &x[start..start + (hi - lo)]),
             // A constant stride lets the gather be unrolled (and vectorised) without per-element
             // bounds checks: stride 2 is every strided convolution of the reference networks.
             2 => gather_strided(&mut dst[lo..hi], &x[start..start + (hi - lo - 1) * 2 + 1], 2),
             s => gather_strided(&mut dst[lo..hi], &x[start..start + (hi - lo - 1) * s + 1], s),
         }
     });
+}
+
+/// `dst.copy_from_slice(src)`, without a call for rows of up to 16 elements (the rows of valid
+/// convolutions on small maps, e.g. LeNet-5's 10-wide second layer, where a `memcpy` call per row costs
+/// more than its copy): two fixed-size copies that overlap in the middle.
+#[inline(always)]
+fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    let n = dst.len();
+    assert_eq!(n, src.len(), "copy_row: lengths differ");
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: both slices hold n elements (asserted), each copy below stays inside 0..n, and the
+    // slices do not overlap (one is borrowed mutably, the other shared).
+    unsafe {
+        match n {
+            0 => {}
+            1..4 => {
+                *d = *s;
+                *d.add(n / 2) = *s.add(n / 2);
+                *d.add(n - 1) = *s.add(n - 1);
+            }
+            4..8 => {
+                core::ptr::copy_nonoverlapping(s, d, 4);
+                core::ptr::copy_nonoverlapping(s.add(n - 4), d.add(n - 4), 4);
+            }
+            8..=16 => {
+                core::ptr::copy_nonoverlapping(s, d, 8);
+                core::ptr::copy_nonoverlapping(s.add(n - 8), d.add(n - 8), 8);
+            }
+            _ => dst.copy_from_slice(src),
+        }
+    }
 }
 
 /// `dst[j] = src[j · stride]`; `src` holds at least `(dst.len() − 1) · stride + 1` elements.
