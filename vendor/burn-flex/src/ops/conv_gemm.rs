@@ -495,7 +495,7 @@ fn gather_tile<T: ConvElem>(
 ) {
     let tcols = (tile.1 - tile.0) * row_len;
     // The tile's columns are written in full below.
-    reuse(out, ch * tcols);
+    grow_scratch(out, ch * tcols);
     let mut j0 = 0;
     let mut r = tile.0;
     while r < tile.1 {
@@ -516,13 +516,12 @@ fn gather_tile<T: ConvElem>(
     }
 }
 
-/// `buf` at length `len`, keeping its old contents (a scratch buffer that is written in full before
-/// it is read): only elements beyond its previous length are zeroed.
-fn reuse<T: ConvElem>(buf: &mut Vec<T>, len: usize) {
+/// Makes a scratch buffer that is written in full before it is read hold at least `len` elements:
+/// grown (the new elements zeroed) when shorter, otherwise left as it is — its old contents are not
+/// cleared, and its users address it by their own strides, not by its length.
+pub(super) fn grow_scratch<T: ConvElem>(buf: &mut Vec<T>, len: usize) {
     if buf.len() < len {
         buf.resize(len, T::zero());
-    } else {
-        buf.truncate(len);
     }
 }
 
@@ -607,7 +606,7 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
                     }
                 } else {
                     // Every element is written by the GEMM (no accumulation): only grown, not cleared.
-                    reuse(tmp, g.c_out * tcols);
+                    grow_scratch(tmp, g.c_out * tcols);
                     gemm_into(
                         g.c_out, tcols, col_rows,
                         tmp.as_mut_ptr(), tcols, 1, false,

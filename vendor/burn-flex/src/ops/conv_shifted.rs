@@ -39,7 +39,7 @@ use alloc::vec::Vec;
 
 use super::conv_direct::{self, Blocking, Span};
 use crate::simd::aligned::SIMD_ALIGN;
-use super::conv_gemm::{from_transposed, gemm_into, par_items, transpose_block, weight_grad_sum, ConvElem, ConvGeom, SyncPtr};
+use super::conv_gemm::{from_transposed, gemm_into, grow_scratch, par_items, transpose_block, weight_grad_sum, ConvElem, ConvGeom, SyncPtr};
 
 /// Channel counts (input and output) of the convolutions that take this path: fewer would make the tap
 /// GEMMs too shallow, more makes im2col's single deep GEMM the faster one.
@@ -481,10 +481,8 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
     };
     forward_tiles(g, &tiles, runs, |(b, j0, j1), acc, _| {
         let n = j1 - j0;
-        // The first tap's GEMM overwrites every element: only grow the buffer.
-        if acc.len() < n * g.c_out {
-            acc.resize(n * g.c_out, T::zero());
-        }
+        // The first tap's GEMM overwrites every element.
+        grow_scratch(acc, n * g.c_out);
         let xb = &xp[b * g.c_in * grid.len..(b + 1) * g.c_in * grid.len];
         for (tap, off) in grid.offsets.iter().enumerate() {
             // SAFETY: acc holds n × c_out (element (j, co) at acc[co·n + j]); input channel c of
@@ -658,9 +656,7 @@ fn forward_vectors<V: Vectors>(b: Blocking, xp: &[f32], w: &[f32], g: &ConvGeom,
             }
         }
         let n = rest.len() * lanes;
-        if acc.len() < n * blocks * co {
-            acc.resize(n * blocks * co, 0.0);
-        }
+        grow_scratch(acc, n * blocks * co);
         if !rest.is_empty() {
             // SAFETY: rest.len() is a multiple of fwd_vectors; every vector reads inside this sample's
             // padded maps or past them inside `xp` (the caller's padding and slack); acc holds blocks·co
