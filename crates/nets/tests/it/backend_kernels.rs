@@ -310,6 +310,26 @@ fn panel_cases() {
     check(case3(12, 128, 128, [2, 3, 3], 3, 1, 1), 3, false, [0; 3]);
 }
 
+/// Unit-stride 5 × 5 convolutions of 32 channels or more in and out, by Winograd's F(2 × 2, 5 × 5) where
+/// the CPU has the register-blocked kernels: their forward passes and, as the forward convolution of the
+/// output gradient padded by `4 − p`, their input gradients (RED-CNN's layers).
+fn winograd_cases() {
+    // Valid (odd output rows: a last tile row half outside the map); 72 tiles per sample, so that blocks of
+    // 96 tiles span samples and start inside tile rows; 34 output channels (a partial block of 8).
+    check(case2(2, 33, 34, [21, 20], 5, 1, 0, 1, 1), 2, false, [0; 3]);
+    // Same and partly padded (tiles that read the padding on every side; odd output columns).
+    check(case2(1, 32, 40, [19, 23], 5, 1, 2, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 36, 32, [16, 17], 5, 1, 1, 1, 1), 2, false, [0; 3]);
+    // Transposed (its forward pass is an input gradient), several blocks per sample.
+    check(case2(2, 34, 32, [30, 29], 5, 1, 0, 1, 1), 2, true, [0; 3]);
+}
+
+#[test]
+fn five_by_five_convolutions_by_winograd_match_the_definition() {
+    let _cap = IsaCap::new(None);
+    winograd_cases();
+}
+
 #[test]
 fn deep_convolutions_of_small_maps_match_the_definition() {
     let _cap = IsaCap::new(None);
@@ -332,6 +352,7 @@ fn narrower_instruction_sets_match_the_definition() {
         assert!(vector_isa() <= isa, "capped at {isa:?}, running {:?}", vector_isa());
         by_tap_cases();
         panel_cases();
+        winograd_cases();
         pooling_cases();
         check(case2(2, 3, 4, [9, 8], 3, 2, 1, 1, 1), 2, true, [0, 1, 1]);
     }

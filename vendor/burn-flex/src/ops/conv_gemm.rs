@@ -25,7 +25,7 @@ use burn_std::{Bytes, FloatDType, Shape};
 use bytemuck::Pod;
 use num_traits::Float;
 
-use super::{conv_panel, conv_shifted};
+use super::{conv_panel, conv_shifted, conv_winograd};
 use crate::{Flex, FlexTensor, Layout};
 
 /// Target number of elements of one tile's im2col matrix (512 KiB in f32: packed and consumed in L2).
@@ -546,6 +546,11 @@ pub(crate) fn transpose_block<T: ConvElem>(src: &[T], s: usize, p0: usize, cols:
 
 /// Forward convolution: `x [batch, c_in, input]`, `w [c_out, c_in, kernel]` → `[batch, c_out, output]`.
 pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
+    if let (Some(xf), Some(wf)) = (conv_shifted::as_f32(x), conv_shifted::as_f32(w))
+        && let Some(b) = conv_winograd::kernels(g)
+    {
+        return conv_shifted::from_f32(conv_winograd::conv_forward(b, xf, wf, g));
+    }
     if conv_shifted::applies(g) {
         return conv_shifted::conv_forward(x, w, g);
     }
@@ -635,6 +640,14 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
 /// Input gradient (col2im): `dy [batch, c_out, output]`, `w [c_out, c_in, kernel]` →
 /// `dx [batch, c_in, input]`.
 pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
+    // The forward convolution of dy with the flipped kernel, padded by (k − 1) − p ≥ 0.
+    if let (Some(dyf), Some(wf)) = (conv_shifted::as_f32(dy), conv_shifted::as_f32(w))
+        && (0..3).all(|i| g.padding[i] < g.kernel[i])
+        && let Some(b) = conv_winograd::kernels(&conv_shifted::flipped(g))
+    {
+        let flipped_w = conv_shifted::flipped_weights(wf, g);
+        return conv_shifted::from_f32(conv_winograd::conv_forward(b, dyf, &flipped_w, &conv_shifted::flipped(g)));
+    }
     if conv_shifted::data_grad_applies(g) {
         return conv_shifted::conv_data_grad(dy, w, g);
     }

@@ -26,9 +26,9 @@
 //! adding into the tile's result. Measured faster than im2col for 8–32 channels in and out (the 2D and
 //! 3D U-Nets' first levels, the centre-point detector, the CRNN), and with the AVX-512 kernels for the
 //! forward pass and input gradient of deeper layers up to 128 channels from 1,024 positions
-//! ([`DEEP_CHANNELS`]: RED-CNN's 96 → 96 5 × 5 layers, the 2D U-Net's 64-channel level, the decoders'
-//! 96 → 32 convolutions after a skip connection), whose weight gradients stay on im2col's GEMM (faster
-//! there). Strided convolutions, 1–7 or more than 128
+//! ([`DEEP_CHANNELS`]: the 2D U-Net's 64-channel level, the decoders' 96 → 32 convolutions after a skip
+//! connection; 5 × 5 layers of 32 channels or more, such as RED-CNN's, go to `conv_winograd` first),
+//! whose weight gradients stay on im2col's GEMM (faster there). Strided convolutions, 1–7 or more than 128
 //! channels and small maps ([`MIN_POSITIONS`], [`DEEP_MIN_POSITIONS`]) keep im2col.
 
 use alloc::borrow::Cow;
@@ -63,7 +63,7 @@ const MAX_TILE: usize = 4096;
 const DIRECT_IN_CHANNELS: core::ops::RangeInclusive<usize> = 8..=64;
 
 /// Channel counts (input and output) of the deeper convolutions that take this path with the AVX-512
-/// kernels, at least one of them above the shallow ranges (RED-CNN's 96 → 96 5 × 5 layers).
+/// kernels, at least one of them above the shallow ranges.
 const DEEP_CHANNELS: core::ops::RangeInclusive<usize> = 8..=128;
 
 /// Fewest output positions per sample of the deeper convolutions: their kernels keep a block of
@@ -117,7 +117,7 @@ pub(crate) fn data_grad_applies(g: &ConvGeom) -> bool {
 
 /// The convolution whose forward pass is the input gradient of `g`: channels exchanged, `g`'s output
 /// padded by `(k − 1)·d − p` (callers check it is not negative).
-fn flipped(g: &ConvGeom) -> ConvGeom {
+pub(crate) fn flipped(g: &ConvGeom) -> ConvGeom {
     let padding = core::array::from_fn(|i| ((g.kernel[i] - 1) * g.dilation[i]).saturating_sub(g.padding[i]));
     ConvGeom { c_in: g.c_out, c_out: g.c_in, input: g.output, output: g.input, padding, ..*g }
 }
@@ -541,8 +541,12 @@ fn forward_tiles<T: ConvElem>(
 /// `w [c_out, c_in, kernel]` → `dx [batch, c_in, input]`, as the forward convolution of `dy` with the
 /// flipped kernel.
 pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
+    conv_forward(dy, &flipped_weights(w, g), &flipped(g))
+}
+
+/// The weights of [`flipped`]`(g)`: `w'[c][co][t] = w[co][c][K − 1 − t]` for `w [c_out, c_in, kernel]`.
+pub(crate) fn flipped_weights<T: ConvElem>(w: &[T], g: &ConvGeom) -> Vec<T> {
     let k_len = g.k_len();
-    // w'[c][co][t] = w[co][c][K − 1 − t]
     let mut flipped_w = vec![T::zero(); w.len()];
     for co in 0..g.c_out {
         for c in 0..g.c_in {
@@ -553,7 +557,7 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
             }
         }
     }
-    conv_forward(dy, &flipped_w, &flipped(g))
+    flipped_w
 }
 
 /// Weight gradient of a unit-stride convolution ([`applies`]): `x [batch, c_in, input]`, `dy [batch,

@@ -123,6 +123,7 @@ pub mod conv;
 pub mod conv_gemm;
 mod conv_panel;
 mod conv_shifted;
+mod conv_winograd;
 pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;

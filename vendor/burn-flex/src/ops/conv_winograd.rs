@@ -1,0 +1,391 @@
+//! Unit-stride 2D convolutions of deep 5 × 5 layers by Winograd's minimal filtering F(2 × 2, 5 × 5),
+//! in f32 with the register-blocked forward kernel of [`conv_direct`].
+//!
+//! With the six interpolation points 0, 1, −1, 2, −2 and ∞, an `m × m` block of outputs of an `r × r`
+//! kernel (`m = 7 − r`) is `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for the 6 × 6 input patch `d` the block
+//! reads (patches overlap by `r − 1`; `Bᵀ` is the interpolation matrix of the points, `G` and `A`
+//! their evaluation matrices for the kernel and the output block, the interpolation's denominators
+//! folded into `G`). Summed over input channels, each of the 36 elements `ξ` of the transformed patch
+//! is one matrix product over a block of tiles:
+//! `M_ξ (C_out × tiles) = U_ξ (C_out × C_in) · V_ξ (C_in × tiles)` — 36 products per pair of channels
+//! and tile where the definition takes `m²·r²` (100 for F(2, 5): 2.78 × fewer).
+//!
+//! * weights: `U = G g Gᵀ` once per call (in f64), packed for [`conv_direct::forward_tile`];
+//! * input: `V = Bᵀ d B` per input channel: the vertical pass along the input rows of each segment
+//!   (a run of tiles along one tile row, its columns followed by a halo of `5 / m` that holds the last
+//!   tile's overlap), the horizontal one over the `m` phases of a block's segments laid end to end
+//!   (column `u·m + q` of the rows at `[q][u]`), so that both run in vectors across the block's columns
+//!   (a halo column's result is computed and not used);
+//! * products: the forward kernel with one tap, `Σ_c U_ξ[o][c] · V_ξ[c][t]` for the block's tiles
+//!   (8 output channels × 48 tiles in registers with AVX-512);
+//! * output: `Aᵀ M A` per output channel along the run, clipped at the map's edges.
+//!
+//! The transforms cost `O(C·36)` per tile against the products' `O(C_in·C_out·36)`, so the path is
+//! taken for deep layers only ([`MIN_CHANNELS`]). The input gradient of such a convolution is the
+//! forward convolution of the output gradient with the flipped kernel (`conv_shifted`), so it runs
+//! here too, as does a transposed convolution's forward pass.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::conv_direct::{self, Blocking};
+use super::conv_gemm::{ConvGeom, SyncPtr, grow_scratch, par_items};
+use super::vectorised::vectorised;
+
+/// Points per axis of the transformed patch.
+const ALPHA: usize = 6;
+/// Elements of a transformed patch.
+const XI: usize = ALPHA * ALPHA;
+/// The finite interpolation points; ∞ is the sixth.
+const POINTS: [f64; ALPHA - 1] = [0.0, 1.0, -1.0, 2.0, -2.0];
+
+/// Fewest input and output channels: below, the transforms (per channel) outweigh the products saved
+/// (per pair of channels).
+const MIN_CHANNELS: usize = 32;
+/// Fewest output rows and columns: a map of fewer than 8 × 8 outputs wastes most of its border tiles.
+const MIN_SIDE: usize = 8;
+/// Columns per block (a segment's tiles and its halo): a block's transformed input and products
+/// (`36 · (C_in + C_out)` floats per column) stay near L2 for 96 channels, and the transforms' loops
+/// run over all of a block's columns at once.
+const BLOCK_COLS: usize = 128;
+/// Most tiles of one segment: longer tile rows are cut into segments of equal length.
+const MAX_SEGMENT: usize = BLOCK_COLS - 2;
+
+/// The kernels of the path, if `g` takes it: a 2D (unit depth) 5 × 5 convolution of unit stride and
+/// dilation with at least [`MIN_CHANNELS`] channels in and out and [`MIN_SIDE`] outputs per side, on a
+/// CPU with the register-blocked kernels.
+pub(crate) fn kernels(g: &ConvGeom) -> Option<Blocking> {
+    let fits = g.kernel == [1, 5, 5]
+        && g.input[0] == 1
+        && g.output[0] == 1
+        && g.padding[0] == 0
+        && g.stride == [1; 3]
+        && g.dilation == [1; 3]
+        && g.c_in >= MIN_CHANNELS
+        && g.c_out >= MIN_CHANNELS
+        && g.output[1] >= MIN_SIDE
+        && g.output[2] >= MIN_SIDE;
+    if fits { Blocking::current() } else { None }
+}
+
+/// Forward convolution `x [batch, c_in, 1, H, W]`, `w [c_out, c_in, 1, r, r]` → `[batch, c_out, 1, Ho,
+/// Wo]` for a geometry [`kernels`] accepted.
+pub(crate) fn conv_forward(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    match g.kernel[1] {
+        5 => forward::<2>(b, x, w, g),
+        3 => forward::<4>(b, x, w, g),
+        r => unreachable!("no Winograd transform for {r} × {r} kernels"),
+    }
+}
+
+/// `Bᵀ d` for the six points: row `i` of `Bᵀ` holds the coefficients of `Π_{j ≠ i}(x − p_j)` over the
+/// finite points (`i < 5`) and of `Π_j (x − p_j)` (`i = 5`).
+#[inline(always)]
+fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
+    let (s12, d12) = (d[1] + d[2], d[1] - d[2]);
+    let (s34, d34) = (d[3] + d[4], d[4] - d[3]);
+    let e = d[4] - d[2];
+    let f = 2.0 * (d[3] - d[1]);
+    [4.0 * d[0] - 5.0 * d[2] + d[4], s34 - 4.0 * s12, d34 + 4.0 * d12, e + f, e - f, 4.0 * d[1] - 5.0 * d[3] + d[5]]
+}
+
+/// `Aᵀ d`: row `a` of `Aᵀ` is `p_i^a` at the finite points, and 1 at ∞ in the last row.
+#[inline(always)]
+fn at<const M: usize>(d: [f32; ALPHA]) -> [f32; M] {
+    let (s12, d12) = (d[1] + d[2], d[1] - d[2]);
+    let (s34, d34) = (d[3] + d[4], d[3] - d[4]);
+    let mut y = [0.0; M];
+    y[0] = d[0] + s12 + s34;
+    if M == 2 {
+        y[1] = d12 + 2.0 * d34 + d[5];
+    } else {
+        y[1] = d12 + 2.0 * d34;
+        y[2] = s12 + 4.0 * s34;
+        y[3] = d12 + 8.0 * d34 + d[5];
+    }
+    y
+}
+
+/// `G` (6 × r): row `i < 5` is `p_i^a / Π_{j ≠ i}(p_i − p_j)`, row 5 picks the kernel's last element.
+fn g_matrix(r: usize) -> Vec<[f64; ALPHA]> {
+    let mut g = vec![[0.0; ALPHA]; r];
+    for (i, p) in POINTS.iter().enumerate() {
+        let den: f64 = POINTS.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, q)| p - q).product();
+        for (a, row) in g.iter_mut().enumerate() {
+            row[i] = p.powi(a as i32) / den;
+        }
+    }
+    g[r - 1][ALPHA - 1] = 1.0;
+    g
+}
+
+/// `U_ξ = (G g Gᵀ)_ξ` of every pair of channels, packed per `ξ` for the forward kernel: element `(o, c)`
+/// of `ξ` at `ξ·rows·c_in + (cb·c_in + c)·co + o` with `o = cb·co + o'`, zeros for `o ≥ c_out`, `rows`
+/// = `c_out` rounded up to `co`.
+fn transform_weights(w: &[f32], c_out: usize, c_in: usize, r: usize, co: usize) -> Vec<f32> {
+    let gm = g_matrix(r);
+    let rows = c_out.div_ceil(co) * co;
+    let mut packed = vec![0.0f32; XI * rows * c_in];
+    let mut half = [[0.0f64; ALPHA]; 5];
+    for o in 0..c_out {
+        for c in 0..c_in {
+            let k = &w[(o * c_in + c) * r * r..][..r * r];
+            // half[a][l] = Σ_b g[a][b] G[l][b]; U[k][l] = Σ_a G[k][a] half[a][l].
+            for (a, h) in half.iter_mut().enumerate().take(r) {
+                *h = core::array::from_fn(|l| (0..r).map(|b| f64::from(k[a * r + b]) * gm[b][l]).sum());
+            }
+            for kk in 0..ALPHA {
+                for l in 0..ALPHA {
+                    let u: f64 = (0..r).map(|a| gm[a][kk] * half[a][l]).sum();
+                    packed[(kk * ALPHA + l) * rows * c_in + ((o / co) * c_in + c) * co + o % co] = u as f32;
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// Per-worker buffers.
+#[derive(Default)]
+struct Scratch {
+    /// Transformed input of a block: `(ξ, c, t)` at `(ξ·c_in + c)·stride + t`.
+    v: Vec<f32>,
+    /// Products of a block: `(ξ, o, t)` at `(ξ·rows + o)·stride + t`.
+    m: Vec<f32>,
+    /// The vertical pass: six rows of `stride · M` columns.
+    rows: Vec<f32>,
+    /// One row in phases; the output transform's passes.
+    phases: Vec<f32>,
+    /// Zeros standing in for input rows outside the map.
+    zeros: Vec<f32>,
+}
+
+/// A run of `count` tiles from tile `(ty, tx0)` of one sample, at column `col` of its block.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    sample: usize,
+    ty: usize,
+    tx0: usize,
+    count: usize,
+    col: usize,
+}
+
+/// The segments of `batch` maps of `th × tw` tiles (tile rows longer than [`MAX_SEGMENT`] cut into equal
+/// parts), grouped into blocks of at most [`BLOCK_COLS`] columns (one segment at least): the segments
+/// and, per block, its range of segments and its columns.
+fn blocks(batch: usize, th: usize, tw: usize, halo: usize) -> (Vec<Segment>, Vec<(usize, usize, usize)>) {
+    let parts = tw.div_ceil(MAX_SEGMENT);
+    let per = tw.div_ceil(parts);
+    let (mut segs, mut blocks) = (Vec::new(), Vec::new());
+    let (mut first, mut col) = (0, 0);
+    for sample in 0..batch {
+        for ty in 0..th {
+            for tx0 in (0..tw).step_by(per) {
+                let count = per.min(tw - tx0);
+                if col > 0 && col + count + halo > BLOCK_COLS {
+                    blocks.push((first, segs.len(), col));
+                    (first, col) = (segs.len(), 0);
+                }
+                segs.push(Segment { sample, ty, tx0, count, col });
+                col += count + halo;
+            }
+        }
+    }
+    if col > 0 {
+        blocks.push((first, segs.len(), col));
+    }
+    (segs, blocks)
+}
+
+/// Splits `buf` into six slices of `len` elements starting `stride` apart.
+#[inline(always)]
+fn six_mut(buf: &mut [f32], stride: usize, len: usize) -> [&mut [f32]; ALPHA] {
+    let (s0, rest) = buf.split_at_mut(stride);
+    let (s1, rest) = rest.split_at_mut(stride);
+    let (s2, rest) = rest.split_at_mut(stride);
+    let (s3, rest) = rest.split_at_mut(stride);
+    let (s4, s5) = rest.split_at_mut(stride);
+    [&mut s0[..len], &mut s1[..len], &mut s2[..len], &mut s3[..len], &mut s4[..len], &mut s5[..len]]
+}
+
+/// The vertical pass `Bᵀ d` of one segment of one input map (`plane`, `h × w`, zero-padded by `pad`):
+/// columns `x0..x0 + width` of input rows `y0..y0 + 6` (zeros outside the map) into `rows[k·stride + x]`.
+#[inline(always)]
+fn vertical(plane: &[f32], [h, w]: [usize; 2], [y0, x0]: [isize; 2], width: usize, rows: &mut [f32], stride: usize, zeros: &[f32]) {
+    // Columns c0..c1 of the segment lie inside the map.
+    let c0 = (-x0).clamp(0, width as isize) as usize;
+    let c1 = (w as isize - x0).clamp(c0 as isize, width as isize) as usize;
+    let n = c1 - c0;
+    let src: [&[f32]; ALPHA] = core::array::from_fn(|i| {
+        let y = y0 + i as isize;
+        if y >= 0 && (y as usize) < h && n > 0 { &plane[y as usize * w + (x0 + c0 as isize) as usize..][..n] } else { &zeros[..n] }
+    });
+    let [r0, r1, r2, r3, r4, r5] = six_mut(rows, stride, width);
+    for r in [&mut *r0, &mut *r1, &mut *r2, &mut *r3, &mut *r4, &mut *r5] {
+        r[..c0].fill(0.0);
+        r[c1..].fill(0.0);
+    }
+    let [o0, o1, o2, o3, o4, o5] = [&mut r0[c0..c1], &mut r1[c0..c1], &mut r2[c0..c1], &mut r3[c0..c1], &mut r4[c0..c1], &mut r5[c0..c1]];
+    for x in 0..n {
+        let v = bt([src[0][x], src[1][x], src[2][x], src[3][x], src[4][x], src[5][x]]);
+        (o0[x], o1[x], o2[x], o3[x], o4[x], o5[x]) = (v[0], v[1], v[2], v[3], v[4], v[5]);
+    }
+}
+
+/// The horizontal pass `(Bᵀ d) B` over a block's `cols` columns: row `k` of the vertical pass (`rows`,
+/// `cols · M` elements) in phases, then `dst[(k·6 + l)·stride + t]` for every column `t`.
+#[inline(always)]
+fn horizontal<const M: usize>(rows: &[f32], k: usize, cols: usize, phases: &mut [f32], dst: &mut [f32], stride: usize) {
+    let halo = (ALPHA - 1) / M;
+    let plen = cols + halo;
+    let ph = &mut phases[..M * plen];
+    for q in 0..M {
+        let p = &mut ph[q * plen..(q + 1) * plen];
+        for (p, c) in p.iter_mut().zip(rows[..cols * M].chunks_exact(M)) {
+            *p = c[q];
+        }
+        p[cols..].fill(0.0);
+    }
+    // Element j of the tile at column t is column t·M + j: phase j mod M, index t + j / M.
+    let d: [&[f32]; ALPHA] = core::array::from_fn(|j| &ph[(j % M) * plen + j / M..][..cols]);
+    let [t0, t1, t2, t3, t4, t5] = six_mut(&mut dst[k * ALPHA * stride..], stride, cols);
+    for t in 0..cols {
+        let v = bt([d[0][t], d[1][t], d[2][t], d[3][t], d[4][t], d[5][t]]);
+        (t0[t], t1[t], t2[t], t3[t], t4[t], t5[t]) = (v[0], v[1], v[2], v[3], v[4], v[5]);
+    }
+}
+
+/// `Aᵀ M A` of one output channel over a block's `cols` columns (products `src[ξ·stride + t]`), written
+/// into the segments' tiles of `out` (`[batch, c_out, ho, wo]` at channel `o`), clipped at the maps'
+/// edges.
+///
+/// # Safety
+/// `out` holds the `batch · c_out` maps of `map_out = ho · wo` elements, and no other thread writes the
+/// segments' tiles of channel `o`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_block<const M: usize>(
+    src: &[f32],
+    stride: usize,
+    cols: usize,
+    segs: &[Segment],
+    out: *mut f32,
+    (o, c_out): (usize, usize),
+    [ho, wo]: [usize; 2],
+    z: &mut Vec<f32>,
+) {
+    // First pass: z[(l·M + a)·cols + t] = Σ_k Aᵀ[a][k] · M[k·6 + l][t].
+    grow_scratch(z, (M * ALPHA + M) * cols);
+    let (zs, row) = z.split_at_mut(M * ALPHA * cols);
+    for (l, zl) in zs.chunks_exact_mut(M * cols).enumerate() {
+        let d: [&[f32]; ALPHA] = core::array::from_fn(|k| &src[(k * ALPHA + l) * stride..][..cols]);
+        let mut parts = zl.chunks_exact_mut(cols);
+        let z: [&mut [f32]; M] = core::array::from_fn(|_| parts.next().unwrap_or_default());
+        let z = z.map(|p| &mut p[..cols]);
+        for t in 0..cols {
+            let v = at::<M>([d[0][t], d[1][t], d[2][t], d[3][t], d[4][t], d[5][t]]);
+            for a in 0..M {
+                z[a][t] = v[a];
+            }
+        }
+    }
+    for a in 0..M {
+        let d: [&[f32]; ALPHA] = core::array::from_fn(|l| &zs[(l * M + a) * cols..][..cols]);
+        for (t, c) in (0..cols).zip(row.chunks_exact_mut(M)) {
+            c.copy_from_slice(&at::<M>([d[0][t], d[1][t], d[2][t], d[3][t], d[4][t], d[5][t]]));
+        }
+        for s in segs {
+            let y = s.ty * M + a;
+            if y < ho {
+                let x0 = s.tx0 * M;
+                let len = (s.count * M).min(wo - x0);
+                // SAFETY: row y < ho, columns x0..x0 + len ≤ wo of map (sample, o).
+                unsafe {
+                    let dst = out.add((s.sample * c_out + o) * ho * wo + y * wo + x0);
+                    core::ptr::copy_nonoverlapping(row[s.col * M..].as_ptr(), dst, len);
+                }
+            }
+        }
+    }
+}
+
+/// [`conv_forward`] for blocks of `M × M` outputs (`r = 7 − M`).
+fn forward<const M: usize>(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let r = ALPHA + 1 - M;
+    let halo = (ALPHA - 1) / M;
+    let [_, h, wd] = g.input;
+    let [_, ho, wo] = g.output;
+    let (segs, blocks) = blocks(g.batch, ho.div_ceil(M), wo.div_ceil(M), halo);
+    let group = b.lanes * b.fwd_vectors;
+    let stride = blocks.iter().map(|blk| blk.2).max().unwrap_or(0).div_ceil(group) * group;
+    let co_blocks = g.c_out.div_ceil(b.fwd_channels);
+    let rows = co_blocks * b.fwd_channels;
+    let packed = transform_weights(w, g.c_out, g.c_in, r, b.fwd_channels);
+    let wp_len = rows * g.c_in;
+    let starts: Vec<usize> = (0..stride / b.lanes).map(|i| i * b.lanes).collect();
+    let map_in = h * wd;
+    let len = g.batch * g.c_out * ho * wo;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let pad = [g.padding[1] as isize, g.padding[2] as isize];
+    par_items(blocks.len(), Scratch::default, |bi, s| {
+        let (first, end, cols) = blocks[bi];
+        let segs = &segs[first..end];
+        let vectors = cols.div_ceil(group) * group / b.lanes;
+        // Columns past `cols` that the products read hold stale values; their products are not read.
+        grow_scratch(&mut s.v, XI * g.c_in * stride);
+        grow_scratch(&mut s.m, XI * rows * stride);
+        grow_scratch(&mut s.rows, ALPHA * stride * M);
+        grow_scratch(&mut s.phases, (M * ALPHA + M) * stride);
+        grow_scratch(&mut s.zeros, (MAX_SEGMENT + halo) * M);
+        vectorised(
+            #[inline(always)]
+            || {
+                for c in 0..g.c_in {
+                    for seg in segs {
+                        let plane = &x[(seg.sample * g.c_in + c) * map_in..][..map_in];
+                        let origin = [(seg.ty * M) as isize - pad[0], (seg.tx0 * M) as isize - pad[1]];
+                        let width = (seg.count + halo) * M;
+                        vertical(plane, [h, wd], origin, width, &mut s.rows[seg.col * M..], stride * M, &s.zeros);
+                    }
+                    for k in 0..ALPHA {
+                        let row = &s.rows[k * stride * M..][..cols * M];
+                        horizontal::<M>(row, k, cols, &mut s.phases, &mut s.v[c * stride..], g.c_in * stride);
+                    }
+                }
+            },
+        );
+        for xi in 0..XI {
+            // SAFETY: V_ξ holds c_in rows of `stride` ≥ vectors·lanes columns; M_ξ holds `rows` rows of
+            // `stride`; the packed weights of ξ are `rows · c_in` long; the CPU has `b`'s instructions.
+            unsafe {
+                conv_direct::forward_tile(
+                    b,
+                    s.v.as_ptr().add(xi * g.c_in * stride),
+                    stride,
+                    &[0],
+                    &packed[xi * wp_len..][..wp_len],
+                    g.c_in,
+                    co_blocks,
+                    &starts[..vectors],
+                    s.m.as_mut_ptr().add(xi * rows * stride),
+                    stride,
+                );
+            }
+        }
+        let (m, z) = (&s.m, &mut s.phases);
+        vectorised(
+            #[inline(always)]
+            || {
+                for o in 0..g.c_out {
+                    // SAFETY: blocks write disjoint tiles.
+                    unsafe { output_block::<M>(&m[o * stride..], rows * stride, cols, segs, out_ptr.get(), (o, g.c_out), [ho, wo], z) };
+                }
+            },
+        );
+    });
+    // SAFETY: the segments cover every tile of every map, and each block writes its segments' tiles of
+    // all c_out maps.
+    unsafe { out.set_len(len) };
+    out
+}
