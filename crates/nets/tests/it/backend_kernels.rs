@@ -311,8 +311,9 @@ fn panel_cases() {
 }
 
 /// Unit-stride 5 × 5 convolutions of 32 channels or more in and out, by Winograd's F(2 × 2, 5 × 5) where
-/// the CPU has the register-blocked kernels: their forward passes and, as the forward convolution of the
-/// output gradient padded by `4 − p`, their input gradients (RED-CNN's layers).
+/// the CPU has the register-blocked kernels: their forward passes, as the forward convolution of the
+/// output gradient padded by `4 − p` their input gradients, and their weight gradients as sums of
+/// F(5 × 5, 2 × 2) over the tiles (RED-CNN's layers).
 fn winograd_cases() {
     // Valid (odd output rows: a last tile row half outside the map); 72 tiles per sample, so that blocks of
     // 96 tiles span samples and start inside tile rows; 34 output channels (a partial block of 8).

@@ -701,6 +701,11 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
 
 /// Weight gradient: `x [batch, c_in, input]`, `dy [batch, c_out, output]` → `dw [c_out, c_in, kernel]`.
 pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
+    if let (Some(xf), Some(dyf)) = (conv_shifted::as_f32(x), conv_shifted::as_f32(dy))
+        && conv_winograd::kernels(g).is_some()
+    {
+        return conv_shifted::from_f32(conv_winograd::conv_weight_grad(xf, dyf, g));
+    }
     if conv_shifted::weight_grad_applies(g) {
         return conv_shifted::conv_weight_grad(x, dy, g);
     }
@@ -728,7 +733,7 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
     let transposed = g.c_out <= col_rows;
     // Element (co, r) of the accumulator: row-major `dW`, or column-major (`dWᵀ` row-major).
     let (acc_rs, acc_cs) = if transposed { (1, g.c_out) } else { (col_rows, 1) };
-    let step = |acc: &mut Vec<T>, col: &mut Vec<T>, tmp: &mut Vec<T>, tile: (usize, usize), par: bool| {
+    let step = |acc: &mut Vec<T>, (col, tmp): &mut (Vec<T>, Vec<T>), tile: (usize, usize), par: bool| {
         let tcols = (tile.1 - tile.0) * row_len;
         col.resize(col_rows * tcols, T::zero());
         im2col(x, g, tile, (0, g.c_in), col);
@@ -765,11 +770,12 @@ pub(crate) fn from_transposed<T: ConvElem>(acc: &[T], c_out: usize, rows: usize)
     dw
 }
 
-/// Runs `step` over every tile into accumulators of `len` elements (one per worker, summed).
-pub(crate) fn weight_grad_sum<T: ConvElem, Tile: Copy + Sync>(
+/// Runs `step` over every tile into accumulators of `len` elements (one per worker, summed), each worker
+/// with its own scratch `S`.
+pub(crate) fn weight_grad_sum<T: ConvElem, S: Default, Tile: Copy + Sync>(
     tiles: &[Tile],
     len: usize,
-    step: impl Fn(&mut Vec<T>, &mut Vec<T>, &mut Vec<T>, Tile, bool) + Sync,
+    step: impl Fn(&mut Vec<T>, &mut S, Tile, bool) + Sync,
 ) -> Vec<T> {
     #[cfg(feature = "rayon")]
     {
@@ -781,9 +787,9 @@ pub(crate) fn weight_grad_sum<T: ConvElem, Tile: Copy + Sync>(
                 .par_chunks(per)
                 .map(|chunk| {
                     let mut acc = vec![T::zero(); len];
-                    let (mut col, mut tmp) = (Vec::new(), Vec::new());
+                    let mut scratch = S::default();
                     for &tile in chunk {
-                        step(&mut acc, &mut col, &mut tmp, tile, false);
+                        step(&mut acc, &mut scratch, tile, false);
                     }
                     acc
                 })
@@ -799,10 +805,10 @@ pub(crate) fn weight_grad_sum<T: ConvElem, Tile: Copy + Sync>(
         }
     }
     let mut acc = vec![T::zero(); len];
-    let (mut col, mut tmp) = (Vec::new(), Vec::new());
+    let mut scratch = S::default();
     let par = tiles.len() == 1;
     for &tile in tiles {
-        step(&mut acc, &mut col, &mut tmp, tile, par);
+        step(&mut acc, &mut scratch, tile, par);
     }
     acc
 }

@@ -574,7 +574,7 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
     let tiles = grid.tiles(g.batch, g.c_out);
     // The accumulator is dWᵀ (element (co, c·K + t) at acc[(c·K + t)·c_out + co]) so that the output
     // gradient, gathered transposed, is a column-major left operand (see the im2col weight gradient).
-    let step = |acc: &mut Vec<T>, dyt: &mut Vec<T>, _: &mut Vec<T>, tile: (usize, usize, usize), par: bool| {
+    let step = |acc: &mut Vec<T>, dyt: &mut Vec<T>, tile: (usize, usize, usize), par: bool| {
         let (b, j0, j1) = tile;
         let n = j1 - j0;
         dyt.clear();
@@ -684,7 +684,7 @@ fn weight_grad_direct(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f
     let s_out = g.s_out();
     let rows = g.c_out.next_multiple_of(b.wg_out);
     let tiles = vector_tiles(vectors.count, lanes, g.batch, g.c_out, 1);
-    let step = |acc: &mut Vec<f32>, dyv: &mut Vec<f32>, _: &mut Vec<f32>, tile: (usize, usize, usize), _: bool| {
+    let step = |acc: &mut Vec<f32>, dyv: &mut Vec<f32>, tile: (usize, usize, usize), _: bool| {
         let (bi, v0, v1) = tile;
         let starts = vectors.starts(v0, v1, 1);
         let n = starts.len() * lanes;

@@ -18,18 +18,20 @@
 //!   (a halo column's result is computed and not used);
 //! * products: the forward kernel with one tap, `Σ_c U_ξ[o][c] · V_ξ[c][t]` for the block's tiles
 //!   (8 output channels × 48 tiles in registers with AVX-512);
-//! * output: `Aᵀ M A` per output channel along the run, clipped at the map's edges.
+//! * output: `Aᵀ M A` per output channel along the block, clipped at the maps' edges.
 //!
 //! The transforms cost `O(C·36)` per tile against the products' `O(C_in·C_out·36)`, so the path is
 //! taken for deep layers only ([`MIN_CHANNELS`]). The input gradient of such a convolution is the
 //! forward convolution of the output gradient with the flipped kernel (`conv_shifted`), so it runs
-//! here too, as does a transposed convolution's forward pass.
+//! here too, as does a transposed convolution's forward pass. The weight gradient is a sum over tiles
+//! of Winograd's F(r, m) over the same points ([`conv_weight_grad`]): the same input transform, the
+//! output gradient's `m × m` blocks transformed by `G_m`, one GEMM per `ξ` reducing over the tiles.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 use super::conv_direct::{self, Blocking};
-use super::conv_gemm::{ConvGeom, SyncPtr, grow_scratch, par_items};
+use super::conv_gemm::{ConvGeom, SyncPtr, gemm_into, grow_scratch, par_items, weight_grad_sum};
 use super::vectorised::vectorised;
 
 /// Points per axis of the transformed patch.
@@ -106,24 +108,26 @@ fn at<const M: usize>(d: [f32; ALPHA]) -> [f32; M] {
     y
 }
 
-/// `G` (6 × r): row `i < 5` is `p_i^a / Π_{j ≠ i}(p_i − p_j)`, row 5 picks the kernel's last element.
-fn g_matrix(r: usize) -> Vec<[f64; ALPHA]> {
-    let mut g = vec![[0.0; ALPHA]; r];
+/// The evaluation matrix of `n`-element polynomials at the six points, stored transposed (`e[a][i]` =
+/// `p_i^a`; 1 at ∞ for the last coefficient), with each finite point's row divided by `Π_{j ≠ i}(p_i −
+/// p_j)` where `scaled` (the interpolation's denominators, folded into `G`).
+fn eval_matrix(n: usize, scaled: bool) -> Vec<[f64; ALPHA]> {
+    let mut e = vec![[0.0; ALPHA]; n];
     for (i, p) in POINTS.iter().enumerate() {
         let den: f64 = POINTS.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, q)| p - q).product();
-        for (a, row) in g.iter_mut().enumerate() {
-            row[i] = p.powi(a as i32) / den;
+        for (a, row) in e.iter_mut().enumerate() {
+            row[i] = p.powi(a as i32) / if scaled { den } else { 1.0 };
         }
     }
-    g[r - 1][ALPHA - 1] = 1.0;
-    g
+    e[n - 1][ALPHA - 1] = 1.0;
+    e
 }
 
 /// `U_ξ = (G g Gᵀ)_ξ` of every pair of channels, packed per `ξ` for the forward kernel: element `(o, c)`
 /// of `ξ` at `ξ·rows·c_in + (cb·c_in + c)·co + o` with `o = cb·co + o'`, zeros for `o ≥ c_out`, `rows`
 /// = `c_out` rounded up to `co`.
 fn transform_weights(w: &[f32], c_out: usize, c_in: usize, r: usize, co: usize) -> Vec<f32> {
-    let gm = g_matrix(r);
+    let gm = eval_matrix(r, true);
     let rows = c_out.div_ceil(co) * co;
     let mut packed = vec![0.0f32; XI * rows * c_in];
     let mut half = [[0.0f64; ALPHA]; 5];
@@ -309,13 +313,162 @@ unsafe fn output_block<const M: usize>(
     }
 }
 
+/// The transformed input of a block of `cols` columns into `s.v`: `(ξ, c, t)` at `(ξ·c_in + c)·stride +
+/// t`, for the tiles of `segs` of `x [batch, c_in, 1, H, W]`.
+#[inline(always)]
+fn input_block<const M: usize>(x: &[f32], g: &ConvGeom, segs: &[Segment], (cols, stride): (usize, usize), s: &mut Scratch) {
+    let halo = (ALPHA - 1) / M;
+    let [_, h, w] = g.input;
+    let pad = [g.padding[1] as isize, g.padding[2] as isize];
+    grow_scratch(&mut s.v, XI * g.c_in * stride);
+    grow_scratch(&mut s.rows, ALPHA * stride * M);
+    grow_scratch(&mut s.phases, (M * ALPHA + M) * stride);
+    grow_scratch(&mut s.zeros, (MAX_SEGMENT + halo) * M);
+    for c in 0..g.c_in {
+        for seg in segs {
+            let plane = &x[(seg.sample * g.c_in + c) * h * w..][..h * w];
+            let origin = [(seg.ty * M) as isize - pad[0], (seg.tx0 * M) as isize - pad[1]];
+            let width = (seg.count + halo) * M;
+            vertical(plane, [h, w], origin, width, &mut s.rows[seg.col * M..], stride * M, &s.zeros);
+        }
+        for k in 0..ALPHA {
+            let row = &s.rows[k * stride * M..][..cols * M];
+            horizontal::<M>(row, k, cols, &mut s.phases, &mut s.v[c * stride..], g.c_in * stride);
+        }
+    }
+}
+
+/// The transformed output gradient of a block of `cols` columns into `s.m`: `E = G_M e G_Mᵀ` of each
+/// `M × M` tile `e` of `dy [batch, c_out, 1, Ho, Wo]` (zeros outside the map), `(ξ, o, t)` at `(ξ·c_out
+/// + o)·stride + t`, zeros at the segments' halo columns. `gk[k][i]` is `G_M`.
+#[inline(always)]
+fn output_grad_block<const M: usize>(dy: &[f32], g: &ConvGeom, segs: &[Segment], stride: usize, gk: &[[f32; M]; ALPHA], s: &mut Scratch) {
+    let halo = (ALPHA - 1) / M;
+    let [_, ho, wo] = g.output;
+    let width = MAX_SEGMENT * M;
+    grow_scratch(&mut s.m, XI * g.c_out * stride);
+    grow_scratch(&mut s.rows, ALPHA * width);
+    for o in 0..g.c_out {
+        for seg in segs {
+            let plane = &dy[(seg.sample * g.c_out + o) * ho * wo..][..ho * wo];
+            let x0 = seg.tx0 * M;
+            let n = (seg.count * M).min(wo - x0);
+            // Vertical: r_k[x] = Σ_i G[k][i] · dy[ty·M + i][x0 + x], rows past the map zero.
+            let src: [Option<&[f32]>; M] = core::array::from_fn(|i| {
+                let y = seg.ty * M + i;
+                (y < ho).then(|| &plane[y * wo + x0..][..n])
+            });
+            for (k, r) in s.rows.chunks_exact_mut(width).take(ALPHA).enumerate() {
+                let r = &mut r[..seg.count * M];
+                r.fill(0.0);
+                for (i, row) in src.iter().enumerate() {
+                    if let Some(row) = row {
+                        let gi = gk[k][i];
+                        for (d, v) in r[..n].iter_mut().zip(row.iter()) {
+                            *d += gi * *v;
+                        }
+                    }
+                }
+            }
+            // Horizontal: E[k·6 + l][col + u] = Σ_j G[l][j] · r_k[u·M + j].
+            for k in 0..ALPHA {
+                let r = &s.rows[k * width..][..seg.count * M];
+                let dst = &mut s.m[(k * ALPHA * g.c_out + o) * stride + seg.col..];
+                let [t0, t1, t2, t3, t4, t5] = six_mut(dst, g.c_out * stride, seg.count + halo);
+                for (u, e) in (0..seg.count).zip(r.chunks_exact(M)) {
+                    let mut v = [0.0f32; ALPHA];
+                    for (vl, gl) in v.iter_mut().zip(gk) {
+                        for (gj, ej) in gl.iter().zip(e) {
+                            *vl += gj * ej;
+                        }
+                    }
+                    (t0[u], t1[u], t2[u], t3[u], t4[u], t5[u]) = (v[0], v[1], v[2], v[3], v[4], v[5]);
+                }
+                for t in [t0, t1, t2, t3, t4, t5] {
+                    t[seg.count..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Weight gradient `x [batch, c_in, 1, H, W]`, `dy [batch, c_out, 1, Ho, Wo]` → `dw [c_out, c_in, 1, r, r]`
+/// for a geometry [`kernels`] accepted. Each tile's share of `dw` is the correlation of its 6 × 6 input
+/// patch with its `M × M` block of `dy`, Winograd's F(r, M) over the same six points: `A_rᵀ [(G_M e
+/// G_Mᵀ) ⊙ (Bᵀ d B)] A_r`, so that summed over tiles `dw_ξ (C_out × C_in) = Σ_t E_ξ[o][t] · V_ξ[c][t]`,
+/// one GEMM per `ξ` over a block's columns, accumulated per worker, then `A_rᵀ · A_r` per pair of
+/// channels.
+pub(crate) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    match g.kernel[1] {
+        5 => weight_grad::<2>(x, dy, g),
+        3 => weight_grad::<4>(x, dy, g),
+        r => unreachable!("no Winograd transform for {r} × {r} kernels"),
+    }
+}
+
+/// [`conv_weight_grad`] for blocks of `M × M` outputs (`r = 7 − M`).
+fn weight_grad<const M: usize>(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let r = ALPHA + 1 - M;
+    let [_, ho, wo] = g.output;
+    let (segs, blocks) = blocks(g.batch, ho.div_ceil(M), wo.div_ceil(M), (ALPHA - 1) / M);
+    let stride = blocks.iter().map(|blk| blk.2).max().unwrap_or(0);
+    let gm = eval_matrix(M, true);
+    let gk: [[f32; M]; ALPHA] = core::array::from_fn(|k| core::array::from_fn(|i| gm[i][k] as f32));
+    let pairs = g.c_out * g.c_in;
+    let ids: Vec<usize> = (0..blocks.len()).collect();
+    let acc = weight_grad_sum(&ids, XI * pairs, |acc: &mut Vec<f32>, s: &mut Scratch, bi: usize, par: bool| {
+        let (first, end, cols) = blocks[bi];
+        let segs = &segs[first..end];
+        vectorised(
+            #[inline(always)]
+            || {
+                input_block::<M>(x, g, segs, (cols, stride), s);
+                output_grad_block::<M>(dy, g, segs, stride, &gk, s);
+            },
+        );
+        for xi in 0..XI {
+            // SAFETY: dw_ξ is c_out × c_in (row stride c_in) inside acc; E_ξ (o, t) at o·stride + t and
+            // V_ξ (t, c) at c·stride + t for t < cols, inside their buffers.
+            unsafe {
+                gemm_into(
+                    g.c_out,
+                    g.c_in,
+                    cols,
+                    acc.as_mut_ptr().add(xi * pairs),
+                    g.c_in,
+                    1,
+                    true,
+                    s.m.as_ptr().add(xi * g.c_out * stride),
+                    stride as isize,
+                    1,
+                    s.v.as_ptr().add(xi * g.c_in * stride),
+                    1,
+                    stride as isize,
+                    par,
+                );
+            }
+        }
+    });
+    // dw[a][b] = Σ_k Σ_l A[k][a] · acc[k·6 + l] · A[l][b] per pair of channels.
+    let am = eval_matrix(r, false);
+    let mut dw = vec![0.0f32; pairs * r * r];
+    for (pair, out) in dw.chunks_exact_mut(r * r).enumerate() {
+        let u: [f64; XI] = core::array::from_fn(|xi| f64::from(acc[xi * pairs + pair]));
+        for a in 0..r {
+            let half: [f64; ALPHA] = core::array::from_fn(|l| (0..ALPHA).map(|k| am[a][k] * u[k * ALPHA + l]).sum());
+            for (bb, o) in out[a * r..(a + 1) * r].iter_mut().enumerate() {
+                *o = (0..ALPHA).map(|l| half[l] * am[bb][l]).sum::<f64>() as f32;
+            }
+        }
+    }
+    dw
+}
+
 /// [`conv_forward`] for blocks of `M × M` outputs (`r = 7 − M`).
 fn forward<const M: usize>(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let r = ALPHA + 1 - M;
-    let halo = (ALPHA - 1) / M;
-    let [_, h, wd] = g.input;
     let [_, ho, wo] = g.output;
-    let (segs, blocks) = blocks(g.batch, ho.div_ceil(M), wo.div_ceil(M), halo);
+    let (segs, blocks) = blocks(g.batch, ho.div_ceil(M), wo.div_ceil(M), (ALPHA - 1) / M);
     let group = b.lanes * b.fwd_vectors;
     let stride = blocks.iter().map(|blk| blk.2).max().unwrap_or(0).div_ceil(group) * group;
     let co_blocks = g.c_out.div_ceil(b.fwd_channels);
@@ -323,37 +476,19 @@ fn forward<const M: usize>(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> V
     let packed = transform_weights(w, g.c_out, g.c_in, r, b.fwd_channels);
     let wp_len = rows * g.c_in;
     let starts: Vec<usize> = (0..stride / b.lanes).map(|i| i * b.lanes).collect();
-    let map_in = h * wd;
     let len = g.batch * g.c_out * ho * wo;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    let pad = [g.padding[1] as isize, g.padding[2] as isize];
     par_items(blocks.len(), Scratch::default, |bi, s| {
         let (first, end, cols) = blocks[bi];
         let segs = &segs[first..end];
         let vectors = cols.div_ceil(group) * group / b.lanes;
         // Columns past `cols` that the products read hold stale values; their products are not read.
-        grow_scratch(&mut s.v, XI * g.c_in * stride);
         grow_scratch(&mut s.m, XI * rows * stride);
-        grow_scratch(&mut s.rows, ALPHA * stride * M);
         grow_scratch(&mut s.phases, (M * ALPHA + M) * stride);
-        grow_scratch(&mut s.zeros, (MAX_SEGMENT + halo) * M);
         vectorised(
             #[inline(always)]
-            || {
-                for c in 0..g.c_in {
-                    for seg in segs {
-                        let plane = &x[(seg.sample * g.c_in + c) * map_in..][..map_in];
-                        let origin = [(seg.ty * M) as isize - pad[0], (seg.tx0 * M) as isize - pad[1]];
-                        let width = (seg.count + halo) * M;
-                        vertical(plane, [h, wd], origin, width, &mut s.rows[seg.col * M..], stride * M, &s.zeros);
-                    }
-                    for k in 0..ALPHA {
-                        let row = &s.rows[k * stride * M..][..cols * M];
-                        horizontal::<M>(row, k, cols, &mut s.phases, &mut s.v[c * stride..], g.c_in * stride);
-                    }
-                }
-            },
+            || input_block::<M>(x, g, segs, (cols, stride), s),
         );
         for xi in 0..XI {
             // SAFETY: V_ξ holds c_in rows of `stride` ≥ vectors·lanes columns; M_ξ holds `rows` rows of
