@@ -310,10 +310,11 @@ fn panel_cases() {
     check(case3(12, 128, 128, [2, 3, 3], 3, 1, 1), 3, false, [0; 3]);
 }
 
-/// Unit-stride 5 × 5 convolutions of 32 channels or more in and out, by Winograd's F(2 × 2, 5 × 5) where
+/// Unit-stride 2D 5 × 5 convolutions of 32 channels or more in and out, by Winograd's F(2 × 2, 5 × 5) where
 /// the CPU has the register-blocked kernels: their forward passes, as the forward convolution of the
 /// output gradient padded by `4 − p` their input gradients, and their weight gradients as sums of
-/// F(5 × 5, 2 × 2) over the tiles (RED-CNN's layers).
+/// F(5 × 5, 2 × 2) over the tiles (RED-CNN's layers); and 3 × 3 ones by F(4 × 4, 3 × 3) (ResNet-18's
+/// first two stages).
 fn winograd_cases() {
     // Valid (odd output rows: a last tile row half outside the map); 72 tiles per sample, so that blocks of
     // 96 tiles span samples and start inside tile rows; 34 output channels (a partial block of 8).
@@ -323,10 +324,13 @@ fn winograd_cases() {
     check(case2(1, 36, 32, [16, 17], 5, 1, 1, 1, 1), 2, false, [0; 3]);
     // Transposed (its forward pass is an input gradient), several blocks per sample.
     check(case2(2, 34, 32, [30, 29], 5, 1, 0, 1, 1), 2, true, [0; 3]);
+    // 3 × 3 by F(4 × 4, 3 × 3) from 64 channels and 256 tiles: same (the input gradient too), 9 × 10 outputs
+    // (partial tiles on both edges), 29 samples of 9 tiles.
+    check(case2(29, 64, 66, [9, 10], 3, 1, 1, 1, 1), 2, false, [0; 3]);
 }
 
 #[test]
-fn five_by_five_convolutions_by_winograd_match_the_definition() {
+fn deep_convolutions_by_winograd_match_the_definition() {
     let _cap = IsaCap::new(None);
     winograd_cases();
 }

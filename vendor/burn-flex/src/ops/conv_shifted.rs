@@ -27,7 +27,8 @@
 //! 3D U-Nets' first levels, the centre-point detector, the CRNN), and with the AVX-512 kernels for the
 //! forward pass and input gradient of deeper layers up to 128 channels from 1,024 positions
 //! ([`DEEP_CHANNELS`]: the 2D U-Net's 64-channel level, the decoders' 96 → 32 convolutions after a skip
-//! connection; 5 × 5 layers of 32 channels or more, such as RED-CNN's, go to `conv_winograd` first),
+//! connection; 5 × 5 layers of 32 channels or more, such as RED-CNN's, and deep 3 × 3 ones of many tiles go
+//! to `conv_winograd` first),
 //! whose weight gradients stay on im2col's GEMM (faster there). Strided convolutions, 1–7 or more than 128
 //! channels and small maps ([`MIN_POSITIONS`], [`DEEP_MIN_POSITIONS`]) keep im2col.
 

@@ -1,5 +1,5 @@
-//! Unit-stride 2D convolutions of deep 5 × 5 layers by Winograd's minimal filtering F(2 × 2, 5 × 5),
-//! in f32 with the register-blocked forward kernel of [`conv_direct`].
+//! Unit-stride 2D convolutions of deep 5 × 5 and 3 × 3 layers by Winograd's minimal filtering F(2 × 2,
+//! 5 × 5) and F(4 × 4, 3 × 3), in f32 with the register-blocked forward kernel of [`conv_direct`].
 //!
 //! With the six interpolation points 0, 1, −1, 2, −2 and ∞, an `m × m` block of outputs of an `r × r`
 //! kernel (`m = 7 − r`) is `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for the 6 × 6 input patch `d` the block
@@ -8,7 +8,7 @@
 //! folded into `G`). Summed over input channels, each of the 36 elements `ξ` of the transformed patch
 //! is one matrix product over a block of tiles:
 //! `M_ξ (C_out × tiles) = U_ξ (C_out × C_in) · V_ξ (C_in × tiles)` — 36 products per pair of channels
-//! and tile where the definition takes `m²·r²` (100 for F(2, 5): 2.78 × fewer).
+//! and tile where the definition takes `m²·r²` (100 for F(2, 5): 2.78 × fewer; 144 for F(4, 3): 4 ×).
 //!
 //! * weights: `U = G g Gᵀ` once per call (in f64), packed for [`conv_direct::forward_tile`];
 //! * input: `V = Bᵀ d B` per input channel: the vertical pass along the input rows of each segment
@@ -21,7 +21,7 @@
 //! * output: `Aᵀ M A` per output channel along the block, clipped at the maps' edges.
 //!
 //! The transforms cost `O(C·36)` per tile against the products' `O(C_in·C_out·36)`, so the path is
-//! taken for deep layers only ([`MIN_CHANNELS`]). The input gradient of such a convolution is the
+//! taken for deep layers only ([`MIN_CHANNELS`], [`MIN_CHANNELS_3X3`]). The input gradient of such a convolution is the
 //! forward convolution of the output gradient with the flipped kernel (`conv_shifted`), so it runs
 //! here too, as does a transposed convolution's forward pass. The weight gradient is a sum over tiles
 //! of Winograd's F(r, m) over the same points ([`conv_weight_grad`]): the same input transform, the
@@ -41,9 +41,15 @@ const XI: usize = ALPHA * ALPHA;
 /// The finite interpolation points; ∞ is the sixth.
 const POINTS: [f64; ALPHA - 1] = [0.0, 1.0, -1.0, 2.0, -2.0];
 
-/// Fewest input and output channels: below, the transforms (per channel) outweigh the products saved
-/// (per pair of channels).
+/// Fewest input and output channels of a 5 × 5 layer (F(2, 5)): below, the transforms (per channel)
+/// outweigh the products saved (per pair of channels).
 const MIN_CHANNELS: usize = 32;
+/// Fewest input and output channels of a 3 × 3 layer (F(4, 3)), whose output transform is heavier and
+/// whose products per tile are fewer than F(2, 5)'s.
+const MIN_CHANNELS_3X3: usize = 64;
+/// Fewest tiles of a 3 × 3 layer: the weight transform (per pair of channels) is amortised over the
+/// tiles, and both threads get blocks (the 2D U-Net's 128-channel level, batch 8 on 16² maps, has 128).
+const MIN_TILES_3X3: usize = 256;
 /// Fewest output rows and columns: a map of fewer than 8 × 8 outputs wastes most of its border tiles.
 const MIN_SIDE: usize = 8;
 /// Columns per block (a segment's tiles and its halo): a block's transformed input and products
@@ -53,20 +59,25 @@ const BLOCK_COLS: usize = 128;
 /// Most tiles of one segment: longer tile rows are cut into segments of equal length.
 const MAX_SEGMENT: usize = BLOCK_COLS - 2;
 
-/// The kernels of the path, if `g` takes it: a 2D (unit depth) 5 × 5 convolution of unit stride and
-/// dilation with at least [`MIN_CHANNELS`] channels in and out and [`MIN_SIDE`] outputs per side, on a
-/// CPU with the register-blocked kernels.
+/// The kernels of the path, if `g` takes it: a 2D (unit depth) convolution of unit stride and dilation
+/// with at least [`MIN_SIDE`] outputs per side, on a CPU with the register-blocked kernels, either 5 × 5
+/// with [`MIN_CHANNELS`] channels in and out, or 3 × 3 with [`MIN_CHANNELS_3X3`] and
+/// [`MIN_TILES_3X3`] tiles of 4 × 4 outputs.
 pub(crate) fn kernels(g: &ConvGeom) -> Option<Blocking> {
-    let fits = g.kernel == [1, 5, 5]
+    let [_, ho, wo] = g.output;
+    let deep = match g.kernel {
+        [1, 5, 5] => g.c_in.min(g.c_out) >= MIN_CHANNELS,
+        [1, 3, 3] => g.c_in.min(g.c_out) >= MIN_CHANNELS_3X3 && g.batch * ho.div_ceil(4) * wo.div_ceil(4) >= MIN_TILES_3X3,
+        _ => false,
+    };
+    let fits = deep
         && g.input[0] == 1
         && g.output[0] == 1
         && g.padding[0] == 0
         && g.stride == [1; 3]
         && g.dilation == [1; 3]
-        && g.c_in >= MIN_CHANNELS
-        && g.c_out >= MIN_CHANNELS
-        && g.output[1] >= MIN_SIDE
-        && g.output[2] >= MIN_SIDE;
+        && ho >= MIN_SIDE
+        && wo >= MIN_SIDE;
     if fits { Blocking::current() } else { None }
 }
 
@@ -130,18 +141,28 @@ fn transform_weights(w: &[f32], c_out: usize, c_in: usize, r: usize, co: usize) 
     let gm = eval_matrix(r, true);
     let rows = c_out.div_ceil(co) * co;
     let mut packed = vec![0.0f32; XI * rows * c_in];
-    let mut half = [[0.0f64; ALPHA]; 5];
     for o in 0..c_out {
         for c in 0..c_in {
             let k = &w[(o * c_in + c) * r * r..][..r * r];
-            // half[a][l] = Σ_b g[a][b] G[l][b]; U[k][l] = Σ_a G[k][a] half[a][l].
+            // half[a][l] = Σ_b g[a][b] G[l][b]; U[kk][l] = Σ_a G[kk][a] half[a][l].
+            let mut half = [[0.0f64; ALPHA]; 5];
             for (a, h) in half.iter_mut().enumerate().take(r) {
-                *h = core::array::from_fn(|l| (0..r).map(|b| f64::from(k[a * r + b]) * gm[b][l]).sum());
+                for (b, gb) in gm.iter().enumerate() {
+                    let v = f64::from(k[a * r + b]);
+                    for (hl, gl) in h.iter_mut().zip(gb) {
+                        *hl += v * gl;
+                    }
+                }
             }
             for kk in 0..ALPHA {
-                for l in 0..ALPHA {
-                    let u: f64 = (0..r).map(|a| gm[a][kk] * half[a][l]).sum();
-                    packed[(kk * ALPHA + l) * rows * c_in + ((o / co) * c_in + c) * co + o % co] = u as f32;
+                let mut u = [0.0f64; ALPHA];
+                for (h, ga) in half.iter().zip(&gm) {
+                    for (ul, hl) in u.iter_mut().zip(h) {
+                        *ul += ga[kk] * hl;
+                    }
+                }
+                for (l, ul) in u.iter().enumerate() {
+                    packed[(kk * ALPHA + l) * rows * c_in + ((o / co) * c_in + c) * co + o % co] = *ul as f32;
                 }
             }
         }
