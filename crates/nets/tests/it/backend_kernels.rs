@@ -316,9 +316,12 @@ fn panel_cases() {
 /// F(5 × 5, 2 × 2) over the tiles (RED-CNN's layers); and 3 × 3 ones by F(4 × 4, 3 × 3) (ResNet-18's
 /// first two stages).
 fn winograd_cases() {
-    // Valid (odd output rows: a last tile row half outside the map); 72 tiles per sample, so that blocks of
-    // 96 tiles span samples and start inside tile rows; 34 output channels (a partial block of 8).
+    // Valid (odd output rows: a last tile row half outside the map); 9 tile rows of 8 tiles per sample, so
+    // that a block (12 segments of 8 tiles and 2 overlap columns) spans both samples; 34 output channels (a
+    // partial block of 8).
     check(case2(2, 33, 34, [21, 20], 5, 1, 0, 1, 1), 2, false, [0; 3]);
+    // Tile rows longer than a block (128 tiles of a 256-wide output): cut into two segments of 64.
+    check(case2(1, 32, 32, [12, 260], 5, 1, 0, 1, 1), 2, false, [0; 3]);
     // Same and partly padded (tiles that read the padding on every side; odd output columns).
     check(case2(1, 32, 40, [19, 23], 5, 1, 2, 1, 1), 2, false, [0; 3]);
     check(case2(1, 36, 32, [16, 17], 5, 1, 1, 1, 1), 2, false, [0; 3]);
