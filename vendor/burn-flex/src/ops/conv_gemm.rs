@@ -645,8 +645,8 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
         && (0..3).all(|i| g.padding[i] < g.kernel[i])
         && let Some(b) = conv_winograd::kernels(&conv_shifted::flipped(g))
     {
-        let flipped_w = conv_shifted::flipped_weights(wf, g);
-        return conv_shifted::from_f32(conv_winograd::conv_forward(b, dyf, &flipped_w, &conv_shifted::flipped(g)));
+        let grad = conv_shifted::data_grad_as_forward(dyf, wf, g, |d, w, fg| conv_winograd::conv_forward(b, d, w, fg));
+        return conv_shifted::from_f32(grad);
     }
     if conv_shifted::data_grad_applies(g) {
         return conv_shifted::conv_data_grad(dy, w, g);

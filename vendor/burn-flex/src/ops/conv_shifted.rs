@@ -542,11 +542,18 @@ fn forward_tiles<T: ConvElem>(
 /// `w [c_out, c_in, kernel]` → `dx [batch, c_in, input]`, as the forward convolution of `dy` with the
 /// flipped kernel.
 pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Vec<T> {
-    conv_forward(dy, &flipped_weights(w, g), &flipped(g))
+    data_grad_as_forward(dy, w, g, conv_forward)
 }
 
-/// The weights of [`flipped`]`(g)`: `w'[c][co][t] = w[co][c][K − 1 − t]` for `w [c_out, c_in, kernel]`.
-pub(crate) fn flipped_weights<T: ConvElem>(w: &[T], g: &ConvGeom) -> Vec<T> {
+/// The input gradient of a unit-stride convolution `g` (padding at most `(k − 1)·d`) as `forward(dy, w',
+/// g')`: the forward convolution of the output gradient with the flipped kernel `w'[c][co][t] =
+/// w[co][c][K − 1 − t]` over the geometry [`flipped`]`(g)`.
+pub(crate) fn data_grad_as_forward<T: ConvElem>(
+    dy: &[T],
+    w: &[T],
+    g: &ConvGeom,
+    forward: impl FnOnce(&[T], &[T], &ConvGeom) -> Vec<T>,
+) -> Vec<T> {
     let k_len = g.k_len();
     let mut flipped_w = vec![T::zero(); w.len()];
     for co in 0..g.c_out {
@@ -558,7 +565,7 @@ pub(crate) fn flipped_weights<T: ConvElem>(w: &[T], g: &ConvGeom) -> Vec<T> {
             }
         }
     }
-    flipped_w
+    forward(dy, &flipped_w, &flipped(g))
 }
 
 /// Weight gradient of a unit-stride convolution ([`applies`]): `x [batch, c_in, input]`, `dy [batch,
