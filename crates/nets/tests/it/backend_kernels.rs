@@ -548,7 +548,8 @@ fn pooling_case(g: Pool, hw: [usize; 2], ties: bool) {
     assert_close(&format!("{case} dx"), &values(x.grad(&grads).expect("dx")), &dx);
 }
 
-/// Windows inside the input (2 × 2 stride 2, 3 × 3 stride 2 on odd sizes, overlapping stride 1, non-square,
+/// Windows inside the input (2 × 2 stride 2, 3 × 3 stride 2 on odd sizes, overlapping stride 1, non-square
+/// (2 × 4: eight taps),
 /// rows longer than one block of 64 outputs, ties) and windows reaching into the padding at both ends of rows
 /// and columns (GoogLeNet's 3 × 3 stride 1, ResNet's 3 × 3 stride 2), dilated, and past the end in ceil mode.
 fn pooling_cases() {
@@ -558,6 +559,7 @@ fn pooling_cases() {
     pooling_case(pool(2, 1, 0), [5, 70], true);
     pooling_case(pool(2, 2, 0), [4, 262], true);
     pooling_case(Pool { k: [1, 3], s: [1, 2], ..pool(1, 1, 0) }, [3, 140], true);
+    pooling_case(Pool { k: [2, 4], s: [2, 2], ..pool(1, 1, 0) }, [6, 75], true);
     pooling_case(pool(3, 2, 1), [7, 9], true);
     pooling_case(pool(3, 1, 1), [6, 150], true);
     pooling_case(pool(3, 2, 1), [9, 141], false);

@@ -259,13 +259,23 @@ where
                     )
                 };
                 // Of one row of windows: where each window row that lies inside the input starts
-                // (`(id · in_h + ih) · in_w`), and the taps' offsets from the start of an input row,
-                // both in scan order.
+                // (`(id · in_h + ih) · in_w`), and the taps' offsets from the first of them, both in
+                // scan order.
                 let mut rows: Vec<usize> = Vec::with_capacity(kernel_d * kernel_h);
                 let mut taps: Vec<usize> = Vec::with_capacity(kernel_d * kernel_h * kernel_w);
                 let inside = |o: usize, k: usize, s: usize, d: usize, p: usize, n: usize| {
                     (o * s + k * d).checked_sub(p).filter(|&i| i < n)
                 };
+                // The taps of a window all of whose rows lie inside the input, as offsets from its first
+                // row's start: the same for every such row of windows.
+                let mut inner_taps: Vec<usize> = Vec::with_capacity(kernel_d * kernel_h * kernel_w);
+                for kd in 0..kernel_d {
+                    for kh in 0..kernel_h {
+                        for kw in 0..kernel_w {
+                            inner_taps.push((kd * dilation_d * in_h + kh * dilation_h) * in_w + kw * dilation_w);
+                        }
+                    }
+                }
                 crate::ops::vectorised::vectorised(
                     #[inline(always)]
                     || {
@@ -302,14 +312,25 @@ where
                             if lo == hi {
                                 continue;
                             }
-                            taps.clear();
-                            taps.extend(rows.iter().flat_map(|&r0| (0..kernel_w).map(move |kw| r0 + kw * dilation_w)));
-                            let (first, out, idx) = (lo * stride_w - pad_w, &mut out[lo..hi], &mut idx[lo..hi]);
-                            // A constant stride lets the scan's loads be compiled as vector shuffles.
-                            match stride_w {
-                                1 => max_row_inside(xs, first, &taps, 1, out, idx),
-                                2 => max_row_inside(xs, first, &taps, 2, out, idx),
-                                s => max_row_inside(xs, first, &taps, s, out, idx),
+                            let taps: &[usize] = if rows.len() == kernel_d * kernel_h {
+                                &inner_taps
+                            } else {
+                                taps.clear();
+                                let r_first = rows[0];
+                                taps.extend(rows.iter().flat_map(|&r0| (0..kernel_w).map(move |kw| r0 - r_first + kw * dilation_w)));
+                                &taps
+                            };
+                            let (first, out, idx) = (rows[0] + lo * stride_w - pad_w, &mut out[lo..hi], &mut idx[lo..hi]);
+                            // A constant stride lets the scan's loads be compiled as vector shuffles; common
+                            // windows (2 × 2, 2 × 2 × 2, 3 × 3) keep the running maxima in registers.
+                            match (stride_w, taps.len()) {
+                                (2, 4) => max_row_taps::<T, 4>(xs, first, taps, 2, out, idx),
+                                (2, 8) => max_row_taps::<T, 8>(xs, first, taps, 2, out, idx),
+                                (2, 9) => max_row_taps::<T, 9>(xs, first, taps, 2, out, idx),
+                                (1, 9) => max_row_taps::<T, 9>(xs, first, taps, 1, out, idx),
+                                (1, _) => max_row_inside(xs, first, taps, 1, out, idx),
+                                (2, _) => max_row_inside(xs, first, taps, 2, out, idx),
+                                (s, _) => max_row_inside(xs, first, taps, s, out, idx),
                             }
                         }
                     },
@@ -428,6 +449,48 @@ fn max_row_inside<T: Copy + PartialOrd>(xs: &[T], first: usize, taps: &[usize], 
             }
         }
         for (ow, (i, &w)) in idx.iter_mut().zip(which.iter()).enumerate() {
+            *i = (start + taps[w as usize] + ow * stride) as i64;
+        }
+    }
+}
+
+/// [`max_row_inside`] for windows of exactly `N` taps: each window's taps in turn with its running maximum and the
+/// tap it came from in registers (the same maxima and indices: the first tap taken as it is, a later one only where
+/// strictly greater). The blocked scan above writes the running maxima back after every tap with masked stores,
+/// from which the next tap's loads cannot be forwarded.
+#[inline(always)]
+fn max_row_taps<T: Copy + PartialOrd, const N: usize>(
+    xs: &[T],
+    first: usize,
+    taps: &[usize],
+    stride: usize,
+    out: &mut [T],
+    idx: &mut [i64],
+) {
+    const BLOCK: usize = 64;
+    let mut which = [0u32; BLOCK];
+    let mut src: [&[T]; N] = [&[]; N];
+    for (b, (out, idx)) in out.chunks_mut(BLOCK).zip(idx.chunks_mut(BLOCK)).enumerate() {
+        let (m, start) = (out.len().min(idx.len()), first + b * BLOCK * stride);
+        let span = (m - 1) * stride + 1;
+        for k in 0..N {
+            src[k] = &xs[start + taps[k]..start + taps[k] + span];
+        }
+        for (ow, (o, w)) in out[..m].iter_mut().zip(which[..m].iter_mut()).enumerate() {
+            let p = ow * stride;
+            // SAFETY: `p ≤ (m - 1) · stride < span`, the length of every `src[k]`.
+            let mut best = unsafe { *src[0].get_unchecked(p) };
+            let mut tap = 0u32;
+            for (k, s) in src.iter().enumerate().skip(1) {
+                let v = unsafe { *s.get_unchecked(p) };
+                let greater = v > best;
+                best = core::hint::select_unpredictable(greater, v, best);
+                tap = core::hint::select_unpredictable(greater, k as u32, tap);
+            }
+            *o = best;
+            *w = tap;
+        }
+        for (ow, (i, &w)) in idx[..m].iter_mut().zip(which.iter()).enumerate() {
             *i = (start + taps[w as usize] + ow * stride) as i64;
         }
     }
@@ -1325,22 +1388,26 @@ where
     let grad_data: &[T] = grad.storage();
     let indices_data: &[i64] = indices.storage();
 
-    // Accumulate gradients back to input positions
+    // Accumulate gradients back to input positions, plane by plane (an index names a position of its own
+    // plane; one outside it is skipped, as a negative one is).
     let mut output = vec![zero; batch_size * channels * spatial_in];
-
-    for b in 0..batch_size {
-        for c in 0..channels {
-            let grad_offset = b * channels * spatial_out + c * spatial_out;
-            let out_offset = b * channels * spatial_in + c * spatial_in;
-
-            for i in 0..spatial_out {
-                let idx = indices_data[grad_offset + i];
-                if idx >= 0 {
-                    let input_idx = out_offset + idx as usize;
-                    output[input_idx] = add_fn(output[input_idx], grad_data[grad_offset + i]);
-                }
+    let plane = |(bc, out): (usize, &mut [T])| {
+        let grads = &grad_data[bc * spatial_out..(bc + 1) * spatial_out];
+        let idx = &indices_data[bc * spatial_out..(bc + 1) * spatial_out];
+        for (&i, &g) in idx.iter().zip(grads) {
+            if let Some(o) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
+                *o = add_fn(*o, g);
             }
         }
+    };
+    if spatial_in > 0 && spatial_out > 0 {
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            output.par_chunks_mut(spatial_in).enumerate().for_each(plane);
+        }
+        #[cfg(not(feature = "rayon"))]
+        output.chunks_mut(spatial_in).enumerate().for_each(plane);
     }
 
     let out_shape = Shape::from(vec![batch_size, channels, in_d, in_h, in_w]);
