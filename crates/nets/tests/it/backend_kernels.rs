@@ -264,7 +264,8 @@ impl Drop for IsaCap {
 
 /// 8–32 channels in and out and at least 4,096 output positions per sample: the convolutions that run
 /// by tap over the zero-padded input (register-blocked kernels where the CPU has AVX2 or AVX-512, one
-/// GEMM per tap otherwise); and deeper ones that do with AVX-512.
+/// GEMM per tap otherwise); deeper ones that do with AVX-512; and those of few input channels that do
+/// with the register-blocked kernels.
 fn by_tap_cases() {
     // Same 3×3 (two samples, several tiles each), valid 5×5 (RED-CNN's shape),
     // dilated, more padding than the kernel reaches (input gradient through im2col), 32 channels.
@@ -289,6 +290,16 @@ fn by_tap_cases() {
     check(case2(1, 36, 12, [35, 37], 3, 1, 1, 1, 1), 2, false, [0; 3]);
     check(case2(1, 36, 8, [37, 37], 5, 1, 0, 1, 1), 2, true, [0; 3]);
     check(case3(1, 8, 36, [10, 10, 20], 3, 1, 1), 3, false, [0; 3]);
+    // Few input channels (1–7) and 4–32 out from 64 output positions, f32 with the register-blocked kernels:
+    // the forward pass, and from 16 (channel, tap) pairs and 256 positions the weight gradient (blocks of
+    // pairs that run across taps and channels). LeNet-5's first layer (6 channels out: a partial block of
+    // 8) and second (10 × 10 outputs: the weight gradient by im2col), two channels (18 pairs) on rows the
+    // lanes do not divide, one channel 3 × 3 (9 pairs: the weight gradient by im2col), and 3D (27 pairs).
+    check(case2(3, 1, 6, [16, 16], 5, 1, 2, 1, 1), 2, false, [0; 3]);
+    check(case2(4, 6, 16, [14, 14], 5, 1, 0, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 2, 5, [20, 33], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 1, 16, [16, 20], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case3(2, 1, 4, [7, 8, 9], 3, 1, 1), 3, false, [0; 3]);
 }
 
 /// Deep convolutions of small maps in batches of 12 or more: GEMMs over the output positions with the

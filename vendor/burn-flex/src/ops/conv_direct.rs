@@ -13,9 +13,9 @@
 //!   j]`), the positions loaded as vectors and each weight broadcast, then stored once. One tap's GEMM
 //!   per call instead would read and write the block's result once per tap and pack its operands each
 //!   time.
-//! * Weight gradient: a block of output channels × input channels is held in registers while the
-//!   position vectors stream through (`Σ_j dy[o][j] · x[c·len + off(t) + j]`), then reduced across
-//!   lanes into `dw[o][c][t]`.
+//! * Weight gradient: a block of output channels × consecutive (input channel, tap) pairs is held in
+//!   registers while the position vectors stream through (`Σ_j dy[o][j] · x[c·len + off(t) + j]`), then
+//!   reduced across lanes into `dw[o][c][t]`.
 //!
 //! Results are compact: vector `i`'s positions are elements `i·lanes..(i + 1)·lanes` of a result (or
 //! output-gradient) row. Callers make every vector's inputs readable (a vector may run past the end of
@@ -253,7 +253,7 @@ macro_rules! forward_loop {
 }
 
 /// The two kernels for one instruction set: vector type, lanes, forward blocking (channels × vectors),
-/// weight-gradient blocking (output × input channels), and the intrinsics.
+/// weight-gradient blocking (output channels × (input channel, tap) pairs), and the intrinsics.
 macro_rules! kernels {
     (
         $module:ident, $feature:literal, $v:ty, $lanes:expr, [$fco:expr, $fnv:expr], [$gco:expr, $gci:expr],
@@ -307,33 +307,37 @@ macro_rules! kernels {
                 const CO: usize = $gco;
                 const CI: usize = $gci;
                 let k = offsets.len();
-                // Taps innermost but one: a block's output-gradient rows and its input rows (shifted by
-                // at most the largest tap offset) are read again for every tap while still in cache.
+                let pairs = c_in * k;
+                // The block's columns are `CI` consecutive (input channel, tap) pairs `q = c·K + t`, which
+                // is also their place in a row of `dw`: with few input channels, several taps of one
+                // channel share a block instead of leaving its columns idle. A block's output-gradient
+                // rows and its input rows (shifted by at most the largest tap offset) are read again for
+                // every block of pairs while still in cache.
                 for cb in (0..c_out).step_by(CO) {
-                    for c0 in (0..c_in).step_by(CI) {
-                        for (t, off) in offsets.iter().enumerate() {
-                            // SAFETY (whole block): indices within the bounds of
-                            // `super::weight_grad_tile`'s contract; input channels beyond `c_in` read
-                            // channel `c_in − 1` and are not written.
-                            unsafe {
-                                let rows: [*const f32; CI] = core::array::from_fn(|i| x.add((c0 + i).min(c_in - 1) * len + off));
-                                let mut a: [[$v; CI]; CO] = [[$zero(); CI]; CO];
-                                for (v, s) in starts.iter().enumerate() {
-                                    let mut d: [$v; CO] = [$zero(); CO];
+                    for q0 in (0..pairs).step_by(CI) {
+                        // SAFETY (whole block): indices within the bounds of `super::weight_grad_tile`'s
+                        // contract; pairs beyond the last read the last pair and are not written.
+                        unsafe {
+                            let rows: [*const f32; CI] = core::array::from_fn(|i| {
+                                let q = (q0 + i).min(pairs - 1);
+                                x.add((q / k) * len + offsets[q % k])
+                            });
+                            let mut a: [[$v; CI]; CO] = [[$zero(); CI]; CO];
+                            for (v, s) in starts.iter().enumerate() {
+                                let mut d: [$v; CO] = [$zero(); CO];
+                                for o in 0..CO {
+                                    d[o] = $load(dy.add((cb + o) * stride + v * W));
+                                }
+                                for i in 0..CI {
+                                    let xv = $load(rows[i].add(*s));
                                     for o in 0..CO {
-                                        d[o] = $load(dy.add((cb + o) * stride + v * W));
-                                    }
-                                    for i in 0..CI {
-                                        let xv = $load(rows[i].add(*s));
-                                        for o in 0..CO {
-                                            a[o][i] = $fma(d[o], xv, a[o][i]);
-                                        }
+                                        a[o][i] = $fma(d[o], xv, a[o][i]);
                                     }
                                 }
-                                for o in 0..CO.min(c_out - cb) {
-                                    for i in 0..CI.min(c_in - c0) {
-                                        *dw.add(((cb + o) * c_in + c0 + i) * k + t) += $hsum(a[o][i]);
-                                    }
+                            }
+                            for o in 0..CO.min(c_out - cb) {
+                                for i in 0..CI.min(pairs - q0) {
+                                    *dw.add((cb + o) * pairs + q0 + i) += $hsum(a[o][i]);
                                 }
                             }
                         }

@@ -551,7 +551,7 @@ pub(crate) fn conv_forward<T: ConvElem>(x: &[T], w: &[T], g: &ConvGeom) -> Vec<T
     {
         return conv_shifted::from_f32(conv_winograd::conv_forward(b, xf, wf, g));
     }
-    if conv_shifted::applies(g) {
+    if conv_shifted::applies::<T>(g) {
         return conv_shifted::conv_forward(x, w, g);
     }
     if let (Some(xf), Some(wf)) = (conv_shifted::as_f32(x), conv_shifted::as_f32(w))
@@ -706,7 +706,7 @@ pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> 
     {
         return conv_shifted::from_f32(conv_winograd::conv_weight_grad(xf, dyf, g));
     }
-    if conv_shifted::weight_grad_applies(g) {
+    if conv_shifted::weight_grad_applies::<T>(g) {
         return conv_shifted::conv_weight_grad(x, dy, g);
     }
     if let (Some(xf), Some(dyf)) = (conv_shifted::as_f32(x), conv_shifted::as_f32(dy))

@@ -29,8 +29,11 @@
 //! ([`DEEP_CHANNELS`]: the 2D U-Net's 64-channel level, the decoders' 96 → 32 convolutions after a skip
 //! connection; 5 × 5 layers of 32 channels or more, such as RED-CNN's, and deep 3 × 3 ones of many tiles go
 //! to `conv_winograd` first),
-//! whose weight gradients stay on im2col's GEMM (faster there). Strided convolutions, 1–7 or more than 128
-//! channels and small maps ([`MIN_POSITIONS`], [`DEEP_MIN_POSITIONS`]) keep im2col.
+//! whose weight gradients stay on im2col's GEMM (faster there), and for the forward pass and weight gradient
+//! of convolutions of 1–7 input channels ([`FEW_IN_CHANNELS`]: first layers on images of one or two channels,
+//! LeNet-5's two layers), whose im2col matrix is `K` times the input and whose GEMM reduces over as few as 9
+//! rows. Strided convolutions, more than 128 channels and small maps ([`MIN_POSITIONS`],
+//! [`DEEP_MIN_POSITIONS`], [`FEW_MIN_POSITIONS`]) keep im2col.
 
 use alloc::borrow::Cow;
 use core::any::TypeId;
@@ -86,6 +89,32 @@ fn shallow(g: &ConvGeom) -> bool {
     in_channels.contains(&g.c_in) && CHANNELS.contains(&g.c_out) && g.s_out() >= MIN_POSITIONS
 }
 
+/// Input channels of the convolutions with few inputs (the first layers of networks on images of one or two
+/// channels) that take this path with the register-blocked kernels in f32.
+const FEW_IN_CHANNELS: core::ops::Range<usize> = 1..8;
+
+/// Output channels of those: at least half of the forward kernel's block of eight used.
+const FEW_OUT_CHANNELS: core::ops::RangeInclusive<usize> = 4..=32;
+
+/// Fewest output positions per sample of those: LeNet-5's second layer (10 × 10) ran faster by tap too.
+const FEW_MIN_POSITIONS: usize = 64;
+
+/// Fewest (input channel, tap) pairs and output positions per sample of those whose weight gradient runs
+/// here: with a single channel and 3 × 3 taps (9 pairs) the weight gradient was faster by im2col.
+const FEW_GRAD_PAIRS: usize = 16;
+const FEW_GRAD_POSITIONS: usize = 256;
+
+/// The convolutions of few input channels whose forward pass takes this path: f32 with the register-blocked
+/// kernels, whose reductions run over channels and taps together (im2col's GEMM has a reduction of
+/// `C_in · K` rows, as short as 9, and writes an im2col matrix `K` times the input's size).
+fn few_inputs<T: ConvElem>(g: &ConvGeom) -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>()
+        && Blocking::current().is_some()
+        && FEW_IN_CHANNELS.contains(&g.c_in)
+        && FEW_OUT_CHANNELS.contains(&g.c_out)
+        && g.s_out() >= FEW_MIN_POSITIONS
+}
+
 /// The deeper convolutions whose forward pass runs here with the AVX-512 kernels ([`DEEP_CHANNELS`],
 /// output rows at least one vector wide).
 fn deep(g: &ConvGeom) -> bool {
@@ -96,15 +125,18 @@ fn deep(g: &ConvGeom) -> bool {
         && g.s_out() >= DEEP_MIN_POSITIONS
 }
 
-/// Whether the forward convolution of `g` takes this path.
-pub(crate) fn applies(g: &ConvGeom) -> bool {
-    by_tap_shape(g) && (shallow(g) || deep(g))
+/// Whether the forward convolution of `g` (elements `T`) takes this path.
+pub(crate) fn applies<T: ConvElem>(g: &ConvGeom) -> bool {
+    by_tap_shape(g) && (shallow(g) || deep(g) || few_inputs::<T>(g))
 }
 
-/// Whether the weight gradient of `g` takes this path: the shallow convolutions only (at 96 channels
-/// the by-tap weight gradient ran slower than im2col's GEMM).
-pub(crate) fn weight_grad_applies(g: &ConvGeom) -> bool {
-    by_tap_shape(g) && shallow(g)
+/// Whether the weight gradient of `g` (elements `T`) takes this path: the shallow convolutions (at 96
+/// channels the by-tap weight gradient ran slower than im2col's GEMM) and those of few input channels
+/// with enough pairs and positions.
+pub(crate) fn weight_grad_applies<T: ConvElem>(g: &ConvGeom) -> bool {
+    by_tap_shape(g)
+        && (shallow(g)
+            || (few_inputs::<T>(g) && g.c_in * g.k_len() >= FEW_GRAD_PAIRS && g.s_out() >= FEW_GRAD_POSITIONS))
 }
 
 /// Whether the input gradient of `g` takes this path: unit stride, no padding beyond the kernel's
