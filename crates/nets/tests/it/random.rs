@@ -43,3 +43,19 @@ fn seeded_random_tensors_are_the_reference_samplers_values() {
         assert_eq!(draws(d), (first, sum, next), "{d:?}");
     }
 }
+
+/// Bernoulli draws (64 bits each) after an odd number of 32-bit words (three `Default` draws), so that draws straddle
+/// the generator's blocks: the first four of 10,001, their sum, and the first three of the next draw, recorded from
+/// burn 0.21's `TensorData::random` with seed 11. Dropout masks come from here.
+#[test]
+fn bernoulli_draws_after_an_odd_number_of_words_are_the_reference_samplers() {
+    let _turn = crate::take_turn();
+    let device = Default::default();
+    Flex::seed(&device, 11);
+    let _ = Tensor::<Flex, 1>::random([3], Distribution::Default, &device).into_data();
+    let d = Distribution::Bernoulli(0.7);
+    let v = Tensor::<Flex, 1>::random([10_001], d, &device).into_data().to_vec::<f32>().unwrap();
+    let next = Tensor::<Flex, 2>::random([3, 1], d, &device).into_data().to_vec::<f32>().unwrap();
+    let got = ([v[0], v[1], v[2], v[3]], v.iter().map(|&x| f64::from(x)).sum::<f64>(), [next[0], next[1], next[2]]);
+    assert_eq!(got, ([0.0, 1.0, 1.0, 1.0], 7011.0, [1.0, 0.0, 1.0]));
+}

@@ -7,6 +7,7 @@ use burn_backend::{
     ops::{FloatTensorOps, GridSampleOptions, IntTensorOps},
     tensor::{BoolTensor, Device, FloatTensor, IntTensor},
 };
+use burn_std::rand::{RngExt, StdRng};
 use burn_std::{Bytes, IntDType, Shape, Slice, bf16, f16};
 #[cfg(not(feature = "std"))]
 #[allow(unused_imports)]
@@ -21,15 +22,41 @@ use crate::ops::unary;
 use crate::{Flex, FlexTensor};
 
 /// `TensorData::random`'s values, drawn in the same order from the same generator, with the distribution's sampler
-/// built once instead of once per element (which made dropout masks and noise a third of a small network's step).
+/// built once instead of once per element (which made dropout masks and noise a third of a small network's step),
+/// and Bernoulli's draws (dropout masks) taken from the generator in blocks ([`bernoulli`]).
 macro_rules! sample {
     ($elem:ty, $shape:expr, $distribution:expr, $rng:expr) => {{
         let shape: Shape = $shape;
         let n = shape.num_elements();
-        let mut sampler = $distribution.sampler::<_, $elem>($rng);
-        let data: Vec<$elem> = (0..n).map(|_| sampler.sample()).collect();
+        let data: Vec<$elem> = match $distribution {
+            Distribution::Bernoulli(p) if (0.0..1.0).contains(&p) => bernoulli(n, p, $rng, 1.0, 0.0),
+            distribution => {
+                let mut sampler = distribution.sampler::<_, $elem>($rng);
+                (0..n).map(|_| sampler.sample()).collect()
+            }
+        };
         TensorData::new(data, shape)
     }};
+}
+
+/// `n` draws of `rand`'s Bernoulli distribution with `p` in `[0, 1)` (burn's sampler for
+/// `Distribution::Bernoulli`), `one` where the draw is true: the same 64-bit draws of the generator in
+/// the same order (`v < ⌊p · 2⁶⁴⌋` for each), taken in blocks instead of one call per element.
+fn bernoulli<E: Copy>(n: usize, p: f64, rng: &mut StdRng, one: E, zero: E) -> Vec<E> {
+    // rand's threshold: `p · 2⁶⁴` truncated (p = 1 never draws and is left to the sampler).
+    let threshold = (p * 2.0 * (1u64 << 63) as f64) as u64;
+    let mut out = Vec::with_capacity(n);
+    let mut draws = [0u64; 256];
+    let mut left = n;
+    while left > 0 {
+        let m = left.min(draws.len());
+        // `fill` of `u64`s takes the generator's bytes in order as little-endian words: the values
+        // `next_u64` would return one by one.
+        rng.fill(&mut draws[..m]);
+        out.extend(draws[..m].iter().map(|&v| if v < threshold { one } else { zero }));
+        left -= m;
+    }
+    out
 }
 
 impl FloatTensorOps<Flex> for Flex {
