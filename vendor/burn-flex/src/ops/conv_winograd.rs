@@ -470,15 +470,29 @@ fn weight_grad<const M: usize>(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> 
             }
         }
     });
-    // dw[a][b] = Σ_k Σ_l A[k][a] · acc[k·6 + l] · A[l][b] per pair of channels.
+    // dw[a][b] = Σ_k Σ_l A[k][a] · acc[k·6 + l] · A[l][b] per pair of channels, as plain loops like the
+    // weight transform's (iterator sums there compiled to a call per element).
     let am = eval_matrix(r, false);
     let mut dw = vec![0.0f32; pairs * r * r];
     for (pair, out) in dw.chunks_exact_mut(r * r).enumerate() {
-        let u: [f64; XI] = core::array::from_fn(|xi| f64::from(acc[xi * pairs + pair]));
-        for a in 0..r {
-            let half: [f64; ALPHA] = core::array::from_fn(|l| (0..ALPHA).map(|k| am[a][k] * u[k * ALPHA + l]).sum());
-            for (bb, o) in out[a * r..(a + 1) * r].iter_mut().enumerate() {
-                *o = (0..ALPHA).map(|l| half[l] * am[bb][l]).sum::<f64>() as f32;
+        let mut u = [0.0f64; XI];
+        for (xi, v) in u.iter_mut().enumerate() {
+            *v = f64::from(acc[xi * pairs + pair]);
+        }
+        for (a, ea) in am.iter().enumerate() {
+            // half[l] = Σ_k A[k][a] · u[k·6 + l]
+            let mut half = [0.0f64; ALPHA];
+            for (k, e) in ea.iter().enumerate() {
+                for (h, v) in half.iter_mut().zip(&u[k * ALPHA..(k + 1) * ALPHA]) {
+                    *h += e * v;
+                }
+            }
+            for (o, eb) in out[a * r..(a + 1) * r].iter_mut().zip(&am) {
+                let mut sum = 0.0f64;
+                for (h, e) in half.iter().zip(eb) {
+                    sum += h * e;
+                }
+                *o = sum as f32;
             }
         }
     }

@@ -324,13 +324,13 @@ where
                             // A constant stride lets the scan's loads be compiled as vector shuffles; common
                             // windows (2 × 2, 2 × 2 × 2, 3 × 3) keep the running maxima in registers.
                             match (stride_w, taps.len()) {
-                                (2, 4) => max_row_taps::<T, 4>(xs, first, taps, 2, out, idx),
-                                (2, 8) => max_row_taps::<T, 8>(xs, first, taps, 2, out, idx),
-                                (2, 9) => max_row_taps::<T, 9>(xs, first, taps, 2, out, idx),
-                                (1, 9) => max_row_taps::<T, 9>(xs, first, taps, 1, out, idx),
-                                (1, _) => max_row_inside(xs, first, taps, 1, out, idx),
-                                (2, _) => max_row_inside(xs, first, taps, 2, out, idx),
-                                (s, _) => max_row_inside(xs, first, taps, s, out, idx),
+                                (2, 4) => max_row_inside::<T, 4>(xs, first, taps, 2, out, idx),
+                                (2, 8) => max_row_inside::<T, 8>(xs, first, taps, 2, out, idx),
+                                (2, 9) => max_row_inside::<T, 9>(xs, first, taps, 2, out, idx),
+                                (1, 9) => max_row_inside::<T, 9>(xs, first, taps, 1, out, idx),
+                                (1, _) => max_row_inside::<T, 0>(xs, first, taps, 1, out, idx),
+                                (2, _) => max_row_inside::<T, 0>(xs, first, taps, 2, out, idx),
+                                (s, _) => max_row_inside::<T, 0>(xs, first, taps, s, out, idx),
                             }
                         }
                     },
@@ -418,48 +418,18 @@ where
     (output_tensor, indices_tensor)
 }
 
-/// Columns of a row of max-pooling windows that lie inside the input: the windows' taps (`taps`, offsets from
-/// `first` plus the column's `ow · stride`, in scan order) one after the other over blocks of the row, a later tap
-/// replacing the running maximum only where strictly greater — the maxima and indices of a per-window scan (the
-/// first tap taken as it is, NaN included; ties keep the earlier tap). The comparisons go to selects, not branches:
-/// on real activations they are unpredictable, and the per-window scan spent most of its time in mispredictions.
+/// Columns of a row of max-pooling windows that lie inside the input (`taps`: the windows' taps, offsets from `first`
+/// plus the column's `ow · stride`, in scan order), over blocks of the row, a later tap replacing the running maximum
+/// only where strictly greater — the maxima and indices of a per-window scan (the first tap taken as it is, NaN
+/// included; ties keep the earlier tap). The comparisons go to selects, not branches: on real activations they are
+/// unpredictable, and the per-window scan spent most of its time in mispredictions.
+///
+/// With `N = 0` a block is scanned tap after tap across its windows (any number of taps). With `N > 0` (windows of
+/// exactly `N` taps) it is scanned window by window, the running maximum and the tap it came from in registers: the
+/// tap-after-tap scan writes the running maxima back after every tap with masked stores, from which the next tap's
+/// loads cannot be forwarded.
 #[inline(always)]
-fn max_row_inside<T: Copy + PartialOrd>(xs: &[T], first: usize, taps: &[usize], stride: usize, out: &mut [T], idx: &mut [i64]) {
-    const BLOCK: usize = 64;
-    let mut which = [0u32; BLOCK];
-    for (b, (out, idx)) in out.chunks_mut(BLOCK).zip(idx.chunks_mut(BLOCK)).enumerate() {
-        let (m, start) = (out.len().min(idx.len()), first + b * BLOCK * stride);
-        let which = &mut which[..m];
-        for (k, &t) in taps.iter().enumerate() {
-            let src = &xs[start + t..start + t + (m - 1) * stride + 1];
-            if k == 0 {
-                for (ow, (o, w)) in out.iter_mut().zip(which.iter_mut()).enumerate() {
-                    // SAFETY: `ow * stride ≤ (m - 1) * stride < src.len()`.
-                    *o = unsafe { *src.get_unchecked(ow * stride) };
-                    *w = 0;
-                }
-                continue;
-            }
-            for (ow, (o, w)) in out.iter_mut().zip(which.iter_mut()).enumerate() {
-                // SAFETY: as above.
-                let v = unsafe { *src.get_unchecked(ow * stride) };
-                let greater = v > *o;
-                *o = core::hint::select_unpredictable(greater, v, *o);
-                *w = core::hint::select_unpredictable(greater, k as u32, *w);
-            }
-        }
-        for (ow, (i, &w)) in idx.iter_mut().zip(which.iter()).enumerate() {
-            *i = (start + taps[w as usize] + ow * stride) as i64;
-        }
-    }
-}
-
-/// [`max_row_inside`] for windows of exactly `N` taps: each window's taps in turn with its running maximum and the
-/// tap it came from in registers (the same maxima and indices: the first tap taken as it is, a later one only where
-/// strictly greater). The blocked scan above writes the running maxima back after every tap with masked stores,
-/// from which the next tap's loads cannot be forwarded.
-#[inline(always)]
-fn max_row_taps<T: Copy + PartialOrd, const N: usize>(
+fn max_row_inside<T: Copy + PartialOrd, const N: usize>(
     xs: &[T],
     first: usize,
     taps: &[usize],
@@ -473,24 +443,46 @@ fn max_row_taps<T: Copy + PartialOrd, const N: usize>(
     for (b, (out, idx)) in out.chunks_mut(BLOCK).zip(idx.chunks_mut(BLOCK)).enumerate() {
         let (m, start) = (out.len().min(idx.len()), first + b * BLOCK * stride);
         let span = (m - 1) * stride + 1;
-        for k in 0..N {
-            src[k] = &xs[start + taps[k]..start + taps[k] + span];
-        }
-        for (ow, (o, w)) in out[..m].iter_mut().zip(which[..m].iter_mut()).enumerate() {
-            let p = ow * stride;
-            // SAFETY: `p ≤ (m - 1) · stride < span`, the length of every `src[k]`.
-            let mut best = unsafe { *src[0].get_unchecked(p) };
-            let mut tap = 0u32;
-            for (k, s) in src.iter().enumerate().skip(1) {
-                let v = unsafe { *s.get_unchecked(p) };
-                let greater = v > best;
-                best = core::hint::select_unpredictable(greater, v, best);
-                tap = core::hint::select_unpredictable(greater, k as u32, tap);
+        let (out, which) = (&mut out[..m], &mut which[..m]);
+        if N == 0 {
+            for (k, &t) in taps.iter().enumerate() {
+                let src = &xs[start + t..start + t + span];
+                if k == 0 {
+                    for (ow, (o, w)) in out.iter_mut().zip(which.iter_mut()).enumerate() {
+                        // SAFETY: `ow · stride ≤ (m − 1) · stride < span`, the length of `src`.
+                        *o = unsafe { *src.get_unchecked(ow * stride) };
+                        *w = 0;
+                    }
+                    continue;
+                }
+                for (ow, (o, w)) in out.iter_mut().zip(which.iter_mut()).enumerate() {
+                    // SAFETY: as above.
+                    let v = unsafe { *src.get_unchecked(ow * stride) };
+                    let greater = v > *o;
+                    *o = core::hint::select_unpredictable(greater, v, *o);
+                    *w = core::hint::select_unpredictable(greater, k as u32, *w);
+                }
             }
-            *o = best;
-            *w = tap;
+        } else {
+            for (k, s) in src.iter_mut().enumerate() {
+                *s = &xs[start + taps[k]..start + taps[k] + span];
+            }
+            for (ow, (o, w)) in out.iter_mut().zip(which.iter_mut()).enumerate() {
+                let p = ow * stride;
+                // SAFETY: `p ≤ (m − 1) · stride < span`, the length of every `src[k]`.
+                let mut best = unsafe { *src[0].get_unchecked(p) };
+                let mut tap = 0u32;
+                for (k, s) in src.iter().enumerate().skip(1) {
+                    let v = unsafe { *s.get_unchecked(p) };
+                    let greater = v > best;
+                    best = core::hint::select_unpredictable(greater, v, best);
+                    tap = core::hint::select_unpredictable(greater, k as u32, tap);
+                }
+                *o = best;
+                *w = tap;
+            }
         }
-        for (ow, (i, &w)) in idx[..m].iter_mut().zip(which.iter()).enumerate() {
+        for (ow, (i, &w)) in idx.iter_mut().zip(which.iter()).enumerate() {
             *i = (start + taps[w as usize] + ow * stride) as i64;
         }
     }
