@@ -343,6 +343,25 @@ fn winograd_cases() {
     check(case2(29, 64, 66, [9, 10], 3, 1, 1, 1, 1), 2, false, [0; 3]);
 }
 
+/// Stride-2 convolutions whose im2col rows (forward pass, weight gradient) and col2im rows (input gradient,
+/// transposed forward pass) are 7–8, 15–17 and 33–35 elements long: the AVX-512 row kernels' masked last
+/// step alone, one full step of sixteen and a last one of a single element, two full steps; 3 × 3 and the
+/// auto-encoders' transposed 4 × 4.
+fn strided_row_cases() {
+    check(case2(2, 3, 4, [5, 16], 3, 2, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 3, 4, [4, 34], 3, 2, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 3, 4, [5, 70], 3, 2, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 3, 2, [3, 16], 4, 2, 1, 1, 1), 2, true, [0; 3]);
+    check(case2(2, 3, 2, [3, 34], 4, 2, 1, 1, 1), 2, true, [0; 3]);
+    check(case2(1, 2, 3, [2, 70], 4, 2, 1, 1, 1), 2, true, [0; 3]);
+}
+
+#[test]
+fn strided_rows_match_the_definition() {
+    let _cap = IsaCap::new(None);
+    strided_row_cases();
+}
+
 #[test]
 fn deep_convolutions_by_winograd_match_the_definition() {
     let _cap = IsaCap::new(None);
@@ -373,6 +392,7 @@ fn narrower_instruction_sets_match_the_definition() {
         panel_cases();
         winograd_cases();
         pooling_cases();
+        strided_row_cases();
         check(case2(2, 3, 4, [9, 8], 3, 2, 1, 1, 1), 2, true, [0, 1, 1]);
     }
 }

@@ -25,7 +25,7 @@ use burn_std::{Bytes, FloatDType, Shape};
 use bytemuck::Pod;
 use num_traits::Float;
 
-use super::{conv_panel, conv_shifted, conv_winograd};
+use super::{conv_panel, conv_rows, conv_shifted, conv_winograd};
 use crate::{Flex, FlexTensor, Layout};
 
 /// Target number of elements of one tile's im2col matrix (512 KiB in f32: packed and consumed in L2).
@@ -228,6 +228,7 @@ fn im2col<T: ConvElem>(
     let out_w = g.output[2];
     let sw = g.stride[2];
     let tcols = (tile.1 - tile.0) * out_w;
+    let rows2 = stride2_rows::<T>(sw);
     for_each_run(g, tile, tcols, c_range, |Run { col_off, src, rows, lo, hi, ix0 }| {
         let dst = &mut col[col_off..col_off + rows * out_w];
         let Some(src) = src else {
@@ -256,10 +257,29 @@ fn im2col<T: ConvElem>(
             1 => copy_row(&mut dst[lo..hi], &x[start..start + (hi - lo)]),
             // A constant stride lets the gather be unrolled (and vectorised) without per-element
             // bounds checks: stride 2 is every strided convolution of the reference networks.
-            2 => gather_strided(&mut dst[lo..hi], &x[start..start + (hi - lo - 1) * 2 + 1], 2),
+            2 => {
+                let (d, s) = (&mut dst[lo..hi], &x[start..start + (hi - lo - 1) * 2 + 1]);
+                match rows2 {
+                    // SAFETY: `T` is f32 where `rows2` is given; `s` holds the `2·n − 1` elements the
+                    // gather reads for the `n` it writes into `d`.
+                    Some((gather, _)) => unsafe { gather(d.as_mut_ptr().cast(), s.as_ptr().cast(), d.len()) },
+                    None => gather_strided(d, s, 2),
+                }
+            }
             s => gather_strided(&mut dst[lo..hi], &x[start..start + (hi - lo - 1) * s + 1], s),
         }
     });
+}
+
+/// The stride-2 row kernels of `conv_rows` for rows of stride `sw` in `T`, where they apply (f32, stride 2,
+/// AVX-512).
+#[inline]
+fn stride2_rows<T: ConvElem>(sw: usize) -> Option<(conv_rows::RowFn, conv_rows::RowFn)> {
+    if sw == 2 && core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>() {
+        conv_rows::stride2()
+    } else {
+        None
+    }
 }
 
 /// `dst.copy_from_slice(src)`, without a call for rows of up to 16 elements (the rows of valid
@@ -335,6 +355,7 @@ unsafe fn col2im<T: ConvElem>(
     let out_w = g.output[2];
     let sw = g.stride[2];
     let tcols = (tile.1 - tile.0) * out_w;
+    let rows2 = stride2_rows::<T>(sw);
     for_each_run(g, tile, tcols, c_range, |Run { col_off, src, rows, lo, hi, ix0 }| {
         let Some(src) = src else { return };
         if lo >= hi {
@@ -359,9 +380,11 @@ unsafe fn col2im<T: ConvElem>(
         let start = (src as isize + (lo * sw) as isize + ix0) as usize;
         // SAFETY: in bounds by construction of the segment; channel ownership by contract.
         unsafe {
-            match sw {
-                2 => add_strided(dx.add(start), &seg[lo..hi], 2),
-                s => add_strided(dx.add(start), &seg[lo..hi], s),
+            match (sw, rows2) {
+                // `T` is f32 where `rows2` is given.
+                (2, Some((_, scatter_add))) => scatter_add(dx.add(start).cast(), seg[lo..hi].as_ptr().cast(), hi - lo),
+                (2, None) => add_strided(dx.add(start), &seg[lo..hi], 2),
+                (s, _) => add_strided(dx.add(start), &seg[lo..hi], s),
             }
         }
     });

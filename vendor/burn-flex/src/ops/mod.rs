@@ -122,6 +122,7 @@ mod conv_common;
 pub mod conv;
 pub mod conv_gemm;
 mod conv_panel;
+mod conv_rows;
 mod conv_shifted;
 mod conv_winograd;
 pub mod conv_transpose;
