@@ -86,6 +86,13 @@ impl Kernels {
     fn mr(self) -> usize {
         self.lanes * self.table.len()
     }
+
+    /// The kernels of at most as many vectors of rows as leave `m` rows at least two panels (one
+    /// vector at least): 64 rows with AVX-512 take two panels of two vectors instead of one panel of four.
+    fn for_rows(self, m: usize) -> Self {
+        let vectors = (m / (2 * self.lanes)).clamp(1, self.table.len());
+        Self { table: &self.table[..vectors], ..self }
+    }
 }
 
 /// Per destination position, the taps that read inside the source and the source position each
@@ -182,12 +189,16 @@ const MAX_POSITIONS: usize = 256;
 
 /// The kernels the forward pass of `g` (f32) runs here with, if it does.
 pub(crate) fn forward_kernels(g: &ConvGeom) -> Option<Kernels> {
-    Kernels::current().filter(|&k| g.k_len() > 1 && shape_applies(k, g.batch, g.c_out, g.s_out(), g.c_in))
+    Kernels::current()
+        .map(|k| k.for_rows(g.c_out))
+        .filter(|&k| g.k_len() > 1 && shape_applies(k, g.batch, g.c_out, g.s_out(), g.c_in))
 }
 
 /// The kernels the input gradient of `g` (f32) runs here with, if it does.
 pub(crate) fn data_grad_kernels(g: &ConvGeom) -> Option<Kernels> {
-    Kernels::current().filter(|&k| g.k_len() > 1 && shape_applies(k, g.batch, g.c_in, g.input.iter().product(), g.c_out))
+    Kernels::current()
+        .map(|k| k.for_rows(g.c_in))
+        .filter(|&k| g.k_len() > 1 && shape_applies(k, g.batch, g.c_in, g.input.iter().product(), g.c_out))
 }
 
 /// Forward convolution: `x [batch, c_in, input]`, `w [c_out, c_in, kernel]` → `[batch, c_out, output]`.
