@@ -306,7 +306,7 @@ fn by_tap_cases() {
 /// samples as columns, over the taps that read inside the input only (128 channels or more summed per
 /// tap; with AVX-512 the forward pass and weight gradient from 128 output channels, the input gradient
 /// from 128 input channels, and the forward pass and input gradient from 64 in panels of two vectors;
-/// from 32 with AVX2).
+/// from 32 with AVX2; 64 channels summed per tap onto maps of at most 64 positions).
 fn panel_cases() {
     // Same 3 × 3 on 4 × 4 maps (the border positions' taps partly in the padding); 136 channels: two
     // whole row panels and a partial one; 13 samples: panels of 6, 6 and 1; weight gradient column
@@ -321,10 +321,13 @@ fn panel_cases() {
     check(case2(12, 130, 128, [4, 4], 3, 1, 1, 1, 1), 2, true, [0; 3]);
     check(case3(12, 128, 128, [2, 3, 3], 3, 1, 1), 3, false, [0; 3]);
     // Fewer rows than two panels of the widest kernels: the auto-encoders' transposed 4 × 4 stride-2
-    // 128 → 64 onto 16 × 16 (its forward pass: 64 rows in two panels of two vectors with AVX-512), and the
-    // input gradient of a stride-2 convolution of 80 input channels (two panels of 32 rows and a partial one).
+    // 128 → 64 onto 16 × 16 (its forward pass: 64 rows in two panels of two vectors with AVX-512; its input
+    // gradient: 64 channels summed per tap onto 8 × 8), and the input gradient of a stride-2 convolution of 80
+    // input channels (two panels of 32 rows and a partial one).
     check(case2(12, 64, 128, [16, 16], 4, 2, 1, 1, 1), 2, true, [0; 3]);
     check(case2(12, 80, 128, [8, 8], 3, 2, 1, 1, 1), 2, false, [0; 3]);
+    // 64 channels summed per tap onto maps of 64 positions: a stride-2 64 → 128 forward pass onto 8 × 8.
+    check(case2(12, 64, 128, [16, 16], 3, 2, 1, 1, 1), 2, false, [0; 3]);
 }
 
 /// Unit-stride 2D 5 × 5 convolutions of 32 channels or more in and out, by Winograd's F(2 × 2, 5 × 5) where

@@ -169,17 +169,30 @@ impl Taps {
 
 /// Whether the convolutions of `g` (f32) take this path: a CPU with the micro-kernels, at least two
 /// panels of weights (each packed input panel serves all of them), a batch that fills most of a
-/// panel's columns, at least [`MIN_REDUCED`] channels summed per tap, and maps of at most
+/// panel's columns, at least `min_reduced` channels summed per tap, and maps of at most
 /// [`MAX_POSITIONS`] positions.
-fn shape_applies(k: Kernels, batch: usize, m: usize, s_dst: usize, reduced: usize) -> bool {
-    batch >= 2 * NR && m >= 2 * k.mr() && reduced >= MIN_REDUCED && s_dst <= MAX_POSITIONS
+fn shape_applies(k: Kernels, batch: usize, m: usize, s_dst: usize, (reduced, min_reduced): (usize, usize)) -> bool {
+    batch >= 2 * NR && m >= 2 * k.mr() && reduced >= min_reduced && s_dst <= MAX_POSITIONS
+}
+
+/// The fewest channels summed per tap of the forward pass and input gradient onto `s_dst` positions.
+fn min_reduced(s_dst: usize) -> usize {
+    if s_dst <= SMALL_POSITIONS { MIN_REDUCED_SMALL } else { MIN_REDUCED }
 }
 
 /// Fewest channels summed per tap. Each micro-kernel call sums one tap's channels (or several taps'
 /// where they read consecutive positions) and reads and writes its block of the result once; at 64
-/// channels (the convolutional auto-encoder's 64 → 128 stride-2 layer on 16 × 16 maps, 8 % of whose
-/// products read padding) those calls cost more than the padded products saved.
+/// channels those calls cost more than the padded products and im2col saved on ResNet-18's 64 → 128
+/// stride-2 layer onto 14 × 14 (forward at batch 128: 22.0 ms by im2col, 24.4 here).
 const MIN_REDUCED: usize = 128;
+
+/// Fewest channels summed per tap for the forward pass and input gradient onto maps of at most
+/// [`SMALL_POSITIONS`] positions, whose im2col rows are short: the convolutional auto-encoder's 64 →
+/// 128 stride-2 layer onto 8 × 8 (forward at batch 64: 3.65 ms by im2col, 3.44 here) and the input
+/// gradient of its transposed 128 → 64 layer from 8 × 8 (6.6 and 5.4 ms).
+const MIN_REDUCED_SMALL: usize = 64;
+/// See [`MIN_REDUCED_SMALL`].
+const SMALL_POSITIONS: usize = 64;
 
 /// Largest number of destination positions per sample taken here. Above it the maps are large
 /// enough that im2col's contiguous rows (and the by-tap kernels) serve better: the padded share of
@@ -191,14 +204,17 @@ const MAX_POSITIONS: usize = 256;
 pub(crate) fn forward_kernels(g: &ConvGeom) -> Option<Kernels> {
     Kernels::current()
         .map(|k| k.for_rows(g.c_out))
-        .filter(|&k| g.k_len() > 1 && shape_applies(k, g.batch, g.c_out, g.s_out(), g.c_in))
+        .filter(|&k| g.k_len() > 1 && shape_applies(k, g.batch, g.c_out, g.s_out(), (g.c_in, min_reduced(g.s_out()))))
 }
 
 /// The kernels the input gradient of `g` (f32) runs here with, if it does.
 pub(crate) fn data_grad_kernels(g: &ConvGeom) -> Option<Kernels> {
     Kernels::current()
         .map(|k| k.for_rows(g.c_in))
-        .filter(|&k| g.k_len() > 1 && shape_applies(k, g.batch, g.c_in, g.input.iter().product(), g.c_out))
+        .filter(|&k| {
+            let s_in = g.input.iter().product();
+            g.k_len() > 1 && shape_applies(k, g.batch, g.c_in, s_in, (g.c_out, min_reduced(s_in)))
+        })
 }
 
 /// Forward convolution: `x [batch, c_in, input]`, `w [c_out, c_in, kernel]` → `[batch, c_out, output]`.
@@ -224,7 +240,9 @@ pub(crate) fn conv_data_grad(k: Kernels, dy: &[f32], w: &[f32], g: &ConvGeom) ->
 /// The kernels the weight gradient of `g` (f32) runs here with, if it does.
 pub(crate) fn weight_grad_kernels(g: &ConvGeom) -> Option<Kernels> {
     Kernels::current().filter(|&k| {
-        g.k_len() > 1 && g.input.iter().product::<usize>() <= MAX_GRAD_POSITIONS && shape_applies(k, g.batch, g.c_out, g.s_out(), g.c_in)
+        g.k_len() > 1
+            && g.input.iter().product::<usize>() <= MAX_GRAD_POSITIONS
+            && shape_applies(k, g.batch, g.c_out, g.s_out(), (g.c_in, MIN_REDUCED))
     })
 }
 
