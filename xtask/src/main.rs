@@ -1,12 +1,14 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
 //! * `train [RECIPE]` — train a recipe (default: `recipes/mni152-tissue.toml`, on data committed in `fixtures/`).
-//! * `bench [--only NAMES] [--backend NAME]` — build in release and run the reference workloads, one JSON line each.
-//! * `test-gpu` — run the backend-generic tests and the benchmarks on CUDA when a GPU is present.
+//! * `bench [--only NAMES] [--backend NAME] [--fusion]` — build in release and run the reference workloads, one JSON
+//!   line each (`--fusion`: burn-cuda with operation fusion).
+//! * `test-gpu` — run the backend-generic tests on CUDA (burn's autotune checking every candidate kernel against the
+//!   others) and the benchmarks with and without operation fusion, when a GPU is present.
 //! * `ci` — what CI runs: formatting (`cargo fmt --check`), then every test target of the workspace built with
 //!   the workspace's crates through Clippy (any warning fails, as `cargo clippy --workspace --all-targets -- -D
-//!   warnings` would), the test binaries run side by side (`runner.rs`) and the doc-tests after them; stops after
-//!   formatting or lints when they fail.
+//!   warnings` would), the test binaries run side by side (`runner.rs`), the doc-tests after them, then a `cargo
+//!   check` of the CUDA build (no GPU needed); stops after formatting or lints when they fail.
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -67,7 +69,10 @@ fn main() -> ExitCode {
         "bench" => {
             let mut c = cargo();
             c.args(["run", "--quiet", "--release", "-p", "vesalius"]);
-            if args.iter().any(|a| a == "cuda") {
+            // `--fusion` builds burn-cuda with operation fusion (the CLI's `cuda-fusion` feature).
+            if args.iter().any(|a| a == "--fusion") {
+                c.args(["--features", "cuda-fusion"]);
+            } else if args.iter().any(|a| a == "cuda") {
                 c.args(["--features", "cuda"]);
             }
             if args.iter().any(|a| a == "ndarray") {
@@ -75,7 +80,7 @@ fn main() -> ExitCode {
             }
             c.args(["--", "bench"]);
             // `--backend NAME` must precede the subcommand's own flags; pass everything through.
-            let mut rest = args[1..].to_vec();
+            let mut rest: Vec<String> = args[1..].iter().filter(|a| *a != "--fusion").cloned().collect();
             if let Some(i) = rest.iter().position(|a| a == "--backend")
                 && i + 1 < rest.len()
             {
@@ -103,9 +108,16 @@ fn main() -> ExitCode {
             if code != ExitCode::SUCCESS {
                 return code;
             }
-            let mut b = cargo();
-            b.args(["run", "--quiet", "--release", "-p", "vesalius", "--features", "cuda", "--", "--backend", "cuda", "bench"]);
-            status(b)
+            // The workloads on burn-cuda as built by `--features cuda`, then with operation fusion.
+            for features in ["cuda", "cuda-fusion"] {
+                let mut b = cargo();
+                b.args(["run", "--quiet", "--release", "-p", "vesalius", "--features", features, "--", "--backend", "cuda", "bench"]);
+                let code = status(b);
+                if code != ExitCode::SUCCESS {
+                    return code;
+                }
+            }
+            ExitCode::SUCCESS
         }
         other => {
             eprintln!("error: unknown xtask command '{other}'\n{USAGE}");
@@ -115,7 +127,16 @@ fn main() -> ExitCode {
 }
 
 /// Crates whose tests are generic over the backend and run on CUDA under `test-gpu`.
-const GPU_TEST_CRATES: [&str; 4] = ["vesalius-nets", "vesalius-registration", "vesalius-cadx", "vesalius-segmentation"];
+const GPU_TEST_CRATES: [&str; 8] = [
+    "vesalius-nets",
+    "vesalius-registration",
+    "vesalius-cadx",
+    "vesalius-segmentation",
+    "vesalius-train",
+    "vesalius-enhancement",
+    "vesalius-prediction",
+    "vesalius-detection",
+];
 
 /// A GPU is usable when `nvidia-smi -L` lists one.
 fn gpu_present() -> bool {

@@ -4,7 +4,8 @@
 //! second core only in its larger kernels). This builds every test target with cargo, then runs the binaries on
 //! one worker per core (at most one per 4 GiB of memory; `XTASK_TEST_JOBS` sets the number), longest first by the
 //! times of the last run here (in a clean clone, by those of `xtask/test-times.tsv`), prints each binary's output
-//! when it ends, runs every one even after a failure, and finishes with the doc-tests.
+//! when it ends, runs every one even after a failure, and finishes with the doc-tests and a `cargo check` of the
+//! CUDA build (`check_cuda`).
 //!
 //! The build compiles the workspace's own crates through `clippy-driver`, as `cargo clippy` does (it is rustc
 //! with Clippy's lints registered; dependencies go through plain rustc), so the lints need no second pass over the
@@ -98,7 +99,11 @@ pub fn run(cargo: impl Fn() -> Command, root: &Path) -> ExitCode {
     if !doc_ok {
         eprintln!("cargo xtask ci: the doc-tests failed");
     }
-    if failed.is_empty() && doc_ok { ExitCode::SUCCESS } else { ExitCode::from(101) }
+    let cuda_ok = check_cuda(&cargo, root) == ExitCode::SUCCESS;
+    if !cuda_ok {
+        eprintln!("cargo xtask ci: the CUDA build does not compile cleanly");
+    }
+    if failed.is_empty() && doc_ok && cuda_ok { ExitCode::SUCCESS } else { ExitCode::from(101) }
 }
 
 /// How many binaries run at once: `XTASK_TEST_JOBS` when set, else one per core and at most one per 4 GiB of memory
@@ -134,7 +139,31 @@ fn clippy_driver() -> Option<PathBuf> {
 /// report of the build (which crate took how long, and how many ran at once) lands in `target/cargo-timings/`.
 fn build(cargo: &impl Fn() -> Command, root: &Path) -> Result<Vec<Binary>, ExitCode> {
     let mut c = cargo();
-    c.args(["test", "--workspace", "--no-run", "--timings", "--message-format=json"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    c.args(["test", "--workspace", "--no-run", "--timings"]);
+    compile(c, root)
+}
+
+/// `cargo check` of every target of the workspace with the GPU features on (the CLI's `cuda-fusion`, which
+/// includes `cuda`, and every crate's `test-cuda`), through Clippy like the test build: the CUDA code paths
+/// compile, lint-free, on a machine without a GPU. The feature flags unify burn-cuda with autotune and its checks.
+fn check_cuda(cargo: &impl Fn() -> Command, root: &Path) -> ExitCode {
+    let started = Instant::now();
+    let mut features = vec!["vesalius/cuda-fusion".to_string()];
+    features.extend(crate::GPU_TEST_CRATES.iter().map(|k| format!("{k}/test-cuda")));
+    let mut c = cargo();
+    c.args(["check", "--workspace", "--all-targets", "--features", &features.join(",")]);
+    let code = match compile(c, root) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(code) => code,
+    };
+    eprintln!("cargo xtask ci: the CUDA build checked in {:.0} s", started.elapsed().as_secs_f64());
+    code
+}
+
+/// Runs a cargo build command with JSON messages, printing the compiler's messages, and returns the test
+/// executables it reports; fails on any warning in a workspace crate.
+fn compile(mut c: Command, root: &Path) -> Result<Vec<Binary>, ExitCode> {
+    c.arg("--message-format=json").stdout(Stdio::piped()).stderr(Stdio::inherit());
     let out = match c.output() {
         Ok(o) => o,
         Err(e) => {

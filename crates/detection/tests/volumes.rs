@@ -10,7 +10,10 @@ use vesalius_train::engine::RunOptions;
 /// burn's random generator is process-wide: tests that train take turns, so each sees only its own draws.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+#[cfg(not(feature = "test-cuda"))]
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
+#[cfg(feature = "test-cuda")]
+type AB = burn::backend::Autodiff<burn::backend::Cuda>;
 
 fn reduced(arch: &str) -> DetRecipe {
     let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes/nodules-3d.toml"));

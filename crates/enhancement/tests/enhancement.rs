@@ -10,7 +10,10 @@ use vesalius_train::engine::RunOptions;
 /// burn's random generator is process-wide: tests that train take turns, so each sees only its own draws.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+#[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type B = burn::backend::Cuda;
 type AB = burn::backend::Autodiff<B>;
 
 fn fixtures() -> &'static Path {

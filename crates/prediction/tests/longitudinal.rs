@@ -7,7 +7,10 @@ use vesalius_prediction::longitudinal::{self, Patient};
 use vesalius_prediction::recipe::SurvivalRecipe;
 use vesalius_prediction::table::read_csv;
 
+#[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type B = burn::backend::Cuda;
 type AB = burn::backend::Autodiff<B>;
 
 /// burn's random generator is process-wide: tests that train networks take turns.

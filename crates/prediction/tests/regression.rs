@@ -5,7 +5,10 @@ use std::path::Path;
 
 use vesalius_prediction::regression::{self, RegressionRecipe};
 
+#[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type B = burn::backend::Cuda;
 type AB = burn::backend::Autodiff<B>;
 
 /// burn's random generator is process-wide: tests that train networks take turns.

@@ -7,7 +7,10 @@ use vesalius_explain::Method;
 use vesalius_nets::explain::Settings;
 use vesalius_prediction::response::{self, ResponseRecipe};
 
+#[cfg(not(feature = "test-cuda"))]
 type B = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type B = burn::backend::Cuda;
 type AB = burn::backend::Autodiff<B>;
 
 /// burn's random generator is process-wide: tests that train networks take turns.

@@ -89,13 +89,14 @@ fn suggest_classes(backend: BackendKind, request: &Request, files: Vec<PathBuf>)
         return Err(CliError::Usage(format!("{}: every image of the pool is already in the run's data", pool.display())));
     }
     let scored = with_backend!(backend, |B, AB, device| {
-        if method == Method::McDropout {
+        let scored = if method == Method::McDropout {
             let model = dir.load_best::<AB>(&info, &device)?;
             vesalius_cadx::label::score_files::<AB>(&model, &info, &files, method, samples, seed, &device)
         } else {
             let model = dir.load_best::<B>(&info, &device)?;
             vesalius_cadx::label::score_files::<B>(&model, &info, &files, method, samples, seed, &device)
-        }
+        };
+        scored.map_err(CliError::from)
     })?;
     let scored = vesalius_cadx::label::rank_scored(scored);
     let mut csv = String::from("rank,image,score,prediction");

@@ -8,7 +8,10 @@ mod transfer;
 mod tune;
 
 /// The backend the tests run inference on, and the autodiff backend they train on.
+#[cfg(not(feature = "test-cuda"))]
 type P = burn::backend::Flex;
+#[cfg(feature = "test-cuda")]
+type P = burn::backend::Cuda;
 type AD = burn::backend::Autodiff<P>;
 /// The device of both.
 type Device = burn::tensor::Device<AD>;
