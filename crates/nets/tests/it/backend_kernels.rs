@@ -425,6 +425,8 @@ fn conv3d_matches_the_definition() {
     check(case3(1, 2, 3, [7, 6, 6], 3, 2, 1), 3, false, [0; 3]);
     check(case3(1, 4, 2, [24, 20, 18], 3, 1, 1), 3, false, [0; 3]);
     check(case3(2, 1, 36, [5, 4, 6], 3, 1, 1), 3, false, [0; 3]);
+    // A stride-2 1×1×1 projection (kernel smaller than its stride: the input gradient skips odd positions).
+    check(case3(2, 3, 4, [5, 6, 7], 1, 2, 0), 3, false, [0; 3]);
 }
 
 #[test]
@@ -434,6 +436,10 @@ fn transposed_convolutions_match_the_definition() {
     check(case2(2, 3, 4, [9, 8], 3, 2, 1, 1, 1), 2, true, [0, 1, 1]);
     check(case3(2, 3, 4, [8, 6, 10], 2, 2, 0), 3, true, [0; 3]);
     check(case3(1, 2, 3, [7, 7, 5], 3, 2, 1), 3, true, [1, 1, 1]);
+    // Kernels smaller than their stride (outputs no kernel tap reaches stay at the bias), in 2D and 3D.
+    check(case2(2, 3, 4, [5, 6], 1, 2, 0, 1, 1), 2, true, [0, 1, 1]);
+    check(case2(2, 3, 4, [4, 5], 2, 3, 0, 1, 1), 2, true, [0, 2, 1]);
+    check(case3(1, 3, 2, [3, 4, 5], 1, 2, 0), 3, true, [1, 1, 1]);
 }
 
 #[test]
