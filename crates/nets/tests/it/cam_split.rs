@@ -4,10 +4,12 @@
 use burn::tensor::{Distribution, Tensor};
 use vesalius_nets::{Arch, ClassifierConfig};
 
-#[cfg(not(feature = "test-cuda"))]
+#[cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 type B = burn::backend::Flex;
 #[cfg(feature = "test-cuda")]
 type B = burn::backend::Cuda;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type B = burn::backend::Wgpu;
 
 #[test]
 fn every_cam_layer_splits_the_forward_pass_exactly() {

@@ -12,24 +12,26 @@ use vesalius_nets::{
     CnnLstmConfig, ConvAutoencoderConfig, GruConfig, LstmConfig, NormKind, UNetConfig, UpKind, VoxelMorphConfig, trainable_params,
 };
 
-#[cfg(not(feature = "test-cuda"))]
+#[cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 type B = burn::backend::Flex;
 #[cfg(feature = "test-cuda")]
 type B = burn::backend::Cuda;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type B = burn::backend::Wgpu;
 type AB = Autodiff<B>;
 
 /// Agreement with the f64 step equations: f32 rounding on the CPU; burn-cuda's matrix products were seen to
 /// differ by 1.5e-5 (1.7e-4 relative) on an H200, so the GPU run allows 5e-4.
-#[cfg(not(feature = "test-cuda"))]
+#[cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 const RNN_TOLERANCE: f64 = 1e-5;
-#[cfg(feature = "test-cuda")]
+#[cfg(any(feature = "test-cuda", feature = "test-wgpu"))]
 const RNN_TOLERANCE: f64 = 5e-4;
 
 /// Agreement of the CRF-as-RNN with its f64 loops after three iterations: f32 rounding on the CPU; on an H200
 /// burn-cuda's sums differed by 1.04e-4 on values near 2 (its matrix products are not exact f32), so 5e-4 there.
-#[cfg(not(feature = "test-cuda"))]
+#[cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 const CRF_TOLERANCE: f64 = 1e-4;
-#[cfg(feature = "test-cuda")]
+#[cfg(any(feature = "test-cuda", feature = "test-wgpu"))]
 const CRF_TOLERANCE: f64 = 5e-4;
 
 fn dev() -> burn::tensor::Device<B> {

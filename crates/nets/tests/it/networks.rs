@@ -7,10 +7,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use vesalius_nets::{Arch, ClassifierConfig, ConfigError};
 
-#[cfg(not(feature = "test-cuda"))]
+#[cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 type B = burn::backend::Flex;
 #[cfg(feature = "test-cuda")]
 type B = burn::backend::Cuda;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type B = burn::backend::Wgpu;
 type AB = Autodiff<B>;
 
 fn params(arch: Arch, c: usize, k: usize, s: usize) -> usize {

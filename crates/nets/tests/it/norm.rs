@@ -146,8 +146,8 @@ fn check_instance_norm<const D: usize>(shape: [usize; D], affine: bool, seed: u6
 
 #[test]
 fn fused_batch_norm_matches_burns_module() {
-    assert_eq!(has_fused_kernels::<P>(), cfg!(not(feature = "test-cuda")));
-    assert_eq!(has_fused_kernels::<B>(), cfg!(not(feature = "test-cuda")));
+    assert_eq!(has_fused_kernels::<P>(), cfg!(not(any(feature = "test-cuda", feature = "test-wgpu"))));
+    assert_eq!(has_fused_kernels::<B>(), cfg!(not(any(feature = "test-cuda", feature = "test-wgpu"))));
     // Features ([n, c]), 2D maps, 3D volumes; a large one takes the parallel passes.
     check_batch_norm([6, 5], 0.0, 1);
     check_batch_norm([3, 4, 7, 6], 10.0, 2);

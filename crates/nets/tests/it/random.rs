@@ -2,7 +2,7 @@
 //! draw of the seeded generator per element, in order), recorded here from it, so that seeded runs keep their initial
 //! weights, dropout masks and noise whatever loop the backend samples them in. Each distribution's first values and
 //! the sum of 10,000 draws must match exactly, and so must the next draws (the generator's state carries over).
-#![cfg(not(feature = "test-cuda"))]
+#![cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;

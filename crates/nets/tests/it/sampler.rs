@@ -59,8 +59,8 @@ fn run(
 
 #[test]
 fn the_fused_sampler_matches_the_composed_operations() {
-    assert_eq!(has_fused_kernels::<P>(), cfg!(not(feature = "test-cuda")));
-    assert_eq!(has_fused_kernels::<B>(), cfg!(not(feature = "test-cuda")));
+    assert_eq!(has_fused_kernels::<P>(), cfg!(not(any(feature = "test-cuda", feature = "test-wgpu"))));
+    assert_eq!(has_fused_kernels::<B>(), cfg!(not(any(feature = "test-cuda", feature = "test-wgpu"))));
     // (batch, channels, image size, output size): a volume, a multi-channel batch (as field composition), a plane.
     let cases =
         [(1, 1, [5, 6, 7], [4, 5, 6]), (2, 3, [4, 5, 6], [3, 4, 5]), (1, 2, [1, 7, 8], [1, 6, 6]), (1, 1, [12, 20, 24], [12, 20, 24])];
