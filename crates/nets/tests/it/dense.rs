@@ -20,19 +20,25 @@ type B = burn::backend::Cuda;
 type B = burn::backend::Wgpu;
 type AB = Autodiff<B>;
 
-/// Agreement with the f64 step equations: f32 rounding on the CPU; burn-cuda's matrix products were seen to
-/// differ by 1.5e-5 (1.7e-4 relative) on an H200, so the GPU run allows 5e-4.
+/// Agreement with the f64 step equations: f32 rounding on the CPU and on wgpu; burn-cuda's matrix products
+/// without autotune were seen to differ by 1.5e-5 (1.7e-4 relative) on an H200, and with autotune its tensor-core
+/// products may round operands to TF32 (2⁻¹¹ relative), so the CUDA run allows 3e-3.
 #[cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 const RNN_TOLERANCE: f64 = 1e-5;
-#[cfg(any(feature = "test-cuda", feature = "test-wgpu"))]
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
 const RNN_TOLERANCE: f64 = 5e-4;
+#[cfg(feature = "test-cuda")]
+const RNN_TOLERANCE: f64 = 3e-3;
 
 /// Agreement of the CRF-as-RNN with its f64 loops after three iterations: f32 rounding on the CPU; on an H200
-/// burn-cuda's sums differed by 1.04e-4 on values near 2 (its matrix products are not exact f32), so 5e-4 there.
+/// burn-cuda's sums differed by 1.04e-4 on values near 2 (its matrix products are not exact f32), so 5e-4 on a GPU
+/// backend, and 5e-3 on CUDA where autotune may pick TF32 tensor-core products (2⁻¹¹ relative on values near 2).
 #[cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 const CRF_TOLERANCE: f64 = 1e-4;
-#[cfg(any(feature = "test-cuda", feature = "test-wgpu"))]
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
 const CRF_TOLERANCE: f64 = 5e-4;
+#[cfg(feature = "test-cuda")]
+const CRF_TOLERANCE: f64 = 5e-3;
 
 fn dev() -> burn::tensor::Device<B> {
     Default::default()
