@@ -6,8 +6,10 @@ Usage:  python3 xtask/torch_cuda.py PATH/TO/torch_bench.py [--only a,b] [--warmu
 Builds every workload with the models, data, losses and optimiser of `torch_bench.py` (the CPU reference harness),
 but on the GPU: `torch.set_default_device("cuda")` before the model and data are made, and
 `torch.cuda.synchronize()` after each step so that a step's time is its kernels' time, not the launch time.
-Each workload runs in its own process; `peak_gpu_mib` is `torch.cuda.max_memory_allocated`. Prints one JSON line
-per workload with the same field names as `vesalius bench`.
+Each workload runs in its own process; `peak_gpu_mib` is `torch.cuda.max_memory_allocated`,
+`peak_gpu_reserved_mib` `torch.cuda.max_memory_reserved`, `gpu_process_mib` the process's memory as nvidia-smi
+lists it (the figure `vesalius bench` reports for its CUDA backend). Prints one JSON line per workload with the same
+field names as `vesalius bench`.
 """
 import argparse
 import importlib.util
@@ -53,12 +55,38 @@ def child(args):
         "max_s": max(times),
         "iters": len(times),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        "peak_gpu_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1),
+        "gpu_process_mib": _gpu_process_mib(),
         "backend": "torch-cuda " + torch.__version__,
         "device": torch.cuda.get_device_name(0),
         "params": sum(p.numel() for p in model.parameters()),
     }
     res.update(meta)
     print("RESULT " + json.dumps(res), flush=True)
+
+
+def _gpu_process_mib():
+    """GPU memory this process holds as nvidia-smi lists it (context, caching allocator, tensors), as Vesalius's
+    bench reports it for the CUDA backend; None where nvidia-smi does not list the process."""
+    import os
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    total = None
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2 and fields[0] == str(os.getpid()):
+            try:
+                total = (total or 0.0) + float(fields[1])
+            except ValueError:
+                return None
+    return total
 
 
 def _time(fn):

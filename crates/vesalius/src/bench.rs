@@ -107,6 +107,11 @@ pub struct BenchResult {
     /// zeroed afresh instead of reusing. Absent where `/proc/self/stat` cannot be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub minor_faults_per_step: Option<f64>,
+    /// CUDA backend: GPU memory the process holds after the timed steps, in MiB, as `nvidia-smi` lists it (the
+    /// CUDA context, the allocator's pools and the live tensors; the pools keep what the steps reserved). Absent
+    /// on the CPU backends and where `nvidia-smi` does not list the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_process_mib: Option<f64>,
 }
 
 /// The timing of a workload: the median, fastest and slowest timed step (seconds), the number of timed steps, and
@@ -259,6 +264,7 @@ fn result(name: &str, backend: &str, per_step: f64, timing: Timing) -> BenchResu
         build_s: None,
         error_mm: None,
         minor_faults_per_step: timing.minor_faults_per_step,
+        gpu_process_mib: if backend == "cuda" { gpu_process_mib() } else { None },
     }
 }
 
@@ -390,6 +396,34 @@ fn register_pair_workload<AB: AutodiffBackend>(
         }
     }
     Ok(registration_result(name, backend, timing, total / n.max(1) as f64))
+}
+
+/// GPU memory this process holds on all GPUs, in MiB, from `nvidia-smi`; `None` where it cannot be run or does not
+/// list the process (for example inside a PID namespace it cannot see).
+pub fn gpu_process_mib() -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    process_mib(&String::from_utf8_lossy(&out.stdout), std::process::id())
+}
+
+/// The sum of the `used_memory` column over the lines of `pid` in `nvidia-smi`'s `pid,used_memory` CSV (one line per
+/// process and GPU); `None` when no line is the process's or a value does not parse.
+fn process_mib(csv: &str, pid: u32) -> Option<f64> {
+    let mut total = None;
+    for line in csv.lines() {
+        let mut fields = line.split(',').map(str::trim);
+        let (Some(p), Some(mib)) = (fields.next(), fields.next()) else { continue };
+        if p.parse::<u32>().ok() != Some(pid) {
+            continue;
+        }
+        total = Some(total.unwrap_or(0.0) + mib.parse::<f64>().ok()?);
+    }
+    total
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB.
@@ -755,5 +789,21 @@ fn loader_workload(cached: bool) -> Result<Timing, CliError> {
     match failure {
         Some(e) => Err(internal(e)),
         None => Ok(timing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_mib;
+
+    #[test]
+    fn gpu_memory_is_summed_over_the_process_lines() {
+        let csv = "4242, 1536\n17, 900\n4242, 512\n";
+        assert_eq!(process_mib(csv, 4242), Some(2048.0));
+        assert_eq!(process_mib(csv, 17), Some(900.0));
+        assert_eq!(process_mib(csv, 5), None);
+        assert_eq!(process_mib("", 5), None);
+        // A value nvidia-smi could not read ("[N/A]") is no figure rather than a wrong one.
+        assert_eq!(process_mib("4242, [N/A]\n", 4242), None);
     }
 }
