@@ -8,11 +8,13 @@ mod run;
 mod subjects;
 mod synthetic_3d;
 
-/// The backend the tests run on: the CPU's, or CUDA with the `test-cuda` feature.
-#[cfg(not(feature = "test-cuda"))]
+/// The backend the tests run on: the CPU's, CUDA with the `test-cuda` feature, or wgpu with `test-wgpu`.
+#[cfg(not(any(feature = "test-cuda", feature = "test-wgpu")))]
 type P = burn::backend::Flex;
 #[cfg(feature = "test-cuda")]
 type P = burn::backend::Cuda;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type P = burn::backend::Wgpu;
 /// The same with automatic differentiation.
 type B = burn::backend::Autodiff<P>;
 
