@@ -70,6 +70,48 @@ pub fn cuda_driver_present() -> bool {
     dirs.iter().any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists())
 }
 
+/// The folder where the GPU backend keeps what it learns about a machine between runs: `$VESALIUS_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/vesalius`, else `$HOME/.cache/vesalius` (each only when set and not empty); `None` when none is.
+/// `var` reads an environment variable.
+pub fn cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<std::path::PathBuf> {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    set("VESALIUS_CACHE_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").map(|d| d.join("vesalius")))
+        .or_else(|| set("HOME").map(|d| d.join(".cache").join("vesalius")))
+}
+
+/// The CubeCL configuration file that applies in `dir`: the first `cubecl.toml`, `CubeCL.toml`, `burn.toml` or
+/// `Burn.toml` in `dir` or a folder above it (where CubeCL itself looks); `None` when there is none.
+pub fn cubecl_config_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    dir.ancestors().flat_map(|d| ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].map(|n| d.join(n))).find(|f| f.is_file())
+}
+
+/// Points burn-cuda's caches at [`cache_dir`]`/cubecl`, once per process and before the first CUDA call: the kernel
+/// autotune chose for each operation and shape (by default CubeCL writes it under a `target/` folder next to the
+/// nearest `Cargo.toml` above the working directory, so it followed the folder a command ran in), and the compiled
+/// PTX of every kernel (off by default, so each process compiled every kernel again). A first run on a machine
+/// tunes and compiles; later runs from any folder reuse both. Left alone where a CubeCL configuration file applies
+/// ([`cubecl_config_file`]: the user's file decides) or no cache folder is known; CubeCL's `CUBECL_*` environment
+/// variables still apply.
+#[cfg(feature = "cuda")]
+pub fn configure_cuda_caches() {
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::current_dir().ok().and_then(|d| cubecl_config_file(&d)).is_some() {
+            return;
+        }
+        let Some(root) = cache_dir(|k| std::env::var(k).ok()).map(|d| d.join("cubecl")) else { return };
+        let mut config = CubeClRuntimeConfig::default().override_from_env();
+        config.autotune.cache = CacheConfig::File(root.clone());
+        config.compilation.cache = Some(CacheConfig::File(root));
+        let mut slot = CubeClRuntimeConfig::storage().lock();
+        if slot.is_none() {
+            *slot = Some(std::sync::Arc::new(config));
+        }
+    });
+}
+
 /// Runs `$body` with `$B` bound to the chosen backend type (inference) and `$AB` to its autodiff version.
 #[macro_export]
 macro_rules! with_backend {
@@ -98,6 +140,7 @@ macro_rules! with_backend {
                 if !$crate::backend::cuda_driver_present() {
                     Err($crate::CliError::Usage("the cuda backend needs an NVIDIA driver (libcuda.so), and none was found".into()))
                 } else {
+                    $crate::backend::configure_cuda_caches();
                     #[allow(dead_code)]
                     type $B = $crate::backend::Cuda;
                     #[allow(dead_code)]
@@ -108,4 +151,43 @@ macro_rules! with_backend {
             }
         }
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn the_cache_folder_follows_vesalius_then_xdg_then_home() {
+        let all = [("VESALIUS_CACHE_DIR", "/v"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
+        assert_eq!(cache_dir(env(&all)), Some(PathBuf::from("/v")));
+        assert_eq!(cache_dir(env(&all[1..])), Some(PathBuf::from("/x/vesalius")));
+        assert_eq!(cache_dir(env(&all[2..])), Some(PathBuf::from("/h/.cache/vesalius")));
+        // Empty values count as unset.
+        assert_eq!(
+            cache_dir(env(&[("VESALIUS_CACHE_DIR", ""), ("XDG_CACHE_HOME", ""), ("HOME", "/h")])),
+            Some(PathBuf::from("/h/.cache/vesalius"))
+        );
+        assert_eq!(cache_dir(env(&[])), None);
+    }
+
+    #[test]
+    fn a_cubecl_file_in_the_folder_or_above_is_found() {
+        let root = std::env::temp_dir().join(format!("vesalius-cubecl-{}", std::process::id()));
+        let inner = root.join("a").join("b");
+        std::fs::create_dir_all(&inner).unwrap();
+        assert_eq!(cubecl_config_file(&inner).filter(|f| f.starts_with(&root)), None);
+        std::fs::write(root.join("a").join("burn.toml"), "").unwrap();
+        assert_eq!(cubecl_config_file(&inner), Some(root.join("a").join("burn.toml")));
+        // The nearest folder wins, and within a folder `cubecl.toml` before `burn.toml`.
+        std::fs::write(inner.join("burn.toml"), "").unwrap();
+        std::fs::write(inner.join("cubecl.toml"), "").unwrap();
+        assert_eq!(cubecl_config_file(&inner), Some(inner.join("cubecl.toml")));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
