@@ -112,6 +112,11 @@ pub struct BenchResult {
     /// on the CPU backends and where `nvidia-smi` does not list the process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_process_mib: Option<f64>,
+    /// Seconds of the first, untimed step: what a process pays once before its steady state — allocation and, on
+    /// the CUDA backend, compiling every kernel and autotune's timing of the candidates for each new shape (cached
+    /// between runs). Absent for workloads whose warm-up is not one step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_step_s: Option<f64>,
 }
 
 /// The timing of a workload: the median, fastest and slowest timed step (seconds), the number of timed steps, and
@@ -128,6 +133,8 @@ pub struct Timing {
     pub steps: usize,
     /// Minor page faults per timed step.
     pub minor_faults_per_step: Option<f64>,
+    /// Seconds of the first, untimed step, where the warm-up is one step.
+    pub first_step_s: Option<f64>,
 }
 
 impl Timing {
@@ -140,7 +147,7 @@ impl Timing {
         };
         times.sort_by(f64::total_cmp);
         let median = if steps % 2 == 1 { times[steps / 2] } else { (times[steps / 2 - 1] + times[steps / 2]) / 2.0 };
-        Timing { median_s: median, min_s: times[0], max_s: times[steps - 1], steps, minor_faults_per_step }
+        Timing { median_s: median, min_s: times[0], max_s: times[steps - 1], steps, minor_faults_per_step, first_step_s: None }
     }
 }
 
@@ -265,6 +272,7 @@ fn result(name: &str, backend: &str, per_step: f64, timing: Timing) -> BenchResu
         error_mm: None,
         minor_faults_per_step: timing.minor_faults_per_step,
         gpu_process_mib: if backend == "cuda" { gpu_process_mib() } else { None },
+        first_step_s: timing.first_step_s,
     }
 }
 
@@ -275,7 +283,9 @@ fn registration_result(name: &str, backend: &str, timing: Timing, error_mm: f64)
 
 /// Times one untimed and then `n` timed calls of `run`.
 fn time_runs(n: usize, mut run: impl FnMut()) -> Timing {
+    let first = Instant::now();
     run();
+    let first_step_s = first.elapsed().as_secs_f64();
     let before = minor_faults();
     let times: Vec<f64> = (0..n.max(1))
         .map(|_| {
@@ -284,7 +294,7 @@ fn time_runs(n: usize, mut run: impl FnMut()) -> Timing {
             t.elapsed().as_secs_f64()
         })
         .collect();
-    Timing::of(times, before)
+    Timing { first_step_s: Some(first_step_s), ..Timing::of(times, before) }
 }
 
 /// The deformable registration workloads (B-spline, sampled B-spline, dense): see [`REGISTRATION_WORKLOADS`].
@@ -437,7 +447,9 @@ pub fn peak_rss_mib() -> f64 {
 /// Times `step` with the reference protocol; returns timing. The timed steps' page faults are
 /// recorded for the workload's line.
 pub fn time_steps(mut step: impl FnMut()) -> Timing {
+    let first = Instant::now();
     step();
+    let first_step_s = first.elapsed().as_secs_f64();
     let mut fastest = f64::INFINITY;
     for _ in 0..2 {
         let t = Instant::now();
@@ -453,7 +465,7 @@ pub fn time_steps(mut step: impl FnMut()) -> Timing {
             t.elapsed().as_secs_f64()
         })
         .collect();
-    Timing::of(times, before)
+    Timing { first_step_s: Some(first_step_s), ..Timing::of(times, before) }
 }
 
 fn classifier_workload<AB: AutodiffBackend>(arch: Arch, channels: usize, device: &AB::Device) -> Timing {
@@ -794,7 +806,23 @@ fn loader_workload(cached: bool) -> Result<Timing, CliError> {
 
 #[cfg(test)]
 mod tests {
-    use super::process_mib;
+    use super::{process_mib, time_steps};
+
+    #[test]
+    fn the_first_step_is_reported_apart_from_the_timed_ones() {
+        // A first call that pays a one-off cost (as kernel compilation and tuning do) and cheap calls after it.
+        let mut calls = 0;
+        let timing = time_steps(|| {
+            calls += 1;
+            if calls == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(60));
+            }
+        });
+        assert!(timing.first_step_s.is_some_and(|s| s >= 0.06), "{:?}", timing.first_step_s);
+        assert!(timing.max_s < 0.06, "the first call was timed: {}", timing.max_s);
+        // One first call, two calls that set the count, then the timed ones.
+        assert_eq!(calls, 3 + timing.steps);
+    }
 
     #[test]
     fn gpu_memory_is_summed_over_the_process_lines() {
