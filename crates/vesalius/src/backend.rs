@@ -80,10 +80,16 @@ pub fn cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<std::path::Path
         .or_else(|| set("HOME").map(|d| d.join(".cache").join("vesalius")))
 }
 
-/// The CubeCL configuration file that applies in `dir`: the first `cubecl.toml`, `CubeCL.toml`, `burn.toml` or
-/// `Burn.toml` in `dir` or a folder above it (where CubeCL itself looks); `None` when there is none.
+/// The CubeCL configuration file that applies in `dir`, found as CubeCL finds it: in `dir` or the nearest folder
+/// above it, a `cubecl.toml` or `CubeCL.toml`, else a `burn.toml` or `Burn.toml` with a `[cubecl]` table; `None`
+/// when there is none.
 pub fn cubecl_config_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    dir.ancestors().flat_map(|d| ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].map(|n| d.join(n))).find(|f| f.is_file())
+    let has_cubecl_table =
+        |f: &std::path::Path| std::fs::read_to_string(f).is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("[cubecl")));
+    dir.ancestors().find_map(|d| {
+        let own = ["cubecl.toml", "CubeCL.toml"].map(|n| d.join(n)).into_iter().find(|f| f.is_file());
+        own.or_else(|| ["burn.toml", "Burn.toml"].map(|n| d.join(n)).into_iter().find(|f| f.is_file() && has_cubecl_table(f)))
+    })
 }
 
 /// Points burn-cuda's caches at [`cache_dir`]`/cubecl`, once per process and before the first CUDA call: the kernel
@@ -182,10 +188,13 @@ mod tests {
         let inner = root.join("a").join("b");
         std::fs::create_dir_all(&inner).unwrap();
         assert_eq!(cubecl_config_file(&inner).filter(|f| f.starts_with(&root)), None);
-        std::fs::write(root.join("a").join("burn.toml"), "").unwrap();
+        // A burn.toml counts only with a `[cubecl]` table (CubeCL reads that section alone).
+        std::fs::write(root.join("a").join("burn.toml"), "[train]\nepochs = 2\n").unwrap();
+        assert_eq!(cubecl_config_file(&inner).filter(|f| f.starts_with(&root)), None);
+        std::fs::write(root.join("a").join("burn.toml"), "[cubecl.autotune]\nlevel = \"minimal\"\n").unwrap();
         assert_eq!(cubecl_config_file(&inner), Some(root.join("a").join("burn.toml")));
         // The nearest folder wins, and within a folder `cubecl.toml` before `burn.toml`.
-        std::fs::write(inner.join("burn.toml"), "").unwrap();
+        std::fs::write(inner.join("burn.toml"), "[cubecl]\n").unwrap();
         std::fs::write(inner.join("cubecl.toml"), "").unwrap();
         assert_eq!(cubecl_config_file(&inner), Some(inner.join("cubecl.toml")));
         std::fs::remove_dir_all(&root).unwrap();
