@@ -97,17 +97,18 @@ pub fn cubecl_config_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 /// nearest `Cargo.toml` above the working directory, so it followed the folder a command ran in), and the compiled
 /// PTX of every kernel (off by default, so each process compiled every kernel again). A first run on a machine
 /// tunes and compiles; later runs from any folder reuse both. Left alone where a CubeCL configuration file applies
-/// ([`cubecl_config_file`]: the user's file decides) or no cache folder is known; CubeCL's `CUBECL_*` environment
-/// variables still apply.
+/// ([`cubecl_config_file`]: the user's file decides, once [`check_cubecl_file`] has read it — CubeCL itself would
+/// abort the process on a file it cannot read) or no cache folder is known; CubeCL's `CUBECL_*` environment
+/// variables still apply. The error names the configuration file and its problem.
 #[cfg(feature = "cuda")]
-pub fn configure_cuda_caches() {
+pub fn configure_cuda_caches() -> Result<(), String> {
     use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if std::env::current_dir().ok().and_then(|d| cubecl_config_file(&d)).is_some() {
-            return;
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        if let Some(file) = std::env::current_dir().ok().and_then(|d| cubecl_config_file(&d)) {
+            return check_cubecl_file::<CubeClRuntimeConfig>(&file);
         }
-        let Some(root) = cache_dir(|k| std::env::var(k).ok()).map(|d| d.join("cubecl")) else { return };
+        let Some(root) = cache_dir(|k| std::env::var(k).ok()).map(|d| d.join("cubecl")) else { return Ok(()) };
         let mut config = CubeClRuntimeConfig::default().override_from_env();
         config.autotune.cache = CacheConfig::File(root.clone());
         config.compilation.cache = Some(CacheConfig::File(root));
@@ -115,7 +116,25 @@ pub fn configure_cuda_caches() {
         if slot.is_none() {
             *slot = Some(std::sync::Arc::new(config));
         }
-    });
+        Ok(())
+    })
+    .clone()
+}
+
+/// Reads a CubeCL configuration file as `T` (CubeCL's configuration type): the whole file, or the `[cubecl]` table
+/// of a `burn.toml`. The error names the file and what is wrong with it.
+pub fn check_cubecl_file<T: serde::de::DeserializeOwned>(file: &std::path::Path) -> Result<(), String> {
+    let fail = |e: &dyn fmt::Display| format!("{}: not a CubeCL configuration: {e}", file.display());
+    let text = std::fs::read_to_string(file).map_err(|e| fail(&e))?;
+    let section = file.file_name().is_some_and(|n| n.eq_ignore_ascii_case("burn.toml"));
+    if section {
+        let table: toml::Table = toml::from_str(&text).map_err(|e| fail(&e))?;
+        let cubecl = table.get("cubecl").cloned().ok_or_else(|| fail(&"no [cubecl] table"))?;
+        cubecl.try_into::<T>().map_err(|e| fail(&e))?;
+    } else {
+        toml::from_str::<T>(&text).map_err(|e| fail(&e))?;
+    }
+    Ok(())
 }
 
 /// Runs `$body` with `$B` bound to the chosen backend type (inference) and `$AB` to its autodiff version.
@@ -145,8 +164,9 @@ macro_rules! with_backend {
             $crate::backend::BackendKind::Cuda => {
                 if !$crate::backend::cuda_driver_present() {
                     Err($crate::CliError::Usage("the cuda backend needs an NVIDIA driver (libcuda.so), and none was found".into()))
+                } else if let Err(e) = $crate::backend::configure_cuda_caches() {
+                    Err($crate::CliError::Usage(e))
                 } else {
-                    $crate::backend::configure_cuda_caches();
                     #[allow(dead_code)]
                     type $B = $crate::backend::Cuda;
                     #[allow(dead_code)]
@@ -197,6 +217,45 @@ mod tests {
         std::fs::write(inner.join("burn.toml"), "[cubecl]\n").unwrap();
         std::fs::write(inner.join("cubecl.toml"), "").unwrap();
         assert_eq!(cubecl_config_file(&inner), Some(inner.join("cubecl.toml")));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A stand-in for CubeCL's configuration type, with one field of each kind that a file can get wrong.
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Probe {
+        #[serde(default)]
+        autotune: Option<ProbeAutotune>,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct ProbeAutotune {
+        level: String,
+    }
+
+    #[test]
+    fn a_configuration_file_that_cubecl_could_not_read_is_an_error_naming_it() {
+        let root = std::env::temp_dir().join(format!("vesalius-cubecl-check-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let (cubecl, burn) = (root.join("cubecl.toml"), root.join("burn.toml"));
+        std::fs::write(&cubecl, "[autotune]\nlevel = \"minimal\"\n").unwrap();
+        assert_eq!(check_cubecl_file::<Probe>(&cubecl), Ok(()));
+        std::fs::write(&burn, "[train]\nx = 1\n[cubecl.autotune]\nlevel = \"full\"\n").unwrap();
+        assert_eq!(check_cubecl_file::<Probe>(&burn), Ok(()));
+        for (file, text, problem) in [
+            (&cubecl, "[autotune\nlevel = 1", "TOML parse error"),
+            (&cubecl, "[autotune]\nlevel = 3\n", "invalid type"),
+            (&burn, "[cubecl.autotune]\nlevel = 3\n", "invalid type"),
+            (&burn, "[train]\nx = 1\n", "no [cubecl] table"),
+        ] {
+            std::fs::write(file, text).unwrap();
+            let e = check_cubecl_file::<Probe>(file).unwrap_err();
+            assert!(e.starts_with(&format!("{}: not a CubeCL configuration: ", file.display())), "{e}");
+            assert!(e.contains(problem), "{text:?}: {e}");
+        }
+        let missing = root.join("gone").join("cubecl.toml");
+        assert!(check_cubecl_file::<Probe>(&missing).unwrap_err().starts_with(&missing.display().to_string()));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
