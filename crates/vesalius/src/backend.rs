@@ -80,16 +80,27 @@ pub fn cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<std::path::Path
         .or_else(|| set("HOME").map(|d| d.join(".cache").join("vesalius")))
 }
 
-/// The CubeCL configuration file that applies in `dir`, found as CubeCL finds it: in `dir` or the nearest folder
-/// above it, a `cubecl.toml` or `CubeCL.toml`, else a `burn.toml` or `Burn.toml` with a `[cubecl]` table; `None`
-/// when there is none.
-pub fn cubecl_config_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    let has_cubecl_table =
-        |f: &std::path::Path| std::fs::read_to_string(f).is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("[cubecl")));
-    dir.ancestors().find_map(|d| {
-        let own = ["cubecl.toml", "CubeCL.toml"].map(|n| d.join(n)).into_iter().find(|f| f.is_file());
-        own.or_else(|| ["burn.toml", "Burn.toml"].map(|n| d.join(n)).into_iter().find(|f| f.is_file() && has_cubecl_table(f)))
-    })
+/// The CubeCL configuration file that applies in `dir`, found and read as CubeCL finds it: in `dir` or the nearest
+/// folder above it, a `cubecl.toml` or `CubeCL.toml`, else a `burn.toml` or `Burn.toml` with a `[cubecl]` table (one
+/// without it is passed over). `Ok(None)` when there is none; the error names a file that CubeCL could not read
+/// (CubeCL itself would abort the process) and its problem. `T` is CubeCL's configuration type.
+pub fn cubecl_config_file<T: serde::de::DeserializeOwned>(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>, String> {
+    let fail = |f: &std::path::Path, e: &dyn fmt::Display| format!("{}: not a CubeCL configuration: {e}", f.display());
+    let read = |f: &std::path::Path| std::fs::read_to_string(f).map_err(|e| fail(f, &e));
+    for d in dir.ancestors() {
+        if let Some(f) = ["cubecl.toml", "CubeCL.toml"].map(|n| d.join(n)).into_iter().find(|f| f.is_file()) {
+            toml::from_str::<T>(&read(&f)?).map_err(|e| fail(&f, &e))?;
+            return Ok(Some(f));
+        }
+        for f in ["burn.toml", "Burn.toml"].map(|n| d.join(n)).into_iter().filter(|f| f.is_file()) {
+            let mut table: toml::Table = toml::from_str(&read(&f)?).map_err(|e| fail(&f, &e))?;
+            if let Some(cubecl) = table.remove("cubecl") {
+                cubecl.try_into::<T>().map_err(|e| fail(&f, &e))?;
+                return Ok(Some(f));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Points burn-cuda's caches at [`cache_dir`]`/cubecl`, once per process and before the first CUDA call: the kernel
@@ -97,16 +108,17 @@ pub fn cubecl_config_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 /// nearest `Cargo.toml` above the working directory, so it followed the folder a command ran in), and the compiled
 /// PTX of every kernel (off by default, so each process compiled every kernel again). A first run on a machine
 /// tunes and compiles; later runs from any folder reuse both. Left alone where a CubeCL configuration file applies
-/// ([`cubecl_config_file`]: the user's file decides, once [`check_cubecl_file`] has read it — CubeCL itself would
-/// abort the process on a file it cannot read) or no cache folder is known; CubeCL's `CUBECL_*` environment
-/// variables still apply. The error names the configuration file and its problem.
+/// ([`cubecl_config_file`]: the user's file decides, once read without error) or no cache folder is known; CubeCL's
+/// `CUBECL_*` environment variables still apply. The error names the configuration file and its problem.
 #[cfg(feature = "cuda")]
 pub fn configure_cuda_caches() -> Result<(), String> {
     use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
     static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
-        if let Some(file) = std::env::current_dir().ok().and_then(|d| cubecl_config_file(&d)) {
-            return check_cubecl_file::<CubeClRuntimeConfig>(&file);
+        if let Some(dir) = std::env::current_dir().ok()
+            && cubecl_config_file::<CubeClRuntimeConfig>(&dir)?.is_some()
+        {
+            return Ok(());
         }
         let Some(root) = cache_dir(|k| std::env::var(k).ok()).map(|d| d.join("cubecl")) else { return Ok(()) };
         let mut config = CubeClRuntimeConfig::default().override_from_env();
@@ -119,22 +131,6 @@ pub fn configure_cuda_caches() -> Result<(), String> {
         Ok(())
     })
     .clone()
-}
-
-/// Reads a CubeCL configuration file as `T` (CubeCL's configuration type): the whole file, or the `[cubecl]` table
-/// of a `burn.toml`. The error names the file and what is wrong with it.
-pub fn check_cubecl_file<T: serde::de::DeserializeOwned>(file: &std::path::Path) -> Result<(), String> {
-    let fail = |e: &dyn fmt::Display| format!("{}: not a CubeCL configuration: {e}", file.display());
-    let text = std::fs::read_to_string(file).map_err(|e| fail(&e))?;
-    let section = file.file_name().is_some_and(|n| n.eq_ignore_ascii_case("burn.toml"));
-    if section {
-        let table: toml::Table = toml::from_str(&text).map_err(|e| fail(&e))?;
-        let cubecl = table.get("cubecl").cloned().ok_or_else(|| fail(&"no [cubecl] table"))?;
-        cubecl.try_into::<T>().map_err(|e| fail(&e))?;
-    } else {
-        toml::from_str::<T>(&text).map_err(|e| fail(&e))?;
-    }
-    Ok(())
 }
 
 /// Runs `$body` with `$B` bound to the chosen backend type (inference) and `$AB` to its autodiff version.
@@ -202,24 +198,6 @@ mod tests {
         assert_eq!(cache_dir(env(&[])), None);
     }
 
-    #[test]
-    fn a_cubecl_file_in_the_folder_or_above_is_found() {
-        let root = std::env::temp_dir().join(format!("vesalius-cubecl-{}", std::process::id()));
-        let inner = root.join("a").join("b");
-        std::fs::create_dir_all(&inner).unwrap();
-        assert_eq!(cubecl_config_file(&inner).filter(|f| f.starts_with(&root)), None);
-        // A burn.toml counts only with a `[cubecl]` table (CubeCL reads that section alone).
-        std::fs::write(root.join("a").join("burn.toml"), "[train]\nepochs = 2\n").unwrap();
-        assert_eq!(cubecl_config_file(&inner).filter(|f| f.starts_with(&root)), None);
-        std::fs::write(root.join("a").join("burn.toml"), "[cubecl.autotune]\nlevel = \"minimal\"\n").unwrap();
-        assert_eq!(cubecl_config_file(&inner), Some(root.join("a").join("burn.toml")));
-        // The nearest folder wins, and within a folder `cubecl.toml` before `burn.toml`.
-        std::fs::write(inner.join("burn.toml"), "[cubecl]\n").unwrap();
-        std::fs::write(inner.join("cubecl.toml"), "").unwrap();
-        assert_eq!(cubecl_config_file(&inner), Some(inner.join("cubecl.toml")));
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
     /// A stand-in for CubeCL's configuration type, with one field of each kind that a file can get wrong.
     #[derive(serde::Deserialize)]
     #[allow(dead_code)]
@@ -235,27 +213,43 @@ mod tests {
     }
 
     #[test]
+    fn a_cubecl_file_in_the_folder_or_above_is_found() {
+        let root = std::env::temp_dir().join(format!("vesalius-cubecl-{}", std::process::id()));
+        let inner = root.join("a").join("b");
+        std::fs::create_dir_all(&inner).unwrap();
+        let found = |d: &std::path::Path| cubecl_config_file::<Probe>(d).map(|f| f.filter(|f| f.starts_with(&root)));
+        assert_eq!(found(&inner), Ok(None));
+        // A burn.toml counts only with a `[cubecl]` table (CubeCL reads that section alone).
+        std::fs::write(root.join("a").join("burn.toml"), "[train]\nepochs = 2\n").unwrap();
+        assert_eq!(found(&inner), Ok(None));
+        std::fs::write(root.join("a").join("burn.toml"), "[train]\nx = 1\n[cubecl.autotune]\nlevel = \"minimal\"\n").unwrap();
+        assert_eq!(found(&inner), Ok(Some(root.join("a").join("burn.toml"))));
+        // The nearest folder wins, and within a folder `cubecl.toml` before `burn.toml`.
+        std::fs::write(inner.join("burn.toml"), "[cubecl]\n").unwrap();
+        assert_eq!(found(&inner), Ok(Some(inner.join("burn.toml"))));
+        std::fs::write(inner.join("cubecl.toml"), "[autotune]\nlevel = \"full\"\n").unwrap();
+        assert_eq!(found(&inner), Ok(Some(inner.join("cubecl.toml"))));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn a_configuration_file_that_cubecl_could_not_read_is_an_error_naming_it() {
         let root = std::env::temp_dir().join(format!("vesalius-cubecl-check-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
         let (cubecl, burn) = (root.join("cubecl.toml"), root.join("burn.toml"));
-        std::fs::write(&cubecl, "[autotune]\nlevel = \"minimal\"\n").unwrap();
-        assert_eq!(check_cubecl_file::<Probe>(&cubecl), Ok(()));
-        std::fs::write(&burn, "[train]\nx = 1\n[cubecl.autotune]\nlevel = \"full\"\n").unwrap();
-        assert_eq!(check_cubecl_file::<Probe>(&burn), Ok(()));
         for (file, text, problem) in [
             (&cubecl, "[autotune\nlevel = 1", "TOML parse error"),
             (&cubecl, "[autotune]\nlevel = 3\n", "invalid type"),
             (&burn, "[cubecl.autotune]\nlevel = 3\n", "invalid type"),
-            (&burn, "[train]\nx = 1\n", "no [cubecl] table"),
+            // CubeCL parses the whole of a burn.toml before it looks for its table.
+            (&burn, "[train\nx = 1\n", "TOML parse error"),
         ] {
+            let _ = std::fs::remove_file(&cubecl);
             std::fs::write(file, text).unwrap();
-            let e = check_cubecl_file::<Probe>(file).unwrap_err();
+            let e = cubecl_config_file::<Probe>(&root).unwrap_err();
             assert!(e.starts_with(&format!("{}: not a CubeCL configuration: ", file.display())), "{e}");
             assert!(e.contains(problem), "{text:?}: {e}");
         }
-        let missing = root.join("gone").join("cubecl.toml");
-        assert!(check_cubecl_file::<Probe>(&missing).unwrap_err().starts_with(&missing.display().to_string()));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -138,8 +138,9 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The timing of `times` (seconds, at least one), with the faults counted from `faults_before` to now.
-    fn of(mut times: Vec<f64>, faults_before: Option<u64>) -> Timing {
+    /// The timing of `times` (seconds, at least one), with the faults counted from `faults_before` to now and the
+    /// untimed first step's seconds where there was one.
+    fn of(mut times: Vec<f64>, faults_before: Option<u64>, first_step_s: Option<f64>) -> Timing {
         let steps = times.len();
         let minor_faults_per_step = match (faults_before, minor_faults()) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / steps as f64),
@@ -147,7 +148,7 @@ impl Timing {
         };
         times.sort_by(f64::total_cmp);
         let median = if steps % 2 == 1 { times[steps / 2] } else { (times[steps / 2 - 1] + times[steps / 2]) / 2.0 };
-        Timing { median_s: median, min_s: times[0], max_s: times[steps - 1], steps, minor_faults_per_step, first_step_s: None }
+        Timing { median_s: median, min_s: times[0], max_s: times[steps - 1], steps, minor_faults_per_step, first_step_s }
     }
 }
 
@@ -281,20 +282,19 @@ fn registration_result(name: &str, backend: &str, timing: Timing, error_mm: f64)
     BenchResult { error_mm: Some(error_mm), ..result(name, backend, 1.0, timing) }
 }
 
+/// Seconds one call of `f` takes.
+fn seconds(f: &mut impl FnMut()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
 /// Times one untimed and then `n` timed calls of `run`.
 fn time_runs(n: usize, mut run: impl FnMut()) -> Timing {
-    let first = Instant::now();
-    run();
-    let first_step_s = first.elapsed().as_secs_f64();
+    let first_step_s = seconds(&mut run);
     let before = minor_faults();
-    let times: Vec<f64> = (0..n.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            run();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    Timing { first_step_s: Some(first_step_s), ..Timing::of(times, before) }
+    let times: Vec<f64> = (0..n.max(1)).map(|_| seconds(&mut run)).collect();
+    Timing::of(times, before, Some(first_step_s))
 }
 
 /// The deformable registration workloads (B-spline, sampled B-spline, dense): see [`REGISTRATION_WORKLOADS`].
@@ -447,25 +447,15 @@ pub fn peak_rss_mib() -> f64 {
 /// Times `step` with the reference protocol; returns timing. The timed steps' page faults are
 /// recorded for the workload's line.
 pub fn time_steps(mut step: impl FnMut()) -> Timing {
-    let first = Instant::now();
-    step();
-    let first_step_s = first.elapsed().as_secs_f64();
+    let first_step_s = seconds(&mut step);
     let mut fastest = f64::INFINITY;
     for _ in 0..2 {
-        let t = Instant::now();
-        step();
-        fastest = fastest.min(t.elapsed().as_secs_f64());
+        fastest = fastest.min(seconds(&mut step));
     }
     let n = ((3.0 / fastest).floor() as usize).clamp(7, 50);
     let before = minor_faults();
-    let times: Vec<f64> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            step();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    Timing { first_step_s: Some(first_step_s), ..Timing::of(times, before) }
+    let times: Vec<f64> = (0..n).map(|_| seconds(&mut step)).collect();
+    Timing::of(times, before, Some(first_step_s))
 }
 
 fn classifier_workload<AB: AutodiffBackend>(arch: Arch, channels: usize, device: &AB::Device) -> Timing {
@@ -729,7 +719,7 @@ fn sliding_window_256<B: Backend>(device: &B::Device) -> Result<Timing, CliError
     if out.labels.len() != 256 * 256 * 256 || out.windows != 125 {
         return Err(CliError::Internal(format!("sliding window covered {} windows", out.windows)));
     }
-    Ok(Timing::of(vec![s], before))
+    Ok(Timing::of(vec![s], before, None))
 }
 
 /// Patches per loader call in the loader workloads.
