@@ -13,8 +13,10 @@
 # Autotune times every candidate kernel of each new operation shape on first use (seconds per shape), so each
 # workload runs once under the remaining time: its `first_step_s` is that cost, its timed steps come after. Its
 # PyTorch twin (`xtask/torch_cuda.py`) runs right after it, so both sides of a ratio come from the same minutes.
-# Tuning left unfinished is kept: the cache goes to OUT_DIR/cubecl-cache.tar (also when time runs out) for the
-# next run's BIN_DIR. The tests run with `--nocapture`, so a failure's message is printed when it happens.
+# Tuning left unfinished is kept: the cache folder (VESALIUS_CACHE_DIR, default a temporary one) goes to
+# OUT_DIR/cubecl-cache.tar (also when time runs out; its files listed in cache-files.txt) for the next run's BIN_DIR;
+# a VESALIUS_CACHE_DIR set by the caller (e.g. under target/, which a lent machine keeps between calls) carries it
+# without the round trip. The tests run with `--nocapture`, so a failure's message is printed when it happens.
 # OUT_DIR receives results.jsonl (one line per run: tag, wall_ms, and the bench's JSON or the error), log.txt,
 # nets-it.txt and the cache; with AUTOTUNE_LOG=1 also autotune.log, the kernel chosen for each shape (through a
 # cubecl.toml in the root, which then sets the cache folder in place of the CLI's own setting).
@@ -28,7 +30,8 @@ WL=${4:-a_lenet5_train,d_unet3d_train,b_resnet18_train,c_unet2d_train,g_voxelmor
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 WORK=$(mktemp -d)
-export VESALIUS_CACHE_DIR=$WORK/cache
+export VESALIUS_CACHE_DIR=${VESALIUS_CACHE_DIR:-$WORK/cache}
+mkdir -p "$VESALIUS_CACHE_DIR"
 left() { echo $((END - $(date +%s))); }
 unpack() { # NAME: BIN/NAME or BIN/NAME.xz into WORK/NAME
   if [ -f "$BIN/$1" ]; then cp "$BIN/$1" "$WORK/$1"
@@ -39,7 +42,10 @@ unpack() { # NAME: BIN/NAME or BIN/NAME.xz into WORK/NAME
   chmod +x "$WORK/$1"
 }
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))'; }
-save_cache() { [ -d "$VESALIUS_CACHE_DIR" ] && tar -C "$WORK" -cf "$OUT/cubecl-cache.tar" cache && echo "cache saved: $(du -sh "$VESALIUS_CACHE_DIR" | cut -f1)"; }
+save_cache() {
+  tar -C "$VESALIUS_CACHE_DIR" -cf "$OUT/cubecl-cache.tar" . && echo "cache saved: $(du -sh "$VESALIUS_CACHE_DIR" | cut -f1)"
+  (cd "$VESALIUS_CACHE_DIR" && find . -type f -printf '%s %p\n' | sort -k2) > "$OUT/cache-files.txt"
+}
 trap save_cache EXIT
 
 BUILD_ROOT=${BUILD_ROOT:-/work/main}
@@ -49,7 +55,7 @@ if [ "${AUTOTUNE_LOG:-0}" = 1 ]; then
     "$VESALIUS_CACHE_DIR/cubecl" "$OUT/autotune.log" "$VESALIUS_CACHE_DIR/cubecl" > cubecl.toml
 fi
 unpack vesalius || { echo "no vesalius in $BIN"; exit 2; }
-unpack cubecl-cache.tar && tar -C "$WORK" -xf "$WORK/cubecl-cache.tar" && echo "cache restored: $(du -sh "$VESALIUS_CACHE_DIR" | cut -f1)"
+unpack cubecl-cache.tar && tar -C "$VESALIUS_CACHE_DIR" -xf "$WORK/cubecl-cache.tar" && echo "cache restored: $(du -sh "$VESALIUS_CACHE_DIR" | cut -f1)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "start $(date -u +%T), $(left) s"
 
