@@ -9,6 +9,7 @@
 #                    (`cargo test -p vesalius-nets --features test-cuda --test it --no-run`)
 #   cubecl-cache.tar optional: the tuning and compiled kernels an earlier run left in its OUT_DIR
 # SECONDS bounds the whole run (default 540); WORKLOADS is a comma-separated list (default: the reference ones).
+# FIRST_TESTS (environment) names a test filter that runs before the workloads (nets-it-first.txt).
 #
 # Autotune times every candidate kernel of each new operation shape on first use (seconds per shape), so each
 # workload runs once under the remaining time: its `first_step_s` is that cost, its timed steps come after. Its
@@ -71,6 +72,11 @@ run() {
 }
 
 TESTS=0; unpack nets-it && TESTS=1
+# FIRST_TESTS: a test-name filter run before the workloads (up to 90 s), e.g. a failure to read first.
+if [ $TESTS = 1 ] && [ -n "${FIRST_TESTS:-}" ]; then
+  (cd crates/nets && timeout 90 "$WORK/nets-it" "$FIRST_TESTS" --nocapture 2>&1) > "$OUT/nets-it-first.txt"
+  grep -E "^test .*(ok|FAILED)$|^test result|panicked|^thread|disagree" -A3 "$OUT/nets-it-first.txt" | tail -30
+fi
 RESERVE=$((TESTS * 120 + 10))
 for w in ${WL//,/ }; do
   lim=$(($(left) - RESERVE)); [ $lim -lt 20 ] && { echo "no time for $w"; continue; }
