@@ -8,7 +8,7 @@
 //! only the input and the per-group statistics. The backend is recognised by its type, as a specialisation
 //! would; every other backend keeps the composition.
 
-use core::any::{Any, TypeId};
+use core::any::TypeId;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -18,33 +18,15 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::nn::{BatchNorm, InstanceNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::ops::norm::{ChannelNorm, NormGroups, scale_shift_channels};
 use burn_flex::ops::trilinear::{TrilinearPadding, TrilinearSampling};
 use burn_flex::{Flex, FlexTensor};
 
 use crate::ops::Padding;
+use crate::typed::{primitive, tensor};
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
-
-/// Moves `value` into type `U` when `T` and `U` are the same type; gives it back otherwise.
-fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
-    let mut slot = Some(value);
-    let taken = (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>().and_then(Option::take);
-    match (taken, slot) {
-        (Some(u), _) => Ok(u),
-        (None, Some(t)) => Err(t),
-        (None, None) => unreachable!("the value is either moved out or kept"),
-    }
-}
-
-fn primitive<B: Backend, const D: usize, U: 'static>(x: Tensor<B, D>) -> Option<U> {
-    cast::<FloatTensor<B>, U>(x.into_primitive().tensor()).ok()
-}
-
-fn tensor<B: Backend, const D: usize, T: 'static>(x: T) -> Option<Tensor<B, D>> {
-    cast::<T, FloatTensor<B>>(x).ok().map(|p| Tensor::from_primitive(TensorPrimitive::Float(p)))
-}
 
 fn padding(p: Padding) -> TrilinearPadding {
     match p {

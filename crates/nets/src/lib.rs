@@ -40,6 +40,8 @@ mod crf;
 mod crnn;
 #[cfg(feature = "flex")]
 mod fused;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod fused_cube;
 mod googlenet;
 mod lenet;
 mod mlp;
@@ -47,6 +49,8 @@ mod patch_sae;
 mod redcnn;
 mod resnet;
 mod rnn;
+#[cfg(any(feature = "flex", feature = "cuda", feature = "wgpu"))]
+mod typed;
 mod unet;
 mod vgg;
 mod voxelmorph;

@@ -115,19 +115,50 @@ pub fn identity_grid<B: Backend>(size: [usize; 3], device: &B::Device) -> Tensor
 /// normalising the coordinates. Gradients flow to the image and to the coordinates. Depth-1 images with zero
 /// depth coordinates sample bilinearly in their plane.
 ///
-/// On the default CPU backend (burn-flex, with or without autodiff) and f32 tensors this runs as one fused
-/// kernel forward and one backward; elsewhere as [`sample_linear_composed`]. Both give the same values and
-/// gradients up to the order of float sums.
+/// On the default CPU backend (burn-flex), and on burn-cuda and burn-wgpu without operation fusion (features
+/// `cuda`, `wgpu`), with or without autodiff and for f32 tensors, this runs as one fused kernel forward and one
+/// per gradient backward ([`has_fused_sampler`]); elsewhere as [`sample_linear_composed`]. Both give the same
+/// values and gradients up to the order of float sums.
 pub fn sample_linear<B: Backend>(image: Tensor<B, 5>, coords: Tensor<B, 5>, padding: Padding) -> Tensor<B, 5> {
-    #[cfg(feature = "flex")]
-    if let Some(out) = crate::fused::sample_linear(&image, &coords, padding) {
-        return out;
+    match sample_linear_fused(&image, &coords, padding) {
+        Some(out) => out,
+        None => sample_linear_composed(image, coords, padding),
     }
-    sample_linear_composed(image, coords, padding)
 }
 
-/// Whether [`sample_linear`], [`batch_norm`] and [`instance_norm`] run as fused kernels on backend `B` (burn-flex,
-/// with or without autodiff, for f32 tensors).
+/// [`sample_linear`] by its fused kernels, or `None` where backend `B` has none ([`has_fused_sampler`]), the tensors
+/// are not f32, or the shapes are not a sampling's (coordinates `[n, 3, …]` with the image's batch size; the GPU
+/// kernels also decline empty tensors, which launch nothing).
+pub fn sample_linear_fused<B: Backend>(image: &Tensor<B, 5>, coords: &Tensor<B, 5>, padding: Padding) -> Option<Tensor<B, 5>> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::fused::sample_linear(image, coords, padding) {
+        return Some(out);
+    }
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if let Some(out) = crate::fused_cube::sample_linear(image, coords, padding) {
+        return Some(out);
+    }
+    #[cfg(not(any(feature = "flex", feature = "cuda", feature = "wgpu")))]
+    let _ = (image, coords, padding);
+    None
+}
+
+/// Whether [`sample_linear`] runs as fused kernels on backend `B`: burn-flex, and burn-cuda / burn-wgpu without
+/// operation fusion where this crate is built with `cuda` / `wgpu`, each with or without autodiff (f32 tensors).
+pub fn has_fused_sampler<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    if crate::fused::available::<B>() {
+        return true;
+    }
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if crate::fused_cube::available::<B>() {
+        return true;
+    }
+    false
+}
+
+/// Whether [`sample_linear`], [`batch_norm`] and [`instance_norm`] all run as fused kernels on backend `B` (burn-flex,
+/// with or without autodiff, for f32 tensors; the sampler alone: [`has_fused_sampler`]).
 pub fn has_fused_kernels<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     return crate::fused::available::<B>();

@@ -1,9 +1,10 @@
-//! The fused trilinear sampler of the CPU backend against the composition of tensor operations that every backend
-//! differentiates: values and both gradients, with coordinates inside, outside and exactly on the volume's edges.
+//! The fused trilinear sampler (the CPU backend's, or burn-cubecl's kernels on burn-cuda and burn-wgpu) against the
+//! composition of tensor operations that every backend differentiates: values and both gradients, with coordinates
+//! inside, outside and exactly on the volume's edges.
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use vesalius_nets::ops::{Padding, has_fused_kernels, sample_linear, sample_linear_composed};
+use vesalius_nets::ops::{Padding, has_fused_kernels, has_fused_sampler, sample_linear_composed, sample_linear_fused};
 
 use crate::{B, Lcg, P};
 
@@ -25,6 +26,11 @@ fn case(n: usize, c: usize, size: [usize; 3], out: [usize; 3], seed: u64) -> (Ve
     }
     let upstream = (0..n * c * points).map(|_| rng.next() * 2.0 - 1.0).collect();
     (image, coords, upstream)
+}
+
+/// The fused sampler, which must run on every backend these tests use.
+fn by_kernel<BB: Backend>(image: Tensor<BB, 5>, coords: Tensor<BB, 5>, padding: Padding) -> Tensor<BB, 5> {
+    sample_linear_fused(&image, &coords, padding).expect("the fused sampler runs on this backend")
 }
 
 fn tensor<BB: Backend>(v: &[f32], shape: [usize; 5]) -> Tensor<BB, 5> {
@@ -59,19 +65,28 @@ fn run(
 
 #[test]
 fn the_fused_sampler_matches_the_composed_operations() {
+    // The normalisations are fused on the CPU backend only; the sampler on every backend these tests run on (flex,
+    // and burn-cuda / burn-wgpu without operation fusion).
     assert_eq!(has_fused_kernels::<P>(), cfg!(not(any(feature = "test-cuda", feature = "test-wgpu"))));
     assert_eq!(has_fused_kernels::<B>(), cfg!(not(any(feature = "test-cuda", feature = "test-wgpu"))));
-    // (batch, channels, image size, output size): a volume, a multi-channel batch (as field composition), a plane.
-    let cases =
-        [(1, 1, [5, 6, 7], [4, 5, 6]), (2, 3, [4, 5, 6], [3, 4, 5]), (1, 2, [1, 7, 8], [1, 6, 6]), (1, 1, [12, 20, 24], [12, 20, 24])];
+    assert!(has_fused_sampler::<P>() && has_fused_sampler::<B>());
+    // (batch, channels, image size, output size, in-plane): a volume, a multi-channel batch (as field composition), a
+    // plane sampled in-plane (depth coordinates 0, as a 2D warp gives), and one sampled off its plane (depth
+    // coordinates from −1.5 to 1.5: only the plane's own corner counts, as the composed form has it).
+    let cases = [
+        (1, 1, [5, 6, 7], [4, 5, 6], false),
+        (2, 3, [4, 5, 6], [3, 4, 5], false),
+        (1, 2, [1, 7, 8], [1, 6, 6], true),
+        (2, 1, [1, 5, 6], [2, 4, 4], false),
+        (1, 1, [12, 20, 24], [12, 20, 24], false),
+    ];
     let mut largest = 0.0f32;
-    for (k, &(n, c, size, out)) in cases.iter().enumerate() {
+    for (k, &(n, c, size, out, in_plane)) in cases.iter().enumerate() {
         let ishape = [n, c, size[0], size[1], size[2]];
         let cshape = [n, 3, out[0], out[1], out[2]];
         let oshape = [n, c, out[0], out[1], out[2]];
         let mut data = case(n, c, size, out, 17 + k as u64);
-        if size[0] == 1 {
-            // A plane: depth coordinates 0, as a 2D warp gives.
+        if in_plane {
             let points: usize = out.iter().product();
             for b in 0..n {
                 data.1[b * 3 * points..(b * 3 + 1) * points].fill(0.0);
@@ -79,7 +94,7 @@ fn the_fused_sampler_matches_the_composed_operations() {
         }
         for padding in [Padding::Zeros, Padding::Border] {
             // Forward on the plain backend.
-            let fused = values(sample_linear::<P>(tensor(&data.0, ishape), tensor(&data.1, cshape), padding));
+            let fused = values(by_kernel::<P>(tensor(&data.0, ishape), tensor(&data.1, cshape), padding));
             let composed = values(sample_linear_composed::<P>(tensor(&data.0, ishape), tensor(&data.1, cshape), padding));
             let d = max_diff(&fused, &composed);
             assert!(d < 1e-5, "case {k} {padding:?}: values differ by {d}");
@@ -87,7 +102,7 @@ fn the_fused_sampler_matches_the_composed_operations() {
             // Forward and backward under autodiff, with and without the image's gradient.
             for image_grad in [true, false] {
                 let shapes = (ishape, cshape, oshape);
-                let (fv, fi, fc) = run(sample_linear::<B>, shapes, &data, padding, image_grad);
+                let (fv, fi, fc) = run(by_kernel::<B>, shapes, &data, padding, image_grad);
                 let (cv, ci, cc) = run(sample_linear_composed::<B>, shapes, &data, padding, image_grad);
                 assert!(max_diff(&fv, &cv) < 1e-5, "case {k} {padding:?}: autodiff values");
                 assert_eq!(fi.is_some(), image_grad);
@@ -105,4 +120,17 @@ fn the_fused_sampler_matches_the_composed_operations() {
         }
     }
     println!("largest difference of the coordinate gradients: {largest:e}");
+}
+
+#[test]
+fn the_fused_sampler_declines_what_is_not_a_sampling() {
+    let image = tensor::<P>(&[1.0; 2 * 3 * 4 * 5], [2, 1, 3, 4, 5]);
+    let coords = |shape: [usize; 5]| tensor::<P>(&vec![0.5; shape.iter().product()], shape);
+    // Two coordinate channels, another batch size: not a trilinear sampling of this image.
+    for shape in [[2, 2, 2, 2, 2], [1, 3, 2, 2, 2]] {
+        assert!(sample_linear_fused(&image, &coords(shape), Padding::Zeros).is_none(), "{shape:?}");
+    }
+    let out = sample_linear_fused(&image, &coords([2, 3, 2, 2, 2]), Padding::Zeros).expect("a sampling");
+    assert_eq!(out.dims(), [2, 1, 2, 2, 2]);
+    assert!(values(out).iter().all(|v| (v - 1.0).abs() < 1e-6), "a constant image samples to itself");
 }

@@ -652,30 +652,30 @@ fn deform_col2img_kernel<F: Float, FP: Float, FAdd: FloatAtomicAddFamily>(
     }
 }
 
-type ProxyType<FADF, FP> = <<FADF as FloatAtomicAddFamily>::Op<FP> as FloatAtomicAdd>::ProxyType;
+pub(crate) type ProxyType<FADF, FP> = <<FADF as FloatAtomicAddFamily>::Op<FP> as FloatAtomicAdd>::ProxyType;
 
 #[cube]
-trait FloatAtomicAddFamily: Send + Sync + 'static {
+pub(crate) trait FloatAtomicAddFamily: Send + Sync + 'static {
     type Op<ProxyType: Float>: FloatAtomicAdd;
 }
 
 #[cube]
-trait FloatAtomicAdd: Send + Sync + 'static {
+pub(crate) trait FloatAtomicAdd: Send + Sync + 'static {
     type ProxyType: Numeric;
 
     fn float_atomic_add<F: Float>(ptr: &mut Atomic<Self::ProxyType>, value: F);
 }
 
 #[derive(CubeType)]
-struct IntrinsicFloatAtomicAdd<F: Float> {
+pub(crate) struct IntrinsicFloatAtomicAdd<F: Float> {
     #[cube(comptime)]
     _ty: PhantomData<F>,
 }
 
 #[derive(CubeType)]
-struct CASFloatAtomicAdd;
+pub(crate) struct CASFloatAtomicAdd;
 
-struct IntrinsicFloatAtomicAddFamily;
+pub(crate) struct IntrinsicFloatAtomicAddFamily;
 
 impl FloatAtomicAddFamily for IntrinsicFloatAtomicAddFamily {
     type Op<ProxyType: Float> = IntrinsicFloatAtomicAdd<ProxyType>;

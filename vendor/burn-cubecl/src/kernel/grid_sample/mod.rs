@@ -1,4 +1,6 @@
 mod base;
 mod bilinear;
+mod trilinear;
 
 pub use base::*;
+pub use trilinear::TrilinearSampling;
