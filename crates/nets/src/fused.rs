@@ -24,7 +24,7 @@ use burn_flex::ops::trilinear::{TrilinearPadding, TrilinearSampling};
 use burn_flex::{Flex, FlexTensor};
 
 use crate::ops::Padding;
-use crate::typed::{primitive, tensor};
+use crate::typed::{primitive, register_parents, tensor};
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
 
@@ -79,14 +79,9 @@ impl Backward<Flex, 2> for SampleBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let (sampling, image, coords) = ops.state;
         let grad = grads.consume::<Flex>(&ops.node);
-        let [image_node, coords_node] = ops.parents;
-        let (image_grad, coords_grad) = sampling.backward(&image, &coords, &grad, image_node.is_some(), coords_node.is_some());
-        if let (Some(node), Some(g)) = (image_node, image_grad) {
-            grads.register::<Flex>(node.id, g);
-        }
-        if let (Some(node), Some(g)) = (coords_node, coords_grad) {
-            grads.register::<Flex>(node.id, g);
-        }
+        let parents = ops.parents.map(|node| node.map(|n| n.id));
+        let (image_grad, coords_grad) = sampling.backward(&image, &coords, &grad, parents[0].is_some(), parents[1].is_some());
+        register_parents::<Flex>(grads, parents, [image_grad, coords_grad]);
     }
 }
 
