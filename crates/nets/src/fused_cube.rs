@@ -17,6 +17,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::kernel::grid_sample::TrilinearSampling;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 
@@ -76,13 +77,15 @@ fn sample_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
         let image: FloatTensor<Autodiff<Cube<R, BT>>> = primitive(image.clone())?;
         let coords: FloatTensor<Autodiff<Cube<R, BT>>> = primitive(coords.clone())?;
         let sampling = TrilinearSampling::new(&image.primitive, &coords.primitive, border)?;
-        let out = sampling.forward(image.primitive.clone(), coords.primitive.clone());
+        // Made contiguous once, as on the CPU: the forward pass reads them, and the backward pass keeps them.
+        let (image_data, coords_data) = (into_contiguous(image.primitive), into_contiguous(coords.primitive));
+        let out = sampling.forward(image_data.clone(), coords_data.clone());
         let prepared = <SampleBackward as Backward<Cube<R, BT>, 2>>::prepare::<NoCheckpointing>(
             SampleBackward,
             [image.node.clone(), coords.node.clone()],
         );
         let result = match prepared.compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((sampling, image.primitive, coords.primitive), out),
+            OpsKind::Tracked(prep) => prep.finish((sampling, image_data, coords_data), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         tensor::<B, 5, _>(result)
