@@ -17,6 +17,11 @@
 //!   registers while the position vectors stream through (`Σ_j dy[o][j] · x[c·len + off(t) + j]`), then
 //!   reduced across lanes into `dw[o][c][t]`.
 //!
+//! With AVX2 both kernels keep twelve accumulators in the sixteen vector registers, and their inner
+//! loops are written in assembly ([`avx2_forward`], [`avx2_weight_grad`]): the compiler's register
+//! allocation of the generic loops below moved and spilled accumulators at that pressure, and with
+//! eight accumulators (the most it kept in registers) the fused multiply-adds wait on their latency.
+//!
 //! Results are compact: vector `i`'s positions are elements `i·lanes..(i + 1)·lanes` of a result (or
 //! output-gradient) row. Callers make every vector's inputs readable (a vector may run past the end of
 //! an output row into the padding; its extra results are dropped, its extra output-gradient elements
@@ -54,9 +59,16 @@ impl Blocking {
                 fwd_vectors: AVX512_FWD[1],
                 wg_out: 4,
             }),
-            // 4 channels × 2 vectors of 8 positions: 8 accumulators of 16 registers, six loads per
-            // eight FMAs.
-            VectorIsa::Avx2 => Some(Self { isa: VectorIsa::Avx2, lanes: 8, fwd_channels: 4, fwd_vectors: 2, wg_out: 4 }),
+            // Forward: 4 channels × 3 vectors of 8 positions, 12 accumulators of 16 registers, seven loads
+            // per twelve FMAs ([`avx2_forward`]); weight gradient: 2 output channels × 6 pairs
+            // ([`avx2_weight_grad`]).
+            VectorIsa::Avx2 => Some(Self {
+                isa: VectorIsa::Avx2,
+                lanes: 8,
+                fwd_channels: avx2_forward::CO,
+                fwd_vectors: avx2_forward::NV,
+                wg_out: avx2_weight_grad::CO,
+            }),
             VectorIsa::Baseline => None,
         }
     }
@@ -128,7 +140,7 @@ pub(crate) unsafe fn forward_tile(
             #[cfg(target_arch = "x86_64")]
             VectorIsa::Avx512 => avx512::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, starts, acc, stride),
             #[cfg(target_arch = "x86_64")]
-            VectorIsa::Avx2 => avx2::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, starts, acc, stride),
+            VectorIsa::Avx2 => avx2_forward::forward(x, len, offsets, wp.as_ptr(), c_in, blocks, starts, acc, stride),
             _ => unreachable!("no direct kernel for {:?}", b.isa),
         }
     }
@@ -195,7 +207,7 @@ pub(crate) unsafe fn weight_grad_tile(
             #[cfg(target_arch = "x86_64")]
             VectorIsa::Avx512 => avx512::weight_grad(x, len, offsets, starts, dy, stride, c_out, c_in, dw.as_mut_ptr()),
             #[cfg(target_arch = "x86_64")]
-            VectorIsa::Avx2 => avx2::weight_grad(x, len, offsets, starts, dy, stride, c_out, c_in, dw.as_mut_ptr()),
+            VectorIsa::Avx2 => avx2_weight_grad::weight_grad(x, len, offsets, starts, dy, stride, c_out, c_in, dw.as_mut_ptr()),
             _ => unreachable!("no direct kernel for {:?}", b.isa),
         }
     }
@@ -356,10 +368,6 @@ kernels!(
     _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps
 );
 
-kernels!(
-    avx2, "avx2,fma", __m256, 8, [4, 2], [4, 2],
-    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, hsum256
-);
 
 /// The forward kernel over spanning vectors: each vector loaded as two masked loads.
 #[cfg(target_arch = "x86_64")]
@@ -404,4 +412,240 @@ fn hsum256(v: core::arch::x86_64::__m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
     _mm_cvtss_f32(s)
+}
+
+/// The AVX2 forward kernel, 4 output channels × 3 vectors of 8 positions: 12 accumulators, three input vectors
+/// and one broadcast weight take all 16 vector registers, which the compiler's register allocation of the
+/// generic loop does not achieve (it moves and spills accumulators); the loops over input channels and taps
+/// are therefore written out in assembly.
+#[cfg(target_arch = "x86_64")]
+mod avx2_forward {
+    use core::arch::asm;
+    use core::arch::x86_64::*;
+
+    /// Floats per vector.
+    const W: usize = 8;
+    /// Output channels per block.
+    pub(super) const CO: usize = 4;
+    /// Position vectors per block.
+    pub(super) const NV: usize = 3;
+
+    /// See [`super::forward_tile`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn forward(
+        x: *const f32,
+        len: usize,
+        offsets: &[usize],
+        wp: *const f32,
+        c_in: usize,
+        blocks: usize,
+        starts: &[usize],
+        acc: *mut f32,
+        stride: usize,
+    ) {
+        let k = offsets.len();
+        if k == 0 || c_in == 0 {
+            return;
+        }
+        // SAFETY: indices within the bounds of `super::forward_tile`'s contract: the assembly reads
+        // `x[c·len + offsets[t] + starts[i] + 0..24]` for `c < c_in`, `t < k` and the block's three vectors,
+        // and the block's `c_in · k · 4` packed weights; it writes only its own registers.
+        unsafe {
+            for cb in 0..blocks {
+                let wb = wp.add(cb * c_in * k * CO);
+                for (i, chunk) in starts.chunks_exact(NV).enumerate() {
+                    let z = _mm256_setzero_ps();
+                    let (mut a00, mut a01, mut a02, mut a10, mut a11, mut a12) = (z, z, z, z, z, z);
+                    let (mut a20, mut a21, mut a22, mut a30, mut a31, mut a32) = (z, z, z, z, z, z);
+                    asm!(
+                        "2:",
+                        "mov {t}, {offs}",
+                        "3:",
+                        "mov {o}, qword ptr [{t}]",
+                        "vmovups {x0}, ymmword ptr [{q0} + 4*{o}]",
+                        "vmovups {x1}, ymmword ptr [{q1} + 4*{o}]",
+                        "vmovups {x2}, ymmword ptr [{q2} + 4*{o}]",
+                        "vbroadcastss {b}, dword ptr [{w}]",
+                        "vfmadd231ps {a00}, {x0}, {b}",
+                        "vfmadd231ps {a01}, {x1}, {b}",
+                        "vfmadd231ps {a02}, {x2}, {b}",
+                        "vbroadcastss {b}, dword ptr [{w} + 4]",
+                        "vfmadd231ps {a10}, {x0}, {b}",
+                        "vfmadd231ps {a11}, {x1}, {b}",
+                        "vfmadd231ps {a12}, {x2}, {b}",
+                        "vbroadcastss {b}, dword ptr [{w} + 8]",
+                        "vfmadd231ps {a20}, {x0}, {b}",
+                        "vfmadd231ps {a21}, {x1}, {b}",
+                        "vfmadd231ps {a22}, {x2}, {b}",
+                        "vbroadcastss {b}, dword ptr [{w} + 12]",
+                        "vfmadd231ps {a30}, {x0}, {b}",
+                        "vfmadd231ps {a31}, {x1}, {b}",
+                        "vfmadd231ps {a32}, {x2}, {b}",
+                        "add {w}, {weight_bytes}",
+                        "add {t}, 8",
+                        "cmp {t}, {end}",
+                        "jne 3b",
+                        "add {q0}, {step}",
+                        "add {q1}, {step}",
+                        "add {q2}, {step}",
+                        "dec {c}",
+                        "jnz 2b",
+                        offs = in(reg) offsets.as_ptr(),
+                        end = in(reg) offsets.as_ptr().add(k),
+                        step = in(reg) len * 4,
+                        weight_bytes = const CO * 4,
+                        t = out(reg) _,
+                        o = out(reg) _,
+                        q0 = inout(reg) x.add(chunk[0]) => _,
+                        q1 = inout(reg) x.add(chunk[1]) => _,
+                        q2 = inout(reg) x.add(chunk[2]) => _,
+                        w = inout(reg) wb => _,
+                        c = inout(reg) c_in => _,
+                        x0 = out(ymm_reg) _,
+                        x1 = out(ymm_reg) _,
+                        x2 = out(ymm_reg) _,
+                        b = out(ymm_reg) _,
+                        a00 = inout(ymm_reg) a00,
+                        a01 = inout(ymm_reg) a01,
+                        a02 = inout(ymm_reg) a02,
+                        a10 = inout(ymm_reg) a10,
+                        a11 = inout(ymm_reg) a11,
+                        a12 = inout(ymm_reg) a12,
+                        a20 = inout(ymm_reg) a20,
+                        a21 = inout(ymm_reg) a21,
+                        a22 = inout(ymm_reg) a22,
+                        a30 = inout(ymm_reg) a30,
+                        a31 = inout(ymm_reg) a31,
+                        a32 = inout(ymm_reg) a32,
+                        options(nostack, readonly),
+                    );
+                    let j = i * NV * W;
+                    for (o, row) in [[a00, a01, a02], [a10, a11, a12], [a20, a21, a22], [a30, a31, a32]].into_iter().enumerate() {
+                        let dst = acc.add((cb * CO + o) * stride + j);
+                        for (v, a) in row.into_iter().enumerate() {
+                            _mm256_storeu_ps(dst.add(v * W), a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 weight-gradient kernel, 2 output channels × 6 (input channel, tap) pairs: 12 accumulators, two
+/// output-gradient vectors and one input vector, the position loop written out in assembly for the same reason as
+/// [`avx2_forward`]. Six pairs divide `C · 9` for every even channel count, so no accumulator idles on 3 × 3
+/// kernels.
+#[cfg(target_arch = "x86_64")]
+mod avx2_weight_grad {
+    use core::arch::asm;
+    use core::arch::x86_64::*;
+
+    /// Floats per vector.
+    const W: usize = 8;
+    /// Output channels per block.
+    pub(super) const CO: usize = 2;
+    /// (Input channel, tap) pairs per block.
+    const CI: usize = 6;
+
+    /// See [`super::weight_grad_tile`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn weight_grad(
+        x: *const f32,
+        len: usize,
+        offsets: &[usize],
+        starts: &[usize],
+        dy: *const f32,
+        stride: usize,
+        c_out: usize,
+        c_in: usize,
+        dw: *mut f32,
+    ) {
+        let k = offsets.len();
+        let pairs = c_in * k;
+        if starts.is_empty() || pairs == 0 {
+            return;
+        }
+        for cb in (0..c_out).step_by(CO) {
+            for q0 in (0..pairs).step_by(CI) {
+                // SAFETY (whole block): indices within the bounds of `super::weight_grad_tile`'s contract: the
+                // assembly reads `dy` rows `cb` and `cb + 1` (rows up to `c_out` rounded up to `CO` are readable)
+                // at `v·8..v·8 + 8` for every vector `v`, and each pair's input row at `starts[v]..starts[v] + 8`;
+                // pairs beyond the last read the last pair and are not written.
+                unsafe {
+                    let rows: [*const f32; CI] = core::array::from_fn(|i| {
+                        let q = (q0 + i).min(pairs - 1);
+                        x.add((q / k) * len + offsets[q % k])
+                    });
+                    let z = _mm256_setzero_ps();
+                    let (mut a00, mut a01, mut a02, mut a03, mut a04, mut a05) = (z, z, z, z, z, z);
+                    let (mut a10, mut a11, mut a12, mut a13, mut a14, mut a15) = (z, z, z, z, z, z);
+                    asm!(
+                        "2:",
+                        "mov {s}, qword ptr [{sp}]",
+                        "vmovups {d0}, ymmword ptr [{d}]",
+                        "vmovups {d1}, ymmword ptr [{d} + {db}]",
+                        "vmovups {xv}, ymmword ptr [{r0} + 4*{s}]",
+                        "vfmadd231ps {a00}, {d0}, {xv}",
+                        "vfmadd231ps {a10}, {d1}, {xv}",
+                        "vmovups {xv}, ymmword ptr [{r1} + 4*{s}]",
+                        "vfmadd231ps {a01}, {d0}, {xv}",
+                        "vfmadd231ps {a11}, {d1}, {xv}",
+                        "vmovups {xv}, ymmword ptr [{r2} + 4*{s}]",
+                        "vfmadd231ps {a02}, {d0}, {xv}",
+                        "vfmadd231ps {a12}, {d1}, {xv}",
+                        "vmovups {xv}, ymmword ptr [{r3} + 4*{s}]",
+                        "vfmadd231ps {a03}, {d0}, {xv}",
+                        "vfmadd231ps {a13}, {d1}, {xv}",
+                        "vmovups {xv}, ymmword ptr [{r4} + 4*{s}]",
+                        "vfmadd231ps {a04}, {d0}, {xv}",
+                        "vfmadd231ps {a14}, {d1}, {xv}",
+                        "vmovups {xv}, ymmword ptr [{r5} + 4*{s}]",
+                        "vfmadd231ps {a05}, {d0}, {xv}",
+                        "vfmadd231ps {a15}, {d1}, {xv}",
+                        "add {d}, {vector_bytes}",
+                        "add {sp}, 8",
+                        "cmp {sp}, {end}",
+                        "jne 2b",
+                        sp = inout(reg) starts.as_ptr() => _,
+                        end = in(reg) starts.as_ptr().add(starts.len()),
+                        vector_bytes = const W * 4,
+                        s = out(reg) _,
+                        d = inout(reg) dy.add(cb * stride) => _,
+                        db = in(reg) stride * 4,
+                        r0 = in(reg) rows[0],
+                        r1 = in(reg) rows[1],
+                        r2 = in(reg) rows[2],
+                        r3 = in(reg) rows[3],
+                        r4 = in(reg) rows[4],
+                        r5 = in(reg) rows[5],
+                        d0 = out(ymm_reg) _,
+                        d1 = out(ymm_reg) _,
+                        xv = out(ymm_reg) _,
+                        a00 = inout(ymm_reg) a00,
+                        a01 = inout(ymm_reg) a01,
+                        a02 = inout(ymm_reg) a02,
+                        a03 = inout(ymm_reg) a03,
+                        a04 = inout(ymm_reg) a04,
+                        a05 = inout(ymm_reg) a05,
+                        a10 = inout(ymm_reg) a10,
+                        a11 = inout(ymm_reg) a11,
+                        a12 = inout(ymm_reg) a12,
+                        a13 = inout(ymm_reg) a13,
+                        a14 = inout(ymm_reg) a14,
+                        a15 = inout(ymm_reg) a15,
+                        options(nostack, readonly),
+                    );
+                    let sums = [[a00, a01, a02, a03, a04, a05], [a10, a11, a12, a13, a14, a15]];
+                    for (o, row) in sums.iter().enumerate().take(CO.min(c_out - cb)) {
+                        for (i, a) in row.iter().enumerate().take(CI.min(pairs - q0)) {
+                            *dw.add((cb + o) * pairs + q0 + i) += super::hsum256(*a);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
