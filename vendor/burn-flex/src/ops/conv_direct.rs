@@ -368,7 +368,6 @@ kernels!(
     _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps
 );
 
-
 /// The forward kernel over spanning vectors: each vector loaded as two masked loads.
 #[cfg(target_arch = "x86_64")]
 mod avx512_span {
@@ -445,9 +444,6 @@ mod avx2_forward {
         stride: usize,
     ) {
         let k = offsets.len();
-        if k == 0 || c_in == 0 {
-            return;
-        }
         // SAFETY: indices within the bounds of `super::forward_tile`'s contract: the assembly reads
         // `x[c·len + offsets[t] + starts[i] + 0..24]` for `c < c_in`, `t < k` and the block's three vectors,
         // and the block's `c_in · k · 4` packed weights; it writes only its own registers.
@@ -458,68 +454,71 @@ mod avx2_forward {
                     let z = _mm256_setzero_ps();
                     let (mut a00, mut a01, mut a02, mut a10, mut a11, mut a12) = (z, z, z, z, z, z);
                     let (mut a20, mut a21, mut a22, mut a30, mut a31, mut a32) = (z, z, z, z, z, z);
-                    asm!(
-                        "2:",
-                        "mov {t}, {offs}",
-                        "3:",
-                        "mov {o}, qword ptr [{t}]",
-                        "vmovups {x0}, ymmword ptr [{q0} + 4*{o}]",
-                        "vmovups {x1}, ymmword ptr [{q1} + 4*{o}]",
-                        "vmovups {x2}, ymmword ptr [{q2} + 4*{o}]",
-                        "vbroadcastss {b}, dword ptr [{w}]",
-                        "vfmadd231ps {a00}, {x0}, {b}",
-                        "vfmadd231ps {a01}, {x1}, {b}",
-                        "vfmadd231ps {a02}, {x2}, {b}",
-                        "vbroadcastss {b}, dword ptr [{w} + 4]",
-                        "vfmadd231ps {a10}, {x0}, {b}",
-                        "vfmadd231ps {a11}, {x1}, {b}",
-                        "vfmadd231ps {a12}, {x2}, {b}",
-                        "vbroadcastss {b}, dword ptr [{w} + 8]",
-                        "vfmadd231ps {a20}, {x0}, {b}",
-                        "vfmadd231ps {a21}, {x1}, {b}",
-                        "vfmadd231ps {a22}, {x2}, {b}",
-                        "vbroadcastss {b}, dword ptr [{w} + 12]",
-                        "vfmadd231ps {a30}, {x0}, {b}",
-                        "vfmadd231ps {a31}, {x1}, {b}",
-                        "vfmadd231ps {a32}, {x2}, {b}",
-                        "add {w}, {weight_bytes}",
-                        "add {t}, 8",
-                        "cmp {t}, {end}",
-                        "jne 3b",
-                        "add {q0}, {step}",
-                        "add {q1}, {step}",
-                        "add {q2}, {step}",
-                        "dec {c}",
-                        "jnz 2b",
-                        offs = in(reg) offsets.as_ptr(),
-                        end = in(reg) offsets.as_ptr().add(k),
-                        step = in(reg) len * 4,
-                        weight_bytes = const CO * 4,
-                        t = out(reg) _,
-                        o = out(reg) _,
-                        q0 = inout(reg) x.add(chunk[0]) => _,
-                        q1 = inout(reg) x.add(chunk[1]) => _,
-                        q2 = inout(reg) x.add(chunk[2]) => _,
-                        w = inout(reg) wb => _,
-                        c = inout(reg) c_in => _,
-                        x0 = out(ymm_reg) _,
-                        x1 = out(ymm_reg) _,
-                        x2 = out(ymm_reg) _,
-                        b = out(ymm_reg) _,
-                        a00 = inout(ymm_reg) a00,
-                        a01 = inout(ymm_reg) a01,
-                        a02 = inout(ymm_reg) a02,
-                        a10 = inout(ymm_reg) a10,
-                        a11 = inout(ymm_reg) a11,
-                        a12 = inout(ymm_reg) a12,
-                        a20 = inout(ymm_reg) a20,
-                        a21 = inout(ymm_reg) a21,
-                        a22 = inout(ymm_reg) a22,
-                        a30 = inout(ymm_reg) a30,
-                        a31 = inout(ymm_reg) a31,
-                        a32 = inout(ymm_reg) a32,
-                        options(nostack, readonly),
-                    );
+                    // With no channels or taps the sums are zeros, which the stores below write.
+                    if k > 0 && c_in > 0 {
+                        asm!(
+                            "2:",
+                            "mov {t}, {offs}",
+                            "3:",
+                            "mov {o}, qword ptr [{t}]",
+                            "vmovups {x0}, ymmword ptr [{q0} + 4*{o}]",
+                            "vmovups {x1}, ymmword ptr [{q1} + 4*{o}]",
+                            "vmovups {x2}, ymmword ptr [{q2} + 4*{o}]",
+                            "vbroadcastss {b}, dword ptr [{w}]",
+                            "vfmadd231ps {a00}, {x0}, {b}",
+                            "vfmadd231ps {a01}, {x1}, {b}",
+                            "vfmadd231ps {a02}, {x2}, {b}",
+                            "vbroadcastss {b}, dword ptr [{w} + 4]",
+                            "vfmadd231ps {a10}, {x0}, {b}",
+                            "vfmadd231ps {a11}, {x1}, {b}",
+                            "vfmadd231ps {a12}, {x2}, {b}",
+                            "vbroadcastss {b}, dword ptr [{w} + 8]",
+                            "vfmadd231ps {a20}, {x0}, {b}",
+                            "vfmadd231ps {a21}, {x1}, {b}",
+                            "vfmadd231ps {a22}, {x2}, {b}",
+                            "vbroadcastss {b}, dword ptr [{w} + 12]",
+                            "vfmadd231ps {a30}, {x0}, {b}",
+                            "vfmadd231ps {a31}, {x1}, {b}",
+                            "vfmadd231ps {a32}, {x2}, {b}",
+                            "add {w}, {weight_bytes}",
+                            "add {t}, 8",
+                            "cmp {t}, {end}",
+                            "jne 3b",
+                            "add {q0}, {step}",
+                            "add {q1}, {step}",
+                            "add {q2}, {step}",
+                            "dec {c}",
+                            "jnz 2b",
+                            offs = in(reg) offsets.as_ptr(),
+                            end = in(reg) offsets.as_ptr().add(k),
+                            step = in(reg) len * 4,
+                            weight_bytes = const CO * 4,
+                            t = out(reg) _,
+                            o = out(reg) _,
+                            q0 = inout(reg) x.add(chunk[0]) => _,
+                            q1 = inout(reg) x.add(chunk[1]) => _,
+                            q2 = inout(reg) x.add(chunk[2]) => _,
+                            w = inout(reg) wb => _,
+                            c = inout(reg) c_in => _,
+                            x0 = out(ymm_reg) _,
+                            x1 = out(ymm_reg) _,
+                            x2 = out(ymm_reg) _,
+                            b = out(ymm_reg) _,
+                            a00 = inout(ymm_reg) a00,
+                            a01 = inout(ymm_reg) a01,
+                            a02 = inout(ymm_reg) a02,
+                            a10 = inout(ymm_reg) a10,
+                            a11 = inout(ymm_reg) a11,
+                            a12 = inout(ymm_reg) a12,
+                            a20 = inout(ymm_reg) a20,
+                            a21 = inout(ymm_reg) a21,
+                            a22 = inout(ymm_reg) a22,
+                            a30 = inout(ymm_reg) a30,
+                            a31 = inout(ymm_reg) a31,
+                            a32 = inout(ymm_reg) a32,
+                            options(nostack, readonly),
+                        );
+                    }
                     let j = i * NV * W;
                     for (o, row) in [[a00, a01, a02], [a10, a11, a12], [a20, a21, a22], [a30, a31, a32]].into_iter().enumerate() {
                         let dst = acc.add((cb * CO + o) * stride + j);
