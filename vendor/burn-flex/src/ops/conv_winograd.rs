@@ -58,6 +58,8 @@ const MIN_SIDE: usize = 8;
 const BLOCK_COLS: usize = 128;
 /// Most tiles of one segment: longer tile rows are cut into segments of equal length.
 const MAX_SEGMENT: usize = BLOCK_COLS - 2;
+/// Columns per strip of the transforms' passes ([`columns`]): one AVX-512 vector.
+const STRIP: usize = 16;
 
 /// The kernels of the path, if `g` takes it: a 2D (unit depth) convolution of unit stride and dilation
 /// with at least [`MIN_SIDE`] outputs per side, on a CPU with the register-blocked kernels, either 5 × 5
@@ -233,6 +235,56 @@ fn six_mut(buf: &mut [f32], stride: usize, len: usize) -> [&mut [f32]; ALPHA] {
     [&mut s0[..len], &mut s1[..len], &mut s2[..len], &mut s3[..len], &mut s4[..len], &mut s5[..len]]
 }
 
+/// `dst[k][x] = f([src[0][x], …])[k]` for `x < len`, in strips of [`STRIP`] columns, then at most one of
+/// `STRIP / 2` (the rows of 28 × 28 maps: 16 + 8 columns, 4 left), each copied through local arrays: the
+/// slices of `src` and `dst` may overlap as far as the compiler knows (they come in arrays), the locals may
+/// not, so the strips' loops vectorise across the columns. The strips' copies have their length known
+/// (vector moves, not calls to `memcpy`); the last `len mod (STRIP / 2)` columns go one by one.
+#[inline(always)]
+fn columns<const N: usize, const K: usize>(src: [&[f32]; N], dst: [&mut [f32]; K], len: usize, f: impl Fn([f32; N]) -> [f32; K]) {
+    let src = src.map(|s| &s[..len]);
+    let mut dst = dst.map(|d| &mut d[..len]);
+    let whole = len - len % STRIP;
+    for x in (0..whole).step_by(STRIP) {
+        strip::<STRIP, N, K>(&src, &mut dst, x, &f);
+    }
+    let mut x = whole;
+    if len - x >= STRIP / 2 {
+        strip::<{ STRIP / 2 }, N, K>(&src, &mut dst, x, &f);
+        x += STRIP / 2;
+    }
+    for x in x..len {
+        let v = f(core::array::from_fn(|i| src[i][x]));
+        for (d, v) in dst.iter_mut().zip(v) {
+            d[x] = v;
+        }
+    }
+}
+
+/// One strip of [`columns`]: columns `x..x + S`.
+#[inline(always)]
+fn strip<const S: usize, const N: usize, const K: usize>(
+    src: &[&[f32]; N],
+    dst: &mut [&mut [f32]; K],
+    x: usize,
+    f: &impl Fn([f32; N]) -> [f32; K],
+) {
+    let mut a = [[0.0f32; S]; N];
+    for (a, s) in a.iter_mut().zip(src) {
+        a.copy_from_slice(&s[x..x + S]);
+    }
+    let mut out = [[0.0f32; S]; K];
+    for l in 0..S {
+        let v = f(core::array::from_fn(|i| a[i][l]));
+        for (o, v) in out.iter_mut().zip(v) {
+            o[l] = v;
+        }
+    }
+    for (d, o) in dst.iter_mut().zip(&out) {
+        d[x..x + S].copy_from_slice(o);
+    }
+}
+
 /// The vertical pass `Bᵀ d` of one segment of one input map (`plane`, `h × w`, zero-padded by `pad`):
 /// columns `x0..x0 + width` of input rows `y0..y0 + 6` (zeros outside the map) into `rows[k·stride + x]`.
 #[inline(always)]
@@ -250,11 +302,8 @@ fn vertical(plane: &[f32], [h, w]: [usize; 2], [y0, x0]: [isize; 2], width: usiz
         r[..c0].fill(0.0);
         r[c1..].fill(0.0);
     }
-    let [o0, o1, o2, o3, o4, o5] = [&mut r0[c0..c1], &mut r1[c0..c1], &mut r2[c0..c1], &mut r3[c0..c1], &mut r4[c0..c1], &mut r5[c0..c1]];
-    for x in 0..n {
-        let v = bt([src[0][x], src[1][x], src[2][x], src[3][x], src[4][x], src[5][x]]);
-        (o0[x], o1[x], o2[x], o3[x], o4[x], o5[x]) = (v[0], v[1], v[2], v[3], v[4], v[5]);
-    }
+    let dst = [&mut r0[c0..c1], &mut r1[c0..c1], &mut r2[c0..c1], &mut r3[c0..c1], &mut r4[c0..c1], &mut r5[c0..c1]];
+    columns(src, dst, n, bt);
 }
 
 /// The horizontal pass `(Bᵀ d) B` over a block's `cols` columns: row `k` of the vertical pass (`rows`,
@@ -273,11 +322,7 @@ fn horizontal<const M: usize>(rows: &[f32], k: usize, cols: usize, phases: &mut 
     }
     // Element j of the tile at column t is column t·M + j: phase j mod M, index t + j / M.
     let d: [&[f32]; ALPHA] = core::array::from_fn(|j| &ph[(j % M) * plen + j / M..][..cols]);
-    let [t0, t1, t2, t3, t4, t5] = six_mut(&mut dst[k * ALPHA * stride..], stride, cols);
-    for t in 0..cols {
-        let v = bt([d[0][t], d[1][t], d[2][t], d[3][t], d[4][t], d[5][t]]);
-        (t0[t], t1[t], t2[t], t3[t], t4[t], t5[t]) = (v[0], v[1], v[2], v[3], v[4], v[5]);
-    }
+    columns(d, six_mut(&mut dst[k * ALPHA * stride..], stride, cols), cols, bt);
 }
 
 /// `Aᵀ M A` of one output channel over a block's `cols` columns (products `src[ξ·stride + t]`), written
@@ -306,17 +351,11 @@ unsafe fn output_block<const M: usize>(
         let d: [&[f32]; ALPHA] = core::array::from_fn(|k| &src[(k * ALPHA + l) * stride..][..cols]);
         let mut parts = zl.chunks_exact_mut(cols);
         let z: [&mut [f32]; M] = core::array::from_fn(|_| parts.next().unwrap_or_default());
-        let z = z.map(|p| &mut p[..cols]);
-        for t in 0..cols {
-            let v = at::<M>([d[0][t], d[1][t], d[2][t], d[3][t], d[4][t], d[5][t]]);
-            for a in 0..M {
-                z[a][t] = v[a];
-            }
-        }
+        columns(d, z, cols, at::<M>);
     }
     for a in 0..M {
         let d: [&[f32]; ALPHA] = core::array::from_fn(|l| &zs[(l * M + a) * cols..][..cols]);
-        for (t, c) in (0..cols).zip(row.chunks_exact_mut(M)) {
+        for (t, c) in (0..cols).zip(row[..cols * M].chunks_exact_mut(M)) {
             c.copy_from_slice(&at::<M>([d[0][t], d[1][t], d[2][t], d[3][t], d[4][t], d[5][t]]));
         }
         for s in segs {
@@ -361,56 +400,67 @@ fn input_block<const M: usize>(x: &[f32], g: &ConvGeom, segs: &[Segment], (cols,
 
 /// The transformed output gradient of a block of `cols` columns into `s.m`: `E = G_M e G_Mᵀ` of each
 /// `M × M` tile `e` of `dy [batch, c_out, 1, Ho, Wo]` (zeros outside the map), `(ξ, o, t)` at `(ξ·c_out
-/// + o)·stride + t`, zeros at the segments' halo columns. `gk[k][i]` is `G_M`.
+/// + o)·stride + t`, zeros at the segments' halo columns. `gk[k][i]` is `G_M`. Like the input's, the
+/// vertical pass runs along each segment's rows and the horizontal one across the whole block, in phases.
 #[inline(always)]
-fn output_grad_block<const M: usize>(dy: &[f32], g: &ConvGeom, segs: &[Segment], stride: usize, gk: &[[f32; M]; ALPHA], s: &mut Scratch) {
+fn output_grad_block<const M: usize>(
+    dy: &[f32],
+    g: &ConvGeom,
+    segs: &[Segment],
+    (cols, stride): (usize, usize),
+    gk: &[[f32; M]; ALPHA],
+    s: &mut Scratch,
+) {
     let halo = (ALPHA - 1) / M;
     let [_, ho, wo] = g.output;
-    let width = MAX_SEGMENT * M;
     grow_scratch(&mut s.m, XI * g.c_out * stride);
-    grow_scratch(&mut s.rows, ALPHA * width);
+    grow_scratch(&mut s.rows, ALPHA * stride * M);
+    grow_scratch(&mut s.phases, M * stride);
+    grow_scratch(&mut s.zeros, MAX_SEGMENT * M);
     for o in 0..g.c_out {
         for seg in segs {
+            // Vertical: r_k[x] = Σ_i G[k][i] · dy[ty·M + i][x0 + x] over the segment's columns, zeros past the
+            // map's last row and column and over the halo.
             let plane = &dy[(seg.sample * g.c_out + o) * ho * wo..][..ho * wo];
             let x0 = seg.tx0 * M;
             let n = (seg.count * M).min(wo - x0);
-            // Vertical: r_k[x] = Σ_i G[k][i] · dy[ty·M + i][x0 + x], rows past the map zero.
-            let src: [Option<&[f32]>; M] = core::array::from_fn(|i| {
+            let src: [&[f32]; M] = core::array::from_fn(|i| {
                 let y = seg.ty * M + i;
-                (y < ho).then(|| &plane[y * wo + x0..][..n])
+                if y < ho { &plane[y * wo + x0..][..n] } else { &s.zeros[..n] }
             });
-            for (k, r) in s.rows.chunks_exact_mut(width).take(ALPHA).enumerate() {
-                let r = &mut r[..seg.count * M];
-                r.fill(0.0);
-                for (i, row) in src.iter().enumerate() {
-                    if let Some(row) = row {
-                        let gi = gk[k][i];
-                        for (d, v) in r[..n].iter_mut().zip(row.iter()) {
-                            *d += gi * *v;
-                        }
-                    }
-                }
-            }
-            // Horizontal: E[k·6 + l][col + u] = Σ_j G[l][j] · r_k[u·M + j].
-            for k in 0..ALPHA {
-                let r = &s.rows[k * width..][..seg.count * M];
-                let dst = &mut s.m[(k * ALPHA * g.c_out + o) * stride + seg.col..];
-                let [t0, t1, t2, t3, t4, t5] = six_mut(dst, g.c_out * stride, seg.count + halo);
-                for (u, e) in (0..seg.count).zip(r.chunks_exact(M)) {
-                    let mut v = [0.0f32; ALPHA];
-                    for (vl, gl) in v.iter_mut().zip(gk) {
-                        for (gj, ej) in gl.iter().zip(e) {
-                            *vl += gj * ej;
-                        }
-                    }
-                    (t0[u], t1[u], t2[u], t3[u], t4[u], t5[u]) = (v[0], v[1], v[2], v[3], v[4], v[5]);
-                }
-                for t in [t0, t1, t2, t3, t4, t5] {
-                    t[seg.count..].fill(0.0);
-                }
+            let width = (seg.count + halo) * M;
+            let [r0, r1, r2, r3, r4, r5] = six_mut(&mut s.rows[seg.col * M..], stride * M, width);
+            columns(src, [&mut *r0, &mut *r1, &mut *r2, &mut *r3, &mut *r4, &mut *r5], n, |d| gm_times(gk, d));
+            for r in [r0, r1, r2, r3, r4, r5] {
+                r[n..].fill(0.0);
             }
         }
+        // Horizontal: E[k·6 + l][t] = Σ_j G[l][j] · r_k[t·M + j], the row in phases (phase j at `j·stride`).
+        for k in 0..ALPHA {
+            let row = &s.rows[k * stride * M..][..cols * M];
+            let ph = &mut s.phases[..M * stride];
+            for (q, p) in ph.chunks_exact_mut(stride).enumerate() {
+                for (p, c) in p[..cols].iter_mut().zip(row.chunks_exact(M)) {
+                    *p = c[q];
+                }
+            }
+            let d: [&[f32]; M] = core::array::from_fn(|j| &ph[j * stride..][..cols]);
+            let dst = &mut s.m[(k * ALPHA * g.c_out + o) * stride..];
+            columns(d, six_mut(dst, g.c_out * stride, cols), cols, |e| gm_times(gk, e));
+        }
     }
+}
+
+/// `G_M e` for `gk[k][i]` = `G_M[k][i]`.
+#[inline(always)]
+fn gm_times<const M: usize>(gk: &[[f32; M]; ALPHA], e: [f32; M]) -> [f32; ALPHA] {
+    core::array::from_fn(|k| {
+        let mut sum = 0.0;
+        for (gi, ei) in gk[k].iter().zip(&e) {
+            sum += gi * ei;
+        }
+        sum
+    })
 }
 
 /// Weight gradient `x [batch, c_in, 1, H, W]`, `dy [batch, c_out, 1, Ho, Wo]` → `dw [c_out, c_in, 1, r, r]`
@@ -444,7 +494,7 @@ fn weight_grad<const M: usize>(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> 
             #[inline(always)]
             || {
                 input_block::<M>(x, g, segs, (cols, stride), s);
-                output_grad_block::<M>(dy, g, segs, stride, &gk, s);
+                output_grad_block::<M>(dy, g, segs, (cols, stride), &gk, s);
             },
         );
         for xi in 0..XI {
