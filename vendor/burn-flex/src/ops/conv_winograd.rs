@@ -236,10 +236,11 @@ fn six_mut(buf: &mut [f32], stride: usize, len: usize) -> [&mut [f32]; ALPHA] {
 }
 
 /// `dst[k][x] = f([src[0][x], …])[k]` for `x < len`, in strips of [`STRIP`] columns, then at most one of
-/// `STRIP / 2` (the rows of 28 × 28 maps: 16 + 8 columns, 4 left), each copied through local arrays: the
+/// `STRIP / 2` and one of `STRIP / 4` (the rows of 28 × 28 maps: 16 + 8 + 4 columns; of 14 × 14 maps: 8 + 4,
+/// 2 left), each copied through local arrays: the
 /// slices of `src` and `dst` may overlap as far as the compiler knows (they come in arrays), the locals may
 /// not, so the strips' loops vectorise across the columns. The strips' copies have their length known
-/// (vector moves, not calls to `memcpy`); the last `len mod (STRIP / 2)` columns go one by one.
+/// (vector moves, not calls to `memcpy`); the last `len mod (STRIP / 4)` columns go one by one.
 #[inline(always)]
 fn columns<const N: usize, const K: usize>(src: [&[f32]; N], dst: [&mut [f32]; K], len: usize, f: impl Fn([f32; N]) -> [f32; K]) {
     let src = src.map(|s| &s[..len]);
@@ -252,6 +253,10 @@ fn columns<const N: usize, const K: usize>(src: [&[f32]; N], dst: [&mut [f32]; K
     if len - x >= STRIP / 2 {
         strip::<{ STRIP / 2 }, N, K>(&src, &mut dst, x, &f);
         x += STRIP / 2;
+    }
+    if len - x >= STRIP / 4 {
+        strip::<{ STRIP / 4 }, N, K>(&src, &mut dst, x, &f);
+        x += STRIP / 4;
     }
     for x in x..len {
         let v = f(core::array::from_fn(|i| src[i][x]));
