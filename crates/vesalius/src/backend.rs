@@ -70,6 +70,36 @@ pub fn cuda_driver_present() -> bool {
     dirs.iter().any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists())
 }
 
+/// The names `VESALIUS_CPU_ISA` accepts, widest first: the CPU backend's kernels (its own loops and the GEMM crate's
+/// products) use at most that instruction set, as oneDNN's `ONEDNN_MAX_CPU_ISA` and PyTorch's `ATEN_CPU_CAPABILITY`
+/// cap theirs. Every path computes the same function within float rounding; the cap changes speed, and lets one
+/// machine run what a narrower CPU runs.
+pub const CPU_ISAS: [&str; 3] = ["avx512", "avx2", "baseline"];
+
+/// Checks the value of `VESALIUS_CPU_ISA` (`None`: unset): unset, empty or one of [`CPU_ISAS`] in any case.
+pub fn check_cpu_isa(value: Option<&std::ffi::OsStr>) -> Result<(), crate::CliError> {
+    let Some(value) = value else { return Ok(()) };
+    match value.to_str() {
+        Some(v) if v.is_empty() || CPU_ISAS.iter().any(|n| n.eq_ignore_ascii_case(v)) => Ok(()),
+        _ => Err(crate::CliError::Usage(format!(
+            "VESALIUS_CPU_ISA={}: unknown instruction set (expected {})",
+            value.to_string_lossy(),
+            CPU_ISAS.join(", ")
+        ))),
+    }
+}
+
+/// The instruction set the CPU backend's kernels run with on this machine: the widest the CPU has within
+/// `VESALIUS_CPU_ISA`'s cap, one of [`CPU_ISAS`].
+#[cfg(feature = "flex")]
+pub fn cpu_isa() -> &'static str {
+    match burn_flex::ops::vector_isa() {
+        burn_flex::ops::VectorIsa::Avx512 => CPU_ISAS[0],
+        burn_flex::ops::VectorIsa::Avx2 => CPU_ISAS[1],
+        burn_flex::ops::VectorIsa::Baseline => CPU_ISAS[2],
+    }
+}
+
 /// The folder where the GPU backend keeps what it learns about a machine between runs: `$VESALIUS_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/vesalius`, else `$HOME/.cache/vesalius` (each only when set and not empty); `None` when none is.
 /// `var` reads an environment variable.
@@ -182,6 +212,19 @@ mod tests {
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn the_instruction_set_cap_accepts_its_names_only() {
+        use std::ffi::OsStr;
+        for ok in [None, Some(""), Some("avx512"), Some("AVX2"), Some("Baseline")] {
+            assert!(check_cpu_isa(ok.map(OsStr::new)).is_ok(), "{ok:?}");
+        }
+        for bad in ["avx", "sse4", "avx2 ", "avx512f"] {
+            let e = check_cpu_isa(Some(OsStr::new(bad))).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert_eq!(e.to_string(), format!("VESALIUS_CPU_ISA={bad}: unknown instruction set (expected avx512, avx2, baseline)"));
+        }
     }
 
     #[test]

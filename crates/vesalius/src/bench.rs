@@ -94,6 +94,10 @@ pub struct BenchResult {
     pub peak_rss_mib: f64,
     /// Backend name.
     pub backend: String,
+    /// CPU backend: the instruction set its kernels ran with (`avx512`, `avx2` or `baseline`: the widest the CPU
+    /// has within `VESALIUS_CPU_ISA`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_isa: Option<String>,
     /// Retrieval: share of the exhaustive search's 10 nearest found by the approximate search.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recall_at_10: Option<f64>,
@@ -268,6 +272,7 @@ fn result(name: &str, backend: &str, per_step: f64, timing: Timing) -> BenchResu
         steps: timing.steps,
         peak_rss_mib: peak_rss_mib(),
         backend: backend.to_string(),
+        cpu_isa: cpu_isa(backend),
         recall_at_10: None,
         build_s: None,
         error_mm: None,
@@ -275,6 +280,16 @@ fn result(name: &str, backend: &str, per_step: f64, timing: Timing) -> BenchResu
         gpu_process_mib: if backend == "cuda" { gpu_process_mib() } else { None },
         first_step_s: timing.first_step_s,
     }
+}
+
+/// The instruction set of the CPU backend's kernels, for `backend` "flex".
+fn cpu_isa(backend: &str) -> Option<String> {
+    #[cfg(feature = "flex")]
+    if backend == "flex" {
+        return Some(crate::backend::cpu_isa().to_string());
+    }
+    let _ = backend;
+    None
 }
 
 /// The line of a registration workload: one pair per run, with its error in millimetres.

@@ -501,6 +501,7 @@ pub enum LabelAction {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    crate::backend::check_cpu_isa(std::env::var_os("VESALIUS_CPU_ISA").as_deref())?;
     let backend = cli.backend.unwrap_or_else(default_backend);
     match cli.command {
         Command::Tune { recipe, space, out, options } => {

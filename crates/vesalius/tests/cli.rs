@@ -1883,3 +1883,37 @@ fn label_suggest_and_accept_for_a_classifier_on_png_patches() {
     ]);
     assert_input_error(&o, "already in the manifest");
 }
+
+/// `VESALIUS_CPU_ISA` caps the CPU backend's instruction set for the whole process (the bench line says which one
+/// its kernels ran with), and a value that names no instruction set is a usage error before any work.
+#[test]
+fn the_cpu_instruction_set_is_capped_by_the_environment() {
+    let bench = |isa: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vesalius"));
+        c.args(["bench", "--in-process", "--only", "j_deepsurv_train"]);
+        match isa {
+            Some(v) => c.env("VESALIUS_CPU_ISA", v),
+            None => c.env_remove("VESALIUS_CPU_ISA"),
+        };
+        c.output().unwrap()
+    };
+    let ran_with = |o: &Output| -> String {
+        assert!(o.status.success(), "{}", stderr(o));
+        let line: serde_json::Value = serde_json::from_str(stdout(o).trim()).unwrap();
+        assert_eq!(line["workload"], "j_deepsurv_train");
+        assert!(line["samples_per_s"].as_f64().unwrap() > 0.0);
+        line["cpu_isa"].as_str().unwrap().to_string()
+    };
+    #[cfg(target_arch = "x86_64")]
+    let (avx512, avx2) = (
+        std::arch::is_x86_feature_detected!("avx512f"),
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let (avx512, avx2) = (false, false);
+    let widest = if avx512 { "avx512" } else if avx2 { "avx2" } else { "baseline" };
+    assert_eq!(ran_with(&bench(None)), widest);
+    assert_eq!(ran_with(&bench(Some("AVX2"))), if avx2 { "avx2" } else { "baseline" });
+    assert_eq!(ran_with(&bench(Some("baseline"))), "baseline");
+    assert_input_error(&bench(Some("avx")), "VESALIUS_CPU_ISA=avx: unknown instruction set (expected avx512, avx2, baseline)");
+}

@@ -78,8 +78,43 @@ macro_rules! feature_detected {
 #[macro_export]
 macro_rules! feature_detected {
     ($tt: tt) => {
-        ::std::arch::is_x86_feature_detected!($tt)
+        (::std::arch::is_x86_feature_detected!($tt) && $crate::x86_feature_allowed($tt))
     };
+}
+
+/// The widest x86 instruction set the kernels may use, as the environment variable `VESALIUS_CPU_ISA` sets it
+/// (read once, on the first call): 0 for the baseline (`baseline`), 1 for AVX2 with FMA (`avx2`), 2 for AVX-512
+/// (`avx512`, or the variable unset, empty or not one of these names — the program that sets it checks its value).
+/// The CPU's own limit applies as well.
+#[cfg(all(feature = "std", any(target_arch = "x86", target_arch = "x86_64")))]
+pub fn x86_isa_cap() -> u8 {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static CAP: AtomicU8 = AtomicU8::new(u8::MAX);
+    let cap = CAP.load(Ordering::Relaxed);
+    if cap != u8::MAX {
+        return cap;
+    }
+    let cap = match std::env::var("VESALIUS_CPU_ISA") {
+        Ok(v) if v.eq_ignore_ascii_case("baseline") => 0,
+        Ok(v) if v.eq_ignore_ascii_case("avx2") => 1,
+        _ => 2,
+    };
+    CAP.store(cap, Ordering::Relaxed);
+    cap
+}
+
+/// Whether the cap of [`x86_isa_cap`] allows the x86 feature `name` (the AVX-512 family needs the AVX-512 cap;
+/// AVX, AVX2, FMA and F16C need the AVX2 cap; the older ones are always allowed).
+#[cfg(all(feature = "std", any(target_arch = "x86", target_arch = "x86_64")))]
+pub fn x86_feature_allowed(name: &str) -> bool {
+    let needed = if name.starts_with("avx512") {
+        2
+    } else if matches!(name, "avx" | "avx2" | "fma" | "f16c") {
+        1
+    } else {
+        0
+    };
+    x86_isa_cap() >= needed
 }
 #[cfg(all(feature = "std", target_arch = "aarch64"))]
 #[macro_export]

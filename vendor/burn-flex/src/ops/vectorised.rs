@@ -13,24 +13,51 @@ pub enum VectorIsa {
     Avx512 = 2,
 }
 
-/// The widest instruction set the crate may use (the CPU's own limit applies as well).
-static LIMIT: AtomicU8 = AtomicU8::new(VectorIsa::Avx512 as u8);
+/// The widest instruction set the crate may use (the CPU's own limit applies as well); `UNREAD` until the first
+/// call of [`limit`] reads the environment's cap.
+static LIMIT: AtomicU8 = AtomicU8::new(UNREAD);
+const UNREAD: u8 = u8::MAX;
 
-/// Caps the instruction set of the crate's own loops and kernels at `isa` (the GEMM crate keeps its own
-/// choice) and returns the previous cap. Every path computes the same function, so the cap only
-/// changes speed; it exists so that each path can be checked on a CPU that has the wider ones.
-pub fn set_vector_isa_limit(isa: VectorIsa) -> VectorIsa {
-    match LIMIT.swap(isa as u8, Ordering::Relaxed) {
+/// The cap: the one set by [`set_vector_isa_limit`], else the environment's (`VESALIUS_CPU_ISA`, read once by the
+/// GEMM crate, whose kernels it caps as well), else none.
+#[inline]
+fn limit() -> u8 {
+    let limit = LIMIT.load(Ordering::Relaxed);
+    if limit != UNREAD {
+        return limit;
+    }
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    let env = gemm_common::x86_isa_cap();
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    let env = VectorIsa::Avx512 as u8;
+    match LIMIT.compare_exchange(UNREAD, env, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => env,
+        Err(set) => set,
+    }
+}
+
+fn isa_of(limit: u8) -> VectorIsa {
+    match limit {
         0 => VectorIsa::Baseline,
         1 => VectorIsa::Avx2,
         _ => VectorIsa::Avx512,
     }
 }
 
+/// Caps the instruction set of the crate's own loops and kernels at `isa` and returns the previous cap. The GEMM
+/// crate's products keep the choice they made on their first call (capped only by `VESALIUS_CPU_ISA`, which also
+/// sets this cap's starting value). Every path computes the same function, so the cap only changes speed; it
+/// exists so that each path can be checked on a CPU that has the wider ones.
+pub fn set_vector_isa_limit(isa: VectorIsa) -> VectorIsa {
+    let before = limit();
+    LIMIT.store(isa as u8, Ordering::Relaxed);
+    isa_of(before)
+}
+
 /// The instruction set the crate's loops run with: the widest the CPU has, within the cap.
 #[inline]
 pub fn vector_isa() -> VectorIsa {
-    let limit = LIMIT.load(Ordering::Relaxed);
+    let limit = limit();
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     {
         if limit >= VectorIsa::Avx512 as u8 && std::is_x86_feature_detected!("avx512f") {
