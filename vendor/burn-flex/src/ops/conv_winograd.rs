@@ -21,7 +21,7 @@
 //! * output: `Aᵀ M A` per output channel along the block, clipped at the maps' edges.
 //!
 //! The transforms cost `O(C·36)` per tile against the products' `O(C_in·C_out·36)`, so the path is
-//! taken for deep layers only ([`MIN_CHANNELS`], [`MIN_CHANNELS_3X3`]). The input gradient of such a convolution is the
+//! taken for deep layers only ([`MIN_CHANNELS`], [`DEEP_3X3_AVX512`], [`DEEP_3X3_AVX2`]). The input gradient of such a convolution is the
 //! forward convolution of the output gradient with the flipped kernel (`conv_shifted`), so it runs
 //! here too, as does a transposed convolution's forward pass. The weight gradient is a sum over tiles
 //! of Winograd's F(r, m) over the same points ([`conv_weight_grad`]): the same input transform, the
@@ -44,12 +44,17 @@ const POINTS: [f64; ALPHA - 1] = [0.0, 1.0, -1.0, 2.0, -2.0];
 /// Fewest input and output channels of a 5 × 5 layer (F(2, 5)): below, the transforms (per channel)
 /// outweigh the products saved (per pair of channels).
 const MIN_CHANNELS: usize = 32;
-/// Fewest input and output channels of a 3 × 3 layer (F(4, 3)), whose output transform is heavier and
-/// whose products per tile are fewer than F(2, 5)'s.
-const MIN_CHANNELS_3X3: usize = 64;
-/// Fewest tiles of a 3 × 3 layer: the weight transform (per pair of channels) is amortised over the
-/// tiles, and both threads get blocks (the 2D U-Net's 128-channel level, batch 8 on 16² maps, has 128).
-const MIN_TILES_3X3: usize = 256;
+/// The 3 × 3 layers (F(4, 3), whose output transform is heavier and whose products per tile are fewer than
+/// F(2, 5)'s) that take the path with AVX-512: (fewest input and output channels, fewest tiles of 4 × 4
+/// outputs) pairs, any of which suffices. The weight transform (per pair of channels) and each block's
+/// transforms (per channel) are amortised over the tiles: 64 channels from 256 tiles (the 2D U-Net's
+/// 128-channel level, batch 8 on 16² maps, has 128; both threads get blocks). With 32 channels the path was
+/// faster for one layer alone from 2,048 tiles (32 → 32 on 2 × 128², forward 1.84 → 1.64 ms), but the CRNN,
+/// made of such layers, trained 3–16 % slower through it, so AVX-512 keeps the by-tap kernels there.
+const DEEP_3X3_AVX512: [(usize, usize); 1] = [(64, 256)];
+/// The same with AVX2, whose by-tap kernels run half as many products per instruction as AVX-512's, so
+/// that the transforms pay off sooner: 32 channels from 256 tiles, 16 from 2,048.
+const DEEP_3X3_AVX2: [(usize, usize); 2] = [(32, 256), (16, 2048)];
 /// Fewest output rows and columns: a map of fewer than 8 × 8 outputs wastes most of its border tiles.
 const MIN_SIDE: usize = 8;
 /// Columns per block (a segment's tiles and its halo): a block's transformed input and products
@@ -63,24 +68,32 @@ const STRIP: usize = 16;
 
 /// The kernels of the path, if `g` takes it: a 2D (unit depth) convolution of unit stride and dilation
 /// with at least [`MIN_SIDE`] outputs per side, on a CPU with the register-blocked kernels, either 5 × 5
-/// with [`MIN_CHANNELS`] channels in and out, or 3 × 3 with [`MIN_CHANNELS_3X3`] and
-/// [`MIN_TILES_3X3`] tiles of 4 × 4 outputs.
+/// with [`MIN_CHANNELS`] channels in and out, or 3 × 3 with the channels and tiles of 4 × 4 outputs of
+/// [`DEEP_3X3_AVX512`] or [`DEEP_3X3_AVX2`].
 pub(crate) fn kernels(g: &ConvGeom) -> Option<Blocking> {
     let [_, ho, wo] = g.output;
-    let deep = match g.kernel {
-        [1, 5, 5] => g.c_in.min(g.c_out) >= MIN_CHANNELS,
-        [1, 3, 3] => g.c_in.min(g.c_out) >= MIN_CHANNELS_3X3 && g.batch * ho.div_ceil(4) * wo.div_ceil(4) >= MIN_TILES_3X3,
-        _ => false,
-    };
-    let fits = deep
-        && g.input[0] == 1
+    let plane = g.input[0] == 1
         && g.output[0] == 1
         && g.padding[0] == 0
         && g.stride == [1; 3]
         && g.dilation == [1; 3]
         && ho >= MIN_SIDE
         && wo >= MIN_SIDE;
-    if fits { Blocking::current() } else { None }
+    if !plane {
+        return None;
+    }
+    let b = Blocking::current()?;
+    let channels = g.c_in.min(g.c_out);
+    let tiles = g.batch * ho.div_ceil(4) * wo.div_ceil(4);
+    let deep = match g.kernel {
+        [1, 5, 5] => channels >= MIN_CHANNELS,
+        [1, 3, 3] => {
+            let rule: &[(usize, usize)] = if b.lanes >= 16 { &DEEP_3X3_AVX512 } else { &DEEP_3X3_AVX2 };
+            rule.iter().any(|&(c, t)| channels >= c && tiles >= t)
+        }
+        _ => false,
+    };
+    deep.then_some(b)
 }
 
 /// Forward convolution `x [batch, c_in, 1, H, W]`, `w [c_out, c_in, 1, r, r]` → `[batch, c_out, 1, Ho,
