@@ -1911,7 +1911,13 @@ fn the_cpu_instruction_set_is_capped_by_the_environment() {
     );
     #[cfg(not(target_arch = "x86_64"))]
     let (avx512, avx2) = (false, false);
-    let widest = if avx512 { "avx512" } else if avx2 { "avx2" } else { "baseline" };
+    let widest = if avx512 {
+        "avx512"
+    } else if avx2 {
+        "avx2"
+    } else {
+        "baseline"
+    };
     assert_eq!(ran_with(&bench(None)), widest);
     assert_eq!(ran_with(&bench(Some("AVX2"))), if avx2 { "avx2" } else { "baseline" });
     assert_eq!(ran_with(&bench(Some("baseline"))), "baseline");
