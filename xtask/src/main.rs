@@ -2,7 +2,9 @@
 //!
 //! * `train [RECIPE]` — train a recipe (default: `recipes/mni152-tissue.toml`, on data committed in `fixtures/`).
 //! * `bench [--only NAMES] [--backend NAME] [--fusion]` — build in release and run the reference workloads, one JSON
-//!   line each (`--fusion`: burn-cuda with operation fusion).
+//!   line each (`--fusion`: burn-cuda with operation fusion; `VESALIUS_CPU_ISA=avx2` or `baseline` in the environment
+//!   caps the CPU kernels' instruction set, as `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+//!   MKL_ENABLE_INSTRUCTIONS=AVX2` cap those of `xtask/torch_bench.py`'s PyTorch).
 //! * `test-gpu` — run the backend-generic tests on CUDA (burn's autotune checking every candidate kernel against the
 //!   others) and the benchmarks with and without operation fusion, when a GPU is present.
 //! * `ci` — what CI runs: formatting (`cargo fmt --check`), then every test target of the workspace built with
