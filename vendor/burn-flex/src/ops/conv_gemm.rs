@@ -725,9 +725,9 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
 /// Weight gradient: `x [batch, c_in, input]`, `dy [batch, c_out, output]` → `dw [c_out, c_in, kernel]`.
 pub(crate) fn conv_weight_grad<T: ConvElem>(x: &[T], dy: &[T], g: &ConvGeom) -> Vec<T> {
     if let (Some(xf), Some(dyf)) = (conv_shifted::as_f32(x), conv_shifted::as_f32(dy))
-        && conv_winograd::kernels(g).is_some()
+        && let Some(b) = conv_winograd::kernels(g)
     {
-        return conv_shifted::from_f32(conv_winograd::conv_weight_grad(xf, dyf, g));
+        return conv_shifted::from_f32(conv_winograd::conv_weight_grad(b, xf, dyf, g));
     }
     if conv_shifted::weight_grad_applies::<T>(g) {
         return conv_shifted::conv_weight_grad(x, dy, g);

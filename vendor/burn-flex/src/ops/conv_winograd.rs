@@ -25,7 +25,8 @@
 //! forward convolution of the output gradient with the flipped kernel (`conv_shifted`), so it runs
 //! here too, as does a transposed convolution's forward pass. The weight gradient is a sum over tiles
 //! of Winograd's F(r, m) over the same points ([`conv_weight_grad`]): the same input transform, the
-//! output gradient's `m × m` blocks transformed by `G_m`, one GEMM per `ξ` reducing over the tiles.
+//! output gradient's `m × m` blocks transformed by `G_m`, one product per `ξ` reducing over the tiles
+//! (a GEMM, or for fewer than 64 channels the weight-gradient kernel of [`conv_direct`] with one tap).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -48,9 +49,9 @@ const MIN_CHANNELS: usize = 32;
 /// F(2, 5)'s) that take the path with AVX-512: (fewest input and output channels, fewest tiles of 4 × 4
 /// outputs) pairs, any of which suffices. The weight transform (per pair of channels) and each block's
 /// transforms (per channel) are amortised over the tiles: 64 channels from 256 tiles (the 2D U-Net's
-/// 128-channel level, batch 8 on 16² maps, has 128; both threads get blocks). With 32 channels the path was
-/// faster for one layer alone from 2,048 tiles (32 → 32 on 2 × 128², forward 1.84 → 1.64 ms), but the CRNN,
-/// made of such layers, trained 3–16 % slower through it, so AVX-512 keeps the by-tap kernels there.
+/// 128-channel level, batch 8 on 16² maps, has 128; both threads get blocks). With 32 channels (32 → 32 on
+/// 2 × 128², 2,048 tiles) the path is about as fast as the by-tap kernels, alone and in the CRNN, which is made
+/// of such layers (0.99–1.05 × by tap over five alternations), so AVX-512 keeps the by-tap kernels there.
 const DEEP_3X3_AVX512: [(usize, usize); 1] = [(64, 256)];
 /// The same with AVX2, whose by-tap kernels run half as many products per instruction as AVX-512's, so
 /// that the transforms pay off sooner: 32 channels from 256 tiles, 16 from 2,048.
@@ -59,10 +60,18 @@ const DEEP_3X3_AVX2: [(usize, usize); 2] = [(32, 256), (16, 2048)];
 const MIN_SIDE: usize = 8;
 /// Columns per block (a segment's tiles and its halo): a block's transformed input and products
 /// (`36 · (C_in + C_out)` floats per column) stay near L2 for 96 channels, and the transforms' loops
-/// run over all of a block's columns at once.
-const BLOCK_COLS: usize = 128;
+/// run over all of a block's columns at once. The forward kernel computes whole groups of 48 columns with
+/// AVX-512 (24 with AVX2), and 144 is three of them: the four segments of 33 columns of a 128-wide map fill
+/// 132 of them (with 128 columns per block, three segments filled 99 of 144).
+const BLOCK_COLS: usize = 144;
 /// Most tiles of one segment: longer tile rows are cut into segments of equal length.
 const MAX_SEGMENT: usize = BLOCK_COLS - 2;
+/// Fewest input and output channels for which the weight gradient's products per `ξ` go through the GEMM
+/// crate (`C_out × C_in`, reducing over a block's columns) rather than the weight-gradient kernel of
+/// [`conv_direct`]: the kernel sums each block of accumulators across lanes once per block of columns, the
+/// GEMM packs its operands once per product, which pays for many channels (RED-CNN's 96-channel 5 × 5 layers
+/// trained 16–22 % faster through the GEMM than through the kernel, with AVX-512).
+const GEMM_WG_CHANNELS: usize = 64;
 /// Columns per strip of the transforms' passes ([`columns`]): one AVX-512 vector.
 const STRIP: usize = 16;
 
@@ -324,26 +333,61 @@ fn vertical(plane: &[f32], [h, w]: [usize; 2], [y0, x0]: [isize; 2], width: usiz
     columns(src, dst, n, bt);
 }
 
-/// The horizontal pass `(Bᵀ d) B` over a block's `cols` columns: row `k` of the vertical pass (`rows`,
-/// `cols · M` elements) in phases, then `dst[(k·6 + l)·stride + t]` for every column `t`.
+/// `dst[q·stride + t] = src[t·M + q]` for every phase `q < M` and column `t < src.len() / M`: all phases in one
+/// loop, so that the loads form one interleaved group (vector loads and shuffles, not a gather per phase).
 #[inline(always)]
-fn horizontal<const M: usize>(rows: &[f32], k: usize, cols: usize, phases: &mut [f32], dst: &mut [f32], stride: usize) {
-    let halo = (ALPHA - 1) / M;
-    let plen = cols + halo;
-    let ph = &mut phases[..M * plen];
-    for q in 0..M {
-        let p = &mut ph[q * plen..(q + 1) * plen];
-        for (p, c) in p.iter_mut().zip(rows[..cols * M].chunks_exact(M)) {
-            *p = c[q];
+fn deinterleave<const M: usize>(src: &[f32], dst: &mut [f32], stride: usize) {
+    let cols = src.len() / M;
+    let src = &src[..cols * M];
+    let mut parts = dst.chunks_mut(stride);
+    let mut ph: [&mut [f32]; M] = core::array::from_fn(|_| &mut parts.next().unwrap_or_default()[..cols]);
+    for t in 0..cols {
+        for (q, p) in ph.iter_mut().enumerate() {
+            p[t] = src[t * M + q];
         }
-        p[cols..].fill(0.0);
     }
-    // Element j of the tile at column t is column t·M + j: phase j mod M, index t + j / M.
-    let d: [&[f32]; ALPHA] = core::array::from_fn(|j| &ph[(j % M) * plen + j / M..][..cols]);
-    columns(d, six_mut(&mut dst[k * ALPHA * stride..], stride, cols), cols, bt);
 }
 
-/// `Aᵀ M A` of one output channel over a block's `cols` columns (products `src[ξ·stride + t]`), written
+/// `dst[t·M + q] = src[q·cols + t]` for every phase `q < M` and column `t < cols = dst.len() / M`, the inverse
+/// of [`deinterleave`]: one loop, one interleaved group of stores.
+#[inline(always)]
+fn interleave<const M: usize>(src: &[f32], dst: &mut [f32]) {
+    let cols = dst.len() / M;
+    let dst = &mut dst[..cols * M];
+    let ph: [&[f32]; M] = core::array::from_fn(|q| &src[q * cols..][..cols]);
+    for t in 0..cols {
+        for (q, p) in ph.iter().enumerate() {
+            dst[t * M + q] = p[t];
+        }
+    }
+}
+
+/// The horizontal pass `(Bᵀ d) B` over a block's `cols` columns: row `k` of the vertical pass (`rows`,
+/// `wide · M` elements) in phases, then `dst[(k·6 + l)·stride + t]` for every column `t < wide`, where `wide ≥
+/// cols` is a whole number of strips ([`widened`]; the columns past `cols` are computed and not used).
+#[inline(always)]
+fn horizontal<const M: usize>(rows: &[f32], k: usize, (cols, wide): (usize, usize), phases: &mut [f32], dst: &mut [f32], stride: usize) {
+    let halo = (ALPHA - 1) / M;
+    let plen = wide + halo;
+    let ph = &mut phases[..M * plen];
+    deinterleave::<M>(&rows[..wide * M], ph, plen);
+    for q in 0..M {
+        ph[q * plen + cols..(q + 1) * plen].fill(0.0);
+    }
+    // Element j of the tile at column t is column t·M + j: phase j mod M, index t + j / M.
+    let d: [&[f32]; ALPHA] = core::array::from_fn(|j| &ph[(j % M) * plen + j / M..][..wide]);
+    columns(d, six_mut(&mut dst[k * ALPHA * stride..], stride, wide), wide, bt);
+}
+
+/// A block's `cols` columns rounded up to whole strips of [`STRIP`] within the buffers' `stride`: the passes
+/// across a block then run without a scalar tail.
+#[inline(always)]
+fn widened(cols: usize, stride: usize) -> usize {
+    cols.next_multiple_of(STRIP).min(stride).max(cols)
+}
+
+/// `Aᵀ M A` of one output channel over `cols` columns of a block (products `src[ξ·stride + t]`; a whole
+/// number of strips, [`widened`], the segments' columns among them), written
 /// into the segments' tiles of `out` (`[batch, c_out, ho, wo]` at channel `o`), clipped at the maps'
 /// edges.
 ///
@@ -363,8 +407,9 @@ unsafe fn output_block<const M: usize>(
     z: &mut Vec<f32>,
 ) {
     // First pass: z[(l·M + a)·cols + t] = Σ_k Aᵀ[a][k] · M[k·6 + l][t].
-    grow_scratch(z, (M * ALPHA + M) * cols);
-    let (zs, row) = z.split_at_mut(M * ALPHA * cols);
+    grow_scratch(z, (M * ALPHA + 2 * M) * cols);
+    let (zs, rest) = z.split_at_mut(M * ALPHA * cols);
+    let (row, ph) = rest.split_at_mut(M * cols);
     for (l, zl) in zs.chunks_exact_mut(M * cols).enumerate() {
         let d: [&[f32]; ALPHA] = core::array::from_fn(|k| &src[(k * ALPHA + l) * stride..][..cols]);
         let mut parts = zl.chunks_exact_mut(cols);
@@ -372,10 +417,11 @@ unsafe fn output_block<const M: usize>(
         columns(d, z, cols, at::<M>);
     }
     for a in 0..M {
+        // Second pass, in phases: ph[b·cols + t] = Σ_l z[(l·M + a)·cols + t] · A[l][b], then row[t·M + b].
         let d: [&[f32]; ALPHA] = core::array::from_fn(|l| &zs[(l * M + a) * cols..][..cols]);
-        for (t, c) in (0..cols).zip(row[..cols * M].chunks_exact_mut(M)) {
-            c.copy_from_slice(&at::<M>([d[0][t], d[1][t], d[2][t], d[3][t], d[4][t], d[5][t]]));
-        }
+        let mut parts = ph.chunks_exact_mut(cols);
+        columns(d, core::array::from_fn::<_, M, _>(|_| parts.next().unwrap_or_default()), cols, at::<M>);
+        interleave::<M>(ph, &mut row[..cols * M]);
         for s in segs {
             let y = s.ty * M + a;
             if y < ho {
@@ -402,6 +448,7 @@ fn input_block<const M: usize>(x: &[f32], g: &ConvGeom, segs: &[Segment], (cols,
     grow_scratch(&mut s.rows, ALPHA * stride * M);
     grow_scratch(&mut s.phases, (M * ALPHA + M) * stride);
     grow_scratch(&mut s.zeros, (MAX_SEGMENT + halo) * M);
+    let wide = widened(cols, stride);
     for c in 0..g.c_in {
         for seg in segs {
             let plane = &x[(seg.sample * g.c_in + c) * h * w..][..h * w];
@@ -410,15 +457,15 @@ fn input_block<const M: usize>(x: &[f32], g: &ConvGeom, segs: &[Segment], (cols,
             vertical(plane, [h, w], origin, width, &mut s.rows[seg.col * M..], stride * M, &s.zeros);
         }
         for k in 0..ALPHA {
-            let row = &s.rows[k * stride * M..][..cols * M];
-            horizontal::<M>(row, k, cols, &mut s.phases, &mut s.v[c * stride..], g.c_in * stride);
+            let row = &s.rows[k * stride * M..][..wide * M];
+            horizontal::<M>(row, k, (cols, wide), &mut s.phases, &mut s.v[c * stride..], g.c_in * stride);
         }
     }
 }
 
 /// The transformed output gradient of a block of `cols` columns into `s.m`: `E = G_M e G_Mᵀ` of each
 /// `M × M` tile `e` of `dy [batch, c_out, 1, Ho, Wo]` (zeros outside the map), `(ξ, o, t)` at `(ξ·c_out
-/// + o)·stride + t`, zeros at the segments' halo columns. `gk[k][i]` is `G_M`. Like the input's, the
+/// + o)·stride + t`, zeros at the segments' halo columns and past the block's. `gk[k][i]` is `G_M`. Like the input's, the
 /// vertical pass runs along each segment's rows and the horizontal one across the whole block, in phases.
 #[inline(always)]
 fn output_grad_block<const M: usize>(
@@ -431,6 +478,7 @@ fn output_grad_block<const M: usize>(
 ) {
     let halo = (ALPHA - 1) / M;
     let [_, ho, wo] = g.output;
+    let wide = widened(cols, stride);
     grow_scratch(&mut s.m, XI * g.c_out * stride);
     grow_scratch(&mut s.rows, ALPHA * stride * M);
     grow_scratch(&mut s.phases, M * stride);
@@ -455,16 +503,15 @@ fn output_grad_block<const M: usize>(
         }
         // Horizontal: E[k·6 + l][t] = Σ_j G[l][j] · r_k[t·M + j], the row in phases (phase j at `j·stride`).
         for k in 0..ALPHA {
-            let row = &s.rows[k * stride * M..][..cols * M];
+            let row = &s.rows[k * stride * M..][..wide * M];
             let ph = &mut s.phases[..M * stride];
-            for (q, p) in ph.chunks_exact_mut(stride).enumerate() {
-                for (p, c) in p[..cols].iter_mut().zip(row.chunks_exact(M)) {
-                    *p = c[q];
-                }
+            deinterleave::<M>(row, ph, stride);
+            for p in ph.chunks_exact_mut(stride) {
+                p[cols..wide].fill(0.0);
             }
-            let d: [&[f32]; M] = core::array::from_fn(|j| &ph[j * stride..][..cols]);
+            let d: [&[f32]; M] = core::array::from_fn(|j| &ph[j * stride..][..wide]);
             let dst = &mut s.m[(k * ALPHA * g.c_out + o) * stride..];
-            columns(d, six_mut(dst, g.c_out * stride, cols), cols, |e| gm_times(gk, e));
+            columns(d, six_mut(dst, g.c_out * stride, wide), wide, |e| gm_times(gk, e));
         }
     }
 }
@@ -485,22 +532,22 @@ fn gm_times<const M: usize>(gk: &[[f32; M]; ALPHA], e: [f32; M]) -> [f32; ALPHA]
 /// for a geometry [`kernels`] accepted. Each tile's share of `dw` is the correlation of its 6 × 6 input
 /// patch with its `M × M` block of `dy`, Winograd's F(r, M) over the same six points: `A_rᵀ [(G_M e
 /// G_Mᵀ) ⊙ (Bᵀ d B)] A_r`, so that summed over tiles `dw_ξ (C_out × C_in) = Σ_t E_ξ[o][t] · V_ξ[c][t]`,
-/// one GEMM per `ξ` over a block's columns, accumulated per worker, then `A_rᵀ · A_r` per pair of
-/// channels.
-pub(crate) fn conv_weight_grad(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+/// one product per `ξ` over a block's columns by the weight-gradient kernel of [`conv_direct`] (one
+/// tap), accumulated per worker, then `A_rᵀ · A_r` per pair of channels.
+pub(crate) fn conv_weight_grad(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     match g.kernel[1] {
-        5 => weight_grad::<2>(x, dy, g),
-        3 => weight_grad::<4>(x, dy, g),
+        5 => weight_grad::<2>(b, x, dy, g),
+        3 => weight_grad::<4>(b, x, dy, g),
         r => unreachable!("no Winograd transform for {r} × {r} kernels"),
     }
 }
 
 /// [`conv_weight_grad`] for blocks of `M × M` outputs (`r = 7 − M`).
-fn weight_grad<const M: usize>(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+fn weight_grad<const M: usize>(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let r = ALPHA + 1 - M;
     let [_, ho, wo] = g.output;
     let (segs, blocks) = blocks(g.batch, ho.div_ceil(M), wo.div_ceil(M), (ALPHA - 1) / M);
-    let stride = blocks.iter().map(|blk| blk.2).max().unwrap_or(0);
+    let stride = blocks.iter().map(|blk| blk.2).max().unwrap_or(0).next_multiple_of(STRIP);
     let gm = eval_matrix(M, true);
     let gk: [[f32; M]; ALPHA] = core::array::from_fn(|k| core::array::from_fn(|i| gm[i][k] as f32));
     let pairs = g.c_out * g.c_in;
@@ -515,6 +562,10 @@ fn weight_grad<const M: usize>(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> 
                 output_grad_block::<M>(dy, g, segs, (cols, stride), &gk, s);
             },
         );
+        if g.c_in.min(g.c_out) < GEMM_WG_CHANNELS {
+            block_weight_grad(b, s, (g.c_out, g.c_in), (cols, stride), acc);
+            return;
+        }
         for xi in 0..XI {
             // SAFETY: dw_ξ is c_out × c_in (row stride c_in) inside acc; E_ξ (o, t) at o·stride + t and
             // V_ξ (t, c) at c·stride + t for t < cols, inside their buffers.
@@ -567,6 +618,33 @@ fn weight_grad<const M: usize>(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> 
     dw
 }
 
+/// One block's share of the weight gradient by the weight-gradient kernel of [`conv_direct`] with one tap:
+/// `acc[ξ·c_out·c_in + o·c_in + c] += Σ_t E_ξ[o][t] · V_ξ[c][t]` over the block's columns, in whole vectors (V
+/// and E are zero past `cols`).
+fn block_weight_grad(b: Blocking, s: &mut Scratch, (c_out, c_in): (usize, usize), (cols, stride): (usize, usize), acc: &mut [f32]) {
+    // The kernel reads up to `wg_out − 1` rows past E_ξ's last: the next ξ's, or zeros past the last.
+    grow_scratch(&mut s.m, (XI * c_out + b.wg_out) * stride);
+    let starts: Vec<usize> = (0..cols.div_ceil(b.lanes)).map(|i| i * b.lanes).collect();
+    for (xi, dw) in acc.chunks_exact_mut(c_out * c_in).enumerate() {
+        // SAFETY: V_ξ holds c_in rows of `stride` ≥ starts.len()·lanes columns, E_ξ c_out rows (and the
+        // rows read past them, above); the CPU has `b`'s instruction set.
+        unsafe {
+            conv_direct::weight_grad_tile(
+                b,
+                s.v.as_ptr().add(xi * c_in * stride),
+                stride,
+                &[0],
+                &starts,
+                s.m.as_ptr().add(xi * c_out * stride),
+                stride,
+                c_out,
+                c_in,
+                dw,
+            );
+        }
+    }
+}
+
 /// [`conv_forward`] for blocks of `M × M` outputs (`r = 7 − M`).
 fn forward<const M: usize>(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let r = ALPHA + 1 - M;
@@ -615,9 +693,10 @@ fn forward<const M: usize>(b: Blocking, x: &[f32], w: &[f32], g: &ConvGeom) -> V
         vectorised(
             #[inline(always)]
             || {
+                let wide = widened(cols, stride);
                 for o in 0..g.c_out {
                     // SAFETY: blocks write disjoint tiles.
-                    unsafe { output_block::<M>(&m[o * stride..], rows * stride, cols, segs, out_ptr.get(), (o, g.c_out), [ho, wo], z) };
+                    unsafe { output_block::<M>(&m[o * stride..], rows * stride, wide, segs, out_ptr.get(), (o, g.c_out), [ho, wo], z) };
                 }
             },
         );
