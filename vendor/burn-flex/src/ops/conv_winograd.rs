@@ -465,8 +465,9 @@ fn input_block<const M: usize>(x: &[f32], g: &ConvGeom, segs: &[Segment], (cols,
 
 /// The transformed output gradient of a block of `cols` columns into `s.m`: `E = G_M e G_Mᵀ` of each
 /// `M × M` tile `e` of `dy [batch, c_out, 1, Ho, Wo]` (zeros outside the map), `(ξ, o, t)` at `(ξ·c_out
-/// + o)·stride + t`, zeros at the segments' halo columns and past the block's. `gk[k][i]` is `G_M`. Like the input's, the
-/// vertical pass runs along each segment's rows and the horizontal one across the whole block, in phases.
+/// + o)·stride + t`, zeros at the segments' halo columns and past the block's. `gk[k][i]` is `G_M`. Like
+/// the input's, the vertical pass runs along each segment's rows and the horizontal one across the whole
+/// block, in phases.
 #[inline(always)]
 fn output_grad_block<const M: usize>(
     dy: &[f32],
@@ -532,8 +533,8 @@ fn gm_times<const M: usize>(gk: &[[f32; M]; ALPHA], e: [f32; M]) -> [f32; ALPHA]
 /// for a geometry [`kernels`] accepted. Each tile's share of `dw` is the correlation of its 6 × 6 input
 /// patch with its `M × M` block of `dy`, Winograd's F(r, M) over the same six points: `A_rᵀ [(G_M e
 /// G_Mᵀ) ⊙ (Bᵀ d B)] A_r`, so that summed over tiles `dw_ξ (C_out × C_in) = Σ_t E_ξ[o][t] · V_ξ[c][t]`,
-/// one product per `ξ` over a block's columns by the weight-gradient kernel of [`conv_direct`] (one
-/// tap), accumulated per worker, then `A_rᵀ · A_r` per pair of channels.
+/// one product per `ξ` over a block's columns (a GEMM, or below [`GEMM_WG_CHANNELS`] channels
+/// [`block_weight_grad`]), accumulated per worker, then `A_rᵀ · A_r` per pair of channels.
 pub(crate) fn conv_weight_grad(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     match g.kernel[1] {
         5 => weight_grad::<2>(b, x, dy, g),
