@@ -349,7 +349,8 @@ fn deinterleave<const M: usize>(src: &[f32], dst: &mut [f32], stride: usize) {
 }
 
 /// `dst[t·M + q] = src[q·cols + t]` for every phase `q < M` and column `t < cols = dst.len() / M`, the inverse
-/// of [`deinterleave`]: one loop, one interleaved group of stores.
+/// of [`deinterleave`]: one loop, one interleaved group of stores (`conv_gemm::transpose_block`, for any number
+/// of rows, stores one row at a time: a strided store per element for four phases).
 #[inline(always)]
 fn interleave<const M: usize>(src: &[f32], dst: &mut [f32]) {
     let cols = dst.len() / M;
@@ -379,11 +380,11 @@ fn horizontal<const M: usize>(rows: &[f32], k: usize, (cols, wide): (usize, usiz
     columns(d, six_mut(&mut dst[k * ALPHA * stride..], stride, wide), wide, bt);
 }
 
-/// A block's `cols` columns rounded up to whole strips of [`STRIP`] within the buffers' `stride`: the passes
-/// across a block then run without a scalar tail.
+/// A block's `cols` columns rounded up to whole strips of [`STRIP`] within the buffers' `stride` (at least
+/// the widest block's columns): the passes across a block then run without a scalar tail.
 #[inline(always)]
 fn widened(cols: usize, stride: usize) -> usize {
-    cols.next_multiple_of(STRIP).min(stride).max(cols)
+    cols.next_multiple_of(STRIP).min(stride)
 }
 
 /// `Aᵀ M A` of one output channel over `cols` columns of a block (products `src[ξ·stride + t]`; a whole
@@ -552,6 +553,8 @@ fn weight_grad<const M: usize>(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom)
     let gm = eval_matrix(M, true);
     let gk: [[f32; M]; ALPHA] = core::array::from_fn(|k| core::array::from_fn(|i| gm[i][k] as f32));
     let pairs = g.c_out * g.c_in;
+    // The vectors of the widest block, for the weight-gradient kernel.
+    let starts: Vec<usize> = (0..stride / b.lanes).map(|i| i * b.lanes).collect();
     let ids: Vec<usize> = (0..blocks.len()).collect();
     let acc = weight_grad_sum(&ids, XI * pairs, |acc: &mut Vec<f32>, s: &mut Scratch, bi: usize, par: bool| {
         let (first, end, cols) = blocks[bi];
@@ -564,7 +567,7 @@ fn weight_grad<const M: usize>(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom)
             },
         );
         if g.c_in.min(g.c_out) < GEMM_WG_CHANNELS {
-            block_weight_grad(b, s, (g.c_out, g.c_in), (cols, stride), acc);
+            block_weight_grad(b, s, (g.c_out, g.c_in), (&starts[..cols.div_ceil(b.lanes)], stride), acc);
             return;
         }
         for xi in 0..XI {
@@ -620,12 +623,11 @@ fn weight_grad<const M: usize>(b: Blocking, x: &[f32], dy: &[f32], g: &ConvGeom)
 }
 
 /// One block's share of the weight gradient by the weight-gradient kernel of [`conv_direct`] with one tap:
-/// `acc[ξ·c_out·c_in + o·c_in + c] += Σ_t E_ξ[o][t] · V_ξ[c][t]` over the block's columns, in whole vectors (V
-/// and E are zero past `cols`).
-fn block_weight_grad(b: Blocking, s: &mut Scratch, (c_out, c_in): (usize, usize), (cols, stride): (usize, usize), acc: &mut [f32]) {
+/// `acc[ξ·c_out·c_in + o·c_in + c] += Σ_t E_ξ[o][t] · V_ξ[c][t]` over the vectors starting at `starts`, which
+/// cover the block's columns (V and E are zero past them).
+fn block_weight_grad(b: Blocking, s: &mut Scratch, (c_out, c_in): (usize, usize), (starts, stride): (&[usize], usize), acc: &mut [f32]) {
     // The kernel reads up to `wg_out − 1` rows past E_ξ's last: the next ξ's, or zeros past the last.
     grow_scratch(&mut s.m, (XI * c_out + b.wg_out) * stride);
-    let starts: Vec<usize> = (0..cols.div_ceil(b.lanes)).map(|i| i * b.lanes).collect();
     for (xi, dw) in acc.chunks_exact_mut(c_out * c_in).enumerate() {
         // SAFETY: V_ξ holds c_in rows of `stride` ≥ starts.len()·lanes columns, E_ξ c_out rows (and the
         // rows read past them, above); the CPU has `b`'s instruction set.
@@ -635,7 +637,7 @@ fn block_weight_grad(b: Blocking, s: &mut Scratch, (c_out, c_in): (usize, usize)
                 s.v.as_ptr().add(xi * c_in * stride),
                 stride,
                 &[0],
-                &starts,
+                starts,
                 s.m.as_ptr().add(xi * c_out * stride),
                 stride,
                 c_out,
