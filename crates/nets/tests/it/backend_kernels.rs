@@ -273,8 +273,8 @@ impl Drop for IsaCap {
 
 /// 8–32 channels in and out and at least 4,096 output positions per sample: the convolutions that run
 /// by tap over the zero-padded input (register-blocked kernels where the CPU has AVX2 or AVX-512, one
-/// GEMM per tap otherwise); deeper ones that do with AVX-512; and those of few input channels that do
-/// with the register-blocked kernels.
+/// GEMM per tap otherwise); deeper ones that do with AVX-512; and those of few input or few output channels
+/// that do with the register-blocked kernels.
 fn by_tap_cases() {
     // Same 3×3 (two samples, several tiles each), valid 5×5 (RED-CNN's shape),
     // dilated, more padding than the kernel reaches (input gradient through im2col), 32 channels.
@@ -309,6 +309,15 @@ fn by_tap_cases() {
     check(case2(1, 2, 5, [20, 33], 3, 1, 1, 1, 1), 2, false, [0; 3]);
     check(case2(2, 1, 16, [16, 20], 3, 1, 1, 1, 1), 2, false, [0; 3]);
     check(case3(2, 1, 4, [7, 8, 9], 3, 1, 1), 3, false, [0; 3]);
+    // Few output channels (1–3) from 8–64 in and 4,096 output positions, f32 with the register-blocked
+    // kernels: the forward pass and weight gradient (blocks of output channels mostly zero), the input
+    // gradient as the forward pass of few inputs; the CRNN's last layer (32 → 2, rows the lanes do not
+    // divide), one channel out, VoxelMorph's flow layer in 3D (16 → 3), and transposed (its forward pass
+    // an input gradient of few inputs).
+    check(case2(2, 32, 2, [64, 66], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(1, 8, 1, [64, 64], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    check(case3(1, 16, 3, [16, 16, 17], 3, 1, 1), 3, false, [0; 3]);
+    check(case2(1, 24, 3, [64, 64], 3, 1, 1, 1, 1), 2, true, [0; 3]);
 }
 
 /// Deep convolutions of small maps in batches of 12 or more: GEMMs over the output positions with the

@@ -671,7 +671,7 @@ pub(crate) fn conv_data_grad<T: ConvElem>(dy: &[T], w: &[T], g: &ConvGeom) -> Ve
         let grad = conv_shifted::data_grad_as_forward(dyf, wf, g, |d, w, fg| conv_winograd::conv_forward(b, d, w, fg));
         return conv_shifted::from_f32(grad);
     }
-    if conv_shifted::data_grad_applies(g) {
+    if conv_shifted::data_grad_applies::<T>(g) {
         return conv_shifted::conv_data_grad(dy, w, g);
     }
     if let (Some(dyf), Some(wf)) = (conv_shifted::as_f32(dy), conv_shifted::as_f32(w))
