@@ -91,6 +91,11 @@ fn shallow(g: &ConvGeom) -> bool {
     in_channels.contains(&g.c_in) && CHANNELS.contains(&g.c_out) && g.s_out() >= MIN_POSITIONS
 }
 
+/// Whether elements `T` run the register-blocked kernels here: f32 on a CPU that has them.
+fn direct_f32<T: ConvElem>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>() && Blocking::current().is_some()
+}
+
 /// Input channels of the convolutions with few inputs (the first layers of networks on images of one or two
 /// channels) that take this path with the register-blocked kernels in f32.
 const FEW_IN_CHANNELS: core::ops::Range<usize> = 1..8;
@@ -110,8 +115,7 @@ const FEW_GRAD_POSITIONS: usize = 256;
 /// kernels, whose reductions run over channels and taps together (im2col's GEMM has a reduction of
 /// `C_in · K` rows, as short as 9, and writes an im2col matrix `K` times the input's size).
 fn few_inputs<T: ConvElem>(g: &ConvGeom) -> bool {
-    TypeId::of::<T>() == TypeId::of::<f32>()
-        && Blocking::current().is_some()
+    direct_f32::<T>()
         && FEW_IN_CHANNELS.contains(&g.c_in)
         && FEW_OUT_CHANNELS.contains(&g.c_out)
         && g.s_out() >= FEW_MIN_POSITIONS
@@ -129,8 +133,7 @@ const FEW_OUTPUTS: core::ops::Range<usize> = 1..4;
 /// The convolutions of few output channels ([`FEW_OUTPUTS`]) and [`DIRECT_IN_CHANNELS`] inputs, f32 with the
 /// register-blocked kernels, at least [`MIN_POSITIONS`] output positions per sample.
 fn few_outputs<T: ConvElem>(g: &ConvGeom) -> bool {
-    TypeId::of::<T>() == TypeId::of::<f32>()
-        && Blocking::current().is_some()
+    direct_f32::<T>()
         && FEW_OUTPUTS.contains(&g.c_out)
         && DIRECT_IN_CHANNELS.contains(&g.c_in)
         && g.s_out() >= MIN_POSITIONS
