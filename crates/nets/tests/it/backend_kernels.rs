@@ -368,11 +368,13 @@ fn winograd_cases() {
     // 3 × 3 by F(4 × 4, 3 × 3) from 64 channels and 256 tiles: same (the input gradient too), 9 × 10 outputs
     // (partial tiles on both edges), 29 samples of 9 tiles.
     check(case2(29, 64, 66, [9, 10], 3, 1, 1, 1, 1), 2, false, [0; 3]);
-    // With AVX2 from 32 channels and 256 tiles (the CRNN's layers, the 2D U-Net's first level; by tap with
-    // AVX-512): 2 samples of 9 rows of 17 tiles, the last row and column partly outside the map; and from 16
-    // channels and 2,048 tiles: 45 rows of 46.
+    // With AVX2 from 32 channels and 256 tiles (by tap with AVX-512): 2 samples of 9 rows of 17 tiles, the last
+    // row and column partly outside the map; and from 16 channels and 2,048 tiles: 45 rows of 46.
     check(case2(2, 32, 33, [35, 67], 3, 1, 0, 1, 1), 2, false, [0; 3]);
     check(case2(1, 16, 17, [180, 182], 3, 1, 1, 1, 1), 2, false, [0; 3]);
+    // With AVX-512 too from 32 channels and 2,048 tiles (the CRNN's layers, the 2D U-Net's first level): 4
+    // samples of 8 rows of 64 tiles, one output row and column fewer than the tiles cover.
+    check(case2(4, 32, 32, [31, 255], 3, 1, 1, 1, 1), 2, false, [0; 3]);
 }
 
 /// Stride-2 convolutions whose im2col rows (forward pass, weight gradient) and col2im rows (input gradient,
