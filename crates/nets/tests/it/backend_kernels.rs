@@ -369,7 +369,8 @@ fn winograd_cases() {
     // (partial tiles on both edges), 29 samples of 9 tiles.
     check(case2(29, 64, 66, [9, 10], 3, 1, 1, 1, 1), 2, false, [0; 3]);
     // With AVX2 from 32 channels and 256 tiles (by tap with AVX-512): 2 samples of 9 rows of 17 tiles, the last
-    // row and column partly outside the map; and from 16 channels and 2,048 tiles: 45 rows of 46.
+    // row and column partly outside the map; and, with AVX-512 too, from 16 channels and 2,048 tiles: 45 rows of
+    // 46.
     check(case2(2, 32, 33, [35, 67], 3, 1, 0, 1, 1), 2, false, [0; 3]);
     check(case2(1, 16, 17, [180, 182], 3, 1, 1, 1, 1), 2, false, [0; 3]);
     // With AVX-512 too from 32 channels and 2,048 tiles (the CRNN's layers, the 2D U-Net's first level): 4
