@@ -1,11 +1,14 @@
-//! The fused kernels of the default CPU backend: the trilinear sampler and batch / instance normalisation.
+//! The fused kernels of the default CPU backend: the trilinear sampler, batch / instance normalisation and 3D max
+//! pooling.
 //!
 //! [`crate::ops::sample_linear`] is a composition of tensor operations that every backend differentiates. On
 //! burn-flex, plain or under autodiff, it runs instead as one kernel forward and one backward
 //! (`burn_flex::ops::trilinear`), registered with burn's autodiff as a single operation of two parents (image and
 //! coordinates). [`crate::ops::batch_norm`] and [`crate::ops::instance_norm`] likewise run burn's normalisation
 //! modules as `burn_flex::ops::norm` passes, one operation of three parents (input, γ, β) whose backward keeps
-//! only the input and the per-group statistics. The backend is recognised by its type, as a specialisation
+//! only the input and the per-group statistics. [`crate::ops::pool3d`]'s max pooling runs as burn-flex's 3D
+//! pooling kernel (`burn_flex::ops::pool`), one operation whose backward keeps the window maxima's indices and the
+//! input's shape, not the input. The backend is recognised by its type, as a specialisation
 //! would; every other backend keeps the composition.
 
 use core::any::TypeId;
@@ -20,6 +23,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::ops::norm::{ChannelNorm, NormGroups, scale_shift_channels};
+use burn_flex::ops::pool::{max_pool3d_backward_f32_of_shape, max_pool3d_with_indices_f32};
 use burn_flex::ops::trilinear::{TrilinearPadding, TrilinearSampling};
 use burn_flex::{Flex, FlexTensor};
 
@@ -226,6 +230,50 @@ impl<const N: usize> Backward<Flex, N> for NormBackward {
             if let Some(node) = parents.next().flatten() {
                 grads.register::<Flex>(node.id, dbeta);
             }
+        }
+    }
+}
+
+/// Max pooling by windows equal to their strides (no padding, trailing voxels dropped) as burn-flex's 3D kernel,
+/// which keeps the first maximum of each window in scan order; `None` where the backend or the type has no fused
+/// kernel, or the result would be empty.
+pub(crate) fn max_pool3d<B: Backend>(x: &Tensor<B, 5>, window: [usize; 3]) -> Option<Tensor<B, 5>> {
+    let [n, c, d, h, w] = x.dims();
+    if x.dtype() != DType::F32 || n * c * (d / window[0]) * (h / window[1]) * (w / window[2]) == 0 {
+        return None;
+    }
+    let pool = |t: FlexTensor| max_pool3d_with_indices_f32(t, window, window, [0; 3], [1; 3], false);
+    let backend = TypeId::of::<B>();
+    if backend == TypeId::of::<Flex>() {
+        let input: FlexTensor = primitive(x.clone())?;
+        return tensor::<B, 5, _>(pool(input).0);
+    }
+    if backend != TypeId::of::<Ad>() {
+        return None;
+    }
+    let input: FloatTensor<Ad> = primitive(x.clone())?;
+    let shape = input.primitive.layout().shape().to_vec();
+    let (out, indices) = pool(input.primitive);
+    let result = match PoolBackward.prepare::<NoCheckpointing>([input.node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish((shape, indices), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    tensor::<B, 5, _>(result)
+}
+
+/// The backward step of the fused max pooling: each window's gradient to the input voxel of its index.
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    /// The input's shape and the indices of the window maxima.
+    type State = (Vec<usize>, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (shape, indices) = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node);
+        if let Some(node) = ops.parents.into_iter().next().flatten() {
+            grads.register::<Flex>(node.id, max_pool3d_backward_f32_of_shape(&shape, grad, indices));
         }
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor};
 
 /// Max pooling with a cubic window equal to its stride (`k`×`k`×`k`, stride `k`, no padding), as
 /// `torch.nn.MaxPool3d(k)`: trailing voxels that do not fill a window are dropped. Where several voxels share the
-/// maximum the gradient goes to each of them.
+/// maximum the gradient goes to the first of them in (depth, height, width) order, as in PyTorch.
 pub fn max_pool3d<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
     pool3d(x, [k, k, k], true)
 }
@@ -20,28 +20,42 @@ pub fn avg_pool3d<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
 }
 
 /// Pooling by windows equal to their strides along (depth, height, width); a factor of 1 leaves an axis as it is
-/// (2D images use `[1, k, k]`).
+/// (2D images use `[1, k, k]`). Trailing voxels that do not fill a window are dropped. Max pooling runs as one 3D
+/// kernel on the default CPU backend (`crate::fused`), as [`pool3d_by_planes`] elsewhere; average pooling runs as
+/// the latter everywhere.
 pub fn pool3d<B: Backend>(x: Tensor<B, 5>, window: [usize; 3], max: bool) -> Tensor<B, 5> {
+    #[cfg(feature = "flex")]
+    if max && let Some(y) = crate::fused::max_pool3d(&x, window.map(|k| k.max(1))) {
+        return y;
+    }
+    pool3d_by_planes(x, window, max)
+}
+
+/// [`pool3d`] as the backend's own 2D pooling, twice: in the planes (height and width, the planes folded into the
+/// batch), then along the depth of the in-plane result (its rows of `height · width` columns pooled by `k`×1
+/// windows). A window's maximum is the maximum of its planes' maxima, and its first maximum in (depth, height,
+/// width) order is the first one of the first plane that holds the maximum, so the result and the gradient are
+/// those of one 3D window.
+fn pool3d_by_planes<B: Backend>(x: Tensor<B, 5>, window: [usize; 3], max: bool) -> Tensor<B, 5> {
     let [n, c, d, h, w] = x.dims();
     let [kd, kh, kw] = window.map(|k| k.max(1));
-    if kd == 1 {
-        // In-plane pooling: the backend's own 2D kernels on the planes folded into the batch.
-        let planes = x.reshape([n * c * d, 1, h, w]);
-        let y = if max {
-            burn::tensor::module::max_pool2d(planes, [kh, kw], [kh, kw], [0, 0], [1, 1], false)
-        } else {
-            burn::tensor::module::avg_pool2d(planes, [kh, kw], [kh, kw], [0, 0], true, false)
-        };
-        let [_, _, oh, ow] = y.dims();
-        return y.reshape([n, c, d, oh, ow]);
-    }
     let (od, oh, ow) = (d / kd, h / kh, w / kw);
-    let x = if (od * kd, oh * kh, ow * kw) != (d, h, w) { x.slice([0..n, 0..c, 0..od * kd, 0..oh * kh, 0..ow * kw]) } else { x };
-    // [n, c, od, kd, oh, kh, ow, kw] → window elements last.
-    let x: Tensor<B, 8> = x.reshape([n, c, od, kd, oh, kh, ow, kw]);
-    let x = x.permute([0, 1, 2, 4, 6, 3, 5, 7]).reshape([n, c, od, oh, ow, kd * kh * kw]);
-    let pooled: Tensor<B, 6> = if max { x.max_dim(5) } else { x.mean_dim(5) };
-    pooled.reshape([n, c, od, oh, ow])
+    if n * c * od * oh * ow == 0 {
+        // No whole window: an empty result of the pooled shape.
+        return Tensor::zeros([n, c, od, oh, ow], &x.device());
+    }
+    let pool2d = |t: Tensor<B, 4>, k: [usize; 2]| {
+        if max {
+            burn::tensor::module::max_pool2d(t, k, k, [0, 0], [1, 1], false)
+        } else {
+            burn::tensor::module::avg_pool2d(t, k, k, [0, 0], true, false)
+        }
+    };
+    let x = if kh > 1 || kw > 1 { pool2d(x.reshape([n * c * d, 1, h, w]), [kh, kw]).reshape([n, c, d, oh, ow]) } else { x };
+    if kd == 1 {
+        return x;
+    }
+    pool2d(x.reshape([n * c, 1, d, oh * ow]), [kd, 1]).reshape([n, c, od, oh, ow])
 }
 
 /// Nearest-neighbour up-sampling by integer factors along (depth, height, width), as
@@ -314,4 +328,37 @@ pub fn warp_affine<B: Backend>(moving: Tensor<B, 5>, matrix: [[f64; 4]; 3], size
         (0..3).map(|r| axis(0) * matrix[r][0] + axis(1) * matrix[r][1] + axis(2) * matrix[r][2] + matrix[r][3]).collect();
     let coords = Tensor::cat(mapped, 1).expand([n, 3, size[0], size[1], size[2]]);
     sample_linear(moving, coords, padding)
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::tensor::TensorData;
+    type B = Autodiff<burn::backend::Flex>;
+
+    /// The composition of 2D poolings other backends run gives the fused kernel's values and gradients, ties
+    /// (plateaus of zeros, as after a ReLU) and uneven sizes included.
+    #[test]
+    fn max_pooling_by_planes_matches_the_fused_kernel() {
+        let shape = [2, 3, 7, 6, 5];
+        let len: usize = shape.iter().product();
+        let v: Vec<f32> = (0..len).map(|i| (((i * 7919) % len) as f32 - (len / 3) as f32).max(0.0)).collect();
+        let values = |t: Tensor<B, 5>| t.into_data().to_vec::<f32>().unwrap_or_default();
+        for window in [[2, 2, 2], [3, 2, 2], [2, 1, 1], [1, 2, 3]] {
+            let run = |fused: bool| {
+                let x = Tensor::<B, 5>::from_data(TensorData::new(v.clone(), shape), &Default::default()).require_grad();
+                let y = if fused { pool3d(x.clone(), window, true) } else { pool3d_by_planes(x.clone(), window, true) };
+                let count = y.dims().iter().product::<usize>();
+                let weights = (0..count).map(|i| 1.0 + (i % 7) as f32).collect::<Vec<f32>>();
+                let weights = Tensor::<B, 5>::from_data(TensorData::new(weights, y.dims()), &Default::default());
+                let grads = (y.clone() * weights).sum().backward();
+                let grad = x.grad(&grads).map(|g| g.into_data().to_vec::<f32>().unwrap_or_default());
+                (values(y), grad)
+            };
+            let (fused, by_planes) = (run(true), run(false));
+            assert!(!fused.0.is_empty() && fused.1.as_ref().is_some_and(|g| g.len() == len), "{window:?}");
+            assert_eq!(fused, by_planes, "{window:?}");
+        }
+    }
 }

@@ -118,6 +118,69 @@ fn max_pool_gradient_goes_to_the_maximum() {
     assert_eq!(g, vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
 }
 
+/// 3D pooling by one window per output voxel, the definition: values, and for max pooling the gradient of a
+/// weighted sum, which lands on the first maximum of each window in (depth, height, width) order.
+fn pool_reference(v: &[f32], [n, c, d, h, w]: [usize; 5], [kd, kh, kw]: [usize; 3], max: bool, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (od, oh, ow) = (d / kd, h / kh, w / kw);
+    let (mut out, mut grad) = (Vec::new(), vec![0.0f32; v.len()]);
+    for plane in 0..n * c {
+        for (z, y, x) in (0..od).flat_map(|z| (0..oh).flat_map(move |y| (0..ow).map(move |x| (z, y, x)))) {
+            let at = |i: usize, j: usize, k: usize| (((plane * d + z * kd + i) * h + y * kh + j) * w) + x * kw + k;
+            let window: Vec<usize> =
+                (0..kd).flat_map(|i| (0..kh).flat_map(move |j| (0..kw).map(move |k| (i, j, k)))).map(|(i, j, k)| at(i, j, k)).collect();
+            let o = out.len();
+            if max {
+                let first = window.iter().copied().fold(window[0], |best, i| if v[i] > v[best] { i } else { best });
+                out.push(v[first]);
+                grad[first] += dy[o];
+            } else {
+                out.push(window.iter().map(|&i| v[i]).sum::<f32>() / window.len() as f32);
+            }
+        }
+    }
+    (out, grad)
+}
+
+#[test]
+fn pooling_matches_its_definition_on_uneven_volumes() {
+    let _turn = crate::take_turn();
+    let shape = [2, 3, 7, 6, 5];
+    let len: usize = shape.iter().product();
+    // Distinct values (a permutation of 0..len) and a few plateaus of equal values, after a ReLU-like clamp.
+    let v: Vec<f32> = (0..len).map(|i| ((i * 7919) % len) as f32 - (len / 4) as f32).map(|x| x.max(0.0)).collect();
+    for window in [[2, 2, 2], [3, 2, 2], [2, 1, 1], [1, 3, 2], [1, 1, 1]] {
+        for max in [true, false] {
+            let x = volume::<AB>(v.clone(), shape).require_grad();
+            let y = pool3d(x.clone(), window, max);
+            let [_, _, od, oh, ow] = y.dims();
+            assert_eq!([od, oh, ow], [7 / window[0], 6 / window[1], 5 / window[2]]);
+            let dy: Vec<f32> = (0..y.dims().iter().product::<usize>()).map(|i| 1.0 + (i % 5) as f32).collect();
+            let weights = volume::<AB>(dy.clone(), y.dims());
+            let (want, want_grad) = pool_reference(&v, shape, window, max, &dy);
+            let got = values(y.clone().inner());
+            assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "{window:?} max={max}");
+            assert_eq!(got.len(), want.len());
+            if max {
+                let grads = (y * weights).sum().backward();
+                assert_eq!(values(x.grad(&grads).unwrap()), want_grad, "{window:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn max_pool_gradient_of_a_tie_goes_to_the_first_maximum() {
+    let _turn = crate::take_turn();
+    // One 2×2×2 window of equal values, as after a ReLU that zeroed it: the first voxel takes the gradient.
+    let x = volume::<AB>(vec![0.0; 8], [1, 1, 2, 2, 2]).require_grad();
+    let grads = max_pool3d(x.clone(), 2).sum().backward();
+    assert_eq!(values(x.grad(&grads).unwrap()), vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    // The maximum shared by the second plane's last voxel and the first plane's last: the first plane's.
+    let x = volume::<AB>(vec![0.0, 1.0, 0.0, 3.0, 2.0, 0.0, 0.0, 3.0], [1, 1, 2, 2, 2]).require_grad();
+    let grads = max_pool3d(x.clone(), 2).sum().backward();
+    assert_eq!(values(x.grad(&grads).unwrap()), vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+}
+
 #[test]
 fn warping_by_known_fields() {
     let _turn = crate::take_turn();

@@ -83,7 +83,7 @@ macro_rules! adaptive_avg_pool3d_typed {
 macro_rules! max_pool3d_backward_typed {
     ($fn_name:ident, $T:ty, $dtype:expr, $zero:expr, $add_fn:expr) => {
         pub fn $fn_name(x: FlexTensor, grad: FlexTensor, indices: FlexTensor) -> FlexTensor {
-            max_pool3d_backward_impl::<$T>(x, grad, indices, $dtype, $zero, $add_fn)
+            max_pool3d_backward_impl::<$T>(x.layout().shape(), grad, indices, $dtype, $zero, $add_fn)
         }
     };
 }
@@ -1348,9 +1348,16 @@ max_pool3d_backward_typed!(
     |a: f16, b: f16| f16::from_f32(a.to_f32() + b.to_f32())
 );
 
+/// Max pool 3D backward for f32 from the input's shape (`[batch, channels, depth, height, width]`) alone: the
+/// gradient of each window's output added at the input position its index names, the rest zero. The input's
+/// values are not read, so a caller that kept only the indices need not keep the input.
+pub fn max_pool3d_backward_f32_of_shape(x_shape: &[usize], grad: FlexTensor, indices: FlexTensor) -> FlexTensor {
+    max_pool3d_backward_impl::<f32>(x_shape, grad, indices, DType::F32, 0.0, |a, b| a + b)
+}
+
 /// Generic max pool 3D backward implementation.
 fn max_pool3d_backward_impl<T>(
-    x: FlexTensor,
+    x_shape: &[usize],
     grad: FlexTensor,
     indices: FlexTensor,
     dtype: DType,
@@ -1360,7 +1367,6 @@ fn max_pool3d_backward_impl<T>(
 where
     T: bytemuck::Pod + Copy + Send + Sync + Element,
 {
-    let x_shape = x.layout().shape();
     let grad = grad.to_contiguous();
     let indices = indices.to_contiguous();
 
