@@ -259,22 +259,28 @@ impl ChannelNorm {
             let c = -a * sum_dy[k] / m - b * mu;
             coef.push((a as f32, b as f32, c as f32));
         }
-        let mut dx = vec![0.0f32; rows * s];
-        rows_mut(&mut dx, s, #[inline(always)] |r, out| {
-            let (a, b, c) = coef[r];
-            let (xr, gr) = (&xd[r * s..(r + 1) * s], &gd[r * s..(r + 1) * s]);
-            if relu {
-                let (sa, sb) = (scale[r], shift[r]);
-                for ((o, d), v) in out.iter_mut().zip(gr).zip(xr) {
-                    let d = if *v * sa + sb > 0.0 { *d } else { 0.0 };
-                    *o = a * d + b * *v + c;
+        // Written once, element by element, without zeroing the buffer first (as the forward pass's output).
+        let mut dx: Vec<f32> = Vec::with_capacity(rows * s);
+        if s > 0 {
+            rows_mut(&mut dx.spare_capacity_mut()[..rows * s], s, #[inline(always)] |r, out| {
+                let (a, b, c) = coef[r];
+                let (xr, gr) = (&xd[r * s..(r + 1) * s], &gd[r * s..(r + 1) * s]);
+                if relu {
+                    let (sa, sb) = (scale[r], shift[r]);
+                    for ((o, d), v) in out.iter_mut().zip(gr).zip(xr) {
+                        let d = if *v * sa + sb > 0.0 { *d } else { 0.0 };
+                        o.write(a * d + b * *v + c);
+                    }
+                } else {
+                    for ((o, d), v) in out.iter_mut().zip(gr).zip(xr) {
+                        o.write(a * *d + b * *v + c);
+                    }
                 }
-            } else {
-                for ((o, d), v) in out.iter_mut().zip(gr).zip(xr) {
-                    *o = a * *d + b * *v + c;
-                }
-            }
-        });
+            });
+        }
+        // SAFETY: the rows above cover `rows · s` elements, each written once (`x` and `dy` hold `rows · s`
+        // elements: `rows` groups of `s` for this normalisation's shape); with `s == 0` the length is zero.
+        unsafe { dx.set_len(rows * s) };
         let dx = FlexTensor::from_data(TensorData::new(dx, x.layout().shape().clone()));
         let params = affine.then(|| {
             // dγ[ch] = Σ over the channel's groups of σ⁻¹ Σdy(x − μ); dβ[ch] = Σ dy.
