@@ -380,9 +380,12 @@ fn winograd_cases() {
 
 /// Stride-2 convolutions whose im2col rows (forward pass, weight gradient) and col2im rows (input gradient,
 /// transposed forward pass) are 7–8, 15–17 and 33–35 elements long: the AVX-512 row kernels' masked last
-/// step alone, one full step of sixteen and a last one of a single element, two full steps; 3 × 3 and the
-/// auto-encoders' transposed 4 × 4.
+/// step alone, one full step of sixteen and a last one of a single element, two full steps; with AVX2 a last
+/// step of eight whose second load is masked, one or more full steps of eight and an element-by-element end
+/// (rows of 8, 9, 12 and 17 elements too); 3 × 3 and the auto-encoders' transposed 4 × 4.
 fn strided_row_cases() {
+    check(case2(2, 3, 4, [5, 18], 3, 2, 1, 1, 1), 2, false, [0; 3]);
+    check(case2(2, 3, 4, [5, 24], 3, 2, 1, 1, 1), 2, true, [0, 1, 1]);
     check(case2(2, 3, 4, [5, 16], 3, 2, 1, 1, 1), 2, false, [0; 3]);
     check(case2(2, 3, 4, [4, 34], 3, 2, 1, 1, 1), 2, false, [0; 3]);
     check(case2(2, 3, 4, [5, 70], 3, 2, 1, 1, 1), 2, false, [0; 3]);

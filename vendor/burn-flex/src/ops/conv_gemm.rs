@@ -272,7 +272,7 @@ fn im2col<T: ConvElem>(
 }
 
 /// The stride-2 row kernels of `conv_rows` for rows of stride `sw` in `T`, where they apply (f32, stride 2,
-/// AVX-512).
+/// AVX-512 or AVX2).
 #[inline]
 fn stride2_rows<T: ConvElem>(sw: usize) -> Option<(conv_rows::RowFn, conv_rows::RowFn)> {
     if sw == 2 && core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>() {
