@@ -20,9 +20,11 @@ pub fn avg_pool3d<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
 }
 
 /// Pooling by windows equal to their strides along (depth, height, width); a factor of 1 leaves an axis as it is
-/// (2D images use `[1, k, k]`). Trailing voxels that do not fill a window are dropped. Max pooling runs as one 3D
-/// kernel on the default CPU backend (`crate::fused`), as [`pool3d_by_planes`] elsewhere; average pooling runs as
-/// the latter everywhere.
+/// (2D images use `[1, k, k]`). Trailing voxels that do not fill a window are dropped. Max pooling runs as
+/// burn-flex's 3D pooling kernel on the default CPU backend (the `flex` feature, `Flex` and `Autodiff<Flex>`), as
+/// two passes of the backend's own 2D pooling elsewhere (in the planes, then along the depth); average pooling
+/// runs as the latter everywhere. Where several voxels of a window share its maximum, the gradient goes to the
+/// first of them in (depth, height, width) order, as in PyTorch.
 pub fn pool3d<B: Backend>(x: Tensor<B, 5>, window: [usize; 3], max: bool) -> Tensor<B, 5> {
     #[cfg(feature = "flex")]
     if max && let Some(y) = crate::fused::max_pool3d(&x, window.map(|k| k.max(1))) {
