@@ -867,6 +867,14 @@ fn channel_sums<T: ConvElem>(dy: &[T], batch: usize, ch: usize, s: usize) -> Vec
     out
 }
 
+/// `out [batch, ch, s]` plus the bias `inputs[2]` (`[ch]`), where the inputs have one after the input and the weights.
+fn with_bias<T: ConvElem>(mut out: Vec<T>, inputs: &[&[T]], (batch, ch, s): (usize, usize, usize)) -> Vec<T> {
+    if let Some(bias) = inputs.get(2) {
+        add_bias(&mut out, bias, batch, ch, s);
+    }
+    out
+}
+
 fn add_bias<T: ConvElem>(out: &mut [T], bias: &[T], batch: usize, ch: usize, s: usize) {
     for b in 0..batch {
         for (c, bv) in bias.iter().enumerate().take(ch) {
@@ -996,27 +1004,11 @@ pub(crate) fn conv(x: FlexTensor, w: FlexTensor, bias: Option<FlexTensor>, o: Op
     let g = ConvGeom { batch: n, c_in, c_out, input, output, kernel, stride: o.stride, padding: o.padding, dilation: o.dilation };
     let shape = join_shape(n, c_out, output, rank);
     let s_out = g.s_out();
-    let mut ts = vec![x, w];
-    let has_bias = bias.is_some();
-    if let Some(b) = bias {
-        ts.push(b);
-    }
+    let ts = [x, w].into_iter().chain(bias).collect();
     with_float(
         ts,
-        |s| {
-            let mut out = conv_forward(s[0], s[1], &g);
-            if has_bias {
-                add_bias(&mut out, s[2], n, c_out, s_out);
-            }
-            out
-        },
-        |s| {
-            let mut out = conv_forward(s[0], s[1], &g);
-            if has_bias {
-                add_bias(&mut out, s[2], n, c_out, s_out);
-            }
-            out
-        },
+        |s| with_bias(conv_forward(s[0], s[1], &g), s, (n, c_out, s_out)),
+        |s| with_bias(conv_forward(s[0], s[1], &g), s, (n, c_out, s_out)),
         shape,
     )
 }
@@ -1091,20 +1083,27 @@ pub(crate) fn conv_transpose(x: FlexTensor, w: FlexTensor, bias: Option<FlexTens
     let output: [usize; 3] = core::array::from_fn(|i| {
         (input[i] - 1) * o.stride[i] + o.dilation[i] * (kernel[i] - 1) + padding_out[i] + 1 - 2 * o.padding[i]
     });
-    let out = if o.groups > 1 {
+    if o.groups > 1 {
         let parts = (0..o.groups)
             .map(|g| conv_transpose(group_slice(&x, g, o.groups), group_rows(&w, g, o.groups), None, Opts3 { groups: 1, ..o }, padding_out))
             .collect();
-        cat_groups(parts, 1)
-    } else {
-        // The convolution whose input gradient this is: input = this output, output = this input.
-        let g = ConvGeom { batch: n, c_in: c_out_g, c_out: c_in_t, input: output, output: input, kernel, stride: o.stride, padding: o.padding, dilation: o.dilation };
-        with_float(vec![x, w], |s| conv_data_grad(s[0], s[1], &g), |s| conv_data_grad(s[0], s[1], &g), join_shape(n, c_out_g, output, rank))
-    };
-    match bias {
-        Some(b) => add_bias_tensor(out, b),
-        None => out,
+        let out = cat_groups(parts, 1);
+        return match bias {
+            Some(b) => add_bias_tensor(out, b),
+            None => out,
+        };
     }
+    // The convolution whose input gradient this is: input = this output, output = this input.
+    let g = ConvGeom { batch: n, c_in: c_out_g, c_out: c_in_t, input: output, output: input, kernel, stride: o.stride, padding: o.padding, dilation: o.dilation };
+    let s_out: usize = output.iter().product();
+    // The bias is added to the result in place, as the forward convolution's is (not to a copy of it).
+    let ts = [x, w].into_iter().chain(bias).collect();
+    with_float(
+        ts,
+        |s| with_bias(conv_data_grad(s[0], s[1], &g), s, (n, c_out_g, s_out)),
+        |s| with_bias(conv_data_grad(s[0], s[1], &g), s, (n, c_out_g, s_out)),
+        join_shape(n, c_out_g, output, rank),
+    )
 }
 
 /// Input gradient of a transposed convolution: the forward convolution of `dy` with the same weights.
