@@ -867,7 +867,8 @@ fn channel_sums<T: ConvElem>(dy: &[T], batch: usize, ch: usize, s: usize) -> Vec
     out
 }
 
-/// `out [batch, ch, s]` plus the bias `inputs[2]` (`[ch]`), where the inputs have one after the input and the weights.
+/// `out [batch, ch, s]` plus `bias[c]` at every element of channel `c`, the bias (`[ch]`) being the third of a
+/// convolution's `inputs` (input, weights, bias) where it has one.
 fn with_bias<T: ConvElem>(mut out: Vec<T>, inputs: &[&[T]], (batch, ch, s): (usize, usize, usize)) -> Vec<T> {
     if let Some(bias) = inputs.get(2) {
         add_bias(&mut out, bias, batch, ch, s);
