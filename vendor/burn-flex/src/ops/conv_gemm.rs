@@ -1014,10 +1014,27 @@ pub(crate) fn conv(x: FlexTensor, w: FlexTensor, bias: Option<FlexTensor>, o: Op
     )
 }
 
-fn add_bias_tensor(out: FlexTensor, bias: FlexTensor) -> FlexTensor {
+/// `out [n, c, …]` plus `bias [c]` per channel: in place where `out` is a fresh result of f32 or f64 (the
+/// grouped convolutions' concatenated parts), otherwise into a copy.
+fn add_bias_tensor(mut out: FlexTensor, bias: FlexTensor) -> FlexTensor {
     let shape = out.layout().shape().clone();
     let (n, c, sp) = split_shape(&shape);
     let s: usize = sp.iter().product();
+    let fresh = out.is_unique() && out.layout().is_contiguous() && out.layout().start_offset() == 0;
+    if fresh && bias.dtype() == out.dtype() {
+        let bias = bias.to_contiguous();
+        match out.dtype() {
+            DType::F32 => add_bias(out.storage_mut::<f32>(), bias.storage::<f32>(), n, c, s),
+            DType::F64 => add_bias(out.storage_mut::<f64>(), bias.storage::<f64>(), n, c, s),
+            _ => return add_bias_copy(out, bias, (n, c, s), shape),
+        }
+        return out;
+    }
+    add_bias_copy(out, bias, (n, c, s), shape)
+}
+
+/// [`add_bias_tensor`] into a copy of `out`.
+fn add_bias_copy(out: FlexTensor, bias: FlexTensor, (n, c, s): (usize, usize, usize), shape: Shape) -> FlexTensor {
     with_float(
         vec![out, bias],
         |t| {
